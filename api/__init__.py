@@ -1,0 +1,1 @@
+"""sipledger operator-facing programs: CLI, embedded services."""

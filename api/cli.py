@@ -1,0 +1,85 @@
+"""`sipledger`: the one command line for running and provisioning the product."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from proxy.contract.config import ENV_CONFIG, ENV_DATA_DIR, ConfigError, resolve_paths
+from proxy.provisioning.cli import alias_app, domain_app, user_app
+
+from . import config as config_mod
+
+app = typer.Typer(help="sipledger: SIP proxy with event-sourced accounting and billing.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+app.add_typer(user_app, name="user")
+app.add_typer(domain_app, name="domain")
+app.add_typer(alias_app, name="alias")
+
+
+@dataclass
+class CliContext:
+    data_dir: Path
+    config_file: Path | None
+    config: config_mod.Config
+
+    @property
+    def provisioning_url(self) -> str:
+        return config_mod.provisioning_url(self.config, self.data_dir)
+
+
+def fail(message: str, code: int = 2):
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    data_dir: str = typer.Option(None, "--data-dir", envvar=ENV_DATA_DIR,
+                                 help="Where everything persistent lives (default ./data)."),
+    config: str = typer.Option(None, "--config", envvar=ENV_CONFIG,
+                               help="TOML config file (default DATA_DIR/sipledger.toml if present)."),
+) -> None:
+    data, cfg_file = resolve_paths(data_dir, config)
+    try:
+        loaded = config_mod.load(cfg_file)
+    except ConfigError as exc:
+        fail(str(exc))
+    data.mkdir(parents=True, exist_ok=True)
+    ctx.obj = CliContext(data, cfg_file, loaded)
+
+
+@app.command()
+def up(ctx: typer.Context,
+       sip_port: int = typer.Option(None, "--sip-port", help="SIP UDP/TCP port (overrides proxy.sip_port)."),
+       api_port: int = typer.Option(None, "--api-port", help="REST API port (overrides api.port).")) -> None:
+    """Run the whole product: broker (embedded), proxy and processors; Ctrl-C stops it all."""
+    from .supervisor import Supervisor, StartError
+    obj: CliContext = ctx.obj
+    try:
+        code = Supervisor(obj.config, obj.data_dir, obj.config_file, sip_port=sip_port,
+                          api_port=api_port).run()
+    except StartError as exc:
+        fail(str(exc), 1)
+    raise typer.Exit(code)
+
+
+@app.command("config")
+def show_config(ctx: typer.Context) -> None:
+    """Print the effective configuration (defaults filled in) as TOML-like JSON."""
+    import msgspec
+    typer.echo(msgspec.json.format(msgspec.json.encode(ctx.obj.config)).decode())
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

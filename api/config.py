@@ -1,0 +1,56 @@
+"""The whole sipledger.toml: every section of every program, validated in one go.
+
+`sipledger` commands validate the full file (unknown keys are errors, naming the
+key); each program then reads only its own sections.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from proxy.contract.config import (ConfigError, KafkaSettings, NodeSettings, TopicSettings,
+                                   convert, read_toml)
+from proxy.settings import AuthSettings, ProvisioningSettings, ProxySettings, RegistrarSettings
+
+
+class ApiSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    node: NodeSettings = NodeSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    proxy: ProxySettings = ProxySettings()
+    auth: AuthSettings = AuthSettings()
+    registrar: RegistrarSettings = RegistrarSettings()
+    provisioning: ProvisioningSettings = ProvisioningSettings()
+    api: ApiSettings = ApiSettings()
+
+
+def load(config_file: Path | None) -> Config:
+    config = convert(read_toml(config_file), Config, source=str(config_file or "defaults"))
+    _check(config)
+    return config
+
+
+def _check(config: Config) -> None:
+    """Rules a type cannot express, reported like type errors: naming the key."""
+    checks = [
+        ("proxy.sip_port", 0 < config.proxy.sip_port < 65536, "must be 1..65535"),
+        ("proxy.workers", 1 <= config.proxy.workers <= 64, "must be 1..64"),
+        ("proxy.max_dialog_seconds", config.proxy.max_dialog_seconds > 0, "must be > 0"),
+        ("api.port", 0 < config.api.port < 65536, "must be 1..65535"),
+        ("kafka.partitions", config.kafka.partitions >= 1, "must be >= 1"),
+        ("kafka.bootstrap_servers", config.kafka.mode == "embedded" or bool(config.kafka.bootstrap_servers),
+         "required when kafka.mode = \"external\""),
+    ]
+    for key, ok, rule in checks:
+        if not ok:
+            raise ConfigError(f"config: key '{key}': {rule}")
+
+
+def provisioning_url(config: Config, data_dir: Path) -> str:
+    return config.provisioning.url or f"sqlite:///{data_dir / 'provisioning.sqlite'}"

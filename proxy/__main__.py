@@ -1,0 +1,56 @@
+"""`python -m proxy run|worker`: the proxy's processes (started by `sipledger up`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import msgspec
+
+from .contract.config import ConfigError, convert, read_toml, resolve_paths
+from .settings import ProxyConfig
+
+
+def load_config(config_file: Path | None, sip_port: int | None, bootstrap: str | None) -> ProxyConfig:
+    config = convert(read_toml(config_file), ProxyConfig, source=str(config_file or "defaults"))
+    if sip_port is not None:
+        config = msgspec.structs.replace(config, proxy=msgspec.structs.replace(config.proxy, sip_port=sip_port))
+    if bootstrap:
+        config = msgspec.structs.replace(config, kafka=msgspec.structs.replace(
+            config.kafka, bootstrap_servers=bootstrap))
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m proxy")
+    parser.add_argument("mode", choices=["run", "worker"])
+    parser.add_argument("--data-dir")
+    parser.add_argument("--config")
+    parser.add_argument("--sip-port", type=int)
+    parser.add_argument("--bootstrap")
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--workers", type=int)
+    args = parser.parse_args(argv)
+    data_dir, config_file = resolve_paths(args.data_dir, args.config)
+    try:
+        config = load_config(config_file, args.sip_port, args.bootstrap)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    data_dir.mkdir(parents=True, exist_ok=True)
+    workers = args.workers or max(1, config.proxy.workers)
+    overrides = []
+    if args.sip_port is not None:
+        overrides += ["--sip-port", str(args.sip_port)]
+    if args.bootstrap:
+        overrides += ["--bootstrap", args.bootstrap]
+    if args.mode == "run":
+        from .runtime.supervisor import supervise
+        return supervise(workers, data_dir, config_file, overrides)
+    from .runtime.worker import run
+    run(config, data_dir, args.index, workers)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

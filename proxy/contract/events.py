@@ -1,0 +1,164 @@
+"""The call events the proxy publishes on `sip.events` (schema version 1).
+
+This module is the API between the proxy and every processor (CDR, billing,
+RADIUS).  Records are immutable msgspec structs, tagged by ``type`` and carrying
+``v`` (schema version) and ``id`` (unique per event, the idempotency key).
+Changing a field means a new version, never a silent edit: see docs/events.md.
+
+Kafka key = Call-ID, so one call's events stay ordered on one partition.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Literal, Union
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+def new_event_id() -> str:
+    """128 random bits, hex: unique without coordination between workers."""
+    return os.urandom(16).hex()
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Caller(msgspec.Struct, frozen=True):
+    from_uri: str
+    account: str | None = None       # authenticated user as user@domain, None if unauthenticated
+    display_name: str | None = None
+
+
+class Callee(msgspec.Struct, frozen=True):
+    request_uri: str                 # R-URI as received (the dialled number / AOR)
+    to_uri: str
+    target: str | None = None        # final target of this leg (contact or gateway URI)
+
+
+class Source(msgspec.Struct, frozen=True):
+    ip: str
+    port: int
+    transport: Literal["udp", "tcp"]
+
+
+class Leg(msgspec.Struct, frozen=True):
+    """One outgoing branch of a call.  Index 0 is the first; forks and
+    forwards/failovers get the next indexes, ``parent`` is the leg that caused them."""
+    index: int
+    branch: str
+    parent: int | None = None
+    cause: Literal["initial", "fork", "forward", "failover"] = "initial"
+    destination: str | None = None   # ip:port/transport the request went to
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    id: str
+    v: int = SCHEMA_VERSION
+    ts_ms: int
+    call_id: str
+    from_tag: str
+    to_tag: str | None = None
+    proxy: str                       # proxy instance name (multi-node deployments)
+    worker: int = 0
+
+
+class InviteReceived(_Event, tag="invite.received", kw_only=True):
+    """An initial INVITE accepted for routing (after authentication)."""
+    branch: str                      # caller's top Via branch
+    cseq: int
+    caller: Caller
+    callee: Callee
+    source: Source
+    user_agent: str | None = None
+    max_duration_s: int | None = None
+
+
+class InviteRouted(_Event, tag="invite.routed", kw_only=True):
+    """The INVITE as forwarded on one leg."""
+    leg: Leg
+    callee: Callee
+
+
+class CallProgress(_Event, tag="call.progress", kw_only=True):
+    """First provisional response above 100 on a leg (PDD)."""
+    leg: int
+    code: int
+    reason: str
+
+
+class LegFailed(_Event, tag="leg.failed", kw_only=True):
+    """A leg ended with a final non-2xx (or transport error / timeout: code 408/503)."""
+    leg: int
+    code: int
+    reason: str
+
+
+class CallAnswered(_Event, tag="call.answered", kw_only=True):
+    """A 2xx to the initial INVITE: the dialog is confirmed on this leg."""
+    leg: int
+    code: int
+    reason: str
+    callee_user_agent: str | None = None
+    max_duration_s: int
+
+
+class CallFailed(_Event, tag="call.failed", kw_only=True):
+    """The final failure response sent back to the caller (the call is over)."""
+    code: int
+    reason: str
+    by_proxy: bool = False           # generated locally (404, 480, 403 …) vs relayed
+
+
+class CallAck(_Event, tag="call.ack", kw_only=True):
+    leg: int | None = None
+
+
+class CallCancel(_Event, tag="call.cancel", kw_only=True):
+    reason: str | None = None        # Reason header of the CANCEL, if any
+
+
+class CallBye(_Event, tag="call.bye", kw_only=True):
+    by: Literal["caller", "callee", "proxy"]
+    reason: str | None = None        # Reason header, if any
+    leg: int | None = None
+
+
+class DialogTimeout(_Event, tag="dialog.timeout", kw_only=True):
+    """The dialog's maximum duration elapsed: the proxy sent BYE both ways."""
+    max_duration_s: int
+    answered_ms: int
+
+
+class DialogTeardown(_Event, tag="dialog.teardown", kw_only=True):
+    """A `call.control` teardown was executed (or refused: ``result``)."""
+    command_id: str
+    reason: str
+    result: Literal["sent", "unknown_call"]
+
+
+class MaxDurationSet(_Event, tag="dialog.max_duration", kw_only=True):
+    """A `call.control` set_max_duration was applied."""
+    command_id: str
+    max_duration_s: int
+    result: Literal["applied", "unknown_call"]
+
+
+CallEvent = Union[
+    InviteReceived, InviteRouted, CallProgress, LegFailed, CallAnswered, CallFailed,
+    CallAck, CallCancel, CallBye, DialogTimeout, DialogTeardown, MaxDurationSet,
+]
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(CallEvent)
+
+
+def encode(event: CallEvent) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode(data: bytes) -> CallEvent:
+    return _decoder.decode(data)

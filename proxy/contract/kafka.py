@@ -1,0 +1,217 @@
+"""The one place that turns ``KafkaSettings`` into Kafka client settings.
+
+Every producer, consumer, admin client and faust app in sipledger takes its
+settings from here, so the embedded broker's quirks (see
+/work/shared/notes/platform-facts.md) are handled once:
+
+* Tansu holds a group join for session_timeout/2 and does not wake fetches on
+  new data: short sessions and short fetch waits (client_profile "tansu").
+* aiokafka's idempotent/transactional producer fails on Tansu: never enabled.
+  Delivery is at-least-once; every record carries an ``id`` to dedupe on.
+* ListOffsets(LATEST) is wrong after multi-record batches: faust gets
+  single-record batches; our own tail readers do not trust the end offset alone.
+* Topics are created explicitly with their partition count (``ensure_topics``).
+  aiokafka asks brokers to auto-create every topic it looks up, and Tansu
+  obliges with 4 partitions; after a broker restart the first client to look
+  would recreate our topics with the wrong count.  Importing this module
+  therefore makes aiokafka's metadata requests say "do not auto-create".
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiokafka.admin.client
+import aiokafka.client
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.metadata import MetadataRequest
+
+from .config import ConfigError, KafkaSettings
+
+log = logging.getLogger(__name__)
+
+PRODUCER_LINGER_MS = 5
+# Tansu: group join waits session_timeout/2; a fetch waits its full max wait
+# even when data arrives, so the wait is the consumer's latency.
+TANSU_SESSION_TIMEOUT_MS = 6000
+TANSU_HEARTBEAT_INTERVAL_MS = 1000
+TANSU_FETCH_MAX_WAIT_MS = 15
+
+
+class _NoAutoCreateMetadataRequest(MetadataRequest):
+    def __init__(self, topics: list[str] | None = None,
+                 allow_auto_topic_creation: bool | None = False) -> None:
+        super().__init__(topics, allow_auto_topic_creation)
+
+
+def _forbid_topic_auto_creation() -> None:
+    # aiokafka (0.14) builds metadata requests through these module globals
+    # and has no setting for it; a pinned-version test guards this.
+    for module in (aiokafka.client, aiokafka.admin.client):
+        if getattr(module, "MetadataRequest", None) is None:
+            raise ImportError(f"{module.__name__}.MetadataRequest not found: "
+                              "aiokafka changed, revisit topic auto-creation")
+        module.MetadataRequest = _NoAutoCreateMetadataRequest
+
+
+_forbid_topic_auto_creation()
+
+
+def bootstrap_servers(settings: KafkaSettings) -> str:
+    servers = settings.bootstrap_servers.strip()
+    if not servers:
+        raise ConfigError("kafka.bootstrap_servers is empty "
+                          "(embedded mode fills it in once the broker has started)")
+    return servers
+
+
+def connection_kwargs(settings: KafkaSettings) -> dict[str, Any]:
+    """Address and security settings shared by every aiokafka client."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_servers(settings),
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.security_protocol.startswith("SASL"):
+        kwargs.update(sasl_mechanism=settings.sasl_mechanism,
+                      sasl_plain_username=settings.sasl_username,
+                      sasl_plain_password=settings.sasl_password)
+    if settings.security_protocol.endswith("SSL"):
+        kwargs["ssl_context"] = create_ssl_context(cafile=settings.ssl_cafile or None)
+    return kwargs
+
+
+def producer_kwargs(settings: KafkaSettings, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for ``aiokafka.AIOKafkaProducer``."""
+    kwargs = connection_kwargs(settings)
+    kwargs.update(
+        acks="all",                  # a single broker answers as soon as it has it
+        enable_idempotence=False,    # fails at start on Tansu; consumers dedupe by id
+        linger_ms=PRODUCER_LINGER_MS,
+        compression_type=None,
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def consumer_kwargs(settings: KafkaSettings, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments for ``aiokafka.AIOKafkaConsumer`` (topics not included)."""
+    kwargs = connection_kwargs(settings)
+    if settings.client_profile == "tansu":
+        kwargs.update(session_timeout_ms=TANSU_SESSION_TIMEOUT_MS,
+                      heartbeat_interval_ms=TANSU_HEARTBEAT_INTERVAL_MS,
+                      fetch_max_wait_ms=TANSU_FETCH_MAX_WAIT_MS)
+    kwargs.update(overrides)
+    return kwargs
+
+
+def faust_settings(settings: KafkaSettings) -> dict[str, Any]:
+    """Keyword arguments for ``faust.App`` (broker, credentials, producer, sessions).
+
+    faust hard-codes its consumer's fetch_max_wait_ms (1500); on Tansu a faust
+    processor must also pass ``TANSU_FETCH_MAX_WAIT_MS`` to its consumer."""
+    brokers = [server.strip() for server in bootstrap_servers(settings).split(",") if server.strip()]
+    app: dict[str, Any] = {
+        "broker": ";".join(f"kafka://{server}" for server in brokers),
+        "producer_acks": -1,
+        "producer_linger": PRODUCER_LINGER_MS / 1000,
+        "producer_compression_type": None,
+    }
+    if settings.security_protocol != "PLAINTEXT":
+        app["broker_credentials"] = _faust_credentials(settings)
+    if settings.client_profile == "tansu":
+        app.update(broker_session_timeout=TANSU_SESSION_TIMEOUT_MS / 1000,
+                   broker_heartbeat_interval=TANSU_HEARTBEAT_INTERVAL_MS / 1000,
+                   # bytes: every record its own batch, so ListOffsets(LATEST)
+                   # is right and changelog recovery does not stop early
+                   producer_max_batch_size=1)
+    return app
+
+
+def _faust_credentials(settings: KafkaSettings) -> Any:
+    import faust  # heavy; only processors that use faust pay for it
+
+    ssl_context = (create_ssl_context(cafile=settings.ssl_cafile or None)
+                   if settings.security_protocol.endswith("SSL") else None)
+    if settings.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=settings.sasl_username,
+                                     password=settings.sasl_password,
+                                     mechanism=settings.sasl_mechanism,
+                                     ssl_context=ssl_context)
+    return faust.SSLCredentials(ssl_context)
+
+
+async def ensure_topics(settings: KafkaSettings, topics: dict[str, int], *,
+                        timeout: float = 10.0) -> dict[str, int]:
+    """Create each topic with its partition count unless it exists already.
+
+    Returns the partition count each topic actually has.  An existing topic
+    keeps its count (Tansu cannot add partitions): a mismatch is logged.
+    Raises on a broker that cannot be reached within ``timeout``."""
+    async with _admin_client(settings, timeout) as admin:
+        await _create_missing(admin, settings, topics)
+        counts = await _wait_for_partition_counts(admin, list(topics))
+    for name, wanted in topics.items():
+        if counts[name] != wanted:
+            log.warning("topic %s has %d partitions, %d configured: "
+                        "it existed before; delete and recreate it to change",
+                        name, counts[name], wanted)
+    return counts
+
+
+def ensure_topics_sync(settings: KafkaSettings, topics: dict[str, int], *,
+                       timeout: float = 10.0) -> dict[str, int]:
+    """``ensure_topics`` for code without a running event loop (CLI, fixtures)."""
+    return asyncio.run(ensure_topics(settings, topics, timeout=timeout))
+
+
+async def _create_missing(admin: AIOKafkaAdminClient, settings: KafkaSettings,
+                          topics: dict[str, int]) -> None:
+    response = await admin.create_topics(
+        [NewTopic(name, partitions, settings.replication_factor)
+         for name, partitions in topics.items()])
+    for name, code, *_ in response.topic_errors:
+        if code not in (0, TopicAlreadyExistsError.errno):
+            raise for_code(code)(f"creating topic {name}")
+
+
+async def _wait_for_partition_counts(admin: AIOKafkaAdminClient,
+                                     names: list[str]) -> dict[str, int]:
+    # A created topic can take a moment to show in metadata with leaders.
+    while len(counts := await _ready_partition_counts(admin, names)) < len(names):
+        await asyncio.sleep(0.05)
+    return counts
+
+
+async def _ready_partition_counts(admin: AIOKafkaAdminClient,
+                                  names: list[str]) -> dict[str, int]:
+    """Partition counts of those topics that exist with a leader for every partition."""
+    described = await admin.describe_topics(names)
+    return {t["topic"]: len(t["partitions"]) for t in described
+            if t["error_code"] == 0 and t["partitions"]
+            and all(p["leader"] >= 0 for p in t["partitions"])}
+
+
+async def topic_partitions(settings: KafkaSettings, topic: str, *,
+                           timeout: float = 5.0) -> int | None:
+    """How many partitions ``topic`` has, or None while it does not exist
+    (looking does not create it)."""
+    async with _admin_client(settings, timeout) as admin:
+        return (await _ready_partition_counts(admin, [topic])).get(topic)
+
+
+@contextlib.asynccontextmanager
+async def _admin_client(settings: KafkaSettings, timeout: float) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client; everything inside must finish within ``timeout``."""
+    admin = AIOKafkaAdminClient(**connection_kwargs(settings),
+                                request_timeout_ms=int(timeout * 1000))
+    try:
+        async with asyncio.timeout(timeout):
+            await admin.start()
+            yield admin
+    finally:
+        await admin.close()

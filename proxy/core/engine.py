@@ -1,0 +1,399 @@
+"""The proxy core's front door: bytes in, transactions matched, requests routed.
+
+``Core`` is the shared context of one worker (settings, identity, transaction
+tables, dialogs, the event factory); ``Engine`` dispatches every message:
+responses to their client transaction, retransmissions and ACKs to their
+server transaction, CANCEL to the call it cancels, in-dialog requests along
+their route set, and everything else to the routing logic (proxy/core/routing.py).
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from typing import Any
+
+from ..contract import commands as cmd
+from ..contract import events as ev
+from ..sip.build import make_response
+from ..sip.message import ParseError, SipMessage, parse
+from ..sip.uri import UriError, parse_name_addr, parse_uri
+from ..sip.via import ViaError, parse_via
+from ..transactions import (InviteServerTransaction, NonInviteServerTransaction, TimerConfig,
+                            client_key, invite_key_for_cancel, new_branch, server_key)
+from .callevents import CallEventFactory
+from .dialogs import DialogTable
+from .forwarding import Branch, ProxyCall
+from .node import LocalNode
+from .ports import Effects, Target
+from .txdriver import TxDriver
+
+log = logging.getLogger("sipledger.proxy")
+
+USER_AGENT = "sipledger"
+
+
+class Core:
+    """Everything one worker's routing decisions need, in one place."""
+
+    def __init__(self, *, settings, effects: Effects, node: LocalNode, events: CallEventFactory,
+                 provisioning=None, authenticator=None, location=None, registrar=None):
+        self.settings = settings
+        self.effects = effects
+        self.node = node
+        self.events = events
+        self.provisioning = provisioning
+        self.authenticator = authenticator
+        self.location = location
+        self.registrar = registrar
+        self.timers = TimerConfig(t1=settings.t1, t2=settings.t2, t4=settings.t4)
+        self.client_txs: dict[Any, TxDriver] = {}
+        self.server_txs: dict[Any, TxDriver] = {}
+        self.calls: dict[str, ProxyCall] = {}      # initial INVITEs in progress, by Call-ID
+        self.dialogs = DialogTable(self)
+        self.user_agent = USER_AGENT
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_sources]
+        self._dns: dict[str, str | None] = {}
+        self.static_route = settings.static_route or None
+
+    # -- small services ------------------------------------------------------
+    def emit(self, event) -> None:
+        self.effects.emit(event)
+
+    def is_trusted(self, ip: str) -> bool:
+        if not self.trusted:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted)
+
+    def resolve(self, uri: str) -> Target | None:
+        """Next hop of a URI (RFC 3263 reduced to A records: no NAPTR/SRV here)."""
+        try:
+            u = parse_uri(uri)
+        except UriError:
+            return None
+        if u.scheme == "tel":
+            return None
+        transport = u.transport if u.transport in ("udp", "tcp") else "udp"
+        host = u.host.strip("[]")
+        ip = self._dns.get(host, "") if host in self._dns else self._lookup(host)
+        if not ip:
+            return None
+        return Target(transport, ip, u.port or (5061 if u.scheme == "sips" else 5060))
+
+    def _lookup(self, host: str) -> str | None:
+        try:
+            ipaddress.ip_address(host)
+            return host
+        except ValueError:
+            pass
+        try:
+            ip = socket.gethostbyname(host)
+        except OSError:
+            ip = None
+        if len(self._dns) > 10000:
+            self._dns.clear()
+        self._dns[host] = ip
+        return ip
+
+    def has_pending_call(self, call_id: str) -> bool:
+        call = self.calls.get(call_id)
+        return call is not None and not call.answered and not call.replied
+
+    def on_answered(self, call: ProxyCall, branch: Branch, resp: SipMessage) -> None:
+        max_s = call.max_duration_s or self.settings.max_dialog_seconds
+        dialog = self.dialogs.confirm(call.request, resp, call.server.target, branch.target,
+                                      branch.index, max_s)
+        self.emit(self.events.make(
+            ev.CallAnswered, call.request, to_tag=dialog.callee_tag, leg=branch.index,
+            code=resp.status, reason=resp.reason or "", callee_user_agent=resp.get("server")
+            or resp.get("user-agent"), max_duration_s=dialog.max_duration_s))
+
+    def reply(self, server: TxDriver, request: SipMessage, status: int, reason: str | None = None,
+              headers=()) -> SipMessage:
+        resp = make_response(request, status, reason, headers=list(headers))
+        if not server.done:
+            server.run(server.machine.send_response(resp))
+        return resp
+
+    # -- routing along route sets -----------------------------------------------------
+    def pop_own_routes(self, request: SipMessage) -> bool:
+        """Loose routing (§16.4): remove Route entries that are this proxy.
+        Strict-router compatibility: a Request-URI that is our Record-Route URI
+        means the previous hop was a strict router; restore the real target."""
+        popped = False
+        if request.uri and self.node.is_me_uri(request.uri) and _looks_like_rr(request.uri):
+            routes = request.values("route")
+            if routes:
+                request.uri = parse_name_addr(routes[-1]).uri
+                request.remove("route")
+                for route in routes[:-1]:
+                    request.add("route", route)
+                popped = True
+        while True:
+            top = request.get("route")
+            if top is None:
+                break
+            first = request.values("route")[0]
+            if not self.node.is_me_route(first):
+                break
+            request.pop_first_value("route")
+            popped = True
+        return popped
+
+    def next_hop(self, request: SipMessage) -> tuple[str, Target | None]:
+        """(Request-URI, destination) after our routes were popped (§16.6 steps 6–7).
+        A strict next hop gets the Request-URI moved to the end of the route set."""
+        routes = request.values("route")
+        if routes:
+            route_uri = parse_name_addr(routes[0]).uri
+            try:
+                loose = parse_uri(route_uri).loose_route
+            except UriError:
+                return request.uri or "", None
+            if not loose:
+                request.remove("route")
+                for route in routes[1:]:
+                    request.add("route", route)
+                request.add("route", f"<{request.uri}>")
+                request.uri = route_uri
+            return request.uri or "", self.resolve(route_uri)
+        return request.uri or "", self.resolve(request.uri or "")
+
+    def route_ack(self, ack: SipMessage, source: Target) -> None:
+        """ACK for a 2xx: its own transaction end to end; relayed statelessly."""
+        self.pop_own_routes(ack)
+        dialog, _ = self.dialogs.on_request(ack)
+        uri, target = self.next_hop(ack)
+        if target is None:
+            return
+        if dialog is not None and not ack.has("route"):
+            target = self._dialog_target(dialog, uri, target)
+        mf = ack.get("max-forwards")
+        ack.set("max-forwards", str(max(0, int(mf) - 1)) if mf and mf.isdigit() else "70")
+        ack.prepend("via", self.node.via(target.transport, new_branch()))
+        self.effects.send(ack.serialize(), target)
+        if dialog is not None:
+            self.emit(self.events.for_dialog(ev.CallAck, dialog, leg=dialog.leg))
+
+    def _dialog_target(self, dialog, uri: str, target: Target) -> Target:
+        """Send to where the party really is (its source address, for NATed phones)."""
+        if uri == dialog.callee.contact:
+            return dialog.callee.target
+        if uri == dialog.caller.contact:
+            return dialog.caller.target
+        return target
+
+
+def _looks_like_rr(uri: str) -> bool:
+    try:
+        u = parse_uri(uri)
+    except UriError:
+        return False
+    return u.user is None
+
+
+class Engine:
+    """Dispatch of every message one worker receives."""
+
+    def __init__(self, core: Core, routing):
+        self.core = core
+        self.routing = routing
+
+    # -- intake ------------------------------------------------------------------------
+    def on_data(self, data: bytes, source: Target) -> None:
+        if not data.strip(b"\r\n"):
+            return                         # keep-alive CRLFs
+        try:
+            msg = parse(data)
+        except ParseError as exc:
+            self._bad_request(exc, source)
+            return
+        try:
+            if msg.is_request:
+                self._on_request(msg, source)
+            else:
+                self._on_response(msg)
+        except (ValueError, ViaError, UriError) as exc:
+            if msg.is_request and msg.method != "ACK":
+                self._reply_stateless(msg, source, 400, f"Bad Request ({exc})"[:120])
+        except Exception:              # one bad message must never stop the worker
+            log.exception("error handling %r from %s", msg, source)
+            if msg.is_request and msg.method != "ACK":
+                self._reply_stateless(msg, source, 500, "Server Internal Error")
+
+    def _bad_request(self, exc: ParseError, source: Target) -> None:
+        partial = exc.partial
+        if partial is None or partial.method == "ACK" or partial.get("via") is None:
+            return                         # nothing we can answer
+        self._reply_stateless(partial, source, 400, f"Bad Request ({exc.reason})"[:120])
+
+    def _reply_stateless(self, request: SipMessage, source: Target, status: int, reason: str) -> None:
+        resp = make_response(request, status, reason)
+        self.core.effects.send(resp.serialize(), self._upstream(request, source))
+
+    def _upstream(self, request: SipMessage, source: Target) -> Target:
+        if source.transport != "udp":
+            return source
+        try:
+            via = parse_via(request.top_via or "")
+        except ViaError:
+            return source
+        host, port = via.response_target()
+        return Target("udp", host, port)
+
+    # -- responses ------------------------------------------------------------------------
+    def _on_response(self, resp: SipMessage) -> None:
+        core = self.core
+        driver = core.client_txs.get(client_key(resp))
+        if driver is not None:
+            driver.run(driver.machine.on_response(resp))
+            return
+        # A 2xx retransmission after its transaction is gone: relay statelessly
+        # along the Via path (§16.11), if the top Via is ours.
+        if 200 <= (resp.status or 0) < 300 and resp.cseq[1] == "INVITE":
+            top = parse_via(resp.top_via or "")
+            if core.node.is_me(top.host, top.port):
+                resp.pop_first_value("via")
+                nxt = resp.top_via
+                if nxt:
+                    host, port = parse_via(nxt).response_target()
+                    core.effects.send(resp.serialize(), Target(parse_via(nxt).transport.lower(), host, port))
+
+    # -- requests --------------------------------------------------------------------------
+    def _on_request(self, req: SipMessage, source: Target) -> None:
+        core = self.core
+        self._stamp_via(req, source)
+        upstream = self._upstream(req, source)
+        if req.method == "ACK":
+            driver = core.server_txs.get(server_key(req))
+            if driver is not None:
+                driver.run(driver.machine.on_request(req))   # ACK for a non-2xx: absorbed
+            elif _to_tag_present(req):
+                core.route_ack(req, source)
+            return
+        driver = core.server_txs.get(server_key(req))
+        if driver is not None:
+            driver.run(driver.machine.on_request(req))       # retransmission
+            return
+        if req.method == "CANCEL":
+            self._on_cancel(req, upstream)
+            return
+        server = self._new_server(req, upstream)
+        if req.method == "INVITE":
+            core.reply(server, req, 100, "Trying")
+        mf = req.get("max-forwards")
+        if mf is not None:
+            mf = mf.strip()
+            if not mf.isdigit():
+                core.reply(server, req, 400, "Bad Request (malformed Max-Forwards)")
+                return
+            if int(mf) == 0:
+                core.reply(server, req, 483, "Too Many Hops")
+                return
+        else:
+            req.set("max-forwards", str(core.settings.max_forwards))
+        if _to_tag_present(req):
+            self._in_dialog(req, server, source)
+        else:
+            self.routing.initial(req, server, source)
+
+    def _stamp_via(self, req: SipMessage, source: Target) -> None:
+        """§18.2.1 received and RFC 3581 rport on the top Via."""
+        via = parse_via(req.top_via or "")
+        changed = False
+        if via.host != source.host or "rport" in via.params:
+            via.params["received"] = source.host
+            changed = True
+        if "rport" in via.params:
+            via.params["rport"] = str(source.port)
+            changed = True
+        if changed:
+            req.replace_first_value("via", str(via))
+
+    def _new_server(self, req: SipMessage, upstream: Target) -> TxDriver:
+        core = self.core
+        reliable = upstream.transport != "udp"
+        if req.method == "INVITE":
+            machine = InviteServerTransaction(req, reliable=reliable, timers=core.timers)
+        else:
+            machine = NonInviteServerTransaction(req, reliable=reliable, timers=core.timers)
+        return TxDriver(machine, upstream, core.effects, server_key(req), core.server_txs)
+
+    def _on_cancel(self, cancel: SipMessage, upstream: Target) -> None:
+        core = self.core
+        invite_server = core.server_txs.get(invite_key_for_cancel(cancel))
+        server = self._new_server(cancel, upstream)
+        if invite_server is None:
+            core.reply(server, cancel, 481, "Call/Transaction Does Not Exist")
+            return
+        core.reply(server, cancel, 200, "OK")
+        call = core.calls.get(cancel.call_id)
+        if call is None or call.server is not invite_server:
+            # nothing forwarded yet (e.g. waiting for auth): end the INVITE here
+            core.reply(invite_server, invite_server.machine.request if hasattr(invite_server.machine, "request") else cancel, 487, "Request Terminated")
+            return
+        if call.track:
+            core.emit(core.events.make(ev.CallCancel, cancel, reason=cancel.get("reason")))
+        call.cancel(cancel.get("reason"))
+
+    def _in_dialog(self, req: SipMessage, server: TxDriver, source: Target) -> None:
+        core = self.core
+        if not core.pop_own_routes(req):
+            core.reply(server, req, 404, "Not Here")   # not routed through us
+            return
+        dialog, by = core.dialogs.on_request(req)
+        uri, target = core.next_hop(req)
+        if target is None:
+            core.reply(server, req, 404, "Next Hop Unreachable")
+            return
+        if dialog is not None and not req.has("route"):
+            target = core._dialog_target(dialog, uri, target)
+        if req.method == "BYE" and dialog is not None:
+            core.emit(core.events.for_dialog(ev.CallBye, dialog, by=by,
+                                             reason=req.get("reason"), leg=dialog.leg))
+        call = ProxyCall(core, server, req)
+        call.fork([(uri, target)])
+
+    # -- call.control ---------------------------------------------------------------------------
+    def on_command(self, command) -> None:
+        core = self.core
+        if isinstance(command, cmd.Teardown):
+            dialog = core.dialogs.teardown(command.call_id, command.reason, command.sip_cause)
+            if dialog is None and command.call_id not in core.dialogs.dialogs \
+                    and command.call_id not in core.calls:
+                return                      # another worker's call (or unknown)
+            result = "sent" if dialog is not None else "unknown_call"
+            if dialog is None:
+                call = core.calls.get(command.call_id)
+                if call is not None and not call.answered and not call.replied:
+                    call.cancel(None)        # not answered yet: stop the ringing
+                    result = "sent"
+            core.emit(self._command_event(ev.DialogTeardown, command, dialog,
+                                          reason=command.reason, result=result))
+        elif isinstance(command, cmd.SetMaxDuration):
+            if command.call_id not in core.dialogs.dialogs and command.call_id not in core.calls:
+                return
+            applied = core.dialogs.set_max_duration(command.call_id, command.seconds)
+            dialog = core.dialogs.get(command.call_id)
+            core.emit(self._command_event(ev.MaxDurationSet, command, dialog,
+                                          max_duration_s=command.seconds,
+                                          result="applied" if applied else "unknown_call"))
+
+    def _command_event(self, cls, command, dialog, **fields):
+        factory = self.core.events
+        if dialog is not None:
+            return factory.for_dialog(cls, dialog, command_id=command.id, **fields)
+        call = self.core.calls.get(command.call_id)
+        if call is not None:
+            return factory.make(cls, call.request, command_id=command.id, **fields)
+        return cls(id=ev.new_event_id(), ts_ms=ev.now_ms(), call_id=command.call_id, from_tag="",
+                   proxy=factory.proxy, worker=factory.worker, command_id=command.id, **fields)
+
+
+def _to_tag_present(req: SipMessage) -> bool:
+    to = req.get("to") or ""
+    return ";tag=" in to.replace(" ", "").lower()

@@ -1,0 +1,209 @@
+"""The location service: AOR → contact bindings in SQLite, shared by every worker.
+
+Like OpenSIPS usrloc in db_mode, the database is the only copy: a REGISTER
+handled by worker 1 is visible to an INVITE on worker 2 at once, and bindings
+survive a restart.  The file lives under the data dir in WAL mode, so lookups
+(one per INVITE, one primary-key range read) never wait for a REGISTER being
+written.  Times are wall-clock seconds (time.time()), because they are shared
+between processes and outlive them.
+
+This module stores; the RFC 3261 §10.3 rules live in registrar.py and run
+inside ``LocationStore.edit`` so each REGISTER is applied atomically.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["Binding", "BindingEditor", "LocationError", "LocationStore", "normalize_aor"]
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "location.sqlite"
+SCHEMA_VERSION = 1
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS location (
+        aor           TEXT    NOT NULL,     -- user@domain, domain lower-cased
+        contact       TEXT    NOT NULL,     -- contact URI as the UA registered it
+        expires_at    REAL    NOT NULL,     -- wall-clock seconds
+        q_milli       INTEGER NOT NULL,     -- q x 1000, exact for ordering
+        call_id       TEXT    NOT NULL,
+        cseq          INTEGER NOT NULL,
+        received      TEXT,                 -- source of the REGISTER as a SIP URI (NAT)
+        transport     TEXT,
+        user_agent    TEXT,
+        path          TEXT,                 -- Path header values (RFC 3327), comma-joined
+        registered_at REAL    NOT NULL,
+        PRIMARY KEY (aor, contact)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS location_expires ON location (expires_at)",
+)
+
+_COLUMNS = ("aor, contact, expires_at, q_milli, call_id, cseq, received, transport, "
+            "user_agent, path, registered_at")
+
+
+class LocationError(Exception):
+    """The location database cannot be used (locked too long, unreadable, full …)."""
+
+
+def normalize_aor(aor: str) -> str:
+    """``alice@Example.TEST`` → ``alice@example.test``: the user part is
+    case-sensitive in SIP, the host is not."""
+    user, at, domain = aor.strip().rpartition("@")
+    return f"{user}@{domain.lower()}" if at else domain.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    aor: str
+    contact: str
+    expires_at: float
+    q_milli: int = 1000
+    call_id: str = ""
+    cseq: int = 0
+    received: str | None = None
+    transport: str | None = None
+    user_agent: str | None = None
+    path: str | None = None
+    registered_at: float = 0.0
+
+    @property
+    def q(self) -> float:
+        return self.q_milli / 1000
+
+    def expires_in(self, now: float) -> int:
+        """Whole seconds left, at least 1 while the binding is alive."""
+        return max(1, round(self.expires_at - now)) if self.expires_at > now else 0
+
+
+def preference(binding: Binding) -> tuple[int, float]:
+    """Sort key: highest q first, then the most recently registered
+    (OpenSIPS' order for equal q)."""
+    return (-binding.q_milli, -binding.registered_at)
+
+
+class BindingEditor:
+    """One AOR's live bindings inside an open write transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, aor: str, current: dict[str, Binding]):
+        self._conn = conn
+        self.aor = aor
+        self.current = current          # contact URI → Binding, updated as we write
+
+    def put(self, binding: Binding) -> None:
+        self._conn.execute(f"INSERT OR REPLACE INTO location ({_COLUMNS}) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(binding))
+        self.current[binding.contact] = binding
+
+    def remove(self, contact: str) -> None:
+        self._conn.execute("DELETE FROM location WHERE aor = ? AND contact = ?", (self.aor, contact))
+        self.current.pop(contact, None)
+
+    def bindings(self) -> list[Binding]:
+        return sorted(self.current.values(), key=preference)
+
+
+class LocationStore:
+    """One connection per process (or thread); several processes may share the file."""
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 5.0):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # autocommit mode: transactions are opened explicitly below, so a
+            # REGISTER's read-check-write runs under one write lock
+            self._conn = sqlite3.connect(self.path, timeout=busy_timeout,
+                                         isolation_level=None, check_same_thread=False)
+            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._create_schema()
+        except (OSError, sqlite3.Error) as exc:
+            raise LocationError(f"location database {self.path}: {exc}") from None
+
+    @classmethod
+    def in_data_dir(cls, data_dir: str | Path, **kwargs) -> "LocationStore":
+        return cls(Path(data_dir) / DB_NAME, **kwargs)
+
+    def _create_schema(self) -> None:
+        with self._transaction():
+            for statement in _SCHEMA:
+                self._conn.execute(statement)
+            if self._conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "LocationStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        # IMMEDIATE: take the write lock before reading, so two workers
+        # registering the same AOR queue up instead of one failing mid-way
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise LocationError(f"location database {self.path}: {exc}") from None
+
+    # -- reads ----------------------------------------------------------------------
+    def lookup(self, aor: str, now: float) -> list[Binding]:
+        """Live bindings of ``aor``, best first (q, then most recent)."""
+        with self._errors():
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM location WHERE aor = ? AND expires_at > ?",
+                (normalize_aor(aor), now)).fetchall()
+        return sorted((Binding(*r) for r in rows), key=preference)
+
+    def count(self, now: float) -> int:
+        """Live bindings in total (for metrics)."""
+        with self._errors():
+            return self._conn.execute("SELECT count(*) FROM location WHERE expires_at > ?",
+                                      (now,)).fetchone()[0]
+
+    # -- writes ----------------------------------------------------------------------
+    @contextmanager
+    def edit(self, aor: str, now: float) -> Iterator[BindingEditor]:
+        """Change one AOR atomically: committed when the block ends, rolled
+        back if it raises (the exception then propagates unchanged)."""
+        aor = normalize_aor(aor)
+        with self._errors(), self._transaction():
+            # expired rows are gone for good: drop them so they cannot take
+            # part in the Call-ID/CSeq checks
+            self._conn.execute("DELETE FROM location WHERE aor = ? AND expires_at <= ?", (aor, now))
+            rows = self._conn.execute(f"SELECT {_COLUMNS} FROM location WHERE aor = ?", (aor,))
+            yield BindingEditor(self._conn, aor, {r[1]: Binding(*r) for r in rows})
+
+    def purge(self, now: float) -> int:
+        """Delete every expired binding; returns how many.  Any worker may run it."""
+        with self._errors():
+            gone = self._conn.execute("DELETE FROM location WHERE expires_at <= ?", (now,)).rowcount
+        if gone:
+            log.debug("location: purged %d expired bindings", gone)
+        return gone
+
+
+def _row(b: Binding) -> tuple:
+    return (b.aor, b.contact, b.expires_at, b.q_milli, b.call_id, b.cseq, b.received,
+            b.transport, b.user_agent, b.path, b.registered_at)

@@ -1,0 +1,37 @@
+"""What the sans-I/O core needs from its runtime, and nothing more.
+
+The core decides; the runtime (proxy/runtime) owns sockets, the clock's timers
+and the event outbox.  Tests drive the core with a recording fake.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A next hop: where a message goes, or where it came from."""
+    transport: str                    # "udp" | "tcp"
+    host: str
+    port: int
+    conn: int | None = None           # TCP connection id, to answer on the same connection
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}/{self.transport}"
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Effects(Protocol):
+    def send(self, data: bytes, target: Target) -> bool:
+        """Queue bytes for the target; False when it cannot be reached (TCP down)."""
+
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle: ...
+
+    def emit(self, event: Any) -> None:
+        """Hand a call event to the durable outbox (never blocks on Kafka)."""
+
+    def monotonic(self) -> float: ...

@@ -1,0 +1,380 @@
+"""The provisioning store: domains, subscribers and aliases in SQL (OpenSIPS-like tables).
+
+SQLite under the data dir by default; PostgreSQL or MySQL by URL.  Several
+proxy workers and the CLI open the same database at once, so SQLite runs in
+WAL mode with a busy timeout, and writes take the write lock up front
+(BEGIN IMMEDIATE) instead of failing half-way when two writers meet.
+
+Every change also bumps the single ``change_log`` row in the same
+transaction: running proxies poll that one integer (``version()``) and only
+rebuild their in-memory snapshot when it moved.
+"""
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import (
+    BigInteger, Column, DateTime, Integer, MetaData, String, Table, UniqueConstraint,
+    create_engine, delete, event, func, insert, select, update,
+)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+
+from proxy.core.digest import compute_ha1
+
+from .models import (
+    AliasEntry, Credentials, ProvisioningError, ProvisioningSnapshot, UserEntry,
+    check_username, normalize_domain,
+)
+
+__all__ = ["ProvisioningStore", "default_url", "metadata"]
+
+DB_NAME = "provisioning.sqlite"
+_BUSY_TIMEOUT_MS = 5000
+_MD5_HEX = re.compile(r"^[0-9a-fA-F]{32}$")
+
+metadata = MetaData()
+
+domain_table = Table(
+    "domain", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("domain", String(255), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+subscriber_table = Table(
+    "subscriber", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("username", String(64), nullable=False),
+    Column("domain", String(255), nullable=False),
+    Column("password", String(128), nullable=True),      # NULL when only hashes are kept
+    Column("ha1", String(64), nullable=False),            # MD5(username:domain:password)
+    Column("ha1_sha256", String(64), nullable=True),      # NULL for an imported MD5 HA1
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("username", "domain", name="subscriber_account"),
+)
+
+alias_table = Table(
+    "alias", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("alias_username", String(64), nullable=False),
+    Column("alias_domain", String(255), nullable=False),
+    Column("username", String(64), nullable=False),
+    Column("domain", String(255), nullable=False),
+    UniqueConstraint("alias_username", "alias_domain", name="alias_address"),
+)
+
+change_log_table = Table(
+    "change_log", metadata,
+    Column("id", Integer, primary_key=True),               # always the one row id=1
+    Column("version", BigInteger, nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def default_url(data_dir: str | os.PathLike) -> str:
+    return f"sqlite:///{Path(data_dir).resolve() / DB_NAME}"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    """WAL + busy timeout on every connection; BEGIN IMMEDIATE for writes."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        # take transaction control away from pysqlite so "begin" below decides
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        # a deferred transaction that reads then writes can fail at once with
+        # SQLITE_BUSY in WAL mode; writers queue on the lock instead
+        immediate = conn.get_execution_options().get("sqlite_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class ProvisioningStore:
+    """Domains, subscribers and aliases.  Every method raises only ProvisioningError."""
+
+    def __init__(self, url: str):
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise ProvisioningError(f"invalid database URL {url[:80]!r}") from None
+        self._sqlite = parsed.get_backend_name() == "sqlite"
+        try:
+            if self._sqlite and parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            self._engine = create_engine(parsed, pool_pre_ping=not self._sqlite)
+        except (OSError, ImportError, SQLAlchemyError) as exc:
+            # ImportError: the URL names a driver that is not installed
+            raise ProvisioningError(
+                f"provisioning database {parsed.render_as_string(hide_password=True)}: {_why(exc)}") from None
+        if self._sqlite:
+            _tune_sqlite(self._engine)
+        self.url = parsed.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> "ProvisioningStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- transactions --------------------------------------------------------------
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """One consistent read: a snapshot must not mix two versions."""
+        with self._guard():
+            conn = self._engine.connect()
+            if not self._sqlite:
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn, conn.begin():
+                yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A change, counted in change_log in the same transaction."""
+        with self._guard():
+            with self._engine.connect() as conn:
+                conn = conn.execution_options(sqlite_write=True)
+                with conn.begin():
+                    yield conn
+                    conn.execute(update(change_log_table).where(change_log_table.c.id == 1)
+                                 .values(version=change_log_table.c.version + 1, changed_at=_now()))
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except ProvisioningError:
+            raise
+        except IntegrityError:
+            # a concurrent writer won a race our pre-checks could not see
+            raise ProvisioningError("conflicting change, already made by someone else; retry") from None
+        except SQLAlchemyError as exc:
+            raise ProvisioningError(f"provisioning database {self.url}: {_why(exc)}") from None
+
+    # -- schema ---------------------------------------------------------------------
+    def create_schema(self) -> None:
+        """Create missing tables and the change_log row (idempotent)."""
+        with self._guard(), self._engine.connect() as conn:
+            # under the write lock, so workers starting together do not race
+            # each other's "does the table exist?" checks
+            conn = conn.execution_options(sqlite_write=True)
+            with conn.begin():
+                metadata.create_all(conn)
+                if conn.execute(select(change_log_table.c.id)).first() is None:
+                    conn.execute(insert(change_log_table).values(id=1, version=0, changed_at=_now()))
+
+    def version(self) -> int:
+        """The change counter; cheap enough to poll every second."""
+        with self._read() as conn:
+            value = conn.execute(select(change_log_table.c.version)
+                                 .where(change_log_table.c.id == 1)).scalar()
+        if value is None:
+            raise ProvisioningError(f"provisioning database {self.url} has no schema; create it first")
+        return int(value)
+
+    # -- domains ---------------------------------------------------------------------
+    def add_domain(self, domain: str) -> None:
+        name = normalize_domain(domain)
+        with self._write() as conn:
+            if _domain_exists(conn, name):
+                raise ProvisioningError(f"domain {name} already exists")
+            conn.execute(insert(domain_table).values(domain=name, created_at=_now()))
+
+    def del_domain(self, domain: str) -> None:
+        """Refused while subscribers or aliases still use the domain: deleting it
+        would silently turn their calls into foreign-domain calls."""
+        name = normalize_domain(domain)
+        with self._write() as conn:
+            if not _domain_exists(conn, name):
+                raise ProvisioningError(f"domain {name} does not exist")
+            users = _count(conn, subscriber_table, subscriber_table.c.domain == name)
+            aliases = _count(conn, alias_table, (alias_table.c.alias_domain == name)
+                             | (alias_table.c.domain == name))
+            if users or aliases:
+                raise ProvisioningError(
+                    f"domain {name} still has {users} user(s) and {aliases} alias(es); delete them first")
+            conn.execute(delete(domain_table).where(domain_table.c.domain == name))
+
+    def list_domains(self) -> list[str]:
+        with self._read() as conn:
+            return list(conn.execute(select(domain_table.c.domain).order_by(domain_table.c.domain)).scalars())
+
+    # -- subscribers --------------------------------------------------------------------
+    def add_user(self, user: str, domain: str, password: str | None = None, *,
+                 ha1_only: bool = False, ha1: str | None = None) -> None:
+        """Add a subscriber.  Either a ``password`` (kept in clear unless
+        ``ha1_only``) or an existing MD5 ``ha1`` to import, which can then only
+        answer MD5 challenges."""
+        user, name = check_username(user), normalize_domain(domain)
+        if (password is None) == (ha1 is None):
+            raise ProvisioningError("give either a password or an HA1 hash")
+        if ha1 is not None and not _MD5_HEX.match(ha1):
+            raise ProvisioningError("HA1 must be 32 hexadecimal digits (MD5 of user:domain:password)")
+        secrets = _secrets(user, name, password, ha1_only) if password is not None else {
+            "password": None, "ha1": ha1.lower(), "ha1_sha256": None}
+        with self._write() as conn:
+            _require_domain(conn, name)
+            if _user_exists(conn, user, name):
+                raise ProvisioningError(f"user {user}@{name} already exists")
+            if _alias_target(conn, user, name) is not None:
+                raise ProvisioningError(f"{user}@{name} is an alias; delete the alias first")
+            conn.execute(insert(subscriber_table).values(
+                username=user, domain=name, created_at=_now(), **secrets))
+
+    def del_user(self, user: str, domain: str) -> int:
+        """Delete a subscriber and the aliases pointing at it; returns how many aliases went."""
+        user, name = check_username(user), normalize_domain(domain)
+        with self._write() as conn:
+            if not _user_exists(conn, user, name):
+                raise ProvisioningError(f"user {user}@{name} does not exist")
+            conn.execute(delete(subscriber_table).where(
+                (subscriber_table.c.username == user) & (subscriber_table.c.domain == name)))
+            gone = conn.execute(delete(alias_table).where(
+                (alias_table.c.username == user) & (alias_table.c.domain == name)))
+            return gone.rowcount or 0
+
+    def set_password(self, user: str, domain: str, password: str, *,
+                     ha1_only: bool | None = None) -> None:
+        """New password; the storage choice (clear or hashes only) is kept
+        unless ``ha1_only`` says otherwise.  A user with an imported HA1 and no
+        password switches to hashes only."""
+        user, name = check_username(user), normalize_domain(domain)
+        with self._write() as conn:
+            row = conn.execute(select(subscriber_table.c.password).where(
+                (subscriber_table.c.username == user) & (subscriber_table.c.domain == name))).first()
+            if row is None:
+                raise ProvisioningError(f"user {user}@{name} does not exist")
+            keep_hashes_only = row.password is None if ha1_only is None else ha1_only
+            conn.execute(update(subscriber_table).where(
+                (subscriber_table.c.username == user) & (subscriber_table.c.domain == name))
+                .values(**_secrets(user, name, password, keep_hashes_only)))
+
+    def list_users(self, domain: str | None = None) -> list[UserEntry]:
+        t = subscriber_table
+        query = select(t.c.username, t.c.domain, t.c.password, t.c.ha1_sha256, t.c.created_at)
+        if domain is not None:
+            query = query.where(t.c.domain == normalize_domain(domain))
+        with self._read() as conn:
+            rows = conn.execute(query.order_by(t.c.domain, t.c.username)).all()
+        return [UserEntry(r.username, r.domain, _storage(r.password, r.ha1_sha256), r.created_at)
+                for r in rows]
+
+    # -- aliases --------------------------------------------------------------------------
+    def add_alias(self, alias_user: str, alias_domain: str, user: str, domain: str) -> None:
+        """``alias_user@alias_domain`` reaches subscriber ``user@domain``.  The
+        alias domain must be served (else the proxy would never treat it as
+        local) and the target must be a subscriber, so aliases never chain."""
+        alias_user, alias_dom = check_username(alias_user), normalize_domain(alias_domain)
+        user, name = check_username(user), normalize_domain(domain)
+        with self._write() as conn:
+            _require_domain(conn, alias_dom)
+            if _user_exists(conn, alias_user, alias_dom):
+                raise ProvisioningError(f"{alias_user}@{alias_dom} is a user; an alias cannot shadow it")
+            if _alias_target(conn, alias_user, alias_dom) is not None:
+                raise ProvisioningError(f"alias {alias_user}@{alias_dom} already exists")
+            if not _user_exists(conn, user, name):
+                raise ProvisioningError(f"alias target {user}@{name} is not a user")
+            conn.execute(insert(alias_table).values(
+                alias_username=alias_user, alias_domain=alias_dom, username=user, domain=name))
+
+    def del_alias(self, alias_user: str, alias_domain: str) -> None:
+        alias_user, alias_dom = check_username(alias_user), normalize_domain(alias_domain)
+        with self._write() as conn:
+            gone = conn.execute(delete(alias_table).where(
+                (alias_table.c.alias_username == alias_user) & (alias_table.c.alias_domain == alias_dom)))
+            if not gone.rowcount:
+                raise ProvisioningError(f"alias {alias_user}@{alias_dom} does not exist")
+
+    def list_aliases(self) -> list[AliasEntry]:
+        t = alias_table
+        with self._read() as conn:
+            rows = conn.execute(select(t.c.alias_username, t.c.alias_domain, t.c.username, t.c.domain)
+                                .order_by(t.c.alias_domain, t.c.alias_username)).all()
+        return [AliasEntry(*r) for r in rows]
+
+    # -- the proxy's view ---------------------------------------------------------------
+    def snapshot(self) -> ProvisioningSnapshot:
+        """Everything the hot path needs, read in one transaction."""
+        s, a = subscriber_table, alias_table
+        with self._read() as conn:
+            version = conn.execute(select(change_log_table.c.version)
+                                   .where(change_log_table.c.id == 1)).scalar()
+            if version is None:
+                raise ProvisioningError(f"provisioning database {self.url} has no schema; create it first")
+            domains = frozenset(conn.execute(select(domain_table.c.domain)).scalars())
+            users = {
+                (r.username, r.domain): Credentials(r.username, r.domain, r.password, r.ha1, r.ha1_sha256)
+                for r in conn.execute(select(s.c.username, s.c.domain, s.c.password, s.c.ha1, s.c.ha1_sha256))
+            }
+            aliases = {
+                (r.alias_username, r.alias_domain): (r.username, r.domain)
+                for r in conn.execute(select(a.c.alias_username, a.c.alias_domain, a.c.username, a.c.domain))
+            }
+        return ProvisioningSnapshot(int(version), domains, users, aliases)
+
+
+# -- helpers -------------------------------------------------------------------------
+
+def _secrets(user: str, domain: str, password: str, hashes_only: bool) -> dict[str, str | None]:
+    if not password:
+        raise ProvisioningError("password must not be empty")
+    return {
+        "password": None if hashes_only else password,
+        "ha1": compute_ha1("MD5", user, domain, password),
+        "ha1_sha256": compute_ha1("SHA-256", user, domain, password),
+    }
+
+
+def _storage(password: str | None, ha1_sha256: str | None) -> str:
+    if password is not None:
+        return "plaintext"
+    return "ha1" if ha1_sha256 else "ha1-md5"
+
+
+def _count(conn: Connection, table: Table, where) -> int:
+    return int(conn.execute(select(func.count()).select_from(table).where(where)).scalar() or 0)
+
+
+def _domain_exists(conn: Connection, name: str) -> bool:
+    return _count(conn, domain_table, domain_table.c.domain == name) > 0
+
+
+def _require_domain(conn: Connection, name: str) -> None:
+    if not _domain_exists(conn, name):
+        raise ProvisioningError(f"domain {name} is not served here; add it with 'domain add {name}'")
+
+
+def _user_exists(conn: Connection, user: str, domain: str) -> bool:
+    return _count(conn, subscriber_table, (subscriber_table.c.username == user)
+                  & (subscriber_table.c.domain == domain)) > 0
+
+
+def _alias_target(conn: Connection, user: str, domain: str):
+    return conn.execute(select(alias_table.c.username).where(
+        (alias_table.c.alias_username == user) & (alias_table.c.alias_domain == domain))).first()
+
+
+def _why(exc: BaseException) -> str:
+    """The driver's own message, on one line (SQLAlchemy appends SQL and a link)."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,191 @@
+"""One proxy worker process: sockets, timers, outbox and Kafka around the sans-I/O core."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+from ..contract import events as ev
+from ..core.callevents import CallEventFactory
+from ..core.digest import DigestAuthenticator
+from ..core.engine import Core, Engine
+from ..core.location import LocationStore
+from ..core.registrar import Registrar
+from ..core.node import LocalNode
+from ..core.ports import Target
+from ..core.routing import DefaultRouting
+from ..events.control import ControlConsumer
+from ..events.outbox import Outbox
+from ..events.publisher import EventPublisher
+from ..provisioning.live import LiveProvisioning
+from ..provisioning.store import ProvisioningStore
+from ..settings import ProxyConfig
+from .transport import TcpPool, UdpEndpoint, tcp_socket, udp_socket
+
+log = logging.getLogger("sipledger.worker")
+
+
+class RuntimeEffects:
+    """The core's Effects port on an asyncio loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, outbox: Outbox, default_udp: UdpEndpoint,
+                 udp: dict[int, UdpEndpoint], tcp: TcpPool | None, on_emit):
+        self.loop = loop
+        self.outbox = outbox
+        self.default_udp = default_udp
+        self.udp = udp
+        self.tcp = tcp
+        self.on_emit = on_emit
+
+    def send(self, data: bytes, target: Target) -> bool:
+        if target.transport == "udp":
+            endpoint = self.udp.get(target.conn, self.default_udp) if target.conn else self.default_udp
+            return endpoint.send(data, target.host, target.port)
+        if self.tcp is None:
+            return False
+        return self.tcp.send(data, target)
+
+    def call_later(self, delay: float, fn, *args):
+        return self.loop.call_later(delay, fn, *args)
+
+    def emit(self, event) -> None:
+        self.outbox.append(event.call_id.encode(), ev.encode(event))
+        self.on_emit()
+
+    def monotonic(self) -> float:
+        return self.loop.time()
+
+
+def load_secret(data_dir: Path, configured: str) -> bytes:
+    """Nonce HMAC key shared by the workers of one node (and kept across restarts)."""
+    if configured:
+        return configured.encode()
+    path = data_dir / "nonce.secret"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(secrets.token_hex(32))
+        os.replace(tmp, path)
+    return path.read_text().strip().encode()
+
+
+class Worker:
+    def __init__(self, config: ProxyConfig, data_dir: Path, index: int, workers: int):
+        self.config = config
+        self.data_dir = data_dir
+        self.index = index
+        self.workers = workers
+        self.stopping = asyncio.Event()
+        self._flush_scheduled = False
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.config
+        px = cfg.proxy
+        (self.data_dir / "outbox").mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(str(self.data_dir / "outbox" / f"worker-{self.index}.sqlite"))
+        self.publisher = EventPublisher(self.outbox, cfg.kafka, cfg.topics.sip_events)
+
+        store = ProvisioningStore(cfg.provisioning.url or f"sqlite:///{self.data_dir / 'provisioning.sqlite'}")
+        store.create_schema()
+        provisioning = LiveProvisioning(store, poll_interval=cfg.provisioning.reload_seconds)
+        location = LocationStore(str(self.data_dir / "location.sqlite"))
+        authenticator = None
+        if cfg.auth.enabled:
+            authenticator = DigestAuthenticator(load_secret(self.data_dir, cfg.auth.secret),
+                                                nonce_ttl=cfg.auth.nonce_ttl_seconds,
+                                                worker=self.index,
+                                                algorithms=tuple(cfg.auth.algorithms))
+
+        shared = self.workers > 1
+        public_udp = UdpEndpoint(self._deliver)
+        await loop.create_datagram_endpoint(lambda: public_udp,
+                                            sock=udp_socket(px.listen, px.sip_port, reuse_port=shared))
+        udp = {public_udp.id: public_udp}
+        own_udp = public_udp
+        if shared:  # a private port so responses and in-dialog requests return here
+            own_udp = UdpEndpoint(self._deliver)
+            await loop.create_datagram_endpoint(lambda: own_udp, sock=udp_socket(px.listen, 0, reuse_port=False))
+            udp[own_udp.id] = own_udp
+        ports = {"udp": own_udp.transport.get_extra_info("sockname")[1]}
+        tcp = None
+        if px.tcp:
+            tcp = TcpPool(loop, self._deliver)
+            await tcp.listen(tcp_socket(px.listen, px.sip_port, reuse_port=shared))
+            own_tcp = tcp_socket(px.listen, 0, reuse_port=False) if shared else None
+            if own_tcp is not None:
+                await tcp.listen(own_tcp)
+                ports["tcp"] = own_tcp.getsockname()[1]
+            else:
+                ports["tcp"] = px.sip_port
+
+        host = px.advertised_host or px.listen
+        node = LocalNode(host, ports, px.sip_port, aliases=(px.listen,))
+        self.effects = RuntimeEffects(loop, self.outbox, own_udp, udp, tcp, self._schedule_flush)
+        core = Core(settings=px, effects=self.effects, node=node,
+                    events=CallEventFactory(cfg.node.name, self.index),
+                    provisioning=provisioning, authenticator=authenticator, location=location,
+                    registrar=Registrar(location, cfg.registrar))
+        self.engine = Engine(core, DefaultRouting(core))
+        self.control = ControlConsumer(cfg.kafka, cfg.topics.call_control, self.engine.on_command)
+        self.publisher.start()
+        self.control.start()
+        housekeeping = loop.create_task(self._housekeeping(provisioning, location))
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stopping.set)
+        print(f"WORKER READY index={self.index} udp={ports['udp']}", flush=True)
+        await self.stopping.wait()
+
+        housekeeping.cancel()
+        for endpoint in udp.values():
+            endpoint.transport.close()
+        if tcp is not None:
+            tcp.close()
+        await self.control.stop()
+        self.outbox.flush()
+        await self.publisher.stop(drain_timeout=5.0)
+        self.outbox.close()
+
+    def _deliver(self, data: bytes, source: Target) -> None:
+        self.engine.on_data(data, source)
+
+    def _schedule_flush(self) -> None:
+        # one outbox write per burst of events, a few ms after the first
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(self.config.proxy.outbox_flush_ms / 1000, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        try:
+            self.outbox.flush()
+        except Exception:
+            log.exception("outbox flush failed; events stay buffered")
+            self._schedule_flush()
+            return
+        self.publisher.wake()
+
+    async def _housekeeping(self, provisioning: LiveProvisioning, location: LocationStore) -> None:
+        loop = asyncio.get_running_loop()
+        tick = 0
+        while True:
+            await asyncio.sleep(self.config.provisioning.reload_seconds)
+            tick += 1
+            try:
+                provisioning.maybe_reload(loop.time())
+                if tick % 30 == 0 and self.index == 0:
+                    import time
+                    location.purge(time.time())
+            except Exception:
+                log.exception("housekeeping failed")
+
+
+def run(config: ProxyConfig, data_dir: Path, index: int, workers: int) -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s worker{index} %(name)s %(levelname)s %(message)s")
+    import uvloop
+    uvloop.run(Worker(config, data_dir, index, workers).run())

@@ -1,0 +1,48 @@
+"""The proxy's configuration sections (TOML `[proxy]`, `[auth]`, `[registrar]`, `[provisioning]`)."""
+from __future__ import annotations
+
+import msgspec
+
+from .contract.config import KafkaSettings, NodeSettings, TopicSettings
+from .core.registrar import RegistrarSettings
+
+
+class ProxySettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    listen: str = "127.0.0.1"           # address to bind (SIP UDP and TCP)
+    sip_port: int = 5060
+    advertised_host: str = ""           # host in Via/Record-Route; defaults to `listen`
+    workers: int = 1                    # processes; >1 uses SO_REUSEPORT + a port per worker
+    tcp: bool = True
+    domains: tuple[str, ...] = ()             # served domains besides the provisioned ones
+    max_dialog_seconds: int = 10800     # 3 h, then the proxy sends BYE both ways
+    invite_timeout_seconds: float = 120.0   # Timer C: no final answer on a branch
+    static_route: str = ""              # relay target for unknown users of local domains
+    trusted_sources: tuple[str, ...] = ()     # CIDRs that are never challenged
+    max_forwards: int = 70
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    outbox_flush_ms: int = 5
+
+
+class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    enabled: bool = True
+    nonce_ttl_seconds: int = 300
+    algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    secret: str = ""                    # HMAC key for nonces; generated under the data dir if empty
+
+
+class ProvisioningSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    url: str = ""                       # SQLAlchemy URL; default sqlite under the data dir
+    reload_seconds: float = 1.0
+
+
+class ProxyConfig(msgspec.Struct, frozen=True):
+    """What a proxy process reads from the shared TOML file (other sections are ignored here)."""
+    node: NodeSettings = NodeSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    proxy: ProxySettings = ProxySettings()
+    auth: AuthSettings = AuthSettings()
+    registrar: RegistrarSettings = RegistrarSettings()
+    provisioning: ProvisioningSettings = ProvisioningSettings()

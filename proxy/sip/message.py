@@ -1,0 +1,261 @@
+"""SIP messages (RFC 3261 §7): bytes in, a mutable message out, bytes back.
+
+Sans-I/O: nothing here touches a socket.  Unknown headers and bodies are kept
+intact and in order; header names are matched case-insensitively with compact
+forms folded to their long names, but written back as they arrived.
+"""
+from __future__ import annotations
+
+from .headers import canonical, split_commas
+
+__all__ = ["ParseError", "SipMessage", "parse", "MANDATORY"]
+
+MANDATORY = ("via", "from", "to", "call-id", "cseq")
+_SIP2 = "SIP/2.0"
+
+
+class ParseError(ValueError):
+    """Malformed SIP.  ``reason`` is fit for a 400 reason phrase."""
+
+    def __init__(self, reason: str, partial: "SipMessage | None" = None):
+        super().__init__(reason)
+        self.reason = reason
+        # enough of a request, when one was recognised, to answer it with 400
+        self.partial = partial
+
+
+class SipMessage:
+    """A request (``method``/``uri``) or a response (``status``/``reason``).
+
+    ``headers`` is a list of ``[key, name, value]``: key is the canonical
+    lower-case long name used for lookups, name is the spelling to write back.
+    """
+
+    __slots__ = ("method", "uri", "status", "reason", "headers", "body")
+
+    def __init__(self, method=None, uri=None, status=None, reason=None, headers=None, body=b""):
+        self.method: str | None = method
+        self.uri: str | None = uri
+        self.status: int | None = status
+        self.reason: str | None = reason
+        self.headers: list[list[str]] = headers if headers is not None else []
+        self.body: bytes = body
+
+    # -- construction --------------------------------------------------
+    @classmethod
+    def request(cls, method: str, uri: str) -> "SipMessage":
+        return cls(method=method, uri=uri)
+
+    @classmethod
+    def response(cls, status: int, reason: str) -> "SipMessage":
+        return cls(status=status, reason=reason)
+
+    def copy(self) -> "SipMessage":
+        return SipMessage(self.method, self.uri, self.status, self.reason,
+                          [h[:] for h in self.headers], self.body)
+
+    @property
+    def is_request(self) -> bool:
+        return self.method is not None
+
+    # -- header access ---------------------------------------------------
+    def get(self, key: str) -> str | None:
+        """First header line's value for ``key`` (canonical lower-case long name)."""
+        for h in self.headers:
+            if h[0] == key:
+                return h[2]
+        return None
+
+    def get_all(self, key: str) -> list[str]:
+        """Every line's value, in order (comma lists not split)."""
+        return [h[2] for h in self.headers if h[0] == key]
+
+    def values(self, key: str) -> list[str]:
+        """Every value of a comma-list header (Via, Route, Contact …), in order."""
+        out: list[str] = []
+        for h in self.headers:
+            if h[0] == key:
+                out.extend(split_commas(h[2]))
+        return out
+
+    def has(self, key: str) -> bool:
+        return any(h[0] == key for h in self.headers)
+
+    def set(self, key: str, value: str, name: str | None = None) -> None:
+        """Replace every ``key`` line by one (appended if absent)."""
+        for i, h in enumerate(self.headers):
+            if h[0] == key:
+                h[2] = value
+                self.headers[i + 1:] = [x for x in self.headers[i + 1:] if x[0] != key]
+                return
+        self.headers.append([key, name or _display_name(key), value])
+
+    def add(self, key: str, value: str, name: str | None = None) -> None:
+        self.headers.append([key, name or _display_name(key), value])
+
+    def prepend(self, key: str, value: str, name: str | None = None) -> None:
+        """Insert a line before the first ``key`` line (or at the top)."""
+        line = [key, name or _display_name(key), value]
+        for i, h in enumerate(self.headers):
+            if h[0] == key:
+                self.headers.insert(i, line)
+                return
+        self.headers.insert(0, line)
+
+    def remove(self, key: str) -> None:
+        self.headers = [h for h in self.headers if h[0] != key]
+
+    def pop_first_value(self, key: str) -> str | None:
+        """Remove and return the first value of a comma-list header (top Via, top Route)."""
+        for i, h in enumerate(self.headers):
+            if h[0] == key:
+                parts = split_commas(h[2])
+                if len(parts) <= 1:
+                    del self.headers[i]
+                else:
+                    h[2] = ", ".join(parts[1:])
+                return parts[0] if parts else None
+        return None
+
+    def replace_first_value(self, key: str, value: str) -> None:
+        for h in self.headers:
+            if h[0] == key:
+                parts = split_commas(h[2])
+                parts[0] = value
+                h[2] = ", ".join(parts)
+                return
+
+    # -- convenience for the mandatory headers ------------------------------
+    @property
+    def call_id(self) -> str:
+        return self.get("call-id") or ""
+
+    @property
+    def cseq(self) -> tuple[int, str]:
+        value = self.get("cseq") or ""
+        num, _, method = value.strip().partition(" ")
+        return int(num), method.strip()
+
+    @property
+    def top_via(self) -> str | None:
+        v = self.get("via")
+        if v is None:
+            return None
+        return split_commas(v)[0] if "," in v else v
+
+    # -- output ------------------------------------------------------------
+    def start_line(self) -> str:
+        if self.method is not None:
+            return f"{self.method} {self.uri} {_SIP2}"
+        return f"{_SIP2} {self.status} {self.reason}"
+
+    def serialize(self) -> bytes:
+        lines = [self.start_line()]
+        for key, name, value in self.headers:
+            if key != "content-length":
+                lines.append(f"{name}: {value}")
+        lines.append(f"Content-Length: {len(self.body)}")
+        lines.append("")
+        lines.append("")
+        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
+
+    def __repr__(self) -> str:
+        return f"<SipMessage {self.start_line()!r} call-id={self.call_id!r}>"
+
+
+_DISPLAY = {
+    "call-id": "Call-ID", "cseq": "CSeq", "www-authenticate": "WWW-Authenticate",
+    "record-route": "Record-Route", "max-forwards": "Max-Forwards",
+}
+
+
+def _display_name(key: str) -> str:
+    name = _DISPLAY.get(key)
+    if name is None:
+        name = "-".join(p.capitalize() for p in key.split("-"))
+    return name
+
+
+def _split_head_body(data: bytes) -> tuple[bytes, bytes]:
+    idx = data.find(b"\r\n\r\n")
+    if idx >= 0:
+        return data[:idx], data[idx + 4:]
+    idx = data.find(b"\n\n")  # tolerate bare LF line ends
+    if idx >= 0:
+        return data[:idx], data[idx + 2:]
+    return data.rstrip(b"\r\n"), b""
+
+
+def parse(data: bytes) -> SipMessage:
+    """Parse one datagram / framed message.  Raises ParseError with a reason."""
+    if not data or not data.strip():
+        raise ParseError("empty message")
+    head, body = _split_head_body(data.lstrip(b"\r\n"))
+    text = head.decode("utf-8", "surrogateescape")
+    lines = text.replace("\r\n", "\n").split("\n")
+    msg = _start_line(lines[0])
+    headers = msg.headers
+    for line in lines[1:]:
+        if not line:
+            continue
+        if line[0] in " \t":  # folded continuation (RFC 3261 §7.3.1)
+            if not headers:
+                raise ParseError("continuation line before any header", _partial(msg))
+            headers[-1][2] += " " + line.strip()
+            continue
+        name, sep, value = line.partition(":")
+        name = name.strip()
+        if not sep or not name or " " in name:
+            raise ParseError(f"malformed header line {line[:40]!r}", _partial(msg))
+        headers.append([canonical(name), name, value.strip()])
+    for key in MANDATORY:
+        if not msg.has(key):
+            raise ParseError(f"missing {_display_name(key)} header", _partial(msg))
+    _check_cseq(msg)
+    msg.body = _body(msg, body)
+    return msg
+
+
+def _start_line(line: str) -> SipMessage:
+    parts = line.strip().split(" ", 2)
+    if len(parts) < 3:
+        raise ParseError("malformed start line")
+    if parts[0] == _SIP2:
+        code = parts[1]
+        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+            raise ParseError("malformed status code")
+        return SipMessage.response(int(code), parts[2])
+    method, uri, version = parts
+    if version.upper() != _SIP2:
+        raise ParseError(f"unsupported version {version[:16]!r}")
+    if not method.isalpha() or not method.isupper():
+        raise ParseError("malformed method")
+    if ":" not in uri:
+        raise ParseError("malformed Request-URI")
+    return SipMessage.request(method, uri)
+
+
+def _partial(msg: SipMessage) -> SipMessage | None:
+    return msg if msg.is_request else None
+
+
+def _check_cseq(msg: SipMessage) -> None:
+    value = (msg.get("cseq") or "").strip()
+    num, _, method = value.partition(" ")
+    if not num.isdigit() or len(num) > 10 or int(num) >= 2**31 or not method.strip():
+        raise ParseError("malformed CSeq", _partial(msg))
+    if msg.is_request and method.strip() != msg.method:
+        raise ParseError("CSeq method does not match request method", _partial(msg))
+
+
+def _body(msg: SipMessage, body: bytes) -> bytes:
+    declared = msg.get("content-length")
+    if declared is None:
+        return body
+    declared = declared.strip()
+    if not declared.isdigit():
+        raise ParseError("malformed Content-Length", _partial(msg))
+    length = int(declared)
+    if length > len(body):
+        raise ParseError("body shorter than Content-Length", _partial(msg))
+    return body[:length]

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# sipledger quick start on a fresh Debian machine.
+#   ./quickstart.sh up     install what is missing, then run the product (Ctrl-C stops it)
+#   ./quickstart.sh test   install what is missing, then run the whole test suite
+# Installs: Debian packages (SIPp for the tests, Kamailio for the speed anchor),
+# a virtualenv at .venv in this checkout, and the project into it.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+MODE="${1:-up}"; shift || true
+
+APT_PACKAGES=(sip-tester kamailio sysstat iproute2)
+
+need_apt=()
+command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
+command -v kamailio >/dev/null 2>&1 || need_apt+=(kamailio)
+command -v pidstat >/dev/null 2>&1 || need_apt+=(sysstat)
+command -v ss >/dev/null 2>&1 || need_apt+=(iproute2)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "==> installing Debian packages: ${need_apt[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=".venv/.sipledger-installed"
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "==> installing sipledger into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[test]"
+  echo "$want" > "$stamp"
+fi
+
+case "$MODE" in
+  up)
+    exec .venv/bin/sipledger --data-dir "${SIPLEDGER_DATA_DIR:-$ROOT/data}" up "$@" ;;
+  test)
+    exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@" ;;
+  setup)
+    echo "==> ready: .venv/bin/sipledger --help" ;;
+  *)
+    echo "usage: $0 up|test|setup" >&2; exit 2 ;;
+esac

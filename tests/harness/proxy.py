@@ -1,0 +1,364 @@
+"""Run `sipledger` (provisioning CLI + `up`) from tests, and read `sip.events`.
+
+``SipledgerProcess`` provisions a data dir and starts ``sipledger up`` in the
+background, waits (bounded) for its ``READY sip=H:P kafka=H:K ...`` line and
+stops it by PID: SIGINT, wait, SIGKILL — and then any of its descendants that
+outlived it (recorded by PID while it ran), so a crashed supervisor cannot
+leave a broker or proxy worker behind.
+
+The data dir and config file are passed through SIPLEDGER_DATA_DIR /
+SIPLEDGER_CONFIG (honoured by every `sipledger` command) so the harness does
+not depend on where the CLI puts its --data-dir/--config options.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+REPO = Path(__file__).resolve().parents[2]
+HOST = "127.0.0.1"
+READY_RE = re.compile(r"^READY\s+sip=(?P<sip>\S+)(?:.*?\bkafka=(?P<kafka>\S+))?")
+
+# Tansu-friendly consumer settings (docs: /work/shared/notes/platform-facts.md)
+TANSU_CONSUMER = dict(session_timeout_ms=6000, heartbeat_interval_ms=1000, fetch_max_wait_ms=20)
+
+
+class SipledgerError(RuntimeError):
+    pass
+
+
+def cli_command() -> list[str]:
+    """How to run the `sipledger` CLI: SIPLEDGER_CLI (word-split) overrides
+    ``python -m api.cli`` with this interpreter."""
+    override = os.environ.get("SIPLEDGER_CLI")
+    if override:
+        return override.split()
+    return [sys.executable, "-m", "api.cli"]
+
+
+def _descendants(pid: int) -> list[int]:
+    """All descendant PIDs of ``pid`` (children first-level first), via /proc."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    kids = [int(x) for x in f.read().split()]
+            except OSError:
+                continue
+            for k in kids:
+                if k not in out:
+                    out.append(k)
+                    todo.append(k)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _start_time(pid: int) -> str | None:
+    """Process start time (jiffies): guards against a recycled PID."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+class SipledgerProcess:
+    """``sipledger up`` on 127.0.0.1:``sip_port`` with its own data dir.
+
+        sl = SipledgerProcess(tmp_path / "data", port, config_text="[proxy]\\nworkers = 1\\n")
+        sl.domain_add("example.test")
+        sl.user_add("bob@example.test", "s3cret")
+        sl.start()                       # waits for READY
+        sl.sip_addr, sl.kafka_bootstrap
+        sl.stop()
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, sip_port: int, config_text: str | None = None,
+                 extra_env: Mapping[str, str] | None = None, *, cli: Sequence[str] | None = None):
+        self.data_dir = Path(data_dir).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.sip_port = int(sip_port)
+        self.cli = list(cli) if cli else cli_command()
+        self.config_path: Path | None = None
+        if config_text is not None:
+            self.config_path = self.data_dir / "sipledger.toml"
+            self.config_path.write_text(config_text)
+        self.env = dict(os.environ)
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO)] + ([self.env["PYTHONPATH"]] if self.env.get("PYTHONPATH") else []))
+        self.env["SIPLEDGER_DATA_DIR"] = str(self.data_dir)
+        if self.config_path is not None:
+            self.env["SIPLEDGER_CONFIG"] = str(self.config_path)
+        else:
+            self.env.pop("SIPLEDGER_CONFIG", None)
+        self.env["PYTHONUNBUFFERED"] = "1"
+        self.env.update(extra_env or {})
+        self.proc: subprocess.Popen | None = None
+        self.stdout_lines: list[str] = []
+        self.ready_line: str | None = None
+        self.sip_addr: tuple[str, int] | None = None
+        self.kafka_bootstrap: str | None = None
+        self._ready = threading.Event()
+        self._reader: threading.Thread | None = None
+        self._stderr_path = self.data_dir / "up.stderr.log"
+        self._stderr = None
+        self._known: dict[int, str | None] = {}     # descendant pid -> start time
+
+    # -- provisioning (changes apply live) --------------------------------------
+    def run_cli(self, *args: str, timeout: float = 30.0, check: bool = True) -> subprocess.CompletedProcess:
+        cmd = self.cli + [str(a) for a in args]
+        try:
+            res = subprocess.run(cmd, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
+                                 capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise SipledgerError(f"`{' '.join(cmd)}` did not finish within {timeout}s") from exc
+        if check and res.returncode != 0:
+            raise SipledgerError(f"`{' '.join(cmd)}` exited {res.returncode}\n"
+                                 f"stdout: {res.stdout[-2000:]}\nstderr: {res.stderr[-4000:]}")
+        return res
+
+    def domain_add(self, domain: str) -> None:
+        self.run_cli("domain", "add", domain)
+
+    def user_add(self, address: str, password: str) -> None:
+        self.run_cli("user", "add", address, "--password", password)
+
+    def user_del(self, address: str) -> None:
+        self.run_cli("user", "del", address)
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self, timeout: float = 60.0) -> "SipledgerProcess":
+        if self.proc is not None:
+            raise SipledgerError("already started")
+        cmd = self.cli + ["up", "--sip-port", str(self.sip_port)]
+        self._stderr = open(self._stderr_path, "wb")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+                                     bufsize=1)
+        self._reader = threading.Thread(target=self._read_stdout, name="sipledger-stdout",
+                                        daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._record_descendants()
+            if self._ready.wait(0.1):
+                self._record_descendants()
+                return self
+            if self.proc.poll() is not None:
+                self._reader.join(timeout=2)
+                if self._ready.is_set():
+                    break
+                msg = self._failure(f"`sipledger up` exited with {self.proc.returncode} before READY")
+                self.stop()
+                raise SipledgerError(msg)
+        if not self._ready.is_set():
+            msg = self._failure(f"`sipledger up` printed no READY line within {timeout}s")
+            self.stop()
+            raise SipledgerError(msg)
+        return self
+
+    def _read_stdout(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            self.stdout_lines.append(line)
+            m = READY_RE.match(line.strip())
+            if m and not self._ready.is_set():
+                self.ready_line = line
+                host, _, port = m.group("sip").rpartition(":")
+                self.sip_addr = (host or HOST, int(port))
+                self.kafka_bootstrap = m.group("kafka")
+                self._ready.set()
+
+    def _record_descendants(self) -> None:
+        if self.proc is None:
+            return
+        for pid in _descendants(self.proc.pid):
+            if pid not in self._known:
+                self._known[pid] = _start_time(pid)
+
+    def stderr_text(self) -> str:
+        try:
+            return self._stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def _failure(self, what: str) -> str:
+        return (f"{what}\ncmd: {' '.join(self.proc.args) if self.proc else ''}\n"
+                f"--- stdout ---\n" + "\n".join(self.stdout_lines[-50:]) +
+                f"\n--- stderr ({self._stderr_path}) ---\n{self.stderr_text()[-6000:]}")
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace: float = 20.0) -> int | None:
+        """SIGINT (the supervisor stops its children), wait, SIGKILL; then
+        SIGTERM/SIGKILL any descendant it started that is still alive."""
+        if self.proc is None:
+            return None
+        self._record_descendants()
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self._record_descendants()
+                try:
+                    os.kill(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(timeout=10)
+        leftovers = [p for p, st in self._known.items()
+                     if _alive(p) and _start_time(p) == st]
+        for sig, pause in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 2.0)):
+            if not leftovers:
+                break
+            for p in leftovers:
+                try:
+                    os.kill(p, sig)
+                except ProcessLookupError:
+                    pass
+            end = time.monotonic() + pause
+            while time.monotonic() < end and any(_alive(p) for p in leftovers):
+                time.sleep(0.05)
+            leftovers = [p for p in leftovers if _alive(p) and _start_time(p) == self._known[p]]
+        if self._reader is not None:
+            self._reader.join(timeout=2)
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+        return self.proc.returncode
+
+    def __enter__(self) -> "SipledgerProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# ------------------------------------------------------------------ events
+
+def _decode(value: bytes) -> dict:
+    try:
+        import msgspec
+        return msgspec.json.decode(value)
+    except ImportError:                                  # pragma: no cover
+        import json
+        return json.loads(value)
+
+
+def read_events(bootstrap: str, topic: str = "sip.events", call_id: str | None = None,
+                timeout: float = 10.0, *,
+                until: Callable[[list[dict]], bool] | None = None,
+                min_count: int | None = None,
+                settle: float = 0.0,
+                types: Iterable[str] | None = None) -> list[dict]:
+    """Consume ``topic`` from offset 0 (no consumer group) and return the
+    decoded events (dicts) for ``call_id`` (all if None), in log order.
+
+    Stops as soon as ``until(events)`` is true (or ``min_count`` events
+    matched), then keeps reading ``settle`` seconds more to catch extra,
+    unwanted events; otherwise returns what it has when ``timeout`` runs out —
+    the caller's assertions then say what is missing.  ``types`` filters on
+    the event ``type`` as well."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    wanted_types = set(types) if types is not None else None
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                             enable_auto_commit=False, auto_offset_reset="earliest",
+                             client_id=f"e2e-reader-{uuid.uuid4().hex[:8]}",
+                             consumer_timeout_ms=int(max(timeout, 1) * 1000),
+                             request_timeout_ms=30000, **TANSU_CONSUMER)
+    events: list[dict] = []
+    try:
+        deadline = time.monotonic() + timeout
+        partitions = None
+        while time.monotonic() < deadline:
+            partitions = consumer.partitions_for_topic(topic)
+            if partitions:
+                break
+            time.sleep(0.1)
+        if not partitions:
+            return events
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+
+        def done() -> bool:
+            if until is not None and until(events):
+                return True
+            if min_count is not None and until is None and len(events) >= min_count:
+                return True
+            return False
+
+        settle_deadline = None
+        while True:
+            now = time.monotonic()
+            if settle_deadline is not None and now >= settle_deadline:
+                break
+            if settle_deadline is None and now >= deadline:
+                break
+            batches = consumer.poll(timeout_ms=100, max_records=500)
+            for _tp, records in batches.items():
+                for rec in records:
+                    try:
+                        ev = _decode(rec.value)
+                    except Exception:
+                        ev = {"type": "<undecodable>", "raw": rec.value}
+                    if not isinstance(ev, dict):
+                        continue
+                    if call_id is not None and ev.get("call_id") != call_id:
+                        continue
+                    if wanted_types is not None and ev.get("type") not in wanted_types:
+                        continue
+                    ev.setdefault("_partition", rec.partition)
+                    ev.setdefault("_offset", rec.offset)
+                    ev.setdefault("_key", rec.key.decode(errors="replace") if rec.key else None)
+                    events.append(ev)
+            if settle_deadline is None and done():
+                if settle <= 0:
+                    break
+                settle_deadline = time.monotonic() + settle
+    finally:
+        consumer.close()
+    return events
+
+
+def event_types(events: Iterable[dict]) -> list[str]:
+    return [e.get("type") for e in events]
+
+
+def wait_for_types(*expected: str) -> Callable[[list[dict]], bool]:
+    """``until`` predicate: every type in ``expected`` has been seen."""
+    need = list(expected)
+
+    def pred(events: list[dict]) -> bool:
+        seen = [e.get("type") for e in events]
+        return all(seen.count(t) >= need.count(t) for t in set(need))
+    return pred
