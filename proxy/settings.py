@@ -28,7 +28,8 @@ class ProxySettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     enabled: bool = True
     nonce_ttl_seconds: int = 300
-    algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    # MD5 first: many UAs (SIPp among them) answer only the first challenge
+    algorithms: tuple[str, ...] = ("MD5", "SHA-256")
     secret: str = ""                    # HMAC key for nonces; generated under the data dir if empty
 
 

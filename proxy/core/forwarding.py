@@ -25,7 +25,7 @@ CANCEL_REASON_ANSWERED = reason_header(200, "Call completed elsewhere")
 
 class Branch:
     __slots__ = ("index", "parent", "cause", "request", "target", "branch_id", "driver",
-                 "provisional", "final", "cancel_wanted", "cancel_sent", "timer_c", "target_uri")
+                 "provisional", "progressed", "final", "cancel_wanted", "cancel_sent", "timer_c", "target_uri")
 
     def __init__(self, index: int, parent: int | None, cause: str, request: SipMessage,
                  target: Target, branch_id: str, target_uri: str):
@@ -38,6 +38,7 @@ class Branch:
         self.target_uri = target_uri
         self.driver: TxDriver | None = None
         self.provisional = False       # a provisional >= 100 arrived: CANCEL may be sent
+        self.progressed = False        # a provisional > 100 arrived (PDD is measured to it)
         self.final: int | None = None  # status of the final response, synthetic ones included
         self.cancel_wanted = False
         self.cancel_sent = False
@@ -132,12 +133,13 @@ class ProxyCall:
         self._maybe_finish()
 
     def _on_provisional(self, branch: Branch, resp: SipMessage) -> None:
-        first = not branch.provisional
         branch.provisional = True
         if branch.cancel_wanted and not branch.cancel_sent:
             self._send_cancel(branch)
         if resp.status == 100:
             return                      # hop by hop: absorbed here (§16.7 step 5)
+        first = not branch.progressed
+        branch.progressed = True
         if branch.timer_c is not None:  # §16.8: Timer C restarts on provisional responses
             branch.timer_c.cancel()
             branch.timer_c = self.core.effects.call_later(

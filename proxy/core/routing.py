@@ -7,6 +7,7 @@ send unknown local users to the static route when one is configured.
 """
 from __future__ import annotations
 
+import ipaddress
 import time
 
 from ..contract import events as ev
@@ -136,7 +137,7 @@ class DefaultRouting:
         bindings = core.location.lookup(aor, time.time()) if core.location is not None else []
         targets = []
         for binding in bindings:
-            hop = core.resolve(binding.received or binding.contact)
+            hop = core.resolve(_nat_destination(binding))
             if hop is not None:
                 targets.append((binding.contact, hop))
         if not targets:
@@ -238,6 +239,23 @@ class DefaultRouting:
         if outcome.min_expires is not None:
             headers.append(("min-expires", str(outcome.min_expires)))
         core.reply(server, req, outcome.status, outcome.reason, headers=headers)
+
+
+def _nat_destination(binding) -> str:
+    """Where to send a registered contact's requests: its source address when
+    it registered from behind a NAT (a private Contact address different from
+    the address the REGISTER came from: OpenSIPS nat_uac_test 1+2), else the
+    Contact itself (a phone may well register from one port and listen on another)."""
+    if not binding.received:
+        return binding.contact
+    try:
+        contact_host = parse_uri(binding.contact).host.strip("[]")
+        source_host = parse_uri(binding.received).host.strip("[]")
+        private = ipaddress.ip_address(contact_host).is_private and not \
+            ipaddress.ip_address(contact_host).is_loopback
+    except ValueError:
+        return binding.contact
+    return binding.received if private and contact_host != source_host else binding.contact
 
 
 def _tag(msg: SipMessage) -> str | None:

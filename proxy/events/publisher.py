@@ -123,19 +123,20 @@ class EventPublisher:
 
     async def _deliver(self, rows: list[tuple[int, bytes, bytes]]) -> None:
         """Send ``rows``, ack those the broker took, raise the first error."""
+        sendable = self._drop_oversized(rows)
         producer = await self._get_producer()
         sent: list[tuple[asyncio.Future, list[int]]] = []
         error: BaseException | None = None
         try:
             partitions = sorted(await producer.partitions_for(self.topic))
-            await self._send_batches(producer, partitions, rows, sent)
+            await self._send_batches(producer, partitions, sendable, sent)
         except Exception as exc:
             error = exc  # batches already handed over may still be delivered
         results = await asyncio.gather(*(future for future, _ in sent), return_exceptions=True)
         delivered = [seq for (_, seqs), result in zip(sent, results)
                      if not isinstance(result, BaseException) for seq in seqs]
-        if error is None and len(delivered) == len(rows) - self._oversized(rows):
-            self.outbox.ack(upto=rows[-1][0])
+        if error is None and len(delivered) == len(sendable):
+            self.outbox.ack(upto=rows[-1][0])  # one range delete
         else:
             self.outbox.ack(delivered)
         self.published += len(delivered)
@@ -147,10 +148,10 @@ class EventPublisher:
     async def _send_batches(self, producer: AIOKafkaProducer, partitions: list[int],
                             rows: list[tuple[int, bytes, bytes]],
                             sent: list[tuple[asyncio.Future, list[int]]]) -> None:
+        """Hand ``rows`` to the producer as per-partition batches, appending
+        (delivery future, seqs in that batch) to ``sent`` as they go."""
         open_batches: dict[int, tuple] = {}
         for seq, key, value in rows:
-            if len(key) + len(value) > MAX_RECORD_BYTES:
-                continue  # counted and acked by _oversized
             partition = self._partitioner(key, partitions, partitions)
             builder, seqs = open_batches.get(partition) or (producer.create_batch(), [])
             if builder.append(key=key, value=value, timestamp=None) is None:  # full
@@ -162,15 +163,16 @@ class EventPublisher:
         for partition, (builder, seqs) in open_batches.items():
             sent.append((await producer.send_batch(builder, self.topic, partition=partition), seqs))
 
-    def _oversized(self, rows: list[tuple[int, bytes, bytes]]) -> int:
-        """Drop rows no broker would take (they would block the outbox forever)."""
+    def _drop_oversized(self, rows: list[tuple[int, bytes, bytes]]) -> list[tuple[int, bytes, bytes]]:
+        """Rows no broker would take would block the outbox forever: log and drop them."""
         too_big = [seq for seq, key, value in rows if len(key) + len(value) > MAX_RECORD_BYTES]
-        if too_big:
-            log.error("dropping %d outbox rows over %d bytes: seqs %s",
-                      len(too_big), MAX_RECORD_BYTES, too_big[:10])
-            self.outbox.ack(too_big)
-            self.dropped += len(too_big)
-        return len(too_big)
+        if not too_big:
+            return rows
+        log.error("dropping %d outbox rows over %d bytes: seqs %s",
+                  len(too_big), MAX_RECORD_BYTES, too_big[:10])
+        self.outbox.ack(too_big)
+        self.dropped += len(too_big)
+        return [row for row in rows if len(row[1]) + len(row[2]) <= MAX_RECORD_BYTES]
 
     async def _get_producer(self) -> AIOKafkaProducer:
         if self._producer is None:

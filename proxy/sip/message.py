@@ -141,7 +141,10 @@ class SipMessage:
         v = self.get("via")
         if v is None:
             return None
-        return split_commas(v)[0] if "," in v else v
+        if "," not in v:
+            return v
+        parts = split_commas(v)  # empty for a value of bare commas ("Via: ,")
+        return parts[0] if parts else None
 
     # -- output ------------------------------------------------------------
     def start_line(self) -> str:

@@ -127,6 +127,10 @@ class Transaction:
 
     # -- handler building blocks --------------------------------------------
     def _retransmit(self, message: SipMessage, timer: str, interval: float) -> list[Action]:
+        if not self._interval:
+            # A retransmission timer that is not running (reliable transport,
+            # or a late firing of a stopped one) is stale: ignore it.
+            return []
         self._interval = interval
         return [Transmit(message), StartTimer(timer, interval)]
 

@@ -15,7 +15,7 @@ The runtime hands the INVITE itself to the TU; sending 100 Trying within
 """
 from __future__ import annotations
 
-from .actions import TRANSPORT_FAILED, Action, PassUp, StartTimer, StopTimer
+from .actions import TRANSPORT_FAILED, PassUp, StartTimer, StopTimer
 from .base import Event, ServerTransaction, State
 
 __all__ = ["InviteServerTransaction"]

@@ -86,6 +86,7 @@ def test_register_then_call_answered_and_bye(rig):
     assert fwd.values("record-route") == ["<sip:10.0.0.1:5060;lr>"]
     assert len(fwd.values("via")) == 2 and "received=192.0.2.10" not in fwd.values("via")[0]
 
+    assert rig.receive(response_to(fwd, 100, "Trying", to_tag=None), BOB) == []   # hop by hop
     out = rig.receive(response_to(fwd, 180, "Ringing"), BOB)
     assert out[0][0].status == 180 and len(out[0][0].values("via")) == 1
     out = rig.receive(response_to(fwd, 200, "OK"), BOB)

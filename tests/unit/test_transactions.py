@@ -563,9 +563,12 @@ class TestServerKeys:
         bye = make_request("BYE", branch=branch, cseq=5)
         assert server_key(bye) != key
 
-    def test_missing_via_is_an_error(self):
+    @pytest.mark.parametrize("via", [None, ",", "garbage"])
+    def test_missing_or_malformed_via_is_a_value_error(self, via):
         request = make_request("OPTIONS")
         request.remove("via")
+        if via is not None:
+            request.add("via", via)
         with pytest.raises(ValueError):
             server_key(request)
         with pytest.raises(ViaError):
@@ -605,3 +608,42 @@ class TestNewBranch:
         request = make_request("INVITE", branch=branch)
         assert server_key(request)[0] == branch.lower()
         assert client_key(make_response(request, 100))[0] == branch.lower()
+
+
+# ---------------------------------------------------------------------------
+# Cross-machine details
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("cls, timer", [(InviteClientTransaction, "A"),
+                                        (NonInviteClientTransaction, "E")])
+def test_stale_retransmission_timer_on_reliable_client_is_ignored(cls, timer):
+    tx = cls(make_request("INVITE" if cls is InviteClientTransaction else "OPTIONS"),
+             reliable=True)
+    tx.start()
+    assert tx.on_timer(timer) == []
+
+
+def test_stale_timer_g_on_reliable_server_is_ignored():
+    tx, d, invite = invite_server(True)
+    d.apply(tx.send_response(make_response(invite, 486)))
+    assert tx.on_timer("G") == []
+    assert tx.state is State.COMPLETED
+
+
+@pytest.mark.parametrize("cls", [InviteClientTransaction, InviteServerTransaction,
+                                 NonInviteClientTransaction, NonInviteServerTransaction])
+def test_state_tables_are_closed(cls):
+    table = cls._TABLE
+    assert not any(state is State.TERMINATED for state, _ in table), "Terminated is final"
+    sources = {state for state, _ in table}
+    targets = {nxt for nxt, _ in table.values()}
+    assert cls._INITIAL in sources
+    assert State.TERMINATED in targets
+    # every non-initial state is entered by some transition
+    assert sources - {cls._INITIAL} <= targets
+
+
+def test_transactions_are_slotted():
+    for tx in (invite_client()[0], invite_server()[0], noninvite_client()[0],
+               noninvite_server()[0]):
+        assert not hasattr(tx, "__dict__")
+    assert not hasattr(Transmit(make_request()), "__dict__")

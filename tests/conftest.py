@@ -1,0 +1,32 @@
+"""Shared fixtures.  Helpers live in tests/harness; keep this file to fixtures."""
+from __future__ import annotations
+
+import pytest
+
+from api.broker import EmbeddedBroker
+from proxy.contract.config import KafkaSettings
+from tests.harness.broker import settings_for, start_broker
+
+
+# --- Kafka (embedded Tansu broker) -------------------------------------------
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory) -> EmbeddedBroker:
+    """One broker for the session, with sip.events and call.control.  Tests that
+    stop or restart a broker use ``fresh_broker`` instead."""
+    started = start_broker(tmp_path_factory.mktemp("broker"))
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def fresh_broker(tmp_path) -> EmbeddedBroker:
+    """A broker of the test's own (sip.events and call.control created): free to stop and restart."""
+    started = start_broker(tmp_path)
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def kafka_settings(broker) -> KafkaSettings:
+    return settings_for(broker)

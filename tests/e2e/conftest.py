@@ -1,0 +1,50 @@
+"""Fixtures for the SIPp end-to-end tests (SIPp callees, per-test log dirs).
+
+The provisioned `sipledger up` fixtures live in the test modules themselves
+(they need the modules' test data); this file also makes `tests/harness`
+importable as `harness` whatever pytest's import mode."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+_TESTS = str(Path(__file__).resolve().parents[1])
+if _TESTS not in sys.path:                      # make `harness` importable however pytest runs
+    sys.path.insert(0, _TESTS)
+
+from harness.sipp import SippUAS, sipp_available  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if sipp_available():
+        return
+    skip = pytest.mark.skip(reason="sipp (SIPp 3.6.1, Debian sip-tester) is not installed")
+    for item in items:
+        if "e2e" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def sipp_dir(tmp_path):
+    """Where this test's SIPp logs go (kept by pytest for post-mortems)."""
+    d = tmp_path / "sipp"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def uas_factory(sipp_dir):
+    """Start SIPp callees; every one is stopped (by PID) when the test ends."""
+    started: list[SippUAS] = []
+
+    def make(scenario: str, **kw) -> SippUAS:
+        kw.setdefault("timeout", 30)
+        uas = SippUAS(scenario, workdir=sipp_dir, **kw).start()
+        started.append(uas)
+        return uas
+
+    yield make
+    for uas in started:
+        uas.stop()

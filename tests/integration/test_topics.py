@@ -1,0 +1,49 @@
+"""Topic creation on the embedded broker, and the broker process itself."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from proxy.contract.kafka import ensure_topics, producer_kwargs, topic_partitions
+from tests.harness.broker import settings_for, unique_topic
+
+pytestmark = pytest.mark.integration
+
+
+async def test_ensure_topics_is_idempotent_and_keeps_counts(kafka_settings):
+    first, second = unique_topic(), unique_topic()
+    assert await ensure_topics(kafka_settings, {first: 6, second: 2}) == {first: 6, second: 2}
+    # Exists already: fine, and its count is reported as it is.
+    assert await ensure_topics(kafka_settings, {first: 3}) == {first: 6}
+
+
+async def test_clients_never_auto_create_topics(kafka_settings):
+    """aiokafka asks for auto-creation and Tansu would create 4 partitions;
+    proxy.contract.kafka turns that off (this guards the aiokafka pin)."""
+    missing = unique_topic("missing")
+    producer = AIOKafkaProducer(**producer_kwargs(kafka_settings, request_timeout_ms=500))
+    await producer.start()
+    try:
+        with pytest.raises(KafkaError):
+            await producer.send_and_wait(missing, b"value", key=b"key")
+    finally:
+        await producer.stop()
+    assert await topic_partitions(kafka_settings, missing) is None
+
+
+async def test_restart_keeps_the_port_and_loses_the_topics(fresh_broker):
+    settings = settings_for(fresh_broker)
+    port, pid = fresh_broker.port, fresh_broker.pid
+    await asyncio.to_thread(fresh_broker.restart)
+    assert fresh_broker.port == port and fresh_broker.pid != pid and fresh_broker.running
+    assert await topic_partitions(settings, "sip.events") is None
+
+
+def test_stop_ends_the_process(fresh_broker):
+    process = fresh_broker._process
+    fresh_broker.stop()
+    assert process.poll() is not None and not fresh_broker.running
+    fresh_broker.stop()  # twice is fine

@@ -1,0 +1,55 @@
+"""Client settings derived from KafkaSettings (the broker quirks live in one place)."""
+from __future__ import annotations
+
+import ssl
+
+import pytest
+
+from proxy.contract.config import ConfigError, KafkaSettings
+from proxy.contract.kafka import consumer_kwargs, faust_settings, producer_kwargs
+
+TANSU = KafkaSettings(bootstrap_servers="127.0.0.1:9092")
+KAFKA = KafkaSettings(bootstrap_servers="k1:9092,k2:9092", client_profile="kafka", mode="external")
+
+
+def test_producer_never_idempotent_and_lingers_briefly():
+    kwargs = producer_kwargs(TANSU)
+    assert kwargs["bootstrap_servers"] == "127.0.0.1:9092"
+    assert kwargs["enable_idempotence"] is False
+    assert kwargs["acks"] in (1, "all", -1)
+    assert kwargs["linger_ms"] == 5
+    assert kwargs["compression_type"] is None
+    assert producer_kwargs(TANSU, linger_ms=0)["linger_ms"] == 0
+
+
+def test_consumer_profiles():
+    tansu = consumer_kwargs(TANSU, group_id="g")
+    assert (tansu["session_timeout_ms"], tansu["heartbeat_interval_ms"], tansu["fetch_max_wait_ms"]) == (6000, 1000, 15)
+    assert tansu["group_id"] == "g"
+    kafka = consumer_kwargs(KAFKA)
+    assert not {"session_timeout_ms", "heartbeat_interval_ms", "fetch_max_wait_ms"} & set(kafka)
+    assert consumer_kwargs(TANSU, fetch_max_wait_ms=50)["fetch_max_wait_ms"] == 50
+
+
+def test_faust_settings():
+    app = faust_settings(TANSU)
+    assert app["broker"] == "kafka://127.0.0.1:9092"
+    assert (app["broker_session_timeout"], app["broker_heartbeat_interval"], app["producer_max_batch_size"]) == (6, 1, 1)
+    kafka = faust_settings(KAFKA)
+    assert kafka["broker"] == "kafka://k1:9092;kafka://k2:9092"
+    assert "producer_max_batch_size" not in kafka
+
+
+def test_sasl_ssl_settings():
+    secure = KafkaSettings(bootstrap_servers="k:9093", security_protocol="SASL_SSL",
+                           sasl_mechanism="SCRAM-SHA-256", sasl_username="u", sasl_password="p")
+    kwargs = consumer_kwargs(secure)
+    assert kwargs["security_protocol"] == "SASL_SSL"
+    assert (kwargs["sasl_mechanism"], kwargs["sasl_plain_username"], kwargs["sasl_plain_password"]) == ("SCRAM-SHA-256", "u", "p")
+    assert isinstance(kwargs["ssl_context"], ssl.SSLContext)
+    assert "ssl_context" not in producer_kwargs(TANSU) and "sasl_mechanism" not in producer_kwargs(TANSU)
+
+
+def test_empty_bootstrap_is_a_config_error():
+    with pytest.raises(ConfigError, match="bootstrap_servers"):
+        producer_kwargs(KafkaSettings())
