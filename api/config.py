@@ -11,6 +11,7 @@ import msgspec
 
 from proxy.contract.config import (ConfigError, KafkaSettings, NodeSettings, TopicSettings,
                                    convert, read_toml)
+from proxy.provisioning.store import default_url
 from proxy.settings import AuthSettings, ProvisioningSettings, ProxySettings, RegistrarSettings
 
 
@@ -53,4 +54,4 @@ def _check(config: Config) -> None:
 
 
 def provisioning_url(config: Config, data_dir: Path) -> str:
-    return config.provisioning.url or f"sqlite:///{data_dir / 'provisioning.sqlite'}"
+    return config.provisioning.url or default_url(data_dir)

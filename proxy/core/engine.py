@@ -173,7 +173,7 @@ class Core:
         if dialog is not None and not ack.has("route"):
             target = self._dialog_target(dialog, uri, target)
         mf = ack.get("max-forwards")
-        ack.set("max-forwards", str(max(0, int(mf) - 1)) if mf and mf.isdigit() else "70")
+        ack.set("max-forwards", str(max(0, int(mf) - 1)) if mf and mf.isascii() and mf.isdigit() else "70")
         ack.prepend("via", self.node.via(target.transport, new_branch()))
         self.effects.send(ack.serialize(), target)
         if dialog is not None:
@@ -288,7 +288,7 @@ class Engine:
         mf = req.get("max-forwards")
         if mf is not None:
             mf = mf.strip()
-            if not mf.isdigit():
+            if not (mf.isascii() and mf.isdigit()):
                 core.reply(server, req, 400, "Bad Request (malformed Max-Forwards)")
                 return
             if int(mf) == 0:

@@ -154,11 +154,12 @@ class LocationStore:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._conn.execute("COMMIT")
         except BaseException:
+            # also after a failed COMMIT, which leaves the transaction open
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
             raise
-        self._conn.execute("COMMIT")
 
     @contextmanager
     def _errors(self) -> Iterator[None]:

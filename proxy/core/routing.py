@@ -14,6 +14,7 @@ from ..contract import events as ev
 from ..sip.message import SipMessage
 from ..sip.uri import UriError, parse_name_addr, parse_uri
 from .engine import Core
+from .location import LocationError
 from .forwarding import ProxyCall
 from .ports import Target
 from .txdriver import TxDriver
@@ -134,7 +135,10 @@ class DefaultRouting:
     def lookup(self, aor: str) -> list[tuple[str, Target]]:
         """Location service: every registered contact, to fork in parallel."""
         core = self.core
-        bindings = core.location.lookup(aor, time.time()) if core.location is not None else []
+        try:
+            bindings = core.location.lookup(aor, time.time()) if core.location is not None else []
+        except LocationError:
+            raise Denied(500, "Location Service Unavailable") from None
         targets = []
         for binding in bindings:
             hop = core.resolve(_nat_destination(binding))

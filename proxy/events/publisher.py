@@ -46,13 +46,15 @@ class EventPublisher:
     """``start()`` in the proxy's event loop; call ``wake()`` after each outbox flush."""
 
     def __init__(self, outbox: Outbox, kafka_settings: KafkaSettings, topic: str, *,
-                 batch: int = 1000, backoff_initial: float = 0.2, backoff_max: float = 2.0) -> None:
+                 batch: int = 1000, backoff_initial: float = 0.2, backoff_max: float = 2.0,
+                 request_timeout_ms: int = REQUEST_TIMEOUT_MS) -> None:
         self.outbox = outbox
         self.kafka_settings = kafka_settings
         self.topic = topic
         self.batch = batch
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.request_timeout_ms = request_timeout_ms
         # Counters for metrics: plain attributes, read them any time.
         self.published = 0          # rows acknowledged by the broker
         self.failed_attempts = 0    # delivery attempts that hit an error
@@ -177,7 +179,7 @@ class EventPublisher:
     async def _get_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
             producer = AIOKafkaProducer(**producer_kwargs(
-                self.kafka_settings, request_timeout_ms=REQUEST_TIMEOUT_MS))
+                self.kafka_settings, request_timeout_ms=self.request_timeout_ms))
             try:
                 await producer.start()
             except BaseException:
@@ -191,4 +193,4 @@ class EventPublisher:
         if producer is not None:
             # stop() waits for batches still queued; they expire within the request timeout
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), REQUEST_TIMEOUT_MS / 1000 + 1)
+                await asyncio.wait_for(producer.stop(), self.request_timeout_ms / 1000 + 1)

@@ -22,7 +22,7 @@ from ..events.control import ControlConsumer
 from ..events.outbox import Outbox
 from ..events.publisher import EventPublisher
 from ..provisioning.live import LiveProvisioning
-from ..provisioning.store import ProvisioningStore
+from ..provisioning.store import ProvisioningStore, default_url
 from ..settings import ProxyConfig
 from .transport import TcpPool, UdpEndpoint, tcp_socket, udp_socket
 
@@ -89,7 +89,7 @@ class Worker:
         self.outbox = Outbox(str(self.data_dir / "outbox" / f"worker-{self.index}.sqlite"))
         self.publisher = EventPublisher(self.outbox, cfg.kafka, cfg.topics.sip_events)
 
-        store = ProvisioningStore(cfg.provisioning.url or f"sqlite:///{self.data_dir / 'provisioning.sqlite'}")
+        store = ProvisioningStore(cfg.provisioning.url or default_url(self.data_dir))
         store.create_schema()
         provisioning = LiveProvisioning(store, poll_interval=cfg.provisioning.reload_seconds)
         location = LocationStore(str(self.data_dir / "location.sqlite"))

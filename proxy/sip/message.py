@@ -132,8 +132,7 @@ class SipMessage:
 
     @property
     def cseq(self) -> tuple[int, str]:
-        value = self.get("cseq") or ""
-        num, _, method = value.strip().partition(" ")
+        num, method = (self.get("cseq") or "").split(None, 1)
         return int(num), method.strip()
 
     @property
@@ -211,27 +210,38 @@ def parse(data: bytes) -> SipMessage:
         if not sep or not name or " " in name:
             raise ParseError(f"malformed header line {line[:40]!r}", _partial(msg))
         headers.append([canonical(name), name, value.strip()])
+    present = {h[0] for h in headers}
     for key in MANDATORY:
-        if not msg.has(key):
+        if key not in present:
             raise ParseError(f"missing {_display_name(key)} header", _partial(msg))
     _check_cseq(msg)
     msg.body = _body(msg, body)
     return msg
 
 
+def _digits(text: str) -> bool:
+    # str.isdigit() also accepts characters like "²" that int() refuses
+    return text.isascii() and text.isdigit()
+
+
+# RFC 3261 §25.1 token characters (methods are tokens)
+_TOKEN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+
+
 def _start_line(line: str) -> SipMessage:
-    parts = line.strip().split(" ", 2)
-    if len(parts) < 3:
-        raise ParseError("malformed start line")
-    if parts[0] == _SIP2:
-        code = parts[1]
-        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+    line = line.strip("\r\n")
+    if line.startswith(_SIP2 + " "):
+        code, _, reason = line[len(_SIP2) + 1:].partition(" ")   # the reason may be empty
+        if len(code) != 3 or not _digits(code) or not 100 <= int(code) <= 699:
             raise ParseError("malformed status code")
-        return SipMessage.response(int(code), parts[2])
+        return SipMessage.response(int(code), reason.strip())
+    parts = line.strip().split(" ")
+    if len(parts) != 3:
+        raise ParseError("malformed start line")
     method, uri, version = parts
     if version.upper() != _SIP2:
         raise ParseError(f"unsupported version {version[:16]!r}")
-    if not method.isalpha() or not method.isupper():
+    if not method or not _TOKEN.issuperset(method):
         raise ParseError("malformed method")
     if ":" not in uri:
         raise ParseError("malformed Request-URI")
@@ -243,11 +253,13 @@ def _partial(msg: SipMessage) -> SipMessage | None:
 
 
 def _check_cseq(msg: SipMessage) -> None:
-    value = (msg.get("cseq") or "").strip()
-    num, _, method = value.partition(" ")
-    if not num.isdigit() or len(num) > 10 or int(num) >= 2**31 or not method.strip():
+    parts = (msg.get("cseq") or "").split()
+    if len(parts) != 2:
         raise ParseError("malformed CSeq", _partial(msg))
-    if msg.is_request and method.strip() != msg.method:
+    num, method = parts
+    if not _digits(num) or len(num) > 10 or int(num) >= 2**31:
+        raise ParseError("malformed CSeq", _partial(msg))
+    if msg.is_request and method != msg.method:
         raise ParseError("CSeq method does not match request method", _partial(msg))
 
 
@@ -256,7 +268,7 @@ def _body(msg: SipMessage, body: bytes) -> bytes:
     if declared is None:
         return body
     declared = declared.strip()
-    if not declared.isdigit():
+    if not _digits(declared):
         raise ParseError("malformed Content-Length", _partial(msg))
     length = int(declared)
     if length > len(body):

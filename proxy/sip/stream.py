@@ -47,7 +47,7 @@ def _content_length(head: bytes) -> int:
         key = name.strip().lower()
         if key in (b"content-length", b"l"):
             value = value.strip()
-            if not value.isdigit():
+            if not (value.isascii() and value.isdigit()):
                 raise FramingError("malformed Content-Length")
             return int(value)
     # §18.3: Content-Length is mandatory on streams; none means no body

@@ -81,7 +81,7 @@ def _split_hostport(hostport: str) -> tuple[str, int | None]:
         port_text = port_text if sep else None
     port = None
     if port_text is not None:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
             raise UriError(f"bad port {port_text[:8]!r}")
         port = int(port_text)
     if not host or any(c in host for c in " <>\""):

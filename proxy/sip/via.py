@@ -56,7 +56,7 @@ def parse_via(value: str) -> Via:
         host, _, port_text = hostport.partition(":")
     port = None
     if port_text:
-        if not port_text.isdigit():
+        if not (port_text.isascii() and port_text.isdigit()):
             raise ViaError("malformed Via port")
         port = int(port_text)
     return Via(parts[2].upper(), host, port, parse_params(params))

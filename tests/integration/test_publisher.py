@@ -97,7 +97,8 @@ async def test_every_event_once_in_per_call_order(kafka_settings, outbox):
 async def test_events_appended_during_a_broker_outage_arrive_once(fresh_broker, outbox):
     settings = settings_for(fresh_broker)
     topic = "sip.events"
-    publisher = EventPublisher(outbox, settings, topic)
+    # A short request timeout: the outage is noticed sooner (the default is 5 s).
+    publisher = EventPublisher(outbox, settings, topic, request_timeout_ms=1000)
     publisher.start()
     try:
         source = EventSource(outbox, publisher)
