@@ -18,7 +18,7 @@ from ..contract import events as ev
 from ..sip.build import make_response
 from ..sip.message import ParseError, SipMessage, parse
 from ..sip.uri import UriError, parse_name_addr, parse_uri
-from ..sip.via import ViaError, parse_via
+from ..sip.via import Via, ViaError, parse_via
 from ..transactions import (InviteServerTransaction, NonInviteServerTransaction, TimerConfig,
                             client_key, invite_key_for_cancel, new_branch, server_key)
 from .callevents import CallEventFactory
@@ -54,6 +54,7 @@ class Core:
         self.user_agent = USER_AGENT
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_sources]
         self._dns: dict[str, str | None] = {}
+        self._trusted_cache: dict[str, bool] = {}
         self.static_route = settings.static_route or None
 
     # -- small services ------------------------------------------------------
@@ -63,11 +64,17 @@ class Core:
     def is_trusted(self, ip: str) -> bool:
         if not self.trusted:
             return False
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in net for net in self.trusted)
+        known = self._trusted_cache.get(ip)
+        if known is None:
+            try:
+                addr = ipaddress.ip_address(ip)
+                known = any(addr in net for net in self.trusted)
+            except ValueError:
+                known = False
+            if len(self._trusted_cache) > 10000:
+                self._trusted_cache.clear()
+            self._trusted_cache[ip] = known
+        return known
 
     def resolve(self, uri: str) -> Target | None:
         """Next hop of a URI (RFC 3263 reduced to A records: no NAPTR/SRV here)."""
@@ -79,7 +86,7 @@ class Core:
             return None
         transport = u.transport if u.transport in ("udp", "tcp") else "udp"
         host = u.host.strip("[]")
-        ip = self._dns.get(host, "") if host in self._dns else self._lookup(host)
+        ip = self._dns[host] if host in self._dns else self._lookup(host)
         if not ip:
             return None
         return Target(transport, ip, u.port or (5061 if u.scheme == "sips" else 5060))
@@ -87,13 +94,12 @@ class Core:
     def _lookup(self, host: str) -> str | None:
         try:
             ipaddress.ip_address(host)
-            return host
+            ip = host
         except ValueError:
-            pass
-        try:
-            ip = socket.gethostbyname(host)
-        except OSError:
-            ip = None
+            try:
+                ip = socket.gethostbyname(host)
+            except OSError:
+                ip = None
         if len(self._dns) > 10000:
             self._dns.clear()
         self._dns[host] = ip
@@ -304,15 +310,13 @@ class Engine:
     def _stamp_via(self, req: SipMessage, source: Target) -> None:
         """§18.2.1 received and RFC 3581 rport on the top Via."""
         via = parse_via(req.top_via or "")
-        changed = False
-        if via.host != source.host or "rport" in via.params:
-            via.params["received"] = source.host
-            changed = True
-        if "rport" in via.params:
-            via.params["rport"] = str(source.port)
-            changed = True
-        if changed:
-            req.replace_first_value("via", str(via))
+        if via.host == source.host and "rport" not in via.params:
+            return
+        params = dict(via.params)           # parsed Vias are shared: build a new one
+        params["received"] = source.host
+        if "rport" in params:
+            params["rport"] = str(source.port)
+        req.replace_first_value("via", str(Via(via.transport, via.host, via.port, params)))
 
     def _new_server(self, req: SipMessage, upstream: Target) -> TxDriver:
         core = self.core

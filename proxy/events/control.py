@@ -61,6 +61,18 @@ def _fingerprint(record: Any) -> tuple:
     return (record.timestamp, record.key, record.value)
 
 
+async def _stop_quietly(consumer: AIOKafkaConsumer) -> None:
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        # aiokafka 0.14's fetcher.close() re-raises the CancelledError of its
+        # own fetch task when the broker went away; only ours must propagate.
+        if asyncio.current_task().cancelling():
+            raise
+    except Exception as exc:
+        log.debug("closing the consumer: %r", exc)
+
+
 class ControlConsumer:
     def __init__(self, kafka_settings: KafkaSettings, topic: str,
                  handler: Callable[[ControlCommand], None], *,
@@ -116,8 +128,7 @@ class ControlConsumer:
                 self.ready.clear()
                 if broker_gone is not None:
                     broker_gone.cancel()
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
+                await _stop_quietly(consumer)
             self.reconnects += 1
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.backoff_max)
@@ -170,6 +181,7 @@ class ControlConsumer:
                 # Fetched before any restart was noticed: from the old broker.
                 for tp, records in fetch.result().items():
                     self._dispatch(consumer, tp, records)
+                self._check_unverifiable(consumer)
             else:
                 fetch.cancel()
             if broker_gone is not None and broker_gone.done():
@@ -180,13 +192,10 @@ class ControlConsumer:
         for record in records:
             if state.verify:
                 state.verify = False
-                expected = state.position - 1
-                if record.offset == expected and state.last_seen in (None, _fingerprint(record)):
+                if record.offset == state.position - 1 and state.last_seen in (None, _fingerprint(record)):
                     state.last_seen = _fingerprint(record)
                     continue
-                log.info("%s[%d] was recreated: reading it from the beginning", self.topic, tp.partition)
-                state.position, state.last_seen, state.skip_before_ms = 0, None, None
-                consumer.seek(tp, 0)
+                self._read_from_start(consumer, tp, state)
                 return  # the rest of this fetch belongs to the old position
             state.position = record.offset + 1
             state.last_seen = _fingerprint(record)
@@ -195,6 +204,21 @@ class ControlConsumer:
                     continue  # issued before this worker started
                 state.skip_before_ms = None
             self._handle(tp, record)
+
+    def _check_unverifiable(self, consumer: AIOKafkaConsumer) -> None:
+        """A partition that now ends before the record we last read was
+        recreated: that record will never come to be checked."""
+        for partition, state in self._partitions.items():
+            if state.verify:
+                tp = TopicPartition(self.topic, partition)
+                highwater = consumer.highwater(tp)  # from fetches: right on Tansu
+                if highwater is not None and highwater < state.position:
+                    self._read_from_start(consumer, tp, state)
+
+    def _read_from_start(self, consumer: AIOKafkaConsumer, tp: TopicPartition, state: _Partition) -> None:
+        log.info("%s[%d] was recreated: reading it from the beginning", self.topic, tp.partition)
+        state.position, state.last_seen, state.skip_before_ms, state.verify = 0, None, None, False
+        consumer.seek(tp, 0)
 
     def _handle(self, tp: TopicPartition, record: Any) -> None:
         try:

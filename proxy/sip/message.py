@@ -192,11 +192,17 @@ def parse(data: bytes) -> SipMessage:
     """Parse one datagram / framed message.  Raises ParseError with a reason."""
     if not data or not data.strip():
         raise ParseError("empty message")
-    head, body = _split_head_body(data.lstrip(b"\r\n"))
+    if data[:1] in (b"\r", b"\n"):
+        data = data.lstrip(b"\r\n")
+    head, body = _split_head_body(data)
     text = head.decode("utf-8", "surrogateescape")
-    lines = text.replace("\r\n", "\n").split("\n")
+    if text.count("\n") == text.count("\r\n"):
+        lines = text.split("\r\n")
+    else:                                   # tolerate bare LF line ends
+        lines = text.replace("\r\n", "\n").split("\n")
     msg = _start_line(lines[0])
     headers = msg.headers
+    keys = _KEYS
     for line in lines[1:]:
         if not line:
             continue
@@ -205,11 +211,19 @@ def parse(data: bytes) -> SipMessage:
                 raise ParseError("continuation line before any header", _partial(msg))
             headers[-1][2] += " " + line.strip()
             continue
-        name, sep, value = line.partition(":")
-        name = name.strip()
-        if not sep or not name or " " in name:
+        colon = line.find(":")
+        if colon <= 0:
             raise ParseError(f"malformed header line {line[:40]!r}", _partial(msg))
-        headers.append([canonical(name), name, value.strip()])
+        name = line[:colon]
+        key = keys.get(name)
+        if key is None:
+            name = name.strip()
+            if not name or " " in name or "\t" in name:
+                raise ParseError(f"malformed header line {line[:40]!r}", _partial(msg))
+            key = canonical(name)
+            if len(keys) < 4096:
+                keys[name] = key
+        headers.append([key, name, line[colon + 1:].strip()])
     present = {h[0] for h in headers}
     for key in MANDATORY:
         if key not in present:
@@ -217,6 +231,10 @@ def parse(data: bytes) -> SipMessage:
     _check_cseq(msg)
     msg.body = _body(msg, body)
     return msg
+
+
+# header name as written -> lookup key; filled as names are seen
+_KEYS: dict[str, str] = {}
 
 
 def _digits(text: str) -> bool:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from .headers import format_params, parse_params, unquote
 
@@ -42,7 +43,9 @@ class SipUri:
         return f"{self.scheme}:{userinfo}{self.hostport}{format_params(self.params)}{self.headers}"
 
 
+@lru_cache(maxsize=16384)
 def parse_uri(text: str) -> SipUri:
+    """Parse a URI.  Results are cached and shared: treat them as read-only."""
     text = text.strip()
     scheme, sep, rest = text.partition(":")
     scheme = scheme.lower()
@@ -106,7 +109,9 @@ class NameAddr:
         return f"{display}<{self.uri}>{format_params(self.params)}"
 
 
+@lru_cache(maxsize=16384)
 def parse_name_addr(value: str) -> NameAddr:
+    """Parse a name-addr/addr-spec header value.  Cached and shared: read-only."""
     value = value.strip()
     lt = value.find("<")
     if lt >= 0:

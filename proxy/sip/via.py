@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from .headers import format_params, parse_params
 
@@ -39,7 +40,9 @@ class Via:
         return f"SIP/2.0/{self.transport} {self.sent_by}{format_params(self.params)}"
 
 
+@lru_cache(maxsize=16384)
 def parse_via(value: str) -> Via:
+    """Parse one Via value.  Results are cached and shared: treat them as read-only."""
     proto, _, rest = value.strip().partition(" ")
     parts = proto.split("/")
     if len(parts) != 3 or parts[0].upper() != "SIP":
