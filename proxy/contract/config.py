@@ -7,6 +7,7 @@ bad file into one line naming the key.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -74,9 +75,16 @@ def convert(raw: dict, kind: type[T], source: str = "config") -> T:
     except msgspec.ValidationError as exc:
         # msgspec says e.g. "Expected `int`, got `str` - at `$.proxy.sip_port`"
         message = str(exc)
+        where = ""
         if " - at `$." in message:
-            what, where = message.rsplit(" - at `$.", 1)
-            message = f"key '{where.rstrip('`')}': {what}"
+            message, where = message.rsplit(" - at `$.", 1)
+            where = where.rstrip("`")
+        unknown = re.fullmatch(r"Object contains unknown field `(.+)`", message)
+        if unknown:
+            where = f"{where}.{unknown.group(1)}" if where else unknown.group(1)
+            message = "unknown key"
+        if where:
+            message = f"key '{where}': {message}"
         raise ConfigError(f"{source}: {message}") from None
 
 

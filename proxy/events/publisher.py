@@ -42,6 +42,26 @@ REQUEST_TIMEOUT_MS = 5000
 IDLE_POLL_S = 1.0
 
 
+class _KeyPartitions:
+    """Kafka's key → partition (murmur2), remembered: aiokafka's is pure Python
+    (~6 µs a key) and a call's events share their key."""
+
+    MAX_KEYS = 100_000
+
+    def __init__(self) -> None:
+        self._hash = DefaultPartitioner()
+        self._partitions: list[int] = []
+        self._known: dict[bytes, int] = {}
+
+    def __call__(self, key: bytes, partitions: list[int]) -> int:
+        if partitions != self._partitions or len(self._known) > self.MAX_KEYS:
+            self._partitions, self._known = partitions, {}  # new topic layout, or forget old calls
+        partition = self._known.get(key)
+        if partition is None:
+            partition = self._known[key] = self._hash(key, partitions, partitions)
+        return partition
+
+
 class EventPublisher:
     """``start()`` in the proxy's event loop; call ``wake()`` after each outbox flush."""
 
@@ -61,7 +81,7 @@ class EventPublisher:
         self.dropped = 0            # rows too big for any broker (logged)
         self.pending = outbox.count()
         self.last_error: str | None = None
-        self._partitioner = DefaultPartitioner()
+        self._partition_of = _KeyPartitions()
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task | None = None
         self._wakeup = asyncio.Event()
@@ -154,7 +174,7 @@ class EventPublisher:
         (delivery future, seqs in that batch) to ``sent`` as they go."""
         open_batches: dict[int, tuple] = {}
         for seq, key, value in rows:
-            partition = self._partitioner(key, partitions, partitions)
+            partition = self._partition_of(key, partitions)
             builder, seqs = open_batches.get(partition) or (producer.create_batch(), [])
             if builder.append(key=key, value=value, timestamp=None) is None:  # full
                 sent.append((await producer.send_batch(builder, self.topic, partition=partition), seqs))

@@ -1,0 +1,65 @@
+"""Call detail records: the output of the CDR processors (schema version 1).
+
+One CDR per call, one row per leg (a forwarded or failed-over call has several
+legs, chained by ``parent_leg``).  ``cdr_id`` is derived from the call's
+identity (Call-ID + caller's From tag), so replaying the same events gives the
+same id and the same rows: sinks are idempotent (ClickHouse ReplacingMergeTree).
+All times are UTC epoch milliseconds; 0 means "did not happen".
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+import msgspec
+
+CDR_SCHEMA_VERSION = 1
+_NAMESPACE = uuid.UUID("6f1d5a0e-2b9c-4c1e-9a57-5e1f0c2a7b31")
+
+Disposition = Literal["answered", "busy", "no_answer", "cancelled", "failed", "rejected_credit"]
+HangupBy = Literal["caller", "callee", "timeout", "teardown", "silence", "none"]
+
+
+def cdr_id_for(call_id: str, from_tag: str) -> str:
+    """Deterministic CDR id of a call (UUIDv5): the same call always gets the same id."""
+    return str(uuid.uuid5(_NAMESPACE, f"{call_id}\x00{from_tag}"))
+
+
+class CdrLeg(msgspec.Struct, frozen=True, kw_only=True):
+    cdr_id: str
+    leg: int                          # 0 = first leg
+    parent_leg: int = -1              # the leg this one was forked / forwarded / failed over from
+    leg_cause: str = "initial"        # initial | fork | forward | failover
+    legs: int = 1                     # number of legs of the call
+    v: int = CDR_SCHEMA_VERSION
+    call_id: str
+    from_tag: str
+    to_tag: str = ""
+    # caller
+    account: str = ""                 # authenticated user@domain ("" = unauthenticated/trusted)
+    caller_uri: str = ""
+    caller_ip: str = ""
+    caller_user_agent: str = ""
+    # callee
+    dialled: str = ""                 # Request-URI as received
+    callee_uri: str = ""              # To URI
+    target: str = ""                  # where this leg went (contact or gateway URI)
+    destination: str = ""             # next hop ip:port/transport
+    gateway: str = ""                 # gateway name when routed to one
+    domain: str = ""                  # served domain of the caller (or callee for inbound)
+    callee_user_agent: str = ""
+    # times (UTC epoch ms, 0 = did not happen)
+    setup_ms: int
+    ringing_ms: int = 0
+    answer_ms: int = 0
+    end_ms: int
+    duration_ms: int = 0              # answer -> end
+    billable_s: int = 0               # duration rounded up to whole seconds
+    pdd_ms: int = 0                   # setup -> first provisional > 100 (or final), RFC 6076 SRD-like
+    # outcome
+    sip_code: int
+    sip_reason: str = ""
+    disposition: Disposition
+    hangup_by: HangupBy = "none"
+    hangup_reason: str = ""
+    proxy: str = ""
