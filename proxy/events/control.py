@@ -139,11 +139,13 @@ class ControlConsumer:
         if self.kafka_settings.client_profile != "tansu":
             return None
         host, _, port = bootstrap_servers(self.kafka_settings).split(",")[0].strip().rpartition(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
+        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
 
         async def wait_for_close() -> None:
             try:
                 await reader.read()
+            except OSError:
+                pass  # reset rather than closed: gone all the same
             finally:
                 writer.close()
 
