@@ -7,16 +7,20 @@ from pathlib import Path
 
 import typer
 
+from cdr.store.cli import db_app
 from proxy.contract.config import ENV_CONFIG, ENV_DATA_DIR, ConfigError, resolve_paths
 from proxy.provisioning.cli import alias_app, domain_app, user_app
 
 from . import config as config_mod
+from .tokens import token_app
 
 app = typer.Typer(help="sipledger: SIP proxy with event-sourced accounting and billing.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(user_app, name="user")
 app.add_typer(domain_app, name="domain")
 app.add_typer(alias_app, name="alias")
+app.add_typer(token_app, name="token")
+app.add_typer(db_app, name="db")
 
 
 @dataclass

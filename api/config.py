@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 
+from cdr.store.settings import ClickHouseSettings, checks as clickhouse_checks
 from proxy.contract.config import (ConfigError, KafkaSettings, NodeSettings, TopicSettings,
                                    convert, read_toml)
 from proxy.provisioning.store import default_url
@@ -29,6 +30,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     registrar: RegistrarSettings = RegistrarSettings()
     provisioning: ProvisioningSettings = ProvisioningSettings()
     api: ApiSettings = ApiSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
 
 
 def load(config_file: Path | None) -> Config:
@@ -47,6 +49,7 @@ def _check(config: Config) -> None:
         ("kafka.partitions", config.kafka.partitions >= 1, "must be >= 1"),
         ("kafka.bootstrap_servers", config.kafka.mode == "embedded" or bool(config.kafka.bootstrap_servers),
          "required when kafka.mode = \"external\""),
+        *clickhouse_checks(config.clickhouse),
     ]
     for key, ok, rule in checks:
         if not ok:

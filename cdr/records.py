@@ -56,10 +56,14 @@ class CdrLeg(msgspec.Struct, frozen=True, kw_only=True):
     duration_ms: int = 0              # answer -> end
     billable_s: int = 0               # duration rounded up to whole seconds
     pdd_ms: int = 0                   # setup -> first provisional > 100 (or final), RFC 6076 SRD-like
-    # outcome
+    # outcome of this leg
     sip_code: int
     sip_reason: str = ""
     disposition: Disposition
-    hangup_by: HangupBy = "none"
+    # outcome of the call (identical on every row of a CDR): what the caller got
+    call_sip_code: int = 0            # the 2xx / final failure sent to the caller (0 = none: silence close)
+    call_sip_reason: str = ""
+    call_disposition: Disposition = "failed"
+    hangup_by: HangupBy = "none"      # call-level, identical on every row
     hangup_reason: str = ""
     proxy: str = ""

@@ -112,8 +112,8 @@ def consumer_kwargs(settings: KafkaSettings, **overrides: Any) -> dict[str, Any]
 def faust_settings(settings: KafkaSettings) -> dict[str, Any]:
     """Keyword arguments for ``faust.App`` (broker, credentials, producer, sessions).
 
-    faust hard-codes its consumer's fetch_max_wait_ms (1500); on Tansu a faust
-    processor must also pass ``TANSU_FETCH_MAX_WAIT_MS`` to its consumer."""
+    faust hard-codes its consumer's fetch_max_wait_ms (1500): build faust apps
+    with ``faust_app``, which overrides it on the "tansu" profile."""
     brokers = [server.strip() for server in bootstrap_servers(settings).split(",") if server.strip()]
     app: dict[str, Any] = {
         "broker": ";".join(f"kafka://{server}" for server in brokers),
@@ -130,6 +130,66 @@ def faust_settings(settings: KafkaSettings) -> dict[str, Any]:
                    # is right and changelog recovery does not stop early
                    producer_max_batch_size=1)
     return app
+
+
+def faust_app(app_id: str, settings: KafkaSettings, **conf: Any) -> Any:
+    """A ``faust.App`` configured by ``faust_settings(settings)`` (``conf`` on top).
+
+    faust (0.15) builds its aiokafka consumer with ``fetch_max_wait_ms=1500``
+    hard-coded (faust/transport/drivers/aiokafka.py, ``_create_worker_consumer``)
+    and has no setting for it.  On Tansu a fetch waits its full max wait even
+    when data is there, so that is up to 1.5 s per fetch.  On the "tansu"
+    profile the app returned here uses a transport whose consumer gets
+    ``TANSU_FETCH_MAX_WAIT_MS`` instead; the "kafka" profile is plain faust."""
+    app_class = _faust_app_class()
+    app = app_class(app_id, **{**faust_settings(settings), **conf})
+    if settings.client_profile == "tansu":
+        app.fetch_max_wait_ms = TANSU_FETCH_MAX_WAIT_MS
+    return app
+
+
+_FAUST_APP_CLASS: Any = None
+
+
+def _faust_app_class() -> Any:
+    """faust.App with an overridable consumer fetch wait (built on first use:
+    importing faust is heavy and only processors need it)."""
+    global _FAUST_APP_CLASS
+    if _FAUST_APP_CLASS is not None:
+        return _FAUST_APP_CLASS
+    import faust
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport: Any) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            wait = getattr(self.app, "fetch_max_wait_ms", None)
+            if wait is not None:
+                # aiokafka 0.14 keeps it here until start() builds its Fetcher;
+                # a pinned-version test guards the attribute.
+                if not hasattr(consumer, "_fetch_max_wait_ms"):
+                    raise RuntimeError("aiokafka changed: AIOKafkaConsumer._fetch_max_wait_ms "
+                                       "is gone, revisit the faust fetch wait override")
+                consumer._fetch_max_wait_ms = int(wait)
+            return consumer
+
+    class Consumer(faust_aiokafka.Consumer):
+        def _new_consumer_thread(self) -> Any:
+            return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    class Transport(faust_aiokafka.Transport):
+        Consumer = Consumer
+
+    class App(faust.App):
+        fetch_max_wait_ms: int | None = None
+
+        def _new_transport(self) -> Any:
+            if self.fetch_max_wait_ms is None:
+                return super()._new_transport()
+            return Transport(self.conf.broker_consumer, self)
+
+    _FAUST_APP_CLASS = App
+    return App
 
 
 def _faust_credentials(settings: KafkaSettings) -> Any:

@@ -1,9 +1,8 @@
 """The provisioning store: domains, subscribers and aliases in SQL (OpenSIPS-like tables).
 
-SQLite under the data dir by default; PostgreSQL or MySQL by URL.  Several
-proxy workers and the CLI open the same database at once, so SQLite runs in
-WAL mode with a busy timeout, and writes take the write lock up front
-(BEGIN IMMEDIATE) instead of failing half-way when two writers meet.
+SQLite under the data dir by default; PostgreSQL or MySQL by URL (opened,
+tuned and guarded by ``proxy.contract.sqldb.SqlStore``: WAL, busy timeout,
+BEGIN IMMEDIATE for writes, one-line errors).
 
 Every change also bumps the single ``change_log`` row in the same
 transaction: running proxies poll that one integer (``version()``) and only
@@ -13,18 +12,16 @@ from __future__ import annotations
 
 import os
 import re
-from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import (
-    BigInteger, Column, DateTime, Integer, MetaData, String, Table, UniqueConstraint,
-    create_engine, delete, event, func, insert, select, update,
+    Column, DateTime, Integer, MetaData, String, Table, UniqueConstraint, delete, insert, select,
+    update,
 )
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.engine import Connection
 
+from proxy.contract.sqldb import (SqlStore, change_log_table as make_change_log, count_rows as _count,
+                                  sqlite_url, utcnow)
 from proxy.core.digest import compute_ha1
 
 from .models import (
@@ -35,7 +32,6 @@ from .models import (
 __all__ = ["ProvisioningStore", "default_url", "metadata"]
 
 DB_NAME = "provisioning.sqlite"
-_BUSY_TIMEOUT_MS = 5000
 _MD5_HEX = re.compile(r"^[0-9a-fA-F]{32}$")
 
 metadata = MetaData()
@@ -69,127 +65,24 @@ alias_table = Table(
     UniqueConstraint("alias_username", "alias_domain", name="alias_address"),
 )
 
-change_log_table = Table(
-    "change_log", metadata,
-    Column("id", Integer, primary_key=True),               # always the one row id=1
-    Column("version", BigInteger, nullable=False),
-    Column("changed_at", DateTime(timezone=True), nullable=False),
-)
+change_log_table = make_change_log(metadata, "change_log")
 
 
 def default_url(data_dir: str | os.PathLike) -> str:
-    return f"sqlite:///{Path(data_dir).resolve() / DB_NAME}"
+    return sqlite_url(Path(data_dir) / DB_NAME)
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _tune_sqlite(engine: Engine) -> None:
-    """WAL + busy timeout on every connection; BEGIN IMMEDIATE for writes."""
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):
-        # take transaction control away from pysqlite so "begin" below decides
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute("PRAGMA synchronous = NORMAL")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn):
-        # a deferred transaction that reads then writes can fail at once with
-        # SQLITE_BUSY in WAL mode; writers queue on the lock instead
-        immediate = conn.get_execution_options().get("sqlite_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
-class ProvisioningStore:
+class ProvisioningStore(SqlStore):
     """Domains, subscribers and aliases.  Every method raises only ProvisioningError."""
 
-    def __init__(self, url: str):
-        try:
-            parsed = make_url(url)
-        except ArgumentError:
-            raise ProvisioningError(f"invalid database URL {url[:80]!r}") from None
-        self._sqlite = parsed.get_backend_name() == "sqlite"
-        try:
-            if self._sqlite and parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            self._engine = create_engine(parsed, pool_pre_ping=not self._sqlite)
-        except (OSError, ImportError, SQLAlchemyError) as exc:
-            # ImportError: the URL names a driver that is not installed
-            raise ProvisioningError(
-                f"provisioning database {parsed.render_as_string(hide_password=True)}: {_why(exc)}") from None
-        if self._sqlite:
-            _tune_sqlite(self._engine)
-        self.url = parsed.render_as_string(hide_password=True)
-
-    def close(self) -> None:
-        self._engine.dispose()
-
-    def __enter__(self) -> "ProvisioningStore":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    # -- transactions --------------------------------------------------------------
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        """One consistent read: a snapshot must not mix two versions."""
-        with self._guard():
-            conn = self._engine.connect()
-            if not self._sqlite:
-                conn = conn.execution_options(isolation_level="REPEATABLE READ")
-            with conn, conn.begin():
-                yield conn
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """A change, counted in change_log in the same transaction."""
-        with self._guard():
-            with self._engine.connect() as conn:
-                conn = conn.execution_options(sqlite_write=True)
-                with conn.begin():
-                    yield conn
-                    conn.execute(update(change_log_table).where(change_log_table.c.id == 1)
-                                 .values(version=change_log_table.c.version + 1, changed_at=_now()))
-
-    @contextmanager
-    def _guard(self) -> Iterator[None]:
-        try:
-            yield
-        except ProvisioningError:
-            raise
-        except IntegrityError:
-            # a concurrent writer won a race our pre-checks could not see
-            raise ProvisioningError("conflicting change, already made by someone else; retry") from None
-        except SQLAlchemyError as exc:
-            raise ProvisioningError(f"provisioning database {self.url}: {_why(exc)}") from None
+    error = ProvisioningError
+    what = "provisioning"
+    change_log = change_log_table
 
     # -- schema ---------------------------------------------------------------------
     def create_schema(self) -> None:
         """Create missing tables and the change_log row (idempotent)."""
-        with self._guard(), self._engine.connect() as conn:
-            # under the write lock, so workers starting together do not race
-            # each other's "does the table exist?" checks
-            conn = conn.execution_options(sqlite_write=True)
-            with conn.begin():
-                metadata.create_all(conn)
-                if conn.execute(select(change_log_table.c.id)).first() is None:
-                    conn.execute(insert(change_log_table).values(id=1, version=0, changed_at=_now()))
-
-    def version(self) -> int:
-        """The change counter; cheap enough to poll every second."""
-        with self._read() as conn:
-            value = conn.execute(select(change_log_table.c.version)
-                                 .where(change_log_table.c.id == 1)).scalar()
-        if value is None:
-            raise ProvisioningError(f"provisioning database {self.url} has no schema; create it first")
-        return int(value)
+        self._create_schema(metadata)
 
     # -- domains ---------------------------------------------------------------------
     def add_domain(self, domain: str) -> None:
@@ -197,7 +90,7 @@ class ProvisioningStore:
         with self._write() as conn:
             if _domain_exists(conn, name):
                 raise ProvisioningError(f"domain {name} already exists")
-            conn.execute(insert(domain_table).values(domain=name, created_at=_now()))
+            conn.execute(insert(domain_table).values(domain=name, created_at=utcnow()))
 
     def del_domain(self, domain: str) -> None:
         """Refused while subscribers or aliases still use the domain: deleting it
@@ -238,7 +131,7 @@ class ProvisioningStore:
             if _alias_target(conn, user, name) is not None:
                 raise ProvisioningError(f"{user}@{name} is an alias; delete the alias first")
             conn.execute(insert(subscriber_table).values(
-                username=user, domain=name, created_at=_now(), **secrets))
+                username=user, domain=name, created_at=utcnow(), **secrets))
 
     def del_user(self, user: str, domain: str) -> int:
         """Delete a subscriber and the aliases pointing at it; returns how many aliases went."""
@@ -316,10 +209,7 @@ class ProvisioningStore:
         """Everything the hot path needs, read in one transaction."""
         s, a = subscriber_table, alias_table
         with self._read() as conn:
-            version = conn.execute(select(change_log_table.c.version)
-                                   .where(change_log_table.c.id == 1)).scalar()
-            if version is None:
-                raise ProvisioningError(f"provisioning database {self.url} has no schema; create it first")
+            version = self._version_in(conn)
             domains = frozenset(conn.execute(select(domain_table.c.domain)).scalars())
             users = {
                 (r.username, r.domain): Credentials(r.username, r.domain, r.password, r.ha1, r.ha1_sha256)
@@ -350,10 +240,6 @@ def _storage(password: str | None, ha1_sha256: str | None) -> str:
     return "ha1" if ha1_sha256 else "ha1-md5"
 
 
-def _count(conn: Connection, table: Table, where) -> int:
-    return int(conn.execute(select(func.count()).select_from(table).where(where)).scalar() or 0)
-
-
 def _domain_exists(conn: Connection, name: str) -> bool:
     return _count(conn, domain_table, domain_table.c.domain == name) > 0
 
@@ -372,9 +258,3 @@ def _alias_target(conn: Connection, user: str, domain: str):
     return conn.execute(select(alias_table.c.username).where(
         (alias_table.c.alias_username == user) & (alias_table.c.alias_domain == domain))).first()
 
-
-def _why(exc: BaseException) -> str:
-    """The driver's own message, on one line (SQLAlchemy appends SQL and a link)."""
-    orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip().splitlines()
-    return text[0] if text else type(exc).__name__

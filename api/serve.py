@@ -1,0 +1,194 @@
+"""The API process of the embedded topology: CDR sink + REST API in ONE process.
+
+chdb allows one process per data path, and both the sink (writes) and the
+API (reads) need the CDR store, so they share one process and one asyncio
+loop: uvicorn serves the API while an aiokafka consumer feeds ``cdr.records``
+into the same ``CdrStore`` (docs/architecture.md, "Embedded topology").
+Blocking ClickHouse calls run in worker threads; chdb gets one connection for
+writes and one for reads, so queries do not queue behind inserts.
+
+    python -m api.serve --data-dir D [--config F] --bootstrap HOST:PORT --api-port P
+
+applies the ClickHouse schema (``cdr/store/schema.sql``), starts both and
+prints ``API READY port=P`` once the API listens.  SIGTERM / SIGINT stop it:
+the API stops accepting, the sink inserts and commits what it holds.
+With ``[clickhouse] backend = "server"`` the two halves may also run as
+separate processes (``--no-sink`` / ``--no-api``), as many as wanted.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import msgspec
+
+from proxy.contract.config import ConfigError, resolve_paths
+
+log = logging.getLogger("sipledger.api")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m api.serve", description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", help="data dir (default: SIPLEDGER_DATA_DIR or ./data)")
+    p.add_argument("--config", help="sipledger.toml (default: SIPLEDGER_CONFIG or DATA_DIR/sipledger.toml)")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (overrides kafka.bootstrap_servers)")
+    p.add_argument("--api-host", help="listen address (overrides api.host)")
+    p.add_argument("--api-port", type=int, help="listen port, 0 = any free one (overrides api.port)")
+    p.add_argument("--no-sink", action="store_true", help="serve the API only")
+    p.add_argument("--no-api", action="store_true", help="run the CDR sink only")
+    p.add_argument("--log-level", default="WARNING")
+    return p
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from . import config as config_mod
+    data_dir, config_file = resolve_paths(args.data_dir, args.config)
+    try:
+        config = config_mod.load(config_file)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    kafka = config.kafka
+    if args.bootstrap:
+        kafka = msgspec.structs.replace(kafka, bootstrap_servers=args.bootstrap)
+    run_sink, run_api = not args.no_sink, not args.no_api
+    if not (run_sink or run_api):
+        print("error: --no-sink and --no-api: nothing to run", file=sys.stderr)
+        return 2
+    if run_sink and not kafka.bootstrap_servers:
+        print("error: the CDR sink needs --bootstrap (or kafka.bootstrap_servers)", file=sys.stderr)
+        return 2
+    host = args.api_host or config.api.host
+    port = config.api.port if args.api_port is None else args.api_port
+
+    from cdr.store.backend import BackendError, open_backend
+    from cdr.store.migrate import MigrationError, migrate
+    from cdr.store.queries import CdrStore
+    from .tokens import TokenError, open_store
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    sock = None
+    if run_api:
+        try:
+            sock = _bind(host, port)
+        except OSError as exc:
+            print(f"error: API cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+    try:
+        backend = open_backend(config.clickhouse, data_dir)
+    except BackendError as exc:
+        print(f"error: CDR store: {exc}", file=sys.stderr)
+        return 1
+    tokens = None
+    try:
+        applied = migrate(backend)
+        if applied:
+            log.warning("ClickHouse schema: applied migrations %s", applied)
+        tokens = open_store(data_dir) if run_api else None
+        store = CdrStore(backend)
+        return _run_loop(_serve(store, tokens, kafka, config, sock, run_sink))
+    except (BackendError, MigrationError, TokenError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if tokens is not None:
+            tokens.close()
+        backend.close()
+        if sock is not None:
+            sock.close()
+
+
+def _run_loop(coro) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+async def _serve(store, tokens, kafka, config, sock: socket.socket | None, run_sink: bool) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks: dict[str, asyncio.Task] = {}
+    sink = server = None
+    if run_sink:
+        from cdr.store.sink import CdrSink
+        ch = config.clickhouse
+        sink = CdrSink(store, kafka, topic=ch.topic, group_id=ch.consumer_group,
+                       batch_rows=ch.batch_rows, batch_ms=ch.batch_ms)
+        tasks["sink"] = asyncio.create_task(sink.run(), name="cdr-sink")
+    if sock is not None:
+        server = await _start_api(store, tokens, sock, tasks)
+        if server is None:
+            stop.set()
+        else:
+            print(f"API READY port={sock.getsockname()[1]}", flush=True)
+    elif sink is not None:
+        print("SINK READY", flush=True)
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([waiter, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)
+    status = 0
+    for name, task in tasks.items():
+        if task in done:
+            status = 1
+            exc = task.exception() if not task.cancelled() else None
+            print(f"error: {name} stopped unexpectedly: {exc!r}", file=sys.stderr, flush=True)
+    if server is not None:
+        server.should_exit = True
+    if sink is not None:
+        sink.stop()
+    waiter.cancel()
+    results = await asyncio.gather(*tasks.values(), return_exceptions=True)
+    for name, result in zip(tasks, results):
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            log.error("%s: %r", name, result)
+    return status
+
+
+async def _start_api(store, tokens, sock: socket.socket, tasks: dict[str, asyncio.Task]):
+    import uvicorn
+
+    from .app import create_app
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            yield       # this process handles SIGINT/SIGTERM itself (sink first)
+
+    server = Server(uvicorn.Config(create_app(store, tokens), log_level="warning",
+                                   access_log=False, lifespan="off"))
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="api")
+    tasks["api"] = task
+    while not server.started:
+        if task.done():
+            return None
+        await asyncio.sleep(0.01)
+    return server
+
+
+if __name__ == "__main__":
+    sys.exit(main())

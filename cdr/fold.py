@@ -1,0 +1,496 @@
+"""The call join as a pure fold: call events in, ``CallState`` out, CDR rows at the end.
+
+Sans-I/O: nothing here reads a clock, a topic or a table.  The processor
+(cdr/processor.py) feeds one call's events to ``apply`` in the order they come
+off the partition and asks ``finish`` after each one whether the call is over.
+
+Order independence.  ``CallState`` is a set of facts, each merged by a rule
+that is commutative, associative and idempotent (keep the earliest fact by
+``(ts_ms, id)``, union of sets, min/max of times).  Folding any permutation of
+a call's events, with any duplicates, gives the same state, hence the same
+rows: replays and at-least-once delivery cannot change a CDR.  ``apply``
+returns the very same object when an event changes nothing (a duplicate),
+which the processor uses to skip table writes.
+
+When a call is over (``finish``):
+* answered: the first of call.bye / dialog.timeout / dialog.teardown at or
+  after the answer;
+* unanswered: call.failed (a CANCEL, Timer C or teardown of a ringing call
+  always ends in one);
+* and ``invite.received`` is known (the rows need it; a call whose invite was
+  lost is closed by the silence timer instead, ``silence=True``).
+
+Rows: one ``CdrLeg`` per leg (``invite.routed``), or a single leg-0 row for a
+call refused before routing.  Leg fields (``leg``, ``parent_leg``,
+``leg_cause``, ``target``, ``destination``, ``ringing_ms``, ``answer_ms``,
+``end_ms``, ``duration_ms``, ``billable_s``, ``sip_code``, ``sip_reason``,
+``disposition``, ``callee_user_agent``) describe that leg; every other field is
+the call's and identical on every row (setup, pdd, ``call_*``, hangup).
+"""
+from __future__ import annotations
+
+import msgspec
+
+from proxy.contract import events as ev
+from .records import CdrLeg, Disposition, cdr_id_for
+
+NO_LEG = -1
+SILENCE_REASON = "no events within the silence window"
+
+
+# --- facts -------------------------------------------------------------------------
+# array_like: the state is written to a changelog on every change; positional
+# msgpack arrays keep it small.  Every fact carries (ts, id): ties are broken by
+# the event id, so "the earliest" is a total order and the merge is deterministic.
+
+class Invite(msgspec.Struct, frozen=True, array_like=True):
+    ts: int
+    id: str
+    from_tag: str
+    account: str
+    caller_uri: str
+    caller_ip: str
+    user_agent: str
+    dialled: str
+    callee_uri: str
+    proxy: str
+
+
+class Routed(msgspec.Struct, frozen=True, array_like=True):
+    ts: int
+    id: str
+    parent: int
+    cause: str
+    target: str
+    destination: str
+
+
+class Outcome(msgspec.Struct, frozen=True, array_like=True):
+    """A coded fact: call.progress, leg.failed, call.cancel (code 0)."""
+    ts: int
+    id: str
+    code: int
+    reason: str
+
+
+class Answer(msgspec.Struct, frozen=True, array_like=True):
+    ts: int
+    id: str
+    leg: int
+    code: int
+    reason: str
+    callee_user_agent: str
+    max_duration_s: int
+    to_tag: str
+
+
+class Final(msgspec.Struct, frozen=True, array_like=True):
+    ts: int
+    id: str
+    code: int
+    reason: str
+    by_proxy: bool
+    to_tag: str
+
+
+class End(msgspec.Struct, frozen=True, array_like=True):
+    """What can end a call: kind "bye" (by caller/callee/proxy), "timeout", "teardown"."""
+    ts: int
+    id: str
+    kind: str
+    by: str
+    reason: str
+
+
+class Cap(msgspec.Struct, frozen=True, array_like=True):
+    """An applied dialog.max_duration: the latest one counts."""
+    ts: int
+    id: str
+    seconds: int
+
+
+class Seen(msgspec.Struct, frozen=True, array_like=True):
+    """The earliest event with a From tag: identity of a call whose invite is missing."""
+    ts: int
+    id: str
+    from_tag: str
+    proxy: str
+
+
+class LegState(msgspec.Struct, frozen=True, array_like=True):
+    index: int
+    routed: Routed | None = None
+    progress: Outcome | None = None       # first provisional > 100
+    failed: Outcome | None = None         # leg.failed
+
+
+class CallState(msgspec.Struct, frozen=True, array_like=True):
+    call_id: str
+    first_ms: int = 0                     # earliest / latest event time seen (0 = none yet)
+    last_ms: int = 0
+    seen: Seen | None = None
+    invite: Invite | None = None
+    legs: tuple[LegState, ...] = ()       # sorted by index
+    answered: Answer | None = None
+    failed: Final | None = None
+    cancel: Outcome | None = None
+    ends: tuple[End, ...] = ()            # sorted by (ts, id), no duplicates
+    cap: Cap | None = None
+
+
+def new_state(call_id: str) -> CallState:
+    return CallState(call_id=call_id)
+
+
+def _key(fact) -> tuple[int, str]:
+    return fact.ts, fact.id
+
+
+def _earliest(old, new):
+    """The earlier of two facts by (ts, id); ``old`` itself when it stays."""
+    if old is None or _key(new) < _key(old):
+        return new
+    return old
+
+
+def _latest(old, new):
+    if old is None or _key(new) > _key(old):
+        return new
+    return old
+
+
+# --- apply -------------------------------------------------------------------------
+
+def apply(state: CallState, event: ev.CallEvent) -> CallState:
+    """Fold one event into the state.  Pure; the same object back when nothing changed."""
+    ts = event.ts_ms
+    changes: dict = {}
+    if state.first_ms == 0 or ts < state.first_ms:
+        changes["first_ms"] = ts
+    if ts > state.last_ms:
+        changes["last_ms"] = ts
+    if event.from_tag:
+        seen = _earliest(state.seen, Seen(ts, event.id, event.from_tag, event.proxy))
+        if seen is not state.seen:
+            changes["seen"] = seen
+
+    handler = _HANDLERS.get(type(event))
+    if handler is not None:
+        handler(state, event, changes)
+    if not changes:
+        return state
+    return msgspec.structs.replace(state, **changes)
+
+
+def _invite(state: CallState, e: ev.InviteReceived, changes: dict) -> None:
+    fact = Invite(e.ts_ms, e.id, e.from_tag, e.caller.account or "", e.caller.from_uri,
+                  e.source.ip, e.user_agent or "", e.callee.request_uri, e.callee.to_uri, e.proxy)
+    new = _earliest(state.invite, fact)
+    if new is not state.invite:
+        changes["invite"] = new
+
+
+def _update_leg(state: CallState, index: int, changes: dict, **facts) -> None:
+    """Merge facts into leg ``index`` (created if unknown)."""
+    legs = state.legs
+    pos = next((i for i, leg in enumerate(legs) if leg.index == index), None)
+    leg = legs[pos] if pos is not None else LegState(index)
+    updates = {}
+    for name, fact in facts.items():
+        merged = _earliest(getattr(leg, name), fact)
+        if merged is not getattr(leg, name):
+            updates[name] = merged
+    if not updates:
+        return
+    leg = msgspec.structs.replace(leg, **updates)
+    if pos is None:
+        changes["legs"] = tuple(sorted(legs + (leg,), key=lambda item: item.index))
+    else:
+        changes["legs"] = legs[:pos] + (leg,) + legs[pos + 1:]
+
+
+def _routed(state: CallState, e: ev.InviteRouted, changes: dict) -> None:
+    leg = e.leg
+    _update_leg(state, leg.index, changes, routed=Routed(
+        e.ts_ms, e.id, NO_LEG if leg.parent is None else leg.parent, leg.cause,
+        e.callee.target or "", leg.destination or ""))
+
+
+def _progress(state: CallState, e: ev.CallProgress, changes: dict) -> None:
+    _update_leg(state, e.leg, changes, progress=Outcome(e.ts_ms, e.id, e.code, e.reason))
+
+
+def _leg_failed(state: CallState, e: ev.LegFailed, changes: dict) -> None:
+    _update_leg(state, e.leg, changes, failed=Outcome(e.ts_ms, e.id, e.code, e.reason))
+
+
+def _answered(state: CallState, e: ev.CallAnswered, changes: dict) -> None:
+    new = _earliest(state.answered, Answer(e.ts_ms, e.id, e.leg, e.code, e.reason,
+                                           e.callee_user_agent or "", e.max_duration_s,
+                                           e.to_tag or ""))
+    if new is not state.answered:
+        changes["answered"] = new
+
+
+def _failed(state: CallState, e: ev.CallFailed, changes: dict) -> None:
+    new = _earliest(state.failed, Final(e.ts_ms, e.id, e.code, e.reason, e.by_proxy, e.to_tag or ""))
+    if new is not state.failed:
+        changes["failed"] = new
+
+
+def _cancel(state: CallState, e: ev.CallCancel, changes: dict) -> None:
+    new = _earliest(state.cancel, Outcome(e.ts_ms, e.id, 0, e.reason or ""))
+    if new is not state.cancel:
+        changes["cancel"] = new
+
+
+def _add_end(state: CallState, end: End, changes: dict) -> None:
+    if any(old.id == end.id for old in state.ends):
+        return
+    changes["ends"] = tuple(sorted(state.ends + (end,), key=_key))
+
+
+def _bye(state: CallState, e: ev.CallBye, changes: dict) -> None:
+    _add_end(state, End(e.ts_ms, e.id, "bye", e.by, e.reason or ""), changes)
+
+
+def _timeout(state: CallState, e: ev.DialogTimeout, changes: dict) -> None:
+    _add_end(state, End(e.ts_ms, e.id, "timeout", "", f"max duration {e.max_duration_s} s"), changes)
+
+
+def _teardown(state: CallState, e: ev.DialogTeardown, changes: dict) -> None:
+    if e.result == "sent":               # "unknown_call": nothing was ended
+        _add_end(state, End(e.ts_ms, e.id, "teardown", "", e.reason), changes)
+
+
+def _max_duration(state: CallState, e: ev.MaxDurationSet, changes: dict) -> None:
+    if e.result == "applied":
+        new = _latest(state.cap, Cap(e.ts_ms, e.id, e.max_duration_s))
+        if new is not state.cap:
+            changes["cap"] = new
+
+
+_HANDLERS = {
+    ev.InviteReceived: _invite,
+    ev.InviteRouted: _routed,
+    ev.CallProgress: _progress,
+    ev.LegFailed: _leg_failed,
+    ev.CallAnswered: _answered,
+    ev.CallFailed: _failed,
+    ev.CallCancel: _cancel,
+    ev.CallBye: _bye,
+    ev.DialogTimeout: _timeout,
+    ev.DialogTeardown: _teardown,
+    ev.MaxDurationSet: _max_duration,
+    # ev.CallAck: only its time counts (last_ms)
+}
+
+
+def fold(events, state: CallState | None = None) -> CallState:
+    """Fold a sequence of one call's events (convenience for tests and replays)."""
+    for event in events:
+        if state is None:
+            state = new_state(event.call_id)
+        state = apply(state, event)
+    return state
+
+
+# --- silence -----------------------------------------------------------------------
+
+def max_duration_ms(state: CallState) -> int | None:
+    """The duration cap in force for an answered call (the proxy ends it there)."""
+    if state.answered is None:
+        return None
+    seconds = state.cap.seconds if state.cap is not None else state.answered.max_duration_s
+    return seconds * 1000 if seconds > 0 else None
+
+
+def silence_deadline_ms(state: CallState, window_ms: int) -> int:
+    """Event time after which the call counts as silent: ``window_ms`` after its
+    last event, and for an answered call not before its maximum duration has
+    run out plus the window (a long call sends no events while it lasts)."""
+    base = state.last_ms
+    cap = max_duration_ms(state)
+    if cap is not None:
+        base = max(base, state.answered.ts + cap)
+    return base + window_ms
+
+
+def silence_end_ms(state: CallState, window_ms: int) -> int:
+    """The end time recorded for a call closed by silence: its last event plus
+    the window, but an answered call no later than its maximum duration.
+    Derived from the state only, so every replay records the same end."""
+    end = state.last_ms + window_ms
+    cap = max_duration_ms(state)
+    if cap is not None:
+        end = min(end, state.answered.ts + cap)
+        end = max(end, state.answered.ts)
+    return end
+
+
+def is_over(state: CallState) -> bool:
+    return _end_of(state) is not None
+
+
+def _end_of(state: CallState):
+    """(end fact or Final) that ended the call, or None while it is not over."""
+    answered = state.answered
+    if answered is not None:
+        return next((end for end in state.ends if end.ts >= answered.ts), None)
+    return state.failed
+
+
+# --- finish ------------------------------------------------------------------------
+
+def disposition_for(code: int, *, rang: bool, cancelled: bool) -> Disposition:
+    """RFC 3261 final code -> disposition.  ``rang``: a provisional > 100 came;
+    ``cancelled``: a 487 follows a CANCEL by the caller (or a teardown, or the
+    proxy cancelling the other forks) rather than the proxy's Timer C."""
+    if 200 <= code < 300:
+        return "answered"
+    if code in (486, 600):
+        return "busy"
+    if code == 402:
+        return "rejected_credit"
+    if code in (408, 480) and rang:
+        return "no_answer"
+    if code == 487:
+        return "cancelled" if cancelled else "no_answer"
+    return "failed"
+
+
+def _domain_of(account: str, uri: str) -> str:
+    if "@" in account:
+        return account.rsplit("@", 1)[1].lower()
+    text = uri.strip()
+    if "<" in text:
+        text = text[text.index("<") + 1:].split(">", 1)[0]
+    _, _, rest = text.partition(":")
+    rest = rest or text
+    host = rest.rsplit("@", 1)[-1]
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    for stop in (":", ";", "?", ">"):
+        host = host.split(stop, 1)[0]
+    return host.lower()
+
+
+def finish(state: CallState, now_ms: int, silence: bool = False) -> list[CdrLeg] | None:
+    """The CDR rows of a call that is over, else None.
+
+    ``silence=True`` closes a call that is not over (the processor decided it
+    went silent): it is recorded as ending at ``now_ms``, which the caller takes
+    from ``silence_end_ms(state, window)`` so that the rows stay a function of
+    the events.  ``now_ms`` is not used otherwise.  A call that is over is
+    recorded as such even when asked to close it for silence."""
+    end_fact = _end_of(state)
+    if end_fact is not None and state.invite is None and not silence:
+        return None                      # over, but the invite has not arrived (yet)
+    if end_fact is None and not silence:
+        return None
+    if end_fact is None and state.invite is None and state.answered is None \
+            and state.failed is None:
+        # a silence close of nothing but stray events (e.g. a late duplicate
+        # of a finished call): no call to record
+        return None
+
+    invite = state.invite
+    answered = state.answered
+    teardown = next((end for end in state.ends if end.kind == "teardown"
+                     and (state.failed is None or end.ts <= state.failed.ts)), None)
+
+    # call outcome
+    if answered is not None:
+        call_code, call_reason, call_disp = answered.code, answered.reason, "answered"
+        to_tag = answered.to_tag
+    elif state.failed is not None:
+        final = state.failed
+        rang = any(leg.progress is not None for leg in state.legs)
+        cancelled = state.cancel is not None or teardown is not None
+        call_code, call_reason = final.code, final.reason
+        call_disp = disposition_for(final.code, rang=rang, cancelled=cancelled)
+        to_tag = final.to_tag
+    else:                                # silence close of a call that never got a final
+        call_code, call_reason, call_disp, to_tag = 0, "", "failed", ""
+
+    # end and who ended it
+    if end_fact is None:
+        end_ms = now_ms
+        hangup_by, hangup_reason = "silence", SILENCE_REASON
+    elif isinstance(end_fact, End):
+        end_ms = end_fact.ts
+        if end_fact.kind == "bye":
+            hangup_by = end_fact.by if end_fact.by in ("caller", "callee") else "teardown"
+        else:
+            hangup_by = end_fact.kind
+        hangup_reason = end_fact.reason
+    else:                                # Final: an unanswered call
+        end_ms = end_fact.ts
+        hangup_by, hangup_reason = ("teardown", teardown.reason) if teardown is not None else ("none", "")
+    if answered is not None:
+        end_ms = max(end_ms, answered.ts)
+
+    setup_ms = invite.ts if invite is not None else state.first_ms
+    progress = [leg.progress.ts for leg in state.legs if leg.progress is not None]
+    first_reply = min(progress) if progress else (
+        answered.ts if answered is not None else state.failed.ts if state.failed is not None else 0)
+    pdd_ms = max(0, first_reply - setup_ms) if first_reply else 0
+
+    if invite is not None:
+        from_tag, proxy = invite.from_tag, invite.proxy
+    elif state.seen is not None:
+        from_tag, proxy = state.seen.from_tag, state.seen.proxy
+    else:
+        from_tag, proxy = "", ""
+    call = dict(
+        cdr_id=cdr_id_for(state.call_id, from_tag),
+        call_id=state.call_id, from_tag=from_tag, to_tag=to_tag,
+        account=invite.account if invite else "",
+        caller_uri=invite.caller_uri if invite else "",
+        caller_ip=invite.caller_ip if invite else "",
+        caller_user_agent=invite.user_agent if invite else "",
+        dialled=invite.dialled if invite else "",
+        callee_uri=invite.callee_uri if invite else "",
+        domain=_domain_of(invite.account, invite.dialled) if invite else "",
+        setup_ms=setup_ms, pdd_ms=pdd_ms,
+        call_sip_code=call_code, call_sip_reason=call_reason, call_disposition=call_disp,
+        hangup_by=hangup_by, hangup_reason=hangup_reason, proxy=proxy,
+    )
+
+    by_index = {leg.index: leg for leg in state.legs}
+    indexes = sorted(set(by_index) | ({answered.leg} if answered is not None else set())) or [0]
+    others_cancelled = (answered is not None or state.cancel is not None or teardown is not None
+                        or any(leg.failed is not None and leg.failed.code >= 600 for leg in state.legs))
+    rows = []
+    for index in indexes:
+        leg = by_index.get(index) or LegState(index)
+        routed = leg.routed
+        fields = dict(
+            leg=index,
+            parent_leg=routed.parent if routed else NO_LEG,
+            leg_cause=routed.cause if routed else "initial",
+            legs=len(indexes),
+            target=routed.target if routed else "",
+            destination=routed.destination if routed else "",
+            ringing_ms=leg.progress.ts if leg.progress else 0,
+        )
+        if answered is not None and index == answered.leg:
+            duration = end_ms - answered.ts
+            fields.update(answer_ms=answered.ts, end_ms=end_ms, duration_ms=duration,
+                          billable_s=-(-duration // 1000), sip_code=answered.code,
+                          sip_reason=answered.reason, disposition="answered",
+                          callee_user_agent=answered.callee_user_agent)
+        elif leg.failed is not None:
+            fields.update(end_ms=leg.failed.ts, sip_code=leg.failed.code, sip_reason=leg.failed.reason,
+                          disposition=disposition_for(leg.failed.code, rang=leg.progress is not None,
+                                                      cancelled=others_cancelled))
+        elif answered is not None:
+            # a fork the answer made the proxy cancel, with no final of its own seen
+            fields.update(end_ms=max(answered.ts, setup_ms), sip_code=0, disposition="cancelled")
+        else:
+            # no outcome of its own: the call's (a refusal before routing, or a
+            # leg whose leg.failed came after the call's final and was not kept)
+            fields.update(end_ms=end_ms, sip_code=call_code, sip_reason=call_reason,
+                          disposition=call_disp)
+        rows.append(CdrLeg(**call, **fields))
+    return rows

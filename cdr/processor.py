@@ -1,0 +1,303 @@
+"""The CDR processor: a faust-streaming app that joins ``sip.events`` into CDR rows.
+
+* One agent reads ``sip.events`` (raw bytes) in batches (``stream.take_events``),
+  decodes with the contract (undecodable or unknown-version records are logged,
+  counted and skipped) and folds each event into its call's ``CallState``
+  (cdr/fold.py), in partition order, one event at a time.
+* State lives in a changelog-backed faust Table ``calls``: Call-ID -> ``Slot``
+  (msgpack via msgspec, codec ``cdr_slot``).  Values are replaced, never
+  mutated.  Writes name their changelog partition explicitly (the Call-ID's
+  partition of ``sip.events``) instead of taking it from "the current event":
+  a batch holds events of several partitions, and the silence timer writes
+  outside any event.
+* A call that is over yields its rows (``finish``), published to
+  ``cdr.records`` (key = cdr_id, JSON).  The slot then becomes a small
+  *finished marker* (state None) kept ``finished_ttl_seconds`` so that late
+  duplicates cannot reopen the call; the timer deletes expired markers
+  (tombstones).
+* The timer closes calls that went silent (``[cdr] silence_seconds``) with
+  hangup_by "silence" and an end time derived from the events.
+
+Delivery.  Input is at-least-once.  Per batch, the rows are sent and their
+acknowledgements awaited *before* the table is written, and faust commits the
+batch's offsets only after its producer is flushed.  A crash anywhere replays
+events whose effects are already (partly) in the table or on ``cdr.records``:
+the fold is idempotent and rows are a function of the events, so a replay
+can only repeat byte-identical rows (the sink is idempotent), never lose one.
+
+Determinism.  Whether an event arrives before or after a silence close must not
+depend on timing: an event more than the silence window (in event time) after
+its call's last one first closes the call for silence and is then dropped, as
+the timer would have done.  The timer itself needs the wall clock to be past
+the call's silence deadline *and* the slot to have been quiet for the window in
+real time since this worker took its partition (no closes while catching up).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from proxy.contract import events as ev
+from proxy.contract.kafka import faust_app
+from .fold import (CallState, apply, finish, new_state, silence_deadline_ms, silence_end_ms)
+from .records import CdrLeg
+from .settings import CdrConfig
+
+log = logging.getLogger("cdr.processor")
+
+TABLE_NAME = "calls"
+SLOT_CODEC = "cdr_slot"
+
+
+class Slot(msgspec.Struct, frozen=True, array_like=True):
+    """A table value: a live call, or the marker of a finished one (``state`` None)."""
+    partition: int                  # the Call-ID's partition of sip.events = changelog partition
+    seen_ms: int                    # wall clock of the last change (live) / of the finish (marker)
+    state: CallState | None = None
+
+
+_slot_encoder = msgspec.msgpack.Encoder()
+_slot_decoder = msgspec.msgpack.Decoder(Slot)
+_row_encoder = msgspec.json.Encoder()
+
+
+def encode_row(row: CdrLeg) -> bytes:
+    return _row_encoder.encode(row)
+
+
+def decode_row(data: bytes) -> CdrLeg:
+    return msgspec.json.decode(data, type=CdrLeg)
+
+
+def _register_codec() -> None:
+    from faust.serializers import codecs
+
+    class SlotCodec(codecs.Codec):
+        def _dumps(self, obj: Any) -> bytes:
+            return _slot_encoder.encode(obj)
+
+        def _loads(self, s: bytes) -> Any:
+            return _slot_decoder.decode(s)
+
+    codecs.register(SLOT_CODEC, SlotCodec())
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class Stats:
+    counts: Counter
+
+    def __init__(self) -> None:
+        self.counts = Counter()
+
+    def line(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
+
+
+class CdrProcessor:
+    """The agent body and the timer, around one faust app and its table."""
+
+    def __init__(self, app: Any, config: CdrConfig, partitions: int) -> None:
+        self.app = app
+        self.config = config
+        self.settings = config.cdr
+        self.partitions = partitions
+        self.window_ms = config.cdr.silence_ms
+        self.ttl_ms = int(config.cdr.finished_ttl_seconds * 1000)
+        self.events_topic_name = config.topics.sip_events
+        self.events_topic = app.topic(self.events_topic_name, key_type=bytes, value_type=bytes,
+                                      key_serializer="raw", value_serializer="raw",
+                                      partitions=partitions)
+        self.records_topic = app.topic(config.cdr.records_topic, key_type=bytes, value_type=bytes,
+                                       key_serializer="raw", value_serializer="raw")
+        self.table = app.Table(TABLE_NAME, key_type=bytes, key_serializer="raw",
+                               value_serializer=SLOT_CODEC, partitions=partitions)
+        self.stats = Stats()
+        self.assigned_at: dict[int, int] = {}       # partition -> wall ms this worker got it
+        self._lock: asyncio.Lock | None = None
+        self._last_stats = 0.0
+        app.on_partitions_assigned.connect(self._on_assigned)
+        app.on_partitions_revoked.connect(self._on_revoked)
+        app.agent(self.events_topic, name="cdr-join")(self._agent)
+        app.timer(interval=config.cdr.timer_seconds, name="cdr-silence")(self.sweep)
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        # created on the worker's loop; the agent batch and the timer never interleave
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    # --- partitions ----------------------------------------------------------------
+    async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
+        now = wall_ms()
+        for tp in assigned:
+            if tp.topic == self.events_topic_name:
+                self.assigned_at[tp.partition] = now
+
+    async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+        for tp in revoked:
+            if tp.topic == self.events_topic_name:
+                self.assigned_at.pop(tp.partition, None)
+
+    # --- the agent -----------------------------------------------------------------
+    async def _agent(self, stream: Any) -> None:
+        within = self.settings.batch_window_ms / 1000
+        async for batch in stream.take_events(self.settings.batch_size, within=within):
+            async with self.lock:
+                await self.handle_batch(batch)
+
+    async def handle_batch(self, batch: list) -> None:
+        counts = self.stats.counts
+        working: dict[bytes, Slot] = {}
+        rows: list[CdrLeg] = []
+        now = wall_ms()
+        table_get = self.table.data.get
+        for item in batch:
+            message = item.message
+            try:
+                event = ev.decode(message.value)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                counts["undecodable"] += 1
+                log.warning("skipping undecodable record %s[%d]@%d: %s", message.topic,
+                            message.partition, message.offset, exc)
+                continue
+            if event.v != ev.SCHEMA_VERSION:
+                counts["unknown_version"] += 1
+                log.warning("skipping %s v%d (id %s): unknown schema version", type(event).__name__,
+                            event.v, event.id)
+                continue
+            counts["events"] += 1
+            key = event.call_id.encode()
+            slot = working.get(key)
+            if slot is None:
+                slot = table_get(key)
+            self._step(key, slot, event, message.partition, now, working, rows)
+        if rows:
+            await self.publish(rows)
+        for key, slot in working.items():
+            self._put(key, slot)
+
+    def _step(self, key: bytes, slot: Slot | None, event: ev.CallEvent, partition: int, now: int,
+              working: dict[bytes, Slot], rows: list[CdrLeg]) -> None:
+        counts = self.stats.counts
+        if slot is not None and slot.state is None:
+            counts["after_finish"] += 1            # a late duplicate of a finished call
+            return
+        if slot is None:
+            state = new_state(event.call_id)
+        else:
+            state = slot.state
+            if event.ts_ms > silence_deadline_ms(state, self.window_ms):
+                # the call went silent before this event: close it as the timer would have
+                closed = finish(state, silence_end_ms(state, self.window_ms), silence=True)
+                self._closed(key, partition, now, closed, working, rows, "silence_closes")
+                counts["after_finish"] += 1
+                return
+        new = apply(state, event)
+        if new is state and slot is not None:
+            counts["duplicates"] += 1
+            return
+        done = finish(new, 0)
+        if done is None:
+            working[key] = Slot(partition, now, new)
+        else:
+            self._closed(key, partition, now, done, working, rows, "calls")
+
+    def _closed(self, key: bytes, partition: int, now: int, done: list[CdrLeg] | None,
+                working: dict[bytes, Slot], rows: list[CdrLeg], what: str) -> None:
+        if done:
+            rows.extend(done)
+            self.stats.counts[what] += 1
+            self.stats.counts["rows"] += len(done)
+        else:
+            self.stats.counts["dropped_stray"] += 1
+        working[key] = Slot(partition, now, None)
+
+    async def publish(self, rows: list[CdrLeg]) -> None:
+        """Send rows and wait for the broker to have every one of them."""
+        send = self.records_topic.send
+        futures = [await send(key=row.cdr_id.encode(), value=encode_row(row)) for row in rows]
+        await asyncio.gather(*futures)
+
+    # --- table writes with an explicit partition -------------------------------------
+    def _put(self, key: bytes, slot: Slot) -> None:
+        self.table.data[key] = slot
+        self.table.send_changelog(slot.partition, key, slot)
+
+    def _delete(self, key: bytes, partition: int) -> None:
+        self.table.data.pop(key, None)
+        self.table.send_changelog(partition, key, None, value_serializer="raw")
+
+    # --- the timer -----------------------------------------------------------------
+    async def sweep(self) -> None:
+        """Close silent calls; delete expired finished markers."""
+        app = self.app
+        if app.rebalancing or getattr(app, "in_recovery", False):
+            return
+        actives = {tp.partition for tp in app.assignment.assigned_actives()
+                   if tp.topic == self.events_topic_name}
+        async with self.lock:
+            now = wall_ms()
+            closes: list[tuple[bytes, Slot, list[CdrLeg] | None]] = []
+            expired: list[tuple[bytes, int]] = []
+            for key, slot in list(self.table.data.items()):
+                if slot is None or slot.partition not in actives:
+                    continue
+                if slot.state is None:
+                    if now - slot.seen_ms > self.ttl_ms:
+                        expired.append((key, slot.partition))
+                    continue
+                quiet_since = max(slot.seen_ms, self.assigned_at.get(slot.partition, now))
+                if now - quiet_since > self.window_ms \
+                        and now > silence_deadline_ms(slot.state, self.window_ms):
+                    closes.append((key, slot, finish(slot.state, silence_end_ms(slot.state, self.window_ms),
+                                                     silence=True)))
+            rows = [row for _, _, done in closes if done for row in done]
+            if rows:
+                await self.publish(rows)
+            for key, slot, done in closes:
+                self.stats.counts["silence_closes" if done else "dropped_stray"] += 1
+                self.stats.counts["rows"] += len(done or ())
+                self._put(key, Slot(slot.partition, now, None))
+            for key, partition in expired:
+                self._delete(key, partition)
+            self.stats.counts["markers_expired"] += len(expired)
+        if time.monotonic() - self._last_stats > 30:
+            self._last_stats = time.monotonic()
+            log.info("cdr stats: live=%d %s", sum(1 for s in self.table.data.values()
+                                                  if s is not None and s.state is not None),
+                     self.stats.line())
+
+
+def build_app(config: CdrConfig, *, partitions: int, datadir: Path, worker_id: int = 0,
+              **conf: Any) -> tuple[Any, CdrProcessor]:
+    """The faust app of one CDR worker.  ``partitions`` must be the partition
+    count of ``sip.events`` (the table is co-partitioned with it)."""
+    _register_codec()
+    settings = config.cdr
+    app = faust_app(
+        settings.app_id, config.kafka,
+        autodiscover=False,
+        datadir=str(datadir),
+        store="memory://",
+        topic_partitions=partitions,
+        topic_replication_factor=config.kafka.replication_factor,
+        table_standby_replicas=settings.standby_replicas,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        broker_client_id=f"{settings.app_id}-{config.node.name}-{worker_id}",
+        stream_buffer_maxsize=max(4096, settings.batch_size * 2),
+        **conf,
+    )
+    return app, CdrProcessor(app, config, partitions)

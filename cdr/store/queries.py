@@ -1,0 +1,388 @@
+"""Reading CDRs: call summaries, one call with its legs, and traffic statistics.
+
+Every query reads ``cdr FINAL`` (or goes through one that does), so a leg
+inserted twice shows once.  Every value a caller supplies is a bound
+parameter (``sqlbind``): the SQL text is fixed fragments only.
+
+A *call* (one CDR) is summarised from its legs (docs/api.md):
+
+* identity — account, caller, dialled number, domain, setup time — from leg 0;
+* outcome — disposition, SIP code and reason, who hung up — is the call's
+  (``call_*``/``hangup_*``, the same on every leg: the processor decides it);
+* gateway, target, answer time, duration and billable seconds come from the
+  *deciding leg*: the answered leg if any leg was answered, else the
+  highest-numbered leg;
+* ``end_ms`` is the latest end of any leg, ``ringing_ms`` the earliest
+  ringing of any leg, ``pdd_ms`` (post-dial delay as the caller saw it) the
+  time from setup to that first ringing, or, when no leg rang, to the final
+  response of the deciding leg.
+
+A call is listed by its leg 0: calls without a stored leg 0 do not show.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal, Sequence
+
+import msgspec
+
+from cdr.records import CdrLeg
+
+from . import rows as rows_mod
+from .backend import Backend
+
+Period = Literal["hour", "day", "month"]
+GroupBy = Literal["none", "gateway", "prefix"]
+
+# A call's later legs start after leg 0, during call setup: an upper time
+# bound on leg 0's setup is widened by this much for the other legs.
+LEG_SETUP_SLACK_MS = 3_600_000
+CURSOR_VERSION = 1
+
+# RFC 6076 §4.6-4.7: a 3xx final answer is a redirection, not an attempt.
+_ATTEMPT = "NOT (sip_code >= 300 AND sip_code < 400)"
+# ... and SEER (~ ITU-T E.411 NER) counts as effective what reached the
+# called user: answered, busy, not answered (timeout, or cancelled by the
+# caller while ringing) and the user's own rejections (480/486/600/603).
+_EFFECTIVE = ("(disposition IN ('answered', 'busy', 'no_answer') "
+              "OR sip_code IN (480, 486, 600, 603) "
+              "OR (disposition = 'cancelled' AND ringing_ms > 0))")
+
+
+class CursorError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Position after the last call of a page (calls sort by setup_ms, cdr_id, descending)."""
+    setup_ms: int
+    cdr_id: str
+
+    def encode(self) -> str:
+        raw = msgspec.json.encode([CURSOR_VERSION, self.setup_ms, self.cdr_id])
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    @classmethod
+    def decode(cls, text: str) -> "Cursor":
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            version, setup_ms, cdr_id = msgspec.json.decode(raw, type=tuple[int, int, str])
+        except (binascii.Error, ValueError, msgspec.DecodeError, TypeError):
+            raise CursorError("not a cursor returned by this API") from None
+        if version != CURSOR_VERSION or setup_ms < 0 or not cdr_id:
+            raise CursorError("not a cursor returned by this API")
+        return cls(setup_ms, cdr_id)
+
+
+@dataclass(frozen=True)
+class CdrFilter:
+    account: str | None = None
+    caller: str | None = None           # prefix of caller_number
+    caller_ip: str | None = None        # exact
+    callee: str | None = None           # prefix of dialled_number
+    from_ms: int | None = None          # setup_ms >= from_ms
+    to_ms: int | None = None            # setup_ms < to_ms
+    dispositions: tuple[str, ...] = ()
+    gateway: str | None = None          # any leg routed to this gateway
+    min_duration_ms: int | None = None  # duration (answered leg) >= this
+
+    @property
+    def has_outcome_filters(self) -> bool:
+        return bool(self.dispositions) or self.gateway is not None or self.min_duration_ms is not None
+
+
+def _strip_plus(prefix: str) -> str:
+    return prefix[1:] if prefix.startswith("+") else prefix
+
+
+class _Where:
+    """AND-ed SQL fragments (fixed text) and the values they bind."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.params: dict[str, Any] = {}
+
+    def add(self, fragment: str, **params: Any) -> None:
+        self.parts.append(fragment)
+        self.params.update(params)
+
+    def sql(self) -> str:
+        return " AND ".join(f"({part})" for part in self.parts) if self.parts else "1"
+
+
+def _identity_where(f: CdrFilter, where: _Where, *, p: str = "") -> None:
+    """Filters that hold for every leg of a call alike (account, caller, dialled).
+    ``p`` prefixes the parameter names so two WHEREs can share one query."""
+    if f.account is not None:
+        where.add(f"account = {{{p}account}}", **{f"{p}account": f.account})
+    if f.caller:
+        prefix = _strip_plus(f.caller)
+        where.add(f"substring(caller_number, 1, {{{p}caller_len}}) = {{{p}caller}}",
+                  **{f"{p}caller": prefix, f"{p}caller_len": len(prefix.encode())})
+    if f.caller_ip is not None:
+        where.add(f"caller_ip = {{{p}caller_ip}}", **{f"{p}caller_ip": f.caller_ip})
+    if f.callee:
+        prefix = _strip_plus(f.callee)
+        where.add(f"substring(dialled_number, 1, {{{p}callee_len}}) = {{{p}callee}}",
+                  **{f"{p}callee": prefix, f"{p}callee_len": len(prefix.encode())})
+
+
+def _time_where(from_ms: int | None, to_ms: int | None, where: _Where, *, p: str = "") -> None:
+    """setup_ms in [from_ms, to_ms), with the same bounds on ``setup`` (seconds)
+    so that ClickHouse skips partitions and parts outside the range."""
+    if from_ms is not None:
+        where.add(f"setup >= toDateTime({{{p}from_s}}) AND setup_ms >= {{{p}from_ms}}",
+                  **{f"{p}from_s": from_ms // 1000, f"{p}from_ms": from_ms})
+    if to_ms is not None:
+        where.add(f"setup <= toDateTime({{{p}to_s}}) AND setup_ms < {{{p}to_ms}}",
+                  **{f"{p}to_s": to_ms // 1000, f"{p}to_ms": to_ms})
+
+
+def _cursor_where(cursor: Cursor, where: _Where, *, p: str = "") -> None:
+    where.add(f"setup_ms < {{{p}cur_setup}} OR (setup_ms = {{{p}cur_setup}} AND cdr_id < {{{p}cur_id}})",
+              **{f"{p}cur_setup": cursor.setup_ms, f"{p}cur_id": cursor.cdr_id})
+
+
+# The legs subquery renames every column l_<name> so that the call-level
+# aggregates can take the natural names without clashing with their inputs.
+_LEG_COLUMNS = rows_mod.COLUMNS
+_LEGS_SELECT = ", ".join(f"{name} AS l_{name}" for name in _LEG_COLUMNS) + \
+    ", if(disposition = 'answered', 1000000, 0) + leg AS l_rank"
+
+_FROM_LEG0 = ("call_id", "account", "caller_uri", "caller_number", "caller_ip", "caller_user_agent",
+              "dialled", "dialled_number", "callee_uri", "domain", "proxy", "from_tag", "setup_ms",
+              "hangup_by", "hangup_reason")
+# the call's outcome, identical on every leg (the processor decides it)
+_CALL_OUTCOME = (("call_sip_code", "sip_code"), ("call_sip_reason", "sip_reason"),
+                 ("call_disposition", "disposition"))
+_FROM_DECIDING = ("to_tag", "target", "destination", "gateway", "callee_user_agent", "answer_ms",
+                  "duration_ms", "billable_s")
+CALL_FIELDS = (("cdr_id", "legs") + _FROM_LEG0 + tuple(name for _, name in _CALL_OUTCOME)
+               + _FROM_DECIDING + ("ringing_ms", "end_ms", "pdd_ms", "gateways"))
+
+_CALL_AGGREGATES = ", ".join(
+    ["l_cdr_id AS cdr_id", "count() AS legs"]
+    + [f"argMin(l_{name}, l_leg) AS {name}" for name in _FROM_LEG0]
+    + [f"argMin(l_{column}, l_leg) AS {name}" for column, name in _CALL_OUTCOME]
+    + [f"argMax(l_{name}, l_rank) AS {name}" for name in _FROM_DECIDING]
+    + ["minIf(l_ringing_ms, l_ringing_ms > 0) AS ringing_ms",
+       "max(l_end_ms) AS end_ms",
+       "if(ringing_ms > 0, greatest(toInt64(ringing_ms) - toInt64(setup_ms), 0), "
+       "if(argMax(l_pdd_ms, l_rank) > 0, "
+       "greatest(toInt64(argMax(l_setup_ms + l_pdd_ms, l_rank)) - toInt64(setup_ms), 0), 0)) AS pdd_ms",
+       "groupUniqArray(l_gateway) AS gateways"])
+
+
+def _calls_sql(candidates_sql: str, legs_where: _Where) -> str:
+    """Call summaries of the calls whose cdr_id ``candidates_sql`` selects."""
+    return (f"SELECT {_CALL_AGGREGATES} FROM ("
+            f"SELECT {_LEGS_SELECT} FROM cdr FINAL "
+            f"WHERE cdr_id IN ({candidates_sql}) AND {legs_where.sql()}"
+            f") GROUP BY l_cdr_id")
+
+
+def _outcome_where(f: CdrFilter, where: _Where) -> None:
+    if f.dispositions:
+        where.add("disposition IN {dispositions}", dispositions=list(f.dispositions))
+    if f.gateway is not None:
+        where.add("has(gateways, {gateway})", gateway=f.gateway)
+    if f.min_duration_ms is not None:
+        where.add("duration_ms >= {min_duration_ms}", min_duration_ms=f.min_duration_ms)
+
+
+def iso_ms(ms: int) -> str | None:
+    """Epoch ms → ISO 8601 UTC with milliseconds; None for 0 ("did not happen")."""
+    if not ms:
+        return None
+    moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def _call_dict(row: dict[str, Any]) -> dict[str, Any]:
+    call = {name: row[name] for name in CALL_FIELDS}
+    call["gateways"] = sorted(g for g in call["gateways"] if g)
+    for name in ("setup", "ringing", "answer", "end"):
+        call[f"{name}_at"] = iso_ms(call[f"{name}_ms"])
+    return call
+
+
+def _leg_dict(row: dict[str, Any]) -> dict[str, Any]:
+    leg = {name: row[name] for name in rows_mod.LEG_FIELDS + ("caller_number", "dialled_number")}
+    for name in ("setup", "ringing", "answer", "end"):
+        leg[f"{name}_at"] = iso_ms(leg[f"{name}_ms"])
+    return leg
+
+
+@dataclass
+class CdrStore:
+    """CDR reads and writes over one back end (chdb or a server)."""
+    backend: Backend
+    inserted_rows: int = field(default=0)
+
+    # -- writes ----------------------------------------------------------------
+    def insert_legs(self, legs: Sequence[CdrLeg], version_ms: int | None = None) -> int:
+        if not legs:
+            return 0
+        version = int(time.time() * 1000) if version_ms is None else version_ms
+        count = self.backend.insert(rows_mod.TABLE, rows_mod.to_columns(legs, version))
+        self.inserted_rows += count
+        return count
+
+    # -- calls -----------------------------------------------------------------
+    def list_calls(self, f: CdrFilter, *, limit: int = 100,
+                   cursor: Cursor | None = None) -> tuple[list[dict[str, Any]], Cursor | None]:
+        """One page of calls, newest setup first, and the cursor of the next page
+        (None on the last page)."""
+        candidates = _Where()
+        candidates.add("leg = 0")
+        _identity_where(f, candidates, p="c_")
+        _time_where(f.from_ms, f.to_ms, candidates, p="c_")
+        if cursor is not None:
+            _cursor_where(cursor, candidates, p="c_")
+        candidates_sql = f"SELECT cdr_id FROM cdr WHERE {candidates.sql()}"
+        params = dict(candidates.params)
+        if not f.has_outcome_filters:
+            # the page is decided by leg 0 alone: let the subquery cut it
+            candidates_sql += (" ORDER BY setup_ms DESC, cdr_id DESC "
+                               "LIMIT 1 BY cdr_id LIMIT {c_limit}")
+            params["c_limit"] = limit + 1
+        # legs of those calls; they start no earlier than leg 0
+        legs_where = _Where()
+        upper = f.to_ms if cursor is None else (
+            cursor.setup_ms + 1 if f.to_ms is None else min(f.to_ms, cursor.setup_ms + 1))
+        _time_where(f.from_ms, None if upper is None else upper + LEG_SETUP_SLACK_MS,
+                    legs_where, p="l_")
+        params.update(legs_where.params)
+        # the exact filters again, on the call summaries
+        calls_where = _Where()
+        _identity_where(f, calls_where, p="s_")
+        _time_where_calls(f, calls_where)
+        if cursor is not None:
+            _cursor_where(cursor, calls_where, p="s_")
+        _outcome_where(f, calls_where)
+        params.update(calls_where.params)
+        sql = (f"SELECT * FROM ({_calls_sql(candidates_sql, legs_where)}) "
+               f"WHERE {calls_where.sql()} ORDER BY setup_ms DESC, cdr_id DESC LIMIT {{limit}}")
+        params["limit"] = limit + 1
+        found = [_call_dict(row) for row in self.backend.query_dicts(sql, params)]
+        if len(found) > limit:
+            last = found[limit - 1]
+            return found[:limit], Cursor(last["setup_ms"], last["cdr_id"])
+        return found, None
+
+    def get_call(self, cdr_id: str) -> dict[str, Any] | None:
+        """One call's summary with ``legs_detail``: every leg, in leg order."""
+        where = _Where()
+        summary = self.backend.query_dicts(
+            f"SELECT * FROM ({_calls_sql('SELECT {cdr_id}', where)})", {"cdr_id": cdr_id})
+        if not summary:
+            return None
+        legs = self.backend.query_dicts(
+            f"SELECT {', '.join(rows_mod.LEG_FIELDS)}, caller_number, dialled_number "
+            "FROM cdr FINAL WHERE cdr_id = {cdr_id} ORDER BY leg", {"cdr_id": cdr_id})
+        call = _call_dict(summary[0])
+        call["legs_detail"] = [_leg_dict(row) for row in legs]
+        return call
+
+    # -- statistics ------------------------------------------------------------
+    def stats(self, f: CdrFilter, *, period: Period = "day", group_by: GroupBy = "none",
+              prefix_len: int = 2) -> list[dict[str, Any]]:
+        """ASR, NER, ACD and PDD per period and group (definitions: docs/api.md).
+
+        ``group_by="gateway"`` counts legs (each leg sent to a gateway is one
+        attempt at that gateway; legs not sent to a gateway form the group "");
+        otherwise calls are counted, grouped by nothing or by the first
+        ``prefix_len`` characters of the dialled number."""
+        params: dict[str, Any] = {}
+        if group_by == "gateway":
+            where = _Where()
+            _identity_where(f, where)
+            _time_where(f.from_ms, f.to_ms, where)
+            if f.gateway is not None:
+                where.add("gateway = {gateway}", gateway=f.gateway)
+            source = (f"SELECT setup_ms, gateway AS grp, disposition, sip_code, ringing_ms, "
+                      f"duration_ms, pdd_ms FROM cdr FINAL WHERE {where.sql()}")
+            params.update(where.params)
+        else:
+            candidates = _Where()
+            candidates.add("leg = 0")
+            _identity_where(f, candidates, p="c_")
+            _time_where(f.from_ms, f.to_ms, candidates, p="c_")
+            legs_where = _Where()
+            _time_where(f.from_ms, None if f.to_ms is None else f.to_ms + LEG_SETUP_SLACK_MS,
+                        legs_where, p="l_")
+            calls_where = _Where()
+            _identity_where(f, calls_where, p="s_")
+            _time_where_calls(f, calls_where)
+            _outcome_where(f, calls_where)
+            params.update(candidates.params, **legs_where.params, **calls_where.params)
+            grp = ("substring(dialled_number, 1, {prefix_len})" if group_by == "prefix" else "''")
+            if group_by == "prefix":
+                params["prefix_len"] = prefix_len
+            source = (f"SELECT setup_ms, {grp} AS grp, disposition, sip_code, ringing_ms, "
+                      f"duration_ms, pdd_ms FROM ("
+                      f"{_calls_sql(f'SELECT cdr_id FROM cdr WHERE {candidates.sql()}', legs_where)}"
+                      f") WHERE {calls_where.sql()}")
+        period_sql = {
+            "hour": "intDiv(setup_ms, 3600000) * 3600",
+            "day": "intDiv(setup_ms, 86400000) * 86400",
+            "month": "toYYYYMM(toDateTime(intDiv(setup_ms, 1000), 'UTC'))",
+        }[period]
+        sql = (f"SELECT {period_sql} AS period, grp, "
+               f"countIf({_ATTEMPT}) AS attempts, "
+               f"countIf(disposition = 'answered' AND {_ATTEMPT}) AS answered, "
+               f"countIf({_EFFECTIVE} AND {_ATTEMPT}) AS effective, "
+               f"sumIf(duration_ms, disposition = 'answered' AND {_ATTEMPT}) AS answered_ms, "
+               f"countIf(pdd_ms > 0 AND {_ATTEMPT}) AS pdd_count, "
+               f"avgIf(pdd_ms, pdd_ms > 0 AND {_ATTEMPT}) AS pdd_mean, "
+               f"quantilesExactIf(0.5, 0.95)(pdd_ms, pdd_ms > 0 AND {_ATTEMPT}) AS pdd_q "
+               f"FROM ({source}) GROUP BY period, grp ORDER BY period, grp")
+        out = []
+        for row in self.backend.query_dicts(sql, params):
+            attempts, answered, effective = row["attempts"], row["answered"], row["effective"]
+            start_ms = _period_start_ms(period, row["period"])
+            pdd_count = row["pdd_count"]
+            out.append({
+                "period": iso_ms(start_ms) if start_ms else "1970-01-01T00:00:00.000Z",
+                "period_start_ms": start_ms,
+                "group": row["grp"],
+                "attempts": attempts,
+                "answered": answered,
+                "effective": effective,
+                "asr": _ratio(answered, attempts),
+                "ner": _ratio(effective, attempts),
+                "acd_s": round(row["answered_ms"] / answered / 1000, 3) if answered else None,
+                "pdd_ms": {
+                    "count": pdd_count,
+                    "mean": (round(row["pdd_mean"], 1)
+                             if pdd_count and not math.isnan(row["pdd_mean"]) else None),
+                    "p50": int(row["pdd_q"][0]) if pdd_count else None,
+                    "p95": int(row["pdd_q"][1]) if pdd_count else None,
+                },
+            })
+        return out
+
+
+def _time_where_calls(f: CdrFilter, where: _Where) -> None:
+    """The time range on call summaries (no ``setup`` column there: setup_ms only)."""
+    if f.from_ms is not None:
+        where.add("setup_ms >= {s_from_ms}", s_from_ms=f.from_ms)
+    if f.to_ms is not None:
+        where.add("setup_ms < {s_to_ms}", s_to_ms=f.to_ms)
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _period_start_ms(period: Period, value: int) -> int:
+    if period == "month":
+        year, month = divmod(int(value), 100)
+        return int(datetime(year, month, 1, tzinfo=timezone.utc).timestamp() * 1000)
+    return int(value) * 1000

@@ -1,0 +1,77 @@
+"""CdrLeg rows → the ``cdr`` table's columns (and the derived ones)."""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import msgspec
+
+from cdr.records import CdrLeg
+
+TABLE = "cdr"
+LEG_FIELDS: tuple[str, ...] = CdrLeg.__struct_fields__
+# columns the sink computes: not fields of CdrLeg
+DERIVED = ("caller_number", "dialled_number", "setup", "version")
+COLUMNS: tuple[str, ...] = LEG_FIELDS + DERIVED
+
+_TEL_VISUAL = re.compile(r"[-.()\s]")
+
+
+def uri_user(uri: str) -> str:
+    """The user part of a SIP/SIPS/TEL URI (or name-addr), without parameters
+    or a leading "+": ``"Bob" <sip:+4930123;npdi@gw>`` → ``4930123``,
+    ``tel:+1-201-555-0123`` → ``12015550123``, ``sip:example.test`` → ``""``."""
+    text = uri.strip()
+    if "<" in text:
+        start = text.index("<") + 1
+        end = text.find(">", start)
+        text = text[start:end if end >= 0 else None]
+    scheme, colon, rest = text.partition(":")
+    scheme = scheme.lower()
+    if colon and scheme == "tel":
+        user = _TEL_VISUAL.sub("", rest.split(";", 1)[0])
+    elif colon and scheme in ("sip", "sips"):
+        if "@" not in rest:
+            return ""
+        user = rest.rsplit("@", 1)[0].split(":", 1)[0].split(";", 1)[0]
+    elif not colon or "@" in text:
+        # bare "user@host" or a bare number
+        user = text.rsplit("@", 1)[0] if "@" in text else text
+        user = user.split(";", 1)[0]
+    else:
+        return ""
+    return user[1:] if user.startswith("+") else user
+
+
+def to_columns(legs: Sequence[CdrLeg], version_ms: int) -> dict[str, list]:
+    """Columnar data for ``Backend.insert``: one list per column of ``COLUMNS``."""
+    rows = [msgspec.structs.astuple(leg) for leg in legs]
+    columns: dict[str, list] = {name: list(values) for name, values in
+                                zip(LEG_FIELDS, zip(*rows))} if rows else {name: [] for name in LEG_FIELDS}
+    columns["caller_number"] = [uri_user(uri) for uri in columns["caller_uri"]]
+    columns["dialled_number"] = [uri_user(uri) for uri in columns["dialled"]]
+    columns["setup"] = [ms // 1000 for ms in columns["setup_ms"]]
+    columns["version"] = [version_ms] * len(rows)
+    return columns
+
+
+_RANGES = {
+    "leg": (0, 2**16 - 1), "legs": (0, 2**16 - 1), "v": (0, 2**16 - 1), "sip_code": (0, 2**16 - 1),
+    "call_sip_code": (0, 2**16 - 1),
+    "parent_leg": (-(2**15), 2**15 - 1),
+    "billable_s": (0, 2**32 - 1), "pdd_ms": (0, 2**32 - 1),
+    # setup_ms / 1000 must fit DateTime (UInt32 seconds)
+    "setup_ms": (0, (2**32 - 1) * 1000), "ringing_ms": (0, 2**63 - 1), "answer_ms": (0, 2**63 - 1),
+    "end_ms": (0, 2**63 - 1), "duration_ms": (0, 2**63 - 1),
+}
+
+
+def problem(leg: CdrLeg) -> str | None:
+    """Why ``leg`` cannot be stored (a value outside its column's range), or None."""
+    if not leg.cdr_id:
+        return "empty cdr_id"
+    for name, (low, high) in _RANGES.items():
+        value = getattr(leg, name)
+        if not low <= value <= high:
+            return f"{name}={value} outside {low}..{high}"
+    return None

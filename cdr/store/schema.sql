@@ -1,0 +1,77 @@
+-- sipledger's ClickHouse schema: one text for both back ends, chdb (ClickHouse
+-- 26.x, embedded) and clickhouse-server 18.16 (Debian).  Only SQL common to
+-- both (see /work/shared/notes/platform-facts.md): no DateTime64, no CODEC,
+-- no TTL, no LowCardinality (it needs a setting on 18.16), no ADD COLUMN IF NOT EXISTS.
+--
+-- Applied by cdr/store/migrate.py (`sipledger db migrate`, and at start):
+--   * the statements before the first "-- migration" header run every time and
+--     must be idempotent (the bookkeeping table);
+--   * each "-- migration N: description" block runs once, in order, and is
+--     recorded in schema_migrations with a checksum of its text; never edit an
+--     applied block, add a new one.
+-- Statements end with ";" at the end of a line.  Tables live in the database
+-- named by [clickhouse] database (created by the back end when it opens).
+
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     UInt32,
+    description String,
+    checksum    String,
+    applied_ms  UInt64
+) ENGINE = ReplacingMergeTree(applied_ms)
+ORDER BY version;
+
+-- migration 1: cdr legs (cdr.records.CdrLeg, schema version 1)
+-- One row per call leg.  (cdr_id, leg) is the identity: a leg inserted twice
+-- (at-least-once delivery, replays) is one row after merges, and every query
+-- reads with FINAL so duplicates never show before the merge either.  The
+-- newest copy (highest `version`, the sink's insert time) wins.
+-- Times are UTC epoch milliseconds (0 = did not happen); `setup` is setup_ms
+-- in whole seconds, as DateTime, for partitioning and partition pruning.
+-- sip_code / sip_reason / disposition are this leg's outcome; call_* and
+-- hangup_* the call's (identical on every leg of a CDR).
+-- caller_number / dialled_number are derived by the sink: the user part of
+-- caller_uri / dialled without a leading "+" (prefix filters and grouping).
+CREATE TABLE IF NOT EXISTS cdr (
+    cdr_id            String,
+    leg               UInt16,
+    parent_leg        Int16,
+    leg_cause         String,
+    legs              UInt16,
+    v                 UInt16,
+    call_id           String,
+    from_tag          String,
+    to_tag            String,
+    account           String,
+    caller_uri        String,
+    caller_number     String,
+    caller_ip         String,
+    caller_user_agent String,
+    dialled           String,
+    dialled_number    String,
+    callee_uri        String,
+    target            String,
+    destination       String,
+    gateway           String,
+    domain            String,
+    callee_user_agent String,
+    setup             DateTime('UTC'),
+    setup_ms          UInt64,
+    ringing_ms        UInt64,
+    answer_ms         UInt64,
+    end_ms            UInt64,
+    duration_ms       UInt64,
+    billable_s        UInt32,
+    pdd_ms            UInt32,
+    sip_code          UInt16,
+    sip_reason        String,
+    disposition       String,
+    call_sip_code     UInt16,
+    call_sip_reason   String,
+    call_disposition  String,
+    hangup_by         String,
+    hangup_reason     String,
+    proxy             String,
+    version           UInt64
+) ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(setup)
+ORDER BY (cdr_id, leg);
