@@ -9,7 +9,6 @@ token asks for what its role may not see, 404 for an unknown (or not yours)
 CDR, 422 naming the offending parameter (``detail[].loc``), 503 when the CDR
 store cannot answer.
 """
-from __future__ import annotations
 
 import ipaddress
 import re

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from cdr.store.cli import db_app
+from billing.cli import rates_app
 from proxy.contract.config import ENV_CONFIG, ENV_DATA_DIR, ConfigError, resolve_paths
 from proxy.provisioning.cli import alias_app, domain_app, user_app
 
@@ -19,6 +20,7 @@ app = typer.Typer(help="sipledger: SIP proxy with event-sourced accounting and b
 app.add_typer(user_app, name="user")
 app.add_typer(domain_app, name="domain")
 app.add_typer(alias_app, name="alias")
+app.add_typer(rates_app, name="rates")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 
+from billing.settings import BillingSettings
 from cdr.store.settings import ClickHouseSettings, checks as clickhouse_checks
 from proxy.contract.config import (ConfigError, KafkaSettings, NodeSettings, TopicSettings,
                                    convert, read_toml)
@@ -30,6 +31,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     registrar: RegistrarSettings = RegistrarSettings()
     provisioning: ProvisioningSettings = ProvisioningSettings()
     api: ApiSettings = ApiSettings()
+    billing: BillingSettings = BillingSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
 
 

@@ -24,13 +24,13 @@ import logging
 import signal
 import socket
 import sys
-from pathlib import Path
 
 import msgspec
 
 from proxy.contract.config import ConfigError, resolve_paths
 
 log = logging.getLogger("sipledger.api")
+DEFAULT_RECORDS_TOPIC = "cdr.records"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -138,8 +138,12 @@ async def _serve(store, tokens, kafka, config, sock: socket.socket | None, run_s
     if run_sink:
         from cdr.store.sink import CdrSink
         ch = config.clickhouse
-        sink = CdrSink(store, kafka, topic=ch.topic, group_id=ch.consumer_group,
-                       batch_rows=ch.batch_rows, batch_ms=ch.batch_ms)
+        # the topic the CDR processors write ([cdr] records_topic when configured)
+        cdr = getattr(config, "cdr", None)
+        topic = getattr(cdr, "records_topic", None) or DEFAULT_RECORDS_TOPIC
+        partitions = getattr(cdr, "partitions", 0) or kafka.partitions
+        sink = CdrSink(store, kafka, topic=topic, group_id=ch.consumer_group,
+                       batch_rows=ch.batch_rows, batch_ms=ch.batch_ms, partitions=partitions)
         tasks["sink"] = asyncio.create_task(sink.run(), name="cdr-sink")
     if sock is not None:
         server = await _start_api(store, tokens, sock, tasks)

@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -241,7 +243,7 @@ async def produce_calls_async(bootstrap: str, n: int, rate: float, *, topic: str
                 await asyncio.sleep(delay)
             call, events = plans[i]
             event = events[j]
-            stamped = event.__class__(**{**_fields(event), "ts_ms": wall0 + int(offset_ms)})
+            stamped = msgspec.structs.replace(event, ts_ms=wall0 + int(offset_ms))
             fut = await producer.send(topic, ev.encode(stamped), key=event.call_id.encode())
             if j == len(events) - 1:
                 fut.add_done_callback(lambda _f, call=call: setattr(call, "end_wall_ms", ev.now_ms()))
@@ -255,12 +257,223 @@ async def produce_calls_async(bootstrap: str, n: int, rate: float, *, topic: str
     return [call for call, _ in plans]
 
 
-def _fields(event) -> dict:
-    import msgspec
-    return {name: getattr(event, name) for name in event.__struct_fields__} if hasattr(
-        event, "__struct_fields__") else msgspec.structs.asdict(event)
-
-
 def produce_calls(bootstrap: str, n: int, rate: float, **kwargs) -> list[ProducedCall]:
     """Synchronous ``produce_calls_async``."""
     return asyncio.run(produce_calls_async(bootstrap, n, rate, **kwargs))
+
+
+# --- processor workers ---------------------------------------------------------------
+
+READY_LINE = "[^Worker]: Ready"
+
+
+class Worker:
+    """``python -m cdr`` as a subprocess (own session, stopped by its PID)."""
+
+    def __init__(self, bootstrap: str, data_dir: Path, config: Path, worker_id: int = 0,
+                 log_path: Path | None = None) -> None:
+        self.bootstrap, self.data_dir, self.config, self.worker_id = bootstrap, data_dir, config, worker_id
+        self.log_path = log_path or Path(data_dir) / f"cdr-worker-{worker_id}.log"
+        self.process: subprocess.Popen | None = None
+        self._log_offset = 0
+
+    def start(self) -> "Worker":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        out = open(self.log_path, "ab")
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cdr", "--data-dir", str(self.data_dir), "--config",
+                 str(self.config), "--bootstrap", self.bootstrap, "--worker-id", str(self.worker_id)],
+                cwd=str(ROOT), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        finally:
+            out.close()
+        return self
+
+    def log_text(self) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(self._log_offset)
+            return f.read().decode(errors="replace")
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if READY_LINE in self.log_text():
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"cdr worker exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+            time.sleep(0.05)
+        raise TimeoutError(f"cdr worker not ready within {timeout}s:\n{self.log_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL (a crash)."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, 9)
+            self.process.wait()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM (faust stops cleanly), SIGKILL if it takes too long."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.kill(self.process.pid, 15)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def write_config(path: Path, **cdr) -> Path:
+    lines = ["[cdr]"] + [f"{k} = {json.dumps(v)}" for k, v in cdr.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# --- measuring at cdr.records --------------------------------------------------------
+
+async def collect_rows(bootstrap: str, topic: str, expected_calls: int, *, timeout: float,
+                       arrivals: dict | None = None, stop: asyncio.Event | None = None) -> dict:
+    """Read ``topic`` from the beginning until rows of ``expected_calls`` complete
+    calls have arrived (or ``timeout``).  Returns {cdr_id: (arrival wall ms of
+    its last row, [rows])}."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from cdr.processor import decode_row
+    from proxy.contract.config import KafkaSettings
+    from proxy.contract.kafka import consumer_kwargs, topic_partitions
+
+    settings = KafkaSettings(bootstrap_servers=bootstrap)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (partitions := await topic_partitions(settings, topic)) is None:
+        if loop.time() > deadline:
+            return {}
+        await asyncio.sleep(0.2)
+    consumer = AIOKafkaConsumer(**consumer_kwargs(settings, enable_auto_commit=False,
+                                                  max_partition_fetch_bytes=4 << 20))
+    await consumer.start()
+    calls: dict[str, tuple[int, list]] = {} if arrivals is None else arrivals
+    complete = 0
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while loop.time() < deadline and complete < expected_calls:
+            batch = await consumer.getmany(timeout_ms=200, max_records=20000)
+            now = ev.now_ms()
+            for records in batch.values():
+                for record in records:
+                    row = decode_row(record.value)
+                    _, rows = calls.get(row.cdr_id, (0, []))
+                    if any(r == row for r in rows):
+                        continue                 # an identical duplicate
+                    rows.append(row)
+                    calls[row.cdr_id] = (now, rows)
+                    if len(rows) == row.legs:
+                        complete += 1
+    finally:
+        await consumer.stop()
+    return calls
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def run(args: argparse.Namespace) -> dict:
+    from api.broker import EmbeddedBroker
+    from cdr.records import cdr_id_for
+    from tests.harness.broker import create_standard_topics
+
+    work = Path(tempfile.mkdtemp(prefix="cdr-bench-"))
+    broker = None
+    workers: list[Worker] = []
+    try:
+        if args.bootstrap:
+            bootstrap = args.bootstrap
+        else:
+            broker = EmbeddedBroker(log_path=work / "tansu.log").start()
+            create_standard_topics(broker)
+            bootstrap = broker.bootstrap
+        config = write_config(work / "sipledger.toml", batch_size=args.batch_size,
+                              batch_window_ms=args.batch_window_ms, silence_seconds=3600,
+                              app_id=f"bench-cdr-{os.getpid()}")
+        workers = [Worker(bootstrap, work, config, i).start() for i in range(args.workers)]
+        for w in workers:
+            w.wait_ready(60)
+        time.sleep(1 if args.workers == 1 else 6)    # let a multi-worker group settle
+
+        async def main() -> tuple[list[ProducedCall], dict, float, float]:
+            arrivals: dict = {}
+            collector = asyncio.create_task(collect_rows(bootstrap, "cdr.records", args.calls,
+                                                         timeout=args.timeout, arrivals=arrivals))
+            t0 = time.time()
+            calls = await produce_calls_async(bootstrap, args.calls, args.rate,
+                                              talk_ms=args.talk_ms, time_scale=args.time_scale)
+            t_produced = time.time()
+            await collector
+            return calls, arrivals, t0, t_produced
+
+        calls, arrivals, t0, t_produced = asyncio.run(main())
+        by_call = {cdr_id_for(c.call_id, "ft" + c.call_id[-8:]): c for c in calls}
+        done = [(arrivals[cid][0], c) for cid, c in by_call.items()
+                if cid in arrivals and len(arrivals[cid][1]) == arrivals[cid][1][0].legs]
+        last_arrival = max((t for t, _ in done), default=0) / 1000
+        latencies = [t - c.end_wall_ms for t, c in done if c.end_wall_ms]
+        first_row = min((t for t, _ in done), default=0) / 1000
+        result = {
+            "calls": args.calls, "offered_rate": args.rate, "workers": args.workers,
+            "batch_size": args.batch_size, "complete": len(done),
+            "produce_s": round(t_produced - t0, 2),
+            "achieved_offered_rate": round(args.calls / max(t_produced - t0, 1e-9), 1),
+            "calls_per_s": round(len(done) / max(last_arrival - t0, 1e-9), 1) if done else 0,
+            "drain_after_produce_s": round(last_arrival - t_produced, 2) if done else None,
+            "last_event_to_row_p50_ms": round(_percentile(latencies, 0.5), 1),
+            "last_event_to_row_p99_ms": round(_percentile(latencies, 0.99), 1),
+            "events": sum(len(call_events(c.shape, "x", 0)) for c in calls),
+            "first_row_after_s": round(first_row - t0, 2) if done else None,
+        }
+        return result
+    finally:
+        for w in workers:
+            w.stop()
+        if broker is not None:
+            broker.stop()
+        if not args.keep:
+            import shutil
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print("kept", work)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--rate", type=float, default=2000, help="new calls per second")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--batch-window-ms", type=int, default=20)
+    parser.add_argument("--talk-ms", type=int, default=20000, help="answered call length (before scaling)")
+    parser.add_argument("--time-scale", type=float, default=0.1,
+                        help="call timelines are compressed by this factor")
+    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--bootstrap", default=None)
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args(argv)
+    result = run(args)
+    print(f"calls {result['complete']}/{result['calls']} complete, offered {args.rate:g}/s "
+          f"(achieved {result['achieved_offered_rate']}/s), {result['events']} events")
+    print(f"sustained {result['calls_per_s']} calls/s through the processor "
+          f"({args.workers} worker(s), batch {args.batch_size}); drained "
+          f"{result['drain_after_produce_s']} s after the last event")
+    print(f"last event -> CDR row on cdr.records: p50 {result['last_event_to_row_p50_ms']} ms, "
+          f"p99 {result['last_event_to_row_p99_ms']} ms")
+    print("RESULT " + json.dumps(result))
+    return 0 if result["complete"] == result["calls"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -38,8 +38,8 @@ from typing import Iterable, Mapping
 from zoneinfo import ZoneInfo
 
 from .rating import (
-    DAY, ROUNDINGS, WEEKDAYS, Rate, RatePlan, RatingError, check_currency, check_plan_name,
-    check_prefix, check_timezone, describe_rate, find_overlaps,
+    DAY, INT_LIMITS, ROUNDINGS, WEEKDAYS, Rate, RatePlan, RatingError, check_currency, check_plan_name,
+    check_prefix, check_timezone, describe_rate, find_overlaps, format_time_of_day, format_weekdays,
 )
 
 __all__ = [
@@ -83,8 +83,9 @@ def parse_decimal(text: str, what: str) -> Decimal:
 
 
 def _parse_int(text: str, what: str) -> int:
-    if not _INT.match(text):
-        raise RatingError(f"{what} {text!r} is not a whole number")
+    low, high = INT_LIMITS[what]
+    if not _INT.match(text) or not low <= int(text) <= high:
+        raise RatingError(f"{what} {text!r} is not a whole number from {low} to {high}")
     return int(text)
 
 
@@ -102,24 +103,6 @@ def parse_weekdays(text: str) -> frozenset[int]:
     return frozenset() if len(days) == 7 else frozenset(days)
 
 
-def format_weekdays(days: Iterable[int]) -> str:
-    """The canonical form: Monday first, runs of three or more as ranges."""
-    ordered = sorted(set(days))
-    runs: list[list[int]] = []
-    for d in ordered:
-        if runs and runs[-1][-1] == d - 1:
-            runs[-1].append(d)
-        else:
-            runs.append([d])
-    items = []
-    for run in runs:
-        if len(run) >= 3:
-            items.append(f"{WEEKDAYS[run[0]]}-{WEEKDAYS[run[-1]]}")
-        else:
-            items.extend(WEEKDAYS[d] for d in run)
-    return ",".join(items)
-
-
 def parse_time_of_day(text: str, what: str, *, end: bool = False) -> int:
     """``HH:MM[:SS]`` -> seconds after midnight; ``24:00`` only as an end."""
     m = _TIME.match(text)
@@ -129,12 +112,6 @@ def parse_time_of_day(text: str, what: str, *, end: bool = False) -> int:
             return h * 3600 + mi * 60 + s
     limit = "24:00" if end else "23:59:59"
     raise RatingError(f"{what} {text!r} is not a time of day HH:MM[:SS] from 00:00 to {limit}")
-
-
-def format_time_of_day(second: int) -> str:
-    h, rest = divmod(second, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h:02d}:{m:02d}" + (f":{s:02d}" if s else "")
 
 
 def parse_instant(text: str, what: str, zone: ZoneInfo) -> datetime:
@@ -270,19 +247,8 @@ def _check_header(header: list[str], plan: str | None) -> str | None:
 
 def _row(cells: dict[str, str], plan: str | None, currency: str,
          zone_name) -> tuple[str, Rate | None, list[str]]:
-    """One data row -> (plan, rate, []) or (plan, None, reasons)."""
+    """One data row -> (plan, rate, []) or (plan, None, every reason it is bad)."""
     reasons: list[str] = []
-    values: dict[str, object] = {}
-
-    def field(column: str, parse) -> None:
-        text = cells.get(column, "")
-        if text == "":
-            return
-        try:
-            values[column] = parse(text)
-        except RatingError as exc:
-            reasons.append(str(exc))
-
     name = cells.get("plan", "")
     if plan is not None and name and name != plan:
         reasons.append(f"plan {name!r} is not the plan being imported ({plan})")
@@ -297,28 +263,33 @@ def _row(cells: dict[str, str], plan: str | None, currency: str,
         except RatingError as exc:
             reasons.append(str(exc))
 
-    prefix = cells.get("prefix", "")
-    if prefix == "":
-        reasons.append("prefix is empty (use * for any number)")
-    else:
-        field("prefix", _parse_prefix)
-    if cells.get("price_per_min", "") == "":
-        reasons.append("price_per_min is empty")
-    field("price_per_min", lambda t: parse_decimal(t, "price_per_min"))
-    field("connect_fee", lambda t: parse_decimal(t, "connect_fee"))
-    for column in ("first_increment", "next_increment", "min_seconds", "decimals"):
-        field(column, lambda t, c=column: _parse_int(t, c))
-    field("rounding", _parse_rounding)
-    field("currency", lambda t: check_currency(t.upper()))
-    field("weekdays", parse_weekdays)
-    field("time_from", lambda t: parse_time_of_day(t, "time_from"))
-    field("time_to", lambda t: parse_time_of_day(t, "time_to", end=True))
-    if zone is not None:
-        field("valid_from", lambda t: parse_instant(t, "valid_from", zone))
-        field("valid_to", lambda t: parse_instant(t, "valid_to", zone))
-    name_text = cells.get("name", "")
-    if name_text:
-        values["name"] = name_text
+    parsers = {
+        "prefix": _parse_prefix,
+        "name": str,
+        "price_per_min": lambda t: parse_decimal(t, "price_per_min"),
+        "connect_fee": lambda t: parse_decimal(t, "connect_fee"),
+        **{column: (lambda t, c=column: _parse_int(t, c)) for column in INT_LIMITS},
+        "rounding": _parse_rounding,
+        "currency": lambda t: check_currency(t.upper()),
+        "valid_from": lambda t: parse_instant(t, "valid_from", zone),
+        "valid_to": lambda t: parse_instant(t, "valid_to", zone),
+        "weekdays": parse_weekdays,
+        "time_from": lambda t: parse_time_of_day(t, "time_from"),
+        "time_to": lambda t: parse_time_of_day(t, "time_to", end=True),
+    }
+    values: dict[str, object] = {}
+    for column in COLUMNS[1:]:
+        text = cells.get(column, "")
+        if text == "":
+            if column in REQUIRED:
+                reasons.append(f"{column} is empty" + (" (use * for any number)" if column == "prefix" else ""))
+            continue
+        if column.startswith("valid_") and zone is None:
+            continue                          # needs the plan's zone; the plan is already reported
+        try:
+            values[column] = parsers[column](text)
+        except RatingError as exc:
+            reasons.append(str(exc))
     if reasons:
         return name, None, reasons
     values.setdefault("currency", currency)

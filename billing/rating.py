@@ -66,10 +66,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 __all__ = [
-    "Rounding", "ROUNDINGS", "WEEKDAYS", "DAY", "MAX_DECIMALS", "RatingError", "NoRateError",
+    "Rounding", "ROUNDINGS", "WEEKDAYS", "DAY", "MAX_DECIMALS", "INT_LIMITS", "RatingError", "NoRateError",
     "Rate", "RatePlan", "ChargePart", "Charge", "RatesSnapshot",
     "match", "rate_call", "max_duration", "round_money", "find_overlaps", "rates_overlap",
-    "describe_rate", "normalize_number", "number_from_uri",
+    "describe_rate", "format_weekdays", "format_time_of_day", "normalize_number", "number_from_uri", "to_epoch_ms",
     "check_currency", "check_timezone", "check_plan_name", "check_prefix",
 ]
 
@@ -81,6 +81,9 @@ MAX_DECIMALS = 10
 MAX_MONEY_DECIMALS = 12          # a price or fee may be written with at most this many decimals
 MAX_MONEY = Decimal(10) ** 9
 MAX_INCREMENT = DAY
+# the whole-number fields of a Rate and their allowed ranges
+INT_LIMITS = {"first_increment": (1, MAX_INCREMENT), "next_increment": (1, MAX_INCREMENT),
+              "min_seconds": (0, MAX_INCREMENT), "decimals": (0, MAX_DECIMALS)}
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
@@ -173,12 +176,10 @@ class Rate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
             raise RatingError(f"name {self.name!r} must be printable text of at most 64 characters")
         _check_money("price_per_min", self.price_per_min)
         _check_money("connect_fee", self.connect_fee)
-        _check_int("first_increment", self.first_increment, 1, MAX_INCREMENT)
-        _check_int("next_increment", self.next_increment, 1, MAX_INCREMENT)
-        _check_int("min_seconds", self.min_seconds, 0, MAX_INCREMENT)
+        for what, (low, high) in INT_LIMITS.items():
+            _check_int(what, getattr(self, what), low, high)
         if self.rounding not in ROUNDINGS:
             raise RatingError(f"rounding {self.rounding!r} must be one of {', '.join(ROUNDINGS)}")
-        _check_int("decimals", self.decimals, 0, MAX_DECIMALS)
         check_currency(self.currency)
         _aware("valid_from", self.valid_from)
         _aware("valid_to", self.valid_to)
@@ -261,8 +262,8 @@ class _Entry:
 
     def __init__(self, rate: Rate):
         self.rate = rate
-        self.from_ms = None if rate.valid_from is None else _to_ms(rate.valid_from)
-        self.to_ms = None if rate.valid_to is None else _to_ms(rate.valid_to)
+        self.from_ms = None if rate.valid_from is None else to_epoch_ms(rate.valid_from)
+        self.to_ms = None if rate.valid_to is None else to_epoch_ms(rate.valid_to)
         self.days = rate.weekdays
         self.t_from, self.t_to = rate.time_from, rate.time_to
         self.timed = bool(rate.weekdays) or (rate.time_from, rate.time_to) != (0, DAY)
@@ -358,7 +359,7 @@ class RatePlan:
         for day in (0, 1):
             for second in times:
                 # wall-clock arithmetic: the local time of day, whatever the UTC offset
-                edge = _to_ms(midnight + timedelta(days=day, seconds=second))
+                edge = to_epoch_ms(midnight + timedelta(days=day, seconds=second))
                 if edge > ms and (best is None or edge < best):
                     best = edge
         # a DST change moves the local time of day by itself: split there too
@@ -392,7 +393,7 @@ class RatesSnapshot:
 def match(plan: RatePlan, number: str, at: int | datetime) -> Rate | None:
     """The rate for ``number`` at ``at`` (epoch ms or aware datetime): the longest
     prefix among the rates applicable then; None when none applies."""
-    entry = plan._pick(plan._candidates(normalize_number(number)), _to_ms(at))
+    entry = plan._pick(plan._candidates(normalize_number(number)), to_epoch_ms(at))
     return None if entry is None else entry.rate
 
 
@@ -419,7 +420,7 @@ def max_duration(plan: RatePlan, number: str, at: int | datetime, credit: Decima
     if not isinstance(credit, Decimal) or not credit.is_finite():
         raise RatingError(f"credit must be a finite Decimal, not {credit!r}")
     _check_int("limit", limit, 0, 2 ** 31)
-    walk = _Walk(plan, normalize_number(number), _to_ms(at))
+    walk = _Walk(plan, normalize_number(number), to_epoch_ms(at))
     if credit < 0:
         return 0
     opening = walk.opening.rate
@@ -491,9 +492,9 @@ def describe_rate(rate: Rate) -> str:
     """Short text naming a rate in messages: prefix, name, period, validity."""
     bits = []
     if rate.weekdays:
-        bits.append(",".join(WEEKDAYS[d] for d in sorted(rate.weekdays)))
+        bits.append(format_weekdays(rate.weekdays))
     if (rate.time_from, rate.time_to) != (0, DAY):
-        bits.append(f"{_hhmm(rate.time_from)}-{_hhmm(rate.time_to)}")
+        bits.append(f"{format_time_of_day(rate.time_from)}-{format_time_of_day(rate.time_to)}")
     if rate.valid_from is not None:
         bits.append(f"from {rate.valid_from.isoformat()}")
     if rate.valid_to is not None:
@@ -660,7 +661,8 @@ def _windows(rate: Rate) -> tuple[tuple[int, int], ...]:
     return ((rate.time_from, DAY), (0, rate.time_to))
 
 
-def _to_ms(at: int | datetime) -> int:
+def to_epoch_ms(at: int | datetime) -> int:
+    """Epoch milliseconds of an aware datetime (exact, no float); an int passes through."""
     if isinstance(at, datetime):
         if at.utcoffset() is None:
             raise RatingError(f"instant {at.isoformat()} has no time zone")
@@ -674,7 +676,26 @@ def _iso(ms: int, zone: ZoneInfo) -> str:
     return (_EPOCH + ms * _MS).astimezone(zone).isoformat(timespec="milliseconds")
 
 
-def _hhmm(second: int) -> str:
+def format_weekdays(days: Iterable[int]) -> str:
+    """Canonical text of a weekday set: Monday first, runs of three or more as
+    ranges ("mon-fri", "sat,sun"); "" = every day."""
+    runs: list[list[int]] = []
+    for d in sorted(set(days)):
+        if runs and runs[-1][-1] == d - 1:
+            runs[-1].append(d)
+        else:
+            runs.append([d])
+    items: list[str] = []
+    for run in runs:
+        if len(run) >= 3:
+            items.append(f"{WEEKDAYS[run[0]]}-{WEEKDAYS[run[-1]]}")
+        else:
+            items.extend(WEEKDAYS[d] for d in run)
+    return ",".join(items)
+
+
+def format_time_of_day(second: int) -> str:
+    """Seconds after midnight as HH:MM (HH:MM:SS when needed); 86400 = "24:00"."""
     h, rest = divmod(second, 3600)
     m, s = divmod(rest, 60)
     return f"{h:02d}:{m:02d}" + (f":{s:02d}" if s else "")

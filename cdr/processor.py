@@ -120,8 +120,12 @@ class CdrProcessor:
                                       partitions=partitions)
         self.records_topic = app.topic(config.cdr.records_topic, key_type=bytes, value_type=bytes,
                                        key_serializer="raw", value_serializer="raw")
-        self.table = app.Table(TABLE_NAME, key_type=bytes, key_serializer="raw",
-                               value_serializer=SLOT_CODEC, partitions=partitions)
+        import faust
+        # the schema decodes changelog records (recovery) into Slots; writes
+        # name the codec themselves (_put)
+        self.table = app.Table(TABLE_NAME, key_type=bytes, partitions=partitions,
+                               schema=faust.Schema(key_type=bytes, key_serializer="raw",
+                                                   value_serializer=SLOT_CODEC))
         self.stats = Stats()
         self.assigned_at: dict[int, int] = {}       # partition -> wall ms this worker got it
         self._lock: asyncio.Lock | None = None
@@ -233,11 +237,12 @@ class CdrProcessor:
     # --- table writes with an explicit partition -------------------------------------
     def _put(self, key: bytes, slot: Slot) -> None:
         self.table.data[key] = slot
-        self.table.send_changelog(slot.partition, key, slot)
+        self.table.send_changelog(slot.partition, key, slot, key_serializer="raw",
+                                  value_serializer=SLOT_CODEC)
 
     def _delete(self, key: bytes, partition: int) -> None:
         self.table.data.pop(key, None)
-        self.table.send_changelog(partition, key, None, value_serializer="raw")
+        self.table.send_changelog(partition, key, None, key_serializer="raw", value_serializer="raw")
 
     # --- the timer -----------------------------------------------------------------
     async def sweep(self) -> None:
@@ -245,7 +250,7 @@ class CdrProcessor:
         app = self.app
         if app.rebalancing or getattr(app, "in_recovery", False):
             return
-        actives = {tp.partition for tp in app.assignment.assigned_actives()
+        actives = {tp.partition for tp in app.assignor.assigned_actives()
                    if tp.topic == self.events_topic_name}
         async with self.lock:
             now = wall_ms()

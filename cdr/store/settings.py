@@ -10,11 +10,13 @@ port = 9000
 database = "sipledger"
 user = "default"
 password = ""
-topic = "cdr.records"   # where the CDR processors publish CdrLeg rows
 consumer_group = "cdr-sink"
 batch_rows = 5000       # an insert happens when this many rows are buffered ...
 batch_ms = 200          # ... or the oldest buffered row is this old
 ```
+
+The sink reads the topic the CDR processors write: ``[cdr] records_topic``
+(default ``cdr.records``).
 """
 from __future__ import annotations
 
@@ -34,7 +36,6 @@ class ClickHouseSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True
     database: str = "sipledger"
     user: str = "default"
     password: str = ""
-    topic: str = "cdr.records"
     consumer_group: str = "cdr-sink"
     batch_rows: int = 5000
     batch_ms: int = 200
@@ -54,5 +55,4 @@ def checks(settings: ClickHouseSettings) -> list[tuple[str, bool, str]]:
          "must be a plain identifier (letters, digits, _)"),
         ("clickhouse.batch_rows", 1 <= settings.batch_rows <= 1_000_000, "must be 1..1000000"),
         ("clickhouse.batch_ms", 1 <= settings.batch_ms <= 60_000, "must be 1..60000"),
-        ("clickhouse.topic", bool(settings.topic), "must not be empty"),
     ]

@@ -173,12 +173,12 @@ def _faust_app_class() -> Any:
                 consumer._fetch_max_wait_ms = int(wait)
             return consumer
 
-    class Consumer(faust_aiokafka.Consumer):
+    class TansuConsumer(faust_aiokafka.Consumer):
         def _new_consumer_thread(self) -> Any:
             return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     class Transport(faust_aiokafka.Transport):
-        Consumer = Consumer
+        Consumer = TansuConsumer
 
     class App(faust.App):
         fetch_max_wait_ms: int | None = None

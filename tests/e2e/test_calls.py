@@ -7,54 +7,18 @@ and the events of its call field by field (proxy/contract/events.py).
 """
 from __future__ import annotations
 
-import contextlib
-import sys
-from pathlib import Path
 
 import pytest
 
-from harness.proxy import SipledgerProcess, event_types, read_events, wait_for_types
-from harness.sipp import (SipMessage, SippResult, SippUAS, free_udp_port, register,
+from harness.calls import (DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered,
+                           start_sipledger)
+from harness.proxy import event_types, read_events, wait_for_types
+from harness.sipp import (SipMessage, SippResult, register,
                           run_uac)
 
 pytestmark = pytest.mark.e2e
 
 # ------------------------------------------------------------------ test setup
-
-DOMAIN = "example.test"
-PASSWORDS = {"alice": "a1ice-pw", "bob": "s3cret", "carol": "c4rol-pw"}
-MAIN_MAX_DIALOG = 3600
-
-# SIPp 3.6.1 answers only MD5 (or AKAv1-MD5) challenges and uses the first
-# WWW-/Proxy-Authenticate header it finds: a SHA-256 challenge listed first
-# makes it abort ("createAuthHeader: authentication must use MD5 ..."), so
-# the proxy under test offers MD5 only.
-BASE_CONFIG = """\
-[proxy]
-workers = 1
-max_dialog_seconds = {max_dialog}
-
-[auth]
-algorithms = ["MD5"]
-"""
-
-
-def start_sipledger(data_dir: Path, max_dialog: int = MAIN_MAX_DIALOG,
-                    extra_config: str = "") -> SipledgerProcess:
-    """Provision example.test with alice, bob and carol and start `up`."""
-    port = free_udp_port()
-    sl = SipledgerProcess(data_dir, port,
-                          config_text=BASE_CONFIG.format(max_dialog=max_dialog) + extra_config)
-    try:
-        sl.domain_add(DOMAIN)
-        for user, pw in PASSWORDS.items():
-            sl.user_add(f"{user}@{DOMAIN}", pw)
-        sl.start(timeout=60)
-    except BaseException:
-        sl.stop()
-        raise
-    return sl
-
 
 @pytest.fixture(scope="module")
 def sipledger(tmp_path_factory):
@@ -62,22 +26,6 @@ def sipledger(tmp_path_factory):
     sl = start_sipledger(tmp_path_factory.mktemp("sipledger") / "data")
     yield sl
     sl.stop()
-
-
-@contextlib.contextmanager
-def registered(sl: SipledgerProcess, user: str, uas: SippUAS, workdir: Path, expires: int = 300):
-    """REGISTER user -> the UAS's ip:port for the duration of the block, then
-    un-REGISTER (Expires: 0) so the next test starts with no binding."""
-    res = register(sl.sip_addr, user, DOMAIN, PASSWORDS[user], uas.contact_host, expires,
-                   workdir=workdir)
-    assert res.ok, "REGISTER failed\n" + res.describe()
-    try:
-        yield res
-    finally:
-        unreg = register(sl.sip_addr, user, DOMAIN, PASSWORDS[user], uas.contact_host, 0,
-                         workdir=workdir)
-        if sys.exc_info()[0] is None:           # don't hide the test's own failure
-            assert unreg.ok, "un-REGISTER (Expires: 0) failed\n" + unreg.describe()
 
 
 @pytest.fixture
@@ -99,19 +47,6 @@ UAC_UA = "sipledger-e2e-uac"
 UAS_UA = "sipledger-e2e-uas"
 EVENT_TIMEOUT = 10.0
 SETTLE = 0.5          # keep reading this long after the expected events, to catch extras
-
-
-def _ok(res: SippResult, what: str) -> None:
-    assert res.returncode == 0 and res.successful == 1 and res.failed == 0, \
-        f"{what}: SIPp scenario did not complete\n{res.describe()}"
-
-
-def _uas_ok(uas, what: str, timeout: float = 10) -> SippResult:
-    rc = uas.wait(timeout)
-    res = uas.result()
-    assert rc == 0 and res.successful == 1 and res.failed == 0, \
-        f"{what}: callee scenario did not complete (rc={rc})\n{res.describe()}"
-    return res
 
 
 def _final_invite(res: SippResult) -> SipMessage:
@@ -207,7 +142,7 @@ def test_register_digest_auth(sipledger, uas_factory, sipp_dir):
     res = register(sipledger.sip_addr, "bob", DOMAIN, PASSWORDS["bob"], uas.contact_host, 300,
                    workdir=sipp_dir)
     try:
-        _ok(res, "REGISTER")
+        assert_completed(res, "REGISTER")
         (challenge,) = res.received(401)
         www = challenge.header("WWW-Authenticate")
         assert www and www.lower().startswith("digest"), www
@@ -220,7 +155,7 @@ def test_register_digest_auth(sipledger, uas_factory, sipp_dir):
     finally:
         unreg = register(sipledger.sip_addr, "bob", DOMAIN, PASSWORDS["bob"], uas.contact_host, 0,
                          workdir=sipp_dir)
-    _ok(unreg, "un-REGISTER")
+    assert_completed(unreg, "un-REGISTER")
 
 
 def test_register_wrong_password_is_403_and_binds_nothing(sipledger, uas_factory, sipp_dir, call_as):
@@ -228,11 +163,11 @@ def test_register_wrong_password_is_403_and_binds_nothing(sipledger, uas_factory
     res = run_uac("register_wrong_password", sipledger.sip_addr,
                   {"user": "bob", "domain": DOMAIN, "contact_host": uas.contact_host, "expires": 300},
                   10, auth=("bob", "not-the-password"), auth_uri=DOMAIN, workdir=sipp_dir)
-    _ok(res, "REGISTER with a wrong password")
+    assert_completed(res, "REGISTER with a wrong password")
     assert [m.status for m in res.received() if m.status != 100] == [401, 403]
     # nothing was bound: bob is provisioned but not reachable
     call = call_as("uac_call_expect_failure", "bob", variables={"expected": 480})
-    _ok(call, "call to bob after the refused REGISTER")
+    assert_completed(call, "call to bob after the refused REGISTER")
     assert uas.received("INVITE") == []
 
 
@@ -243,8 +178,8 @@ def test_answered_call(sipledger, uas_factory, sipp_dir, call_as, transport):
     uas = uas_factory("uas_answer")
     with registered(sipledger, "bob", uas, sipp_dir):
         res = call_as("uac_call", "bob", hold_ms=300, transport=transport)
-        _ok(res, "alice -> bob")
-        uas_res = _uas_ok(uas, "bob")
+        assert_completed(res, "alice -> bob")
+        uas_res = assert_uas_completed(uas, "bob")
 
     call_id, from_tag, inv = _call_ids(res)
     port = sipledger.sip_addr[1]
@@ -315,8 +250,8 @@ def test_callee_hangs_up(sipledger, uas_factory, sipp_dir, call_as):
     uas = uas_factory("uas_answer_hangup", hold_ms=300)
     with registered(sipledger, "bob", uas, sipp_dir):
         res = call_as("uac_wait_bye", "bob")
-        _ok(res, "alice waits for bob's BYE")
-        uas_res = _uas_ok(uas, "bob hangs up")
+        assert_completed(res, "alice waits for bob's BYE")
+        uas_res = assert_uas_completed(uas, "bob hangs up")
 
     call_id, from_tag, _ = _call_ids(res)
     (bye_in,) = res.received("BYE")
@@ -337,8 +272,8 @@ def test_busy(sipledger, uas_factory, sipp_dir, call_as):
     uas = uas_factory("uas_busy")
     with registered(sipledger, "bob", uas, sipp_dir):
         res = call_as("uac_call_expect_failure", "bob", variables={"expected": 486})
-        _ok(res, "alice gets 486")
-        uas_res = _uas_ok(uas, "bob busy")
+        assert_completed(res, "alice gets 486")
+        uas_res = assert_uas_completed(uas, "bob busy")
 
     call_id, from_tag, inv = _call_ids(res)
     finals = [m for m in res.received() if m.status and m.status >= 200 and m.cseq_method == "INVITE"]
@@ -363,8 +298,8 @@ def test_no_answer_then_cancel(sipledger, uas_factory, sipp_dir, call_as):
     uas = uas_factory("uas_noanswer")
     with registered(sipledger, "bob", uas, sipp_dir):
         res = call_as("uac_cancel", "bob", hold_ms=300)
-        _ok(res, "alice cancels")
-        uas_res = _uas_ok(uas, "bob rings")
+        assert_completed(res, "alice cancels")
+        uas_res = assert_uas_completed(uas, "bob rings")
 
     call_id, from_tag, inv = _call_ids(res)
     assert res.received(487) and [m for m in res.received(200) if m.cseq_method == "CANCEL"]
@@ -410,13 +345,13 @@ def _rejected_by_proxy(sl, res: SippResult, code: int) -> None:
 
 def test_unknown_user_404(sipledger, call_as):
     res = call_as("uac_call_expect_failure", "nobody", variables={"expected": 404})
-    _ok(res, "call to an unknown user")
+    assert_completed(res, "call to an unknown user")
     _rejected_by_proxy(sipledger, res, 404)
 
 
 def test_registered_nobody_480(sipledger, call_as):
     res = call_as("uac_call_expect_failure", "carol", variables={"expected": 480})
-    _ok(res, "call to a provisioned user with no binding")
+    assert_completed(res, "call to a provisioned user with no binding")
     _rejected_by_proxy(sipledger, res, 480)
 
 
@@ -424,7 +359,7 @@ def test_wrong_password_403(sipledger, uas_factory, sipp_dir, call_as):
     uas = uas_factory("uas_answer", timeout=10)
     with registered(sipledger, "bob", uas, sipp_dir):
         res = call_as("uac_wrong_password", "bob", password="not-alices-password")
-        _ok(res, "alice with a wrong password")
+        assert_completed(res, "alice with a wrong password")
         assert uas.received("INVITE") == [], "an unauthenticated INVITE reached the callee"
     call_id, _, _ = _call_ids(res)
     _assert_refused_unauthenticated(sipledger, call_id)
@@ -438,7 +373,7 @@ def test_from_must_match_auth_user(sipledger, uas_factory, sipp_dir):
                       {"caller": "carol", "callee": "bob", "domain": DOMAIN}, 15,
                       auth=("alice", PASSWORDS["alice"]), auth_uri=f"bob@{DOMAIN}",
                       workdir=sipp_dir)
-        _ok(res, "From carol with alice's credentials")
+        assert_completed(res, "From carol with alice's credentials")
         assert uas.received("INVITE") == []
     call_id, _, _ = _call_ids(res)
     _assert_refused_unauthenticated(sipledger, call_id)
@@ -461,8 +396,8 @@ def test_dialog_timeout_proxy_sends_bye_both_ways(sipledger_short_dialogs, uas_f
                       {"caller": "alice", "callee": "bob", "domain": DOMAIN}, 15,
                       auth=("alice", PASSWORDS["alice"]), auth_uri=f"bob@{DOMAIN}",
                       workdir=sipp_dir)
-        _ok(res, "alice waits for the proxy's BYE")
-        uas_res = _uas_ok(uas, "bob waits for the proxy's BYE")
+        assert_completed(res, "alice waits for the proxy's BYE")
+        uas_res = assert_uas_completed(uas, "bob waits for the proxy's BYE")
 
     call_id, from_tag, _ = _call_ids(res)
     to_tag = [m for m in res.received(200) if m.cseq_method == "INVITE"][0].tag("To")

@@ -93,7 +93,7 @@ def test_register_then_call_answered_and_bye(rig):
     ok = out[0][0]
     assert ok.status == 200 and ok.values("record-route") == ["<sip:10.0.0.1:5060;lr>"]
 
-    ack = f"""ACK sip:bob@192.0.2.20:5062 SIP/2.0
+    ack = """ACK sip:bob@192.0.2.20:5062 SIP/2.0
 Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKack1;rport
 Route: <sip:10.0.0.1:5060;lr>
 From: "Alice" <sip:alice@example.test>;tag=a1
@@ -107,7 +107,7 @@ Content-Length: 0
     out = rig.receive(ack, ALICE)
     assert out[0][0].method == "ACK" and out[0][1].host == "192.0.2.20" and not out[0][0].has("route")
 
-    bye = f"""BYE sip:alice@192.0.2.10:5060 SIP/2.0
+    bye = """BYE sip:alice@192.0.2.10:5060 SIP/2.0
 Via: SIP/2.0/UDP 192.0.2.20:5062;branch=z9hG4bKbye1;rport
 Route: <sip:10.0.0.1:5060;lr>
 From: <sip:bob@example.test>;tag=b1

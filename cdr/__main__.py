@@ -1,0 +1,74 @@
+"""Run one CDR processor worker (a faust worker, no web server).
+
+    python -m cdr --data-dir D [--config F] [--bootstrap HOST:PORT] [--worker-id N] [--loglevel info]
+
+Several workers with the same ``[cdr] app_id`` form one consumer group and
+split ``sip.events``' partitions; each keeps its local table state under
+``<store_dir>/worker-N``.  Stop with SIGTERM or SIGINT (faust stops cleanly;
+a SIGKILL is safe too: the next start recovers the table from its changelog
+and replays uncommitted events).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from proxy.contract.config import ConfigError, resolve_paths
+from proxy.contract.kafka import ensure_topics, topic_partitions
+
+from .settings import CdrConfig, load, store_dir
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m cdr", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (overrides [kafka])")
+    parser.add_argument("--worker-id", "--workers-id", dest="worker_id", type=int, default=0)
+    parser.add_argument("--loglevel", default="info")
+    return parser.parse_args(argv)
+
+
+async def prepare_topics(config: CdrConfig) -> int:
+    """Create the topics the processor reads and writes; returns sip.events' partitions."""
+    kafka = config.kafka
+    events = config.topics.sip_events
+    records_partitions = config.cdr.partitions or kafka.partitions
+    counts = await ensure_topics(kafka, {events: kafka.partitions,
+                                         config.cdr.records_topic: records_partitions},
+                                 timeout=30.0)
+    return counts[events] or await topic_partitions(kafka, events)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        data_dir, config_file = resolve_paths(args.data_dir, args.config)
+        config = load(config_file)
+        if args.bootstrap:
+            import msgspec
+            config = msgspec.structs.replace(
+                config, kafka=msgspec.structs.replace(config.kafka, bootstrap_servers=args.bootstrap))
+        partitions = asyncio.run(prepare_topics(config))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    import faust
+
+    from .processor import build_app
+
+    datadir = store_dir(config.cdr, data_dir) / f"worker-{args.worker_id}"
+    datadir.mkdir(parents=True, exist_ok=True)
+    app, _processor = build_app(config, partitions=partitions, datadir=datadir,
+                                worker_id=args.worker_id)
+    logging.getLogger("cdr").setLevel(args.loglevel.upper())
+    worker = faust.Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
+    worker.execute_from_commandline()        # returns when the worker stops (exits the process)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

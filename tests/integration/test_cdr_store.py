@@ -1,0 +1,303 @@
+"""The CDR store on both back ends: chdb (embedded, a tmp dir per test) and a real
+clickhouse-server 18.16 (started by the session fixture, a database per test).
+
+Schema migration, idempotent inserts (duplicates never show), every list
+filter, cursor pagination and the RFC 6076 figures on a hand-made call set
+(tests/harness/clickhouse.py: sample_calls) whose numbers are worked out below.
+"""
+from __future__ import annotations
+
+import uuid
+
+import msgspec
+import pytest
+
+from cdr.records import CdrLeg
+from cdr.store import rows
+from cdr.store.backend import BackendError, ChdbBackend
+from cdr.store.migrate import SCHEMA_FILE, MigrationError, current_version, migrate, parse
+from cdr.store.queries import CdrFilter, CdrStore, Cursor, CursorError
+from cdr.store.sqlbind import BindError, bind, literal
+from tests.harness.clickhouse import clickhouse_server, sample_calls, sample_t0  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+HOUR, DAY = 3_600_000, 86_400_000
+
+
+@pytest.fixture(params=["chdb", "server"])
+def backend(request, tmp_path):
+    if request.param == "chdb":
+        b = ChdbBackend(tmp_path / "chdb")
+        yield b
+        b.close()
+    else:
+        server = request.getfixturevalue("clickhouse_server")
+        database = f"t_{uuid.uuid4().hex[:12]}"
+        b = server.backend(database)
+        yield b
+        b.execute(f"DROP DATABASE IF EXISTS {database}")
+        b.close()
+
+
+@pytest.fixture
+def store(backend) -> CdrStore:
+    migrate(backend)
+    return CdrStore(backend)
+
+
+@pytest.fixture
+def calls():
+    return sample_calls()
+
+
+@pytest.fixture
+def loaded(store, calls) -> CdrStore:
+    store.insert_legs([leg for legs in calls.values() for leg in legs])
+    return store
+
+
+def ids(calls, *names):
+    return {calls[name][0].cdr_id for name in names}
+
+
+def listed(store, **filters) -> set[str]:
+    items, cursor = store.list_calls(CdrFilter(**filters), limit=1000)
+    assert cursor is None
+    return {item["cdr_id"] for item in items}
+
+
+# -- parameter binding (pure) -------------------------------------------------------
+
+def test_bind_renders_literals_and_refuses_mistakes():
+    assert bind("SELECT {a}, {b}, {c}, {d}", {"a": 1, "b": "x'y\\z", "c": None, "d": [1, "q"]}) == \
+        "SELECT 1, 'x\\'y\\\\z', NULL, (1, 'q')"
+    assert literal(True) == "1" and literal(1.5) == "1.5"
+    assert literal("a\nb\x00") == "'a\\x0ab\\x00'"
+    # braces inside strings, quoted identifiers and comments are not placeholders
+    assert bind("SELECT '{x}', `{y}` -- {z}\n, {v}", {"v": 2}) == "SELECT '{x}', `{y}` -- {z}\n, 2"
+    with pytest.raises(BindError, match="no value"):
+        bind("SELECT {missing}", {})
+    with pytest.raises(BindError, match="without a placeholder"):
+        bind("SELECT 1", {"typo": 1})
+    with pytest.raises(BindError, match="empty list"):
+        bind("SELECT 1 IN {xs}", {"xs": []})
+    with pytest.raises(BindError):
+        bind("SELECT {x}", {"x": float("nan")})
+    with pytest.raises(BindError):
+        bind("SELECT {x}", {"x": object()})
+    with pytest.raises(BindError, match="bad placeholder"):
+        bind("SELECT {1x}", {})
+
+
+NASTY = ["plain", "o'neil", "back\\slash", "\\'", "'; DROP TABLE cdr; --", "tab\tnew\nline\r",
+         "nul\x00byte", "unicode é ✓ 💡", "{placeholder}", "%(x)s %s", "`backtick`", '"double"', "", "\\"]
+
+
+def test_bound_strings_round_trip_through_clickhouse(backend):
+    for value in NASTY:
+        assert backend.query("SELECT {v}, length({v})", {"v": value}) == [(value, len(value.encode()))]
+    assert backend.query("SELECT {big}, {neg}", {"big": 2**64 - 1, "neg": -(2**63)}) == \
+        [(2**64 - 1, -(2**63))]
+
+
+def test_uri_user():
+    assert rows.uri_user("sip:+4930123@example.test;user=phone") == "4930123"
+    assert rows.uri_user('"Bob" <sip:+4930123;npdi@gw.test>;tag=1') == "4930123"
+    assert rows.uri_user("sips:alice:secret@example.test") == "alice"
+    assert rows.uri_user("tel:+1-201-555-0123;phone-context=x") == "12015550123"
+    assert rows.uri_user("sip:example.test") == ""
+    assert rows.uri_user("alice@example.test") == "alice"
+    assert rows.uri_user("") == ""
+
+
+def test_cursor_is_opaque_and_checked():
+    cursor = Cursor(1_764_000_000_123, str(uuid.uuid4()))
+    assert Cursor.decode(cursor.encode()) == cursor
+    for bad in ["", "abc", "!!!!", Cursor(1, "x").encode()[:-3], "W10"]:
+        with pytest.raises(CursorError):
+            Cursor.decode(bad)
+
+
+# -- schema ---------------------------------------------------------------------------
+
+def test_migration_is_idempotent(backend):
+    assert migrate(backend) == [1]
+    assert migrate(backend) == []
+    assert migrate(backend) == []
+    assert current_version(backend) == 1
+    assert backend.query("SELECT count() FROM schema_migrations FINAL") == [(1,)]
+    columns = {name for (name,) in backend.query(
+        "SELECT name FROM system.columns WHERE database = {db} AND table = 'cdr'", {"db": backend.database})}
+    assert columns == set(rows.COLUMNS)
+    # every CdrLeg field is stored (a field added to the record needs a migration)
+    assert set(CdrLeg.__struct_fields__) <= columns
+
+
+def test_migration_refuses_edited_or_unknown_versions(backend):
+    migrate(backend)
+    text = SCHEMA_FILE.read_text()
+    preamble, migrations = parse(text)
+    with pytest.raises(MigrationError, match="changed since it was applied"):
+        migrate(backend, text.replace("version           UInt64", "version           UInt32"))
+    extra = text + "\n-- migration 2: later\nCREATE TABLE IF NOT EXISTS t2 (a UInt8) ENGINE = MergeTree ORDER BY a;\n"
+    assert migrate(backend, extra) == [2]
+    with pytest.raises(MigrationError, match="newer than this program knows"):
+        migrate(backend)
+    with pytest.raises(MigrationError, match="1, 2, 3"):
+        parse("-- migration 2: gap\nSELECT 1;\n")
+    assert len(migrations) == 1 and len(preamble) == 1
+
+
+def test_failed_statement_is_a_backend_error(backend):
+    with pytest.raises(BackendError):
+        backend.query("SELECT no_such_column FROM system.one")
+
+
+# -- writes: at-least-once in, exactly once out -----------------------------------------
+
+def test_duplicates_never_show(store, calls):
+    legs = [leg for legs in calls.values() for leg in legs]
+    store.insert_legs(legs, version_ms=1)
+    store.insert_legs(legs, version_ms=2)
+    store.insert_legs(list(reversed(legs)), version_ms=2)
+    items, _ = store.list_calls(CdrFilter(), limit=1000)
+    assert len(items) == len(calls) == len({i["cdr_id"] for i in items})
+    c4 = store.get_call(calls["c4"][0].cdr_id)
+    assert [leg["leg"] for leg in c4["legs_detail"]] == [0, 1] and c4["legs"] == 2
+    day1 = store.stats(CdrFilter(), period="month")
+    assert day1[0]["attempts"] == 8
+    # the newest copy of a leg wins
+    c1 = calls["c1"][0]
+    store.insert_legs([msgspec.structs.replace(c1, hangup_reason="corrected")], version_ms=3)
+    assert store.get_call(c1.cdr_id)["hangup_reason"] == "corrected"
+    assert len(store.list_calls(CdrFilter(), limit=1000)[0]) == len(calls)
+    # after merges too
+    store.backend.execute("OPTIMIZE TABLE cdr FINAL")
+    assert store.backend.query("SELECT count() FROM cdr") == [(10,)]
+
+
+def test_summary_and_legs_of_a_failed_over_call(loaded, calls):
+    t0 = sample_t0()
+    c4 = loaded.get_call(calls["c4"][0].cdr_id)
+    assert c4["disposition"] == "answered" and c4["sip_code"] == 200
+    assert c4["gateway"] == "gw-de" and c4["gateways"] == ["gw-de", "gw-fr"]
+    assert c4["setup_ms"] == t0 + 180_000 and c4["ringing_ms"] == t0 + 180_400
+    assert c4["pdd_ms"] == 400 and c4["duration_ms"] == 30_000 and c4["billable_s"] == 30
+    assert c4["end_ms"] == t0 + 180_000 + 60 + 31_000
+    assert c4["account"] == "bob@b.test" and c4["caller_number"] == "3311"
+    assert c4["dialled_number"] == "33156" and c4["hangup_by"] == "callee"
+    assert c4["setup_at"] == "2026-11-27T10:03:00.000Z"
+    leg0, leg1 = c4["legs_detail"]
+    assert (leg0["disposition"], leg0["sip_code"], leg0["gateway"]) == ("failed", 503, "gw-fr")
+    assert (leg1["parent_leg"], leg1["leg_cause"], leg1["pdd_ms"]) == (0, "failover", 340)
+    assert leg1["call_disposition"] == "answered"
+    assert loaded.get_call(str(uuid.uuid4())) is None
+    # a call that never rang: PDD is its deciding leg's final answer
+    assert loaded.get_call(calls["c2"][0].cdr_id)["pdd_ms"] == 100
+    assert loaded.get_call(calls["c6"][0].cdr_id)["pdd_ms"] == 0
+
+
+# -- filters ------------------------------------------------------------------------
+
+def test_filters(loaded, calls):
+    t0 = sample_t0()
+    assert listed(loaded) == ids(calls, *calls)
+    assert listed(loaded, account="alice@a.test") == ids(calls, "c1", "c2", "c7", "c8", "c9")
+    assert listed(loaded, account="nobody' OR '1'='1") == set()
+    assert listed(loaded, caller="+33") == ids(calls, "c3", "c4")
+    assert listed(loaded, caller="4930111") == ids(calls, "c1", "c2", "c7", "c8", "c9")
+    assert listed(loaded, caller="car") == ids(calls, "c5", "c6")
+    assert listed(loaded, caller_ip="2001:db8::5") == ids(calls, "c5", "c6")
+    assert listed(loaded, callee="+4989") == ids(calls, "c1", "c2", "c7", "c8", "c9")
+    assert listed(loaded, callee="4930") == ids(calls, "c5", "c6")
+    assert listed(loaded, callee="33155") == ids(calls, "c3")
+    assert listed(loaded, from_ms=t0 + HOUR, to_ms=t0 + DAY) == ids(calls, "c5", "c6")
+    assert listed(loaded, from_ms=t0 + 180_000) == ids(calls, "c4", "c5", "c6", "c7", "c8", "c9")
+    assert listed(loaded, to_ms=t0 + 180_000) == ids(calls, "c1", "c2", "c3")
+    assert listed(loaded, dispositions=("answered",)) == ids(calls, "c1", "c4")
+    assert listed(loaded, dispositions=("busy", "no_answer")) == ids(calls, "c2", "c3")
+    assert listed(loaded, gateway="gw-de") == ids(calls, "c1", "c2", "c4", "c7")
+    assert listed(loaded, gateway="gw-fr") == ids(calls, "c3", "c4")
+    assert listed(loaded, min_duration_ms=45_000) == ids(calls, "c1")
+    assert listed(loaded, min_duration_ms=1) == ids(calls, "c1", "c4")
+    assert listed(loaded, account="bob@b.test", gateway="gw-de") == ids(calls, "c4")
+    assert listed(loaded, account="alice@a.test", callee="4989",
+                  from_ms=t0 + DAY, dispositions=("failed", "rejected_credit")) == ids(calls, "c7", "c8", "c9")
+
+
+def test_cursor_pagination_walks_every_call_once(store, calls):
+    # 25 calls, several sharing one setup time: ties are broken by cdr_id
+    t0 = sample_t0()
+    legs = [msgspec.structs.replace(leg, cdr_id=str(uuid.uuid4()), setup_ms=t0 + (i // 3) * 1000,
+                                    end_ms=t0 + (i // 3) * 1000 + 5)
+            for i, leg in enumerate([calls["c1"][0]] * 25)]
+    store.insert_legs(legs)
+    store.insert_legs(legs[:10])       # duplicates must not break the walk
+    expected = sorted(((leg.setup_ms, leg.cdr_id) for leg in legs), reverse=True)
+    for f in (CdrFilter(), CdrFilter(dispositions=("answered",)), CdrFilter(account="alice@a.test")):
+        seen, cursor, pages = [], None, 0
+        while True:
+            page, cursor = store.list_calls(f, limit=4, cursor=cursor)
+            pages += 1
+            seen += [(item["setup_ms"], item["cdr_id"]) for item in page]
+            if cursor is None:
+                break
+        assert seen == expected and pages == 7
+
+
+# -- statistics (RFC 6076; definitions in docs/api.md) -------------------------------------
+
+def by_group(result):
+    return {(row["period"], row["group"]): row for row in result}
+
+
+def figures(row):
+    return (row["attempts"], row["answered"], row["effective"], row["asr"], row["ner"], row["acd_s"],
+            row["pdd_ms"]["count"], row["pdd_ms"]["mean"], row["pdd_ms"]["p50"], row["pdd_ms"]["p95"])
+
+
+def test_stats_per_day(loaded):
+    # day 1: c1..c6.  answered c1, c4; effective + c2 busy, c3 no answer, c5 cancelled
+    # while ringing (c6 cancelled before ringing is not).  ACD (60 + 30) / 2.
+    # PDD 200, 100, 300, 400, 250 -> mean 250, p50 250, p95 400.
+    # day 2: c7 failed, c8 rejected for credit, c9 a 302 (not an attempt, RFC 6076).
+    result = by_group(loaded.stats(CdrFilter(), period="day"))
+    assert figures(result["2026-11-27T00:00:00.000Z", ""]) == \
+        (6, 2, 5, 0.3333, 0.8333, 45.0, 5, 250.0, 250, 400)
+    assert figures(result["2026-11-28T00:00:00.000Z", ""]) == (2, 0, 0, 0.0, 0.0, None, 1, 80.0, 80, 80)
+    assert len(result) == 2
+
+
+def test_stats_per_hour_and_account(loaded):
+    result = by_group(loaded.stats(CdrFilter(from_ms=sample_t0(), to_ms=sample_t0() + DAY), period="hour"))
+    assert figures(result["2026-11-27T10:00:00.000Z", ""])[:5] == (4, 2, 4, 0.5, 1.0)
+    assert figures(result["2026-11-27T11:00:00.000Z", ""])[:5] == (2, 0, 1, 0.0, 0.5)
+    assert len(result) == 2
+    bob = loaded.stats(CdrFilter(account="bob@b.test"), period="month")
+    assert figures(bob[0]) == (2, 1, 2, 0.5, 1.0, 30.0, 2, 350.0, 400, 400)
+
+
+def test_stats_per_gateway_counts_legs(loaded):
+    # gw-de: c1 answered, c2 busy, c4 leg 1 answered; PDD 200, 100, 340
+    # gw-fr: c3 no answer, c4 leg 0 failed (503); PDD 300, 50
+    # no gateway: c5 cancelled while ringing, c6 cancelled; PDD 250
+    result = by_group(loaded.stats(CdrFilter(to_ms=sample_t0() + DAY), period="day", group_by="gateway"))
+    day = "2026-11-27T00:00:00.000Z"
+    assert figures(result[day, "gw-de"]) == (3, 2, 3, 0.6667, 1.0, 45.0, 3, 213.3, 200, 340)
+    assert figures(result[day, "gw-fr"]) == (2, 0, 1, 0.0, 0.5, None, 2, 175.0, 300, 300)
+    assert figures(result[day, ""]) == (2, 0, 1, 0.0, 0.5, None, 1, 250.0, 250, 250)
+    only = loaded.stats(CdrFilter(gateway="gw-fr"), period="month", group_by="gateway")
+    assert [row["group"] for row in only] == ["gw-fr"]
+
+
+def test_stats_per_destination_prefix(loaded):
+    # "49": c1, c2, c5, c6, c7, c8 (+ c9, a 302: not an attempt); "33": c3, c4
+    result = by_group(loaded.stats(CdrFilter(), period="month", group_by="prefix", prefix_len=2))
+    month = "2026-11-01T00:00:00.000Z"
+    assert figures(result[month, "49"]) == (6, 1, 3, 0.1667, 0.5, 60.0, 4, 157.5, 200, 250)
+    assert figures(result[month, "33"]) == (2, 1, 2, 0.5, 1.0, 30.0, 2, 350.0, 400, 400)
+    assert set(result) == {(month, "49"), (month, "33")}
+    four = by_group(loaded.stats(CdrFilter(callee="49"), period="month", group_by="prefix", prefix_len=4))
+    assert {group for _, group in four} == {"4989", "4930"}
+    assert loaded.stats(CdrFilter(from_ms=sample_t0() + 10 * DAY)) == []
