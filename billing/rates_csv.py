@@ -157,12 +157,6 @@ def plan_import(text: str, *, existing: Mapping[str, RatePlan], plan: str | None
             return old.timezone
         return set_timezone or (old.timezone if old is not None else timezone)
 
-    if set_timezone is not None and not replace:
-        for name, old in existing.items():
-            if name == plan and old.timezone != set_timezone:
-                raise RatingError(f"plan {name} exists with time zone {old.timezone}; "
-                                  "use --replace to change it")
-
     errors: dict[int, list[str]] = {}
     rows: list[tuple[int, str, Rate]] = []
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
@@ -199,6 +193,12 @@ def plan_import(text: str, *, existing: Mapping[str, RatePlan], plan: str | None
     by_plan: dict[str, list[tuple[int, Rate]]] = {}
     for line, name, rate in rows:
         by_plan.setdefault(name, []).append((line, rate))
+    if set_timezone is not None and not replace:
+        for name in by_plan:
+            old = existing.get(name)
+            if old is not None and old.timezone != set_timezone:
+                raise RatingError(f"plan {name} exists with time zone {old.timezone}; "
+                                  "use --replace to change it")
     plans: dict[str, RatePlan] = {}
     for name, new in by_plan.items():
         old = existing.get(name)
@@ -216,7 +216,8 @@ def plan_import(text: str, *, existing: Mapping[str, RatePlan], plan: str | None
             line = sources[j]
             assert line is not None           # kept rates were a valid plan already
             other = (f"line {sources[i]}" if sources[i] is not None else
-                     f"rate {describe_rate(combined[i])} already in plan {name} (--replace replaces the plan's rates)")
+                     f"rate {describe_rate(combined[i])} already in plan {name} "
+                     "(--replace replaces the plan's rates)")
             errors.setdefault(line, []).append(
                 f"rate {describe_rate(combined[j])} applies at the same time as {other}")
         if not errors:

@@ -85,7 +85,8 @@ retail,,empty,,,,,,,,,,,,,
         "first_increment '0' is not a whole number from 1 to 86400; "
         "decimals '11' is not a whole number from 0 to 10; "
         "currency 'EURO' is not an ISO 4217 code like EUR",
-        "line 5: valid_from '2025-02-30' is not an ISO date or date-time like 2025-01-31 or 2025-01-31T08:00+01:00; "
+        "line 5: valid_from '2025-02-30' is not an ISO date or date-time like 2025-01-31 "
+        "or 2025-01-31T08:00+01:00; "
         "weekdays 'mon-xyz': use mon..sun, ranges and commas like mon-fri or sat,sun; "
         "time_from '8' is not a time of day HH:MM[:SS] from 00:00 to 23:59:59; "
         "time_to '25:00' is not a time of day HH:MM[:SS] from 00:00 to 24:00",
@@ -106,7 +107,7 @@ retail,,empty,,,,,,,,,,,,,
     ("plan,prefix,prefix,price_per_min\n", "line 1: column(s) prefix given twice"),
     ("plan,prefix\nr,49\n", "line 1: missing column(s) price_per_min"),
     ("prefix,price_per_min\n49,1\n", "line 1: missing column(s) plan (or give the plan with --plan)"),
-    ('plan,prefix,price_per_min\nr,49,"1\n', "line 3: malformed CSV"),
+    ('plan,prefix,price_per_min\nr,49,"1\n', "line 2: malformed CSV: unexpected end of data"),
 ])
 def test_bad_headers_and_files(text, error):
     with pytest.raises(CsvImportError) as info:

@@ -285,7 +285,8 @@ def test_overlapping_rates_are_refused():
         plan(rate(name="a", time_from=20 * 3600, time_to=8 * 3600),
              rate(name="b", time_from=7 * 3600, time_to=9 * 3600))
     # touching windows and validity ranges do not overlap
-    plan(rate(name="a", time_from=20 * 3600, time_to=8 * 3600), rate(name="b", time_from=8 * 3600, time_to=20 * 3600))
+    plan(rate(name="a", time_from=20 * 3600, time_to=8 * 3600),
+         rate(name="b", time_from=8 * 3600, time_to=20 * 3600))
     cut = datetime(2025, 1, 1, tzinfo=UTC)
     plan(rate(name="a", valid_to=cut), rate(name="b", valid_from=cut))
 
@@ -334,7 +335,8 @@ def test_json_keeps_amounts_exact():
     doc = msgspec.json.decode(msgspec.json.encode(charge))
     assert doc["total"] == "0.14167" and doc["parts"][0]["price_per_min"] == "0.1"
     # and a rate read from JSON (the REST API) gets the same validation
-    assert msgspec.json.decode(b'{"prefix":"49","price_per_min":"0.1","currency":"EUR"}', type=Rate).price_per_min == D("0.1")
+    parsed = msgspec.json.decode(b'{"prefix":"49","price_per_min":"0.1","currency":"EUR"}', type=Rate)
+    assert parsed.price_per_min == D("0.1")
     with pytest.raises(msgspec.ValidationError, match="currency"):
         msgspec.json.decode(b'{"prefix":"49","price_per_min":"0.1","currency":"euro"}', type=Rate)
 
