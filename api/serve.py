@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import socket
@@ -170,6 +171,9 @@ async def _serve(store, tokens, kafka, config, sock: socket.socket | None, run_s
     for name, result in zip(tasks, results):
         if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
             log.error("%s: %r", name, result)
+    if sink is not None:
+        stats = {k: v for k, v in vars(sink.stats).items() if k != "assigned"}
+        print(f"SINK STATS {json.dumps(stats)}", file=sys.stderr, flush=True)
     return status
 
 

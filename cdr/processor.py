@@ -130,6 +130,7 @@ class CdrProcessor:
         self.assigned_at: dict[int, int] = {}       # partition -> wall ms this worker got it
         self._lock: asyncio.Lock | None = None
         self._last_stats = 0.0
+        self.stats_interval = 30.0
         app.on_partitions_assigned.connect(self._on_assigned)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.agent(self.events_topic, name="cdr-join")(self._agent)
@@ -187,8 +188,11 @@ class CdrProcessor:
             if slot is None:
                 slot = table_get(key)
             self._step(key, slot, event, message.partition, now, working, rows)
+        counts["batches"] += 1
         if rows:
+            started = time.monotonic()
             await self.publish(rows)
+            counts["publish_wait_ms"] += int((time.monotonic() - started) * 1000)
         for key, slot in working.items():
             self._put(key, slot)
 
@@ -210,7 +214,7 @@ class CdrProcessor:
                 return
         new = apply(state, event)
         if new is state and slot is not None:
-            counts["duplicates"] += 1
+            counts["no_change"] += 1
             return
         done = finish(new, 0)
         if done is None:
@@ -278,7 +282,7 @@ class CdrProcessor:
             for key, partition in expired:
                 self._delete(key, partition)
             self.stats.counts["markers_expired"] += len(expired)
-        if time.monotonic() - self._last_stats > 30:
+        if time.monotonic() - self._last_stats > self.stats_interval:
             self._last_stats = time.monotonic()
             log.info("cdr stats: live=%d %s", sum(1 for s in self.table.data.values()
                                                   if s is not None and s.state is not None),

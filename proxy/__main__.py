@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap")
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--workers", type=int)
+    parser.add_argument("--udp-fd", type=int, help="inherited public UDP socket (set by `run`)")
     args = parser.parse_args(argv)
     data_dir, config_file = resolve_paths(args.data_dir, args.config)
     try:
@@ -46,9 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides += ["--bootstrap", args.bootstrap]
     if args.mode == "run":
         from .runtime.supervisor import supervise
-        return supervise(workers, data_dir, config_file, overrides)
+        return supervise(workers, data_dir, config_file, overrides,
+                         config.proxy.listen, config.proxy.sip_port)
     from .runtime.worker import run
-    run(config, data_dir, args.index, workers)
+    run(config, data_dir, args.index, workers, udp_fd=args.udp_fd)
     return 0
 
 

@@ -180,10 +180,12 @@ _CALL_AGGREGATES = ", ".join(
 
 
 def _calls_sql(candidates_sql: str, legs_where: _Where) -> str:
-    """Call summaries of the calls whose cdr_id ``candidates_sql`` selects."""
+    """Call summaries of the calls whose cdr_id ``candidates_sql`` selects
+    (a subquery, or ``= {placeholder}`` for one call)."""
+    match = candidates_sql if candidates_sql.startswith("= ") else f"IN ({candidates_sql})"
     return (f"SELECT {_CALL_AGGREGATES} FROM ("
             f"SELECT {_LEGS_SELECT} FROM cdr FINAL "
-            f"WHERE cdr_id IN ({candidates_sql}) AND {legs_where.sql()}"
+            f"WHERE cdr_id {match} AND {legs_where.sql()}"
             f") GROUP BY l_cdr_id")
 
 
@@ -280,7 +282,7 @@ class CdrStore:
         """One call's summary with ``legs_detail``: every leg, in leg order."""
         where = _Where()
         summary = self.backend.query_dicts(
-            f"SELECT * FROM ({_calls_sql('SELECT {cdr_id}', where)})", {"cdr_id": cdr_id})
+            f"SELECT * FROM ({_calls_sql('= {cdr_id}', where)})", {"cdr_id": cdr_id})
         if not summary:
             return None
         legs = self.backend.query_dicts(

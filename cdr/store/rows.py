@@ -1,6 +1,7 @@
 """CdrLeg rows → the ``cdr`` table's columns (and the derived ones)."""
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -17,6 +18,7 @@ COLUMNS: tuple[str, ...] = LEG_FIELDS + DERIVED
 _TEL_VISUAL = re.compile(r"[-.()\s]")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def uri_user(uri: str) -> str:
     """The user part of a SIP/SIPS/TEL URI (or name-addr), without parameters
     or a leading "+": ``"Bob" <sip:+4930123;npdi@gw>`` → ``4930123``,

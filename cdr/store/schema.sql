@@ -29,6 +29,8 @@ ORDER BY version;
 -- in whole seconds, as DateTime, for partitioning and partition pruning.
 -- sip_code / sip_reason / disposition are this leg's outcome; call_* and
 -- hangup_* the call's (identical on every leg of a CDR).
+-- index_granularity 1024 (not 8192): pages of calls are fetched by cdr_id, a
+-- random UUID, so each looked-up call costs one granule read.
 -- caller_number / dialled_number are derived by the sink: the user part of
 -- caller_uri / dialled without a leading "+" (prefix filters and grouping).
 CREATE TABLE IF NOT EXISTS cdr (
@@ -74,4 +76,5 @@ CREATE TABLE IF NOT EXISTS cdr (
     version           UInt64
 ) ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(setup)
-ORDER BY (cdr_id, leg);
+ORDER BY (cdr_id, leg)
+SETTINGS index_granularity = 1024;

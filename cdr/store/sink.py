@@ -50,7 +50,8 @@ class SinkStats:
     batches: int = 0
     insert_errors: int = 0
     commits: int = 0
-    last_insert_s: float = 0.0  # wall time of the last insert
+    last_insert_s: float = 0.0  # duration of the last insert
+    max_insert_s: float = 0.0   # ... and of the slowest
     assigned: set[TopicPartition] = field(default_factory=set)
 
 
@@ -227,6 +228,7 @@ class CdrSink:
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
             self.stats.last_insert_s = time.perf_counter() - started
+            self.stats.max_insert_s = max(self.stats.max_insert_s, self.stats.last_insert_s)
             self.stats.inserted += count
             self.stats.batches += 1
             if self.on_insert is not None:

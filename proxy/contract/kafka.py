@@ -140,12 +140,63 @@ def faust_app(app_id: str, settings: KafkaSettings, **conf: Any) -> Any:
     and has no setting for it.  On Tansu a fetch waits its full max wait even
     when data is there, so that is up to 1.5 s per fetch.  On the "tansu"
     profile the app returned here uses a transport whose consumer gets
-    ``TANSU_FETCH_MAX_WAIT_MS`` instead; the "kafka" profile is plain faust."""
+    ``TANSU_FETCH_MAX_WAIT_MS`` instead; the "kafka" profile is plain faust.
+
+    Also on "tansu": table recovery asks for changelog end offsets, which
+    Tansu's ListOffsets gets wrong after multi-record batches; this app's
+    consumer corrects them (``tansu_end_offsets``), so its producer batches
+    normally instead of ``faust_settings``' single-record batches."""
+    app_conf = faust_settings(settings)
+    tansu = settings.client_profile == "tansu"
+    if tansu:
+        # this app's recovery reads true end offsets (tansu_end_offsets), so
+        # its producer may batch: single-record batches cost ~10x throughput
+        app_conf.pop("producer_max_batch_size", None)
     app_class = _faust_app_class()
-    app = app_class(app_id, **{**faust_settings(settings), **conf})
-    if settings.client_profile == "tansu":
+    app = app_class(app_id, **{**app_conf, **conf})
+    if tansu:
         app.fetch_max_wait_ms = TANSU_FETCH_MAX_WAIT_MS
+        app.tansu_settings = settings
     return app
+
+
+async def tansu_end_offsets(settings: KafkaSettings, ends: dict, *, timeout: float = 10.0) -> dict:
+    """Correct end offsets as Tansu's ListOffsets(LATEST) reports them.
+
+    Tansu answers the base offset of the partition's last record batch + 1,
+    short of the end when that batch holds several records.  A fetch from
+    just before that offset returns the last batch, and fetch responses carry
+    the right high watermark: that is the end.  ``ends`` maps TopicPartition-like
+    (topic, partition) tuples to ListOffsets answers; the result has the same
+    keys.  On timeout the ListOffsets answers are returned (and logged)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    result = dict(ends)
+    todo = {TopicPartition(tp[0], tp[1]): tp for tp, end in ends.items() if end and end > 0}
+    if not todo:
+        return result
+    consumer = AIOKafkaConsumer(**consumer_kwargs(settings, enable_auto_commit=False, group_id=None))
+    await consumer.start()
+    try:
+        consumer.assign(list(todo))
+        for tp, original in todo.items():
+            consumer.seek(tp, ends[original] - 1)
+        pending = set(todo)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while pending and loop.time() < deadline:
+            await consumer.getmany(*pending, timeout_ms=100, max_records=1)
+            for tp in list(pending):
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    result[todo[tp]] = max(highwater, ends[todo[tp]])
+                    pending.discard(tp)
+        if pending:
+            log.warning("no high watermark for %s within %gs: using ListOffsets' end",
+                        sorted(pending), timeout)
+    finally:
+        await consumer.stop()
+    return result
 
 
 _FAUST_APP_CLASS: Any = None
@@ -161,6 +212,14 @@ def _faust_app_class() -> Any:
     from faust.transport.drivers import aiokafka as faust_aiokafka
 
     class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+        async def _highwaters(self, partitions: Any) -> Any:
+            # table recovery reads changelogs up to these: see tansu_end_offsets
+            ends = await super()._highwaters(partitions)
+            settings = getattr(self.app, "tansu_settings", None)
+            if settings is None or self.consumer.in_transaction:
+                return ends
+            return await tansu_end_offsets(settings, dict(ends))
+
         def _create_worker_consumer(self, transport: Any) -> Any:
             consumer = super()._create_worker_consumer(transport)
             wait = getattr(self.app, "fetch_max_wait_ms", None)
@@ -182,6 +241,7 @@ def _faust_app_class() -> Any:
 
     class App(faust.App):
         fetch_max_wait_ms: int | None = None
+        tansu_settings: KafkaSettings | None = None
 
         def _new_transport(self) -> Any:
             if self.fetch_max_wait_ms is None:

@@ -82,3 +82,7 @@ class TxDriver:
         if self.table.get(self.key) is self:
             del self.table[self.key]
         self.on_terminated()
+        # the callbacks close over the transaction user, which holds this
+        # driver: drop them so the pair dies by reference counting (no GC pass)
+        self.on_message = self.on_timeout = self.on_transport_failed = _noop
+        self.on_terminated = _noop

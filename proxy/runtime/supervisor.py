@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from .transport import udp_socket
+
 RESTART_BACKOFF_S = 1.0
 
 
@@ -20,9 +22,21 @@ def worker_command(index: int, workers: int, data_dir: Path, config_file: Path |
     return cmd + overrides
 
 
-def supervise(workers: int, data_dir: Path, config_file: Path | None, overrides: list[str]) -> int:
-    """Run the workers until SIGINT/SIGTERM; print READY once all are listening."""
+def supervise(workers: int, data_dir: Path, config_file: Path | None, overrides: list[str],
+              listen: str, sip_port: int) -> int:
+    """Run the workers until SIGINT/SIGTERM; print READY once all are listening.
+
+    The public UDP socket is bound here and inherited by every worker, as
+    Kamailio's children share theirs: the kernel hands each datagram to one
+    reader, so initial requests spread over the workers even when they all
+    come from one peer socket (SO_REUSEPORT would pin a peer to one worker)."""
     stop = False
+    try:
+        public = udp_socket(listen, sip_port, reuse_port=False)
+    except OSError as exc:
+        print(f"error: cannot bind UDP {listen}:{sip_port}: {exc.strerror}", file=sys.stderr, flush=True)
+        return 1
+    overrides = overrides + ["--udp-fd", str(public.fileno())]
 
     def _stop(signum, frame):
         nonlocal stop
@@ -53,8 +67,10 @@ def supervise(workers: int, data_dir: Path, config_file: Path | None, overrides:
 
 
 def _spawn(i, workers, data_dir, config_file, overrides) -> subprocess.Popen:
+    udp_fd = int(overrides[overrides.index("--udp-fd") + 1])
     return subprocess.Popen(worker_command(i, workers, data_dir, config_file, overrides),
-                            stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+                            stdout=subprocess.PIPE, text=True, env=os.environ.copy(),
+                            pass_fds=(udp_fd,))
 
 
 def _terminate(procs) -> None:

@@ -6,6 +6,7 @@ import gc
 import logging
 import os
 import secrets
+import socket
 import signal
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from ..events.publisher import EventPublisher
 from ..provisioning.live import LiveProvisioning
 from ..provisioning.store import ProvisioningStore, default_url
 from ..settings import ProxyConfig
+from .handoff import Handoff
 from .transport import TcpPool, UdpEndpoint, tcp_socket, udp_socket
 
 log = logging.getLogger("sipledger.worker")
@@ -74,11 +76,13 @@ def load_secret(data_dir: Path, configured: str) -> bytes:
 
 
 class Worker:
-    def __init__(self, config: ProxyConfig, data_dir: Path, index: int, workers: int):
+    def __init__(self, config: ProxyConfig, data_dir: Path, index: int, workers: int,
+                 udp_fd: int | None = None):
         self.config = config
         self.data_dir = data_dir
         self.index = index
         self.workers = workers
+        self.udp_fd = udp_fd
         self.stopping = asyncio.Event()
         self._flush_scheduled = False
 
@@ -102,15 +106,21 @@ class Worker:
                                                 algorithms=tuple(cfg.auth.algorithms))
 
         shared = self.workers > 1
-        public_udp = UdpEndpoint(self._deliver)
-        await loop.create_datagram_endpoint(lambda: public_udp,
-                                            sock=udp_socket(px.listen, px.sip_port, reuse_port=shared))
+        if self.udp_fd is not None:     # shared with the other workers (see supervisor)
+            public_sock = socket.socket(fileno=self.udp_fd)
+            public_sock.setblocking(False)
+        else:
+            public_sock = udp_socket(px.listen, px.sip_port, reuse_port=False)
+        public_udp = UdpEndpoint(self._deliver_public if shared else self._deliver)
         udp = {public_udp.id: public_udp}
+        self.public_udp = public_udp
         own_udp = public_udp
         if shared:  # a private port so responses and in-dialog requests return here
             own_udp = UdpEndpoint(self._deliver)
             await loop.create_datagram_endpoint(lambda: own_udp, sock=udp_socket(px.listen, 0, reuse_port=False))
             udp[own_udp.id] = own_udp
+        else:
+            await loop.create_datagram_endpoint(lambda: public_udp, sock=public_sock)
         ports = {"udp": own_udp.transport.get_extra_info("sockname")[1]}
         tcp = None
         if px.tcp:
@@ -131,6 +141,13 @@ class Worker:
                     provisioning=provisioning, authenticator=authenticator, location=location,
                     registrar=Registrar(location, cfg.registrar))
         self.engine = Engine(core, DefaultRouting(core))
+        self.handoff = None
+        if shared:   # read the shared public socket only once the engine exists
+            self.handoff = Handoff(self.data_dir / "run", self.index, self.workers, self._deliver_handed)
+            self.handoff.start(loop)
+            if not await self.handoff.wait_for_siblings():
+                log.warning("not every worker is up; calls may start outside their owner")
+            await loop.create_datagram_endpoint(lambda: public_udp, sock=public_sock)
         self.control = ControlConsumer(cfg.kafka, cfg.topics.call_control, self.engine.on_command)
         self.publisher.start()
         self.control.start()
@@ -138,15 +155,13 @@ class Worker:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
-        # Calls keep tens of thousands of small objects alive for ~32 s (transaction
-        # timers): with the default thresholds the collector rescans them constantly.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(50_000, 20, 100)
+        tune_gc()
         print(f"WORKER READY index={self.index} udp={ports['udp']}", flush=True)
         await self.stopping.wait()
 
         housekeeping.cancel()
+        if self.handoff is not None:
+            self.handoff.close(loop)
         for endpoint in udp.values():
             endpoint.transport.close()
         if tcp is not None:
@@ -158,6 +173,14 @@ class Worker:
 
     def _deliver(self, data: bytes, source: Target) -> None:
         self.engine.on_data(data, source)
+
+    def _deliver_public(self, data: bytes, source: Target) -> None:
+        if not self.handoff.route(data, source.host, source.port):
+            self.engine.on_data(data, source)
+
+    def _deliver_handed(self, data: bytes, ip: str, port: int) -> None:
+        # answered through our copy of the shared socket: the peer sees the public port
+        self.engine.on_data(data, Target("udp", ip, port, self.public_udp.id))
 
     def _schedule_flush(self) -> None:
         # one outbox write per burst of events, a few ms after the first
@@ -190,8 +213,22 @@ class Worker:
                 log.exception("housekeeping failed")
 
 
-def run(config: ProxyConfig, data_dir: Path, index: int, workers: int) -> None:
+def tune_gc() -> None:
+    """Calls keep millions of small objects alive for ~32 s (transaction timers
+    D/K/L/M): a full collection scans them all and stalls the loop for a second
+    or more, long enough for UDP buffers to overflow.  The per-call structures
+    break their own reference cycles when they end (TxDriver, ProxyCall,
+    Dialog), so they die by reference counting; the young generations are still
+    collected for the runtime's short-lived cycles, and full collections never
+    run."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 1_000_000_000)
+
+
+def run(config: ProxyConfig, data_dir: Path, index: int, workers: int,
+        udp_fd: int | None = None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s worker{index} %(name)s %(levelname)s %(message)s")
     import uvloop
-    uvloop.run(Worker(config, data_dir, index, workers).run())
+    uvloop.run(Worker(config, data_dir, index, workers, udp_fd).run())

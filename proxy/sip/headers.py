@@ -25,6 +25,8 @@ def split_commas(value: str) -> list[str]:
     """Split a comma-list header value, respecting quotes and <...>."""
     if "," not in value:
         return [value.strip()]
+    if '"' not in value and "<" not in value:     # the common case (Via lists): no quoting
+        return [part for part in (p.strip() for p in value.split(",")) if part]
     out: list[str] = []
     depth = 0
     quoted = False

@@ -1,0 +1,480 @@
+"""CDR store benchmark: insert rows/s and API query latency on chdb (or a
+ClickHouse server), and — with ``--pipeline`` — the whole CDR path into
+ClickHouse: events → CDR processor → cdr.records → sink → queryable.
+
+    .venv/bin/python bench/cdr_store.py [--rows 1000000] [--batch 5000] [--server]
+    .venv/bin/python bench/cdr_store.py --sink --calls 100000 --rate 20000
+    .venv/bin/python bench/cdr_store.py --pipeline --calls 20000 --rate 2000
+
+Store mode fills a fresh store with synthetic calls (1-3 legs each) through
+``CdrStore.insert_legs`` in sink-sized batches (rows/s, duplicates included
+once more at the end), then times the queries the REST API runs (p50/p99 ms).
+``--server`` runs the same against a clickhouse-server 18.16 started on a free
+loopback port (tests/harness/clickhouse.py).
+
+Sink mode produces CdrLeg rows straight into ``cdr.records`` at ``--rate``
+calls/s and measures the sink + ClickHouse half alone, in the embedded-topology
+process: sustained rows/s and produce-ack → queryable latency.
+
+Pipeline mode builds on bench/cdr_pipeline.py (its load generator and worker
+runner): broker, ``python -m cdr`` and the embedded-topology process
+``python -m api.serve`` (sink + API, chdb), then measures for every call the
+time from its last event being acknowledged by the broker to the CDR being
+queryable in ClickHouse (the sink stamps each row's ``version`` with the
+wall-clock ms of its insert; the insert's own duration, at most
+``max_insert_ms``, comes on top), and the sustained calls/s and rows/s into
+ClickHouse.  Prints figures and one ``RESULT {...}`` JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from cdr.records import CdrLeg, cdr_id_for  # noqa: E402
+from cdr.store.migrate import migrate  # noqa: E402
+from cdr.store.queries import CdrFilter, CdrStore  # noqa: E402
+
+DAY = 86_400_000
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+# -- store mode ---------------------------------------------------------------------
+
+def synthetic_legs(rows: int, t0: int, days: int = 30, seed: int = 1):
+    """About ``rows`` legs of calls spread over ``days``: 1000 accounts, 20
+    gateways, a carrier-like outcome mix; 10% of calls have 2-3 legs."""
+    rng = random.Random(seed)
+    outcomes = [("answered", 200, 55), ("busy", 486, 12), ("no_answer", 480, 8),
+                ("cancelled", 487, 10), ("failed", 503, 12), ("rejected_credit", 402, 3)]
+    kinds, codes, weights = zip(*[(d, c, w) for d, c, w in outcomes])
+    span = days * DAY
+    made, i = [], 0
+    while len(made) < rows:
+        setup = t0 + int(i * span / max(rows, 1))
+        call_id = f"bench-{i}@store"
+        cid = cdr_id_for(call_id, "t")
+        n = 1 if rng.random() < 0.9 else rng.choice((2, 3))
+        k = rng.choices(range(len(kinds)), weights)[0]
+        account = f"user{rng.randrange(1000)}@bench.test"
+        number = f"+{rng.choice(('49', '33', '44', '1', '39'))}{rng.randrange(10**8):08d}"
+        for leg in range(n):
+            last = leg == n - 1
+            d = kinds[k] if last else "failed"
+            answered = d == "answered"
+            ringing = 200 + rng.randrange(3000) if d in ("answered", "no_answer", "cancelled") else 0
+            duration = rng.randrange(1000, 600_000) if answered else 0
+            made.append(CdrLeg(
+                cdr_id=cid, leg=leg, legs=n, parent_leg=leg - 1,
+                leg_cause="initial" if leg == 0 else "failover", call_id=call_id, from_tag="t",
+                account=account, caller_uri=f"sip:{account}", caller_ip=f"10.0.{i % 250}.{i % 200}",
+                dialled=f"sip:{number}@bench.test", callee_uri=f"sip:{number}@bench.test",
+                gateway=f"gw{rng.randrange(20)}", setup_ms=setup + leg * 500,
+                ringing_ms=setup + ringing if ringing else 0,
+                answer_ms=setup + ringing + 2000 if answered else 0,
+                end_ms=setup + ringing + 2000 + duration, duration_ms=duration,
+                billable_s=(duration + 999) // 1000, pdd_ms=ringing or rng.randrange(50, 500),
+                sip_code=codes[k] if last else 503, disposition=d,
+                call_sip_code=codes[k], call_disposition=kinds[k], proxy="bench"))
+        i += 1
+    return made[:rows], i
+
+
+def open_store(server: bool, work: Path):
+    if server:
+        from tests.harness.clickhouse import ClickHouseServer
+        srv = ClickHouseServer(work / "server").start()
+        return srv.backend("bench"), srv
+    from cdr.store.backend import ChdbBackend
+    return ChdbBackend(work / "chdb"), None
+
+
+def run_store(args) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="cdr-store-bench-"))
+    backend, server = open_store(args.server, work)
+    try:
+        migrate(backend)
+        store = CdrStore(backend)
+        t0 = 1_790_000_000_000                 # 2026-09-21
+        legs, calls = synthetic_legs(args.rows, t0)
+        batches = [legs[i:i + args.batch] for i in range(0, len(legs), args.batch)]
+        started = time.perf_counter()
+        per_batch = []
+        for batch in batches:
+            b0 = time.perf_counter()
+            store.insert_legs(batch)
+            per_batch.append((time.perf_counter() - b0) * 1000)
+        insert_s = time.perf_counter() - started
+        # duplicates: a tenth of the rows again (at-least-once redelivery)
+        store.insert_legs(legs[: len(legs) // 10])
+        account = legs[len(legs) // 2].account
+        mid = t0 + 15 * DAY
+        first_page, cursor = store.list_calls(CdrFilter(), limit=100)
+        queries = {
+            "list newest 100": lambda: store.list_calls(CdrFilter(), limit=100),
+            "list page 2 (cursor)": lambda: store.list_calls(CdrFilter(), limit=100, cursor=cursor),
+            "list account, 1 day": lambda: store.list_calls(
+                CdrFilter(account=account, from_ms=mid, to_ms=mid + DAY), limit=100),
+            "list callee prefix +4930, 1 day": lambda: store.list_calls(
+                CdrFilter(callee="4930", from_ms=mid, to_ms=mid + DAY), limit=100),
+            "list answered >= 5 min, 1 day": lambda: store.list_calls(
+                CdrFilter(dispositions=("answered",), min_duration_ms=300_000, from_ms=mid,
+                          to_ms=mid + DAY), limit=100),
+            "get one call": lambda: store.get_call(first_page[0]["cdr_id"]),
+            "stats per day, 30 days": lambda: store.stats(CdrFilter(), period="day"),
+            "stats per hour by gateway, 1 day": lambda: store.stats(
+                CdrFilter(from_ms=mid, to_ms=mid + DAY), period="hour", group_by="gateway"),
+            "stats per month by prefix(2)": lambda: store.stats(
+                CdrFilter(), period="month", group_by="prefix", prefix_len=2),
+        }
+        latencies = {}
+        for name, fn in queries.items():
+            fn()                                 # warm
+            samples = []
+            for _ in range(args.repeat):
+                q0 = time.perf_counter()
+                fn()
+                samples.append((time.perf_counter() - q0) * 1000)
+            latencies[name] = {"p50_ms": round(pct(samples, 0.5), 1), "p99_ms": round(pct(samples, 0.99), 1)}
+        stored_calls = store.stats(CdrFilter(), period="month")
+        result = {
+            "backend": backend.kind, "rows": len(legs), "calls": calls, "batch": args.batch,
+            "insert_rows_per_s": round(len(legs) / insert_s),
+            "insert_batch_p50_ms": round(pct(per_batch, 0.5), 1),
+            "insert_batch_p99_ms": round(pct(per_batch, 0.99), 1),
+            "calls_counted_after_duplicates": sum(r["attempts"] for r in stored_calls),
+            "queries": latencies,
+        }
+        return result
+    finally:
+        backend.close()
+        if server is not None:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# -- pipeline mode -----------------------------------------------------------------------
+
+def run_pipeline(args) -> dict:
+    from api.broker import EmbeddedBroker, free_port
+    from bench.cdr_pipeline import Worker, collect_rows, produce_calls_async, write_config
+    from proxy.contract.kafka import ensure_topics_sync
+    from tests.harness.broker import create_standard_topics, settings_for
+
+    work = Path(tempfile.mkdtemp(prefix="cdr-pipeline-ch-"))
+    data = work / "data"
+    broker = EmbeddedBroker(log_path=work / "tansu.log").start()
+    workers, serve = [], None
+    try:
+        create_standard_topics(broker)
+        ensure_topics_sync(settings_for(broker), {"cdr.records": 6})
+        config = write_config(work / "sipledger.toml", batch_size=args.batch_size,
+                              batch_window_ms=args.batch_window_ms, silence_seconds=3600,
+                              app_id=f"bench-cdr-{os.getpid()}")
+        # the processor's [cdr] section only; api.serve gets its own file
+        serve_config = work / "serve.toml"
+        serve_config.write_text(f"[clickhouse]\nbatch_rows = {args.sink_rows}\n"
+                                f"batch_ms = {args.sink_ms}\nconsumer_group = \"bench-sink\"\n")
+        port = free_port()
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "api.serve", "--data-dir", str(data), "--config", str(serve_config),
+             "--bootstrap", broker.bootstrap, "--api-port", str(port)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        line = serve.stdout.readline().strip()
+        if not line.startswith("API READY"):
+            raise RuntimeError(f"api.serve did not start: {line} {serve.stderr.read()[-2000:]}")
+        workers = [Worker(broker.bootstrap, work, config, i).start() for i in range(args.workers)]
+        for w in workers:
+            w.wait_ready(60)
+        time.sleep(4)       # the sink's group join (Tansu holds it ~3 s)
+        token = _admin_token(data)
+
+        arrivals: dict = {}
+
+        async def load():
+            # the rows' arrival on cdr.records too: splits the latency into
+            # processor (event -> row) and sink (row -> queryable)
+            collector = asyncio.create_task(collect_rows(broker.bootstrap, "cdr.records", args.calls,
+                                                         timeout=args.timeout, arrivals=arrivals))
+            t_start = time.time()
+            calls = await produce_calls_async(broker.bootstrap, args.calls, args.rate,
+                                              talk_ms=args.talk_ms, time_scale=args.time_scale)
+            t_produced = time.time()
+            await collector
+            return calls, t_start, t_produced
+
+        calls, t_start, t_produced = asyncio.run(load())
+        # wait until every call is queryable through the API
+        import httpx
+        deadline = time.monotonic() + args.timeout
+        counted, seen = 0, []
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}",
+                          headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+            while time.monotonic() < deadline:
+                q0 = time.perf_counter()
+                rows = client.get("/v1/stats", params={"period": "month"}).json()["rows"]
+                seen.append((time.perf_counter() - q0) * 1000)
+                counted = sum(r["attempts"] for r in rows)
+                if counted >= args.calls:
+                    break
+                time.sleep(0.25)
+            api_latency = []
+            for _ in range(20):
+                q0 = time.perf_counter()
+                client.get("/v1/cdrs", params={"limit": 100})
+                api_latency.append((time.perf_counter() - q0) * 1000)
+        t_all_in = time.time()
+        serve.send_signal(signal.SIGTERM)
+        _, err = serve.communicate(timeout=60)
+        sink_stats = next((json.loads(l.split(" ", 2)[2]) for l in err.splitlines()
+                           if l.startswith("SINK STATS ")), {})
+        serve = None
+        # first insert time of every leg -> when each call became queryable
+        from cdr.store.backend import ChdbBackend
+        backend = ChdbBackend(data / "clickhouse")
+        try:
+            first = dict(backend.query(
+                "SELECT cdr_id, max(first_version) FROM (SELECT cdr_id, leg, min(version) AS first_version "
+                "FROM cdr GROUP BY cdr_id, leg) GROUP BY cdr_id"))
+            rows_stored = backend.query("SELECT count() FROM cdr FINAL")[0][0]
+        finally:
+            backend.close()
+        latencies, queryable, to_topic, topic_to_store = [], [], [], []
+        for call in calls:
+            cid = cdr_id_for(call.call_id, "ft" + call.call_id[-8:])
+            if cid in first and call.end_wall_ms:
+                latencies.append(first[cid] - call.end_wall_ms)
+                queryable.append(first[cid])
+                if cid in arrivals:
+                    to_topic.append(arrivals[cid][0] - call.end_wall_ms)
+                    topic_to_store.append(first[cid] - arrivals[cid][0])
+        span_s = ((max(queryable) - min(queryable)) / 1000) if len(queryable) > 1 else float("nan")
+        result = {
+            "calls": args.calls, "offered_rate": args.rate, "workers": args.workers,
+            "sink_batch_rows": args.sink_rows, "sink_batch_ms": args.sink_ms,
+            "queryable_calls": len(latencies), "rows_stored": rows_stored,
+            "produce_s": round(t_produced - t_start, 2),
+            "achieved_offered_rate": round(args.calls / max(t_produced - t_start, 1e-9), 1),
+            "calls_per_s_into_clickhouse": round(len(queryable) / span_s, 1) if queryable else 0,
+            "rows_per_s_into_clickhouse": round(rows_stored / span_s, 1) if queryable else 0,
+            "drain_after_produce_s": round(max(queryable) / 1000 - t_produced, 2) if queryable else None,
+            "last_event_to_queryable_p50_ms": round(pct(latencies, 0.5), 1),
+            "last_event_to_queryable_p99_ms": round(pct(latencies, 0.99), 1),
+            "last_event_to_queryable_max_ms": round(max(latencies), 1) if latencies else None,
+            "last_event_to_topic_p50_ms": round(pct(to_topic, 0.5), 1),
+            "last_event_to_topic_p99_ms": round(pct(to_topic, 0.99), 1),
+            "topic_to_queryable_p50_ms": round(pct(topic_to_store, 0.5), 1),
+            "topic_to_queryable_p99_ms": round(pct(topic_to_store, 0.99), 1),
+            "sink": sink_stats,
+            "api_list_p50_ms": round(pct(api_latency, 0.5), 1),
+            "api_stats_p50_ms_under_load": round(pct(seen, 0.5), 1),
+            "all_in_after_produce_s": round(t_all_in - t_produced, 2),
+        }
+        return result
+    finally:
+        if serve is not None and serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGTERM)
+            serve.wait(30)
+        for w in workers:
+            w.stop()
+        broker.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print("kept", work)
+
+
+def run_sink(args) -> dict:
+    """CdrLeg rows straight into cdr.records at ``--rate`` calls/s (no processor):
+    the sink + ClickHouse half of the pipeline at a given load, in the
+    embedded-topology process."""
+    from aiokafka import AIOKafkaProducer
+
+    from api.broker import EmbeddedBroker, free_port
+    from proxy.contract.kafka import ensure_topics_sync, producer_kwargs
+    from tests.harness.broker import settings_for
+
+    work = Path(tempfile.mkdtemp(prefix="cdr-sink-bench-"))
+    data = work / "data"
+    broker = EmbeddedBroker(log_path=work / "tansu.log").start()
+    serve = None
+    try:
+        settings = settings_for(broker)
+        ensure_topics_sync(settings, {"cdr.records": 6})
+        config = work / "serve.toml"
+        config.write_text(f"[clickhouse]\nbatch_rows = {args.sink_rows}\nbatch_ms = {args.sink_ms}\n")
+        port = free_port()
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "api.serve", "--data-dir", str(data), "--config", str(config),
+             "--bootstrap", broker.bootstrap, "--api-port", str(port)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        if not serve.stdout.readline().startswith("API READY"):
+            raise RuntimeError(f"api.serve did not start: {serve.stderr.read()[-2000:]}")
+        time.sleep(4)       # the sink's group join (Tansu holds it ~3 s)
+        legs, calls = synthetic_legs(int(args.calls * 1.1), int(time.time() * 1000) - DAY)
+        by_call: dict[str, list] = {}
+        for leg in legs:
+            by_call.setdefault(leg.cdr_id, []).append(leg)
+        acked: dict[str, int] = {}
+
+        async def load():
+            import msgspec
+            producer = AIOKafkaProducer(**producer_kwargs(settings, linger_ms=5,
+                                                          max_batch_size=256 * 1024))
+            await producer.start()
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            pending = []
+            try:
+                for i, (cid, call_legs) in enumerate(by_call.items()):
+                    delay = t0 + i / args.rate - loop.time()
+                    if delay > 0.002:
+                        await asyncio.sleep(delay)
+                    for leg in call_legs:
+                        fut = await producer.send("cdr.records", msgspec.json.encode(leg), key=cid.encode())
+                        pending.append(fut)
+                    fut.add_done_callback(lambda _f, cid=cid: acked.__setitem__(cid, int(time.time() * 1000)))
+                    if len(pending) > 5000:
+                        await asyncio.gather(*pending)
+                        pending.clear()
+                await asyncio.gather(*pending)
+            finally:
+                await producer.stop()
+            return loop.time() - t0
+
+        t_start = time.time()
+        produce_s = asyncio.run(load())
+        token = _admin_token(data)
+        import httpx
+        deadline = time.monotonic() + args.timeout
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}",
+                          headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+            while time.monotonic() < deadline:
+                rows = client.get("/v1/stats", params={"period": "month"}).json()["rows"]
+                if sum(r["attempts"] for r in rows) >= len(by_call):
+                    break
+                time.sleep(0.25)
+        serve.send_signal(signal.SIGTERM)
+        _, err = serve.communicate(timeout=60)
+        sink_stats = next((json.loads(l.split(" ", 2)[2]) for l in err.splitlines()
+                           if l.startswith("SINK STATS ")), {})
+        serve = None
+        from cdr.store.backend import ChdbBackend
+        backend = ChdbBackend(data / "clickhouse")
+        try:
+            first = dict(backend.query(
+                "SELECT cdr_id, max(first_version) FROM (SELECT cdr_id, leg, min(version) AS first_version "
+                "FROM cdr GROUP BY cdr_id, leg) GROUP BY cdr_id"))
+            rows_stored = backend.query("SELECT count() FROM cdr FINAL")[0][0]
+        finally:
+            backend.close()
+        latencies = [first[cid] - acked[cid] for cid in by_call if cid in first and cid in acked]
+        span_s = (max(first.values()) - min(first.values())) / 1000 if len(first) > 1 else float("nan")
+        return {
+            "mode": "sink", "calls": len(by_call), "rows": len(legs), "offered_rate": args.rate,
+            "achieved_offered_calls_per_s": round(len(by_call) / produce_s, 1),
+            "sink_batch_rows": args.sink_rows, "sink_batch_ms": args.sink_ms,
+            "queryable_calls": len(first), "rows_stored": rows_stored,
+            "rows_per_s_into_clickhouse": round(rows_stored / span_s, 1),
+            "calls_per_s_into_clickhouse": round(len(first) / span_s, 1),
+            "produce_to_queryable_p50_ms": round(pct(latencies, 0.5), 1),
+            "produce_to_queryable_p99_ms": round(pct(latencies, 0.99), 1),
+            "produce_to_queryable_max_ms": max(latencies) if latencies else None,
+            "sink": sink_stats, "started": t_start,
+        }
+    finally:
+        if serve is not None and serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGTERM)
+            serve.wait(30)
+        broker.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _admin_token(data: Path) -> str:
+    from api.tokens import open_store
+    store = open_store(data)
+    try:
+        return store.create("admin", name=f"bench-{uuid.uuid4().hex[:6]}")[1]
+    finally:
+        store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pipeline", action="store_true", help="the whole path, events to ClickHouse")
+    parser.add_argument("--sink", action="store_true",
+                        help="CdrLeg rows into cdr.records at --rate calls/s: sink + ClickHouse only")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="store mode: legs to insert")
+    parser.add_argument("--batch", type=int, default=5000, help="store mode: rows per insert")
+    parser.add_argument("--repeat", type=int, default=30, help="store mode: runs per query")
+    parser.add_argument("--server", action="store_true", help="store mode: a clickhouse-server 18.16")
+    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--rate", type=float, default=2000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=1000, help="processor batch")
+    parser.add_argument("--batch-window-ms", type=int, default=20)
+    parser.add_argument("--sink-rows", type=int, default=5000)
+    parser.add_argument("--sink-ms", type=int, default=200)
+    parser.add_argument("--talk-ms", type=int, default=20000)
+    parser.add_argument("--time-scale", type=float, default=0.1)
+    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--keep", action="store_true")
+    args = parser.parse_args(argv)
+    if args.pipeline:
+        r = run_pipeline(args)
+        print(f"{r['queryable_calls']}/{r['calls']} calls queryable; offered {args.rate:g}/s "
+              f"(achieved {r['achieved_offered_rate']}/s)")
+        print(f"into ClickHouse: {r['calls_per_s_into_clickhouse']} calls/s, "
+              f"{r['rows_per_s_into_clickhouse']} rows/s sustained; drained "
+              f"{r['drain_after_produce_s']} s after the last event")
+        print(f"last event -> queryable: p50 {r['last_event_to_queryable_p50_ms']} ms, "
+              f"p99 {r['last_event_to_queryable_p99_ms']} ms, max {r['last_event_to_queryable_max_ms']} ms "
+              f"(+ insert time, max {round(r['sink'].get('max_insert_s', 0) * 1000, 1)} ms)")
+        print(f"  of which processor (event -> cdr.records): p50 {r['last_event_to_topic_p50_ms']} ms, "
+              f"p99 {r['last_event_to_topic_p99_ms']} ms; sink (cdr.records -> queryable): "
+              f"p50 {r['topic_to_queryable_p50_ms']} ms, p99 {r['topic_to_queryable_p99_ms']} ms")
+        print("RESULT " + json.dumps(r))
+        return 0 if r["queryable_calls"] == r["calls"] else 1
+    if args.sink:
+        r = run_sink(args)
+        print(f"{r['queryable_calls']}/{r['calls']} calls ({r['rows']} rows) queryable; offered "
+              f"{args.rate:g} calls/s (achieved {r['achieved_offered_calls_per_s']}/s)")
+        print(f"into ClickHouse: {r['calls_per_s_into_clickhouse']} calls/s, "
+              f"{r['rows_per_s_into_clickhouse']} rows/s; produce ack -> queryable: "
+              f"p50 {r['produce_to_queryable_p50_ms']} ms, p99 {r['produce_to_queryable_p99_ms']} ms "
+              f"(+ insert time, max {round(r['sink'].get('max_insert_s', 0) * 1000, 1)} ms)")
+        print("RESULT " + json.dumps(r))
+        return 0 if r["queryable_calls"] == r["calls"] else 1
+    r = run_store(args)
+    print(f"{r['backend']}: inserted {r['rows']} legs ({r['calls']} calls) in batches of {r['batch']}: "
+          f"{r['insert_rows_per_s']} rows/s (batch p50 {r['insert_batch_p50_ms']} ms, "
+          f"p99 {r['insert_batch_p99_ms']} ms)")
+    for name, q in r["queries"].items():
+        print(f"  {name:<36} p50 {q['p50_ms']:>8} ms   p99 {q['p99_ms']:>8} ms")
+    print("RESULT " + json.dumps(r))
+    return 0 if r["calls_counted_after_duplicates"] == r["calls"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
