@@ -18,6 +18,8 @@ class ProxySettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     invite_timeout_seconds: float = 120.0   # Timer C: no final answer on a branch
     static_route: str = ""              # relay target for unknown users of local domains
     trusted_sources: tuple[str, ...] = ()     # CIDRs that are never challenged
+    routing_script: str = ""            # path of a routing module; "" = proxy/script/default.py
+    forward_depth: int = 5              # forwarding chain length before a loop is assumed
     max_forwards: int = 70
     t1: float = 0.5
     t2: float = 4.0

@@ -85,7 +85,26 @@ def example_json(record: msgspec.Struct) -> str:
     return msgspec.json.format(msgspec.json.encode(record), indent=2).decode()
 
 
+def update_doc(path: str) -> int:
+    """Rewrite the JSON example under each `### `type`` heading of the doc."""
+    import re
+    doc = open(path).read()
+    replaced = 0
+    for record in [*example_events(), *example_commands()]:
+        pattern = re.compile(r"(### `" + re.escape(tag(record)) + r"`.*?)```json\n.*?\n```", re.S)
+        block = f"```json\n{example_json(record)}\n```"
+        doc, n = pattern.subn(lambda m: m.group(1) + block, doc, count=1)
+        replaced += n
+    open(path, "w").write(doc)
+    return replaced
+
+
 def main() -> None:
+    """Print every example; with --update FILE, rewrite the examples in FILE instead."""
+    import sys
+    if len(sys.argv) == 3 and sys.argv[1] == "--update":
+        print(f"updated {update_doc(sys.argv[2])} examples in {sys.argv[2]}")
+        return
     for record in [*example_events(), *example_commands()]:
         print(f"### `{tag(record)}`\n\n```json\n{example_json(record)}\n```\n")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import io
+import logging
 import queue
 import re
 import threading
@@ -32,6 +33,10 @@ from .sqlbind import bind
 __all__ = ["Backend", "BackendError", "ChdbBackend", "ServerBackend", "open_backend"]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# clickhouse-driver logs each failed connect with a traceback; BackendError says
+# it in one line.  A NullHandler keeps that off a bare CLI's stderr, while a
+# process that configures logging (api.serve) still gets the records.
+logging.getLogger("clickhouse_driver").addHandler(logging.NullHandler())
 
 
 class BackendError(RuntimeError):
@@ -106,6 +111,21 @@ def _arrow_type(ch_type: str):
     raise BackendError(f"no Arrow mapping for ClickHouse type {ch_type}")
 
 
+def _locked_by_another_process(path: Path) -> bool:
+    """ClickHouse holds an exclusive flock on <path>/status while it runs."""
+    import fcntl
+    try:
+        with open(path / "status", "rb") as status:
+            try:
+                fcntl.flock(status, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(status, fcntl.LOCK_UN)
+    except OSError:
+        return False
+    return False
+
+
 class ChdbBackend(Backend):
     kind = "chdb"
 
@@ -118,6 +138,10 @@ class ChdbBackend(Backend):
         try:
             self._writer = sqlitelike.connect(str(self.path))
         except Exception as exc:
+            if _locked_by_another_process(self.path):
+                raise BackendError(
+                    f"chdb at {self.path} is open in another process (chdb allows one process "
+                    "per path: stop the API process (sipledger up / api.serve) first)") from None
             raise BackendError(f"chdb at {self.path}: {exc}") from None
         self._reader = None
         self._write_lock = threading.Lock()

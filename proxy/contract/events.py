@@ -53,6 +53,9 @@ class Leg(msgspec.Struct, frozen=True):
     parent: int | None = None
     cause: Literal["initial", "fork", "forward", "failover"] = "initial"
     destination: str | None = None   # ip:port/transport the request went to
+    gateway: str | None = None       # gateway name when routed to a PSTN gateway
+    reason: str | None = None        # why a forward leg exists: unconditional | busy | no_answer | unavailable
+    forwarded_by: str | None = None  # the subscriber (user@domain) whose forwarding made this leg
 
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):

@@ -25,7 +25,8 @@ CANCEL_REASON_ANSWERED = reason_header(200, "Call completed elsewhere")
 
 class Branch:
     __slots__ = ("index", "parent", "cause", "request", "target", "branch_id", "driver",
-                 "provisional", "progressed", "final", "cancel_wanted", "cancel_sent", "timer_c", "target_uri")
+                 "provisional", "progressed", "final", "cancel_wanted", "cancel_sent", "timer_c",
+                 "target_uri", "gateway", "no_answer")
 
     def __init__(self, index: int, parent: int | None, cause: str, request: SipMessage,
                  target: Target, branch_id: str, target_uri: str):
@@ -43,6 +44,8 @@ class Branch:
         self.cancel_wanted = False
         self.cancel_sent = False
         self.timer_c = None
+        self.gateway = ""
+        self.no_answer = False         # Timer C / ring timeout cancelled it: its 487 means 408
 
 
 class ProxyCall:
@@ -66,17 +69,23 @@ class ProxyCall:
         self.answered = False
         self.replied = False                     # a final response went upstream
         self.cancelled = False
+        # when every branch failed: may start new branches (failover, forwarding)
+        self.failure_handler: Callable[["ProxyCall", SipMessage], bool] | None = None
+        self.ring_timeout_s: float | None = None
         server.on_message = self._on_server_message
         server.on_terminated = self._on_server_terminated
 
     # -- branches -----------------------------------------------------------
     def fork(self, targets: list[tuple[str, Target]], *, cause: str = "initial",
-             parent: int | None = None, record_route: bool = False) -> None:
+             parent: int | None = None, record_route: bool = False, gateway: str = "",
+             reason: str | None = None, forwarded_by: str | None = None) -> None:
         for uri, target in targets:
-            self._start_branch(uri, target, cause, parent, record_route)
+            self._start_branch(uri, target, cause, parent, record_route,
+                               gateway=gateway, reason=reason, forwarded_by=forwarded_by)
 
     def _start_branch(self, uri: str, target: Target, cause: str, parent: int | None,
-                      record_route: bool) -> None:
+                      record_route: bool, *, gateway: str = "", reason: str | None = None,
+                      forwarded_by: str | None = None) -> None:
         core = self.core
         out = self.request.copy()
         out.uri = uri
@@ -88,6 +97,7 @@ class ProxyCall:
         branch_id = new_branch()
         out.prepend("via", core.node.via(target.transport, branch_id))
         branch = Branch(len(self.branches), parent, cause, out, target, branch_id, uri)
+        branch.gateway = gateway
         self.branches.append(branch)
         reliable = target.transport != "udp"
         if self.is_invite:
@@ -101,11 +111,11 @@ class ProxyCall:
             on_transport_failed=lambda b=branch: self._on_branch_timeout(b, 503, "Service Unavailable"))
         if self.track:
             leg = ev.Leg(index=branch.index, branch=branch_id, parent=parent, cause=cause,
-                         destination=str(target))
+                         destination=str(target), gateway=gateway or None, reason=reason,
+                         forwarded_by=forwarded_by)
             core.emit(core.events.invite_routed(self.request, leg, uri))
         if self.is_invite:
-            branch.timer_c = core.effects.call_later(core.settings.invite_timeout_seconds,
-                                                     self._on_timer_c, branch)
+            branch.timer_c = core.effects.call_later(self._timer_c_delay(), self._on_timer_c, branch)
         branch.driver.run(machine.start())
 
     def _pending(self) -> list[Branch]:
@@ -123,6 +133,9 @@ class ProxyCall:
         if branch.final is not None:
             return                      # already given up on this branch (Timer C / 408)
         self._stop_timer_c(branch)
+        if status == 487 and branch.no_answer and not self.cancelled:
+            # our own no-answer CANCEL: to failure handlers and the caller it is a timeout
+            resp.status, resp.reason, status = 408, "Request Timeout (no answer)", 408
         branch.final = status
         self.responses.append(resp)
         if self.track:
@@ -140,10 +153,11 @@ class ProxyCall:
             return                      # hop by hop: absorbed here (§16.7 step 5)
         first = not branch.progressed
         branch.progressed = True
-        if branch.timer_c is not None:  # §16.8: Timer C restarts on provisional responses
+        if branch.timer_c is not None and self.ring_timeout_s is None:
+            # §16.8: Timer C restarts on provisional responses; a ring timeout
+            # (forward on no answer) counts from the start of the branch instead
             branch.timer_c.cancel()
-            branch.timer_c = self.core.effects.call_later(
-                self.core.settings.invite_timeout_seconds, self._on_timer_c, branch)
+            branch.timer_c = self.core.effects.call_later(self._timer_c_delay(), self._on_timer_c, branch)
         if first and self.track:
             self.core.emit(self.core.events.make(ev.CallProgress, self.request, to_tag=_to_tag(resp),
                                                  leg=branch.index, code=resp.status,
@@ -181,11 +195,16 @@ class ProxyCall:
                                                  code=status, reason=reason))
         self._maybe_finish()
 
+    def _timer_c_delay(self) -> float:
+        return self.ring_timeout_s if self.ring_timeout_s is not None \
+            else self.core.settings.invite_timeout_seconds
+
     def _on_timer_c(self, branch: Branch) -> None:
         branch.timer_c = None
         if branch.final is not None:
             return
         if branch.provisional:
+            branch.no_answer = True
             self._send_cancel(branch, reason_header(408, "No answer"))  # the 487 ends the branch
         else:
             self._on_branch_timeout(branch)
@@ -253,6 +272,12 @@ class ProxyCall:
         if self.replied or self.answered or self._pending():
             return
         best = self._best_response()
+        if self.failure_handler is not None and not self.cancelled:
+            outcome = best if best is not None else make_response(self.request, 408, "Request Timeout")
+            if self.failure_handler(self, outcome):
+                self.responses.clear()     # the new branches' outcome is what counts now
+                self.synthetic.clear()
+                return
         if best is None:
             resp = make_response(self.request, 408, "Request Timeout")
             self._send_upstream(resp)

@@ -19,7 +19,8 @@ from ..core.location import LocationStore
 from ..core.registrar import Registrar
 from ..core.node import LocalNode
 from ..core.ports import Target
-from ..core.routing import DefaultRouting
+from ..script.loader import load_script
+from ..script.runner import ScriptRouting
 from ..events.control import ControlConsumer
 from ..events.outbox import Outbox
 from ..events.publisher import EventPublisher
@@ -140,7 +141,7 @@ class Worker:
                     events=CallEventFactory(cfg.node.name, self.index),
                     provisioning=provisioning, authenticator=authenticator, location=location,
                     registrar=Registrar(location, cfg.registrar))
-        self.engine = Engine(core, DefaultRouting(core))
+        self.engine = Engine(core, ScriptRouting(core, load_script(px.routing_script)))
         self.handoff = None
         if shared:   # read the shared public socket only once the engine exists
             self.handoff = Handoff(self.data_dir / "run", self.index, self.workers, self._deliver_handed)

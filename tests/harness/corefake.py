@@ -13,7 +13,8 @@ from proxy.core.location import LocationStore
 from proxy.core.node import LocalNode
 from proxy.core.ports import Target
 from proxy.core.registrar import Registrar
-from proxy.core.routing import DefaultRouting
+from proxy.script.loader import load_script
+from proxy.script.runner import ScriptRouting
 from proxy.provisioning.live import LiveProvisioning
 from proxy.provisioning.store import ProvisioningStore
 from proxy.settings import ProxySettings
@@ -85,7 +86,7 @@ class CoreRig:
                          events=CallEventFactory("test-proxy", 0), provisioning=self.live,
                          authenticator=DigestAuthenticator(b"k" * 32) if auth else None,
                          location=self.location, registrar=Registrar(self.location))
-        self.engine = Engine(self.core, DefaultRouting(self.core))
+        self.engine = Engine(self.core, ScriptRouting(self.core, load_script(None)))
 
     def reload(self):
         self.live.maybe_reload(float("inf"))

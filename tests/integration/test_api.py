@@ -261,9 +261,10 @@ async def test_sink_inserts_from_the_broker_and_duplicates_collapse(broker, kafk
     app = create_app(store, tokens)
     legs = synthetic_calls(60, sample_t0())
     try:
-        # every leg twice (at-least-once upstream), plus one record nobody can store
+        # every leg twice (at-least-once upstream), plus two records nobody can store
+        out_of_range = msgspec.structs.replace(legs[0], cdr_id=str(uuid.uuid4()), leg=70_000)
         await produce(kafka_settings, topic, [leg_json(leg) for leg in legs] + [(b"x", b"{not json")]
-                      + [leg_json(leg) for leg in reversed(legs)])
+                      + [leg_json(out_of_range)] + [leg_json(leg) for leg in reversed(legs)])
         sink = CdrSink(store, kafka_settings, topic=topic, group_id=f"sink-{uuid.uuid4().hex[:6]}",
                        batch_rows=50, batch_ms=50, partitions=3)
         task = asyncio.create_task(sink.run())
@@ -271,7 +272,7 @@ async def test_sink_inserts_from_the_broker_and_duplicates_collapse(broker, kafk
                                      base_url="http://api", headers=auth(admin)) as client:
 
             async def all_rows_in():
-                return sink.stats.received == 2 * len(legs) + 1 and sink.stats.inserted == 2 * len(legs)
+                return sink.stats.received == 2 * len(legs) + 2 and sink.stats.inserted == 2 * len(legs)
             await wait_for(all_rows_in, "the sink to insert every record")
             items, cursor = [], None
             while True:
@@ -286,19 +287,19 @@ async def test_sink_inserts_from_the_broker_and_duplicates_collapse(broker, kafk
             assert [leg["leg"] for leg in detail["legs_detail"]] == [0, 1]
             stats = (await client.get("/v1/stats", params={"period": "month"})).json()["rows"]
             assert (stats[0]["attempts"], stats[0]["answered"]) == (60, 30)
-        assert sink.stats.rejected == 1
+        assert sink.stats.rejected == 2
         sink.stop()
         await asyncio.wait_for(task, 30)
         # offsets were committed after the inserts, up to the end of every partition
         assert sum((await committed_offsets(kafka_settings, topic, sink.group_id, 3)).values()) == \
-            2 * len(legs) + 1
+            2 * len(legs) + 2
         # a replay from offset 0 (a new group) changes nothing
         replay = CdrSink(store, kafka_settings, topic=topic, group_id=f"replay-{uuid.uuid4().hex[:6]}",
                          batch_rows=1000, batch_ms=50, partitions=3)
         task = asyncio.create_task(replay.run())
 
         async def replayed():
-            return replay.stats.received == 2 * len(legs) + 1 and replay.stats.batches >= 1
+            return replay.stats.received == 2 * len(legs) + 2 and replay.stats.batches >= 1
         await wait_for(replayed, "the replay")
         replay.stop()
         await asyncio.wait_for(task, 30)

@@ -111,6 +111,16 @@ def test_uri_user():
     assert rows.uri_user("") == ""
 
 
+def test_unstorable_values_are_named():
+    base = sample_calls()["c1"][0]
+    assert rows.problem(base) is None
+    for field, (low, high) in rows._RANGES.items():
+        assert rows.problem(msgspec.structs.replace(base, **{field: high})) is None
+        assert field in rows.problem(msgspec.structs.replace(base, **{field: high + 1}))
+        assert field in rows.problem(msgspec.structs.replace(base, **{field: low - 1}))
+    assert rows.problem(msgspec.structs.replace(base, cdr_id="")) == "empty cdr_id"
+
+
 def test_cursor_is_opaque_and_checked():
     cursor = Cursor(1_764_000_000_123, str(uuid.uuid4()))
     assert Cursor.decode(cursor.encode()) == cursor

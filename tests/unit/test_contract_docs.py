@@ -64,7 +64,7 @@ def test_there_is_an_example_of_every_type():
 @pytest.mark.parametrize("record", [*gen.example_events(), *gen.example_commands()], ids=gen.tag)
 def test_examples_in_the_doc_are_the_generated_ones(record):
     assert f"```json\n{gen.example_json(record)}\n```" in section(gen.tag(record)), (
-        f"the example of {gen.tag(record)} is stale: run scripts/gen_event_examples.py")
+        f"the example of {gen.tag(record)} is stale: run scripts/gen_event_examples.py --update docs/events.md")
 
 
 def test_no_section_for_a_type_that_does_not_exist():

@@ -1,0 +1,1 @@
+"""Routing scripts: the request context and its verbs, the loader, the default script."""

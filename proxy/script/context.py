@@ -1,0 +1,435 @@
+"""The request context a routing script works on: opensips.cfg's verbs as methods.
+
+A routing module defines ``route(ctx)`` (the request route) and may install
+failure handlers with ``ctx.on_failure(fn)``; ``fn(ctx, response)`` runs when
+every branch of the call failed and may start new branches (gateway failover,
+call forwarding) or let the failure go back to the caller.  Verbs that answer
+the request themselves (``authenticate`` challenging, ``reply``) end the
+request: a script checks their result and returns, as OpenSIPS scripts `exit`.
+"""
+from __future__ import annotations
+
+import ipaddress
+import time
+from typing import TYPE_CHECKING, Callable
+
+from ..contract import events as ev
+from ..core.digest import find_credentials
+from ..core.forwarding import ProxyCall
+from ..core.location import LocationError
+from ..core.ports import Target
+from ..sip.message import SipMessage
+from ..sip.uri import SipUri, UriError, parse_name_addr, parse_uri
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..core.engine import Core
+    from ..core.txdriver import TxDriver
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO, PRACK, MESSAGE, SUBSCRIBE, NOTIFY, REFER"
+RECORD_ROUTED = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+_FAILURE_REASONS = {"wrong-password": "Forbidden (wrong password)",
+                    "unknown-user": "Forbidden (unknown user)",
+                    "replay": "Forbidden (replayed credentials)"}
+
+FailureHandler = Callable[["RequestContext", SipMessage], None]
+
+
+class ForwardingPrefs:
+    """What a subscriber's calls do when unanswered (targets are URIs or None)."""
+    __slots__ = ("always", "busy", "no_answer", "no_answer_timeout", "unavailable")
+
+    def __init__(self, always=None, busy=None, no_answer=None, no_answer_timeout=20, unavailable=None):
+        self.always = always
+        self.busy = busy
+        self.no_answer = no_answer
+        self.no_answer_timeout = no_answer_timeout
+        self.unavailable = unavailable
+
+
+NO_FORWARDING = ForwardingPrefs()
+
+
+class RequestContext:
+    """One initial request (and, in failure handlers, the call it became)."""
+
+    def __init__(self, core: "Core", request: SipMessage, server: "TxDriver", source: Target):
+        self.core = core
+        self.request = request
+        self.server = server
+        self.source = source
+        self.method = request.method or ""
+        self.account: str | None = None       # "user@domain" once authenticated
+        self.targets: list[tuple[str, Target]] = []
+        self.gateway_routes: list = []        # remaining failover routes (route_to_gateways)
+        self.gateway: str = ""                # gateway of the current branch
+        self.max_duration_s: int | None = None
+        self.ring_timeout_s: float | None = None
+        self.failure_handlers: list[FailureHandler] = []
+        self.call: ProxyCall | None = None
+        self.replied = False
+        self.announced = False
+        self.forwards: list[str] = []         # targets forwarded to (loop and depth guard)
+        self.branch_cause = "initial"
+        self.forward_reason: str | None = None
+        self.forwarded_by: str | None = None
+        self.parent_leg: int | None = None
+        self.vars: dict = {}                  # free for the script ($avp / $var)
+
+    # -- facts ------------------------------------------------------------------
+    @property
+    def ruri(self) -> SipUri:
+        return parse_uri(self.request.uri or "")
+
+    @property
+    def from_uri(self) -> SipUri:
+        return parse_uri(parse_name_addr(self.request.get("from") or "").uri)
+
+    @property
+    def to_uri(self) -> SipUri:
+        return parse_uri(parse_name_addr(self.request.get("to") or "").uri)
+
+    @property
+    def source_ip(self) -> str:
+        return self.source.host
+
+    @property
+    def provisioning(self):
+        return self.core.provisioning.snapshot if self.core.provisioning is not None else None
+
+    @property
+    def routing_data(self):
+        live = getattr(self.core, "routing_data", None)
+        return live.snapshot if live is not None else None
+
+    def local_domains(self) -> set[str]:
+        domains = set(self.core.settings.domains)
+        if self.provisioning is not None:
+            domains |= set(self.provisioning.domains)
+        return domains
+
+    def served_domain(self, uri: SipUri) -> str | None:
+        """The served domain a URI names (our own address counts as the only
+        served domain when there is exactly one), or None: `uri == myself`."""
+        host = uri.host.lower()
+        domains = self.local_domains()
+        if host in domains:
+            return host
+        if self.core.node.is_me(host, uri.port):
+            return sorted(domains)[0] if len(domains) == 1 else host
+        return None
+
+    def is_from_local(self) -> bool:
+        return self.from_uri.host.lower() in self.local_domains()
+
+    def is_to_local(self) -> bool:
+        return self.served_domain(self.ruri) is not None
+
+    def is_trusted(self) -> bool:
+        """Permissions: the source is a trusted peer (gateway, SBC), never challenged."""
+        if self.core.is_trusted(self.source.host):
+            return True
+        data = self.routing_data
+        return bool(data is not None and data.is_trusted(self.source.host, self.source.transport))
+
+    # -- authentication --------------------------------------------------------------
+    def authenticate(self, realm: str | None = None) -> bool:
+        """www_authorize / proxy_authorize: True when the request carries valid
+        credentials of the From user (To user for REGISTER); otherwise the
+        challenge (401/407) or the refusal (403) has been sent."""
+        core = self.core
+        if core.authenticator is None:
+            return True
+        register = self.method == "REGISTER"
+        user_uri = self.to_uri if register else self.from_uri
+        realm = realm or user_uri.host.lower()
+        header, code, challenge = ("authorization", 401, "www-authenticate") if register \
+            else ("proxy-authorization", 407, "proxy-authenticate")
+        now = time.time()
+        value = find_credentials(self.request, header, realm)
+        if value is None:
+            self._challenge(code, challenge, realm, now, stale=False)
+            return False
+        result = core.authenticator.verify(self.method, value, realm, self.provisioning.credentials,
+                                           now, request_uri=self.request.uri)
+        if result.stale:
+            self._challenge(code, challenge, realm, now, stale=True)
+            return False
+        if not result.ok:
+            self.reply(403, _FAILURE_REASONS.get(result.reason, f"Forbidden ({result.reason})"))
+            return False
+        if result.username != user_uri.user:
+            self.reply(403, "Forbidden (From/authentication user mismatch)")
+            return False
+        # credentials for our realm stop here (RFC 3261 §22.3)
+        self.request.headers = [h for h in self.request.headers if not (h[0] == header and h[2] is value)]
+        self.account = f"{result.username}@{realm}"
+        return True
+
+    def _challenge(self, code: int, header: str, realm: str, now: float, *, stale: bool) -> None:
+        values = self.core.authenticator.challenge(realm, now, stale=stale)
+        self.replied = True
+        self.core.reply(self.server, self.request, code, None, headers=[(header, v) for v in values])
+
+    # -- registrar and location --------------------------------------------------------
+    def save_location(self) -> None:
+        """save("location"): apply the REGISTER and answer it."""
+        core = self.core
+        to = self.to_uri
+        domain = to.host.lower() if to.host.lower() in self.local_domains() else self.served_domain(self.ruri)
+        subscriber = self.provisioning.resolve(to.user, domain) if to.user and domain else None
+        if subscriber is None or core.registrar is None:
+            self.reply(404, "Not Found")
+            return
+        outcome = core.registrar.register(self.request, f"{subscriber[0]}@{subscriber[1]}",
+                                          (self.source.host, self.source.port, self.source.transport),
+                                          time.time())
+        headers = [("contact", v) for v in outcome.contact_values]
+        if outcome.min_expires is not None:
+            headers.append(("min-expires", str(outcome.min_expires)))
+        self.reply(outcome.status, outcome.reason, headers)
+
+    def subscriber(self, uri: SipUri | None = None) -> tuple[str, str] | None:
+        """The local subscriber a URI reaches (aliases followed), or None."""
+        uri = uri or self.ruri
+        domain = self.served_domain(uri)
+        if domain is None or uri.user is None or self.provisioning is None:
+            return None
+        return self.provisioning.resolve(uri.user, domain)
+
+    def lookup(self, aor: str | None = None) -> int:
+        """lookup("location"): targets = every registered contact (parallel fork).
+        Returns 1 when found, -1 unknown user, -2 nobody registered (as OpenSIPS)."""
+        if aor is None:
+            sub = self.subscriber()
+            if sub is None:
+                return -1
+            aor = f"{sub[0]}@{sub[1]}"
+        core = self.core
+        try:
+            bindings = core.location.lookup(aor, time.time()) if core.location is not None else []
+        except LocationError:
+            bindings = []
+        targets = []
+        for binding in bindings:
+            hop = core.resolve(_nat_destination(binding))
+            if hop is not None:
+                targets.append((binding.contact, hop))
+        if not targets:
+            return -2
+        self.targets = targets
+        return 1
+
+    # -- request URI -------------------------------------------------------------------------
+    def rewrite_uri(self, uri: str) -> None:
+        parse_uri(uri)                        # refuse garbage early
+        self.request.uri = uri
+        self.targets = []
+
+    def set_ruri_user(self, user: str) -> None:
+        uri = self.ruri
+        self.rewrite_uri(str(SipUri(uri.scheme, user, None, uri.host, uri.port, dict(uri.params),
+                                    uri.headers)))
+
+    def dialplan(self, dpid: int) -> bool:
+        """dp_translate(dpid, "$rU/$rU"): rewrite the R-URI user by the first matching rule."""
+        data = self.routing_data
+        user = self.ruri.user
+        if data is None or user is None:
+            return False
+        result = data.translate(dpid, user)
+        if result is None:
+            return False
+        self.set_ruri_user(result[0])
+        return True
+
+    # -- policy ----------------------------------------------------------------------------------
+    def in_group(self, group: str) -> bool:
+        data = self.routing_data
+        if data is None or self.account is None:
+            return False
+        user, _, domain = self.account.partition("@")
+        return data.in_group(user, domain, group)
+
+    def destination_allowed(self) -> tuple[bool, str | None]:
+        """Group-restricted destinations (e.g. "00" needs "international")."""
+        data = self.routing_data
+        if data is None or self.account is None:
+            return True, None
+        user, _, domain = self.account.partition("@")
+        return data.allowed(user, domain, self.ruri.user or "")
+
+    def blacklisted(self, name: str = "default") -> bool:
+        data = self.routing_data
+        return bool(data is not None and self.ruri.user and data.blacklisted(name, self.ruri.user))
+
+    # -- gateways ------------------------------------------------------------------------------------
+    def route_to_gateways(self, group: str = "default") -> bool:
+        """do_routing(): targets = the first gateway for the R-URI number; the
+        others wait for `next_gateway()` in a failure handler."""
+        data = self.routing_data
+        number = self.ruri.user
+        if data is None or not number:
+            return False
+        routes = list(data.select(number, group, time.time(), self.request.call_id))
+        self.gateway_routes = routes
+        return self.next_gateway()
+
+    def next_gateway(self) -> bool:
+        """use_next_gw(): target the next gateway still in the list."""
+        while self.gateway_routes:
+            route = self.gateway_routes.pop(0)
+            target = self.core.resolve(route.uri)
+            if target is not None:
+                self.targets = [(route.uri, target)]
+                self.gateway = route.gateway.name
+                return True
+        return False
+
+    def static_route(self) -> bool:
+        """The configured catch-all next hop ([proxy] static_route), R-URI unchanged."""
+        uri = self.core.static_route
+        target = self.core.resolve(uri) if uri else None
+        if target is None:
+            return False
+        self.targets = [(self.request.uri or "", target)]
+        return True
+
+    # -- forwarding (avpops-style preferences) -----------------------------------------------------
+    def forwarding(self, subscriber: tuple[str, str] | None = None):
+        """The subscriber's forwarding preferences (empty ones when none are set)."""
+        subscriber = subscriber or self.subscriber()
+        data = self.routing_data
+        if data is None or subscriber is None:
+            return NO_FORWARDING
+        return data.forwarding(*subscriber) or NO_FORWARDING
+
+    def begin_forward(self, target: str, reason: str) -> bool:
+        """Point the request at a forwarding target as a new leg; False on a
+        loop or past the configured chain depth (the caller answers 482)."""
+        sub = self.subscriber()
+        by = f"{sub[0]}@{sub[1]}" if sub else (self.ruri.user or "")
+        if target in self.forwards or len(self.forwards) >= self.core.settings.forward_depth:
+            return False
+        self.forwards.append(target)
+        self.rewrite_uri(target)
+        self.branch_cause = "forward"
+        self.forward_reason = reason
+        self.forwarded_by = by
+        self.gateway = ""
+        return True
+
+    # -- outcome ------------------------------------------------------------------------------------
+    def set_max_duration(self, seconds: int) -> None:
+        self.max_duration_s = int(seconds)
+        if self.call is not None:
+            self.call.max_duration_s = self.max_duration_s
+
+    def set_ring_timeout(self, seconds: float) -> None:
+        """fr_inv_timer: give up on a ringing branch after this (then failure handlers run)."""
+        self.ring_timeout_s = seconds
+
+    def on_failure(self, handler: FailureHandler) -> None:
+        """t_on_failure: handlers run in order when every branch failed."""
+        self.failure_handlers.append(handler)
+
+    def reply(self, status: int, reason: str | None = None, headers=()) -> None:
+        """sl_send_reply / t_reply: answer the request here."""
+        if self.replied:
+            return
+        self.replied = True
+        track = self.method == "INVITE" and status >= 300 and status not in (401, 407)
+        if track:
+            self._announce()
+        resp = self.core.reply(self.server, self.request, status, reason, headers)
+        if track:
+            self.core.emit(self.core.events.make(ev.CallFailed, self.request, to_tag=_tag(resp),
+                                                 code=status, reason=resp.reason or "", by_proxy=True))
+
+    def options_reply(self) -> None:
+        self.reply(200, "OK", [("allow", ALLOW)])
+
+    def relay(self, *, cause: str | None = None) -> bool:
+        """t_relay: forward to the targets (or the R-URI); in a failure handler,
+        a new serial branch of the same call (failover / forward)."""
+        core = self.core
+        targets = self.targets
+        if not targets:
+            if self.request.has("route"):
+                uri, hop = core.next_hop(self.request)
+            else:
+                uri, hop = self.request.uri or "", core.resolve(self.request.uri or "")
+            if hop is None:
+                self.reply(404, "Not Found (unresolvable destination)")
+                return False
+            targets = [(uri, hop)]
+        if self.call is None:
+            track = self.method == "INVITE"
+            if track:
+                self._announce()
+            self.call = ProxyCall(core, self.server, self.request, track=track,
+                                  account=self.account, max_duration_s=self.max_duration_s,
+                                  on_final=self._settled if track else None)
+            self.call.failure_handler = self._run_failure_handlers if self.failure_handlers else None
+            if track:
+                core.calls[self.request.call_id] = self.call
+        call = self.call
+        if self.ring_timeout_s is not None:
+            call.ring_timeout_s = self.ring_timeout_s
+        first = not call.branches
+        parent = self.parent_leg if not first else None
+        if cause is None:
+            cause = self.branch_cause if (self.branch_cause == "forward" or not first) else "initial"
+        if parent is None and not first:
+            parent = call.branches[-1].index
+        forward = cause == "forward"
+        call.fork(targets, cause=cause, parent=parent, record_route=self.method in RECORD_ROUTED,
+                  gateway=self.gateway, reason=self.forward_reason if forward else None,
+                  forwarded_by=self.forwarded_by if forward else None)
+        self.targets = []
+        return True
+
+    # -- internals ------------------------------------------------------------------------------------
+    def _announce(self) -> None:
+        if not self.announced and self.method == "INVITE":
+            self.announced = True
+            self.core.emit(self.core.events.invite_received(self.request, self.source, self.account,
+                                                            self.max_duration_s))
+
+    def _run_failure_handlers(self, call: ProxyCall, response: SipMessage) -> bool:
+        """Called by the call when every branch failed: True if a handler relayed again."""
+        before = len(call.branches)
+        self.parent_leg = call.branches[-1].index if call.branches else None
+        for handler in list(self.failure_handlers):
+            handler(self, response)
+            if len(call.branches) > before:
+                return True
+        return False
+
+    def _settled(self, call: ProxyCall, final: SipMessage) -> None:
+        calls = self.core.calls
+        if calls.get(call.request.call_id) is call:
+            del calls[call.request.call_id]
+
+
+def _nat_destination(binding) -> str:
+    """Where to send a registered contact's requests: its source address when
+    it registered from behind a NAT (a private Contact address different from
+    the address the REGISTER came from: OpenSIPS nat_uac_test 1+2), else the
+    Contact itself (a phone may well register from one port and listen on another)."""
+    if not binding.received:
+        return binding.contact
+    try:
+        contact_host = parse_uri(binding.contact).host.strip("[]")
+        source_host = parse_uri(binding.received).host.strip("[]")
+        contact_ip = ipaddress.ip_address(contact_host)
+    except ValueError:
+        return binding.contact
+    private = contact_ip.is_private and not contact_ip.is_loopback
+    return binding.received if private and contact_host != source_host else binding.contact
+
+
+def _tag(msg: SipMessage) -> str | None:
+    try:
+        return parse_name_addr(msg.get("to") or "").tag
+    except UriError:
+        return None
