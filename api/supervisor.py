@@ -48,6 +48,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
         try:
+            self._check_routing_script()
             bootstrap = self._start_broker()
             self._create_topics(bootstrap)
             self._start_proxy(bootstrap)
@@ -56,6 +57,14 @@ class Supervisor:
             return self._watch(bootstrap)
         finally:
             self._shutdown()
+
+    def _check_routing_script(self) -> None:
+        """A broken routing module stops `up` before anything starts."""
+        from proxy.script.loader import RoutingScriptError, load_script
+        try:
+            load_script(self.config.proxy.routing_script)
+        except RoutingScriptError as exc:
+            raise StartError(f"routing script: {exc}") from None
 
     def _on_signal(self, signum, frame) -> None:
         self._stop = True
