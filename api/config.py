@@ -14,7 +14,8 @@ from cdr.store.settings import ClickHouseSettings, checks as clickhouse_checks
 from proxy.contract.config import (ConfigError, KafkaSettings, NodeSettings, TopicSettings,
                                    convert, read_toml)
 from proxy.provisioning.store import default_url
-from proxy.settings import AuthSettings, ProvisioningSettings, ProxySettings, RegistrarSettings
+from proxy.settings import AuthorizationSettings, AuthSettings, ProvisioningSettings, ProxySettings, RegistrarSettings
+from radius.settings import RadiusSettings, checks as radius_checks
 
 
 class ApiSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -30,9 +31,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     auth: AuthSettings = AuthSettings()
     registrar: RegistrarSettings = RegistrarSettings()
     provisioning: ProvisioningSettings = ProvisioningSettings()
+    authorization: AuthorizationSettings = AuthorizationSettings()
     api: ApiSettings = ApiSettings()
     billing: BillingSettings = BillingSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
+    radius: RadiusSettings = RadiusSettings()
 
 
 def load(config_file: Path | None) -> Config:
@@ -52,6 +55,7 @@ def _check(config: Config) -> None:
         ("kafka.bootstrap_servers", config.kafka.mode == "embedded" or bool(config.kafka.bootstrap_servers),
          "required when kafka.mode = \"external\""),
         *clickhouse_checks(config.clickhouse),
+        *radius_checks(config.radius),
     ]
     for key, ok, rule in checks:
         if not ok:

@@ -1,6 +1,8 @@
 """The proxy's configuration sections (TOML `[proxy]`, `[auth]`, `[registrar]`, `[provisioning]`)."""
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 from .contract.config import KafkaSettings, NodeSettings, TopicSettings
@@ -35,6 +37,16 @@ class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     secret: str = ""                    # HMAC key for nonces; generated under the data dir if empty
 
 
+class AuthorizationSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The authorization call to credit control (billing) at each INVITE of an account."""
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 0                       # 0 = read DATA_DIR/run/credit.port (written by the credit service)
+    timeout_ms: int = 300
+    retries: int = 1
+    on_error: Literal["reject", "allow"] = "reject"   # no answer: refuse (503) or let the call go
+
+
 class ProvisioningSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     url: str = ""                       # SQLAlchemy URL; default sqlite under the data dir
     reload_seconds: float = 1.0
@@ -49,3 +61,4 @@ class ProxyConfig(msgspec.Struct, frozen=True):
     auth: AuthSettings = AuthSettings()
     registrar: RegistrarSettings = RegistrarSettings()
     provisioning: ProvisioningSettings = ProvisioningSettings()
+    authorization: AuthorizationSettings = AuthorizationSettings()

@@ -37,7 +37,8 @@ class Core:
     """Everything one worker's routing decisions need, in one place."""
 
     def __init__(self, *, settings, effects: Effects, node: LocalNode, events: CallEventFactory,
-                 provisioning=None, authenticator=None, location=None, registrar=None):
+                 provisioning=None, authenticator=None, location=None, registrar=None,
+                 authorization=None, routing_data=None):
         self.settings = settings
         self.effects = effects
         self.node = node
@@ -46,10 +47,13 @@ class Core:
         self.authenticator = authenticator
         self.location = location
         self.registrar = registrar
+        self.authorization = authorization      # AuthorizationSettings, None = off
+        self.routing_data = routing_data        # live routing snapshot (gateways, dialplan …)
         self.timers = TimerConfig(t1=settings.t1, t2=settings.t2, t4=settings.t4)
         self.client_txs: dict[Any, TxDriver] = {}
         self.server_txs: dict[Any, TxDriver] = {}
         self.calls: dict[str, ProxyCall] = {}      # initial INVITEs in progress, by Call-ID
+        self.waiting: dict[str, Any] = {}          # INVITEs waiting for the authorization answer
         self.dialogs = DialogTable(self)
         self.user_agent = USER_AGENT
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_sources]
@@ -335,6 +339,10 @@ class Engine:
             core.reply(server, cancel, 481, "Call/Transaction Does Not Exist")
             return
         core.reply(server, cancel, 200, "OK")
+        waiting = core.waiting.get(cancel.call_id)
+        if waiting is not None and waiting.server is invite_server:
+            waiting.cancel_waiting(cancel)
+            return
         call = core.calls.get(cancel.call_id)
         if call is None or call.server is not invite_server:
             # nothing forwarded yet (e.g. waiting for auth): end the INVITE here

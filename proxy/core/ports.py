@@ -35,3 +35,6 @@ class Effects(Protocol):
         """Hand a call event to the durable outbox (never blocks on Kafka)."""
 
     def monotonic(self) -> float: ...
+
+    def authorize(self, request: Any, callback: Callable[[Any], None]) -> None:
+        """The authorization call (proxy/contract/credit.py): callback(response or None)."""

@@ -8,7 +8,7 @@ with exit status 1.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Iterator, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -17,7 +17,9 @@ from rich.table import Table
 from .models import ProvisioningError, normalize_domain, parse_address
 from .store import ProvisioningStore
 
-__all__ = ["user_app", "domain_app", "alias_app"]
+__all__ = ["user_app", "domain_app", "alias_app", "open_store", "fail", "address_arg", "print_table"]
+
+S = TypeVar("S")
 
 user_app = typer.Typer(help="Subscribers (user@domain) and their passwords.", no_args_is_help=True)
 domain_app = typer.Typer(help="Domains this proxy serves.", no_args_is_help=True)
@@ -26,35 +28,37 @@ alias_app = typer.Typer(help="Aliases: extra addresses (numbers, other domains) 
 
 
 @contextmanager
-def _store(ctx: typer.Context) -> Iterator[ProvisioningStore]:
+def open_store(ctx: typer.Context, store_class: type[S] = ProvisioningStore) -> Iterator[S]:
+    """A store on the provisioning database (``store_class``: any SqlStore kept
+    there, e.g. the routing store), its tables created; errors end the command."""
     url = getattr(ctx.obj, "provisioning_url", None)
     if not url:
-        _fail("no provisioning database configured")
+        fail("no provisioning database configured")
     store = None
     try:
-        store = ProvisioningStore(url)
+        store = store_class(url)
         store.create_schema()
         yield store
-    except ProvisioningError as exc:
-        _fail(str(exc))
+    except (ProvisioningError, store_class.error) as exc:
+        fail(str(exc))
     finally:
         if store is not None:
             store.close()
 
 
-def _address(text: str) -> tuple[str, str]:
+def address_arg(text: str) -> tuple[str, str]:
     try:
         return parse_address(text)
     except ProvisioningError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(1)
 
 
-def _print_table(table: Table) -> None:
+def print_table(table: Table) -> None:
     Console(soft_wrap=True).print(table)
 
 
@@ -71,8 +75,8 @@ def user_add(
                                       help="Import an existing MD5 HA1 instead of a password."),
 ) -> None:
     """Add a subscriber."""
-    user, domain = _address(address)
-    with _store(ctx) as store:
+    user, domain = address_arg(address)
+    with open_store(ctx) as store:
         store.add_user(user, domain, password, ha1_only=ha1_only, ha1=ha1)
     typer.echo(f"added user {user}@{domain}")
 
@@ -80,8 +84,8 @@ def user_add(
 @user_app.command("del")
 def user_del(ctx: typer.Context, address: str = typer.Argument(..., metavar="USER@DOMAIN")) -> None:
     """Delete a subscriber (and the aliases pointing at it)."""
-    user, domain = _address(address)
-    with _store(ctx) as store:
+    user, domain = address_arg(address)
+    with open_store(ctx) as store:
         aliases = store.del_user(user, domain)
     extra = f" and {aliases} alias(es)" if aliases else ""
     typer.echo(f"deleted user {user}@{domain}{extra}")
@@ -95,8 +99,8 @@ def user_passwd(
     ha1_only: bool = typer.Option(False, "--ha1-only", help="From now on store only the HA1 hashes."),
 ) -> None:
     """Change a subscriber's password (the storage choice is kept)."""
-    user, domain = _address(address)
-    with _store(ctx) as store:
+    user, domain = address_arg(address)
+    with open_store(ctx) as store:
         store.set_password(user, domain, password, ha1_only=True if ha1_only else None)
     typer.echo(f"password changed for {user}@{domain}")
 
@@ -105,13 +109,13 @@ def user_passwd(
 def user_list(ctx: typer.Context,
               domain: Optional[str] = typer.Option(None, "--domain", "-d", help="Only this domain.")) -> None:
     """List subscribers (passwords are never shown)."""
-    with _store(ctx) as store:
+    with open_store(ctx) as store:
         users = store.list_users(domain)
     table = Table("user", "domain", "stored as", "created")
     for u in users:
         created = u.created_at.strftime("%Y-%m-%d %H:%M:%S") if u.created_at else ""
         table.add_row(u.username, u.domain, u.storage, created)
-    _print_table(table)
+    print_table(table)
 
 
 # -- domain ----------------------------------------------------------------------
@@ -119,7 +123,7 @@ def user_list(ctx: typer.Context,
 @domain_app.command("add")
 def domain_add(ctx: typer.Context, domain: str) -> None:
     """Serve a domain."""
-    with _store(ctx) as store:
+    with open_store(ctx) as store:
         store.add_domain(domain)
     typer.echo(f"added domain {normalize_domain(domain)}")
 
@@ -127,7 +131,7 @@ def domain_add(ctx: typer.Context, domain: str) -> None:
 @domain_app.command("del")
 def domain_del(ctx: typer.Context, domain: str) -> None:
     """Stop serving a domain (it must have no users or aliases left)."""
-    with _store(ctx) as store:
+    with open_store(ctx) as store:
         store.del_domain(domain)
     typer.echo(f"deleted domain {normalize_domain(domain)}")
 
@@ -135,12 +139,12 @@ def domain_del(ctx: typer.Context, domain: str) -> None:
 @domain_app.command("list")
 def domain_list(ctx: typer.Context) -> None:
     """List served domains."""
-    with _store(ctx) as store:
+    with open_store(ctx) as store:
         domains = store.list_domains()
     table = Table("domain")
     for d in domains:
         table.add_row(d)
-    _print_table(table)
+    print_table(table)
 
 
 # -- alias -----------------------------------------------------------------------
@@ -150,9 +154,9 @@ def alias_add(ctx: typer.Context,
               alias: str = typer.Argument(..., metavar="ALIAS@DOMAIN"),
               target: str = typer.Argument(..., metavar="USER@DOMAIN")) -> None:
     """Make ALIAS@DOMAIN reach the subscriber USER@DOMAIN."""
-    alias_user, alias_domain = _address(alias)
-    user, domain = _address(target)
-    with _store(ctx) as store:
+    alias_user, alias_domain = address_arg(alias)
+    user, domain = address_arg(target)
+    with open_store(ctx) as store:
         store.add_alias(alias_user, alias_domain, user, domain)
     typer.echo(f"added alias {alias_user}@{alias_domain} -> {user}@{domain}")
 
@@ -160,8 +164,8 @@ def alias_add(ctx: typer.Context,
 @alias_app.command("del")
 def alias_del(ctx: typer.Context, alias: str = typer.Argument(..., metavar="ALIAS@DOMAIN")) -> None:
     """Delete an alias."""
-    alias_user, alias_domain = _address(alias)
-    with _store(ctx) as store:
+    alias_user, alias_domain = address_arg(alias)
+    with open_store(ctx) as store:
         store.del_alias(alias_user, alias_domain)
     typer.echo(f"deleted alias {alias_user}@{alias_domain}")
 
@@ -169,9 +173,9 @@ def alias_del(ctx: typer.Context, alias: str = typer.Argument(..., metavar="ALIA
 @alias_app.command("list")
 def alias_list(ctx: typer.Context) -> None:
     """List aliases."""
-    with _store(ctx) as store:
+    with open_store(ctx) as store:
         aliases = store.list_aliases()
     table = Table("alias", "user")
     for a in aliases:
         table.add_row(a.alias, a.target)
-    _print_table(table)
+    print_table(table)

@@ -281,6 +281,8 @@ def _zone(name: str) -> ZoneInfo:
 def parse_time_window(times: str | None, weekdays: str | None = None, tz: str | None = None) -> TimeWindow | None:
     """``08:00-18:00`` and ``1-5`` / ``1,3,5`` / ``mon-fri``; None when neither is given."""
     if not times and not weekdays:
+        if tz:
+            _zone(tz)                          # a typo is refused even when unused
         return None
     start, end = 0, 24 * 60
     if times:

@@ -27,6 +27,7 @@ from ..events.publisher import EventPublisher
 from ..provisioning.live import LiveProvisioning
 from ..provisioning.store import ProvisioningStore, default_url
 from ..settings import ProxyConfig
+from .authorization import AuthorizationClient
 from .handoff import Handoff
 from .transport import TcpPool, UdpEndpoint, tcp_socket, udp_socket
 
@@ -44,6 +45,7 @@ class RuntimeEffects:
         self.udp = udp
         self.tcp = tcp
         self.on_emit = on_emit
+        self.authorization = None
 
     def send(self, data: bytes, target: Target) -> bool:
         if target.transport == "udp":
@@ -62,6 +64,12 @@ class RuntimeEffects:
 
     def monotonic(self) -> float:
         return self.loop.time()
+
+    def authorize(self, request, callback) -> None:
+        if self.authorization is None:
+            callback(None)
+        else:
+            self.authorization.authorize(request, callback)
 
 
 def load_secret(data_dir: Path, configured: str) -> bytes:
@@ -137,10 +145,16 @@ class Worker:
         host = px.advertised_host or px.listen
         node = LocalNode(host, ports, px.sip_port, aliases=(px.listen,))
         self.effects = RuntimeEffects(loop, self.outbox, own_udp, udp, tcp, self._schedule_flush)
+        self.authorization = None
+        if cfg.authorization.enabled:
+            self.authorization = AuthorizationClient(cfg.authorization, self.data_dir)
+            await self.authorization.start()
+            self.effects.authorization = self.authorization
         core = Core(settings=px, effects=self.effects, node=node,
                     events=CallEventFactory(cfg.node.name, self.index),
                     provisioning=provisioning, authenticator=authenticator, location=location,
-                    registrar=Registrar(location, cfg.registrar))
+                    registrar=Registrar(location, cfg.registrar),
+                    authorization=cfg.authorization if cfg.authorization.enabled else None)
         self.engine = Engine(core, ScriptRouting(core, load_script(px.routing_script)))
         self.handoff = None
         if shared:   # read the shared public socket only once the engine exists
@@ -168,6 +182,8 @@ class Worker:
         if tcp is not None:
             tcp.close()
         await self.control.stop()
+        if self.authorization is not None:
+            self.authorization.close()
         self.outbox.flush()
         await self.publisher.stop(drain_timeout=5.0)
         self.outbox.close()

@@ -13,6 +13,7 @@ import ipaddress
 import time
 from typing import TYPE_CHECKING, Callable
 
+from ..contract import credit
 from ..contract import events as ev
 from ..core.digest import find_credentials
 from ..core.forwarding import ProxyCall
@@ -74,6 +75,8 @@ class RequestContext:
         self.forwarded_by: str | None = None
         self.parent_leg: int | None = None
         self.vars: dict = {}                  # free for the script ($avp / $var)
+        self.credit_check = False             # relay waits for the authorization answer
+        self.authorized = False
 
     # -- facts ------------------------------------------------------------------
     @property
@@ -324,6 +327,16 @@ class RequestContext:
         if self.call is not None:
             self.call.max_duration_s = self.max_duration_s
 
+    def authorize_credit(self) -> bool:
+        """Prepaid check before relaying (CGRateS authorize → max usage): the
+        first relay() asks credit control and goes on only if the account may
+        call, with the answer's maximum duration applied to the dialog.
+        False when credit control is off or the caller has no account."""
+        if self.core.authorization is None or self.account is None or self.method != "INVITE":
+            return False
+        self.credit_check = True
+        return True
+
     def set_ring_timeout(self, seconds: float) -> None:
         """fr_inv_timer: give up on a ringing branch after this (then failure handlers run)."""
         self.ring_timeout_s = seconds
@@ -351,6 +364,9 @@ class RequestContext:
     def relay(self, *, cause: str | None = None) -> bool:
         """t_relay: forward to the targets (or the R-URI); in a failure handler,
         a new serial branch of the same call (failover / forward)."""
+        if self.credit_check and not self.authorized:
+            self._ask_credit_control(cause)
+            return True
         core = self.core
         targets = self.targets
         if not targets:
@@ -389,6 +405,37 @@ class RequestContext:
         return True
 
     # -- internals ------------------------------------------------------------------------------------
+    def _ask_credit_control(self, cause: str | None) -> None:
+        self._announce()
+        request = credit.AuthorizeRequest(
+            id=ev.new_event_id(), ts_ms=ev.now_ms(), call_id=self.request.call_id,
+            account=self.account or "", destination=self.ruri.user or "",
+            request_uri=self.request.uri or "", caller_uri=parse_name_addr(self.request.get("from") or "").uri)
+        self.core.waiting[self.request.call_id] = self
+        self.core.effects.authorize(request, lambda answer: self._credit_answer(answer, cause))
+
+    def cancel_waiting(self, cancel: SipMessage) -> None:
+        """CANCEL while credit control has not answered yet: the call ends here."""
+        self.core.waiting.pop(self.request.call_id, None)
+        self.core.emit(self.core.events.make(ev.CallCancel, self.request, reason=cancel.get("reason")))
+        self.reply(487, "Request Terminated")
+
+    def _credit_answer(self, answer, cause: str | None) -> None:
+        if self.core.waiting.get(self.request.call_id) is not self:
+            return                            # cancelled while we waited
+        del self.core.waiting[self.request.call_id]
+        self.authorized = True
+        if answer is None:
+            if self.core.authorization.on_error != "allow":
+                self.reply(503, "Service Unavailable (credit control)")
+                return
+        elif not answer.allowed:
+            self.reply(answer.code or 402, answer.reason or "Payment Required")
+            return
+        elif answer.max_duration_s is not None:
+            self.set_max_duration(answer.max_duration_s)
+        self.relay(cause=cause)
+
     def _announce(self) -> None:
         if not self.announced and self.method == "INVITE":
             self.announced = True

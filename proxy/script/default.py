@@ -32,6 +32,7 @@ def route(ctx):
 
     if ctx.method == "OPTIONS" and ctx.is_to_local() and ctx.ruri.user is None:
         return ctx.options_reply()
+    ctx.authorize_credit()                     # prepaid accounts: relay asks credit control first
     if ctx.request.has("route") or not ctx.is_to_local():
         return ctx.relay()                     # pre-routed, or a foreign domain
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from proxy.contract.events import decode
 from proxy.core.callevents import CallEventFactory
-from proxy.core.digest import DigestAuthenticator
+from proxy.core.digest import DigestAuthenticator, compute_ha1, compute_response, parse_digest
 from proxy.core.engine import Core, Engine
 from proxy.core.location import LocationStore
 from proxy.core.node import LocalNode
@@ -37,6 +37,8 @@ class FakeEffects:
         self.events = []
         self.now = 1000.0
         self._timers: list = []
+        self.authorizations = []
+        self.credit = None
 
     def send(self, data: bytes, target: Target) -> bool:
         try:
@@ -58,6 +60,11 @@ class FakeEffects:
     def monotonic(self) -> float:
         return self.now
 
+    def authorize(self, request, callback) -> None:
+        """Answered by ``self.credit(request)`` (None = no answer), as the service would."""
+        self.authorizations.append(request)
+        callback(self.credit(request) if self.credit else None)
+
     def advance(self, seconds: float) -> None:
         end = self.now + seconds
         while self._timers and self._timers[0][0] <= end:
@@ -75,7 +82,8 @@ class FakeEffects:
 class CoreRig:
     """A proxy core on 10.0.0.1:5060 with a provisioning store in ``tmp``."""
 
-    def __init__(self, tmp: Path, *, auth: bool = True, **settings):
+    def __init__(self, tmp: Path, *, auth: bool = True, authorization=None, routing_data=None,
+                 **settings):
         self.effects = FakeEffects()
         self.store = ProvisioningStore(f"sqlite:///{tmp / 'prov.sqlite'}")
         self.store.create_schema()
@@ -85,11 +93,32 @@ class CoreRig:
         self.core = Core(settings=ProxySettings(**settings), effects=self.effects, node=node,
                          events=CallEventFactory("test-proxy", 0), provisioning=self.live,
                          authenticator=DigestAuthenticator(b"k" * 32) if auth else None,
-                         location=self.location, registrar=Registrar(self.location))
+                         location=self.location, registrar=Registrar(self.location),
+                         authorization=authorization, routing_data=routing_data)
         self.engine = Engine(self.core, ScriptRouting(self.core, load_script(None)))
 
     def reload(self):
         self.live.maybe_reload(float("inf"))
+
+    def authenticated(self, text: str, source: Target, user: str, password: str,
+                      realm: str = "example.test") -> list[tuple[SipMessage, Target]]:
+        """Send a request, answer its 407/401 challenge with digest credentials
+        (MD5, qop=auth, as a phone would) and return what the retry produced."""
+        out = self.receive(text, source)
+        challenge = next(m for m, _ in out if m.status in (401, 407))
+        header = "proxy-authenticate" if challenge.status == 407 else "www-authenticate"
+        params = parse_digest(next(v for v in challenge.get_all(header) if "MD5" in v))
+        request = parse(text.replace("\n", "\r\n").encode())
+        uri, method = request.uri, request.method
+        ha1 = compute_ha1("MD5", user, realm, password)
+        response = compute_response("MD5", ha1, params["nonce"], method, uri, "auth", "00000001", "c0ffee")
+        creds = (f'Digest username="{user}", realm="{realm}", nonce="{params["nonce"]}", uri="{uri}", '
+                 f'response="{response}", algorithm=MD5, qop=auth, nc=00000001, cnonce="c0ffee"')
+        name = "Proxy-Authorization" if challenge.status == 407 else "Authorization"
+        cseq = request.cseq[0]
+        retry = text.replace(f"CSeq: {cseq} {method}", f"CSeq: {cseq + 1} {method}\n{name}: {creds}")
+        retry = retry.replace("branch=z9hG4bK", "branch=z9hG4bKretry", 1)
+        return self.receive(retry, source)
 
     def receive(self, text: str, source: Target) -> list[tuple[SipMessage, Target]]:
         data = text.replace("\n", "\r\n").encode()

@@ -1,0 +1,88 @@
+"""Client side of the authorization call (proxy/contract/credit.py) over UDP.
+
+One datagram out, one back, matched by request id; a lost datagram is resent
+after the timeout (the service answers a repeated id idempotently), and after
+the last retry the caller gets None and applies `[authorization] on_error`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Callable
+
+from ..contract import credit
+from ..settings import AuthorizationSettings
+
+log = logging.getLogger("sipledger.authorization")
+
+Callback = Callable[["credit.AuthorizeResponse | None"], None]
+
+
+class AuthorizationClient(asyncio.DatagramProtocol):
+    def __init__(self, settings: AuthorizationSettings, data_dir: Path):
+        self.settings = settings
+        self.port_file = data_dir / "run" / "credit.port"
+        self.transport: asyncio.DatagramTransport | None = None
+        self.pending: dict[str, tuple[bytes, Callback, int, asyncio.TimerHandle]] = {}
+        self._address: tuple[str, int] | None = None
+        self.timeouts = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.create_datagram_endpoint(
+            lambda: self, local_addr=(self.settings.host, 0))
+
+    def close(self) -> None:
+        for _, callback, _, timer in self.pending.values():
+            timer.cancel()
+            callback(None)
+        self.pending.clear()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _target(self) -> tuple[str, int] | None:
+        if self.settings.port:
+            return self.settings.host, self.settings.port
+        if self._address is None:
+            try:
+                self._address = (self.settings.host, int(self.port_file.read_text().strip()))
+            except (OSError, ValueError):
+                return None
+        return self._address
+
+    def authorize(self, request: credit.AuthorizeRequest, callback: Callback) -> None:
+        data = credit.encode(request)
+        self._send(request.id, data, callback, self.settings.retries)
+
+    def _send(self, request_id: str, data: bytes, callback: Callback, retries_left: int) -> None:
+        loop = asyncio.get_running_loop()
+        target = self._target()
+        if target is not None and self.transport is not None:
+            self.transport.sendto(data, target)
+        timer = loop.call_later(self.settings.timeout_ms / 1000, self._timed_out, request_id)
+        self.pending[request_id] = (data, callback, retries_left, timer)
+
+    def _timed_out(self, request_id: str) -> None:
+        entry = self.pending.pop(request_id, None)
+        if entry is None:
+            return
+        data, callback, retries_left, _ = entry
+        self._address = None                 # the service may have restarted on another port
+        if retries_left > 0:
+            self._send(request_id, data, callback, retries_left - 1)
+            return
+        self.timeouts += 1
+        callback(None)
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        try:
+            response = credit.decode_response(data)
+        except Exception:
+            log.info("undecodable authorization answer from %s", addr)
+            return
+        entry = self.pending.pop(response.id, None)
+        if entry is None:
+            return                           # a late answer to a retried request
+        entry[3].cancel()
+        entry[1](response)
