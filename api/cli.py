@@ -11,6 +11,8 @@ from cdr.store.cli import db_app
 from billing.cli import rates_app
 from proxy.contract.config import ENV_CONFIG, ENV_DATA_DIR, ConfigError, resolve_paths
 from proxy.provisioning.cli import alias_app, domain_app, user_app
+from proxy.routing.cli import (blacklist_app, carrier_app, dialplan_app, forward_app, gateway_app,
+                               group_app, route_app, trusted_app)
 
 from . import config as config_mod
 from .tokens import token_app
@@ -20,6 +22,14 @@ app = typer.Typer(help="sipledger: SIP proxy with event-sourced accounting and b
 app.add_typer(user_app, name="user")
 app.add_typer(domain_app, name="domain")
 app.add_typer(alias_app, name="alias")
+app.add_typer(gateway_app, name="gateway")
+app.add_typer(carrier_app, name="carrier")
+app.add_typer(route_app, name="route")
+app.add_typer(dialplan_app, name="dialplan")
+app.add_typer(blacklist_app, name="blacklist")
+app.add_typer(trusted_app, name="trusted")
+app.add_typer(group_app, name="group")
+app.add_typer(forward_app, name="forward")
 app.add_typer(rates_app, name="rates")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")

@@ -46,21 +46,26 @@ import msgspec
 
 from proxy.contract import events as ev
 from proxy.contract.kafka import faust_app
-from .fold import (CallState, apply, finish, new_state, silence_deadline_ms, silence_end_ms)
+from .fold import CallState, apply, finish, new_state, silence_deadline_ms, silence_end_ms
 from .records import CdrLeg
 from .settings import CdrConfig
 
 log = logging.getLogger("cdr.processor")
 
 TABLE_NAME = "calls"
+RESEND_AFTER_MS = 10_000            # a finished call's rows unconfirmed this long are sent again
 SLOT_CODEC = "cdr_slot"
 
 
 class Slot(msgspec.Struct, frozen=True, array_like=True):
-    """A table value: a live call, or the marker of a finished one (``state`` None)."""
+    """A table value.  Live call: ``done`` False, its state.  Finished call:
+    ``done`` True and the final state until its rows are confirmed by the
+    broker, then only the marker (``state`` None) until it expires."""
     partition: int                  # the Call-ID's partition of sip.events = changelog partition
-    seen_ms: int                    # wall clock of the last change (live) / of the finish (marker)
+    seen_ms: int                    # wall clock of the last change
     state: CallState | None = None
+    done: bool = False
+    close_ms: int = 0               # a silence close: the end time given to finish()
 
 
 _slot_encoder = msgspec.msgpack.Encoder()
@@ -129,12 +134,17 @@ class CdrProcessor:
         self.stats = Stats()
         self.assigned_at: dict[int, int] = {}       # partition -> wall ms this worker got it
         self._lock: asyncio.Lock | None = None
+        self._confirming: set[asyncio.Future] = set()
         self._last_stats = 0.0
         self.stats_interval = 30.0
         app.on_partitions_assigned.connect(self._on_assigned)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.agent(self.events_topic, name="cdr-join")(self._agent)
         app.timer(interval=config.cdr.timer_seconds, name="cdr-silence")(self.sweep)
+
+    @property
+    def changelog(self) -> str:
+        return self.table.changelog_topic.get_topic_name()
 
     @property
     def lock(self) -> asyncio.Lock:
@@ -165,7 +175,7 @@ class CdrProcessor:
     async def handle_batch(self, batch: list) -> None:
         counts = self.stats.counts
         working: dict[bytes, Slot] = {}
-        rows: list[CdrLeg] = []
+        finished: list[tuple[bytes, Slot, list[CdrLeg]]] = []
         now = wall_ms()
         table_get = self.table.data.get
         for item in batch:
@@ -187,106 +197,146 @@ class CdrProcessor:
             slot = working.get(key)
             if slot is None:
                 slot = table_get(key)
-            self._step(key, slot, event, message.partition, now, working, rows)
+            self._step(key, slot, event, message.partition, now, working, finished)
         counts["batches"] += 1
-        if rows:
-            started = time.monotonic()
-            await self.publish(rows)
-            counts["publish_wait_ms"] += int((time.monotonic() - started) * 1000)
+        # state first (the finished slots hold the final state until their rows
+        # are confirmed), then the rows; both are flushed before faust commits
         for key, slot in working.items():
-            self._put(key, slot)
+            await self._put(key, slot)
+        if finished:
+            await self._publish_and_confirm(finished)
 
     def _step(self, key: bytes, slot: Slot | None, event: ev.CallEvent, partition: int, now: int,
-              working: dict[bytes, Slot], rows: list[CdrLeg]) -> None:
+              working: dict[bytes, Slot], finished: list) -> None:
         counts = self.stats.counts
-        if slot is not None and slot.state is None:
-            counts["after_finish"] += 1            # a late duplicate of a finished call
-            return
         if slot is None:
             state = new_state(event.call_id)
+        elif slot.done:
+            counts["after_finish"] += 1            # a late duplicate of a finished call
+            return
         else:
             state = slot.state
             if event.ts_ms > silence_deadline_ms(state, self.window_ms):
                 # the call went silent before this event: close it as the timer would have
-                closed = finish(state, silence_end_ms(state, self.window_ms), silence=True)
-                self._closed(key, partition, now, closed, working, rows, "silence_closes")
+                self._close(key, Slot(partition, now, state, True, silence_end_ms(state, self.window_ms)),
+                            working, finished)
                 counts["after_finish"] += 1
                 return
         new = apply(state, event)
         if new is state and slot is not None:
             counts["no_change"] += 1
             return
-        done = finish(new, 0)
-        if done is None:
+        rows = finish(new, 0)
+        if rows is None:
             working[key] = Slot(partition, now, new)
         else:
-            self._closed(key, partition, now, done, working, rows, "calls")
+            self._close(key, Slot(partition, now, new, True), working, finished, rows)
 
-    def _closed(self, key: bytes, partition: int, now: int, done: list[CdrLeg] | None,
-                working: dict[bytes, Slot], rows: list[CdrLeg], what: str) -> None:
-        if done:
-            rows.extend(done)
-            self.stats.counts[what] += 1
-            self.stats.counts["rows"] += len(done)
-        else:
-            self.stats.counts["dropped_stray"] += 1
-        working[key] = Slot(partition, now, None)
+    def _close(self, key: bytes, slot: Slot, working: dict[bytes, Slot], finished: list,
+               rows: list[CdrLeg] | None = None) -> None:
+        if rows is None:
+            rows = closed_rows(slot)
+        counts = self.stats.counts
+        if rows:
+            counts["silence_closes" if slot.close_ms else "calls"] += 1
+            counts["rows"] += len(rows)
+            working[key] = slot
+            finished.append((key, slot, rows))
+        else:                                    # stray events only: nothing to record
+            counts["dropped_stray"] += 1
+            working[key] = Slot(slot.partition, slot.seen_ms, None, True)
 
-    async def publish(self, rows: list[CdrLeg]) -> None:
-        """Send rows and wait for the broker to have every one of them."""
-        send = self.records_topic.send
-        futures = [await send(key=row.cdr_id.encode(), value=encode_row(row)) for row in rows]
-        await asyncio.gather(*futures)
+    # --- rows out, then the marker -------------------------------------------------------
+    async def _publish_and_confirm(self, finished: list[tuple[bytes, Slot, list[CdrLeg]]]) -> None:
+        """Send the rows of finished calls; once the broker has all of a batch's
+        rows, their slots shrink to markers (in the background: the agent does
+        not wait).  A crash before that leaves the final state in the table and
+        the timer sends the rows again (identical bytes)."""
+        send = self.app.producer.send
+        topic = self.settings.records_topic
+        futures = [await send(topic, row.cdr_id.encode(), encode_row(row), None, None, None)
+                   for _, _, rows in finished for row in rows]
+        task = asyncio.ensure_future(self._confirm(futures, finished))
+        self._confirming.add(task)
+        task.add_done_callback(self._confirming.discard)
+
+    async def _confirm(self, futures: list, finished: list[tuple[bytes, Slot, list[CdrLeg]]]) -> None:
+        try:
+            await asyncio.gather(*futures)
+        except Exception as exc:                 # the timer resends them
+            self.stats.counts["publish_errors"] += 1
+            log.warning("CDR rows not confirmed (%s); they will be sent again", exc)
+            return
+        data_get = self.table.data.get
+        for key, slot, _ in finished:
+            if data_get(key) is slot:            # still the same finished slot
+                await self._put(key, Slot(slot.partition, wall_ms(), None, True))
 
     # --- table writes with an explicit partition -------------------------------------
-    def _put(self, key: bytes, slot: Slot) -> None:
+    # The store is updated at once; the changelog record goes to faust's
+    # producer, which faust flushes before it commits the input offsets.
+    async def _put(self, key: bytes, slot: Slot) -> None:
         self.table.data[key] = slot
-        self.table.send_changelog(slot.partition, key, slot, key_serializer="raw",
-                                  value_serializer=SLOT_CODEC)
+        await self.app.producer.send(self.changelog, key, _slot_encoder.encode(slot),
+                                     slot.partition, None, None)
 
-    def _delete(self, key: bytes, partition: int) -> None:
+    async def _delete(self, key: bytes, partition: int) -> None:
         self.table.data.pop(key, None)
-        self.table.send_changelog(partition, key, None, key_serializer="raw", value_serializer="raw")
+        await self.app.producer.send(self.changelog, key, None, partition, None, None)
 
     # --- the timer -----------------------------------------------------------------
     async def sweep(self) -> None:
-        """Close silent calls; delete expired finished markers."""
+        """Close silent calls, send again the rows of finished calls that were
+        never confirmed (a restart), delete expired markers."""
         app = self.app
         if app.rebalancing or getattr(app, "in_recovery", False):
             return
         actives = {tp.partition for tp in app.assignor.assigned_actives()
                    if tp.topic == self.events_topic_name}
+        counts = self.stats.counts
         async with self.lock:
             now = wall_ms()
-            closes: list[tuple[bytes, Slot, list[CdrLeg] | None]] = []
+            working: dict[bytes, Slot] = {}
+            finished: list[tuple[bytes, Slot, list[CdrLeg]]] = []
             expired: list[tuple[bytes, int]] = []
             for key, slot in list(self.table.data.items()):
                 if slot is None or slot.partition not in actives:
                     continue
-                if slot.state is None:
-                    if now - slot.seen_ms > self.ttl_ms:
-                        expired.append((key, slot.partition))
+                if slot.done:
+                    if slot.state is None:
+                        if now - slot.seen_ms > self.ttl_ms:
+                            expired.append((key, slot.partition))
+                    elif now - max(slot.seen_ms, self.assigned_at.get(slot.partition, 0)) > RESEND_AFTER_MS:
+                        finished.append((key, slot, closed_rows(slot) or []))
+                        counts["resent"] += 1
                     continue
+                state = slot.state
                 quiet_since = max(slot.seen_ms, self.assigned_at.get(slot.partition, now))
-                if now - quiet_since > self.window_ms \
-                        and now > silence_deadline_ms(slot.state, self.window_ms):
-                    closes.append((key, slot, finish(slot.state, silence_end_ms(slot.state, self.window_ms),
-                                                     silence=True)))
-            rows = [row for _, _, done in closes if done for row in done]
-            if rows:
-                await self.publish(rows)
-            for key, slot, done in closes:
-                self.stats.counts["silence_closes" if done else "dropped_stray"] += 1
-                self.stats.counts["rows"] += len(done or ())
-                self._put(key, Slot(slot.partition, now, None))
+                if now - quiet_since > self.window_ms and now > silence_deadline_ms(state, self.window_ms):
+                    self._close(key, Slot(slot.partition, now, state, True,
+                                          silence_end_ms(state, self.window_ms)), working, finished)
+            for key, slot in working.items():
+                await self._put(key, slot)
+            if finished:
+                await self._publish_and_confirm(finished)
             for key, partition in expired:
-                self._delete(key, partition)
-            self.stats.counts["markers_expired"] += len(expired)
+                await self._delete(key, partition)
+            counts["markers_expired"] += len(expired)
         if time.monotonic() - self._last_stats > self.stats_interval:
             self._last_stats = time.monotonic()
-            log.info("cdr stats: live=%d %s", sum(1 for s in self.table.data.values()
-                                                  if s is not None and s.state is not None),
-                     self.stats.line())
+            live = sum(1 for slot in self.table.data.values() if slot is not None and not slot.done)
+            log.info("cdr stats: live=%d %s", live, self.stats.line())
+
+
+def closed_rows(slot: Slot) -> list[CdrLeg] | None:
+    """The rows of a finished slot: a call that is over, or one closed for
+    silence at ``close_ms``.  A pure function of the slot, so sending them again
+    gives the same bytes."""
+    if slot.state is None:
+        return None
+    if slot.close_ms:
+        return finish(slot.state, slot.close_ms, silence=True)
+    return finish(slot.state, 0)
 
 
 def build_app(config: CdrConfig, *, partitions: int, datadir: Path, worker_id: int = 0,

@@ -22,6 +22,7 @@ class ProxySettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     trusted_sources: tuple[str, ...] = ()     # CIDRs that are never challenged
     routing_script: str = ""            # path of a routing module; "" = proxy/script/default.py
     forward_depth: int = 5              # forwarding chain length before a loop is assumed
+    gateway_probe_seconds: float = 30.0 # OPTIONS interval for gateways with probing on
     max_forwards: int = 70
     t1: float = 0.5
     t2: float = 4.0

@@ -1,7 +1,7 @@
 """Reading CDRs: call summaries, one call with its legs, and traffic statistics.
 
-Every query reads ``cdr FINAL`` (or goes through one that does), so a leg
-inserted twice shows once.  Every value a caller supplies is a bound
+Every query deduplicates legs (``FINAL``, or the newest ``version`` per
+(cdr_id, leg) with ``LIMIT 1 BY``), so a leg inserted twice shows once.  Every value a caller supplies is a bound
 parameter (``sqlbind``): the SQL text is fixed fragments only.
 
 A *call* (one CDR) is summarised from its legs (docs/api.md):
@@ -18,6 +18,8 @@ A *call* (one CDR) is summarised from its legs (docs/api.md):
   response of the deciding leg.
 
 A call is listed by its leg 0: calls without a stored leg 0 do not show.
+Pages are cut on ``cdr_calls``, a time-ordered index of leg 0 rows that a
+materialized view fills on every insert into ``cdr``.
 """
 from __future__ import annotations
 
@@ -145,7 +147,9 @@ def _time_where(from_ms: int | None, to_ms: int | None, where: _Where, *, p: str
 
 
 def _cursor_where(cursor: Cursor, where: _Where, *, p: str = "") -> None:
-    where.add(f"setup_ms < {{{p}cur_setup}} OR (setup_ms = {{{p}cur_setup}} AND cdr_id < {{{p}cur_id}})",
+    # the redundant first term lets ClickHouse prune on the sorting key
+    where.add(f"setup_ms <= {{{p}cur_setup}} AND (setup_ms < {{{p}cur_setup}} "
+              f"OR (setup_ms = {{{p}cur_setup}} AND cdr_id < {{{p}cur_id}}))",
               **{f"{p}cur_setup": cursor.setup_ms, f"{p}cur_id": cursor.cdr_id})
 
 
@@ -179,14 +183,20 @@ _CALL_AGGREGATES = ", ".join(
        "groupUniqArray(l_gateway) AS gateways"])
 
 
-def _calls_sql(candidates_sql: str, legs_where: _Where) -> str:
-    """Call summaries of the calls whose cdr_id ``candidates_sql`` selects
-    (a subquery, or ``= {placeholder}`` for one call)."""
-    match = candidates_sql if candidates_sql.startswith("= ") else f"IN ({candidates_sql})"
-    return (f"SELECT {_CALL_AGGREGATES} FROM ("
-            f"SELECT {_LEGS_SELECT} FROM cdr FINAL "
-            f"WHERE cdr_id {match} AND {legs_where.sql()}"
-            f") GROUP BY l_cdr_id")
+def _calls_sql(legs_where: _Where, match: str | None = None, *, few: bool = False) -> str:
+    """Call summaries from the legs ``legs_where`` selects, restricted to the
+    cdr_ids ``match`` names (``"= {placeholder}"`` or ``"IN (subquery)"``).
+
+    Duplicated legs are reduced to their newest copy (highest ``version``, as
+    ReplacingMergeTree keeps): with ``FINAL`` for scans (statistics), with
+    ``LIMIT 1 BY`` for a few calls (a page, one call), where it reads far less."""
+    restrict = f"cdr_id {match} AND " if match else ""
+    if few:
+        legs = (f"SELECT {_LEGS_SELECT} FROM cdr WHERE {restrict}{legs_where.sql()} "
+                f"ORDER BY cdr_id, leg, version DESC LIMIT 1 BY cdr_id, leg")
+    else:
+        legs = f"SELECT {_LEGS_SELECT} FROM cdr FINAL WHERE {restrict}{legs_where.sql()}"
+    return f"SELECT {_CALL_AGGREGATES} FROM ({legs}) GROUP BY l_cdr_id"
 
 
 def _outcome_where(f: CdrFilter, where: _Where) -> None:
@@ -241,18 +251,18 @@ class CdrStore:
                    cursor: Cursor | None = None) -> tuple[list[dict[str, Any]], Cursor | None]:
         """One page of calls, newest setup first, and the cursor of the next page
         (None on the last page)."""
+        # the page's candidates from the time-ordered index of calls (cdr_calls:
+        # leg 0's identity, sorted by setup time, so time ranges prune)
         candidates = _Where()
-        candidates.add("leg = 0")
         _identity_where(f, candidates, p="c_")
         _time_where(f.from_ms, f.to_ms, candidates, p="c_")
         if cursor is not None:
             _cursor_where(cursor, candidates, p="c_")
-        candidates_sql = f"SELECT cdr_id FROM cdr WHERE {candidates.sql()}"
+        candidates_sql = f"SELECT cdr_id FROM cdr_calls FINAL WHERE {candidates.sql()}"
         params = dict(candidates.params)
         if not f.has_outcome_filters:
-            # the page is decided by leg 0 alone: let the subquery cut it
-            candidates_sql += (" ORDER BY setup_ms DESC, cdr_id DESC "
-                               "LIMIT 1 BY cdr_id LIMIT {c_limit}")
+            # the page is decided by the identity alone: let the subquery cut it
+            candidates_sql += " ORDER BY setup_ms DESC, cdr_id DESC LIMIT {c_limit}"
             params["c_limit"] = limit + 1
         # legs of those calls; they start no earlier than leg 0
         legs_where = _Where()
@@ -269,7 +279,7 @@ class CdrStore:
             _cursor_where(cursor, calls_where, p="s_")
         _outcome_where(f, calls_where)
         params.update(calls_where.params)
-        sql = (f"SELECT * FROM ({_calls_sql(candidates_sql, legs_where)}) "
+        sql = (f"SELECT * FROM ({_calls_sql(legs_where, f'IN ({candidates_sql})', few=True)}) "
                f"WHERE {calls_where.sql()} ORDER BY setup_ms DESC, cdr_id DESC LIMIT {{limit}}")
         params["limit"] = limit + 1
         found = [_call_dict(row) for row in self.backend.query_dicts(sql, params)]
@@ -282,12 +292,13 @@ class CdrStore:
         """One call's summary with ``legs_detail``: every leg, in leg order."""
         where = _Where()
         summary = self.backend.query_dicts(
-            f"SELECT * FROM ({_calls_sql('= {cdr_id}', where)})", {"cdr_id": cdr_id})
+            f"SELECT * FROM ({_calls_sql(where, '= {cdr_id}', few=True)})", {"cdr_id": cdr_id})
         if not summary:
             return None
         legs = self.backend.query_dicts(
             f"SELECT {', '.join(rows_mod.LEG_FIELDS)}, caller_number, dialled_number "
-            "FROM cdr FINAL WHERE cdr_id = {cdr_id} ORDER BY leg", {"cdr_id": cdr_id})
+            "FROM cdr WHERE cdr_id = {cdr_id} ORDER BY leg, version DESC LIMIT 1 BY leg",
+            {"cdr_id": cdr_id})
         call = _call_dict(summary[0])
         call["legs_detail"] = [_leg_dict(row) for row in legs]
         return call
@@ -312,25 +323,22 @@ class CdrStore:
                       f"duration_ms, pdd_ms FROM cdr FINAL WHERE {where.sql()}")
             params.update(where.params)
         else:
-            candidates = _Where()
-            candidates.add("leg = 0")
-            _identity_where(f, candidates, p="c_")
-            _time_where(f.from_ms, f.to_ms, candidates, p="c_")
+            # every leg of the calls in range (identity filters hold for all
+            # legs of a call alike), summarised, then filtered exactly
             legs_where = _Where()
+            _identity_where(f, legs_where, p="l_")
             _time_where(f.from_ms, None if f.to_ms is None else f.to_ms + LEG_SETUP_SLACK_MS,
                         legs_where, p="l_")
             calls_where = _Where()
             _identity_where(f, calls_where, p="s_")
             _time_where_calls(f, calls_where)
             _outcome_where(f, calls_where)
-            params.update(candidates.params, **legs_where.params, **calls_where.params)
+            params.update(legs_where.params, **calls_where.params)
             grp = ("substring(dialled_number, 1, {prefix_len})" if group_by == "prefix" else "''")
             if group_by == "prefix":
                 params["prefix_len"] = prefix_len
             source = (f"SELECT setup_ms, {grp} AS grp, disposition, sip_code, ringing_ms, "
-                      f"duration_ms, pdd_ms FROM ("
-                      f"{_calls_sql(f'SELECT cdr_id FROM cdr WHERE {candidates.sql()}', legs_where)}"
-                      f") WHERE {calls_where.sql()}")
+                      f"duration_ms, pdd_ms FROM ({_calls_sql(legs_where)}) WHERE {calls_where.sql()}")
         period_sql = {
             "hour": "intDiv(setup_ms, 3600000) * 3600",
             "day": "intDiv(setup_ms, 86400000) * 86400",

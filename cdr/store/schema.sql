@@ -23,7 +23,8 @@ ORDER BY version;
 -- migration 1: cdr legs (cdr.records.CdrLeg, schema version 1)
 -- One row per call leg.  (cdr_id, leg) is the identity: a leg inserted twice
 -- (at-least-once delivery, replays) is one row after merges, and every query
--- reads with FINAL so duplicates never show before the merge either.  The
+-- deduplicates (FINAL, or the newest version per (cdr_id, leg) with LIMIT 1 BY)
+-- so duplicates never show before the merge either.  The
 -- newest copy (highest `version`, the sink's insert time) wins.
 -- Times are UTC epoch milliseconds (0 = did not happen); `setup` is setup_ms
 -- in whole seconds, as DateTime, for partitioning and partition pruning.
@@ -78,3 +79,25 @@ CREATE TABLE IF NOT EXISTS cdr (
 PARTITION BY toYYYYMM(setup)
 ORDER BY (cdr_id, leg)
 SETTINGS index_granularity = 1024;
+
+-- The calls by setup time: leg 0's identity, for paging through calls newest
+-- first (cdr is ordered by cdr_id, so a time range there prunes nothing).
+-- Filled by the materialized view on every insert into cdr, whichever back end
+-- or writer inserts; duplicates collapse like cdr's.
+CREATE TABLE IF NOT EXISTS cdr_calls (
+    setup          DateTime('UTC'),
+    setup_ms       UInt64,
+    cdr_id         String,
+    account        String,
+    caller_number  String,
+    caller_ip      String,
+    dialled_number String,
+    version        UInt64
+) ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(setup)
+ORDER BY (setup_ms, cdr_id);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS cdr_calls_mv TO cdr_calls AS
+SELECT setup, setup_ms, cdr_id, account, caller_number, caller_ip, dialled_number, version
+FROM cdr
+WHERE leg = 0;

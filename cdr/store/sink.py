@@ -6,7 +6,7 @@ offsets are committed only after the insert that holds their rows succeeded
 (a failed insert is retried, with backoff, until it succeeds or the sink is
 stopped — then the rows are simply read again by whoever consumes next).
 Duplicates are harmless: the ``cdr`` table is a ReplacingMergeTree on
-(cdr_id, leg) and every query reads FINAL.
+(cdr_id, leg) and every query deduplicates.
 
 Records that can never be stored (not JSON, not a CdrLeg, a value outside its
 column's range) are logged, counted in ``stats.rejected`` and skipped: one bad

@@ -15,6 +15,7 @@ from ..contract import events as ev
 from ..core.callevents import CallEventFactory
 from ..core.digest import DigestAuthenticator
 from ..core.engine import Core, Engine
+from ..core.keepalive import send_options
 from ..core.location import LocationStore
 from ..core.registrar import Registrar
 from ..core.node import LocalNode
@@ -25,6 +26,9 @@ from ..events.control import ControlConsumer
 from ..events.outbox import Outbox
 from ..events.publisher import EventPublisher
 from ..provisioning.live import LiveProvisioning
+from ..routing.live import LiveRouting
+from ..routing.probing import GatewayProber
+from ..routing.store import RoutingStore
 from ..provisioning.store import ProvisioningStore, default_url
 from ..settings import ProxyConfig
 from .authorization import AuthorizationClient
@@ -107,6 +111,13 @@ class Worker:
         store.create_schema()
         provisioning = LiveProvisioning(store, poll_interval=cfg.provisioning.reload_seconds)
         location = LocationStore(str(self.data_dir / "location.sqlite"))
+        routing_store = RoutingStore(cfg.provisioning.url or default_url(self.data_dir))
+        routing_store.create_schema()
+        self.prober = GatewayProber(interval=px.gateway_probe_seconds, failures_to_down=2,
+                                    successes_to_up=1, failure_codes={408, 503},
+                                    probe_timeout=32 * px.t1 * 2)
+        routing = LiveRouting(routing_store, poll_interval=cfg.provisioning.reload_seconds,
+                              prober=self.prober)
         authenticator = None
         if cfg.auth.enabled:
             authenticator = DigestAuthenticator(load_secret(self.data_dir, cfg.auth.secret),
@@ -154,7 +165,8 @@ class Worker:
                     events=CallEventFactory(cfg.node.name, self.index),
                     provisioning=provisioning, authenticator=authenticator, location=location,
                     registrar=Registrar(location, cfg.registrar),
-                    authorization=cfg.authorization if cfg.authorization.enabled else None)
+                    authorization=cfg.authorization if cfg.authorization.enabled else None,
+                    routing_data=routing)
         self.engine = Engine(core, ScriptRouting(core, load_script(px.routing_script)))
         self.handoff = None
         if shared:   # read the shared public socket only once the engine exists
@@ -166,7 +178,7 @@ class Worker:
         self.control = ControlConsumer(cfg.kafka, cfg.topics.call_control, self.engine.on_command)
         self.publisher.start()
         self.control.start()
-        housekeeping = loop.create_task(self._housekeeping(provisioning, location))
+        housekeeping = loop.create_task(self._housekeeping(provisioning, routing, location, core))
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -215,19 +227,40 @@ class Worker:
             return
         self.publisher.wake()
 
-    async def _housekeeping(self, provisioning: LiveProvisioning, location: LocationStore) -> None:
+    async def _housekeeping(self, provisioning: LiveProvisioning, routing: LiveRouting,
+                            location: LocationStore, core: Core) -> None:
         loop = asyncio.get_running_loop()
         tick = 0
         while True:
             await asyncio.sleep(self.config.provisioning.reload_seconds)
             tick += 1
             try:
-                provisioning.maybe_reload(loop.time())
+                now = loop.time()
+                provisioning.maybe_reload(now)
+                routing.maybe_reload(now)
+                self._probe_gateways(core, now)
                 if tick % 30 == 0 and self.index == 0:
                     import time
                     location.purge(time.time())
             except Exception:
                 log.exception("housekeeping failed")
+
+
+    def _probe_gateways(self, core: Core, now: float) -> None:
+        prober = self.prober
+        for gateway in prober.due(now):
+            name = gateway.name
+
+            def result(status, name=name):
+                when = asyncio.get_running_loop().time()
+                if status is None:
+                    prober.on_timeout(name, when)
+                else:
+                    prober.on_reply(name, status, when)
+            if not send_options(core, gateway.uri(), result):
+                prober.on_timeout(name, now)
+        for change in prober.pop_changes():
+            log.warning("gateway %s", change)
 
 
 def tune_gc() -> None:

@@ -101,7 +101,7 @@ class RequestContext:
 
     @property
     def routing_data(self):
-        live = getattr(self.core, "routing_data", None)
+        live = self.core.routing_data
         return live.snapshot if live is not None else None
 
     def local_domains(self) -> set[str]:
@@ -261,9 +261,13 @@ class RequestContext:
         user, _, domain = self.account.partition("@")
         return data.allowed(user, domain, self.ruri.user or "")
 
-    def blacklisted(self, name: str = "default") -> bool:
+    def blacklisted(self, name: str = "default"):
+        """The blacklist entry matching the dialled number (with its .code and
+        .reason, 473 "Filtered Destination" by default), or None."""
         data = self.routing_data
-        return bool(data is not None and self.ruri.user and data.blacklisted(name, self.ruri.user))
+        if data is None or not self.ruri.user:
+            return None
+        return data.blacklisted(name, self.ruri.user)
 
     # -- gateways ------------------------------------------------------------------------------------
     def route_to_gateways(self, group: str = "default") -> bool:
@@ -273,7 +277,9 @@ class RequestContext:
         number = self.ruri.user
         if data is None or not number:
             return False
-        routes = list(data.select(number, group, time.time(), self.request.call_id))
+        live = self.core.routing_data
+        routes = list(data.select(number, group, time.time(), self.request.call_id,
+                                  is_up=getattr(live, "is_up", None)))
         self.gateway_routes = routes
         return self.next_gateway()
 

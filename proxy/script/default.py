@@ -37,8 +37,9 @@ def route(ctx):
         return ctx.relay()                     # pre-routed, or a foreign domain
 
     ctx.dialplan(NORMALISE_DIALPLAN)
-    if ctx.blacklisted():
-        return ctx.reply(473, "Filtered Destination")
+    entry = ctx.blacklisted()
+    if entry is not None:
+        return ctx.reply(entry.code, entry.reason)
     subscriber = ctx.subscriber()
     if subscriber is not None:
         return to_local_user(ctx, subscriber)

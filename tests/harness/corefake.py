@@ -16,7 +16,9 @@ from proxy.core.registrar import Registrar
 from proxy.script.loader import load_script
 from proxy.script.runner import ScriptRouting
 from proxy.provisioning.live import LiveProvisioning
-from proxy.provisioning.store import ProvisioningStore
+from proxy.provisioning.store import ProvisioningStore, default_url
+from proxy.routing.live import LiveRouting
+from proxy.routing.store import RoutingStore
 from proxy.settings import ProxySettings
 from proxy.sip.message import ParseError, SipMessage, parse
 
@@ -85,20 +87,34 @@ class CoreRig:
     def __init__(self, tmp: Path, *, auth: bool = True, authorization=None, routing_data=None,
                  **settings):
         self.effects = FakeEffects()
-        self.store = ProvisioningStore(f"sqlite:///{tmp / 'prov.sqlite'}")
+        self.tmp = tmp
+        self.store = ProvisioningStore(default_url(tmp))
         self.store.create_schema()
         self.live = LiveProvisioning(self.store, poll_interval=0)
+        self.routing_store = RoutingStore(default_url(tmp))
+        self.routing_store.create_schema()
+        self.routing = routing_data or LiveRouting(self.routing_store, poll_interval=0)
         self.location = LocationStore(str(tmp / "location.sqlite"))
         node = LocalNode("10.0.0.1", {"udp": 5060, "tcp": 5060}, 5060)
         self.core = Core(settings=ProxySettings(**settings), effects=self.effects, node=node,
                          events=CallEventFactory("test-proxy", 0), provisioning=self.live,
                          authenticator=DigestAuthenticator(b"k" * 32) if auth else None,
                          location=self.location, registrar=Registrar(self.location),
-                         authorization=authorization, routing_data=routing_data)
+                         authorization=authorization, routing_data=self.routing)
         self.engine = Engine(self.core, ScriptRouting(self.core, load_script(None)))
 
     def reload(self):
         self.live.maybe_reload(float("inf"))
+        self.routing.maybe_reload(float("inf"))
+
+    def cli(self, *args: str) -> str:
+        """Provision through the real `sipledger` CLI on this rig's data dir, then reload."""
+        from typer.testing import CliRunner
+        from api.cli import app
+        result = CliRunner().invoke(app, ["--data-dir", str(self.tmp), *args])
+        assert result.exit_code == 0, result.output
+        self.reload()
+        return result.output
 
     def authenticated(self, text: str, source: Target, user: str, password: str,
                       realm: str = "example.test") -> list[tuple[SipMessage, Target]]:

@@ -1,0 +1,43 @@
+"""OPTIONS pings (gateway probing, OpenSIPS dr_probing): one request, one callback."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from ..sip.build import new_tag
+from ..sip.message import SipMessage
+from ..transactions import NonInviteClientTransaction, client_key, new_branch
+from .txdriver import TxDriver
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import Core
+
+
+def send_options(core: "Core", uri: str, on_result: Callable[[int | None], None]) -> bool:
+    """OPTIONS to ``uri``; on_result(status) on the final response, None on timeout
+    or transport failure.  False when the URI cannot be resolved."""
+    target = core.resolve(uri)
+    if target is None:
+        return False
+    branch = new_branch()
+    request = SipMessage.request("OPTIONS", uri)
+    request.add("via", core.node.via(target.transport, branch))
+    request.add("max-forwards", "70")
+    request.add("from", f"<sip:ping@{core.node.host}>;tag={new_tag()}")
+    request.add("to", f"<{uri}>")
+    request.add("call-id", f"{new_tag()}{new_tag()}@{core.node.host}")
+    request.add("cseq", "1 OPTIONS")
+    request.add("user-agent", core.user_agent)
+    machine = NonInviteClientTransaction(request, reliable=target.transport != "udp",
+                                         timers=core.timers)
+    done = []
+
+    def finish(status: int | None) -> None:
+        if not done:
+            done.append(status)
+            on_result(status)
+
+    driver = TxDriver(machine, target, core.effects, client_key(request), core.client_txs,
+                      on_message=lambda resp: (resp.status or 0) >= 200 and finish(resp.status),
+                      on_timeout=lambda: finish(None))
+    driver.run(machine.start())
+    return True

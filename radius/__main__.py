@@ -1,0 +1,80 @@
+"""Run the RADIUS accounting worker.
+
+    python -m radius --data-dir D [--config F] [--bootstrap HOST:PORT] [--loglevel info]
+
+Reads ``[radius]`` (and ``[node]``, ``[kafka]``, ``[topics]``) from the config
+file; needs at least one ``[[radius.servers]]``.  Prints ``RADIUS READY ...``
+on stdout once it consumes.  Stop with SIGTERM / SIGINT; a SIGKILL is safe
+too (the durable queue and the committed offsets resume without loss).
+Exit status 2 on a configuration error.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+import msgspec
+
+from proxy.contract.config import ConfigError, resolve_paths
+
+from .settings import load, spool_dir
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m radius", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (overrides [kafka])")
+    parser.add_argument("--loglevel", default="info")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.loglevel.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.loglevel.lower() != "debug":
+        # pyrad logs every ICMP port-unreachable while a server is down
+        logging.getLogger("radius.pyrad").setLevel(logging.CRITICAL)
+    try:
+        data_dir, config_file = resolve_paths(args.data_dir, args.config)
+        config = load(config_file)
+        if args.bootstrap:
+            config = msgspec.structs.replace(
+                config, kafka=msgspec.structs.replace(config.kafka, bootstrap_servers=args.bootstrap))
+        if not config.radius.servers:
+            raise ConfigError(f"{config_file or 'defaults'}: no [[radius.servers]] configured")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    from .worker import RadiusWorker
+
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:                                  # pragma: no cover
+        runner = asyncio.run
+
+    async def run() -> None:
+        worker = RadiusWorker(config, data_dir)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        servers = ",".join(f"{s.host}:{s.port}" for s in config.radius.servers)
+
+        def ready() -> None:
+            print(f"RADIUS READY servers={servers} group={config.radius.group_id} "
+                  f"spool={spool_dir(config.radius, data_dir)}", flush=True)
+
+        await worker.run(ready=ready)
+
+    runner(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

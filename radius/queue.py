@@ -1,0 +1,360 @@
+"""The durable RADIUS accounting queue (SQLite) and its sender (pyrad's asyncio client).
+
+Spool (one SQLite file under the data dir, WAL, ``synchronous=FULL``):
+
+* ``queue``: every record is written here *before* it is sent, in the same
+  transaction as the call state that produced it (``Spool.commit``); the
+  worker commits its Kafka offsets only after that transaction.  A row is
+  deleted only once a server has acknowledged it (``Spool.ack``).
+* ``sent``: keys of acknowledged records, kept ``dedupe_retention_s``: a
+  replayed record whose key is here (or still queued) is not queued again.
+  Keys are (session, status[, interim number]) - see radius/records.py.
+* ``calls``: the worker's per-call fold state (radius/worker.py).
+
+Sender:
+
+* Records of one session (Acct-Session-Id) are sent strictly one after the
+  other in queue order: a Stop is sent only once its Start is acknowledged,
+  so it can never overtake it.  Different sessions go in parallel, at most
+  ``max_in_flight`` requests awaiting a response.
+* Each send is a new packet: a new Identifier, Acct-Delay-Time = whole
+  seconds since the record was first enqueued, hence a new Request
+  Authenticator (RFC 2866 5.2).  pyrad's own retransmission (the same bytes)
+  is not used: ``retries`` resends per server, each waiting ``timeout``.
+* Servers are tried in the configured order; one that exhausts its retries
+  is skipped for ``dead_time_s``.  When every server is dead, one request
+  at a time probes them (with a growing pause between rounds) until one
+  answers, and the queue then drains at full concurrency.
+* Acknowledgements are committed in small batches (every few ms): a crash
+  between a server's response and that commit sends the record again
+  (at-least-once; a record acknowledged and committed is never sent again).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import sqlite3
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import msgspec
+from pyrad import packet as rpacket
+from pyrad.client_async import ClientAsync
+from pyrad.dictionary import Dictionary
+
+from .records import Record, with_delay
+from .settings import RadiusServer, RadiusSettings
+
+log = logging.getLogger("radius.queue")
+
+SPOOL_NAME = "radius.sqlite"
+ACK_FLUSH_S = 0.005
+PROBE_PAUSE_MIN_S = 0.2
+PROBE_PAUSE_MAX_S = 2.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    session TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    attrs BLOB NOT NULL,
+    enqueued_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sent (
+    key TEXT PRIMARY KEY,
+    acked_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sent_acked ON sent(acked_ms);
+CREATE TABLE IF NOT EXISTS calls (
+    call_id TEXT PRIMARY KEY,
+    slot BLOB NOT NULL
+) WITHOUT ROWID;
+"""
+
+_attrs_encoder = msgspec.msgpack.Encoder()
+_attrs_decoder = msgspec.msgpack.Decoder(tuple[tuple[str, str | int], ...])
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Entry(msgspec.Struct, frozen=True):
+    """A queued record."""
+    seq: int
+    key: str
+    session: str
+    status: int
+    attrs: tuple
+    enqueued_ms: int
+
+
+class Spool:
+    """The SQLite file: queue, sent keys, call states.  One process at a time."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / SPOOL_NAME
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- reads -------------------------------------------------------------------------
+    def pending(self) -> list[Entry]:
+        rows = self.db.execute("SELECT seq, key, session, status, attrs, enqueued_ms FROM queue "
+                               "ORDER BY seq").fetchall()
+        return [Entry(seq, key, session, status, _attrs_decoder.decode(attrs), enq)
+                for seq, key, session, status, attrs, enq in rows]
+
+    def pending_count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM queue").fetchone()[0]
+
+    def calls(self) -> Iterator[tuple[str, bytes]]:
+        yield from self.db.execute("SELECT call_id, slot FROM calls")
+
+    # --- writes ------------------------------------------------------------------------
+    def commit(self, records: Iterable[Record], puts: dict[str, bytes] | None = None,
+               deletes: Iterable[str] = (), now_ms: int | None = None) -> list[Entry]:
+        """Enqueue records and write call states in one durable transaction.
+        Records whose key is queued already or was acknowledged (``sent``)
+        are skipped.  Returns the entries actually enqueued, in queue order."""
+        now = wall_ms() if now_ms is None else now_ms
+        added: list[Entry] = []
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            for record in records:
+                blob = _attrs_encoder.encode(record.attrs)
+                cur.execute("INSERT OR IGNORE INTO queue (key, session, status, attrs, enqueued_ms) "
+                            "SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM sent WHERE key = ?)",
+                            (record.key, record.session, record.status, blob, now, record.key))
+                if cur.rowcount == 1:
+                    added.append(Entry(cur.lastrowid, record.key, record.session, record.status,
+                                       record.attrs, now))
+            if puts:
+                cur.executemany("INSERT OR REPLACE INTO calls (call_id, slot) VALUES (?, ?)",
+                                puts.items())
+            deletes = list(deletes)
+            if deletes:
+                cur.executemany("DELETE FROM calls WHERE call_id = ?", ((d,) for d in deletes))
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        return added
+
+    def ack(self, entries: list[Entry], now_ms: int | None = None) -> None:
+        """Acknowledged by a server: out of the queue, key remembered."""
+        if not entries:
+            return
+        now = wall_ms() if now_ms is None else now_ms
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.executemany("DELETE FROM queue WHERE seq = ?", ((e.seq,) for e in entries))
+            cur.executemany("INSERT OR IGNORE INTO sent (key, acked_ms) VALUES (?, ?)",
+                            ((e.key, now) for e in entries))
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    def prune_sent(self, before_ms: int) -> int:
+        cur = self.db.execute("DELETE FROM sent WHERE acked_ms < ?", (before_ms,))
+        return cur.rowcount
+
+
+class _Server:
+    def __init__(self, config: RadiusServer, client: ClientAsync) -> None:
+        self.config = config
+        self.client = client
+        self.dead_until = 0.0                 # monotonic; 0 = alive
+
+    @property
+    def name(self) -> str:
+        return f"{self.config.host}:{self.config.port}"
+
+
+class Sender:
+    """Sends queued entries to the servers; see the module docstring."""
+
+    def __init__(self, spool: Spool, settings: RadiusSettings, dictionary: Dictionary) -> None:
+        if not settings.servers:
+            raise ValueError("no RADIUS server configured")
+        self.spool = spool
+        self.settings = settings
+        self.dictionary = dictionary
+        self.servers: list[_Server] = []
+        self._sessions: dict[str, collections.deque[Entry]] = {}
+        self._ready: collections.deque[str] = collections.deque()
+        self._inflight: dict[str, asyncio.Task] = {}
+        self._acks: list[Entry] = []
+        self._wake = asyncio.Event()
+        self._ack_wake = asyncio.Event()
+        self._closing = False
+        self._probe_failures = 0
+        self.counts: collections.Counter = collections.Counter()
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        for config in self.settings.servers:
+            # pyrad's timeout only backs ours up (asyncio.wait_for below);
+            # retries=0: every resend is a new packet built here
+            client = ClientAsync(server=config.host, acct_port=config.port,
+                                 secret=config.secret.encode(), dict=self.dictionary,
+                                 retries=0, timeout=self.settings.timeout * 2 + 1,
+                                 logger_name="radius.pyrad")
+            await client.initialize_transports(enable_acct=True)
+            self.servers.append(_Server(config, client))
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        self._ack_wake.set()
+        for task in list(self._inflight.values()):
+            task.cancel()
+        if self._inflight:
+            await asyncio.wait(list(self._inflight.values()))
+        self.flush_acks()
+        for server in self.servers:
+            await server.client.deinitialize_transports()
+
+    # --- queue ---------------------------------------------------------------------------
+    def add(self, entries: Iterable[Entry]) -> None:
+        """Entries durably enqueued (in queue order): schedule them."""
+        sessions, ready = self._sessions, self._ready
+        for entry in entries:
+            queue = sessions.get(entry.session)
+            if queue is None:
+                sessions[entry.session] = collections.deque((entry,))
+                ready.append(entry.session)
+            else:
+                queue.append(entry)
+        self._wake.set()
+
+    @property
+    def backlog(self) -> int:
+        return sum(len(q) for q in self._sessions.values())
+
+    @property
+    def all_dead(self) -> bool:
+        now = time.monotonic()
+        return all(server.dead_until > now for server in self.servers)
+
+    async def run(self) -> None:
+        """Send until closed."""
+        ack_task = asyncio.create_task(self._ack_loop(), name="radius-acks")
+        try:
+            while not self._closing:
+                limit = 1 if self.all_dead else self.settings.max_in_flight
+                while self._ready and len(self._inflight) < limit:
+                    session = self._ready.popleft()
+                    entry = self._sessions[session][0]
+                    self._inflight[session] = asyncio.create_task(self._deliver(entry))
+                self._wake.clear()
+                await self._wake.wait()
+        finally:
+            ack_task.cancel()
+            await asyncio.wait([ack_task])
+
+    async def _deliver(self, entry: Entry) -> None:
+        session = entry.session
+        ok = False
+        try:
+            ok = await self._send(entry)
+            if not ok:
+                self._probe_failures += 1
+                pause = min(PROBE_PAUSE_MAX_S, PROBE_PAUSE_MIN_S * 2 ** min(self._probe_failures, 8))
+                await asyncio.sleep(pause)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._inflight.pop(session, None)
+            if ok:
+                self._probe_failures = 0
+                self._acks.append(entry)
+                self._ack_wake.set()
+                queue = self._sessions[session]
+                queue.popleft()
+                if queue:
+                    self._ready.append(session)
+                else:
+                    del self._sessions[session]
+            elif not self._closing:
+                self._ready.appendleft(session)       # oldest first once a server answers
+            self._wake.set()
+
+    def _order(self) -> list[_Server]:
+        """Servers to try, in failover order: the alive ones; all when none is."""
+        now = time.monotonic()
+        alive = [server for server in self.servers if server.dead_until <= now]
+        return alive or list(self.servers)
+
+    async def _send(self, entry: Entry) -> bool:
+        """One entry through the failover order; True once a server acknowledged it."""
+        settings = self.settings
+        for server in self._order():
+            for _attempt in range(settings.retries + 1):
+                if self._closing:
+                    return False
+                if await self._send_once(server, entry):
+                    if server.dead_until:
+                        log.info("RADIUS server %s answers again", server.name)
+                        server.dead_until = 0.0
+                    return True
+            if server.dead_until <= time.monotonic():
+                log.warning("RADIUS server %s: no answer after %d tries of %gs; failing over "
+                            "for %gs", server.name, settings.retries + 1, settings.timeout,
+                            settings.dead_time_s)
+            server.dead_until = time.monotonic() + settings.dead_time_s
+            self.counts["failovers"] += 1
+        return False
+
+    async def _send_once(self, server: _Server, entry: Entry) -> bool:
+        client = server.client
+        try:
+            pkt = client.CreateAcctPacket()
+        except Exception as exc:                     # 255 pending ids: wait for answers
+            log.debug("cannot create packet: %s", exc)
+            await asyncio.sleep(self.settings.timeout / 10)
+            return False
+        for name, value in with_delay(entry.attrs, entry.enqueued_ms, wall_ms()):
+            pkt.AddAttribute(name, value)
+        self.counts["sends"] += 1
+        try:
+            reply = await asyncio.wait_for(client.SendPacket(pkt), self.settings.timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            self.counts["timeouts"] += 1
+            return False
+        except (ConnectionAbortedError, OSError) as exc:
+            self.counts["errors"] += 1
+            log.debug("send to %s failed: %s", server.name, exc)
+            await asyncio.sleep(self.settings.timeout)
+            return False
+        if reply.code != rpacket.AccountingResponse:
+            self.counts["bad_replies"] += 1
+            log.warning("RADIUS server %s answered code %s to %s", server.name, reply.code, entry.key)
+            return False
+        self.counts["acked"] += 1
+        return True
+
+    # --- acknowledgements ----------------------------------------------------------------
+    async def _ack_loop(self) -> None:
+        while True:
+            await self._ack_wake.wait()
+            self._ack_wake.clear()
+            await asyncio.sleep(ACK_FLUSH_S)
+            self.flush_acks()
+
+    def flush_acks(self) -> None:
+        acks, self._acks = self._acks, []
+        if acks:
+            self.spool.ack(acks)

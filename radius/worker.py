@@ -1,0 +1,289 @@
+"""The RADIUS accounting worker: ``sip.events`` -> call state -> durable queue -> RADIUS.
+
+* Consumes ``sip.events`` in its own consumer group (``[radius] group_id``,
+  default ``sipledger-radius``), in batches.  Each event is folded into its
+  call's state with the CDR fold (cdr/fold.py: idempotent, duplicates by
+  event id change nothing); radius/records.py says which records the call
+  needs now (Start when answered, Stop / Failed at the end).
+* Per batch, in ONE SQLite transaction (radius/queue.py ``Spool.commit``):
+  the new records are enqueued (keyed by session + status: a replay cannot
+  queue one twice) and the changed call states written.  Only then are the
+  batch's offsets committed to Kafka: at-least-once, and a restart resumes
+  from the committed offset with the states and the queue as they were.
+* A timer (``TICK_S``) sends Interim-Updates of long calls, closes calls that
+  went silent (``silence_seconds``: Stop with Acct-Terminate-Cause
+  Lost-Service), forgets finished calls after ``finished_ttl_seconds`` and
+  prunes acknowledged keys older than ``dedupe_retention_s``.
+* The sender (radius/queue.py) delivers the queue with failover.
+
+One worker per consumer group: call states live in this worker's spool, so
+a second worker taking some partitions over would not know their live calls.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from pathlib import Path
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from pyrad.dictionary import Dictionary
+
+from cdr.fold import CallState, apply, new_state, silence_deadline_ms, silence_end_ms
+from proxy.contract import events as ev
+from proxy.contract.kafka import consumer_kwargs, ensure_topics
+
+from .queue import Sender, Spool, wall_ms
+from .records import Context, Progress, Record, context_for, interim, plan
+from .settings import RadiusConfig, dictionary_path, spool_dir
+
+log = logging.getLogger("radius.worker")
+
+TICK_S = 0.5
+PRUNE_EVERY_S = 60.0
+STATS_EVERY_S = 30.0
+
+
+class Slot(msgspec.Struct, frozen=True, array_like=True):
+    """A call as the worker keeps it: live (``state``) or finished (``state`` None,
+    kept ``finished_ttl_seconds`` so late duplicates cannot reopen it)."""
+    partition: int
+    seen_ms: int                     # wall clock of the last change
+    state: CallState | None
+    progress: Progress
+
+
+_slot_encoder = msgspec.msgpack.Encoder()
+_slot_decoder = msgspec.msgpack.Decoder(Slot)
+
+
+class Accounting:
+    """The pure-ish core: call slots in memory, events and ticks in, records out.
+    The caller persists ``changed`` / ``forgotten`` with the records."""
+
+    def __init__(self, ctx: Context, silence_ms: int, ttl_ms: int, started_ms: int) -> None:
+        self.ctx = ctx
+        self.silence_ms = silence_ms
+        self.ttl_ms = ttl_ms
+        self.started_ms = started_ms
+        self.calls: dict[str, Slot] = {}
+        self.counts: collections.Counter = collections.Counter()
+
+    def load(self, rows) -> None:
+        for call_id, blob in rows:
+            self.calls[call_id] = _slot_decoder.decode(blob)
+
+    def event(self, event: ev.CallEvent, partition: int, now_ms: int,
+              records: list[Record], changed: dict[str, Slot]) -> None:
+        counts = self.counts
+        call_id = event.call_id
+        slot = changed.get(call_id) or self.calls.get(call_id)
+        if slot is not None and slot.state is None:
+            counts["after_finish"] += 1
+            return
+        if slot is None:
+            state, progress = new_state(call_id), Progress()
+        else:
+            state, progress = slot.state, slot.progress
+            if event.ts_ms > silence_deadline_ms(state, self.silence_ms):
+                # silent before this event: closed as the timer would have done
+                self._close_silent(call_id, slot, now_ms, records, changed)
+                counts["after_finish"] += 1
+                return
+        new = apply(state, event)
+        if new is state and slot is not None:
+            counts["no_change"] += 1
+            return
+        out, progress = plan(new, progress, self.ctx)
+        records.extend(out)
+        counts["records"] += len(out)
+        if progress.final:
+            counts["calls"] += 1
+            changed[call_id] = Slot(partition, now_ms, None, progress)
+        else:
+            changed[call_id] = Slot(partition, now_ms, new, progress)
+
+    def _close_silent(self, call_id: str, slot: Slot, now_ms: int, records: list[Record],
+                      changed: dict[str, Slot]) -> None:
+        out, progress = plan(slot.state, slot.progress, self.ctx,
+                             silence_end_ms=silence_end_ms(slot.state, self.silence_ms))
+        records.extend(out)
+        self.counts["records"] += len(out)
+        self.counts["silence_closes"] += 1
+        changed[call_id] = Slot(slot.partition, now_ms, None, progress)
+
+    def tick(self, now_ms: int, records: list[Record], changed: dict[str, Slot],
+             forgotten: list[str]) -> None:
+        """Interim-Updates due, silent calls, expired finished markers."""
+        for call_id, slot in self.calls.items():
+            state = slot.state
+            if state is None:
+                if now_ms - slot.seen_ms > self.ttl_ms:
+                    forgotten.append(call_id)
+                continue
+            quiet_since = max(slot.seen_ms, self.started_ms)
+            if now_ms - quiet_since > self.silence_ms \
+                    and now_ms > silence_deadline_ms(state, self.silence_ms):
+                self._close_silent(call_id, slot, now_ms, records, changed)
+                continue
+            if self.ctx.interim_ms:
+                out, progress = interim(state, slot.progress, self.ctx, now_ms)
+                if out:
+                    records.extend(out)
+                    self.counts["interims"] += len(out)
+                    changed[call_id] = msgspec.structs.replace(slot, progress=progress)
+
+    def apply_changes(self, changed: dict[str, Slot], forgotten: list[str]) -> tuple[dict[str, bytes], list[str]]:
+        """Take the changes into memory; what to write to the spool."""
+        self.calls.update(changed)
+        for call_id in forgotten:
+            self.calls.pop(call_id, None)
+        return {k: _slot_encoder.encode(v) for k, v in changed.items()}, forgotten
+
+    @property
+    def live(self) -> int:
+        return sum(1 for slot in self.calls.values() if slot.state is not None)
+
+
+class RadiusWorker:
+    def __init__(self, config: RadiusConfig, data_dir: Path) -> None:
+        self.config = config
+        self.settings = config.radius
+        self.data_dir = Path(data_dir)
+        self.spool = Spool(spool_dir(self.settings, self.data_dir))
+        self.dictionary = Dictionary(str(dictionary_path(self.settings)))
+        self.core = Accounting(context_for(self.settings, config.node.name),
+                               silence_ms=int(self.settings.silence_seconds * 1000),
+                               ttl_ms=int(self.settings.finished_ttl_seconds * 1000),
+                               started_ms=wall_ms())
+        self.sender = Sender(self.spool, self.settings, self.dictionary)
+        self.consumer: AIOKafkaConsumer | None = None
+        self.topic = config.topics.sip_events
+        self._stop = asyncio.Event()
+        self._last_prune = 0.0
+        self._last_stats = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, ready=None) -> None:
+        """Run until ``stop()``; ``ready()`` is called once consuming starts."""
+        self.core.load(self.spool.calls())
+        # the durable queue drains (and live calls get their interims) while
+        # the consumer joins its group, which takes seconds on Tansu
+        await self.sender.start()
+        self.sender.add(self.spool.pending())
+        log.info("radius worker: %d live calls, %d records queued", self.core.live,
+                 self.sender.backlog)
+        sender = asyncio.create_task(self.sender.run(), name="radius-sender")
+        tasks = [asyncio.create_task(self._timer(), name="radius-timer")]
+        stopper = asyncio.create_task(self._stop.wait())
+        try:
+            startup = asyncio.create_task(self._start_consumer())
+            await asyncio.wait([startup, stopper], return_when=asyncio.FIRST_COMPLETED)
+            if not startup.done():                  # stopped while starting
+                startup.cancel()
+                await asyncio.wait([startup])
+                return
+            startup.result()
+            tasks.append(asyncio.create_task(self._consume(), name="radius-consume"))
+            if ready is not None:
+                ready()
+            done, _ = await asyncio.wait(tasks + [sender, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper and task.exception() is not None:
+                    raise task.exception()
+        finally:
+            stopper.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+            await self.sender.close()
+            sender.cancel()
+            await asyncio.wait([sender])
+            try:
+                if self.consumer is not None:
+                    await self.consumer.stop()
+            finally:
+                self.spool.close()
+
+    # --- consuming ---------------------------------------------------------------------
+    async def _start_consumer(self) -> None:
+        kafka = self.config.kafka
+        await ensure_topics(kafka, {self.topic: kafka.partitions}, timeout=30.0)
+        consumer = AIOKafkaConsumer(
+            self.topic, **consumer_kwargs(kafka, group_id=self.settings.group_id,
+                                          enable_auto_commit=False, auto_offset_reset="earliest",
+                                          client_id=f"{self.settings.group_id}-{self.config.node.name}",
+                                          max_partition_fetch_bytes=4 * 1048576))
+        self.consumer = consumer
+        await consumer.start()
+
+    async def _consume(self) -> None:
+        consumer = self.consumer
+        batch_size = self.settings.batch_size
+        while True:
+            data = await consumer.getmany(timeout_ms=500, max_records=batch_size)
+            if not data:
+                continue
+            offsets = {tp: messages[-1].offset + 1 for tp, messages in data.items() if messages}
+            self.handle(data)
+            try:
+                await consumer.commit(offsets)
+            except KafkaError as exc:
+                # the events come again after the rebalance: folding and the
+                # queue's keys make that harmless
+                log.warning("offset commit failed (%s): the batch will be replayed", exc)
+
+    def handle(self, data: dict[TopicPartition, list]) -> None:
+        """Fold a fetched batch, enqueue its records and states durably."""
+        now = wall_ms()
+        records: list[Record] = []
+        changed: dict[str, Slot] = {}
+        counts = self.core.counts
+        for tp, messages in data.items():
+            for message in messages:
+                try:
+                    event = ev.decode(message.value)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    counts["undecodable"] += 1
+                    log.warning("skipping undecodable record %s[%d]@%d: %s", tp.topic,
+                                tp.partition, message.offset, exc)
+                    continue
+                if event.v != ev.SCHEMA_VERSION:
+                    counts["unknown_version"] += 1
+                    continue
+                counts["events"] += 1
+                self.core.event(event, tp.partition, now, records, changed)
+        self._persist(records, changed, [], now)
+
+    def _persist(self, records: list[Record], changed: dict, forgotten: list[str], now: int) -> None:
+        if not records and not changed and not forgotten:
+            return
+        puts, deletes = self.core.apply_changes(changed, forgotten)
+        added = self.spool.commit(records, puts, deletes, now_ms=now)
+        self.core.counts["duplicates_skipped"] += len(records) - len(added)
+        self.sender.add(added)
+
+    # --- the timer ---------------------------------------------------------------------
+    async def _timer(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = wall_ms()
+            records: list[Record] = []
+            changed: dict[str, Slot] = {}
+            forgotten: list[str] = []
+            self.core.tick(now, records, changed, forgotten)
+            self._persist(records, changed, forgotten, now)
+            mono = time.monotonic()
+            if mono - self._last_prune > PRUNE_EVERY_S:
+                self._last_prune = mono
+                self.spool.prune_sent(now - int(self.settings.dedupe_retention_s * 1000))
+            if mono - self._last_stats > STATS_EVERY_S:
+                self._last_stats = mono
+                log.info("radius stats: live=%d queued=%d %s %s", self.core.live, self.sender.backlog,
+                         " ".join(f"{k}={v}" for k, v in sorted(self.core.counts.items())),
+                         " ".join(f"{k}={v}" for k, v in sorted(self.sender.counts.items())))

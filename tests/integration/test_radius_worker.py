@@ -1,0 +1,296 @@
+"""The RADIUS worker end to end with real components: synthetic call events
+on the real broker (Tansu), ``python -m radius`` as a process, a private
+FreeRADIUS on loopback, and its detail file parsed back.
+
+Each test has its own sip.events topic, consumer group, spool and FreeRADIUS.
+Waits are bounded polls (nothing asserts how long anything took)."""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from bench.cdr_pipeline import CallBuilder, call_events
+from proxy.contract import events as ev
+from proxy.contract.kafka import ensure_topics_sync
+from tests.harness.broker import produce, unique_topic
+from tests.harness.freeradius import (FreeRadius, RadiusWorkerProcess, by_session,
+                                      freeradius_available, radius_config)
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not freeradius_available(), reason="freeradius is not installed")]
+
+WAIT = 30.0
+FAST = dict(timeout=0.3, retries=1, dead_time_s=1.0)     # quick failover for tests
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@pytest.fixture
+def topic(kafka_settings) -> str:
+    name = unique_topic("radius.events")
+    ensure_topics_sync(kafka_settings, {name: 3})
+    return name
+
+
+@pytest.fixture
+def freeradius(tmp_path):
+    fr = FreeRadius(tmp_path / "freeradius").start()
+    yield fr
+    fr.stop()
+
+
+@pytest.fixture
+def workers():
+    started: list[RadiusWorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.kill()
+
+
+def start_worker(workers, tmp_path, broker, topic, servers, name="worker", **settings):
+    config = tmp_path / f"{name}.toml"
+    settings.setdefault("group_id", f"radius-{uuid.uuid4().hex[:8]}")
+    for key, value in FAST.items():
+        settings.setdefault(key, value)
+    config.write_text(radius_config(servers, topic=topic, **settings))
+    worker = RadiusWorkerProcess(tmp_path / "data", config, broker.bootstrap)
+    workers.append(worker)
+    return worker.start()
+
+
+def send(kafka_settings, topic, events) -> None:
+    asyncio.run(produce(kafka_settings, topic, [(e.call_id.encode(), ev.encode(e)) for e in events]))
+
+
+def complete_calls(prefix: str, n: int, t0: int) -> list:
+    events = []
+    for i in range(n):
+        events += call_events("answered_caller_bye", f"{prefix}-{i}@test", t0 + i, scale=0.01)
+    return events
+
+
+def keys(records) -> list[tuple[str, str]]:
+    return [(r.session, r.status) for r in records]
+
+
+def assert_each_once_and_ordered(records, expected: set[tuple[str, str]]) -> None:
+    got = keys(records)
+    missing = expected - set(got)
+    assert not missing, f"{len(missing)} records never arrived, e.g. {sorted(missing)[:5]}"
+    dups = sorted({k for k in got if got.count(k) > 1})
+    assert not dups, f"duplicated: {dups[:5]}"
+    for session, recs in by_session(records).items():
+        statuses = [r.status for r in recs]
+        if "Stop" in statuses and "Start" in statuses:
+            assert statuses.index("Start") < statuses.index("Stop"), (session, statuses)
+
+
+# --- values --------------------------------------------------------------------------
+
+def test_start_and_stop_carry_the_call(tmp_path, broker, kafka_settings, topic, freeradius, workers):
+    start_worker(workers, tmp_path, broker, topic, [freeradius], nas_ip="192.0.2.1",
+                 nas_identifier="nas-1")
+    t0 = now_ms() - 60_000
+    c = CallBuilder("values-1@test", t0, from_tag="ftv1", proxy="node-a")
+    c.at(0).invite()
+    c.at(2).route(0)
+    c.at(150).progress(0)
+    c.at(2500).answer(0)
+    c.at(2510).ack(0)
+    c.at(2500 + 7250).bye("callee")
+    ends = {}
+    for name, end in (("timeout", "timeout"), ("teardown", "teardown")):
+        d = CallBuilder(f"{name}-1@test", t0, from_tag=f"ft-{name}")
+        d.at(0).invite(); d.at(1).route(0); d.at(1000).answer(0)
+        if end == "timeout":
+            d.at(31_000).timeout(30, t0 + 1000)
+        else:
+            d.at(31_000).teardown("credit exhausted")
+        ends[name] = d.events
+    send(kafka_settings, topic, c.events + ends["timeout"] + ends["teardown"])
+
+    records = freeradius.wait_for(lambda rs: len(rs) >= 6, WAIT)
+    assert_each_once_and_ordered(records, {(f"{cid};leg=0", st) for cid in
+                                           ("values-1@test", "timeout-1@test", "teardown-1@test")
+                                           for st in ("Start", "Stop")})
+    sessions = by_session(records)
+    start, stop = sessions["values-1@test;leg=0"]
+    for r in (start, stop):
+        assert r.get("Acct-Multi-Session-Id") == "values-1@test"
+        assert r.get("User-Name") == "alice@example.test"
+        assert r.get("Calling-Station-Id") == "sip:alice@example.test"
+        assert r.get("Called-Station-Id") == "sip:+4930123456@example.test"
+        assert (r.get("NAS-IP-Address"), r.get("NAS-Identifier")) == ("192.0.2.1", "nas-1")
+        assert r.get("Service-Type") == "Sip-Session"
+        assert (r.get("Sip-From-Tag"), r.get("Sip-To-Tag")) == ("ftv1", "tt0")
+        assert r.int("Sip-Response-Code") == 200
+        assert r.int("Sip-Call-Created") == t0 // 1000 and r.int("Sip-Call-Setuptime") == 2
+        assert r.get("Sip-Translated-Request-URI") == "sip:+4930123456@198.51.100.7:5060"
+        assert r.get("Cisco-AVPair") == "call-id=values-1@test"
+        assert r.get("h323-setup-time", "").startswith("h323-setup-time=")
+        assert r.int("Acct-Delay-Time") >= 0
+    assert start.get("Sip-Method") == "Invite"
+    assert start.time("Event-Timestamp") == (t0 + 2500) // 1000
+    assert "Acct-Session-Time" not in start and "h323-disconnect-time" not in start
+    assert stop.get("Sip-Method") == "Bye"
+    assert stop.time("Event-Timestamp") == (t0 + 9750) // 1000
+    assert stop.int("Acct-Session-Time") == 8                 # 7.25 s, rounded up
+    assert stop.get("Acct-Terminate-Cause") == "User-Request"
+    assert (stop.int("Sip-Call-Duration"), stop.int("Sip-Call-MSDuration")) == (8, 7250)
+    assert stop.get("h323-disconnect-cause") == "h323-disconnect-cause=10"
+    assert stop.get("h323-connect-time") == start.get("h323-connect-time")
+    assert sessions["timeout-1@test;leg=0"][1].get("Acct-Terminate-Cause") == "Session-Timeout"
+    assert sessions["teardown-1@test;leg=0"][1].get("Acct-Terminate-Cause") == "Admin-Reset"
+    assert sessions["teardown-1@test;leg=0"][1].int("Acct-Session-Time") == 30
+
+
+def test_interim_updates_for_a_long_call(tmp_path, broker, kafka_settings, topic, freeradius, workers):
+    start_worker(workers, tmp_path, broker, topic, [freeradius], interim_interval_s=1)
+    c = CallBuilder("long-1@test", now_ms(), from_tag="ftl")
+    c.at(0).invite(); c.at(1).route(0); c.at(5).answer(0); c.at(6).ack(0)
+    send(kafka_settings, topic, c.events)
+    session = "long-1@test;leg=0"
+    records = freeradius.wait_for(
+        lambda rs: sum(1 for r in rs if r.status == "Interim-Update") >= 2, WAIT)
+    assert sum(1 for r in records if r.status == "Interim-Update") >= 2, keys(records)
+    bye = c.at(now_ms() - c.t0).bye("caller")
+    send(kafka_settings, topic, [bye])
+    records = freeradius.wait_for(lambda rs: any(r.status == "Stop" for r in rs), WAIT)
+    statuses = [r.status for r in by_session(records)[session]]
+    assert statuses[0] == "Start" and statuses[-1] == "Stop", statuses
+    interims = [r for r in records if r.status == "Interim-Update"]
+    assert set(statuses[1:-1]) == {"Interim-Update"}
+    times = [r.int("Acct-Session-Time") for r in interims]
+    assert times == sorted(set(times)) and times[0] >= 1, times     # increasing, no repeats
+    stop = by_session(records)[session][-1]
+    assert stop.int("Acct-Session-Time") >= times[-1]
+    assert stop.int("Sip-Call-MSDuration") == bye.ts_ms - (c.t0 + 5)
+
+
+def test_failed_records_for_unanswered_calls(tmp_path, broker, kafka_settings, topic, freeradius, workers):
+    start_worker(workers, tmp_path, broker, topic, [freeradius], send_failed=True)
+    t0 = now_ms() - 60_000
+    events = (call_events("busy", "busy-1@test", t0, scale=0.01)
+              + call_events("cancel", "cancel-1@test", t0, scale=0.01)
+              + call_events("answered_caller_bye", "ok-1@test", t0, scale=0.01))
+    send(kafka_settings, topic, events)
+    records = freeradius.wait_for(lambda rs: len(rs) >= 4, WAIT)
+    assert_each_once_and_ordered(records, {("busy-1@test;leg=0", "Failed"),
+                                           ("cancel-1@test;leg=0", "Failed"),
+                                           ("ok-1@test;leg=0", "Start"), ("ok-1@test;leg=0", "Stop")})
+    busy = by_session(records)["busy-1@test;leg=0"][0]
+    assert busy.int("Sip-Response-Code") == 486 and busy.get("Sip-Method") == "Invite"
+    assert busy.get("h323-disconnect-cause") == "h323-disconnect-cause=11"
+    assert "Acct-Session-Time" not in busy
+    cancel = by_session(records)["cancel-1@test;leg=0"][0]
+    assert cancel.int("Sip-Response-Code") == 487
+
+
+# --- delivery -------------------------------------------------------------------------
+
+def test_freeradius_down_while_calls_happen(tmp_path, broker, kafka_settings, topic, freeradius, workers):
+    worker = start_worker(workers, tmp_path, broker, topic, [freeradius])
+    t0 = now_ms() - 120_000
+    send(kafka_settings, topic, complete_calls("before", 5, t0))
+    freeradius.wait_for(lambda rs: len(rs) >= 10, WAIT)
+    _wait(lambda: worker.spool_counts().get("queue") == 0)      # everything acknowledged
+
+    freeradius.stop()
+    live = []
+    for i in range(3):                                          # answered now, BYE after the outage
+        c = CallBuilder(f"live-{i}@test", now_ms() - 5000, from_tag=f"ftlive{i}")
+        c.at(0).invite(); c.at(1).route(0); c.at(1000).answer(0)
+        live.append(c)
+    send(kafka_settings, topic, complete_calls("during", 20, t0) + [e for c in live for e in c.events])
+    assert _wait(lambda: worker.spool_counts().get("queue") == 43), worker.spool_counts()
+    time.sleep(1.1)                                             # so that Acct-Delay-Time >= 1
+    freeradius.start()
+    send(kafka_settings, topic, [c.at(now_ms() - c.t0).bye("callee") for c in live])
+
+    expected = {(f"{p}-{i}@test;leg=0", st) for p, n in (("before", 5), ("during", 20), ("live", 3))
+                for i in range(n) for st in ("Start", "Stop")}
+    records = freeradius.wait_for(lambda rs: set(keys(rs)) >= expected, WAIT)
+    assert_each_once_and_ordered(records, expected)
+    delayed = [r for r in records if r.session.startswith(("during-", "live-")) and r.status == "Start"]
+    assert all(r.int("Acct-Delay-Time") >= 1 for r in delayed), \
+        [(r.session, r.get("Acct-Delay-Time")) for r in delayed]
+    assert all(r.int("Acct-Delay-Time") == 0 for r in records if r.session.startswith("before-"))
+    assert _wait(lambda: worker.spool_counts().get("queue") == 0)
+
+
+def test_failover_to_the_second_server_and_back(tmp_path, broker, kafka_settings, topic, workers):
+    primary = FreeRadius(tmp_path / "primary")
+    primary.generate()                                          # configured, not running
+    secondary = FreeRadius(tmp_path / "secondary").start()
+    try:
+        start_worker(workers, tmp_path, broker, topic, [primary, secondary])
+        t0 = now_ms() - 60_000
+        send(kafka_settings, topic, complete_calls("first", 5, t0))
+        first = {(f"first-{i}@test;leg=0", st) for i in range(5) for st in ("Start", "Stop")}
+        records = secondary.wait_for(lambda rs: set(keys(rs)) >= first, WAIT)
+        assert_each_once_and_ordered(records, first)
+
+        primary.start()
+        time.sleep(1.5)                                         # the primary's dead time runs out
+        send(kafka_settings, topic, complete_calls("second", 5, t0))
+        second = {(f"second-{i}@test;leg=0", st) for i in range(5) for st in ("Start", "Stop")}
+
+        def union():
+            return primary.records() + secondary.records()
+        deadline = time.monotonic() + WAIT
+        while not set(keys(union())) >= first | second and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert_each_once_and_ordered(union(), first | second)
+        assert primary.records(), "the primary got nothing back once it answered again"
+        assert not set(keys(primary.records())) & first
+    finally:
+        primary.stop()
+        secondary.stop()
+
+
+def test_worker_killed_and_restarted_loses_nothing(tmp_path, broker, kafka_settings, topic,
+                                                   freeradius, workers):
+    worker = start_worker(workers, tmp_path, broker, topic, [freeradius], max_in_flight=16)
+    t0 = now_ms() - 120_000
+    live = []
+    for i in range(3):
+        c = CallBuilder(f"live-{i}@test", now_ms() - 4000, from_tag=f"ftlive{i}")
+        c.at(0).invite(); c.at(1).route(0); c.at(1000).answer(0)
+        live.append(c)
+    send(kafka_settings, topic, [e for c in live for e in c.events])
+    freeradius.wait_for(lambda rs: len(rs) >= 3, WAIT)
+    send(kafka_settings, topic, complete_calls("bulk", 400, t0))
+    freeradius.wait_for(lambda rs: len(rs) >= 150, WAIT, interval=0.02)
+    worker.kill()                                               # SIGKILL mid-stream
+
+    worker.start()
+    send(kafka_settings, topic, [c.at(now_ms() - c.t0).bye("caller") for c in live])
+    expected = {(f"{p}-{i}@test;leg=0", st) for p, n in (("bulk", 400), ("live", 3))
+                for i in range(n) for st in ("Start", "Stop")}
+    records = freeradius.wait_for(lambda rs: set(keys(rs)) >= expected, 60.0, interval=0.2)
+    got = keys(records)
+    missing = expected - set(got)
+    assert not missing, f"{len(missing)} records lost, e.g. {sorted(missing)[:5]}"
+    # at-least-once: only what was in flight at the kill may come twice
+    dups = len(got) - len(set(got))
+    assert dups <= 48, f"{dups} duplicates"
+    for session, recs in by_session(records).items():
+        statuses = [r.status for r in recs]
+        assert statuses.index("Start") < statuses.index("Stop"), (session, statuses)
+    for c in live:                                              # state survived the kill
+        stop = next(r for r in by_session(records)[f"{c.call_id};leg=0"] if r.status == "Stop")
+        assert stop.int("Sip-Call-MSDuration") == c.events[-1].ts_ms - (c.t0 + 1000)
+
+
+def _wait(predicate, timeout: float = WAIT, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
