@@ -81,12 +81,13 @@ def invalid(field: str, message: str, location: str = "query") -> RequestValidat
                                     "msg": message, "input": None}])
 
 
-def only_params(*names: str):
+def only_params(auth: Any, *names: str):
     """A dependency refusing query parameters the endpoint does not know: a
-    misspelt filter must not silently widen the result."""
+    misspelt filter must not silently widen the result.  It depends on
+    ``auth`` so that authentication is still checked first."""
     allowed = set(names)
 
-    def check(request: Request) -> None:
+    def check(request: Request, _who: Annotated[Any, Depends(auth)]) -> None:
         for name in request.query_params:
             if name not in allowed:
                 raise invalid(name, f"unknown parameter; known: {', '.join(sorted(allowed))}")
@@ -265,7 +266,7 @@ def create_app(store: CdrStore, tokens: TokenStore, *, title: str = "sipledger")
 
     @app.get("/v1/cdrs", response_model=CallPage, summary="List calls (CDRs), newest first",
              dependencies=[Depends(only_params(
-                 "account", "caller", "caller_ip", "callee", "from", "to", "disposition",
+                 principal, "account", "caller", "caller_ip", "callee", "from", "to", "disposition",
                  "gateway", "min_duration", "limit", "cursor"))])
     async def list_cdrs(
         who: Principal,
@@ -297,7 +298,7 @@ def create_app(store: CdrStore, tokens: TokenStore, *, title: str = "sipledger")
 
     @app.get("/v1/cdrs/{cdr_id}", response_model=CallDetail, summary="One call with its legs",
              responses={404: {"description": "no such CDR (or not the token's account)"}},
-             dependencies=[Depends(only_params())])
+             dependencies=[Depends(only_params(principal))])
     async def get_cdr(who: Principal,
                       cdr_id: Annotated[str, Path(pattern=_UUID, description="the CDR id (a UUID)")]
                       ) -> dict[str, Any]:
@@ -310,7 +311,7 @@ def create_app(store: CdrStore, tokens: TokenStore, *, title: str = "sipledger")
     @app.get("/v1/stats", response_model=StatsResponse,
              summary="ASR, NER, ACD, PDD per period and gateway / destination prefix",
              dependencies=[Depends(only_params(
-                 "period", "group_by", "prefix_len", "account", "caller", "callee", "from", "to",
+                 principal, "period", "group_by", "prefix_len", "account", "caller", "callee", "from", "to",
                  "gateway"))])
     async def stats(
         who: Principal,

@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import logging
 import sqlite3
+import struct
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -44,7 +46,7 @@ from pyrad import packet as rpacket
 from pyrad.client_async import ClientAsync
 from pyrad.dictionary import Dictionary
 
-from .records import Record, with_delay
+from .records import Record, delay_seconds
 from .settings import RadiusServer, RadiusSettings
 
 log = logging.getLogger("radius.queue")
@@ -152,11 +154,16 @@ class Spool:
         return added
 
     def ack(self, entries: list[Entry], now_ms: int | None = None) -> None:
-        """Acknowledged by a server: out of the queue, key remembered."""
+        """Acknowledged by a server: out of the queue, key remembered.
+
+        Without an fsync of its own (synchronous=NORMAL: the next enqueue's
+        fsync covers it): a power cut could undo it and send the records
+        again, never lose one."""
         if not entries:
             return
         now = wall_ms() if now_ms is None else now_ms
         cur = self.db.cursor()
+        cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("BEGIN IMMEDIATE")
         try:
             cur.executemany("DELETE FROM queue WHERE seq = ?", ((e.seq,) for e in entries))
@@ -166,10 +173,41 @@ class Spool:
         except BaseException:
             cur.execute("ROLLBACK")
             raise
+        finally:
+            cur.execute("PRAGMA synchronous=FULL")
 
     def prune_sent(self, before_ms: int) -> int:
         cur = self.db.execute("DELETE FROM sent WHERE acked_ms < ?", (before_ms,))
         return cur.rowcount
+
+
+_DELAY = struct.Struct("!BBI")              # Acct-Delay-Time (41), length 6, seconds
+_HEADER = struct.Struct("!BBH")
+_ZERO_AUTH = bytes(16)
+
+
+class _Request(rpacket.AcctPacket):
+    """An Accounting-Request whose attributes (all but Acct-Delay-Time) were
+    encoded once by pyrad: every send appends the current Acct-Delay-Time and
+    computes the Request Authenticator (RFC 2866 3) over the new packet."""
+
+    def __init__(self, attrs: bytes, delay: int, **kw) -> None:
+        super().__init__(**kw)
+        self._attrs = attrs + _DELAY.pack(41, 6, delay)
+
+    def RequestPacket(self) -> bytes:
+        attrs = self._attrs
+        header = _HEADER.pack(self.code, self.id, 20 + len(attrs))
+        self.authenticator = hashlib.md5(header + _ZERO_AUTH + attrs + self.secret).digest()
+        return header + self.authenticator + attrs
+
+
+def encode_attributes(dictionary: Dictionary, attrs) -> bytes:
+    """The wire encoding of ``attrs`` (name, value) pairs with pyrad's dictionary."""
+    pkt = rpacket.AcctPacket(dict=dictionary, id=0)
+    for name, value in attrs:
+        pkt.AddAttribute(name, value)
+    return pkt._PktEncodeAttributes()
 
 
 class _Server:
@@ -181,6 +219,12 @@ class _Server:
     @property
     def name(self) -> str:
         return f"{self.config.host}:{self.config.port}"
+
+
+def _expire(future: asyncio.Future) -> None:
+    # pyrad forgets the request once its future is done (its done callback)
+    if not future.done():
+        future.set_exception(TimeoutError("no Accounting-Response"))
 
 
 class Sender:
@@ -201,6 +245,8 @@ class Sender:
         self._ack_wake = asyncio.Event()
         self._closing = False
         self._probe_failures = 0
+        self._backlog = 0
+        self._encoded: dict[int, bytes] = {}     # seq -> attributes on the wire
         self.counts: collections.Counter = collections.Counter()
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -232,6 +278,7 @@ class Sender:
         """Entries durably enqueued (in queue order): schedule them."""
         sessions, ready = self._sessions, self._ready
         for entry in entries:
+            self._backlog += 1
             queue = sessions.get(entry.session)
             if queue is None:
                 sessions[entry.session] = collections.deque((entry,))
@@ -242,7 +289,8 @@ class Sender:
 
     @property
     def backlog(self) -> int:
-        return sum(len(q) for q in self._sessions.values())
+        """Records not acknowledged yet."""
+        return self._backlog
 
     @property
     def all_dead(self) -> bool:
@@ -280,6 +328,8 @@ class Sender:
             self._inflight.pop(session, None)
             if ok:
                 self._probe_failures = 0
+                self._backlog -= 1
+                self._encoded.pop(entry.seq, None)
                 self._acks.append(entry)
                 self._ack_wake.set()
                 queue = self._sessions[session]
@@ -320,18 +370,24 @@ class Sender:
 
     async def _send_once(self, server: _Server, entry: Entry) -> bool:
         client = server.client
+        protocol = client.protocol_acct
+        encoded = self._encoded.get(entry.seq)
+        if encoded is None:
+            encoded = self._encoded[entry.seq] = encode_attributes(self.dictionary, entry.attrs)
         try:
-            pkt = client.CreateAcctPacket()
-        except Exception as exc:                     # 255 pending ids: wait for answers
+            pkt = _Request(encoded, delay_seconds(entry.enqueued_ms, wall_ms()),
+                           id=protocol.create_id(), secret=client.secret, dict=self.dictionary)
+        except Exception as exc:                     # 256 pending ids: wait for answers
             log.debug("cannot create packet: %s", exc)
             await asyncio.sleep(self.settings.timeout / 10)
             return False
-        for name, value in with_delay(entry.attrs, entry.enqueued_ms, wall_ms()):
-            pkt.AddAttribute(name, value)
         self.counts["sends"] += 1
+        loop = asyncio.get_running_loop()
+        reply_future = client.SendPacket(pkt)
+        timer = loop.call_later(self.settings.timeout, _expire, reply_future)
         try:
-            reply = await asyncio.wait_for(client.SendPacket(pkt), self.settings.timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+            reply = await reply_future
+        except TimeoutError:
             self.counts["timeouts"] += 1
             return False
         except (ConnectionAbortedError, OSError) as exc:
@@ -339,6 +395,8 @@ class Sender:
             log.debug("send to %s failed: %s", server.name, exc)
             await asyncio.sleep(self.settings.timeout)
             return False
+        finally:
+            timer.cancel()
         if reply.code != rpacket.AccountingResponse:
             self.counts["bad_replies"] += 1
             log.warning("RADIUS server %s answered code %s to %s", server.name, reply.code, entry.key)

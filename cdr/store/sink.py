@@ -114,14 +114,21 @@ class CdrSink:
                     break
                 delay = min(delay * 2, RETRY_MAX_S)
                 continue
-            delay = RETRY_MIN_S
             try:
                 await self._consume()
+                delay = RETRY_MIN_S
+            except Exception as exc:    # e.g. the topic vanished with a broker restart
+                log.error("cdr sink: consumer failed: %r (restarting it)", exc)
             finally:
                 try:
                     await self.flush()
-                finally:
-                    await self._close_consumer()
+                except Exception as exc:
+                    log.warning("cdr sink: final flush: %r", exc)
+                await self._close_consumer()
+            if not self._stopping.is_set():
+                if await self._sleep(delay):
+                    break
+                delay = min(delay * 2, RETRY_MAX_S)
 
     async def _start(self) -> None:
         if self.create_topic:

@@ -45,6 +45,7 @@ def uas_factory(sipp_dir):
         started.append(uas)
         return uas
 
+    make.workdir = sipp_dir
     yield make
     for uas in started:
         uas.stop()

@@ -21,18 +21,19 @@ BASE_CONFIG = """\
 [proxy]
 workers = {workers}
 max_dialog_seconds = {max_dialog}
-
+{proxy_extra}
 [auth]
 algorithms = ["MD5"]
 """
 
 
 def start_sipledger(data_dir: Path, max_dialog: int = MAIN_MAX_DIALOG,
-                    extra_config: str = "", workers: int = 1) -> SipledgerProcess:
+                    extra_config: str = "", workers: int = 1, proxy_extra: str = "") -> SipledgerProcess:
     """Provision example.test with alice, bob and carol and start `up`."""
     port = free_udp_port()
     sl = SipledgerProcess(data_dir, port,
-                          config_text=BASE_CONFIG.format(max_dialog=max_dialog, workers=workers) + extra_config)
+                          config_text=BASE_CONFIG.format(max_dialog=max_dialog, workers=workers,
+                                                            proxy_extra=proxy_extra) + extra_config)
     try:
         sl.domain_add(DOMAIN)
         for user, pw in PASSWORDS.items():

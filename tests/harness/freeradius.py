@@ -176,7 +176,9 @@ class FreeRadius:
         return self.logdir / "radacct" / HOST
 
     def generate(self) -> None:
-        for d in (self.raddb, self.logdir, self.rundir):
+        # the detail directory exists beforehand: FreeRADIUS's threads race to
+        # create it and the loser fails its request ("File exists")
+        for d in (self.raddb, self.logdir, self.rundir, self.detail_dir):
             d.mkdir(parents=True, exist_ok=True)
         build_dictionary_dir(self.dict_dir)
         (self.raddb / "dictionary").write_text("# local dictionary: empty (see ../dict)\n")

@@ -355,7 +355,13 @@ def _common_args(scenario: Path, port: int, transport: str, workdir: Path, name:
                  extra_args: Sequence[str]) -> list[str]:
     if transport not in _TRANSPORTS:
         raise ValueError(f"transport must be one of {sorted(_TRANSPORTS)}")
-    args = [SIPP, "-sf", str(scenario), "-i", HOST, "-bind_local", "-p", str(port),
+    extra_args = list(extra_args)
+    host = HOST
+    if "-i" in extra_args:                   # another loopback address (127.0.0.2 …)
+        at = extra_args.index("-i")
+        host = extra_args[at + 1]
+        del extra_args[at:at + 2]
+    args = [SIPP, "-sf", str(scenario), "-i", host, "-bind_local", "-p", str(port),
             "-t", _TRANSPORTS[transport], "-m", str(calls), "-nostdin",
             "-timeout", f"{max(1, int(round(timeout)))}s", "-timeout_error",
             "-trace_msg", "-message_file", str(workdir / f"{name}_messages.log"),
@@ -615,3 +621,15 @@ def register(registrar: tuple[str, int], user: str, domain: str, password: str,
 
 def call_keys(caller: str, callee: str, domain: str) -> dict[str, str]:
     return {"caller": caller, "callee": callee, "domain": domain}
+
+
+def render_scenario(template: str, workdir: str | os.PathLike, **values: object) -> Path:
+    """A copy of a scenario template with [name] placeholders filled in (for the
+    parts SIPp checks at load time, like a response's status code)."""
+    text = scenario_path(template).read_text()
+    for name, value in values.items():
+        text = text.replace(f"[{name}]", str(value))
+    out = Path(workdir) / f"{Path(template).stem}_{'_'.join(str(v) for v in values.values())}.xml"
+    out = out.with_name(out.name.replace(" ", "-"))
+    out.write_text(text)
+    return out

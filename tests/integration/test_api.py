@@ -92,6 +92,8 @@ def test_without_or_with_a_bad_token_is_401(env):
             assert response.headers["www-authenticate"].startswith("Bearer")
     # authentication comes before parameter validation
     assert client.get("/v1/cdrs", params={"limit": "x"}).status_code == 401
+    assert client.get("/v1/cdrs", params={"no_such_filter": "1"}).status_code == 401
+    assert client.get("/v1/cdrs/not-a-uuid").status_code == 401
 
 
 def test_account_token_sees_only_its_account(env):

@@ -1,0 +1,211 @@
+"""RADIUS accounting throughput: requests/s to a private FreeRADIUS (detail module on).
+
+    .venv/bin/python bench/radius_rate.py [--records 20000] [--in-flight 8,32,64] [--calls 10000]
+
+Three measurements, each against its own FreeRADIUS on loopback
+(tests/harness/freeradius.py, 4 threads, every request written to its detail file):
+
+1. ``sync``: pyrad's blocking client, one request at a time (the baseline);
+2. ``queue``: the durable queue alone (radius/queue.py): ``--records`` Start/Stop
+   records enqueued in the SQLite spool, then drained by the sender with N in
+   flight (pyrad's asyncio client, a new packet per send, acks committed);
+3. ``pipeline``: the whole worker (``python -m radius``): ``--calls`` answered
+   calls' events pre-produced to ``sip.events`` on an embedded Tansu broker,
+   then the worker started; measured from its READY line until the spool has
+   every record acknowledged (2 per call).
+
+Prints the figures and one JSON line (``RESULT {...}``).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from pyrad import packet as rpacket  # noqa: E402
+from pyrad.client import Client  # noqa: E402
+from pyrad.dictionary import Dictionary  # noqa: E402
+
+from bench.cdr_pipeline import call_events  # noqa: E402
+from cdr.fold import fold  # noqa: E402
+from radius.queue import Sender, Spool  # noqa: E402
+from radius.records import Context, Progress, plan, with_delay  # noqa: E402
+from radius.settings import DICTIONARY, RadiusServer, RadiusSettings  # noqa: E402
+from tests.harness.freeradius import FreeRadius, RadiusWorkerProcess, radius_config  # noqa: E402
+
+T0 = int(time.time() * 1000) - 3_600_000
+
+
+def _run(coro):
+    """On uvloop, as the worker runs."""
+    try:
+        import uvloop
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+def make_records(n_calls: int, prefix: str) -> list:
+    ctx = Context(nas_identifier="bench")
+    records = []
+    for i in range(n_calls):
+        records += plan(fold(call_events("answered_caller_bye", f"{prefix}-{i}@bench", T0 + i,
+                                         scale=0.01)), Progress(), ctx)[0]
+    return records
+
+
+def bench_sync(workdir: Path, n: int) -> float:
+    fr = FreeRadius(workdir / "fr-sync").start()
+    try:
+        client = Client(server="127.0.0.1", acctport=fr.port, secret=fr.secret.encode(),
+                        dict=Dictionary(str(DICTIONARY)))
+        client.timeout, client.retries = 2, 1
+        records = make_records(n // 2, "sync")
+        started = time.perf_counter()
+        for record in records:
+            pkt = client.CreateAcctPacket()
+            for name, value in with_delay(record.attrs, 0, 0):
+                pkt.AddAttribute(name, value)
+            reply = client.SendPacket(pkt)
+            assert reply.code == rpacket.AccountingResponse
+        return len(records) / (time.perf_counter() - started)
+    finally:
+        fr.stop()
+
+
+async def _drain(spool: Spool, settings: RadiusSettings, entries: list) -> tuple[float, dict]:
+    sender = Sender(spool, settings, Dictionary(str(DICTIONARY)))
+    await sender.start()
+    started = time.perf_counter()
+    sender.add(entries)
+    task = asyncio.create_task(sender.run())
+    while sender.backlog:
+        await asyncio.sleep(0.005)
+    sender.flush_acks()
+    elapsed = time.perf_counter() - started
+    await sender.close()
+    task.cancel()
+    await asyncio.wait([task])
+    assert spool.pending_count() == 0
+    return len(entries) / elapsed, dict(sender.counts)
+
+
+def bench_queue(workdir: Path, n: int, in_flight: int) -> tuple[float, float, dict]:
+    """(requests/s draining the queue, records/s enqueueing, sender counters)."""
+    fr = FreeRadius(workdir / f"fr-queue-{in_flight}").start()
+    try:
+        settings = RadiusSettings(servers=(RadiusServer(host="127.0.0.1", port=fr.port,
+                                                        secret=fr.secret),),
+                                  max_in_flight=in_flight, timeout=2.0, retries=2)
+        records = make_records(n // 2, f"q{in_flight}")
+        spool = Spool(workdir / f"spool-{in_flight}")
+        started = time.perf_counter()
+        entries = []
+        for i in range(0, len(records), 1000):           # the worker's batch size
+            entries += spool.commit(records[i:i + 1000])
+        enqueue_rate = len(records) / (time.perf_counter() - started)
+        rate, counts = _run(_drain(spool, settings, entries))
+        spool.close()
+        counts["logged"] = len(fr.records())
+        return rate, enqueue_rate, counts
+    finally:
+        fr.stop()
+
+
+def bench_pipeline(workdir: Path, n_calls: int, in_flight: int) -> dict:
+    from api.broker import EmbeddedBroker
+    from proxy.contract.config import KafkaSettings
+    from proxy.contract.events import encode
+    from proxy.contract.kafka import ensure_topics_sync
+    from tests.harness.broker import produce
+
+    broker = EmbeddedBroker(log_path=workdir / "tansu.log").start()
+    fr = FreeRadius(workdir / "fr-pipeline").start()
+    worker = None
+    try:
+        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
+        topic = "sip.events"
+        ensure_topics_sync(kafka, {topic: 6})
+        events = []
+        for i in range(n_calls):
+            events += call_events("answered_caller_bye", f"p-{i}@bench", T0 + i, scale=0.01)
+        t = time.perf_counter()
+        asyncio.run(produce(kafka, topic, [(e.call_id.encode(), encode(e)) for e in events]))
+        produce_s = time.perf_counter() - t
+        config = workdir / "radius.toml"
+        config.write_text(radius_config([fr], topic=topic, max_in_flight=in_flight,
+                                        group_id=f"bench-{uuid.uuid4().hex[:6]}"))
+        worker = RadiusWorkerProcess(workdir / "data", config, broker.bootstrap, loglevel="warning")
+        worker.start(timeout=60)
+        started = time.perf_counter()
+        db_path = workdir / "data" / "radius" / "radius.sqlite"
+        expected = 2 * n_calls
+        sent = 0
+        while time.perf_counter() - started < 300:
+            db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+            try:
+                sent = db.execute("SELECT count(*) FROM sent").fetchone()[0]
+            finally:
+                db.close()
+            if sent >= expected:
+                break
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        return {"calls": n_calls, "events": len(events), "records": sent, "seconds": round(elapsed, 2),
+                "events_per_s": round(len(events) / elapsed), "requests_per_s": round(sent / elapsed),
+                "produce_s": round(produce_s, 2), "logged": len(fr.records())}
+    finally:
+        if worker is not None:
+            worker.stop()
+        fr.stop()
+        broker.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=20000)
+    parser.add_argument("--sync-records", type=int, default=6000)
+    parser.add_argument("--in-flight", default="8,32,64")
+    parser.add_argument("--calls", type=int, default=10000)
+    parser.add_argument("--pipeline-in-flight", type=int, default=32)
+    parser.add_argument("--skip", default="", help="comma list of sync,queue,pipeline to skip")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    workdir = Path(tempfile.mkdtemp(prefix="radius-bench-"))
+    result: dict = {}
+    if "sync" not in skip:
+        rate = bench_sync(workdir, args.sync_records)
+        result["sync_req_per_s"] = round(rate)
+        print(f"sync pyrad client, 1 in flight:          {rate:8.0f} req/s", flush=True)
+    if "queue" not in skip:
+        result["queue"] = {}
+        for n in (int(x) for x in args.in_flight.split(",")):
+            rate, enqueue_rate, counts = bench_queue(workdir, args.records, n)
+            result["queue"][n] = {"req_per_s": round(rate), "enqueue_per_s": round(enqueue_rate), **counts}
+            print(f"durable queue -> FreeRADIUS, {n:3d} in flight: {rate:8.0f} req/s  "
+                  f"(enqueue {enqueue_rate:.0f}/s; "
+                  f"sends={counts.get('sends')} acked={counts.get('acked')} "
+                  f"timeouts={counts.get('timeouts', 0)} logged={counts.get('logged')})", flush=True)
+    if "pipeline" not in skip:
+        n = args.pipeline_in_flight
+        figures = bench_pipeline(workdir, args.calls, n)
+        result["pipeline"] = figures
+        print(f"worker sip.events -> FreeRADIUS ({n} in flight): {figures['requests_per_s']} req/s, "
+              f"{figures['events_per_s']} events/s ({figures['calls']} calls, {figures['records']} "
+              f"records in {figures['seconds']} s; {figures['logged']} logged)", flush=True)
+    print("RESULT " + json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
