@@ -10,6 +10,7 @@ from pathlib import Path
 import msgspec
 
 from billing.settings import BillingSettings
+from cdr.settings import CdrSettings
 from cdr.store.settings import ClickHouseSettings, checks as clickhouse_checks
 from proxy.contract.config import (ConfigError, KafkaSettings, NodeSettings, TopicSettings,
                                    convert, read_toml)
@@ -34,6 +35,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     authorization: AuthorizationSettings = AuthorizationSettings()
     api: ApiSettings = ApiSettings()
     billing: BillingSettings = BillingSettings()
+    cdr: CdrSettings = CdrSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     radius: RadiusSettings = RadiusSettings()
 

@@ -35,6 +35,7 @@ import asyncio
 import collections
 import hashlib
 import logging
+import socket
 import sqlite3
 import struct
 import time
@@ -202,12 +203,54 @@ class _Request(rpacket.AcctPacket):
         return header + self.authenticator + attrs
 
 
-def encode_attributes(dictionary: Dictionary, attrs) -> bytes:
-    """The wire encoding of ``attrs`` (name, value) pairs with pyrad's dictionary."""
-    pkt = rpacket.AcctPacket(dict=dictionary, id=0)
-    for name, value in attrs:
-        pkt.AddAttribute(name, value)
-    return pkt._PktEncodeAttributes()
+class WireEncoder:
+    """Encodes (name, value) attribute pairs to RADIUS wire format, with the
+    codes, vendors, types and VALUE names of a pyrad ``Dictionary``.
+
+    pyrad's own ``AddAttribute`` + encoding costs ~0.1 ms per accounting
+    record here, the better part of a send; this does the same for the types
+    accounting uses (string, octets, integer, date, ipaddr; VSAs in RFC 2865
+    form) several times faster.  Unlike pyrad's packets (a dict by attribute
+    code) it keeps the record's attribute order, so repeated attributes stay
+    interleaved (the OpenSIPS multi-leg layout).  A unit test checks that pyrad
+    decodes everything this encodes to the values it was given."""
+
+    _INT = struct.Struct("!I")
+
+    def __init__(self, dictionary: Dictionary) -> None:
+        self.dictionary = dictionary
+        self._specs: dict[str, tuple] = {}
+
+    def _spec(self, name: str) -> tuple:
+        spec = self._specs.get(name)
+        if spec is None:
+            attr = self.dictionary.attributes[name]
+            vendor_id = self.dictionary.vendors.GetForward(attr.vendor) if attr.vendor else 0
+            if attr.type not in ("string", "octets", "integer", "date", "ipaddr"):
+                raise ValueError(f"{name}: type {attr.type} is not supported for accounting")
+            spec = self._specs[name] = (attr.code, vendor_id, attr.type, attr.values)
+        return spec
+
+    def encode(self, attrs) -> bytes:
+        out = []
+        for name, value in attrs:
+            code, vendor_id, kind, values = self._spec(name)
+            if kind == "string" or kind == "octets":
+                data = value.encode() if isinstance(value, str) else bytes(value)
+            elif kind == "ipaddr":
+                data = socket.inet_aton(value)
+            else:                                     # integer, date
+                if isinstance(value, str):
+                    value = values.GetForward(value)
+                data = self._INT.pack(value)
+            if not 0 < len(data) <= 253 - (6 if vendor_id else 0):
+                raise ValueError(f"{name}: value of {len(data)} bytes")
+            if vendor_id:
+                out.append(struct.pack("!BBLBB", 26, len(data) + 8, vendor_id, code, len(data) + 2))
+            else:
+                out.append(struct.pack("!BB", code, len(data) + 2))
+            out.append(data)
+        return b"".join(out)
 
 
 class _Server:
@@ -247,6 +290,7 @@ class Sender:
         self._probe_failures = 0
         self._backlog = 0
         self._encoded: dict[int, bytes] = {}     # seq -> attributes on the wire
+        self._encoder = WireEncoder(dictionary)
         self.counts: collections.Counter = collections.Counter()
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -373,7 +417,7 @@ class Sender:
         protocol = client.protocol_acct
         encoded = self._encoded.get(entry.seq)
         if encoded is None:
-            encoded = self._encoded[entry.seq] = encode_attributes(self.dictionary, entry.attrs)
+            encoded = self._encoded[entry.seq] = self._encoder.encode(entry.attrs)
         try:
             pkt = _Request(encoded, delay_seconds(entry.enqueued_ms, wall_ms()),
                            id=protocol.create_id(), secret=client.secret, dict=self.dictionary)
