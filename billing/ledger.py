@@ -313,3 +313,55 @@ def fold(events: Iterable[LedgerEvent]) -> Fold:
     for event in events:
         state.apply(event)
     return state
+
+
+def build_account(account: str, fields: dict, *, existing: AccountInfo | None, now_ms: int,
+                  default_currency: str = "EUR") -> AccountInfo:
+    """An account from user-supplied fields (create: ``existing`` None; update:
+    the fields given replace those of ``existing``).  Raises LedgerError."""
+    from .rating import RatingError, check_currency
+
+    allowed = {"kind", "currency", "status", "credit_limit", "name"}
+    unknown = set(fields) - allowed
+    if unknown:
+        raise LedgerError(f"unknown account field(s): {', '.join(sorted(unknown))}")
+    base = existing or AccountInfo(id=check_account_id(account), currency=default_currency,
+                                   created_ms=now_ms)
+    values = {f: getattr(base, f) for f in AccountInfo.__struct_fields__}
+    for name, value in fields.items():
+        if value is None:
+            continue
+        if name == "credit_limit":
+            value = parse_amount(value, "credit_limit")
+            if value < 0:
+                raise LedgerError("credit_limit must be >= 0")
+        elif name == "kind" and value not in ("prepaid", "postpaid"):
+            raise LedgerError(f"kind must be prepaid or postpaid, not {value!r}")
+        elif name == "status" and value not in ("active", "blocked"):
+            raise LedgerError(f"status must be active or blocked, not {value!r}")
+        elif name == "currency":
+            try:
+                check_currency(value)
+            except RatingError as exc:
+                raise LedgerError(str(exc)) from None
+        elif name == "name" and (not isinstance(value, str) or len(value) > 255):
+            raise LedgerError("name must be text of at most 255 characters")
+        values[name] = value
+    if values["kind"] == "prepaid" and values["credit_limit"] != 0:
+        raise LedgerError("a prepaid account has no credit limit (use kind postpaid)")
+    values["updated_ms"] = now_ms
+    return AccountInfo(**values)
+
+
+def account_dict(info: AccountInfo) -> dict:
+    return {"id": info.id, "kind": info.kind, "currency": info.currency, "status": info.status,
+            "credit_limit": money_text(info.credit_limit), "name": info.name,
+            "created_ms": info.created_ms, "updated_ms": info.updated_ms}
+
+
+def event_dict(ev: LedgerEvent) -> dict:
+    """An event as JSON-ready data (amount as exact text)."""
+    data = msgspec.to_builtins(ev, builtin_types=(Decimal,))
+    data["amount"] = money_text(ev.amount)
+    data["balance_delta"] = money_text(balance_delta(ev))
+    return data

@@ -56,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    try:                                     # ~20% more events/s through faust
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
     import faust
 
     from .processor import build_app

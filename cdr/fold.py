@@ -63,6 +63,7 @@ class Routed(msgspec.Struct, frozen=True, array_like=True):
     cause: str
     target: str
     destination: str
+    gateway: str = ""
 
 
 class Outcome(msgspec.Struct, frozen=True, array_like=True):
@@ -213,7 +214,7 @@ def _routed(state: CallState, e: ev.InviteRouted, changes: dict) -> None:
     leg = e.leg
     _update_leg(state, leg.index, changes, routed=Routed(
         e.ts_ms, e.id, NO_LEG if leg.parent is None else leg.parent, leg.cause,
-        e.callee.target or "", leg.destination or ""))
+        e.callee.target or "", leg.destination or "", leg.gateway or ""))
 
 
 def _progress(state: CallState, e: ev.CallProgress, changes: dict) -> None:
@@ -472,6 +473,7 @@ def finish(state: CallState, now_ms: int, silence: bool = False) -> list[CdrLeg]
             legs=len(indexes),
             target=routed.target if routed else "",
             destination=routed.destination if routed else "",
+            gateway=routed.gateway if routed else "",
             ringing_ms=leg.progress.ts if leg.progress else 0,
         )
         if answered is not None and index == answered.leg:

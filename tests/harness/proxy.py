@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -42,6 +43,12 @@ def cli_command() -> list[str]:
     if override:
         return override.split()
     return [sys.executable, "-m", "api.cli"]
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
 
 
 def _descendants(pid: int) -> list[int]:
@@ -101,6 +108,7 @@ class SipledgerProcess:
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.sip_port = int(sip_port)
+        self.api_port = free_tcp_port()
         self.cli = list(cli) if cli else cli_command()
         self.config_path: Path | None = None
         if config_text is not None:
@@ -121,6 +129,7 @@ class SipledgerProcess:
         self.ready_line: str | None = None
         self.sip_addr: tuple[str, int] | None = None
         self.kafka_bootstrap: str | None = None
+        self.api_url: str | None = None
         self._ready = threading.Event()
         self._reader: threading.Thread | None = None
         self._stderr_path = self.data_dir / "up.stderr.log"
@@ -153,7 +162,7 @@ class SipledgerProcess:
     def start(self, timeout: float = 60.0) -> "SipledgerProcess":
         if self.proc is not None:
             raise SipledgerError("already started")
-        cmd = self.cli + ["up", "--sip-port", str(self.sip_port)]
+        cmd = self.cli + ["up", "--sip-port", str(self.sip_port), "--api-port", str(self.api_port)]
         self._stderr = open(self._stderr_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=self._stderr, text=True,
@@ -191,6 +200,8 @@ class SipledgerProcess:
                 host, _, port = m.group("sip").rpartition(":")
                 self.sip_addr = (host or HOST, int(port))
                 self.kafka_bootstrap = m.group("kafka")
+                api = re.search(r"\bapi=(\S+)", line)
+                self.api_url = f"http://{api.group(1)}" if api else None
                 self._ready.set()
 
     def _record_descendants(self) -> None:

@@ -14,7 +14,7 @@ from bench.cdr_pipeline import CallBuilder, call_events
 from cdr.fold import fold
 from proxy.contract.config import ConfigError
 from radius import records as rr
-from radius.queue import Spool
+from radius.queue import Spool, WireEncoder, _Request
 from radius.records import (FAILED, INTERIM, START, STOP, Context, Progress, cisco_time,
                             delay_seconds, interim, plan, q850_cause, record_key, session_id,
                             terminate_cause, uri_user_host, with_delay)
@@ -325,28 +325,58 @@ def test_delay_time_is_whole_seconds_since_enqueued():
     assert with_delay(attrs_in, 0, 125_400) == (("Acct-Status-Type", 1), ("Acct-Delay-Time", 125))
 
 
-def test_every_record_encodes_with_the_project_dictionary():
-    dictionary = Dictionary(str(DICTIONARY))
-    ctx = msgspec.structs.replace(CTX_FAILED, interim_ms=1000)
+def _all_records(ctx) -> list:
     records = []
     for shape in ("answered_caller_bye", "forked", "failover", "busy", "cancel", "not_found",
                   "timeout", "teardown"):
         records += run(call_events(shape, f"{shape}@test", T0), ctx)[0]
     state = fold(answered_call().events[:5])
     records += interim(state, Progress(start=True), ctx, T0 + 10_000)[0]
-    for record in records:
-        pkt = rpacket.AcctPacket(dict=dictionary, secret=b"s3cret", id=7)
-        for name, value in with_delay(record.attrs, 0, 2000):
-            pkt.AddAttribute(name, value)
-        raw = pkt.RequestPacket()
+    return records
+
+
+@pytest.mark.parametrize("multileg", ["per-leg", "opensips"])
+def test_wire_encoding_decodes_with_pyrad_as_pyrad_encodes_it(multileg):
+    """The sender's encoder (radius/queue.py WireEncoder) against pyrad's own:
+    pyrad decodes both to the same values, attribute by attribute, and the
+    Request Authenticator verifies; the record's attribute order is kept."""
+    dictionary = Dictionary(str(DICTIONARY))
+    encoder = WireEncoder(dictionary)
+    ctx = msgspec.structs.replace(CTX_FAILED, interim_ms=1000, multileg=multileg)
+    for record in _all_records(ctx):
+        ours = _Request(encoder.encode(record.attrs), 2, id=7, secret=b"s3cret", dict=dictionary)
+        raw = ours.RequestPacket()
         back = rpacket.AcctPacket(dict=dictionary, secret=b"s3cret", packet=raw)
-        assert back["Acct-Session-Id"] == [record.session]
-        assert back["Acct-Delay-Time"] == [2]
+        assert back.VerifyAcctRequest()
+        theirs = rpacket.AcctPacket(dict=dictionary, secret=b"s3cret", id=7)
+        for name, value in with_delay(record.attrs, 0, 2000):
+            theirs.AddAttribute(name, value)
+        theirs_back = rpacket.AcctPacket(dict=dictionary, secret=b"s3cret", packet=theirs.RequestPacket())
+        assert {k: back[k] for k in back.keys()} == {k: theirs_back[k] for k in theirs_back.keys()}
+        assert back["Acct-Session-Id"] == [record.session] and back["Acct-Delay-Time"] == [2]
         status = {1: "Start", 2: "Stop", 3: "Interim-Update", 15: "Failed"}[record.status]
         assert back["Acct-Status-Type"] == [status]
         if ("Sip-Method", 8) in record.attrs:
             assert back["Sip-Method"] == ["Bye"]
         assert back["Cisco-AVPair"][0].startswith("call-id=")
+        # on the wire in the record's order (pyrad would group repeated attributes)
+        codes, pos = [], 20
+        while pos < len(raw):
+            code, length = raw[pos], raw[pos + 1]
+            codes.append((code, raw[pos + 6]) if code == 26 else (code, None))
+            pos += length
+        names = [dictionary.attributes[n] for n, _ in record.attrs]
+        assert codes[:-1] == [(26, a.code) if a.vendor else (a.code, None) for a in names]
+
+
+def test_a_resend_is_a_new_packet():
+    dictionary = Dictionary(str(DICTIONARY))
+    attrs = WireEncoder(dictionary).encode(run(answered_call().events)[0][0].attrs)
+    first = _Request(attrs, 0, id=1, secret=b"s", dict=dictionary).RequestPacket()
+    again = _Request(attrs, 3, id=2, secret=b"s", dict=dictionary).RequestPacket()
+    assert first[1] == 1 and again[1] == 2                       # Identifier
+    assert first[4:20] != again[4:20]                            # Request Authenticator
+    assert rpacket.AcctPacket(dict=dictionary, packet=again)["Acct-Delay-Time"] == [3]
 
 
 # --- the spool's keys ---------------------------------------------------------------------

@@ -1,0 +1,383 @@
+"""The durable ledger: accounts, ledger events, the outbox and billing problems, in SQL.
+
+The billing database (``[billing] db_url``; default sqlite ``DATA_DIR/billing.sqlite``,
+the rate store's database) is the *source of truth* for money: the embedded
+Kafka broker is memory only, so the billing service rebuilds its whole state
+by folding ``ledger_event`` at start.  Amounts are decimal *text* (exact).
+
+* ``ledger_event``: append-only.  ``id`` is unique (the event's cause, see
+  billing/ledger.py): appending an event whose id is there already is a no-op
+  that reports "not new".  ``seq`` orders the ledger.
+* ``ledger_outbox``: rows to publish to Kafka (``ledger.events``,
+  ``billing.notifications``), written in the same transaction as the events
+  (transactional outbox); deleted once the broker acknowledged them.
+* ``billing_problem``: CDRs that could not be debited, calls released without
+  a CDR (``ledger check`` lists them).
+* ``billing_account``: prepaid / postpaid accounts; changes bump
+  ``billing_change_log`` so a running service notices edits made elsewhere.
+
+Only one process appends to the ledger at a time: the billing service, or a
+CLI command while no service runs.  ``ServiceLock`` (an flock on
+``DATA_DIR/run/billing.lock``) enforces that.  SQLite runs with
+``synchronous = FULL`` here: a committed money event survives a power cut.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import msgspec
+from sqlalchemy import (BigInteger, Boolean, Column, Index, Integer, LargeBinary, MetaData, String,
+                        Table, delete, event, func, insert, select, update)
+from sqlalchemy.engine import Connection
+
+from proxy.contract.sqldb import SqlStore, change_log_table
+
+from .control import Problem
+from .ledger import AccountInfo, LedgerError, LedgerEvent, money_text
+from .service_settings import LOCK_FILE, RUN_DIR
+
+__all__ = ["LedgerStore", "ServiceLock", "ServiceRunning", "metadata", "encode_event", "decode_event"]
+
+metadata = MetaData()
+
+account_table = Table(
+    "billing_account", metadata,
+    Column("id", String(255), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("credit_limit", String(48), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+event_table = Table(
+    "ledger_event", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(36), nullable=False, unique=True),
+    Column("account", String(255), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("amount", String(48), nullable=False),          # decimal text: exact
+    Column("currency", String(3), nullable=False),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("v", Integer, nullable=False),
+    Column("call_id", String(255), nullable=False),
+    Column("cdr_id", String(36), nullable=False),
+    Column("leg", Integer, nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("final", Boolean, nullable=False),
+    Column("paid_ms", BigInteger, nullable=False),
+    Column("answer_ms", BigInteger, nullable=False),
+    Column("number", String(64), nullable=False),
+    Column("plan", String(64), nullable=False),
+    Column("prefix", String(32), nullable=False),
+    Column("rate_name", String(64), nullable=False),
+    Column("gateway", String(255), nullable=False),
+    Column("duration_ms", BigInteger, nullable=False),
+    Column("billed_s", BigInteger, nullable=False),
+    Column("note", String(500), nullable=False),
+    Index("ix_ledger_event_account_seq", "account", "seq"),
+    Index("ix_ledger_event_kind_answer", "kind", "answer_ms"),
+    Index("ix_ledger_event_call", "call_id"),
+    sqlite_autoincrement=True,                              # a seq is never reused
+)
+
+outbox_table = Table(
+    "ledger_outbox", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("topic", String(255), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("value", LargeBinary, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+problem_table = Table(
+    "billing_problem", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("account", String(255), nullable=False),
+    Column("call_id", String(255), nullable=False),
+    Column("cdr_id", String(36), nullable=False),
+    Column("leg", Integer, nullable=False),
+    Column("reason", String(500), nullable=False),
+)
+
+billing_change_log = change_log_table(metadata, "billing_change_log")
+
+_EVENT_FIELDS = LedgerEvent.__struct_fields__
+_encoder = msgspec.json.Encoder(decimal_format="string")
+_decoder = msgspec.json.Decoder(LedgerEvent)
+
+
+def encode_event(ev: LedgerEvent) -> bytes:
+    return _encoder.encode(ev)
+
+
+def decode_event(data: bytes) -> LedgerEvent:
+    return _decoder.decode(data)
+
+
+def _event_row(ev: LedgerEvent) -> dict:
+    row = {name: getattr(ev, name) for name in _EVENT_FIELDS if name != "seq"}
+    row["amount"] = money_text(ev.amount)
+    return row
+
+
+def _event(row) -> LedgerEvent:
+    values = {name: getattr(row, name) for name in _EVENT_FIELDS}
+    values["amount"] = Decimal(row.amount)
+    values["final"] = bool(row.final)
+    return LedgerEvent(**values)
+
+
+def _account(row) -> AccountInfo:
+    return AccountInfo(id=row.id, kind=row.kind, currency=row.currency, status=row.status,
+                       credit_limit=Decimal(row.credit_limit), name=row.name,
+                       created_ms=row.created_ms, updated_ms=row.updated_ms)
+
+
+def _account_row(info: AccountInfo) -> dict:
+    return {"id": info.id, "kind": info.kind, "currency": info.currency, "status": info.status,
+            "credit_limit": money_text(info.credit_limit), "name": info.name,
+            "created_ms": info.created_ms, "updated_ms": info.updated_ms}
+
+
+class LedgerStore(SqlStore):
+    error = LedgerError
+    what = "billing"
+    change_log = billing_change_log
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        if self._sqlite:
+            @event.listens_for(self._engine, "connect")
+            def _durable(dbapi_conn, _record):
+                # after tune_sqlite's NORMAL: a committed money event is on disk
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA synchronous = FULL")
+                cur.close()
+
+    def create_schema(self) -> None:
+        self._create_schema(metadata)
+
+    # -- accounts -------------------------------------------------------------------------
+    def list_accounts(self) -> list[AccountInfo]:
+        with self._read() as conn:
+            return [_account(r) for r in conn.execute(select(account_table).order_by(account_table.c.id))]
+
+    def get_account(self, account: str) -> AccountInfo | None:
+        with self._read() as conn:
+            row = conn.execute(select(account_table).where(account_table.c.id == account)).first()
+        return None if row is None else _account(row)
+
+    def put_account(self, info: AccountInfo, *, create: bool) -> AccountInfo:
+        """Create (refused if it exists) or replace (refused if it does not) an account."""
+        with self._write() as conn:
+            exists = conn.execute(select(account_table.c.id).where(account_table.c.id == info.id)).first()
+            if create and exists is not None:
+                raise LedgerError(f"account {info.id} already exists", status=409)
+            if not create and exists is None:
+                raise LedgerError(f"account {info.id} does not exist", status=404)
+            if exists is None:
+                conn.execute(insert(account_table).values(**_account_row(info)))
+            else:
+                currency = conn.execute(select(account_table.c.currency)
+                                        .where(account_table.c.id == info.id)).scalar()
+                if currency != info.currency and _has_events(conn, info.id):
+                    raise LedgerError(f"account {info.id} has ledger events in {currency}: "
+                                      "its currency cannot change", status=409)
+                conn.execute(update(account_table).where(account_table.c.id == info.id)
+                             .values(**_account_row(info)))
+        return info
+
+    def delete_account(self, account: str) -> None:
+        with self._write() as conn:
+            if _has_events(conn, account):
+                raise LedgerError(f"account {account} has ledger events: block it instead", status=409)
+            if not conn.execute(delete(account_table).where(account_table.c.id == account)).rowcount:
+                raise LedgerError(f"account {account} does not exist", status=404)
+
+    # -- appending (the ledger's one writer) ----------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A write transaction that does not bump the account change log."""
+        with self._guard(), self._engine.connect() as conn:
+            conn = conn.execution_options(sqlite_write=True)
+            with conn.begin():
+                yield conn
+
+    def append(self, events: Iterable[LedgerEvent], *, problems: Iterable[Problem] = (),
+               outbox: Iterable[tuple[str, str, bytes]] = (), events_topic: str | None = None
+               ) -> list[LedgerEvent]:
+        with self.transaction() as conn:
+            return self.append_in(conn, events, problems=problems, outbox=outbox,
+                                  events_topic=events_topic)
+
+    def append_in(self, conn: Connection, events: Iterable[LedgerEvent], *,
+                  problems: Iterable[Problem] = (), outbox: Iterable[tuple[str, str, bytes]] = (),
+                  events_topic: str | None = None) -> list[LedgerEvent]:
+        """Append the events whose id is new (returned, with their ``seq``); each new
+        one also goes to the outbox for ``events_topic`` (key = account)."""
+        new: list[LedgerEvent] = []
+        t = event_table
+        for ev in events:
+            if conn.execute(select(t.c.seq).where(t.c.id == ev.id)).first() is not None:
+                continue
+            seq = conn.execute(insert(t).values(**_event_row(ev))).inserted_primary_key[0]
+            stored = msgspec.structs.replace(ev, seq=int(seq))
+            new.append(stored)
+            if events_topic:
+                conn.execute(insert(outbox_table).values(topic=events_topic, key=ev.account,
+                                                         value=encode_event(stored)))
+        for topic, key, value in outbox:
+            conn.execute(insert(outbox_table).values(topic=topic, key=key, value=value))
+        for p in problems:
+            if conn.execute(select(problem_table.c.id).where(problem_table.c.id == p.id)).first() is None:
+                conn.execute(insert(problem_table).values(
+                    id=p.id, ts_ms=p.ts_ms, account=p.account, call_id=p.call_id, cdr_id=p.cdr_id,
+                    leg=p.leg, reason=p.reason[:500]))
+        return new
+
+    # -- reading ----------------------------------------------------------------------------
+    def get_event(self, event_id: str) -> LedgerEvent | None:
+        with self._read() as conn:
+            row = conn.execute(select(event_table).where(event_table.c.id == event_id)).first()
+        return None if row is None else _event(row)
+
+    def events(self, *, account: str | None = None, after_seq: int = 0, before_seq: int | None = None,
+               kinds: Iterable[str] | None = None, from_ms: int | None = None, to_ms: int | None = None,
+               time_field: str = "ts_ms", limit: int | None = None, descending: bool = False
+               ) -> list[LedgerEvent]:
+        t = event_table
+        query = select(t).where(t.c.seq > after_seq)
+        if before_seq is not None:
+            query = query.where(t.c.seq < before_seq)
+        if account is not None:
+            query = query.where(t.c.account == account)
+        if kinds is not None:
+            query = query.where(t.c.kind.in_(list(kinds)))
+        column = t.c[time_field]
+        if from_ms is not None:
+            query = query.where(column >= from_ms)
+        if to_ms is not None:
+            query = query.where(column < to_ms)
+        query = query.order_by(t.c.seq.desc() if descending else t.c.seq)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._read() as conn:
+            return [_event(row) for row in conn.execute(query)]
+
+    def iter_events(self, *, account: str | None = None, chunk: int = 20000,
+                    kinds: Iterable[str] | None = None) -> Iterator[LedgerEvent]:
+        """Every event in ledger order, read in chunks (the fold at start)."""
+        after = 0
+        while True:
+            page = self.events(account=account, after_seq=after, limit=chunk, kinds=kinds)
+            yield from page
+            if len(page) < chunk:
+                return
+            after = page[-1].seq
+
+    def count_events(self, *, account: str | None = None, upto_seq: int | None = None,
+                     from_seq: int = 0) -> int:
+        t = event_table
+        query = select(func.count()).select_from(t).where(t.c.seq > from_seq)
+        if account is not None:
+            query = query.where(t.c.account == account)
+        if upto_seq is not None:
+            query = query.where(t.c.seq <= upto_seq)
+        with self._read() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    def max_seq(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(select(func.max(event_table.c.seq))).scalar() or 0)
+
+    def problems(self, *, account: str | None = None, from_ms: int | None = None,
+                 to_ms: int | None = None) -> list[Problem]:
+        t = problem_table
+        query = select(t).order_by(t.c.ts_ms, t.c.id)
+        if account is not None:
+            query = query.where(t.c.account == account)
+        if from_ms is not None:
+            query = query.where(t.c.ts_ms >= from_ms)
+        if to_ms is not None:
+            query = query.where(t.c.ts_ms < to_ms)
+        with self._read() as conn:
+            return [Problem(id=r.id, ts_ms=r.ts_ms, account=r.account, reason=r.reason,
+                            call_id=r.call_id, cdr_id=r.cdr_id, leg=r.leg) for r in conn.execute(query)]
+
+    # -- the outbox -------------------------------------------------------------------------
+    def outbox_batch(self, limit: int = 500) -> list[tuple[int, str, str, bytes]]:
+        t = outbox_table
+        with self._read() as conn:
+            return [(r.seq, r.topic, r.key, bytes(r.value)) for r in
+                    conn.execute(select(t).order_by(t.c.seq).limit(limit))]
+
+    def outbox_delete(self, upto_seq: int) -> None:
+        with self.transaction() as conn:
+            conn.execute(delete(outbox_table).where(outbox_table.c.seq <= upto_seq))
+
+    def outbox_size(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(select(func.count()).select_from(outbox_table)).scalar() or 0)
+
+
+def _has_events(conn: Connection, account: str) -> bool:
+    return conn.execute(select(event_table.c.seq).where(event_table.c.account == account).limit(1)
+                        ).first() is not None
+
+
+# -- the one-writer lock ------------------------------------------------------------------------
+
+class ServiceRunning(Exception):
+    """The ledger's lock is held: the billing service (or another command) writes it."""
+
+
+class ServiceLock:
+    """An exclusive flock on DATA_DIR/run/billing.lock, held while writing the ledger."""
+
+    def __init__(self, data_dir: str | os.PathLike):
+        self.path = Path(data_dir) / RUN_DIR / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> "ServiceLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ServiceRunning(f"{self.path} is locked: the billing service is running") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def held_elsewhere(self) -> bool:
+        """True while another process holds the lock."""
+        try:
+            self.acquire()
+        except ServiceRunning:
+            return True
+        self.release()
+        return False
+
+    def __enter__(self) -> "ServiceLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

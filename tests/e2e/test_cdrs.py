@@ -1,0 +1,186 @@
+"""CDRs end to end: SIPp calls through `sipledger up`, read back through the REST API.
+
+The whole embedded pipeline runs: proxy -> sip.events -> CDR processor ->
+cdr.records -> sink -> ClickHouse (chdb) -> API.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from cdr.records import cdr_id_for
+from harness.calls import (DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered,
+                           start_sipledger)
+from harness.sipp import render_scenario, run_uac
+from proxy.contract import commands
+from proxy.contract.config import KafkaSettings
+from proxy.contract.events import new_event_id, now_ms
+from proxy.contract.kafka import producer_kwargs
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def sl(tmp_path_factory):
+    sl = start_sipledger(tmp_path_factory.mktemp("sipledger-cdr") / "data")
+    token = sl.run_cli("token", "create", "--role", "admin").stdout.strip().splitlines()[-1]
+    sl.client = httpx.Client(base_url=sl.api_url, headers={"Authorization": f"Bearer {token}"},
+                             timeout=10)
+    yield sl
+    sl.client.close()
+    sl.stop()
+
+
+def cdr_of(sl, res, timeout: float = 20.0) -> dict:
+    """The call's CDR from the API, once the pipeline has written it."""
+    invite = res.sent("INVITE")[0]
+    cdr_id = cdr_id_for(invite.header("Call-ID"), invite.tag("From"))
+    deadline = time.monotonic() + timeout
+    while True:
+        response = sl.client.get(f"/v1/cdrs/{cdr_id}")
+        if response.status_code == 200:
+            return response.json()
+        assert response.status_code == 404, response.text
+        assert time.monotonic() < deadline, f"no CDR {cdr_id} after {timeout}s"
+        time.sleep(0.3)
+
+
+def call(sl, sipp_dir, callee, scenario="uac_call", expected=None, hold_ms=1000):
+    variables = {"expected": expected} if expected is not None else None
+    return run_uac(scenario, sl.sip_addr, {"caller": "alice", "callee": callee, "domain": DOMAIN},
+                   30, auth=("alice", PASSWORDS["alice"]), auth_uri=f"{callee}@{DOMAIN}",
+                   workdir=sipp_dir, hold_ms=hold_ms, variables=variables)
+
+
+def summary(cdr: dict) -> dict:
+    return cdr.get("call", cdr)
+
+
+def legs(cdr: dict) -> list[dict]:
+    return sorted(cdr["legs_detail"], key=lambda leg: leg["leg"])
+
+
+def common(sl, cdr, res):
+    call_ = summary(cdr)
+    invite = res.sent("INVITE")[0]
+    assert call_["call_id"] == invite.header("Call-ID")
+    assert call_["from_tag"] == invite.tag("From")
+    assert call_["account"] == f"alice@{DOMAIN}"
+    assert call_["caller_uri"] == f"sip:alice@{DOMAIN}"
+    assert call_["caller_ip"] == "127.0.0.1"
+    assert call_["domain"] == DOMAIN and call_["proxy"] == "sipledger-1"
+    assert call_["setup_ms"] > 0 and call_["end_ms"] >= call_["setup_ms"]
+    return call_
+
+
+def test_answered_call(sl, uas_factory, sipp_dir):
+    bob = uas_factory("uas_answer", timeout=30)
+    with registered(sl, "bob", bob, sipp_dir):
+        res = call(sl, sipp_dir, "bob", hold_ms=1500)
+        assert_completed(res, "answered call")
+    cdr = cdr_of(sl, res)
+    c = common(sl, cdr, res)
+    assert (c["disposition"], c["sip_code"], c["hangup_by"]) == ("answered", 200, "caller")
+    assert c["dialled"] == f"sip:bob@{DOMAIN}" and c["callee_uri"] == f"sip:bob@{DOMAIN}"
+    assert c["setup_ms"] <= c["ringing_ms"] <= c["answer_ms"] <= c["end_ms"]
+    assert c["duration_ms"] == c["end_ms"] - c["answer_ms"] and 1400 <= c["duration_ms"] <= 5000
+    assert c["billable_s"] == -(-c["duration_ms"] // 1000)
+    assert c["pdd_ms"] == c["ringing_ms"] - c["setup_ms"]
+    assert c["caller_user_agent"] == "sipledger-e2e-uac" and c["callee_user_agent"] == "sipledger-e2e-uas"
+    (leg,) = legs(cdr)
+    assert leg["target"].startswith("sip:bob@127.0.0.1") and leg["to_tag"] == c["to_tag"]
+
+
+def test_busy_call(sl, uas_factory, sipp_dir):
+    bob = uas_factory("uas_busy", timeout=30)
+    with registered(sl, "bob", bob, sipp_dir):
+        res = call(sl, sipp_dir, "bob", scenario="uac_call_expect_failure", expected=486)
+        assert_completed(res, "busy call")
+    c = common(sl, cdr := cdr_of(sl, res), res)
+    assert (c["disposition"], c["sip_code"], c["answer_ms"], c["duration_ms"], c["billable_s"]) == \
+        ("busy", 486, 0, 0, 0)
+    assert legs(cdr)[0]["sip_code"] == 486
+
+
+def test_cancelled_call(sl, uas_factory, sipp_dir):
+    bob = uas_factory("uas_noanswer", timeout=30)
+    with registered(sl, "bob", bob, sipp_dir):
+        res = call(sl, sipp_dir, "bob", scenario="uac_cancel", hold_ms=500)
+        assert_completed(res, "cancelled call")
+    c = common(sl, cdr_of(sl, res), res)
+    assert (c["disposition"], c["sip_code"], c["answer_ms"]) == ("cancelled", 487, 0)
+    assert c["ringing_ms"] > 0
+
+
+def test_forwarded_on_busy_has_two_legs(sl, uas_factory, sipp_dir):
+    bob = uas_factory("uas_busy", timeout=30)
+    carol = uas_factory("uas_answer", timeout=30)
+    sl.run_cli("forward", "set", f"bob@{DOMAIN}", "--busy", f"carol@{DOMAIN}")
+    time.sleep(1.5)
+    try:
+        with registered(sl, "bob", bob, sipp_dir), registered(sl, "carol", carol, sipp_dir):
+            res = call(sl, sipp_dir, "bob")
+            assert_completed(res, "busy then forwarded")
+    finally:
+        sl.run_cli("forward", "clear", f"bob@{DOMAIN}")
+    cdr = cdr_of(sl, res)
+    c = common(sl, cdr, res)
+    assert c["disposition"] == "answered" and c["legs"] == 2
+    first, second = legs(cdr)
+    assert (first["sip_code"], first["parent_leg"]) == (486, -1)
+    assert (second["leg_cause"], second["parent_leg"], second["sip_code"]) == ("forward", 0, 200)
+    assert second["target"].startswith("sip:carol@")
+
+
+def test_failed_over_gateway(sl, uas_factory, sipp_dir):
+    broken = uas_factory(str(render_scenario("uas_reject", sipp_dir, code=503, reason="Service Unavailable")),
+                         timeout=30)
+    backup = uas_factory("uas_answer", timeout=30)
+    sl.run_cli("gateway", "add", "cdr-broken", "--address", f"127.0.0.1:{broken.port}")
+    sl.run_cli("gateway", "add", "cdr-backup", "--address", f"127.0.0.1:{backup.port}")
+    sl.run_cli("route", "add", "--prefix", "06", "--gateways", "cdr-broken,cdr-backup")
+    time.sleep(1.5)
+    res = call(sl, sipp_dir, "0612345")
+    assert_completed(res, "gateway failover")
+    cdr = cdr_of(sl, res)
+    first, second = legs(cdr)
+    assert (first["gateway"], first["sip_code"]) == ("cdr-broken", 503)
+    assert (second["gateway"], second["leg_cause"], second["sip_code"]) == ("cdr-backup", "failover", 200)
+    assert summary(cdr)["disposition"] == "answered"
+
+
+def test_dialog_timeout_closes_the_cdr(sl, uas_factory, sipp_dir):
+    bob = uas_factory("uas_bye_from_proxy", timeout=30)
+    box = {}
+    with registered(sl, "bob", bob, sipp_dir):
+        thread = threading.Thread(target=lambda: box.update(res=run_uac(
+            "uac_wait_bye", sl.sip_addr, {"caller": "alice", "callee": "bob", "domain": DOMAIN}, 30,
+            auth=("alice", PASSWORDS["alice"]), auth_uri=f"bob@{DOMAIN}", workdir=sipp_dir)))
+        thread.start()
+        (invite,) = bob.wait_for("INVITE", 10)
+        bob.wait_for("ACK", 10)
+        _command(sl.kafka_bootstrap, commands.SetMaxDuration(
+            id=new_event_id(), ts_ms=now_ms(), call_id=invite.header("Call-ID"), seconds=1))
+        thread.join(30)
+        assert_completed(box["res"], "call cut at its maximum duration")
+        assert_uas_completed(bob, "bob hung up by the proxy")
+    c = summary(cdr_of(sl, box["res"]))
+    assert (c["disposition"], c["hangup_by"]) == ("answered", "timeout")
+    assert c["duration_ms"] >= 1000
+
+
+def _command(bootstrap: str, command) -> None:
+    async def go():
+        producer = AIOKafkaProducer(**producer_kwargs(KafkaSettings(bootstrap_servers=bootstrap)))
+        await producer.start()
+        try:
+            await producer.send_and_wait("call.control", commands.encode(command),
+                                         key=command.call_id.encode())
+        finally:
+            await producer.stop()
+    asyncio.run(go())
