@@ -323,8 +323,13 @@ class Worker:
             self.kill()
 
 
-def write_config(path: Path, **cdr) -> Path:
-    lines = ["[cdr]"] + [f"{k} = {json.dumps(v)}" for k, v in cdr.items()]
+def write_config(path: Path, sections: dict[str, dict] | None = None, **cdr) -> Path:
+    """A sipledger.toml with ``[cdr]`` = ``cdr`` and any other ``sections``."""
+    sections = {**(sections or {}), "cdr": {**(sections or {}).get("cdr", {}), **cdr}}
+    lines = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -89,7 +89,7 @@ async def _drain(spool: Spool, settings: RadiusSettings, entries: list) -> tuple
     started = time.perf_counter()
     sender.add(entries)
     task = asyncio.create_task(sender.run())
-    while sender.backlog:
+    while not sender.drained:
         await asyncio.sleep(0.005)
     sender.flush_acks()
     elapsed = time.perf_counter() - started

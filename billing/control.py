@@ -484,6 +484,8 @@ class CreditControl:
                     live.calls.discard(ev.call_id)
                     fx.timers[ev.call_id] = None
                 self.finished[ev.call_id] = now_ms
+            elif ev.kind == "debit" and ev.call_id and ev.call_id not in self.calls:
+                self.finished[ev.call_id] = now_ms      # a late "answered" must not reopen it
             elif ev.kind in ("reservation", "release"):
                 live.reserved += reserved_delta(ev)      # not expected here; keep the fold right
         for account, before in touched.items():

@@ -94,6 +94,20 @@ def _register_codec() -> None:
     codecs.register(SLOT_CODEC, SlotCodec())
 
 
+def _slot_table_class() -> Any:
+    import faust
+
+    class SlotTable(faust.Table):
+        """Values are Slots in msgpack (codec ``cdr_slot``): faust otherwise
+        derives a serializer from the value type, json for anything not bytes,
+        and its changelog recovery would decode with that."""
+
+        def _serializer_from_type(self, typ: Any) -> Any:
+            return "raw" if typ is bytes else SLOT_CODEC
+
+    return SlotTable
+
+
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -125,12 +139,10 @@ class CdrProcessor:
                                       partitions=partitions)
         self.records_topic = app.topic(config.cdr.records_topic, key_type=bytes, value_type=bytes,
                                        key_serializer="raw", value_serializer="raw")
-        import faust
-        # the schema decodes changelog records (recovery) into Slots; writes
-        # name the codec themselves (_put)
-        self.table = app.Table(TABLE_NAME, key_type=bytes, partitions=partitions,
-                               schema=faust.Schema(key_type=bytes, key_serializer="raw",
-                                                   value_serializer=SLOT_CODEC))
+        self.table = app.tables.add(_slot_table_class()(
+            app, name=TABLE_NAME, beacon=app.tables.beacon, key_type=bytes, partitions=partitions))
+        if self.table.changelog_topic.value_serializer != SLOT_CODEC:
+            raise RuntimeError("faust changed: the calls changelog would not decode Slots")
         self.stats = Stats()
         self.assigned_at: dict[int, int] = {}       # partition -> wall ms this worker got it
         self._lock: asyncio.Lock | None = None

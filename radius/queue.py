@@ -54,6 +54,7 @@ log = logging.getLogger("radius.queue")
 
 SPOOL_NAME = "radius.sqlite"
 ACK_FLUSH_S = 0.005
+WINDOW = 20_000                 # queued entries held in memory; the rest wait in the spool
 PROBE_PAUSE_MIN_S = 0.2
 PROBE_PAUSE_MAX_S = 2.0
 
@@ -111,9 +112,10 @@ class Spool:
         self.db.close()
 
     # --- reads -------------------------------------------------------------------------
-    def pending(self) -> list[Entry]:
+    def pending(self, after: int = 0, limit: int = -1) -> list[Entry]:
+        """Queued entries in queue order: those with ``seq > after``, at most ``limit``."""
         rows = self.db.execute("SELECT seq, key, session, status, attrs, enqueued_ms FROM queue "
-                               "ORDER BY seq").fetchall()
+                               "WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)).fetchall()
         return [Entry(seq, key, session, status, _attrs_decoder.decode(attrs), enq)
                 for seq, key, session, status, attrs, enq in rows]
 
@@ -273,7 +275,8 @@ def _expire(future: asyncio.Future) -> None:
 class Sender:
     """Sends queued entries to the servers; see the module docstring."""
 
-    def __init__(self, spool: Spool, settings: RadiusSettings, dictionary: Dictionary) -> None:
+    def __init__(self, spool: Spool, settings: RadiusSettings, dictionary: Dictionary, *,
+                 window: int = WINDOW) -> None:
         if not settings.servers:
             raise ValueError("no RADIUS server configured")
         self.spool = spool
@@ -288,7 +291,10 @@ class Sender:
         self._ack_wake = asyncio.Event()
         self._closing = False
         self._probe_failures = 0
-        self._backlog = 0
+        self._backlog = 0                        # entries in memory, not acknowledged yet
+        self._window = window
+        self._loaded_upto = 0                    # highest seq taken into memory
+        self._complete = True                    # memory holds every queued entry
         self._encoded: dict[int, bytes] = {}     # seq -> attributes on the wire
         self._encoder = WireEncoder(dictionary)
         self.counts: collections.Counter = collections.Counter()
@@ -296,7 +302,7 @@ class Sender:
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         for config in self.settings.servers:
-            # pyrad's timeout only backs ours up (asyncio.wait_for below);
+            # pyrad's own timeout only backs ours up (``_expire`` fires first);
             # retries=0: every resend is a new packet built here
             client = ClientAsync(server=config.host, acct_port=config.port,
                                  secret=config.secret.encode(), dict=self.dictionary,
@@ -318,23 +324,52 @@ class Sender:
             await server.client.deinitialize_transports()
 
     # --- queue ---------------------------------------------------------------------------
+    def load_pending(self) -> None:
+        """Take the spool's queue (after a restart) in, a window at a time."""
+        self._complete = False
+        self._refill()
+
     def add(self, entries: Iterable[Entry]) -> None:
-        """Entries durably enqueued (in queue order): schedule them."""
-        sessions, ready = self._sessions, self._ready
+        """Entries durably enqueued (in queue order): schedule them.  Beyond the
+        in-memory window they stay in the spool and are paged in as it drains."""
         for entry in entries:
-            self._backlog += 1
-            queue = sessions.get(entry.session)
-            if queue is None:
-                sessions[entry.session] = collections.deque((entry,))
-                ready.append(entry.session)
-            else:
-                queue.append(entry)
+            if entry.seq <= self._loaded_upto:
+                continue                          # paged in already
+            if not self._complete or self._backlog >= self._window:
+                self._complete = False
+                continue
+            self._push(entry)
         self._wake.set()
+
+    def _push(self, entry: Entry) -> None:
+        self._backlog += 1
+        self._loaded_upto = entry.seq
+        queue = self._sessions.get(entry.session)
+        if queue is None:
+            self._sessions[entry.session] = collections.deque((entry,))
+            self._ready.append(entry.session)
+        else:
+            queue.append(entry)
+
+    def _refill(self) -> None:
+        if self._complete or self._backlog > self._window // 2:
+            return
+        limit = self._window - self._backlog
+        rows = self.spool.pending(after=self._loaded_upto, limit=limit)
+        for entry in rows:
+            self._push(entry)
+        if len(rows) < limit:
+            self._complete = True
 
     @property
     def backlog(self) -> int:
-        """Records not acknowledged yet."""
+        """Entries in memory not acknowledged yet (see ``drained``)."""
         return self._backlog
+
+    @property
+    def drained(self) -> bool:
+        """Every queued entry acknowledged (as far as this sender knows)."""
+        return self._backlog == 0 and self._complete
 
     @property
     def all_dead(self) -> bool:
@@ -346,6 +381,7 @@ class Sender:
         ack_task = asyncio.create_task(self._ack_loop(), name="radius-acks")
         try:
             while not self._closing:
+                self._refill()
                 limit = 1 if self.all_dead else self.settings.max_in_flight
                 while self._ready and len(self._inflight) < limit:
                     session = self._ready.popleft()
@@ -368,6 +404,10 @@ class Sender:
                 await asyncio.sleep(pause)
         except asyncio.CancelledError:
             pass
+        except Exception:                            # a bug: keep the record, retry later
+            self.counts["errors"] += 1
+            log.exception("sending %s failed", entry.key)
+            await asyncio.sleep(PROBE_PAUSE_MAX_S)
         finally:
             self._inflight.pop(session, None)
             if ok:

@@ -61,27 +61,44 @@ _slot_decoder = msgspec.msgpack.Decoder(Slot)
 
 
 class Accounting:
-    """The pure-ish core: call slots in memory, events and ticks in, records out.
-    The caller persists ``changed`` / ``forgotten`` with the records."""
+    """The core: live calls and finished markers in memory, events and ticks
+    in, records out.  The caller persists ``changed`` / ``forgotten`` with the
+    records (``apply_changes``).  Finished markers are kept apart, in finish
+    order, so that the timer only walks live calls and expires markers from
+    the oldest."""
 
     def __init__(self, ctx: Context, silence_ms: int, ttl_ms: int, started_ms: int) -> None:
         self.ctx = ctx
         self.silence_ms = silence_ms
         self.ttl_ms = ttl_ms
         self.started_ms = started_ms
-        self.calls: dict[str, Slot] = {}
+        self.calls: dict[str, Slot] = {}          # live calls
+        self.finished: dict[str, int] = {}        # call id -> finish wall ms, oldest first
         self.counts: collections.Counter = collections.Counter()
 
     def load(self, rows) -> None:
+        markers = []
         for call_id, blob in rows:
-            self.calls[call_id] = _slot_decoder.decode(blob)
+            slot = _slot_decoder.decode(blob)
+            if slot.state is None:
+                markers.append((slot.seen_ms, call_id))
+            else:
+                self.calls[call_id] = slot
+        self.finished = {call_id: seen for seen, call_id in sorted(markers)}
+
+    def _slot(self, call_id: str, changed: dict[str, Slot]) -> Slot | None:
+        slot = changed.get(call_id)
+        return self.calls.get(call_id) if slot is None else slot
 
     def event(self, event: ev.CallEvent, partition: int, now_ms: int,
               records: list[Record], changed: dict[str, Slot]) -> None:
         counts = self.counts
         call_id = event.call_id
-        slot = changed.get(call_id) or self.calls.get(call_id)
-        if slot is not None and slot.state is None:
+        if call_id in self.finished:
+            counts["after_finish"] += 1
+            return
+        slot = self._slot(call_id, changed)
+        if slot is not None and slot.state is None:          # finished in this batch
             counts["after_finish"] += 1
             return
         if slot is None:
@@ -118,12 +135,12 @@ class Accounting:
     def tick(self, now_ms: int, records: list[Record], changed: dict[str, Slot],
              forgotten: list[str]) -> None:
         """Interim-Updates due, silent calls, expired finished markers."""
+        for call_id, finished_ms in self.finished.items():
+            if now_ms - finished_ms <= self.ttl_ms:
+                break
+            forgotten.append(call_id)
         for call_id, slot in self.calls.items():
             state = slot.state
-            if state is None:
-                if now_ms - slot.seen_ms > self.ttl_ms:
-                    forgotten.append(call_id)
-                continue
             quiet_since = max(slot.seen_ms, self.started_ms)
             if now_ms - quiet_since > self.silence_ms \
                     and now_ms > silence_deadline_ms(state, self.silence_ms):
@@ -136,16 +153,23 @@ class Accounting:
                     self.counts["interims"] += len(out)
                     changed[call_id] = msgspec.structs.replace(slot, progress=progress)
 
-    def apply_changes(self, changed: dict[str, Slot], forgotten: list[str]) -> tuple[dict[str, bytes], list[str]]:
-        """Take the changes into memory; what to write to the spool."""
-        self.calls.update(changed)
+    def apply_changes(self, changed: dict[str, Slot],
+                      forgotten: list[str]) -> tuple[dict[str, bytes], list[str]]:
+        """Take the changes into memory; returns what to write to the spool."""
+        calls, finished = self.calls, self.finished
+        for call_id, slot in changed.items():
+            if slot.state is None:
+                calls.pop(call_id, None)
+                finished[call_id] = slot.seen_ms
+            else:
+                calls[call_id] = slot
         for call_id in forgotten:
-            self.calls.pop(call_id, None)
+            finished.pop(call_id, None)
         return {k: _slot_encoder.encode(v) for k, v in changed.items()}, forgotten
 
     @property
     def live(self) -> int:
-        return sum(1 for slot in self.calls.values() if slot.state is not None)
+        return len(self.calls)
 
 
 class RadiusWorker:
@@ -175,9 +199,9 @@ class RadiusWorker:
         # the durable queue drains (and live calls get their interims) while
         # the consumer joins its group, which takes seconds on Tansu
         await self.sender.start()
-        self.sender.add(self.spool.pending())
+        self.sender.load_pending()
         log.info("radius worker: %d live calls, %d records queued", self.core.live,
-                 self.sender.backlog)
+                 self.spool.pending_count())
         sender = asyncio.create_task(self.sender.run(), name="radius-sender")
         tasks = [asyncio.create_task(self._timer(), name="radius-timer")]
         stopper = asyncio.create_task(self._stop.wait())
@@ -284,6 +308,6 @@ class RadiusWorker:
                 self.spool.prune_sent(now - int(self.settings.dedupe_retention_s * 1000))
             if mono - self._last_stats > STATS_EVERY_S:
                 self._last_stats = mono
-                log.info("radius stats: live=%d queued=%d %s %s", self.core.live, self.sender.backlog,
+                log.info("radius stats: live=%d queued=%d %s %s", self.core.live, self.spool.pending_count(),
                          " ".join(f"{k}={v}" for k, v in sorted(self.core.counts.items())),
                          " ".join(f"{k}={v}" for k, v in sorted(self.sender.counts.items())))

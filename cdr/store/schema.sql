@@ -101,3 +101,43 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS cdr_calls_mv TO cdr_calls AS
 SELECT setup, setup_ms, cdr_id, account, caller_number, caller_ip, dialled_number, version
 FROM cdr
 WHERE leg = 0;
+
+-- migration 2: billing ledger events (billing.ledger.LedgerEvent, schema version 1)
+-- A queryable copy of the billing service's durable ledger (SQLite, the source
+-- of truth), fed from `ledger.events` by the API process' ledger sink and
+-- repaired from SQLite when the memory-only broker lost records.  `seq` is the
+-- event's position in the SQLite ledger: (account, seq) is the identity, so an
+-- event inserted twice is one row after merges; queries deduplicate (FINAL or
+-- LIMIT 1 BY seq).  Money is Decimal(18,6), never Float: `amount` as the event
+-- states it, `balance_delta` / `reserved_delta` its signed effects.
+CREATE TABLE IF NOT EXISTS ledger_events (
+    seq            UInt64,
+    id             String,
+    account        String,
+    kind           String,
+    amount         Decimal(18,6),
+    balance_delta  Decimal(18,6),
+    reserved_delta Decimal(18,6),
+    currency       String,
+    ts             DateTime('UTC'),
+    ts_ms          UInt64,
+    call_id        String,
+    cdr_id         String,
+    leg            Int32,
+    idem_key       String,
+    step           UInt32,
+    final          UInt8,
+    paid_ms        UInt64,
+    answer_ms      UInt64,
+    number         String,
+    plan           String,
+    prefix         String,
+    rate_name      String,
+    gateway        String,
+    duration_ms    UInt64,
+    billed_s       UInt32,
+    note           String,
+    version        UInt64
+) ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(ts)
+ORDER BY (account, seq);

@@ -287,6 +287,50 @@ def test_worker_killed_and_restarted_loses_nothing(tmp_path, broker, kafka_setti
         assert stop.int("Sip-Call-MSDuration") == c.events[-1].ts_ms - (c.t0 + 1000)
 
 
+def test_sender_pages_a_long_queue_through_a_small_window(tmp_path, freeradius):
+    """The sender holds a window of the queue in memory and pages the rest in
+    from the spool: everything arrives once, each session in order."""
+    from pyrad.dictionary import Dictionary
+
+    from cdr.fold import fold
+    from radius.queue import Sender, Spool
+    from radius.records import Context, Progress, plan
+    from radius.settings import DICTIONARY, RadiusServer, RadiusSettings
+
+    t0 = now_ms() - 60_000
+    records = []
+    for i in range(150):
+        records += plan(fold(call_events("answered_caller_bye", f"page-{i}@test", t0 + i, scale=0.01)),
+                        Progress(), Context())[0]
+    spool = Spool(tmp_path / "spool")
+    settings = RadiusSettings(servers=(RadiusServer(host="127.0.0.1", port=freeradius.port,
+                                                    secret=freeradius.secret),), max_in_flight=8)
+
+    async def run() -> Sender:
+        sender = Sender(spool, settings, Dictionary(str(DICTIONARY)), window=40)
+        await sender.start()
+        sender.load_pending()
+        task = asyncio.create_task(sender.run())
+        for i in range(0, len(records), 25):                 # enqueued while it drains
+            sender.add(spool.commit(records[i:i + 25]))
+            assert sender.backlog <= 40
+            await asyncio.sleep(0.01)
+        deadline = time.monotonic() + WAIT
+        while not sender.drained and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await sender.close()
+        task.cancel()
+        await asyncio.wait([task])
+        return sender
+
+    sender = asyncio.run(run())
+    assert sender.drained and spool.pending_count() == 0
+    spool.close()
+    expected = {(r.session, {1: "Start", 2: "Stop"}[r.status]) for r in records}
+    assert_each_once_and_ordered(freeradius.wait_for(lambda rs: len(rs) >= len(expected), WAIT),
+                                 expected)
+
+
 def _wait(predicate, timeout: float = WAIT, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

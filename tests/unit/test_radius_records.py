@@ -441,3 +441,56 @@ def test_records_module_is_pure():
     for forbidden in ("import time", "import socket", "import asyncio", "sqlite3", "aiokafka",
                       "from proxy.", "import proxy"):
         assert forbidden not in source
+
+
+# --- the worker's core (radius/worker.py Accounting, no I/O) --------------------------------
+
+def _core(**ctx):
+    from radius.worker import Accounting
+    return Accounting(msgspec.structs.replace(CTX, **ctx), silence_ms=3_600_000, ttl_ms=600_000,
+                      started_ms=T0)
+
+
+def _feed(core, events, now_ms):
+    records, changed = [], {}
+    for event in events:
+        core.event(event, 0, now_ms, records, changed)
+    core.apply_changes(changed, [])
+    return records, changed
+
+
+def test_core_records_once_and_ignores_late_duplicates_until_the_marker_expires():
+    core = _core()
+    events = answered_call().events
+    records, _ = _feed(core, events[:5], T0 + 5000)
+    assert [r.status for r in records] == [START] and core.live == 1
+    assert _feed(core, events[:5], T0 + 5000)[0] == []          # replayed: nothing new
+    records, changed = _feed(core, events, T0 + 70_000)
+    assert [r.status for r in records] == [STOP]
+    assert core.live == 0 and list(core.finished) == ["c1@test"]
+    assert changed["c1@test"].state is None
+    assert _feed(core, events, T0 + 80_000)[0] == []           # late duplicates
+    assert core.counts["after_finish"] >= len(events)
+    forgotten = []
+    core.tick(T0 + 70_000 + 600_001, [], {}, forgotten)
+    assert forgotten == ["c1@test"]
+
+
+def test_core_tick_sends_interims_and_closes_silent_calls():
+    core = _core(interim_ms=60_000)
+    c = answered_call()
+    _feed(core, c.events[:5], T0 + 3000)
+    records, changed, forgotten = [], {}, []
+    core.tick(T0 + 3000 + 125_000, records, changed, forgotten)
+    assert [(r.status, r.key) for r in records] == [(INTERIM, "3:2:c1@test;leg=0")]
+    core.apply_changes(changed, forgotten)
+    assert core.calls["c1@test"].progress.interims == 2
+    records, changed = [], {}
+    core.tick(T0 + 3000 + 125_500, records, changed, [])
+    assert records == []                                        # nothing new due
+    # silent for the window (3600 s after its cap of 3600 s): closed with a Stop
+    records, changed = [], {}
+    core.tick(T0 + 3000 + 3_600_000 + 3_600_001, records, changed, [])
+    (stop,) = records
+    assert attrs(stop)["Acct-Terminate-Cause"] == 3            # Lost-Service
+    assert attrs(stop)["Acct-Session-Time"] == 3600            # at the cap, derived from the events

@@ -1,0 +1,60 @@
+"""Run the billing service (credit control + ledger writer).
+
+    python -m billing --data-dir D [--config F] [--bootstrap HOST:PORT] [--log-level LEVEL]
+
+Prints ``BILLING READY udp=PORT`` when it answers authorizations (the port is
+also in DATA_DIR/run/credit.port).  SIGTERM / SIGINT stop it cleanly; a
+SIGKILL is safe too (the next start folds the durable ledger again).
+See billing/service.py.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import msgspec
+
+from proxy.contract.config import ConfigError, resolve_paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m billing", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", help="data dir (default: SIPLEDGER_DATA_DIR or ./data)")
+    parser.add_argument("--config", help="sipledger.toml (default: SIPLEDGER_CONFIG or DATA_DIR/sipledger.toml)")
+    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (overrides kafka.bootstrap_servers)")
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .service_settings import load
+    data_dir, config_file = resolve_paths(args.data_dir, args.config)
+    try:
+        config = load(config_file)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.bootstrap:
+        config = msgspec.structs.replace(
+            config, kafka=msgspec.structs.replace(config.kafka, bootstrap_servers=args.bootstrap))
+    if not config.kafka.bootstrap_servers:
+        print("error: the billing service needs --bootstrap (or kafka.bootstrap_servers)", file=sys.stderr)
+        return 2
+    data_dir.mkdir(parents=True, exist_ok=True)
+    from .service import BillingService
+
+    service = BillingService(config, data_dir)
+
+    def ready(port: int) -> None:
+        print(f"BILLING READY udp={port}", flush=True)
+
+    try:
+        import uvloop
+        return uvloop.run(service.run(on_ready=ready))
+    except ImportError:
+        return asyncio.run(service.run(on_ready=ready))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

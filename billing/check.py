@@ -1,0 +1,183 @@
+"""``sipledger ledger check``: prove that Σ debits = Σ rated CDR costs, per account and month.
+
+Two independent sides:
+
+* the CDRs, as the CDR pipeline stored them in ClickHouse (``cdr`` table, one
+  row per leg, deduplicated), of billing accounts, answered with usage, in
+  ``[from, to)`` by answer time -- each re-rated now with ``rating.rate_call``
+  and the account's current plan;
+* the debits of the durable ledger (SQLite), by the same answer time.
+
+They are matched by (cdr_id, leg).  Differences are listed: a CDR without a
+debit (``missing_debit``), a debit without a CDR (``debit_without_cdr``), a
+debit of another amount (``amount_mismatch`` -- e.g. rates edited since), a
+CDR that cannot be rated (``unrated``), and the billing service's own problem
+records (``problem``).  A debit is unique per (cdr_id, leg) by construction;
+``duplicate_debit`` would show a broken ledger.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Iterable
+
+from .ledger import ZERO, AccountInfo, LedgerEvent, money_text
+from .rating import RatesSnapshot, RatingError, number_from_uri, rate_call
+
+__all__ = ["Difference", "AccountPeriod", "CheckResult", "reconcile", "cdr_legs", "run_check"]
+
+
+@dataclass
+class Difference:
+    kind: str
+    account: str
+    cdr_id: str = ""
+    leg: int = -1
+    period: str = ""
+    rated: str = ""
+    debited: str = ""
+    detail: str = ""
+
+
+@dataclass
+class AccountPeriod:
+    account: str
+    period: str                      # YYYY-MM (UTC, answer time)
+    currency: str
+    cdr_legs: int = 0
+    rated: Decimal = ZERO
+    debits: int = 0
+    debited: Decimal = ZERO
+
+    @property
+    def difference(self) -> Decimal:
+        return self.debited - self.rated
+
+
+@dataclass
+class CheckResult:
+    from_ms: int | None
+    to_ms: int | None
+    periods: list[AccountPeriod] = field(default_factory=list)
+    differences: list[Difference] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+    def to_dict(self) -> dict:
+        return {
+            "from_ms": self.from_ms, "to_ms": self.to_ms, "ok": self.ok,
+            "periods": [{"account": p.account, "period": p.period, "currency": p.currency,
+                         "cdr_legs": p.cdr_legs, "rated": money_text(p.rated), "debits": p.debits,
+                         "debited": money_text(p.debited), "difference": money_text(p.difference)}
+                        for p in self.periods],
+            "differences": [asdict(d) for d in self.differences],
+        }
+
+
+def _period(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m")
+
+
+def reconcile(legs: Iterable[dict], debits: Iterable[LedgerEvent], accounts: dict[str, AccountInfo],
+              rates: RatesSnapshot, *, default_plan: str = "", problems: Iterable = (),
+              from_ms: int | None = None, to_ms: int | None = None) -> CheckResult:
+    result = CheckResult(from_ms, to_ms)
+    periods: dict[tuple[str, str], AccountPeriod] = {}
+
+    def bucket(account: str, ms: int) -> AccountPeriod:
+        key = (account, _period(ms))
+        if key not in periods:
+            info = accounts.get(account)
+            periods[key] = AccountPeriod(account, key[1], info.currency if info else "")
+        return periods[key]
+
+    expected: dict[tuple[str, int], tuple[dict, Decimal | None]] = {}
+    for leg in legs:
+        account = leg["account"]
+        if account not in accounts:
+            continue
+        key = (leg["cdr_id"], int(leg["leg"]))
+        plan = rates.plan_for(account, default_plan)
+        cost: Decimal | None = None
+        detail = ""
+        try:
+            if plan is None:
+                raise RatingError("no rate plan")
+            cost = rate_call(plan, number_from_uri(leg["dialled"]), int(leg["answer_ms"]),
+                             int(leg["duration_ms"])).total
+        except RatingError as exc:
+            detail = str(exc)
+        expected[key] = (leg, cost)
+        b = bucket(account, int(leg["answer_ms"]))
+        b.cdr_legs += 1
+        if cost is None:
+            result.differences.append(Difference("unrated", account, key[0], key[1], b.period,
+                                                 detail=detail[:200]))
+        else:
+            b.rated += cost
+    seen: dict[tuple[str, int], LedgerEvent] = {}
+    for debit in debits:
+        key = (debit.cdr_id, debit.leg)
+        b = bucket(debit.account, debit.answer_ms)
+        b.debits += 1
+        b.debited += debit.amount
+        if key in seen:
+            result.differences.append(Difference("duplicate_debit", debit.account, key[0], key[1], b.period,
+                                                 debited=money_text(debit.amount)))
+            continue
+        seen[key] = debit
+        if key not in expected:
+            result.differences.append(Difference(
+                "debit_without_cdr", debit.account, key[0], key[1], b.period, debited=money_text(debit.amount),
+                detail="no such CDR leg in the CDR store (yet?)"))
+            continue
+        leg, cost = expected[key]
+        if cost is not None and cost != debit.amount:
+            result.differences.append(Difference(
+                "amount_mismatch", debit.account, key[0], key[1], b.period, rated=money_text(cost),
+                debited=money_text(debit.amount), detail="rates changed since the debit?"))
+    for key, (leg, cost) in expected.items():
+        if key not in seen and cost is not None:
+            result.differences.append(Difference(
+                "missing_debit", leg["account"], key[0], key[1], _period(int(leg["answer_ms"])),
+                rated=money_text(cost), detail="answered CDR leg with no debit"))
+    for p in problems:
+        result.differences.append(Difference("problem", p.account, p.cdr_id, p.leg,
+                                             _period(p.ts_ms), detail=p.reason))
+    result.periods = sorted(periods.values(), key=lambda p: (p.account, p.period))
+    result.differences.sort(key=lambda d: (d.account, d.period, d.kind, d.cdr_id, d.leg))
+    return result
+
+
+def cdr_legs(backend, *, from_ms: int | None, to_ms: int | None, accounts: list[str]) -> list[dict]:
+    """Answered CDR legs with usage of those accounts, deduplicated (newest copy)."""
+    if not accounts:
+        return []
+    where = ["duration_ms > 0", "answer_ms > 0", "account IN {accounts}"]
+    params: dict = {"accounts": accounts}
+    if from_ms is not None:
+        where.append("answer_ms >= {from_ms}")
+        params["from_ms"] = from_ms
+    if to_ms is not None:
+        where.append("answer_ms < {to_ms}")
+        params["to_ms"] = to_ms
+    return backend.query_dicts(
+        "SELECT cdr_id, leg, account, dialled, answer_ms, duration_ms, call_id FROM cdr "
+        f"WHERE {' AND '.join(where)} ORDER BY cdr_id, leg, version DESC LIMIT 1 BY cdr_id, leg", params)
+
+
+def run_check(backend, store, rates_store, *, from_ms: int | None, to_ms: int | None,
+              account: str | None = None, default_plan: str = "") -> CheckResult:
+    """The check with both sides read: CDRs from ``backend`` (ClickHouse), the
+    ledger and accounts from ``store`` (SQLite), plans from ``rates_store``."""
+    accounts = {a.id: a for a in store.list_accounts() if account is None or a.id == account}
+    legs = cdr_legs(backend, from_ms=from_ms, to_ms=to_ms, accounts=sorted(accounts))
+    debits = [e for e in store.events(kinds=["debit"], from_ms=from_ms, to_ms=to_ms, time_field="answer_ms",
+                                      account=account) if e.account in accounts]
+    problems = store.problems(account=account, from_ms=from_ms, to_ms=to_ms)
+    return reconcile(legs, debits, accounts, rates_store.snapshot(), default_plan=default_plan,
+                     problems=problems, from_ms=from_ms, to_ms=to_ms)

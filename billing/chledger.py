@@ -1,0 +1,245 @@
+"""The ClickHouse copy of the ledger: table ``ledger_events`` (cdr/store/schema.sql,
+migration 2), its sink from Kafka and its repair from SQLite.  Runs in the API
+process, which owns ClickHouse (chdb: one process per data path).
+
+* ``LedgerSink``: ``ledger.events`` (LedgerEvent JSON, key = account) ->
+  ``ledger_events``, batched, offsets committed after the insert (the CDR
+  sink's machinery, cdr/store/sink.py, with another record type).
+* ``LedgerRepair``: the broker is memory only, so records it lost before the
+  sink read them never arrive.  Every ``[ledger] repair_seconds`` (and at
+  start) the copy is compared with the SQLite ledger -- the source of truth --
+  per range of ``seq`` (counts), and missing ranges are inserted again from
+  SQLite (duplicates collapse: the table is a ReplacingMergeTree on
+  (account, seq)).
+* ``LedgerQueries``: history pages and report rows, money read back as exact
+  Decimals (Arrow decimal128 from chdb, Decimal from clickhouse-driver).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from decimal import Decimal
+from typing import Any, Iterable
+
+import msgspec
+
+from cdr.store.backend import Backend, BackendError
+from cdr.store.sink import CdrSink
+
+from .ledger import LedgerEvent, balance_delta, reserved_delta
+from .store import LedgerStore
+
+__all__ = ["TABLE", "COLUMNS", "columns_for", "LedgerQueries", "LedgerSink", "LedgerRepair"]
+
+log = logging.getLogger("sipledger.billing.ledger")
+
+TABLE = "ledger_events"
+COLUMNS = ("seq", "id", "account", "kind", "amount", "balance_delta", "reserved_delta", "currency",
+           "ts", "ts_ms", "call_id", "cdr_id", "leg", "idem_key", "step", "final", "paid_ms",
+           "answer_ms", "number", "plan", "prefix", "rate_name", "gateway", "duration_ms", "billed_s",
+           "note", "version")
+# what a query gives back per event (LedgerEvent's fields + the derived deltas)
+EVENT_SELECT = ("seq, id, account, kind, amount, balance_delta, reserved_delta, currency, ts_ms, "
+                "call_id, cdr_id, leg, idem_key AS key, step, final, paid_ms, answer_ms, number, plan, "
+                "prefix, rate_name, gateway, duration_ms, billed_s, note")
+REPAIR_CHUNK = 10_000
+
+
+def columns_for(events: Iterable[LedgerEvent]) -> dict[str, list]:
+    cols: dict[str, list] = {name: [] for name in COLUMNS}
+    version = time.time_ns() // 1_000_000
+    for ev in events:
+        cols["seq"].append(ev.seq)
+        cols["id"].append(ev.id)
+        cols["account"].append(ev.account)
+        cols["kind"].append(ev.kind)
+        cols["amount"].append(ev.amount)
+        cols["balance_delta"].append(balance_delta(ev))
+        cols["reserved_delta"].append(reserved_delta(ev))
+        cols["currency"].append(ev.currency)
+        cols["ts"].append(ev.ts_ms // 1000)
+        cols["ts_ms"].append(ev.ts_ms)
+        cols["call_id"].append(ev.call_id)
+        cols["cdr_id"].append(ev.cdr_id)
+        cols["leg"].append(ev.leg)
+        cols["idem_key"].append(ev.key)
+        cols["step"].append(ev.step)
+        cols["final"].append(1 if ev.final else 0)
+        cols["paid_ms"].append(ev.paid_ms)
+        cols["answer_ms"].append(ev.answer_ms)
+        cols["number"].append(ev.number)
+        cols["plan"].append(ev.plan)
+        cols["prefix"].append(ev.prefix)
+        cols["rate_name"].append(ev.rate_name)
+        cols["gateway"].append(ev.gateway)
+        cols["duration_ms"].append(ev.duration_ms)
+        cols["billed_s"].append(ev.billed_s)
+        cols["note"].append(ev.note)
+        cols["version"].append(version)
+    return cols
+
+
+def _row_event(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    for money in ("amount", "balance_delta", "reserved_delta"):
+        value = out[money]
+        out[money] = value if isinstance(value, Decimal) else Decimal(str(value))
+    out["final"] = bool(out["final"])
+    return out
+
+
+class LedgerQueries:
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    def insert(self, events: list[LedgerEvent]) -> int:
+        if not events:
+            return 0
+        return self.backend.insert(TABLE, columns_for(events))
+
+    def history(self, account: str, *, limit: int = 100, before_seq: int | None = None,
+                from_ms: int | None = None, to_ms: int | None = None,
+                kinds: list[str] | None = None) -> list[dict[str, Any]]:
+        """Events of one account, newest first (``before_seq``: the cursor)."""
+        where, params = ["account = {account}"], {"account": account, "limit": limit}
+        if before_seq is not None:
+            where.append("seq < {before}")
+            params["before"] = before_seq
+        if from_ms is not None:
+            where.append("ts_ms >= {from_ms}")
+            params["from_ms"] = from_ms
+        if to_ms is not None:
+            where.append("ts_ms < {to_ms}")
+            params["to_ms"] = to_ms
+        if kinds:
+            where.append("kind IN {kinds}")
+            params["kinds"] = list(kinds)
+        sql = (f"SELECT {EVENT_SELECT} FROM {TABLE} WHERE {' AND '.join(where)} "
+               "ORDER BY seq DESC LIMIT 1 BY seq LIMIT {limit}")
+        return [_row_event(r) for r in self.backend.query_dicts(sql, params)]
+
+    def events(self, *, account: str | None = None, from_ms: int | None = None,
+               to_ms: int | None = None, time_field: str = "ts_ms", kinds: list[str] | None = None,
+               after_seq: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        """Events in ledger order (reports)."""
+        where, params = ["seq > {after}"], {"after": after_seq}
+        if account is not None:
+            where.append("account = {account}")
+            params["account"] = account
+        if time_field not in ("ts_ms", "answer_ms"):
+            raise ValueError(f"time_field {time_field!r}")
+        if from_ms is not None:
+            where.append(f"{time_field} >= {{from_ms}}")
+            params["from_ms"] = from_ms
+        if to_ms is not None:
+            where.append(f"{time_field} < {{to_ms}}")
+            params["to_ms"] = to_ms
+        if kinds:
+            where.append("kind IN {kinds}")
+            params["kinds"] = list(kinds)
+        sql = (f"SELECT {EVENT_SELECT} FROM {TABLE} WHERE {' AND '.join(where)} "
+               "ORDER BY seq LIMIT 1 BY seq")
+        if limit is not None:
+            sql += " LIMIT {limit}"
+            params["limit"] = limit
+        return [_row_event(r) for r in self.backend.query_dicts(sql, params)]
+
+    def seq_counts(self, low: int, high: int) -> dict[int, int]:
+        """Distinct seqs stored per chunk (chunk = seq // REPAIR_CHUNK) in (low, high]."""
+        rows = self.backend.query(
+            f"SELECT intDiv(seq, {REPAIR_CHUNK}) AS chunk, uniqExact(seq) FROM {TABLE} "
+            "WHERE seq > {low} AND seq <= {high} GROUP BY chunk", {"low": low, "high": high})
+        return {int(chunk): int(count) for chunk, count in rows}
+
+    def max_seq(self) -> int:
+        rows = self.backend.query(f"SELECT max(seq) FROM {TABLE}")
+        return int(rows[0][0] or 0) if rows else 0
+
+
+class LedgerSink(CdrSink):
+    """The CDR sink's batching / commit / retry loop for ``ledger.events``."""
+
+    def __init__(self, queries: LedgerQueries, kafka, *, topic: str, group_id: str,
+                 batch_rows: int = 5000, batch_ms: int = 200, partitions: int | None = None):
+        super().__init__(_InsertAdapter(queries), kafka, topic=topic, group_id=group_id,
+                         batch_rows=batch_rows, batch_ms=batch_ms, partitions=partitions)
+        self._decoder = msgspec.json.Decoder(LedgerEvent)
+
+    def _take(self, tp, offset: int, value: bytes | None, now: float) -> None:
+        self.stats.received += 1
+        self._offsets[tp] = offset + 1
+        try:
+            event = self._decoder.decode(value or b"")
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._reject(tp, offset, f"not a LedgerEvent: {exc}")
+            return
+        if event.seq <= 0:
+            self._reject(tp, offset, "ledger event without seq")
+            return
+        if self._oldest is None:
+            self._oldest = now
+        self._buffer.append(event)
+
+
+class _InsertAdapter:
+    """What CdrSink calls (``insert_legs``) mapped to the ledger table."""
+
+    def __init__(self, queries: LedgerQueries):
+        self.queries = queries
+
+    def insert_legs(self, rows: list[LedgerEvent]) -> int:
+        return self.queries.insert(rows)
+
+
+class LedgerRepair:
+    """Makes the ClickHouse copy hold every event of the SQLite ledger."""
+
+    def __init__(self, queries: LedgerQueries, store: LedgerStore, *, interval_s: float = 30.0):
+        self.queries = queries
+        self.store = store
+        self.interval_s = interval_s
+        self.repaired = 0
+        self.runs = 0
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def repair_once(self) -> int:
+        """Insert the events ClickHouse lacks; returns how many were (re)inserted."""
+        high = self.store.max_seq()
+        if high == 0:
+            return 0
+        stored = self.queries.seq_counts(0, high)
+        self.runs += 1
+        if sum(stored.values()) >= self.store.count_events(upto_seq=high):
+            return 0                                  # the usual case: nothing missing
+        inserted = 0
+        for chunk in range(high // REPAIR_CHUNK + 1):
+            low_seq, high_seq = chunk * REPAIR_CHUNK - 1, min(high, (chunk + 1) * REPAIR_CHUNK - 1)
+            expected = self.store.count_events(from_seq=max(0, low_seq), upto_seq=high_seq)
+            if stored.get(chunk, 0) >= expected:
+                continue
+            events = self.store.events(after_seq=max(0, low_seq), limit=REPAIR_CHUNK)
+            events = [e for e in events if e.seq <= high_seq]
+            inserted += self.queries.insert(events)
+        self.repaired += inserted
+        if inserted:
+            log.warning("ledger repair: re-inserted %d events ClickHouse was missing", inserted)
+        return inserted
+
+    async def run(self) -> None:
+        # the first pass soon after start: a broker restart empties ledger.events
+        delay = 2.0
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+                return
+            except asyncio.TimeoutError:
+                pass
+            delay = self.interval_s
+            try:
+                await asyncio.to_thread(self.repair_once)
+            except (BackendError, Exception) as exc:      # noqa: BLE001 - next round retries
+                log.warning("ledger repair failed: %s", str(exc).splitlines()[0] if str(exc) else exc)

@@ -1,0 +1,789 @@
+"""The billing service: credit control, the ledger's one writer, and its Kafka side.
+
+    python -m billing --data-dir D [--config F] [--bootstrap HOST:PORT]
+
+One process, one asyncio loop (uvloop), the pure state machine of
+billing/control.py in memory:
+
+* **Authorization** (UDP, ``[credit] listen``/``port``; port 0 = a free one,
+  written to ``DATA_DIR/run/credit.port`` as decimal text + newline and reused
+  at the next start if free).  Each ``AuthorizeRequest`` datagram is answered
+  from memory: no I/O but the reply.
+* **Admin RPC** (unix socket ``DATA_DIR/run/billing.sock``, mode 0600): account
+  changes, top-ups / adjustments / refunds, live balances (billing/messages.py,
+  billing/client.py).  Money requests are persisted before they are answered.
+* **Kafka**, one consumer group over three topics:
+  ``sip.events`` -> repartitioned by account to ``billing.calls`` (Call-ID ->
+  account from ``invite.received``); ``billing.calls`` -> call steps
+  (answered / ended) into credit control; ``cdr.records`` -> rated and debited.
+  Teardowns go to ``call.control``.  Ledger events and notifications go
+  through the transactional outbox to ``ledger.events`` / ``billing.notifications``.
+* **The ledger** (SQLite, billing/store.py) is written by one thread that
+  batches requests into transactions (group commit).  At start the state is
+  the fold of the ledger: a broker restart or a killed service loses nothing.
+
+Delivery: input is at-least-once; offsets are committed only after what they
+caused is durable (``sip.events``: not past an INVITE whose call is still
+ringing, so the Call-ID -> account map is rebuilt by replay).  Every effect is
+idempotent by its event id, so replays and duplicates change nothing.
+
+Prints ``BILLING READY udp=PORT`` once the state is loaded, the UDP port is
+bound and the Kafka consumer has its partitions (or 20 s passed without a
+broker: authorization works without one).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from cdr.records import CdrLeg
+from proxy.contract import commands as cmd
+from proxy.contract import credit
+from proxy.contract import events as ev
+from proxy.contract.kafka import bootstrap_servers, consumer_kwargs, ensure_topics, producer_kwargs
+
+from .control import CreditControl, Effects
+from .ledger import (LedgerError, account_dict, build_account, event_dict, money_event, parse_amount,
+                     same_request)
+from .messages import CallStep, RpcRequest, RpcResponse, decode_step, encode_step
+from .rates_store import RatesStore
+from .rating import RatingError, number_from_uri
+from .service_settings import PORT_FILE, RUN_DIR, SOCKET_FILE, BillingConfig
+from .settings import database_url
+from .store import LedgerStore, ServiceLock, ServiceRunning
+
+log = logging.getLogger("sipledger.billing")
+
+COMMIT_INTERVAL_S = 0.5
+POLL_INTERVAL_S = 1.0
+READY_WITHOUT_KAFKA_S = 20.0
+_END_EVENTS = (ev.CallBye, ev.DialogTimeout, ev.DialogTeardown, ev.CallFailed)
+_notification_encoder = msgspec.json.Encoder(decimal_format="string")
+_rpc_decoder = msgspec.json.Decoder(RpcRequest)
+_rpc_encoder = msgspec.json.Encoder(decimal_format="string")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# -- the ledger's writer thread ------------------------------------------------------------
+
+class Writer:
+    """Runs store work on one thread.  ``txn(fn)``: ``fn(conn)`` inside a write
+    transaction shared with whatever else is queued (group commit; a failing
+    batch is retried one by one so only the failing request fails).
+    ``call(fn)``: ``fn()`` alone (account writes)."""
+
+    def __init__(self, store: LedgerStore, loop: asyncio.AbstractEventLoop, batch: int = 512):
+        self.store = store
+        self.loop = loop
+        self.batch = batch
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+        self.commits = 0
+        self._thread.start()
+
+    def txn(self, fn: Callable[[Any], Any]) -> asyncio.Future:
+        future = self.loop.create_future()
+        self._queue.put(("txn", fn, future))
+        return future
+
+    def call(self, fn: Callable[[], Any]) -> asyncio.Future:
+        future = self.loop.create_future()
+        self._queue.put(("call", fn, future))
+        return future
+
+    async def barrier(self) -> None:
+        """Returns once everything submitted before is committed."""
+        await self.txn(lambda conn: None)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _resolve(self, future: asyncio.Future, result: Any = None, error: BaseException | None = None):
+        def done() -> None:
+            if future.cancelled():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+        try:
+            self.loop.call_soon_threadsafe(done)
+        except RuntimeError:
+            pass                                    # loop closed: nobody waits any more
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if item[0] == "call":
+                self._one_call(item)
+                continue
+            batch = [item]
+            pending, has_pending = None, False
+            while len(batch) < self.batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None or nxt[0] != "txn":
+                    pending, has_pending = nxt, True
+                    break
+                batch.append(nxt)
+            self._txn_batch(batch)
+            if has_pending:
+                if pending is None:
+                    return
+                self._one_call(pending)
+
+    def _one_call(self, item) -> None:
+        _, fn, future = item
+        try:
+            self._resolve(future, fn())
+        except BaseException as exc:            # noqa: BLE001 - handed to the awaiting side
+            self._resolve(future, error=exc)
+
+    def _txn_batch(self, batch) -> None:
+        try:
+            results = []
+            with self.store.transaction() as conn:
+                for _, fn, _ in batch:
+                    results.append(fn(conn))
+            self.commits += 1
+            for (_, _, future), result in zip(batch, results):
+                self._resolve(future, result)
+            return
+        except BaseException as exc:            # noqa: BLE001
+            if len(batch) == 1:
+                self._resolve(batch[0][2], error=exc)
+                return
+        for item in batch:                      # isolate the failing request
+            self._txn_batch([item])
+
+
+# -- the UDP authorization server -----------------------------------------------------------
+
+class AuthorizationProtocol(asyncio.DatagramProtocol):
+    def __init__(self, service: "BillingService"):
+        self.service = service
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        try:
+            request = credit.decode_request(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.service.stats["auth_undecodable"] += 1
+            return
+        response = self.service.core.authorize(request, now_ms())
+        self.transport.sendto(credit.encode(response), addr)
+
+    def error_received(self, exc) -> None:
+        log.debug("authorization socket: %r", exc)
+
+
+# -- repartitioning sip.events by account ------------------------------------------------------------
+
+class _Invite:
+    __slots__ = ("account", "number", "partition", "offset", "pinned", "seen_ms")
+
+    def __init__(self, account: str, number: str, partition: int, offset: int, seen_ms: int):
+        self.account, self.number = account, number
+        self.partition, self.offset = partition, offset
+        self.pinned = True                 # ringing: sip.events is not committed past its INVITE
+        self.seen_ms = seen_ms
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, service: "BillingService"):
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        if revoked:
+            await self.service._commit(final=True)
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        self.service.assigned.set()
+
+
+class _BrokerGone(Exception):
+    pass
+
+
+# -- the service -----------------------------------------------------------------------------
+
+class BillingService:
+    def __init__(self, config: BillingConfig, data_dir: Path):
+        self.config = config
+        self.data_dir = Path(data_dir)
+        self.kafka = config.kafka
+        self.credit = config.credit
+        self.topics = config.topics
+        self.ledger_cfg = config.ledger
+        self.run_dir = self.data_dir / RUN_DIR
+        self.core = CreditControl(config.credit, default_plan=config.billing.default_plan)
+        self.stats: Counter = Counter()
+        self.assigned = asyncio.Event()
+        self.udp_port = 0
+        self._stop = asyncio.Event()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._invites: dict[str, _Invite] = {}
+        self._positions: dict[TopicPartition, int] = {}
+        self._sends: list[asyncio.Future] = []
+        self._pending_commands: list[cmd.ControlCommand] = []
+        self._persisting: set[asyncio.Future] = set()
+        self._money_lock = asyncio.Lock()
+        self._outbox_wakeup = asyncio.Event()
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._last_commit = 0.0
+        self._lock = ServiceLock(self.data_dir)
+        self.store: LedgerStore | None = None
+        self.rates: RatesStore | None = None
+        self.writer: Writer | None = None
+
+    # -- start / stop -----------------------------------------------------------------------
+    async def run(self, *, on_ready: Callable[[int], None] | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        for attempt in range(100):                 # a CLI command may hold it for a moment
+            try:
+                self._lock.acquire()
+                break
+            except ServiceRunning as exc:
+                if attempt == 99:
+                    print(f"error: {exc}", file=sys.stderr, flush=True)
+                    return 1
+                await asyncio.sleep(0.1)
+        udp = server = None
+        tasks: list[asyncio.Task] = []
+        try:
+            url = database_url(self.config.billing, self.data_dir)
+            self.rates = RatesStore(url)
+            self.rates.create_schema()
+            self.store = LedgerStore(url)
+            self.store.create_schema()
+            self.writer = Writer(self.store, loop)
+            self._rates_version = self.rates.version()
+            self.core.set_rates(self.rates.snapshot())
+            self._accounts_version = self.store.version()
+            started = time.perf_counter()
+            fx = self.core.load(self.store.list_accounts(), self.store.iter_events(), now_ms())
+            self._handle(fx)
+            log.warning("billing: state rebuilt from %s in %.2fs: %d accounts, %d live calls",
+                        self.store.url, time.perf_counter() - started, len(self.core.accounts),
+                        len(self.core.calls))
+            udp = await self._start_udp(loop)
+            server = await self._start_rpc()
+            tasks = [asyncio.create_task(self._kafka_loop(), name="kafka"),
+                     asyncio.create_task(self._poll_loop(), name="poll"),
+                     asyncio.create_task(self._sweep_loop(), name="sweep")]
+            try:
+                await asyncio.wait_for(self.assigned.wait(), READY_WITHOUT_KAFKA_S)
+            except asyncio.TimeoutError:
+                log.warning("billing: no Kafka partitions within %.0fs; authorizing anyway",
+                            READY_WITHOUT_KAFKA_S)
+            if on_ready is not None:
+                on_ready(self.udp_port)
+            waiter = asyncio.create_task(self._stop.wait())
+            done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            status = 0
+            for task in tasks:
+                if task in done and not task.cancelled() and task.exception() is not None:
+                    print(f"error: billing {task.get_name()} stopped: {task.exception()!r}",
+                          file=sys.stderr, flush=True)
+                    status = 1
+            waiter.cancel()
+            return status
+        except (LedgerError, RatingError, OSError) as exc:
+            print(f"error: billing: {exc}", file=sys.stderr, flush=True)
+            return 1
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+            for handle in self._timers.values():
+                handle.cancel()
+            if udp is not None:
+                udp.close()
+            if server is not None:
+                server.close()
+                with contextlib.suppress(OSError):
+                    (self.run_dir / SOCKET_FILE).unlink()
+            if self.writer is not None:
+                await asyncio.gather(*self._persisting, return_exceptions=True)
+                self.writer.close()
+            print(f"BILLING STATS {json.dumps(dict(self.stats | Counter(self.core.stats)))}",
+                  file=sys.stderr, flush=True)
+            if self.store is not None:
+                self.store.close()
+            if self.rates is not None:
+                self.rates.close()
+            self._lock.release()
+
+    async def _start_udp(self, loop) -> asyncio.DatagramTransport:
+        host, port = self.credit.listen, self.credit.port
+        port_file = self.run_dir / PORT_FILE
+        candidates = [port]
+        if port == 0:
+            with contextlib.suppress(OSError, ValueError):
+                candidates.insert(0, int(port_file.read_text().strip()))   # keep the proxy's target
+        transport = None
+        for candidate in candidates:
+            try:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: AuthorizationProtocol(self), local_addr=(host, candidate))
+                break
+            except OSError as exc:
+                if candidate == candidates[-1]:
+                    raise OSError(f"authorization UDP {host}:{candidate}: {exc.strerror or exc}") from None
+        self.udp_port = transport.get_extra_info("sockname")[1]
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(f"{self.udp_port}\n")
+        os.replace(tmp, port_file)
+        return transport
+
+    async def _start_rpc(self):
+        path = self.run_dir / SOCKET_FILE
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()               # ours: the lock says no other service runs
+        old = os.umask(0o077)
+        try:
+            server = await asyncio.start_unix_server(self._rpc_client, path=str(path))
+        finally:
+            os.umask(old)
+        return server
+
+    # -- effects ------------------------------------------------------------------------------
+    def _handle(self, fx: Effects) -> None:
+        if fx.events or fx.problems or fx.notifications:
+            self._persist(fx.events, fx)
+        for command in fx.commands:
+            self._send_command(command)
+        loop = asyncio.get_running_loop()
+        for call_id, due in fx.timers.items():
+            old = self._timers.pop(call_id, None)
+            if old is not None:
+                old.cancel()
+            if due is not None:
+                delay = max(0.0, (due - now_ms()) / 1000)
+                self._timers[call_id] = loop.call_at(loop.time() + delay, self._fire, call_id)
+
+    def _fire(self, call_id: str) -> None:
+        self._timers.pop(call_id, None)
+        self._handle(self.core.due(call_id, now_ms()))
+
+    def _outbox_rows(self, fx: Effects) -> list[tuple[str, str, bytes]]:
+        topic = self.ledger_cfg.notifications_topic
+        return [(topic, n.account, _notification_encoder.encode(n)) for n in fx.notifications]
+
+    def _persist(self, events, fx: Effects) -> None:
+        """Memory-first events (already applied): persist, and take back any the
+        ledger had already (a replay that slipped through)."""
+        outbox = self._outbox_rows(fx)
+        problems = list(fx.problems)
+        events = list(events)
+        topic = self.ledger_cfg.events_topic
+        future = self.writer.txn(lambda conn: self.store.append_in(
+            conn, events, problems=problems, outbox=outbox, events_topic=topic))
+        self._persisting.add(future)
+
+        def done(f: asyncio.Future) -> None:
+            self._persisting.discard(f)
+            if f.cancelled():
+                return
+            if f.exception() is not None:
+                log.error("billing: persisting %d events failed: %r", len(events), f.exception())
+                self.stats["persist_errors"] += 1
+                self._stop.set()                # memory is ahead of the ledger: restart from it
+                return
+            new_ids = {e.id for e in f.result()}
+            for event in events:
+                if event.id not in new_ids:
+                    self.core.undo(event)
+            self.stats["events_persisted"] += len(new_ids)
+            self._outbox_wakeup.set()
+        future.add_done_callback(done)
+
+    def _send_command(self, command: cmd.ControlCommand) -> None:
+        producer = self._producer
+        if producer is None:
+            self._pending_commands.append(command)
+            return
+        self.stats["commands_sent"] += 1
+
+        async def send() -> None:
+            try:
+                await producer.send(self.topics.call_control, cmd.encode(command),
+                                    key=command.call_id.encode())
+            except Exception as exc:           # the teardown is retried by its timer
+                log.warning("billing: sending %s for %s failed: %r", type(command).__name__,
+                            command.call_id, exc)
+        asyncio.get_running_loop().create_task(send())
+
+    # -- Kafka --------------------------------------------------------------------------------
+    async def _kafka_loop(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                await self._kafka_session()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("billing: Kafka session ended: %r; reconnecting in %.1fs", exc, backoff)
+                self.stats["kafka_reconnects"] += 1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _kafka_session(self) -> None:
+        kafka = self.kafka
+        partitions = self.ledger_cfg.partitions or kafka.partitions
+        cdr_topic = self.config.cdr.records_topic
+        await ensure_topics(kafka, {
+            self.topics.sip_events: kafka.partitions, self.topics.call_control: kafka.partitions,
+            cdr_topic: self.config.cdr.partitions or kafka.partitions,
+            self.ledger_cfg.calls_topic: partitions, self.ledger_cfg.events_topic: partitions,
+            self.ledger_cfg.notifications_topic: partitions}, timeout=30.0)
+        producer = AIOKafkaProducer(**producer_kwargs(kafka, client_id="sipledger-billing"))
+        consumer = AIOKafkaConsumer(**consumer_kwargs(
+            kafka, group_id=self.credit.group_id, enable_auto_commit=False,
+            auto_offset_reset="earliest", client_id="sipledger-billing", max_poll_records=2000))
+        consumer.subscribe([self.topics.sip_events, self.ledger_cfg.calls_topic, cdr_topic],
+                           listener=_Rebalance(self))
+        broker_gone = publisher = None
+        self._positions.clear()
+        for invite in self._invites.values():
+            invite.pinned = False              # offsets of another broker session mean nothing
+        try:
+            await producer.start()
+            self._producer = producer
+            pending, self._pending_commands = self._pending_commands, []
+            for command in pending:
+                self._send_command(command)
+            await consumer.start()
+            self._consumer = consumer
+            broker_gone = await self._watch_broker()
+            publisher = asyncio.create_task(self._publish_outbox(producer), name="outbox")
+            await self._consume(consumer, producer, broker_gone, publisher)
+        finally:
+            self._consumer = None
+            self._producer = None
+            for task in (broker_gone, publisher):
+                if task is not None:
+                    task.cancel()
+            with contextlib.suppress(Exception):
+                await self._commit(final=True, consumer=consumer)
+            for client in (consumer, producer):
+                with contextlib.suppress(BaseException):
+                    await client.stop()
+
+    async def _watch_broker(self) -> asyncio.Task | None:
+        """On the embedded broker: a task that ends when its TCP connection drops
+        (a restarted Tansu has lost every topic: start over with a new session)."""
+        if self.kafka.client_profile != "tansu":
+            return None
+        host, _, port = bootstrap_servers(self.kafka).split(",")[0].strip().rpartition(":")
+        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+
+        async def wait_for_close() -> None:
+            try:
+                await reader.read()
+            except OSError:
+                pass
+            finally:
+                writer.close()
+        return asyncio.get_running_loop().create_task(wait_for_close())
+
+    async def _consume(self, consumer, producer, broker_gone, publisher) -> None:
+        order = {self.topics.sip_events: 0, self.ledger_cfg.calls_topic: 1, self.config.cdr.records_topic: 2}
+        loop = asyncio.get_running_loop()
+        while True:
+            fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=200, max_records=2000))
+            waiting = {fetch, publisher} | ({broker_gone} if broker_gone is not None else set())
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if not fetch.done():
+                fetch.cancel()
+                with contextlib.suppress(BaseException):
+                    await fetch
+            else:
+                batch = fetch.result()
+                for tp in sorted(batch, key=lambda t: (order.get(t.topic, 9), t.partition)):
+                    records = batch[tp]
+                    if tp.topic == self.topics.sip_events:
+                        self._repartition(tp, records, producer)
+                    elif tp.topic == self.ledger_cfg.calls_topic:
+                        self._on_steps(records)
+                    else:
+                        await self._on_cdrs(records)
+                    self._positions[tp] = records[-1].offset + 1
+            if publisher.done():
+                publisher.result()              # raises what stopped it
+                raise _BrokerGone("outbox publisher stopped")
+            if broker_gone is not None and broker_gone.done():
+                raise _BrokerGone(f"connection to {bootstrap_servers(self.kafka)} closed")
+            if loop.time() - self._last_commit >= COMMIT_INTERVAL_S:
+                await self._commit()
+
+    async def _commit(self, *, final: bool = False, consumer: AIOKafkaConsumer | None = None) -> None:
+        consumer = consumer or self._consumer
+        self._last_commit = asyncio.get_running_loop().time()
+        if consumer is None or not self._positions:
+            return
+        positions = dict(self._positions)
+        sends, self._sends = self._sends, []
+        if sends:
+            await asyncio.gather(*sends)        # repartitioned steps are on the broker
+        await self.writer.barrier()             # memory-first events are in the ledger
+        pins: dict[int, int] = {}
+        for invite in self._invites.values():
+            if invite.pinned:
+                pins[invite.partition] = min(pins.get(invite.partition, invite.offset), invite.offset)
+        offsets = {}
+        for tp, position in positions.items():
+            if tp.topic == self.topics.sip_events and tp.partition in pins:
+                position = min(position, pins[tp.partition])
+            offsets[tp] = OffsetAndMetadata(position, "")
+        assignment = consumer.assignment()
+        offsets = {tp: o for tp, o in offsets.items() if tp in assignment}
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+            self.stats["commits"] += 1
+        except Exception as exc:
+            log.warning("billing: commit failed (%r); records will be read again", exc)
+
+    def _repartition(self, tp: TopicPartition, records, producer: AIOKafkaProducer) -> None:
+        topic = self.ledger_cfg.calls_topic
+        for record in records:
+            try:
+                event = ev.decode(record.value)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                self.stats["sip_undecodable"] += 1
+                continue
+            step = None
+            if isinstance(event, ev.InviteReceived):
+                account = event.caller.account
+                if account and event.call_id not in self._invites:
+                    self._invites[event.call_id] = _Invite(
+                        account, number_from_uri(event.callee.request_uri), tp.partition,
+                        record.offset, now_ms())
+                continue
+            if isinstance(event, ev.CallAnswered):
+                invite = self._invites.get(event.call_id)
+                if invite is not None:
+                    invite.pinned = False
+                    step = CallStep(kind="answered", id=event.id, call_id=event.call_id,
+                                    account=invite.account, number=invite.number, ts_ms=event.ts_ms)
+            elif isinstance(event, _END_EVENTS):
+                invite = self._invites.pop(event.call_id, None)
+                account = invite.account if invite is not None else None
+                if account is None and event.call_id in self.core.calls:
+                    account = self.core.calls[event.call_id].account
+                if account is not None:
+                    step = CallStep(kind="ended", id=event.id, call_id=event.call_id, account=account,
+                                    ts_ms=event.ts_ms, reason=event.__struct_config__.tag)
+            if step is not None:
+                self.stats["steps_out"] += 1
+                self._sends.append(asyncio.ensure_future(
+                    producer.send(topic, encode_step(step), key=step.account.encode())))
+
+    def _on_steps(self, records) -> None:
+        now = now_ms()
+        for record in records:
+            try:
+                step = decode_step(record.value)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                self.stats["steps_undecodable"] += 1
+                continue
+            self.stats[f"steps_{step.kind}"] += 1
+            if step.kind == "answered":
+                if now - step.ts_ms > self.core.max_call_ms:
+                    continue                    # a replay of a call long over
+                fx = self.core.answered(step.call_id, step.account, step.number, step.ts_ms, now)
+            else:
+                fx = self.core.ended(step.call_id, step.ts_ms, now)
+            self._handle(fx)
+
+    async def _on_cdrs(self, records) -> None:
+        now = now_ms()
+        events, problems = [], []
+        for record in records:
+            try:
+                leg = msgspec.json.decode(record.value, type=CdrLeg)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                self.stats["cdr_undecodable"] += 1
+                continue
+            self.stats["cdr_legs"] += 1
+            planned, problem = self.core.plan_cdr(leg, now)
+            events += planned
+            if problem is not None:
+                problems.append(problem)
+        if not events and not problems:
+            return
+        self._handle(self.core.cdr_done(events))
+        topic = self.ledger_cfg.events_topic
+        new = await self.writer.txn(lambda conn: self.store.append_in(
+            conn, events, problems=problems, events_topic=topic))
+        self.stats["debits"] += sum(1 for e in new if e.kind == "debit")
+        self.stats["debit_duplicates"] += sum(1 for e in events if e.kind == "debit") - \
+            sum(1 for e in new if e.kind == "debit")
+        fx = self.core.apply_external(new, now_ms())
+        self._handle(fx)
+        self._outbox_wakeup.set()
+
+    async def _publish_outbox(self, producer: AIOKafkaProducer) -> None:
+        while True:
+            rows = await asyncio.to_thread(self.store.outbox_batch, 500)
+            if not rows:
+                self._outbox_wakeup.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._outbox_wakeup.wait(), 1.0)
+                continue
+            futures = [await producer.send(topic, value, key=key.encode()) for _, topic, key, value in rows]
+            await asyncio.gather(*futures)
+            last = rows[-1][0]
+            await self.writer.call(lambda: self.store.outbox_delete(last))
+            self.stats["outbox_published"] += len(rows)
+
+    # -- housekeeping -------------------------------------------------------------------------
+    async def _poll_loop(self) -> None:
+        """Rates and accounts changed by someone else (CLI, API, another host)."""
+        while True:
+            await asyncio.sleep(POLL_INTERVAL_S)
+            try:
+                version = await asyncio.to_thread(self.rates.version)
+                if version != self._rates_version:
+                    snapshot = await asyncio.to_thread(self.rates.snapshot)
+                    self._rates_version = snapshot.version
+                    self.core.set_rates(snapshot)
+                    self.stats["rates_reloads"] += 1
+                version = await asyncio.to_thread(self.store.version)
+                if version != self._accounts_version:
+                    self._accounts_version = version
+                    await self._reload_accounts()
+            except (LedgerError, RatingError) as exc:
+                log.warning("billing: polling the billing database: %s", exc)
+
+    async def _reload_accounts(self) -> None:
+        accounts = {a.id: a for a in await asyncio.to_thread(self.store.list_accounts)}
+        now = now_ms()
+        for account_id in set(self.core.accounts) - set(accounts):
+            self.core.remove_account(account_id)
+        for info in accounts.values():
+            if self.core.accounts.get(info.id) != info:
+                self._handle(self.core.upsert_account(info, now))
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = now_ms()
+            self._handle(self.core.sweep(now))
+            ringing_limit = now - 2 * self.core.hold_ms
+            answered_limit = now - self.core.max_call_ms
+            for call_id in [c for c, i in self._invites.items()
+                            if i.seen_ms < (ringing_limit if i.pinned else answered_limit)]:
+                del self._invites[call_id]
+
+    # -- the admin RPC ------------------------------------------------------------------------
+    async def _rpc_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                try:
+                    request = _rpc_decoder.decode(line)
+                    result = await self._rpc(request)
+                    response = RpcResponse(ok=True, result=result)
+                except LedgerError as exc:
+                    response = RpcResponse(ok=False, status=exc.status, error=str(exc))
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    response = RpcResponse(ok=False, status=400, error=f"bad request: {exc}")
+                except Exception as exc:       # noqa: BLE001 - answered, not fatal
+                    log.exception("billing rpc failed")
+                    response = RpcResponse(ok=False, status=500, error=f"billing service error: {exc!r}")
+                writer.write(_rpc_encoder.encode(response) + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _rpc(self, req: RpcRequest) -> dict:
+        core = self.core
+        if req.op == "ping":
+            return {"udp_port": self.udp_port, "accounts": len(core.accounts), "calls": len(core.calls)}
+        if req.op == "balance":
+            if req.account not in core.accounts:
+                raise LedgerError(f"account {req.account} does not exist", status=404)
+            return core.snapshot(req.account)
+        if req.op == "account.put":
+            existing = core.accounts.get(req.account)
+            if req.create and existing is not None:
+                raise LedgerError(f"account {req.account} already exists", status=409)
+            if not req.create and existing is None:
+                raise LedgerError(f"account {req.account} does not exist", status=404)
+            info = build_account(req.account, req.fields, existing=existing, now_ms=now_ms(),
+                                 default_currency=self.config.billing.currency)
+            await self.writer.call(lambda: self.store.put_account(info, create=req.create))
+            self._handle(core.upsert_account(info, now_ms()))
+            return account_dict(info)
+        if req.op == "account.delete":
+            await self.writer.call(lambda: self.store.delete_account(req.account))
+            core.remove_account(req.account)
+            return {"deleted": req.account}
+        if req.op == "money":
+            return await self._money(req)
+        raise LedgerError(f"unknown operation {req.op!r}", status=400)
+
+    async def _money(self, req: RpcRequest) -> dict:
+        async with self._money_lock:           # check + persist + apply, one request at a time
+            info = self.core.accounts.get(req.account)
+            if info is None:
+                raise LedgerError(f"account {req.account} does not exist", status=404)
+            event = money_event(info, req.kind, parse_amount(req.amount), req.key, ts_ms=now_ms(),
+                                note=req.note, cdr_id=req.cdr_id, leg=req.leg)
+            stored = await asyncio.to_thread(self.store.get_event, event.id)
+            if stored is None:
+                self.core.money_event(event)       # may refuse: would go below the floor
+                topic = self.ledger_cfg.events_topic
+                new = await self.writer.txn(lambda conn: self.store.append_in(
+                    conn, [event], events_topic=topic))
+                if new:
+                    self._handle(self.core.apply_external(new, now_ms()))
+                    self._outbox_wakeup.set()
+                    stored, replayed = new[0], False
+                else:
+                    stored, replayed = await asyncio.to_thread(self.store.get_event, event.id), True
+            else:
+                replayed = True
+            if not same_request(stored, event):
+                raise LedgerError(f"idempotency key {req.key!r} was used for a different request "
+                                  f"({stored.kind} {stored.amount})", status=409)
+            result = self.core.snapshot(req.account)
+            result.update(event=event_dict(stored), replayed=replayed)
+            return result
