@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from cdr.store.cli import db_app
+from billing.account_cli import account_app, ledger_app, report_app
 from billing.cli import rates_app
 from proxy.contract.config import ENV_CONFIG, ENV_DATA_DIR, ConfigError, resolve_paths
 from proxy.provisioning.cli import alias_app, domain_app, user_app
@@ -31,6 +32,9 @@ app.add_typer(trusted_app, name="trusted")
 app.add_typer(group_app, name="group")
 app.add_typer(forward_app, name="forward")
 app.add_typer(rates_app, name="rates")
+app.add_typer(account_app, name="account")
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(report_app, name="report")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
 

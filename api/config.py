@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 
+from billing.service_settings import CreditSettings, LedgerSettings, checks as billing_checks
 from billing.settings import BillingSettings
 from cdr.settings import CdrSettings
 from cdr.store.settings import ClickHouseSettings, checks as clickhouse_checks
@@ -35,6 +36,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     authorization: AuthorizationSettings = AuthorizationSettings()
     api: ApiSettings = ApiSettings()
     billing: BillingSettings = BillingSettings()
+    credit: CreditSettings = CreditSettings()
+    ledger: LedgerSettings = LedgerSettings()
     cdr: CdrSettings = CdrSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     radius: RadiusSettings = RadiusSettings()
@@ -58,6 +61,7 @@ def _check(config: Config) -> None:
          "required when kafka.mode = \"external\""),
         *clickhouse_checks(config.clickhouse),
         *radius_checks(config.radius),
+        *billing_checks(config.credit, config.ledger),
     ]
     for key, ok, rule in checks:
         if not ok:

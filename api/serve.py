@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("ClickHouse schema: applied migrations %s", applied)
         tokens = open_store(data_dir) if run_api else None
         store = CdrStore(backend)
-        return _run_loop(_serve(store, tokens, kafka, config, sock, run_sink))
+        return _run_loop(_serve(store, tokens, kafka, config, sock, run_sink, data_dir))
     except (BackendError, MigrationError, TokenError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -129,13 +129,14 @@ def _run_loop(coro) -> int:
     return uvloop.run(coro)
 
 
-async def _serve(store, tokens, kafka, config, sock: socket.socket | None, run_sink: bool) -> int:
+async def _serve(store, tokens, kafka, config, sock: socket.socket | None, run_sink: bool,
+                 data_dir=None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     tasks: dict[str, asyncio.Task] = {}
-    sink = server = None
+    sink = server = ledger_sink = None
     if run_sink:
         from cdr.store.sink import CdrSink
         ch = config.clickhouse
@@ -146,8 +147,10 @@ async def _serve(store, tokens, kafka, config, sock: socket.socket | None, run_s
         sink = CdrSink(store, kafka, topic=topic, group_id=ch.consumer_group,
                        batch_rows=ch.batch_rows, batch_ms=ch.batch_ms, partitions=partitions)
         tasks["sink"] = asyncio.create_task(sink.run(), name="cdr-sink")
+        from billing.api_process import start_ledger_sink   # ledger.events -> ClickHouse
+        ledger_sink = start_ledger_sink(store.backend, kafka, config, data_dir, tasks)
     if sock is not None:
-        server = await _start_api(store, tokens, sock, tasks)
+        server = await _start_api(store, tokens, sock, tasks, config, data_dir)
         if server is None:
             stop.set()
         else:
@@ -166,6 +169,8 @@ async def _serve(store, tokens, kafka, config, sock: socket.socket | None, run_s
         server.should_exit = True
     if sink is not None:
         sink.stop()
+    if ledger_sink is not None:
+        ledger_sink.stop()
     waiter.cancel()
     results = await asyncio.gather(*tasks.values(), return_exceptions=True)
     for name, result in zip(tasks, results):
@@ -177,7 +182,8 @@ async def _serve(store, tokens, kafka, config, sock: socket.socket | None, run_s
     return status
 
 
-async def _start_api(store, tokens, sock: socket.socket, tasks: dict[str, asyncio.Task]):
+async def _start_api(store, tokens, sock: socket.socket, tasks: dict[str, asyncio.Task],
+                     config=None, data_dir=None):
     import uvicorn
 
     from .app import create_app
@@ -187,7 +193,10 @@ async def _start_api(store, tokens, sock: socket.socket, tasks: dict[str, asynci
         def capture_signals(self):
             yield       # this process handles SIGINT/SIGTERM itself (sink first)
 
-    server = Server(uvicorn.Config(create_app(store, tokens), log_level="warning",
+    app = create_app(store, tokens)
+    from billing.api_process import mount_billing   # billing routes (accounts, ledger, rates)
+    mount_billing(app, store.backend, tokens, config, data_dir)
+    server = Server(uvicorn.Config(app, log_level="warning",
                                    access_log=False, lifespan="off"))
     task = asyncio.create_task(server.serve(sockets=[sock]), name="api")
     tasks["api"] = task

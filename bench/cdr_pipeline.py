@@ -406,18 +406,26 @@ def run(args: argparse.Namespace) -> dict:
         config = write_config(work / "sipledger.toml", batch_size=args.batch_size,
                               batch_window_ms=args.batch_window_ms, silence_seconds=3600,
                               app_id=f"bench-cdr-{os.getpid()}")
+        preloaded: list[ProducedCall] = []
+        if args.mode == "catchup":       # the backlog first, then the processor alone
+            preloaded = produce_calls(bootstrap, args.calls, 1e9, talk_ms=args.talk_ms,
+                                      time_scale=0.001)
         workers = [Worker(bootstrap, work, config, i).start() for i in range(args.workers)]
         for w in workers:
             w.wait_ready(60)
-        time.sleep(1 if args.workers == 1 else 6)    # let a multi-worker group settle
+        if args.mode == "sustained":
+            time.sleep(1 if args.workers == 1 else 6)    # let a multi-worker group settle
 
         async def main() -> tuple[list[ProducedCall], dict, float, float]:
             arrivals: dict = {}
             collector = asyncio.create_task(collect_rows(bootstrap, "cdr.records", args.calls,
                                                          timeout=args.timeout, arrivals=arrivals))
             t0 = time.time()
-            calls = await produce_calls_async(bootstrap, args.calls, args.rate,
-                                              talk_ms=args.talk_ms, time_scale=args.time_scale)
+            if preloaded:
+                calls = preloaded
+            else:
+                calls = await produce_calls_async(bootstrap, args.calls, args.rate,
+                                                  talk_ms=args.talk_ms, time_scale=args.time_scale)
             t_produced = time.time()
             await collector
             return calls, arrivals, t0, t_produced
@@ -427,10 +435,10 @@ def run(args: argparse.Namespace) -> dict:
         done = [(arrivals[cid][0], c) for cid, c in by_call.items()
                 if cid in arrivals and len(arrivals[cid][1]) == arrivals[cid][1][0].legs]
         last_arrival = max((t for t, _ in done), default=0) / 1000
-        latencies = [t - c.end_wall_ms for t, c in done if c.end_wall_ms]
+        latencies = [t - c.end_wall_ms for t, c in done if c.end_wall_ms and args.mode == "sustained"]
         first_row = min((t for t, _ in done), default=0) / 1000
         result = {
-            "calls": args.calls, "offered_rate": args.rate, "workers": args.workers,
+            "mode": args.mode, "calls": args.calls, "offered_rate": args.rate, "workers": args.workers,
             "batch_size": args.batch_size, "complete": len(done),
             "produce_s": round(t_produced - t0, 2),
             "achieved_offered_rate": round(args.calls / max(t_produced - t0, 1e-9), 1),
@@ -456,6 +464,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("sustained", "catchup"), default="sustained",
+                        help="sustained: produce at --rate while the processor runs; catchup: "
+                             "produce everything first, then time the processor draining it")
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--rate", type=float, default=2000, help="new calls per second")
     parser.add_argument("--workers", type=int, default=1)
@@ -469,13 +480,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
     result = run(args)
-    print(f"calls {result['complete']}/{result['calls']} complete, offered {args.rate:g}/s "
-          f"(achieved {result['achieved_offered_rate']}/s), {result['events']} events")
+    if args.mode == "sustained":
+        print(f"calls {result['complete']}/{result['calls']} complete, offered {args.rate:g}/s "
+              f"(achieved {result['achieved_offered_rate']}/s), {result['events']} events")
+    else:
+        print(f"calls {result['complete']}/{result['calls']} complete from a backlog of "
+              f"{result['events']} events")
     print(f"sustained {result['calls_per_s']} calls/s through the processor "
           f"({args.workers} worker(s), batch {args.batch_size}); drained "
           f"{result['drain_after_produce_s']} s after the last event")
-    print(f"last event -> CDR row on cdr.records: p50 {result['last_event_to_row_p50_ms']} ms, "
-          f"p99 {result['last_event_to_row_p99_ms']} ms")
+    if args.mode == "sustained":
+        print(f"last event -> CDR row on cdr.records: p50 {result['last_event_to_row_p50_ms']} ms, "
+              f"p99 {result['last_event_to_row_p99_ms']} ms")
+    print(f"host load average {os.getloadavg()[0]:.2f} (other processes share the cores)")
     print("RESULT " + json.dumps(result))
     return 0 if result["complete"] == result["calls"] else 1
 

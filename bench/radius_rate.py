@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -179,9 +180,20 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=10000)
     parser.add_argument("--pipeline-in-flight", type=int, default=32)
     parser.add_argument("--skip", default="", help="comma list of sync,queue,pipeline to skip")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (detail files, spools)")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     workdir = Path(tempfile.mkdtemp(prefix="radius-bench-"))
+    try:
+        return run(args, skip, workdir)
+    finally:
+        if args.keep:
+            print(f"work dir kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(args, skip: set, workdir: Path) -> int:
     result: dict = {}
     if "sync" not in skip:
         rate = bench_sync(workdir, args.sync_records)

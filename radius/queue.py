@@ -39,8 +39,8 @@ import socket
 import sqlite3
 import struct
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import msgspec
 from pyrad import packet as rpacket

@@ -178,7 +178,7 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 def cisco_time(ms: int) -> str:
     """Cisco's h323 time format, UTC: ``"10:00:00.123 UTC Wed Nov 18 2026"``
     (no leading ``*``/``.``: the time is authoritative)."""
-    t = dt.datetime.fromtimestamp(ms // 1000, tz=dt.timezone.utc)
+    t = dt.datetime.fromtimestamp(ms // 1000, tz=dt.UTC)
     return (f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}.{ms % 1000:03d} UTC "
             f"{_DAYS[t.weekday()]} {_MONTHS[t.month - 1]} {t.day} {t.year}")
 
@@ -227,9 +227,9 @@ def _leg_info(ctx: Context, row: CdrLeg) -> list[Attr]:
     attrs: list[Attr] = []
     _add(attrs, "Sip-Translated-Request-URI", row.target or row.dialled)
     if ctx.cisco:
-        attrs.append(("Cisco-AVPair", f"sipledger-leg={row.leg};parent={row.parent_leg};"
-                                      f"cause={row.leg_cause};code={row.sip_code};"
-                                      f"disposition={row.disposition}"))
+        attrs.append(("Cisco-AVPair", (f"sipledger-leg={row.leg};parent={row.parent_leg};"
+                                       f"cause={row.leg_cause};code={row.sip_code};"
+                                       f"disposition={row.disposition}")))
     return attrs
 
 

@@ -30,9 +30,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 REPO = Path(__file__).resolve().parents[2]
 FREERADIUS = shutil.which("freeradius") or "/usr/sbin/freeradius"
@@ -187,7 +187,7 @@ class FreeRadius:
             secret=self.secret, threads=self.threads))
         self._generated = True
 
-    def start(self, timeout: float = 15.0) -> "FreeRadius":
+    def start(self, timeout: float = 15.0) -> FreeRadius:
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError("FreeRADIUS already running")
         if not self._generated:
@@ -235,10 +235,10 @@ class FreeRadius:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=5)
 
-    def records(self) -> list["DetailRecord"]:
+    def records(self) -> list[DetailRecord]:
         return parse_detail_files(sorted(self.detail_dir.glob("detail-*")))
 
-    def wait_for(self, predicate, timeout: float = 20.0, interval: float = 0.1) -> list["DetailRecord"]:
+    def wait_for(self, predicate, timeout: float = 20.0, interval: float = 0.1) -> list[DetailRecord]:
         """Poll ``records()`` until ``predicate(records)`` holds or ``timeout``
         runs out; returns the records either way (the caller asserts)."""
         deadline = time.monotonic() + timeout
@@ -248,7 +248,7 @@ class FreeRadius:
                 return records
             time.sleep(interval)
 
-    def __enter__(self) -> "FreeRadius":
+    def __enter__(self) -> FreeRadius:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -279,7 +279,7 @@ class DetailRecord:
         """A ``date`` attribute (FreeRADIUS prints "Nov 18 2026 10:00:00 UTC") as epoch seconds."""
         value = " ".join((self.get(name) or "").split())
         return int(dt.datetime.strptime(value, "%b %d %Y %H:%M:%S UTC")
-                   .replace(tzinfo=dt.timezone.utc).timestamp())
+                   .replace(tzinfo=dt.UTC).timestamp())
 
     @property
     def status(self) -> str | None:
@@ -384,7 +384,7 @@ class RadiusWorkerProcess:
         self._ready = threading.Event()
         self.stderr_path = self.data_dir / "radius-worker.stderr.log"
 
-    def start(self, timeout: float = 30.0) -> "RadiusWorkerProcess":
+    def start(self, timeout: float = 30.0) -> RadiusWorkerProcess:
         self._ready.clear()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
