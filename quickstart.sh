@@ -2,20 +2,22 @@
 # sipledger quick start on a fresh Debian machine.
 #   ./quickstart.sh up     install what is missing, then run the product (Ctrl-C stops it)
 #   ./quickstart.sh test   install what is missing, then run the whole test suite
-# Installs: Debian packages (SIPp for the tests, Kamailio for the speed anchor),
-# a virtualenv at .venv in this checkout, and the project into it.
+# Installs: Debian packages (SIPp, FreeRADIUS and a ClickHouse server for the
+# tests, Kamailio for the speed anchor), a virtualenv at .venv in this
+# checkout, and the project into it.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
 MODE="${1:-up}"; shift || true
 
-APT_PACKAGES=(sip-tester kamailio sysstat iproute2)
-
 need_apt=()
 command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
 command -v kamailio >/dev/null 2>&1 || need_apt+=(kamailio)
+command -v freeradius >/dev/null 2>&1 || [ -x /usr/sbin/freeradius ] || need_apt+=(freeradius)
+command -v clickhouse-server >/dev/null 2>&1 || [ -x /usr/sbin/clickhouse-server ] || need_apt+=(clickhouse-server)
 command -v pidstat >/dev/null 2>&1 || need_apt+=(sysstat)
 command -v ss >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "==> installing Debian packages: ${need_apt[*]}"
