@@ -232,20 +232,23 @@ async def produce_calls_async(bootstrap: str, n: int, rate: float, *, topic: str
         for j, event in enumerate(events):
             schedule.append((start_ms + event.ts_ms, i, j))
     schedule.sort()
+    # encoded up front (ts = wall clock at the start + offset), so that the
+    # sending loop costs only the producer
+    wall0 = ev.now_ms()
+    encoded = [(offset_ms, i, j == len(plans[i][1]) - 1, plans[i][1][j].call_id.encode(),
+                ev.encode(msgspec.structs.replace(plans[i][1][j], ts_ms=wall0 + int(offset_ms))))
+               for offset_ms, i, j in schedule]
     loop = asyncio.get_running_loop()
     t_start = loop.time()
-    wall0 = ev.now_ms()
     pending = []
     try:
-        for offset_ms, i, j in schedule:
+        for offset_ms, i, last, key, value in encoded:
             delay = t_start + offset_ms / 1000 - loop.time()
             if delay > 0.002:
                 await asyncio.sleep(delay)
-            call, events = plans[i]
-            event = events[j]
-            stamped = msgspec.structs.replace(event, ts_ms=wall0 + int(offset_ms))
-            fut = await producer.send(topic, ev.encode(stamped), key=event.call_id.encode())
-            if j == len(events) - 1:
+            fut = await producer.send(topic, value, key=key)
+            if last:
+                call = plans[i][0]
                 fut.add_done_callback(lambda _f, call=call: setattr(call, "end_wall_ms", ev.now_ms()))
             pending.append(fut)
             if len(pending) >= 5000:

@@ -54,6 +54,7 @@ log = logging.getLogger("cdr.processor")
 
 TABLE_NAME = "calls"
 RESEND_AFTER_MS = 10_000            # a finished call's rows unconfirmed this long are sent again
+SCAN_CHUNK = 5000                   # the timer's scan yields to the agent this often
 SLOT_CODEC = "cdr_slot"
 
 
@@ -286,8 +287,10 @@ class CdrProcessor:
             log.warning("CDR rows not confirmed (%s); they will be sent again", exc)
             return
         data_get = self.table.data.get
+        actives = self._active_partitions()
         for key, slot, _ in finished:
-            if data_get(key) is slot:            # still the same finished slot
+            # still the same finished slot, of a partition still ours
+            if data_get(key) is slot and slot.partition in actives:
                 await self._put(key, Slot(slot.partition, wall_ms(), None, True))
 
     # --- table writes with an explicit partition -------------------------------------
@@ -303,47 +306,72 @@ class CdrProcessor:
         await self.app.producer.send(self.changelog, key, None, partition, None, None)
 
     # --- the timer -----------------------------------------------------------------
+    def _active_partitions(self) -> set[int]:
+        return {tp.partition for tp in self.app.assignor.assigned_actives()
+                if tp.topic == self.events_topic_name}
+
     async def sweep(self) -> None:
         """Close silent calls, send again the rows of finished calls that were
-        never confirmed (a restart), delete expired markers."""
+        never confirmed (e.g. after a restart), delete expired markers.
+
+        The scan reads the table without the lock, yielding to the agent every
+        few thousand keys; the actions then run under the lock on the slots
+        that are still the ones the scan saw."""
         app = self.app
         if app.rebalancing or getattr(app, "in_recovery", False):
             return
-        actives = {tp.partition for tp in app.assignor.assigned_actives()
-                   if tp.topic == self.events_topic_name}
+        actives = self._active_partitions()
+        data = self.table.data
+        now = wall_ms()
+        silent: list[tuple[bytes, Slot]] = []
+        resend: list[tuple[bytes, Slot]] = []
+        expired: list[tuple[bytes, Slot]] = []
+        for n, key in enumerate(list(data.keys())):
+            if n % SCAN_CHUNK == SCAN_CHUNK - 1:
+                await asyncio.sleep(0)
+            slot = data.get(key)
+            if slot is None or slot.partition not in actives:
+                continue
+            if slot.done:
+                if slot.state is None:
+                    if now - slot.seen_ms > self.ttl_ms:
+                        expired.append((key, slot))
+                elif now - max(slot.seen_ms, self.assigned_at.get(slot.partition, now)) > RESEND_AFTER_MS:
+                    resend.append((key, slot))
+                continue
+            quiet_since = max(slot.seen_ms, self.assigned_at.get(slot.partition, now))
+            if now - quiet_since > self.window_ms and now > silence_deadline_ms(slot.state, self.window_ms):
+                silent.append((key, slot))
+        if silent or resend or expired:
+            await self._act(silent, resend, expired)
+        if time.monotonic() - self._last_stats > self.stats_interval:
+            self._last_stats = time.monotonic()
+            live = sum(1 for slot in data.values() if slot is not None and not slot.done)
+            log.info("cdr stats: live=%d %s", live, self.stats.line())
+
+    async def _act(self, silent: list, resend: list, expired: list) -> None:
         counts = self.stats.counts
         async with self.lock:
+            data_get = self.table.data.get
             now = wall_ms()
             working: dict[bytes, Slot] = {}
             finished: list[tuple[bytes, Slot, list[CdrLeg]]] = []
-            expired: list[tuple[bytes, int]] = []
-            for key, slot in list(self.table.data.items()):
-                if slot is None or slot.partition not in actives:
-                    continue
-                if slot.done:
-                    if slot.state is None:
-                        if now - slot.seen_ms > self.ttl_ms:
-                            expired.append((key, slot.partition))
-                    elif now - max(slot.seen_ms, self.assigned_at.get(slot.partition, 0)) > RESEND_AFTER_MS:
-                        finished.append((key, slot, closed_rows(slot) or []))
-                        counts["resent"] += 1
-                    continue
-                state = slot.state
-                quiet_since = max(slot.seen_ms, self.assigned_at.get(slot.partition, now))
-                if now - quiet_since > self.window_ms and now > silence_deadline_ms(state, self.window_ms):
-                    self._close(key, Slot(slot.partition, now, state, True,
-                                          silence_end_ms(state, self.window_ms)), working, finished)
+            for key, slot in silent:
+                if data_get(key) is slot:
+                    self._close(key, Slot(slot.partition, now, slot.state, True,
+                                          silence_end_ms(slot.state, self.window_ms)), working, finished)
+            for key, slot in resend:
+                if data_get(key) is slot:
+                    finished.append((key, slot, closed_rows(slot) or []))
+                    counts["resent"] += 1
             for key, slot in working.items():
                 await self._put(key, slot)
             if finished:
                 await self._publish_and_confirm(finished)
-            for key, partition in expired:
-                await self._delete(key, partition)
-            counts["markers_expired"] += len(expired)
-        if time.monotonic() - self._last_stats > self.stats_interval:
-            self._last_stats = time.monotonic()
-            live = sum(1 for slot in self.table.data.values() if slot is not None and not slot.done)
-            log.info("cdr stats: live=%d %s", live, self.stats.line())
+            for key, slot in expired:
+                if data_get(key) is slot:
+                    await self._delete(key, slot.partition)
+                    counts["markers_expired"] += 1
 
 
 def closed_rows(slot: Slot) -> list[CdrLeg] | None:

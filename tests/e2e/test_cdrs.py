@@ -5,22 +5,19 @@ cdr.records -> sink -> ClickHouse (chdb) -> API.
 """
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from cdr.records import cdr_id_for
 from harness.calls import (DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered,
+                           send_command,
                            start_sipledger)
 from harness.sipp import render_scenario, run_uac
 from proxy.contract import commands
-from proxy.contract.config import KafkaSettings
 from proxy.contract.events import new_event_id, now_ms
-from proxy.contract.kafka import producer_kwargs
 
 pytestmark = pytest.mark.e2e
 
@@ -164,7 +161,7 @@ def test_dialog_timeout_closes_the_cdr(sl, uas_factory, sipp_dir):
         thread.start()
         (invite,) = bob.wait_for("INVITE", 10)
         bob.wait_for("ACK", 10)
-        _command(sl.kafka_bootstrap, commands.SetMaxDuration(
+        send_command(sl.kafka_bootstrap, commands.SetMaxDuration(
             id=new_event_id(), ts_ms=now_ms(), call_id=invite.header("Call-ID"), seconds=1))
         thread.join(30)
         assert_completed(box["res"], "call cut at its maximum duration")
@@ -173,14 +170,3 @@ def test_dialog_timeout_closes_the_cdr(sl, uas_factory, sipp_dir):
     assert (c["disposition"], c["hangup_by"]) == ("answered", "timeout")
     assert c["duration_ms"] >= 1000
 
-
-def _command(bootstrap: str, command) -> None:
-    async def go():
-        producer = AIOKafkaProducer(**producer_kwargs(KafkaSettings(bootstrap_servers=bootstrap)))
-        await producer.start()
-        try:
-            await producer.send_and_wait("call.control", commands.encode(command),
-                                         key=command.call_id.encode())
-        finally:
-            await producer.stop()
-    asyncio.run(go())

@@ -6,12 +6,10 @@ produced while the broker is down all arrive, once, when it is back.
 """
 from __future__ import annotations
 
-import asyncio
 import threading
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from api.broker import EmbeddedBroker
 from harness.proxy import event_types, read_events
@@ -19,9 +17,10 @@ from harness.sipp import SippResult, run_uac
 from proxy.contract import commands
 from proxy.contract.config import KafkaSettings
 from proxy.contract.events import new_event_id, now_ms
-from proxy.contract.kafka import ensure_topics_sync, producer_kwargs
+from proxy.contract.kafka import ensure_topics_sync
 
-from harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered, start_sipledger
+from harness.calls import (DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered,
+                           send_command, start_sipledger)
 
 pytestmark = pytest.mark.e2e
 
@@ -45,18 +44,6 @@ def _call_in_background(sl, sipp_dir: Path) -> tuple[threading.Thread, dict]:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, box
-
-
-def _send_command(bootstrap: str, command) -> None:
-    async def go():
-        producer = AIOKafkaProducer(**producer_kwargs(KafkaSettings(bootstrap_servers=bootstrap)))
-        await producer.start()
-        try:
-            await producer.send_and_wait("call.control", commands.encode(command),
-                                         key=command.call_id.encode())
-        finally:
-            await producer.stop()
-    asyncio.run(go())
 
 
 def _answered_call_id(sl, uas, timeout=10.0) -> str:
@@ -84,7 +71,7 @@ def test_teardown_command_sends_bye_both_ways(two_workers, uas_factory, sipp_dir
         call_id = _answered_call_id(sl, uas)
         command = commands.Teardown(id=new_event_id(), ts_ms=now_ms(), call_id=call_id,
                                     reason="credit exhausted", issued_by="test")
-        _send_command(sl.kafka_bootstrap, command)
+        send_command(sl.kafka_bootstrap, command)
         thread.join(25)
         assert_completed(box["res"], "alice is hung up by the proxy")
         uas_res = assert_uas_completed(uas, "bob is hung up by the proxy")
@@ -105,7 +92,7 @@ def test_set_max_duration_command_ends_the_call(two_workers, uas_factory, sipp_d
         call_id = _answered_call_id(sl, uas)
         command = commands.SetMaxDuration(id=new_event_id(), ts_ms=now_ms(), call_id=call_id,
                                           seconds=1, issued_by="test")
-        _send_command(sl.kafka_bootstrap, command)
+        send_command(sl.kafka_bootstrap, command)
         thread.join(25)
         assert_completed(box["res"], "alice is hung up at the new maximum duration")
         uas_res = assert_uas_completed(uas, "bob is hung up at the new maximum duration")
@@ -123,7 +110,7 @@ def test_unknown_call_teardown_is_reported_or_ignored(two_workers):
     sl = two_workers
     command = commands.Teardown(id=new_event_id(), ts_ms=now_ms(), call_id="no-such-call",
                                 reason="x")
-    _send_command(sl.kafka_bootstrap, command)
+    send_command(sl.kafka_bootstrap, command)
     assert sl.running
 
 

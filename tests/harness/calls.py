@@ -72,3 +72,24 @@ def assert_uas_completed(uas, what: str, timeout: float = 10) -> SippResult:
     assert rc == 0 and res.successful == 1 and res.failed == 0, \
         f"{what}: callee scenario did not complete (rc={rc})\n{res.describe()}"
     return res
+
+
+def send_command(bootstrap: str, command) -> None:
+    """Produce a call.control command (proxy/contract/commands.py), as billing would."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    from proxy.contract import commands
+    from proxy.contract.config import KafkaSettings
+    from proxy.contract.kafka import producer_kwargs
+
+    async def go():
+        producer = AIOKafkaProducer(**producer_kwargs(KafkaSettings(bootstrap_servers=bootstrap)))
+        await producer.start()
+        try:
+            await producer.send_and_wait("call.control", commands.encode(command),
+                                         key=command.call_id.encode())
+        finally:
+            await producer.stop()
+    asyncio.run(go())
