@@ -11,19 +11,23 @@
   a batch holds events of several partitions, and the silence timer writes
   outside any event.
 * A call that is over yields its rows (``finish``), published to
-  ``cdr.records`` (key = cdr_id, JSON).  The slot then becomes a small
-  *finished marker* (state None) kept ``finished_ttl_seconds`` so that late
-  duplicates cannot reopen the call; the timer deletes expired markers
-  (tombstones).
+  ``cdr.records`` (key = cdr_id, JSON).  Its slot keeps the final state
+  (``done``) until the broker has confirmed every row, then shrinks to a small
+  *finished marker* kept ``finished_ttl_seconds`` so that late duplicates
+  cannot reopen the call; the timer deletes expired markers (tombstones).
 * The timer closes calls that went silent (``[cdr] silence_seconds``) with
-  hangup_by "silence" and an end time derived from the events.
+  hangup_by "silence" and an end time derived from the events, and sends again
+  the rows of finished calls never confirmed (a crash, a restart).
 
-Delivery.  Input is at-least-once.  Per batch, the rows are sent and their
-acknowledgements awaited *before* the table is written, and faust commits the
-batch's offsets only after its producer is flushed.  A crash anywhere replays
-events whose effects are already (partly) in the table or on ``cdr.records``:
-the fold is idempotent and rows are a function of the events, so a replay
-can only repeat byte-identical rows (the sink is idempotent), never lose one.
+Delivery.  Input is at-least-once.  A batch's table writes (live states, and
+the final states of the calls it finished) are handed to faust's producer
+before the batch is acknowledged, and faust flushes its producer before it
+commits offsets: a committed event's effect is in the changelog.  Rows are
+sent without blocking the agent; a finished slot only becomes a marker after
+its rows are confirmed.  A crash anywhere either replays events (the fold is
+idempotent) or leaves final states whose rows the timer sends again; rows are
+a function of the events, so the topic can only get byte-identical
+duplicates (the sink is idempotent), never lose a CDR.
 
 Determinism.  Whether an event arrives before or after a silence close must not
 depend on timing: an event more than the silence window (in event time) after
@@ -38,7 +42,6 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,12 +116,9 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@dataclass
 class Stats:
-    counts: Counter
-
     def __init__(self) -> None:
-        self.counts = Counter()
+        self.counts: Counter = Counter()
 
     def line(self) -> str:
         return " ".join(f"{k}={v}" for k, v in sorted(self.counts.items()))
@@ -138,8 +138,6 @@ class CdrProcessor:
         self.events_topic = app.topic(self.events_topic_name, key_type=bytes, value_type=bytes,
                                       key_serializer="raw", value_serializer="raw",
                                       partitions=partitions)
-        self.records_topic = app.topic(config.cdr.records_topic, key_type=bytes, value_type=bytes,
-                                       key_serializer="raw", value_serializer="raw")
         self.table = app.tables.add(_slot_table_class()(
             app, name=TABLE_NAME, beacon=app.tables.beacon, key_type=bytes, partitions=partitions))
         if self.table.changelog_topic.value_serializer != SLOT_CODEC:
