@@ -9,6 +9,7 @@ Kafka key = Call-ID, so one call's events stay ordered on one partition.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from typing import Literal, Union
@@ -18,9 +19,15 @@ import msgspec
 SCHEMA_VERSION = 1
 
 
+_ID_PREFIX = os.urandom(8).hex()
+_id_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
 def new_event_id() -> str:
-    """128 random bits, hex: unique without coordination between workers."""
-    return os.urandom(16).hex()
+    """32 hex digits, unique without coordination: 64 random bits drawn once per
+    process, then a counter (a getrandom() call per event cost ~3 % of a proxy
+    worker's CPU)."""
+    return f"{_ID_PREFIX}{next(_id_counter) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 def now_ms() -> int:
