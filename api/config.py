@@ -21,6 +21,7 @@ from radius.settings import RadiusSettings, checks as radius_checks
 
 
 class ApiSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    enabled: bool = True                # `up` runs the API + CDR sink process
     host: str = "127.0.0.1"
     port: int = 8080
 

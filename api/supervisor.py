@@ -122,12 +122,13 @@ class Supervisor:
         if self.config_file is not None:
             common += ["--config", str(self.config_file)]
         py = [sys.executable, "-m"]
-        services = [
-            Service("proxy", py + ["proxy", "run", "--sip-port", str(self.sip_port)] + common,
-                    "PROXY READY"),
-            Service("api", py + ["api.serve", "--api-port", str(self.api_port)] + common, "API READY"),
-            Service("cdr", py + ["cdr", "--worker-id", "0"] + common, None),
-        ]
+        services = [Service("proxy", py + ["proxy", "run", "--sip-port", str(self.sip_port)] + common,
+                            "PROXY READY")]
+        if self.config.api.enabled:
+            services.append(Service("api", py + ["api.serve", "--api-port", str(self.api_port)] + common,
+                                    "API READY"))
+        if self.config.cdr.enabled:
+            services.append(Service("cdr", py + ["cdr", "--worker-id", "0"] + common, None))
         if self.config.radius.servers:
             services.append(Service("radius", py + ["radius"] + common, "RADIUS READY"))
         return services

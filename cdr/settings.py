@@ -27,6 +27,7 @@ DEFAULT_STORE_DIR = "cdr"
 
 
 class CdrSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    enabled: bool = True                # `up` runs a CDR processor
     silence_seconds: float = 4 * 3600.0
     batch_size: int = 1000
     batch_window_ms: int = 20
