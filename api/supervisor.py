@@ -3,8 +3,8 @@
 Starts the Kafka-protocol broker (Tansu, loopback, memory only) unless an
 external cluster is configured, creates the topics explicitly, then the
 services — proxy (which forks its workers), CDR processor, API + CDR sink
-(one process: chdb allows one process per data path), RADIUS accounting when
-a server is configured — prints one READY line and stops everything, children
+(one process: chdb allows one process per data path), the billing service
+(credit control and the ledger), RADIUS accounting when a server is configured — prints one READY line and stops everything, children
 first, on Ctrl-C / SIGTERM.  A service that dies is restarted (with backoff);
 Tansu keeps topics in memory only, so if it dies it is restarted and the
 topics recreated, while the proxy's outbox holds every event until it is back.
@@ -105,8 +105,10 @@ class Supervisor:
 
     def topics(self) -> dict[str, int]:
         partitions = self.config.kafka.partitions
+        ledger = self.config.ledger
         names = [self.config.topics.sip_events, self.config.topics.call_control,
-                 self.config.cdr.records_topic]
+                 self.config.cdr.records_topic, ledger.events_topic, ledger.calls_topic,
+                 ledger.notifications_topic]
         return {name: partitions for name in names}
 
     def _create_topics(self, bootstrap: str) -> None:
@@ -129,6 +131,8 @@ class Supervisor:
                                     "API READY"))
         if self.config.cdr.enabled:
             services.append(Service("cdr", py + ["cdr", "--worker-id", "0"] + common, None))
+        if self.config.billing.enabled:
+            services.append(Service("billing", py + ["billing"] + common, "BILLING READY"))
         if self.config.radius.servers:
             services.append(Service("radius", py + ["radius"] + common, "RADIUS READY"))
         return services

@@ -23,6 +23,7 @@ DB_NAME = "billing.sqlite"
 
 
 class BillingSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    enabled: bool = True                # `up` runs the billing service (credit control, ledger)
     db_url: str = ""
     currency: str = "EUR"
     timezone: str = "UTC"
