@@ -61,7 +61,7 @@ def _data_dir(ctx: typer.Context) -> Path:
 
 
 def _client(ctx: typer.Context) -> BillingClient:
-    return BillingClient(_data_dir(ctx), _billing(ctx), events_topic=_ledger_settings(ctx).events_topic)
+    return BillingClient(_data_dir(ctx), _billing(ctx))
 
 
 @contextmanager
@@ -207,7 +207,7 @@ def account_topup(
     _money(ctx, "topup", account, amount, key, note)
 
 
-@account_app.command("adjust")
+@account_app.command("adjust", context_settings={"ignore_unknown_options": True})
 def account_adjust(
     ctx: typer.Context,
     account: str = typer.Argument(..., metavar="ID"),
@@ -256,11 +256,20 @@ def _event_json(e) -> dict:
 
 
 @account_app.command("list")
-def account_list(ctx: typer.Context) -> None:
+def account_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json")) -> None:
     """Accounts with their ledger balances."""
     with _store(ctx) as store:
         accounts = store.list_accounts()
         state = fold(store.iter_events())
+    if as_json:
+        from .ledger import account_dict
+        rows = []
+        for a in accounts:
+            book = state.books.get(a.id)
+            rows.append(dict(account_dict(a), balance=money_text(book.balance) if book else "0",
+                             reserved=money_text(book.reserved) if book else "0"))
+        typer.echo(json.dumps(rows, indent=2))
+        return
     if not accounts:
         typer.echo("no accounts")
         return

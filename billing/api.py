@@ -12,7 +12,6 @@ an ``Idempotency-Key`` header: the same key again returns the same top-up
 another amount is 409.  Amounts are JSON *strings* ("10.50"), never numbers.
 Ledger history and reports read the ClickHouse copy (``ledger_events``).
 """
-from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
@@ -21,7 +20,7 @@ from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal
 
 import msgspec
-from fastapi import APIRouter, Body, Depends, Header, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -181,7 +180,7 @@ class BillingApi:
         self.store.create_schema()
         self.rates = RatesStore(url)
         self.rates.create_schema()
-        self.client = BillingClient(data_dir, billing, events_topic=ledger.events_topic)
+        self.client = BillingClient(data_dir, billing)
         self.backend = backend
         self.queries = LedgerQueries(backend) if backend is not None else None
 

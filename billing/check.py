@@ -17,7 +17,6 @@ records (``problem``).  A debit is unique per (cdr_id, leg) by construction;
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal

@@ -206,9 +206,10 @@ class LedgerRepair:
     def stop(self) -> None:
         self._stop.set()
 
-    def repair_once(self) -> int:
-        """Insert the events ClickHouse lacks; returns how many were (re)inserted."""
-        high = self.store.max_seq()
+    def repair_once(self, upto_seq: int | None = None) -> int:
+        """Insert the events ClickHouse lacks (up to ``upto_seq``, default all);
+        returns how many were (re)inserted."""
+        high = self.store.max_seq() if upto_seq is None else upto_seq
         if high == 0:
             return 0
         stored = self.queries.seq_counts(0, high)
@@ -230,8 +231,10 @@ class LedgerRepair:
         return inserted
 
     async def run(self) -> None:
-        # the first pass soon after start: a broker restart empties ledger.events
-        delay = 2.0
+        """Each pass repairs up to the ledger's end as the *previous* pass saw it:
+        events get one interval to arrive through Kafka before they count as lost."""
+        seen: int | None = None
+        delay = min(5.0, self.interval_s)
         while not self._stop.is_set():
             try:
                 await asyncio.wait_for(self._stop.wait(), delay)
@@ -240,6 +243,9 @@ class LedgerRepair:
                 pass
             delay = self.interval_s
             try:
-                await asyncio.to_thread(self.repair_once)
+                high = await asyncio.to_thread(self.store.max_seq)
+                if seen:
+                    await asyncio.to_thread(self.repair_once, seen)
+                seen = high
             except (BackendError, Exception) as exc:      # noqa: BLE001 - next round retries
                 log.warning("ledger repair failed: %s", str(exc).splitlines()[0] if str(exc) else exc)

@@ -56,10 +56,9 @@ def offline_snapshot(store: LedgerStore, info: AccountInfo) -> dict:
 
 class BillingClient:
     def __init__(self, data_dir: str | os.PathLike, settings: BillingSettings = BillingSettings(), *,
-                 events_topic: str = "ledger.events", timeout: float = 10.0):
+                 timeout: float = 10.0):
         self.data_dir = Path(data_dir)
         self.settings = settings
-        self.events_topic = events_topic
         self.timeout = timeout
         self.socket_path = self.data_dir / RUN_DIR / SOCKET_FILE
 
@@ -159,7 +158,7 @@ class BillingClient:
                 if stored is None:
                     money_event(existing, req.kind, event.amount, req.key, ts_ms=now, note=req.note,
                                 balance=current)          # the floor check
-                    stored = store.append([event], events_topic=self.events_topic)[0]
+                    stored = store.append([event])[0]
                 if not same_request(stored, event):
                     raise LedgerError(f"idempotency key {req.key!r} was used for a different request "
                                       f"({stored.kind} {stored.amount})", status=409)

@@ -42,6 +42,7 @@ they are new) and applied with ``apply_external``.
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Iterable
@@ -187,6 +188,10 @@ class CreditControl:
         self.finished: dict[str, int] = {}
         self.rates = RatesSnapshot(version=-1, plans={}, accounts={})
         self._responses: dict[str, tuple[AuthorizeResponse, int]] = {}
+        # expiry queues in insertion order (constant TTLs): sweeping pops only what is due
+        self._hold_expiry: deque[tuple[int, str]] = deque()
+        self._response_expiry: deque[tuple[int, str]] = deque()
+        self._next_call_sweep = 0
         self.stats: dict[str, int] = {}
 
     # -- set-up ----------------------------------------------------------------------------
@@ -292,6 +297,7 @@ class CreditControl:
             return cached[0]
         response = self._authorize(req, now_ms)
         self._responses[req.id] = (response, now_ms + RESPONSE_TTL_MS)
+        self._response_expiry.append((now_ms + RESPONSE_TTL_MS, req.id))
         self._count("authorized" if response.allowed else f"refused_{response.code}")
         return response
 
@@ -328,6 +334,7 @@ class CreditControl:
             return AuthorizeResponse(id=req.id, allowed=False, code=s.reject_code,
                                      reason="insufficient credit")
         self.holds[req.call_id] = Hold(req.call_id, info.id, first, number, plan, now_ms + self.hold_ms)
+        self._hold_expiry.append((now_ms + self.hold_ms, req.call_id))
         live.held += first
         return AuthorizeResponse(id=req.id, allowed=True, max_duration_s=seconds)
 
@@ -396,17 +403,30 @@ class CreditControl:
         """Housekeeping, about once a second: expired holds and answers, calls
         that outlived any possible dialog."""
         fx = Effects()
-        for call_id in [c for c, h in self.holds.items() if h.expires_ms <= now_ms]:
-            hold = self.holds.pop(call_id)
-            self._live(hold.account).held -= hold.amount
-        for rid in [r for r, (_, exp) in self._responses.items() if exp <= now_ms]:
-            del self._responses[rid]
+        expiry = self._hold_expiry
+        while expiry and expiry[0][0] <= now_ms:
+            expires, call_id = expiry.popleft()
+            hold = self.holds.get(call_id)
+            if hold is not None and hold.expires_ms == expires:     # not renewed / used since
+                del self.holds[call_id]
+                self._live(hold.account).held -= hold.amount
+        expiry = self._response_expiry
+        while expiry and expiry[0][0] <= now_ms:
+            expires, rid = expiry.popleft()
+            entry = self._responses.get(rid)
+            if entry is not None and entry[1] == expires:
+                del self._responses[rid]
         horizon = now_ms - FINISHED_HORIZON_MS
-        for call_id in [c for c, ts in self.finished.items() if ts < horizon]:
+        while self.finished:                              # insertion order ~ finishing order
+            call_id = next(iter(self.finished))
+            if self.finished[call_id] >= horizon:
+                break
             del self.finished[call_id]
-        for call in list(self.calls.values()):
-            if not call.ended and not call.closing and now_ms - call.answer_ms > self.max_call_ms:
-                self._ended(call, now_ms, now_ms, fx)
+        if now_ms >= self._next_call_sweep:               # hours-long limit: a look now and then
+            self._next_call_sweep = now_ms + 30_000
+            for call in list(self.calls.values()):
+                if not call.ended and not call.closing and now_ms - call.answer_ms > self.max_call_ms:
+                    self._ended(call, now_ms, now_ms, fx)
         return fx
 
     # -- CDRs and money ----------------------------------------------------------------------
@@ -538,12 +558,13 @@ class CreditControl:
         if delta == 0 and call.steps > 0:
             call.paid_ms = paid_ms
             return
-        info = self.accounts[call.account]
+        info = self.accounts.get(call.account)
         step = call.steps
         kind = "reservation" if delta >= 0 else "release"
         ev = LedgerEvent(
             id=(reservation_id if kind == "reservation" else release_id)(call.call_id, step),
-            account=call.account, kind=kind, amount=abs(delta), currency=info.currency, ts_ms=now_ms,
+            account=call.account, kind=kind, amount=abs(delta), currency=info.currency if info else "",
+            ts_ms=now_ms,
             call_id=call.call_id, step=step, paid_ms=paid_ms, answer_ms=call.answer_ms,
             number=call.number, plan=call.plan.name)
         call.steps += 1

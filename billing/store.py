@@ -8,9 +8,12 @@ by folding ``ledger_event`` at start.  Amounts are decimal *text* (exact).
 * ``ledger_event``: append-only.  ``id`` is unique (the event's cause, see
   billing/ledger.py): appending an event whose id is there already is a no-op
   that reports "not new".  ``seq`` orders the ledger.
-* ``ledger_outbox``: rows to publish to Kafka (``ledger.events``,
-  ``billing.notifications``), written in the same transaction as the events
-  (transactional outbox); deleted once the broker acknowledged them.
+* the ledger is its own outbox: ``ledger_publish`` keeps, per topic, the
+  last ``seq`` the broker acknowledged; the service publishes the events after
+  it to ``ledger.events`` (one writer, so ``seq`` order is commit order).
+* ``ledger_outbox``: other rows to publish (``billing.notifications``),
+  written in the same transaction as the events that caused them; deleted
+  once the broker acknowledged them.
 * ``billing_problem``: CDRs that could not be debited, calls released without
   a CDR (``ledger check`` lists them).
 * ``billing_account``: prepaid / postpaid accounts; changes bump
@@ -107,6 +110,12 @@ problem_table = Table(
     Column("cdr_id", String(36), nullable=False),
     Column("leg", Integer, nullable=False),
     Column("reason", String(500), nullable=False),
+)
+
+publish_table = Table(
+    "ledger_publish", metadata,
+    Column("topic", String(255), primary_key=True),
+    Column("seq", BigInteger, nullable=False),            # the last event the broker has
 )
 
 billing_change_log = change_log_table(metadata, "billing_change_log")
@@ -214,28 +223,32 @@ class LedgerStore(SqlStore):
                 yield conn
 
     def append(self, events: Iterable[LedgerEvent], *, problems: Iterable[Problem] = (),
-               outbox: Iterable[tuple[str, str, bytes]] = (), events_topic: str | None = None
-               ) -> list[LedgerEvent]:
+               outbox: Iterable[tuple[str, str, bytes]] = ()) -> list[LedgerEvent]:
         with self.transaction() as conn:
-            return self.append_in(conn, events, problems=problems, outbox=outbox,
-                                  events_topic=events_topic)
+            return self.append_in(conn, events, problems=problems, outbox=outbox)
 
     def append_in(self, conn: Connection, events: Iterable[LedgerEvent], *,
-                  problems: Iterable[Problem] = (), outbox: Iterable[tuple[str, str, bytes]] = (),
-                  events_topic: str | None = None) -> list[LedgerEvent]:
-        """Append the events whose id is new (returned, with their ``seq``); each new
-        one also goes to the outbox for ``events_topic`` (key = account)."""
-        new: list[LedgerEvent] = []
+                  problems: Iterable[Problem] = (), outbox: Iterable[tuple[str, str, bytes]] = ()
+                  ) -> list[LedgerEvent]:
+        """Append the events whose id is new; returns them with their ``seq``.
+        (One lookup and one multi-row INSERT ... RETURNING per call: the writer
+        thread spends little time holding the GIL.)"""
         t = event_table
+        unique: dict[str, LedgerEvent] = {}
         for ev in events:
-            if conn.execute(select(t.c.seq).where(t.c.id == ev.id)).first() is not None:
-                continue
-            seq = conn.execute(insert(t).values(**_event_row(ev))).inserted_primary_key[0]
-            stored = msgspec.structs.replace(ev, seq=int(seq))
-            new.append(stored)
-            if events_topic:
-                conn.execute(insert(outbox_table).values(topic=events_topic, key=ev.account,
-                                                         value=encode_event(stored)))
+            unique.setdefault(ev.id, ev)
+        ids = list(unique)
+        for start in range(0, len(ids), 500):
+            for found in conn.execute(select(t.c.id).where(t.c.id.in_(ids[start:start + 500]))).scalars():
+                del unique[found]
+        new: list[LedgerEvent] = []
+        if unique:
+            fresh = list(unique.values())
+            rows = conn.execute(insert(t).returning(t.c.seq, t.c.id, sort_by_parameter_order=True),
+                                [_event_row(ev) for ev in fresh]).all()
+            for ev, row in zip(fresh, rows):
+                assert row.id == ev.id
+                new.append(msgspec.structs.replace(ev, seq=int(row.seq)))
         for topic, key, value in outbox:
             conn.execute(insert(outbox_table).values(topic=topic, key=key, value=value))
         for p in problems:
@@ -314,7 +327,24 @@ class LedgerStore(SqlStore):
             return [Problem(id=r.id, ts_ms=r.ts_ms, account=r.account, reason=r.reason,
                             call_id=r.call_id, cdr_id=r.cdr_id, leg=r.leg) for r in conn.execute(query)]
 
-    # -- the outbox -------------------------------------------------------------------------
+    # -- publishing -------------------------------------------------------------------------
+    def published_seq(self, topic: str) -> int:
+        with self._read() as conn:
+            return int(conn.execute(select(publish_table.c.seq).where(publish_table.c.topic == topic)
+                                    ).scalar() or 0)
+
+    def unpublished(self, topic: str, limit: int = 500) -> list[LedgerEvent]:
+        """The next events ``topic`` has not had yet, in ledger order."""
+        return self.events(after_seq=self.published_seq(topic), limit=limit)
+
+    def mark_published(self, topic: str, seq: int) -> None:
+        with self.transaction() as conn:
+            done = conn.execute(update(publish_table).where(publish_table.c.topic == topic)
+                                .where(publish_table.c.seq < seq).values(seq=seq)).rowcount
+            if not done and conn.execute(select(publish_table.c.seq)
+                                         .where(publish_table.c.topic == topic)).first() is None:
+                conn.execute(insert(publish_table).values(topic=topic, seq=seq))
+
     def outbox_batch(self, limit: int = 500) -> list[tuple[int, str, str, bytes]]:
         t = outbox_table
         with self._read() as conn:

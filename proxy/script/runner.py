@@ -39,5 +39,6 @@ class ScriptRouting:
             log.exception("routing script failed on %r", req)
             ctx.reply(500, "Server Internal Error (routing script)")
             return
-        if not ctx.replied and ctx.call is None:
+        waiting = ctx.credit_check and not ctx.authorized    # relay() resumes on the answer
+        if not ctx.replied and ctx.call is None and not waiting:
             ctx.reply(500, "Server Internal Error (no routing decision)")

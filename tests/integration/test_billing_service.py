@@ -56,7 +56,7 @@ def setup(tmp_path, broker):
     config.write_text(topics.config())
     plan = simple_plan()
     provision_plan(data, ALICE, plan)
-    client = BillingClient(data, events_topic=topics.ledger)
+    client = BillingClient(data)
     client.put_account(ALICE, {"kind": "prepaid", "currency": "EUR"}, create=True)
     procs: list[BillingProcess] = []
 
@@ -239,7 +239,7 @@ def test_broker_restart_loses_nothing(tmp_path, fresh_broker):
     config.write_text(topics.config())
     plan = simple_plan()
     provision_plan(data, ALICE, plan)
-    client = BillingClient(data, events_topic=topics.ledger)
+    client = BillingClient(data)
     client.put_account(ALICE, {"kind": "prepaid", "currency": "EUR"}, create=True)
     client.money(ALICE, "topup", "20", "t")
     svc = BillingProcess(data, config, fresh_broker.bootstrap).start()

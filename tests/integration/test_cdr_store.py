@@ -132,11 +132,12 @@ def test_cursor_is_opaque_and_checked():
 # -- schema ---------------------------------------------------------------------------
 
 def test_migration_is_idempotent(backend):
-    assert migrate(backend) == [1]
+    newest = len(parse(SCHEMA_FILE.read_text())[1])
+    assert migrate(backend) == list(range(1, newest + 1))
     assert migrate(backend) == []
     assert migrate(backend) == []
-    assert current_version(backend) == 1
-    assert backend.query("SELECT count() FROM schema_migrations FINAL") == [(1,)]
+    assert current_version(backend) == newest
+    assert backend.query("SELECT count() FROM schema_migrations FINAL") == [(newest,)]
     columns = {name for (name,) in backend.query(
         "SELECT name FROM system.columns WHERE database = {db} AND table = 'cdr'", {"db": backend.database})}
     assert columns == set(rows.COLUMNS)
@@ -150,13 +151,14 @@ def test_migration_refuses_edited_or_unknown_versions(backend):
     preamble, migrations = parse(text)
     with pytest.raises(MigrationError, match="changed since it was applied"):
         migrate(backend, text.replace("version           UInt64", "version           UInt32"))
-    extra = text + "\n-- migration 2: later\nCREATE TABLE IF NOT EXISTS t2 (a UInt8) ENGINE = MergeTree ORDER BY a;\n"
-    assert migrate(backend, extra) == [2]
+    later = len(migrations) + 1
+    extra = text + f"\n-- migration {later}: later\nCREATE TABLE IF NOT EXISTS t2 (a UInt8) ENGINE = MergeTree ORDER BY a;\n"
+    assert migrate(backend, extra) == [later]
     with pytest.raises(MigrationError, match="newer than this program knows"):
         migrate(backend)
     with pytest.raises(MigrationError, match="1, 2, 3"):
         parse("-- migration 2: gap\nSELECT 1;\n")
-    assert len(migrations) == 1 and len(preamble) == 1
+    assert len(migrations) >= 1 and len(preamble) == 1
 
 
 def test_failed_statement_is_a_backend_error(backend):

@@ -7,11 +7,10 @@ from __future__ import annotations
 import heapq
 from decimal import Decimal as D
 
-import pytest
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from billing.control import EXHAUSTED, CreditControl
-from billing.ledger import AccountInfo, Fold, LedgerEvent, fold, money_event
+from billing.ledger import AccountInfo, LedgerEvent, fold, money_event
 from billing.rating import Rate, RatePlan, RatesSnapshot, max_duration, rate_call
 from billing.service_settings import CreditSettings
 from cdr.records import CdrLeg, cdr_id_for
@@ -349,3 +348,33 @@ def test_concurrent_calls_never_overspend(increments, price, fee, credit, calls,
     assert live.reserved == 0 and live.held == 0 and not h.core.calls
     assert live.balance == credit - spent
     h.fold_matches()
+
+
+def test_balance_low_notifications_cross_once():
+    h = Harness(plan_of(), credit="6", settings=CreditSettings(low_balance_thresholds=("5", "1")))
+    h.authorize("c1", T0)
+    h.handle(h.core.answered("c1", ALICE, "4930123", T0, T0))
+    h.handle(h.core.ended("c1", T0 + 120_000, T0 + 120_000))
+    fx, _ = h.cdr("c1", T0, T0 + 120_000, T0 + 121_000)              # 1.20: 6 -> 4.80
+    assert [(n.type, n.threshold, n.balance) for n in fx.notifications] == [("balance.low", D("5"), D("4.8000"))]
+    adj = money_event(h.info, "adjustment", D("-0.5"), "a1", ts_ms=T0 + 200_000)
+    fx = h.handle(h.core.apply_external(h.persist([adj]), T0 + 200_000))
+    assert fx.notifications == []                                     # still below 5: no repeat
+    top = money_event(h.info, "topup", D("10"), "t2", ts_ms=T0 + 300_000)
+    h.handle(h.core.apply_external(h.persist([top]), T0 + 300_000))   # above again: re-armed
+    adj = money_event(h.info, "adjustment", D("-13.5"), "a2", ts_ms=T0 + 400_000)
+    fx = h.handle(h.core.apply_external(h.persist([adj]), T0 + 400_000))
+    assert [n.threshold for n in fx.notifications] == [D("5"), D("1")]
+
+
+def test_unanswered_holds_and_cached_answers_expire():
+    h = Harness(plan_of(), credit="1", settings=CreditSettings(hold_seconds=10))
+    h.authorize("c1", T0, rid="r1")
+    h.authorize("c2", T0 + 1000, rid="r3")
+    h.authorize("c1", T0 + 5000, rid="r2")                # the same call again: hold renewed
+    h.core.sweep(T0 + 11_500)                              # c2 expired; c1 was renewed
+    assert set(h.core.holds) == {"c1"} and h.core.books[ALICE].held == D("0.0100")
+    h.core.sweep(T0 + 15_000)
+    assert not h.core.holds and h.core.books[ALICE].held == 0
+    h.core.sweep(T0 + 60_500)
+    assert "r1" not in h.core._responses and "r3" in h.core._responses

@@ -2,7 +2,6 @@
 and the SQLite ledger appending each event id once."""
 from __future__ import annotations
 
-import random
 from decimal import Decimal as D
 
 import pytest
@@ -11,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from billing.control import Problem
 from billing.ledger import (AccountInfo, LedgerError, LedgerEvent, build_account, debit_id, final_release_id,
                             fold, money_event, money_event_id, parse_amount, reservation_id)
-from billing.store import LedgerStore, ServiceLock, ServiceRunning, decode_event
+from billing.store import LedgerStore, ServiceLock, ServiceRunning, decode_event, encode_event
 
 ACC = AccountInfo(id="alice@a.test", currency="EUR")
 
@@ -130,21 +129,27 @@ def store(tmp_path):
     s.close()
 
 
-def test_store_appends_each_id_once_with_outbox(store):
+def test_store_appends_each_id_once_and_publishes_in_order(store):
     store.put_account(ACC, create=True)
     events = [money_event(ACC, "topup", D("10.000001"), "k1", ts_ms=1), ev("debit", "0.30000", 2)]
-    new = store.append(events, events_topic="ledger.events")
+    new = store.append(events + events[:1])                   # a duplicate inside one batch too
     assert [e.seq for e in new] == [1, 2]
-    again = store.append(events + [ev("debit", "0.1", 3)], events_topic="ledger.events",
+    again = store.append(events + [ev("debit", "0.1", 3)], outbox=[("billing.notifications", ACC.id, b"{}")],
                          problems=[Problem(id="p1", ts_ms=1, account=ACC.id, reason="x")] * 2)
-    assert [e.id for e in again] == ["e3"]
-    rows = store.outbox_batch()
-    assert len(rows) == 3 and rows[0][1:3] == ("ledger.events", ACC.id)
-    assert decode_event(rows[1][3]).amount == D("0.30000")         # exact text through Kafka JSON
+    assert [(e.id, e.seq) for e in again] == [("e3", 3)]
     back = list(store.iter_events(chunk=2))
     assert [e.amount for e in back] == [D("10.000001"), D("0.30000"), D("0.1")]
     assert fold(back).books[ACC.id].balance == D("9.600001")
+    assert decode_event(encode_event(back[1])).amount == D("0.30000")      # exact text through Kafka JSON
     assert len(store.problems()) == 1
+    # the ledger is its own outbox: a cursor per topic
+    assert [e.seq for e in store.unpublished("ledger.events", limit=2)] == [1, 2]
+    store.mark_published("ledger.events", 2)
+    store.mark_published("ledger.events", 1)                   # never goes back
+    assert [e.seq for e in store.unpublished("ledger.events")] == [3]
+    assert [e.seq for e in store.unpublished("elsewhere")] == [1, 2, 3]
+    rows = store.outbox_batch()
+    assert [(r[1], r[2]) for r in rows] == [("billing.notifications", ACC.id)]
     store.outbox_delete(rows[-1][0])
     assert store.outbox_size() == 0
     with pytest.raises(LedgerError):

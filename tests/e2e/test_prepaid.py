@@ -1,0 +1,152 @@
+"""Prepaid end to end with SIPp phones: `sipledger up` with the authorization
+call enabled, the billing service (``python -m billing``) on the same data dir
+and broker (started here unless `up` runs it already).
+
+* a prepaid account with credit for ~5 s calls; the proxy tears the call down
+  (BYE both ways, Reason "credit exhausted") within 1 s of exhaustion; the
+  CDR says so; the balance ends >= 0 and within one increment of 0;
+* 2 and 5 concurrent calls on one account never spend more than the credit
+  + one increment per call;
+* zero balance -> 402 before the callee rings.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from billing.store import ServiceLock
+from harness.billing import BillingProcess
+from harness.calls import DOMAIN, PASSWORDS, registered, start_sipledger
+from harness.proxy import event_types, read_events
+from harness.sipp import run_uac
+
+pytestmark = pytest.mark.e2e
+
+ALICE = f"alice@{DOMAIN}"
+CAROL = f"carol@{DOMAIN}"
+RATES = "plan,prefix,name,price_per_min,first_increment,next_increment,rounding,decimals,currency\n" \
+        "retail,*,anywhere,0.60,1,1,up,4,EUR\n"
+INCREMENT = Decimal("0.01")             # 1 s at 0.60/min
+
+
+@pytest.fixture(scope="module")
+def sl(tmp_path_factory):
+    sl = start_sipledger(tmp_path_factory.mktemp("sipledger-prepaid") / "data",
+                         extra_config="[authorization]\nenabled = true\ntimeout_ms = 500\n")
+    rates = sl.data_dir / "rates.csv"
+    rates.write_text(RATES)
+    sl.run_cli("rates", "import", str(rates))
+    for account in (ALICE, CAROL):
+        sl.run_cli("rates", "assign", account, "retail")
+        sl.run_cli("account", "add", account, "--prepaid", "--currency", "EUR")
+    # `up` runs the billing service once it is wired in; until then it runs beside `up`
+    sl.billing = None
+    if not ServiceLock(sl.data_dir).held_elsewhere():
+        sl.billing = BillingProcess(sl.data_dir, sl.config_path, sl.kafka_bootstrap).start()
+    token = sl.run_cli("token", "create", "--role", "admin").stdout.strip().splitlines()[-1]
+    sl.client = httpx.Client(base_url=sl.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    yield sl
+    sl.client.close()
+    if sl.billing is not None:
+        sl.billing.stop()
+    sl.stop()
+
+
+def balance(sl, account: str) -> dict:
+    return json.loads(sl.run_cli("account", "show", account, "--json").stdout)
+
+
+def settled(sl, account: str, timeout: float = 30.0) -> dict:
+    """The account once no call holds a reservation any more (CDRs debited)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        snap = balance(sl, account)
+        if Decimal(snap["reserved"]) == 0 and Decimal(snap["held"]) == 0 and not snap["active_calls"]:
+            return snap
+        assert time.monotonic() < deadline, f"still reserved after {timeout}s: {snap}"
+        time.sleep(0.3)
+
+
+def calls_in_parallel(sl, sipp_dir, n: int, timeout: float = 40) -> list:
+    results: list = [None] * n
+
+    def one(i: int) -> None:
+        results[i] = run_uac("uac_wait_bye", sl.sip_addr, {"caller": "alice", "callee": "bob", "domain": DOMAIN},
+                             timeout, auth=("alice", PASSWORDS["alice"]), auth_uri=f"bob@{DOMAIN}",
+                             workdir=sipp_dir, name=f"uac_prepaid_{n}_{i}")
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout + 15)
+    return results
+
+
+def test_zero_balance_is_refused_with_402_before_ringing(sl, uas_factory, sipp_dir):
+    bob = uas_factory("uas_answer", timeout=15)
+    with registered(sl, "bob", bob, sipp_dir):
+        res = run_uac("uac_call_expect_failure", sl.sip_addr,
+                      {"caller": "carol", "callee": "bob", "domain": DOMAIN}, 15,
+                      auth=("carol", PASSWORDS["carol"]), auth_uri=f"bob@{DOMAIN}", workdir=sipp_dir,
+                      variables={"expected": 402})
+        assert res.returncode == 0 and res.successful == 1, res.describe()
+        time.sleep(0.5)
+        assert bob.result().received("INVITE") == [], "the callee must not ring"
+
+
+def test_call_torn_down_when_credit_runs_out(sl, uas_factory, sipp_dir):
+    sl.run_cli("account", "topup", ALICE, "0.05", "--key", "five-seconds")      # 5 s at 0.60/min
+    bob = uas_factory("uas_bye_from_proxy", timeout=40)
+    with registered(sl, "bob", bob, sipp_dir):
+        (res,) = calls_in_parallel(sl, sipp_dir, 1)
+        assert res.returncode == 0 and res.successful == 1, res.describe()
+        assert res.sent("BYE") == [] and len(res.received("BYE")) == 1          # hung up by the proxy
+        bye = res.received("BYE")[0]
+        assert "credit exhausted" in (bye.header("Reason") or "")
+    call_id = res.sent("INVITE")[0].header("Call-ID")
+    events = read_events(sl.kafka_bootstrap, "sip.events", call_id=call_id, timeout=15,
+                         until=lambda evs: "dialog.teardown" in event_types(evs))
+    answered = next(e for e in events if e["type"] == "call.answered")["ts_ms"]
+    teardown = next(e for e in events if e["type"] == "dialog.teardown")
+    assert teardown["reason"] == "credit exhausted" and teardown["result"] == "sent"
+    talk_ms = teardown["ts_ms"] - answered
+    assert 4000 <= talk_ms <= 6000, f"torn down {talk_ms} ms after the answer (credit: 5 s)"
+    snap = settled(sl, ALICE)
+    assert Decimal("0") <= Decimal(snap["balance"]) <= INCREMENT, snap
+    # the CDR says why the call ended
+    cdr = None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and cdr is None:
+        page = sl.client.get("/v1/cdrs", params={"account": ALICE, "limit": 5}).json()["items"]
+        cdr = next((c for c in page if c["call_id"] == call_id), None)
+        time.sleep(0.3)
+    assert cdr is not None and cdr["hangup_reason"] == "credit exhausted", cdr
+
+
+@pytest.mark.parametrize("n", [2, 5])
+def test_concurrent_calls_share_the_credit(sl, uas_factory, sipp_dir, n):
+    before = Decimal(settled(sl, ALICE)["balance"])
+    credit = Decimal("0.08")                                 # 8 s of talk for all n calls together
+    sl.run_cli("account", "topup", ALICE, str(credit), "--key", f"concurrent-{n}")
+    bob = uas_factory("uas_bye_from_proxy", timeout=60, calls=n)
+    with registered(sl, "bob", bob, sipp_dir):
+        results = calls_in_parallel(sl, sipp_dir, n)
+    answered = 0
+    for res in results:
+        assert res is not None
+        # answered and hung up by the proxy, or refused (402) when the credit was gone
+        if res.received(402):
+            continue
+        assert res.returncode == 0 and len(res.received("BYE")) == 1, res.describe()
+        assert res.sent("BYE") == []
+        answered += 1
+    assert answered >= 1
+    snap = settled(sl, ALICE)
+    spent = before + credit - Decimal(snap["balance"])
+    assert spent <= credit + n * INCREMENT, (spent, snap)
+    assert Decimal(snap["balance"]) >= -n * INCREMENT

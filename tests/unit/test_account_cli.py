@@ -1,0 +1,44 @@
+"""`sipledger account|ledger|report ...` with no billing service running: the
+CLI writes the ledger itself under the service lock (billing/client.py)."""
+from __future__ import annotations
+
+import json
+from decimal import Decimal as D
+
+from typer.testing import CliRunner
+
+from api.cli import app
+from billing.reports import read_export
+
+
+def run(tmp_path, *args, code=0):
+    result = CliRunner().invoke(app, ["--data-dir", str(tmp_path), *args])
+    assert result.exit_code == code, (args, result.output)
+    return result.output
+
+
+def test_accounts_topups_reports(tmp_path):
+    run(tmp_path, "account", "add", "alice@a.test", "--prepaid", "--currency", "EUR")
+    run(tmp_path, "account", "add", "bob@b.test", "--postpaid", "--credit-limit", "100")
+    run(tmp_path, "account", "add", "alice@a.test", code=1)                        # exists
+    out = run(tmp_path, "account", "topup", "alice@a.test", "12.50", "--key", "pay-1")
+    assert "balance 12.50" in out
+    out = run(tmp_path, "account", "topup", "alice@a.test", "12.50", "--key", "pay-1")
+    assert "already applied" in out and "balance 12.50" in out
+    run(tmp_path, "account", "topup", "alice@a.test", "99", "--key", "pay-1", code=1)    # key reused
+    run(tmp_path, "account", "topup", "alice@a.test", "1", code=2)                       # no key
+    run(tmp_path, "account", "adjust", "alice@a.test", "-20", "--key", "too-much", code=1)
+    assert "balance 10.25" in run(tmp_path, "account", "adjust", "alice@a.test", "-2.25", "--key", "fix")
+    snap = json.loads(run(tmp_path, "account", "show", "alice@a.test", "--json"))
+    assert snap["balance"] == "10.25" and not snap["live"] and len(snap["events"]) == 2
+    assert "blocked" in run(tmp_path, "account", "block", "bob@b.test")
+    listed = {a["id"]: a for a in json.loads(run(tmp_path, "account", "list", "--json"))}
+    assert listed["alice@a.test"]["balance"] == "10.25" and listed["bob@b.test"]["status"] == "blocked"
+    history = json.loads(run(tmp_path, "ledger", "history", "alice@a.test", "--json"))
+    assert [e["kind"] for e in history] == ["adjustment", "topup"]
+    out = tmp_path / "statement.xlsx"
+    run(tmp_path, "report", "statement", "--account", "alice@a.test", "--format", "xlsx", "-o", str(out))
+    frame = read_export(out, "xlsx")
+    assert frame["balance"].iloc[-1] == D("10.25") and list(frame["amount"][1:3]) == [D("12.50"), D("-2.25")]
+    run(tmp_path, "report", "invoice", "--format", "csv", "-o", str(tmp_path / "x.csv"), code=2)   # no account
+    run(tmp_path, "account", "delete", "alice@a.test", code=1)                      # has history
