@@ -276,9 +276,12 @@ def test_worker_killed_and_restarted_loses_nothing(tmp_path, broker, kafka_setti
     got = keys(records)
     missing = expected - set(got)
     assert not missing, f"{len(missing)} records lost, e.g. {sorted(missing)[:5]}"
-    # at-least-once: only what was in flight at the kill may come twice
+    # at-least-once: only what was in flight (16) or answered but not yet
+    # committed as acknowledged (acks are committed every 5 ms, later when the
+    # loop lags on a loaded machine: ~7k answers/s) may come twice -- never the
+    # bulk of the 806 records that were acknowledged and committed before the kill
     dups = len(got) - len(set(got))
-    assert dups <= 48, f"{dups} duplicates"
+    assert dups <= 120, f"{dups} duplicates"
     for session, recs in by_session(records).items():
         statuses = [r.status for r in recs]
         assert statuses.index("Start") < statuses.index("Stop"), (session, statuses)
