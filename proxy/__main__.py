@@ -47,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides += ["--bootstrap", args.bootstrap]
     if args.mode == "run":
         from .runtime.supervisor import supervise
+        from .runtime.worker import prepare_data_dir
+        try:
+            prepare_data_dir(config, data_dir)
+        except Exception as exc:          # a store that cannot be opened: one line, no traceback
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return supervise(workers, data_dir, config_file, overrides,
                          config.proxy.listen, config.proxy.sip_port)
     from .runtime.worker import run

@@ -76,6 +76,19 @@ class RuntimeEffects:
             self.authorization.authorize(request, callback)
 
 
+def prepare_data_dir(config: ProxyConfig, data_dir: Path) -> None:
+    """Create the shared stores once, before the workers start: SQLite refuses a
+    second process switching a new file to WAL at the same moment, so workers
+    racing to create the schemas failed at first start ("database is locked")."""
+    url = config.provisioning.url or default_url(data_dir)
+    for store_class in (ProvisioningStore, RoutingStore):
+        store = store_class(url)
+        store.create_schema()
+        store.close()
+    LocationStore(str(data_dir / "location.sqlite")).close()
+    load_secret(data_dir, config.auth.secret)
+
+
 def load_secret(data_dir: Path, configured: str) -> bytes:
     """Nonce HMAC key shared by the workers of one node (and kept across restarts)."""
     if configured:
@@ -107,12 +120,11 @@ class Worker:
         self.outbox = Outbox(str(self.data_dir / "outbox" / f"worker-{self.index}.sqlite"))
         self.publisher = EventPublisher(self.outbox, cfg.kafka, cfg.topics.sip_events)
 
+        # schemas exist already (prepare_data_dir ran before the workers started)
         store = ProvisioningStore(cfg.provisioning.url or default_url(self.data_dir))
-        store.create_schema()
         provisioning = LiveProvisioning(store, poll_interval=cfg.provisioning.reload_seconds)
         location = LocationStore(str(self.data_dir / "location.sqlite"))
         routing_store = RoutingStore(cfg.provisioning.url or default_url(self.data_dir))
-        routing_store.create_schema()
         self.prober = GatewayProber(interval=px.gateway_probe_seconds, failures_to_down=2,
                                     successes_to_up=1, failure_codes={408, 503},
                                     probe_timeout=32 * px.t1 * 2)
