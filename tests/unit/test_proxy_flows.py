@@ -212,3 +212,47 @@ def test_max_forwards_zero_and_garbage(rig):
     out = rig.receive(invite(call_id="c9", branch="z9hG4bKx").replace("CSeq: 1 INVITE", "CSeq: x INVITE"), ALICE)
     assert out[0][0].status == 400 and "CSeq" in out[0][0].reason
     assert rig.receive("garbage\n\n", ALICE) == []
+
+
+def in_dialog_bye(ruri: str, routes: list[str]) -> str:
+    route_lines = "".join(f"Route: {r}\n" for r in routes)
+    return f"""BYE {ruri} SIP/2.0
+Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKbye9;rport
+{route_lines}From: "Alice" <sip:alice@example.test>;tag=a1
+To: <sip:bob@example.test>;tag=b1
+Call-ID: call-9
+CSeq: 3 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+"""
+
+
+def test_loose_routing_pops_only_our_route(rig):
+    out = rig.receive(in_dialog_bye("sip:bob@192.0.2.20:5062",
+                                    ["<sip:10.0.0.1:5060;lr>", "<sip:192.0.2.50:5060;lr>"]), ALICE)
+    (bye, target), = [(m, t) for m, t in out if m.method == "BYE"]
+    assert bye.uri == "sip:bob@192.0.2.20:5062" and bye.values("route") == ["<sip:192.0.2.50:5060;lr>"]
+    assert (target.host, target.port) == ("192.0.2.50", 5060)
+
+
+def test_request_from_a_strict_router_gets_its_real_target_back(rig):
+    # a strict router put our Record-Route URI in the R-URI and the remote target last in Route
+    out = rig.receive(in_dialog_bye("sip:10.0.0.1:5060", ["<sip:bob@192.0.2.20:5062>"]), ALICE)
+    (bye, target), = [(m, t) for m, t in out if m.method == "BYE"]
+    assert bye.uri == "sip:bob@192.0.2.20:5062" and not bye.has("route")
+    assert (target.host, target.port) == ("192.0.2.20", 5062)
+
+
+def test_strict_next_hop_gets_the_request_uri_in_the_route_set(rig):
+    out = rig.receive(in_dialog_bye("sip:bob@192.0.2.20:5062",
+                                    ["<sip:10.0.0.1:5060;lr>", "<sip:192.0.2.50:5060>"]), ALICE)
+    (bye, target), = [(m, t) for m, t in out if m.method == "BYE"]
+    assert bye.uri == "sip:192.0.2.50:5060"                         # RFC 3261 §16.6 step 7
+    assert bye.values("route") == ["<sip:bob@192.0.2.20:5062>"]
+    assert (target.host, target.port) == ("192.0.2.50", 5060)
+
+
+def test_in_dialog_request_not_routed_through_us_is_404(rig):
+    out = rig.receive(in_dialog_bye("sip:bob@192.0.2.20:5062", []), ALICE)
+    assert [m.status for m, _ in out] == [404]
