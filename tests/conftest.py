@@ -1,11 +1,20 @@
 """Shared fixtures.  Helpers live in tests/harness; keep this file to fixtures."""
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from api.broker import EmbeddedBroker
 from proxy.contract.config import KafkaSettings
 from tests.harness.broker import settings_for, start_broker
+
+# CI explores the same examples every run (a red CI is then a regression, not
+# a lucky draw); developers' runs keep exploring new ones.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 
 # --- Kafka (embedded Tansu broker) -------------------------------------------
