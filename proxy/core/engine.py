@@ -346,7 +346,7 @@ class Engine:
         call = core.calls.get(cancel.call_id)
         if call is None or call.server is not invite_server:
             # nothing forwarded yet (e.g. waiting for auth): end the INVITE here
-            core.reply(invite_server, invite_server.machine.request if hasattr(invite_server.machine, "request") else cancel, 487, "Request Terminated")
+            core.reply(invite_server, invite_server.machine.request, 487, "Request Terminated")
             return
         if call.track:
             core.emit(core.events.make(ev.CallCancel, cancel, reason=cancel.get("reason")))
