@@ -22,8 +22,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, BeforeValidator
 from starlette.concurrency import run_in_threadpool
 
-from cdr.store.backend import BackendError
 from cdr.store.queries import CdrFilter, CdrStore, Cursor, CursorError
+from proxy.infra.clickhouse.backend import BackendError
 
 from .tokens import TokenError, TokenInfo, TokenStore
 

@@ -7,15 +7,24 @@ from pathlib import Path
 
 import typer
 
-from cdr.store.cli import db_app
 from billing.account_cli import account_app, ledger_app, report_app
 from billing.cli import rates_app
-from proxy.contract.config import ENV_CONFIG, ENV_DATA_DIR, ConfigError, resolve_paths
+from cdr.store.cli import db_app
+from proxy.infra import config as config_mod
+from proxy.infra.config import ENV_CONFIG, ENV_DATA_DIR, ConfigError, resolve_paths
 from proxy.provisioning.cli import alias_app, domain_app, user_app
-from proxy.routing.cli import (blacklist_app, carrier_app, dialplan_app, forward_app, gateway_app,
-                               group_app, route_app, trusted_app)
+from proxy.provisioning.store import default_url
+from proxy.routing.cli import (
+    blacklist_app,
+    carrier_app,
+    dialplan_app,
+    forward_app,
+    gateway_app,
+    group_app,
+    route_app,
+    trusted_app,
+)
 
-from . import config as config_mod
 from .tokens import token_app
 
 app = typer.Typer(help="sipledger: SIP proxy with event-sourced accounting and billing.",
@@ -47,7 +56,7 @@ class CliContext:
 
     @property
     def provisioning_url(self) -> str:
-        return config_mod.provisioning_url(self.config, self.data_dir)
+        return self.config.provisioning.url or default_url(self.data_dir)
 
 
 def fail(message: str, code: int = 2):
@@ -77,7 +86,7 @@ def up(ctx: typer.Context,
        sip_port: int = typer.Option(None, "--sip-port", help="SIP UDP/TCP port (overrides proxy.sip_port)."),
        api_port: int = typer.Option(None, "--api-port", help="REST API port (overrides api.port).")) -> None:
     """Run the whole product: broker (embedded), proxy and processors; Ctrl-C stops it all."""
-    from .supervisor import Supervisor, StartError
+    from .supervisor import StartError, Supervisor
     obj: CliContext = ctx.obj
     try:
         code = Supervisor(obj.config, obj.data_dir, obj.config_file, sip_port=sip_port,

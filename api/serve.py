@@ -28,7 +28,7 @@ import sys
 
 import msgspec
 
-from proxy.contract.config import ConfigError, resolve_paths
+from proxy.infra.config import ConfigError, resolve_paths
 
 log = logging.getLogger("sipledger.api")
 DEFAULT_RECORDS_TOPIC = "cdr.records"
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from . import config as config_mod
+    from proxy.infra import config as config_mod
     data_dir, config_file = resolve_paths(args.data_dir, args.config)
     try:
         config = config_mod.load(config_file)
@@ -84,9 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     host = args.api_host or config.api.host
     port = config.api.port if args.api_port is None else args.api_port
 
-    from cdr.store.backend import BackendError, open_backend
-    from cdr.store.migrate import MigrationError, migrate
     from cdr.store.queries import CdrStore
+    from proxy.infra.clickhouse.backend import BackendError, open_backend
+    from proxy.infra.clickhouse.migrate import MigrationError, migrate
+
     from .tokens import TokenError, open_store
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +148,7 @@ async def _serve(store, tokens, kafka, config, sock: socket.socket | None, run_s
         sink = CdrSink(store, kafka, topic=topic, group_id=ch.consumer_group,
                        batch_rows=ch.batch_rows, batch_ms=ch.batch_ms, partitions=partitions)
         tasks["sink"] = asyncio.create_task(sink.run(), name="cdr-sink")
-        from billing.api_process import start_ledger_sink   # ledger.events -> ClickHouse
+        from billing.api_process import start_ledger_sink  # ledger.events -> ClickHouse
         ledger_sink = start_ledger_sink(store.backend, kafka, config, data_dir, tasks)
     if sock is not None:
         server = await _start_api(store, tokens, sock, tasks, config, data_dir)
@@ -194,7 +195,7 @@ async def _start_api(store, tokens, sock: socket.socket, tasks: dict[str, asynci
             yield       # this process handles SIGINT/SIGTERM itself (sink first)
 
     app = create_app(store, tokens)
-    from billing.api_process import mount_billing   # billing routes (accounts, ledger, rates)
+    from billing.api_process import mount_billing  # billing routes (accounts, ledger, rates)
     mount_billing(app, store.backend, tokens, config, data_dir)
     server = Server(uvicorn.Config(app, log_level="warning",
                                    access_log=False, lifespan="off"))

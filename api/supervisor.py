@@ -23,10 +23,10 @@ from pathlib import Path
 
 import msgspec
 
-from proxy.contract.kafka import ensure_topics_sync
+from proxy.infra.config import Config
+from proxy.infra.kafka import ensure_topics_sync
 
 from .broker import BrokerError, EmbeddedBroker
-from .config import Config
 
 log = logging.getLogger("sipledger.up")
 

@@ -26,7 +26,7 @@ from typing import Literal
 import typer
 from sqlalchemy import Column, DateTime, MetaData, String, Table, insert, select, update
 
-from proxy.contract.sqldb import SqlStore, change_log_table, sqlite_url, utcnow
+from proxy.infra.sqldb import SqlStore, change_log_table, sqlite_url, utcnow
 
 __all__ = ["TokenError", "TokenInfo", "TokenStore", "default_url", "hash_token", "token_app"]
 

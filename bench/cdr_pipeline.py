@@ -212,8 +212,8 @@ async def produce_calls_async(bootstrap: str, n: int, rate: float, *, topic: str
     with the wall time their last event was acknowledged by the broker."""
     from aiokafka import AIOKafkaProducer
 
-    from proxy.contract.config import KafkaSettings
-    from proxy.contract.kafka import producer_kwargs
+    from proxy.infra.config import KafkaSettings
+    from proxy.infra.kafka import producer_kwargs
 
     settings = KafkaSettings(bootstrap_servers=bootstrap)
     producer = AIOKafkaProducer(**producer_kwargs(settings, linger_ms=5, max_batch_size=256 * 1024))
@@ -347,8 +347,8 @@ async def collect_rows(bootstrap: str, topic: str, expected_calls: int, *, timeo
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from cdr.processor import decode_row
-    from proxy.contract.config import KafkaSettings
-    from proxy.contract.kafka import consumer_kwargs, topic_partitions
+    from proxy.infra.config import KafkaSettings
+    from proxy.infra.kafka import consumer_kwargs, topic_partitions
 
     settings = KafkaSettings(bootstrap_servers=bootstrap)
     loop = asyncio.get_running_loop()
@@ -393,7 +393,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 def run(args: argparse.Namespace) -> dict:
     from api.broker import EmbeddedBroker
-    from cdr.records import cdr_id_for
+    from proxy.contract.cdr import cdr_id_for
     from tests.harness.broker import create_standard_topics
 
     work = Path(tempfile.mkdtemp(prefix="cdr-bench-"))

@@ -45,9 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cdr.records import CdrLeg, cdr_id_for  # noqa: E402
-from cdr.store.migrate import migrate  # noqa: E402
 from cdr.store.queries import CdrFilter, CdrStore  # noqa: E402
+from proxy.contract.cdr import CdrLeg, cdr_id_for  # noqa: E402
+from proxy.infra.clickhouse.migrate import migrate  # noqa: E402
 
 DAY = 86_400_000
 
@@ -105,7 +105,7 @@ def open_store(server: bool, work: Path):
         from tests.harness.clickhouse import ClickHouseServer
         srv = ClickHouseServer(work / "server").start()
         return srv.backend("bench"), srv
-    from cdr.store.backend import ChdbBackend
+    from proxy.infra.clickhouse.backend import ChdbBackend
     return ChdbBackend(work / "chdb"), None
 
 
@@ -178,7 +178,7 @@ def run_store(args) -> dict:
 def run_pipeline(args) -> dict:
     from api.broker import EmbeddedBroker, free_port
     from bench.cdr_pipeline import Worker, collect_rows, produce_calls_async, write_config
-    from proxy.contract.kafka import ensure_topics_sync
+    from proxy.infra.kafka import ensure_topics_sync
     from tests.harness.broker import create_standard_topics, settings_for
 
     work = Path(tempfile.mkdtemp(prefix="cdr-pipeline-ch-"))
@@ -250,7 +250,7 @@ def run_pipeline(args) -> dict:
                            if l.startswith("SINK STATS ")), {})
         serve = None
         # first insert time of every leg -> when each call became queryable
-        from cdr.store.backend import ChdbBackend
+        from proxy.infra.clickhouse.backend import ChdbBackend
         backend = ChdbBackend(data / "clickhouse")
         try:
             first = dict(backend.query(
@@ -311,7 +311,7 @@ def run_sink(args) -> dict:
     from aiokafka import AIOKafkaProducer
 
     from api.broker import EmbeddedBroker, free_port
-    from proxy.contract.kafka import ensure_topics_sync, producer_kwargs
+    from proxy.infra.kafka import ensure_topics_sync, producer_kwargs
     from tests.harness.broker import settings_for
 
     work = Path(tempfile.mkdtemp(prefix="cdr-sink-bench-"))
@@ -379,7 +379,7 @@ def run_sink(args) -> dict:
         sink_stats = next((json.loads(l.split(" ", 2)[2]) for l in err.splitlines()
                            if l.startswith("SINK STATS ")), {})
         serve = None
-        from cdr.store.backend import ChdbBackend
+        from proxy.infra.clickhouse.backend import ChdbBackend
         backend = ChdbBackend(data / "clickhouse")
         try:
             first = dict(backend.query(

@@ -46,11 +46,13 @@ from api.broker import EmbeddedBroker  # noqa: E402
 from billing.client import BillingClient  # noqa: E402
 from billing.rates_store import RatesStore  # noqa: E402
 from billing.rating import Rate, RatePlan, max_duration  # noqa: E402
-from billing.settings import BillingSettings, database_url  # noqa: E402
 from proxy.contract import commands, credit  # noqa: E402
 from proxy.contract import events as ev  # noqa: E402
-from proxy.contract.config import KafkaSettings  # noqa: E402
-from proxy.contract.kafka import consumer_kwargs, ensure_topics, producer_kwargs  # noqa: E402
+from proxy.infra.config import (
+    BillingSettings,  # noqa: E402
+    KafkaSettings,  # noqa: E402
+)
+from proxy.infra.kafka import consumer_kwargs, ensure_topics, producer_kwargs  # noqa: E402
 
 NUMBER = "4930123456"
 LEAD_MS = 300
@@ -78,7 +80,7 @@ def provision(data: Path, accounts: list[str], credits: dict[str, str]) -> RateP
                                    first_increment=1, next_increment=1, decimals=4, rounding="up"),
                               Rate(prefix="", price_per_min=Decimal("1.00"), currency="EUR",
                                    first_increment=60, next_increment=6, connect_fee=Decimal("0.05"))])
-    rates = RatesStore(database_url(BillingSettings(), data))
+    rates = RatesStore(BillingSettings().database_url(data))
     rates.create_schema()
     rates.put_plans({"bench": plan})
     for account in accounts:

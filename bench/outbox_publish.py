@@ -17,7 +17,6 @@ import logging
 import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import msgspec
@@ -26,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api.broker import EmbeddedBroker  # noqa: E402
 from proxy.contract import events  # noqa: E402
-from proxy.contract.config import KafkaSettings  # noqa: E402
-from proxy.contract.kafka import ensure_topics  # noqa: E402
 from proxy.events.outbox import Outbox  # noqa: E402
 from proxy.events.publisher import EventPublisher  # noqa: E402
+from proxy.infra.config import KafkaSettings  # noqa: E402
+from proxy.infra.kafka import ensure_topics  # noqa: E402
 
 TOPIC = "bench.sip.events"
 BACKLOG_LIMIT = 50_000  # appending pauses above this: measure what is sustained, not buffered

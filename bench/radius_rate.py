@@ -38,10 +38,11 @@ from pyrad.client import Client  # noqa: E402
 from pyrad.dictionary import Dictionary  # noqa: E402
 
 from bench.cdr_pipeline import call_events  # noqa: E402
-from cdr.fold import fold  # noqa: E402
+from proxy.contract.callfold import fold  # noqa: E402
+from proxy.infra.config import RadiusServer, RadiusSettings  # noqa: E402
+from radius import DICTIONARY  # noqa: E402
 from radius.queue import Sender, Spool  # noqa: E402
 from radius.records import Context, Progress, plan, with_delay  # noqa: E402
-from radius.settings import DICTIONARY, RadiusServer, RadiusSettings  # noqa: E402
 from tests.harness.freeradius import FreeRadius, RadiusWorkerProcess, radius_config  # noqa: E402
 
 T0 = int(time.time() * 1000) - 3_600_000
@@ -125,9 +126,9 @@ def bench_queue(workdir: Path, n: int, in_flight: int) -> tuple[float, float, di
 
 def bench_pipeline(workdir: Path, n_calls: int, in_flight: int) -> dict:
     from api.broker import EmbeddedBroker
-    from proxy.contract.config import KafkaSettings
     from proxy.contract.events import encode
-    from proxy.contract.kafka import ensure_topics_sync
+    from proxy.infra.config import KafkaSettings
+    from proxy.infra.kafka import ensure_topics_sync
     from tests.harness.broker import produce
 
     broker = EmbeddedBroker(log_path=workdir / "tansu.log").start()

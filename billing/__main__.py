@@ -14,9 +14,7 @@ import asyncio
 import logging
 import sys
 
-import msgspec
-
-from proxy.contract.config import ConfigError, resolve_paths
+from proxy.infra.config import ConfigError, load, resolve_paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,16 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .service_settings import load
     data_dir, config_file = resolve_paths(args.data_dir, args.config)
     try:
-        config = load(config_file)
+        config = load(config_file, {"kafka": {"bootstrap_servers": args.bootstrap}})
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.bootstrap:
-        config = msgspec.structs.replace(
-            config, kafka=msgspec.structs.replace(config.kafka, bootstrap_servers=args.bootstrap))
     if not config.kafka.bootstrap_servers:
         print("error: the billing service needs --bootstrap (or kafka.bootstrap_servers)", file=sys.stderr)
         return 2

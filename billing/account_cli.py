@@ -15,19 +15,20 @@ import os
 import re
 import sys
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from proxy.infra.config import BillingSettings, LedgerSettings
+
 from .client import BillingClient
 from .ledger import LedgerError, fold, money_text
-from .service_settings import LedgerSettings
-from .settings import BillingSettings, database_url
 from .store import LedgerStore
 
 __all__ = ["account_app", "ledger_app", "report_app", "parse_when"]
@@ -68,7 +69,7 @@ def _client(ctx: typer.Context) -> BillingClient:
 def _store(ctx: typer.Context) -> Iterator[LedgerStore]:
     store = None
     try:
-        store = LedgerStore(database_url(_billing(ctx), _data_dir(ctx)))
+        store = LedgerStore(_billing(ctx).database_url(_data_dir(ctx)))
         store.create_schema()
         yield store
     except LedgerError as exc:
@@ -341,7 +342,7 @@ def ledger_check(
 
 
 def _check_direct(ctx, from_ms, to_ms, account, token) -> dict:
-    from cdr.store.backend import BackendError, open_backend
+    from proxy.infra.clickhouse.backend import BackendError, open_backend
 
     from .check import run_check
     from .rates_store import RatesStore
@@ -358,7 +359,7 @@ def _check_direct(ctx, from_ms, to_ms, account, token) -> dict:
             _fail(f"{message}\n  run the check through the API: --api http://127.0.0.1:{port} --token ADMIN_TOKEN")
         _fail(f"CDR store: {message}")
     settings = _billing(ctx)
-    url = database_url(settings, _data_dir(ctx))
+    url = settings.database_url(_data_dir(ctx))
     try:
         with LedgerStore(url) as store, RatesStore(url) as rates:
             store.create_schema()

@@ -27,6 +27,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from proxy.infra.config import BillingSettings, LedgerSettings
+
 from .chledger import LedgerQueries
 from .client import BillingClient
 from .ledger import LedgerError, account_dict, money_text
@@ -34,8 +36,6 @@ from .rates_csv import CsvImportError, plan_import, write_rates
 from .rates_store import RatesStore
 from .rating import Rate, RatingError
 from .reports import CONTENT_TYPES, FORMATS, REPORTS, ClickHouseSource, build_report, report_bytes
-from .service_settings import LedgerSettings
-from .settings import BillingSettings, database_url
 from .store import LedgerStore
 
 __all__ = ["billing_router", "BillingApi"]
@@ -174,7 +174,7 @@ class BillingApi:
 
     def __init__(self, data_dir: str | FsPath, billing: BillingSettings = BillingSettings(),
                  ledger: LedgerSettings = LedgerSettings(), backend=None):
-        url = database_url(billing, data_dir)
+        url = billing.database_url(data_dir)
         self.billing = billing
         self.store = LedgerStore(url)
         self.store.create_schema()

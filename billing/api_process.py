@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from .service_settings import LedgerSettings
-from .settings import BillingSettings, database_url
+from proxy.infra.config import BillingSettings, LedgerSettings
 
 __all__ = ["start_ledger_sink", "mount_billing"]
 
@@ -41,7 +40,7 @@ def start_ledger_sink(backend, kafka, config, data_dir: Path | None, tasks: dict
     sink = LedgerSink(queries, kafka, topic=ledger.events_topic, group_id=ledger.sink_group,
                       batch_rows=ch.batch_rows, batch_ms=ch.batch_ms,
                       partitions=ledger.partitions or kafka.partitions)
-    store = LedgerStore(database_url(billing, data_dir))
+    store = LedgerStore(billing.database_url(data_dir))
     store.create_schema()
     repair = LedgerRepair(queries, store, interval_s=ledger.repair_seconds)
     tasks["ledger-sink"] = asyncio.create_task(sink.run(), name="ledger-sink")

@@ -17,10 +17,10 @@ records (``problem``).  A debit is unique per (cdr_id, leg) by construction;
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Iterable
 
 from .ledger import ZERO, AccountInfo, LedgerEvent, money_text
 from .rating import RatesSnapshot, RatingError, number_from_uri, rate_call

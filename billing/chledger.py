@@ -19,13 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any
 
-import msgspec
-
-from cdr.store.backend import Backend, BackendError
-from cdr.store.sink import CdrSink
+from proxy.infra.clickhouse.backend import Backend, BackendError
+from proxy.infra.clickhouse.sink import TopicSink
 
 from .ledger import LedgerEvent, balance_delta, reserved_delta
 from .store import LedgerStore
@@ -157,39 +156,18 @@ class LedgerQueries:
         return int(rows[0][0] or 0) if rows else 0
 
 
-class LedgerSink(CdrSink):
-    """The CDR sink's batching / commit / retry loop for ``ledger.events``."""
+class LedgerSink(TopicSink[LedgerEvent]):
+    """The shared topic → ClickHouse loop for ``ledger.events``."""
 
     def __init__(self, queries: LedgerQueries, kafka, *, topic: str, group_id: str,
                  batch_rows: int = 5000, batch_ms: int = 200, partitions: int | None = None):
-        super().__init__(_InsertAdapter(queries), kafka, topic=topic, group_id=group_id,
-                         batch_rows=batch_rows, batch_ms=batch_ms, partitions=partitions)
-        self._decoder = msgspec.json.Decoder(LedgerEvent)
-
-    def _take(self, tp, offset: int, value: bytes | None, now: float) -> None:
-        self.stats.received += 1
-        self._offsets[tp] = offset + 1
-        try:
-            event = self._decoder.decode(value or b"")
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self._reject(tp, offset, f"not a LedgerEvent: {exc}")
-            return
-        if event.seq <= 0:
-            self._reject(tp, offset, "ledger event without seq")
-            return
-        if self._oldest is None:
-            self._oldest = now
-        self._buffer.append(event)
+        super().__init__(LedgerEvent, queries.insert, kafka, topic=topic, group_id=group_id,
+                         problem=_unsequenced, batch_rows=batch_rows, batch_ms=batch_ms,
+                         partitions=partitions)
 
 
-class _InsertAdapter:
-    """What CdrSink calls (``insert_legs``) mapped to the ledger table."""
-
-    def __init__(self, queries: LedgerQueries):
-        self.queries = queries
-
-    def insert_legs(self, rows: list[LedgerEvent]) -> int:
-        return self.queries.insert(rows)
+def _unsequenced(event: LedgerEvent) -> str | None:
+    return "ledger event without seq" if event.seq <= 0 else None
 
 
 class LedgerRepair:

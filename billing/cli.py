@@ -8,21 +8,30 @@ status 1 -- except a rejected CSV import, which lists every bad line after it.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from .rates_csv import (CsvImportError, format_instant, format_time_of_day, format_weekdays,
-                        parse_decimal, parse_instant, plan_import, write_rates)
+from proxy.infra.config import BillingSettings
+
+from .rates_csv import (
+    CsvImportError,
+    format_instant,
+    format_time_of_day,
+    format_weekdays,
+    parse_decimal,
+    parse_instant,
+    plan_import,
+    write_rates,
+)
 from .rates_store import RatesStore
-from .rating import (DAY, RatingError, check_timezone, max_duration, number_from_uri, rate_call,
-                     to_epoch_ms)
-from .settings import BillingSettings, database_url
+from .rating import DAY, RatingError, check_timezone, max_duration, number_from_uri, rate_call, to_epoch_ms
 
 __all__ = ["rates_app"]
 
@@ -42,7 +51,7 @@ def _store(ctx: typer.Context) -> Iterator[RatesStore]:
         _fail("no billing database configured")
     store = None
     try:
-        store = RatesStore(database_url(settings, data_dir))
+        store = RatesStore(settings.database_url(data_dir))
         store.create_schema()
         yield store
     except RatingError as exc:
@@ -88,7 +97,7 @@ def rates_import(
             typer.echo(f"error: {file}: {exc}", err=True)
             for line in exc.errors:
                 typer.echo(f"  {line}", err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         store.put_plans(result.plans, expect_version=version)
     done = ", ".join(f"{name} {count}" + (" (new plan)" if name in result.created else "")
                      for name, count in result.added.items())
@@ -99,7 +108,7 @@ def rates_import(
 @rates_app.command("export")
 def rates_export(
     ctx: typer.Context,
-    plans: Optional[List[str]] = typer.Option(None, "--plan", help="Plan to export (repeatable; default all)."),
+    plans: Optional[list[str]] = typer.Option(None, "--plan", help="Plan to export (repeatable; default all)."),
     output: str = typer.Option("-", "--output", "-o", metavar="FILE", help="Output file ('-' = stdout)."),
 ) -> None:
     """Export plans as CSV (re-importable with 'rates import --replace')."""

@@ -22,11 +22,22 @@ from pathlib import Path
 
 import msgspec
 
-from .ledger import (ZERO, AccountInfo, LedgerError, account_dict, build_account, event_dict, fold,
-                     money_event, money_text, parse_amount, same_request)
+from proxy.infra.config import BILLING_SOCKET_FILE, RUN_DIR, BillingSettings
+
+from .ledger import (
+    ZERO,
+    AccountInfo,
+    LedgerError,
+    account_dict,
+    build_account,
+    event_dict,
+    fold,
+    money_event,
+    money_text,
+    parse_amount,
+    same_request,
+)
 from .messages import RpcRequest, RpcResponse
-from .service_settings import RUN_DIR, SOCKET_FILE
-from .settings import BillingSettings, database_url
 from .store import LedgerStore, ServiceLock, ServiceRunning
 
 __all__ = ["BillingClient", "offline_snapshot"]
@@ -60,7 +71,7 @@ class BillingClient:
         self.data_dir = Path(data_dir)
         self.settings = settings
         self.timeout = timeout
-        self.socket_path = self.data_dir / RUN_DIR / SOCKET_FILE
+        self.socket_path = self.data_dir / RUN_DIR / BILLING_SOCKET_FILE
 
     # -- the calls ----------------------------------------------------------------------------
     def balance(self, account: str) -> dict:
@@ -124,7 +135,7 @@ class BillingClient:
 
     # -- no service: the same operations on the ledger directly, under its lock --------------------
     def _store(self) -> LedgerStore:
-        store = LedgerStore(database_url(self.settings, self.data_dir))
+        store = LedgerStore(self.settings.database_url(self.data_dir))
         store.create_schema()
         return store
 

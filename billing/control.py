@@ -43,22 +43,43 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Iterable
 
 import msgspec
 
-from cdr.records import CdrLeg
 from proxy.contract import commands
+from proxy.contract.cdr import CdrLeg
 from proxy.contract.credit import AuthorizeRequest, AuthorizeResponse
+from proxy.infra.config import CreditSettings
 
-from .ledger import (ZERO, AccountInfo, LedgerError, LedgerEvent, balance_delta, check_amount,
-                     debit_id, event_id, final_release_id, fold, money_text, release_id,
-                     reservation_id, reserved_delta)
-from .rating import (DAY, RatePlan, RatesSnapshot, RatingError, max_duration, normalize_number,
-                     number_from_uri, rate_call)
-from .service_settings import CreditSettings
+from .ledger import (
+    ZERO,
+    AccountInfo,
+    LedgerError,
+    LedgerEvent,
+    balance_delta,
+    check_amount,
+    debit_id,
+    event_id,
+    final_release_id,
+    fold,
+    money_text,
+    release_id,
+    reservation_id,
+    reserved_delta,
+)
+from .rating import (
+    DAY,
+    RatePlan,
+    RatesSnapshot,
+    RatingError,
+    max_duration,
+    normalize_number,
+    number_from_uri,
+    rate_call,
+)
 
 __all__ = ["CreditControl", "Effects", "Notification", "Problem", "Call", "Hold", "Live",
            "EXHAUSTED", "BLOCKED"]

@@ -32,9 +32,10 @@ decimals -- the scale of the ClickHouse copy, Decimal(18,6) -- and refuses
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Iterable, Literal, get_args
+from typing import Literal, get_args
 
 import msgspec
 

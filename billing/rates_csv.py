@@ -31,15 +31,29 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime
+from datetime import timezone as dt_timezone
 from decimal import Decimal
-from typing import Iterable, Mapping
 from zoneinfo import ZoneInfo
 
 from .rating import (
-    DAY, INT_LIMITS, ROUNDINGS, WEEKDAYS, Rate, RatePlan, RatingError, check_currency, check_plan_name,
-    check_prefix, check_timezone, describe_rate, find_overlaps, format_time_of_day, format_weekdays,
+    DAY,
+    INT_LIMITS,
+    ROUNDINGS,
+    WEEKDAYS,
+    Rate,
+    RatePlan,
+    RatingError,
+    check_currency,
+    check_plan_name,
+    check_prefix,
+    check_timezone,
+    describe_rate,
+    find_overlaps,
+    format_time_of_day,
+    format_weekdays,
 )
 
 __all__ = [

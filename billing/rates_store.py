@@ -17,12 +17,23 @@ from decimal import Decimal
 
 import msgspec
 from sqlalchemy import (
-    Column, DateTime, ForeignKey, Integer, MetaData, String, Table, delete, func, insert, select,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    delete,
+    func,
+    insert,
+    select,
     update,
 )
 from sqlalchemy.engine import Connection
 
-from proxy.contract.sqldb import SqlStore, change_log_table, count_rows as _count, utcnow
+from proxy.infra.sqldb import SqlStore, change_log_table, utcnow
+from proxy.infra.sqldb import count_rows as _count
 
 from .rating import Rate, RatePlan, RatesSnapshot, RatingError, check_plan_name, check_timezone
 

@@ -46,27 +46,35 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from cdr.records import CdrLeg
 from proxy.contract import commands as cmd
 from proxy.contract import credit
 from proxy.contract import events as ev
-from proxy.contract.kafka import bootstrap_servers, consumer_kwargs, ensure_topics, producer_kwargs
+from proxy.contract.cdr import CdrLeg
+from proxy.infra.config import BILLING_SOCKET_FILE, CREDIT_PORT_FILE, RUN_DIR, Config
+from proxy.infra.kafka import bootstrap_servers, consumer_kwargs, ensure_topics, producer_kwargs
 
 from .control import CreditControl, Effects, Problem
-from .ledger import (LedgerError, event_id, account_dict, build_account, event_dict, money_event, parse_amount,
-                     same_request)
+from .ledger import (
+    LedgerError,
+    account_dict,
+    build_account,
+    event_dict,
+    event_id,
+    money_event,
+    parse_amount,
+    same_request,
+)
 from .messages import CallStep, RpcRequest, RpcResponse, decode_step, encode_step
 from .rates_store import RatesStore
 from .rating import RatingError, number_from_uri
-from .service_settings import PORT_FILE, RUN_DIR, SOCKET_FILE, BillingConfig
-from .settings import database_url
 from .store import LedgerStore, ServiceLock, ServiceRunning, encode_event
 
 log = logging.getLogger("sipledger.billing")
@@ -254,7 +262,7 @@ class _BrokerGone(Exception):
 # -- the service -----------------------------------------------------------------------------
 
 class BillingService:
-    def __init__(self, config: BillingConfig, data_dir: Path):
+    def __init__(self, config: Config, data_dir: Path):
         self.config = config
         self.data_dir = Path(data_dir)
         self.kafka = config.kafka
@@ -305,7 +313,7 @@ class BillingService:
         udp = server = None
         tasks: list[asyncio.Task] = []
         try:
-            url = database_url(self.config.billing, self.data_dir)
+            url = self.config.billing.database_url(self.data_dir)
             self.rates = RatesStore(url)
             self.rates.create_schema()
             self.store = LedgerStore(url)
@@ -360,7 +368,7 @@ class BillingService:
             if server is not None:
                 server.close()
                 with contextlib.suppress(OSError):
-                    (self.run_dir / SOCKET_FILE).unlink()
+                    (self.run_dir / BILLING_SOCKET_FILE).unlink()
             if self.writer is not None:
                 await asyncio.gather(*self._persisting, return_exceptions=True)
                 self.writer.close()
@@ -374,7 +382,7 @@ class BillingService:
 
     async def _start_udp(self, loop) -> asyncio.DatagramTransport:
         host, port = self.credit.listen, self.credit.port
-        port_file = self.run_dir / PORT_FILE
+        port_file = self.run_dir / CREDIT_PORT_FILE
         candidates = [port]
         if port == 0:
             with contextlib.suppress(OSError, ValueError):
@@ -396,7 +404,7 @@ class BillingService:
         return transport
 
     async def _start_rpc(self):
-        path = self.run_dir / SOCKET_FILE
+        path = self.run_dir / BILLING_SOCKET_FILE
         with contextlib.suppress(FileNotFoundError):
             path.unlink()               # ours: the lock says no other service runs
         old = os.umask(0o077)

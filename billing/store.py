@@ -28,21 +28,36 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import msgspec
-from sqlalchemy import (BigInteger, Boolean, Column, Index, Integer, LargeBinary, MetaData, String,
-                        Table, delete, event, func, insert, select, update)
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection
 
-from proxy.contract.sqldb import SqlStore, change_log_table
+from proxy.infra.config import BILLING_LOCK_FILE, RUN_DIR
+from proxy.infra.sqldb import SqlStore, change_log_table
 
 from .control import Problem
 from .ledger import AccountInfo, LedgerError, LedgerEvent, money_text
-from .service_settings import LOCK_FILE, RUN_DIR
 
 __all__ = ["LedgerStore", "ServiceLock", "ServiceRunning", "metadata", "encode_event", "decode_event"]
 
@@ -375,7 +390,7 @@ class ServiceLock:
     """An exclusive flock on DATA_DIR/run/billing.lock, held while writing the ledger."""
 
     def __init__(self, data_dir: str | os.PathLike):
-        self.path = Path(data_dir) / RUN_DIR / LOCK_FILE
+        self.path = Path(data_dir) / RUN_DIR / BILLING_LOCK_FILE
         self._fd: int | None = None
 
     def acquire(self) -> "ServiceLock":

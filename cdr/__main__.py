@@ -15,10 +15,8 @@ import asyncio
 import logging
 import sys
 
-from proxy.contract.config import ConfigError, resolve_paths
-from proxy.contract.kafka import ensure_topics, topic_partitions
-
-from .settings import CdrConfig, load, store_dir
+from proxy.infra.config import Config, ConfigError, load, resolve_paths
+from proxy.infra.kafka import ensure_topics, topic_partitions
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def prepare_topics(config: CdrConfig) -> int:
+async def prepare_topics(config: Config) -> int:
     """Create the topics the processor reads and writes; returns sip.events' partitions."""
     kafka = config.kafka
     events = config.topics.sip_events
@@ -46,11 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         data_dir, config_file = resolve_paths(args.data_dir, args.config)
-        config = load(config_file)
-        if args.bootstrap:
-            import msgspec
-            config = msgspec.structs.replace(
-                config, kafka=msgspec.structs.replace(config.kafka, bootstrap_servers=args.bootstrap))
+        config = load(config_file, {"kafka": {"bootstrap_servers": args.bootstrap}})
         partitions = asyncio.run(prepare_topics(config))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -65,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .processor import build_app
 
-    datadir = store_dir(config.cdr, data_dir) / f"worker-{args.worker_id}"
+    datadir = config.cdr.store_path(data_dir) / f"worker-{args.worker_id}"
     datadir.mkdir(parents=True, exist_ok=True)
     app, _processor = build_app(config, partitions=partitions, datadir=datadir,
                                 worker_id=args.worker_id)

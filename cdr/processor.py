@@ -48,10 +48,10 @@ from typing import Any
 import msgspec
 
 from proxy.contract import events as ev
-from proxy.contract.kafka import faust_app
-from .fold import CallState, apply, finish, new_state, silence_deadline_ms, silence_end_ms
-from .records import CdrLeg
-from .settings import CdrConfig
+from proxy.contract.callfold import CallState, apply, finish, new_state, silence_deadline_ms, silence_end_ms
+from proxy.contract.cdr import CdrLeg
+from proxy.infra.config import Config
+from proxy.infra.kafka import faust_app
 
 log = logging.getLogger("cdr.processor")
 
@@ -127,7 +127,7 @@ class Stats:
 class CdrProcessor:
     """The agent body and the timer, around one faust app and its table."""
 
-    def __init__(self, app: Any, config: CdrConfig, partitions: int) -> None:
+    def __init__(self, app: Any, config: Config, partitions: int) -> None:
         self.app = app
         self.config = config
         self.settings = config.cdr
@@ -383,7 +383,7 @@ def closed_rows(slot: Slot) -> list[CdrLeg] | None:
     return finish(slot.state, 0)
 
 
-def build_app(config: CdrConfig, *, partitions: int, datadir: Path, worker_id: int = 0,
+def build_app(config: Config, *, partitions: int, datadir: Path, worker_id: int = 0,
               **conf: Any) -> tuple[Any, CdrProcessor]:
     """The faust app of one CDR worker.  ``partitions`` must be the partition
     count of ``sip.events`` (the table is co-partitioned with it)."""

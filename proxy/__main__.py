@@ -5,20 +5,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import msgspec
-
-from .contract.config import ConfigError, convert, read_toml, resolve_paths
-from .settings import ProxyConfig
+from .infra.config import Config, ConfigError, load, resolve_paths
 
 
-def load_config(config_file: Path | None, sip_port: int | None, bootstrap: str | None) -> ProxyConfig:
-    config = convert(read_toml(config_file), ProxyConfig, source=str(config_file or "defaults"))
-    if sip_port is not None:
-        config = msgspec.structs.replace(config, proxy=msgspec.structs.replace(config.proxy, sip_port=sip_port))
-    if bootstrap:
-        config = msgspec.structs.replace(config, kafka=msgspec.structs.replace(
-            config.kafka, bootstrap_servers=bootstrap))
-    return config
+def load_config(config_file: Path | None, sip_port: int | None, bootstrap: str | None) -> Config:
+    return load(config_file, {"proxy": {"sip_port": sip_port}, "kafka": {"bootstrap_servers": bootstrap}})
 
 
 def main(argv: list[str] | None = None) -> int:

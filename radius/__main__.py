@@ -16,11 +16,7 @@ import logging
 import signal
 import sys
 
-import msgspec
-
-from proxy.contract.config import ConfigError, resolve_paths
-
-from .settings import load, spool_dir
+from proxy.infra.config import ConfigError, load, resolve_paths
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,10 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("radius.pyrad").setLevel(logging.CRITICAL)
     try:
         data_dir, config_file = resolve_paths(args.data_dir, args.config)
-        config = load(config_file)
-        if args.bootstrap:
-            config = msgspec.structs.replace(
-                config, kafka=msgspec.structs.replace(config.kafka, bootstrap_servers=args.bootstrap))
+        config = load(config_file, {"kafka": {"bootstrap_servers": args.bootstrap}})
         if not config.radius.servers:
             raise ConfigError(f"{config_file or 'defaults'}: no [[radius.servers]] configured")
     except ConfigError as exc:
@@ -68,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def ready() -> None:
             print(f"RADIUS READY servers={servers} group={config.radius.group_id} "
-                  f"spool={spool_dir(config.radius, data_dir)}", flush=True)
+                  f"spool={config.radius.spool_path(data_dir)}", flush=True)
 
         await worker.run(ready=ready)
 

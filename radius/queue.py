@@ -47,8 +47,9 @@ from pyrad import packet as rpacket
 from pyrad.client_async import ClientAsync
 from pyrad.dictionary import Dictionary
 
+from proxy.infra.config import RadiusServer, RadiusSettings
+
 from .records import Record, delay_seconds
-from .settings import RadiusServer, RadiusSettings
 
 log = logging.getLogger("radius.queue")
 

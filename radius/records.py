@@ -38,12 +38,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from typing import Literal, Union
+from typing import Literal
 
 import msgspec
 
-from cdr.fold import CallState, finish
-from cdr.records import CdrLeg
+from proxy.contract.callfold import CallState, finish
+from proxy.contract.cdr import CdrLeg
 
 START, STOP, INTERIM, FAILED = 1, 2, 3, 15
 STATUS_NAMES = {START: "Start", STOP: "Stop", INTERIM: "Interim-Update", FAILED: "Failed"}
@@ -63,7 +63,7 @@ SIP_INVITE, SIP_BYE = 1, 8
 SERVICE_TYPE_SIP_SESSION = 15
 MAX_STRING = 253                  # longest RADIUS string value
 
-Value = Union[str, int]
+Value = str | int
 Attr = tuple[str, Value]
 
 

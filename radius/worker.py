@@ -32,13 +32,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from pyrad.dictionary import Dictionary
 
-from cdr.fold import CallState, apply, new_state, silence_deadline_ms, silence_end_ms
 from proxy.contract import events as ev
-from proxy.contract.kafka import consumer_kwargs, ensure_topics
+from proxy.contract.callfold import CallState, apply, new_state, silence_deadline_ms, silence_end_ms
+from proxy.infra.config import Config
+from proxy.infra.kafka import consumer_kwargs, ensure_topics
 
+from . import dictionary_path
 from .queue import Sender, Spool, wall_ms
 from .records import Context, Progress, Record, context_for, interim, plan
-from .settings import RadiusConfig, dictionary_path, spool_dir
 
 log = logging.getLogger("radius.worker")
 
@@ -173,12 +174,12 @@ class Accounting:
 
 
 class RadiusWorker:
-    def __init__(self, config: RadiusConfig, data_dir: Path) -> None:
+    def __init__(self, config: Config, data_dir: Path) -> None:
         self.config = config
         self.settings = config.radius
         self.data_dir = Path(data_dir)
-        self.spool = Spool(spool_dir(self.settings, self.data_dir))
-        self.dictionary = Dictionary(str(dictionary_path(self.settings)))
+        self.spool = Spool(self.settings.spool_path(self.data_dir))
+        self.dictionary = Dictionary(str(dictionary_path(self.settings.dictionary)))
         self.core = Accounting(context_for(self.settings, config.node.name),
                                silence_ms=int(self.settings.silence_seconds * 1000),
                                ttl_ms=int(self.settings.finished_ttl_seconds * 1000),

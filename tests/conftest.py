@@ -7,7 +7,7 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 from api.broker import EmbeddedBroker
-from proxy.contract.config import KafkaSettings
+from proxy.infra.config import KafkaSettings
 from tests.harness.broker import settings_for, start_broker
 
 # CI explores the same examples every run (a red CI is then a regression, not

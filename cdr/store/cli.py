@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import typer
 
-from .backend import BackendError, open_backend
-from .migrate import MigrationError, current_version, load, migrate
+from proxy.infra.clickhouse.backend import BackendError, open_backend
+from proxy.infra.clickhouse.migrate import MigrationError, current_version, load, migrate
 
 db_app = typer.Typer(help="The CDR store (ClickHouse): schema migrations.", no_args_is_help=True)
 

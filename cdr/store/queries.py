@@ -27,16 +27,17 @@ import base64
 import binascii
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import msgspec
 
-from cdr.records import CdrLeg
+from proxy.contract.cdr import CdrLeg
+from proxy.infra.clickhouse.backend import Backend
 
 from . import rows as rows_mod
-from .backend import Backend
 
 Period = Literal["hour", "day", "month"]
 GroupBy = Literal["none", "gateway", "prefix"]

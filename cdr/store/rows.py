@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from cdr.records import CdrLeg
+from proxy.contract.cdr import CdrLeg
 
 TABLE = "cdr"
 LEG_FIELDS: tuple[str, ...] = CdrLeg.__struct_fields__

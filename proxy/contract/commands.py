@@ -5,8 +5,6 @@ event on `sip.events` (DialogTeardown / MaxDurationSet) carrying ``command_id``.
 """
 from __future__ import annotations
 
-from typing import Union
-
 import msgspec
 
 from .events import SCHEMA_VERSION
@@ -31,7 +29,7 @@ class SetMaxDuration(_Command, tag="set_max_duration", kw_only=True):
     seconds: int
 
 
-ControlCommand = Union[Teardown, SetMaxDuration]
+ControlCommand = Teardown | SetMaxDuration
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(ControlCommand)

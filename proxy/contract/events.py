@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from typing import Literal, Union
+from typing import Literal
 
 import msgspec
 
@@ -157,10 +157,10 @@ class MaxDurationSet(_Event, tag="dialog.max_duration", kw_only=True):
     result: Literal["applied", "unknown_call"]
 
 
-CallEvent = Union[
-    InviteReceived, InviteRouted, CallProgress, LegFailed, CallAnswered, CallFailed,
-    CallAck, CallCancel, CallBye, DialogTimeout, DialogTeardown, MaxDurationSet,
-]
+CallEvent = (
+    InviteReceived | InviteRouted | CallProgress | LegFailed | CallAnswered | CallFailed |
+    CallAck | CallCancel | CallBye | DialogTimeout | DialogTeardown | MaxDurationSet
+)
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(CallEvent)

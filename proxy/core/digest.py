@@ -26,8 +26,9 @@ import hashlib
 import hmac
 import os
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING
 
 from proxy.sip.headers import split_commas, unquote
 from proxy.sip.uri import parse_uri

@@ -19,8 +19,15 @@ from ..sip.build import make_response
 from ..sip.message import ParseError, SipMessage, parse
 from ..sip.uri import UriError, parse_name_addr, parse_uri
 from ..sip.via import Via, ViaError, parse_via
-from ..transactions import (InviteServerTransaction, NonInviteServerTransaction, TimerConfig,
-                            client_key, invite_key_for_cancel, new_branch, server_key)
+from ..transactions import (
+    InviteServerTransaction,
+    NonInviteServerTransaction,
+    TimerConfig,
+    client_key,
+    invite_key_for_cancel,
+    new_branch,
+    server_key,
+)
 from .callevents import CallEventFactory
 from .dialogs import DialogTable
 from .forwarding import Branch, ProxyCall

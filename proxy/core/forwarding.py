@@ -7,13 +7,13 @@ runs Timer C.  Initial INVITEs are tracked as calls and produce call events.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..contract import events as ev
 from ..sip.build import make_response, reason_header
 from ..sip.message import SipMessage
-from ..transactions import (InviteClientTransaction, NonInviteClientTransaction, client_key,
-                            new_branch)
+from ..transactions import InviteClientTransaction, NonInviteClientTransaction, client_key, new_branch
 from .ports import Target
 from .txdriver import TxDriver
 

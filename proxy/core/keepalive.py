@@ -1,7 +1,8 @@
 """OPTIONS pings (gateway probing, OpenSIPS dr_probing): one request, one callback."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..sip.build import new_tag
 from ..sip.message import SipMessage

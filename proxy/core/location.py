@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 __all__ = ["Binding", "BindingEditor", "LocationError", "LocationStore", "normalize_aor"]
 

@@ -5,8 +5,9 @@ and the event outbox.  Tests drive the core with a recording fake.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)

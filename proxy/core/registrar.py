@@ -15,8 +15,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-import msgspec
-
+from proxy.infra.config import RegistrarSettings
 from proxy.sip.message import SipMessage
 from proxy.sip.uri import parse_name_addr, parse_uri
 
@@ -28,19 +27,6 @@ log = logging.getLogger(__name__)
 
 _MAX_DELTA = 2**32 - 1                     # §20.19: larger values mean this
 _Q = re.compile(r"^(?:0(?:\.\d{0,3})?|1(?:\.0{0,3})?)$")
-
-
-class RegistrarSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    min_expires: int = 60                  # shorter non-zero requests get 423
-    max_expires: int = 3600                # longer requests are shortened to this
-    default_expires: int = 3600            # when neither Expires nor ;expires= is given
-    max_contacts: int = 10                 # bindings per AOR, 0 = unlimited
-
-    def __post_init__(self) -> None:
-        if not 0 < self.min_expires <= self.default_expires <= self.max_expires:
-            raise ValueError("registrar needs 0 < min_expires <= default_expires <= max_expires")
-        if self.max_contacts < 0:
-            raise ValueError("registrar max_contacts must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,11 +5,11 @@ that turns them into sends, timers and calls back into the proxy core.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..sip.message import SipMessage
-from ..transactions import (PassUp, StartTimer, StopTimer, Terminated, TimedOut, Transmit,
-                            TransportFailed)
+from ..transactions import PassUp, StartTimer, StopTimer, Terminated, TimedOut, Transmit, TransportFailed
 from .ports import Effects, Target
 
 _noop = lambda *a: None  # noqa: E731

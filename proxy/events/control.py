@@ -33,9 +33,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from proxy.contract import commands
 from proxy.contract.commands import ControlCommand
-from proxy.contract.config import KafkaSettings
 from proxy.contract.events import now_ms
-from proxy.contract.kafka import bootstrap_servers, consumer_kwargs, topic_partitions
+from proxy.infra.config import KafkaSettings
+from proxy.infra.kafka import bootstrap_servers, consumer_kwargs, topic_partitions
 
 log = logging.getLogger(__name__)
 

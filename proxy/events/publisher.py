@@ -27,8 +27,8 @@ import logging
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
-from proxy.contract.config import KafkaSettings
-from proxy.contract.kafka import producer_kwargs
+from proxy.infra.config import KafkaSettings
+from proxy.infra.kafka import producer_kwargs
 
 from .outbox import Outbox
 

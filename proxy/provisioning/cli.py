@@ -7,8 +7,9 @@ with exit status 1.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Optional, TypeVar
+from typing import Optional, TypeVar
 
 import typer
 from rich.console import Console

@@ -8,10 +8,10 @@ the routing logic depend on these types, not on the store.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Mapping
 
 __all__ = [
     "ProvisioningError", "Credentials", "ProvisioningSnapshot", "UserEntry", "AliasEntry",

@@ -15,18 +15,33 @@ import re
 from pathlib import Path
 
 from sqlalchemy import (
-    Column, DateTime, Integer, MetaData, String, Table, UniqueConstraint, delete, insert, select,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    delete,
+    insert,
+    select,
     update,
 )
 from sqlalchemy.engine import Connection
 
-from proxy.contract.sqldb import (SqlStore, change_log_table as make_change_log, count_rows as _count,
-                                  sqlite_url, utcnow)
 from proxy.core.digest import compute_ha1
+from proxy.infra.sqldb import SqlStore, sqlite_url, utcnow
+from proxy.infra.sqldb import change_log_table as make_change_log
+from proxy.infra.sqldb import count_rows as _count
 
 from .models import (
-    AliasEntry, Credentials, ProvisioningError, ProvisioningSnapshot, UserEntry,
-    check_username, normalize_domain,
+    AliasEntry,
+    Credentials,
+    ProvisioningError,
+    ProvisioningSnapshot,
+    UserEntry,
+    check_username,
+    normalize_domain,
 )
 
 __all__ = ["ProvisioningStore", "default_url", "metadata"]

@@ -19,8 +19,17 @@ from proxy.provisioning.cli import address_arg, fail, open_store, print_table
 from .common import RoutingError
 from .dialplan import DialplanRule
 from .drouting import (
-    DEFAULT_GROUP, FILTERED_CODE, FILTERED_REASON, BlacklistEntry, Carrier, Gateway,
-    RouteRule, format_gwlist, parse_address, parse_gwlist, parse_time_window,
+    DEFAULT_GROUP,
+    FILTERED_CODE,
+    FILTERED_REASON,
+    BlacklistEntry,
+    Carrier,
+    Gateway,
+    RouteRule,
+    format_gwlist,
+    parse_address,
+    parse_gwlist,
+    parse_time_window,
 )
 from .forwarding import Condition, MediaDestination
 from .permissions import TrustedSource, parse_network

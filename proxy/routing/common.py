@@ -7,7 +7,8 @@ treats both the same: one line, exit 1).
 from __future__ import annotations
 
 import re
-from typing import Generic, Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import Generic, TypeVar
 
 from proxy.provisioning.models import ProvisioningError
 

@@ -19,8 +19,8 @@ Pure: no database.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from .common import RoutingError, check_attrs
 

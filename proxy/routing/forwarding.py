@@ -18,10 +18,10 @@ are those URIs (or None); ``target(condition)`` tells what kind each is.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
-from typing import Mapping
 
 from proxy.provisioning.models import ProvisioningError, parse_address
 from proxy.sip.uri import UriError, parse_uri

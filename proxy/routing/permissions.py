@@ -14,8 +14,8 @@ Groups
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from .common import PrefixTable, RoutingError, check_attrs, check_name, check_prefix
 from .drouting import TRANSPORTS

@@ -22,9 +22,9 @@ the state it leads to and the threshold of consecutive outcomes needed
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Iterable
 
 from .drouting import Gateway, ProbeMode
 

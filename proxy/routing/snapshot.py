@@ -6,10 +6,10 @@ script calls the methods below and never waits on SQL.  No SQLAlchemy here.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Callable, Mapping
 
 from .dialplan import DialplanRule, Dialplans
 from .drouting import DEFAULT_GROUP, BlacklistEntry, Blacklists, DRouting, Gateway, Route

@@ -19,22 +19,46 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import (
-    Boolean, Column, DateTime, Integer, MetaData, String, Table, UniqueConstraint, delete, insert,
-    select, update,
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    delete,
+    insert,
+    select,
+    update,
 )
 from sqlalchemy.engine import Connection
 
-from proxy.contract.sqldb import SqlStore, change_log_table, count_rows as _count, utcnow
+from proxy.infra.sqldb import SqlStore, change_log_table, utcnow
+from proxy.infra.sqldb import count_rows as _count
 from proxy.provisioning.models import ProvisioningError, check_username, normalize_domain
 
 from .common import RoutingError, check_name
 from .dialplan import DialplanRule, Dialplans
 from .drouting import (
-    BlacklistEntry, Blacklists, Carrier, DRouting, Gateway, GatewayRef, ProbeMode, RouteRule,
-    TimeWindow, format_gwlist, parse_gwlist,
+    BlacklistEntry,
+    Blacklists,
+    Carrier,
+    DRouting,
+    Gateway,
+    GatewayRef,
+    ProbeMode,
+    RouteRule,
+    TimeWindow,
+    format_gwlist,
+    parse_gwlist,
 )
 from .forwarding import (
-    DEFAULT_RING_TIMEOUT, Condition, ForwardingPrefs, MediaDestination, parse_target,
+    DEFAULT_RING_TIMEOUT,
+    Condition,
+    ForwardingPrefs,
+    MediaDestination,
+    parse_target,
 )
 from .permissions import GroupRequirement, Groups, TrustedSource, TrustedSources, parse_network
 from .snapshot import RoutingSnapshot

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..contract import credit
-from ..settings import AuthorizationSettings
+from ..infra.config import AuthorizationSettings
 
 log = logging.getLogger("sipledger.authorization")
 

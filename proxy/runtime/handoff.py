@@ -13,8 +13,8 @@ import os
 import socket
 import zlib
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 log = logging.getLogger("sipledger.handoff")
 

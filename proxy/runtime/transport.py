@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import logging
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 from ..core.ports import Target
 from ..sip.stream import FramingError, StreamFramer

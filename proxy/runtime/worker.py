@@ -6,8 +6,8 @@ import gc
 import logging
 import os
 import secrets
-import socket
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -17,20 +17,20 @@ from ..core.digest import DigestAuthenticator
 from ..core.engine import Core, Engine
 from ..core.keepalive import send_options
 from ..core.location import LocationStore
-from ..core.registrar import Registrar
 from ..core.node import LocalNode
 from ..core.ports import Target
-from ..script.loader import load_script
-from ..script.runner import ScriptRouting
+from ..core.registrar import Registrar
 from ..events.control import ControlConsumer
 from ..events.outbox import Outbox
 from ..events.publisher import EventPublisher
+from ..infra.config import Config
 from ..provisioning.live import LiveProvisioning
+from ..provisioning.store import ProvisioningStore, default_url
 from ..routing.live import LiveRouting
 from ..routing.probing import GatewayProber
 from ..routing.store import RoutingStore
-from ..provisioning.store import ProvisioningStore, default_url
-from ..settings import ProxyConfig
+from ..script.loader import load_script
+from ..script.runner import ScriptRouting
 from .authorization import AuthorizationClient
 from .handoff import Handoff
 from .transport import TcpPool, UdpEndpoint, tcp_socket, udp_socket
@@ -76,7 +76,7 @@ class RuntimeEffects:
             self.authorization.authorize(request, callback)
 
 
-def prepare_data_dir(config: ProxyConfig, data_dir: Path) -> None:
+def prepare_data_dir(config: Config, data_dir: Path) -> None:
     """Create the shared stores once, before the workers start: SQLite refuses a
     second process switching a new file to WAL at the same moment, so workers
     racing to create the schemas failed at first start ("database is locked")."""
@@ -102,7 +102,7 @@ def load_secret(data_dir: Path, configured: str) -> bytes:
 
 
 class Worker:
-    def __init__(self, config: ProxyConfig, data_dir: Path, index: int, workers: int,
+    def __init__(self, config: Config, data_dir: Path, index: int, workers: int,
                  udp_fd: int | None = None):
         self.config = config
         self.data_dir = data_dir
@@ -288,7 +288,7 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 10, 1_000_000_000)
 
 
-def run(config: ProxyConfig, data_dir: Path, index: int, workers: int,
+def run(config: Config, data_dir: Path, index: int, workers: int,
         udp_fd: int | None = None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s worker{index} %(name)s %(levelname)s %(message)s")

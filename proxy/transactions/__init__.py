@@ -4,10 +4,20 @@ Each transaction is a state machine: feed it messages, timer firings and
 transport errors; it returns actions (``Transmit``, ``StartTimer`` …) for the
 runtime to carry out.  ``keys`` maps messages to transactions.
 """
-from .actions import (TIMED_OUT, TERMINATED, TRANSPORT_FAILED, Action, PassUp, StartTimer,
-                      StopTimer, Terminated, TimedOut, Transmit, TransportFailed)
-from .base import (ClientTransaction, Event, ServerTransaction, State, Transaction,
-                   TransactionStateError)
+from .actions import (
+                      TERMINATED,
+                      TIMED_OUT,
+                      TRANSPORT_FAILED,
+                      Action,
+                      PassUp,
+                      StartTimer,
+                      StopTimer,
+                      Terminated,
+                      TimedOut,
+                      Transmit,
+                      TransportFailed,
+)
+from .base import ClientTransaction, Event, ServerTransaction, State, Transaction, TransactionStateError
 from .invite_client import InviteClientTransaction, build_non2xx_ack
 from .invite_server import InviteServerTransaction
 from .keys import MAGIC_COOKIE, client_key, invite_key_for_cancel, new_branch, server_key

@@ -15,13 +15,13 @@ reliable transport, where that wait is zero, goes straight on to Terminated
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 from proxy.sip.message import SipMessage
 
-from .actions import (TERMINATED, TIMED_OUT, TRANSPORT_FAILED, Action, StartTimer,
-                      StopTimer, Transmit)
+from .actions import TERMINATED, TIMED_OUT, TRANSPORT_FAILED, Action, StartTimer, StopTimer, Transmit
 from .timers import TimerConfig, TransportTimers
 
 __all__ = ["State", "Event", "TransactionStateError", "Transaction",

@@ -8,8 +8,8 @@ exception; ``new_branch`` only emits lower-case tokens after the cookie.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from hashlib import blake2s
-from typing import Iterable
 
 from proxy.sip.message import SipMessage
 from proxy.sip.uri import UriError, parse_name_addr

@@ -10,13 +10,19 @@ import time
 
 import httpx
 import pytest
-
-from cdr.records import cdr_id_for
-from harness.calls import (DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered,
-                           send_command,
-                           start_sipledger)
+from harness.calls import (
+    DOMAIN,
+    PASSWORDS,
+    assert_completed,
+    assert_uas_completed,
+    registered,
+    send_command,
+    start_sipledger,
+)
 from harness.sipp import render_scenario, run_uac
+
 from proxy.contract import commands
+from proxy.contract.cdr import cdr_id_for
 from proxy.contract.events import new_event_id, now_ms
 
 pytestmark = pytest.mark.e2e

@@ -10,17 +10,23 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from api.broker import EmbeddedBroker
+from harness.calls import (
+    DOMAIN,
+    PASSWORDS,
+    assert_completed,
+    assert_uas_completed,
+    registered,
+    send_command,
+    start_sipledger,
+)
 from harness.proxy import event_types, read_events
 from harness.sipp import SippResult, run_uac
-from proxy.contract import commands
-from proxy.contract.config import KafkaSettings
-from proxy.contract.events import new_event_id, now_ms
-from proxy.contract.kafka import ensure_topics_sync
 
-from harness.calls import (DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered,
-                           send_command, start_sipledger)
+from api.broker import EmbeddedBroker
+from proxy.contract import commands
+from proxy.contract.events import new_event_id, now_ms
+from proxy.infra.config import KafkaSettings
+from proxy.infra.kafka import ensure_topics_sync
 
 pytestmark = pytest.mark.e2e
 

@@ -18,12 +18,12 @@ from decimal import Decimal
 
 import httpx
 import pytest
-
-from billing.store import ServiceLock
 from harness.billing import BillingProcess
 from harness.calls import DOMAIN, PASSWORDS, registered, start_sipledger
 from harness.proxy import event_types, read_events
 from harness.sipp import run_uac
+
+from billing.store import ServiceLock
 
 pytestmark = pytest.mark.e2e
 

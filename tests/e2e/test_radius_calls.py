@@ -11,11 +11,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-
-from harness.calls import (DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered,
-                           start_sipledger)
-from harness.freeradius import (FreeRadius, RadiusWorkerProcess, by_session, freeradius_available,
-                                radius_config)
+from harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered, start_sipledger
+from harness.freeradius import FreeRadius, RadiusWorkerProcess, by_session, freeradius_available, radius_config
 from harness.proxy import read_events, wait_for_types
 from harness.sipp import run_uac
 

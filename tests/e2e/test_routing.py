@@ -10,9 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
-
-from harness.calls import (DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered,
-                           start_sipledger)
+from harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered, start_sipledger
 from harness.proxy import event_types, read_events
 from harness.sipp import render_scenario, run_uac
 

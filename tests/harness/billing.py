@@ -18,13 +18,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from billing.rates_store import RatesStore
 from billing.rating import Rate, RatePlan
-from billing.settings import BillingSettings, database_url
 from cdr.processor import encode_row
-from cdr.records import CdrLeg, cdr_id_for
 from proxy.contract import commands
 from proxy.contract import events as ev
-from proxy.contract.config import KafkaSettings
-from proxy.contract.kafka import consumer_kwargs, ensure_topics, topic_partitions
+from proxy.contract.cdr import CdrLeg, cdr_id_for
+from proxy.infra.config import BillingSettings, KafkaSettings
+from proxy.infra.kafka import consumer_kwargs, ensure_topics, topic_partitions
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,7 +54,7 @@ class Topics:
 
 
 def provision_plan(data_dir: Path, account: str, plan: RatePlan) -> None:
-    store = RatesStore(database_url(BillingSettings(), data_dir))
+    store = RatesStore(BillingSettings().database_url(data_dir))
     store.create_schema()
     store.put_plans({plan.name: plan})
     store.assign(account, plan.name)

@@ -13,8 +13,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from api.broker import EmbeddedBroker
-from proxy.contract.config import KafkaSettings, TopicSettings
-from proxy.contract.kafka import consumer_kwargs, ensure_topics_sync, producer_kwargs, topic_partitions
+from proxy.infra.config import KafkaSettings, TopicSettings
+from proxy.infra.kafka import consumer_kwargs, ensure_topics_sync, producer_kwargs, topic_partitions
 
 
 def settings_for(broker: EmbeddedBroker, **overrides) -> KafkaSettings:

@@ -81,8 +81,8 @@ def send_command(bootstrap: str, command) -> None:
     from aiokafka import AIOKafkaProducer
 
     from proxy.contract import commands
-    from proxy.contract.config import KafkaSettings
-    from proxy.contract.kafka import producer_kwargs
+    from proxy.infra.config import KafkaSettings
+    from proxy.infra.kafka import producer_kwargs
 
     async def go():
         producer = AIOKafkaProducer(**producer_kwargs(KafkaSettings(bootstrap_servers=bootstrap)))

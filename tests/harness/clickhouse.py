@@ -160,7 +160,7 @@ class ClickHouseServer:
             process.wait()
 
     def backend(self, database: str):
-        from cdr.store.backend import ServerBackend
+        from proxy.infra.clickhouse.backend import ServerBackend
         return ServerBackend(self.host, self.port, database, USER, PASSWORD)
 
     def __enter__(self) -> "ClickHouseServer":
@@ -187,7 +187,7 @@ def sample_calls():
     Returns {name: [CdrLeg, ...]}; cdr ids are real (UUIDv5)."""
     from datetime import datetime, timezone
 
-    from cdr.records import CdrLeg, cdr_id_for
+    from proxy.contract.cdr import CdrLeg, cdr_id_for
 
     t0 = int(datetime(2026, 11, 27, 10, tzinfo=timezone.utc).timestamp() * 1000)
     hour, day = 3_600_000, 86_400_000

@@ -13,13 +13,13 @@ from proxy.core.location import LocationStore
 from proxy.core.node import LocalNode
 from proxy.core.ports import Target
 from proxy.core.registrar import Registrar
-from proxy.script.loader import load_script
-from proxy.script.runner import ScriptRouting
+from proxy.infra.config import ProxySettings
 from proxy.provisioning.live import LiveProvisioning
 from proxy.provisioning.store import ProvisioningStore, default_url
 from proxy.routing.live import LiveRouting
 from proxy.routing.store import RoutingStore
-from proxy.settings import ProxySettings
+from proxy.script.loader import load_script
+from proxy.script.runner import ScriptRouting
 from proxy.sip.message import ParseError, SipMessage, parse
 
 _seq = itertools.count()
@@ -110,6 +110,7 @@ class CoreRig:
     def cli(self, *args: str) -> str:
         """Provision through the real `sipledger` CLI on this rig's data dir, then reload."""
         from typer.testing import CliRunner
+
         from api.cli import app
         result = CliRunner().invoke(app, ["--data-dir", str(self.tmp), *args])
         assert result.exit_code == 0, result.output

@@ -21,8 +21,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"

@@ -29,9 +29,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 HOST = "127.0.0.1"
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "sipp"

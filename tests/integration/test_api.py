@@ -22,12 +22,12 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.broker import free_port
 from api.tokens import open_store
-from cdr.records import CdrLeg, cdr_id_for
-from cdr.store.backend import ChdbBackend
-from cdr.store.migrate import migrate
 from cdr.store.queries import CdrFilter, CdrStore
 from cdr.store.sink import CdrSink
-from proxy.contract.kafka import consumer_kwargs, ensure_topics
+from proxy.contract.cdr import CdrLeg, cdr_id_for
+from proxy.infra.clickhouse.backend import ChdbBackend
+from proxy.infra.clickhouse.migrate import migrate
+from proxy.infra.kafka import consumer_kwargs, ensure_topics
 from tests.harness.broker import produce, settings_for, unique_topic
 from tests.harness.clickhouse import sample_calls, sample_t0
 
@@ -326,7 +326,7 @@ async def committed_offsets(settings, topic: str, group: str, partitions: int) -
 
 def test_serve_process_runs_sink_and_api(fresh_broker, tmp_path):
     """``python -m api.serve``: one process, sink + API on one chdb path, fed
-    from ``cdr.records`` on a broker of its own."""
+    from ``proxy.contract.cdr`` on a broker of its own."""
     data = tmp_path / "data"
     config = tmp_path / "sipledger.toml"
     config.write_text('[clickhouse]\nconsumer_group = "serve-test"\nbatch_ms = 50\n')

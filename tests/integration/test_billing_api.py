@@ -13,7 +13,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.config import Config
 from api.tokens import open_store
 from billing.api_process import mount_billing
 from billing.chledger import LedgerQueries, LedgerRepair, LedgerSink
@@ -21,10 +20,11 @@ from billing.ledger import debit_id
 from billing.rating import rate_call
 from billing.reports import read_export
 from billing.store import LedgerStore
-from cdr.store.backend import ChdbBackend
-from cdr.store.migrate import migrate
 from cdr.store.queries import CdrStore
-from proxy.contract.kafka import ensure_topics
+from proxy.infra.clickhouse.backend import ChdbBackend
+from proxy.infra.clickhouse.migrate import migrate
+from proxy.infra.config import Config
+from proxy.infra.kafka import ensure_topics
 from tests.harness.billing import cdr_leg
 from tests.harness.broker import produce, settings_for, unique_topic
 

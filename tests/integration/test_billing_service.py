@@ -16,12 +16,23 @@ import pytest
 from billing.client import BillingClient
 from billing.ledger import fold
 from billing.rating import max_duration, rate_call
-from billing.settings import BillingSettings, database_url
 from billing.store import LedgerStore, decode_event
 from proxy.contract import credit
 from proxy.contract.commands import Teardown
-from tests.harness.billing import (BillingProcess, ControlReader, Topics, answered, bye, cdr_leg, create_topics,
-                                   encode_cdr, invite, provision_plan, simple_plan)
+from proxy.infra.config import BillingSettings
+from tests.harness.billing import (
+    BillingProcess,
+    ControlReader,
+    Topics,
+    answered,
+    bye,
+    cdr_leg,
+    create_topics,
+    encode_cdr,
+    invite,
+    provision_plan,
+    simple_plan,
+)
 from tests.harness.broker import produce, read_all, settings_for
 
 pytestmark = pytest.mark.integration
@@ -72,7 +83,7 @@ def setup(tmp_path, broker):
 
 
 def ledger(data) -> LedgerStore:
-    store = LedgerStore(database_url(BillingSettings(), data))
+    store = LedgerStore(BillingSettings().database_url(data))
     store.create_schema()
     return store
 

@@ -8,19 +8,17 @@ publish exactly those rows, whatever the crashes, duplicates and replays
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 
 import msgspec
-import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from bench.cdr_pipeline import SHAPES, CallBuilder, Worker, call_events, write_config
-from cdr.fold import finish, fold, silence_end_ms
 from cdr.processor import decode_row, encode_row
 from proxy.contract import events as ev
-from proxy.contract.config import KafkaSettings
-from proxy.contract.kafka import ensure_topics_sync, faust_app, producer_kwargs, tansu_end_offsets
+from proxy.contract.callfold import finish, fold, silence_end_ms
+from proxy.infra.config import KafkaSettings
+from proxy.infra.kafka import ensure_topics_sync, faust_app, producer_kwargs, tansu_end_offsets
 from tests.harness.broker import produce, read_all, unique_topic
 
 SILENCE_S = 4
@@ -167,7 +165,8 @@ def test_tansu_end_offsets_see_past_multi_record_batches(broker):
             await producer.stop()
         tp = TopicPartition(topic, 0)
         from aiokafka import AIOKafkaConsumer
-        from proxy.contract.kafka import consumer_kwargs
+
+        from proxy.infra.kafka import consumer_kwargs
         consumer = AIOKafkaConsumer(**consumer_kwargs(settings))
         await consumer.start()
         try:

@@ -12,12 +12,12 @@ import uuid
 import msgspec
 import pytest
 
-from cdr.records import CdrLeg
 from cdr.store import rows
-from cdr.store.backend import BackendError, ChdbBackend
-from cdr.store.migrate import SCHEMA_FILE, MigrationError, current_version, migrate, parse
 from cdr.store.queries import CdrFilter, CdrStore, Cursor, CursorError
-from cdr.store.sqlbind import BindError, bind, literal
+from proxy.contract.cdr import CdrLeg
+from proxy.infra.clickhouse.backend import BackendError, ChdbBackend
+from proxy.infra.clickhouse.migrate import SCHEMA_FILE, MigrationError, current_version, migrate, parse
+from proxy.infra.clickhouse.sqlbind import BindError, bind, literal
 from tests.harness.clickhouse import clickhouse_server, sample_calls, sample_t0  # noqa: F401
 
 pytestmark = pytest.mark.integration

@@ -8,9 +8,9 @@ from collections.abc import Callable
 import pytest
 
 from proxy.contract import events
-from proxy.contract.kafka import ensure_topics, topic_partitions
 from proxy.events.outbox import Outbox
 from proxy.events.publisher import EventPublisher
+from proxy.infra.kafka import ensure_topics, topic_partitions
 from tests.harness.broker import read_all, settings_for, standard_topics, unique_topic
 
 pytestmark = pytest.mark.integration

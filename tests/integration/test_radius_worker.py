@@ -14,10 +14,9 @@ import pytest
 
 from bench.cdr_pipeline import CallBuilder, call_events
 from proxy.contract import events as ev
-from proxy.contract.kafka import ensure_topics_sync
+from proxy.infra.kafka import ensure_topics_sync
 from tests.harness.broker import produce, unique_topic
-from tests.harness.freeradius import (FreeRadius, RadiusWorkerProcess, by_session,
-                                      freeradius_available, radius_config)
+from tests.harness.freeradius import FreeRadius, RadiusWorkerProcess, by_session, freeradius_available, radius_config
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not freeradius_available(), reason="freeradius is not installed")]
@@ -295,10 +294,11 @@ def test_sender_pages_a_long_queue_through_a_small_window(tmp_path, freeradius):
     from the spool: everything arrives once, each session in order."""
     from pyrad.dictionary import Dictionary
 
-    from cdr.fold import fold
+    from proxy.contract.callfold import fold
+    from proxy.infra.config import RadiusServer, RadiusSettings
+    from radius import DICTIONARY
     from radius.queue import Sender, Spool
     from radius.records import Context, Progress, plan
-    from radius.settings import DICTIONARY, RadiusServer, RadiusSettings
 
     t0 = now_ms() - 60_000
     records = []

@@ -7,7 +7,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from proxy.contract.kafka import ensure_topics, producer_kwargs, topic_partitions
+from proxy.infra.kafka import ensure_topics, producer_kwargs, topic_partitions
 from tests.harness.broker import settings_for, unique_topic
 
 pytestmark = pytest.mark.integration

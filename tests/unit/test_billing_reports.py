@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from billing.ledger import AccountInfo, LedgerEvent, money_event
-from billing.reports import (FORMATS, SqliteSource, build_report, read_export, report_bytes, write_report)
+from billing.reports import FORMATS, SqliteSource, build_report, read_export, report_bytes, write_report
 from billing.store import LedgerStore
 
 ALICE = AccountInfo(id="alice@a.test", kind="postpaid", credit_limit=D("100"))

@@ -7,9 +7,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.cdr_pipeline import SHAPES, CallBuilder, call_events
-from cdr.fold import (CallState, apply, finish, fold, is_over, new_state, silence_deadline_ms,
-                      silence_end_ms)
-from cdr.records import CdrLeg, cdr_id_for
+from proxy.contract.callfold import (
+    CallState,
+    apply,
+    finish,
+    fold,
+    is_over,
+    new_state,
+    silence_deadline_ms,
+    silence_end_ms,
+)
+from proxy.contract.cdr import CdrLeg, cdr_id_for
 
 T0 = 1_767_225_600_000
 
@@ -359,8 +367,7 @@ def test_any_permutation_of_duplicates_gives_the_same_rows(shape, data):
 # --- the [cdr] section ---------------------------------------------------------------
 
 def test_cdr_settings_defaults_and_errors(tmp_path):
-    from cdr.settings import load
-    from proxy.contract.config import ConfigError
+    from proxy.infra.config import ConfigError, load
 
     assert load(None).cdr.silence_seconds == 4 * 3600
     path = tmp_path / "sipledger.toml"

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.config import Config, load
-from proxy.contract.config import ConfigError
+from proxy.infra.config import Config, ConfigError, load
 
 
 def write(tmp_path, text):

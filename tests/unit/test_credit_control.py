@@ -7,15 +7,16 @@ from __future__ import annotations
 import heapq
 from decimal import Decimal as D
 
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from billing.control import EXHAUSTED, CreditControl
 from billing.ledger import AccountInfo, LedgerEvent, fold, money_event
 from billing.rating import Rate, RatePlan, RatesSnapshot, max_duration, rate_call
-from billing.service_settings import CreditSettings
-from cdr.records import CdrLeg, cdr_id_for
+from proxy.contract.cdr import CdrLeg, cdr_id_for
 from proxy.contract.commands import Teardown
 from proxy.contract.credit import AuthorizeRequest
+from proxy.infra.config import CreditSettings
 
 T0 = 1_767_225_600_000           # 2026-01-01T00:00:00Z
 ALICE = "alice@a.test"

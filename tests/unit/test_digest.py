@@ -5,10 +5,15 @@ import base64
 import hashlib
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.core.digest import (
-    DigestAuthenticator, compute_ha1, compute_response, find_credentials, parse_digest,
+    DigestAuthenticator,
+    compute_ha1,
+    compute_response,
+    find_credentials,
+    parse_digest,
 )
 from proxy.provisioning.models import Credentials
 from proxy.sip.message import SipMessage

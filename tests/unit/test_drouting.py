@@ -5,12 +5,25 @@ from collections import Counter
 from datetime import datetime, timezone
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.routing.common import RoutingError
 from proxy.routing.drouting import (
-    BlacklistEntry, Blacklists, Carrier, DRouting, Gateway, GatewayRef, ProbeMode, RouteRule,
-    TimeWindow, format_gwlist, parse_address, parse_gwlist, parse_time_window, parse_weekdays,
+    BlacklistEntry,
+    Blacklists,
+    Carrier,
+    DRouting,
+    Gateway,
+    GatewayRef,
+    ProbeMode,
+    RouteRule,
+    TimeWindow,
+    format_gwlist,
+    parse_address,
+    parse_gwlist,
+    parse_time_window,
+    parse_weekdays,
 )
 
 MONDAY_10 = datetime(2025, 1, 6, 10, 0, tzinfo=timezone.utc)      # a Monday

@@ -5,8 +5,8 @@ import ssl
 
 import pytest
 
-from proxy.contract.config import ConfigError, KafkaSettings
-from proxy.contract.kafka import consumer_kwargs, faust_settings, producer_kwargs
+from proxy.infra.config import ConfigError, KafkaSettings
+from proxy.infra.kafka import consumer_kwargs, faust_settings, producer_kwargs
 
 TANSU = KafkaSettings(bootstrap_servers="127.0.0.1:9092")
 KAFKA = KafkaSettings(bootstrap_servers="k1:9092,k2:9092", client_profile="kafka", mode="external")

@@ -5,11 +5,23 @@ from __future__ import annotations
 from decimal import Decimal as D
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from billing.control import Problem
-from billing.ledger import (AccountInfo, LedgerError, LedgerEvent, build_account, debit_id, final_release_id,
-                            fold, money_event, money_event_id, parse_amount, reservation_id)
+from billing.ledger import (
+    AccountInfo,
+    LedgerError,
+    LedgerEvent,
+    build_account,
+    debit_id,
+    final_release_id,
+    fold,
+    money_event,
+    money_event_id,
+    parse_amount,
+    reservation_id,
+)
 from billing.store import LedgerStore, ServiceLock, ServiceRunning, decode_event, encode_event
 
 ACC = AccountInfo(id="alice@a.test", currency="EUR")

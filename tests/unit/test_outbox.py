@@ -6,7 +6,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.events.outbox import Outbox
 

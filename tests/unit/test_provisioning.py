@@ -9,7 +9,10 @@ import pytest
 from proxy.core.digest import compute_ha1
 from proxy.provisioning.live import LiveProvisioning
 from proxy.provisioning.models import (
-    Credentials, ProvisioningError, ProvisioningSnapshot, parse_address,
+    Credentials,
+    ProvisioningError,
+    ProvisioningSnapshot,
+    parse_address,
 )
 from proxy.provisioning.store import ProvisioningStore, default_url
 

@@ -8,7 +8,12 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from billing.rates_csv import (
-    COLUMNS, CsvImportError, parse_time_of_day, parse_weekdays, plan_import, write_rates,
+    COLUMNS,
+    CsvImportError,
+    parse_time_of_day,
+    parse_weekdays,
+    plan_import,
+    write_rates,
 )
 from billing.rating import DAY, Rate, RatePlan, RatingError
 

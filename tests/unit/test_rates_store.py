@@ -9,7 +9,7 @@ import pytest
 
 from billing.rates_store import RatesStore
 from billing.rating import Rate, RatePlan, RatingError
-from billing.settings import BillingSettings, database_url
+from proxy.infra.config import BillingSettings
 
 UTC = timezone.utc
 
@@ -21,7 +21,7 @@ def rate(prefix="49", price="1", **kw) -> Rate:
 
 @pytest.fixture
 def url(tmp_path):
-    return database_url(BillingSettings(), tmp_path / "data")
+    return BillingSettings().database_url(tmp_path / "data")
 
 
 @pytest.fixture
@@ -33,15 +33,15 @@ def store(url):
 
 
 def test_default_url_is_in_the_data_dir(tmp_path):
-    assert database_url(BillingSettings(), tmp_path) == f"sqlite:///{tmp_path.resolve()}/billing.sqlite"
-    assert database_url(BillingSettings(db_url="postgresql://x/y"), tmp_path) == "postgresql://x/y"
+    assert BillingSettings().database_url(tmp_path) == f"sqlite:///{tmp_path.resolve()}/billing.sqlite"
+    assert BillingSettings(db_url="postgresql://x/y").database_url(tmp_path) == "postgresql://x/y"
 
 
 def test_bad_urls_are_one_line_errors(tmp_path):
     with pytest.raises(RatingError, match="invalid database URL"):
         RatesStore("not a url")
     with pytest.raises(RatingError, match="^billing database sqlite:.*: no such table: rates_change_log$"):
-        RatesStore(database_url(BillingSettings(), tmp_path)).version()
+        RatesStore(BillingSettings().database_url(tmp_path)).version()
 
 
 def test_plan_and_rate_crud(store):

@@ -7,11 +7,23 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from billing.rating import (
-    DAY, NoRateError, Rate, RatePlan, RatesSnapshot, RatingError, match, max_duration,
-    normalize_number, number_from_uri, rate_call, round_money, to_epoch_ms,
+    DAY,
+    NoRateError,
+    Rate,
+    RatePlan,
+    RatesSnapshot,
+    RatingError,
+    match,
+    max_duration,
+    normalize_number,
+    number_from_uri,
+    rate_call,
+    round_money,
+    to_epoch_ms,
 )
 
 UTC = timezone.utc

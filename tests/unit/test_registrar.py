@@ -7,7 +7,8 @@ import msgspec
 import pytest
 
 from proxy.core.location import Binding, LocationError, LocationStore, normalize_aor
-from proxy.core.registrar import Registrar, RegistrarSettings
+from proxy.core.registrar import Registrar
+from proxy.infra.config import RegistrarSettings
 from proxy.sip.message import SipMessage, parse
 
 AOR = "alice@example.test"

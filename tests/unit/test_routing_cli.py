@@ -10,7 +10,14 @@ from typer.testing import CliRunner
 
 from proxy.provisioning.store import default_url
 from proxy.routing.cli import (
-    blacklist_app, carrier_app, dialplan_app, forward_app, gateway_app, group_app, route_app, trusted_app,
+    blacklist_app,
+    carrier_app,
+    dialplan_app,
+    forward_app,
+    gateway_app,
+    group_app,
+    route_app,
+    trusted_app,
 )
 from proxy.routing.store import RoutingStore
 

@@ -11,10 +11,20 @@ from proxy.provisioning.store import ProvisioningStore, default_url
 from proxy.routing.common import RoutingError
 from proxy.routing.dialplan import DialplanRule
 from proxy.routing.drouting import (
-    BlacklistEntry, Carrier, Gateway, RouteRule, parse_gwlist, parse_time_window,
+    BlacklistEntry,
+    Carrier,
+    Gateway,
+    RouteRule,
+    parse_gwlist,
+    parse_time_window,
 )
 from proxy.routing.forwarding import (
-    Condition, ForwardingPrefs, ForwardTarget, MediaDestination, condition_for_status, parse_target,
+    Condition,
+    ForwardingPrefs,
+    ForwardTarget,
+    MediaDestination,
+    condition_for_status,
+    parse_target,
 )
 from proxy.routing.live import LiveRouting
 from proxy.routing.permissions import GroupRequirement, Groups, TrustedSource, TrustedSources

@@ -12,11 +12,17 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.transactions import (TRANSPORT_FAILED, InviteClientTransaction,
-                                InviteServerTransaction, NonInviteClientTransaction,
-                                NonInviteServerTransaction, State, TimerConfig,
-                                TransactionStateError, Transmit)
-
+from proxy.transactions import (
+    TRANSPORT_FAILED,
+    InviteClientTransaction,
+    InviteServerTransaction,
+    NonInviteClientTransaction,
+    NonInviteServerTransaction,
+    State,
+    TimerConfig,
+    TransactionStateError,
+    Transmit,
+)
 from tests.unit.tx_helpers import Driver, make_ack, make_request, make_response
 
 STATUSES = [100, 180, 183, 200, 202, 300, 302, 404, 408, 486, 487, 500, 503, 603]

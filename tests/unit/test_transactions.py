@@ -9,13 +9,27 @@ import pytest
 
 from proxy.sip.message import SipMessage, parse
 from proxy.sip.via import ViaError
-from proxy.transactions import (TERMINATED, TIMED_OUT, TRANSPORT_FAILED,
-                                InviteClientTransaction, InviteServerTransaction,
-                                NonInviteClientTransaction, NonInviteServerTransaction, PassUp,
-                                StartTimer, State, StopTimer, TimerConfig,
-                                TransactionStateError, Transmit, build_non2xx_ack, client_key,
-                                invite_key_for_cancel, new_branch, server_key)
-
+from proxy.transactions import (
+    TERMINATED,
+    TIMED_OUT,
+    TRANSPORT_FAILED,
+    InviteClientTransaction,
+    InviteServerTransaction,
+    NonInviteClientTransaction,
+    NonInviteServerTransaction,
+    PassUp,
+    StartTimer,
+    State,
+    StopTimer,
+    TimerConfig,
+    TransactionStateError,
+    Transmit,
+    build_non2xx_ack,
+    client_key,
+    invite_key_for_cancel,
+    new_branch,
+    server_key,
+)
 from tests.unit.tx_helpers import Driver, make_ack, make_cancel, make_request, make_response
 
 RELIABILITY = pytest.mark.parametrize("reliable", [False, True], ids=["udp", "tcp"])

@@ -3,8 +3,7 @@ runtime that carries out a transaction's actions the way the real one will."""
 from __future__ import annotations
 
 from proxy.sip.message import SipMessage, parse
-from proxy.transactions import (PassUp, StartTimer, StopTimer, Terminated, TimedOut, Transmit,
-                                TransportFailed)
+from proxy.transactions import PassUp, StartTimer, StopTimer, Terminated, TimedOut, Transmit, TransportFailed
 
 UPSTREAM_VIA = "SIP/2.0/UDP client.example.com:5060;branch=z9hG4bKupstream1"
 

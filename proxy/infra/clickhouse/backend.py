@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .settings import ClickHouseSettings, chdb_path
+from ..config import ClickHouseSettings
 from .sqlbind import bind
 
 __all__ = ["Backend", "BackendError", "ChdbBackend", "ServerBackend", "open_backend"]
@@ -314,4 +314,4 @@ def open_backend(settings: ClickHouseSettings, data_dir: Path) -> Backend:
     if settings.backend == "server":
         return ServerBackend(settings.host, settings.port, settings.database,
                              settings.user, settings.password)
-    return ChdbBackend(chdb_path(settings, data_dir), settings.database)
+    return ChdbBackend(settings.chdb_path(data_dir), settings.database)

@@ -13,13 +13,26 @@ processes poll one integer (``_version()``) and reload only when it moved.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import ClassVar, Iterator, Self
+from typing import ClassVar, Self
 
-from sqlalchemy import (BigInteger, Column, DateTime, Integer, MetaData, Table, create_engine,
-                        event, func, insert, select, update)
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    Table,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 

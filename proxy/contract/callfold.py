@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import msgspec
 
-from proxy.contract import events as ev
-from .records import CdrLeg, Disposition, cdr_id_for
+from . import events as ev
+from .cdr import CdrLeg, Disposition, cdr_id_for
 
 NO_LEG = -1
 SILENCE_REASON = "no events within the silence window"

@@ -1,0 +1,497 @@
+"""sipledger.toml: every section of every program, and the one loader.
+
+One TOML file configures every process (proxy, CDR processor, billing, RADIUS,
+API, `up`).  Every key has a default; ``load`` validates the whole file —
+types, unknown keys and the rules a type cannot express — and reports the
+first problem as one line naming the key.  `up` loads it before starting
+anything, so a child never starts with a config it would refuse; each process
+loads the same file the same way and reads the sections it needs.
+
+Where a program's files live (SQLite databases, chdb, spools) is derived here
+too, from the data dir, so every process finds them in the same place.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+
+ENV_DATA_DIR = "SIPLEDGER_DATA_DIR"
+ENV_CONFIG = "SIPLEDGER_CONFIG"
+DEFAULT_DATA_DIR = "./data"
+CONFIG_NAME = "sipledger.toml"
+RUN_DIR = "run"                  # DATA_DIR/run: ports, sockets and locks of running processes
+CREDIT_PORT_FILE = "credit.port"       # the credit service's UDP port, decimal, one line
+BILLING_SOCKET_FILE = "billing.sock"   # the billing service's admin RPC (unix socket)
+BILLING_LOCK_FILE = "billing.lock"     # held (flock) by the one process that writes the ledger
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded as one line for the operator."""
+
+
+# --- every process: [node] [kafka] [topics] ----------------------------------------------
+
+class NodeSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    name: str = "sipledger-1"           # instance name stamped on every event
+    data_dir: str = ""                  # set from --data-dir / SIPLEDGER_DATA_DIR when empty
+
+
+class KafkaSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # "embedded" starts the bundled Tansu broker under the data dir; otherwise
+    # bootstrap_servers points at a Kafka cluster.
+    mode: Literal["embedded", "external"] = "embedded"
+    bootstrap_servers: str = ""
+    embedded_port: int = 0              # 0 = a free loopback port chosen at start
+    # "tansu" applies the client settings the embedded broker needs (short group
+    # sessions, short fetch waits, single-record producer batches); "kafka" keeps
+    # the clients' normal settings for a real cluster.
+    client_profile: Literal["tansu", "kafka"] = "tansu"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ssl_cafile: str = ""
+    partitions: int = 6
+    replication_factor: int = 1
+
+
+class TopicSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    sip_events: str = "sip.events"
+    call_control: str = "call.control"
+
+
+# --- the proxy: [proxy] [auth] [registrar] [provisioning] [authorization] -------------
+
+class ProxySettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    listen: str = "127.0.0.1"           # address to bind (SIP UDP and TCP)
+    sip_port: int = 5060
+    advertised_host: str = ""           # host in Via/Record-Route; defaults to `listen`
+    workers: int = 1                    # processes; >1 uses SO_REUSEPORT + a port per worker
+    tcp: bool = True
+    domains: tuple[str, ...] = ()       # served domains besides the provisioned ones
+    max_dialog_seconds: int = 10800     # 3 h, then the proxy sends BYE both ways
+    invite_timeout_seconds: float = 120.0   # Timer C: no final answer on a branch
+    static_route: str = ""              # relay target for unknown users of local domains
+    trusted_sources: tuple[str, ...] = ()     # CIDRs that are never challenged
+    routing_script: str = ""            # path of a routing module; "" = proxy/script/default.py
+    forward_depth: int = 5              # forwarding chain length before a loop is assumed
+    gateway_probe_seconds: float = 30.0 # OPTIONS interval for gateways with probing on
+    max_forwards: int = 70
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    outbox_flush_ms: int = 5
+
+
+class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    enabled: bool = True
+    nonce_ttl_seconds: int = 300
+    # MD5 first: many UAs (SIPp among them) answer only the first challenge
+    algorithms: tuple[str, ...] = ("MD5", "SHA-256")
+    secret: str = ""                    # HMAC key for nonces; generated under the data dir if empty
+
+
+class RegistrarSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    min_expires: int = 60               # shorter non-zero requests get 423
+    max_expires: int = 3600             # longer requests are shortened to this
+    default_expires: int = 3600         # when neither Expires nor ;expires= is given
+    max_contacts: int = 10              # bindings per AOR, 0 = unlimited
+
+    def __post_init__(self) -> None:
+        # the registrar is built from this struct in tests and tools too: refuse there as well
+        if not 0 < self.min_expires <= self.default_expires <= self.max_expires:
+            raise ValueError("needs 0 < min_expires <= default_expires <= max_expires")
+        if self.max_contacts < 0:
+            raise ValueError("max_contacts must be >= 0 (0 = unlimited)")
+
+
+class ProvisioningSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    url: str = ""                       # SQLAlchemy URL; default sqlite under the data dir
+    reload_seconds: float = 1.0
+
+
+class AuthorizationSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The authorization call to credit control (billing) at each INVITE of an account.
+
+    On by default: a prepaid account without credit gets 402 before any phone
+    rings.  Turning it off is an explicit ``enabled = false`` (and `up` says so)."""
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 0                       # 0 = read DATA_DIR/run/credit.port (written by the credit service)
+    timeout_ms: int = 300
+    retries: int = 1
+    on_error: Literal["reject", "allow"] = "reject"   # no answer: refuse (503) or let the call go
+
+
+# --- the API process: [api] [clickhouse] ------------------------------------------------
+
+class ApiSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    enabled: bool = True                # `up` runs the API + CDR sink process
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+class ClickHouseSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Where CDRs and the ledger copy are stored, and how the sinks batch them."""
+    backend: Literal["chdb", "server"] = "chdb"   # chdb: embedded, under the data dir
+    path: str = ""                      # chdb: default DATA_DIR/clickhouse
+    host: str = "127.0.0.1"             # server: native protocol
+    port: int = 9000
+    database: str = "sipledger"
+    user: str = "default"
+    password: str = ""
+    consumer_group: str = "cdr-sink"
+    batch_rows: int = 5000              # an insert happens when this many rows are buffered ...
+    batch_ms: int = 200                 # ... or the oldest buffered row is this old
+
+    def chdb_path(self, data_dir: str | os.PathLike) -> Path:
+        return _under(data_dir, self.path, "clickhouse")
+
+
+# --- the CDR processor: [cdr] ----------------------------------------------------------
+
+class CdrSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    enabled: bool = True                # `up` runs a CDR processor
+    silence_seconds: float = 4 * 3600.0 # a call with no events this long is closed (hangup_by "silence")
+    batch_size: int = 1000              # events folded per batch (stream.take) ...
+    batch_window_ms: int = 20           # ... or whatever came within this window
+    records_topic: str = "cdr.records"  # where CdrLeg rows go (key = cdr_id, JSON)
+    app_id: str = "sipledger-cdr"       # faust app id = consumer group; names the changelog topics
+    partitions: int = 0                 # partitions of records_topic when created (0 = kafka.partitions)
+    store_dir: str = ""                 # faust's local table dir (default DATA_DIR/cdr)
+    finished_ttl_seconds: float = 600.0 # how long a finished call's marker stops late duplicates
+    timer_seconds: float = 5.0          # how often silent calls and expired markers are looked for
+    standby_replicas: int = 0           # faust standby table copies on other workers
+
+    @property
+    def silence_ms(self) -> int:
+        return int(self.silence_seconds * 1000)
+
+    def store_path(self, data_dir: str | os.PathLike) -> Path:
+        return _under(data_dir, self.store_dir, "cdr")
+
+
+# --- billing: [billing] [credit] [ledger] -------------------------------------------------
+
+class BillingSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    enabled: bool = True                # `up` runs the billing service (credit control, ledger)
+    db_url: str = ""                    # SQLAlchemy URL; default sqlite DATA_DIR/billing.sqlite
+    currency: str = "EUR"               # default currency of imported rates that leave it empty
+    timezone: str = "UTC"               # IANA zone of new rate plans (their weekday/time periods)
+    default_plan: str = ""              # plan for accounts with no assignment ("" = unrated)
+
+    def database_url(self, data_dir: str | os.PathLike) -> str:
+        return self.db_url or f"sqlite:///{_under(data_dir, '', 'billing.sqlite')}"
+
+
+class CreditSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Credit control: the authorization server and live calls."""
+    listen: str = "127.0.0.1"           # UDP address the authorization server binds
+    port: int = 0                       # 0 = a free port, written to DATA_DIR/run/credit.port
+    reject_code: int = 402              # SIP code when the credit does not cover the first increment
+    blocked_code: int = 402             # ... when the account is blocked
+    no_rate_code: int = 403             # ... when no rate plan / rate applies to the destination
+    unknown_account: Literal["allow", "reject"] = "allow"   # accounts without a billing account
+    unknown_code: int = 403             # SIP code for unknown accounts when rejected
+    reserve_seconds: int = 30           # a live call reserves credit this far ahead ...
+    extend_ahead_seconds: float = 5.0   # ... and extends that long before its paid time runs out
+    teardown_lead_ms: int = 300         # teardown goes out this long before the paid time ends
+    teardown_retry_seconds: float = 5.0 # no end of call seen: send the teardown again (3 times)
+    hold_seconds: float = 180.0         # an authorization holds the first increment this long unanswered
+    cdr_wait_seconds: float = 600.0     # an ended call's reservation waits this long for its CDR
+    max_call_seconds: float = 14400.0   # a call with no end event is considered over after this
+    low_balance_thresholds: tuple[str, ...] = ("5", "1")   # balance.low notifications below these
+    group_id: str = "sipledger-billing" # Kafka consumer group of the service
+
+    @property
+    def thresholds(self) -> tuple[Decimal, ...]:
+        return tuple(sorted((Decimal(t) for t in self.low_balance_thresholds), reverse=True))
+
+
+class LedgerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    events_topic: str = "ledger.events"         # every ledger event, key = account (outbox)
+    calls_topic: str = "billing.calls"          # call events repartitioned by account
+    notifications_topic: str = "billing.notifications"
+    partitions: int = 0                         # of the topics above when created (0 = kafka.partitions)
+    sink_group: str = "ledger-sink"             # the API process' ClickHouse sink consumer group
+    repair_seconds: float = 30.0                # the API process re-checks ClickHouse against SQL this often
+
+
+# --- RADIUS accounting: [radius] -------------------------------------------------------
+
+MAX_RADIUS_IN_FLIGHT = 255       # one RADIUS Identifier space (256) per server socket
+
+
+class RadiusServer(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    host: str
+    secret: str
+    port: int = 1813
+
+
+class RadiusSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    servers: tuple[RadiusServer, ...] = ()  # in failover order; none = RADIUS accounting off
+    timeout: float = 2.0                # seconds to wait for an Accounting-Response, per send
+    retries: int = 2                    # resends to one server before failing over
+    dead_time_s: float = 30.0           # a server that failed is skipped this long
+    max_in_flight: int = 32             # requests awaiting a response at once
+    nas_ip: str = "127.0.0.1"           # NAS-IP-Address
+    nas_identifier: str = ""            # NAS-Identifier ("" = node.name)
+    interim_interval_s: int = 0         # Interim-Update every N s of an answered call (0 = off)
+    send_failed: bool = False           # Acct-Status-Type Failed (15) for unanswered calls
+    multileg: Literal["per-leg", "opensips"] = "per-leg"
+    opensips_attributes: bool = True    # Sip-* attributes (OpenSIPS dictionary)
+    cisco_attributes: bool = True       # h323-* and Cisco-AVPair VSAs
+    spool_dir: str = ""                 # durable queue + call state (default DATA_DIR/radius)
+    group_id: str = "sipledger-radius"  # Kafka consumer group
+    silence_seconds: float = 4 * 3600.0 # a call with no events this long is closed (Lost-Service)
+    finished_ttl_seconds: float = 600.0
+    dedupe_retention_s: float = 86400.0 # how long acknowledged record keys block re-sending
+    batch_size: int = 1000              # events per consumer fetch
+    dictionary: str = ""                # pyrad dictionary (default: radius/dictionary)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.servers)
+
+    def spool_path(self, data_dir: str | os.PathLike) -> Path:
+        return _under(data_dir, self.spool_dir, "radius")
+
+
+# --- the whole file ----------------------------------------------------------------------
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    node: NodeSettings = NodeSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    proxy: ProxySettings = ProxySettings()
+    auth: AuthSettings = AuthSettings()
+    registrar: RegistrarSettings = RegistrarSettings()
+    provisioning: ProvisioningSettings = ProvisioningSettings()
+    authorization: AuthorizationSettings = AuthorizationSettings()
+    api: ApiSettings = ApiSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    cdr: CdrSettings = CdrSettings()
+    billing: BillingSettings = BillingSettings()
+    credit: CreditSettings = CreditSettings()
+    ledger: LedgerSettings = LedgerSettings()
+    radius: RadiusSettings = RadiusSettings()
+
+    def with_bootstrap(self, bootstrap: str) -> "Config":
+        """The same config pointed at a running broker (what `up` hands its children)."""
+        return msgspec.structs.replace(self, kafka=msgspec.structs.replace(
+            self.kafka, bootstrap_servers=bootstrap))
+
+
+def _under(data_dir: str | os.PathLike, configured: str, default: str) -> Path:
+    """A configured path (relative ones under the data dir) or the default under the data dir."""
+    return (Path(data_dir) / (configured or default)).resolve()
+
+
+def load(config_file: str | os.PathLike | None,
+         overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Read, merge command-line ``overrides`` ({"proxy": {"sip_port": 5070}}) and
+    validate the whole file; raise ``ConfigError`` naming the first bad key."""
+    source = str(config_file or "defaults")
+    raw = read_toml(config_file)
+    for section, values in (overrides or {}).items():
+        merged = dict(raw.get(section) or {}) if isinstance(raw.get(section, {}), dict) else {}
+        merged.update({k: v for k, v in values.items() if v is not None})
+        raw[section] = merged
+    config = convert(raw, Config, source=source)
+    for key, ok, rule in checks(config):
+        if not ok:
+            raise ConfigError(f"{source}: key '{key}': {rule}")
+    return config
+
+
+# --- rules a type cannot express -----------------------------------------------------------
+
+_PLAN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _port(value: int) -> bool:
+    return 0 < value < 65536
+
+
+def _sip_error(code: int) -> bool:
+    return 400 <= code <= 699
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _decimals(values: tuple[str, ...]) -> bool:
+    try:
+        return all(Decimal(v).is_finite() for v in values)
+    except (InvalidOperation, TypeError):
+        return False
+
+
+def _cidrs(values: tuple[str, ...]) -> bool:
+    try:
+        for value in values:
+            ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def checks(c: Config) -> list[tuple[str, bool, str]]:
+    """(key, ok, rule) for every rule a type cannot express, in file order."""
+    credit, radius = c.credit, c.radius
+    result = [
+        ("kafka.partitions", c.kafka.partitions >= 1, "must be >= 1"),
+        ("kafka.replication_factor", c.kafka.replication_factor >= 1, "must be >= 1"),
+        ("kafka.embedded_port", 0 <= c.kafka.embedded_port < 65536, "must be 0..65535 (0 = any free port)"),
+        ("kafka.bootstrap_servers", c.kafka.mode == "embedded" or bool(c.kafka.bootstrap_servers),
+         "required when kafka.mode = \"external\""),
+        ("topics.sip_events", bool(c.topics.sip_events), "must not be empty"),
+        ("topics.call_control", bool(c.topics.call_control), "must not be empty"),
+        ("proxy.sip_port", _port(c.proxy.sip_port), "must be 1..65535"),
+        ("proxy.workers", 1 <= c.proxy.workers <= 64, "must be 1..64"),
+        ("proxy.max_dialog_seconds", c.proxy.max_dialog_seconds > 0, "must be > 0"),
+        ("proxy.invite_timeout_seconds", c.proxy.invite_timeout_seconds > 0, "must be > 0"),
+        ("proxy.trusted_sources", _cidrs(c.proxy.trusted_sources), "must be CIDRs like 192.0.2.0/24"),
+        ("proxy.forward_depth", 0 <= c.proxy.forward_depth <= 20, "must be 0..20"),
+        ("proxy.gateway_probe_seconds", c.proxy.gateway_probe_seconds > 0, "must be > 0"),
+        ("proxy.max_forwards", 1 <= c.proxy.max_forwards <= 255, "must be 1..255"),
+        ("proxy.t1", 0 < c.proxy.t1 <= c.proxy.t2, "must be > 0 and <= proxy.t2"),
+        ("proxy.outbox_flush_ms", 1 <= c.proxy.outbox_flush_ms <= 10_000, "must be 1..10000"),
+        ("auth.nonce_ttl_seconds", c.auth.nonce_ttl_seconds > 0, "must be > 0"),
+        ("auth.algorithms", bool(c.auth.algorithms) and set(c.auth.algorithms) <= {"MD5", "SHA-256"},
+         "must list MD5 and/or SHA-256"),
+        ("provisioning.reload_seconds", c.provisioning.reload_seconds > 0, "must be > 0"),
+        ("authorization.port", 0 <= c.authorization.port < 65536, "must be 0..65535 (0 = the credit service's)"),
+        ("authorization.timeout_ms", 1 <= c.authorization.timeout_ms <= 10_000, "must be 1..10000"),
+        ("authorization.retries", 0 <= c.authorization.retries <= 5, "must be 0..5"),
+        ("api.port", _port(c.api.port), "must be 1..65535"),
+        ("clickhouse.port", _port(c.clickhouse.port), "must be 1..65535"),
+        ("clickhouse.database", _IDENTIFIER.fullmatch(c.clickhouse.database) is not None,
+         "must be a plain identifier (letters, digits, _)"),
+        ("clickhouse.batch_rows", 1 <= c.clickhouse.batch_rows <= 1_000_000, "must be 1..1000000"),
+        ("clickhouse.batch_ms", 1 <= c.clickhouse.batch_ms <= 60_000, "must be 1..60000"),
+        ("cdr.silence_seconds", c.cdr.silence_seconds > 0, "must be > 0"),
+        ("cdr.batch_size", 1 <= c.cdr.batch_size <= 100_000, "must be 1..100000"),
+        ("cdr.batch_window_ms", 1 <= c.cdr.batch_window_ms <= 60_000, "must be 1..60000"),
+        ("cdr.records_topic", bool(c.cdr.records_topic), "must not be empty"),
+        ("cdr.app_id", bool(c.cdr.app_id), "must not be empty"),
+        ("cdr.partitions", c.cdr.partitions >= 0, "must be >= 0"),
+        ("cdr.finished_ttl_seconds", c.cdr.finished_ttl_seconds > 0, "must be > 0"),
+        ("cdr.timer_seconds", c.cdr.timer_seconds > 0, "must be > 0"),
+        ("cdr.standby_replicas", c.cdr.standby_replicas >= 0, "must be >= 0"),
+        ("billing.currency", _CURRENCY.match(c.billing.currency) is not None,
+         "must be an ISO 4217 code like EUR"),
+        ("billing.timezone", _is_zone(c.billing.timezone), "must be an IANA zone like UTC or Europe/Berlin"),
+        ("billing.default_plan", not c.billing.default_plan or _PLAN_NAME.match(c.billing.default_plan) is not None,
+         "must be 1-64 letters, digits, '_', '.', '-' (starting with a letter or digit)"),
+        ("credit.port", 0 <= credit.port < 65536, "must be 0..65535 (0 = any free port)"),
+        ("credit.reject_code", _sip_error(credit.reject_code), "must be a SIP error code 400..699"),
+        ("credit.blocked_code", _sip_error(credit.blocked_code), "must be a SIP error code 400..699"),
+        ("credit.no_rate_code", _sip_error(credit.no_rate_code), "must be a SIP error code 400..699"),
+        ("credit.unknown_code", _sip_error(credit.unknown_code), "must be a SIP error code 400..699"),
+        ("credit.reserve_seconds", 1 <= credit.reserve_seconds <= 86400, "must be 1..86400"),
+        ("credit.extend_ahead_seconds", 0 < credit.extend_ahead_seconds < credit.reserve_seconds,
+         "must be > 0 and below reserve_seconds"),
+        ("credit.teardown_lead_ms", 0 <= credit.teardown_lead_ms <= 5000, "must be 0..5000"),
+        ("credit.teardown_retry_seconds", credit.teardown_retry_seconds > 0, "must be > 0"),
+        ("credit.hold_seconds", credit.hold_seconds > 0, "must be > 0"),
+        ("credit.cdr_wait_seconds", credit.cdr_wait_seconds > 0, "must be > 0"),
+        ("credit.max_call_seconds", credit.max_call_seconds > 0, "must be > 0"),
+        ("credit.low_balance_thresholds", _decimals(credit.low_balance_thresholds),
+         "must be decimal strings like \"5\""),
+        ("ledger.events_topic", bool(c.ledger.events_topic), "must not be empty"),
+        ("ledger.calls_topic", bool(c.ledger.calls_topic), "must not be empty"),
+        ("ledger.notifications_topic", bool(c.ledger.notifications_topic), "must not be empty"),
+        ("ledger.partitions", c.ledger.partitions >= 0, "must be >= 0"),
+        ("ledger.repair_seconds", c.ledger.repair_seconds > 0, "must be > 0"),
+        ("radius.timeout", radius.timeout > 0, "must be > 0"),
+        ("radius.retries", 0 <= radius.retries <= 10, "must be 0..10"),
+        ("radius.dead_time_s", radius.dead_time_s >= 0, "must be >= 0"),
+        ("radius.max_in_flight", 1 <= radius.max_in_flight <= MAX_RADIUS_IN_FLIGHT,
+         f"must be 1..{MAX_RADIUS_IN_FLIGHT}"),
+        ("radius.nas_ip", _is_ipv4(radius.nas_ip), "must be an IPv4 address"),
+        ("radius.interim_interval_s", radius.interim_interval_s >= 0, "must be >= 0 (0 = off)"),
+        ("radius.group_id", bool(radius.group_id), "must not be empty"),
+        ("radius.silence_seconds", radius.silence_seconds > 0, "must be > 0"),
+        ("radius.finished_ttl_seconds", radius.finished_ttl_seconds > 0, "must be > 0"),
+        ("radius.dedupe_retention_s", radius.dedupe_retention_s >= 0, "must be >= 0"),
+        ("radius.batch_size", 1 <= radius.batch_size <= 100_000, "must be 1..100000"),
+    ]
+    for i, server in enumerate(radius.servers):
+        result += [
+            (f"radius.servers[{i}].host", bool(server.host), "must not be empty"),
+            (f"radius.servers[{i}].port", _port(server.port), "must be 1..65535"),
+            (f"radius.servers[{i}].secret", bool(server.secret), "must not be empty"),
+        ]
+    return result
+
+
+# --- reading the file ------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def read_toml(path: str | os.PathLike | None) -> dict:
+    if path is None:
+        return {}
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p}: not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p}: invalid TOML: {exc}") from None
+
+
+def convert(raw: dict, kind: type[T], source: str = "config") -> T:
+    """Validate a parsed TOML document against ``kind``; errors name the key."""
+    try:
+        return msgspec.convert(raw, kind, strict=True)
+    except msgspec.ValidationError as exc:
+        # msgspec says e.g. "Expected `int`, got `str` - at `$.proxy.sip_port`"
+        message = str(exc)
+        where = ""
+        if " - at `$." in message:
+            message, where = message.rsplit(" - at `$.", 1)
+            where = where.rstrip("`")
+        unknown = re.fullmatch(r"Object contains unknown field `(.+)`", message)
+        if unknown:
+            where = f"{where}.{unknown.group(1)}" if where else unknown.group(1)
+            message = "unknown key"
+        if where:
+            message = f"key '{where}': {message}"
+        raise ConfigError(f"{source}: {message}") from None
+
+
+def resolve_paths(data_dir: str | None, config_file: str | None) -> tuple[Path, Path | None]:
+    """Find the data dir and config file the same way for every command:
+    flag, then environment variable, then defaults (config beside the data)."""
+    data = Path(data_dir or os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR).resolve()
+    cfg = config_file or os.environ.get(ENV_CONFIG)
+    if cfg:
+        return data, Path(cfg).resolve()
+    candidate = data / CONFIG_NAME
+    return data, candidate if candidate.exists() else None

@@ -1,0 +1,1 @@
+"""Subscribers, domains and aliases: the SQL store, its live reload in the proxy, and their CLI."""
