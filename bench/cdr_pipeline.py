@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from proxy.contract import events as ev  # noqa: E402
+from proxy.infra import clock  # noqa: E402
 
 SHAPES = ("answered_caller_bye", "answered_callee_bye", "busy", "cancel", "no_answer",
           "not_found", "forked", "failover", "timeout", "teardown", "credit")
@@ -234,7 +235,7 @@ async def produce_calls_async(bootstrap: str, n: int, rate: float, *, topic: str
     schedule.sort()
     # encoded up front (ts = wall clock at the start + offset), so that the
     # sending loop costs only the producer
-    wall0 = ev.now_ms()
+    wall0 = clock.now_ms()
     encoded = [(offset_ms, i, j == len(plans[i][1]) - 1, plans[i][1][j].call_id.encode(),
                 ev.encode(msgspec.structs.replace(plans[i][1][j], ts_ms=wall0 + int(offset_ms))))
                for offset_ms, i, j in schedule]
@@ -249,7 +250,7 @@ async def produce_calls_async(bootstrap: str, n: int, rate: float, *, topic: str
             fut = await producer.send(topic, value, key=key)
             if last:
                 call = plans[i][0]
-                fut.add_done_callback(lambda _f, call=call: setattr(call, "end_wall_ms", ev.now_ms()))
+                fut.add_done_callback(lambda _f, call=call: setattr(call, "end_wall_ms", clock.now_ms()))
             pending.append(fut)
             if len(pending) >= 5000:
                 await asyncio.gather(*pending)
@@ -368,7 +369,7 @@ async def collect_rows(bootstrap: str, topic: str, expected_calls: int, *, timeo
         await consumer.seek_to_beginning(*tps)
         while loop.time() < deadline and complete < expected_calls:
             batch = await consumer.getmany(timeout_ms=200, max_records=20000)
-            now = ev.now_ms()
+            now = clock.now_ms()
             for records in batch.values():
                 for record in records:
                     row = decode_row(record.value)

@@ -58,6 +58,7 @@ from proxy.contract import commands as cmd
 from proxy.contract import credit
 from proxy.contract import events as ev
 from proxy.contract.cdr import CdrLeg
+from proxy.infra.clock import now_ms
 from proxy.infra.config import BILLING_SOCKET_FILE, CREDIT_PORT_FILE, RUN_DIR, Config
 from proxy.infra.kafka import bootstrap_servers, consumer_kwargs, ensure_topics, producer_kwargs
 
@@ -87,10 +88,6 @@ _END_EVENTS = (ev.CallBye, ev.DialogTimeout, ev.DialogTeardown, ev.CallFailed)
 _notification_encoder = msgspec.json.Encoder(decimal_format="string")
 _rpc_decoder = msgspec.json.Decoder(RpcRequest)
 _rpc_encoder = msgspec.json.Encoder(decimal_format="string")
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _tune_for_latency() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
 from typing import Literal
 
 import msgspec
@@ -28,10 +27,6 @@ def new_event_id() -> str:
     process, then a counter (a getrandom() call per event cost ~3 % of a proxy
     worker's CPU)."""
     return f"{_ID_PREFIX}{next(_id_counter) & 0xFFFFFFFFFFFFFFFF:016x}"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Caller(msgspec.Struct, frozen=True):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..contract import events as ev
+from ..infra import clock
 from ..sip.message import SipMessage
 from ..sip.uri import NameAddr, display_unquoted, parse_name_addr
 from .ports import Target
@@ -31,13 +32,13 @@ class CallEventFactory:
         if to_tag is None:
             to_addr = _addr(msg, "to")
             to_tag = to_addr.tag if to_addr else None
-        return cls(id=ev.new_event_id(), ts_ms=ev.now_ms(), call_id=msg.call_id,
+        return cls(id=ev.new_event_id(), ts_ms=clock.now_ms(), call_id=msg.call_id,
                    from_tag=(from_addr.tag or "") if from_addr else "", to_tag=to_tag,
                    proxy=self.proxy, worker=self.worker, **fields)
 
     def for_dialog(self, cls, dialog, **fields):
         """Events inside a dialog carry its caller/callee tags whoever sent the request."""
-        return cls(id=ev.new_event_id(), ts_ms=ev.now_ms(), call_id=dialog.call_id,
+        return cls(id=ev.new_event_id(), ts_ms=clock.now_ms(), call_id=dialog.call_id,
                    from_tag=dialog.caller_tag, to_tag=dialog.callee_tag,
                    proxy=self.proxy, worker=self.worker, **fields)
 

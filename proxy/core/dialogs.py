@@ -11,6 +11,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from ..contract import events as ev
+from ..infra import clock
 from ..sip.build import reason_header
 from ..sip.message import SipMessage
 from ..sip.uri import parse_name_addr, parse_uri
@@ -113,7 +114,7 @@ class DialogTable:
                       routes=toward_callee, target=callee_target, cseq=invite.cseq[0] + 1)
         max_duration_s = self.pending_max.pop(invite.call_id, max_duration_s)
         dialog = Dialog(invite.call_id, caller_tag, callee_tag, caller, callee, leg,
-                        ev.now_ms(), core.effects.monotonic(), max_duration_s)
+                        clock.now_ms(), core.effects.monotonic(), max_duration_s)
         old = self.dialogs.get(invite.call_id)
         if old is not None and old.timer is not None:
             old.timer.cancel()

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..contract import commands as cmd
 from ..contract import events as ev
+from ..infra import clock
 from ..sip.build import make_response
 from ..sip.message import ParseError, SipMessage, parse
 from ..sip.uri import UriError, parse_name_addr, parse_uri
@@ -409,7 +410,7 @@ class Engine:
         call = self.core.calls.get(command.call_id)
         if call is not None:
             return factory.make(cls, call.request, command_id=command.id, **fields)
-        return cls(id=ev.new_event_id(), ts_ms=ev.now_ms(), call_id=command.call_id, from_tag="",
+        return cls(id=ev.new_event_id(), ts_ms=clock.now_ms(), call_id=command.call_id, from_tag="",
                    proxy=factory.proxy, worker=factory.worker, command_id=command.id, **fields)
 
 

@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from proxy.contract import commands
 from proxy.contract.commands import ControlCommand
-from proxy.contract.events import now_ms
+from proxy.infra.clock import now_ms
 from proxy.infra.config import KafkaSettings
 from proxy.infra.kafka import bootstrap_servers, consumer_kwargs, topic_partitions
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import ClassVar, Self
 
@@ -36,6 +36,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
+from . import clock
+
 __all__ = ["SqlStore", "change_log_table", "count_rows", "sqlite_url", "tune_sqlite", "reason", "utcnow"]
 
 BUSY_TIMEOUT_MS = 5000
@@ -46,7 +48,7 @@ def sqlite_url(path: str | os.PathLike) -> str:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return clock.utcnow()
 
 
 def change_log_table(metadata: MetaData, name: str) -> Table:

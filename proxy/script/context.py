@@ -20,6 +20,7 @@ from ..core.digest import find_credentials
 from ..core.forwarding import ProxyCall
 from ..core.location import LocationError
 from ..core.ports import Target
+from ..infra import clock
 from ..sip.message import SipMessage
 from ..sip.uri import SipUri, UriError, parse_name_addr, parse_uri
 
@@ -415,7 +416,7 @@ class RequestContext:
     def _ask_credit_control(self, cause: str | None) -> None:
         self._announce()
         request = credit.AuthorizeRequest(
-            id=ev.new_event_id(), ts_ms=ev.now_ms(), call_id=self.request.call_id,
+            id=ev.new_event_id(), ts_ms=clock.now_ms(), call_id=self.request.call_id,
             account=self.account or "", destination=self.ruri.user or "",
             request_uri=self.request.uri or "", caller_uri=parse_name_addr(self.request.get("from") or "").uri)
         self.core.waiting[self.request.call_id] = self

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from bench.cdr_pipeline import SHAPES, CallBuilder, Worker, call_events, write_config
 from cdr.processor import decode_row, encode_row
 from proxy.contract import events as ev
+from proxy.infra import clock
 from proxy.contract.callfold import finish, fold, silence_end_ms
 from proxy.infra.config import KafkaSettings
 from proxy.infra.kafka import ensure_topics_sync, faust_app, producer_kwargs, tansu_end_offsets
@@ -72,7 +73,7 @@ def test_calls_to_cdrs_through_crash_duplicates_replay_and_silence(broker, tmp_p
     settings = KafkaSettings(bootstrap_servers=broker.bootstrap)
     events_topic, records_topic = unique_topic("sip.events"), unique_topic("cdr.records")
     ensure_topics_sync(settings, {events_topic: 6})
-    now = ev.now_ms()
+    now = clock.now_ms()
     calls = {}
     for i in range(50):
         shape = SHAPES[i % len(SHAPES)]
