@@ -29,6 +29,9 @@ the call's and identical on every row (setup, pdd, ``call_*``, hangup).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import msgspec
 
 from . import events as ev
@@ -271,7 +274,8 @@ def _max_duration(state: CallState, e: ev.MaxDurationSet, changes: dict) -> None
             changes["cap"] = new
 
 
-_HANDLERS = {
+# each handler adds its changes to the dict it is given
+_HANDLERS: dict[type, Callable[[CallState, Any, dict[str, Any]], None]] = {
     ev.InviteReceived: _invite,
     ev.InviteRouted: _routed,
     ev.CallProgress: _progress,
@@ -287,8 +291,9 @@ _HANDLERS = {
 }
 
 
-def fold(events, state: CallState | None = None) -> CallState:
-    """Fold a sequence of one call's events (convenience for tests and replays)."""
+def fold(events, state: CallState | None = None) -> CallState | None:
+    """Fold a sequence of one call's events (convenience for tests and replays);
+    None for no events and no state."""
     for event in events:
         if state is None:
             state = new_state(event.call_id)
@@ -312,7 +317,7 @@ def silence_deadline_ms(state: CallState, window_ms: int) -> int:
     run out plus the window (a long call sends no events while it lasts)."""
     base = state.last_ms
     cap = max_duration_ms(state)
-    if cap is not None:
+    if cap is not None and state.answered is not None:    # a cap implies an answer
         base = max(base, state.answered.ts + cap)
     return base + window_ms
 
@@ -323,7 +328,7 @@ def silence_end_ms(state: CallState, window_ms: int) -> int:
     Derived from the state only, so every replay records the same end."""
     end = state.last_ms + window_ms
     cap = max_duration_ms(state)
-    if cap is not None:
+    if cap is not None and state.answered is not None:    # a cap implies an answer
         end = min(end, state.answered.ts + cap)
         end = max(end, state.answered.ts)
     return end
@@ -443,7 +448,7 @@ def finish(state: CallState, now_ms: int, silence: bool = False) -> list[CdrLeg]
         from_tag, proxy = state.seen.from_tag, state.seen.proxy
     else:
         from_tag, proxy = "", ""
-    call = dict(
+    call: dict[str, Any] = dict(
         cdr_id=cdr_id_for(state.call_id, from_tag),
         call_id=state.call_id, from_tag=from_tag, to_tag=to_tag,
         account=invite.account if invite else "",
@@ -466,7 +471,7 @@ def finish(state: CallState, now_ms: int, silence: bool = False) -> list[CdrLeg]
     for index in indexes:
         leg = by_index.get(index) or LegState(index)
         routed = leg.routed
-        fields = dict(
+        fields: dict[str, Any] = dict(
             leg=index,
             parent_leg=routed.parent if routed else NO_LEG,
             leg_cause=routed.cause if routed else "initial",

@@ -18,13 +18,13 @@ class _Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     issued_by: str = "operator"
 
 
-class Teardown(_Command, tag="teardown", kw_only=True):
+class Teardown(_Command, tag="teardown", kw_only=True, frozen=True):
     """End the call: the proxy sends BYE to both parties with a Reason header."""
     reason: str
     sip_cause: int = 200
 
 
-class SetMaxDuration(_Command, tag="set_max_duration", kw_only=True):
+class SetMaxDuration(_Command, tag="set_max_duration", kw_only=True, frozen=True):
     """Cap the call's total duration, counted from answer (or from now if not yet answered)."""
     seconds: int
 

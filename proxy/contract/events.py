@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Literal
+from typing import Literal, get_args
 
 import msgspec
 
@@ -47,13 +47,17 @@ class Source(msgspec.Struct, frozen=True):
     transport: Literal["udp", "tcp"]
 
 
+LegCause = Literal["initial", "fork", "forward", "failover"]   # why a branch exists
+LEG_CAUSES: tuple[str, ...] = get_args(LegCause)
+
+
 class Leg(msgspec.Struct, frozen=True):
     """One outgoing branch of a call.  Index 0 is the first; forks and
     forwards/failovers get the next indexes, ``parent`` is the leg that caused them."""
     index: int
     branch: str
     parent: int | None = None
-    cause: Literal["initial", "fork", "forward", "failover"] = "initial"
+    cause: LegCause = "initial"
     destination: str | None = None   # ip:port/transport the request went to
     gateway: str | None = None       # gateway name when routed to a PSTN gateway
     reason: str | None = None        # why a forward leg exists: unconditional | busy | no_answer | unavailable
@@ -71,7 +75,7 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     worker: int = 0
 
 
-class InviteReceived(_Event, tag="invite.received", kw_only=True):
+class InviteReceived(_Event, tag="invite.received", kw_only=True, frozen=True):
     """An initial INVITE accepted for routing (after authentication)."""
     branch: str                      # caller's top Via branch
     cseq: int
@@ -82,27 +86,27 @@ class InviteReceived(_Event, tag="invite.received", kw_only=True):
     max_duration_s: int | None = None
 
 
-class InviteRouted(_Event, tag="invite.routed", kw_only=True):
+class InviteRouted(_Event, tag="invite.routed", kw_only=True, frozen=True):
     """The INVITE as forwarded on one leg."""
     leg: Leg
     callee: Callee
 
 
-class CallProgress(_Event, tag="call.progress", kw_only=True):
+class CallProgress(_Event, tag="call.progress", kw_only=True, frozen=True):
     """First provisional response above 100 on a leg (PDD)."""
     leg: int
     code: int
     reason: str
 
 
-class LegFailed(_Event, tag="leg.failed", kw_only=True):
+class LegFailed(_Event, tag="leg.failed", kw_only=True, frozen=True):
     """A leg ended with a final non-2xx (or transport error / timeout: code 408/503)."""
     leg: int
     code: int
     reason: str
 
 
-class CallAnswered(_Event, tag="call.answered", kw_only=True):
+class CallAnswered(_Event, tag="call.answered", kw_only=True, frozen=True):
     """A 2xx to the initial INVITE: the dialog is confirmed on this leg."""
     leg: int
     code: int
@@ -111,41 +115,41 @@ class CallAnswered(_Event, tag="call.answered", kw_only=True):
     max_duration_s: int
 
 
-class CallFailed(_Event, tag="call.failed", kw_only=True):
+class CallFailed(_Event, tag="call.failed", kw_only=True, frozen=True):
     """The final failure response sent back to the caller (the call is over)."""
     code: int
     reason: str
     by_proxy: bool = False           # generated locally (404, 480, 403 …) vs relayed
 
 
-class CallAck(_Event, tag="call.ack", kw_only=True):
+class CallAck(_Event, tag="call.ack", kw_only=True, frozen=True):
     leg: int | None = None
 
 
-class CallCancel(_Event, tag="call.cancel", kw_only=True):
+class CallCancel(_Event, tag="call.cancel", kw_only=True, frozen=True):
     reason: str | None = None        # Reason header of the CANCEL, if any
 
 
-class CallBye(_Event, tag="call.bye", kw_only=True):
+class CallBye(_Event, tag="call.bye", kw_only=True, frozen=True):
     by: Literal["caller", "callee", "proxy"]
     reason: str | None = None        # Reason header, if any
     leg: int | None = None
 
 
-class DialogTimeout(_Event, tag="dialog.timeout", kw_only=True):
+class DialogTimeout(_Event, tag="dialog.timeout", kw_only=True, frozen=True):
     """The dialog's maximum duration elapsed: the proxy sent BYE both ways."""
     max_duration_s: int
     answered_ms: int
 
 
-class DialogTeardown(_Event, tag="dialog.teardown", kw_only=True):
+class DialogTeardown(_Event, tag="dialog.teardown", kw_only=True, frozen=True):
     """A `call.control` teardown was executed (or refused: ``result``)."""
     command_id: str
     reason: str
     result: Literal["sent", "unknown_call"]
 
 
-class MaxDurationSet(_Event, tag="dialog.max_duration", kw_only=True):
+class MaxDurationSet(_Event, tag="dialog.max_duration", kw_only=True, frozen=True):
     """A `call.control` set_max_duration was applied."""
     command_id: str
     max_duration_s: int

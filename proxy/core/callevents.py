@@ -57,7 +57,7 @@ class CallEventFactory:
         return self.make(
             ev.InviteReceived, invite, branch=via_branch, cseq=invite.cseq[0],
             caller=caller, callee=callee,
-            source=ev.Source(ip=source.host, port=source.port, transport=source.transport),
+            source=ev.Source(ip=source.host, port=source.port, transport="tcp" if source.transport == "tcp" else "udp"),
             user_agent=invite.get("user-agent"), max_duration_s=max_duration_s)
 
     def invite_routed(self, original: SipMessage, leg: ev.Leg, target_uri: str):

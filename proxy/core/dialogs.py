@@ -16,7 +16,7 @@ from ..sip.build import reason_header
 from ..sip.message import SipMessage
 from ..sip.uri import parse_name_addr, parse_uri
 from ..transactions import NonInviteClientTransaction, client_key, new_branch
-from .ports import Target
+from .ports import Target, TimerHandle
 from .txdriver import TxDriver
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,7 +72,7 @@ class Dialog:
         self.answered_ms = answered_ms
         self.answered_mono = answered_mono
         self.max_duration_s = max_duration_s
-        self.timer = None
+        self.timer: TimerHandle | None = None
         self.pending_byes = 0
         self.end_reason: str | None = None
 

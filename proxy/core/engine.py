@@ -23,6 +23,7 @@ from ..sip.via import Via, ViaError, parse_via
 from ..transactions import (
     InviteServerTransaction,
     NonInviteServerTransaction,
+    ServerTransaction,
     TimerConfig,
     client_key,
     invite_key_for_cancel,
@@ -333,10 +334,9 @@ class Engine:
     def _new_server(self, req: SipMessage, upstream: Target) -> TxDriver:
         core = self.core
         reliable = upstream.transport != "udp"
-        if req.method == "INVITE":
-            machine = InviteServerTransaction(req, reliable=reliable, timers=core.timers)
-        else:
-            machine = NonInviteServerTransaction(req, reliable=reliable, timers=core.timers)
+        machine: ServerTransaction = (
+            InviteServerTransaction(req, reliable=reliable, timers=core.timers) if req.method == "INVITE"
+            else NonInviteServerTransaction(req, reliable=reliable, timers=core.timers))
         return TxDriver(machine, upstream, core.effects, server_key(req), core.server_txs)
 
     def _on_cancel(self, cancel: SipMessage, upstream: Target) -> None:

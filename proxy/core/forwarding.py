@@ -7,14 +7,21 @@ runs Timer C.  Initial INVITEs are tracked as calls and produce call events.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..contract import events as ev
 from ..sip.build import make_response, reason_header
 from ..sip.message import SipMessage
-from ..transactions import InviteClientTransaction, NonInviteClientTransaction, client_key, new_branch
-from .ports import Target
+from ..transactions import (
+    ClientTransaction,
+    InviteClientTransaction,
+    NonInviteClientTransaction,
+    client_key,
+    new_branch,
+)
+from .ports import Target, TimerHandle
 from .txdriver import TxDriver
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,7 +50,7 @@ class Branch:
         self.final: int | None = None  # status of the final response, synthetic ones included
         self.cancel_wanted = False
         self.cancel_sent = False
-        self.timer_c = None
+        self.timer_c: TimerHandle | None = None
         self.gateway = ""
         self.no_answer = False         # Timer C / ring timeout cancelled it: its 487 means 408
 
@@ -76,14 +83,14 @@ class ProxyCall:
         server.on_terminated = self._on_server_terminated
 
     # -- branches -----------------------------------------------------------
-    def fork(self, targets: list[tuple[str, Target]], *, cause: str = "initial",
+    def fork(self, targets: list[tuple[str, Target]], *, cause: ev.LegCause = "initial",
              parent: int | None = None, record_route: bool = False, gateway: str = "",
              reason: str | None = None, forwarded_by: str | None = None) -> None:
         for uri, target in targets:
             self._start_branch(uri, target, cause, parent, record_route,
                                gateway=gateway, reason=reason, forwarded_by=forwarded_by)
 
-    def _start_branch(self, uri: str, target: Target, cause: str, parent: int | None,
+    def _start_branch(self, uri: str, target: Target, cause: ev.LegCause, parent: int | None,
                       record_route: bool, *, gateway: str = "", reason: str | None = None,
                       forwarded_by: str | None = None) -> None:
         core = self.core
@@ -100,15 +107,14 @@ class ProxyCall:
         branch.gateway = gateway
         self.branches.append(branch)
         reliable = target.transport != "udp"
-        if self.is_invite:
-            machine = InviteClientTransaction(out, reliable=reliable, timers=core.timers)
-        else:
-            machine = NonInviteClientTransaction(out, reliable=reliable, timers=core.timers)
+        machine: ClientTransaction = (
+            InviteClientTransaction(out, reliable=reliable, timers=core.timers) if self.is_invite
+            else NonInviteClientTransaction(out, reliable=reliable, timers=core.timers))
         branch.driver = TxDriver(
             machine, target, core.effects, client_key(out), core.client_txs,
-            on_message=lambda resp, b=branch: self._on_branch_response(b, resp),
-            on_timeout=lambda b=branch: self._on_branch_timeout(b),
-            on_transport_failed=lambda b=branch: self._on_branch_timeout(b, 503, "Service Unavailable"))
+            on_message=functools.partial(self._on_branch_response, branch),
+            on_timeout=functools.partial(self._on_branch_timeout, branch),
+            on_transport_failed=functools.partial(self._on_branch_timeout, branch, 503, "Service Unavailable"))
         if self.track:
             leg = ev.Leg(index=branch.index, branch=branch_id, parent=parent, cause=cause,
                          destination=str(target), gateway=gateway or None, reason=reason,
@@ -231,7 +237,7 @@ class ProxyCall:
         if branch.cancel_sent or not self.is_invite:
             return
         branch.cancel_sent = True
-        cancel = SipMessage.request("CANCEL", branch.request.uri)
+        cancel = SipMessage.request("CANCEL", branch.request.uri or "")
         src = branch.request
         cancel.headers.append(["via", "Via", src.top_via or ""])
         for key in ("from", "to", "call-id"):
@@ -257,7 +263,8 @@ class ProxyCall:
         server = self.server
         if server.done:
             return
-        if (resp.status or 0) >= 200 and not (200 <= resp.status < 300 and self.replied):
+        status = resp.status or 0
+        if status >= 200 and not (200 <= status < 300 and self.replied):
             self.replied = True
         server.run(server.machine.send_response(resp))
 
@@ -298,10 +305,10 @@ class ProxyCall:
         """§16.7 step 6: any 6xx, else the lowest class; 401/407 challenges merged."""
         if not self.responses:
             return None
-        six = [r for r in self.responses if r.status >= 600]
+        six = [r for r in self.responses if (r.status or 0) >= 600]
         if six:
             return six[0]
-        best = min(self.responses, key=lambda r: r.status // 100)
+        best = min(self.responses, key=lambda r: (r.status or 0) // 100)
         if best.status in (401, 407):
             for other in self.responses:
                 if other is not best and other.status in (401, 407):

@@ -30,7 +30,7 @@ def send_options(core: "Core", uri: str, on_result: Callable[[int | None], None]
     request.add("user-agent", core.user_agent)
     machine = NonInviteClientTransaction(request, reliable=target.transport != "udp",
                                          timers=core.timers)
-    done = []
+    done: list[int | None] = []
 
     def finish(status: int | None) -> None:
         if not done:
@@ -38,7 +38,7 @@ def send_options(core: "Core", uri: str, on_result: Callable[[int | None], None]
             on_result(status)
 
     driver = TxDriver(machine, target, core.effects, client_key(request), core.client_txs,
-                      on_message=lambda resp: (resp.status or 0) >= 200 and finish(resp.status),
+                      on_message=lambda resp: finish(resp.status) if (resp.status or 0) >= 200 else None,
                       on_timeout=lambda: finish(None))
     driver.run(machine.start())
     return True

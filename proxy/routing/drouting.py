@@ -94,11 +94,11 @@ def parse_address(text: str) -> tuple[str, int | None]:
         host = f"[{value}]"
     if not _HOST.match(host):
         raise RoutingError(f"invalid gateway address {text[:64]!r} (host[:port])")
-    if port is not None:
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise RoutingError(f"invalid port in gateway address {text[:64]!r}")
-        port = int(port)
-    return host.lower(), port
+    if port is None:
+        return host.lower(), None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise RoutingError(f"invalid port in gateway address {text[:64]!r}")
+    return host.lower(), int(port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,7 +432,7 @@ class DRouting:
         for ref in _ordered(rule.gateways, call_key, f"rule{rule.id}"):
             if ref.carrier:
                 carrier = self.carriers[ref.name]
-                members = [(m, carrier.name) for m in _ordered(carrier.gateways, call_key, f"#{carrier.name}")]
+                members: list[tuple[GatewayRef, str | None]] = [(m, carrier.name) for m in _ordered(carrier.gateways, call_key, f"#{carrier.name}")]
             else:
                 members = [(ref, None)]
             for member, carrier_name in members:

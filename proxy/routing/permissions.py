@@ -44,7 +44,7 @@ class TrustedSource:
         if isinstance(self.network, str):
             object.__setattr__(self, "network", parse_network(self.network))
         if self.proto is not None:
-            proto = self.proto.lower()
+            proto: str | None = self.proto.lower()
             if proto in ("", "any"):
                 proto = None
             elif proto not in TRANSPORTS:

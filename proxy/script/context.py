@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..contract import credit
 from ..contract import events as ev
@@ -405,8 +405,10 @@ class RequestContext:
             cause = self.branch_cause if (self.branch_cause == "forward" or not first) else "initial"
         if parent is None and not first:
             parent = call.branches[-1].index
+        if cause not in ev.LEG_CAUSES:    # a routing script's typo must not reach the contract
+            raise ValueError(f"relay(cause={cause!r}): must be one of {', '.join(ev.LEG_CAUSES)}")
         forward = cause == "forward"
-        call.fork(targets, cause=cause, parent=parent, record_route=self.method in RECORD_ROUTED,
+        call.fork(targets, cause=cast("ev.LegCause", cause), parent=parent, record_route=self.method in RECORD_ROUTED,
                   gateway=self.gateway, reason=self.forward_reason if forward else None,
                   forwarded_by=self.forwarded_by if forward else None)
         self.targets = []

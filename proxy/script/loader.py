@@ -42,7 +42,7 @@ def load_script(path: str | None) -> types.ModuleType:
     return module
 
 
-def _line_in(exc: BaseException, filename: str) -> int | str:
+def _line_in(exc: BaseException, filename: str) -> int | str | None:
     for frame in reversed(traceback.extract_tb(exc.__traceback__)):
         if frame.filename == filename:
             return frame.lineno

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from .message import SipMessage
 
@@ -29,7 +30,7 @@ def new_tag() -> str:
 
 
 def make_response(request: SipMessage, status: int, reason: str | None = None, *,
-                  to_tag: str | None = None, headers: list[tuple[str, str]] = ()) -> SipMessage:
+                  to_tag: str | None = None, headers: Sequence[tuple[str, str]] = ()) -> SipMessage:
     """A response generated here (not relayed): copies the transaction headers,
     adds a To tag to non-100 responses that lack one."""
     resp = SipMessage.response(status, reason or REASONS.get(status, "Unknown"))

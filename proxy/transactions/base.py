@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from proxy.sip.message import SipMessage
 
@@ -80,7 +80,8 @@ class TransactionStateError(RuntimeError):
     (e.g. a second final response, or any response once Terminated)."""
 
 
-Handler = Callable[["Transaction", "SipMessage | None"], list[Action]]
+# handlers are methods of the concrete machine; typed loosely so each table can name its own
+Handler = Callable[[Any, "SipMessage | None"], list[Action]]
 Table = dict[tuple[State, Event], tuple[State, Handler]]
 
 
