@@ -44,8 +44,9 @@ from ..schemas import (
     TopupIn,
 )
 
-router = APIRouter(prefix="/accounts", tags=["accounts"], responses={
-    404: {"model": Problem, "description": "no such account (admin tokens only)"}})
+router = APIRouter(prefix="/accounts", tags=["accounts"])
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "no such account (for an account token: 403, never 404)"}}
 
 
 def idempotency_key(key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=255,
@@ -58,6 +59,7 @@ def idempotency_key(key: Annotated[str | None, Header(alias="Idempotency-Key", m
 
 IdempotencyKey = Annotated[str, Depends(idempotency_key)]
 MONEY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **NOT_FOUND,
     200: {"model": MoneyResult, "description": "the key was used before: the same event, not a new one"},
     201: {"model": MoneyResult, "description": "applied"},
     409: {"model": Problem, "description": "the key was used for another request, or the balance would "
@@ -78,12 +80,13 @@ async def create_account(_: Admin, body: AccountIn, client: BillingClientDep) ->
     return await run_in_threadpool(client.put_account, body.id, fields, create=True)
 
 
-@router.get("/{account}", response_model=AccountWithPlan, summary="One billing account")
+@router.get("/{account}", responses=NOT_FOUND, response_model=AccountWithPlan, summary="One billing account")
 async def get_account(info: ReadableAccount, rates: RatesStoreDep) -> dict:
     return dict(account_dict(info), plan=await run_in_threadpool(rates.plan_of, info.id))
 
 
-@router.patch("/{account}", response_model=Account, summary="Change status, credit limit, kind or name (admin)")
+@router.patch("/{account}", responses=NOT_FOUND, response_model=Account,
+              summary="Change status, credit limit, kind or name (admin)")
 async def patch_account(_: Admin, account: AccountPath, body: AccountPatch, client: BillingClientDep) -> dict:
     fields = body.model_dump(exclude_none=True)
     if not fields:
@@ -91,14 +94,14 @@ async def patch_account(_: Admin, account: AccountPath, body: AccountPatch, clie
     return await run_in_threadpool(client.put_account, account, fields, create=False)
 
 
-@router.delete("/{account}", status_code=204, response_class=Response,
+@router.delete("/{account}", responses=NOT_FOUND, status_code=204, response_class=Response,
                summary="Delete an account without ledger events (admin)")
 async def delete_account(_: Admin, account: AccountPath, client: BillingClientDep) -> Response:
     await run_in_threadpool(client.delete_account, account)
     return Response(status_code=204)
 
 
-@router.get("/{account}/balance", response_model=Balance,
+@router.get("/{account}/balance", responses=NOT_FOUND, response_model=Balance,
             summary="Balance, reservations, available credit, live calls")
 async def balance(info: ReadableAccount, client: BillingClientDep) -> dict:
     return await run_in_threadpool(client.balance, info.id)
@@ -125,20 +128,22 @@ async def adjustment(_: Admin, account: AccountPath, body: AdjustmentIn, key: Id
 
 # -- the account's rate plan ------------------------------------------------------------------
 
-@router.put("/{account}/plan", response_model=PlanAssignment, summary="Rate an account with a plan (admin)")
+@router.put("/{account}/plan", response_model=PlanAssignment, summary="Rate an account with a plan (admin)",
+            responses={404: {"model": Problem, "description": "no such plan"}})
 async def assign_plan(_: Admin, account: AccountPath, body: PlanAssign, rates: RatesStoreDep) -> dict:
     await run_in_threadpool(rates.assign, account, body.plan)
     return {"account": account, "plan": body.plan}
 
 
 @router.delete("/{account}/plan", status_code=204, response_class=Response,
+               responses={404: {"model": Problem, "description": "the account has no plan"}},
                summary="Remove an account's plan (admin)")
 async def unassign_plan(_: Admin, account: AccountPath, rates: RatesStoreDep) -> Response:
     await run_in_threadpool(rates.unassign, account)
     return Response(status_code=204)
 
 
-@router.get("/{account}/rates", response_model=AccountRates,
+@router.get("/{account}/rates", responses=NOT_FOUND, response_model=AccountRates,
             summary="The rates of the account's plan (its own, else the default plan)")
 async def account_rates(info: ReadableAccount, rates: RatesStoreDep, settings: BillingSettingsDep) -> dict:
     plan = await run_in_threadpool(rates.plan_of, info.id) or settings.default_plan

@@ -40,9 +40,10 @@ async def history(
 ) -> dict:
     if cursor is not None and not cursor.isdigit():
         raise invalid("cursor", "not a cursor from this API")
+    kinds: list[str] | None = list(kind) if kind else None
     rows = await run_in_threadpool(queries.history, info.id, limit=limit + 1,
                                    before_seq=int(cursor) if cursor is not None else None,
-                                   from_ms=range_.from_ms, to_ms=range_.to_ms, kinds=kind)
+                                   from_ms=range_.from_ms, to_ms=range_.to_ms, kinds=kinds)
     more = len(rows) > limit
     rows = rows[:limit]
     for row in rows:
