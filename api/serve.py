@@ -9,8 +9,10 @@ writes and one for reads, so queries do not queue behind inserts.
 
     python -m api.serve --data-dir D [--config F] --bootstrap HOST:PORT --api-port P
 
-applies the ClickHouse schema (``cdr/store/schema.sql``), starts both and
-prints ``API READY port=P`` once the API listens.  SIGTERM / SIGINT stop it:
+applies the ClickHouse schema (``cdr/store/schema.sql``), opens the stores
+(``AppState``, api/state.py), starts the sinks (api/sinks.py: CDRs, and the
+ledger's copy with its repair) and the app (api/main.py), and prints
+``API READY port=P`` once the API listens.  SIGTERM / SIGINT stop it:
 the API stops accepting, the sink inserts and commits what it holds.
 With ``[clickhouse] backend = "server"`` the two halves may also run as
 separate processes (``--no-sink`` / ``--no-api``), as many as wanted.
@@ -31,7 +33,6 @@ import msgspec
 from proxy.infra.config import ConfigError, resolve_paths
 
 log = logging.getLogger("sipledger.api")
-DEFAULT_RECORDS_TOPIC = "cdr.records"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     from proxy.infra.clickhouse.backend import BackendError, open_backend
     from proxy.infra.clickhouse.migrate import MigrationError, migrate
 
+    from .sinks import Sinks
+    from .state import AppState
     from .tokens import TokenError, open_store
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -103,18 +106,26 @@ def main(argv: list[str] | None = None) -> int:
     except BackendError as exc:
         print(f"error: CDR store: {exc}", file=sys.stderr)
         return 1
-    tokens = None
+    tokens = state = sinks = None
     try:
         applied = migrate(backend)
         if applied:
             log.warning("ClickHouse schema: applied migrations %s", applied)
-        tokens = open_store(data_dir) if run_api else None
         store = CdrStore(backend)
-        return _run_loop(_serve(store, tokens, kafka, config, sock, run_sink, data_dir))
+        if run_api:
+            tokens = open_store(data_dir)
+            state = AppState.open(store, tokens, config, data_dir)
+        if run_sink:
+            sinks = Sinks(store, kafka, config, data_dir)
+        return _run_loop(_serve(state, sinks, sock))
     except (BackendError, MigrationError, TokenError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
+        if sinks is not None:
+            sinks.close()
+        if state is not None:
+            state.close()
         if tokens is not None:
             tokens.close()
         backend.close()
@@ -130,33 +141,22 @@ def _run_loop(coro) -> int:
     return uvloop.run(coro)
 
 
-async def _serve(store, tokens, kafka, config, sock: socket.socket | None, run_sink: bool,
-                 data_dir=None) -> int:
+async def _serve(state, sinks, sock: socket.socket | None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     tasks: dict[str, asyncio.Task] = {}
-    sink = server = ledger_sink = None
-    if run_sink:
-        from cdr.store.sink import CdrSink
-        ch = config.clickhouse
-        # the topic the CDR processors write ([cdr] records_topic when configured)
-        cdr = getattr(config, "cdr", None)
-        topic = getattr(cdr, "records_topic", None) or DEFAULT_RECORDS_TOPIC
-        partitions = getattr(cdr, "partitions", 0) or kafka.partitions
-        sink = CdrSink(store, kafka, topic=topic, group_id=ch.consumer_group,
-                       batch_rows=ch.batch_rows, batch_ms=ch.batch_ms, partitions=partitions)
-        tasks["sink"] = asyncio.create_task(sink.run(), name="cdr-sink")
-        from billing.api_process import start_ledger_sink  # ledger.events -> ClickHouse
-        ledger_sink = start_ledger_sink(store.backend, kafka, config, data_dir, tasks)
+    server = None
+    if sinks is not None:
+        sinks.start(tasks)
     if sock is not None:
-        server = await _start_api(store, tokens, sock, tasks, config, data_dir)
+        server = await _start_api(state, sock, tasks)
         if server is None:
             stop.set()
         else:
             print(f"API READY port={sock.getsockname()[1]}", flush=True)
-    elif sink is not None:
+    elif sinks is not None:
         print("SINK READY", flush=True)
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([waiter, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)
@@ -168,36 +168,30 @@ async def _serve(store, tokens, kafka, config, sock: socket.socket | None, run_s
             print(f"error: {name} stopped unexpectedly: {exc!r}", file=sys.stderr, flush=True)
     if server is not None:
         server.should_exit = True
-    if sink is not None:
-        sink.stop()
-    if ledger_sink is not None:
-        ledger_sink.stop()
+    if sinks is not None:
+        sinks.stop()
     waiter.cancel()
     results = await asyncio.gather(*tasks.values(), return_exceptions=True)
     for name, result in zip(tasks, results):
         if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
             log.error("%s: %r", name, result)
-    if sink is not None:
-        stats = {k: v for k, v in vars(sink.stats).items() if k != "assigned"}
+    if sinks is not None:
+        stats = {k: v for k, v in vars(sinks.cdr.stats).items() if k != "assigned"}
         print(f"SINK STATS {json.dumps(stats)}", file=sys.stderr, flush=True)
     return status
 
 
-async def _start_api(store, tokens, sock: socket.socket, tasks: dict[str, asyncio.Task],
-                     config=None, data_dir=None):
+async def _start_api(state, sock: socket.socket, tasks: dict[str, asyncio.Task]):
     import uvicorn
 
-    from .app import create_app
+    from .main import create_app
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
         def capture_signals(self):
             yield       # this process handles SIGINT/SIGTERM itself (sink first)
 
-    app = create_app(store, tokens)
-    from billing.api_process import mount_billing  # billing routes (accounts, ledger, rates)
-    mount_billing(app, store.backend, tokens, config, data_dir)
-    server = Server(uvicorn.Config(app, log_level="warning",
+    server = Server(uvicorn.Config(create_app(state), log_level="warning",
                                    access_log=False, lifespan="off"))
     task = asyncio.create_task(server.serve(sockets=[sock]), name="api")
     tasks["api"] = task

@@ -1,0 +1,69 @@
+"""The FastAPI application: the routers of api/routes/ and the errors they share.
+
+Why apart from the process (api/serve.py): building the app is pure -- given
+what the process opened (``AppState``, api/state.py), it returns the app --
+so tests build exactly the app production serves, on stores of their own.
+
+Errors are JSON ``{"detail": ...}``; see docs/api.md for the statuses.  The
+domain's exceptions are mapped here once, so routes just call the stores:
+``LedgerError`` carries its status, ``RatingError`` reads as 404 / 409 / 422,
+a store that cannot answer is 503.
+"""
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from billing.ledger import LedgerError
+from billing.rates_csv import CsvImportError
+from billing.rating import RatingError
+from proxy.infra.clickhouse.backend import BackendError
+
+from .routes import api_router, health
+from .state import AppState
+from .tokens import TokenError
+
+__all__ = ["create_app"]
+
+
+def rating_status(message: str) -> int:
+    """The rates store words its refusals; their status follows from the words."""
+    if "does not exist" in message or "has no plan" in message:
+        return 404
+    if "already exists" in message or "assigned to" in message or "changed while" in message:
+        return 409
+    return 422
+
+
+async def _store_down(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": f"CDR store unavailable: {str(exc).splitlines()[0]}"}, status_code=503)
+
+
+async def _tokens_down(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": f"token store unavailable: {exc}"}, status_code=503)
+
+
+async def _ledger_refused(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, LedgerError)
+    return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+
+async def _rating_refused(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, CsvImportError):
+        return JSONResponse({"detail": str(exc), "errors": list(exc.errors)}, status_code=422)
+    return JSONResponse({"detail": str(exc)}, status_code=rating_status(str(exc)))
+
+
+def create_app(state: AppState, *, title: str = "sipledger") -> FastAPI:
+    """The API over ``state`` (installed on ``app.state``; the caller owns and closes it)."""
+    app = FastAPI(title=f"{title} API", version="1",
+                  description="Call detail records, traffic statistics, billing accounts, ledger, "
+                              "reports and rates. Bearer token from `sipledger token create`.")
+    state.install(app)
+    app.add_exception_handler(BackendError, _store_down)
+    app.add_exception_handler(TokenError, _tokens_down)
+    app.add_exception_handler(LedgerError, _ledger_refused)
+    app.add_exception_handler(RatingError, _rating_refused)
+    app.include_router(health.router)
+    app.include_router(api_router)
+    return app

@@ -1,0 +1,410 @@
+"""The REST API's request bodies and response models, in one module.
+
+Why one module: they are the API's contract -- what /docs shows and what a
+client may rely on -- so they are read and reviewed together, apart from the
+routes that fill them.  Money is always a decimal *string* ("10.50"), in and
+out: a JSON number would be a binary float.  Times are epoch milliseconds
+(``*_ms``) and, for CDRs, ISO 8601 UTC as well (``*_at``).
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+import msgspec
+from pydantic import BaseModel, Field
+
+from billing.ledger import money_text
+from billing.rating import Rate, RatingError
+
+Money = str         # a decimal string, e.g. "10.50" (never a JSON number)
+Disposition = Literal["answered", "busy", "no_answer", "cancelled", "failed", "rejected_credit"]
+EventKind = Literal["topup", "adjustment", "refund", "debit", "reservation", "release"]
+
+
+class Problem(BaseModel):
+    """Every error but 422: ``{"detail": "one line"}``."""
+    detail: str
+
+
+# -- CDRs (api/routes/cdrs.py) ----------------------------------------------------------------
+
+class Call(BaseModel):
+    cdr_id: str
+    legs: int
+    call_id: str
+    account: str
+    caller_uri: str
+    caller_number: str
+    caller_ip: str
+    caller_user_agent: str
+    dialled: str
+    dialled_number: str
+    callee_uri: str
+    domain: str
+    proxy: str
+    from_tag: str
+    to_tag: str
+    setup_ms: int
+    setup_at: str | None
+    ringing_ms: int
+    ringing_at: str | None
+    answer_ms: int
+    answer_at: str | None
+    end_ms: int
+    end_at: str | None
+    duration_ms: int
+    billable_s: int
+    pdd_ms: int
+    sip_code: int
+    sip_reason: str
+    disposition: str
+    hangup_by: str
+    hangup_reason: str
+    gateway: str
+    gateways: list[str]
+    target: str
+    destination: str
+    callee_user_agent: str
+
+
+class Leg(BaseModel):
+    cdr_id: str
+    leg: int
+    parent_leg: int
+    leg_cause: str
+    legs: int
+    v: int
+    call_id: str
+    from_tag: str
+    to_tag: str
+    account: str
+    caller_uri: str
+    caller_number: str
+    caller_ip: str
+    caller_user_agent: str
+    dialled: str
+    dialled_number: str
+    callee_uri: str
+    target: str
+    destination: str
+    gateway: str
+    domain: str
+    callee_user_agent: str
+    setup_ms: int
+    setup_at: str | None
+    ringing_ms: int
+    ringing_at: str | None
+    answer_ms: int
+    answer_at: str | None
+    end_ms: int
+    end_at: str | None
+    duration_ms: int
+    billable_s: int
+    pdd_ms: int
+    sip_code: int
+    sip_reason: str
+    disposition: str
+    call_sip_code: int
+    call_sip_reason: str
+    call_disposition: str
+    hangup_by: str
+    hangup_reason: str
+    proxy: str
+
+
+class CallDetail(Call):
+    legs_detail: list[Leg]
+
+
+class CallPage(BaseModel):
+    items: list[Call]
+    next_cursor: str | None
+    limit: int
+
+
+# -- statistics (api/routes/stats.py) ------------------------------------------------------------
+
+class Pdd(BaseModel):
+    count: int
+    mean: float | None
+    p50: int | None
+    p95: int | None
+
+
+class StatsRow(BaseModel):
+    period: str
+    period_start_ms: int
+    group: str
+    attempts: int
+    answered: int
+    effective: int
+    asr: float | None
+    ner: float | None
+    acd_s: float | None
+    pdd_ms: Pdd
+
+
+class StatsResponse(BaseModel):
+    period: str
+    group_by: str
+    unit: Literal["call", "leg"]
+    rows: list[StatsRow]
+
+
+# -- accounts and money (api/routes/accounts.py) -------------------------------------------------
+
+class AccountIn(BaseModel):
+    id: str = Field(max_length=255, description="user@domain, as the proxy authenticates it")
+    kind: Literal["prepaid", "postpaid"] = "prepaid"
+    currency: str | None = Field(None, description="ISO 4217; default the [billing] currency")
+    credit_limit: Money | None = Field(None, description="postpaid: decimal string, how far below 0")
+    status: Literal["active", "blocked"] = "active"
+    name: str = ""
+
+
+class AccountPatch(BaseModel):
+    kind: Literal["prepaid", "postpaid"] | None = None
+    credit_limit: Money | None = None
+    status: Literal["active", "blocked"] | None = None
+    name: str | None = None
+
+
+class Account(BaseModel):
+    id: str
+    kind: str
+    currency: str
+    status: str
+    credit_limit: Money
+    name: str
+    created_ms: int
+    updated_ms: int
+
+
+class AccountWithPlan(Account):
+    plan: str | None = Field(description="the assigned rate plan (null: the default plan, if any)")
+
+
+class AccountList(BaseModel):
+    items: list[AccountWithPlan]
+
+
+class ActiveCall(BaseModel):
+    call_id: str
+    answer_ms: int
+    paid_ms: int
+    reserved: Money
+    exhausted: bool
+    number: str
+
+
+class Balance(BaseModel):
+    account: str
+    currency: str
+    kind: str
+    status: str
+    credit_limit: Money
+    balance: Money
+    reserved: Money = Field(description="held for live calls' next steps")
+    held: Money
+    available: Money = Field(description="balance + credit limit (postpaid) - reserved - held")
+    active_calls: list[ActiveCall]
+    live: bool = Field(description="false: folded from the ledger (no billing service running)")
+
+
+class TopupIn(BaseModel):
+    amount: Money = Field(description="decimal string > 0, at most 6 decimals, e.g. \"10.50\"")
+    note: str = Field("", max_length=500)
+
+
+class AdjustmentIn(BaseModel):
+    amount: Money = Field(description="signed decimal string (adjustment) or > 0 (refund)")
+    kind: Literal["adjustment", "refund"] = "adjustment"
+    note: str = Field("", max_length=500)
+    cdr_id: str = ""
+    leg: int = -1
+
+
+class _EventFields(BaseModel):
+    id: str
+    seq: int
+    account: str
+    kind: EventKind
+    amount: Money
+    balance_delta: Money
+    currency: str
+    ts_ms: int
+    call_id: str
+    cdr_id: str
+    leg: int
+    key: str = Field(description="idempotency key (top-up, adjustment, refund)")
+    step: int
+    final: bool
+    paid_ms: int
+    answer_ms: int
+    number: str
+    plan: str
+    prefix: str
+    rate_name: str
+    gateway: str
+    duration_ms: int
+    billed_s: int
+    note: str
+
+
+class LedgerEvent(_EventFields):
+    """The event a money request wrote (or found: ``replayed``)."""
+    v: int
+
+
+class MoneyResult(Balance):
+    event: LedgerEvent
+    replayed: bool = Field(description="true: this Idempotency-Key was used before; nothing new was written")
+
+
+# -- ledger (api/routes/ledger.py) -------------------------------------------------------------
+
+class LedgerEntry(_EventFields):
+    reserved_delta: Money
+
+
+class LedgerPage(BaseModel):
+    items: list[LedgerEntry]
+    next_cursor: str | None
+    limit: int
+
+
+class CheckPeriod(BaseModel):
+    account: str
+    period: str = Field(description="YYYY-MM (UTC, answer time)")
+    currency: str
+    cdr_legs: int
+    rated: Money
+    debits: int
+    debited: Money
+    difference: Money
+
+
+class CheckDifference(BaseModel):
+    kind: str
+    account: str
+    cdr_id: str
+    leg: int
+    period: str
+    rated: Money
+    debited: Money
+    detail: str
+
+
+class CheckResult(BaseModel):
+    from_ms: int | None
+    to_ms: int | None
+    ok: bool
+    periods: list[CheckPeriod]
+    differences: list[CheckDifference]
+
+
+# -- rates (api/routes/rates.py) ---------------------------------------------------------------
+
+class PlanIn(BaseModel):
+    name: str
+    timezone: str = "UTC"
+
+
+class Plan(BaseModel):
+    name: str
+    timezone: str
+
+
+class PlanSummary(Plan):
+    currency: str | None
+    rates: int
+    accounts: int
+
+
+class PlanList(BaseModel):
+    items: list[PlanSummary]
+
+
+class PlanAssign(BaseModel):
+    plan: str
+
+
+class PlanAssignment(BaseModel):
+    account: str
+    plan: str
+
+
+class RateIn(BaseModel):
+    prefix: str = ""
+    price_per_min: Money
+    currency: str
+    name: str = ""
+    connect_fee: Money = "0"
+    first_increment: int = 60
+    next_increment: int = 60
+    min_seconds: int = 0
+    rounding: Literal["up", "down", "half_up", "half_even"] = "half_up"
+    decimals: int = 4
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
+    weekdays: list[int] = []
+    time_from: int = 0
+    time_to: int = 86400
+
+    def to_rate(self) -> Rate:
+        """The billing ``Rate`` (RatingError, a 422, when the rating rules refuse it)."""
+        values = self.model_dump()
+        for money in ("price_per_min", "connect_fee"):
+            text = values[money].strip()
+            if not re.fullmatch(r"\d+(\.\d+)?", text):
+                raise RatingError(f"{money} {text!r} must be a plain decimal string like 0.0125")
+            values[money] = Decimal(text)
+        values["weekdays"] = frozenset(values["weekdays"])
+        return Rate(**values)
+
+
+class RateOut(BaseModel):
+    id: int
+    plan: str
+    prefix: str
+    price_per_min: Money
+    currency: str
+    name: str
+    connect_fee: Money
+    first_increment: int
+    next_increment: int
+    min_seconds: int
+    rounding: str
+    decimals: int
+    valid_from: datetime | None
+    valid_to: datetime | None
+    weekdays: list[int] = Field(description="0 = Monday .. 6 = Sunday; empty = every day")
+    time_from: int
+    time_to: int
+
+    @classmethod
+    def of(cls, rate_id: int, plan: str, rate: Rate) -> RateOut:
+        data = msgspec.to_builtins(rate, builtin_types=(Decimal, datetime))
+        data.update(price_per_min=money_text(rate.price_per_min), connect_fee=money_text(rate.connect_fee),
+                    weekdays=sorted(rate.weekdays))
+        return cls(id=rate_id, plan=plan, **data)
+
+
+class RateList(BaseModel):
+    items: list[RateOut]
+
+
+class AccountRates(RateList):
+    plan: str | None
+
+
+class ImportResult(BaseModel):
+    added: int
+    created: list[str]
+
+
+class ImportProblem(Problem):
+    errors: list[str]

@@ -1,0 +1,58 @@
+"""The sinks of the API process: Kafka topics → ClickHouse, next to the API.
+
+Why here: chdb allows one process per data path, so whatever writes the
+ClickHouse tables runs in the process that serves them (api/serve.py):
+
+* the CDR sink: ``[cdr] records_topic`` → ``cdr`` (cdr/store/sink.py);
+* the ledger sink: ``[ledger] events_topic`` → ``ledger_events``, and the
+  ledger repair that re-inserts what the broker lost, from the SQL ledger
+  (billing/chledger.py).
+
+``Sinks.start(tasks)`` adds one asyncio task each to ``tasks``; ``stop()``
+asks them to finish (each inserts and commits what it holds); ``close()``
+closes the repair's ledger store once they have.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+
+from billing.chledger import LedgerQueries, LedgerRepair, LedgerSink
+from billing.store import LedgerStore
+from cdr.store.queries import CdrStore
+from cdr.store.sink import CdrSink
+from proxy.infra.config import Config, KafkaSettings
+
+__all__ = ["Sinks"]
+
+
+class Sinks:
+    def __init__(self, store: CdrStore, kafka: KafkaSettings, config: Config, data_dir: str | os.PathLike):
+        ch, ledger = config.clickhouse, config.ledger
+        self.cdr = CdrSink(store, kafka, topic=config.cdr.records_topic, group_id=ch.consumer_group,
+                           batch_rows=ch.batch_rows, batch_ms=ch.batch_ms,
+                           partitions=config.cdr.partitions or kafka.partitions)
+        queries = LedgerQueries(store.backend)
+        self.ledger = LedgerSink(queries, kafka, topic=ledger.events_topic, group_id=ledger.sink_group,
+                                 batch_rows=ch.batch_rows, batch_ms=ch.batch_ms,
+                                 partitions=ledger.partitions or kafka.partitions)
+        self.ledger_store = LedgerStore(config.billing.database_url(data_dir))
+        try:
+            self.ledger_store.create_schema()
+        except BaseException:
+            self.ledger_store.close()
+            raise
+        self.repair = LedgerRepair(queries, self.ledger_store, interval_s=ledger.repair_seconds)
+
+    def start(self, tasks: dict[str, asyncio.Task]) -> None:
+        tasks["sink"] = asyncio.create_task(self.cdr.run(), name="cdr-sink")
+        tasks["ledger-sink"] = asyncio.create_task(self.ledger.run(), name="ledger-sink")
+        tasks["ledger-repair"] = asyncio.create_task(self.repair.run(), name="ledger-repair")
+
+    def stop(self) -> None:
+        self.cdr.stop()
+        self.ledger.stop()
+        self.repair.stop()
+
+    def close(self) -> None:
+        self.ledger_store.close()

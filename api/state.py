@@ -1,0 +1,65 @@
+"""What the routes find on ``app.state``: the stores one API process opens once.
+
+Why a dataclass: its fields are the ``app.state`` keys (api/deps.py reads
+them by these names), typed and listed in one place.  The process entry
+(api/serve.py) opens it; tests build one over stores of their own.
+
+``open`` adds the billing side (billing database, billing service client,
+ClickHouse ledger copy) to a CDR store and a token store; ``close`` closes
+what ``open`` opened -- the CDR store and the token store stay their
+opener's.  A field left None makes its routes answer 503.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+
+from billing.chledger import LedgerQueries
+from billing.client import BillingClient
+from billing.rates_store import RatesStore
+from billing.store import LedgerStore
+from cdr.store.queries import CdrStore
+from proxy.infra.config import BillingSettings, Config
+
+from .tokens import TokenStore
+
+__all__ = ["AppState"]
+
+
+@dataclass
+class AppState:
+    cdr_store: CdrStore
+    token_store: TokenStore
+    billing_settings: BillingSettings = field(default_factory=BillingSettings)
+    ledger_store: LedgerStore | None = None        # accounts and the ledger (SQL, read)
+    rates_store: RatesStore | None = None          # rate plans, rates, assignments
+    billing_client: BillingClient | None = None    # writes: the billing service, the ledger's one writer
+    ledger_queries: LedgerQueries | None = None    # the ledger's ClickHouse copy (history, reports)
+
+    @classmethod
+    def open(cls, cdr_store: CdrStore, token_store: TokenStore, config: Config,
+             data_dir: str | os.PathLike) -> AppState:
+        billing = config.billing
+        url = billing.database_url(data_dir)
+        ledger_store = LedgerStore(url)
+        rates_store = RatesStore(url)
+        try:
+            ledger_store.create_schema()
+            rates_store.create_schema()
+        except BaseException:
+            ledger_store.close()
+            rates_store.close()
+            raise
+        return cls(cdr_store=cdr_store, token_store=token_store, billing_settings=billing,
+                   ledger_store=ledger_store, rates_store=rates_store,
+                   billing_client=BillingClient(data_dir, billing),
+                   ledger_queries=LedgerQueries(cdr_store.backend))
+
+    def install(self, app) -> None:
+        for f in fields(self):
+            setattr(app.state, f.name, getattr(self, f.name))
+
+    def close(self) -> None:
+        for store in (self.ledger_store, self.rates_store):
+            if store is not None:
+                store.close()
