@@ -21,7 +21,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NoReturn, cast
 
 import typer
 from sqlalchemy import Column, DateTime, MetaData, String, Table, insert, select, update
@@ -98,7 +98,7 @@ class TokenStore(SqlStore):
         if role == "admin" and account:
             raise TokenError("an admin token sees every account: drop --account")
         token = PREFIX + secrets.token_urlsafe(32)
-        info = TokenInfo(id=secrets.token_hex(6), role=role, account=account, name=name,
+        info = TokenInfo(id=secrets.token_hex(6), role=cast(Role, role), account=account, name=name,
                          created_at=utcnow())
         with self._write() as conn:
             conn.execute(insert(token_table).values(
@@ -146,7 +146,7 @@ token_app = typer.Typer(help="API tokens for the REST API (Bearer authentication
                         no_args_is_help=True)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(1)
 

@@ -71,6 +71,13 @@ class Slot(msgspec.Struct, frozen=True, array_like=True):
     done: bool = False
     close_ms: int = 0               # a silence close: the end time given to finish()
 
+    @property
+    def live(self) -> CallState:
+        """The state of a live call; callers have ruled out a finished one."""
+        if self.state is None:
+            raise ValueError("a finished call has no live state")
+        return self.state
+
 
 _slot_encoder = msgspec.msgpack.Encoder()
 _slot_decoder = msgspec.msgpack.Decoder(Slot)
@@ -232,7 +239,7 @@ class CdrProcessor:
             counts["after_finish"] += 1            # a late duplicate of a finished call
             return
         else:
-            state = slot.state
+            state = slot.live
             if event.ts_ms > silence_deadline_ms(state, self.window_ms):
                 # the call went silent before this event: close it as the timer would have
                 self._close(key, Slot(partition, now, state, True, silence_end_ms(state, self.window_ms)),

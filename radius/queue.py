@@ -142,7 +142,7 @@ class Spool:
                 cur.execute("INSERT OR IGNORE INTO queue (key, session, status, attrs, enqueued_ms) "
                             "SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM sent WHERE key = ?)",
                             (record.key, record.session, record.status, blob, now, record.key))
-                if cur.rowcount == 1:
+                if cur.rowcount == 1 and cur.lastrowid is not None:
                     added.append(Entry(cur.lastrowid, record.key, record.session, record.status,
                                        record.attrs, now))
             if puts:

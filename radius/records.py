@@ -327,7 +327,7 @@ def plan(state: CallState, progress: Progress, ctx: Context, *,
     if rows is None:                            # not over
         answered = state.answered
         if answered is not None and state.invite is not None and not progress.start:
-            snapshot = _snapshot(state, answered.ts)
+            snapshot = _snapshot(state, answered.ts) or []      # an answered call has rows
             records += _start(ctx, [r for r in snapshot if r.disposition == "answered"]
                               if ctx.multileg == "per-leg" else snapshot)
             progress = msgspec.structs.replace(progress, start=True)

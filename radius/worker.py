@@ -56,6 +56,13 @@ class Slot(msgspec.Struct, frozen=True, array_like=True):
     state: CallState | None
     progress: Progress
 
+    @property
+    def live(self) -> CallState:
+        """The state of a live call; callers have ruled out a finished one."""
+        if self.state is None:
+            raise ValueError("a finished call has no live state")
+        return self.state
+
 
 _slot_encoder = msgspec.msgpack.Encoder()
 _slot_decoder = msgspec.msgpack.Decoder(Slot)
@@ -105,7 +112,7 @@ class Accounting:
         if slot is None:
             state, progress = new_state(call_id), Progress()
         else:
-            state, progress = slot.state, slot.progress
+            state, progress = slot.live, slot.progress
             if event.ts_ms > silence_deadline_ms(state, self.silence_ms):
                 # silent before this event: closed as the timer would have done
                 self._close_silent(call_id, slot, now_ms, records, changed)
@@ -126,8 +133,8 @@ class Accounting:
 
     def _close_silent(self, call_id: str, slot: Slot, now_ms: int, records: list[Record],
                       changed: dict[str, Slot]) -> None:
-        out, progress = plan(slot.state, slot.progress, self.ctx,
-                             silence_end_ms=silence_end_ms(slot.state, self.silence_ms))
+        out, progress = plan(slot.live, slot.progress, self.ctx,
+                             silence_end_ms=silence_end_ms(slot.live, self.silence_ms))
         records.extend(out)
         self.counts["records"] += len(out)
         self.counts["silence_closes"] += 1
@@ -141,7 +148,7 @@ class Accounting:
                 break
             forgotten.append(call_id)
         for call_id, slot in self.calls.items():
-            state = slot.state
+            state = slot.live                   # self.calls holds live calls only
             quiet_since = max(slot.seen_ms, self.started_ms)
             if now_ms - quiet_since > self.silence_ms \
                     and now_ms > silence_deadline_ms(state, self.silence_ms):
@@ -219,8 +226,8 @@ class RadiusWorker:
                 ready()
             done, _ = await asyncio.wait(tasks + [sender, stopper], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task is not stopper and task.exception() is not None:
-                    raise task.exception()
+                if task is not stopper and (failure := task.exception()) is not None:
+                    raise failure
         finally:
             stopper.cancel()
             for task in tasks:
@@ -249,6 +256,7 @@ class RadiusWorker:
 
     async def _consume(self) -> None:
         consumer = self.consumer
+        assert consumer is not None, "_start_consumer() comes first"
         batch_size = self.settings.batch_size
         while True:
             data = await consumer.getmany(timeout_ms=500, max_records=batch_size)

@@ -67,7 +67,8 @@ async def _stop_quietly(consumer: AIOKafkaConsumer) -> None:
     except asyncio.CancelledError:
         # aiokafka 0.14's fetcher.close() re-raises the CancelledError of its
         # own fetch task when the broker went away; only ours must propagate.
-        if asyncio.current_task().cancelling():
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
             raise
     except Exception as exc:
         log.debug("closing the consumer: %r", exc)
@@ -194,7 +195,7 @@ class ControlConsumer:
         for record in records:
             if state.verify:
                 state.verify = False
-                if record.offset == state.position - 1 and state.last_seen in (None, _fingerprint(record)):
+                if state.position is not None and record.offset == state.position - 1 and state.last_seen in (None, _fingerprint(record)):
                     state.last_seen = _fingerprint(record)
                     continue
                 self._read_from_start(consumer, tp, state)

@@ -120,6 +120,10 @@ class SqlStore:
             tune_sqlite(self._engine)
         self.url = parsed.render_as_string(hide_password=True)
 
+    def create_schema(self) -> None:
+        """Create the store's tables if missing (each store knows its own)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         self._engine.dispose()
 

@@ -8,19 +8,21 @@ with exit status 1.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Optional, TypeVar
+from contextlib import AbstractContextManager, contextmanager
+from typing import NoReturn, Optional, TypeVar, overload
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from proxy.infra.sqldb import SqlStore
 
 from .models import ProvisioningError, normalize_domain, parse_address
 from .store import ProvisioningStore
 
 __all__ = ["user_app", "domain_app", "alias_app", "open_store", "fail", "address_arg", "print_table"]
 
-S = TypeVar("S")
+S = TypeVar("S", bound=SqlStore)
 
 user_app = typer.Typer(help="Subscribers (user@domain) and their passwords.", no_args_is_help=True)
 domain_app = typer.Typer(help="Domains this proxy serves.", no_args_is_help=True)
@@ -28,10 +30,20 @@ alias_app = typer.Typer(help="Aliases: extra addresses (numbers, other domains) 
                         no_args_is_help=True)
 
 
-@contextmanager
-def open_store(ctx: typer.Context, store_class: type[S] = ProvisioningStore) -> Iterator[S]:
+@overload
+def open_store(ctx: typer.Context) -> AbstractContextManager[ProvisioningStore]: ...
+@overload
+def open_store(ctx: typer.Context, store_class: type[S]) -> AbstractContextManager[S]: ...
+
+
+def open_store(ctx: typer.Context, store_class: type[SqlStore] = ProvisioningStore) -> AbstractContextManager[SqlStore]:
     """A store on the provisioning database (``store_class``: any SqlStore kept
     there, e.g. the routing store), its tables created; errors end the command."""
+    return _opened(ctx, store_class)
+
+
+@contextmanager
+def _opened(ctx: typer.Context, store_class: type[S]) -> Iterator[S]:
     url = getattr(ctx.obj, "provisioning_url", None)
     if not url:
         fail("no provisioning database configured")
@@ -54,7 +66,7 @@ def address_arg(text: str) -> tuple[str, str]:
         fail(str(exc))
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(1)
 

@@ -13,7 +13,7 @@ requests never wait on the database.
 from __future__ import annotations
 
 import logging
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from .models import ProvisioningSnapshot
 from .store import ProvisioningStore
@@ -22,7 +22,12 @@ __all__ = ["LiveSnapshot", "LiveProvisioning"]
 
 log = logging.getLogger(__name__)
 
-S = TypeVar("S")
+class _Versioned(Protocol):
+    @property
+    def version(self) -> int: ...
+
+
+S = TypeVar("S", bound=_Versioned)
 
 
 class LiveSnapshot(Generic[S]):

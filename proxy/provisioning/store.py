@@ -138,7 +138,7 @@ class ProvisioningStore(SqlStore):
         if ha1 is not None and not _MD5_HEX.match(ha1):
             raise ProvisioningError("HA1 must be 32 hexadecimal digits (MD5 of user:domain:password)")
         secrets = _secrets(user, name, password, ha1_only) if password is not None else {
-            "password": None, "ha1": ha1.lower(), "ha1_sha256": None}
+            "password": None, "ha1": (ha1 or "").lower(), "ha1_sha256": None}
         with self._write() as conn:
             _require_domain(conn, name)
             if _user_exists(conn, user, name):

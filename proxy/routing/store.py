@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
 from sqlalchemy import (
     Boolean,
@@ -269,7 +270,7 @@ class RoutingStore(SqlStore):
                 time_from=w.start if w else None, time_to=w.end if w else None,
                 weekdays=",".join(str(d) for d in sorted(w.weekdays)) if w and w.weekdays else None,
                 timezone=w.tz if w else None, gwlist=format_gwlist(rule.gateways), attrs=rule.attrs))
-            return int(result.inserted_primary_key[0])
+            return _inserted_id(result)
 
     def del_rule(self, rule_id: int) -> None:
         with self._write() as conn:
@@ -293,7 +294,7 @@ class RoutingStore(SqlStore):
             result = conn.execute(insert(dialplan_table).values(
                 dpid=rule.dpid, pr=rule.priority, match_exp=rule.match, subst_exp=rule.subst,
                 repl_exp=rule.repl, attrs=rule.attrs))
-            return int(result.inserted_primary_key[0])
+            return _inserted_id(result)
 
     def del_dialplan_rule(self, rule_id: int) -> DialplanRule:
         with self._write() as conn:
@@ -347,8 +348,9 @@ class RoutingStore(SqlStore):
 
     def del_trusted(self, cidr: str, proto: str | None = None) -> None:
         t = trusted_table
-        network = str(parse_network(cidr))
-        proto = TrustedSource(network, proto).proto or ""
+        parsed = parse_network(cidr)
+        network = str(parsed)
+        proto = TrustedSource(parsed, proto).proto or ""
         with self._write() as conn:
             gone = conn.execute(delete(t).where((t.c.cidr == network) & (t.c.proto == proto)))
             if not gone.rowcount:
@@ -442,7 +444,7 @@ class RoutingStore(SqlStore):
         f = forwarding_table
         with self._write() as conn:
             media = {name: m.uri for name, m in _load_media(conn).items()}
-            values = {}
+            values: dict[str, Any] = {}
             for condition, text in changes.items():
                 value = None
                 if text is not None:
@@ -453,7 +455,7 @@ class RoutingStore(SqlStore):
                 values[_CONDITION_COLUMNS[condition]] = value
             if no_answer_timeout is not UNSET:
                 if no_answer_timeout is not None:
-                    ForwardingPrefs(no_answer_timeout=no_answer_timeout)      # checks the range
+                    ForwardingPrefs(no_answer_timeout=cast(int, no_answer_timeout))   # checks type and range
                 values["no_answer_timeout"] = no_answer_timeout
             where = (f.c.username == user) & (f.c.domain == domain)
             if conn.execute(select(f.c.id).where(where)).first() is None:
@@ -616,3 +618,10 @@ def _require_targets(conn: Connection, refs: tuple[GatewayRef, ...], what: str) 
 def _entry_text(entry: BlacklistEntry) -> str:
     return f"number {entry.prefix}" if entry.exact else f"prefix {entry.prefix!r}"
 
+
+def _inserted_id(result: Any) -> int:
+    """The primary key of the row an INSERT just added."""
+    key = result.inserted_primary_key
+    if key is None:                      # only for executemany, which the stores never use
+        raise RoutingError("the database returned no id for the new row")
+    return int(key[0])

@@ -181,8 +181,8 @@ class TopicSink(Generic[R]):
             for tp, records in batch.items():
                 for record in records:
                     self._take(tp, record.offset, record.value, loop.time())
-            if self._buffer and (len(self._buffer) >= self.batch_rows
-                                 or loop.time() >= self._oldest + self.batch_s):
+            oldest = self._oldest if self._oldest is not None else loop.time()
+            if self._buffer and (len(self._buffer) >= self.batch_rows or loop.time() >= oldest + self.batch_s):
                 await self.flush()
             elif not self._buffer and self._offsets:
                 await self.flush()      # only rejected records: commit past them
