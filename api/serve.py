@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import signal
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             sock = _bind(host, port)
         except OSError as exc:
-            print(f"error: API cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+            reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound: {exc.strerror or exc}"
+            print(f"error: API port {host}:{port} {reason}", file=sys.stderr)
             return 1
     try:
         backend = open_backend(config.clickhouse, data_dir)

@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--workers", type=int)
     parser.add_argument("--udp-fd", type=int, help="inherited public UDP socket (set by `run`)")
+    parser.add_argument("--tcp-fd", type=int, help="inherited public TCP socket (set by `run`)")
     args = parser.parse_args(argv)
     data_dir, config_file = resolve_paths(args.data_dir, args.config)
     try:
@@ -45,9 +46,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return supervise(workers, data_dir, config_file, overrides,
-                         config.proxy.listen, config.proxy.sip_port)
+                         config.proxy.listen, config.proxy.sip_port, tcp=config.proxy.tcp)
     from .runtime.worker import run
-    run(config, data_dir, args.index, workers, udp_fd=args.udp_fd)
+    try:
+        run(config, data_dir, args.index, workers, udp_fd=args.udp_fd, tcp_fd=args.tcp_fd)
+    except OSError as exc:               # a port or file it cannot open: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
