@@ -18,13 +18,14 @@ Every child also dies with its parent: the kernel sends it SIGKILL when the
 process that spawned it dies (``PR_SET_PDEATHSIG``), even on ``kill -9`` of
 the parent, so a crashed supervisor never leaves a broker or worker behind.
 The signal follows the *thread* that forked the child, so children are
-spawned from the main thread only (``spawn`` refuses other threads).
+spawned from the main thread only.
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import fcntl
+import logging
 import os
 import signal
 import subprocess
@@ -40,6 +41,8 @@ STOP_GRACE_S = 15.0
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 STABLE_AFTER_S = 60.0            # READY this long: the next death starts the backoff afresh
 _PR_SET_PDEATHSIG = 1            # <linux/prctl.h>
+
+log = logging.getLogger(__name__)
 
 
 class StartFailed(Exception):
@@ -80,11 +83,18 @@ def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
 
 
 def spawn(argv: Sequence[str], **popen_kwargs) -> subprocess.Popen:
-    """``subprocess.Popen`` for a child that must not outlive this process."""
-    if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError("spawn children from the main thread: the parent-death signal "
-                           "fires when the spawning thread ends")
-    return subprocess.Popen(list(argv), preexec_fn=die_with_parent(), **popen_kwargs)
+    """``subprocess.Popen`` for a child that must not outlive this process.
+
+    Only from the main thread: the parent-death signal fires when the thread
+    that forked the child ends, so a child spawned from a short-lived thread
+    would be killed with it.  From another thread the child is spawned
+    without it (logged); the supervisors below refuse instead."""
+    preexec = None
+    if threading.current_thread() is threading.main_thread():
+        preexec = die_with_parent()
+    else:
+        log.warning("%s spawned outside the main thread: it will not die with this process", argv[0])
+    return subprocess.Popen(list(argv), preexec_fn=preexec, **popen_kwargs)
 
 
 def stop_on_signals(stopping: threading.Event) -> None:
@@ -120,6 +130,9 @@ class Child:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError(f"{self.name}: start children from the main thread "
+                               "(the parent-death signal follows the spawning thread)")
         if self._log_fd is None:
             if self.log is None:
                 self._log_fd = os.dup(sys.stderr.fileno())
@@ -168,8 +181,9 @@ class Child:
         if reason:
             return reason
         status = self.proc.returncode if self.proc is not None else None
+        when = "" if self.is_ready else f" before {self.ready}"
         where = f" (see {self.log})" if self.log is not None else ""
-        return f"exited with status {status} before {self.ready}{where}"
+        return f"exited with status {status}{when}{where}"
 
     def signal(self, sig: int) -> None:
         if self.running:
