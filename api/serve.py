@@ -30,6 +30,7 @@ import sys
 import msgspec
 
 from proxy.infra.config import ConfigError, resolve_paths
+from proxy.infra.supervise import one_line_errors
 
 log = logging.getLogger("sipledger.api")
 DEFAULT_RECORDS_TOPIC = "cdr.records"
@@ -211,4 +212,4 @@ async def _start_api(store, tokens, sock: socket.socket, tasks: dict[str, asynci
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(one_line_errors(main))

@@ -19,6 +19,7 @@ import sys
 
 from proxy.infra.config import Config, ConfigError, load, resolve_paths
 from proxy.infra.kafka import ensure_topics, topic_partitions
+from proxy.infra.supervise import one_line_errors
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,4 +89,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(one_line_errors(main))

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from .infra.config import Config, ConfigError, load, resolve_paths
+from .infra.supervise import one_line_errors
 
 
 def load_config(config_file: Path | None, sip_port: int | None, bootstrap: str | None) -> Config:
@@ -48,13 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         return supervise(workers, data_dir, config_file, overrides,
                          config.proxy.listen, config.proxy.sip_port, tcp=config.proxy.tcp)
     from .runtime.worker import run
-    try:
-        run(config, data_dir, args.index, workers, udp_fd=args.udp_fd, tcp_fd=args.tcp_fd)
-    except OSError as exc:               # a port or file it cannot open: one line, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    run(config, data_dir, args.index, workers, udp_fd=args.udp_fd, tcp_fd=args.tcp_fd)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(one_line_errors(main))

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,21 @@ def stop_on_signals(stopping: threading.Event) -> None:
     """SIGINT and SIGTERM set ``stopping`` (the main loop then stops the children)."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
+
+
+def one_line_errors(main: Callable[[], int | None]) -> int:
+    """Run a child's ``main`` keeping the protocol for the unforeseen too: an
+    exception is its traceback (for the child's log), then one last line,
+    ``error: ...``, which is what the supervisor reports, and status 1."""
+    try:
+        return main() or 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        traceback.print_exc()
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: {reason}", file=sys.stderr, flush=True)
+        return 1
 
 
 # -- one child -------------------------------------------------------------------------------
