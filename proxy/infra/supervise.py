@@ -171,6 +171,7 @@ class Child:
 
     def _read(self, stream, is_stderr: bool) -> None:
         log_fd = self._log_fd
+        assert log_fd is not None
         for raw in stream:
             with contextlib.suppress(OSError):
                 os.write(log_fd, raw if raw.endswith(b"\n") else raw + b"\n")
@@ -202,14 +203,20 @@ class Child:
         return f"exited with status {status}{when}{where}"
 
     def signal(self, sig: int) -> None:
-        if self.running:
+        if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(sig)
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self.proc is not None:
+            self.proc.wait(timeout)
 
     def close(self) -> None:
         for reader in self._readers:
             reader.join(timeout=2.0)
-        if self._log_fd is not None:
+        # a reader still running (something else holds the pipe) keeps the log
+        # open: closing it would let a reused fd number receive its lines
+        if self._log_fd is not None and not any(r.is_alive() for r in self._readers):
             os.close(self._log_fd)
             self._log_fd = None
 
@@ -262,7 +269,7 @@ class Supervisor:
         pending = list(batch)
         while True:
             for child in list(pending):
-                if child.proc.poll() is not None:     # even after READY: it is not serving now
+                if not child.running:                 # even after READY: it is not serving now
                     raise StartFailed(f"{child.name}: {child.reason()}")
                 if child.is_ready:
                     pending.remove(child)
@@ -307,10 +314,10 @@ class Supervisor:
         deadline = time.monotonic() + self.grace
         for child in running:
             try:
-                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 child.signal(signal.SIGKILL)
-                child.proc.wait()
+                child.wait()
         for child in self.children:
             child.close()
 

@@ -58,7 +58,7 @@ def supervise(workers: int, data_dir: Path, config_file: Path | None, overrides:
     except StartFailed as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
-    pids = ",".join(str(child.proc.pid) for child in group.children)
+    pids = ",".join(str(child.proc.pid) for child in group.children if child.proc is not None)
     print(f"PROXY READY workers={workers} pids={pids}", flush=True)
     try:
         group.watch()

@@ -23,7 +23,8 @@ from harness.sipp import render_scenario, run_uac
 
 from proxy.contract import commands
 from proxy.contract.cdr import cdr_id_for
-from proxy.contract.events import new_event_id, now_ms
+from proxy.contract.events import new_event_id
+from proxy.infra.clock import now_ms
 
 pytestmark = pytest.mark.e2e
 

@@ -24,7 +24,8 @@ from harness.sipp import SippResult, run_uac
 
 from api.broker import EmbeddedBroker
 from proxy.contract import commands
-from proxy.contract.events import new_event_id, now_ms
+from proxy.contract.events import new_event_id
+from proxy.infra.clock import now_ms
 from proxy.infra.config import KafkaSettings
 from proxy.infra.kafka import ensure_topics_sync
 
