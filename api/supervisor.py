@@ -113,8 +113,8 @@ class Up:
         try:
             return PidLock(self.data_dir / RUN_DIR / UP_LOCK_FILE).acquire()
         except LockHeld as held:
-            raise StartError(f"data dir {self.data_dir} is in use by another sipledger up "
-                             f"(pid {held.pid})") from None
+            owner = f"pid {held.pid}" if held.pid else "pid not yet written"
+            raise StartError(f"data dir {self.data_dir} is in use by another sipledger up ({owner})") from None
 
     def _warn(self, text: str) -> None:
         log.warning("%s", text)

@@ -8,11 +8,13 @@ proxy's own supervisor (its N workers).  Every child keeps one protocol:
   and exits non-zero.
 
 So starting a child means waiting for its READY line or its exit, whichever
-comes first; a child that exits before READY fails the start with
-``"<name>: <its last stderr line>"`` and is never restarted (it would only fail
-the same way again).  A child that dies *after* READY is restarted with
-backoff.  Stopping goes in reverse start order: SIGTERM, then SIGKILL after a
-grace period.
+comes first; a child that exits before READY fails the whole start with
+``"<name>: <its last stderr line>"`` and is not retried (it would only fail the
+same way again, as a restart loop of tracebacks).  Only a child that dies
+*after* READY is restarted, with growing backoff (and again if that restart
+fails: what ran once may run again when its port or broker is back).
+Stopping goes in reverse start order: SIGTERM, then SIGKILL after a grace
+period.
 
 Every child also dies with its parent: the kernel sends it SIGKILL when the
 process that spawned it dies (``PR_SET_PDEATHSIG``), even on ``kill -9`` of
@@ -137,8 +139,8 @@ class Child:
     restarts: int = field(default=0, init=False)
     _is_ready: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _readers: list[threading.Thread] = field(default_factory=list, init=False, repr=False)
-    _ready_at: float | None = field(default=None, init=False, repr=False)
-    _restart_at: float | None = field(default=None, init=False, repr=False)
+    ready_at: float | None = field(default=None, init=False, repr=False)      # monotonic
+    restart_at: float | None = field(default=None, init=False, repr=False)    # monotonic, when due
     _log_fd: int | None = field(default=None, init=False, repr=False)
 
     @property
@@ -157,7 +159,7 @@ class Child:
                 self._log_fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self.ready_line = self.last_error = ""
         self._is_ready.clear()
-        self._ready_at = None
+        self.ready_at = None
         self.proc = spawn(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, pass_fds=self.pass_fds,
                           env=self.env if self.env is not None else os.environ.copy())
@@ -182,7 +184,7 @@ class Child:
                 self.last_error = line
             elif not self._is_ready.is_set() and line.startswith(self.ready):
                 self.ready_line = line
-                self._ready_at = time.monotonic()
+                self.ready_at = time.monotonic()
                 self._is_ready.set()
         stream.close()
 
@@ -293,15 +295,15 @@ class Supervisor:
         if child.proc is None or child.running:
             return
         now = time.monotonic()
-        if child._restart_at is None:
-            if child._ready_at is not None and now - child._ready_at >= STABLE_AFTER_S:
+        if child.restart_at is None:
+            if child.ready_at is not None and now - child.ready_at >= STABLE_AFTER_S:
                 child.restarts = 0
             delay = self.backoff[min(child.restarts, len(self.backoff) - 1)]
             self.warn(f"{child.name} exited with status {child.proc.returncode} "
                       f"({child.reason()}); restarting in {delay:g} s")
-            child._restart_at = now + delay
-        elif now >= child._restart_at:
-            child._restart_at = None
+            child.restart_at = now + delay
+        elif now >= child.restart_at:
+            child.restart_at = None
             child.restarts += 1
             child.start()
 
