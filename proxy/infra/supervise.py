@@ -308,18 +308,23 @@ class Supervisor:
             child.start()
 
     def stop(self) -> None:
-        """SIGTERM in reverse start order, then SIGKILL whatever outlives the grace period."""
+        """SIGTERM in reverse start order, then SIGKILL whatever outlives the
+        grace period.  Children started one by one stop one by one (each
+        before the ones it was started after); children started together
+        stop together."""
         self.stopping.set()
         running = [c for c in reversed(self.children) if c.running]
-        for child in running:
-            child.signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.grace
-        for child in running:
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.signal(signal.SIGKILL)
-                child.wait()
+        batches = [running] if self.together else [[c] for c in running]
+        for batch in batches:
+            for child in batch:
+                child.signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.grace
+            for child in batch:
+                try:
+                    child.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    child.signal(signal.SIGKILL)
+                    child.wait()
         for child in self.children:
             child.close()
 
