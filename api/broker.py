@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from proxy.infra.supervise import spawn
+
 log = logging.getLogger(__name__)
 
 STORAGE_ENGINE = "memory://tansu/"
@@ -113,9 +115,10 @@ class EmbeddedBroker:
             out = open(os.devnull, "wb")
         try:
             # Own session: a Ctrl-C aimed at the parent must not kill the broker
-            # before the parent has drained its producers into it.
-            self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
-                                             stderr=subprocess.STDOUT, start_new_session=True)
+            # before the parent has drained its producers into it.  ``spawn``
+            # still ties it to this process: it is killed when its parent dies.
+            self._process = spawn(command, stdin=subprocess.DEVNULL, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             out.close()
         deadline = time.monotonic() + self.start_timeout

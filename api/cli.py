@@ -85,12 +85,18 @@ def main_options(
 def up(ctx: typer.Context,
        sip_port: int = typer.Option(None, "--sip-port", help="SIP UDP/TCP port (overrides proxy.sip_port)."),
        api_port: int = typer.Option(None, "--api-port", help="REST API port (overrides api.port).")) -> None:
-    """Run the whole product: broker (embedded), proxy and processors; Ctrl-C stops it all."""
-    from .supervisor import StartError, Supervisor
+    """Run the whole product: broker (embedded), proxy and processors; Ctrl-C stops it all.
+
+    Prints READY once every service is ready; otherwise one line saying which
+    service did not start and why, exit status 1, and nothing left running."""
+    from .supervisor import StartError, Up
     obj: CliContext = ctx.obj
+    try:        # the command-line ports are checked like the file's keys, before anything starts
+        config = config_mod.load(obj.config_file, {"proxy": {"sip_port": sip_port}, "api": {"port": api_port}})
+    except ConfigError as exc:
+        fail(str(exc))
     try:
-        code = Supervisor(obj.config, obj.data_dir, obj.config_file, sip_port=sip_port,
-                          api_port=api_port).run()
+        code = Up(config, obj.data_dir, obj.config_file).run()
     except StartError as exc:
         fail(str(exc), 1)
     raise typer.Exit(code)

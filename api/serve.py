@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import signal
@@ -31,6 +32,7 @@ import sys
 import msgspec
 
 from proxy.infra.config import ConfigError, resolve_paths
+from proxy.infra.supervise import one_line_errors
 
 log = logging.getLogger("sipledger.api")
 
@@ -99,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             sock = _bind(host, port)
         except OSError as exc:
-            print(f"error: API cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+            reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound: {exc.strerror or exc}"
+            print(f"error: API port {host}:{port} {reason}", file=sys.stderr)
             return 1
     try:
         backend = open_backend(config.clickhouse, data_dir)
@@ -203,4 +206,4 @@ async def _start_api(state, sock: socket.socket, tasks: dict[str, asyncio.Task])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(one_line_errors(main))

@@ -1,97 +1,134 @@
 """`sipledger up`: the embedded topology on one machine.
 
-Starts the Kafka-protocol broker (Tansu, loopback, memory only) unless an
-external cluster is configured, creates the topics explicitly, then the
-services — proxy (which forks its workers), CDR processor, API + CDR sink
-(one process: chdb allows one process per data path), the billing service
-(credit control and the ledger), RADIUS accounting when a server is configured — prints one READY line and stops everything, children
-first, on Ctrl-C / SIGTERM.  A service that dies is restarted (with backoff);
-Tansu keeps topics in memory only, so if it dies it is restarted and the
-topics recreated, while the proxy's outbox holds every event until it is back.
+Refuses to start on a config it cannot run (checked before anything starts)
+and on a data dir another `up` is using (DATA_DIR/run/up.lock).  Then starts
+the Kafka-protocol broker (Tansu, loopback, memory only) unless an external
+cluster is configured, creates the topics explicitly, and starts the services
+one after the other with the supervisor library (proxy/infra/supervise.py),
+each once the one before it is READY: proxy (which runs its workers), API +
+CDR sink (one process: chdb allows one process per data path), CDR processor,
+billing (credit control and the ledger), RADIUS accounting when a server is
+configured.
+
+It prints ``READY ...`` only when every service is; otherwise it stops what it
+started and exits non-zero with one line naming the service and its reason.
+Every child dies with `up`, even on ``kill -9``.  A service that dies after
+READY is restarted with backoff; Tansu keeps topics in memory only, so if it
+dies it is restarted and the topics recreated, while the proxy's outbox holds
+every event until it is back.  Ctrl-C / SIGTERM stop everything, services in
+reverse order, then the broker.
 """
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 
-from proxy.infra.config import Config
+from proxy.infra.config import RUN_DIR, Config
 from proxy.infra.kafka import ensure_topics_sync
+from proxy.infra.supervise import (
+    RESTART_BACKOFF_S,
+    Child,
+    LockHeld,
+    PidLock,
+    StartFailed,
+    Supervisor,
+    stop_on_signals,
+)
 
 from .broker import BrokerError, EmbeddedBroker
 
 log = logging.getLogger("sipledger.up")
 
-READY_TIMEOUT_S = 90.0
-RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
+UP_LOCK_FILE = "up.lock"
 
 
 class StartError(Exception):
-    pass
+    """Why `up` did not start, in one line."""
 
 
-@dataclass
-class Service:
-    name: str
-    command: list[str]
-    ready_prefix: str | None           # a stdout line starting with this means "up"
-    proc: subprocess.Popen | None = None
-    ready_line: str = ""
-    restarts: int = 0
-    next_start: float = 0.0
-    lines: list[str] = field(default_factory=list)
-
-
-class Supervisor:
-    def __init__(self, config: Config, data_dir: Path, config_file: Path | None, *,
-                 sip_port: int | None = None, api_port: int | None = None):
+class Up:
+    def __init__(self, config: Config, data_dir: Path, config_file: Path | None):
+        """``config`` with the command line's overrides (--sip-port, --api-port) merged in."""
         self.config = config
         self.data_dir = data_dir
         self.config_file = config_file
-        self.sip_port = sip_port or config.proxy.sip_port
-        self.api_port = api_port if api_port is not None else config.api.port
+        self.sip_port = config.proxy.sip_port
+        self.api_port = config.api.port
         self.broker: EmbeddedBroker | None = None
-        self.services: list[Service] = []
-        self._stop = False
+        self.stopping = threading.Event()
+        self.group = Supervisor([], stopping=self.stopping, warn=self._warn)
+        self._broker_failures = 0
+        self._broker_retry_at = 0.0
 
     # -- lifecycle -------------------------------------------------------------
     def run(self) -> int:
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGTERM, self._on_signal)
+        self._check_config()
+        self._log_to_file()
+        lock = self._lock()
+        stop_on_signals(self.stopping)
         try:
-            self._check_routing_script()
             bootstrap = self._start_broker()
             self._create_topics(bootstrap)
-            self.services = self._services(bootstrap)
-            for service in self.services:
-                self._start(service, wait=True)
-            api = self._service("api")
-            api_port = api.ready_line.split("port=")[-1].strip() if api else ""
-            print(f"READY sip={self.config.proxy.listen}:{self.sip_port} kafka={bootstrap} "
-                  f"api={self.config.api.host}:{api_port} data={self.data_dir}", flush=True)
-            return self._watch(bootstrap)
+            self.group.children = self.children(bootstrap)
+            try:
+                self.group.start()
+            except StartFailed as exc:
+                raise StartError(str(exc)) from None
+            print(self.ready_line(bootstrap), flush=True)
+            self.group.watch(tick=lambda: self._check_broker(bootstrap))
+            return 0
         finally:
-            self._shutdown()
+            self.group.stop()
+            if self.broker is not None:
+                self.broker.stop()
+            lock.release()
 
-    def _on_signal(self, signum, frame) -> None:
-        self._stop = True
-
-    def _check_routing_script(self) -> None:
-        """A broken routing module stops `up` before anything starts."""
+    def _check_config(self) -> None:
+        """What `up` cannot run, refused before anything starts (``load`` checked the rest)."""
+        c = self.config
+        if c.authorization.enabled and not c.billing.enabled:
+            raise StartError(f"{self.config_file or 'defaults'}: key 'authorization.enabled': "
+                             "credit control needs billing, which billing.enabled = false turns off; "
+                             "set authorization.enabled = false to run without it")
         from proxy.script.loader import RoutingScriptError, load_script
         try:
-            load_script(self.config.proxy.routing_script)
+            load_script(c.proxy.routing_script)
         except RoutingScriptError as exc:
             raise StartError(f"routing script: {exc}") from None
 
+    def _log_to_file(self) -> None:
+        # stderr is for the operator's one-line messages; library chatter goes to the log
+        log_dir = self.data_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_dir / "up.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+
+    def _lock(self) -> PidLock:
+        try:
+            return PidLock(self.data_dir / RUN_DIR / UP_LOCK_FILE).acquire()
+        except LockHeld as held:
+            owner = f"pid {held.pid}" if held.pid else "pid not yet written"
+            raise StartError(f"data dir {self.data_dir} is in use by another sipledger up ({owner})") from None
+
+    def _warn(self, text: str) -> None:
+        log.warning("%s", text)
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
+    def ready_line(self, bootstrap: str) -> str:
+        c = self.config
+        api = self.group.child("api")
+        api_at = f"{c.api.host}:{api.ready_line.split('port=')[-1].strip()}" if api else "off"
+        credit = "on" if c.authorization.enabled else "off"
+        return (f"READY sip={c.proxy.listen}:{self.sip_port} kafka={bootstrap} api={api_at} "
+                f"credit={credit} data={self.data_dir}")
+
+    # -- the broker and its topics -------------------------------------------------
     def _start_broker(self) -> str:
         kafka = self.config.kafka
         if kafka.mode == "external":
@@ -118,91 +155,37 @@ class Supervisor:
         except Exception as exc:
             raise StartError(f"creating topics on {bootstrap}: {exc}") from None
 
-    # -- services ----------------------------------------------------------------
-    def _services(self, bootstrap: str) -> list[Service]:
-        common = ["--data-dir", str(self.data_dir), "--bootstrap", bootstrap]
-        if self.config_file is not None:
-            common += ["--config", str(self.config_file)]
-        py = [sys.executable, "-m"]
-        services = [Service("proxy", py + ["proxy", "run", "--sip-port", str(self.sip_port)] + common,
-                            "PROXY READY")]
-        if self.config.api.enabled:
-            services.append(Service("api", py + ["api.serve", "--api-port", str(self.api_port)] + common,
-                                    "API READY"))
-        if self.config.cdr.enabled:
-            services.append(Service("cdr", py + ["cdr", "--worker-id", "0"] + common, None))
-        if self.config.billing.enabled:
-            services.append(Service("billing", py + ["billing"] + common, "BILLING READY"))
-        if self.config.radius.servers:
-            services.append(Service("radius", py + ["radius"] + common, "RADIUS READY"))
-        return services
-
-    def _service(self, name: str) -> Service | None:
-        return next((s for s in self.services if s.name == name), None)
-
-    def _start(self, service: Service, *, wait: bool) -> None:
-        log_dir = self.data_dir / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        stderr = open(log_dir / f"{service.name}.log", "ab")
-        try:
-            service.proc = subprocess.Popen(service.command, stdout=subprocess.PIPE, stderr=stderr,
-                                            text=True, env=os.environ.copy())
-        finally:
-            stderr.close()
-        ready = threading.Event()
-        threading.Thread(target=self._read_stdout, args=(service, ready), daemon=True).start()
-        if wait and service.ready_prefix is not None:
-            if not ready.wait(READY_TIMEOUT_S) or service.proc.poll() is not None:
-                raise StartError(f"{service.name} did not start; see {log_dir / service.name}.log")
-
-    def _read_stdout(self, service: Service, ready: threading.Event) -> None:
-        proc = service.proc
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            if service.ready_prefix and line.startswith(service.ready_prefix) and not ready.is_set():
-                service.ready_line = line
-                ready.set()
-        ready.set()                         # EOF: the waiting side checks poll()
-
-    def _watch(self, bootstrap: str) -> int:
-        while not self._stop:
-            time.sleep(0.25)
-            if self.broker is not None and not self.broker.running and not self._stop:
-                self._restart_broker(bootstrap)
-            for service in self.services:
-                if self._stop or service.proc is None or service.proc.poll() is None:
-                    continue
-                now = time.monotonic()
-                if service.next_start == 0.0:
-                    delay = RESTART_BACKOFF_S[min(service.restarts, len(RESTART_BACKOFF_S) - 1)]
-                    print(f"warning: {service.name} exited with status {service.proc.returncode}; "
-                          f"restarting in {delay:g} s", file=sys.stderr, flush=True)
-                    service.next_start = now + delay
-                elif now >= service.next_start:
-                    service.restarts += 1
-                    service.next_start = 0.0
-                    self._start(service, wait=False)
-        return 0
-
-    def _restart_broker(self, bootstrap: str) -> None:
-        print("warning: embedded broker died; restarting it (events wait in the outbox)",
-              file=sys.stderr, flush=True)
+    def _check_broker(self, bootstrap: str) -> None:
+        """Restart a dead embedded broker (with backoff) and recreate its topics:
+        it keeps them in memory only."""
+        if self.broker is None or self.broker.running or time.monotonic() < self._broker_retry_at:
+            return
+        self._warn("embedded broker died; restarting it (events wait in the outbox)")
         try:
             self.broker.start()
             self._create_topics(bootstrap)
+            self._broker_failures = 0
         except (BrokerError, StartError) as exc:
-            print(f"warning: broker restart failed: {exc}", file=sys.stderr, flush=True)
+            delay = RESTART_BACKOFF_S[min(self._broker_failures, len(RESTART_BACKOFF_S) - 1)]
+            self._broker_failures += 1
+            self._broker_retry_at = time.monotonic() + delay
+            self._warn(f"broker restart failed: {exc}; next attempt in {delay:g} s")
 
-    def _shutdown(self) -> None:
-        running = [s.proc for s in reversed(self.services) if s.proc is not None and s.proc.poll() is None]
-        for proc in running:
-            proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for proc in running:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if self.broker is not None:
-            self.broker.stop()
+    # -- the services --------------------------------------------------------------
+    def children(self, bootstrap: str) -> list[Child]:
+        """The services in start order (each starts once the one before is READY)."""
+        c = self.config
+        table = [
+            # name      runs if              python -m ...                                    says
+            ("proxy",   True,                ["proxy", "run", "--sip-port", str(self.sip_port)], "PROXY READY"),
+            ("api",     c.api.enabled,       ["api.serve", "--api-port", str(self.api_port)],    "API READY"),
+            ("cdr",     c.cdr.enabled,       ["cdr", "--worker-id", "0"],                         "CDR READY"),
+            ("billing", c.billing.enabled,   ["billing"],                                          "BILLING READY"),
+            ("radius",  c.radius.enabled,    ["radius"],                                           "RADIUS READY"),
+        ]
+        common = ["--data-dir", str(self.data_dir), "--bootstrap", bootstrap]
+        if self.config_file is not None:
+            common += ["--config", str(self.config_file)]
+        logs = self.data_dir / "logs"
+        return [Child(name, [sys.executable, "-m", *args, *common], ready, log=logs / f"{name}.log")
+                for name, enabled, args, ready in table if enabled]

@@ -15,6 +15,7 @@ import logging
 import sys
 
 from proxy.infra.config import ConfigError, load, resolve_paths
+from proxy.infra.supervise import one_line_errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,4 +52,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(one_line_errors(main))

@@ -4,7 +4,9 @@
 
 Several workers with the same ``[cdr] app_id`` form one consumer group and
 split ``sip.events``' partitions; each keeps its local table state under
-``<store_dir>/worker-N``.  Stop with SIGTERM or SIGINT (faust stops cleanly;
+``<store_dir>/worker-N``.  Prints ``CDR READY ...`` on stdout once the worker
+has its partitions and its table is recovered (faust's "worker started"
+moment); a start it cannot make is one ``error: ...`` line on stderr.  Stop with SIGTERM or SIGINT (faust stops cleanly;
 a SIGKILL is safe too: the next start recovers the table from its changelog
 and replays uncommitted events).
 """
@@ -17,6 +19,7 @@ import sys
 
 from proxy.infra.config import Config, ConfigError, load, resolve_paths
 from proxy.infra.kafka import ensure_topics, topic_partitions
+from proxy.infra.supervise import one_line_errors
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,10 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data_dir, config_file = resolve_paths(args.data_dir, args.config)
         config = load(config_file, {"kafka": {"bootstrap_servers": args.bootstrap}})
-        partitions = asyncio.run(prepare_topics(config))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        partitions = asyncio.run(prepare_topics(config))
+    except Exception as exc:                 # no broker, no topic: one line, no traceback
+        print(f"error: topics on {config.kafka.bootstrap_servers}: {exc or type(exc).__name__}",
+              file=sys.stderr)
+        return 1
 
     try:                                     # ~20% more events/s through faust
         import uvloop
@@ -64,10 +72,21 @@ def main(argv: list[str] | None = None) -> int:
     app, _processor = build_app(config, partitions=partitions, datadir=datadir,
                                 worker_id=args.worker_id)
     logging.getLogger("cdr").setLevel(args.loglevel.upper())
-    worker = faust.Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
+
+    class Worker(faust.Worker):
+        async def on_startup_finished(self) -> None:
+            # faust calls this once the app is fully started: partitions
+            # assigned and the table recovered from its changelog
+            await super().on_startup_finished()
+            events = config.topics.sip_events
+            assigned = sorted(tp.partition for tp in self.app.consumer.assignment() if tp.topic == events)
+            print(f"CDR READY worker={args.worker_id} group={config.cdr.app_id} "
+                  f"{events}={','.join(map(str, assigned)) or '-'}", flush=True)
+
+    worker = Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
     worker.execute_from_commandline()        # returns when the worker stops (exits the process)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(one_line_errors(main))

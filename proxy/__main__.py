@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from .infra.config import Config, ConfigError, load, resolve_paths
+from .infra.supervise import one_line_errors
 
 
 def load_config(config_file: Path | None, sip_port: int | None, bootstrap: str | None) -> Config:
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--workers", type=int)
     parser.add_argument("--udp-fd", type=int, help="inherited public UDP socket (set by `run`)")
+    parser.add_argument("--tcp-fd", type=int, help="inherited public TCP socket (set by `run`)")
     args = parser.parse_args(argv)
     data_dir, config_file = resolve_paths(args.data_dir, args.config)
     try:
@@ -45,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return supervise(workers, data_dir, config_file, overrides,
-                         config.proxy.listen, config.proxy.sip_port)
+                         config.proxy.listen, config.proxy.sip_port, tcp=config.proxy.tcp)
     from .runtime.worker import run
-    run(config, data_dir, args.index, workers, udp_fd=args.udp_fd)
+    run(config, data_dir, args.index, workers, udp_fd=args.udp_fd, tcp_fd=args.tcp_fd)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(one_line_errors(main))

@@ -17,6 +17,7 @@ import signal
 import sys
 
 from proxy.infra.config import ConfigError, load, resolve_paths
+from proxy.infra.supervise import one_line_errors
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,4 +71,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(one_line_errors(main))

@@ -74,7 +74,7 @@ class ProxySettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     listen: str = "127.0.0.1"           # address to bind (SIP UDP and TCP)
     sip_port: int = 5060
     advertised_host: str = ""           # host in Via/Record-Route; defaults to `listen`
-    workers: int = 1                    # processes; >1 uses SO_REUSEPORT + a port per worker
+    workers: int = 1                    # processes; they share the public sockets, each has a port of its own too
     tcp: bool = True
     domains: tuple[str, ...] = ()       # served domains besides the provisioned ones
     max_dialog_seconds: int = 10800     # 3 h, then the proxy sends BYE both ways

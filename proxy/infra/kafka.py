@@ -10,7 +10,8 @@ settings from here, so the embedded broker's quirks (see
   Delivery is at-least-once; every record carries an ``id`` to dedupe on.
 * ListOffsets(LATEST) is wrong after multi-record batches: faust gets
   single-record batches; our own tail readers do not trust the end offset alone.
-* Topics are created explicitly with their partition count (``ensure_topics``).
+* Topics are created explicitly with their partition count (``ensure_topics``;
+  ``ensure_topics_sync`` for code without an event loop, on kafka-python).
   aiokafka asks brokers to auto-create every topic it looks up, and Tansu
   obliges with 4 partitions; after a broker restart the first client to look
   would recreate our topics with the wrong count.  Importing this module
@@ -275,18 +276,66 @@ async def ensure_topics(settings: KafkaSettings, topics: dict[str, int], *,
     async with _admin_client(settings, timeout) as admin:
         await _create_missing(admin, settings, topics)
         counts = await _wait_for_partition_counts(admin, list(topics))
-    for name, wanted in topics.items():
-        if counts[name] != wanted:
-            log.warning("topic %s has %d partitions, %d configured: "
-                        "it existed before; delete and recreate it to change",
-                        name, counts[name], wanted)
+    _warn_mismatches(topics, counts)
     return counts
 
 
 def ensure_topics_sync(settings: KafkaSettings, topics: dict[str, int], *,
                        timeout: float = 10.0) -> dict[str, int]:
-    """``ensure_topics`` for code without a running event loop (CLI, fixtures)."""
-    return asyncio.run(ensure_topics(settings, topics, timeout=timeout))
+    """``ensure_topics`` for code without an event loop (`up`, CLI, fixtures).
+
+    kafka-python's ``KafkaAdminClient`` is synchronous (its I/O runs on a
+    thread of its own), so nothing here needs an event loop; its metadata
+    requests never ask for auto-creation.  Same contract as ``ensure_topics``."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+    from kafka.errors import for_code as sync_error_for_code
+
+    timeout_ms = int(timeout * 1000)
+    admin = KafkaAdminClient(**sync_connection_kwargs(settings), client_id="sipledger-admin",
+                             request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms)
+    try:
+        names = list(topics)
+        created = admin.create_topics(
+            {name: {"num_partitions": partitions, "replication_factor": settings.replication_factor}
+             for name, partitions in topics.items()},
+            timeout_ms=timeout_ms, raise_errors=False)
+        for topic in created["topics"]:
+            code = topic["error_code"]
+            if code not in (0, TopicAlreadyExistsError.errno):
+                error: type[KafkaError] = sync_error_for_code(code)
+                raise error(f"creating topic {topic['name']}: {topic.get('error_message') or ''}".rstrip(": "))
+        # a created topic can take a moment to show in metadata with leaders
+        admin.wait_for_topics(names, timeout_ms=timeout_ms)
+        counts = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(names)}
+    finally:
+        admin.close()
+    _warn_mismatches(topics, counts)
+    return counts
+
+
+def sync_connection_kwargs(settings: KafkaSettings) -> dict[str, Any]:
+    """Address and security settings for kafka-python clients (``connection_kwargs``' twin:
+    the libraries name the certificate setting differently)."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": bootstrap_servers(settings),
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.security_protocol.startswith("SASL"):
+        kwargs.update(sasl_mechanism=settings.sasl_mechanism,
+                      sasl_plain_username=settings.sasl_username,
+                      sasl_plain_password=settings.sasl_password)
+    if settings.security_protocol.endswith("SSL") and settings.ssl_cafile:
+        kwargs["ssl_cafile"] = settings.ssl_cafile
+    return kwargs
+
+
+def _warn_mismatches(topics: dict[str, int], counts: dict[str, int]) -> None:
+    for name, wanted in topics.items():
+        if counts[name] != wanted:
+            log.warning("topic %s has %d partitions, %d configured: "
+                        "it existed before; delete and recreate it to change",
+                        name, counts[name], wanted)
 
 
 async def _create_missing(admin: AIOKafkaAdminClient, settings: KafkaSettings,

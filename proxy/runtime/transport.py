@@ -21,28 +21,45 @@ Deliver = Callable[[bytes, Target], None]
 _ids = itertools.count(1)
 
 
-def udp_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+def udp_socket(host: str, port: int) -> socket.socket:
+    """A bound UDP socket.  No SO_REUSEADDR / SO_REUSEPORT: with either, a
+    second proxy (or any program) could bind the same port and silently take
+    part of the traffic.  The workers of one proxy share the public port by
+    inheriting this one socket (see supervisor.py)."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
         try:
             sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
         except OSError:
             pass
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
 
 
-def tcp_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+def tcp_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket.  SO_REUSEADDR only lets a restart bind while old
+    connections linger in TIME_WAIT; on Linux it never lets two listeners share
+    a port.  Workers share the public one by inheriting it, like UDP."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
     sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def inherited_socket(fd: int) -> socket.socket:
+    """A socket passed down by the proxy supervisor (its family and type are read from the fd)."""
+    sock = socket.socket(fileno=fd)
     sock.setblocking(False)
     return sock
 

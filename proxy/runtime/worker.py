@@ -7,7 +7,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from ..script.loader import load_script
 from ..script.runner import ScriptRouting
 from .authorization import AuthorizationClient
 from .handoff import Handoff
-from .transport import TcpPool, UdpEndpoint, tcp_socket, udp_socket
+from .transport import TcpPool, UdpEndpoint, inherited_socket, tcp_socket, udp_socket
 
 log = logging.getLogger("sipledger.worker")
 
@@ -103,12 +102,13 @@ def load_secret(data_dir: Path, configured: str) -> bytes:
 
 class Worker:
     def __init__(self, config: Config, data_dir: Path, index: int, workers: int,
-                 udp_fd: int | None = None):
+                 udp_fd: int | None = None, tcp_fd: int | None = None):
         self.config = config
         self.data_dir = data_dir
         self.index = index
         self.workers = workers
         self.udp_fd = udp_fd
+        self.tcp_fd = tcp_fd
         self.stopping = asyncio.Event()
         self._flush_scheduled = False
 
@@ -139,17 +139,16 @@ class Worker:
 
         shared = self.workers > 1
         if self.udp_fd is not None:     # shared with the other workers (see supervisor)
-            public_sock = socket.socket(fileno=self.udp_fd)
-            public_sock.setblocking(False)
+            public_sock = inherited_socket(self.udp_fd)
         else:
-            public_sock = udp_socket(px.listen, px.sip_port, reuse_port=False)
+            public_sock = udp_socket(px.listen, px.sip_port)
         public_udp = UdpEndpoint(self._deliver_public if shared else self._deliver)
         udp = {public_udp.id: public_udp}
         self.public_udp = public_udp
         own_udp = public_udp
         if shared:  # a private port so responses and in-dialog requests return here
             own_udp = UdpEndpoint(self._deliver)
-            await loop.create_datagram_endpoint(lambda: own_udp, sock=udp_socket(px.listen, 0, reuse_port=False))
+            await loop.create_datagram_endpoint(lambda: own_udp, sock=udp_socket(px.listen, 0))
             udp[own_udp.id] = own_udp
         else:
             await loop.create_datagram_endpoint(lambda: public_udp, sock=public_sock)
@@ -157,8 +156,10 @@ class Worker:
         tcp = None
         if px.tcp:
             tcp = TcpPool(loop, self._deliver)
-            await tcp.listen(tcp_socket(px.listen, px.sip_port, reuse_port=shared))
-            own_tcp = tcp_socket(px.listen, 0, reuse_port=False) if shared else None
+            public_tcp = (inherited_socket(self.tcp_fd) if self.tcp_fd is not None
+                          else tcp_socket(px.listen, px.sip_port))
+            await tcp.listen(public_tcp)
+            own_tcp = tcp_socket(px.listen, 0) if shared else None
             if own_tcp is not None:
                 await tcp.listen(own_tcp)
                 ports["tcp"] = own_tcp.getsockname()[1]
@@ -289,8 +290,8 @@ def tune_gc() -> None:
 
 
 def run(config: Config, data_dir: Path, index: int, workers: int,
-        udp_fd: int | None = None) -> None:
+        udp_fd: int | None = None, tcp_fd: int | None = None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s worker{index} %(name)s %(levelname)s %(message)s")
     import uvloop
-    uvloop.run(Worker(config, data_dir, index, workers, udp_fd).run())
+    uvloop.run(Worker(config, data_dir, index, workers, udp_fd, tcp_fd).run())

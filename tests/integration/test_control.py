@@ -8,8 +8,8 @@ import pytest
 
 from proxy.contract import commands
 from proxy.contract.events import new_event_id
-from proxy.infra.clock import now_ms
 from proxy.events.control import ControlConsumer
+from proxy.infra.clock import now_ms
 from proxy.infra.kafka import ensure_topics
 from tests.harness.broker import produce, settings_for, standard_topics, unique_topic
 

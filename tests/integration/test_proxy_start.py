@@ -12,7 +12,7 @@ def test_two_workers_start_on_a_fresh_data_dir(tmp_path, broker):
     # regression: workers racing to create the SQLite schemas failed with
     # "database is locked" on the very first start
     config = tmp_path / "sipledger.toml"
-    config.write_text("[proxy]\nworkers = 4\n")
+    config.write_text("[proxy]\nworkers = 4\n[authorization]\nenabled = false\n")   # no billing here
     proc = subprocess.Popen(
         [sys.executable, "-m", "proxy", "run", "--data-dir", str(tmp_path / "fresh"),
          "--config", str(config), "--sip-port", str(free_udp_port()), "--bootstrap", broker.bootstrap],

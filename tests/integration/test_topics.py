@@ -7,8 +7,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from proxy.infra.kafka import ensure_topics, producer_kwargs, topic_partitions
+from proxy.infra.config import KafkaSettings
+from proxy.infra.kafka import ensure_topics, ensure_topics_sync, producer_kwargs, topic_partitions
 from tests.harness.broker import settings_for, unique_topic
+from tests.harness.proxy import free_tcp_port
 
 pytestmark = pytest.mark.integration
 
@@ -18,6 +20,21 @@ async def test_ensure_topics_is_idempotent_and_keeps_counts(kafka_settings):
     assert await ensure_topics(kafka_settings, {first: 6, second: 2}) == {first: 6, second: 2}
     # Exists already: fine, and its count is reported as it is.
     assert await ensure_topics(kafka_settings, {first: 3}) == {first: 6}
+
+
+def test_ensure_topics_sync_creates_with_counts_and_is_idempotent(kafka_settings):
+    """The synchronous twin (kafka-python's KafkaAdminClient) that `up` uses."""
+    first, second = unique_topic("sync"), unique_topic("sync")
+    assert ensure_topics_sync(kafka_settings, {first: 6, second: 2}) == {first: 6, second: 2}
+    assert ensure_topics_sync(kafka_settings, {first: 3, second: 2}) == {first: 6, second: 2}
+    # what the async clients see
+    assert asyncio.run(topic_partitions(kafka_settings, first)) == 6
+
+
+def test_ensure_topics_sync_without_a_broker_raises():
+    nobody = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_tcp_port()}")
+    with pytest.raises(Exception, match="bootstrap|connect|broker"):
+        ensure_topics_sync(nobody, {unique_topic(): 1}, timeout=1.0)
 
 
 async def test_clients_never_auto_create_topics(kafka_settings):

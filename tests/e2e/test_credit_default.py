@@ -1,0 +1,54 @@
+"""Credit control is on whenever billing runs: with the default config (no
+[authorization] section, billing on) `up` says ``credit=on`` and a prepaid
+account with balance 0 calling a rated destination gets 402 before any phone
+rings."""
+from __future__ import annotations
+
+import pytest
+from harness.calls import DOMAIN, PASSWORDS, registered, start_sipledger
+from harness.proxy import event_types, read_events
+from harness.sipp import run_uac
+
+pytestmark = pytest.mark.e2e
+
+CAROL = f"carol@{DOMAIN}"
+RATES = "plan,prefix,name,price_per_min,first_increment,next_increment,rounding,decimals,currency\n" \
+        "retail,*,anywhere,0.60,1,1,up,4,EUR\n"
+
+
+@pytest.fixture(scope="module")
+def sl(tmp_path_factory):
+    sl = start_sipledger(tmp_path_factory.mktemp("sipledger-credit-default") / "data")
+    try:
+        rates = sl.data_dir / "rates.csv"
+        rates.write_text(RATES)
+        sl.run_cli("rates", "import", str(rates))
+        sl.run_cli("rates", "assign", CAROL, "retail")
+        sl.run_cli("account", "add", CAROL, "--prepaid", "--currency", "EUR")     # balance 0
+    except BaseException:
+        sl.stop()
+        raise
+    yield sl
+    sl.stop()
+
+
+def test_default_config_runs_credit_control(sl):
+    assert "[authorization]" not in sl.config_path.read_text()
+    assert " credit=on " in sl.ready_line
+
+
+def test_zero_balance_gets_402_and_the_callee_never_rings(sl, uas_factory, sipp_dir):
+    bob = uas_factory("uas_answer", timeout=15)
+    with registered(sl, "bob", bob, sipp_dir):
+        res = run_uac("uac_call_expect_failure", sl.sip_addr,
+                      {"caller": "carol", "callee": "bob", "domain": DOMAIN}, 15,
+                      auth=("carol", PASSWORDS["carol"]), auth_uri=f"bob@{DOMAIN}", workdir=sipp_dir,
+                      variables={"expected": 402})
+        assert res.returncode == 0 and res.successful == 1, res.describe()
+    call_id = res.sent("INVITE")[0].header("Call-ID")
+    events = read_events(sl.kafka_bootstrap, "sip.events", call_id=call_id, timeout=15,
+                         until=lambda evs: "call.failed" in event_types(evs))
+    (failed,) = [e for e in events if e["type"] == "call.failed"]
+    assert failed["code"] == 402 and failed["by_proxy"], failed
+    assert "invite.routed" not in event_types(events), event_types(events)     # never forwarded
+    assert bob.result().received("INVITE") == [], "the callee must not ring"
