@@ -40,7 +40,7 @@ async def prepare_topics(config: Config) -> int:
     counts = await ensure_topics(kafka, {events: kafka.partitions,
                                          config.cdr.records_topic: records_partitions},
                                  timeout=30.0)
-    return counts[events] or await topic_partitions(kafka, events)
+    return counts.get(events) or await topic_partitions(kafka, events) or kafka.partitions
 
 
 def main(argv: list[str] | None = None) -> int:

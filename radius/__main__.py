@@ -15,6 +15,8 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from proxy.infra.config import ConfigError, load, resolve_paths
 from proxy.infra.supervise import one_line_errors
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         import uvloop
-        runner = uvloop.run
+        runner: Callable[[Coroutine[Any, Any, None]], None] = uvloop.run
     except ImportError:                                  # pragma: no cover
         runner = asyncio.run
 

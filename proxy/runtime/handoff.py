@@ -8,6 +8,7 @@ original source address, over a Unix datagram socket under the data dir.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -71,9 +72,9 @@ class Handoff:
         # instead of being processed by the wrong worker
         self.peers: dict[int, socket.socket] = {}
         self.backlog: dict[int, deque[bytes]] = {}
-        self.loop = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
-    def start(self, loop) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         loop.add_reader(self.sock.fileno(), self._readable)
 
@@ -126,7 +127,7 @@ class Handoff:
 
     def _queue(self, owner: int, packet: bytes) -> None:
         backlog = self.backlog.setdefault(owner, deque())
-        if not backlog:
+        if not backlog and self.loop is not None:
             self.loop.add_writer(self.peers[owner].fileno(), self._drain, owner)
         if len(backlog) >= MAX_BACKLOG:   # an owner that stopped reading: shed load (UDP semantics)
             backlog.popleft()
@@ -143,7 +144,8 @@ class Handoff:
             return
         except OSError:
             backlog.clear()
-        self.loop.remove_writer(peer.fileno())
+        if self.loop is not None:
+            self.loop.remove_writer(peer.fileno())
 
     def _readable(self) -> None:
         for _ in range(256):

@@ -79,6 +79,16 @@ class UdpEndpoint(asyncio.DatagramProtocol):
     def error_received(self, exc) -> None:     # ICMP unreachable etc.: UDP is best effort
         log.debug("udp error: %s", exc)
 
+    @property
+    def local_port(self) -> int:
+        if self.transport is None:
+            raise RuntimeError("UDP endpoint not connected yet")
+        return self.transport.get_extra_info("sockname")[1]
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
     def send(self, data: bytes, host: str, port: int) -> bool:
         if self.transport is None or self.transport.is_closing():
             return False
@@ -92,7 +102,7 @@ class TcpConnection(asyncio.Protocol):
         self.id = next(_ids)
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
-        self.peer: tuple[str, int] | None = None
+        self.peer: tuple[str, int] = ("", 0)          # set by connection_made, before any data
         self.pending: list[bytes] = []
 
     def connection_made(self, transport) -> None:
@@ -109,7 +119,8 @@ class TcpConnection(asyncio.Protocol):
             messages = self.framer.feed(data)
         except FramingError as exc:
             log.info("closing TCP %s: %s", self.peer, exc)
-            self.transport.close()
+            if self.transport is not None:
+                self.transport.close()
             return
         for msg in messages:
             self.pool.deliver(msg, Target("tcp", self.peer[0], self.peer[1], self.id))

@@ -48,7 +48,7 @@ class RuntimeEffects:
         self.udp = udp
         self.tcp = tcp
         self.on_emit = on_emit
-        self.authorization = None
+        self.authorization: AuthorizationClient | None = None   # set once credit control is reachable
 
     def send(self, data: bytes, target: Target) -> bool:
         if target.transport == "udp":
@@ -152,7 +152,7 @@ class Worker:
             udp[own_udp.id] = own_udp
         else:
             await loop.create_datagram_endpoint(lambda: public_udp, sock=public_sock)
-        ports = {"udp": own_udp.transport.get_extra_info("sockname")[1]}
+        ports = {"udp": own_udp.local_port}
         tcp = None
         if px.tcp:
             tcp = TcpPool(loop, self._deliver)
@@ -169,7 +169,7 @@ class Worker:
         host = px.advertised_host or px.listen
         node = LocalNode(host, ports, px.sip_port, aliases=(px.listen,))
         self.effects = RuntimeEffects(loop, self.outbox, own_udp, udp, tcp, self._schedule_flush)
-        self.authorization = None
+        self.authorization: AuthorizationClient | None = None
         if cfg.authorization.enabled:
             self.authorization = AuthorizationClient(cfg.authorization, self.data_dir)
             await self.authorization.start()
@@ -203,7 +203,7 @@ class Worker:
         if self.handoff is not None:
             self.handoff.close(loop)
         for endpoint in udp.values():
-            endpoint.transport.close()
+            endpoint.close()
         if tcp is not None:
             tcp.close()
         await self.control.stop()
@@ -217,7 +217,7 @@ class Worker:
         self.engine.on_data(data, source)
 
     def _deliver_public(self, data: bytes, source: Target) -> None:
-        if not self.handoff.route(data, source.host, source.port):
+        if self.handoff is None or not self.handoff.route(data, source.host, source.port):
             self.engine.on_data(data, source)
 
     def _deliver_handed(self, data: bytes, ip: str, port: int) -> None:
