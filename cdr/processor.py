@@ -48,7 +48,7 @@ from typing import Any
 import msgspec
 
 from proxy.contract import events as ev
-from proxy.contract.callfold import CallState, apply, finish, new_state, silence_deadline_ms, silence_end_ms
+from proxy.contract.callfold import CallState, apply, finish, live, new_state, silence_deadline_ms, silence_end_ms
 from proxy.contract.cdr import CdrLeg
 from proxy.infra.config import Config
 from proxy.infra.kafka import faust_app
@@ -70,13 +70,6 @@ class Slot(msgspec.Struct, frozen=True, array_like=True):
     state: CallState | None = None
     done: bool = False
     close_ms: int = 0               # a silence close: the end time given to finish()
-
-    @property
-    def live(self) -> CallState:
-        """The state of a live call; callers have ruled out a finished one."""
-        if self.state is None:
-            raise ValueError("a finished call has no live state")
-        return self.state
 
 
 _slot_encoder = msgspec.msgpack.Encoder()
@@ -239,7 +232,7 @@ class CdrProcessor:
             counts["after_finish"] += 1            # a late duplicate of a finished call
             return
         else:
-            state = slot.live
+            state = live(slot.state)
             if event.ts_ms > silence_deadline_ms(state, self.window_ms):
                 # the call went silent before this event: close it as the timer would have
                 self._close(key, Slot(partition, now, state, True, silence_end_ms(state, self.window_ms)),

@@ -33,7 +33,7 @@ from aiokafka.errors import KafkaError
 from pyrad.dictionary import Dictionary
 
 from proxy.contract import events as ev
-from proxy.contract.callfold import CallState, apply, new_state, silence_deadline_ms, silence_end_ms
+from proxy.contract.callfold import CallState, apply, live, new_state, silence_deadline_ms, silence_end_ms
 from proxy.infra.config import Config
 from proxy.infra.kafka import consumer_kwargs, ensure_topics
 
@@ -55,13 +55,6 @@ class Slot(msgspec.Struct, frozen=True, array_like=True):
     seen_ms: int                     # wall clock of the last change
     state: CallState | None
     progress: Progress
-
-    @property
-    def live(self) -> CallState:
-        """The state of a live call; callers have ruled out a finished one."""
-        if self.state is None:
-            raise ValueError("a finished call has no live state")
-        return self.state
 
 
 _slot_encoder = msgspec.msgpack.Encoder()
@@ -112,7 +105,7 @@ class Accounting:
         if slot is None:
             state, progress = new_state(call_id), Progress()
         else:
-            state, progress = slot.live, slot.progress
+            state, progress = live(slot.state), slot.progress
             if event.ts_ms > silence_deadline_ms(state, self.silence_ms):
                 # silent before this event: closed as the timer would have done
                 self._close_silent(call_id, slot, now_ms, records, changed)
@@ -133,8 +126,8 @@ class Accounting:
 
     def _close_silent(self, call_id: str, slot: Slot, now_ms: int, records: list[Record],
                       changed: dict[str, Slot]) -> None:
-        out, progress = plan(slot.live, slot.progress, self.ctx,
-                             silence_end_ms=silence_end_ms(slot.live, self.silence_ms))
+        out, progress = plan(live(slot.state), slot.progress, self.ctx,
+                             silence_end_ms=silence_end_ms(live(slot.state), self.silence_ms))
         records.extend(out)
         self.counts["records"] += len(out)
         self.counts["silence_closes"] += 1
@@ -148,7 +141,7 @@ class Accounting:
                 break
             forgotten.append(call_id)
         for call_id, slot in self.calls.items():
-            state = slot.live                   # self.calls holds live calls only
+            state = live(slot.state)                   # self.calls holds live calls only
             quiet_since = max(slot.seen_ms, self.started_ms)
             if now_ms - quiet_since > self.silence_ms \
                     and now_ms > silence_deadline_ms(state, self.silence_ms):

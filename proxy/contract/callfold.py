@@ -291,6 +291,14 @@ _HANDLERS: dict[type, Callable[[CallState, Any, dict[str, Any]], None]] = {
 }
 
 
+def live(state: CallState | None) -> CallState:
+    """The state of a live call, where the processors keep None for a finished
+    one and the caller has ruled that out."""
+    if state is None:
+        raise ValueError("a finished call has no live state")
+    return state
+
+
 def fold(events, state: CallState | None = None) -> CallState | None:
     """Fold a sequence of one call's events (convenience for tests and replays);
     None for no events and no state."""
