@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the billing service needs --bootstrap (or kafka.bootstrap_servers)", file=sys.stderr)
         return 2
     data_dir.mkdir(parents=True, exist_ok=True)
-    from .service import BillingService
+    from .credit.service import BillingService
 
     service = BillingService(config, data_dir)
 

@@ -29,14 +29,14 @@ from starlette.concurrency import run_in_threadpool
 
 from proxy.infra.config import BillingSettings, LedgerSettings
 
-from .chledger import LedgerQueries
 from .client import BillingClient
-from .ledger import LedgerError, account_dict, money_text
-from .rates_csv import CsvImportError, plan_import, write_rates
-from .rates_store import RatesStore
-from .rating import Rate, RatingError
-from .reports import CONTENT_TYPES, FORMATS, REPORTS, ClickHouseSource, build_report, report_bytes
-from .store import LedgerStore
+from .ledger.clickhouse import LedgerQueries
+from .ledger.fold import LedgerError, account_dict, money_text
+from .ledger.store import LedgerStore
+from .rating.csvfile import CsvImportError, plan_import, write_rates
+from .rating.model import Rate, RatingError
+from .rating.store import RatesStore
+from .reports.build import CONTENT_TYPES, FORMATS, REPORTS, ClickHouseSource, build_report, report_bytes
 
 __all__ = ["billing_router", "BillingApi"]
 
@@ -360,7 +360,7 @@ def billing_router(api: BillingApi, tokens) -> APIRouter:
     async def ledger_check(who: Who, from_: Annotated[str | None, Query(alias="from")] = None,
                            to: str | None = None, account: str | None = None) -> dict:
         admin(who)
-        from .check import run_check
+        from .ledger.check import run_check
         if api.backend is None:
             raise HTTPException(503, "the CDR store is not available in this process")
         result = await call(run_check, api.backend, api.store, api.rates, from_ms=_time(from_, "from"),

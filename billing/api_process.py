@@ -30,8 +30,8 @@ def start_ledger_sink(backend, kafka, config, data_dir: Path | None, tasks: dict
     """Start ``ledger.events`` -> ClickHouse and the SQLite repair as tasks in ``tasks``."""
     if data_dir is None:
         return None
-    from .chledger import LedgerQueries, LedgerRepair, LedgerSink
-    from .store import LedgerStore
+    from .ledger.clickhouse import LedgerQueries, LedgerRepair, LedgerSink
+    from .ledger.store import LedgerStore
 
     ledger = getattr(config, "ledger", None) or LedgerSettings()
     billing = getattr(config, "billing", None) or BillingSettings()

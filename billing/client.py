@@ -24,7 +24,7 @@ import msgspec
 
 from proxy.infra.config import BILLING_SOCKET_FILE, RUN_DIR, BillingSettings
 
-from .ledger import (
+from .ledger.fold import (
     ZERO,
     AccountInfo,
     LedgerError,
@@ -37,8 +37,8 @@ from .ledger import (
     parse_amount,
     same_request,
 )
-from .messages import RpcRequest, RpcResponse
-from .store import LedgerStore, ServiceLock, ServiceRunning
+from .ledger.store import LedgerStore, ServiceLock, ServiceRunning
+from .rpc import RpcRequest, RpcResponse
 
 __all__ = ["BillingClient", "offline_snapshot"]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from billing.rates_store import RatesStore
-from billing.rating import Rate, RatePlan
+from billing.rating.model import Rate, RatePlan
+from billing.rating.store import RatesStore
 from cdr.processor import encode_row
 from proxy.contract import commands
 from proxy.contract import events as ev

@@ -15,11 +15,11 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.tokens import open_store
 from billing.api_process import mount_billing
-from billing.chledger import LedgerQueries, LedgerRepair, LedgerSink
-from billing.ledger import debit_id
-from billing.rating import rate_call
-from billing.reports import read_export
-from billing.store import LedgerStore
+from billing.ledger.clickhouse import LedgerQueries, LedgerRepair, LedgerSink
+from billing.ledger.fold import debit_id
+from billing.ledger.store import LedgerStore
+from billing.rating.model import rate_call
+from billing.reports.build import read_export
 from cdr.store.queries import CdrStore
 from proxy.infra.clickhouse.backend import ChdbBackend
 from proxy.infra.clickhouse.migrate import migrate
@@ -113,7 +113,7 @@ def test_history_reports_and_check(env):
     legs = [cdr_leg(f"api-call-{i}", ALICE, NUMBER, base + i * 60_000, base + i * 60_000 + 10_000 * (i + 1))
             for i in range(3)]
     CdrStore(backend).insert_legs(legs)
-    from billing.ledger import LedgerEvent
+    from billing.ledger.fold import LedgerEvent
     events = [LedgerEvent(id=debit_id(leg.cdr_id, 0), account=ALICE, kind="debit", currency="EUR",
                           amount=rate_call(plan, NUMBER, leg.answer_ms, leg.duration_ms).total,
                           ts_ms=leg.end_ms + 100, cdr_id=leg.cdr_id, leg=0, call_id=leg.call_id,
@@ -162,11 +162,11 @@ def test_ledger_sink_from_the_broker(env, broker):
     queries = LedgerQueries(backend)
     store = LedgerStore(f"sqlite:///{data}/sink.sqlite")
     store.create_schema()
-    from billing.ledger import AccountInfo, money_event
+    from billing.ledger.fold import AccountInfo, money_event
     acct = AccountInfo(id="sink@a.test")
     new = store.append([money_event(acct, "topup", D("0.000001"), f"k{i}", ts_ms=1_793_491_200_000 + i)
                         for i in range(25)])
-    from billing.store import encode_event
+    from billing.ledger.store import encode_event
     records = [(e.account.encode(), encode_event(e)) for e in store.unpublished(topic)]
     assert len(records) == 25
     asyncio.run(produce(kafka, topic, records + records[:10]))          # with duplicates

@@ -14,9 +14,9 @@ from decimal import Decimal as D
 import pytest
 
 from billing.client import BillingClient
-from billing.ledger import fold
-from billing.rating import max_duration, rate_call
-from billing.store import LedgerStore, decode_event
+from billing.ledger.fold import fold
+from billing.ledger.store import LedgerStore, decode_event
+from billing.rating.model import max_duration, rate_call
 from proxy.contract import credit
 from proxy.contract.commands import Teardown
 from proxy.infra.config import BillingSettings

@@ -1,4 +1,4 @@
-"""Credit control as a pure state machine (billing/control.py): authorization,
+"""Credit control as a pure state machine (billing/credit/control.py): authorization,
 reservations in increments, exhaustion -> teardown timing, concurrent calls on
 one account, adjustments, top-ups, CDR debits applied once -- and a simulation
 (hypothesis) of concurrent calls with a proxy that obeys teardowns late."""
@@ -10,9 +10,9 @@ from decimal import Decimal as D
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from billing.control import EXHAUSTED, CreditControl
-from billing.ledger import AccountInfo, LedgerEvent, fold, money_event
-from billing.rating import Rate, RatePlan, RatesSnapshot, max_duration, rate_call
+from billing.credit.control import EXHAUSTED, CreditControl
+from billing.ledger.fold import AccountInfo, LedgerEvent, fold, money_event
+from billing.rating.model import Rate, RatePlan, RatesSnapshot, max_duration, rate_call
 from proxy.contract.cdr import CdrLeg, cdr_id_for
 from proxy.contract.commands import Teardown
 from proxy.contract.credit import AuthorizeRequest
@@ -79,7 +79,7 @@ class Harness:
         return self.handle(self.core.apply_external(new, now)), events
 
     def fold_matches(self):
-        from billing.ledger import Book
+        from billing.ledger.fold import Book
         book = fold(self.ledger).books.get(ALICE, Book())
         live = self.core.books[ALICE]
         assert (book.balance, book.reserved) == (live.balance, live.reserved)

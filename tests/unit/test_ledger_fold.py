@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from billing.control import Problem
-from billing.ledger import (
+from billing.credit.control import Problem
+from billing.ledger.fold import (
     AccountInfo,
     LedgerError,
     LedgerEvent,
@@ -22,7 +22,7 @@ from billing.ledger import (
     parse_amount,
     reservation_id,
 )
-from billing.store import LedgerStore, ServiceLock, ServiceRunning, decode_event, encode_event
+from billing.ledger.store import LedgerStore, ServiceLock, ServiceRunning, decode_event, encode_event
 
 ACC = AccountInfo(id="alice@a.test", currency="EUR")
 

@@ -49,12 +49,7 @@ from decimal import Decimal
 
 import msgspec
 
-from proxy.contract import commands
-from proxy.contract.cdr import CdrLeg
-from proxy.contract.credit import AuthorizeRequest, AuthorizeResponse
-from proxy.infra.config import CreditSettings
-
-from .ledger import (
+from billing.ledger.fold import (
     ZERO,
     AccountInfo,
     LedgerError,
@@ -70,7 +65,7 @@ from .ledger import (
     reservation_id,
     reserved_delta,
 )
-from .rating import (
+from billing.rating.model import (
     DAY,
     RatePlan,
     RatesSnapshot,
@@ -80,6 +75,10 @@ from .rating import (
     number_from_uri,
     rate_call,
 )
+from proxy.contract import commands
+from proxy.contract.cdr import CdrLeg
+from proxy.contract.credit import AuthorizeRequest, AuthorizeResponse
+from proxy.infra.config import CreditSettings
 
 __all__ = ["CreditControl", "Effects", "Notification", "Problem", "Call", "Hold", "Live",
            "EXHAUSTED", "BLOCKED"]

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from proxy.infra.config import BillingSettings
 
-from .rates_csv import (
+from .csvfile import (
     CsvImportError,
     format_instant,
     format_time_of_day,
@@ -30,8 +30,8 @@ from .rates_csv import (
     plan_import,
     write_rates,
 )
-from .rates_store import RatesStore
-from .rating import DAY, RatingError, check_timezone, max_duration, number_from_uri, rate_call, to_epoch_ms
+from .model import DAY, RatingError, check_timezone, max_duration, number_from_uri, rate_call, to_epoch_ms
+from .store import RatesStore
 
 __all__ = ["rates_app"]
 
@@ -73,7 +73,7 @@ def _print_table(table: Table) -> None:
 @rates_app.command("import")
 def rates_import(
     ctx: typer.Context,
-    file: Path = typer.Argument(..., metavar="FILE", help="CSV file (see billing/rates_csv.py for the columns)."),
+    file: Path = typer.Argument(..., metavar="FILE", help="CSV file (see billing/rating/csvfile.py for the columns)."),
     plan: Optional[str] = typer.Option(None, "--plan", help="Plan for rows with an empty plan column."),
     replace: bool = typer.Option(False, "--replace",
                                  help="Replace all rates of the plans in the file (default: add to them)."),

@@ -54,16 +54,7 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from proxy.contract import commands as cmd
-from proxy.contract import credit
-from proxy.contract import events as ev
-from proxy.contract.cdr import CdrLeg
-from proxy.infra.clock import now_ms
-from proxy.infra.config import BILLING_SOCKET_FILE, CREDIT_PORT_FILE, RUN_DIR, Config
-from proxy.infra.kafka import bootstrap_servers, consumer_kwargs, ensure_topics, producer_kwargs
-
-from .control import CreditControl, Effects, Problem
-from .ledger import (
+from billing.ledger.fold import (
     LedgerError,
     account_dict,
     build_account,
@@ -73,10 +64,19 @@ from .ledger import (
     parse_amount,
     same_request,
 )
-from .messages import CallStep, RpcRequest, RpcResponse, decode_step, encode_step
-from .rates_store import RatesStore
-from .rating import RatingError, number_from_uri
-from .store import LedgerStore, ServiceLock, ServiceRunning, encode_event
+from billing.ledger.store import LedgerStore, ServiceLock, ServiceRunning, encode_event
+from billing.rating.model import RatingError, number_from_uri
+from billing.rating.store import RatesStore
+from billing.rpc import CallStep, RpcRequest, RpcResponse, decode_step, encode_step
+from proxy.contract import commands as cmd
+from proxy.contract import credit
+from proxy.contract import events as ev
+from proxy.contract.cdr import CdrLeg
+from proxy.infra.clock import now_ms
+from proxy.infra.config import BILLING_SOCKET_FILE, CREDIT_PORT_FILE, RUN_DIR, Config
+from proxy.infra.kafka import bootstrap_servers, consumer_kwargs, ensure_topics, producer_kwargs
+
+from .control import CreditControl, Effects, Problem
 
 log = logging.getLogger("sipledger.billing")
 

@@ -320,7 +320,7 @@ def build_account(account: str, fields: dict, *, existing: AccountInfo | None, n
                   default_currency: str = "EUR") -> AccountInfo:
     """An account from user-supplied fields (create: ``existing`` None; update:
     the fields given replace those of ``existing``).  Raises LedgerError."""
-    from .rating import RatingError, check_currency
+    from billing.rating.model import RatingError, check_currency
 
     allowed = {"kind", "currency", "status", "credit_limit", "name"}
     unknown = set(fields) - allowed

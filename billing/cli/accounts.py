@@ -25,11 +25,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from billing.client import BillingClient
+from billing.ledger.fold import LedgerError, fold, money_text
+from billing.ledger.store import LedgerStore
 from proxy.infra.config import BillingSettings, LedgerSettings
-
-from .client import BillingClient
-from .ledger import LedgerError, fold, money_text
-from .store import LedgerStore
 
 __all__ = ["account_app", "ledger_app", "report_app", "parse_when"]
 
@@ -252,7 +251,7 @@ def _time(ms: int) -> str:
 
 
 def _event_json(e) -> dict:
-    from .ledger import event_dict
+    from billing.ledger.fold import event_dict
     return event_dict(e)
 
 
@@ -263,7 +262,7 @@ def account_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json
         accounts = store.list_accounts()
         state = fold(store.iter_events())
     if as_json:
-        from .ledger import account_dict
+        from billing.ledger.fold import account_dict
         rows = []
         for a in accounts:
             book = state.books.get(a.id)
@@ -342,10 +341,9 @@ def ledger_check(
 
 
 def _check_direct(ctx, from_ms, to_ms, account, token) -> dict:
+    from billing.ledger.check import run_check
+    from billing.rating.store import RatesStore
     from proxy.infra.clickhouse.backend import BackendError, open_backend
-
-    from .check import run_check
-    from .rates_store import RatesStore
 
     config = getattr(ctx.obj, "config", None)
     try:
@@ -393,7 +391,7 @@ def _report(ctx: typer.Context, name: str, account: str | None, from_: str | Non
             month: str | None, fmt: str, output: Path) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .reports import FORMATS, SqliteSource, build_report, write_report
+    from billing.reports.build import FORMATS, SqliteSource, build_report, write_report
 
     if fmt not in FORMATS:
         _fail(f"--format must be one of {', '.join(FORMATS)}", 2)

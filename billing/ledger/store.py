@@ -53,11 +53,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from billing.credit.control import Problem
 from proxy.infra.config import BILLING_LOCK_FILE, RUN_DIR
 from proxy.infra.sqldb import SqlStore, change_log_table
 
-from .control import Problem
-from .ledger import AccountInfo, LedgerError, LedgerEvent, money_text
+from .fold import AccountInfo, LedgerError, LedgerEvent, money_text
 
 __all__ = ["LedgerStore", "ServiceLock", "ServiceRunning", "metadata", "encode_event", "decode_event"]
 

@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 
-from .ledger import ZERO, AccountInfo, LedgerEvent, money_text
-from .rating import RatesSnapshot, RatingError, number_from_uri, rate_call
+from billing.rating.model import RatesSnapshot, RatingError, number_from_uri, rate_call
+
+from .fold import ZERO, AccountInfo, LedgerEvent, money_text
 
 __all__ = ["Difference", "AccountPeriod", "CheckResult", "reconcile", "cdr_legs", "run_check"]
 

@@ -26,7 +26,7 @@ from typing import Any
 from proxy.infra.clickhouse.backend import Backend, BackendError
 from proxy.infra.clickhouse.sink import TopicSink
 
-from .ledger import LedgerEvent, balance_delta, reserved_delta
+from .fold import LedgerEvent, balance_delta, reserved_delta
 from .store import LedgerStore
 
 __all__ = ["TABLE", "COLUMNS", "columns_for", "LedgerQueries", "LedgerSink", "LedgerRepair"]
