@@ -30,9 +30,11 @@ from starlette.concurrency import run_in_threadpool
 from proxy.infra.config import BillingSettings, LedgerSettings
 
 from .client import BillingClient
+from .errors import LedgerError
+from .ledger.accounts import account_dict
 from .ledger.clickhouse import LedgerQueries
-from .ledger.fold import LedgerError, account_dict, money_text
 from .ledger.store import LedgerStore
+from .money import money_text
 from .rating.csvfile import CsvImportError, plan_import, write_rates
 from .rating.model import Rate, RatingError
 from .rating.store import RatesStore

@@ -1,45 +1,22 @@
-"""Records the billing service exchanges besides the ledger events (billing/ledger.py).
+"""The admin RPC of the billing service: its records and their encoding.  Billing-internal.
 
-* ``CallStep`` on ``billing.calls`` (key = account): the call events credit
-  control needs, repartitioned from ``sip.events`` (key = Call-ID) by account
-  so that one account's calls are processed in order, on one partition.
-* The admin RPC on the unix socket DATA_DIR/run/billing.sock: one JSON object
-  per line each way (``RpcRequest`` -> ``RpcResponse``).  Used by the API
-  process and the CLI for account changes, top-ups and adjustments (applied
-  exactly once: the ledger event id is the idempotency key's hash) and for the
-  live balance.
+The billing service listens on the unix socket DATA_DIR/run/billing.sock
+(mode 0600); the API process and the CLI (billing/client.py) send one JSON
+``RpcRequest`` per line and read one ``RpcResponse`` per line back.  The
+operations are the money commands of billing/application.py -- account
+changes, top-ups, adjustments and refunds (exactly once: the ledger event id
+is the idempotency key's hash), the live balance -- and ``ping``.
+
+Not part of the contract (proxy/contract/): only billing's own processes
+speak it, on one host, and both sides ship together.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
-__all__ = ["CallStep", "encode_step", "decode_step", "RpcRequest", "RpcResponse", "OPS"]
-
-
-class CallStep(msgspec.Struct, frozen=True, kw_only=True):
-    kind: Literal["answered", "ended"]
-    id: str                          # the sip.events event it came from
-    call_id: str
-    account: str
-    number: str = ""                 # rated number (answered)
-    ts_ms: int                       # answer time (answered) / end time (ended)
-    reason: str = ""                 # the sip.events type that ended it
-    v: int = 1
-
-
-_step_enc = msgspec.json.Encoder()
-_step_dec = msgspec.json.Decoder(CallStep)
-
-
-def encode_step(step: CallStep) -> bytes:
-    return _step_enc.encode(step)
-
-
-def decode_step(data: bytes) -> CallStep:
-    return _step_dec.decode(data)
-
+__all__ = ["OPS", "RpcRequest", "RpcResponse", "encode", "decode_request", "decode_response"]
 
 OPS = ("ping", "balance", "account.put", "account.delete", "money")
 
@@ -62,3 +39,21 @@ class RpcResponse(msgspec.Struct, kw_only=True):
     status: int = 200
     error: str = ""
     result: dict[str, Any] = {}
+
+
+_encoder = msgspec.json.Encoder(decimal_format="string")
+_request_decoder = msgspec.json.Decoder(RpcRequest)
+_response_decoder = msgspec.json.Decoder(RpcResponse)
+
+
+def encode(message: RpcRequest | RpcResponse) -> bytes:
+    """One line of the protocol (newline included)."""
+    return _encoder.encode(message) + b"\n"
+
+
+def decode_request(line: bytes) -> RpcRequest:
+    return _request_decoder.decode(line)
+
+
+def decode_response(line: bytes) -> RpcResponse:
+    return _response_decoder.decode(line)

@@ -26,8 +26,10 @@ from rich.console import Console
 from rich.table import Table
 
 from billing.client import BillingClient
-from billing.ledger.fold import LedgerError, fold, money_text
+from billing.errors import LedgerError
+from billing.ledger.fold import fold
 from billing.ledger.store import LedgerStore
+from billing.money import money_text
 from proxy.infra.config import BillingSettings, LedgerSettings
 
 __all__ = ["account_app", "ledger_app", "report_app", "parse_when"]
@@ -251,7 +253,7 @@ def _time(ms: int) -> str:
 
 
 def _event_json(e) -> dict:
-    from billing.ledger.fold import event_dict
+    from billing.ledger.events import event_dict
     return event_dict(e)
 
 
@@ -262,7 +264,7 @@ def account_list(ctx: typer.Context, as_json: bool = typer.Option(False, "--json
         accounts = store.list_accounts()
         state = fold(store.iter_events())
     if as_json:
-        from billing.ledger.fold import account_dict
+        from billing.ledger.accounts import account_dict
         rows = []
         for a in accounts:
             book = state.books.get(a.id)

@@ -1,6 +1,6 @@
 """Credit control: the state machine behind authorization, live reservations and
 teardowns.  Pure: no I/O, no clock (every method takes ``now_ms``); the billing
-service (billing/service.py) runs it and carries out its ``Effects``.
+service (billing/credit/service.py) runs it and carries out its ``Effects``.
 
 Per account it keeps ``balance`` (the ledger's fold), ``reserved`` (what live
 calls hold) and ``held`` (authorizations not answered yet), so
@@ -34,7 +34,7 @@ Life of a call (CGRateS / cnxcc style):
    reservation ("final" release).  An ended call whose CDR does not come within
    ``cdr_wait_seconds`` is released anyway (and reported as a problem).
 
-Event kinds and ids: billing/ledger.py.  Reservations and releases are decided
+Event kinds: proxy/contract/ledger.py; ids: billing/ledger/events.py.  Reservations and releases are decided
 here and applied at once ("memory first"); the service then persists them.
 Debits, top-ups and adjustments are persisted first (their ids decide whether
 they are new) and applied with ``apply_external``.
@@ -47,24 +47,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-import msgspec
-
-from billing.ledger.fold import (
-    ZERO,
-    AccountInfo,
-    LedgerError,
-    LedgerEvent,
-    balance_delta,
-    check_amount,
-    debit_id,
-    event_id,
-    final_release_id,
-    fold,
-    money_text,
-    release_id,
-    reservation_id,
-    reserved_delta,
-)
+from billing.errors import LedgerError
+from billing.ledger.accounts import AccountInfo
+from billing.ledger.events import Problem, debit_id, event_id, final_release_id, release_id, reservation_id
+from billing.ledger.fold import balance_delta, fold, reserved_delta
+from billing.money import ZERO, check_amount, money_text
 from billing.rating.model import (
     DAY,
     RatePlan,
@@ -78,10 +65,10 @@ from billing.rating.model import (
 from proxy.contract import commands
 from proxy.contract.cdr import CdrLeg
 from proxy.contract.credit import AuthorizeRequest, AuthorizeResponse
+from proxy.contract.ledger import LedgerEvent, Notification
 from proxy.infra.config import CreditSettings
 
-__all__ = ["CreditControl", "Effects", "Notification", "Problem", "Call", "Hold", "Live",
-           "EXHAUSTED", "BLOCKED"]
+__all__ = ["CreditControl", "Effects", "Call", "Hold", "Live", "EXHAUSTED", "BLOCKED"]
 
 EXHAUSTED = "credit exhausted"
 BLOCKED = "account blocked"
@@ -90,32 +77,6 @@ TEARDOWN_TRIES = 3
 FINISHED_HORIZON_MS = 24 * 3600 * 1000
 RESPONSE_TTL_MS = 60_000
 REBALANCE_KEEP_MS = 1000          # an over-spent call keeps this much time to be torn down in
-
-
-class Notification(msgspec.Struct, frozen=True, kw_only=True):
-    """On ``billing.notifications`` (key = account), JSON."""
-    type: str                       # balance.low | credit.exhausted | account.blocked
-    id: str
-    account: str
-    ts_ms: int
-    currency: str
-    balance: Decimal
-    available: Decimal
-    threshold: Decimal | None = None
-    call_id: str = ""
-    reason: str = ""
-    v: int = 1
-
-
-class Problem(msgspec.Struct, frozen=True, kw_only=True):
-    """Something that could not be billed as it should: kept for ``ledger check``."""
-    id: str
-    ts_ms: int
-    account: str
-    reason: str
-    call_id: str = ""
-    cdr_id: str = ""
-    leg: int = -1
 
 
 @dataclass
@@ -495,18 +456,6 @@ class CreditControl:
             if ev.kind == "release" and ev.final:
                 fx.timers[ev.call_id] = None
         return fx
-
-    def money_event(self, event: LedgerEvent) -> None:
-        """Refuse a top-up / adjustment / refund the account cannot take (raises LedgerError)."""
-        info = self.accounts.get(event.account)
-        if info is None:
-            raise LedgerError(f"account {event.account} does not exist", status=404)
-        if event.currency != info.currency:
-            raise LedgerError(f"currency {event.currency} is not the account's ({info.currency})")
-        live = self._live(info.id)
-        if balance_delta(event) < 0 and live.balance + balance_delta(event) < info.floor:
-            raise LedgerError(f"{event.kind} {money_text(event.amount)} would take {info.id}'s balance "
-                              f"{money_text(live.balance)} below {money_text(info.floor)}", status=409)
 
     def apply_external(self, events: Iterable[LedgerEvent], now_ms: int) -> Effects:
         """Apply persisted events that were new (debits, final releases, top-ups,

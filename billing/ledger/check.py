@@ -22,9 +22,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 
+from billing.money import ZERO, money_text
 from billing.rating.model import RatesSnapshot, RatingError, number_from_uri, rate_call
+from proxy.contract.ledger import LedgerEvent
 
-from .fold import ZERO, AccountInfo, LedgerEvent, money_text
+from .accounts import AccountInfo
 
 __all__ = ["Difference", "AccountPeriod", "CheckResult", "reconcile", "cdr_legs", "run_check"]
 

@@ -23,10 +23,11 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
+from proxy.contract.ledger import LedgerEvent
 from proxy.infra.clickhouse.backend import Backend, BackendError
 from proxy.infra.clickhouse.sink import TopicSink
 
-from .fold import LedgerEvent, balance_delta, reserved_delta
+from .fold import balance_delta, reserved_delta
 from .store import LedgerStore
 
 __all__ = ["TABLE", "COLUMNS", "columns_for", "LedgerQueries", "LedgerSink", "LedgerRepair"]

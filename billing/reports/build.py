@@ -30,7 +30,9 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from billing.ledger.fold import ZERO, LedgerEvent, balance_delta, money_text
+from billing.ledger.fold import balance_delta
+from billing.money import ZERO, money_text
+from proxy.contract.ledger import LedgerEvent
 
 __all__ = ["REPORTS", "FORMATS", "Report", "SqliteSource", "ClickHouseSource", "build_report",
            "write_report", "report_bytes", "read_export", "MONEY_COLUMNS", "CONTENT_TYPES"]

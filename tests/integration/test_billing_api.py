@@ -16,7 +16,7 @@ from api.app import create_app
 from api.tokens import open_store
 from billing.api_process import mount_billing
 from billing.ledger.clickhouse import LedgerQueries, LedgerRepair, LedgerSink
-from billing.ledger.fold import debit_id
+from billing.ledger.events import debit_id
 from billing.ledger.store import LedgerStore
 from billing.rating.model import rate_call
 from billing.reports.build import read_export
@@ -113,7 +113,7 @@ def test_history_reports_and_check(env):
     legs = [cdr_leg(f"api-call-{i}", ALICE, NUMBER, base + i * 60_000, base + i * 60_000 + 10_000 * (i + 1))
             for i in range(3)]
     CdrStore(backend).insert_legs(legs)
-    from billing.ledger.fold import LedgerEvent
+    from proxy.contract.ledger import LedgerEvent
     events = [LedgerEvent(id=debit_id(leg.cdr_id, 0), account=ALICE, kind="debit", currency="EUR",
                           amount=rate_call(plan, NUMBER, leg.answer_ms, leg.duration_ms).total,
                           ts_ms=leg.end_ms + 100, cdr_id=leg.cdr_id, leg=0, call_id=leg.call_id,
@@ -162,11 +162,12 @@ def test_ledger_sink_from_the_broker(env, broker):
     queries = LedgerQueries(backend)
     store = LedgerStore(f"sqlite:///{data}/sink.sqlite")
     store.create_schema()
-    from billing.ledger.fold import AccountInfo, money_event
+    from billing.ledger.accounts import AccountInfo
+    from billing.ledger.events import money_event
     acct = AccountInfo(id="sink@a.test")
     new = store.append([money_event(acct, "topup", D("0.000001"), f"k{i}", ts_ms=1_793_491_200_000 + i)
                         for i in range(25)])
-    from billing.ledger.store import encode_event
+    from proxy.contract.ledger import encode_event
     records = [(e.account.encode(), encode_event(e)) for e in store.unpublished(topic)]
     assert len(records) == 25
     asyncio.run(produce(kafka, topic, records + records[:10]))          # with duplicates

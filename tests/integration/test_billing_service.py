@@ -15,10 +15,11 @@ import pytest
 
 from billing.client import BillingClient
 from billing.ledger.fold import fold
-from billing.ledger.store import LedgerStore, decode_event
+from billing.ledger.store import LedgerStore
 from billing.rating.model import max_duration, rate_call
 from proxy.contract import credit
 from proxy.contract.commands import Teardown
+from proxy.contract.ledger import decode_event
 from proxy.infra.config import BillingSettings
 from tests.harness.billing import (
     BillingProcess,

@@ -7,9 +7,11 @@ from decimal import Decimal as D
 import pandas as pd
 import pytest
 
-from billing.ledger.fold import AccountInfo, LedgerEvent, money_event
+from billing.ledger.accounts import AccountInfo
+from billing.ledger.events import money_event
 from billing.ledger.store import LedgerStore
 from billing.reports.build import FORMATS, SqliteSource, build_report, read_export, report_bytes, write_report
+from proxy.contract.ledger import LedgerEvent
 
 ALICE = AccountInfo(id="alice@a.test", kind="postpaid", credit_limit=D("100"))
 NOV = 1793491200000                 # 2026-11-01T00:00:00Z

@@ -11,11 +11,14 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from billing.credit.control import EXHAUSTED, CreditControl
-from billing.ledger.fold import AccountInfo, LedgerEvent, fold, money_event
+from billing.ledger.accounts import AccountInfo
+from billing.ledger.events import money_event
+from billing.ledger.fold import Book, fold
 from billing.rating.model import Rate, RatePlan, RatesSnapshot, max_duration, rate_call
 from proxy.contract.cdr import CdrLeg, cdr_id_for
 from proxy.contract.commands import Teardown
 from proxy.contract.credit import AuthorizeRequest
+from proxy.contract.ledger import LedgerEvent
 from proxy.infra.config import CreditSettings
 
 T0 = 1_767_225_600_000           # 2026-01-01T00:00:00Z
@@ -79,7 +82,6 @@ class Harness:
         return self.handle(self.core.apply_external(new, now)), events
 
     def fold_matches(self):
-        from billing.ledger.fold import Book
         book = fold(self.ledger).books.get(ALICE, Book())
         live = self.core.books[ALICE]
         assert (book.balance, book.reserved) == (live.balance, live.reserved)
