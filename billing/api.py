@@ -38,7 +38,9 @@ from .money import money_text
 from .rating.csvfile import CsvImportError, plan_import, write_rates
 from .rating.model import Rate, RatingError
 from .rating.store import RatesStore
-from .reports.build import CONTENT_TYPES, FORMATS, REPORTS, ClickHouseSource, build_report, report_bytes
+from .reports.build import REPORTS, build_report
+from .reports.export import CONTENT_TYPES, FORMATS, report_bytes
+from .reports.sources import ClickHouseSource
 
 __all__ = ["billing_router", "BillingApi"]
 

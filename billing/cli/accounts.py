@@ -393,7 +393,9 @@ def _report(ctx: typer.Context, name: str, account: str | None, from_: str | Non
             month: str | None, fmt: str, output: Path) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from billing.reports.build import FORMATS, SqliteSource, build_report, write_report
+    from billing.reports.build import build_report
+    from billing.reports.export import FORMATS, write_report
+    from billing.reports.sources import SqliteSource
 
     if fmt not in FORMATS:
         _fail(f"--format must be one of {', '.join(FORMATS)}", 2)

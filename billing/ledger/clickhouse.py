@@ -145,6 +145,15 @@ class LedgerQueries:
             params["limit"] = limit
         return [_row_event(r) for r in self.backend.query_dicts(sql, params)]
 
+    def balance_before(self, account: str, before_ms: int) -> Decimal:
+        """The account's balance from its events booked before ``before_ms`` (exact)."""
+        rows = self.backend.query(
+            "SELECT sum(balance_delta) FROM (SELECT seq, any(balance_delta) AS balance_delta "
+            f"FROM {TABLE} WHERE account = {{account}} AND ts_ms < {{before}} GROUP BY seq)",
+            {"account": account, "before": before_ms})
+        value = rows[0][0] if rows and rows[0][0] is not None else Decimal(0)
+        return value if isinstance(value, Decimal) else Decimal(str(value))
+
     def seq_counts(self, low: int, high: int) -> dict[int, int]:
         """Distinct seqs stored per chunk (chunk = seq // REPAIR_CHUNK) in (low, high]."""
         rows = self.backend.query(

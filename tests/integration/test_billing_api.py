@@ -19,7 +19,7 @@ from billing.ledger.clickhouse import LedgerQueries, LedgerRepair, LedgerSink
 from billing.ledger.events import debit_id
 from billing.ledger.store import LedgerStore
 from billing.rating.model import rate_call
-from billing.reports.build import read_export
+from billing.reports.export import read_export
 from cdr.store.queries import CdrStore
 from proxy.infra.clickhouse.backend import ChdbBackend
 from proxy.infra.clickhouse.migrate import migrate

@@ -8,7 +8,7 @@ from decimal import Decimal as D
 from typer.testing import CliRunner
 
 from api.cli import app
-from billing.reports.build import read_export
+from billing.reports.export import read_export
 
 
 def run(tmp_path, *args, code=0):
