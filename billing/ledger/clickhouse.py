@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
 from proxy.contract.ledger import LedgerEvent
+from proxy.infra import clock
 from proxy.infra.clickhouse.backend import Backend, BackendError
 from proxy.infra.clickhouse.sink import TopicSink
 
@@ -48,7 +48,7 @@ REPAIR_CHUNK = 10_000
 
 def columns_for(events: Iterable[LedgerEvent]) -> dict[str, list]:
     cols: dict[str, list] = {name: [] for name in COLUMNS}
-    version = time.time_ns() // 1_000_000
+    version = clock.now_ms()                  # the newest copy of a row wins (ReplacingMergeTree)
     for ev in events:
         cols["seq"].append(ev.seq)
         cols["id"].append(ev.id)

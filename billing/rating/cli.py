@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from proxy.infra import clock
 from proxy.infra.config import BillingSettings
 
 from .csvfile import (
@@ -206,7 +206,7 @@ def rates_test(
     with _store(ctx) as store:
         rate_plan = store.get_plan(plan)
         try:
-            when = datetime.now(timezone.utc) if at is None else \
+            when = clock.utcnow() if at is None else \
                 parse_instant(at, "--at", check_timezone(rate_plan.timezone))
             start_ms = to_epoch_ms(when)
             target = number_from_uri(number) if (":" in number or "@" in number) else number
