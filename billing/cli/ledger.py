@@ -92,6 +92,9 @@ def ledger_check(
                 diff.add_row(d["kind"], d["account"], d["period"], d["cdr_id"], str(d["leg"]), d["rated"],
                              d["debited"], d["detail"])
             console().print(diff)
+    skipped = data.get("skipped", [])
+    if skipped and not as_json:
+        typer.echo(f"not billable (answered before the account was created): {len(skipped)} CDR leg(s)")
     typer.echo(("OK: debits equal rated CDR costs" if data["ok"] else
                 f"DIFFERENCES: {len(data['differences'])}"), err=True)
     raise typer.Exit(0 if data["ok"] else 1)
