@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from decimal import Decimal as D
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -30,8 +31,9 @@ from tests.harness.broker import produce, settings_for, unique_topic
 
 pytestmark = pytest.mark.integration
 
-ALICE, BOB = "alice@a.test", "bob@b.test"
+ALICE, BOB, CAROL = "alice@a.test", "bob@b.test", "carol@c.test"
 NUMBER = "4930123456"
+NOV = 1_793_491_200_000                 # 2026-11-01T00:00:00Z: CAROL's month, every time explicit
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def env(tmp_path_factory):
     migrate(backend)
     tokens = open_store(data)
     made = {"admin": tokens.create("admin")[1], "alice": tokens.create("account", ALICE)[1],
-            "bob": tokens.create("account", BOB)[1]}
+            "bob": tokens.create("account", BOB)[1], "carol": tokens.create("account", CAROL)[1]}
     app = create_app(CdrStore(backend), tokens)
     api = mount_billing(app, backend, tokens, Config(), data)
     client = TestClient(app)
@@ -103,55 +105,79 @@ def test_accounts_rates_topups_and_isolation(env):
     assert blocked.status_code == 200 and blocked.json()["status"] == "blocked"
 
 
-def test_history_reports_and_check(env):
+@pytest.fixture
+def carol(env):
+    """CAROL's November 2026, written as the service would have: the account
+    (created Nov 1st, 00:30), a top-up of 10.50 at 00:45, three answered calls
+    from 01:00 with their CDRs in ClickHouse and their debits in the ledger.
+    Every time is explicit: nothing depends on today's date."""
     client, tokens, api, backend, data = env
-    if call(env, "GET", f"/v1/accounts/{ALICE}").status_code == 404:
-        test_accounts_rates_topups_and_isolation(env)
-    plan = api.rates.get_plan("retail")
-    # three answered calls: CDRs in ClickHouse, their debits in the ledger (as the service writes them)
-    base = 1_793_491_200_000 + 3_600_000
-    legs = [cdr_leg(f"api-call-{i}", ALICE, NUMBER, base + i * 60_000, base + i * 60_000 + 10_000 * (i + 1))
+    from billing.ledger.accounts import AccountInfo
+    from billing.ledger.events import money_event
+    from billing.rating.model import Rate
+    from proxy.contract.ledger import LedgerEvent
+    api.rates.create_plan("history")
+    api.rates.add_rate("history", Rate(prefix="49", price_per_min=D("0.60"), currency="EUR", first_increment=1,
+                                       next_increment=1, rounding="up"))
+    api.rates.assign(CAROL, "history")
+    plan = api.rates.get_plan("history")
+    info = AccountInfo(id=CAROL, created_ms=NOV + 1_800_000, updated_ms=NOV + 1_800_000)
+    api.store.put_account(info, create=True)
+    topup = money_event(info, "topup", D("10.50"), "carol-pay-1", ts_ms=NOV + 2_700_000)
+    base = NOV + 3_600_000
+    legs = [cdr_leg(f"api-call-{i}", CAROL, NUMBER, base + i * 60_000, base + i * 60_000 + 10_000 * (i + 1))
             for i in range(3)]
     CdrStore(backend).insert_legs(legs)
-    from proxy.contract.ledger import LedgerEvent
-    events = [LedgerEvent(id=debit_id(leg.cdr_id, 0), account=ALICE, kind="debit", currency="EUR",
+    debits = [LedgerEvent(id=debit_id(leg.cdr_id, 0), account=CAROL, kind="debit", currency="EUR",
                           amount=rate_call(plan, NUMBER, leg.answer_ms, leg.duration_ms).total,
                           ts_ms=leg.end_ms + 100, cdr_id=leg.cdr_id, leg=0, call_id=leg.call_id,
-                          answer_ms=leg.answer_ms, duration_ms=leg.duration_ms, number=NUMBER, plan="retail",
+                          answer_ms=leg.answer_ms, duration_ms=leg.duration_ms, number=NUMBER, plan="history",
                           prefix="49", gateway="gw-1", billed_s=leg.duration_ms // 1000) for leg in legs]
-    api.store.append(events)
+    api.store.append([topup, *debits])
+    return SimpleNamespace(info=info, plan=plan, topup=topup, debits=debits, base=base)
+
+
+def test_history_reports_and_check(env, carol):
+    client, tokens, api, backend, data = env
     repair = LedgerRepair(LedgerQueries(backend), api.store)
     assert repair.repair_once() >= 4                      # ClickHouse lacked them: copied from SQLite
     assert repair.repair_once() == 0
     # history, newest first, paged
-    page = call(env, "GET", f"/v1/accounts/{ALICE}/ledger", who="alice", params={"limit": 2}).json()
+    page = call(env, "GET", f"/v1/accounts/{CAROL}/ledger", who="carol", params={"limit": 2}).json()
     assert [e["kind"] for e in page["items"]] == ["debit", "debit"] and page["next_cursor"]
-    rest = call(env, "GET", f"/v1/accounts/{ALICE}/ledger", who="alice",
+    rest = call(env, "GET", f"/v1/accounts/{CAROL}/ledger", who="carol",
                 params={"limit": 10, "cursor": page["next_cursor"]}).json()
     assert [e["kind"] for e in rest["items"]] == ["debit", "topup"] and rest["next_cursor"] is None
     assert D(rest["items"][-1]["amount"]) == D("10.50")          # Decimal(18,6): "10.500000"
-    assert call(env, "GET", f"/v1/accounts/{ALICE}/ledger", who="bob").status_code == 404
+    assert call(env, "GET", f"/v1/accounts/{CAROL}/ledger", who="bob").status_code == 404
     # reports, streamed, exact
-    total = sum((e.amount for e in events), D(0))
+    total = sum((e.amount for e in carol.debits), D(0))
     for fmt in ("csv", "parquet", "xlsx"):
-        r = call(env, "GET", f"/v1/accounts/{ALICE}/reports/statement", who="alice",
+        r = call(env, "GET", f"/v1/accounts/{CAROL}/reports/statement", who="carol",
                  params={"format": fmt, "from": "2026-10", "to": "2026-11"})
         assert r.status_code == 200 and "attachment" in r.headers["content-disposition"]
         frame = read_export(r.content, fmt)
         assert frame["balance"].iloc[-1] == D("10.50") - total, fmt
+        assert list(frame["kind"]) == ["opening", "topup", "debit", "debit", "debit", "closing"], fmt
+    csv_text = call(env, "GET", f"/v1/accounts/{CAROL}/reports/statement", who="carol",
+                    params={"format": "csv", "month": "2026-11"}).text
+    assert ",top-up,carol-pay-1,EUR,10.50,10.50" in csv_text     # the one money rule, read from ClickHouse
     gw = read_export(call(env, "GET", "/v1/reports/gateways", params={"month": "2026-11"}).content, "csv")
     assert list(gw["gateway"]) == ["gw-1"] and gw["cost"].iloc[0] == total
-    assert call(env, "GET", "/v1/reports/gateways", who="alice").status_code == 403
-    # reconciliation: equal, then a missing debit and a wrong one are listed
+    assert call(env, "GET", "/v1/reports/gateways", who="carol").status_code == 403
+    # reconciliation: equal; then a call before the account existed is not billable, and a
+    # missing debit is listed
     check = call(env, "GET", "/v1/ledger/check", params={"from": "2026-11", "to": "2026-11"}).json()
     assert check["ok"], check
-    (period,) = [p for p in check["periods"] if p["account"] == ALICE]
+    (period,) = [p for p in check["periods"] if p["account"] == CAROL]
     assert D(period["rated"]) == D(period["debited"]) == total and period["cdr_legs"] == 3
-    extra = cdr_leg("api-call-x", ALICE, NUMBER, base + 600_000, base + 660_000)
-    CdrStore(backend).insert_legs([extra])
+    early = cdr_leg("api-call-early", CAROL, NUMBER, NOV + 600_000, NOV + 660_000)       # before 00:30
+    extra = cdr_leg("api-call-x", CAROL, NUMBER, carol.base + 600_000, carol.base + 660_000)
+    CdrStore(backend).insert_legs([early, extra])
     check = call(env, "GET", "/v1/ledger/check", params={"from": "2026-11", "to": "2026-11"}).json()
     assert not check["ok"] and [d["kind"] for d in check["differences"]] == ["missing_debit"]
     assert check["differences"][0]["cdr_id"] == extra.cdr_id and check["differences"][0]["rated"] == "0.6000"
+    assert [(s["kind"], s["cdr_id"]) for s in check["skipped"]] == [("before_account", early.cdr_id)]
 
 
 def test_ledger_sink_from_the_broker(env, broker):
