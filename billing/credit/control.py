@@ -18,7 +18,9 @@ Life of a call (CGRateS / cnxcc style):
    lasts at that destination's rate (``rating.max_duration``), and the first
    increment's cost is *held* for the call until it is answered or fails.
 2. ``answered``: the hold becomes a ledger *reservation* covering the first
-   ``reserve_seconds`` (or as much of it as is affordable).  Reservations are
+   ``reserve_seconds`` (or as much of it as is affordable, but never less than
+   the first increment + connect fee: an answered call owes that however soon
+   it ends, even if an overrun elsewhere left ``available`` short of it).  Reservations are
    always ``rating.rate_call``'s cost of the covered time, so the connect
    fee, increments and period splits are exactly what the debit will be.
 3. ``extend_ahead_seconds`` before the paid time runs out the reservation is
@@ -542,6 +544,18 @@ class CreditControl:
         self._live(call.account).reserved += delta
         fx.events.append(ev)
 
+    def _owed_at_answer(self, call: Call) -> Decimal:
+        """What an answered call costs however soon it ends: connect fee + first
+        increment (+ minimum time).  It is owed from the answer on, so the first
+        reservation is never less -- even when ``available`` no longer covers it
+        (another call's overrun since the authorization took part of the hold):
+        reserving less would hand the difference to the next authorization or
+        extension, and the account would pay for it twice."""
+        try:
+            return self._cost(call, 1)
+        except RatingError:
+            return ZERO
+
     def _affordable_ms(self, call: Call, credit: Decimal, limit_ms: int) -> int:
         """The longest call time up to ``limit_ms`` (rounded up to whole seconds)
         that ``credit`` pays for, extended to the end of the last paid increment."""
@@ -562,6 +576,8 @@ class CreditControl:
         elapsed = max(0, now_ms - call.answer_ms)
         desired = max(call.paid_ms, elapsed) + self.reserve_ms
         credit = self.available(call.account) + call.reserved
+        if call.steps == 0:
+            credit = max(credit, self._owed_at_answer(call))
         paid = self._affordable_ms(call, credit, desired)
         if paid > call.paid_ms or call.steps == 0:
             self._reserve_to(call, max(paid, call.paid_ms), now_ms, fx)
