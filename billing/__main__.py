@@ -5,7 +5,7 @@
 Prints ``BILLING READY udp=PORT`` when it answers authorizations (the port is
 also in DATA_DIR/run/credit.port).  SIGTERM / SIGINT stop it cleanly; a
 SIGKILL is safe too (the next start folds the durable ledger again).
-See billing/service.py.
+See billing/credit/service.py.
 """
 from __future__ import annotations
 

@@ -3,23 +3,25 @@
     python -m billing --data-dir D [--config F] [--bootstrap HOST:PORT]
 
 One process, one asyncio loop (uvloop), the pure state machine of
-billing/control.py in memory:
+billing/credit/control.py in memory:
 
 * **Authorization** (UDP, ``[credit] listen``/``port``; port 0 = a free one,
   written to ``DATA_DIR/run/credit.port`` as decimal text + newline and reused
   at the next start if free).  Each ``AuthorizeRequest`` datagram is answered
   from memory: no I/O but the reply.
-* **Admin RPC** (unix socket ``DATA_DIR/run/billing.sock``, mode 0600): account
-  changes, top-ups / adjustments / refunds, live balances (billing/messages.py,
-  billing/client.py).  Money requests are persisted before they are answered.
+* **Admin RPC** (unix socket ``DATA_DIR/run/billing.sock``, mode 0600,
+  billing/rpc.py): the money commands of billing/application.py -- account
+  changes, top-ups / adjustments / refunds, live balances -- against the live
+  state (billing/credit/live.py).  Money is persisted before it is answered.
 * **Kafka**, one consumer group over three topics:
   ``sip.events`` -> repartitioned by account to ``billing.calls`` (Call-ID ->
-  account from ``invite.received``); ``billing.calls`` -> call steps
+  account from ``invite.received``, billing/credit/steps.py); ``billing.calls`` -> call steps
   (answered / ended) into credit control; ``cdr.records`` -> rated and debited.
-  Teardowns go to ``call.control``.  Ledger events and notifications go
-  through the transactional outbox to ``ledger.events`` / ``billing.notifications``.
-* **The ledger** (SQLite, billing/store.py) is written by one thread that
-  batches requests into transactions (group commit).  At start the state is
+  Teardowns go to ``call.control``.  Ledger events and notifications
+  (proxy/contract/ledger.py) go through the transactional outbox to
+  ``ledger.events`` / ``billing.notifications``.
+* **The ledger** (SQL, billing/ledger/store.py) is written by one thread
+  (billing/ledger/writer.py) that batches requests into transactions (group commit).  At start the state is
   the fold of the ledger: a broker restart or a killed service loses nothing.
 
 Delivery: input is at-least-once; offsets are committed only after what they
