@@ -10,7 +10,7 @@ read both):
   Delivery is at-least-once: readers dedupe by ``id`` (or keep the last copy
   per ``seq``).
 * ``billing.notifications`` (key = account): ``Notification`` records --
-  ``balance.low``, ``credit.exhausted``, ``account.blocked``.
+  ``balance.low``, ``credit.exhausted``.
 
 JSON objects (msgspec), UTF-8.  **Money is a JSON string** of plain decimal
 text (``"10.50"``, ``"-0.000003"``): exact, never a float; the ledger holds
@@ -79,7 +79,7 @@ class LedgerEvent(msgspec.Struct, frozen=True, kw_only=True):
 
 class Notification(msgspec.Struct, frozen=True, kw_only=True):
     """Something an account's owner should hear about, on ``billing.notifications``."""
-    type: str                       # balance.low | credit.exhausted | account.blocked (readers ignore others)
+    type: str                       # balance.low | credit.exhausted (readers ignore types they do not know)
     id: str                         # unique per notification (dedupe)
     account: str
     ts_ms: int
