@@ -36,7 +36,7 @@ from proxy.contract.ledger import LedgerEvent
 from proxy.infra import clock
 
 from .errors import LedgerError
-from .ledger.accounts import AccountInfo, account_dict, build_account
+from .ledger.accounts import AccountInfo, account_dict, balance_view, build_account
 from .ledger.events import check_floor, event_dict, money_event, same_request
 from .ledger.fold import fold
 from .ledger.store import LedgerStore
@@ -147,16 +147,8 @@ def stored_view(store: LedgerStore, info: AccountInfo) -> dict:
     """The account's money folded from the durable ledger (no live holds)."""
     state = fold(store.iter_events(account=info.id))
     book = state.book(info.id)
-    return {
-        "account": info.id, "currency": info.currency, "kind": info.kind, "status": info.status,
-        "credit_limit": money_text(info.credit_limit), "balance": money_text(book.balance),
-        "reserved": money_text(book.reserved), "held": "0",
-        "available": money_text(book.balance - info.floor - book.reserved),
-        "active_calls": [{"call_id": cid, "answer_ms": c.answer_ms, "paid_ms": c.paid_ms,
-                          "reserved": money_text(c.reserved), "exhausted": False, "number": c.number}
-                         for cid, c in sorted(state.open_calls().items())],
-        "live": False,
-    }
+    return balance_view(info, balance=book.balance, reserved=book.reserved, live=False,
+                        calls=[c for _, c in sorted(state.open_calls().items())])
 
 
 class StoredLedger:

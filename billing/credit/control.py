@@ -50,10 +50,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from billing.errors import LedgerError
-from billing.ledger.accounts import AccountInfo
+from billing.ledger.accounts import AccountInfo, balance_view
 from billing.ledger.events import Problem, debit_id, event_id, final_release_id, release_id, reservation_id
 from billing.ledger.fold import balance_delta, fold, reserved_delta
-from billing.money import ZERO, check_amount, money_text
+from billing.money import ZERO, check_amount
 from billing.rating.model import (
     DAY,
     RatePlan,
@@ -252,26 +252,11 @@ class CreditControl:
             return -info.floor
         return live.balance - info.floor - live.reserved - live.held
 
-    def snapshot(self, account: str) -> dict:
+    def snapshot(self, info: AccountInfo) -> dict:
         """The account's live money, as the API shows it (amounts as text)."""
-        info = self.accounts.get(account)
-        live = self.books.get(account) or Live()
-        calls = [self.calls[c] for c in sorted(live.calls) if c in self.calls]
-        return {
-            "account": account,
-            "currency": info.currency if info else "",
-            "kind": info.kind if info else "",
-            "status": info.status if info else "",
-            "credit_limit": money_text(info.credit_limit) if info else "0",
-            "balance": money_text(live.balance),
-            "reserved": money_text(live.reserved),
-            "held": money_text(live.held),
-            "available": money_text(self.available(account)) if info else "0",
-            "active_calls": [{"call_id": c.call_id, "answer_ms": c.answer_ms, "paid_ms": c.paid_ms,
-                              "reserved": money_text(c.reserved), "exhausted": c.exhausted,
-                              "number": c.number} for c in calls],
-            "live": True,
-        }
+        live = self.books.get(info.id) or Live()
+        return balance_view(info, balance=live.balance, reserved=live.reserved, held=live.held, live=True,
+                            calls=[self.calls[c] for c in sorted(live.calls) if c in self.calls])
 
     # -- authorization (the hot path) ------------------------------------------------------------
     def authorize(self, req: AuthorizeRequest, now_ms: int) -> AuthorizeResponse:

@@ -61,7 +61,7 @@ class LiveLedger:
         self.core.remove_account(account_id)
 
     async def view(self, info: AccountInfo) -> dict:
-        return self.core.snapshot(info.id)
+        return self.core.snapshot(info)
 
     def status(self) -> dict:
         return self._status()

@@ -8,6 +8,7 @@ is the one validation of user-supplied fields (CLI, REST, admin RPC).
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Literal
 
@@ -17,7 +18,8 @@ from billing.errors import LedgerError
 from billing.money import ZERO, money_text, parse_amount
 from billing.rating.model import RatingError, check_currency
 
-__all__ = ["AccountKind", "AccountStatus", "AccountInfo", "check_account_id", "build_account", "account_dict"]
+__all__ = ["AccountKind", "AccountStatus", "AccountInfo", "check_account_id", "build_account", "account_dict",
+           "balance_view"]
 
 AccountKind = Literal["prepaid", "postpaid"]
 AccountStatus = Literal["active", "blocked"]
@@ -88,3 +90,21 @@ def account_dict(info: AccountInfo) -> dict:
     return {"id": info.id, "kind": info.kind, "currency": info.currency, "status": info.status,
             "credit_limit": money_text(info.credit_limit), "name": info.name,
             "created_ms": info.created_ms, "updated_ms": info.updated_ms}
+
+
+def balance_view(info: AccountInfo, *, balance: Decimal, reserved: Decimal, held: Decimal = ZERO,
+                 calls: Iterable = (), live: bool) -> dict:
+    """An account's money as the API and the CLI show it, amounts as exact text:
+    the live one (credit control's memory, with holds) or the one folded from
+    the ledger (no service running).  ``calls``: the open calls (``call_id``,
+    ``answer_ms``, ``paid_ms``, ``reserved``, ``number``, and ``exhausted`` if known)."""
+    return {
+        "account": info.id, "currency": info.currency, "kind": info.kind, "status": info.status,
+        "credit_limit": money_text(info.credit_limit), "balance": money_text(balance),
+        "reserved": money_text(reserved), "held": money_text(held),
+        "available": money_text(balance - info.floor - reserved - held),
+        "active_calls": [{"call_id": c.call_id, "answer_ms": c.answer_ms, "paid_ms": c.paid_ms,
+                          "reserved": money_text(c.reserved), "exhausted": getattr(c, "exhausted", False),
+                          "number": c.number} for c in calls],
+        "live": live,
+    }

@@ -69,6 +69,7 @@ class Book:
 @dataclass
 class CallReservation:
     """What the ledger knows about one call's reservation."""
+    call_id: str
     account: str
     reserved: Decimal = ZERO
     steps: int = 0                  # reservation + release events seen
@@ -97,7 +98,7 @@ class Fold:
         if event.kind in ("reservation", "release") and event.call_id:
             call = self.calls.get(event.call_id)
             if call is None:
-                call = self.calls[event.call_id] = CallReservation(account=event.account)
+                call = self.calls[event.call_id] = CallReservation(event.call_id, event.account)
             call.reserved += reserved_delta(event)
             call.steps = max(call.steps, event.step + 1)
             call.paid_ms = event.paid_ms
