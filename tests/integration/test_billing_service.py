@@ -20,6 +20,7 @@ from billing.rating.model import max_duration, rate_call
 from proxy.contract import credit
 from proxy.contract.commands import Teardown
 from proxy.contract.ledger import decode_event
+from proxy.infra.clock import now_ms
 from proxy.infra.config import BillingSettings
 from tests.harness.billing import (
     BillingProcess,
@@ -40,10 +41,6 @@ pytestmark = pytest.mark.integration
 
 ALICE = "alice@example.test"
 NUMBER = "4930123456"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def authorize(port: int, account: str, call_id: str | None = None, number: str = NUMBER):
