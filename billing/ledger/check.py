@@ -123,8 +123,8 @@ def reconcile(legs: Iterable[dict], debits: Iterable[LedgerEvent], accounts: dic
         if info is None:
             continue
         key, answer_ms = (leg["cdr_id"], int(leg["leg"])), int(leg["answer_ms"])
-        debit = debited.get(key)
-        if debit is None and answer_ms < info.created_ms:
+        booked = debited.get(key)
+        if booked is None and answer_ms < info.created_ms:
             result.skipped.append(Difference(
                 "before_account", info.id, key[0], key[1], _period(answer_ms),
                 detail="answered before the account was created: not billable"))
@@ -142,14 +142,14 @@ def reconcile(legs: Iterable[dict], debits: Iterable[LedgerEvent], accounts: dic
                                                  detail=str(exc)[:200]))
             continue
         b.rated += cost
-        if debit is None:
+        if booked is None:
             result.differences.append(Difference(
                 "missing_debit", info.id, key[0], key[1], b.period, rated=money_text(cost),
                 detail="answered CDR leg with no debit"))
-        elif cost != debit.amount:
+        elif cost != booked.amount:
             result.differences.append(Difference(
-                "amount_mismatch", debit.account, key[0], key[1], b.period, rated=money_text(cost),
-                debited=money_text(debit.amount), detail="rates changed since the debit?"))
+                "amount_mismatch", booked.account, key[0], key[1], b.period, rated=money_text(cost),
+                debited=money_text(booked.amount), detail="rates changed since the debit?"))
     for key, debit in debited.items():
         if key not in rated:
             result.differences.append(Difference(
