@@ -1,18 +1,19 @@
-"""The ClickHouse copy of the ledger: table ``ledger_events`` (cdr/store/schema.sql,
+"""The ClickHouse copy of the ledger: table ``ledger_events`` (proxy/infra/clickhouse/schema.sql,
 migration 2), its sink from Kafka and its repair from SQLite.  Runs in the API
 process, which owns ClickHouse (chdb: one process per data path).
 
-* ``LedgerSink``: ``ledger.events`` (LedgerEvent JSON, key = account) ->
-  ``ledger_events``, batched, offsets committed after the insert (the CDR
-  sink's machinery, cdr/store/sink.py, with another record type).
+* ``LedgerSink``: ``ledger.events`` (LedgerEvent JSON, proxy/contract/ledger.py,
+  key = account) -> ``ledger_events``, batched, offsets committed after the
+  insert (the shared topic sink, proxy/infra/clickhouse/sink.py).
 * ``LedgerRepair``: the broker is memory only, so records it lost before the
   sink read them never arrive.  Every ``[ledger] repair_seconds`` (and at
   start) the copy is compared with the SQLite ledger -- the source of truth --
   per range of ``seq`` (counts), and missing ranges are inserted again from
   SQLite (duplicates collapse: the table is a ReplacingMergeTree on
   (account, seq)).
-* ``LedgerQueries``: history pages and report rows, money read back as exact
-  Decimals (Arrow decimal128 from chdb, Decimal from clickhouse-driver).
+* ``LedgerQueries``: history pages, report rows and opening balances, money
+  read back as exact Decimals (Arrow decimal128 from chdb, Decimal from
+  clickhouse-driver).
 """
 from __future__ import annotations
 
