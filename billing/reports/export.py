@@ -20,8 +20,9 @@ through these functions only, so one report is the same file from both.
 from __future__ import annotations
 
 import csv
+import functools
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -96,16 +97,17 @@ def _fits_excel(value: Decimal) -> bool:
     return len(value.normalize().as_tuple().digits) <= EXCEL_DIGITS
 
 
-def _xlsx_cell(sheet, value: Any, type_: pa.DataType):
-    from openpyxl.cell import WriteOnlyCell
+def _xlsx_value(new_cell: Callable[..., Any], value: Any, type_: pa.DataType) -> Any:
+    """What goes into an XLSX cell: a number as a numeric cell with its number
+    format (``new_cell(value=...)``: a write-only cell), text as it is."""
     if pa.types.is_decimal(type_):
         if not _fits_excel(value):
             return _text(value, type_)                  # exact as text rather than rounded by Excel
-        cell = WriteOnlyCell(sheet, value=value)
+        cell = new_cell(value=value)
         cell.number_format = REPORT_FORMATS[report_places(value)] if type_ == MONEY else _MINUTES_FORMAT
         return cell
     if pa.types.is_integer(type_):
-        cell = WriteOnlyCell(sheet, value=int(value))
+        cell = new_cell(value=int(value))
         cell.number_format = _INTEGER_FORMAT
         return cell
     return value
@@ -113,13 +115,15 @@ def _xlsx_cell(sheet, value: Any, type_: pa.DataType):
 
 def _write_xlsx(report: Report, sink, progress: Progress) -> None:
     from openpyxl import Workbook
+    from openpyxl.cell import WriteOnlyCell
     workbook = Workbook(write_only=True)
     sheet = workbook.create_sheet(report.name)
+    new_cell = functools.partial(WriteOnlyCell, sheet)
     sheet.append(report.schema.names)
     types = report.schema.types
     total = len(report.frame)
     for i, values in enumerate(report.frame.itertuples(index=False, name=None), 1):
-        sheet.append([_xlsx_cell(sheet, v, t) for v, t in zip(values, types)])
+        sheet.append([_xlsx_value(new_cell, v, t) for v, t in zip(values, types)])
         if i % CHUNK == 0:
             progress(i, total)
     info = workbook.create_sheet("info")
