@@ -7,8 +7,7 @@ from pathlib import Path
 
 import typer
 
-from billing.account_cli import account_app, ledger_app, report_app
-from billing.cli import rates_app
+from billing.cli import account_app, ledger_app, rates_app, report_app
 from cdr.store.cli import db_app
 from proxy.infra import config as config_mod
 from proxy.infra.config import ENV_CONFIG, ENV_DATA_DIR, ConfigError, resolve_paths

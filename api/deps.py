@@ -25,11 +25,11 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from billing.chledger import LedgerQueries
 from billing.client import BillingClient
-from billing.ledger import AccountInfo
-from billing.rates_store import RatesStore
-from billing.store import LedgerStore
+from billing.ledger.accounts import AccountInfo
+from billing.ledger.clickhouse import LedgerQueries
+from billing.ledger.store import LedgerStore
+from billing.rating.store import RatesStore
 from cdr.store.queries import CdrStore
 from proxy.infra.config import BillingSettings
 

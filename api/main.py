@@ -14,9 +14,9 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from billing.ledger import LedgerError
-from billing.rates_csv import CsvImportError
-from billing.rating import RatingError
+from billing.errors import LedgerError
+from billing.rating.csvfile import CsvImportError
+from billing.rating.model import RatingError
 from proxy.infra.clickhouse.backend import BackendError
 
 from .routes import api_router, health

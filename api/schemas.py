@@ -16,8 +16,8 @@ from typing import Literal
 import msgspec
 from pydantic import BaseModel, Field
 
-from billing.ledger import money_text
-from billing.rating import Rate, RatingError
+from billing.money import money_text
+from billing.rating.model import Rate, RatingError
 
 Money = str         # a decimal string, e.g. "10.50" (never a JSON number)
 Disposition = Literal["answered", "busy", "no_answer", "cancelled", "failed", "rejected_credit"]
@@ -304,6 +304,9 @@ class CheckResult(BaseModel):
     ok: bool
     periods: list[CheckPeriod]
     differences: list[CheckDifference]
+    skipped: list[CheckDifference] = Field(
+        default_factory=list, description="not billable, not an error: e.g. kind before_account, "
+                                          "a call answered before its account existed")
 
 
 # -- rates (api/routes/rates.py) ---------------------------------------------------------------

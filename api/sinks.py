@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import os
 
-from billing.chledger import LedgerQueries, LedgerRepair, LedgerSink
-from billing.store import LedgerStore
+from billing.ledger.clickhouse import LedgerQueries, LedgerRepair, LedgerSink
+from billing.ledger.store import LedgerStore
 from cdr.store.queries import CdrStore
 from cdr.store.sink import CdrSink
 from proxy.infra.config import Config, KafkaSettings

@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
-from billing.chledger import LedgerQueries
 from billing.client import BillingClient
-from billing.rates_store import RatesStore
-from billing.store import LedgerStore
+from billing.ledger.clickhouse import LedgerQueries
+from billing.ledger.store import LedgerStore
+from billing.rating.store import RatesStore
 from cdr.store.queries import CdrStore
 from proxy.infra.config import BillingSettings, Config
 

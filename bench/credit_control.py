@@ -44,8 +44,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa:
 
 from api.broker import EmbeddedBroker  # noqa: E402
 from billing.client import BillingClient  # noqa: E402
-from billing.rates_store import RatesStore  # noqa: E402
-from billing.rating import Rate, RatePlan, max_duration  # noqa: E402
+from billing.rating.model import Rate, RatePlan, max_duration  # noqa: E402
+from billing.rating.store import RatesStore  # noqa: E402
 from proxy.contract import commands, credit  # noqa: E402
 from proxy.contract import events as ev  # noqa: E402
 from proxy.infra.config import (

@@ -1,2 +1,17 @@
-"""Billing: rating (pure, ``billing.rating``), the rate store, and later the ledger,
-credit control and reports."""
+"""Billing: rating, the money ledger, credit control and reports -- one sub-package per concept.
+
+* ``rating/``   -- what a call costs: the pure rating model, rate plans in SQL, their CSV, ``sipledger rates``;
+* ``ledger/``   -- the money: accounts, ledger events and their fold, the SQL ledger (source of truth),
+  its writer thread, its ClickHouse copy, ``ledger check``;
+* ``credit/``   -- live calls: the credit-control state machine and the billing service process
+  (``python -m billing``) that runs it;
+* ``reports/``  -- statement, destinations, gateways, invoice as CSV / Parquet / XLSX;
+* ``cli/``      -- ``sipledger account | ledger | report | rates``;
+* ``application.py`` -- the money commands (accounts, top-ups, adjustments, balances), once, for the
+  service and the offline CLI; ``client.py`` reaches them, ``rpc.py`` is their wire;
+* ``money.py``, ``errors.py`` -- exact Decimal amounts and their one export format; ``LedgerError``.
+
+The ledger's records on Kafka are the contract's (proxy/contract/ledger.py).  Pure cores -- rating,
+the ledger fold, credit control -- do no I/O and read no clock; everything else reads the wall clock
+through ``proxy.infra.clock``.  ``api.py`` / ``api_process.py`` are the REST routes (moving to api/).
+"""

@@ -5,7 +5,7 @@
 Prints ``BILLING READY udp=PORT`` when it answers authorizations (the port is
 also in DATA_DIR/run/credit.port).  SIGTERM / SIGINT stop it cleanly; a
 SIGKILL is safe too (the next start folds the durable ledger again).
-See billing/service.py.
+See billing/credit/service.py.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the billing service needs --bootstrap (or kafka.bootstrap_servers)", file=sys.stderr)
         return 2
     data_dir.mkdir(parents=True, exist_ok=True)
-    from .service import BillingService
+    from .credit.service import BillingService
 
     service = BillingService(config, data_dir)
 

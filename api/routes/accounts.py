@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Response
 from starlette.concurrency import run_in_threadpool
 
-from billing.ledger import account_dict
+from billing.ledger.accounts import account_dict
 
 from ..deps import (
     AccountPath,

@@ -10,8 +10,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
-from billing.check import run_check
-from billing.ledger import money_text
+from billing.ledger.check import run_check
+from billing.money import money_text
 
 from ..deps import (
     Admin,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
-from billing.rates_csv import plan_import, write_rates
+from billing.rating.csvfile import plan_import, write_rates
 
 from ..deps import BillingSettingsDep, RatesStoreDep, require_admin
 from ..schemas import ImportProblem, ImportResult, Plan, PlanIn, PlanList, RateIn, RateList, RateOut

@@ -11,10 +11,13 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from billing.chledger import LedgerQueries
-from billing.ledger import AccountInfo, LedgerError
-from billing.rating import RatingError
-from billing.reports import CONTENT_TYPES, REPORTS, ClickHouseSource, build_report, report_bytes
+from billing.errors import LedgerError
+from billing.ledger.accounts import AccountInfo
+from billing.ledger.clickhouse import LedgerQueries
+from billing.rating.model import RatingError
+from billing.reports.build import REPORTS, build_report
+from billing.reports.export import CONTENT_TYPES, report_bytes
+from billing.reports.sources import ClickHouseSource
 
 from ..deps import Admin, LedgerQueriesDep, ReadableAccount
 from ..params import ReportPeriod, TimeRange

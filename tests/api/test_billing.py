@@ -7,21 +7,25 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from decimal import Decimal as D
+from types import SimpleNamespace
 
 import pytest
 
-from billing.chledger import LedgerQueries, LedgerRepair
-from billing.ledger import debit_id
-from billing.rating import rate_call
-from billing.reports import read_export
+from billing.ledger.accounts import AccountInfo
+from billing.ledger.clickhouse import LedgerQueries, LedgerRepair
+from billing.ledger.events import debit_id, money_event
+from billing.rating.model import Rate, rate_call
+from billing.reports.export import read_export
 from cdr.store.queries import CdrStore
+from proxy.contract.ledger import LedgerEvent
 from proxy.infra import clock
-from tests.harness.api import ALICE, BOB
+from tests.harness.api import ALICE, BOB, CAROL
 from tests.harness.billing import cdr_leg
 
 pytestmark = pytest.mark.integration
 
 NUMBER = "4930123456"
+NOV = 1_793_491_200_000                 # 2026-11-01T00:00:00Z: CAROL's month, every time explicit
 _NOW = clock.utcnow()
 MONTH = f"{_NOW:%Y-%m}"                                                        # this month ...
 PREVIOUS = f"{_NOW.year - (_NOW.month == 1)}-{(_NOW.month - 2) % 12 + 1:02d}"  # ... and the one before
@@ -75,55 +79,76 @@ def test_accounts_rates_topups_and_isolation(billing_api):
     assert blocked.status_code == 200 and blocked.json()["status"] == "blocked"
 
 
-def test_history_reports_and_check(billing_api):
+@pytest.fixture
+def carol(billing_api):
+    """CAROL's November 2026, written as the service would have: the account
+    (created Nov 1st, 00:30), a top-up of 10.50 at 00:45, three answered calls
+    from 01:00 with their CDRs in ClickHouse and their debits in the ledger.
+    Every time is explicit: nothing depends on today's date or another test."""
     env = billing_api
-    if env.call("GET", f"/v1/accounts/{ALICE}").status_code == 404:
-        test_accounts_rates_topups_and_isolation(env)
-    backend, ledger_store = env.backend, env.state.ledger_store
-    plan = env.state.rates_store.get_plan("retail")
-    # three answered calls: CDRs in ClickHouse, their debits in the ledger (as the service writes them)
-    base = month_start_ms() + 3_600_000
-    legs = [cdr_leg(f"api-call-{i}", ALICE, NUMBER, base + i * 60_000, base + i * 60_000 + 10_000 * (i + 1))
+    rates, ledger_store = env.state.rates_store, env.state.ledger_store
+    rates.create_plan("history")
+    rates.add_rate("history", Rate(prefix="49", price_per_min=D("0.60"), currency="EUR", first_increment=1,
+                                   next_increment=1, rounding="up"))
+    rates.assign(CAROL, "history")
+    plan = rates.get_plan("history")
+    info = AccountInfo(id=CAROL, created_ms=NOV + 1_800_000, updated_ms=NOV + 1_800_000)
+    ledger_store.put_account(info, create=True)
+    topup = money_event(info, "topup", D("10.50"), "carol-pay-1", ts_ms=NOV + 2_700_000)
+    base = NOV + 3_600_000
+    legs = [cdr_leg(f"api-call-{i}", CAROL, NUMBER, base + i * 60_000, base + i * 60_000 + 10_000 * (i + 1))
             for i in range(3)]
-    CdrStore(backend).insert_legs(legs)
-    from billing.ledger import LedgerEvent
-    events = [LedgerEvent(id=debit_id(leg.cdr_id, 0), account=ALICE, kind="debit", currency="EUR",
+    CdrStore(env.backend).insert_legs(legs)
+    debits = [LedgerEvent(id=debit_id(leg.cdr_id, 0), account=CAROL, kind="debit", currency="EUR",
                           amount=rate_call(plan, NUMBER, leg.answer_ms, leg.duration_ms).total,
                           ts_ms=leg.end_ms + 100, cdr_id=leg.cdr_id, leg=0, call_id=leg.call_id,
-                          answer_ms=leg.answer_ms, duration_ms=leg.duration_ms, number=NUMBER, plan="retail",
+                          answer_ms=leg.answer_ms, duration_ms=leg.duration_ms, number=NUMBER, plan="history",
                           prefix="49", gateway="gw-1", billed_s=leg.duration_ms // 1000) for leg in legs]
-    ledger_store.append(events)
+    ledger_store.append([topup, *debits])
+    return SimpleNamespace(info=info, plan=plan, topup=topup, debits=debits, base=base)
+
+
+def test_history_reports_and_check(billing_api, carol):
+    env = billing_api
+    backend, ledger_store = env.backend, env.state.ledger_store
     repair = LedgerRepair(LedgerQueries(backend), ledger_store)
     assert repair.repair_once() >= 4                      # ClickHouse lacked them: copied from SQLite
     assert repair.repair_once() == 0
     # history, newest first, paged
-    page = env.call("GET", f"/v1/accounts/{ALICE}/ledger", who="alice", params={"limit": 2}).json()
+    page = env.call("GET", f"/v1/accounts/{CAROL}/ledger", who="carol", params={"limit": 2}).json()
     assert [e["kind"] for e in page["items"]] == ["debit", "debit"] and page["next_cursor"]
-    rest = env.call("GET", f"/v1/accounts/{ALICE}/ledger", who="alice",
+    rest = env.call("GET", f"/v1/accounts/{CAROL}/ledger", who="carol",
                     params={"limit": 10, "cursor": page["next_cursor"]}).json()
     assert [e["kind"] for e in rest["items"]] == ["debit", "topup"] and rest["next_cursor"] is None
     assert D(rest["items"][-1]["amount"]) == D("10.50")          # Decimal(18,6): "10.500000"
-    assert env.call("GET", f"/v1/accounts/{ALICE}/ledger", who="bob").status_code == 403
+    assert env.call("GET", f"/v1/accounts/{CAROL}/ledger", who="bob").status_code == 403
     # reports, streamed, exact
-    total = sum((e.amount for e in events), D(0))
+    total = sum((e.amount for e in carol.debits), D(0))
     for fmt in ("csv", "parquet", "xlsx"):
-        r = env.call("GET", f"/v1/accounts/{ALICE}/reports/statement", who="alice",
-                     params={"format": fmt, "from": PREVIOUS, "to": MONTH})
+        r = env.call("GET", f"/v1/accounts/{CAROL}/reports/statement", who="carol",
+                     params={"format": fmt, "from": "2026-10", "to": "2026-11"})
         assert r.status_code == 200 and "attachment" in r.headers["content-disposition"]
         frame = read_export(r.content, fmt)
         assert frame["balance"].iloc[-1] == D("10.50") - total, fmt
-    gw = read_export(env.call("GET", "/v1/reports/gateways", params={"month": MONTH}).content, "csv")
+        assert list(frame["kind"]) == ["opening", "topup", "debit", "debit", "debit", "closing"], fmt
+    csv_text = env.call("GET", f"/v1/accounts/{CAROL}/reports/statement", who="carol",
+                        params={"format": "csv", "month": "2026-11"}).text
+    assert ",top-up,carol-pay-1,EUR,10.50,10.50" in csv_text     # the one money rule, read from ClickHouse
+    gw = read_export(env.call("GET", "/v1/reports/gateways", params={"month": "2026-11"}).content, "csv")
     assert list(gw["gateway"]) == ["gw-1"] and gw["cost"].iloc[0] == total
-    assert env.call("GET", "/v1/reports/gateways", who="alice").status_code == 403
-    # reconciliation: equal, then a missing debit and a wrong one are listed
-    check = env.call("GET", "/v1/ledger/check", params={"from": MONTH, "to": MONTH}).json()
+    assert env.call("GET", "/v1/reports/gateways", who="carol").status_code == 403
+    # reconciliation: equal; then a call before the account existed is not billable,
+    # and a missing debit is listed
+    check = env.call("GET", "/v1/ledger/check", params={"from": "2026-11", "to": "2026-11"}).json()
     assert check["ok"], check
-    (period,) = [p for p in check["periods"] if p["account"] == ALICE]
+    (period,) = [p for p in check["periods"] if p["account"] == CAROL]
     assert D(period["rated"]) == D(period["debited"]) == total and period["cdr_legs"] == 3
-    extra = cdr_leg("api-call-x", ALICE, NUMBER, base + 600_000, base + 660_000)
-    CdrStore(backend).insert_legs([extra])
-    check = env.call("GET", "/v1/ledger/check", params={"from": MONTH, "to": MONTH}).json()
+    early = cdr_leg("api-call-early", CAROL, NUMBER, NOV + 600_000, NOV + 660_000)       # before 00:30
+    extra = cdr_leg("api-call-x", CAROL, NUMBER, carol.base + 600_000, carol.base + 660_000)
+    CdrStore(backend).insert_legs([early, extra])
+    check = env.call("GET", "/v1/ledger/check", params={"from": "2026-11", "to": "2026-11"}).json()
     assert not check["ok"] and [d["kind"] for d in check["differences"]] == ["missing_debit"]
     assert check["differences"][0]["cdr_id"] == extra.cdr_id and check["differences"][0]["rated"] == "0.6000"
+    assert [(s["kind"], s["cdr_id"]) for s in check["skipped"]] == [("before_account", early.cdr_id)]
 
 

@@ -23,7 +23,7 @@ from harness.calls import DOMAIN, PASSWORDS, registered, start_sipledger
 from harness.proxy import event_types, read_events
 from harness.sipp import run_uac
 
-from billing.store import ServiceLock
+from billing.ledger.store import ServiceLock
 
 pytestmark = pytest.mark.e2e
 

@@ -28,7 +28,7 @@ from proxy.infra.clickhouse.backend import ChdbBackend
 from proxy.infra.clickhouse.migrate import migrate
 from proxy.infra.config import Config
 
-ALICE, BOB = "alice@a.test", "bob@b.test"
+ALICE, BOB, CAROL = "alice@a.test", "bob@b.test", "carol@c.test"
 
 
 @dataclass
@@ -78,7 +78,7 @@ def open_api(data: Path, chdb_path: Path, *, database: str, billing: bool) -> It
         migrate(backend)
         tokens = open_store(data)
         made = {"admin": tokens.create("admin")[1], "alice": tokens.create("account", ALICE)[1],
-                "bob": tokens.create("account", BOB)[1]}
+                "bob": tokens.create("account", BOB)[1], "carol": tokens.create("account", CAROL)[1]}
         revoked, made["revoked"] = tokens.create("admin", name="old")
         tokens.revoke(revoked.id)
         store = CdrStore(backend)

@@ -16,12 +16,13 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from billing.rates_store import RatesStore
-from billing.rating import Rate, RatePlan
+from billing.rating.model import Rate, RatePlan
+from billing.rating.store import RatesStore
 from cdr.processor import encode_row
 from proxy.contract import commands
 from proxy.contract import events as ev
 from proxy.contract.cdr import CdrLeg, cdr_id_for
+from proxy.infra import clock
 from proxy.infra.config import BillingSettings, KafkaSettings
 from proxy.infra.kafka import consumer_kwargs, ensure_topics, topic_partitions
 
@@ -167,7 +168,7 @@ class ControlReader:
     async def _run(self) -> None:
         while True:
             batch = await self._consumer.getmany(timeout_ms=50)
-            now = time.time()
+            now = clock.time()                # the service's clock: arrivals compare with its times
             for records in batch.values():
                 for r in records:
                     self.received.append((now, commands.decode(r.value)))

@@ -23,8 +23,8 @@ from api.broker import free_port
 from api.main import create_app
 from api.state import AppState
 from api.tokens import open_store
-from billing.chledger import LedgerQueries, LedgerSink
-from billing.store import LedgerStore
+from billing.ledger.clickhouse import LedgerQueries, LedgerSink
+from billing.ledger.store import LedgerStore
 from cdr.store.queries import CdrFilter, CdrStore
 from cdr.store.sink import CdrSink
 from proxy.contract.cdr import CdrLeg, cdr_id_for
@@ -155,11 +155,12 @@ def test_ledger_sink_from_the_broker(broker, tmp_path):
     queries = LedgerQueries(backend)
     store = LedgerStore(f"sqlite:///{data}/sink.sqlite")
     store.create_schema()
-    from billing.ledger import AccountInfo, money_event
+    from billing.ledger.accounts import AccountInfo
+    from billing.ledger.events import money_event
     acct = AccountInfo(id="sink@a.test")
     new = store.append([money_event(acct, "topup", D("0.000001"), f"k{i}", ts_ms=1_793_491_200_000 + i)
                         for i in range(25)])
-    from billing.store import encode_event
+    from proxy.contract.ledger import encode_event
     records = [(e.account.encode(), encode_event(e)) for e in store.unpublished(topic)]
     assert len(records) == 25
     asyncio.run(produce(kafka, topic, records + records[:10]))          # with duplicates

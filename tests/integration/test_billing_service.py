@@ -14,11 +14,13 @@ from decimal import Decimal as D
 import pytest
 
 from billing.client import BillingClient
-from billing.ledger import fold
-from billing.rating import max_duration, rate_call
-from billing.store import LedgerStore, decode_event
+from billing.ledger.fold import fold
+from billing.ledger.store import LedgerStore
+from billing.rating.model import max_duration, rate_call
 from proxy.contract import credit
 from proxy.contract.commands import Teardown
+from proxy.contract.ledger import decode_event
+from proxy.infra.clock import now_ms
 from proxy.infra.config import BillingSettings
 from tests.harness.billing import (
     BillingProcess,
@@ -39,10 +41,6 @@ pytestmark = pytest.mark.integration
 
 ALICE = "alice@example.test"
 NUMBER = "4930123456"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def authorize(port: int, account: str, call_id: str | None = None, number: str = NUMBER):

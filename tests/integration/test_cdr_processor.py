@@ -16,8 +16,8 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from bench.cdr_pipeline import SHAPES, CallBuilder, Worker, call_events, write_config
 from cdr.processor import decode_row, encode_row
 from proxy.contract import events as ev
-from proxy.infra import clock
 from proxy.contract.callfold import finish, fold, silence_end_ms
+from proxy.infra import clock
 from proxy.infra.config import KafkaSettings
 from proxy.infra.kafka import ensure_topics_sync, faust_app, producer_kwargs, tansu_end_offsets
 from tests.harness.broker import produce, read_all, unique_topic

@@ -1,5 +1,6 @@
 """`sipledger account|ledger|report ...` with no billing service running: the
-CLI writes the ledger itself under the service lock (billing/client.py)."""
+CLI writes the ledger itself under the service lock (billing/client.py) --
+and refuses a bad command line with one line and exit status 2."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ from decimal import Decimal as D
 from typer.testing import CliRunner
 
 from api.cli import app
-from billing.reports import read_export
+from billing.reports.export import read_export
 
 
 def run(tmp_path, *args, code=0):
@@ -42,3 +43,40 @@ def test_accounts_topups_reports(tmp_path):
     assert frame["balance"].iloc[-1] == D("10.25") and list(frame["amount"][1:3]) == [D("12.50"), D("-2.25")]
     run(tmp_path, "report", "invoice", "--format", "csv", "-o", str(tmp_path / "x.csv"), code=2)   # no account
     run(tmp_path, "account", "delete", "alice@a.test", code=1)                      # has history
+
+
+def _usage_error(tmp_path, *args) -> str:
+    """A bad command line: exit status 2 and one line on stderr."""
+    result = CliRunner().invoke(app, ["--data-dir", str(tmp_path), *args])
+    assert result.exit_code == 2, (args, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_history_limit_is_bounded(tmp_path):
+    run(tmp_path, "account", "add", "alice@a.test")
+    for bad in ("-1", "0", "1001"):
+        assert "--limit must be between 1 and 1000" in _usage_error(tmp_path, "ledger", "history", "alice@a.test",
+                                                                     "--limit", bad)
+    assert "--last" in _usage_error(tmp_path, "account", "show", "alice@a.test", "--last", "0")
+    assert "--kind" in _usage_error(tmp_path, "ledger", "history", "alice@a.test", "--kind", "payment")
+    assert json.loads(run(tmp_path, "ledger", "history", "alice@a.test", "--limit", "1000", "--json")) == []
+
+
+def test_report_period_is_checked(tmp_path):
+    run(tmp_path, "account", "add", "alice@a.test")
+    out = tmp_path / "s.csv"
+    statement = ["report", "statement", "--account", "alice@a.test", "-o", str(out)]
+    assert _usage_error(tmp_path, *statement, "--from", "2026-12-10", "--to", "2026-12-01") \
+        == "error: --from must be before --to"
+    assert "--from must be before --to" in _usage_error(tmp_path, *statement, "--from", "2026-12", "--to", "2026-11")
+    error = _usage_error(tmp_path, *statement, "--month", "2026-13")
+    assert error.startswith("error: --month:") and "--from" not in error
+    assert _usage_error(tmp_path, *statement, "--month", "2026-11-05").startswith("error: --month:")
+    assert _usage_error(tmp_path, *statement, "--from", "yesterday").startswith("error: --from:")
+    assert "--month or --from/--to" in _usage_error(tmp_path, *statement, "--month", "2026-11", "--from", "2026-11")
+    assert not out.exists()
+    assert "--from must be before --to" in _usage_error(tmp_path, "ledger", "check", "--from", "2026-12", "--to", "2026-11")
+    run(tmp_path, *statement, "--from", "2026-12-01", "--to", "2026-12-01")      # one day: to is its end
+    assert out.exists()

@@ -1,5 +1,6 @@
-"""Billing reports (billing/reports.py): the numbers, and CSV / Parquet / XLSX
-exports that read back to exactly the same Decimals (money never a float)."""
+"""Billing reports (billing/reports/): the numbers, and CSV / Parquet / XLSX
+exports that read back to exactly the same Decimals (money never a float),
+typed columns, and one money formatting rule whatever the source."""
 from __future__ import annotations
 
 from decimal import Decimal as D
@@ -7,9 +8,13 @@ from decimal import Decimal as D
 import pandas as pd
 import pytest
 
-from billing.ledger import AccountInfo, LedgerEvent, money_event
-from billing.reports import FORMATS, SqliteSource, build_report, read_export, report_bytes, write_report
-from billing.store import LedgerStore
+from billing.ledger.accounts import AccountInfo
+from billing.ledger.events import money_event
+from billing.ledger.store import LedgerStore
+from billing.reports.build import build_report
+from billing.reports.export import FORMATS, read_export, report_bytes, write_report
+from billing.reports.sources import SqliteSource
+from proxy.contract.ledger import LedgerEvent
 
 ALICE = AccountInfo(id="alice@a.test", kind="postpaid", credit_limit=D("100"))
 NOV = 1793491200000                 # 2026-11-01T00:00:00Z
@@ -61,14 +66,14 @@ def test_destinations_gateways_invoice(store):
     dest = build_report("destinations", source, account=ALICE.id, from_ms=NOV, to_ms=DEC).frame
     rows = {r.prefix: r for r in dest.itertuples()}
     assert rows["49"].calls == 2 and rows["49"].cost == D("0.40000") and rows["49"].billed_s == 120
-    assert rows["33"].cost == D("1.234567") and rows["33"].minutes == "1.983"
+    assert rows["33"].cost == D("1.234567") and rows["33"].minutes == D("1.983")
     gws = build_report("gateways", source, account=None, from_ms=NOV, to_ms=DEC).frame
     assert dict(zip(gws["gateway"], gws["cost"])) == {"gw-b": D("1.234567"), "gw-a": D("0.30000"),
                                                         "(direct)": D("0.1")}
     inv = build_report("invoice", source, account=ALICE.id, from_ms=NOV, to_ms=DEC, info=ALICE)
     total = inv.frame[inv.frame["section"] == "total"].iloc[0]
     assert total["debit"] == D("1.634570") and total["credit"] == D("10.20")
-    assert inv.meta["charges"] == "1.634570" and inv.meta["amount_due"] == "0"
+    assert inv.meta["charges"] == "1.634570" and inv.meta["amount_due"] == "0.00"
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -93,3 +98,95 @@ def test_exports_round_trip_exact_decimals(store, tmp_path, fmt, name):
         for column in report.money_columns:
             assert str(schema.field(column).type) == "decimal128(18, 6)"
         assert schema.metadata[b"sipledger.report"] == name.encode()
+    for column, value in zip(report.frame.columns, report.frame.iloc[-1]):     # every column, typed
+        assert back[column].iloc[-1] == value, (column, fmt)
+
+
+def test_parquet_columns_are_typed(store, tmp_path):
+    import pyarrow.parquet as pq
+    report = build_report("destinations", SqliteSource(store), account=ALICE.id, from_ms=NOV, to_ms=DEC)
+    write_report(report, tmp_path / "d.parquet", "parquet")
+    schema = pq.read_schema(tmp_path / "d.parquet")
+    types = {name: str(schema.field(name).type) for name in schema.names}
+    assert types == {"prefix": "string", "rate_name": "string", "currency": "string", "calls": "int64",
+                     "minutes": "decimal128(18, 3)", "billed_s": "int64", "cost": "decimal128(18, 6)"}
+    assert read_export(tmp_path / "d.parquet", "parquet")["minutes"].tolist() == [D("1.983"), D("1.983")]
+
+
+def test_xlsx_money_is_numeric_with_a_number_format(store, tmp_path):
+    """Excel can sum the money cells: numbers, formatted to the cent -- or to the
+    ledger's 6 decimals where an amount has more -- and exactly the ledger's values."""
+    from openpyxl import load_workbook
+    report = build_report("statement", SqliteSource(store), account=ALICE.id, from_ms=NOV, to_ms=DEC)
+    write_report(report, tmp_path / "s.xlsx", "xlsx")
+    sheet = load_workbook(tmp_path / "s.xlsx").worksheets[0]
+    header = [c.value for c in sheet[1]]
+    amount = header.index("amount") + 1
+    cells = [sheet.cell(row, amount) for row in range(2, sheet.max_row + 1)]
+    assert all(c.data_type == "n" for c in cells)
+    formats = {D(repr(c.value)): c.number_format for c in cells}
+    assert formats[D("10.10")] == "#,##0.00" and formats[D("-0.1")] == "#,##0.00"
+    assert formats[D("-1.234567")] == "#,##0.000000" and formats[D("-0.000003")] == "#,##0.000000"
+    assert [D(repr(c.value)) for c in cells] == list(report.frame["amount"])          # exact
+    # a balance of 16 significant digits is more than an Excel number holds: kept exact, as text
+    balance = sheet.cell(sheet.max_row, header.index("balance") + 1)
+    assert balance.data_type == "s" and D(balance.value) == report.frame["balance"].iloc[-1] \
+        == D("1000000008.565428")
+    calls = load_workbook(tmp_path / "s.xlsx").worksheets[0].cell(3, header.index("seq") + 1)
+    assert calls.data_type == "n" and calls.number_format == "0"
+
+
+class _ScaledSource(SqliteSource):
+    """The ledger as ClickHouse gives it back: every amount at Decimal(18,6)'s scale."""
+
+    def events(self, **kwargs):
+        rows = super().events(**kwargs)
+        for row in rows:
+            for money in ("amount", "balance_delta"):
+                row[money] = row[money].quantize(D("0.000001"))
+        return rows
+
+    def opening_balance(self, account, before_ms):
+        return super().opening_balance(account, before_ms).quantize(D("0.000001"))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_one_formatting_rule_whatever_the_source(store, fmt):
+    """The CLI reads SQLite ("10.10"), the API ClickHouse ("10.100000"): the same file."""
+    kwargs = dict(account=ALICE.id, from_ms=NOV, to_ms=DEC, info=ALICE)
+    for name in ("statement", "invoice", "destinations"):
+        cli = build_report(name, SqliteSource(store), **kwargs)
+        api = build_report(name, _ScaledSource(store), **kwargs)
+        assert cli.meta == api.meta
+        if fmt == "csv":
+            assert b"".join(report_bytes(cli, fmt)) == b"".join(report_bytes(api, fmt))
+        else:
+            assert read_export(b"".join(report_bytes(cli, fmt)), fmt).equals(
+                read_export(b"".join(report_bytes(api, fmt)), fmt))
+    text = b"".join(report_bytes(build_report("statement", SqliteSource(store), **kwargs), "csv")).decode()
+    assert ",topup,top-up,nov,EUR,10.10," in text and ",-0.000003," in text and ",-1.234567," in text
+
+
+@pytest.mark.parametrize("value,text", [(D("10"), "10.00"), (D("10.000000"), "10.00"), (D("-0.1"), "-0.10"),
+                                        (D("0.34167"), "0.341670"), (D("1.234567"), "1.234567"),
+                                        (D("-0.000003"), "-0.000003"), (D("0"), "0.00")])
+def test_the_report_money_rule(value, text):
+    from billing.money import REPORT_FORMATS, report_places, report_text
+    assert report_text(value) == text
+    assert REPORT_FORMATS[report_places(value)].rsplit(".", 1)[1] == "0" * len(text.rsplit(".", 1)[1])
+
+
+def test_a_column_name_has_one_type_in_every_report():
+    from billing.reports.build import SCHEMAS
+    seen: dict = {}
+    for schema in SCHEMAS.values():
+        for f in schema:
+            assert seen.setdefault(f.name, f.type) == f.type, f.name
+
+
+def test_the_report_rule_never_rounds():
+    from decimal import Inexact
+
+    from billing.money import report_text
+    with pytest.raises(Inexact):
+        report_text(D("0.0000001"))

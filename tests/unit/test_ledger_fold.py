@@ -8,21 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from billing.control import Problem
-from billing.ledger import (
-    AccountInfo,
-    LedgerError,
-    LedgerEvent,
-    build_account,
-    debit_id,
-    final_release_id,
-    fold,
-    money_event,
-    money_event_id,
-    parse_amount,
-    reservation_id,
-)
-from billing.store import LedgerStore, ServiceLock, ServiceRunning, decode_event, encode_event
+from billing.errors import LedgerError
+from billing.ledger.accounts import AccountInfo, build_account
+from billing.ledger.events import Problem, debit_id, final_release_id, money_event, money_event_id, reservation_id
+from billing.ledger.fold import fold
+from billing.ledger.store import LedgerStore, ServiceLock, ServiceRunning
+from billing.money import parse_amount
+from proxy.contract.ledger import LedgerEvent, decode_event, encode_event
 
 ACC = AccountInfo(id="alice@a.test", currency="EUR")
 

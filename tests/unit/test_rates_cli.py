@@ -1,4 +1,4 @@
-"""`sipledger rates ...` (billing.cli) with typer's CliRunner, on a stub and on the real main CLI."""
+"""`sipledger rates ...` (billing.rating.cli) with typer's CliRunner, on a stub and on the real main CLI."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -7,9 +7,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from billing.cli import rates_app
-from billing.rates_csv import COLUMNS
-from billing.rates_store import RatesStore
+from billing.rating.cli import rates_app
+from billing.rating.csvfile import COLUMNS
+from billing.rating.store import RatesStore
 from proxy.infra.config import BillingSettings
 
 HEADER = ",".join(COLUMNS)

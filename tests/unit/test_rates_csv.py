@@ -1,4 +1,4 @@
-"""Rates CSV (billing.rates_csv): a good file, a bad file reporting every bad line, round trips."""
+"""Rates CSV (billing.rating.csvfile): a good file, a bad file reporting every bad line, round trips."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from billing.rates_csv import (
+from billing.rating.csvfile import (
     COLUMNS,
     CsvImportError,
     parse_time_of_day,
@@ -15,7 +15,7 @@ from billing.rates_csv import (
     plan_import,
     write_rates,
 )
-from billing.rating import DAY, Rate, RatePlan, RatingError
+from billing.rating.model import DAY, Rate, RatePlan, RatingError
 
 HEADER = ",".join(COLUMNS)
 

@@ -1,4 +1,4 @@
-"""The rate store (billing.rates_store) on SQLite: CRUD, plan rules, assignments, exact money."""
+"""The rate store (billing.rating.store) on SQLite: CRUD, plan rules, assignments, exact money."""
 from __future__ import annotations
 
 import sqlite3
@@ -7,8 +7,8 @@ from decimal import Decimal as D
 
 import pytest
 
-from billing.rates_store import RatesStore
-from billing.rating import Rate, RatePlan, RatingError
+from billing.rating.model import Rate, RatePlan, RatingError
+from billing.rating.store import RatesStore
 from proxy.infra.config import BillingSettings
 
 UTC = timezone.utc

@@ -1,4 +1,4 @@
-"""Rating (billing.rating): increments, rounding, prefixes, validity, periods, splits, max_duration."""
+"""Rating (billing.rating.model): increments, rounding, prefixes, validity, periods, splits, max_duration."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from billing.rating import (
+from billing.rating.model import (
     DAY,
     NoRateError,
     Rate,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -18,9 +17,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from proxy.infra import clock
 from proxy.infra.config import BillingSettings
 
-from .rates_csv import (
+from .csvfile import (
     CsvImportError,
     format_instant,
     format_time_of_day,
@@ -30,8 +30,8 @@ from .rates_csv import (
     plan_import,
     write_rates,
 )
-from .rates_store import RatesStore
-from .rating import DAY, RatingError, check_timezone, max_duration, number_from_uri, rate_call, to_epoch_ms
+from .model import DAY, RatingError, check_timezone, max_duration, number_from_uri, rate_call, to_epoch_ms
+from .store import RatesStore
 
 __all__ = ["rates_app"]
 
@@ -73,7 +73,7 @@ def _print_table(table: Table) -> None:
 @rates_app.command("import")
 def rates_import(
     ctx: typer.Context,
-    file: Path = typer.Argument(..., metavar="FILE", help="CSV file (see billing/rates_csv.py for the columns)."),
+    file: Path = typer.Argument(..., metavar="FILE", help="CSV file (see billing/rating/csvfile.py for the columns)."),
     plan: Optional[str] = typer.Option(None, "--plan", help="Plan for rows with an empty plan column."),
     replace: bool = typer.Option(False, "--replace",
                                  help="Replace all rates of the plans in the file (default: add to them)."),
@@ -206,7 +206,7 @@ def rates_test(
     with _store(ctx) as store:
         rate_plan = store.get_plan(plan)
         try:
-            when = datetime.now(timezone.utc) if at is None else \
+            when = clock.utcnow() if at is None else \
                 parse_instant(at, "--at", check_timezone(rate_plan.timezone))
             start_ms = to_epoch_ms(when)
             target = number_from_uri(number) if (":" in number or "@" in number) else number

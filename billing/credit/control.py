@@ -1,6 +1,6 @@
 """Credit control: the state machine behind authorization, live reservations and
 teardowns.  Pure: no I/O, no clock (every method takes ``now_ms``); the billing
-service (billing/service.py) runs it and carries out its ``Effects``.
+service (billing/credit/service.py) runs it and carries out its ``Effects``.
 
 Per account it keeps ``balance`` (the ledger's fold), ``reserved`` (what live
 calls hold) and ``held`` (authorizations not answered yet), so
@@ -18,7 +18,9 @@ Life of a call (CGRateS / cnxcc style):
    lasts at that destination's rate (``rating.max_duration``), and the first
    increment's cost is *held* for the call until it is answered or fails.
 2. ``answered``: the hold becomes a ledger *reservation* covering the first
-   ``reserve_seconds`` (or as much of it as is affordable).  Reservations are
+   ``reserve_seconds`` (or as much of it as is affordable, but never less than
+   the first increment + connect fee: an answered call owes that however soon
+   it ends, even if an overrun elsewhere left ``available`` short of it).  Reservations are
    always ``rating.rate_call``'s cost of the covered time, so the connect
    fee, increments and period splits are exactly what the debit will be.
 3. ``extend_ahead_seconds`` before the paid time runs out the reservation is
@@ -34,7 +36,7 @@ Life of a call (CGRateS / cnxcc style):
    reservation ("final" release).  An ended call whose CDR does not come within
    ``cdr_wait_seconds`` is released anyway (and reported as a problem).
 
-Event kinds and ids: billing/ledger.py.  Reservations and releases are decided
+Event kinds: proxy/contract/ledger.py; ids: billing/ledger/events.py.  Reservations and releases are decided
 here and applied at once ("memory first"); the service then persists them.
 Debits, top-ups and adjustments are persisted first (their ids decide whether
 they are new) and applied with ``apply_external``.
@@ -47,30 +49,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-import msgspec
-
-from proxy.contract import commands
-from proxy.contract.cdr import CdrLeg
-from proxy.contract.credit import AuthorizeRequest, AuthorizeResponse
-from proxy.infra.config import CreditSettings
-
-from .ledger import (
-    ZERO,
-    AccountInfo,
-    LedgerError,
-    LedgerEvent,
-    balance_delta,
-    check_amount,
-    debit_id,
-    event_id,
-    final_release_id,
-    fold,
-    money_text,
-    release_id,
-    reservation_id,
-    reserved_delta,
-)
-from .rating import (
+from billing.errors import LedgerError
+from billing.ledger.accounts import AccountInfo, balance_view
+from billing.ledger.events import Problem, debit_id, event_id, final_release_id, release_id, reservation_id
+from billing.ledger.fold import balance_delta, fold, reserved_delta
+from billing.money import ZERO, check_amount
+from billing.rating.model import (
     DAY,
     RatePlan,
     RatesSnapshot,
@@ -80,9 +64,13 @@ from .rating import (
     number_from_uri,
     rate_call,
 )
+from proxy.contract import commands
+from proxy.contract.cdr import CdrLeg
+from proxy.contract.credit import AuthorizeRequest, AuthorizeResponse
+from proxy.contract.ledger import LedgerEvent, Notification
+from proxy.infra.config import CreditSettings
 
-__all__ = ["CreditControl", "Effects", "Notification", "Problem", "Call", "Hold", "Live",
-           "EXHAUSTED", "BLOCKED"]
+__all__ = ["CreditControl", "Effects", "Call", "Hold", "Live", "EXHAUSTED", "BLOCKED"]
 
 EXHAUSTED = "credit exhausted"
 BLOCKED = "account blocked"
@@ -91,32 +79,6 @@ TEARDOWN_TRIES = 3
 FINISHED_HORIZON_MS = 24 * 3600 * 1000
 RESPONSE_TTL_MS = 60_000
 REBALANCE_KEEP_MS = 1000          # an over-spent call keeps this much time to be torn down in
-
-
-class Notification(msgspec.Struct, frozen=True, kw_only=True):
-    """On ``billing.notifications`` (key = account), JSON."""
-    type: str                       # balance.low | credit.exhausted | account.blocked
-    id: str
-    account: str
-    ts_ms: int
-    currency: str
-    balance: Decimal
-    available: Decimal
-    threshold: Decimal | None = None
-    call_id: str = ""
-    reason: str = ""
-    v: int = 1
-
-
-class Problem(msgspec.Struct, frozen=True, kw_only=True):
-    """Something that could not be billed as it should: kept for ``ledger check``."""
-    id: str
-    ts_ms: int
-    account: str
-    reason: str
-    call_id: str = ""
-    cdr_id: str = ""
-    leg: int = -1
 
 
 @dataclass
@@ -290,26 +252,11 @@ class CreditControl:
             return -info.floor
         return live.balance - info.floor - live.reserved - live.held
 
-    def snapshot(self, account: str) -> dict:
+    def snapshot(self, info: AccountInfo) -> dict:
         """The account's live money, as the API shows it (amounts as text)."""
-        info = self.accounts.get(account)
-        live = self.books.get(account) or Live()
-        calls = [self.calls[c] for c in sorted(live.calls) if c in self.calls]
-        return {
-            "account": account,
-            "currency": info.currency if info else "",
-            "kind": info.kind if info else "",
-            "status": info.status if info else "",
-            "credit_limit": money_text(info.credit_limit) if info else "0",
-            "balance": money_text(live.balance),
-            "reserved": money_text(live.reserved),
-            "held": money_text(live.held),
-            "available": money_text(self.available(account)) if info else "0",
-            "active_calls": [{"call_id": c.call_id, "answer_ms": c.answer_ms, "paid_ms": c.paid_ms,
-                              "reserved": money_text(c.reserved), "exhausted": c.exhausted,
-                              "number": c.number} for c in calls],
-            "live": True,
-        }
+        live = self.books.get(info.id) or Live()
+        return balance_view(info, balance=live.balance, reserved=live.reserved, held=live.held, live=True,
+                            calls=[self.calls[c] for c in sorted(live.calls) if c in self.calls])
 
     # -- authorization (the hot path) ------------------------------------------------------------
     def authorize(self, req: AuthorizeRequest, now_ms: int) -> AuthorizeResponse:
@@ -497,18 +444,6 @@ class CreditControl:
                 fx.timers[ev.call_id] = None
         return fx
 
-    def money_event(self, event: LedgerEvent) -> None:
-        """Refuse a top-up / adjustment / refund the account cannot take (raises LedgerError)."""
-        info = self.accounts.get(event.account)
-        if info is None:
-            raise LedgerError(f"account {event.account} does not exist", status=404)
-        if event.currency != info.currency:
-            raise LedgerError(f"currency {event.currency} is not the account's ({info.currency})")
-        live = self._live(info.id)
-        if balance_delta(event) < 0 and live.balance + balance_delta(event) < info.floor:
-            raise LedgerError(f"{event.kind} {money_text(event.amount)} would take {info.id}'s balance "
-                              f"{money_text(live.balance)} below {money_text(info.floor)}", status=409)
-
     def apply_external(self, events: Iterable[LedgerEvent], now_ms: int) -> Effects:
         """Apply persisted events that were new (debits, final releases, top-ups,
         adjustments, refunds) and react: thresholds, over-spent calls, revived calls."""
@@ -594,6 +529,18 @@ class CreditControl:
         self._live(call.account).reserved += delta
         fx.events.append(ev)
 
+    def _owed_at_answer(self, call: Call) -> Decimal:
+        """What an answered call costs however soon it ends: connect fee + first
+        increment (+ minimum time).  It is owed from the answer on, so the first
+        reservation is never less -- even when ``available`` no longer covers it
+        (another call's overrun since the authorization took part of the hold):
+        reserving less would hand the difference to the next authorization or
+        extension, and the account would pay for it twice."""
+        try:
+            return self._cost(call, 1)
+        except RatingError:
+            return ZERO
+
     def _affordable_ms(self, call: Call, credit: Decimal, limit_ms: int) -> int:
         """The longest call time up to ``limit_ms`` (rounded up to whole seconds)
         that ``credit`` pays for, extended to the end of the last paid increment."""
@@ -614,6 +561,8 @@ class CreditControl:
         elapsed = max(0, now_ms - call.answer_ms)
         desired = max(call.paid_ms, elapsed) + self.reserve_ms
         credit = self.available(call.account) + call.reserved
+        if call.steps == 0:
+            credit = max(credit, self._owed_at_answer(call))
         paid = self._affordable_ms(call, credit, desired)
         if paid > call.paid_ms or call.steps == 0:
             self._reserve_to(call, max(paid, call.paid_ms), now_ms, fx)

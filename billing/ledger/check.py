@@ -14,6 +14,13 @@ debit of another amount (``amount_mismatch`` -- e.g. rates edited since), a
 CDR that cannot be rated (``unrated``), and the billing service's own problem
 records (``problem``).  A debit is unique per (cdr_id, leg) by construction;
 ``duplicate_debit`` would show a broken ledger.
+
+A call answered *before its account existed* was nobody's to pay: credit
+control bills only accounts it knows when the CDR comes.  Such a leg without
+a debit is not a missing debit; it is listed apart (``skipped``, kind
+``before_account``), counted in no period and does not fail the check.  (If
+its CDR came after the account was created, it was debited, and is checked
+like any other.)
 """
 from __future__ import annotations
 
@@ -22,8 +29,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 
-from .ledger import ZERO, AccountInfo, LedgerEvent, money_text
-from .rating import RatesSnapshot, RatingError, number_from_uri, rate_call
+from billing.money import ZERO, money_text
+from billing.rating.model import RatesSnapshot, RatingError, number_from_uri, rate_call
+from proxy.contract.ledger import LedgerEvent
+
+from .accounts import AccountInfo
 
 __all__ = ["Difference", "AccountPeriod", "CheckResult", "reconcile", "cdr_legs", "run_check"]
 
@@ -61,6 +71,7 @@ class CheckResult:
     to_ms: int | None
     periods: list[AccountPeriod] = field(default_factory=list)
     differences: list[Difference] = field(default_factory=list)
+    skipped: list[Difference] = field(default_factory=list)        # not billable: not an error
 
     @property
     def ok(self) -> bool:
@@ -74,6 +85,7 @@ class CheckResult:
                          "debited": money_text(p.debited), "difference": money_text(p.difference)}
                         for p in self.periods],
             "differences": [asdict(d) for d in self.differences],
+            "skipped": [asdict(d) for d in self.skipped],
         }
 
 
@@ -94,61 +106,62 @@ def reconcile(legs: Iterable[dict], debits: Iterable[LedgerEvent], accounts: dic
             periods[key] = AccountPeriod(account, key[1], info.currency if info else "")
         return periods[key]
 
-    expected: dict[tuple[str, int], tuple[dict, Decimal | None]] = {}
-    for leg in legs:
-        account = leg["account"]
-        if account not in accounts:
-            continue
-        key = (leg["cdr_id"], int(leg["leg"]))
-        plan = rates.plan_for(account, default_plan)
-        cost: Decimal | None = None
-        detail = ""
-        try:
-            if plan is None:
-                raise RatingError("no rate plan")
-            cost = rate_call(plan, number_from_uri(leg["dialled"]), int(leg["answer_ms"]),
-                             int(leg["duration_ms"])).total
-        except RatingError as exc:
-            detail = str(exc)
-        expected[key] = (leg, cost)
-        b = bucket(account, int(leg["answer_ms"]))
-        b.cdr_legs += 1
-        if cost is None:
-            result.differences.append(Difference("unrated", account, key[0], key[1], b.period,
-                                                 detail=detail[:200]))
-        else:
-            b.rated += cost
-    seen: dict[tuple[str, int], LedgerEvent] = {}
+    debited: dict[tuple[str, int], LedgerEvent] = {}
     for debit in debits:
         key = (debit.cdr_id, debit.leg)
         b = bucket(debit.account, debit.answer_ms)
         b.debits += 1
         b.debited += debit.amount
-        if key in seen:
+        if key in debited:
             result.differences.append(Difference("duplicate_debit", debit.account, key[0], key[1], b.period,
                                                  debited=money_text(debit.amount)))
+        else:
+            debited[key] = debit
+    rated: set[tuple[str, int]] = set()
+    for leg in legs:
+        info = accounts.get(leg["account"])
+        if info is None:
             continue
-        seen[key] = debit
-        if key not in expected:
-            result.differences.append(Difference(
-                "debit_without_cdr", debit.account, key[0], key[1], b.period, debited=money_text(debit.amount),
-                detail="no such CDR leg in the CDR store (yet?)"))
+        key, answer_ms = (leg["cdr_id"], int(leg["leg"])), int(leg["answer_ms"])
+        booked = debited.get(key)
+        if booked is None and answer_ms < info.created_ms:
+            result.skipped.append(Difference(
+                "before_account", info.id, key[0], key[1], _period(answer_ms),
+                detail="answered before the account was created: not billable"))
             continue
-        leg, cost = expected[key]
-        if cost is not None and cost != debit.amount:
+        rated.add(key)
+        b = bucket(info.id, answer_ms)
+        b.cdr_legs += 1
+        try:
+            plan = rates.plan_for(info.id, default_plan)
+            if plan is None:
+                raise RatingError("no rate plan")
+            cost = rate_call(plan, number_from_uri(leg["dialled"]), answer_ms, int(leg["duration_ms"])).total
+        except RatingError as exc:
+            result.differences.append(Difference("unrated", info.id, key[0], key[1], b.period,
+                                                 detail=str(exc)[:200]))
+            continue
+        b.rated += cost
+        if booked is None:
             result.differences.append(Difference(
-                "amount_mismatch", debit.account, key[0], key[1], b.period, rated=money_text(cost),
-                debited=money_text(debit.amount), detail="rates changed since the debit?"))
-    for key, (leg, cost) in expected.items():
-        if key not in seen and cost is not None:
+                "missing_debit", info.id, key[0], key[1], b.period, rated=money_text(cost),
+                detail="answered CDR leg with no debit"))
+        elif cost != booked.amount:
             result.differences.append(Difference(
-                "missing_debit", leg["account"], key[0], key[1], _period(int(leg["answer_ms"])),
-                rated=money_text(cost), detail="answered CDR leg with no debit"))
+                "amount_mismatch", booked.account, key[0], key[1], b.period, rated=money_text(cost),
+                debited=money_text(booked.amount), detail="rates changed since the debit?"))
+    for key, debit in debited.items():
+        if key not in rated:
+            result.differences.append(Difference(
+                "debit_without_cdr", debit.account, key[0], key[1], _period(debit.answer_ms),
+                debited=money_text(debit.amount), detail="no such CDR leg in the CDR store (yet?)"))
     for p in problems:
         result.differences.append(Difference("problem", p.account, p.cdr_id, p.leg,
                                              _period(p.ts_ms), detail=p.reason))
     result.periods = sorted(periods.values(), key=lambda p: (p.account, p.period))
-    result.differences.sort(key=lambda d: (d.account, d.period, d.kind, d.cdr_id, d.leg))
+    order = lambda d: (d.account, d.period, d.kind, d.cdr_id, d.leg)
+    result.differences.sort(key=order)
+    result.skipped.sort(key=order)
     return result
 
 

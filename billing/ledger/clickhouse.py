@@ -1,32 +1,34 @@
-"""The ClickHouse copy of the ledger: table ``ledger_events`` (cdr/store/schema.sql,
+"""The ClickHouse copy of the ledger: table ``ledger_events`` (proxy/infra/clickhouse/schema.sql,
 migration 2), its sink from Kafka and its repair from SQLite.  Runs in the API
 process, which owns ClickHouse (chdb: one process per data path).
 
-* ``LedgerSink``: ``ledger.events`` (LedgerEvent JSON, key = account) ->
-  ``ledger_events``, batched, offsets committed after the insert (the CDR
-  sink's machinery, cdr/store/sink.py, with another record type).
+* ``LedgerSink``: ``ledger.events`` (LedgerEvent JSON, proxy/contract/ledger.py,
+  key = account) -> ``ledger_events``, batched, offsets committed after the
+  insert (the shared topic sink, proxy/infra/clickhouse/sink.py).
 * ``LedgerRepair``: the broker is memory only, so records it lost before the
   sink read them never arrive.  Every ``[ledger] repair_seconds`` (and at
   start) the copy is compared with the SQLite ledger -- the source of truth --
   per range of ``seq`` (counts), and missing ranges are inserted again from
   SQLite (duplicates collapse: the table is a ReplacingMergeTree on
   (account, seq)).
-* ``LedgerQueries``: history pages and report rows, money read back as exact
-  Decimals (Arrow decimal128 from chdb, Decimal from clickhouse-driver).
+* ``LedgerQueries``: history pages, report rows and opening balances, money
+  read back as exact Decimals (Arrow decimal128 from chdb, Decimal from
+  clickhouse-driver).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
+from proxy.contract.ledger import LedgerEvent
+from proxy.infra import clock
 from proxy.infra.clickhouse.backend import Backend, BackendError
 from proxy.infra.clickhouse.sink import TopicSink
 
-from .ledger import LedgerEvent, balance_delta, reserved_delta
+from .fold import balance_delta, reserved_delta
 from .store import LedgerStore
 
 __all__ = ["TABLE", "COLUMNS", "columns_for", "LedgerQueries", "LedgerSink", "LedgerRepair"]
@@ -47,7 +49,7 @@ REPAIR_CHUNK = 10_000
 
 def columns_for(events: Iterable[LedgerEvent]) -> dict[str, list]:
     cols: dict[str, list] = {name: [] for name in COLUMNS}
-    version = time.time_ns() // 1_000_000
+    version = clock.now_ms()                  # the newest copy of a row wins (ReplacingMergeTree)
     for ev in events:
         cols["seq"].append(ev.seq)
         cols["id"].append(ev.id)
@@ -143,6 +145,15 @@ class LedgerQueries:
             sql += " LIMIT {limit}"
             params["limit"] = limit
         return [_row_event(r) for r in self.backend.query_dicts(sql, params)]
+
+    def balance_before(self, account: str, before_ms: int) -> Decimal:
+        """The account's balance from its events booked before ``before_ms`` (exact)."""
+        rows = self.backend.query(
+            "SELECT sum(balance_delta) FROM (SELECT seq, any(balance_delta) AS balance_delta "
+            f"FROM {TABLE} WHERE account = {{account}} AND ts_ms < {{before}} GROUP BY seq)",
+            {"account": account, "before": before_ms})
+        value = rows[0][0] if rows and rows[0][0] is not None else Decimal(0)
+        return value if isinstance(value, Decimal) else Decimal(str(value))
 
     def seq_counts(self, low: int, high: int) -> dict[int, int]:
         """Distinct seqs stored per chunk (chunk = seq // REPAIR_CHUNK) in (low, high]."""

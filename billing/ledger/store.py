@@ -6,7 +6,7 @@ Kafka broker is memory only, so the billing service rebuilds its whole state
 by folding ``ledger_event`` at start.  Amounts are decimal *text* (exact).
 
 * ``ledger_event``: append-only.  ``id`` is unique (the event's cause, see
-  billing/ledger.py): appending an event whose id is there already is a no-op
+  billing/ledger/events.py): appending an event whose id is there already is a no-op
   that reports "not new".  ``seq`` orders the ledger.
 * the ledger is its own outbox: ``ledger_publish`` keeps, per topic, the
   last ``seq`` the broker acknowledged; the service publishes the events after
@@ -53,13 +53,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from billing.errors import LedgerError
+from billing.money import money_text
+from proxy.contract.ledger import LedgerEvent
 from proxy.infra.config import BILLING_LOCK_FILE, RUN_DIR
 from proxy.infra.sqldb import SqlStore, change_log_table
 
-from .control import Problem
-from .ledger import AccountInfo, LedgerError, LedgerEvent, money_text
+from .accounts import AccountInfo
+from .events import Problem
 
-__all__ = ["LedgerStore", "ServiceLock", "ServiceRunning", "metadata", "encode_event", "decode_event"]
+__all__ = ["LedgerStore", "ServiceLock", "ServiceRunning", "metadata"]
 
 metadata = MetaData()
 
@@ -136,16 +139,6 @@ publish_table = Table(
 billing_change_log = change_log_table(metadata, "billing_change_log")
 
 _EVENT_FIELDS = LedgerEvent.__struct_fields__
-_encoder = msgspec.json.Encoder(decimal_format="string")
-_decoder = msgspec.json.Decoder(LedgerEvent)
-
-
-def encode_event(ev: LedgerEvent) -> bytes:
-    return _encoder.encode(ev)
-
-
-def decode_event(data: bytes) -> LedgerEvent:
-    return _decoder.decode(data)
 
 
 def _event_row(ev: LedgerEvent) -> dict:

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection
 from proxy.infra.sqldb import SqlStore, change_log_table, utcnow
 from proxy.infra.sqldb import count_rows as _count
 
-from .rating import Rate, RatePlan, RatesSnapshot, RatingError, check_plan_name, check_timezone
+from .model import Rate, RatePlan, RatesSnapshot, RatingError, check_plan_name, check_timezone
 
 __all__ = ["RatesStore", "StoredRate", "PlanInfo", "metadata"]
 

@@ -3,23 +3,25 @@
     python -m billing --data-dir D [--config F] [--bootstrap HOST:PORT]
 
 One process, one asyncio loop (uvloop), the pure state machine of
-billing/control.py in memory:
+billing/credit/control.py in memory:
 
 * **Authorization** (UDP, ``[credit] listen``/``port``; port 0 = a free one,
   written to ``DATA_DIR/run/credit.port`` as decimal text + newline and reused
   at the next start if free).  Each ``AuthorizeRequest`` datagram is answered
   from memory: no I/O but the reply.
-* **Admin RPC** (unix socket ``DATA_DIR/run/billing.sock``, mode 0600): account
-  changes, top-ups / adjustments / refunds, live balances (billing/messages.py,
-  billing/client.py).  Money requests are persisted before they are answered.
+* **Admin RPC** (unix socket ``DATA_DIR/run/billing.sock``, mode 0600,
+  billing/rpc.py): the money commands of billing/application.py -- account
+  changes, top-ups / adjustments / refunds, live balances -- against the live
+  state (billing/credit/live.py).  Money is persisted before it is answered.
 * **Kafka**, one consumer group over three topics:
   ``sip.events`` -> repartitioned by account to ``billing.calls`` (Call-ID ->
-  account from ``invite.received``); ``billing.calls`` -> call steps
+  account from ``invite.received``, billing/credit/steps.py); ``billing.calls`` -> call steps
   (answered / ended) into credit control; ``cdr.records`` -> rated and debited.
-  Teardowns go to ``call.control``.  Ledger events and notifications go
-  through the transactional outbox to ``ledger.events`` / ``billing.notifications``.
-* **The ledger** (SQLite, billing/store.py) is written by one thread that
-  batches requests into transactions (group commit).  At start the state is
+  Teardowns go to ``call.control``.  Ledger events and notifications
+  (proxy/contract/ledger.py) go through the transactional outbox to
+  ``ledger.events`` / ``billing.notifications``.
+* **The ledger** (SQL, billing/ledger/store.py) is written by one thread
+  (billing/ledger/writer.py) that batches requests into transactions (group commit).  At start the state is
   the fold of the ledger: a broker restart or a killed service loses nothing.
 
 Delivery: input is at-least-once; offsets are committed only after what they
@@ -40,43 +42,37 @@ import gc
 import json
 import logging
 import os
-import queue
 import signal
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
+from billing import rpc
+from billing.application import BillingApplication
+from billing.errors import LedgerError
+from billing.ledger.events import Problem, event_id
+from billing.ledger.store import LedgerStore, ServiceLock, ServiceRunning
+from billing.ledger.writer import Writer
+from billing.rating.model import RatingError, number_from_uri
+from billing.rating.store import RatesStore
 from proxy.contract import commands as cmd
 from proxy.contract import credit
 from proxy.contract import events as ev
 from proxy.contract.cdr import CdrLeg
+from proxy.contract.ledger import encode_event, encode_notification
 from proxy.infra.clock import now_ms
 from proxy.infra.config import BILLING_SOCKET_FILE, CREDIT_PORT_FILE, RUN_DIR, Config
 from proxy.infra.kafka import bootstrap_servers, consumer_kwargs, ensure_topics, producer_kwargs
 
-from .control import CreditControl, Effects, Problem
-from .ledger import (
-    LedgerError,
-    account_dict,
-    build_account,
-    event_dict,
-    event_id,
-    money_event,
-    parse_amount,
-    same_request,
-)
-from .messages import CallStep, RpcRequest, RpcResponse, decode_step, encode_step
-from .rates_store import RatesStore
-from .rating import RatingError, number_from_uri
-from .store import LedgerStore, ServiceLock, ServiceRunning, encode_event
+from .control import CreditControl, Effects
+from .live import LiveLedger
+from .steps import CallStep, decode_step, encode_step
 
 log = logging.getLogger("sipledger.billing")
 
@@ -85,9 +81,6 @@ SLICE_S = 0.0005          # loop work yields this often so authorization answers
 POLL_INTERVAL_S = 1.0
 READY_WITHOUT_KAFKA_S = 20.0
 _END_EVENTS = (ev.CallBye, ev.DialogTimeout, ev.DialogTeardown, ev.CallFailed)
-_notification_encoder = msgspec.json.Encoder(decimal_format="string")
-_rpc_decoder = msgspec.json.Decoder(RpcRequest)
-_rpc_encoder = msgspec.json.Encoder(decimal_format="string")
 
 
 def _tune_for_latency() -> None:
@@ -100,104 +93,6 @@ def _tune_for_latency() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 1_000)
-
-
-# -- the ledger's writer thread ------------------------------------------------------------
-
-class Writer:
-    """Runs store work on one thread.  ``txn(fn)``: ``fn(conn)`` inside a write
-    transaction shared with whatever else is queued (group commit; a failing
-    batch is retried one by one so only the failing request fails).
-    ``call(fn)``: ``fn()`` alone (account writes)."""
-
-    def __init__(self, store: LedgerStore, loop: asyncio.AbstractEventLoop, batch: int = 512):
-        self.store = store
-        self.loop = loop
-        self.batch = batch
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
-        self.commits = 0
-        self._thread.start()
-
-    def txn(self, fn: Callable[[Any], Any]) -> asyncio.Future:
-        future = self.loop.create_future()
-        self._queue.put(("txn", fn, future))
-        return future
-
-    def call(self, fn: Callable[[], Any]) -> asyncio.Future:
-        future = self.loop.create_future()
-        self._queue.put(("call", fn, future))
-        return future
-
-    async def barrier(self) -> None:
-        """Returns once everything submitted before is committed."""
-        await self.txn(lambda conn: None)
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=30)
-
-    def _resolve(self, future: asyncio.Future, result: Any = None, error: BaseException | None = None):
-        def done() -> None:
-            if future.cancelled():
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
-        try:
-            self.loop.call_soon_threadsafe(done)
-        except RuntimeError:
-            pass                                    # loop closed: nobody waits any more
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if item[0] == "call":
-                self._one_call(item)
-                continue
-            batch = [item]
-            pending, has_pending = None, False
-            while len(batch) < self.batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None or nxt[0] != "txn":
-                    pending, has_pending = nxt, True
-                    break
-                batch.append(nxt)
-            self._txn_batch(batch)
-            if has_pending:
-                if pending is None:
-                    return
-                self._one_call(pending)
-
-    def _one_call(self, item) -> None:
-        _, fn, future = item
-        try:
-            self._resolve(future, fn())
-        except BaseException as exc:            # noqa: BLE001 - handed to the awaiting side
-            self._resolve(future, error=exc)
-
-    def _txn_batch(self, batch) -> None:
-        try:
-            results = []
-            with self.store.transaction() as conn:
-                for _, fn, _ in batch:
-                    results.append(fn(conn))
-            self.commits += 1
-            for (_, _, future), result in zip(batch, results):
-                self._resolve(future, result)
-            return
-        except BaseException as exc:            # noqa: BLE001
-            if len(batch) == 1:
-                self._resolve(batch[0][2], error=exc)
-                return
-        for item in batch:                      # isolate the failing request
-            self._txn_batch([item])
 
 
 # -- the UDP authorization server -----------------------------------------------------------
@@ -278,7 +173,6 @@ class BillingService:
         self._sends: list[asyncio.Future] = []
         self._pending_commands: list[cmd.ControlCommand] = []
         self._persisting: set[asyncio.Future] = set()
-        self._money_lock = asyncio.Lock()
         self._outbox_wakeup = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -291,6 +185,7 @@ class BillingService:
         self.store: LedgerStore | None = None
         self.rates: RatesStore | None = None
         self.writer: Writer | None = None
+        self.app: BillingApplication | None = None
 
     # -- start / stop -----------------------------------------------------------------------
     async def run(self, *, on_ready: Callable[[int], None] | None = None) -> int:
@@ -316,6 +211,9 @@ class BillingService:
             self.store = LedgerStore(url)
             self.store.create_schema()
             self.writer = Writer(self.store, loop)
+            self.app = BillingApplication(
+                LiveLedger(self.core, self.store, self.writer, carry_out=self._carry_out, status=self._status),
+                default_currency=self.config.billing.currency)
             self._rates_version = self.rates.version()
             self.core.set_rates(self.rates.snapshot())
             self._accounts_version = self.store.version()
@@ -458,7 +356,7 @@ class BillingService:
 
     def _outbox_rows(self, fx: Effects) -> list[tuple[str, str, bytes]]:
         topic = self.ledger_cfg.notifications_topic
-        return [(topic, n.account, _notification_encoder.encode(n)) for n in fx.notifications]
+        return [(topic, n.account, encode_notification(n)) for n in fx.notifications]
 
     def _persist(self, events, fx: Effects) -> None:
         """Memory-first events (already applied): persist, and take back any the
@@ -497,8 +395,10 @@ class BillingService:
 
         async def send() -> None:
             try:
+                # the record's timestamp is the command's issue time on the project's clock
+                # (proxy workers skip commands issued before they started by it)
                 await producer.send(self.topics.call_control, cmd.encode(command),
-                                    key=command.call_id.encode())
+                                    key=command.call_id.encode(), timestamp_ms=command.ts_ms)
             except Exception as exc:           # the teardown is retried by its timer
                 log.warning("billing: sending %s for %s failed: %r", type(command).__name__,
                             command.call_id, exc)
@@ -800,72 +700,28 @@ class BillingService:
         try:
             while line := await reader.readline():
                 try:
-                    request = _rpc_decoder.decode(line)
-                    result = await self._rpc(request)
-                    response = RpcResponse(ok=True, result=result)
+                    result = await self.app.execute(rpc.decode_request(line))
+                    response = rpc.RpcResponse(ok=True, result=result)
                 except LedgerError as exc:
-                    response = RpcResponse(ok=False, status=exc.status, error=str(exc))
+                    response = rpc.RpcResponse(ok=False, status=exc.status, error=str(exc))
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    response = RpcResponse(ok=False, status=400, error=f"bad request: {exc}")
+                    response = rpc.RpcResponse(ok=False, status=400, error=f"bad request: {exc}")
                 except Exception as exc:       # noqa: BLE001 - answered, not fatal
                     log.exception("billing rpc failed")
-                    response = RpcResponse(ok=False, status=500, error=f"billing service error: {exc!r}")
-                writer.write(_rpc_encoder.encode(response) + b"\n")
+                    response = rpc.RpcResponse(ok=False, status=500, error=f"billing service error: {exc!r}")
+                writer.write(rpc.encode(response))
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
 
-    async def _rpc(self, req: RpcRequest) -> dict:
-        core = self.core
-        if req.op == "ping":
-            return {"udp_port": self.udp_port, "accounts": len(core.accounts), "calls": len(core.calls)}
-        if req.op == "balance":
-            if req.account not in core.accounts:
-                raise LedgerError(f"account {req.account} does not exist", status=404)
-            return core.snapshot(req.account)
-        if req.op == "account.put":
-            existing = core.accounts.get(req.account)
-            if req.create and existing is not None:
-                raise LedgerError(f"account {req.account} already exists", status=409)
-            if not req.create and existing is None:
-                raise LedgerError(f"account {req.account} does not exist", status=404)
-            info = build_account(req.account, req.fields, existing=existing, now_ms=now_ms(),
-                                 default_currency=self.config.billing.currency)
-            await self.writer.call(lambda: self.store.put_account(info, create=req.create))
-            self._handle(core.upsert_account(info, now_ms()))
-            return account_dict(info)
-        if req.op == "account.delete":
-            await self.writer.call(lambda: self.store.delete_account(req.account))
-            core.remove_account(req.account)
-            return {"deleted": req.account}
-        if req.op == "money":
-            return await self._money(req)
-        raise LedgerError(f"unknown operation {req.op!r}", status=400)
+    def _status(self) -> dict:
+        """``ping``: the service is up."""
+        return {"udp_port": self.udp_port, "accounts": len(self.core.accounts), "calls": len(self.core.calls),
+                "live": True}
 
-    async def _money(self, req: RpcRequest) -> dict:
-        async with self._money_lock:           # check + persist + apply, one request at a time
-            info = self.core.accounts.get(req.account)
-            if info is None:
-                raise LedgerError(f"account {req.account} does not exist", status=404)
-            event = money_event(info, req.kind, parse_amount(req.amount), req.key, ts_ms=now_ms(),
-                                note=req.note, cdr_id=req.cdr_id, leg=req.leg)
-            stored = await asyncio.to_thread(self.store.get_event, event.id)
-            if stored is None:
-                self.core.money_event(event)       # may refuse: would go below the floor
-                new = await self.writer.txn(lambda conn: self.store.append_in(conn, [event]))
-                if new:
-                    self._handle(self.core.apply_external(new, now_ms()))
-                    self._outbox_wakeup.set()
-                    stored, replayed = new[0], False
-                else:
-                    stored, replayed = await asyncio.to_thread(self.store.get_event, event.id), True
-            else:
-                replayed = True
-            if not same_request(stored, event):
-                raise LedgerError(f"idempotency key {req.key!r} was used for a different request "
-                                  f"({stored.kind} {stored.amount})", status=409)
-            result = self.core.snapshot(req.account)
-            result.update(event=event_dict(stored), replayed=replayed)
-            return result
+    def _carry_out(self, fx: Effects) -> None:
+        """Effects of a money command already in the ledger: act on them, publish it."""
+        self._handle(fx)
+        self._outbox_wakeup.set()

@@ -38,7 +38,7 @@ from datetime import timezone as dt_timezone
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from .rating import (
+from .model import (
     DAY,
     INT_LIMITS,
     ROUNDINGS,
