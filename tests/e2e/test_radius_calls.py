@@ -11,10 +11,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered, start_sipledger
-from harness.freeradius import FreeRadius, RadiusWorkerProcess, by_session, freeradius_available, radius_config
-from harness.proxy import read_events, wait_for_types
-from harness.sipp import run_uac
+
+from tests.harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered, start_sipledger
+from tests.harness.freeradius import FreeRadius, RadiusWorkerProcess, by_session, freeradius_available, radius_config
+from tests.harness.proxy import read_events, wait_for_types
+from tests.harness.sipp import run_uac
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not freeradius_available(), reason="freeradius is not installed")]

@@ -6,8 +6,7 @@ import pytest
 from proxy.contract.credit import AuthorizeResponse
 from proxy.core.ports import Target
 from proxy.infra.config import AuthorizationSettings
-from tests.harness.corefake import CoreRig
-from tests.unit.test_proxy_flows import ALICE, BOB, invite, register, response_to
+from tests.harness.corefake import ALICE, BOB, CoreRig, invite, register, response_to
 
 
 @pytest.fixture

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.core.ports import Target
-from tests.harness.corefake import CoreRig
-from tests.unit.test_proxy_flows import ALICE, BOB, invite, register, response_to
+from tests.harness.corefake import ALICE, BOB, CoreRig, invite, register, response_to
 
 GW1 = Target("udp", "198.51.100.1", 5060)
 GW2 = Target("udp", "198.51.100.2", 5060)
