@@ -17,7 +17,9 @@ from tests.harness.freeradius import FreeRadius, RadiusWorkerProcess, by_session
 from tests.harness.proxy import read_events, wait_for_types
 from tests.harness.sipp import run_uac
 
-pytestmark = [pytest.mark.e2e,
+# The worker's silence timers compare the proxy's event times with its clock:
+# the suite also runs this module a year ahead.
+pytestmark = [pytest.mark.e2e, pytest.mark.clock,
               pytest.mark.skipif(not freeradius_available(), reason="freeradius is not installed")]
 
 WAIT = 30.0

@@ -328,13 +328,7 @@ def read_events(bootstrap: str, topic: str = "sip.events", call_id: str | None =
                 return True
             return False
 
-        settle_deadline = None
-        while True:
-            now = time.monotonic()
-            if settle_deadline is not None and now >= settle_deadline:
-                break
-            if settle_deadline is None and now >= deadline:
-                break
+        def read_some() -> None:
             batches = consumer.poll(timeout_ms=100, max_records=500)
             for _tp, records in batches.items():
                 for rec in records:
@@ -352,10 +346,18 @@ def read_events(bootstrap: str, topic: str = "sip.events", call_id: str | None =
                     ev.setdefault("_offset", rec.offset)
                     ev.setdefault("_key", rec.key.decode(errors="replace") if rec.key else None)
                     events.append(ev)
-            if settle_deadline is None and done():
-                if settle <= 0:
-                    break
-                settle_deadline = time.monotonic() + settle
+
+        def read_until_done() -> bool:
+            read_some()                      # the poll itself waits up to 100 ms for records
+            return done()
+
+        finished = eventually(read_until_done, timeout=max(0.0, deadline - time.monotonic()),
+                              interval=0, fail=False)
+        if finished and settle > 0:
+            # a negative check: keep reading ``settle`` seconds for unwanted extra events
+            settle_end = time.monotonic() + settle
+            while time.monotonic() < settle_end:
+                read_some()
     finally:
         consumer.close()
     return events

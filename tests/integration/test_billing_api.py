@@ -103,6 +103,7 @@ def test_accounts_rates_topups_and_isolation(env):
     assert blocked.status_code == 200 and blocked.json()["status"] == "blocked"
 
 
+@pytest.mark.clock
 def test_history_reports_and_check(env):
     client, tokens, api, backend, data = env
     if call(env, "GET", f"/v1/accounts/{ALICE}").status_code == 404:

@@ -11,6 +11,7 @@ import asyncio
 import uuid
 
 import msgspec
+import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from bench.cdr_pipeline import SHAPES, CallBuilder, Worker, call_events, write_config
@@ -68,6 +69,7 @@ def _silent_call(call_id: str, t0: int) -> tuple[list, set[bytes]]:
     return c.events, {encode_row(row) for row in rows}
 
 
+@pytest.mark.clock                 # silence is judged on the processor's clock against event times
 def test_calls_to_cdrs_through_crash_duplicates_replay_and_silence(broker, tmp_path):
     settings = KafkaSettings(bootstrap_servers=broker.bootstrap)
     events_topic, records_topic = unique_topic("sip.events"), unique_topic("cdr.records")

@@ -8,6 +8,9 @@ from proxy.core.ports import Target
 from proxy.infra.config import AuthorizationSettings
 from tests.harness.corefake import ALICE, BOB, CoreRig, invite, register, response_to
 
+# Authorization requests carry the project clock's time: also run a year ahead.
+pytestmark = pytest.mark.clock
+
 
 @pytest.fixture
 def rig(tmp_path):

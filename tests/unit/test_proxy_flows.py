@@ -6,6 +6,10 @@ import pytest
 from proxy.core.ports import Target
 from tests.harness.corefake import ALICE, BOB, CoreRig, invite, register, response_to
 
+# Event times and registration expiry come from the project's clock: the suite
+# also runs this module a year ahead.
+pytestmark = pytest.mark.clock
+
 
 @pytest.fixture
 def rig(tmp_path):
