@@ -54,7 +54,8 @@ async def _wait_any(settings, topic, wanted: set[bytes], timeout: float) -> None
     async def any_there() -> bool:
         return bool(wanted & {r.value for r in await read_all(settings, topic, at_least=0, timeout=5)})
 
-    await aeventually(any_there, f"any of {len(wanted)} rows on {topic}", timeout)
+    # the caller goes on either way: what matters is to kill the worker soon after the first row
+    await aeventually(any_there, timeout=timeout, fail=False)
 
 
 def _expected(calls: dict[str, list]) -> set[bytes]:
