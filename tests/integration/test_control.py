@@ -13,7 +13,9 @@ from proxy.infra.kafka import ensure_topics
 from tests.harness.broker import produce, settings_for, standard_topics, unique_topic
 from tests.harness.poll import aeventually
 
-pytestmark = pytest.mark.integration
+# Commands issued before a worker started are skipped by their Kafka timestamp
+# (the host's clock), whatever the project's clock says: also run a year ahead.
+pytestmark = [pytest.mark.integration, pytest.mark.clock]
 
 
 def teardown(call_id: str) -> commands.Teardown:

@@ -82,6 +82,7 @@ ALLOWED = {
     ("proxy/infra/clock.py", "now_ms"): "the clock itself",
     ("proxy/infra/clock.py", "utcnow"): "the clock itself",
     ("proxy/script/context.py", "authenticate"): "digest nonce times: only compared with this node's own nonces",
+    ("proxy/events/control.py", "start"): "compared with Kafka record timestamps (host clock)",
 }
 
 
