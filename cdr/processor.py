@@ -50,6 +50,7 @@ import msgspec
 from proxy.contract import events as ev
 from proxy.contract.callfold import CallState, apply, finish, live, new_state, silence_deadline_ms, silence_end_ms
 from proxy.contract.cdr import CdrLeg
+from proxy.infra import clock
 from proxy.infra.config import Config
 from proxy.infra.kafka import faust_app
 
@@ -113,7 +114,8 @@ def _slot_table_class() -> Any:
 
 
 def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
+    """The wall clock (proxy.infra.clock): compared with event times (silence deadlines)."""
+    return clock.now_ms()
 
 
 class Stats:

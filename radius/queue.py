@@ -47,6 +47,7 @@ from pyrad import packet as rpacket
 from pyrad.client_async import ClientAsync
 from pyrad.dictionary import Dictionary
 
+from proxy.infra import clock
 from proxy.infra.config import RadiusServer, RadiusSettings
 
 from .records import Record, delay_seconds
@@ -84,7 +85,8 @@ _attrs_decoder = msgspec.msgpack.Decoder(tuple[tuple[str, str | int], ...])
 
 
 def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
+    """The wall clock (proxy.infra.clock): compared with event times (silence, interims)."""
+    return clock.now_ms()
 
 
 class Entry(msgspec.Struct, frozen=True):

@@ -9,6 +9,7 @@ from hypothesis import settings as hypothesis_settings
 from api.broker import EmbeddedBroker
 from proxy.infra.config import KafkaSettings
 from tests.harness.broker import settings_for, start_broker
+from tests.harness.clickhouse import ClickHouseServer
 
 # CI explores the same examples every run (a red CI is then a regression, not
 # a lucky draw); developers' runs keep exploring new ones.
@@ -39,3 +40,14 @@ def fresh_broker(tmp_path) -> EmbeddedBroker:
 @pytest.fixture
 def kafka_settings(broker) -> KafkaSettings:
     return settings_for(broker)
+
+
+# --- ClickHouse (Debian's clickhouse-server 18.16) --------------------------------
+
+@pytest.fixture(scope="session")
+def clickhouse_server(tmp_path_factory) -> ClickHouseServer:
+    """One clickhouse-server 18.16 for the session.  Not installed is a failure,
+    not a skip: the storage suite must run on both back ends."""
+    server = ClickHouseServer(tmp_path_factory.mktemp("clickhouse")).start()
+    yield server
+    server.stop()

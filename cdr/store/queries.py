@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -35,6 +34,7 @@ from typing import Any, Literal
 import msgspec
 
 from proxy.contract.cdr import CdrLeg
+from proxy.infra import clock
 from proxy.infra.clickhouse.backend import Backend
 
 from . import rows as rows_mod
@@ -242,7 +242,7 @@ class CdrStore:
     def insert_legs(self, legs: Sequence[CdrLeg], version_ms: int | None = None) -> int:
         if not legs:
             return 0
-        version = int(time.time() * 1000) if version_ms is None else version_ms
+        version = clock.now_ms() if version_ms is None else version_ms
         count = self.backend.insert(rows_mod.TABLE, rows_mod.to_columns(legs, version))
         self.inserted_rows += count
         return count

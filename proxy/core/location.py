@@ -4,8 +4,9 @@ Like OpenSIPS usrloc in db_mode, the database is the only copy: a REGISTER
 handled by worker 1 is visible to an INVITE on worker 2 at once, and bindings
 survive a restart.  The file lives under the data dir in WAL mode, so lookups
 (one per INVITE, one primary-key range read) never wait for a REGISTER being
-written.  Times are wall-clock seconds (time.time()), because they are shared
-between processes and outlive them.
+written.  Times are wall-clock seconds (``proxy.infra.clock.time()``, the
+project's shiftable wall clock), because they are shared between processes and
+outlive them.
 
 This module stores; the RFC 3261 §10.3 rules live in registrar.py and run
 inside ``LocationStore.edit`` so each REGISTER is applied atomically.

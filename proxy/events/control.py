@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from proxy.contract import commands
 from proxy.contract.commands import ControlCommand
-from proxy.infra.clock import now_ms
 from proxy.infra.config import KafkaSettings
 from proxy.infra.kafka import bootstrap_servers, consumer_kwargs, topic_partitions
 
@@ -96,7 +96,10 @@ class ControlConsumer:
 
     def start(self) -> None:
         if self._task is None:
-            self._started_ms = now_ms()
+            # Compared with Kafka record timestamps, which the producing client
+            # (or the broker) stamps from the host's clock: so the host's clock
+            # here too, not proxy.infra.clock (shifted, it would skip every command).
+            self._started_ms = time.time_ns() // 1_000_000
             self._task = asyncio.get_running_loop().create_task(self._run(), name="control-consumer")
 
     async def stop(self) -> None:

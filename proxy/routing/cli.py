@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from proxy.infra import clock
 from proxy.provisioning.cli import address_arg, fail, open_store, print_table
 
 from .common import RoutingError
@@ -219,7 +220,7 @@ def route_test(
 
 def _instant(text: str | None) -> datetime:
     if not text:
-        return datetime.now(timezone.utc)
+        return clock.utcnow()
     try:
         value = datetime.fromisoformat(text)
     except ValueError:

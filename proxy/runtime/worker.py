@@ -22,16 +22,18 @@ from ..core.registrar import Registrar
 from ..events.control import ControlConsumer
 from ..events.outbox import Outbox
 from ..events.publisher import EventPublisher
-from ..infra.config import Config
+from ..infra import clock
+from ..infra.config import RUN_DIR, Config
 from ..provisioning.live import LiveProvisioning
 from ..provisioning.store import ProvisioningStore, default_url
 from ..routing.live import LiveRouting
-from ..routing.probing import GatewayProber
+from ..routing.probing import GatewayProber, Health
 from ..routing.store import RoutingStore
 from ..script.loader import load_script
 from ..script.runner import ScriptRouting
 from .authorization import AuthorizationClient
 from .handoff import Handoff
+from .loaded import LoadedState
 from .transport import TcpPool, UdpEndpoint, inherited_socket, tcp_socket, udp_socket
 
 log = logging.getLogger("sipledger.worker")
@@ -191,6 +193,8 @@ class Worker:
         self.control = ControlConsumer(cfg.kafka, cfg.topics.call_control, self.engine.on_command)
         self.publisher.start()
         self.control.start()
+        self.loaded = LoadedState(self.data_dir / RUN_DIR, self.index)
+        self._publish_loaded(provisioning, routing)
         housekeeping = loop.create_task(self._housekeeping(provisioning, routing, location, core))
 
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -200,6 +204,7 @@ class Worker:
         await self.stopping.wait()
 
         housekeeping.cancel()
+        self.loaded.remove()
         if self.handoff is not None:
             self.handoff.close(loop)
         for endpoint in udp.values():
@@ -252,12 +257,17 @@ class Worker:
                 provisioning.maybe_reload(now)
                 routing.maybe_reload(now)
                 self._probe_gateways(core, now)
+                self._publish_loaded(provisioning, routing)
                 if tick % 30 == 0 and self.index == 0:
-                    import time
-                    location.purge(time.time())
+                    location.purge(clock.time())
             except Exception:
                 log.exception("housekeeping failed")
 
+
+    def _publish_loaded(self, provisioning: LiveProvisioning, routing: LiveRouting) -> None:
+        """DATA_DIR/run/worker-<i>.loaded: the versions in use (proxy/runtime/loaded.py)."""
+        down = [s.gateway for s in self.prober.status() if s.state is Health.DOWN]
+        self.loaded.update(provisioning.snapshot.version, routing.snapshot.version, down)
 
     def _probe_gateways(self, core: Core, now: float) -> None:
         prober = self.prober

@@ -149,6 +149,9 @@ class RequestContext:
         realm = realm or user_uri.host.lower()
         header, code, challenge = ("authorization", 401, "www-authenticate") if register \
             else ("proxy-authorization", 407, "proxy-authenticate")
+        # Nonce times stay on the host's own clock (time.time, not proxy.infra.clock):
+        # they are only compared with times this node put into its own nonces, never
+        # shown or stored, so a shifted business clock must not age them.
         now = time.time()
         value = find_credentials(self.request, header, realm)
         if value is None:
@@ -187,7 +190,7 @@ class RequestContext:
             return
         outcome = core.registrar.register(self.request, f"{subscriber[0]}@{subscriber[1]}",
                                           (self.source.host, self.source.port, self.source.transport),
-                                          time.time())
+                                          clock.time())
         headers = [("contact", v) for v in outcome.contact_values]
         if outcome.min_expires is not None:
             headers.append(("min-expires", str(outcome.min_expires)))
@@ -211,7 +214,7 @@ class RequestContext:
             aor = f"{sub[0]}@{sub[1]}"
         core = self.core
         try:
-            bindings = core.location.lookup(aor, time.time()) if core.location is not None else []
+            bindings = core.location.lookup(aor, clock.time()) if core.location is not None else []
         except LocationError:
             bindings = []
         targets = []
@@ -280,7 +283,7 @@ class RequestContext:
         if data is None or not number:
             return False
         live = self.core.routing_data
-        routes = list(data.select(number, group, time.time(), self.request.call_id,
+        routes = list(data.select(number, group, clock.time(), self.request.call_id,
                                   is_up=getattr(live, "is_up", None)))
         self.gateway_routes = routes
         return self.next_gateway()

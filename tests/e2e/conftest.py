@@ -1,20 +1,12 @@
 """Fixtures for the SIPp end-to-end tests (SIPp callees, per-test log dirs).
 
 The provisioned `sipledger up` fixtures live in the test modules themselves
-(they need the modules' test data); this file also makes `tests/harness`
-importable as `harness` whatever pytest's import mode."""
+(they need the modules' test data)."""
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import pytest
 
-_TESTS = str(Path(__file__).resolve().parents[1])
-if _TESTS not in sys.path:                      # make `harness` importable however pytest runs
-    sys.path.insert(0, _TESTS)
-
-from harness.sipp import SippUAS, sipp_available  # noqa: E402
+from tests.harness.sipp import SippUAS, sipp_available
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,9 +8,10 @@ and the events of its call field by field (proxy/contract/events.py).
 from __future__ import annotations
 
 import pytest
-from harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered, start_sipledger
-from harness.proxy import event_types, read_events, wait_for_types
-from harness.sipp import SipMessage, SippResult, register, run_uac
+
+from tests.harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered, start_sipledger
+from tests.harness.proxy import event_types, read_events, wait_for_types
+from tests.harness.sipp import SipMessage, SippResult, register, run_uac
 
 pytestmark = pytest.mark.e2e
 

@@ -6,11 +6,15 @@ cdr.records -> sink -> ClickHouse (chdb) -> API.
 from __future__ import annotations
 
 import threading
-import time
 
 import httpx
 import pytest
-from harness.calls import (
+
+from proxy.contract import commands
+from proxy.contract.cdr import cdr_id_for
+from proxy.contract.events import new_event_id
+from proxy.infra.clock import now_ms
+from tests.harness.calls import (
     DOMAIN,
     PASSWORDS,
     assert_completed,
@@ -19,14 +23,12 @@ from harness.calls import (
     send_command,
     start_sipledger,
 )
-from harness.sipp import render_scenario, run_uac
+from tests.harness.poll import eventually
+from tests.harness.sipp import render_scenario, run_uac
 
-from proxy.contract import commands
-from proxy.contract.cdr import cdr_id_for
-from proxy.contract.events import new_event_id
-from proxy.infra.clock import now_ms
-
-pytestmark = pytest.mark.e2e
+# CDR times come from the proxy's clock and are read back through the API:
+# the suite also runs them a year ahead.
+pytestmark = [pytest.mark.e2e, pytest.mark.clock]
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +46,13 @@ def cdr_of(sl, res, timeout: float = 20.0) -> dict:
     """The call's CDR from the API, once the pipeline has written it."""
     invite = res.sent("INVITE")[0]
     cdr_id = cdr_id_for(invite.header("Call-ID"), invite.tag("From"))
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def written() -> dict | None:
         response = sl.client.get(f"/v1/cdrs/{cdr_id}")
-        if response.status_code == 200:
-            return response.json()
-        assert response.status_code == 404, response.text
-        assert time.monotonic() < deadline, f"no CDR {cdr_id} after {timeout}s"
-        time.sleep(0.3)
+        assert response.status_code in (200, 404), response.text
+        return response.json() if response.status_code == 200 else None
+
+    return eventually(written, f"the CDR {cdr_id}", timeout, interval=0.3)
 
 
 def call(sl, sipp_dir, callee, scenario="uac_call", expected=None, hold_ms=1000):
@@ -125,13 +126,14 @@ def test_forwarded_on_busy_has_two_legs(sl, uas_factory, sipp_dir):
     bob = uas_factory("uas_busy", timeout=30)
     carol = uas_factory("uas_answer", timeout=30)
     sl.run_cli("forward", "set", f"bob@{DOMAIN}", "--busy", f"carol@{DOMAIN}")
-    time.sleep(1.5)
+    sl.wait_until_loaded()
     try:
         with registered(sl, "bob", bob, sipp_dir), registered(sl, "carol", carol, sipp_dir):
             res = call(sl, sipp_dir, "bob")
             assert_completed(res, "busy then forwarded")
     finally:
         sl.run_cli("forward", "clear", f"bob@{DOMAIN}")
+        sl.wait_until_loaded()
     cdr = cdr_of(sl, res)
     c = common(sl, cdr, res)
     assert c["disposition"] == "answered" and c["legs"] == 2
@@ -148,7 +150,7 @@ def test_failed_over_gateway(sl, uas_factory, sipp_dir):
     sl.run_cli("gateway", "add", "cdr-broken", "--address", f"127.0.0.1:{broken.port}")
     sl.run_cli("gateway", "add", "cdr-backup", "--address", f"127.0.0.1:{backup.port}")
     sl.run_cli("route", "add", "--prefix", "06", "--gateways", "cdr-broken,cdr-backup")
-    time.sleep(1.5)
+    sl.wait_until_loaded()
     res = call(sl, sipp_dir, "0612345")
     assert_completed(res, "gateway failover")
     cdr = cdr_of(sl, res)

@@ -10,7 +10,14 @@ import threading
 from pathlib import Path
 
 import pytest
-from harness.calls import (
+
+from api.broker import EmbeddedBroker
+from proxy.contract import commands
+from proxy.contract.events import new_event_id
+from proxy.infra.clock import now_ms
+from proxy.infra.config import KafkaSettings
+from proxy.infra.kafka import ensure_topics_sync
+from tests.harness.calls import (
     DOMAIN,
     PASSWORDS,
     assert_completed,
@@ -19,15 +26,8 @@ from harness.calls import (
     send_command,
     start_sipledger,
 )
-from harness.proxy import event_types, read_events
-from harness.sipp import SippResult, run_uac
-
-from api.broker import EmbeddedBroker
-from proxy.contract import commands
-from proxy.contract.events import new_event_id
-from proxy.infra.clock import now_ms
-from proxy.infra.config import KafkaSettings
-from proxy.infra.kafka import ensure_topics_sync
+from tests.harness.proxy import event_types, read_events
+from tests.harness.sipp import SippResult, run_uac
 
 pytestmark = pytest.mark.e2e
 

@@ -5,9 +5,9 @@ rings."""
 from __future__ import annotations
 
 import pytest
-from harness.calls import DOMAIN, PASSWORDS, registered, start_sipledger
-from harness.proxy import event_types, read_events
-from harness.sipp import run_uac
+from tests.harness.calls import DOMAIN, PASSWORDS, registered, start_sipledger
+from tests.harness.proxy import event_types, read_events
+from tests.harness.sipp import run_uac
 
 pytestmark = pytest.mark.e2e
 

@@ -14,18 +14,22 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from decimal import Decimal
 
 import httpx
 import pytest
-from harness.billing import BillingProcess
-from harness.calls import DOMAIN, PASSWORDS, registered, start_sipledger
-from harness.proxy import event_types, read_events
-from harness.sipp import run_uac
 
 from billing.ledger.store import ServiceLock
+from tests.harness.billing import BillingProcess
+from tests.harness.calls import DOMAIN, PASSWORDS, registered, start_sipledger
+from tests.harness.poll import eventually
+from tests.harness.proxy import event_types, read_events
+from tests.harness.sipp import run_uac
 
-pytestmark = pytest.mark.e2e
+# Paid time, teardowns and the ledger run on the clock of `up` and billing:
+# the suite also runs them a year ahead.
+pytestmark = [pytest.mark.e2e, pytest.mark.clock]
 
 ALICE = f"alice@{DOMAIN}"
 CAROL = f"carol@{DOMAIN}"
@@ -63,13 +67,24 @@ def balance(sl, account: str) -> dict:
 
 def settled(sl, account: str, timeout: float = 30.0) -> dict:
     """The account once no call holds a reservation any more (CDRs debited)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def idle() -> dict | None:
         snap = balance(sl, account)
         if Decimal(snap["reserved"]) == 0 and Decimal(snap["held"]) == 0 and not snap["active_calls"]:
             return snap
-        assert time.monotonic() < deadline, f"still reserved after {timeout}s: {snap}"
-        time.sleep(0.3)
+        return None
+    return eventually(idle, f"{account} without reservations", timeout, interval=0.3)
+
+
+@pytest.fixture
+def alice_at_zero(sl) -> dict:
+    """alice settled with a balance of exactly 0, whatever tests ran before."""
+    left = Decimal(settled(sl, ALICE)["balance"])
+    if left:
+        sl.run_cli("account", "adjust", ALICE, str(-left), "--key", f"zero-{uuid.uuid4().hex}",
+                   "--note", "test: start from zero")
+    snap = settled(sl, ALICE)
+    assert Decimal(snap["balance"]) == 0, snap
+    return snap
 
 
 def calls_in_parallel(sl, sipp_dir, n: int, timeout: float = 40) -> list:
@@ -95,11 +110,11 @@ def test_zero_balance_is_refused_with_402_before_ringing(sl, uas_factory, sipp_d
                       auth=("carol", PASSWORDS["carol"]), auth_uri=f"bob@{DOMAIN}", workdir=sipp_dir,
                       variables={"expected": 402})
         assert res.returncode == 0 and res.successful == 1, res.describe()
-        time.sleep(0.5)
+        time.sleep(0.5)           # a negative check: no INVITE reaches bob within this half second
         assert bob.result().received("INVITE") == [], "the callee must not ring"
 
 
-def test_call_torn_down_when_credit_runs_out(sl, uas_factory, sipp_dir):
+def test_call_torn_down_when_credit_runs_out(sl, alice_at_zero, uas_factory, sipp_dir):
     sl.run_cli("account", "topup", ALICE, "0.05", "--key", "five-seconds")      # 5 s at 0.60/min
     bob = uas_factory("uas_bye_from_proxy", timeout=40)
     with registered(sl, "bob", bob, sipp_dir):
@@ -119,18 +134,16 @@ def test_call_torn_down_when_credit_runs_out(sl, uas_factory, sipp_dir):
     snap = settled(sl, ALICE)
     assert Decimal("0") <= Decimal(snap["balance"]) <= INCREMENT, snap
     # the CDR says why the call ended
-    cdr = None
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and cdr is None:
+    def cdr_written() -> dict | None:
         page = sl.client.get("/v1/cdrs", params={"account": ALICE, "limit": 5}).json()["items"]
-        cdr = next((c for c in page if c["call_id"] == call_id), None)
-        time.sleep(0.3)
-    assert cdr is not None and cdr["hangup_reason"] == "credit exhausted", cdr
+        return next((c for c in page if c["call_id"] == call_id), None)
+    cdr = eventually(cdr_written, f"the CDR of {call_id}", 20, interval=0.3)
+    assert cdr["hangup_reason"] == "credit exhausted", cdr
 
 
 @pytest.mark.parametrize("n", [2, 5])
-def test_concurrent_calls_share_the_credit(sl, uas_factory, sipp_dir, n):
-    before = Decimal(settled(sl, ALICE)["balance"])
+def test_concurrent_calls_share_the_credit(sl, alice_at_zero, uas_factory, sipp_dir, n):
+    before = Decimal(alice_at_zero["balance"])
     credit = Decimal("0.08")                                 # 8 s of talk for all n calls together
     sl.run_cli("account", "topup", ALICE, str(credit), "--key", f"concurrent-{n}")
     bob = uas_factory("uas_bye_from_proxy", timeout=60, calls=n)

@@ -11,12 +11,15 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered, start_sipledger
-from harness.freeradius import FreeRadius, RadiusWorkerProcess, by_session, freeradius_available, radius_config
-from harness.proxy import read_events, wait_for_types
-from harness.sipp import run_uac
 
-pytestmark = [pytest.mark.e2e,
+from tests.harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered, start_sipledger
+from tests.harness.freeradius import FreeRadius, RadiusWorkerProcess, by_session, freeradius_available, radius_config
+from tests.harness.proxy import read_events, wait_for_types
+from tests.harness.sipp import run_uac
+
+# The worker's silence timers compare the proxy's event times with its clock:
+# the suite also runs this module a year ahead.
+pytestmark = [pytest.mark.e2e, pytest.mark.clock,
               pytest.mark.skipif(not freeradius_available(), reason="freeradius is not installed")]
 
 WAIT = 30.0

@@ -7,12 +7,11 @@ real `sipledger up` provisioned through its CLI; legs are read back from
 """
 from __future__ import annotations
 
-import time
-
 import pytest
-from harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered, start_sipledger
-from harness.proxy import event_types, read_events
-from harness.sipp import render_scenario, run_uac
+
+from tests.harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered, start_sipledger
+from tests.harness.proxy import event_types, read_events
+from tests.harness.sipp import render_scenario, run_uac
 
 pytestmark = pytest.mark.e2e
 
@@ -64,7 +63,7 @@ def test_longest_prefix_and_dialplan_decide_what_the_gateway_receives(sl, uas_fa
                       code=(404, "Not Found"))
     sl.run_cli("route", "add", "--prefix", "0", "--gateways", "national")
     sl.run_cli("route", "add", "--prefix", "0044", "--gateways", "foreign")
-    time.sleep(1.5)                                    # the proxy reloads within a second
+    sl.wait_until_loaded()                             # every worker runs with the new routes
     res = call(sl, sipp_dir, "+49301234")
     assert_completed(res, "call to +49301234 via the national gateway")
     (invite,) = national.wait_for("INVITE", 5)
@@ -79,7 +78,7 @@ def test_failover_from_503_to_the_next_gateway(sl, uas_factory, sipp_dir):
                      code=(503, "Service Unavailable"))
     backup = gateway(sl, uas_factory, "backup")
     sl.run_cli("route", "add", "--prefix", "07", "--gateways", "broken,backup")
-    time.sleep(1.5)
+    sl.wait_until_loaded()
     res = call(sl, sipp_dir, "0712345")
     assert_completed(res, "one call for the caller, answered by the backup gateway")
     assert res.received(503) == []
@@ -97,7 +96,7 @@ def test_dead_gateway_is_skipped_after_failed_probes(sl, uas_factory, sipp_dir):
             code=(503, "Service Unavailable"), calls=1000)
     alive = gateway(sl, uas_factory, "alive")
     sl.run_cli("route", "add", "--prefix", "08", "--gateways", "dead,alive")
-    time.sleep(4)                                      # a few 0.5 s probes, two failures = down
+    sl.wait_until_loaded(gateways_down=["dead"])       # 0.5 s probes, two failures = down
     res = call(sl, sipp_dir, "0812345")
     assert_completed(res, "call routed around the dead gateway")
     assert alive.wait_for("INVITE", 5)
@@ -107,7 +106,7 @@ def test_dead_gateway_is_skipped_after_failed_probes(sl, uas_factory, sipp_dir):
 
 def test_blacklisted_destination_473(sl, sipp_dir):
     sl.run_cli("blacklist", "add", "default", "0900")
-    time.sleep(1.5)
+    sl.wait_until_loaded()
     res = call(sl, sipp_dir, "09001234", scenario="uac_call_expect_failure", expected=473)
     assert_completed(res, "premium number refused")
 
@@ -116,7 +115,7 @@ def test_group_denial_403(sl, uas_factory, sipp_dir):
     gateway(sl, uas_factory, "intl")
     sl.run_cli("route", "add", "--prefix", "001", "--gateways", "intl")
     sl.run_cli("group", "require", "001", "international")
-    time.sleep(1.5)
+    sl.wait_until_loaded()
     res = call(sl, sipp_dir, "0012025550100", scenario="uac_call_expect_failure", expected=403)
     assert_completed(res, "alice is not in the international group")
 
@@ -124,7 +123,7 @@ def test_group_denial_403(sl, uas_factory, sipp_dir):
 def test_trusted_gateway_calls_a_local_user_without_auth(sl, uas_factory, sipp_dir):
     sl.run_cli("trusted", "add", "127.0.0.2/32")
     bob = uas_factory("uas_answer", timeout=20)
-    time.sleep(1.5)
+    sl.wait_until_loaded()
     with registered(sl, "bob", bob, sipp_dir):
         res = run_uac("uac_plain_call", sl.sip_addr,
                       {"caller": "+4930999", "callee": "bob", "domain": DOMAIN}, 20,
@@ -138,11 +137,12 @@ def test_forward_on_busy(sl, uas_factory, sipp_dir):
     bob = uas_factory("uas_busy", timeout=20)
     carol = uas_factory("uas_answer", timeout=20)
     sl.run_cli("forward", "set", f"bob@{DOMAIN}", "--busy", f"carol@{DOMAIN}")
-    time.sleep(1.5)
+    sl.wait_until_loaded()
     with registered(sl, "bob", bob, sipp_dir), registered(sl, "carol", carol, sipp_dir):
         res = call(sl, sipp_dir, "bob")
         assert_completed(res, "alice -> bob busy -> carol answers")
     sl.run_cli("forward", "clear", f"bob@{DOMAIN}")
+    sl.wait_until_loaded()
     legs, _ = legs_of(sl, res)
     assert [(leg["cause"], leg["parent"], leg["reason"], leg["forwarded_by"]) for leg in legs] == \
         [("initial", None, None, None), ("forward", 0, "busy", f"bob@{DOMAIN}")]
@@ -152,12 +152,13 @@ def test_forward_on_no_answer_cancels_the_first_leg(sl, uas_factory, sipp_dir):
     bob = uas_factory("uas_noanswer", timeout=20)
     carol = uas_factory("uas_answer", timeout=20)
     sl.run_cli("forward", "set", f"bob@{DOMAIN}", "--no-answer", f"carol@{DOMAIN}", "--timeout", "2")
-    time.sleep(1.5)
+    sl.wait_until_loaded()
     with registered(sl, "bob", bob, sipp_dir), registered(sl, "carol", carol, sipp_dir):
         res = call(sl, sipp_dir, "bob")
         assert_completed(res, "alice -> bob rings out -> carol answers")
         assert bob.wait_for("CANCEL", 5)
     sl.run_cli("forward", "clear", f"bob@{DOMAIN}")
+    sl.wait_until_loaded()
     legs, events = legs_of(sl, res)
     assert [(leg["cause"], leg["reason"]) for leg in legs] == [("initial", None), ("forward", "no_answer")]
     (failed,) = [e for e in events if e["type"] == "leg.failed"]
@@ -168,11 +169,12 @@ def test_unconditional_forward_to_voicemail(sl, uas_factory, sipp_dir):
     voicemail = uas_factory("uas_answer", timeout=20)
     sl.run_cli("forward", "media", "add", "voicemail", f"sip:vm@127.0.0.1:{voicemail.port}")
     sl.run_cli("forward", "set", f"bob@{DOMAIN}", "--always", "voicemail")
-    time.sleep(1.5)
+    sl.wait_until_loaded()
     res = call(sl, sipp_dir, "bob")
     assert_completed(res, "alice -> bob -> voicemail")
     (invite,) = voicemail.wait_for("INVITE", 5)
     assert invite.request_uri.startswith("sip:vm@127.0.0.1")
     sl.run_cli("forward", "clear", f"bob@{DOMAIN}")
+    sl.wait_until_loaded()
     legs, _ = legs_of(sl, res)
     assert [(leg["cause"], leg["reason"]) for leg in legs] == [("forward", "unconditional")]

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -25,6 +24,7 @@ from proxy.contract.cdr import CdrLeg, cdr_id_for
 from proxy.infra import clock
 from proxy.infra.config import BillingSettings, KafkaSettings
 from proxy.infra.kafka import consumer_kwargs, ensure_topics, topic_partitions
+from tests.harness.poll import aeventually
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -146,7 +146,7 @@ def encode_cdr(leg: CdrLeg) -> bytes:
 
 class ControlReader:
     """Reads ``call.control`` live (every partition from the end), noting when
-    each command arrived."""
+    each command arrived (``proxy.infra.clock`` seconds, comparable with event times)."""
 
     def __init__(self, settings: KafkaSettings, topic: str):
         self.settings, self.topic = settings, topic
@@ -174,13 +174,10 @@ class ControlReader:
                     self.received.append((now, commands.decode(r.value)))
 
     async def wait_for(self, call_id: str, timeout: float) -> tuple[float, commands.ControlCommand] | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for at, command in self.received:
-                if command.call_id == call_id:
-                    return at, command
-            await asyncio.sleep(0.01)
-        return None
+        """The first command for ``call_id`` with its arrival time, or None after ``timeout``."""
+        def arrived():
+            return next(((at, command) for at, command in self.received if command.call_id == call_id), None)
+        return await aeventually(arrived, f"a command for {call_id}", timeout, interval=0.01, fail=False)
 
     async def stop(self) -> None:
         if self._task is not None:

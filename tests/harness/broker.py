@@ -15,6 +15,7 @@ from aiokafka.structs import ConsumerRecord
 from api.broker import EmbeddedBroker
 from proxy.infra.config import KafkaSettings, TopicSettings
 from proxy.infra.kafka import consumer_kwargs, ensure_topics_sync, producer_kwargs, topic_partitions
+from tests.harness.poll import aeventually
 
 
 def settings_for(broker: EmbeddedBroker, **overrides) -> KafkaSettings:
@@ -73,14 +74,14 @@ async def read_all(settings: KafkaSettings, topic: str, *, at_least: int,
     try:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
+
+        async def read_to_the_end() -> bool:
+            batch = await consumer.getmany(timeout_ms=200)       # waits up to 200 ms for records
             for tp_records in batch.values():
                 records.extend(tp_records)
-            if len(records) >= at_least and not batch and await _caught_up(consumer, tps):
-                break
+            return len(records) >= at_least and not batch and await _caught_up(consumer, tps)
+
+        await aeventually(read_to_the_end, timeout=timeout, interval=0, fail=False)
     finally:
         await consumer.stop()
     return records

@@ -6,8 +6,8 @@ import contextlib
 import sys
 from pathlib import Path
 
-from harness.proxy import SipledgerProcess
-from harness.sipp import SippResult, SippUAS, free_udp_port, register
+from tests.harness.proxy import SipledgerProcess
+from tests.harness.sipp import SippResult, SippUAS, free_udp_port, register
 
 DOMAIN = "example.test"
 PASSWORDS = {"alice": "a1ice-pw", "bob": "s3cret", "carol": "c4rol-pw"}
@@ -16,7 +16,8 @@ MAIN_MAX_DIALOG = 3600
 # SIPp 3.6.1 answers only MD5 (or AKAv1-MD5) challenges and uses the first
 # WWW-/Proxy-Authenticate header it finds: a SHA-256 challenge listed first
 # makes it abort ("createAuthHeader: authentication must use MD5 ..."), so
-# the proxy under test offers MD5 only.
+# the proxy under test offers MD5 only.  Workers look for provisioning and
+# routing changes every 0.25 s: tests wait for them (``wait_until_loaded``).
 BASE_CONFIG = """\
 [proxy]
 workers = {workers}
@@ -24,6 +25,8 @@ max_dialog_seconds = {max_dialog}
 {proxy_extra}
 [auth]
 algorithms = ["MD5"]
+[provisioning]
+reload_seconds = 0.25
 """
 
 

@@ -4,8 +4,8 @@ dir under the test's tmp dir, and stopped by PID.
 
 ``ClickHouseServer(dir).start()`` writes a minimal config.xml / users.xml
 (native protocol on 127.0.0.1 only, no HTTP, a ``sipledger`` user with a
-password), waits until ``SELECT 1`` answers and returns.  Import the
-``clickhouse_server`` fixture into a test module to use one per session.
+password), waits until ``SELECT 1`` answers and returns.  The session-wide
+``clickhouse_server`` fixture (tests/conftest.py) starts one.
 """
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
-import pytest
+from tests.harness.poll import eventually
 
 BINARY_CANDIDATES = ("/usr/sbin/clickhouse-server", "/usr/bin/clickhouse-server")
 USER, PASSWORD = "sipledger", "test-password"
@@ -129,22 +128,24 @@ class ClickHouseServer:
         raise ClickHouseServerError(f"clickhouse-server did not start; see {self.dir / 'log'}")
 
     def _wait_ready(self) -> bool:
+        """True once ``SELECT 1`` answers; False if the server exits or the time runs out."""
         from clickhouse_driver import Client
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
+
+        def answers() -> str | None:
             if self._process.poll() is not None:
-                return False
+                return "exited"
             try:
                 client = Client(self.host, port=self.port, user=USER, password=PASSWORD,
                                 connect_timeout=1)
                 try:
                     client.execute("SELECT 1")
-                    return True
+                    return "ready"
                 finally:
                     client.disconnect()
             except Exception:
-                time.sleep(0.05)
-        return False
+                return None
+
+        return eventually(answers, timeout=self.start_timeout, fail=False) == "ready"
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self._process = self._process, None
@@ -168,15 +169,6 @@ class ClickHouseServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-@pytest.fixture(scope="session")
-def clickhouse_server(tmp_path_factory) -> ClickHouseServer:
-    """One clickhouse-server 18.16 for the session.  Not installed is a failure,
-    not a skip: the storage suite must run on both back ends."""
-    server = ClickHouseServer(tmp_path_factory.mktemp("clickhouse")).start()
-    yield server
-    server.stop()
 
 
 # -- a hand-made CDR set with known statistics (store and API tests) ---------------

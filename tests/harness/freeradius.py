@@ -29,10 +29,11 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.harness.poll import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 FREERADIUS = shutil.which("freeradius") or "/usr/sbin/freeradius"
@@ -198,15 +199,18 @@ class FreeRadius:
             [FREERADIUS, "-f", "-d", str(self.raddb), "-D", str(self.dict_dir)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=open(self.logdir / "stderr.log", "ab"), env=env, cwd=self.workdir)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
             text = self._log_since(offset)
             if "Ready to process requests" in text:
-                return self
+                return True
             if self.proc.poll() is not None:
                 raise RuntimeError(f"freeradius exited with {self.proc.returncode}\n{text[-3000:]}\n"
                                    f"{(self.logdir / 'stderr.log').read_text(errors='replace')[-2000:]}")
-            time.sleep(0.02)
+            return False
+
+        if eventually(ready, timeout=timeout, interval=0.02, fail=False):
+            return self
         self.stop()
         raise RuntimeError(f"freeradius not ready within {timeout}s\n{self._log_since(offset)[-3000:]}")
 
@@ -241,12 +245,14 @@ class FreeRadius:
     def wait_for(self, predicate, timeout: float = 20.0, interval: float = 0.1) -> list[DetailRecord]:
         """Poll ``records()`` until ``predicate(records)`` holds or ``timeout``
         runs out; returns the records either way (the caller asserts)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            records = self.records()
-            if predicate(records) or time.monotonic() >= deadline:
-                return records
-            time.sleep(interval)
+        records: list[DetailRecord] = []
+
+        def holds() -> bool:
+            records[:] = self.records()
+            return bool(predicate(records))
+
+        eventually(holds, timeout=timeout, interval=interval, fail=False)
+        return records
 
     def __enter__(self) -> FreeRadius:
         return self.start()
@@ -394,12 +400,11 @@ class RadiusWorkerProcess:
             cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=open(self.stderr_path, "ab"), text=True, bufsize=1)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while not self._ready.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"radius worker did not start (rc={self.proc.returncode})\n"
-                                   f"{self.stderr()[-4000:]}")
+        if not eventually(lambda: self._ready.is_set() or self.proc.poll() is not None,
+                          timeout=timeout, fail=False) or not self._ready.is_set():
+            self.kill()
+            raise RuntimeError(f"radius worker did not start (rc={self.proc.returncode})\n"
+                               f"{self.stderr()[-4000:]}")
         return self
 
     def _read(self, proc: subprocess.Popen) -> None:

@@ -24,6 +24,8 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+from tests.harness.poll import eventually
+
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 READY_RE = re.compile(r"^READY\s+sip=(?P<sip>\S+)(?:.*?\bkafka=(?P<kafka>\S+))?")
@@ -158,6 +160,11 @@ class SipledgerProcess:
     def user_del(self, address: str) -> None:
         self.run_cli("user", "del", address)
 
+    def wait_until_loaded(self, versions: Mapping[str, int] | None = None, **kw) -> list[dict]:
+        """Every worker of this proxy runs with the stores' current (or the given)
+        versions: a provisioning or routing change made through ``run_cli`` is live."""
+        return wait_until_loaded(self.data_dir, versions, **kw)
+
     # -- lifecycle ---------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> "SipledgerProcess":
         if self.proc is not None:
@@ -170,19 +177,18 @@ class SipledgerProcess:
         self._reader = threading.Thread(target=self._read_stdout, name="sipledger-stdout",
                                         daemon=True)
         self._reader.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def ready_or_exited() -> bool:
             self._record_descendants()
-            if self._ready.wait(0.1):
-                self._record_descendants()
-                return self
             if self.proc.poll() is not None:
-                self._reader.join(timeout=2)
-                if self._ready.is_set():
-                    break
-                msg = self._failure(f"`sipledger up` exited with {self.proc.returncode} before READY")
-                self.stop()
-                raise SipledgerError(msg)
+                self._reader.join(timeout=2)          # it may have printed READY before exiting
+            return self._ready.is_set() or self.proc.poll() is not None
+
+        eventually(ready_or_exited, timeout=timeout, interval=0.05, fail=False)
+        if not self._ready.is_set() and self.proc.poll() is not None:
+            msg = self._failure(f"`sipledger up` exited with {self.proc.returncode} before READY")
+            self.stop()
+            raise SipledgerError(msg)
         if not self._ready.is_set():
             msg = self._failure(f"`sipledger up` printed no READY line within {timeout}s")
             self.stop()
@@ -255,9 +261,7 @@ class SipledgerProcess:
                     os.kill(p, sig)
                 except ProcessLookupError:
                     pass
-            end = time.monotonic() + pause
-            while time.monotonic() < end and any(_alive(p) for p in leftovers):
-                time.sleep(0.05)
+            eventually(lambda: not any(_alive(p) for p in leftovers), timeout=pause, fail=False)
             leftovers = [p for p in leftovers if _alive(p) and _start_time(p) == self._known[p]]
         if self._reader is not None:
             self._reader.join(timeout=2)
@@ -309,12 +313,8 @@ def read_events(bootstrap: str, topic: str = "sip.events", call_id: str | None =
     events: list[dict] = []
     try:
         deadline = time.monotonic() + timeout
-        partitions = None
-        while time.monotonic() < deadline:
-            partitions = consumer.partitions_for_topic(topic)
-            if partitions:
-                break
-            time.sleep(0.1)
+        partitions = eventually(lambda: consumer.partitions_for_topic(topic), timeout=timeout,
+                                interval=0.1, fail=False)
         if not partitions:
             return events
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
@@ -328,13 +328,7 @@ def read_events(bootstrap: str, topic: str = "sip.events", call_id: str | None =
                 return True
             return False
 
-        settle_deadline = None
-        while True:
-            now = time.monotonic()
-            if settle_deadline is not None and now >= settle_deadline:
-                break
-            if settle_deadline is None and now >= deadline:
-                break
+        def read_some() -> None:
             batches = consumer.poll(timeout_ms=100, max_records=500)
             for _tp, records in batches.items():
                 for rec in records:
@@ -352,10 +346,18 @@ def read_events(bootstrap: str, topic: str = "sip.events", call_id: str | None =
                     ev.setdefault("_offset", rec.offset)
                     ev.setdefault("_key", rec.key.decode(errors="replace") if rec.key else None)
                     events.append(ev)
-            if settle_deadline is None and done():
-                if settle <= 0:
-                    break
-                settle_deadline = time.monotonic() + settle
+
+        def read_until_done() -> bool:
+            read_some()                      # the poll itself waits up to 100 ms for records
+            return done()
+
+        finished = eventually(read_until_done, timeout=max(0.0, deadline - time.monotonic()),
+                              interval=0, fail=False)
+        if finished and settle > 0:
+            # a negative check: keep reading ``settle`` seconds for unwanted extra events
+            settle_end = time.monotonic() + settle
+            while time.monotonic() < settle_end:
+                read_some()
     finally:
         consumer.close()
     return events
@@ -373,3 +375,63 @@ def wait_for_types(*expected: str) -> Callable[[list[dict]], bool]:
         seen = [e.get("type") for e in events]
         return all(seen.count(t) >= need.count(t) for t in set(need))
     return pred
+
+
+# ------------------------------------------------------- what the proxy has loaded
+
+def store_versions(data_dir: str | os.PathLike) -> dict[str, int]:
+    """The change-log versions of the provisioning and routing stores under
+    ``data_dir`` (default SQLite URL), as the CLI left them."""
+    from proxy.provisioning.store import ProvisioningStore, default_url
+    from proxy.routing.store import RoutingStore
+
+    url = default_url(Path(data_dir))
+    versions = {}
+    for name, store_class in (("provisioning", ProvisioningStore), ("routing", RoutingStore)):
+        store = store_class(url)
+        try:
+            versions[name] = store.version()
+        finally:
+            store.close()
+    return versions
+
+
+def loaded_states(data_dir: str | os.PathLike) -> list[dict]:
+    """What each running proxy worker has loaded (DATA_DIR/run/worker-N.loaded,
+    proxy/runtime/loaded.py)."""
+    from proxy.infra.config import RUN_DIR
+    from proxy.runtime.loaded import read_loaded
+    return read_loaded(Path(data_dir) / RUN_DIR)
+
+
+def wait_until_loaded(data_dir: str | os.PathLike, versions: Mapping[str, int] | None = None, *,
+                      gateways_down: Iterable[str] | None = None, workers: int | None = None,
+                      timeout: float = 15.0) -> list[dict]:
+    """Wait until every proxy worker of ``data_dir`` has applied a change.
+
+    ``versions`` ({"provisioning": n, "routing": m}, either key optional)
+    defaults to the stores' current versions, i.e. everything changed so far;
+    a worker is there once its loaded versions are at least these.  With
+    ``gateways_down``, the workers' probers must also hold (at least) those
+    gateways down; with ``workers``, that many workers must have reported.
+    Returns the workers' states; fails naming what they showed instead."""
+    wanted = dict(store_versions(data_dir) if versions is None else versions)
+    down = set(gateways_down or ())
+
+    def applied() -> list[dict] | None:
+        states = loaded_states(data_dir)
+        if not states or (workers is not None and len(states) < workers):
+            return None
+        for state in states:
+            if any(state.get(name, -1) < version for name, version in wanted.items()):
+                return None
+            if not down <= set(state.get("gateways_down", ())):
+                return None
+        return states
+
+    states = eventually(applied, timeout=timeout, interval=0.05, fail=False)
+    if not states:
+        raise AssertionError(f"gave up after {timeout:g}s waiting for the proxy workers of {data_dir} to load "
+                             f"{wanted}" + (f" with gateways down {sorted(down)}" if down else "") +
+                             f"; they show {loaded_states(data_dir)}")
+    return states

@@ -28,10 +28,11 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.harness.poll import eventually
 
 HOST = "127.0.0.1"
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "sipp"
@@ -524,16 +525,17 @@ class SippUAS:
         self._out = open(self.workdir / f"{self.name}_stdout.log", "wb")
         self.proc = subprocess.Popen(self.cmd, cwd=self.workdir, stdin=subprocess.DEVNULL,
                                      stdout=self._out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline:
+
+        def bound() -> bool:
             if self.proc.poll() is not None:
                 text = self.stdout()
                 self._close()
                 raise RuntimeError(f"sipp UAS exited with {self.proc.returncode} before binding "
                                    f"{self.port}\ncmd: {' '.join(self.cmd)}\n{text[-2000:]}")
-            if port_bound(self.port, self.transport):
-                return self
-            time.sleep(0.02)
+            return port_bound(self.port, self.transport)
+
+        if eventually(bound, timeout=ready_timeout, interval=0.02, fail=False):
+            return self
         self.stop()
         raise RuntimeError(f"sipp UAS did not bind {HOST}:{self.port}/{self.transport} within "
                            f"{ready_timeout}s\ncmd: {' '.join(self.cmd)}\n{self.stdout()[-2000:]}")
@@ -579,13 +581,16 @@ class SippUAS:
         return _select(self.messages(), "sent", method_or_status)
 
     def wait_for(self, method_or_status: str | int, timeout: float, count: int = 1) -> list[SipMessage]:
-        """Poll the message log until ``count`` received messages match."""
-        deadline = time.monotonic() + timeout
-        while True:
-            got = self.received(method_or_status)
-            if len(got) >= count or time.monotonic() >= deadline:
-                return got
-            time.sleep(0.05)
+        """Poll the message log until ``count`` received messages match; returns
+        what matched by then either way (the caller asserts)."""
+        found: list[SipMessage] = []
+
+        def enough() -> bool:
+            found[:] = self.received(method_or_status)
+            return len(found) >= count
+
+        eventually(enough, timeout=timeout, fail=False)
+        return found
 
     def result(self) -> SippResult:
         rc = self.proc.poll() if self.proc else None

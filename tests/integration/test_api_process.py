@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from decimal import Decimal as D
 from pathlib import Path
@@ -34,6 +33,7 @@ from proxy.infra.kafka import consumer_kwargs, ensure_topics
 from tests.harness.api import auth
 from tests.harness.broker import produce, settings_for, unique_topic
 from tests.harness.clickhouse import sample_t0
+from tests.harness.poll import aeventually, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -64,17 +64,6 @@ def synthetic_calls(n: int, t0: int) -> list[CdrLeg]:
     return legs
 
 
-async def wait_for(predicate, what: str, timeout: float = 30.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        assert loop.time() < deadline, f"gave up waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def test_sink_inserts_from_the_broker_and_duplicates_collapse(broker, kafka_settings, tmp_path):
     topic = unique_topic("cdr.records")
     await ensure_topics(kafka_settings, {topic: 3})
@@ -98,7 +87,7 @@ async def test_sink_inserts_from_the_broker_and_duplicates_collapse(broker, kafk
 
             async def all_rows_in():
                 return sink.stats.received == 2 * len(legs) + 2 and sink.stats.inserted == 2 * len(legs)
-            await wait_for(all_rows_in, "the sink to insert every record")
+            await aeventually(all_rows_in, "the sink to insert every record", 30)
             items, cursor = [], None
             while True:
                 body = (await client.get("/v1/cdrs", params={"limit": 25} | (
@@ -125,7 +114,7 @@ async def test_sink_inserts_from_the_broker_and_duplicates_collapse(broker, kafk
 
         async def replayed():
             return replay.stats.received == 2 * len(legs) + 2 and replay.stats.batches >= 1
-        await wait_for(replayed, "the replay")
+        await aeventually(replayed, "the replay", 30)
         replay.stop()
         await asyncio.wait_for(task, 30)
         assert len(store.list_calls(CdrFilter(), limit=1000)[0]) == 60
@@ -168,9 +157,7 @@ def test_ledger_sink_from_the_broker(broker, tmp_path):
     async def run_sink():
         sink = LedgerSink(queries, kafka, topic=topic, group_id=unique_topic("g"), batch_ms=50, partitions=3)
         task = asyncio.create_task(sink.run())
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and sink.stats.received < 35:
-            await asyncio.sleep(0.1)
+        await aeventually(lambda: sink.stats.received >= 35, "the ledger sink to read every record", 30)
         sink.stop()
         await task
         return sink.stats
@@ -206,13 +193,11 @@ def test_serve_process_runs_sink_and_api(fresh_broker, tmp_path):
         legs = synthetic_calls(10, sample_t0())
         asyncio.run(produce(settings_for(fresh_broker), "cdr.records",
                             [leg_json(leg) for leg in legs] * 2))
-        deadline = time.monotonic() + 30
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=auth(token)) as client:
-            while True:
+            def ten_calls():
                 body = client.get("/v1/cdrs", params={"limit": 100}).json()
-                if len(body["items"]) >= 10 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
+                return body if len(body["items"]) >= 10 else None
+            body = eventually(ten_calls, "ten calls through the API", 30)
             assert len(body["items"]) == 10 and sum(item["legs"] for item in body["items"]) == len(legs)
             assert client.get("/v1/cdrs", headers={"Authorization": ""}).status_code == 401
         # a second process on the same chdb path is refused (one process per path)

@@ -86,6 +86,7 @@ def ledger(data) -> LedgerStore:
     return store
 
 
+@pytest.mark.clock
 def test_authorization_over_udp(setup):
     svc = setup.start()
     assert (setup.data / "run" / "credit.port").read_text() == f"{svc.port}\n"
@@ -131,6 +132,7 @@ async def _call_exhausts(setup, svc, credit_amount: str):
         await reader.stop()
 
 
+@pytest.mark.clock
 def test_call_exhausting_credit_is_torn_down_in_time(setup):
     setup.client.money(ALICE, "topup", "0.05", "five-seconds")          # 5 s at 0.60/min
     svc = setup.start()
@@ -199,6 +201,7 @@ def test_every_call_debited_once_through_duplicates_kill_and_restart(setup):
     assert sorted(kinds.values()).count("debit") == len(calls) and "topup" in kinds.values()
 
 
+@pytest.mark.clock
 def test_restart_keeps_live_reservations(setup):
     """A call answered, the service killed: its reservation comes back from the
     ledger, and the CDR arriving after the restart releases it."""

@@ -11,6 +11,7 @@ import asyncio
 import uuid
 
 import msgspec
+import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from bench.cdr_pipeline import SHAPES, CallBuilder, Worker, call_events, write_config
@@ -21,6 +22,7 @@ from proxy.infra import clock
 from proxy.infra.config import KafkaSettings
 from proxy.infra.kafka import ensure_topics_sync, faust_app, producer_kwargs, tansu_end_offsets
 from tests.harness.broker import produce, read_all, unique_topic
+from tests.harness.poll import aeventually
 
 SILENCE_S = 4
 
@@ -36,25 +38,24 @@ def _records(events) -> list[tuple[bytes, bytes]]:
 
 
 async def _wait_rows(settings, topic, expected: set[bytes], timeout: float) -> list[bytes]:
-    """Every record value on ``topic`` once the expected ones are all there (or timeout)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    """Every record value on ``topic`` once the expected ones are all there (or
+    what is there at the timeout: the caller's assertion says what is missing)."""
     values: list[bytes] = []
-    while loop.time() < deadline:
-        values = [r.value for r in await read_all(settings, topic, at_least=0, timeout=5)]
-        if expected <= set(values):
-            break
-        await asyncio.sleep(0.3)
+
+    async def all_there() -> bool:
+        values[:] = [r.value for r in await read_all(settings, topic, at_least=0, timeout=5)]
+        return expected <= set(values)
+
+    await aeventually(all_there, timeout=timeout, interval=0.3, fail=False)
     return values
 
 
 async def _wait_any(settings, topic, wanted: set[bytes], timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if wanted & {r.value for r in await read_all(settings, topic, at_least=0, timeout=5)}:
-            return
-        await asyncio.sleep(0.05)
+    async def any_there() -> bool:
+        return bool(wanted & {r.value for r in await read_all(settings, topic, at_least=0, timeout=5)})
+
+    # the caller goes on either way: what matters is to kill the worker soon after the first row
+    await aeventually(any_there, timeout=timeout, fail=False)
 
 
 def _expected(calls: dict[str, list]) -> set[bytes]:
@@ -69,6 +70,7 @@ def _silent_call(call_id: str, t0: int) -> tuple[list, set[bytes]]:
     return c.events, {encode_row(row) for row in rows}
 
 
+@pytest.mark.clock                 # silence is judged on the processor's clock against event times
 def test_calls_to_cdrs_through_crash_duplicates_replay_and_silence(broker, tmp_path):
     settings = KafkaSettings(bootstrap_servers=broker.bootstrap)
     events_topic, records_topic = unique_topic("sip.events"), unique_topic("cdr.records")

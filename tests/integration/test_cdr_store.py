@@ -18,7 +18,7 @@ from proxy.contract.cdr import CdrLeg
 from proxy.infra.clickhouse.backend import BackendError, ChdbBackend
 from proxy.infra.clickhouse.migrate import SCHEMA_FILE, MigrationError, current_version, migrate, parse
 from proxy.infra.clickhouse.sqlbind import BindError, bind, literal
-from tests.harness.clickhouse import clickhouse_server, sample_calls, sample_t0  # noqa: F401
+from tests.harness.clickhouse import sample_calls, sample_t0
 
 pytestmark = pytest.mark.integration
 

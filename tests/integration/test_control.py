@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 
@@ -12,8 +11,11 @@ from proxy.events.control import ControlConsumer
 from proxy.infra.clock import now_ms
 from proxy.infra.kafka import ensure_topics
 from tests.harness.broker import produce, settings_for, standard_topics, unique_topic
+from tests.harness.poll import aeventually
 
-pytestmark = pytest.mark.integration
+# Commands issued before a worker started are skipped by their Kafka timestamp
+# (the host's clock), whatever the project's clock says: also run a year ahead.
+pytestmark = [pytest.mark.integration, pytest.mark.clock]
 
 
 def teardown(call_id: str) -> commands.Teardown:
@@ -27,14 +29,6 @@ def set_max_duration(call_id: str, seconds: int) -> commands.SetMaxDuration:
 
 def record(command: commands.ControlCommand) -> tuple[bytes, bytes]:
     return command.call_id.encode(), commands.encode(command)
-
-
-async def eventually(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"gave up waiting for: {what}"
-        await asyncio.sleep(0.02)
 
 
 async def started(consumer: ControlConsumer) -> ControlConsumer:
@@ -56,7 +50,7 @@ async def test_commands_reach_the_handler_and_garbage_is_skipped(kafka_settings)
         await produce(kafka_settings, topic, [record(expected[0]), (b"call-c", b"\x00not a command{"),
                                               (b"call-d", b'{"type":"reboot","id":"x"}'),
                                               record(expected[1])])
-        await eventually(lambda: len(received) >= 2 and consumer.undecodable >= 2, "two commands, two skipped")
+        await aeventually(lambda: len(received) >= 2 and consumer.undecodable >= 2, "two commands, two skipped")
     finally:
         await consumer.stop()
     assert sorted(received, key=lambda c: c.call_id) == expected
@@ -77,7 +71,7 @@ async def test_a_failing_handler_does_not_stop_the_consumer(kafka_settings):
     try:
         after = teardown("fine")
         await produce(kafka_settings, topic, [record(teardown("explodes")), record(after)])
-        await eventually(lambda: handled, "the command after the failing one")
+        await aeventually(lambda: handled, "the command after the failing one")
     finally:
         await consumer.stop()
     assert handled == [after] and consumer.handler_errors == 1
@@ -93,13 +87,13 @@ async def test_survives_a_broker_restart_without_skipping_or_repeating(fresh_bro
         # start of the recreated topic.
         before = [teardown("same-call") for _ in range(3)]
         await produce(settings, topic, [record(c) for c in before])
-        await eventually(lambda: len(received) == 3, "commands before the restart")
+        await aeventually(lambda: len(received) == 3, "commands before the restart")
 
         await asyncio.to_thread(fresh_broker.restart)
         await ensure_topics(settings, standard_topics(settings))
         after = [set_max_duration("same-call", 60), teardown("same-call"), teardown("other-call")]
         await produce(settings, topic, [record(c) for c in after])
-        await eventually(lambda: len(received) >= 6, "commands after the restart")
+        await aeventually(lambda: len(received) >= 6, "commands after the restart")
         await asyncio.wait_for(consumer.ready.wait(), 20)
     finally:
         await consumer.stop()

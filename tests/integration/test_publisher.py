@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, defaultdict
-from collections.abc import Callable
 
 import pytest
 
@@ -12,10 +11,12 @@ from proxy.events.outbox import Outbox
 from proxy.events.publisher import EventPublisher
 from proxy.infra.kafka import ensure_topics, topic_partitions
 from tests.harness.broker import read_all, settings_for, standard_topics, unique_topic
+from tests.harness.poll import aeventually
 
 pytestmark = pytest.mark.integration
 
 CALLS = 200
+WAIT = 30.0
 
 
 class EventSource:
@@ -46,14 +47,6 @@ class EventSource:
                                     from_tag=f"tag-{n % CALLS}", proxy="test", leg=0, code=180, reason="Ringing")
         self.sent.append(event)
         return event
-
-
-async def eventually(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, f"gave up waiting for: {what}"
-        await asyncio.sleep(0.02)
 
 
 def assert_exactly_once_in_key_order(records, expected_ids: list[str]) -> None:
@@ -87,7 +80,7 @@ async def test_every_event_once_in_per_call_order(kafka_settings, outbox):
     try:
         source = EventSource(outbox, publisher)
         ids = await source.append(2000)
-        await eventually(lambda: outbox.count() == 0, "outbox drained")
+        await aeventually(lambda: outbox.count() == 0, "outbox drained", WAIT)
     finally:
         assert await publisher.stop() == 0
     assert publisher.published == 2000 and publisher.pending == 0
@@ -103,22 +96,22 @@ async def test_events_appended_during_a_broker_outage_arrive_once(fresh_broker, 
     try:
         source = EventSource(outbox, publisher)
         before = await source.append(300)
-        await eventually(lambda: outbox.count() == 0, "first events delivered")
+        await aeventually(lambda: outbox.count() == 0, "first events delivered", WAIT)
 
         fresh_broker.stop()
         failures = publisher.failed_attempts
         during = await source.append(500)
-        await eventually(lambda: publisher.failed_attempts > failures, "publisher noticed the outage")
+        await aeventually(lambda: publisher.failed_attempts > failures, "publisher noticed the outage", WAIT)
         assert outbox.count() >= 500  # kept, not lost
 
         await asyncio.to_thread(fresh_broker.start)  # same port, no topics
         # It tries against the restarted broker, and does not create the topic itself.
-        await eventually(lambda: "UnknownTopicOrPartition" in (publisher.last_error or ""),
-                         "publisher found the topic missing")
+        await aeventually(lambda: "UnknownTopicOrPartition" in (publisher.last_error or ""),
+                         "publisher found the topic missing", WAIT)
         assert await topic_partitions(settings, topic) is None
         assert await ensure_topics(settings, standard_topics(settings)) == standard_topics(settings)
         after = await source.append(200)
-        await eventually(lambda: outbox.count() == 0, "outbox drained after the restart")
+        await aeventually(lambda: outbox.count() == 0, "outbox drained after the restart", WAIT)
     finally:
         await publisher.stop()
 

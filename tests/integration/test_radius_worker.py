@@ -14,19 +14,19 @@ import pytest
 
 from bench.cdr_pipeline import CallBuilder, call_events
 from proxy.contract import events as ev
+from proxy.infra.clock import now_ms
 from proxy.infra.kafka import ensure_topics_sync
 from tests.harness.broker import produce, unique_topic
 from tests.harness.freeradius import FreeRadius, RadiusWorkerProcess, by_session, freeradius_available, radius_config
+from tests.harness.poll import aeventually, eventually
 
-pytestmark = [pytest.mark.integration,
+# Event times come from proxy.infra.clock, the worker's clock (its silence and
+# interim timers compare them with it): the suite also runs a year ahead.
+pytestmark = [pytest.mark.integration, pytest.mark.clock,
               pytest.mark.skipif(not freeradius_available(), reason="freeradius is not installed")]
 
 WAIT = 30.0
 FAST = dict(timeout=0.3, retries=1, dead_time_s=1.0)     # quick failover for tests
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @pytest.fixture
@@ -197,7 +197,7 @@ def test_freeradius_down_while_calls_happen(tmp_path, broker, kafka_settings, to
     t0 = now_ms() - 120_000
     send(kafka_settings, topic, complete_calls("before", 5, t0))
     freeradius.wait_for(lambda rs: len(rs) >= 10, WAIT)
-    _wait(lambda: worker.spool_counts().get("queue") == 0)      # everything acknowledged
+    eventually(lambda: worker.spool_counts().get("queue") == 0, "everything acknowledged", WAIT)
 
     freeradius.stop()
     live = []
@@ -206,8 +206,10 @@ def test_freeradius_down_while_calls_happen(tmp_path, broker, kafka_settings, to
         c.at(0).invite(); c.at(1).route(0); c.at(1000).answer(0)
         live.append(c)
     send(kafka_settings, topic, complete_calls("during", 20, t0) + [e for c in live for e in c.events])
-    assert _wait(lambda: worker.spool_counts().get("queue") == 43), worker.spool_counts()
-    time.sleep(1.1)                                             # so that Acct-Delay-Time >= 1
+    eventually(lambda: worker.spool_counts().get("queue") == 43, "43 records queued", WAIT)
+    # not a wait for anything: the records must be queued at least a second
+    # before they go out, so that their Acct-Delay-Time is >= 1
+    time.sleep(1.1)
     freeradius.start()
     send(kafka_settings, topic, [c.at(now_ms() - c.t0).bye("callee") for c in live])
 
@@ -219,7 +221,7 @@ def test_freeradius_down_while_calls_happen(tmp_path, broker, kafka_settings, to
     assert all(r.int("Acct-Delay-Time") >= 1 for r in delayed), \
         [(r.session, r.get("Acct-Delay-Time")) for r in delayed]
     assert all(r.int("Acct-Delay-Time") == 0 for r in records if r.session.startswith("before-"))
-    assert _wait(lambda: worker.spool_counts().get("queue") == 0)
+    eventually(lambda: worker.spool_counts().get("queue") == 0, "the queue drained", WAIT)
 
 
 def test_failover_to_the_second_server_and_back(tmp_path, broker, kafka_settings, topic, workers):
@@ -235,15 +237,16 @@ def test_failover_to_the_second_server_and_back(tmp_path, broker, kafka_settings
         assert_each_once_and_ordered(records, first)
 
         primary.start()
-        time.sleep(1.5)                                         # the primary's dead time runs out
+        # not a wait for anything: the worker's dead time for the primary (1 s)
+        # must run out, so that the next records may go to it again
+        time.sleep(1.5)
         send(kafka_settings, topic, complete_calls("second", 5, t0))
         second = {(f"second-{i}@test;leg=0", st) for i in range(5) for st in ("Start", "Stop")}
 
         def union():
             return primary.records() + secondary.records()
-        deadline = time.monotonic() + WAIT
-        while not set(keys(union())) >= first | second and time.monotonic() < deadline:
-            time.sleep(0.1)
+        eventually(lambda: set(keys(union())) >= first | second, "both batches at the servers", WAIT,
+                   interval=0.1, fail=False)
         assert_each_once_and_ordered(union(), first | second)
         assert primary.records(), "the primary got nothing back once it answered again"
         assert not set(keys(primary.records())) & first
@@ -317,10 +320,8 @@ def test_sender_pages_a_long_queue_through_a_small_window(tmp_path, freeradius):
         for i in range(0, len(records), 25):                 # enqueued while it drains
             sender.add(spool.commit(records[i:i + 25]))
             assert sender.backlog <= 40
-            await asyncio.sleep(0.01)
-        deadline = time.monotonic() + WAIT
-        while not sender.drained and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.01)                        # pacing, so that it drains meanwhile
+        await aeventually(lambda: sender.drained, "the sender to drain", WAIT, interval=0.02, fail=False)
         await sender.close()
         task.cancel()
         await asyncio.wait([task])
@@ -332,12 +333,3 @@ def test_sender_pages_a_long_queue_through_a_small_window(tmp_path, freeradius):
     expected = {(r.session, {1: "Start", 2: "Stop"}[r.status]) for r in records}
     assert_each_once_and_ordered(freeradius.wait_for(lambda rs: len(rs) >= len(expected), WAIT),
                                  expected)
-
-
-def _wait(predicate, timeout: float = WAIT, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

@@ -362,21 +362,3 @@ def test_any_permutation_of_duplicates_gives_the_same_rows(shape, data):
     shuffled = data.draw(st.permutations(events + extra))
     assert fold(shuffled) == fold(events)
     assert rows_of(shuffled) == expected
-
-
-# --- the [cdr] section ---------------------------------------------------------------
-
-def test_cdr_settings_defaults_and_errors(tmp_path):
-    from proxy.infra.config import ConfigError, load
-
-    assert load(None).cdr.silence_seconds == 4 * 3600
-    path = tmp_path / "sipledger.toml"
-    path.write_text('[proxy]\nsip_port = 5070\n[cdr]\nsilence_seconds = 30\nrecords_topic = "x"\n')
-    config = load(path)                                  # other programs' sections are theirs
-    assert (config.cdr.silence_ms, config.cdr.records_topic) == (30_000, "x")
-    path.write_text("[cdr]\nsilence_secs = 30\n")
-    with pytest.raises(ConfigError, match="silence_secs"):
-        load(path)
-    path.write_text("[cdr]\nbatch_size = 0\n")
-    with pytest.raises(ConfigError, match="cdr.batch_size"):
-        load(path)

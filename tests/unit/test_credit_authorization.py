@@ -6,8 +6,10 @@ import pytest
 from proxy.contract.credit import AuthorizeResponse
 from proxy.core.ports import Target
 from proxy.infra.config import AuthorizationSettings
-from tests.harness.corefake import CoreRig
-from tests.unit.test_proxy_flows import ALICE, BOB, invite, register, response_to
+from tests.harness.corefake import ALICE, BOB, CoreRig, invite, register, response_to
+
+# Authorization requests carry the project clock's time: also run a year ahead.
+pytestmark = pytest.mark.clock
 
 
 @pytest.fixture

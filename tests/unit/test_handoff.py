@@ -5,6 +5,7 @@ import asyncio
 import zlib
 
 from proxy.runtime.handoff import Handoff, call_id_of, owner_of
+from tests.harness.poll import aeventually
 
 MSG = (b"INVITE sip:b@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n"
        b"i: AbC-123@host\r\nCSeq: 1 INVITE\r\n\r\nbody: call-id: not-me\r\n")
@@ -35,10 +36,8 @@ async def test_datagrams_reach_their_owner_in_order(tmp_path):
     messages = [MSG + str(n).encode() for n in range(300)]   # more than max_dgram_qlen
     assert all(sender.route(m, "192.0.2.7", 5062) for m in messages)
     assert not ends[owner].route(MSG, "192.0.2.7", 5062)     # its own: processed locally
-    for _ in range(200):
-        if len(got[owner]) == len(messages):
-            break
-        await asyncio.sleep(0.01)
+    await aeventually(lambda: len(got[owner]) == len(messages), "every datagram at its owner", 2,
+                      interval=0.01, fail=False)
     assert [d for d, _, _ in got[owner]] == messages
     assert {(ip, port) for _, ip, port in got[owner]} == {("192.0.2.7", 5062)}
     for end in ends:

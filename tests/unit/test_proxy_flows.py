@@ -4,58 +4,11 @@ from __future__ import annotations
 import pytest
 
 from proxy.core.ports import Target
-from tests.harness.corefake import CoreRig
+from tests.harness.corefake import ALICE, BOB, CoreRig, invite, register, response_to
 
-ALICE = Target("udp", "192.0.2.10", 5060)
-BOB = Target("udp", "192.0.2.20", 5062)
-
-
-def register(rig, user="bob", port=5062, host="192.0.2.20", expires=3600, cseq=1):
-    return rig.receive(f"""REGISTER sip:example.test SIP/2.0
-Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bKreg{cseq};rport
-From: <sip:{user}@example.test>;tag=r1
-To: <sip:{user}@example.test>
-Call-ID: reg-{user}
-CSeq: {cseq} REGISTER
-Contact: <sip:{user}@{host}:{port}>
-Expires: {expires}
-Max-Forwards: 70
-Content-Length: 0
-
-""", Target("udp", host, port))
-
-
-def invite(call_id="call-1", to="bob", branch="z9hG4bKinv1", cseq=1, extra=""):
-    return f"""INVITE sip:{to}@example.test SIP/2.0
-Via: SIP/2.0/UDP 192.0.2.10:5060;branch={branch};rport
-From: "Alice" <sip:alice@example.test>;tag=a1
-To: <sip:{to}@example.test>
-Call-ID: {call_id}
-CSeq: {cseq} INVITE
-Contact: <sip:alice@192.0.2.10:5060>
-Max-Forwards: 70
-User-Agent: phone-a
-{extra}Content-Type: application/sdp
-Content-Length: 4
-
-v=0
-"""
-
-
-def response_to(req, status, reason, to_tag="b1", extra=""):
-    via = "\n".join(f"Via: {v}" for v in req.values("via"))
-    rr = "\n".join(f"Record-Route: {v}" for v in req.values("record-route"))
-    to = req.get("to") + (f";tag={to_tag}" if to_tag and status > 100 else "")
-    return f"""SIP/2.0 {status} {reason}
-{via}
-{rr + chr(10) if rr else ''}From: {req.get('from')}
-To: {to}
-Call-ID: {req.call_id}
-CSeq: {req.get('cseq')}
-Contact: <sip:bob@192.0.2.20:5062>
-{extra}Content-Length: 0
-
-"""
+# Event times and registration expiry come from the project's clock: the suite
+# also runs this module a year ahead.
+pytestmark = pytest.mark.clock
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from pyrad.dictionary import Dictionary
 
 from bench.cdr_pipeline import CallBuilder, call_events
 from proxy.contract.callfold import fold
-from proxy.infra.config import ConfigError, load
 from radius import DICTIONARY
 from radius import records as rr
 from radius.queue import Spool, WireEncoder, _Request
@@ -421,34 +420,6 @@ def test_spool_keeps_call_states_with_the_records_atomically(tmp_path: Path):
     reopened = Spool(tmp_path)
     assert [e.enqueued_ms for e in reopened.pending()] == [5, 5]
     reopened.close()
-
-
-# --- settings -------------------------------------------------------------------------------
-
-def test_settings_load_servers_in_order(tmp_path: Path):
-    cfg = tmp_path / "s.toml"
-    cfg.write_text('[radius]\ninterim_interval_s = 300\nsend_failed = true\nmultileg = "opensips"\n'
-                   '[[radius.servers]]\nhost = "10.0.0.1"\nsecret = "a"\n'
-                   '[[radius.servers]]\nhost = "10.0.0.2"\nport = 1646\nsecret = "b"\n')
-    radius = load(cfg).radius
-    assert [(s.host, s.port, s.secret) for s in radius.servers] == [("10.0.0.1", 1813, "a"),
-                                                                    ("10.0.0.2", 1646, "b")]
-    assert (radius.interim_interval_s, radius.send_failed, radius.multileg) == (300, True, "opensips")
-    assert radius.enabled and not load(None).radius.enabled
-
-
-@pytest.mark.parametrize("text, key", [
-    ("[radius]\nbogus = 1\n", "radius.bogus"),
-    ("[radius]\nmultileg = \"both\"\n", "radius.multileg"),
-    ("[radius]\nmax_in_flight = 300\n", "radius.max_in_flight"),
-    ("[radius]\nnas_ip = \"nas.example\"\n", "radius.nas_ip"),
-    ("[[radius.servers]]\nhost = \"h\"\nsecret = \"\"\n", "radius.servers[0].secret"),
-])
-def test_settings_errors_name_the_key(tmp_path: Path, text, key):
-    cfg = tmp_path / "s.toml"
-    cfg.write_text(text)
-    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
-        load(cfg)
 
 
 def test_records_module_is_pure():

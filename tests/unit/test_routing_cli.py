@@ -8,6 +8,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from proxy.infra import clock
 from proxy.provisioning.store import default_url
 from proxy.routing.cli import (
     blacklist_app,
@@ -125,6 +126,19 @@ def test_routes_with_carriers_weights_and_time_windows(run, url):
     assert "(route #1)" in weekend and len(weekend.splitlines()) == 2
     assert failed(run("route", "test", "33")) == "error: no route for 33 (group default)\n"
     assert "invalid time" in failed(run("route", "test", "49", "--at", "yesterday"))
+
+
+@pytest.mark.clock
+def test_route_test_without_at_routes_now_by_the_project_clock(run):
+    ok(run("gateway", "add", "today", "--address", "192.0.2.1"))
+    ok(run("gateway", "add", "other", "--address", "192.0.2.2"))
+    today = clock.utcnow().isoweekday()
+    ok(run("route", "add", "--prefix", "49", "--gateways", "other"))
+    ok(run("route", "add", "--prefix", "49", "--gateways", "today", "--priority", "5", "--weekdays", str(today)))
+    first = ok(run("route", "test", "4930123")).splitlines()[0]
+    if clock.utcnow().isoweekday() != today:
+        pytest.skip("the day changed during the test")
+    assert first == "1. today sip:4930123@192.0.2.1 (route #2)"
 
 
 @pytest.mark.parametrize("args, message", [

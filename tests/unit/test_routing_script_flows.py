@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 
 from proxy.core.ports import Target
-from tests.harness.corefake import CoreRig
-from tests.unit.test_proxy_flows import ALICE, BOB, invite, register, response_to
+from proxy.infra import clock
+from tests.harness.corefake import ALICE, BOB, CoreRig, invite, register, response_to
+
+# Calls carry event times, registrations expire and timed routes match on the
+# project's clock: the suite also runs this module a year ahead.
+pytestmark = pytest.mark.clock
 
 GW1 = Target("udp", "198.51.100.1", 5060)
 GW2 = Target("udp", "198.51.100.2", 5060)
@@ -44,6 +48,18 @@ def test_longest_prefix_picks_the_gateway_and_rewrites_the_number(rig):
     (fwd, target), = forwarded(call(rig, "0301234", call_id="c2"))
     assert target == GW1 and fwd.uri.startswith("sip:49301234@198.51.100.1")   # strip 1, prefix 49
     assert [leg.gateway for leg in legs(rig)] == ["gw2", "gw1"]
+
+
+def test_timed_routes_match_on_the_project_clock(rig):
+    """Routes for one weekday each (UTC): today's, by proxy.infra.clock, wins;
+    the standing prefix-0 route (gw1 first) would take the call otherwise."""
+    today = clock.utcnow().isoweekday()
+    for day, gateway in ((today % 7 + 1, "gw1"), ((today - 2) % 7 + 1, "gw1"), (today, "gw2")):
+        rig.cli("route", "add", "--prefix", "07", "--gateways", gateway, "--weekdays", str(day))
+    (fwd, target), = forwarded(call(rig, "0712345"))
+    if clock.utcnow().isoweekday() != today:
+        pytest.skip("the day changed during the call")
+    assert target == GW2 and [leg.gateway for leg in legs(rig)] == ["gw2"]
 
 
 def test_failover_on_503_to_the_next_gateway_is_one_call(rig):

@@ -23,7 +23,7 @@ from proxy.transactions import (
     TransactionStateError,
     Transmit,
 )
-from tests.unit.tx_helpers import Driver, make_ack, make_request, make_response
+from tests.harness.transactions import Driver, make_ack, make_request, make_response
 
 STATUSES = [100, 180, 183, 200, 202, 300, 302, 404, 408, 486, 487, 500, 503, 603]
 TIMER_NAMES = list("ABDEFGHIJKLM")

@@ -30,7 +30,7 @@ from proxy.transactions import (
     new_branch,
     server_key,
 )
-from tests.unit.tx_helpers import Driver, make_ack, make_cancel, make_request, make_response
+from tests.harness.transactions import Driver, make_ack, make_cancel, make_request, make_response
 
 RELIABILITY = pytest.mark.parametrize("reliable", [False, True], ids=["udp", "tcp"])
 

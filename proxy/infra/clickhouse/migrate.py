@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import clock
 from .backend import Backend
 
 SCHEMA_FILE = Path(__file__).with_name("schema.sql")
@@ -101,7 +101,7 @@ def migrate(backend: Backend, text: str | None = None) -> list[int]:
             backend.execute(statement)
         backend.insert("schema_migrations", {
             "version": [migration.version], "description": [migration.description],
-            "checksum": [migration.checksum], "applied_ms": [int(time.time() * 1000)]})
+            "checksum": [migration.checksum], "applied_ms": [clock.now_ms()]})
         now_applied.append(migration.version)
     return now_applied
 
