@@ -1,5 +1,5 @@
 """The project's wall clock (proxy/infra/clock.py): shiftable, inherited, and the
-only source of business timestamps outside billing/.
+only source of business timestamps.
 
 ``./quickstart.sh test`` runs the tests marked ``clock`` a second time with
 ``SIPLEDGER_CLOCK_SHIFT_S`` a year ahead; these tests check that the shift
@@ -71,11 +71,10 @@ def test_this_run_is_really_shifted_when_asked():
 # --- nothing reads the wall clock around proxy.infra.clock --------------------------------------
 
 # Reading these for a business timestamp bypasses the shift; time.monotonic()
-# and perf_counter() (timers, timeouts) are fine.  billing/ is checked by its
-# own tests while it is being restructured.
+# and perf_counter() (timers, timeouts) are fine.
 FORBIDDEN = {("time", "time"), ("time", "time_ns"), ("datetime", "now"), ("datetime", "utcnow"),
              ("datetime", "today"), ("date", "today")}
-CHECKED = ("proxy", "cdr", "radius", "api")
+CHECKED = ("proxy", "cdr", "billing", "radius", "api")
 # (file, function) pairs allowed to read the host clock, and why
 ALLOWED = {
     ("proxy/infra/clock.py", "time"): "the clock itself",
