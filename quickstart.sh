@@ -43,7 +43,13 @@ fi
 case "$MODE" in
   up)
     exec .venv/bin/sipledger --data-dir "${SIPLEDGER_DATA_DIR:-$ROOT/data}" up "$@" ;;
+  check)
+    # static checks on the product packages: lint, types, the layer contracts
+    .venv/bin/ruff check proxy cdr billing radius api
+    .venv/bin/mypy
+    .venv/bin/lint-imports --no-cache ;;
   test)
+    # 0. the static checks ("check" above): a red check stops here;
     # 1. the whole suite (or what "$@" selects) on today's clock;
     # 2. its tests marked `clock` again with the project's clock a year ahead
     #    (SIPLEDGER_CLOCK_SHIFT_S, proxy/infra/clock.py; child processes inherit
@@ -51,6 +57,8 @@ case "$MODE" in
     # Exit status: non-zero if either run failed.  Exit code 5 (no tests
     # collected) fails the first run; in the second it only means the
     # selection held no `clock` test.
+    echo "==> static checks: ruff, mypy, import-linter"
+    "$0" check
     shift_s="${SIPLEDGER_TEST_CLOCK_SHIFT_S:-31536000}"
     set +e
     env -u SIPLEDGER_CLOCK_SHIFT_S .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
@@ -65,5 +73,5 @@ case "$MODE" in
   setup)
     echo "==> ready: .venv/bin/sipledger --help" ;;
   *)
-    echo "usage: $0 up|test|setup" >&2; exit 2 ;;
+    echo "usage: $0 up|test|check|setup" >&2; exit 2 ;;
 esac
