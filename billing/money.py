@@ -40,7 +40,8 @@ def check_amount(value: Decimal, what: str = "amount") -> Decimal:
         raise LedgerError(f"{what} must be a finite decimal, not {value!r}")
     if abs(value) >= MAX_AMOUNT:
         raise LedgerError(f"{what} {value} is too large (limit {MAX_AMOUNT})")
-    if value.as_tuple().exponent < -MONEY_DECIMALS and value != value.quantize(_LEDGER_QUANTUM):
+    exponent = value.as_tuple().exponent        # an int: the value is finite (checked above)
+    if isinstance(exponent, int) and exponent < -MONEY_DECIMALS and value != value.quantize(_LEDGER_QUANTUM):
         raise LedgerError(f"{what} {money_text(value)} has more than {MONEY_DECIMALS} decimals; "
                           "the ledger never rounds money")
     return value

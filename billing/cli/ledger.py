@@ -8,7 +8,7 @@ process (``--api``/``--token``, or SIPLEDGER_API_URL / SIPLEDGER_API_TOKEN).
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -100,12 +100,15 @@ def ledger_check(
     raise typer.Exit(0 if data["ok"] else 1)
 
 
-def _check_direct(ctx, from_ms, to_ms, account, token) -> dict:
+def _check_direct(ctx: typer.Context, from_ms: int | None, to_ms: int | None, account: str | None,
+                  token: str | None) -> dict[str, Any]:
     from billing.ledger.check import run_check
     from billing.rating.store import RatesStore
     from proxy.infra.clickhouse.backend import BackendError, open_backend
 
     config = getattr(ctx.obj, "config", None)
+    if config is None:
+        fail("no configuration loaded: the CDR store's [clickhouse] settings are unknown")
     try:
         backend = open_backend(config.clickhouse, data_dir(ctx))
     except BackendError as exc:
@@ -130,7 +133,8 @@ def _check_direct(ctx, from_ms, to_ms, account, token) -> dict:
         backend.close()
 
 
-def _check_through_api(api: str, token: str | None, from_ms, to_ms, account) -> dict:
+def _check_through_api(api: str, token: str | None, from_ms: int | None, to_ms: int | None,
+                       account: str | None) -> dict[str, Any]:
     import httpx
     if not token:
         usage("--api needs --token (an admin token: sipledger token create --role admin)")

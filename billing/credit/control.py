@@ -67,7 +67,7 @@ from billing.rating.model import (
 from proxy.contract import commands
 from proxy.contract.cdr import CdrLeg
 from proxy.contract.credit import AuthorizeRequest, AuthorizeResponse
-from proxy.contract.ledger import LedgerEvent, Notification
+from proxy.contract.ledger import Kind, LedgerEvent, Notification
 from proxy.infra.config import CreditSettings
 
 __all__ = ["CreditControl", "Effects", "Call", "Hold", "Live", "EXHAUSTED", "BLOCKED"]
@@ -516,7 +516,7 @@ class CreditControl:
             return
         info = self.accounts.get(call.account)
         step = call.steps
-        kind = "reservation" if delta >= 0 else "release"
+        kind: Kind = "reservation" if delta >= 0 else "release"
         ev = LedgerEvent(
             id=(reservation_id if kind == "reservation" else release_id)(call.call_id, step),
             account=call.account, kind=kind, amount=abs(delta), currency=info.currency if info else "",

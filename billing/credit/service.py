@@ -48,6 +48,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -81,6 +82,25 @@ SLICE_S = 0.0005          # loop work yields this often so authorization answers
 POLL_INTERVAL_S = 1.0
 READY_WITHOUT_KAFKA_S = 20.0
 _END_EVENTS = (ev.CallBye, ev.DialogTimeout, ev.DialogTeardown, ev.CallFailed)
+_T = TypeVar("_T")
+
+
+def _tag(kind: type[msgspec.Struct]) -> str:
+    """The ``type`` tag of a sip.events struct (``"call.bye"``, ...)."""
+    tag = kind.__struct_config__.tag
+    if not isinstance(tag, str):
+        raise TypeError(f"{kind.__name__} has no text tag")
+    return tag
+
+
+_END_REASONS: dict[type, str] = {kind: _tag(kind) for kind in _END_EVENTS}     # a call step's ``reason``
+
+
+def _opened(part: _T | None, what: str) -> _T:
+    """A part ``BillingService.run`` opens before it starts anything that uses it."""
+    if part is None:
+        raise RuntimeError(f"billing: the {what} is not open (BillingService.run opens it first)")
+    return part
 
 
 def _tune_for_latency() -> None:
@@ -117,6 +137,8 @@ class AuthorizationProtocol(asyncio.DatagramProtocol):
             log.exception("authorization of %s failed", request.call_id)
             self.service.stats["auth_errors"] += 1
             return
+        if self.transport is None:             # asyncio calls connection_made() first
+            raise RuntimeError("authorization datagram before the socket was made")
         self.transport.sendto(credit.encode(response), addr)
 
     def error_received(self, exc) -> None:
@@ -275,14 +297,14 @@ class BillingService:
                 self.rates.close()
             self._lock.release()
 
-    async def _start_udp(self, loop) -> asyncio.DatagramTransport:
+    async def _start_udp(self, loop: asyncio.AbstractEventLoop) -> asyncio.DatagramTransport:
         host, port = self.credit.listen, self.credit.port
         port_file = self.run_dir / CREDIT_PORT_FILE
         candidates = [port]
         if port == 0:
             with contextlib.suppress(OSError, ValueError):
                 candidates.insert(0, int(port_file.read_text().strip()))   # keep the proxy's target
-        transport = None
+        transport: asyncio.DatagramTransport | None = None
         for candidate in candidates:
             try:
                 transport, _ = await loop.create_datagram_endpoint(
@@ -291,6 +313,8 @@ class BillingService:
             except OSError as exc:
                 if candidate == candidates[-1]:
                     raise OSError(f"authorization UDP {host}:{candidate}: {exc.strerror or exc}") from None
+        if transport is None:                   # not reached: the last candidate binds or raises
+            raise OSError(f"authorization UDP {host}: no port to bind")
         self.udp_port = transport.get_extra_info("sockname")[1]
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tmp = port_file.with_suffix(".tmp")
@@ -364,7 +388,8 @@ class BillingService:
         outbox = self._outbox_rows(fx)
         problems = list(fx.problems)
         events = list(events)
-        future = self.writer.txn(lambda conn: self.store.append_in(
+        store = _opened(self.store, "ledger store")
+        future = _opened(self.writer, "ledger writer").txn(lambda conn: store.append_in(
             conn, events, problems=problems, outbox=outbox))
         self._persisting.add(future)
 
@@ -516,7 +541,7 @@ class BillingService:
         sends, self._sends = self._sends, []
         if sends:
             await asyncio.gather(*sends)        # repartitioned steps are on the broker
-        await self.writer.barrier()             # memory-first events are in the ledger
+        await _opened(self.writer, "ledger writer").barrier()     # memory-first events are in the ledger
         pins: dict[int, int] = {}
         for invite in self._invites.values():
             if invite.pinned:
@@ -567,7 +592,7 @@ class BillingService:
                     account = self.core.calls[event.call_id].account
                 if account is not None:
                     step = CallStep(kind="ended", id=event.id, call_id=event.call_id, account=account,
-                                    ts_ms=event.ts_ms, reason=event.__struct_config__.tag)
+                                    ts_ms=event.ts_ms, reason=_END_REASONS[type(event)])
             if step is not None:
                 self.stats["steps_out"] += 1
                 self._sends.append(asyncio.ensure_future(
@@ -616,7 +641,9 @@ class BillingService:
         if not events and not problems:
             return
         self._handle(self.core.cdr_done(events))
-        new = await self.writer.txn(lambda conn: self.store.append_in(conn, events, problems=problems))
+        store = _opened(self.store, "ledger store")
+        new = await _opened(self.writer, "ledger writer").txn(
+            lambda conn: store.append_in(conn, events, problems=problems))
         self.stats["debits"] += sum(1 for e in new if e.kind == "debit")
         self.stats["debit_duplicates"] += sum(1 for e in events if e.kind == "debit") - \
             sum(1 for e in new if e.kind == "debit")
@@ -628,9 +655,11 @@ class BillingService:
         """The ledger after its publish cursor -> ``ledger.events`` (key = account),
         then the outbox rows (notifications); each marked done once acknowledged."""
         topic = self.ledger_cfg.events_topic
+        store = _opened(self.store, "ledger store")
+        writer = _opened(self.writer, "ledger writer")
         while True:
-            events = await asyncio.to_thread(self.store.unpublished, topic, 500)
-            rows = await asyncio.to_thread(self.store.outbox_batch, 500)
+            events = await asyncio.to_thread(store.unpublished, topic, 500)
+            rows = await asyncio.to_thread(store.outbox_batch, 500)
             if not events and not rows:
                 self._outbox_wakeup.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -645,25 +674,27 @@ class BillingService:
             await asyncio.gather(*futures)
             if events:
                 last_event = events[-1].seq
-                await self.writer.call(lambda: self.store.mark_published(topic, last_event))
+                await writer.call(lambda: store.mark_published(topic, last_event))
             if rows:
                 last_row = rows[-1][0]
-                await self.writer.call(lambda: self.store.outbox_delete(last_row))
+                await writer.call(lambda: store.outbox_delete(last_row))
             self.stats["published"] += len(events) + len(rows)
 
     # -- housekeeping -------------------------------------------------------------------------
     async def _poll_loop(self) -> None:
         """Rates and accounts changed by someone else (CLI, API, another host)."""
+        rates = _opened(self.rates, "rates store")
+        store = _opened(self.store, "ledger store")
         while True:
             await asyncio.sleep(POLL_INTERVAL_S)
             try:
-                version = await asyncio.to_thread(self.rates.version)
+                version = await asyncio.to_thread(rates.version)
                 if version != self._rates_version:
-                    snapshot = await asyncio.to_thread(self.rates.snapshot)
+                    snapshot = await asyncio.to_thread(rates.snapshot)
                     self._rates_version = snapshot.version
                     self.core.set_rates(snapshot)
                     self.stats["rates_reloads"] += 1
-                version = await asyncio.to_thread(self.store.version)
+                version = await asyncio.to_thread(store.version)
                 if version != self._accounts_version:
                     self._accounts_version = version
                     await self._reload_accounts()
@@ -671,7 +702,7 @@ class BillingService:
                 log.warning("billing: polling the billing database: %s", exc)
 
     async def _reload_accounts(self) -> None:
-        accounts = {a.id: a for a in await asyncio.to_thread(self.store.list_accounts)}
+        accounts = {a.id: a for a in await asyncio.to_thread(_opened(self.store, "ledger store").list_accounts)}
         now = now_ms()
         for account_id in set(self.core.accounts) - set(accounts):
             self.core.remove_account(account_id)
@@ -698,9 +729,10 @@ class BillingService:
     # -- the admin RPC ------------------------------------------------------------------------
     async def _rpc_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            app = _opened(self.app, "billing application")
             while line := await reader.readline():
                 try:
-                    result = await self.app.execute(rpc.decode_request(line))
+                    result = await app.execute(rpc.decode_request(line))
                     response = rpc.RpcResponse(ok=True, result=result)
                 except LedgerError as exc:
                     response = rpc.RpcResponse(ok=False, status=exc.status, error=str(exc))

@@ -103,7 +103,8 @@ class LedgerQueries:
                 from_ms: int | None = None, to_ms: int | None = None,
                 kinds: list[str] | None = None) -> list[dict[str, Any]]:
         """Events of one account, newest first (``before_seq``: the cursor)."""
-        where, params = ["account = {account}"], {"account": account, "limit": limit}
+        where = ["account = {account}"]
+        params: dict[str, Any] = {"account": account, "limit": limit}
         if before_seq is not None:
             where.append("seq < {before}")
             params["before"] = before_seq
@@ -124,7 +125,8 @@ class LedgerQueries:
                to_ms: int | None = None, time_field: str = "ts_ms", kinds: list[str] | None = None,
                after_seq: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         """Events in ledger order (reports)."""
-        where, params = ["seq > {after}"], {"after": after_seq}
+        where = ["seq > {after}"]
+        params: dict[str, Any] = {"after": after_seq}
         if account is not None:
             where.append("account = {account}")
             params["account"] = account

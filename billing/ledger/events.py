@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
+from typing import cast
 
 import msgspec
 
 from billing.errors import LedgerError
 from billing.money import check_amount, money_text
-from proxy.contract.ledger import LedgerEvent
+from proxy.contract.ledger import Kind, LedgerEvent
 
 from .accounts import AccountInfo
 from .fold import MONEY_KINDS, balance_delta
@@ -91,7 +92,8 @@ def money_event(account: AccountInfo, kind: str, amount: Decimal, key: str, *, t
         raise LedgerError("an adjustment amount must not be 0")
     if len(note) > 500:
         raise LedgerError("note is longer than 500 characters")
-    event = LedgerEvent(id=money_event_id(kind, account.id, key), account=account.id, kind=kind,
+    event = LedgerEvent(id=money_event_id(kind, account.id, key), account=account.id,
+                        kind=cast(Kind, kind),          # one of MONEY_KINDS: checked above
                         amount=amount, currency=account.currency, ts_ms=ts_ms, key=key, note=note,
                         cdr_id=cdr_id, leg=leg)
     if balance is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -51,7 +51,8 @@ def _store(ctx: typer.Context) -> Iterator[RatesStore]:
         _fail("no billing database configured")
     store = None
     try:
-        store = RatesStore(settings.database_url(data_dir))
+        # database_url() needs the data dir only when db_url is empty (refused above without one)
+        store = RatesStore(settings.db_url if data_dir is None else settings.database_url(data_dir))
         store.create_schema()
         yield store
     except RatingError as exc:
@@ -61,7 +62,7 @@ def _store(ctx: typer.Context) -> Iterator[RatesStore]:
             store.close()
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(1)
 

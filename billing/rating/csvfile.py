@@ -31,11 +31,12 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timezone as dt_timezone
 from decimal import Decimal
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from .model import (
@@ -46,6 +47,7 @@ from .model import (
     Rate,
     RatePlan,
     RatingError,
+    Rounding,
     check_currency,
     check_plan_name,
     check_prefix,
@@ -101,6 +103,10 @@ def _parse_int(text: str, what: str) -> int:
     if not _INT.match(text) or not low <= int(text) <= high:
         raise RatingError(f"{what} {text!r} is not a whole number from {low} to {high}")
     return int(text)
+
+
+def _int_parser(what: str) -> Callable[[str], int]:
+    return lambda text: _parse_int(text, what)
 
 
 def parse_weekdays(text: str) -> frozenset[int]:
@@ -192,7 +198,7 @@ def plan_import(text: str, *, existing: Mapping[str, RatePlan], plan: str | None
                 continue
             cells = {name: value.strip() for name, value in zip(header, fields)}
             row_plan, rate, reasons = _row(cells, plan, currency, zone_name)
-            if reasons:
+            if rate is None:                      # then ``reasons`` says why
                 errors.setdefault(line, []).extend(reasons)
             else:
                 rows.append((line, row_plan, rate))
@@ -227,12 +233,12 @@ def plan_import(text: str, *, existing: Mapping[str, RatePlan], plan: str | None
                 errors.setdefault(line, []).append(
                     f"currency {rate.currency} differs from {want} of {origin}; a plan has one currency")
         for i, j in find_overlaps(combined):
-            line = sources[j]
-            assert line is not None           # kept rates were a valid plan already
+            source = sources[j]
+            assert source is not None         # kept rates were a valid plan already
             other = (f"line {sources[i]}" if sources[i] is not None else
                      f"rate {describe_rate(combined[i])} already in plan {name} "
                      "(--replace replaces the plan's rates)")
-            errors.setdefault(line, []).append(
+            errors.setdefault(source, []).append(
                 f"rate {describe_rate(combined[j])} applies at the same time as {other}")
         if not errors:
             try:
@@ -261,14 +267,14 @@ def _check_header(header: list[str], plan: str | None) -> str | None:
 
 
 def _row(cells: dict[str, str], plan: str | None, currency: str,
-         zone_name) -> tuple[str, Rate | None, list[str]]:
+         zone_name: Callable[[str], str]) -> tuple[str, Rate | None, list[str]]:
     """One data row -> (plan, rate, []) or (plan, None, every reason it is bad)."""
     reasons: list[str] = []
     name = cells.get("plan", "")
     if plan is not None and name and name != plan:
         reasons.append(f"plan {name!r} is not the plan being imported ({plan})")
     name = name or plan or ""
-    zone = None
+    zone: ZoneInfo | None = None
     if not name:
         reasons.append("plan is empty")
     else:
@@ -278,21 +284,22 @@ def _row(cells: dict[str, str], plan: str | None, currency: str,
         except RatingError as exc:
             reasons.append(str(exc))
 
-    parsers = {
+    parsers: dict[str, Callable[[str], object]] = {
         "prefix": _parse_prefix,
         "name": str,
         "price_per_min": lambda t: parse_decimal(t, "price_per_min"),
         "connect_fee": lambda t: parse_decimal(t, "connect_fee"),
-        **{column: (lambda t, c=column: _parse_int(t, c)) for column in INT_LIMITS},
+        **{column: _int_parser(column) for column in INT_LIMITS},
         "rounding": _parse_rounding,
         "currency": lambda t: check_currency(t.upper()),
-        "valid_from": lambda t: parse_instant(t, "valid_from", zone),
-        "valid_to": lambda t: parse_instant(t, "valid_to", zone),
         "weekdays": parse_weekdays,
         "time_from": lambda t: parse_time_of_day(t, "time_from"),
         "time_to": lambda t: parse_time_of_day(t, "time_to", end=True),
     }
-    values: dict[str, object] = {}
+    if zone is not None:                      # without the plan's zone the valid_* cells are skipped below
+        parsers["valid_from"] = lambda t: parse_instant(t, "valid_from", zone)
+        parsers["valid_to"] = lambda t: parse_instant(t, "valid_to", zone)
+    values: dict[str, Any] = {}               # Rate's keyword arguments; Rate checks them
     for column in COLUMNS[1:]:
         text = cells.get(column, "")
         if text == "":
@@ -320,11 +327,11 @@ def _parse_prefix(text: str) -> str:
     return check_prefix(text[1:] if text.startswith("+") else text)
 
 
-def _parse_rounding(text: str) -> str:
+def _parse_rounding(text: str) -> Rounding:
     value = text.lower()
     if value not in ROUNDINGS:
         raise RatingError(f"rounding {text!r} must be one of {', '.join(ROUNDINGS)}")
-    return value
+    return cast(Rounding, value)
 
 
 # -- export ---------------------------------------------------------------------------------

@@ -137,7 +137,8 @@ def _check_money(what: str, value: object) -> None:
         raise RatingError(f"{what} must be a Decimal, not {type(value).__name__}")
     if not value.is_finite() or value < 0 or value >= MAX_MONEY:
         raise RatingError(f"{what} {value} must be a number from 0 to below {MAX_MONEY}")
-    if value.as_tuple().exponent < -MAX_MONEY_DECIMALS:
+    exponent = value.as_tuple().exponent        # an int: the value is finite (checked above)
+    if isinstance(exponent, int) and exponent < -MAX_MONEY_DECIMALS:
         raise RatingError(f"{what} {value} has more than {MAX_MONEY_DECIMALS} decimals")
 
 

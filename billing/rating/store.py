@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from decimal import Decimal
+from typing import Any
 
 import msgspec
 from sqlalchemy import (
@@ -30,7 +31,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, CursorResult
 
 from proxy.infra.sqldb import SqlStore, change_log_table, utcnow
 from proxy.infra.sqldb import count_rows as _count
@@ -137,9 +138,12 @@ class RatesStore(SqlStore):
         p, r, a = rate_plan_table, rate_table, account_plan_table
         with self._read() as conn:
             plans = conn.execute(select(p.c.id, p.c.name, p.c.timezone).order_by(p.c.name)).all()
-            rates = dict(conn.execute(select(r.c.plan_id, func.count()).group_by(r.c.plan_id)).all())
-            currency = dict(conn.execute(select(r.c.plan_id, func.min(r.c.currency)).group_by(r.c.plan_id)).all())
-            users = dict(conn.execute(select(a.c.plan_id, func.count()).group_by(a.c.plan_id)).all())
+            rates: dict[int, int] = dict(
+                conn.execute(select(r.c.plan_id, func.count()).group_by(r.c.plan_id)).all())
+            currency: dict[int, str] = dict(
+                conn.execute(select(r.c.plan_id, func.min(r.c.currency)).group_by(r.c.plan_id)).all())
+            users: dict[int, int] = dict(
+                conn.execute(select(a.c.plan_id, func.count()).group_by(a.c.plan_id)).all())
         return [PlanInfo(name=row.name, timezone=row.timezone, currency=currency.get(row.id),
                          rates=int(rates.get(row.id, 0)), accounts=int(users.get(row.id, 0)))
                 for row in plans]
@@ -165,8 +169,8 @@ class RatesStore(SqlStore):
             for plan in plans.values():
                 plan_id = _plan_id(conn, plan.name)
                 if plan_id is None:
-                    plan_id = conn.execute(insert(rate_plan_table).values(
-                        name=plan.name, timezone=plan.timezone, created_at=utcnow())).inserted_primary_key[0]
+                    plan_id = _inserted_id(conn.execute(insert(rate_plan_table).values(
+                        name=plan.name, timezone=plan.timezone, created_at=utcnow())))
                 else:
                     conn.execute(update(rate_plan_table).where(rate_plan_table.c.id == plan_id)
                                  .values(timezone=plan.timezone))
@@ -197,7 +201,7 @@ class RatesStore(SqlStore):
             current = _load_plan(conn, plan)
             RatePlan(plan, current.rates + (rate,), current.timezone)
             plan_id = _require_plan(conn, plan)
-            return int(conn.execute(insert(rate_table).values(**_row(plan_id, rate))).inserted_primary_key[0])
+            return _inserted_id(conn.execute(insert(rate_table).values(**_row(plan_id, rate))))
 
     def update_rate(self, rate_id: int, rate: Rate) -> None:
         with self._write() as conn:
@@ -274,7 +278,15 @@ class RatesStore(SqlStore):
 
 # -- helpers -------------------------------------------------------------------------------
 
-def _row(plan_id: int, r: Rate) -> dict:
+def _inserted_id(result: CursorResult[Any]) -> int:
+    """The primary key of the row an INSERT just added."""
+    key = result.inserted_primary_key
+    if key is None:                      # only for executemany, which these inserts never are
+        raise RatingError("the database returned no id for the new row")
+    return int(key[0])
+
+
+def _row(plan_id: int, r: Rate) -> dict[str, Any]:
     return {
         "plan_id": plan_id, "prefix": r.prefix, "name": r.name,
         "price_per_min": format(r.price_per_min, "f"), "connect_fee": format(r.connect_fee, "f"),
