@@ -33,6 +33,7 @@ import msgspec
 
 from proxy.infra.config import ConfigError, resolve_paths
 from proxy.infra.supervise import one_line_errors
+from proxy.runtime.transport import tcp_socket
 
 log = logging.getLogger("sipledger.api")
 
@@ -48,19 +49,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-api", action="store_true", help="run the CDR sink only")
     p.add_argument("--log-level", default="WARNING")
     return p
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     sock = None
     if run_api:
         try:
-            sock = _bind(host, port)
+            sock = tcp_socket(host, port)     # bound here: "in use" is a one-line start error
         except OSError as exc:
             reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound: {exc.strerror or exc}"
             print(f"error: API port {host}:{port} {reason}", file=sys.stderr)

@@ -30,11 +30,10 @@ import msgspec
 
 from proxy.infra.config import RUN_DIR, Config
 from proxy.infra.kafka import ensure_topics_sync
+from proxy.infra.pidlock import LockHeld, PidLock
 from proxy.infra.supervise import (
     RESTART_BACKOFF_S,
     Child,
-    LockHeld,
-    PidLock,
     StartFailed,
     Supervisor,
     stop_on_signals,

@@ -84,9 +84,8 @@ class TokenStore(SqlStore):
     error = TokenError
     what = "API token"
     change_log = _change_log
+    metadata = metadata
 
-    def create_schema(self) -> None:
-        self._create_schema(metadata)
 
     def create(self, role: str, account: str = "", name: str = "") -> tuple[TokenInfo, str]:
         """A new token: (its record, the token itself — shown once, never stored)."""

@@ -200,16 +200,11 @@ class CdrProcessor:
         for item in batch:
             message = item.message
             try:
-                event = ev.decode(message.value)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                counts["undecodable"] += 1
-                log.warning("skipping undecodable record %s[%d]@%d: %s", message.topic,
-                            message.partition, message.offset, exc)
-                continue
-            if event.v != ev.SCHEMA_VERSION:
-                counts["unknown_version"] += 1
-                log.warning("skipping %s v%d (id %s): unknown schema version", type(event).__name__,
-                            event.v, event.id)
+                event = ev.read(message.value)
+            except ev.Unreadable as exc:
+                counts[exc.reason] += 1
+                log.warning("skipping record %s[%d]@%d: %s", message.topic, message.partition,
+                            message.offset, exc)
                 continue
             counts["events"] += 1
             key = event.call_id.encode()

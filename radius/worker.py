@@ -273,14 +273,11 @@ class RadiusWorker:
         for tp, messages in data.items():
             for message in messages:
                 try:
-                    event = ev.decode(message.value)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    counts["undecodable"] += 1
-                    log.warning("skipping undecodable record %s[%d]@%d: %s", tp.topic,
-                                tp.partition, message.offset, exc)
-                    continue
-                if event.v != ev.SCHEMA_VERSION:
-                    counts["unknown_version"] += 1
+                    event = ev.read(message.value)
+                except ev.Unreadable as exc:
+                    counts[exc.reason] += 1
+                    log.warning("skipping record %s[%d]@%d: %s", tp.topic, tp.partition,
+                                message.offset, exc)
                     continue
                 counts["events"] += 1
                 self.core.event(event, tp.partition, now, records, changed)

@@ -567,9 +567,9 @@ class BillingService:
         for record in records:
             await self._pause()
             try:
-                event = ev.decode(record.value)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                self.stats["sip_undecodable"] += 1
+                event = ev.read(record.value)
+            except ev.Unreadable as exc:
+                self.stats[f"sip_{exc.reason}"] += 1
                 continue
             step = None
             if isinstance(event, ev.InviteReceived):

@@ -26,7 +26,6 @@ CLI command while no service runs.  ``ServiceLock`` (an flock on
 """
 from __future__ import annotations
 
-import fcntl
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -57,6 +56,7 @@ from billing.errors import LedgerError
 from billing.money import money_text
 from proxy.contract.ledger import LedgerEvent
 from proxy.infra.config import BILLING_LOCK_FILE, RUN_DIR
+from proxy.infra.pidlock import LockHeld, PidLock
 from proxy.infra.sqldb import SqlStore, change_log_table
 
 from .accounts import AccountInfo
@@ -170,6 +170,7 @@ class LedgerStore(SqlStore):
     error = LedgerError
     what = "billing"
     change_log = billing_change_log
+    metadata = metadata
 
     def __init__(self, url: str):
         super().__init__(url)
@@ -181,8 +182,6 @@ class LedgerStore(SqlStore):
                 cur.execute("PRAGMA synchronous = FULL")
                 cur.close()
 
-    def create_schema(self) -> None:
-        self._create_schema(metadata)
 
     # -- accounts -------------------------------------------------------------------------
     def list_accounts(self) -> list[AccountInfo]:
@@ -375,43 +374,25 @@ def _has_events(conn: Connection, account: str) -> bool:
 
 # -- the one-writer lock ------------------------------------------------------------------------
 
-class ServiceRunning(Exception):
+class ServiceRunning(LockHeld):
     """The ledger's lock is held: the billing service (or another command) writes it."""
 
+    def __init__(self, path: Path, pid: int | None):
+        super().__init__(path, pid)
+        self.args = (f"{path} is locked by pid {pid}: the billing service is running",)
 
-class ServiceLock:
-    """An exclusive flock on DATA_DIR/run/billing.lock, held while writing the ledger."""
+
+class ServiceLock(PidLock):
+    """The exclusive lock on DATA_DIR/run/billing.lock, held while writing the ledger."""
 
     def __init__(self, data_dir: str | os.PathLike):
-        self.path = Path(data_dir) / RUN_DIR / BILLING_LOCK_FILE
-        self._fd: int | None = None
+        super().__init__(Path(data_dir) / RUN_DIR / BILLING_LOCK_FILE)
 
     def acquire(self) -> "ServiceLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise ServiceRunning(f"{self.path} is locked: the billing service is running") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-    def held_elsewhere(self) -> bool:
-        """True while another process holds the lock."""
-        try:
-            self.acquire()
-        except ServiceRunning:
-            return True
-        self.release()
+            return super().acquire()
+        except LockHeld as held:
+            raise ServiceRunning(held.path, held.pid) from None
         return False
 
     def __enter__(self) -> "ServiceLock":

@@ -102,10 +102,8 @@ class RatesStore(SqlStore):
     error = RatingError
     what = "billing"
     change_log = rates_change_log_table
+    metadata = metadata
 
-    def create_schema(self) -> None:
-        """Create missing tables and the change-log row (idempotent)."""
-        self._create_schema(metadata)
 
     # -- plans --------------------------------------------------------------------------
     def create_plan(self, name: str, timezone: str = "UTC") -> None:

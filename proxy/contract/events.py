@@ -171,3 +171,25 @@ def encode(event: CallEvent) -> bytes:
 
 def decode(data: bytes) -> CallEvent:
     return _decoder.decode(data)
+
+
+class Unreadable(ValueError):
+    """A sip.events record a reader of this schema version cannot use.
+    ``reason`` is ``undecodable`` (not a call event) or ``unknown_version``."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def read(data: bytes | None) -> CallEvent:
+    """A sip.events record as a call event of this schema version, else
+    ``Unreadable``: readers count and skip such records, since one bad record
+    must not stop a pipeline."""
+    try:
+        event = _decoder.decode(data or b"")
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise Unreadable("undecodable", str(exc)) from None
+    if event.v != SCHEMA_VERSION:
+        raise Unreadable("unknown_version", f"{type(event).__name__} v{event.v} (id {event.id})")
+    return event

@@ -101,6 +101,7 @@ class SqlStore:
     error: ClassVar[type[Exception]] = Exception
     what: ClassVar[str] = "database"          # "provisioning" -> "provisioning database URL: ..."
     change_log: ClassVar[Table]
+    metadata: ClassVar[MetaData]              # the store's tables, change log included
 
     def __init__(self, url: str):
         try:
@@ -119,10 +120,6 @@ class SqlStore:
         if self._sqlite:
             tune_sqlite(self._engine)
         self.url = parsed.render_as_string(hide_password=True)
-
-    def create_schema(self) -> None:
-        """Create the store's tables if missing (each store knows its own)."""
-        raise NotImplementedError
 
     def close(self) -> None:
         self._engine.dispose()
@@ -169,8 +166,9 @@ class SqlStore:
             raise self.error(f"{self.what} database {self.url}: {reason(exc)}") from None
 
     # -- schema ---------------------------------------------------------------------
-    def _create_schema(self, metadata: MetaData) -> None:
-        """Create missing tables and the change-log row (idempotent)."""
+    def create_schema(self) -> None:
+        """Create missing tables (``metadata``) and the change-log row (idempotent)."""
+        metadata = self.metadata
         with self._guard(), self._engine.connect() as conn:
             # under the write lock, so processes starting together do not race
             # each other's "does the table exist?" checks

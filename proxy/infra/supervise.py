@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import logging
 import os
 import signal
@@ -327,39 +326,3 @@ class Supervisor:
                     child.wait()
         for child in self.children:
             child.close()
-
-
-# -- one supervisor per data dir ------------------------------------------------------------
-
-class LockHeld(Exception):
-    def __init__(self, path: Path, pid: int | None):
-        super().__init__(f"{path} is locked by pid {pid}")
-        self.path, self.pid = path, pid
-
-
-class PidLock:
-    """An exclusive flock on ``path`` holding the owner's pid.  The kernel
-    releases it when the owner dies, however it dies: no stale locks."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._fd: int | None = None
-
-    def acquire(self) -> "PidLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)    # O_CLOEXEC: children don't hold it
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            owner = os.read(fd, 32).decode(errors="replace").strip()
-            os.close(fd)
-            raise LockHeld(self.path, int(owner) if owner.isdigit() else None) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)                     # closing drops the flock

@@ -93,11 +93,9 @@ class ProvisioningStore(SqlStore):
     error = ProvisioningError
     what = "provisioning"
     change_log = change_log_table
+    metadata = metadata
 
     # -- schema ---------------------------------------------------------------------
-    def create_schema(self) -> None:
-        """Create missing tables and the change_log row (idempotent)."""
-        self._create_schema(metadata)
 
     # -- domains ---------------------------------------------------------------------
     def add_domain(self, domain: str) -> None:

@@ -204,10 +204,8 @@ class RoutingStore(SqlStore):
     error = RoutingError
     what = "provisioning"
     change_log = routing_change_log_table
+    metadata = metadata
 
-    def create_schema(self) -> None:
-        """Create missing tables and the routing change-log row (idempotent)."""
-        self._create_schema(metadata)
 
     # -- gateways ------------------------------------------------------------------------------
     def add_gateway(self, gateway: Gateway) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.infra.supervise import Child, LockHeld, PidLock, StartFailed, Supervisor
+from proxy.infra.pidlock import LockHeld, PidLock
+from proxy.infra.supervise import Child, StartFailed, Supervisor
 from tests.harness.proxy import REPO, _alive
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from proxy.infra.config import RUN_DIR
-from proxy.infra.supervise import PidLock
+from proxy.infra.pidlock import PidLock
 from tests.harness.proxy import REPO, SipledgerProcess, _alive, _descendants, cli_command, free_tcp_port
 from tests.harness.sipp import free_udp_port
 
