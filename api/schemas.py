@@ -31,7 +31,26 @@ class Problem(BaseModel):
 
 # -- CDRs (api/routes/cdrs.py) ----------------------------------------------------------------
 
-class Call(BaseModel):
+class _Timing(BaseModel):
+    """What a call and each of its legs both report: times (epoch ms, and ISO 8601
+    for people), durations and outcome."""
+    setup_ms: int
+    setup_at: str | None
+    ringing_ms: int
+    ringing_at: str | None
+    answer_ms: int
+    answer_at: str | None
+    end_ms: int
+    end_at: str | None
+    duration_ms: int
+    billable_s: int
+    pdd_ms: int
+    sip_code: int
+    sip_reason: str
+    disposition: str
+
+
+class Call(_Timing):
     cdr_id: str
     legs: int
     call_id: str
@@ -47,20 +66,6 @@ class Call(BaseModel):
     proxy: str
     from_tag: str
     to_tag: str
-    setup_ms: int
-    setup_at: str | None
-    ringing_ms: int
-    ringing_at: str | None
-    answer_ms: int
-    answer_at: str | None
-    end_ms: int
-    end_at: str | None
-    duration_ms: int
-    billable_s: int
-    pdd_ms: int
-    sip_code: int
-    sip_reason: str
-    disposition: str
     hangup_by: str
     hangup_reason: str
     gateway: str
@@ -70,7 +75,7 @@ class Call(BaseModel):
     callee_user_agent: str
 
 
-class Leg(BaseModel):
+class Leg(_Timing):
     cdr_id: str
     leg: int
     parent_leg: int
@@ -93,20 +98,6 @@ class Leg(BaseModel):
     gateway: str
     domain: str
     callee_user_agent: str
-    setup_ms: int
-    setup_at: str | None
-    ringing_ms: int
-    ringing_at: str | None
-    answer_ms: int
-    answer_at: str | None
-    end_ms: int
-    end_at: str | None
-    duration_ms: int
-    billable_s: int
-    pdd_ms: int
-    sip_code: int
-    sip_reason: str
-    disposition: str
     call_sip_code: int
     call_sip_reason: str
     call_disposition: str
