@@ -60,7 +60,9 @@ class Up:
         self.api_port = config.api.port
         self.broker: EmbeddedBroker | None = None
         self.stopping = threading.Event()
-        self.group = Supervisor([], stopping=self.stopping, warn=self._warn)
+        # the services do not wait for each other (the proxy finds credit control by its
+        # port file, the sinks wait for their topics): start them all at once
+        self.group = Supervisor([], together=True, stopping=self.stopping, warn=self._warn)
         self._broker_failures = 0
         self._broker_retry_at = 0.0
 
@@ -172,7 +174,7 @@ class Up:
 
     # -- the services --------------------------------------------------------------
     def children(self, bootstrap: str) -> list[Child]:
-        """The services in start order (each starts once the one before is READY)."""
+        """The services, started together; stopped together when `up` ends."""
         c = self.config
         table = [
             # name      runs if              python -m ...                                    says

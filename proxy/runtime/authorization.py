@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..contract import credit
-from ..infra.config import AuthorizationSettings
+from ..infra.config import CREDIT_PORT_FILE, RUN_DIR, AuthorizationSettings
 
 log = logging.getLogger("sipledger.authorization")
 
@@ -22,7 +22,7 @@ Callback = Callable[["credit.AuthorizeResponse | None"], None]
 class AuthorizationClient(asyncio.DatagramProtocol):
     def __init__(self, settings: AuthorizationSettings, data_dir: Path):
         self.settings = settings
-        self.port_file = data_dir / "run" / "credit.port"
+        self.port_file = data_dir / RUN_DIR / CREDIT_PORT_FILE     # written by the credit service
         self.transport: asyncio.DatagramTransport | None = None
         self.pending: dict[str, tuple[bytes, Callback, int, asyncio.TimerHandle]] = {}
         self._address: tuple[str, int] | None = None
