@@ -4,8 +4,8 @@ Refuses to start on a config it cannot run (checked before anything starts)
 and on a data dir another `up` is using (DATA_DIR/run/up.lock).  Then starts
 the Kafka-protocol broker (Tansu, loopback, memory only) unless an external
 cluster is configured, creates the topics explicitly, and starts the services
-one after the other with the supervisor library (proxy/infra/supervise.py),
-each once the one before it is READY: proxy (which runs its workers), API +
+together with the supervisor library (proxy/infra/supervise.py) — none waits
+for another: proxy (which runs its workers), API +
 CDR sink (one process: chdb allows one process per data path), CDR processor,
 billing (credit control and the ledger), RADIUS accounting when a server is
 configured.
@@ -15,8 +15,8 @@ started and exits non-zero with one line naming the service and its reason.
 Every child dies with `up`, even on ``kill -9``.  A service that dies after
 READY is restarted with backoff; Tansu keeps topics in memory only, so if it
 dies it is restarted and the topics recreated, while the proxy's outbox holds
-every event until it is back.  Ctrl-C / SIGTERM stop everything, services in
-reverse order, then the broker.
+every event until it is back.  Ctrl-C / SIGTERM stop everything: the
+services, then the broker.
 """
 from __future__ import annotations
 
