@@ -7,7 +7,7 @@ with exit status 1.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import NoReturn, Optional, TypeVar, overload
 
@@ -20,7 +20,7 @@ from proxy.infra.sqldb import SqlStore
 from .models import ProvisioningError, normalize_domain, parse_address
 from .store import ProvisioningStore
 
-__all__ = ["user_app", "domain_app", "alias_app", "open_store", "fail", "address_arg", "print_table"]
+__all__ = ["user_app", "domain_app", "alias_app", "open_store", "fail", "address_arg", "print_table", "print_rows"]
 
 S = TypeVar("S", bound=SqlStore)
 
@@ -73,6 +73,14 @@ def fail(message: str) -> NoReturn:
 
 def print_table(table: Table) -> None:
     Console(soft_wrap=True).print(table)
+
+
+def print_rows(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """A listing: one table, one row per item."""
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*row)
+    print_table(table)
 
 
 # -- user ------------------------------------------------------------------------
@@ -154,10 +162,8 @@ def domain_list(ctx: typer.Context) -> None:
     """List served domains."""
     with open_store(ctx) as store:
         domains = store.list_domains()
-    table = Table("domain")
-    for d in domains:
-        table.add_row(d)
-    print_table(table)
+    print_rows(("domain",),
+               ((d,) for d in domains))
 
 
 # -- alias -----------------------------------------------------------------------
@@ -188,7 +194,5 @@ def alias_list(ctx: typer.Context) -> None:
     """List aliases."""
     with open_store(ctx) as store:
         aliases = store.list_aliases()
-    table = Table("alias", "user")
-    for a in aliases:
-        table.add_row(a.alias, a.target)
-    print_table(table)
+    print_rows(("alias", "user"),
+               ((a.alias, a.target) for a in aliases))

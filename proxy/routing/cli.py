@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from proxy.infra import clock
-from proxy.provisioning.cli import address_arg, fail, open_store, print_table
+from proxy.provisioning.cli import address_arg, fail, open_store, print_rows, print_table
 
 from .common import RoutingError
 from .dialplan import DialplanRule
@@ -103,10 +103,8 @@ def gateway_list(ctx: typer.Context) -> None:
     """List gateways."""
     with _store(ctx) as store:
         gateways = store.list_gateways()
-    table = Table("gateway", "address", "transport", "strip", "prefix", "probe", "attrs")
-    for g in gateways:
-        table.add_row(g.name, g.address, g.transport, str(g.strip), g.prefix, str(g.probe), g.attrs)
-    print_table(table)
+    print_rows(("gateway", "address", "transport", "strip", "prefix", "probe", "attrs"),
+               ((g.name, g.address, g.transport, str(g.strip), g.prefix, str(g.probe), g.attrs) for g in gateways))
 
 
 # -- carrier --------------------------------------------------------------------------------------
@@ -141,10 +139,8 @@ def carrier_list(ctx: typer.Context) -> None:
     """List carriers."""
     with _store(ctx) as store:
         carriers = store.list_carriers()
-    table = Table("carrier", "gateways", "attrs")
-    for c in carriers:
-        table.add_row(c.name, format_gwlist(c.gateways), c.attrs)
-    print_table(table)
+    print_rows(("carrier", "gateways", "attrs"),
+               ((c.name, format_gwlist(c.gateways), c.attrs) for c in carriers))
 
 
 # -- route ----------------------------------------------------------------------------------------
@@ -192,11 +188,8 @@ def route_list(ctx: typer.Context) -> None:
     """List routes."""
     with _store(ctx) as store:
         rules = store.list_rules()
-    table = Table("id", "prefix", "group", "priority", "when", "gateways", "attrs")
-    for r in sorted(rules, key=lambda r: (r.prefix, -r.priority, r.id)):
-        table.add_row(str(r.id), r.prefix, ",".join(sorted(r.groups)), str(r.priority),
-                      str(r.window) if r.window else "always", format_gwlist(r.gateways), r.attrs)
-    print_table(table)
+    print_rows(("id", "prefix", "group", "priority", "when", "gateways", "attrs"),
+               ((str(r.id), r.prefix, ",".join(sorted(r.groups)), str(r.priority), str(r.window) if r.window else "always", format_gwlist(r.gateways), r.attrs) for r in sorted(rules, key=lambda r: (r.prefix, -r.priority, r.id))))
 
 
 @route_app.command("test")
@@ -271,11 +264,8 @@ def dialplan_list(ctx: typer.Context, dpid: Optional[int] = typer.Argument(None,
     """List dialplan rules in the order they are tried."""
     with _store(ctx) as store:
         rules = store.list_dialplan(dpid)
-    table = Table("dialplan", "rule", "priority", "match", "subst", "repl", "attrs")
-    for r in rules:
-        table.add_row(str(r.dpid), f"#{r.id}", str(r.priority), r.match, r.subst or "",
-                      r.repl if r.repl is not None else "", r.attrs)
-    print_table(table)
+    print_rows(("dialplan", "rule", "priority", "match", "subst", "repl", "attrs"),
+               ((str(r.dpid), f"#{r.id}", str(r.priority), r.match, r.subst or "", r.repl if r.repl is not None else "", r.attrs) for r in rules))
 
 
 @dialplan_app.command("test")
@@ -324,10 +314,8 @@ def blacklist_list(ctx: typer.Context, list_name: Optional[str] = typer.Argument
     """List blacklist entries."""
     with _store(ctx) as store:
         entries = store.list_blacklist(list_name)
-    table = Table("list", "prefix", "match", "answer")
-    for e in entries:
-        table.add_row(e.list, e.prefix, "exact" if e.exact else "prefix", f"{e.code} {e.reason}")
-    print_table(table)
+    print_rows(("list", "prefix", "match", "answer"),
+               ((e.list, e.prefix, "exact" if e.exact else "prefix", f"{e.code} {e.reason}") for e in entries))
 
 
 @blacklist_app.command("test")
@@ -373,10 +361,8 @@ def trusted_list(ctx: typer.Context) -> None:
     """List trusted sources."""
     with _store(ctx) as store:
         sources = store.list_trusted()
-    table = Table("source", "protocol", "tag")
-    for s in sources:
-        table.add_row(s.cidr, s.proto or "any", s.tag)
-    print_table(table)
+    print_rows(("source", "protocol", "tag"),
+               ((s.cidr, s.proto or "any", s.tag) for s in sources))
 
 
 # -- group ---------------------------------------------------------------------------------------
@@ -407,10 +393,8 @@ def group_list(ctx: typer.Context, group: Optional[str] = typer.Argument(None, m
     with _store(ctx) as store:
         members = store.list_group_members(group)
         required = store.list_group_requirements()
-    table = Table("group", "member")
-    for m in members:
-        table.add_row(m.group, m.address)
-    print_table(table)
+    print_rows(("group", "member"),
+               ((m.group, m.address) for m in members))
     table = Table("destination prefix", "requires group")
     for r in required:
         if group is None or r.group == group:
@@ -514,10 +498,8 @@ def forward_list(ctx: typer.Context) -> None:
     """List every subscriber with forwarding set."""
     with _store(ctx) as store:
         rows = store.list_forwarding()
-    table = Table("subscriber", "forwarding")
-    for row in rows:
-        table.add_row(f"{row.username}@{row.domain}", _describe(row))
-    print_table(table)
+    print_rows(("subscriber", "forwarding"),
+               ((f"{row.username}@{row.domain}", _describe(row)) for row in rows))
 
 
 @media_app.command("add")
@@ -542,7 +524,5 @@ def media_list(ctx: typer.Context) -> None:
     """List media destinations."""
     with _store(ctx) as store:
         media = store.list_media()
-    table = Table("name", "uri")
-    for m in media:
-        table.add_row(m.name, m.uri)
-    print_table(table)
+    print_rows(("name", "uri"),
+               ((m.name, m.uri) for m in media))
