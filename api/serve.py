@@ -9,7 +9,7 @@ writes and one for reads, so queries do not queue behind inserts.
 
     python -m api.serve --data-dir D [--config F] --bootstrap HOST:PORT --api-port P
 
-applies the ClickHouse schema (``cdr/store/schema.sql``), opens the stores
+applies the ClickHouse schema (``proxy/infra/clickhouse/schema.sql``), opens the stores
 (``AppState``, api/state.py), starts the sinks (api/sinks.py: CDRs, and the
 ledger's copy with its repair) and the app (api/main.py), and prints
 ``API READY port=P`` once the API listens.  SIGTERM / SIGINT stop it:

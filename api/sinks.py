@@ -6,7 +6,7 @@ ClickHouse tables runs in the process that serves them (api/serve.py):
 * the CDR sink: ``[cdr] records_topic`` → ``cdr`` (cdr/store/sink.py);
 * the ledger sink: ``[ledger] events_topic`` → ``ledger_events``, and the
   ledger repair that re-inserts what the broker lost, from the SQL ledger
-  (billing/chledger.py).
+  (billing/ledger/clickhouse.py).
 
 ``Sinks.start(tasks)`` adds one asyncio task each to ``tasks``; ``stop()``
 asks them to finish (each inserts and commits what it holds); ``close()``

@@ -13,5 +13,5 @@
 
 The ledger's records on Kafka are the contract's (proxy/contract/ledger.py).  Pure cores -- rating,
 the ledger fold, credit control -- do no I/O and read no clock; everything else reads the wall clock
-through ``proxy.infra.clock``.  ``api.py`` / ``api_process.py`` are the REST routes (moving to api/).
+through ``proxy.infra.clock``.  The REST routes live in api/routes/ (accounts, ledger, reports, rates).
 """

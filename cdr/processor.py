@@ -3,7 +3,7 @@
 * One agent reads ``sip.events`` (raw bytes) in batches (``stream.take_events``),
   decodes with the contract (undecodable or unknown-version records are logged,
   counted and skipped) and folds each event into its call's ``CallState``
-  (cdr/fold.py), in partition order, one event at a time.
+  (proxy/contract/callfold.py), in partition order, one event at a time.
 * State lives in a changelog-backed faust Table ``calls``: Call-ID -> ``Slot``
   (msgpack via msgspec, codec ``cdr_slot``).  Values are replaced, never
   mutated.  Writes name their changelog partition explicitly (the Call-ID's

@@ -1,6 +1,6 @@
 """RADIUS accounting records from call state: pure, no clock, no I/O.
 
-The worker folds a call's events with the CDR fold (cdr/fold.py) and asks
+The worker folds a call's events with the CDR fold (proxy/contract/callfold.py) and asks
 ``plan`` after every change what accounting that call needs now, and
 ``interim`` on its timer.  Every record is a function of the call's events
 (and the settings): its ``key`` and attributes come out the same on every

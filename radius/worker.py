@@ -2,7 +2,7 @@
 
 * Consumes ``sip.events`` in its own consumer group (``[radius] group_id``,
   default ``sipledger-radius``), in batches.  Each event is folded into its
-  call's state with the CDR fold (cdr/fold.py: idempotent, duplicates by
+  call's state with the CDR fold (proxy/contract/callfold.py: idempotent, duplicates by
   event id change nothing); radius/records.py says which records the call
   needs now (Start when answered, Stop / Failed at the end).
 * Per batch, in ONE SQLite transaction (radius/queue.py ``Spool.commit``):

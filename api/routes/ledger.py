@@ -1,7 +1,7 @@
 """The ledger: an account's history (``/v1/accounts/{account}/ledger``) and the
 reconciliation of debits with rated CDRs (``/v1/ledger/check``, admin).
 
-History is read from the ledger's ClickHouse copy (billing/chledger.py, fed by
+History is read from the ledger's ClickHouse copy (billing/ledger/clickhouse.py, fed by
 this process' ledger sink), newest first, paged by ``seq``.  The check rates
 every CDR leg in ClickHouse again and compares with the debits in the ledger.
 """

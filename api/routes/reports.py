@@ -1,7 +1,7 @@
 """Reports as file downloads: one account's (``/v1/accounts/{account}/reports/{report}``)
 and over all accounts (``/v1/reports/{report}``, admin).
 
-Built from the ledger's ClickHouse copy (billing/reports.py) and streamed in
+Built from the ledger's ClickHouse copy (billing/reports/) and streamed in
 the chosen format; money keeps its exact decimals in every format.  The
 period is ``from`` / ``to`` or ``month`` (api/params.py).
 """

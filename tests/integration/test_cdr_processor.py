@@ -1,7 +1,7 @@
 """The CDR processor (``python -m cdr``, faust) against the real Tansu broker.
 
 Each test uses its own topics and app ids on the session broker.  Expected rows
-come from the pure fold (cdr/fold.py) over the same events: the processor must
+come from the pure fold (proxy/contract/callfold.py) over the same events: the processor must
 publish exactly those rows, whatever the crashes, duplicates and replays
 (identical duplicates on cdr.records are allowed: the sink is idempotent).
 """

@@ -1,4 +1,4 @@
-"""The call join (cdr/fold.py): every call shape, idempotence, order independence."""
+"""The call join (proxy/contract/callfold.py): every call shape, idempotence, order independence."""
 from __future__ import annotations
 
 import msgspec

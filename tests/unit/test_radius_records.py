@@ -1,6 +1,6 @@
 """RADIUS accounting records (radius/records.py): which records a call needs,
 their attributes, cause mappings, session ids, Acct-Delay-Time; the spool's
-keys (radius/queue.py) and the settings (radius/settings.py)."""
+keys (radius/queue.py) and the settings (proxy/infra/config.py)."""
 from __future__ import annotations
 
 from pathlib import Path
