@@ -50,10 +50,14 @@ class _Timing(BaseModel):
     disposition: str
 
 
-class Call(_Timing):
+class _CallFields(_Timing):
+    """What a call and each of its legs both carry: the call's identity and parties,
+    and the leg's (or the answering leg's) destination."""
     cdr_id: str
     legs: int
     call_id: str
+    from_tag: str
+    to_tag: str
     account: str
     caller_uri: str
     caller_number: str
@@ -64,46 +68,26 @@ class Call(_Timing):
     callee_uri: str
     domain: str
     proxy: str
-    from_tag: str
-    to_tag: str
     hangup_by: str
     hangup_reason: str
     gateway: str
-    gateways: list[str]
     target: str
     destination: str
     callee_user_agent: str
 
 
-class Leg(_Timing):
-    cdr_id: str
+class Call(_CallFields):
+    gateways: list[str]
+
+
+class Leg(_CallFields):
     leg: int
     parent_leg: int
     leg_cause: str
-    legs: int
     v: int
-    call_id: str
-    from_tag: str
-    to_tag: str
-    account: str
-    caller_uri: str
-    caller_number: str
-    caller_ip: str
-    caller_user_agent: str
-    dialled: str
-    dialled_number: str
-    callee_uri: str
-    target: str
-    destination: str
-    gateway: str
-    domain: str
-    callee_user_agent: str
     call_sip_code: int
     call_sip_reason: str
     call_disposition: str
-    hangup_by: str
-    hangup_reason: str
-    proxy: str
 
 
 class CallDetail(Call):

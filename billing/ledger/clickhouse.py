@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+import operator
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -47,37 +48,27 @@ EVENT_SELECT = ("seq, id, account, kind, amount, balance_delta, reserved_delta, 
 REPAIR_CHUNK = 10_000
 
 
+# columns that are not the event field of the same name
+_DERIVED: dict[str, Callable[[LedgerEvent], Any]] = {
+    "balance_delta": balance_delta,
+    "reserved_delta": reserved_delta,
+    "ts": lambda ev: ev.ts_ms // 1000,
+    "idem_key": lambda ev: ev.key,
+    "final": lambda ev: 1 if ev.final else 0,
+}
+
+
 def columns_for(events: Iterable[LedgerEvent]) -> dict[str, list]:
-    cols: dict[str, list] = {name: [] for name in COLUMNS}
+    """The events as columns of ``ledger_events`` (a columnar insert)."""
+    rows = list(events)
     version = clock.now_ms()                  # the newest copy of a row wins (ReplacingMergeTree)
-    for ev in events:
-        cols["seq"].append(ev.seq)
-        cols["id"].append(ev.id)
-        cols["account"].append(ev.account)
-        cols["kind"].append(ev.kind)
-        cols["amount"].append(ev.amount)
-        cols["balance_delta"].append(balance_delta(ev))
-        cols["reserved_delta"].append(reserved_delta(ev))
-        cols["currency"].append(ev.currency)
-        cols["ts"].append(ev.ts_ms // 1000)
-        cols["ts_ms"].append(ev.ts_ms)
-        cols["call_id"].append(ev.call_id)
-        cols["cdr_id"].append(ev.cdr_id)
-        cols["leg"].append(ev.leg)
-        cols["idem_key"].append(ev.key)
-        cols["step"].append(ev.step)
-        cols["final"].append(1 if ev.final else 0)
-        cols["paid_ms"].append(ev.paid_ms)
-        cols["answer_ms"].append(ev.answer_ms)
-        cols["number"].append(ev.number)
-        cols["plan"].append(ev.plan)
-        cols["prefix"].append(ev.prefix)
-        cols["rate_name"].append(ev.rate_name)
-        cols["gateway"].append(ev.gateway)
-        cols["duration_ms"].append(ev.duration_ms)
-        cols["billed_s"].append(ev.billed_s)
-        cols["note"].append(ev.note)
-        cols["version"].append(version)
+    cols: dict[str, list] = {}
+    for name in COLUMNS:
+        if name == "version":
+            cols[name] = [version] * len(rows)
+        else:
+            value = _DERIVED.get(name, operator.attrgetter(name))
+            cols[name] = [value(ev) for ev in rows]
     return cols
 
 
