@@ -10,6 +10,7 @@ import typer
 from billing.cli import account_app, ledger_app, rates_app, report_app
 from cdr.store.cli import db_app
 from proxy.infra import config as config_mod
+from proxy.infra.cli import fail, usage
 from proxy.infra.config import ENV_CONFIG, ENV_DATA_DIR, ConfigError, resolve_paths
 from proxy.provisioning.cli import alias_app, domain_app, user_app
 from proxy.provisioning.store import default_url
@@ -58,11 +59,6 @@ class CliContext:
         return self.config.provisioning.url or default_url(self.data_dir)
 
 
-def fail(message: str, code: int = 2):
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
 @app.callback()
 def main_options(
     ctx: typer.Context,
@@ -75,7 +71,7 @@ def main_options(
     try:
         loaded = config_mod.load(cfg_file)
     except ConfigError as exc:
-        fail(str(exc))
+        usage(str(exc))
     data.mkdir(parents=True, exist_ok=True)
     ctx.obj = CliContext(data, cfg_file, loaded)
 
@@ -93,11 +89,11 @@ def up(ctx: typer.Context,
     try:        # the command-line ports are checked like the file's keys, before anything starts
         config = config_mod.load(obj.config_file, {"proxy": {"sip_port": sip_port}, "api": {"port": api_port}})
     except ConfigError as exc:
-        fail(str(exc))
+        usage(str(exc))
     try:
         code = Up(config, obj.data_dir, obj.config_file).run()
     except StartError as exc:
-        fail(str(exc), 1)
+        fail(str(exc))
     raise typer.Exit(code)
 
 

@@ -21,11 +21,12 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal, NoReturn, cast
+from typing import Literal, cast
 
 import typer
 from sqlalchemy import Column, DateTime, MetaData, String, Table, insert, select, update
 
+from proxy.infra.cli import fail
 from proxy.infra.sqldb import SqlStore, change_log_table, sqlite_url, utcnow
 
 __all__ = ["TokenError", "TokenInfo", "TokenStore", "default_url", "hash_token", "token_app"]
@@ -145,19 +146,14 @@ token_app = typer.Typer(help="API tokens for the REST API (Bearer authentication
                         no_args_is_help=True)
 
 
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
-
-
 def _open(ctx: typer.Context) -> TokenStore:
     data_dir = getattr(ctx.obj, "data_dir", None)
     if data_dir is None:
-        _fail("no data dir")
+        fail("no data dir")
     try:
         return open_store(data_dir)
     except TokenError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @token_app.command("create")
@@ -173,7 +169,7 @@ def token_create(
     try:
         info, token = store.create(role, account, name)
     except TokenError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         store.close()
     scope = f" account={info.account}" if info.account else ""
@@ -189,7 +185,7 @@ def token_list(ctx: typer.Context,
     try:
         tokens = store.list(include_revoked=all_)
     except TokenError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         store.close()
     if not tokens:
@@ -209,7 +205,7 @@ def token_revoke(ctx: typer.Context, token_id: str = typer.Argument(..., metavar
     try:
         info = store.revoke(token_id)
     except TokenError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         store.close()
     typer.echo(f"revoked token id={info.id}")

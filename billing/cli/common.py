@@ -6,11 +6,9 @@ command line (naming the option at fault), 1 for a refused operation.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -19,22 +17,13 @@ from billing.client import BillingClient
 from billing.errors import LedgerError
 from billing.ledger.store import LedgerStore
 from billing.reports.periods import PeriodError, month_range, parse_bound
+from proxy.infra.cli import fail, opened, usage
 from proxy.infra.config import BillingSettings
 
 __all__ = ["fail", "usage", "billing_settings", "data_dir", "client", "ledger_store", "invoke", "bound", "period",
            "check_limit", "console", "time_text"]
 
 MAX_LIMIT = 1000
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def usage(message: str) -> NoReturn:
-    """A bad command line: exit status 2."""
-    fail(message, 2)
 
 
 def billing_settings(ctx: typer.Context) -> BillingSettings:
@@ -52,18 +41,8 @@ def client(ctx: typer.Context) -> BillingClient:
     return BillingClient(data_dir(ctx), billing_settings(ctx))
 
 
-@contextmanager
-def ledger_store(ctx: typer.Context) -> Iterator[LedgerStore]:
-    store = None
-    try:
-        store = LedgerStore(billing_settings(ctx).database_url(data_dir(ctx)))
-        store.create_schema()
-        yield store
-    except LedgerError as exc:
-        fail(str(exc))
-    finally:
-        if store is not None:
-            store.close()
+def ledger_store(ctx: typer.Context) -> AbstractContextManager[LedgerStore]:
+    return opened(LedgerStore, billing_settings(ctx).database_url(data_dir(ctx)))
 
 
 def invoke(fn, *args, **kwargs):

@@ -8,16 +8,15 @@ status 1 -- except a rejected CSV import, which lists every bad line after it.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from proxy.infra import clock
+from proxy.infra.cli import fail, opened, print_table
 from proxy.infra.config import BillingSettings
 
 from .csvfile import (
@@ -43,32 +42,13 @@ def _settings(ctx: typer.Context) -> BillingSettings:
     return getattr(getattr(ctx.obj, "config", None), "billing", None) or BillingSettings()
 
 
-@contextmanager
-def _store(ctx: typer.Context) -> Iterator[RatesStore]:
+def _store(ctx: typer.Context) -> AbstractContextManager[RatesStore]:
     data_dir = getattr(ctx.obj, "data_dir", None)
     settings = _settings(ctx)
     if data_dir is None and not settings.db_url:
-        _fail("no billing database configured")
-    store = None
-    try:
-        # database_url() needs the data dir only when db_url is empty (refused above without one)
-        store = RatesStore(settings.db_url if data_dir is None else settings.database_url(data_dir))
-        store.create_schema()
-        yield store
-    except RatingError as exc:
-        _fail(str(exc))
-    finally:
-        if store is not None:
-            store.close()
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
-
-
-def _print_table(table: Table) -> None:
-    Console(soft_wrap=True).print(table)
+        fail("no billing database configured")
+    # database_url() needs the data dir only when db_url is empty (refused above without one)
+    return opened(RatesStore, settings.db_url if data_dir is None else settings.database_url(data_dir))
 
 
 @rates_app.command("import")
@@ -85,9 +65,9 @@ def rates_import(
     try:
         text = file.read_bytes().decode("utf-8-sig")
     except OSError as exc:
-        _fail(f"{file}: {exc.strerror or exc}")
+        fail(f"{file}: {exc.strerror or exc}")
     except UnicodeDecodeError:
-        _fail(f"{file}: not UTF-8 text")
+        fail(f"{file}: not UTF-8 text")
     settings = _settings(ctx)
     with _store(ctx) as store:
         version = store.version()
@@ -117,7 +97,7 @@ def rates_export(
         found = store.get_plans(plans or None)
     missing = [p for p in plans or [] if p not in found]
     if missing:
-        _fail(f"plan {', '.join(missing)} does not exist")
+        fail(f"plan {', '.join(missing)} does not exist")
     text = write_rates(found[name] for name in sorted(found))
     if output == "-":
         typer.echo(text, nl=False)
@@ -125,7 +105,7 @@ def rates_export(
     try:
         Path(output).write_text(text)
     except OSError as exc:
-        _fail(f"{output}: {exc.strerror or exc}")
+        fail(f"{output}: {exc.strerror or exc}")
     count = sum(len(p.rates) for p in found.values())
     typer.echo(f"exported {count} rate(s) of {len(found)} plan(s) to {output}")
 
@@ -140,7 +120,7 @@ def rates_list(ctx: typer.Context,
             table = Table("plan", "time zone", "currency", "rates", "accounts")
             for p in plans:
                 table.add_row(p.name, p.timezone, p.currency or "", str(p.rates), str(p.accounts))
-            _print_table(table)
+            print_table(table)
             return
         rates = store.list_rates(plan)
         zone = check_timezone(store.get_plan(plan).timezone)
@@ -157,7 +137,7 @@ def rates_list(ctx: typer.Context,
         table.add_row(str(stored.id), r.prefix or "*", r.name, format(r.price_per_min, "f"),
                       format(r.connect_fee, "f"), f"{r.first_increment}/{r.next_increment}",
                       str(r.min_seconds), f"{r.rounding} {r.decimals}", r.currency, valid, period)
-    _print_table(table)
+    print_table(table)
 
 
 @rates_app.command("assign")
@@ -203,7 +183,7 @@ def rates_test(
             raise RatingError(f"duration {duration!r} has more than millisecond precision")
         money = None if credit is None else parse_decimal(credit, "credit")
     except RatingError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     with _store(ctx) as store:
         rate_plan = store.get_plan(plan)
         try:
@@ -214,7 +194,7 @@ def rates_test(
             charge = rate_call(rate_plan, target, start_ms, int(duration_ms))
             longest = None if money is None else max_duration(rate_plan, target, start_ms, money)
         except RatingError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     for line in charge.explain():
         typer.echo(line)
     if longest is not None:

@@ -7,20 +7,19 @@ with exit status 1.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from typing import NoReturn, Optional, TypeVar, overload
+from contextlib import AbstractContextManager
+from typing import Optional, TypeVar, overload
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from proxy.infra.cli import fail, opened, print_rows, print_table
 from proxy.infra.sqldb import SqlStore
 
 from .models import ProvisioningError, normalize_domain, parse_address
 from .store import ProvisioningStore
 
-__all__ = ["user_app", "domain_app", "alias_app", "open_store", "fail", "address_arg", "print_table", "print_rows"]
+__all__ = ["user_app", "domain_app", "alias_app", "open_store", "address_arg"]
 
 S = TypeVar("S", bound=SqlStore)
 
@@ -42,21 +41,11 @@ def open_store(ctx: typer.Context, store_class: type[SqlStore] = ProvisioningSto
     return _opened(ctx, store_class)
 
 
-@contextmanager
-def _opened(ctx: typer.Context, store_class: type[S]) -> Iterator[S]:
+def _opened(ctx: typer.Context, store_class: type[S]) -> AbstractContextManager[S]:
     url = getattr(ctx.obj, "provisioning_url", None)
     if not url:
         fail("no provisioning database configured")
-    store = None
-    try:
-        store = store_class(url)
-        store.create_schema()
-        yield store
-    except (ProvisioningError, store_class.error) as exc:
-        fail(str(exc))
-    finally:
-        if store is not None:
-            store.close()
+    return opened(store_class, url, also=(ProvisioningError,))
 
 
 def address_arg(text: str) -> tuple[str, str]:
@@ -64,23 +53,6 @@ def address_arg(text: str) -> tuple[str, str]:
         return parse_address(text)
     except ProvisioningError as exc:
         fail(str(exc))
-
-
-def fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
-
-
-def print_table(table: Table) -> None:
-    Console(soft_wrap=True).print(table)
-
-
-def print_rows(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
-    """A listing: one table, one row per item."""
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*row)
-    print_table(table)
 
 
 # -- user ------------------------------------------------------------------------

@@ -15,7 +15,8 @@ import typer
 from rich.table import Table
 
 from proxy.infra import clock
-from proxy.provisioning.cli import address_arg, fail, open_store, print_rows, print_table
+from proxy.infra.cli import fail, print_rows, print_table
+from proxy.provisioning.cli import address_arg, open_store
 
 from .common import RoutingError
 from .dialplan import DialplanRule
