@@ -375,6 +375,9 @@ class RequestContext:
     def relay(self, *, cause: str | None = None) -> bool:
         """t_relay: forward to the targets (or the R-URI); in a failure handler,
         a new serial branch of the same call (failover / forward)."""
+        if cause is not None and cause not in ev.LEG_CAUSES:
+            # a routing script's typo: refused before any call state exists, never on the wire
+            raise ValueError(f"relay(cause={cause!r}): must be one of {', '.join(ev.LEG_CAUSES)}")
         if self.credit_check and not self.authorized:
             self._ask_credit_control(cause)
             return True
@@ -408,8 +411,6 @@ class RequestContext:
             cause = self.branch_cause if (self.branch_cause == "forward" or not first) else "initial"
         if parent is None and not first:
             parent = call.branches[-1].index
-        if cause not in ev.LEG_CAUSES:    # a routing script's typo must not reach the contract
-            raise ValueError(f"relay(cause={cause!r}): must be one of {', '.join(ev.LEG_CAUSES)}")
         forward = cause == "forward"
         call.fork(targets, cause=cast("ev.LegCause", cause), parent=parent, record_route=self.method in RECORD_ROUTED,
                   gateway=self.gateway, reason=self.forward_reason if forward else None,

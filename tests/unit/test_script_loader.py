@@ -47,3 +47,22 @@ def test_up_refuses_a_broken_script_before_starting_anything(tmp_path):
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{script}:1:" in lines[0]
+
+
+def test_a_relay_cause_outside_the_contract_is_refused_before_any_call_exists(tmp_path):
+    """relay(cause=...) names why a branch exists on the wire (events.LegCause):
+    a typo in an operator's module gets 500 and nothing is relayed."""
+    from proxy.core.engine import Engine
+    from proxy.script.runner import ScriptRouting
+    from tests.harness.corefake import ALICE, CoreRig, invite
+
+    script = tmp_path / "typo_routes.py"
+    script.write_text("def route(ctx):\n    ctx.relay(cause='failvoer')\n")
+    rig = CoreRig(tmp_path, auth=False)
+    rig.engine = Engine(rig.core, ScriptRouting(rig.core, load_script(str(script))))
+    out = rig.receive(invite(call_id="typo-1"), ALICE)
+    assert [m.status for m, _ in out if m.status and m.status >= 200] == [500]
+    assert not [m for m, _ in out if m.method == "INVITE"]          # nothing forwarded
+    assert "typo-1" not in rig.core.calls                           # no call state left behind
+    # the refusal is accounted for like any other (a CDR with 500), no leg was routed
+    assert [type(e).__name__ for e in rig.effects.events] == ["InviteReceived", "CallFailed"]
