@@ -5,9 +5,8 @@ rings."""
 from __future__ import annotations
 
 import pytest
-from tests.harness.calls import DOMAIN, PASSWORDS, registered, start_sipledger
+from tests.harness.calls import DOMAIN, refused_call, start_sipledger
 from tests.harness.proxy import event_types, read_events
-from tests.harness.sipp import run_uac
 
 pytestmark = pytest.mark.e2e
 
@@ -39,12 +38,7 @@ def test_default_config_runs_credit_control(sl):
 
 def test_zero_balance_gets_402_and_the_callee_never_rings(sl, uas_factory, sipp_dir):
     bob = uas_factory("uas_answer", timeout=15)
-    with registered(sl, "bob", bob, sipp_dir):
-        res = run_uac("uac_call_expect_failure", sl.sip_addr,
-                      {"caller": "carol", "callee": "bob", "domain": DOMAIN}, 15,
-                      auth=("carol", PASSWORDS["carol"]), auth_uri=f"bob@{DOMAIN}", workdir=sipp_dir,
-                      variables={"expected": 402})
-        assert res.returncode == 0 and res.successful == 1, res.describe()
+    res = refused_call(sl, "carol", bob, sipp_dir, 402)
     call_id = res.sent("INVITE")[0].header("Call-ID")
     events = read_events(sl.kafka_bootstrap, "sip.events", call_id=call_id, timeout=15,
                          until=lambda evs: "call.failed" in event_types(evs))

@@ -22,7 +22,7 @@ import pytest
 
 from billing.ledger.store import ServiceLock
 from tests.harness.billing import BillingProcess
-from tests.harness.calls import DOMAIN, PASSWORDS, registered, start_sipledger
+from tests.harness.calls import DOMAIN, PASSWORDS, refused_call, registered, start_sipledger
 from tests.harness.poll import eventually
 from tests.harness.proxy import event_types, read_events
 from tests.harness.sipp import run_uac
@@ -104,14 +104,9 @@ def calls_in_parallel(sl, sipp_dir, n: int, timeout: float = 40) -> list:
 
 def test_zero_balance_is_refused_with_402_before_ringing(sl, uas_factory, sipp_dir):
     bob = uas_factory("uas_answer", timeout=15)
-    with registered(sl, "bob", bob, sipp_dir):
-        res = run_uac("uac_call_expect_failure", sl.sip_addr,
-                      {"caller": "carol", "callee": "bob", "domain": DOMAIN}, 15,
-                      auth=("carol", PASSWORDS["carol"]), auth_uri=f"bob@{DOMAIN}", workdir=sipp_dir,
-                      variables={"expected": 402})
-        assert res.returncode == 0 and res.successful == 1, res.describe()
-        time.sleep(0.5)           # a negative check: no INVITE reaches bob within this half second
-        assert bob.result().received("INVITE") == [], "the callee must not ring"
+    refused_call(sl, "carol", bob, sipp_dir, 402)
+    time.sleep(0.5)           # a negative check: no INVITE reaches bob within this half second
+    assert bob.result().received("INVITE") == [], "the callee must not ring"
 
 
 def test_call_torn_down_when_credit_runs_out(sl, alice_at_zero, uas_factory, sipp_dir):

@@ -64,6 +64,19 @@ def registered(sl: SipledgerProcess, user: str, uas: SippUAS, workdir: Path, exp
             assert unreg.ok, "un-REGISTER (Expires: 0) failed\n" + unreg.describe()
 
 
+def refused_call(sl: SipledgerProcess, caller: str, callee: SippUAS, workdir: Path, expected: int) -> SippResult:
+    """``caller`` calls bob (registered on ``callee`` meanwhile) and must get the final
+    ``expected``; returns the caller's SIPp result."""
+    from tests.harness.sipp import run_uac
+    with registered(sl, "bob", callee, workdir):
+        res = run_uac("uac_call_expect_failure", sl.sip_addr,
+                      {"caller": caller, "callee": "bob", "domain": DOMAIN}, 15,
+                      auth=(caller, PASSWORDS[caller]), auth_uri=f"bob@{DOMAIN}", workdir=workdir,
+                      variables={"expected": expected})
+        assert res.returncode == 0 and res.successful == 1, res.describe()
+    return res
+
+
 def assert_completed(res: SippResult, what: str) -> None:
     assert res.returncode == 0 and res.successful == 1 and res.failed == 0, \
         f"{what}: SIPp scenario did not complete\n{res.describe()}"
