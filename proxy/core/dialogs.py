@@ -4,6 +4,14 @@ A dialog is born from the 2xx to an initial INVITE.  It knows both parties'
 contacts, tags, CSeqs and the route set on each side of this proxy, which is
 what the proxy needs to send BYE both ways on its own (dialog timeout, or a
 `call.control` teardown), as OpenSIPS's dlg_end_dlg does.
+
+Dialogs are keyed by (Call-ID, caller tag, callee tag) (RFC 3261 §12).  A forked
+INVITE answered by two branches makes two dialogs: the proxy relays both 2xx
+(§16.7 step 5) and the caller ACKs and BYEs the extra one (§13.2.2.4).  Only
+the first answered dialog is the call: it is billed, carries the maximum
+duration and is what `call.control` addresses by Call-ID.  The extra ones emit
+no call events, and the proxy ends any still up after ``EXTRA_GRACE_S`` (a
+caller may not keep an extra dialog as an unbilled call).
 """
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ from ..sip.build import reason_header
 from ..sip.message import SipMessage
 from ..sip.uri import parse_name_addr, parse_uri
 from ..transactions import NonInviteClientTransaction, client_key, new_branch
+from .nat import behind_nat
 from .ports import Target, TimerHandle
 from .txdriver import TxDriver
 
@@ -38,30 +47,36 @@ TRANSITIONS = {
 }
 
 ENDED_LINGER_S = 32.0        # keep an ended dialog to recognise late retransmissions
+EXTRA_GRACE_S = 32.0         # 64*T1: time a caller has to BYE an extra (forked) dialog
+
+DialogKey = tuple[str, str, str]     # (Call-ID, caller tag, callee tag)
 
 
 class Side:
     """One party as seen from the proxy."""
-    __slots__ = ("from_value", "to_value", "contact", "routes", "target", "cseq")
+    __slots__ = ("from_value", "to_value", "contact", "routes", "target", "cseq", "nat")
 
     def __init__(self, from_value: str, to_value: str, contact: str, routes: list[str],
-                 target: Target, cseq: int):
+                 target: Target, cseq: int, nat: bool = False):
         self.from_value = from_value   # From header of requests the proxy sends to this party
         self.to_value = to_value       # To header of those requests
         self.contact = contact         # the party's Contact: Request-URI
         self.routes = routes           # route set from the proxy toward the party
-        self.target = target           # where the proxy reaches the party without routes
+        self.target = target           # where the proxy reached the party (INVITE destination / source)
         self.cseq = cseq               # the next CSeq the proxy uses toward this party
+        # behind a NAT: requests for its Contact go to ``target`` instead (the
+        # Contact is unreachable); never for a gateway or peer (RFC 3261 §16.6, §16.12)
+        self.nat = nat
 
 
 class Dialog:
     __slots__ = ("call_id", "caller_tag", "callee_tag", "caller", "callee", "state", "leg",
                  "answered_ms", "answered_mono", "max_duration_s", "timer", "pending_byes",
-                 "end_reason")
+                 "end_reason", "billed")
 
     def __init__(self, call_id: str, caller_tag: str, callee_tag: str, caller: Side,
                  callee: Side, leg: int, answered_ms: int, answered_mono: float,
-                 max_duration_s: int):
+                 max_duration_s: int, billed: bool = True):
         self.call_id = call_id
         self.caller_tag = caller_tag
         self.callee_tag = callee_tag
@@ -75,6 +90,11 @@ class Dialog:
         self.timer: TimerHandle | None = None
         self.pending_byes = 0
         self.end_reason: str | None = None
+        self.billed = billed           # the call's dialog (first answered); False: an extra fork
+
+    @property
+    def key(self) -> DialogKey:
+        return self.call_id, self.caller_tag, self.callee_tag
 
     def apply(self, event: str) -> DialogState:
         self.state = TRANSITIONS.get((self.state, event), self.state)
@@ -84,43 +104,59 @@ class Dialog:
 class DialogTable:
     def __init__(self, core: "Core"):
         self.core = core
-        self.dialogs: dict[str, Dialog] = {}
+        self.dialogs: dict[DialogKey, Dialog] = {}
+        self.by_call: dict[str, list[Dialog]] = {}  # Call-ID -> its dialogs, the billed one first
         self.pending_max: dict[str, int] = {}    # set_max_duration before the answer
 
     def __len__(self) -> int:
         return sum(1 for d in self.dialogs.values() if d.state is not DialogState.ENDED)
 
     def get(self, call_id: str) -> Dialog | None:
-        return self.dialogs.get(call_id)
+        """The call's dialog (the billed one) for a Call-ID, as call.control addresses it."""
+        return next((d for d in self.by_call.get(call_id, ()) if d.billed), None)
+
+    def knows(self, call_id: str) -> bool:
+        return call_id in self.by_call
 
     # -- creation -------------------------------------------------------------
     def confirm(self, invite: SipMessage, response: SipMessage, caller_target: Target,
-                callee_target: Target, leg: int, max_duration_s: int) -> Dialog:
+                callee_target: Target, leg: int, max_duration_s: int) -> tuple[Dialog, bool]:
+        """The dialog a 2xx to the initial INVITE confirms, and whether it is new
+        (a 2xx retransmission finds the dialog it made)."""
         core = self.core
         from_value = invite.get("from") or ""
         to_value = response.get("to") or ""
         caller_tag = parse_name_addr(from_value).tag or ""
         callee_tag = parse_name_addr(to_value).tag or ""
+        known = self.dialogs.get((invite.call_id, caller_tag, callee_tag))
+        if known is not None:
+            return known, False
         record_route = response.values("record-route")
         mine = [i for i, rr in enumerate(record_route) if core.node.is_me_route(rr)]
         first, last = (mine[0], mine[-1]) if mine else (len(record_route), -1)
         toward_callee = list(reversed(record_route[:first]))
         toward_caller = record_route[last + 1:]
+        caller_contact = _contact_uri(invite)
         caller = Side(from_value=to_value, to_value=from_value,
-                      contact=_contact_uri(invite) or (invite.get("from") or ""),
-                      routes=toward_caller, target=caller_target, cseq=1)
+                      contact=caller_contact or (invite.get("from") or ""),
+                      routes=toward_caller, target=caller_target, cseq=1,
+                      nat=caller_contact is not None and behind_nat(caller_contact, caller_target.host))
         callee = Side(from_value=from_value, to_value=to_value,
                       contact=_contact_uri(response) or invite.uri or "",
-                      routes=toward_callee, target=callee_target, cseq=invite.cseq[0] + 1)
-        max_duration_s = self.pending_max.pop(invite.call_id, max_duration_s)
+                      routes=toward_callee, target=callee_target, cseq=invite.cseq[0] + 1,
+                      nat=callee_target.nat)
+        siblings = self.by_call.setdefault(invite.call_id, [])
+        billed = not any(d.billed for d in siblings)
+        if billed:
+            max_duration_s = self.pending_max.pop(invite.call_id, max_duration_s)
+        else:
+            max_duration_s = min(max_duration_s, int(EXTRA_GRACE_S))
         dialog = Dialog(invite.call_id, caller_tag, callee_tag, caller, callee, leg,
-                        clock.now_ms(), core.effects.monotonic(), max_duration_s)
-        old = self.dialogs.get(invite.call_id)
-        if old is not None and old.timer is not None:
-            old.timer.cancel()
-        self.dialogs[invite.call_id] = dialog
+                        clock.now_ms(), core.effects.monotonic(), max_duration_s, billed)
+        siblings.append(dialog)
+        self.dialogs[dialog.key] = dialog
         self._arm(dialog)
-        return dialog
+        return dialog, True
 
     def _arm(self, dialog: Dialog) -> None:
         if dialog.timer is not None:
@@ -130,13 +166,27 @@ class DialogTable:
         dialog.timer = self.core.effects.call_later(delay, self._on_max_duration, dialog)
 
     # -- traffic inside the dialog ---------------------------------------------------
+    def find(self, request: SipMessage) -> tuple[Dialog | None, str | None]:
+        """The dialog of an in-dialog request and who sent it ("caller"/"callee")."""
+        try:
+            from_tag = parse_name_addr(request.get("from") or "").tag or ""
+            to_tag = parse_name_addr(request.get("to") or "").tag or ""
+        except ValueError:
+            return None, None
+        call_id = request.call_id
+        dialog = self.dialogs.get((call_id, from_tag, to_tag))
+        if dialog is not None:
+            return dialog, "caller"
+        dialog = self.dialogs.get((call_id, to_tag, from_tag))
+        if dialog is not None:
+            return dialog, "callee"
+        return None, None
+
     def on_request(self, request: SipMessage) -> tuple[Dialog | None, str | None]:
         """Track CSeqs and BYE; returns the dialog and who sent it ("caller"/"callee")."""
-        dialog = self.dialogs.get(request.call_id)
+        dialog, by = self.find(request)
         if dialog is None:
             return None, None
-        from_tag = parse_name_addr(request.get("from") or "").tag
-        by = "caller" if from_tag == dialog.caller_tag else "callee"
         cseq = request.cseq[0]
         if request.method != "ACK":
             # the proxy's own requests toward a party must go above what it has seen
@@ -152,7 +202,7 @@ class DialogTable:
 
     # -- control ------------------------------------------------------------------------
     def set_max_duration(self, call_id: str, seconds: int) -> bool:
-        dialog = self.dialogs.get(call_id)
+        dialog = self.get(call_id)
         if dialog is None or dialog.state is not DialogState.CONFIRMED:
             if self.core.has_pending_call(call_id):
                 self.pending_max[call_id] = seconds
@@ -163,15 +213,21 @@ class DialogTable:
         return True
 
     def teardown(self, call_id: str, reason: str, cause: int = 200) -> Dialog | None:
-        dialog = self.dialogs.get(call_id)
+        """End the call's dialog (and any extra fork still up); None if it is not up."""
+        dialog = self.get(call_id)
         if dialog is None or dialog.state is not DialogState.CONFIRMED:
             return None
-        self._end_by_proxy(dialog, reason_header(cause, reason), reason)
+        for each in self.by_call.get(call_id, ()):
+            if each.state is DialogState.CONFIRMED:
+                self._end_by_proxy(each, reason_header(cause, reason), reason)
         return dialog
 
     def _on_max_duration(self, dialog: Dialog) -> None:
         dialog.timer = None
         if dialog.state is not DialogState.CONFIRMED:
+            return
+        if not dialog.billed:       # an extra fork the caller did not end: not the call
+            self._end_by_proxy(dialog, reason_header(200, "Call completed elsewhere"), "extra_fork")
             return
         self._end_by_proxy(dialog, reason_header(200, "Maximum call duration reached"),
                            "max_duration")
@@ -230,8 +286,13 @@ class DialogTable:
         self.core.effects.call_later(ENDED_LINGER_S, self._forget, dialog)
 
     def _forget(self, dialog: Dialog) -> None:
-        if self.dialogs.get(dialog.call_id) is dialog:
-            del self.dialogs[dialog.call_id]
+        if self.dialogs.get(dialog.key) is dialog:
+            del self.dialogs[dialog.key]
+        siblings = self.by_call.get(dialog.call_id)
+        if siblings is not None and dialog in siblings:
+            siblings.remove(dialog)
+            if not siblings:
+                del self.by_call[dialog.call_id]
 
 
 def _contact_uri(msg: SipMessage) -> str | None:

@@ -123,9 +123,13 @@ class Core:
         return call is not None and not call.answered and not call.replied
 
     def on_answered(self, call: ProxyCall, branch: Branch, resp: SipMessage) -> None:
+        """Every 2xx to the initial INVITE confirms a dialog (one per to-tag);
+        only the first answered one is the call (CallAnswered, billing)."""
         max_s = call.max_duration_s or self.settings.max_dialog_seconds
-        dialog = self.dialogs.confirm(call.request, resp, call.server.target, branch.target,
-                                      branch.index, max_s)
+        dialog, new = self.dialogs.confirm(call.request, resp, call.server.target, branch.target,
+                                           branch.index, max_s)
+        if not (new and dialog.billed):
+            return
         self.emit(self.events.make(
             ev.CallAnswered, call.request, to_tag=dialog.callee_tag, leg=branch.index,
             code=resp.status, reason=resp.reason or "", callee_user_agent=resp.get("server")
@@ -195,15 +199,16 @@ class Core:
         ack.set("max-forwards", str(max(0, int(mf) - 1)) if mf and mf.isascii() and mf.isdigit() else "70")
         ack.prepend("via", self.node.via(target.transport, new_branch()))
         self.effects.send(ack.serialize(), target)
-        if dialog is not None:
+        if dialog is not None and dialog.billed:     # an extra fork's ACK is not the call's
             self.emit(self.events.for_dialog(ev.CallAck, dialog, leg=dialog.leg))
 
     def _dialog_target(self, dialog, uri: str, target: Target) -> Target:
-        """Send to where the party really is (its source address, for NATed phones)."""
-        if uri == dialog.callee.contact:
-            return dialog.callee.target
-        if uri == dialog.caller.contact:
-            return dialog.caller.target
+        """A request for a NATed party's Contact goes where the party really is
+        (the address the INVITE went to / came from); any other party gets its
+        Contact, as resolved (RFC 3261 §16.6 step 6, §16.12)."""
+        for side in (dialog.callee, dialog.caller):
+            if side.nat and uri == side.contact:
+                return side.target
         return target
 
 
@@ -372,7 +377,7 @@ class Engine:
             return
         if dialog is not None and not req.has("route"):
             target = core._dialog_target(dialog, uri, target)
-        if req.method == "BYE" and dialog is not None:
+        if req.method == "BYE" and dialog is not None and dialog.billed:
             core.emit(core.events.for_dialog(ev.CallBye, dialog, by=by,
                                              reason=req.get("reason"), leg=dialog.leg))
         call = ProxyCall(core, server, req)
@@ -383,7 +388,7 @@ class Engine:
         core = self.core
         if isinstance(command, cmd.Teardown):
             dialog = core.dialogs.teardown(command.call_id, command.reason, command.sip_cause)
-            if dialog is None and command.call_id not in core.dialogs.dialogs \
+            if dialog is None and not core.dialogs.knows(command.call_id) \
                     and command.call_id not in core.calls:
                 return                      # another worker's call (or unknown)
             result = "sent" if dialog is not None else "unknown_call"
@@ -395,7 +400,7 @@ class Engine:
             core.emit(self._command_event(ev.DialogTeardown, command, dialog,
                                           reason=command.reason, result=result))
         elif isinstance(command, cmd.SetMaxDuration):
-            if command.call_id not in core.dialogs.dialogs and command.call_id not in core.calls:
+            if not core.dialogs.knows(command.call_id) and command.call_id not in core.calls:
                 return
             applied = core.dialogs.set_max_duration(command.call_id, command.seconds)
             dialog = core.dialogs.get(command.call_id)

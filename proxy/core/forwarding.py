@@ -176,9 +176,9 @@ class ProxyCall:
         first = not self.answered
         branch.final = resp.status
         self.answered = True
+        if self.track:
+            self.core.on_answered(self, branch, resp)   # every 2xx: its own dialog
         if first:
-            if self.track:
-                self.core.on_answered(self, branch, resp)
             self._cancel_branches(CANCEL_REASON_ANSWERED)
         if self.on_final is not None and first:
             self.on_final(self, resp)

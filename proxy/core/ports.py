@@ -6,7 +6,7 @@ and the event outbox.  Tests drive the core with a recording fake.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
@@ -17,6 +17,9 @@ class Target:
     host: str
     port: int
     conn: int | None = None           # TCP connection id, to answer on the same connection
+    # a registered contact behind a NAT reached at its source address: the hook the
+    # dialog uses to pin in-dialog requests here (not part of the address's identity)
+    nat: bool = field(default=False, compare=False)
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}/{self.transport}"

@@ -9,9 +9,9 @@ request: a script checks their result and returns, as OpenSIPS scripts `exit`.
 """
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
 from ..contract import credit
@@ -19,6 +19,7 @@ from ..contract import events as ev
 from ..core.digest import find_credentials
 from ..core.forwarding import ProxyCall
 from ..core.location import LocationError
+from ..core.nat import behind_nat
 from ..core.ports import Target
 from ..infra import clock
 from ..sip.message import SipMessage
@@ -219,9 +220,11 @@ class RequestContext:
             bindings = []
         targets = []
         for binding in bindings:
-            hop = core.resolve(_nat_destination(binding))
+            destination = _nat_destination(binding)
+            hop = core.resolve(destination)
             if hop is not None:
-                targets.append((binding.contact, hop))
+                # behind a NAT: the dialog keeps in-dialog requests on this address too
+                targets.append((binding.contact, replace(hop, nat=destination != binding.contact)))
         if not targets:
             return -2
         self.targets = targets
@@ -474,19 +477,15 @@ class RequestContext:
 
 def _nat_destination(binding) -> str:
     """Where to send a registered contact's requests: its source address when
-    it registered from behind a NAT (a private Contact address different from
-    the address the REGISTER came from: OpenSIPS nat_uac_test 1+2), else the
-    Contact itself (a phone may well register from one port and listen on another)."""
+    it registered from behind a NAT (proxy/core/nat.py), else the Contact itself
+    (a phone may well register from one port and listen on another)."""
     if not binding.received:
         return binding.contact
     try:
-        contact_host = parse_uri(binding.contact).host.strip("[]")
-        source_host = parse_uri(binding.received).host.strip("[]")
-        contact_ip = ipaddress.ip_address(contact_host)
+        source_host = parse_uri(binding.received).host
     except ValueError:
         return binding.contact
-    private = contact_ip.is_private and not contact_ip.is_loopback
-    return binding.received if private and contact_host != source_host else binding.contact
+    return binding.received if behind_nat(binding.contact, source_host) else binding.contact
 
 
 def _tag(msg: SipMessage) -> str | None:
