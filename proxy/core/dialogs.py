@@ -245,14 +245,23 @@ class DialogTable:
             self._send_bye(dialog, side, reason_value)
 
     def _send_bye(self, dialog: Dialog, side: Side, reason_value: str) -> None:
+        """BYE along the route set, else to the Contact (a NATed party: where it was
+        reached); when that does not resolve, to where the party was reached."""
+        if side.routes:
+            uri = parse_name_addr(side.routes[0]).uri
+        elif side.nat:
+            self._send_bye_to(dialog, side, reason_value, side.target)
+            return
+        else:
+            uri = side.contact
+        self.core.when_resolved(uri, lambda target: self._send_bye_to(
+            dialog, side, reason_value, target or side.target))
+
+    def _send_bye_to(self, dialog: Dialog, side: Side, reason_value: str, target: Target) -> None:
         core = self.core
         bye = SipMessage.request("BYE", side.contact)
-        target = side.target
-        if side.routes:
-            route_uri = parse_name_addr(side.routes[0]).uri
-            target = core.resolve(route_uri) or target
-            for route in side.routes:
-                bye.add("route", route)
+        for route in side.routes:
+            bye.add("route", route)
         branch = new_branch()
         bye.add("via", core.node.via(target.transport, branch))
         bye.add("max-forwards", "70")

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import socket
+from collections.abc import Callable
 from typing import Any
 
 from ..contract import commands as cmd
 from ..contract import events as ev
 from ..infra import clock
+from ..infra.config import DnsSettings
 from ..sip.build import make_response
 from ..sip.message import ParseError, SipMessage, parse
 from ..sip.uri import UriError, parse_name_addr, parse_uri
@@ -35,6 +36,7 @@ from .dialogs import DialogTable
 from .forwarding import Branch, ProxyCall
 from .node import LocalNode
 from .ports import Effects, Target
+from .resolver import Failure, Pending, Resolver
 from .txdriver import TxDriver
 
 log = logging.getLogger("sipledger.proxy")
@@ -47,7 +49,8 @@ class Core:
 
     def __init__(self, *, settings, effects: Effects, node: LocalNode, events: CallEventFactory,
                  provisioning=None, authenticator=None, location=None, registrar=None,
-                 authorization=None, routing_data=None):
+                 authorization=None, routing_data=None, dns: DnsSettings | None = None,
+                 hosts: dict[str, str] | None = None):
         self.settings = settings
         self.effects = effects
         self.node = node
@@ -66,7 +69,13 @@ class Core:
         self.dialogs = DialogTable(self)
         self.user_agent = USER_AGENT
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_sources]
-        self._dns: dict[str, str | None] = {}
+        dns = dns or DnsSettings()
+        self.resolver = Resolver(
+            query=getattr(effects, "dns_query", None), now=effects.monotonic,
+            hosts=hosts if hosts is not None else {"localhost": "127.0.0.1"},
+            min_ttl=dns.min_ttl_seconds, max_ttl=dns.max_ttl_seconds,
+            negative_ttl=dns.negative_ttl_seconds, cache_size=dns.cache_size,
+            max_in_flight=dns.max_in_flight)
         self._trusted_cache: dict[str, bool] = {}
         self.static_route = settings.static_route or None
 
@@ -89,34 +98,38 @@ class Core:
             self._trusted_cache[ip] = known
         return known
 
-    def resolve(self, uri: str) -> Target | None:
-        """Next hop of a URI (RFC 3263 reduced to A records: no NAPTR/SRV here)."""
-        try:
-            u = parse_uri(uri)
-        except UriError:
+    def resolve(self, uri: str) -> Target | Pending | None:
+        """Next hop of a URI (RFC 3263, proxy/core/resolver.py): a Target when known,
+        Pending while DNS is asked (see ``when_resolved``), None when it cannot be reached."""
+        hop = _hop(uri)
+        if hop is None:
             return None
-        if u.scheme == "tel":
-            return None
-        transport = u.transport if u.transport in ("udp", "tcp") else "udp"
-        host = u.host.strip("[]")
-        ip = self._dns[host] if host in self._dns else self._lookup(host)
-        if not ip:
-            return None
-        return Target(transport, ip, u.port or (5061 if u.scheme == "sips" else 5060))
+        outcome = self.resolver.resolve(*hop)
+        if isinstance(outcome, Pending):
+            self.resolver.when_resolved(*hop, lambda _: None)     # start asking now
+            return Pending(uri)
+        return outcome if isinstance(outcome, Target) else None
 
-    def _lookup(self, host: str) -> str | None:
-        try:
-            ipaddress.ip_address(host)
-            ip = host
-        except ValueError:
-            try:
-                ip = socket.gethostbyname(host)
-            except OSError:
-                ip = None
-        if len(self._dns) > 10000:
-            self._dns.clear()
-        self._dns[host] = ip
-        return ip
+    def when_resolved(self, uri: str, fn: Callable[[Target | None], None]) -> None:
+        """fn(next hop or None) now when known, else once DNS has answered."""
+        hop = _hop(uri)
+        if hop is None:
+            fn(None)
+            return
+        self.resolver.when_resolved(*hop, lambda outcome: fn(outcome if isinstance(outcome, Target) else None))
+
+    def unreachable(self, uri: str) -> tuple[int, str, list[tuple[str, str]]]:
+        """The reply to a request whose next hop did not resolve (docs/dialogs-dns.md):
+        a DNS server failing or silent is temporary (503, retry after the negative
+        TTL); a name that does not exist is permanent (604); a bad URI is 404."""
+        hop = _hop(uri)
+        outcome = self.resolver.resolve(*hop) if hop is not None else None
+        if isinstance(outcome, Failure) and outcome.transient:
+            retry = str(max(1, int(self.resolver.negative_ttl)))
+            return 503, "Service Unavailable (DNS failure)", [("retry-after", retry)]
+        if isinstance(outcome, Failure):
+            return 604, "Does Not Exist Anywhere (unresolvable domain)", []
+        return 404, "Not Found (unresolvable destination)", []
 
     def has_pending_call(self, call_id: str) -> bool:
         call = self.calls.get(call_id)
@@ -167,7 +180,7 @@ class Core:
             popped = True
         return popped
 
-    def next_hop(self, request: SipMessage) -> tuple[str, Target | None]:
+    def next_hop(self, request: SipMessage) -> tuple[str, Target | Pending | None]:
         """(Request-URI, destination) after our routes were popped (§16.6 steps 6–7).
         A strict next hop gets the Request-URI moved to the end of the route set."""
         routes = request.values("route")
@@ -190,11 +203,18 @@ class Core:
         """ACK for a 2xx: its own transaction end to end; relayed statelessly."""
         self.pop_own_routes(ack)
         dialog, _ = self.dialogs.on_request(ack)
-        uri, target = self.next_hop(ack)
+        uri, hop = self.next_hop(ack)
+        pinned = self._dialog_target(dialog, uri) if dialog is not None and not ack.has("route") else None
+        if pinned is not None:
+            self._send_ack(ack, dialog, pinned)
+        elif isinstance(hop, Pending):
+            self.when_resolved(hop.uri, lambda target: self._send_ack(ack, dialog, target))
+        else:
+            self._send_ack(ack, dialog, hop)
+
+    def _send_ack(self, ack: SipMessage, dialog, target: Target | None) -> None:
         if target is None:
             return
-        if dialog is not None and not ack.has("route"):
-            target = self._dialog_target(dialog, uri, target)
         mf = ack.get("max-forwards")
         ack.set("max-forwards", str(max(0, int(mf) - 1)) if mf and mf.isascii() and mf.isdigit() else "70")
         ack.prepend("via", self.node.via(target.transport, new_branch()))
@@ -202,14 +222,25 @@ class Core:
         if dialog is not None and dialog.billed:     # an extra fork's ACK is not the call's
             self.emit(self.events.for_dialog(ev.CallAck, dialog, leg=dialog.leg))
 
-    def _dialog_target(self, dialog, uri: str, target: Target) -> Target:
+    def _dialog_target(self, dialog, uri: str) -> Target | None:
         """A request for a NATed party's Contact goes where the party really is
-        (the address the INVITE went to / came from); any other party gets its
-        Contact, as resolved (RFC 3261 §16.6 step 6, §16.12)."""
+        (the address the INVITE went to / came from); None: any other party gets
+        its Contact, resolved as any URI (RFC 3261 §16.6 step 6, §16.12)."""
         for side in (dialog.callee, dialog.caller):
             if side.nat and uri == side.contact:
                 return side.target
-        return target
+        return None
+
+
+def _hop(uri: str) -> tuple[str, str, int | None, str | None] | None:
+    """(scheme, host, port, transport) of a SIP URI; None for tel: and garbage."""
+    try:
+        u = parse_uri(uri)
+    except UriError:
+        return None
+    if u.scheme == "tel" or not u.host:
+        return None
+    return u.scheme, u.host, u.port, (u.params.get("transport") or "").lower() or None
 
 
 def _looks_like_rr(uri: str) -> bool:
@@ -371,12 +402,26 @@ class Engine:
             core.reply(server, req, 404, "Not Here")   # not routed through us
             return
         dialog, by = core.dialogs.on_request(req)
-        uri, target = core.next_hop(req)
+        uri, hop = core.next_hop(req)
+        pinned = core._dialog_target(dialog, uri) if dialog is not None and not req.has("route") else None
+        if pinned is not None:
+            self._forward_in_dialog(req, server, dialog, by, uri, pinned)
+        elif isinstance(hop, Pending):      # relayed once DNS has answered
+            core.when_resolved(hop.uri, lambda target: self._forward_in_dialog(
+                req, server, dialog, by, uri, target))
+        else:
+            self._forward_in_dialog(req, server, dialog, by, uri, hop)
+
+    def _forward_in_dialog(self, req: SipMessage, server: TxDriver, dialog, by: str | None, uri: str,
+                           target: Target | None) -> None:
+        core = self.core
+        if server.done:
+            return                          # answered while DNS was asked (CANCEL of a re-INVITE)
         if target is None:
-            core.reply(server, req, 404, "Next Hop Unreachable")
+            routes = req.values("route")
+            code, reason, headers = core.unreachable(parse_name_addr(routes[0]).uri if routes else uri)
+            core.reply(server, req, code, reason, headers)
             return
-        if dialog is not None and not req.has("route"):
-            target = core._dialog_target(dialog, uri, target)
         if req.method == "BYE" and dialog is not None and dialog.billed:
             core.emit(core.events.for_dialog(ev.CallBye, dialog, by=by,
                                              reason=req.get("reason"), leg=dialog.leg))

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 from ..sip.build import new_tag
 from ..sip.message import SipMessage
 from ..transactions import NonInviteClientTransaction, client_key, new_branch
+from .ports import Target
+from .resolver import Pending
 from .txdriver import TxDriver
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -15,10 +17,20 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def send_options(core: "Core", uri: str, on_result: Callable[[int | None], None]) -> bool:
     """OPTIONS to ``uri``; on_result(status) on the final response, None on timeout
-    or transport failure.  False when the URI cannot be resolved."""
-    target = core.resolve(uri)
-    if target is None:
+    or transport failure.  False when the URI cannot be resolved (at once, or once
+    DNS has answered: then on_result(None))."""
+    hop = core.resolve(uri)
+    if hop is None:
         return False
+    if isinstance(hop, Pending):
+        core.when_resolved(uri, lambda target: _send(core, uri, target, on_result)
+                           if target is not None else on_result(None))
+    else:
+        _send(core, uri, hop, on_result)
+    return True
+
+
+def _send(core: "Core", uri: str, target: Target, on_result: Callable[[int | None], None]) -> None:
     branch = new_branch()
     request = SipMessage.request("OPTIONS", uri)
     request.add("via", core.node.via(target.transport, branch))
@@ -41,4 +53,3 @@ def send_options(core: "Core", uri: str, on_result: Callable[[int | None], None]
                       on_message=lambda resp: finish(resp.status) if (resp.status or 0) >= 200 else None,
                       on_timeout=lambda: finish(None))
     driver.run(machine.start())
-    return True

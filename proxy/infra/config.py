@@ -133,6 +133,18 @@ class AuthorizationSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=T
 
 # --- the API process: [api] [clickhouse] ------------------------------------------------
 
+class DnsSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Next-hop resolution (RFC 3263 NAPTR/SRV/A), asynchronous, cached by TTL."""
+    nameservers: tuple[str, ...] = ()     # IP addresses; empty = the system's (/etc/resolv.conf)
+    port: int = 53                        # port of the nameservers above
+    timeout_seconds: float = 2.0          # one lookup, retries included; then 503 to the caller
+    min_ttl_seconds: float = 5.0          # answers are cached at least this long ...
+    max_ttl_seconds: float = 3600.0       # ... and at most this long, whatever their TTL
+    negative_ttl_seconds: float = 5.0     # NXDOMAIN / SERVFAIL / timeout cached this long, then retried
+    cache_size: int = 10000               # cached records (oldest dropped first)
+    max_in_flight: int = 1000             # lookups under way at once; beyond: 503 at once
+
+
 class ApiSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     enabled: bool = True                # `up` runs the API + CDR sink process
     host: str = "127.0.0.1"
@@ -276,6 +288,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     registrar: RegistrarSettings = RegistrarSettings()
     provisioning: ProvisioningSettings = ProvisioningSettings()
     authorization: AuthorizationSettings = AuthorizationSettings()
+    dns: DnsSettings = DnsSettings()
     api: ApiSettings = ApiSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     cdr: CdrSettings = CdrSettings()
@@ -359,6 +372,15 @@ def _cidrs(values: tuple[str, ...]) -> bool:
     return True
 
 
+def _addresses(values: tuple[str, ...]) -> bool:
+    try:
+        for value in values:
+            ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
 def checks(c: Config) -> list[tuple[str, bool, str]]:
     """(key, ok, rule) for every rule a type cannot express, in file order."""
     credit, radius = c.credit, c.radius
@@ -378,6 +400,14 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
         ("proxy.forward_depth", 0 <= c.proxy.forward_depth <= 20, "must be 0..20"),
         ("proxy.gateway_probe_seconds", c.proxy.gateway_probe_seconds > 0, "must be > 0"),
         ("proxy.max_forwards", 1 <= c.proxy.max_forwards <= 255, "must be 1..255"),
+        ("dns.nameservers", _addresses(c.dns.nameservers), "must be IP addresses"),
+        ("dns.port", _port(c.dns.port), "must be 1..65535"),
+        ("dns.timeout_seconds", 0 < c.dns.timeout_seconds <= 30, "must be > 0 and <= 30"),
+        ("dns.min_ttl_seconds", 0 <= c.dns.min_ttl_seconds <= c.dns.max_ttl_seconds,
+         "must be 0..max_ttl_seconds"),
+        ("dns.negative_ttl_seconds", 0 < c.dns.negative_ttl_seconds <= 3600, "must be > 0 and <= 3600"),
+        ("dns.cache_size", c.dns.cache_size >= 1, "must be >= 1"),
+        ("dns.max_in_flight", c.dns.max_in_flight >= 1, "must be >= 1"),
         ("proxy.t1", 0 < c.proxy.t1 <= c.proxy.t2, "must be > 0 and <= proxy.t2"),
         ("proxy.outbox_flush_ms", 1 <= c.proxy.outbox_flush_ms <= 10_000, "must be 1..10000"),
         ("auth.nonce_ttl_seconds", c.auth.nonce_ttl_seconds > 0, "must be > 0"),

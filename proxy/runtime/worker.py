@@ -19,6 +19,7 @@ from ..core.location import LocationStore
 from ..core.node import LocalNode
 from ..core.ports import Target
 from ..core.registrar import Registrar
+from ..core.resolver import Answer
 from ..events.control import ControlConsumer
 from ..events.outbox import Outbox
 from ..events.publisher import EventPublisher
@@ -32,6 +33,7 @@ from ..routing.store import RoutingStore
 from ..script.loader import load_script
 from ..script.runner import ScriptRouting
 from .authorization import AuthorizationClient
+from .dns import DnsClient, read_hosts
 from .handoff import Handoff
 from .loaded import LoadedState
 from .transport import TcpPool, UdpEndpoint, inherited_socket, tcp_socket, udp_socket
@@ -51,6 +53,13 @@ class RuntimeEffects:
         self.tcp = tcp
         self.on_emit = on_emit
         self.authorization: AuthorizationClient | None = None   # set once credit control is reachable
+        self.dns: DnsClient | None = None                        # set before the core starts
+
+    def dns_query(self, name: str, rdtype: str, callback) -> None:
+        if self.dns is None:
+            callback(Answer("servfail"))
+        else:
+            self.dns.query(name, rdtype, callback)
 
     def send(self, data: bytes, target: Target) -> bool:
         if target.transport == "udp":
@@ -171,6 +180,7 @@ class Worker:
         host = px.advertised_host or px.listen
         node = LocalNode(host, ports, px.sip_port, aliases=(px.listen,))
         self.effects = RuntimeEffects(loop, self.outbox, own_udp, udp, tcp, self._schedule_flush)
+        self.effects.dns = DnsClient(cfg.dns, loop)
         self.authorization: AuthorizationClient | None = None
         if cfg.authorization.enabled:
             self.authorization = AuthorizationClient(cfg.authorization, self.data_dir)
@@ -181,7 +191,7 @@ class Worker:
                     provisioning=provisioning, authenticator=authenticator, location=location,
                     registrar=Registrar(location, cfg.registrar),
                     authorization=cfg.authorization if cfg.authorization.enabled else None,
-                    routing_data=routing)
+                    routing_data=routing, dns=cfg.dns, hosts=read_hosts())
         self.engine = Engine(core, ScriptRouting(core, load_script(px.routing_script)))
         self.handoff = None
         if shared:   # read the shared public socket only once the engine exists

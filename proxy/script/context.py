@@ -9,6 +9,7 @@ request: a script checks their result and returns, as OpenSIPS scripts `exit`.
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -21,6 +22,7 @@ from ..core.forwarding import ProxyCall
 from ..core.location import LocationError
 from ..core.nat import behind_nat
 from ..core.ports import Target
+from ..core.resolver import Pending
 from ..infra import clock
 from ..sip.message import SipMessage
 from ..sip.uri import SipUri, UriError, parse_name_addr, parse_uri
@@ -63,7 +65,7 @@ class RequestContext:
         self.source = source
         self.method = request.method or ""
         self.account: str | None = None       # "user@domain" once authenticated
-        self.targets: list[tuple[str, Target]] = []
+        self.targets: list[tuple[str, Target | Pending]] = []   # Pending: DNS asked
         self.gateway_routes: list = []        # remaining failover routes (route_to_gateways)
         self.gateway: str = ""                # gateway of the current branch
         self.max_duration_s: int | None = None
@@ -222,9 +224,10 @@ class RequestContext:
         for binding in bindings:
             destination = _nat_destination(binding)
             hop = core.resolve(destination)
+            if isinstance(hop, Target) and destination != binding.contact:
+                hop = replace(hop, nat=True)    # the dialog keeps in-dialog requests here too
             if hop is not None:
-                # behind a NAT: the dialog keeps in-dialog requests on this address too
-                targets.append((binding.contact, replace(hop, nat=destination != binding.contact)))
+                targets.append((binding.contact, hop))
         if not targets:
             return -2
         self.targets = targets
@@ -389,12 +392,18 @@ class RequestContext:
         if not targets:
             if self.request.has("route"):
                 uri, hop = core.next_hop(self.request)
+                hop_uri = parse_name_addr(self.request.values("route")[0]).uri
             else:
                 uri, hop = self.request.uri or "", core.resolve(self.request.uri or "")
+                hop_uri = uri
             if hop is None:
-                self.reply(404, "Not Found (unresolvable destination)")
+                self.reply(*core.unreachable(hop_uri))
                 return False
             targets = [(uri, hop)]
+        if any(isinstance(hop, Pending) for _, hop in targets):
+            self._wait_for_dns(targets, cause)
+            return True
+        resolved = [(uri, hop) for uri, hop in targets if isinstance(hop, Target)]
         if self.call is None:
             track = self.method == "INVITE"
             if track:
@@ -415,7 +424,7 @@ class RequestContext:
         if parent is None and not first:
             parent = call.branches[-1].index
         forward = cause == "forward"
-        call.fork(targets, cause=cast("ev.LegCause", cause), parent=parent, record_route=self.method in RECORD_ROUTED,
+        call.fork(resolved, cause=cast("ev.LegCause", cause), parent=parent, record_route=self.method in RECORD_ROUTED,
                   gateway=self.gateway, reason=self.forward_reason if forward else None,
                   forwarded_by=self.forwarded_by if forward else None)
         self.targets = []
@@ -430,6 +439,39 @@ class RequestContext:
             request_uri=self.request.uri or "", caller_uri=parse_name_addr(self.request.get("from") or "").uri)
         self.core.waiting[self.request.call_id] = self
         self.core.effects.authorize(request, lambda answer: self._credit_answer(answer, cause))
+
+    def _wait_for_dns(self, targets: list[tuple[str, Target | Pending]], cause: str | None) -> None:
+        """Some next hop is being resolved: wait (as for credit control; a CANCEL
+        ends the wait), then relay to what resolved.  When nothing did: the next
+        gateway if there is one, else 503 (DNS failing) or 604 (no such name)."""
+        self._announce()
+        call_id = self.request.call_id
+        self.core.waiting[call_id] = self
+        outcomes: dict[int, Target | None] = {}
+
+        def settled(index: int, target: Target | None) -> None:
+            outcomes[index] = target
+            if len(outcomes) < len(targets) or self.core.waiting.get(call_id) is not self:
+                return                        # more to come, or cancelled while we waited
+            del self.core.waiting[call_id]
+            self.targets = [(uri, outcomes[i]) for i, (uri, _) in enumerate(targets)
+                            if outcomes[i] is not None]
+            if self.targets or self.next_gateway():
+                self.relay(cause=cause)
+                return
+            failed = next(hop for _, hop in targets if isinstance(hop, Pending))
+            call = self.call
+            if call is not None:              # a failover branch: the call ends here
+                call.replied = True
+            self.reply(*self.core.unreachable(failed.uri))
+            if call is not None:
+                self._settled(call, call.request)
+
+        for index, (_, hop) in enumerate(targets):
+            if isinstance(hop, Pending):
+                self.core.when_resolved(hop.uri, functools.partial(settled, index))
+            else:
+                settled(index, hop)
 
     def cancel_waiting(self, cancel: SipMessage) -> None:
         """CANCEL while credit control has not answered yet: the call ends here."""
@@ -465,8 +507,8 @@ class RequestContext:
         self.parent_leg = call.branches[-1].index if call.branches else None
         for handler in list(self.failure_handlers):
             handler(self, response)
-            if len(call.branches) > before:
-                return True
+            if len(call.branches) > before or self.core.waiting.get(call.request.call_id) is self:
+                return True                   # relayed again (or waiting for DNS to)
         return False
 
     def _settled(self, call: ProxyCall, final: SipMessage) -> None:

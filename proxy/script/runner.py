@@ -39,6 +39,7 @@ class ScriptRouting:
             log.exception("routing script failed on %r", req)
             ctx.reply(500, "Server Internal Error (routing script)")
             return
-        waiting = ctx.credit_check and not ctx.authorized    # relay() resumes on the answer
+        # relay() resumes on the answer of credit control or DNS
+        waiting = (ctx.credit_check and not ctx.authorized) or core.waiting.get(req.call_id) is ctx
         if not ctx.replied and ctx.call is None and not waiting:
             ctx.reply(500, "Server Internal Error (no routing decision)")

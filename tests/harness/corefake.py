@@ -42,6 +42,7 @@ class FakeEffects:
         self._timers: list = []
         self.authorizations = []
         self.credit = None
+        self.dns_queries: list[tuple[str, str, object]] = []   # (name, rdtype, callback): answer them
 
     def send(self, data: bytes, target: Target) -> bool:
         try:
@@ -67,6 +68,17 @@ class FakeEffects:
         """Answered by ``self.credit(request)`` (None = no answer), as the service would."""
         self.authorizations.append(request)
         callback(self.credit(request) if self.credit else None)
+
+    def dns_query(self, name, rdtype, callback) -> None:
+        """Recorded; a test answers with ``answer_dns``."""
+        self.dns_queries.append((name, rdtype, callback))
+
+    def answer_dns(self, answers: dict) -> None:
+        """Answer the recorded queries: {(name, rdtype): Answer}; others get NXDOMAIN."""
+        from proxy.core.resolver import Answer
+        while self.dns_queries:
+            name, rdtype, callback = self.dns_queries.pop(0)
+            callback(answers.get((name, rdtype), Answer("nxdomain")))
 
     def advance(self, seconds: float) -> None:
         end = self.now + seconds
