@@ -224,6 +224,8 @@ class Worker:
         await self.control.stop()
         if self.authorization is not None:
             self.authorization.close()
+        if self.effects.dns is not None:
+            await self.effects.dns.close()
         self.outbox.flush()
         await self.publisher.stop(drain_timeout=5.0)
         self.outbox.close()

@@ -107,6 +107,8 @@ def test_unknown_section_is_named(tmp_path):
     ("credit", {"extend_ahead_seconds": 30.0}, "credit.extend_ahead_seconds"),
     ("ledger", {"repair_seconds": 0}, "ledger.repair_seconds"),
     ("radius", {"max_in_flight": 300}, "radius.max_in_flight"),
+    ("dns", {"nameservers": ["ns1.example"]}, "dns.nameservers"),
+    ("dns", {"negative_ttl_seconds": 0}, "dns.negative_ttl_seconds"),
 ])
 def test_rules_of_every_section(section, values, key):
     """The rules a type cannot express, one per section, through ``load``'s overrides."""

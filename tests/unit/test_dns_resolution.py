@@ -94,3 +94,41 @@ Content-Length: 0
     assert sorted(m.status for m, _ in out) == [200, 487]
     rig.effects.answer_dns(PBX)
     assert [m for m, _ in rig.effects.take() if m.method == "INVITE"] == []
+
+
+# -- the resolver alone: bounds, and names that need no DNS ------------------------------------
+
+def resolver(**kw):
+    from proxy.core.resolver import Resolver
+    asked: list = []
+    r = Resolver(query=lambda name, rdtype, feed: asked.append((name, rdtype, feed)), now=lambda: 0.0,
+                 hosts={"localhost": "127.0.0.1", "pbx.lan": "10.1.2.3"}, **kw)
+    return r, asked
+
+
+def test_numeric_and_hosts_file_names_resolve_at_once():
+    from proxy.core.ports import Target
+    r, asked = resolver()
+    assert r.resolve("sip", "localhost", None, None) == Target("udp", "127.0.0.1", 5060)
+    assert r.resolve("sip", "PBX.lan.", 5070, "tcp") == Target("tcp", "10.1.2.3", 5070)
+    assert r.resolve("sip", "[2001:db8::1]", None, None) == Target("udp", "2001:db8::1", 5060)
+    assert asked == []
+
+
+def test_lookups_in_flight_and_the_cache_are_bounded():
+    from proxy.core.resolver import Failure
+    r, asked = resolver(max_in_flight=2, cache_size=3)
+    outcomes: list = []
+    for n in range(3):
+        r.when_resolved("sip", f"h{n}.test", 5060, None, outcomes.append)
+    assert len(asked) == 2 and outcomes == [Failure(transient=True)]   # the third: 503 at once
+    for n in range(6):
+        r.feed((f"x{n}.test", "A"), Answer("ok", ("192.0.2.1",), 60))
+    assert len(r.cache) == 3
+
+
+def test_read_hosts_keeps_ipv4_names(tmp_path):
+    from proxy.runtime.dns import read_hosts
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n::1 localhost ip6-localhost\n# x\n10.0.0.5 gw1.lan gw1  # comment\n")
+    assert read_hosts(hosts) == {"localhost": "127.0.0.1", "gw1.lan": "10.0.0.5", "gw1": "10.0.0.5"}
