@@ -67,6 +67,9 @@ Query = Callable[[str, RdType, Callable[[Answer], None]], None]
 _NAPTR_SERVICES = {("sip", "SIP+D2U"): "udp", ("sip", "SIP+D2T"): "tcp", ("sips", "SIPS+D2T"): "tcp"}
 
 
+_UNKNOWN = object()
+
+
 def _normal(name: str) -> str:
     return name.strip().rstrip(".").lower()
 
@@ -84,12 +87,22 @@ class Resolver:
         self.cache: OrderedDict[tuple[str, str], tuple[float, Answer]] = OrderedDict()
         self.in_flight: dict[tuple[str, str], list[Callable[[], None]]] = {}
         self.queries = 0                       # sent to the edge (a figure for tests and metrics)
+        self._literal: dict[str, str | None] = {}   # host -> its address if numeric or in hosts
+        self._fixed: dict[tuple, Target] = {}          # next hops that need no DNS, by URI parts
 
     # -- the lookup -----------------------------------------------------------------------
     def resolve(self, scheme: str, host: str, port: int | None, transport: str | None) -> Outcome | Pending:
+        key = (scheme, host, port, transport)
+        fixed = self._fixed.get(key)
+        if fixed is not None:                  # numeric / hosts-file next hops: the hot path
+            return fixed
         outcome = self._decide(scheme, host, port, transport)
         if isinstance(outcome, _Need):
             return Pending()
+        if isinstance(outcome, Target) and self._numeric(_normal(host.strip("[]"))) is not None:
+            if len(self._fixed) >= self.cache_size:
+                self._fixed.clear()
+            self._fixed[key] = outcome
         return outcome
 
     def when_resolved(self, scheme: str, host: str, port: int | None, transport: str | None,
@@ -174,11 +187,19 @@ class Resolver:
         return Failure(transient=answer.status in ("servfail", "timeout"))
 
     def _numeric(self, host: str) -> str | None:
+        """The address of a numeric host or /etc/hosts name (memoised: the hot path)."""
+        known = self._literal.get(host, _UNKNOWN)
+        if known is not _UNKNOWN:
+            return known
         try:
             ipaddress.ip_address(host)
-            return host
+            address: str | None = host
         except ValueError:
-            return self.hosts.get(host)
+            address = self.hosts.get(host)
+        if len(self._literal) >= self.cache_size:
+            self._literal.clear()              # bounded: attacker-chosen hosts come and go
+        self._literal[host] = address
+        return address
 
     def _get(self, name: str, rdtype: RdType) -> Answer | _Need:
         key = (name, rdtype)
