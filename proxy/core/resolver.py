@@ -67,9 +67,6 @@ Query = Callable[[str, RdType, Callable[[Answer], None]], None]
 _NAPTR_SERVICES = {("sip", "SIP+D2U"): "udp", ("sip", "SIP+D2T"): "tcp", ("sips", "SIPS+D2T"): "tcp"}
 
 
-_UNKNOWN = object()
-
-
 def _normal(name: str) -> str:
     return name.strip().rstrip(".").lower()
 
@@ -188,9 +185,8 @@ class Resolver:
 
     def _numeric(self, host: str) -> str | None:
         """The address of a numeric host or /etc/hosts name (memoised: the hot path)."""
-        known = self._literal.get(host, _UNKNOWN)
-        if known is not _UNKNOWN:
-            return known
+        if host in self._literal:
+            return self._literal[host]
         try:
             ipaddress.ip_address(host)
             address: str | None = host
