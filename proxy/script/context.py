@@ -115,11 +115,13 @@ class RequestContext:
         live = self.core.routing_data
         return live.snapshot if live is not None else None
 
-    def local_domains(self) -> set[str]:
-        domains = {normalise_host(d) for d in self.core.settings.domains}
-        if self.provisioning is not None:
-            domains |= set(self.provisioning.domains)
-        return domains
+    def local_domains(self) -> frozenset[str]:
+        snapshot = self.provisioning
+        provisioned = frozenset(snapshot.domains) if snapshot is not None else frozenset()
+        configured = self.core.settings.domains
+        if not configured:
+            return provisioned                # the snapshot's own set: no copy per question
+        return provisioned | {normalise_host(d) for d in configured}
 
     def served_domain(self, uri: SipUri) -> str | None:
         """The served domain a URI names, in its one canonical spelling (case and

@@ -78,3 +78,14 @@ def test_bad_auth_keys_are_named(tmp_path, text, key):
     path.write_text(text)
     with pytest.raises(ConfigError, match=re.escape(f"key '{key}'")):
         load(path)
+
+
+def test_the_authenticator_takes_every_auth_setting():
+    from proxy.core.digest import DigestAuthenticator
+    from proxy.infra.config import AuthAlgorithmsForDomain
+    settings = AuthSettings(lockout_failures=2, lockout_s=5.0,
+                            per_domain=(AuthAlgorithmsForDomain("a.test", ("SHA-256",)),))
+    auth = DigestAuthenticator.from_settings(b"k" * 32, settings, worker=3)
+    assert (auth.lockout.failures, auth.lockout.lock_s, auth.worker) == (2, 5.0, 3)
+    assert auth.policy.offered("a.test", None) == ("SHA-256",) and auth.policy.offered("b.test", None) == ("MD5",)
+    assert set(auth.algorithms) == {"MD5", "SHA-256"}
