@@ -13,6 +13,7 @@ from proxy.infra import config as config_mod
 from proxy.infra.cli import fail, usage
 from proxy.infra.config import ENV_CONFIG, ENV_DATA_DIR, ConfigError, resolve_paths
 from proxy.provisioning.cli import alias_app, domain_app, user_app
+from proxy.provisioning.lockout_cli import auth_app
 from proxy.provisioning.store import default_url
 from proxy.routing.cli import (
     blacklist_app,
@@ -46,6 +47,7 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(report_app, name="report")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
+app.add_typer(auth_app, name="auth")
 
 
 @dataclass

@@ -13,10 +13,20 @@ never tracked would let a captured request be replayed on another worker, or
 after a restart.  SO_REUSEPORT keeps one client on one worker, so this costs
 at most one extra round trip when that mapping changes.
 
-Verification order matters: the response is checked *before* the nonce's
-validity, so "stale" is only ever told to a client that proved it knows the
-password (RFC 7616 §3.3), and a nonce-count is recorded only for a correct
-response, so a forger cannot burn a legitimate client's nc values.
+Verification order matters:
+
+1. The nonce must be ours (its HMAC checks out) before any password is
+   looked at.  A made-up or foreign nonce gets a fresh challenge, never a
+   verdict: a guesser has to fetch a challenge, and every answer it gets
+   about a password comes from a nonce we issued.
+2. The response is checked before the nonce's *freshness*: an expired (or
+   other worker's) but genuine nonce is told "stale" only with a correct
+   response (RFC 7616 §3.3); with a wrong one it is a wrong password.
+3. A nonce-count is recorded only for a correct response, so a forger
+   cannot burn a legitimate client's nc values.
+4. An unknown user costs the same hashing as a known one and gets the same
+   answer from the caller of ``verify`` (no user enumeration): the reasons
+   differ only inside ``AuthResult`` (``wrong_credentials`` is True for both).
 """
 from __future__ import annotations
 
@@ -30,15 +40,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from proxy.infra.config import AuthSettings
 from proxy.sip.headers import split_commas, unquote
 from proxy.sip.uri import parse_uri
+
+from .authpolicy import AuthPolicy, lockout_from_settings
+from .lockout import Lockout
 
 if TYPE_CHECKING:
     from proxy.provisioning.models import Credentials
     from proxy.sip.message import SipMessage
 
 __all__ = [
-    "AuthResult", "DigestAuthenticator", "compute_ha1", "compute_response",
+    "AuthResult", "DigestAuthenticator", "WRONG_CREDENTIALS", "compute_ha1", "compute_response",
     "find_credentials", "parse_digest",
 ]
 
@@ -47,6 +61,8 @@ _NONCE_LAYOUT = struct.Struct(">qH4s8s")   # issued (ms), worker, instance, salt
 _MAC_LEN = 16
 _MAX_HEADER = 4096                          # longer Authorization values are refused unparsed
 _CLOCK_SKEW = 5.0                           # seconds a nonce may seem to come from the future
+# verdicts about the password itself: answered identically, counted by the lockout
+WRONG_CREDENTIALS = frozenset({"unknown-user", "wrong-password", "algorithm-unavailable"})
 
 
 def compute_ha1(algorithm: str, username: str, realm: str, password: str) -> str:
@@ -117,10 +133,12 @@ class AuthResult:
     """Outcome of one verification.
 
     ``reason`` is one of: ok, malformed, realm-mismatch, bad-algorithm,
-    uri-mismatch, unknown-user, algorithm-unavailable (no password and no HA1
-    for the algorithm the client chose), wrong-password, stale, replay.
-    When ``stale`` is set the caller re-challenges with ``stale=True``: the
-    client's password was right, only the nonce was not acceptable.
+    uri-mismatch, foreign-nonce (not sealed by our secret: answer with a fresh
+    challenge, no verdict), unknown-user, algorithm-unavailable (no password
+    and no HA1 for the algorithm the client chose), wrong-password, stale,
+    replay.  When ``stale`` is set the caller re-challenges with
+    ``stale=True``: the client's password was right, only the nonce was not
+    acceptable.
     """
     ok: bool
     reason: str
@@ -128,6 +146,16 @@ class AuthResult:
     realm: str | None = None
     algorithm: str | None = None
     stale: bool = False
+
+    @property
+    def rechallenge(self) -> bool:
+        """Answer with a fresh challenge rather than a verdict."""
+        return self.stale or self.reason == "foreign-nonce"
+
+    @property
+    def wrong_credentials(self) -> bool:
+        """A failed password check (unknown user or wrong password alike)."""
+        return self.reason in WRONG_CREDENTIALS
 
 
 def _fail(reason: str, params: dict[str, str] | None = None, algorithm: str | None = None,
@@ -159,7 +187,8 @@ class DigestAuthenticator:
     """
 
     def __init__(self, secret: bytes, *, nonce_ttl: float = 300.0, worker: int = 0,
-                 algorithms: Iterable[str] = ("SHA-256", "MD5"), max_tracked: int = 100_000):
+                 algorithms: Iterable[str] = ("MD5",), max_tracked: int = 100_000,
+                 policy: AuthPolicy | None = None, lockout: Lockout | None = None):
         if not secret:
             raise ValueError("digest secret must not be empty")
         if not 0 <= worker <= 0xFFFF:
@@ -178,6 +207,12 @@ class DigestAuthenticator:
         self.nonce_ttl = float(nonce_ttl)
         self.worker = worker
         self.algorithms = tuple(algos)
+        # what each challenge offers (per domain / User-Agent) and the guessing lockout
+        self.policy = policy or AuthPolicy(self.algorithms)
+        unsupported = set(self.policy.every_algorithm) - set(self.algorithms)
+        if unsupported:
+            self.algorithms += tuple(sorted(unsupported))
+        self.lockout = lockout or lockout_from_settings(AuthSettings())
         # distinguishes this process from an earlier run of the same worker id,
         # whose replay memory is gone
         self._instance = os.urandom(4)
@@ -188,14 +223,24 @@ class DigestAuthenticator:
         self._forgotten_until = float("-inf")
         self._next_purge = float("-inf")
 
+    @classmethod
+    def from_settings(cls, secret: bytes, settings: AuthSettings, *, worker: int = 0) -> "DigestAuthenticator":
+        """The authenticator a worker runs with ``[auth]``: algorithms, rules and lockout."""
+        policy = AuthPolicy.from_settings(settings)
+        return cls(secret, nonce_ttl=settings.nonce_ttl_seconds, worker=worker,
+                   algorithms=policy.every_algorithm, policy=policy,
+                   lockout=lockout_from_settings(settings))
+
     # -- challenges -----------------------------------------------------------
-    def challenge(self, realm: str, now: float, *, stale: bool = False) -> list[str]:
-        """WWW-Authenticate / Proxy-Authenticate values, one per algorithm, in
+    def challenge(self, realm: str, now: float, *, stale: bool = False,
+                  algorithms: Iterable[str] | None = None) -> list[str]:
+        """WWW-Authenticate / Proxy-Authenticate values, one per algorithm
+        (``algorithms``, default the policy's default: one, MD5), in
         preference order (a client uses the first it supports, RFC 7616 §3.7).
         Each goes on its own header line."""
         realm_q = _quote(realm)
         values = []
-        for algorithm in self.algorithms:
+        for algorithm in (self.policy.algorithms if algorithms is None else algorithms):
             value = (f'Digest realm={realm_q}, nonce="{self._new_nonce(now)}", '
                      f'algorithm={algorithm}, qop="auth"')
             if stale:
@@ -227,12 +272,13 @@ class DigestAuthenticator:
     # -- verification ------------------------------------------------------------
     def verify(self, method: str, header_value: str, realm_expected: str,
                lookup: Callable[[str, str], "Credentials | None"], now: float,
-               *, request_uri: str | None = None) -> AuthResult:
+               *, request_uri: str | None = None, algorithms: Iterable[str] | None = None) -> AuthResult:
         """Check one Authorization / Proxy-Authorization value.
 
         ``lookup(username, realm)`` returns the subscriber's credentials or
         None.  With ``request_uri`` the digest ``uri`` must name the same
-        resource (RFC 7616 §3.4.6).  Never raises on bad input.
+        resource (RFC 7616 §3.4.6).  ``algorithms``: those the challenge
+        offered (default: every supported one).  Never raises on bad input.
         """
         self._maybe_purge(now)
         params = parse_digest(header_value)
@@ -244,7 +290,7 @@ class DigestAuthenticator:
         if params["realm"] != realm_expected:
             return _fail("realm-mismatch", params)
         algorithm = _canonical_algorithm(params.get("algorithm", "MD5"))
-        if algorithm is None or algorithm not in self.algorithms:
+        if algorithm is None or algorithm not in (self.algorithms if algorithms is None else algorithms):
             return _fail("bad-algorithm", params)
         nc_value = _nonce_count(params)
         if nc_value is None:
@@ -252,19 +298,25 @@ class DigestAuthenticator:
         if request_uri is not None and not _same_resource(params["uri"], request_uri):
             return _fail("uri-mismatch", params, algorithm)
 
+        nonce = self._open_nonce(params["nonce"])
+        if nonce is None:                      # made up, or another secret's: no verdict
+            return _fail("foreign-nonce", params, algorithm)
+
         creds = lookup(params["username"], params["realm"])
+        ha1 = _ha1_for(creds, algorithm, params["username"], params["realm"]) if creds else None
+        # an unknown user costs the same hashing as a known one (no timing difference)
+        expected = compute_response(algorithm, ha1 or _dummy_ha1(algorithm, params), params["nonce"],
+                                    method, params["uri"], params.get("qop"), params.get("nc"),
+                                    params.get("cnonce"))
+        matches = hmac.compare_digest(expected.encode(), params["response"].lower().encode("utf-8", "replace"))
         if creds is None:
             return _fail("unknown-user", params, algorithm)
-        ha1 = _ha1_for(creds, algorithm, params["username"], params["realm"])
         if ha1 is None:
             return _fail("algorithm-unavailable", params, algorithm)
-        expected = compute_response(algorithm, ha1, params["nonce"], method, params["uri"],
-                                    params.get("qop"), params.get("nc"), params.get("cnonce"))
-        if not hmac.compare_digest(expected.encode(), params["response"].lower().encode("utf-8", "replace")):
+        if not matches:
             return _fail("wrong-password", params, algorithm)
 
-        nonce = self._open_nonce(params["nonce"])
-        if nonce is None or not self._nonce_current(nonce, now):
+        if not self._nonce_current(nonce, now):
             return _fail("stale", params, algorithm, stale=True)
         verdict = self._record_use(params["nonce"], nonce, nc_value)
         if verdict != "ok":
@@ -337,6 +389,10 @@ def _ha1_for(creds: "Credentials", algorithm: str, username: str, realm: str) ->
         return compute_ha1(algorithm, username, realm, creds.password)
     stored = creds.ha1_md5 if algorithm == "MD5" else creds.ha1_sha256
     return stored.lower() if stored else None
+
+
+def _dummy_ha1(algorithm: str, params: dict[str, str]) -> str:
+    return compute_ha1(algorithm, params["username"], params["realm"], "")
 
 
 def _same_resource(digest_uri: str, request_uri: str) -> bool:

@@ -91,12 +91,34 @@ class ProxySettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     outbox_flush_ms: int = 5
 
 
+DIGEST_ALGORITHMS = ("MD5", "SHA-256")
+
+
+class AuthAlgorithmsForDomain(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    domain: str                         # a served domain (the digest realm)
+    algorithms: tuple[str, ...]         # challenges offered there, in order
+
+
+class AuthAlgorithmsForUserAgent(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    match: str                          # regex matched at the start of User-Agent (a plain prefix works)
+    algorithms: tuple[str, ...]         # challenges offered to those phones, in order
+
+
 class AuthSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     enabled: bool = True
     nonce_ttl_seconds: int = 300
-    # MD5 first: many UAs (SIPp among them) answer only the first challenge
-    algorithms: tuple[str, ...] = ("MD5", "SHA-256")
+    # ONE challenge by default: phones such as baresip 1.0 fail on a second (SHA-256) one;
+    # offering more is a choice per domain or User-Agent (docs/auth.md)
+    algorithms: tuple[str, ...] = ("MD5",)
     secret: str = ""                    # HMAC key for nonces; generated under the data dir if empty
+    per_domain: tuple[AuthAlgorithmsForDomain, ...] = ()        # [[auth.per_domain]]
+    per_user_agent: tuple[AuthAlgorithmsForUserAgent, ...] = () # [[auth.per_user_agent]], first match wins
+    # password guessing (fail2ban-like): failures within the window lock the source / user
+    lockout_failures: int = 10          # failed checks from one source IP before it is locked (0 = never)
+    lockout_user_failures: int = 30     # failed checks for one user before it is locked (0 = never)
+    lockout_window_s: float = 60.0      # failures older than this are forgotten
+    lockout_s: float = 600.0            # how long a lock lasts (`sipledger auth unlock` ends it early)
+    lockout_max_entries: int = 50_000   # per worker: failure counters and locks kept at most
 
 
 class RegistrarSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -381,6 +403,18 @@ def _addresses(values: tuple[str, ...]) -> bool:
     return True
 
 
+def _algorithms(values: tuple[str, ...]) -> bool:
+    return bool(values) and set(values) <= set(DIGEST_ALGORITHMS) and len(set(values)) == len(values)
+
+
+def _regex(pattern: str) -> bool:
+    try:
+        re.compile(pattern)
+    except re.error:
+        return False
+    return bool(pattern) and len(pattern) <= 256
+
+
 def checks(c: Config) -> list[tuple[str, bool, str]]:
     """(key, ok, rule) for every rule a type cannot express, in file order."""
     credit, radius = c.credit, c.radius
@@ -411,8 +445,12 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
         ("proxy.t1", 0 < c.proxy.t1 <= c.proxy.t2, "must be > 0 and <= proxy.t2"),
         ("proxy.outbox_flush_ms", 1 <= c.proxy.outbox_flush_ms <= 10_000, "must be 1..10000"),
         ("auth.nonce_ttl_seconds", c.auth.nonce_ttl_seconds > 0, "must be > 0"),
-        ("auth.algorithms", bool(c.auth.algorithms) and set(c.auth.algorithms) <= {"MD5", "SHA-256"},
-         "must list MD5 and/or SHA-256"),
+        ("auth.algorithms", _algorithms(c.auth.algorithms), "must list MD5 and/or SHA-256, each once"),
+        ("auth.lockout_failures", c.auth.lockout_failures >= 0, "must be >= 0 (0 = never)"),
+        ("auth.lockout_user_failures", c.auth.lockout_user_failures >= 0, "must be >= 0 (0 = never)"),
+        ("auth.lockout_window_s", c.auth.lockout_window_s > 0, "must be > 0"),
+        ("auth.lockout_s", c.auth.lockout_s > 0, "must be > 0"),
+        ("auth.lockout_max_entries", 100 <= c.auth.lockout_max_entries <= 10_000_000, "must be 100..10000000"),
         ("provisioning.reload_seconds", c.provisioning.reload_seconds > 0, "must be > 0"),
         ("authorization.port", 0 <= c.authorization.port < 65536, "must be 0..65535 (0 = the credit service's)"),
         ("authorization.timeout_ms", 1 <= c.authorization.timeout_ms <= 10_000, "must be 1..10000"),
@@ -470,6 +508,18 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
         ("radius.dedupe_retention_s", radius.dedupe_retention_s >= 0, "must be >= 0"),
         ("radius.batch_size", 1 <= radius.batch_size <= 100_000, "must be 1..100000"),
     ]
+    for i, rule in enumerate(c.auth.per_domain):
+        result += [
+            (f"auth.per_domain[{i}].domain", bool(rule.domain.strip()), "must not be empty"),
+            (f"auth.per_domain[{i}].algorithms", _algorithms(rule.algorithms),
+             "must list MD5 and/or SHA-256, each once"),
+        ]
+    for i, agent in enumerate(c.auth.per_user_agent):
+        result += [
+            (f"auth.per_user_agent[{i}].match", _regex(agent.match), "must be a valid, non-empty regular expression"),
+            (f"auth.per_user_agent[{i}].algorithms", _algorithms(agent.algorithms),
+             "must list MD5 and/or SHA-256, each once"),
+        ]
     for i, server in enumerate(radius.servers):
         result += [
             (f"radius.servers[{i}].host", bool(server.host), "must not be empty"),

@@ -13,6 +13,7 @@ requests never wait on the database.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Generic, Protocol, TypeVar
 
 from .models import ProvisioningSnapshot
@@ -21,6 +22,8 @@ from .store import ProvisioningStore
 __all__ = ["LiveSnapshot", "LiveProvisioning"]
 
 log = logging.getLogger(__name__)
+
+_MAX_UNSHARED = 10_000          # locks waiting to be written when the database is down
 
 class _Versioned(Protocol):
     @property
@@ -82,10 +85,51 @@ class LiveSnapshot(Generic[S]):
 
 
 class LiveProvisioning(LiveSnapshot[ProvisioningSnapshot]):
+    """The provisioning snapshot, plus the authentication lockouts every worker shares.
+
+    Lockouts travel at each poll: the locks this worker made since the last
+    one are written (``share_lockouts`` only queues them: no database on the
+    request path), and when the lockouts' own counter moved, ``lockouts`` is
+    read again (a CLI unlock, another worker's lock).  The request path
+    merges ``lockouts`` into its table when ``lockouts_version`` changes."""
     what = "provisioning"
 
     def __init__(self, store: ProvisioningStore, poll_interval: float = 1.0):
         super().__init__(store, poll_interval)
+        self.lockouts: dict[str, float] = {}          # key -> locked until (epoch seconds)
+        self.lockouts_version = -1                    # -1: not read yet
+        self._unshared: list[tuple[str, float, int]] = []
+        self._lockout_error: str | None = None
+
+    def share_lockouts(self, locks: list[tuple[str, float, int]]) -> None:
+        """Queue locks made by this worker for the next poll (bounded)."""
+        self._unshared.extend(locks)
+        del self._unshared[:-_MAX_UNSHARED]
+        for key, until, _ in locks:
+            self.lockouts[key] = until
+
+    def maybe_reload(self, now: float) -> bool:
+        due = now >= self._next_poll
+        changed = super().maybe_reload(now)
+        if due:
+            self._exchange_lockouts(time.time())
+        return changed
+
+    def _exchange_lockouts(self, wall: float) -> None:
+        store = self._store
+        try:
+            if self._unshared:
+                store.add_lockouts(self._unshared, wall)
+                self._unshared = []
+            version = store.lockout_version()
+            if version != self.lockouts_version:
+                self.lockouts = {e.key: e.until for e in store.lockouts(wall)}
+                self.lockouts_version = version
+            self._lockout_error = None
+        except store.error as exc:
+            if str(exc) != self._lockout_error:
+                log.warning("sharing authentication lockouts failed, retrying: %s", exc)
+            self._lockout_error = str(exc)
 
     def describe(self, snapshot: ProvisioningSnapshot) -> str:
         return (f"{len(snapshot.domains)} domains, {len(snapshot.users)} users, "

@@ -7,16 +7,25 @@ BEGIN IMMEDIATE for writes, one-line errors).
 Every change also bumps the single ``change_log`` row in the same
 transaction: running proxies poll that one integer (``version()``) and only
 rebuild their in-memory snapshot when it moved.
+
+Authentication lockouts (proxy/core/lockout.py) live here too, with a change
+counter of their own (``auth_lockout_log``): a worker that locks a guesser out
+writes the lock, the others and the CLI see it, and ``sipledger auth unlock``
+ends it everywhere, without ever making the workers reload subscribers.
 """
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import (
     Column,
     DateTime,
+    Float,
     Integer,
     MetaData,
     String,
@@ -44,7 +53,7 @@ from .models import (
     normalize_domain,
 )
 
-__all__ = ["ProvisioningStore", "default_url", "metadata"]
+__all__ = ["LockoutEntry", "ProvisioningStore", "default_url", "metadata"]
 
 DB_NAME = "provisioning.sqlite"
 _MD5_HEX = re.compile(r"^[0-9a-fA-F]{32}$")
@@ -81,6 +90,24 @@ alias_table = Table(
 )
 
 change_log_table = make_change_log(metadata, "change_log")
+
+lockout_table = Table(
+    "auth_lockout", metadata,
+    Column("key", String(330), primary_key=True),     # ip:<address> or user:<user>@<domain>
+    Column("until", Float, nullable=False),           # epoch seconds (time.time())
+    Column("failures", Integer, nullable=False),      # the threshold that locked it
+    Column("locked_at", DateTime(timezone=True), nullable=False),
+)
+lockout_log_table = make_change_log(metadata, "auth_lockout_log")
+
+MAX_SHARED_LOCKOUTS = 100_000                         # rows kept; the oldest locks go first
+
+
+@dataclass(frozen=True, slots=True)
+class LockoutEntry:
+    key: str
+    until: float
+    failures: int
 
 
 def default_url(data_dir: str | os.PathLike) -> str:
@@ -216,6 +243,55 @@ class ProvisioningStore(SqlStore):
             rows = conn.execute(select(t.c.alias_username, t.c.alias_domain, t.c.username, t.c.domain)
                                 .order_by(t.c.alias_domain, t.c.alias_username)).all()
         return [AliasEntry(*r) for r in rows]
+
+    # -- authentication lockouts ----------------------------------------------------------
+    def lockout_version(self) -> int:
+        """The lockouts' own change counter (0 before the first lock)."""
+        log = lockout_log_table
+        with self._read() as conn:
+            return int(conn.execute(select(log.c.version).where(log.c.id == 1)).scalar() or 0)
+
+    def lockouts(self, now: float) -> list[LockoutEntry]:
+        """Locks in force at ``now`` (epoch seconds), longest first."""
+        t = lockout_table
+        with self._read() as conn:
+            rows = conn.execute(select(t.c.key, t.c.until, t.c.failures).where(t.c.until > now)
+                                .order_by(t.c.until.desc())).all()
+        return [LockoutEntry(r.key, float(r.until), int(r.failures)) for r in rows]
+
+    def add_lockouts(self, locks: Iterable[tuple[str, float, int]], now: float) -> None:
+        """Record locks (key, until, failures); expired rows go, and at most
+        MAX_SHARED_LOCKOUTS stay however many sources an attacker rotates through."""
+        t = lockout_table
+        with self._lockout_write() as conn:
+            for key, until, failures in locks:
+                conn.execute(delete(t).where(t.c.key == key))
+                conn.execute(insert(t).values(key=key[:330], until=until, failures=failures,
+                                              locked_at=utcnow()))
+            conn.execute(delete(t).where(t.c.until <= now))
+            excess = _count(conn, t, t.c.until > now) - MAX_SHARED_LOCKOUTS
+            if excess > 0:
+                oldest = select(t.c.key).order_by(t.c.until).limit(excess).scalar_subquery()
+                conn.execute(delete(t).where(t.c.key.in_(oldest)))
+
+    def unlock(self, key: str) -> bool:
+        """End a lock now (every worker drops it at its next reload); False if none."""
+        t = lockout_table
+        with self._lockout_write() as conn:
+            return bool(conn.execute(delete(t).where(t.c.key == key)).rowcount)
+
+    @contextmanager
+    def _lockout_write(self) -> Iterator[Connection]:
+        """A change of the lockouts, counted in their own log (not the provisioning one)."""
+        log = lockout_log_table
+        with self._guard(), self._engine.connect() as raw:
+            conn = raw.execution_options(sqlite_write=True)
+            with conn.begin():
+                yield conn
+                bumped = conn.execute(update(log).where(log.c.id == 1)
+                                      .values(version=log.c.version + 1, changed_at=utcnow()))
+                if not bumped.rowcount:
+                    conn.execute(insert(log).values(id=1, version=1, changed_at=utcnow()))
 
     # -- the proxy's view ---------------------------------------------------------------
     def snapshot(self) -> ProvisioningSnapshot:

@@ -143,10 +143,8 @@ class Worker:
                               prober=self.prober)
         authenticator = None
         if cfg.auth.enabled:
-            authenticator = DigestAuthenticator(load_secret(self.data_dir, cfg.auth.secret),
-                                                nonce_ttl=cfg.auth.nonce_ttl_seconds,
-                                                worker=self.index,
-                                                algorithms=tuple(cfg.auth.algorithms))
+            authenticator = DigestAuthenticator.from_settings(
+                load_secret(self.data_dir, cfg.auth.secret), cfg.auth, worker=self.index)
 
         shared = self.workers > 1
         if self.udp_fd is not None:     # shared with the other workers (see supervisor)

@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, cast
 
 from ..contract import credit
 from ..contract import events as ev
-from ..core.digest import find_credentials
+from ..core.digest import find_credentials, parse_digest
+from ..core.domains import MYSELF, normalise_host, served_domain
 from ..core.forwarding import ProxyCall
 from ..core.location import LocationError
+from ..core.lockout import user_key
 from ..core.nat import behind_nat
 from ..core.ports import Target
 from ..core.resolver import Pending
@@ -33,9 +35,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO, PRACK, MESSAGE, SUBSCRIBE, NOTIFY, REFER"
 RECORD_ROUTED = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
-_FAILURE_REASONS = {"wrong-password": "Forbidden (wrong password)",
-                    "unknown-user": "Forbidden (unknown user)",
-                    "replay": "Forbidden (replayed credentials)"}
+# unknown user and wrong password get the same answer: no user enumeration
+WRONG_CREDENTIALS_REASON = "Forbidden"
+LOCKED_REASON = "Forbidden (too many failures, try later)"
+OFFNET_REASON = "Forbidden (relaying needs authentication)"
+_FAILURE_REASONS = {"replay": "Forbidden (replayed credentials)"}
 
 FailureHandler = Callable[["RequestContext", SipMessage], None]
 
@@ -82,6 +86,11 @@ class RequestContext:
         self.vars: dict = {}                  # free for the script ($avp / $var)
         self.credit_check = False             # relay waits for the authorization answer
         self.authorized = False
+        self.target_kind: str | None = None   # where self.targets came from: location, gateway, static
+        # A custom script may set this to relay off-net (gateways, static route, other domains,
+        # pre-routed requests) for callers that are neither authenticated nor trusted. It
+        # reopens toll fraud: the default script never sets it.
+        self.allow_unauthenticated_offnet = False
 
     # -- facts ------------------------------------------------------------------
     @property
@@ -109,28 +118,37 @@ class RequestContext:
         live = self.core.routing_data
         return live.snapshot if live is not None else None
 
-    def local_domains(self) -> set[str]:
-        domains = set(self.core.settings.domains)
-        if self.provisioning is not None:
-            domains |= set(self.provisioning.domains)
-        return domains
+    def local_domains(self) -> frozenset[str]:
+        snapshot = self.provisioning
+        provisioned = frozenset(snapshot.domains) if snapshot is not None else frozenset()
+        configured = self.core.settings.domains
+        if not configured:
+            return provisioned                # the snapshot's own set: no copy per question
+        return provisioned | {normalise_host(d) for d in configured}
 
     def served_domain(self, uri: SipUri) -> str | None:
-        """The served domain a URI names (our own address counts as the only
-        served domain when there is exactly one), or None: `uri == myself`."""
-        host = uri.host.lower()
-        domains = self.local_domains()
-        if host in domains:
-            return host
-        if self.core.node.is_me(host, uri.port):
-            return sorted(domains)[0] if len(domains) == 1 else host
-        return None
+        """The served domain a URI names, in its one canonical spelling (case and
+        trailing dot normalised; our own address counts as the only served
+        domain when there is exactly one, else as ``MYSELF``), or None:
+        `uri == myself` (proxy/core/domains.py)."""
+        return served_domain(uri.host, uri.port, self.local_domains(), self.core.node)
+
+    def from_domain(self) -> str | None:
+        """The served domain the From names, or None when the caller claims to be foreign."""
+        domain = self.served_domain(self.from_uri)
+        return None if domain == MYSELF else domain
 
     def is_from_local(self) -> bool:
-        return self.from_uri.host.lower() in self.local_domains()
+        return self.from_domain() is not None
 
     def is_to_local(self) -> bool:
         return self.served_domain(self.ruri) is not None
+
+    def may_leave(self) -> bool:
+        """May this request go off-net (a gateway, the static route, another
+        domain, a pre-set Route)?  Only for an authenticated local subscriber or
+        a trusted source, whatever its From says."""
+        return self.account is not None or self.is_trusted() or self.allow_unauthenticated_offnet
 
     def is_trusted(self) -> bool:
         """Permissions: the source is a trusted peer (gateway, SBC), never challenged."""
@@ -143,27 +161,45 @@ class RequestContext:
     def authenticate(self, realm: str | None = None) -> bool:
         """www_authorize / proxy_authorize: True when the request carries valid
         credentials of the From user (To user for REGISTER); otherwise the
-        challenge (401/407) or the refusal (403) has been sent."""
+        challenge (401/407) or the refusal (403) has been sent.
+
+        Unknown user and wrong password get the same 403; a source (or a user)
+        with too many failures is refused before any password is checked
+        (proxy/core/lockout.py), and credentials with a nonce we did not issue
+        get a fresh challenge, never a verdict."""
         core = self.core
-        if core.authenticator is None:
+        auth = core.authenticator
+        if auth is None:
             return True
         register = self.method == "REGISTER"
         user_uri = self.to_uri if register else self.from_uri
-        realm = realm or user_uri.host.lower()
+        realm = realm or self._realm_for(user_uri, register)
         header, code, challenge = ("authorization", 401, "www-authenticate") if register \
             else ("proxy-authorization", 407, "proxy-authenticate")
-        # Nonce times stay on the host's own clock (time.time, not proxy.infra.clock):
-        # they are only compared with times this node put into its own nonces, never
-        # shown or stored, so a shifted business clock must not age them.
+        # Nonce and lockout times stay on the host's own clock (time.time, not
+        # proxy.infra.clock): they are only compared with times this node made,
+        # never billed, so a shifted business clock must not age them.
         now = time.time()
+        lockout = self._lockout()
         value = find_credentials(self.request, header, realm)
+        params = parse_digest(value) if value is not None else None
+        guessed = user_key(params["username"], realm) if params and params.get("username") else None
+        if lockout.locked(self.source.host, guessed, now):
+            self.reply(403, LOCKED_REASON)
+            return False
         if value is None:
             self._challenge(code, challenge, realm, now, stale=False)
             return False
-        result = core.authenticator.verify(self.method, value, realm, self.provisioning.credentials,
-                                           now, request_uri=self.request.uri)
-        if result.stale:
-            self._challenge(code, challenge, realm, now, stale=True)
+        result = auth.verify(self.method, value, realm, self.provisioning.credentials, now,
+                             request_uri=self.request.uri,
+                             algorithms=auth.policy.offered(realm, self.request.get("user-agent")))
+        if result.rechallenge:
+            self._challenge(code, challenge, realm, now, stale=result.stale)
+            return False
+        if result.wrong_credentials:
+            lockout.failure(self.source.host, guessed, now)
+            self._share_lockouts()
+            self.reply(403, WRONG_CREDENTIALS_REASON)
             return False
         if not result.ok:
             self.reply(403, _FAILURE_REASONS.get(result.reason, f"Forbidden ({result.reason})"))
@@ -171,23 +207,52 @@ class RequestContext:
         if result.username != user_uri.user:
             self.reply(403, "Forbidden (From/authentication user mismatch)")
             return False
+        lockout.success(self.source.host, user_key(result.username, realm))
         # credentials for our realm stop here (RFC 3261 §22.3)
         self.request.headers = [h for h in self.request.headers if not (h[0] == header and h[2] is value)]
         self.account = f"{result.username}@{realm}"
         return True
 
+    def _realm_for(self, user_uri: SipUri, register: bool) -> str:
+        """The served domain the user claims (normalised); for REGISTER the
+        Request-URI's when the To is not one; else the host as written."""
+        domain = self.served_domain(user_uri)
+        if (domain is None or domain == MYSELF) and register:
+            domain = self.served_domain(self.ruri)
+        return domain if domain is not None and domain != MYSELF else normalise_host(user_uri.host)
+
     def _challenge(self, code: int, header: str, realm: str, now: float, *, stale: bool) -> None:
-        values = self.core.authenticator.challenge(realm, now, stale=stale)
+        auth = self.core.authenticator
+        values = auth.challenge(realm, now, stale=stale,
+                                algorithms=auth.policy.offered(realm, self.request.get("user-agent")))
         self.replied = True
         self.core.reply(self.server, self.request, code, None, headers=[(header, v) for v in values])
+
+    def _lockout(self):
+        """This worker's lockout table, with the locks other workers and the CLI shared merged in."""
+        lockout = self.core.authenticator.lockout
+        live = self.core.provisioning
+        version = getattr(live, "lockouts_version", None)
+        if version is not None and version != lockout.synced_version:
+            lockout.sync(live.lockouts, version)
+        return lockout
+
+    def _share_lockouts(self) -> None:
+        new = self.core.authenticator.lockout.take_new_locks()
+        share = getattr(self.core.provisioning, "share_lockouts", None)
+        if new and share is not None:
+            share(new)                        # written by the worker's housekeeping, not here
 
     # -- registrar and location --------------------------------------------------------
     def save_location(self) -> None:
         """save("location"): apply the REGISTER and answer it."""
         core = self.core
         to = self.to_uri
-        domain = to.host.lower() if to.host.lower() in self.local_domains() else self.served_domain(self.ruri)
-        subscriber = self.provisioning.resolve(to.user, domain) if to.user and domain else None
+        domain = self.served_domain(to)
+        if domain is None or domain == MYSELF:
+            domain = self.served_domain(self.ruri)
+        subscriber = (self.provisioning.resolve(to.user, domain)
+                      if to.user and domain is not None and domain != MYSELF else None)
         if subscriber is None or core.registrar is None:
             self.reply(404, "Not Found")
             return
@@ -203,7 +268,7 @@ class RequestContext:
         """The local subscriber a URI reaches (aliases followed), or None."""
         uri = uri or self.ruri
         domain = self.served_domain(uri)
-        if domain is None or uri.user is None or self.provisioning is None:
+        if domain is None or domain == MYSELF or uri.user is None or self.provisioning is None:
             return None
         return self.provisioning.resolve(uri.user, domain)
 
@@ -231,6 +296,7 @@ class RequestContext:
         if not targets:
             return -2
         self.targets = targets
+        self.target_kind = "location"
         return 1
 
     # -- request URI -------------------------------------------------------------------------
@@ -238,6 +304,7 @@ class RequestContext:
         parse_uri(uri)                        # refuse garbage early
         self.request.uri = uri
         self.targets = []
+        self.target_kind = None
 
     def set_ruri_user(self, user: str) -> None:
         uri = self.ruri
@@ -301,6 +368,7 @@ class RequestContext:
             target = self.core.resolve(route.uri)
             if target is not None:
                 self.targets = [(route.uri, target)]
+                self.target_kind = "gateway"
                 self.gateway = route.gateway.name
                 return True
         return False
@@ -312,6 +380,7 @@ class RequestContext:
         if target is None:
             return False
         self.targets = [(self.request.uri or "", target)]
+        self.target_kind = "static"
         return True
 
     # -- forwarding (avpops-style preferences) -----------------------------------------------------
@@ -380,10 +449,18 @@ class RequestContext:
 
     def relay(self, *, cause: str | None = None) -> bool:
         """t_relay: forward to the targets (or the R-URI); in a failure handler,
-        a new serial branch of the same call (failover / forward)."""
+        a new serial branch of the same call (failover / forward).
+
+        Safety net against toll fraud, whatever the script did: anything but
+        the registered contacts of local subscribers (``lookup``) is off-net,
+        and goes out only when ``may_leave()``; otherwise 403 and False."""
         if cause is not None and cause not in ev.LEG_CAUSES:
             # a routing script's typo: refused before any call state exists, never on the wire
             raise ValueError(f"relay(cause={cause!r}): must be one of {', '.join(ev.LEG_CAUSES)}")
+        onnet = bool(self.targets) and self.target_kind == "location"
+        if not onnet and not self.may_leave():
+            self.reply(403, OFFNET_REASON)
+            return False
         if self.credit_check and not self.authorized:
             self._ask_credit_control(cause)
             return True

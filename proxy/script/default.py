@@ -6,6 +6,14 @@ users — plus PSTN gateways with failover, blacklists, dialplan and group
 permissions (chapter 7) and call forwarding (chapter 8).  Copy it, change it
 and point `[proxy] routing_script` at your copy: every verb is a method of
 `ctx` (proxy/script/context.py).
+
+The toll-fraud rule, as in the book's scripts: a request leaves the network
+(a PSTN gateway, the static route, another domain, a pre-set Route) only for
+an authenticated local subscriber or a trusted source, whatever its From says
+(``leave``).  Callers from other domains may still reach local subscribers
+unauthenticated (normal SIP peering), never anything beyond them.  ``relay()``
+checks the same rule again, so an edited copy of this script cannot open the
+hole by forgetting it (docs/auth.md).
 """
 from __future__ import annotations
 
@@ -23,18 +31,16 @@ def route(ctx):
             return
         return ctx.save_location()
 
-    trusted = ctx.is_trusted()
-    if ctx.is_from_local() and not trusted and ctx.method in CHALLENGED:
+    # our subscribers prove who they are (From in any spelling of a served domain)
+    if ctx.is_from_local() and not ctx.is_trusted() and ctx.method in CHALLENGED:
         if not ctx.authenticate():
             return
-    elif not ctx.is_to_local() and not trusted:
-        return ctx.reply(403, "Relaying Forbidden")
 
     if ctx.method == "OPTIONS" and ctx.is_to_local() and ctx.ruri.user is None:
         return ctx.options_reply()
     ctx.authorize_credit()                     # prepaid accounts: relay asks credit control first
     if ctx.request.has("route") or not ctx.is_to_local():
-        return ctx.relay()                     # pre-routed, or a foreign domain
+        return leave(ctx)                      # pre-routed, or a foreign domain
 
     ctx.dialplan(NORMALISE_DIALPLAN)
     entry = ctx.blacklisted()
@@ -44,6 +50,13 @@ def route(ctx):
     if subscriber is not None:
         return to_local_user(ctx, subscriber)
     return to_pstn(ctx)
+
+
+def leave(ctx):
+    """Relay off-net: only for an authenticated subscriber or a trusted source."""
+    if not ctx.may_leave():
+        return ctx.reply(403, "Forbidden (relaying needs authentication)")
+    return ctx.relay()
 
 
 def to_local_user(ctx, subscriber):
@@ -85,10 +98,12 @@ def forward(ctx, target, reason):
         return to_local_user(ctx, subscriber)
     if ctx.is_to_local():
         return to_pstn(ctx)
-    return ctx.relay()                          # a media server or another domain
+    return leave(ctx)                           # a media server or another domain
 
 
 def to_pstn(ctx):
+    if not ctx.may_leave():                     # an unknown number of ours is the PSTN: never for strangers
+        return ctx.reply(403, "Forbidden (relaying needs authentication)")
     allowed, group = ctx.destination_allowed()
     if not allowed:
         return ctx.reply(403, f"Forbidden (destination needs group {group})")

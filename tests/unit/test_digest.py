@@ -93,7 +93,8 @@ def answer(challenge, *, user="alice", password="s3cret", method="REGISTER", uri
 
 @pytest.fixture
 def auth():
-    return DigestAuthenticator(SECRET, nonce_ttl=300.0, worker=1)
+    # both algorithms offered: an explicit choice (the default is one MD5 challenge)
+    return DigestAuthenticator(SECRET, nonce_ttl=300.0, worker=1, algorithms=("SHA-256", "MD5"))
 
 
 # -- challenges -----------------------------------------------------------------------
@@ -105,6 +106,21 @@ def test_challenge_offers_each_algorithm_in_preference_order(auth):
         params = parse_digest(v)
         assert params["realm"] == REALM and params["qop"] == "auth" and "stale" not in params
     assert parse_digest(values[0])["nonce"] != parse_digest(values[1])["nonce"]
+
+
+def test_default_is_one_md5_challenge():
+    """baresip 1.0 fails on a second (SHA-256) challenge: one MD5 challenge unless configured."""
+    values = DigestAuthenticator(SECRET).challenge(REALM, T0)
+    assert [parse_digest(v)["algorithm"] for v in values] == ["MD5"]
+
+
+def test_challenge_algorithms_chosen_per_request(auth):
+    values = auth.challenge(REALM, T0, algorithms=("MD5",))
+    assert [parse_digest(v)["algorithm"] for v in values] == ["MD5"]
+    sha = pick(auth.challenge(REALM, T0), "SHA-256")
+    # a response with an algorithm this request's challenge did not offer is refused
+    assert auth.verify("REGISTER", answer(sha), REALM, lookup_for(plaintext()), T0,
+                       algorithms=("MD5",)).reason == "bad-algorithm"
 
 
 def test_challenge_stale_flag_and_realm_quoting(auth):
@@ -266,14 +282,36 @@ def test_nonce_from_an_earlier_run_of_the_same_worker_is_stale(auth):
     assert auth.verify("REGISTER", answer(challenge), REALM, lookup_for(plaintext()), T0).reason == "stale"
 
 
-def test_forged_or_foreign_secret_nonce_is_stale_only_with_right_password(auth):
+def test_forged_or_foreign_secret_nonce_gets_a_fresh_challenge_never_a_verdict(auth):
+    """A made-up nonce must not buy a password verdict: the guesser needs our challenge."""
     lookup = lookup_for(plaintext())
     forged = {"nonce": base64.urlsafe_b64encode(b"x" * 38).decode().rstrip("="),
               "realm": REALM, "algorithm": "MD5"}
-    assert auth.verify("REGISTER", answer(forged), REALM, lookup, T0).reason == "stale"
-    assert auth.verify("REGISTER", answer(forged, password="guess"), REALM, lookup, T0).reason == "wrong-password"
+    for password in ("s3cret", "guess"):
+        result = auth.verify("REGISTER", answer(forged, password=password), REALM, lookup, T0)
+        assert (result.ok, result.reason, result.rechallenge, result.stale) == (False, "foreign-nonce", True, False)
+        assert not result.wrong_credentials
     garbage = dict(forged, nonce="not base64 at all!")
-    assert auth.verify("REGISTER", answer(garbage), REALM, lookup, T0).reason == "stale"
+    assert auth.verify("REGISTER", answer(garbage), REALM, lookup, T0).reason == "foreign-nonce"
+    other_secret = DigestAuthenticator(b"another secret", worker=1)
+    theirs = pick(other_secret.challenge(REALM, T0), "MD5")
+    assert auth.verify("REGISTER", answer(theirs, password="guess"), REALM, lookup, T0).reason == "foreign-nonce"
+
+
+def test_unknown_user_costs_the_same_hashing_and_is_a_wrong_credential(auth, monkeypatch):
+    import proxy.core.digest as digest
+    calls = []
+    real = digest._hash
+    monkeypatch.setattr(digest, "_hash", lambda algorithm, text: calls.append(algorithm) or real(algorithm, text))
+    lookup = lookup_for(plaintext())
+    challenge = pick(auth.challenge(REALM, T0), "MD5")
+    calls.clear()
+    wrong = auth.verify("REGISTER", answer(challenge, password="guess"), REALM, lookup, T0)
+    work_wrong, calls[:] = len(calls), []
+    unknown = auth.verify("REGISTER", answer(challenge, user="mallory", password="guess"), REALM, lookup, T0)
+    assert (wrong.reason, unknown.reason) == ("wrong-password", "unknown-user")
+    assert wrong.wrong_credentials and unknown.wrong_credentials
+    assert len(calls) == work_wrong > 0
 
 
 def test_nonce_from_the_future_is_stale(auth):

@@ -87,12 +87,14 @@ Content-Length: 0
 
 
 def test_unknown_and_unregistered_users(rig):
+    # auth is off: nobody is an authenticated subscriber, and a number that is no
+    # subscriber of ours would go to the PSTN, so it is refused (no toll fraud)
     out = rig.receive(invite(to="carol"), ALICE)
-    assert [m.status for m, _ in out] == [100, 404]
+    assert [m.status for m, _ in out] == [100, 403]
     out = rig.receive(invite(call_id="call-2", branch="z9hG4bKinv2"), ALICE)
     assert [m.status for m, _ in out] == [100, 480]
     failed = [e for e in rig.effects.events if e.__class__.__name__ == "CallFailed"]
-    assert [(f.code, f.by_proxy) for f in failed] == [(404, True), (480, True)]
+    assert [(f.code, f.by_proxy) for f in failed] == [(403, True), (480, True)]
 
 
 def test_busy_ack_is_hop_by_hop(rig):
