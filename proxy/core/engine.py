@@ -41,6 +41,8 @@ from .txdriver import TxDriver
 
 log = logging.getLogger("sipledger.proxy")
 
+SESSION_STARTING = frozenset({"INVITE"})     # in-dialog methods that need a known dialog
+
 USER_AGENT = "sipledger"
 
 
@@ -97,6 +99,13 @@ class Core:
                 self._trusted_cache.clear()
             self._trusted_cache[ip] = known
         return known
+
+    def source_trusted(self, source: Target) -> bool:
+        """A trusted peer (gateway, SBC): `[proxy] trusted_sources` or the permissions table."""
+        if self.is_trusted(source.host):
+            return True
+        live = self.routing_data
+        return bool(live is not None and live.snapshot.is_trusted(source.host, source.transport))
 
     def resolve(self, uri: str) -> Target | Pending | None:
         """Next hop of a URI (RFC 3263, proxy/core/resolver.py): a Target when known,
@@ -402,6 +411,13 @@ class Engine:
             core.reply(server, req, 404, "Not Here")   # not routed through us
             return
         dialog, by = core.dialogs.on_request(req)
+        if dialog is None and req.method in SESSION_STARTING and not core.source_trusted(source):
+            # A To-tag and our own Route make any INVITE look like a re-INVITE: only a
+            # dialog this worker holds may be re-INVITEd, else it would reach a gateway
+            # unauthenticated (toll fraud).  Other in-dialog methods (BYE, NOTIFY, PRACK
+            # of early dialogs, subscriptions we do not track) start nothing billable.
+            core.reply(server, req, 481, "Call/Transaction Does Not Exist")
+            return
         uri, hop = core.next_hop(req)
         pinned = core._dialog_target(dialog, uri) if dialog is not None and not req.has("route") else None
         if pinned is not None:

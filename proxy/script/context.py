@@ -152,10 +152,7 @@ class RequestContext:
 
     def is_trusted(self) -> bool:
         """Permissions: the source is a trusted peer (gateway, SBC), never challenged."""
-        if self.core.is_trusted(self.source.host):
-            return True
-        data = self.routing_data
-        return bool(data is not None and data.is_trusted(self.source.host, self.source.transport))
+        return self.core.source_trusted(self.source)
 
     # -- authentication --------------------------------------------------------------
     def authenticate(self, realm: str | None = None) -> bool:
