@@ -270,12 +270,22 @@ class Baresip:
                           timeout, interval=0.02)
 
     def wait_registered(self, timeout: float = 10.0) -> str:
-        """Until ``reginfo`` shows the account registered (200 OK from the registrar)."""
+        """Until ``reginfo`` shows the account registered (200 OK from the
+        registrar); on failure, says what baresip logged about registering."""
+        last = [""]
+
         def registered() -> str | None:
-            text = _ANSI.sub("", self.command("reginfo"))
-            return text if re.search(r"\bOK\b", text) else None
-        return eventually(registered, f"{self.aor} to register at {self.registrar}", timeout,
-                          interval=0.1)
+            last[0] = _ANSI.sub("", self.command("reginfo"))
+            return last[0] if re.search(r"\bOK\b", last[0]) else None
+
+        found = eventually(registered, timeout=timeout, interval=0.1, fail=False)
+        if not found:
+            logged = [line for line in _ANSI.sub("", self.log_text()).splitlines()
+                      if line.startswith(("reg:", f"{self.user}@"))]
+            raise AssertionError(f"{self.aor} did not register at {self.registrar} within "
+                                 f"{timeout:g}s; reginfo: {last[0].strip()!r}; baresip logged: "
+                                 f"{logged[-5:]}")
+        return found
 
     # -- what it logged ----------------------------------------------------------------
     def log_text(self) -> str:

@@ -12,15 +12,13 @@ import shutil
 import httpx
 import pytest
 
+from tests.e2e.conftest import sipp_dir, uas_factory  # noqa: F401  (SIPp callees, stopped by PID)
 from tests.harness.baresip import Baresip, baresip_available
 from tests.harness.calls import DOMAIN, PASSWORDS
 from tests.harness.kamailio import KamailioProxy, kamailio_available
 from tests.harness.proxy import SipledgerProcess
-from tests.e2e.conftest import sipp_dir, uas_factory  # noqa: F401  (SIPp callees, stopped by PID)
 from tests.harness.sipp import free_udp_port, sipp_available
 
-import os
-DEVCFG = '[auth]\nalgorithms = ["MD5"]\n' if os.environ.get("DEVMD5") else None
 REQUIRED = {"baresip (Debian baresip-core)": baresip_available,
             "sipsak (Debian sipsak)": lambda: shutil.which("sipsak") is not None,
             "kamailio (Debian kamailio)": kamailio_available,
@@ -44,7 +42,7 @@ def interop_tools():
 def sl(tmp_path_factory):
     """`sipledger up` with no config file at all (the defaults), example.test with
     alice, bob and carol, and an admin API client (``sl.client``)."""
-    sl = SipledgerProcess(tmp_path_factory.mktemp("interop-sipledger") / "data", free_udp_port(), config_text=DEVCFG)
+    sl = SipledgerProcess(tmp_path_factory.mktemp("interop-sipledger") / "data", free_udp_port())
     try:
         sl.domain_add(DOMAIN)
         for user, password in PASSWORDS.items():
