@@ -25,12 +25,6 @@ REQUIRED = {"baresip (Debian baresip-core)": baresip_available,
             "sipp (Debian sip-tester)": sipp_available}
 
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if "tests/interop/" in item.nodeid.replace("\\", "/"):
-            item.add_marker(pytest.mark.interop)
-
-
 @pytest.fixture(scope="package", autouse=True)
 def interop_tools():
     missing = [name for name, available in REQUIRED.items() if not available()]
