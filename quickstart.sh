@@ -4,7 +4,7 @@
 #   ./quickstart.sh test   install what is missing, then run the whole test suite, and
 #                          the date-sensitive tests (marker `clock`) again a year ahead
 # Installs: Debian packages (SIPp, FreeRADIUS and a ClickHouse server for the
-# tests, Kamailio for the speed anchor), a virtualenv at .venv in this
+# tests, baresip, sipsak and Kamailio for the interop suite, Kamailio for the speed anchor), a virtualenv at .venv in this
 # checkout, and the project into it.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -14,6 +14,8 @@ MODE="${1:-up}"; shift || true
 need_apt=()
 command -v sipp >/dev/null 2>&1 || need_apt+=(sip-tester)
 command -v kamailio >/dev/null 2>&1 || need_apt+=(kamailio)
+command -v baresip >/dev/null 2>&1 || need_apt+=(baresip-core)
+command -v sipsak >/dev/null 2>&1 || need_apt+=(sipsak)
 command -v freeradius >/dev/null 2>&1 || [ -x /usr/sbin/freeradius ] || need_apt+=(freeradius)
 command -v clickhouse-server >/dev/null 2>&1 || [ -x /usr/sbin/clickhouse-server ] || need_apt+=(clickhouse-server)
 command -v pidstat >/dev/null 2>&1 || need_apt+=(sysstat)
