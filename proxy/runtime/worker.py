@@ -32,6 +32,7 @@ from ..routing.store import RoutingStore
 from ..script.loader import load_script
 from ..script.runner import ScriptRouting
 from .authorization import AuthorizationClient
+from .floodguard import FloodGuard
 from .handoff import Handoff
 from .loaded import LoadedState
 from .transport import TcpPool, UdpEndpoint, inherited_socket, tcp_socket, udp_socket
@@ -139,6 +140,7 @@ class Worker:
                                                 worker=self.index,
                                                 algorithms=tuple(cfg.auth.algorithms))
 
+        self.guard = FloodGuard(cfg, self.data_dir / RUN_DIR, self.index)   # pike + load shedder
         shared = self.workers > 1
         if self.udp_fd is not None:     # shared with the other workers (see supervisor)
             public_sock = inherited_socket(self.udp_fd)
@@ -157,7 +159,7 @@ class Worker:
         ports = {"udp": own_udp.local_port}
         tcp = None
         if px.tcp:
-            tcp = TcpPool(loop, self._deliver)
+            tcp = TcpPool(loop, self._deliver, cfg.tcp, exempt=self.guard.trusted)
             public_tcp = (inherited_socket(self.tcp_fd) if self.tcp_fd is not None
                           else tcp_socket(px.listen, px.sip_port))
             await tcp.listen(public_tcp)
@@ -171,6 +173,7 @@ class Worker:
         host = px.advertised_host or px.listen
         node = LocalNode(host, ports, px.sip_port, aliases=(px.listen,))
         self.effects = RuntimeEffects(loop, self.outbox, own_udp, udp, tcp, self._schedule_flush)
+        self.guard.start(loop, self.effects.send)
         self.authorization: AuthorizationClient | None = None
         if cfg.authorization.enabled:
             self.authorization = AuthorizationClient(cfg.authorization, self.data_dir)
@@ -204,6 +207,7 @@ class Worker:
         await self.stopping.wait()
 
         housekeeping.cancel()
+        self.guard.close()
         self.loaded.remove()
         if self.handoff is not None:
             self.handoff.close(loop)
@@ -219,9 +223,13 @@ class Worker:
         self.outbox.close()
 
     def _deliver(self, data: bytes, source: Target) -> None:
-        self.engine.on_data(data, source)
+        if self.guard.admit(data, source):
+            self.engine.on_data(data, source)
 
     def _deliver_public(self, data: bytes, source: Target) -> None:
+        # handed-over datagrams were admitted by the sibling that read them
+        if not self.guard.admit(data, source):
+            return
         if self.handoff is None or not self.handoff.route(data, source.host, source.port):
             self.engine.on_data(data, source)
 

@@ -1,0 +1,76 @@
+"""The global load shedder: refuse new work while the worker is behind.
+
+Sans-I/O: the edge measures how far behind the worker is (event-loop lag, see
+proxy/runtime/floodguard.py) and feeds it to ``observe``; ``admit`` looks at
+the raw bytes of one message and says whether it may go on.
+
+While shedding, only *initial* requests are refused — requests that would
+start something new (INVITE, REGISTER, OPTIONS, SUBSCRIBE, MESSAGE ... with no
+To tag).  Responses, ACKs, CANCELs and in-dialog requests (To tag present)
+still pass, so calls in progress finish and the work already accepted drains.
+Hysteresis (shed above ``max_lag``, resume below ``resume_lag``) keeps it from
+flapping at the threshold.
+"""
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+__all__ = ["Kind", "LoadShedder", "classify"]
+
+
+class Kind(Enum):
+    RESPONSE = "response"
+    INITIAL = "initial"          # a new request: refusable
+    CONTINUING = "continuing"    # ACK, CANCEL, in-dialog request: part of work already accepted
+
+
+_NEVER_INITIAL = frozenset((b"ACK", b"CANCEL"))
+# a To header (long or compact form) carrying a tag parameter, at a line start
+_TO_TAG = re.compile(rb"\n[ \t]*(?:to|t)[ \t]*:[^\r\n]*;[ \t]*tag[ \t]*=", re.IGNORECASE)
+
+
+def classify(data: bytes) -> Kind:
+    """What kind of message ``data`` is, from its first bytes and To header only (no parse)."""
+    if data.startswith(b"SIP/2.0 "):
+        return Kind.RESPONSE
+    method = data[:data.find(b" ")]
+    if method in _NEVER_INITIAL:
+        return Kind.CONTINUING
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[:end]
+    return Kind.CONTINUING if _TO_TAG.search(head) else Kind.INITIAL
+
+
+class LoadShedder:
+    def __init__(self, max_lag: float = 0.2, resume_lag: float = 0.05) -> None:
+        if not 0 <= resume_lag <= max_lag:
+            raise ValueError("needs 0 <= resume_lag <= max_lag")
+        self.max_lag = max_lag
+        self.resume_lag = resume_lag
+        self.shedding = False
+        self.lag = 0.0               # the last lag observed, seconds
+        self.shed = 0                # requests refused (exported as metrics later)
+        self.episodes = 0            # times shedding started
+
+    def observe(self, lag: float) -> bool:
+        """Record a lag measurement; True when shedding started or stopped."""
+        self.lag = lag
+        if not self.shedding and lag > self.max_lag:
+            self.shedding = True
+            self.episodes += 1
+            return True
+        if self.shedding and lag < self.resume_lag:
+            self.shedding = False
+            return True
+        return False
+
+    def admit(self, data: bytes) -> bool:
+        if not self.shedding or classify(data) is not Kind.INITIAL:
+            return True
+        self.shed += 1
+        return False
+
+    def counters(self) -> dict[str, int]:
+        return {"shed": self.shed, "episodes": self.episodes, "shedding": int(self.shedding),
+                "lag_ms": int(self.lag * 1000)}
