@@ -150,10 +150,11 @@ class TcpConnection(asyncio.Protocol):
 
     def check_timers(self, now: float) -> None:
         limits = self.pool.limits
-        if self.message_since is not None and now - self.message_since > limits.message_timeout_seconds:
-            head = self.framer.head()
+        idle = now - self.last_rx > limits.idle_timeout_seconds
+        if self.message_since is not None and (idle or now - self.message_since > limits.message_timeout_seconds):
+            head = self.framer.head()       # a request whose body never came still gets its answer
             self.refuse(head, 400, "Incomplete message" if head else "message not completed in time")
-        elif now - self.last_rx > limits.idle_timeout_seconds:
+        elif idle:
             if self.transport is not None and not self.transport.is_closing():
                 log.debug("closing idle TCP %s", self.peer)
                 self.transport.close()
