@@ -39,24 +39,28 @@ FLOOD_SOURCE, CALLER_SOURCE, PROBE_SOURCE = "127.0.0.9", "127.0.0.2", "127.0.0.3
 
 SENDER = r"""
 import socket, sys, time
-host, port, src, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.bind((src, 0))
-lport = sock.getsockname()[1]
-template = (f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {src}:{lport};branch=z9hG4bKfl%d;rport\r\n"
-            f"From: <sip:flood@{src}>;tag=f%d\r\nTo: <sip:{host}:{port}>\r\n"
-            "Call-ID: flood-%d\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+senders = []
+for src in sys.argv[4:]:              # one socket per source address, used in turn
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((src, 0))
+    lport = sock.getsockname()[1]
+    template = (f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP {src}:{lport};branch=z9hG4bKfl%d;rport\r\n"
+                f"From: <sip:flood@{src}>;tag=f%d\r\nTo: <sip:{host}:{port}>\r\n"
+                "Call-ID: flood-%d\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+    senders.append((sock, template))
 addr = (host, port)
 sent = 0
 end = time.monotonic() + seconds
 while time.monotonic() < end:
-    for _ in range(500):
-        try:
-            sock.sendto(template % (sent, sent, sent), addr)
-        except OSError:
-            pass
-        sent += 1
+    for sock, template in senders:
+        for _ in range(500 // len(senders) + 1):
+            try:
+                sock.sendto(template % (sent, sent, sent), addr)
+            except OSError:
+                pass
+            sent += 1
 print(sent, flush=True)
 """
 
@@ -88,10 +92,16 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--probes", type=int, default=6)
+    parser.add_argument("--sources", type=int, default=1,
+                        help="flood from this many addresses (127.0.1.x ...) instead of one: "
+                             "each under the pike's density, for the load shedder")
+    parser.add_argument("--config", default="",
+                        help="TOML text added to the default configuration, e.g. '[overload]\\npolicy = \"drop\"'")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="flood-bench-"))
-    sl = SipledgerProcess(work / "data", free_udp_port())      # default configuration
+    config = args.config.replace("\\n", "\n") or None
+    sl = SipledgerProcess(work / "data", free_udp_port(), config_text=config)   # None: the defaults
     uas = SippUAS("uas_answer", calls=args.calls, timeout=args.seconds + 60, workdir=work / "sipp")
     sender = None
     try:
@@ -111,8 +121,10 @@ def main() -> int:
         before_probe = options(sl.sip_addr, PROBE_SOURCE)
 
         started = time.monotonic()
+        sources = ([FLOOD_SOURCE] if args.sources <= 1 else
+                   [f"127.{1 + i // 65536}.{i // 256 % 256}.{1 + i % 250}" for i in range(args.sources)])
         sender = subprocess.Popen([sys.executable, "-c", SENDER, sl.sip_addr[0], str(sl.sip_addr[1]),
-                                   FLOOD_SOURCE, str(args.seconds)], stdout=subprocess.PIPE, text=True)
+                                   str(args.seconds), *sources], stdout=subprocess.PIPE, text=True)
         calls_result: dict = {}
 
         def calls() -> None:
@@ -125,11 +137,12 @@ def main() -> int:
         time.sleep(1.0)                         # the flood is on before the first call
         caller = threading.Thread(target=calls)
         caller.start()
-        answered = 0
+        answers: list[str] = []
         for i in range(args.probes):
             when = started + 1.5 + i * (args.seconds - 3) / max(1, args.probes)
             time.sleep(max(0.0, when - time.monotonic()))
-            answered += options(sl.sip_addr, PROBE_SOURCE, timeout=2.0) is not None
+            answer = options(sl.sip_addr, PROBE_SOURCE, timeout=2.0)
+            answers.append(answer[8:11].decode() if answer else "none")
         out, _ = sender.communicate(timeout=args.seconds + 30)
         flood_secs = time.monotonic() - started
         sent = int(out.strip() or 0)
@@ -140,17 +153,18 @@ def main() -> int:
         pike_files = sorted((sl.data_dir / "run").glob("pike-worker-*.json"))
         pike = [json.loads(p.read_text()) for p in pike_files]
 
-        print(f"flood: {sent} OPTIONS from {FLOOD_SOURCE} in {flood_secs:.1f} s "
+        print(f"flood: {sent} OPTIONS from {FLOOD_SOURCE if args.sources <= 1 else f'{args.sources} sources'} in {flood_secs:.1f} s "
               f"({sent / max(flood_secs, 1e-9):,.0f}/s)")
         print(f"legitimate calls completed: {res.successful if res else 0}/{args.calls} "
               f"(failed {res.failed if res else '?'})")
-        print(f"OPTIONS from {PROBE_SOURCE} answered during the flood: {answered}/{args.probes} "
-              f"(before the flood: {'yes' if before_probe else 'no'})")
+        print(f"OPTIONS from {PROBE_SOURCE} answered 200 during the flood: {answers.count('200')}/{args.probes} "
+              f"(answers: {' '.join(answers)}; before the flood: {before_probe[8:11].decode() if before_probe else 'none'})")
         for pid in workers:
             print(f"worker {pid} RSS: {rss_before[pid]:.0f} MB before, {rss_after[pid]:.0f} MB after, "
                   f"peak {peak[pid]:.0f} MB")
         for state in pike:
-            print(f"pike worker {state.get('worker')}: blocked {[b['source'] for b in state['blocked']]}, "
+            print(f"pike worker {state.get('worker')}: {state.get('blocked_count')} blocked "
+                  f"{[b['source'] for b in state['blocked']][:5]}, "
                   f"counters {state.get('pike')}, overload {state.get('overload')}")
         if not pike_files:
             print("pike: no published state (code without the pike)")

@@ -1,15 +1,16 @@
 """The global load shedder: refuse new work while the worker is behind.
 
-Sans-I/O: the edge measures how far behind the worker is (event-loop lag, see
-proxy/runtime/floodguard.py) and feeds it to ``observe``; ``admit`` looks at
-the raw bytes of one message and says whether it may go on.
+Sans-I/O: the edge measures how far behind the worker is — event-loop lag and
+how full its UDP receive queues are, see proxy/runtime/floodguard.py — and
+feeds both to ``observe``; ``admit`` looks at the raw bytes of one message and
+says whether it may go on.
 
 While shedding, only *initial* requests are refused — requests that would
 start something new (INVITE, REGISTER, OPTIONS, SUBSCRIBE, MESSAGE ... with no
 To tag).  Responses, ACKs, CANCELs and in-dialog requests (To tag present)
 still pass, so calls in progress finish and the work already accepted drains.
-Hysteresis (shed above ``max_lag``, resume below ``resume_lag``) keeps it from
-flapping at the threshold.
+Behind is either measure over its limit; caught up is both under their resume
+levels.  That hysteresis keeps it from flapping at a threshold.
 """
 from __future__ import annotations
 
@@ -43,24 +44,32 @@ def classify(data: bytes) -> Kind:
 
 
 class LoadShedder:
-    def __init__(self, max_lag: float = 0.2, resume_lag: float = 0.05) -> None:
-        if not 0 <= resume_lag <= max_lag:
-            raise ValueError("needs 0 <= resume_lag <= max_lag")
+    def __init__(self, max_lag: float = 0.2, resume_lag: float = 0.05,
+                 max_fill: float = 0.3, resume_fill: float = 0.05) -> None:
+        if not (0 <= resume_lag <= max_lag and 0 <= resume_fill <= max_fill):
+            raise ValueError("needs 0 <= resume_lag <= max_lag and 0 <= resume_fill <= max_fill")
         self.max_lag = max_lag
         self.resume_lag = resume_lag
+        self.max_fill = max_fill
+        self.resume_fill = resume_fill
         self.shedding = False
         self.lag = 0.0               # the last lag observed, seconds
+        self.fill = 0.0              # the last receive-queue fill observed, 0..1
         self.shed = 0                # requests refused (exported as metrics later)
         self.episodes = 0            # times shedding started
 
-    def observe(self, lag: float) -> bool:
-        """Record a lag measurement; True when shedding started or stopped."""
+    def observe(self, lag: float, fill: float | None = None) -> bool:
+        """Record the event-loop lag (seconds) and, when measured, the receive
+        queue fill (0..1); True when shedding started or stopped."""
         self.lag = lag
-        if not self.shedding and lag > self.max_lag:
+        if fill is not None:
+            self.fill = fill
+        behind = lag > self.max_lag or self.fill > self.max_fill
+        if not self.shedding and behind:
             self.shedding = True
             self.episodes += 1
             return True
-        if self.shedding and lag < self.resume_lag:
+        if self.shedding and lag < self.resume_lag and self.fill < self.resume_fill:
             self.shedding = False
             return True
         return False
@@ -73,4 +82,4 @@ class LoadShedder:
 
     def counters(self) -> dict[str, int]:
         return {"shed": self.shed, "episodes": self.episodes, "shedding": int(self.shedding),
-                "lag_ms": int(self.lag * 1000)}
+                "lag_ms": int(self.lag * 1000), "queue_percent": int(self.fill * 100)}

@@ -158,6 +158,8 @@ class OverloadSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     enabled: bool = True
     max_lag_ms: int = 200                   # event-loop lag above which new requests are shed ...
     resume_lag_ms: int = 50                 # ... until it is back below this
+    max_queue_percent: int = 30             # a UDP receive queue fuller than this also sheds ...
+    resume_queue_percent: int = 5           # ... until every queue is below this
     sample_ms: int = 50                     # how often the lag is measured
     policy: Literal["503", "drop"] = "503"  # shed requests: 503 + Retry-After, or dropped
     retry_after_seconds: int = 5            # Retry-After of the 503
@@ -436,6 +438,9 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
         ("overload.max_lag_ms", c.overload.max_lag_ms >= 1, "must be >= 1"),
         ("overload.resume_lag_ms", 0 <= c.overload.resume_lag_ms <= c.overload.max_lag_ms,
          "must be 0..overload.max_lag_ms"),
+        ("overload.max_queue_percent", 1 <= c.overload.max_queue_percent <= 100, "must be 1..100"),
+        ("overload.resume_queue_percent", 0 <= c.overload.resume_queue_percent <= c.overload.max_queue_percent,
+         "must be 0..overload.max_queue_percent"),
         ("overload.sample_ms", 1 <= c.overload.sample_ms <= 10_000, "must be 1..10000"),
         ("overload.retry_after_seconds", 0 <= c.overload.retry_after_seconds <= 3600, "must be 0..3600"),
         ("api.port", _port(c.api.port), "must be 1..65535"),

@@ -11,13 +11,20 @@ a flood cannot starve the answers to our own requests.  Requests go through
    behind, new requests get 503 + Retry-After (or are dropped); responses,
    ACK, CANCEL and in-dialog requests still pass.
 
-Why event-loop lag: everything a worker does runs on its one loop, so how late
-a timer fires is the delay every message is seeing right now, whatever the
-cause (a flood, slow routing, a burst of calls).  Pending-datagram counts are
-invisible from asyncio, and transaction counts say nothing about cost.  A
-timer measures the lag every ``overload.sample_ms``; when the loop is so busy
-that the timer itself is overdue, ``admit`` sees that at once (the overdue time
-is the lag).
+What "behind" means — two measures, either one sheds:
+
+- event-loop lag: everything a worker does runs on its one loop, so how late
+  a timer fires is a delay every message sees (slow routing, a stuck call,
+  a burst).  A timer measures it every ``overload.sample_ms``; when the loop
+  is so busy the timer itself is overdue, ``admit`` sees that at once.
+- UDP receive-queue fill (SO_MEMINFO: bytes queued / buffer size): a datagram
+  flood does not delay timers — the loop reads one datagram per turn and stays
+  punctual — but the kernel queue fills, every datagram waits behind the
+  backlog and the overflow is dropped blindly, responses and BYEs included.
+  Measured on the bench: 4k requests/s handled while 50k/s arrived, event-loop
+  lag near zero, queue full.
+
+Transaction counts were not chosen: they say nothing about cost or delay.
 
 The blocked sources are written to DATA_DIR/run/pike-worker-<i>.json every
 ``pike.publish_seconds`` (atomically, at most ``MAX_LISTED`` sources) for
@@ -30,6 +37,8 @@ import ipaddress
 import json
 import logging
 import os
+import socket
+import struct
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -45,6 +54,7 @@ __all__ = ["FloodGuard", "address_matcher", "read_pike_states", "pike_state_path
 log = logging.getLogger("sipledger.flood")
 
 MAX_LISTED = 100
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)      # Linux >= 4.6; Python does not name it
 PREFIX = "pike-worker-"
 
 Send = Callable[[bytes, Target], bool]
@@ -89,7 +99,10 @@ class FloodGuard:
         self.trusted = address_matcher(config.proxy.trusted_sources)
         self.pike = (Pike(pk.sampling_seconds, pk.density, pk.block_seconds, pk.max_sources, self.trusted)
                      if pk.enabled else None)
-        self.shedder = LoadShedder(ov.max_lag_ms / 1000, ov.resume_lag_ms / 1000) if ov.enabled else None
+        self.shedder = (LoadShedder(ov.max_lag_ms / 1000, ov.resume_lag_ms / 1000,
+                                    ov.max_queue_percent / 100, ov.resume_queue_percent / 100)
+                        if ov.enabled else None)
+        self.sockets: list[socket.socket] = []     # UDP sockets whose receive queue is watched
         self.loop: asyncio.AbstractEventLoop | None = None
         self.send: Send | None = None
         self._due = float("inf")               # when the lag timer should fire next
@@ -97,6 +110,10 @@ class FloodGuard:
         self._publish_handle: asyncio.TimerHandle | None = None
         self._last_state: dict | None = None
         self._log = ThrottledLog(log)
+
+    def watch(self, *socks: socket.socket) -> None:
+        """Watch these UDP sockets' receive queues (the worker's public and own ports)."""
+        self.sockets.extend(socks)
 
     def start(self, loop: asyncio.AbstractEventLoop, send: Send) -> None:
         self.loop = loop
@@ -155,17 +172,30 @@ class FloodGuard:
 
     def _sample(self) -> None:
         assert self.loop is not None
-        self._observe(max(0.0, self.loop.time() - self._due))
+        self._observe(max(0.0, self.loop.time() - self._due), self._queue_fill())
         self._schedule_sample()
 
-    def _observe(self, lag: float) -> None:
-        assert self.shedder is not None
-        if self.shedder.observe(lag):
-            if self.shedder.shedding:
-                self._log(logging.WARNING, "overload: event loop %.0f ms behind, refusing new requests",
-                          lag * 1000)
+    def _queue_fill(self) -> float | None:
+        fill = None
+        for sock in self.sockets:
+            try:
+                info = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 9 * 4)
+            except OSError:                     # not Linux, or the socket is closed
+                continue
+            rmem_alloc, rcvbuf = struct.unpack_from("2I", info)
+            if rcvbuf:
+                fill = max(fill or 0.0, rmem_alloc / rcvbuf)
+        return fill
+
+    def _observe(self, lag: float, fill: float | None = None) -> None:
+        shedder = self.shedder
+        assert shedder is not None
+        if shedder.observe(lag, fill):
+            if shedder.shedding:
+                self._log(logging.WARNING, "overload: event loop %.0f ms behind, receive queue %.0f%% full; "
+                          "refusing new requests", lag * 1000, shedder.fill * 100)
             else:
-                log.info("overload over: event loop %.0f ms behind, accepting new requests", lag * 1000)
+                self._log(logging.INFO, "overload over: accepting new requests again")
 
     def _publish(self) -> None:
         assert self.loop is not None

@@ -146,13 +146,16 @@ class Worker:
             public_sock = inherited_socket(self.udp_fd)
         else:
             public_sock = udp_socket(px.listen, px.sip_port)
+        self.guard.watch(public_sock)
         public_udp = UdpEndpoint(self._deliver_public if shared else self._deliver)
         udp = {public_udp.id: public_udp}
         self.public_udp = public_udp
         own_udp = public_udp
         if shared:  # a private port so responses and in-dialog requests return here
             own_udp = UdpEndpoint(self._deliver)
-            await loop.create_datagram_endpoint(lambda: own_udp, sock=udp_socket(px.listen, 0))
+            own_sock = udp_socket(px.listen, 0)
+            self.guard.watch(own_sock)
+            await loop.create_datagram_endpoint(lambda: own_udp, sock=own_sock)
             udp[own_udp.id] = own_udp
         else:
             await loop.create_datagram_endpoint(lambda: public_udp, sock=public_sock)

@@ -3,6 +3,7 @@ refused while the worker is behind, calls in progress untouched."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import msgspec
@@ -89,3 +90,33 @@ async def test_shedding_ends_when_the_loop_catches_up(tmp_path):
         assert guard.admit(request("INVITE"), source)
     finally:
         guard.close()
+
+
+def test_a_full_receive_queue_sheds_even_with_a_punctual_loop():
+    shedder = LoadShedder(max_lag=0.2, resume_lag=0.05, max_fill=0.3, resume_fill=0.05)
+    assert shedder.observe(0.0, 0.5) and shedder.shedding
+    assert not shedder.admit(request("INVITE"))
+    assert not shedder.observe(0.0, 0.1)                 # lag fine, queue still draining
+    assert shedder.observe(0.0, 0.01) and not shedder.shedding
+
+
+async def test_the_guard_watches_a_real_udp_receive_queue(tmp_path):
+    config = msgspec.structs.replace(Config(), overload=OverloadSettings(sample_ms=10))
+    guard = FloodGuard(config, tmp_path, 0)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as queue, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        queue.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        queue.bind(("127.0.0.1", 0))
+        guard.watch(queue)
+        guard.start(asyncio.get_running_loop(), lambda data, target: True)
+        try:
+            for _ in range(400):                         # nobody reads: the queue fills up
+                sender.sendto(b"x" * 500, queue.getsockname())
+            for _ in range(100):
+                await asyncio.sleep(0.01)
+                if guard.shedder is not None and guard.shedder.shedding:
+                    break
+            assert not guard.admit(request("INVITE"), Target("udp", "192.0.2.10", 5062, None))
+            assert guard.state()["overload"]["queue_percent"] > 30
+        finally:
+            guard.close()
