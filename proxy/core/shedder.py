@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from enum import Enum
 
-__all__ = ["Kind", "LoadShedder", "classify"]
+__all__ = ["AnswerBudget", "Kind", "LoadShedder", "classify"]
 
 
 class Kind(Enum):
@@ -83,3 +83,29 @@ class LoadShedder:
     def counters(self) -> dict[str, int]:
         return {"shed": self.shed, "episodes": self.episodes, "shedding": int(self.shedding),
                 "lag_ms": int(self.lag * 1000), "queue_percent": int(self.fill * 100)}
+
+
+class AnswerBudget:
+    """At most ``per_second`` stateless refusals a second; the rest are dropped.
+
+    A 503 costs a parse and a send — as much as the request it refuses — so
+    answering every request of a flood keeps the worker as far behind as
+    serving it would, and every 503 to a spoofed source is a reflection.  The
+    budget keeps the courtesy for the first few and lets the rest go cheaply."""
+
+    def __init__(self, per_second: int) -> None:
+        self.per_second = per_second
+        self._second = -1
+        self._used = 0
+        self.dropped = 0             # refusals not answered for lack of budget
+
+    def allow(self, now: float) -> bool:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._used = 0
+        if self._used >= self.per_second:
+            self.dropped += 1
+            return False
+        self._used += 1
+        return True

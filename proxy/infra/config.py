@@ -163,6 +163,7 @@ class OverloadSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     sample_ms: int = 50                     # how often the lag is measured
     policy: Literal["503", "drop"] = "503"  # shed requests: 503 + Retry-After, or dropped
     retry_after_seconds: int = 5            # Retry-After of the 503
+    max_answers_per_second: int = 500       # 503s sent by the pike and the shedder together; the rest are dropped
 
 
 # --- the API process: [api] [clickhouse] ------------------------------------------------
@@ -442,6 +443,7 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
         ("overload.resume_queue_percent", 0 <= c.overload.resume_queue_percent <= c.overload.max_queue_percent,
          "must be 0..overload.max_queue_percent"),
         ("overload.sample_ms", 1 <= c.overload.sample_ms <= 10_000, "must be 1..10000"),
+        ("overload.max_answers_per_second", c.overload.max_answers_per_second >= 0, "must be >= 0 (0 = drop all)"),
         ("overload.retry_after_seconds", 0 <= c.overload.retry_after_seconds <= 3600, "must be 0..3600"),
         ("api.port", _port(c.api.port), "must be 1..65535"),
         ("clickhouse.port", _port(c.clickhouse.port), "must be 1..65535"),

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from ..core.pike import Pike, Verdict
 from ..core.ports import Target
-from ..core.shedder import LoadShedder
+from ..core.shedder import AnswerBudget, LoadShedder
 from ..infra.config import Config
 from ..sip.reject import refusal
 from .throttle import ThrottledLog
@@ -102,6 +102,7 @@ class FloodGuard:
         self.shedder = (LoadShedder(ov.max_lag_ms / 1000, ov.resume_lag_ms / 1000,
                                     ov.max_queue_percent / 100, ov.resume_queue_percent / 100)
                         if ov.enabled else None)
+        self.answers = AnswerBudget(ov.max_answers_per_second)   # 503s of both, per second
         self.sockets: list[socket.socket] = []     # UDP sockets whose receive queue is watched
         self.loop: asyncio.AbstractEventLoop | None = None
         self.send: Send | None = None
@@ -146,7 +147,7 @@ class FloodGuard:
                     self._log(logging.WARNING, "pike: blocking %s for %.0f s (more than %d requests in %.1f s)",
                               source.host, pike.block_seconds, pike.density, pike.window)
                 if self.config.pike.policy == "503":
-                    self._refuse(data, source, int(pike.block_seconds))
+                    self._refuse(data, source, int(pike.block_seconds), now)
                 return False
         shedder = self.shedder
         if shedder is not None:
@@ -154,11 +155,13 @@ class FloodGuard:
                 self._observe(now - self._due)
             if not shedder.admit(data):
                 if self.config.overload.policy == "503":
-                    self._refuse(data, source, self.config.overload.retry_after_seconds)
+                    self._refuse(data, source, self.config.overload.retry_after_seconds, now)
                 return False
         return True
 
-    def _refuse(self, data: bytes, source: Target, retry_after: int) -> None:
+    def _refuse(self, data: bytes, source: Target, retry_after: int, now: float) -> None:
+        if not self.answers.allow(now):
+            return
         answer = refusal(data, 503, None, [("Retry-After", str(retry_after))])
         if answer is not None and self.send is not None:
             self.send(answer, source)           # to the source address, never a Via host
@@ -214,7 +217,8 @@ class FloodGuard:
                             for ip, left, n in blocked[:MAX_LISTED]],
                 "blocked_count": len(blocked),
                 "pike": self.pike.counters() if self.pike is not None else None,
-                "overload": self.shedder.counters() if self.shedder is not None else None}
+                "overload": self.shedder.counters() if self.shedder is not None else None,
+                "unanswered_refusals": self.answers.dropped}
 
     def write_state(self) -> bool:
         state = self.state()

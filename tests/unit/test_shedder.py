@@ -9,7 +9,7 @@ import time
 import msgspec
 
 from proxy.core.ports import Target
-from proxy.core.shedder import Kind, LoadShedder, classify
+from proxy.core.shedder import AnswerBudget, Kind, LoadShedder, classify
 from proxy.infra.config import Config, OverloadSettings, PikeSettings
 from proxy.runtime.floodguard import FloodGuard
 
@@ -120,3 +120,9 @@ async def test_the_guard_watches_a_real_udp_receive_queue(tmp_path):
             assert guard.state()["overload"]["queue_percent"] > 30
         finally:
             guard.close()
+
+
+def test_refusals_are_answered_within_a_budget_per_second():
+    budget = AnswerBudget(3)
+    assert [budget.allow(10.0 + i / 10) for i in range(5)] == [True, True, True, False, False]
+    assert budget.allow(11.0) and budget.dropped == 2
