@@ -10,7 +10,8 @@ on a SIPp callee, then at the same time:
   Python ``sendto`` loop goes) from 127.0.0.9 for ``--seconds``;
 - SIPp (alice, digest auth) places ``--calls`` calls to bob from 127.0.0.2, one per
   second, each held 1 s;
-- ``--probes`` OPTIONS from 127.0.0.3, spread over the flood, each waiting 2 s for its answer.
+- ``--probes`` OPTIONS transactions from 127.0.0.3, spread over the flood, each
+  retransmitted like a phone's (0.5, 1, 2 s) and given 3.5 s for its answer.
 
 It prints: flood packets sent and rate, calls completed, probes answered, the
 proxy worker's RSS before/after (and its peak), and what the pike published.
@@ -29,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.harness.floods import options
+from tests.harness.floods import options, options_request, udp_client
 from tests.harness.proxy import SipledgerProcess, _descendants
 from tests.harness.sipp import SippUAS, free_udp_port, register, run_uac
 
@@ -63,6 +64,26 @@ while time.monotonic() < end:
             sent += 1
 print(sent, flush=True)
 """
+
+
+def probe(proxy: tuple[str, int], source: str) -> bytes | None:
+    """One OPTIONS transaction from ``source`` as a phone sends it: retransmitted
+    after 0.5, 1 and 2 s (RFC 3261 Timer E); its final answer, or None after 3.5 s."""
+    with udp_client(source) as sock:
+        host, port = sock.getsockname()
+        request = options_request(proxy, host, port)
+        for wait in (0.5, 1.0, 2.0):
+            sock.sendto(request, proxy)
+            deadline = time.monotonic() + wait
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                try:
+                    data = sock.recv(65535)
+                except TimeoutError:
+                    break
+                if not data.startswith(b"SIP/2.0 1"):
+                    return data
+    return None
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -141,7 +162,7 @@ def main() -> int:
         for i in range(args.probes):
             when = started + 1.5 + i * (args.seconds - 3) / max(1, args.probes)
             time.sleep(max(0.0, when - time.monotonic()))
-            answer = options(sl.sip_addr, PROBE_SOURCE, timeout=2.0)
+            answer = probe(sl.sip_addr, PROBE_SOURCE)
             answers.append(answer[8:11].decode() if answer else "none")
         out, _ = sender.communicate(timeout=args.seconds + 30)
         flood_secs = time.monotonic() - started

@@ -1,16 +1,20 @@
 """The global load shedder: refuse new work while the worker is behind.
 
-Sans-I/O: the edge measures how far behind the worker is — event-loop lag and
-how full its UDP receive queues are, see proxy/runtime/floodguard.py — and
-feeds both to ``observe``; ``admit`` looks at the raw bytes of one message and
-says whether it may go on.
+Sans-I/O: the edge measures how far behind the worker is — the delay a message
+sees now, from the event-loop lag and the time a probe datagram spends in the
+UDP receive queue, see proxy/runtime/floodguard.py — and feeds it to
+``observe``; ``admit`` looks at the raw bytes of one message and says whether
+it may go on.
 
 While shedding, only *initial* requests are refused — requests that would
 start something new (INVITE, REGISTER, OPTIONS, SUBSCRIBE, MESSAGE ... with no
 To tag).  Responses, ACKs, CANCELs and in-dialog requests (To tag present)
 still pass, so calls in progress finish and the work already accepted drains.
-Behind is either measure over its limit; caught up is both under their resume
-levels.  That hysteresis keeps it from flapping at a threshold.
+Shedding starts when the event-loop lag is over ``max_delay``, or the UDP
+queueing delay is over it *and* at least ``min_busy`` of the worker's time went
+into messages it admitted: a queue full of junk the pike already drops cheaply
+is not shortened by refusing the few real new calls.  It ends when both are
+under ``resume_delay`` (hysteresis: no flapping at the threshold).
 """
 from __future__ import annotations
 
@@ -44,32 +48,29 @@ def classify(data: bytes) -> Kind:
 
 
 class LoadShedder:
-    def __init__(self, max_lag: float = 0.2, resume_lag: float = 0.05,
-                 max_fill: float = 0.3, resume_fill: float = 0.05) -> None:
-        if not (0 <= resume_lag <= max_lag and 0 <= resume_fill <= max_fill):
-            raise ValueError("needs 0 <= resume_lag <= max_lag and 0 <= resume_fill <= max_fill")
-        self.max_lag = max_lag
-        self.resume_lag = resume_lag
-        self.max_fill = max_fill
-        self.resume_fill = resume_fill
+    def __init__(self, max_delay: float = 0.2, resume_delay: float = 0.05, min_busy: float = 0.5) -> None:
+        if not (0 <= resume_delay <= max_delay and 0 <= min_busy <= 1):
+            raise ValueError("needs 0 <= resume_delay <= max_delay and 0 <= min_busy <= 1")
+        self.max_delay = max_delay
+        self.resume_delay = resume_delay
+        self.min_busy = min_busy
         self.shedding = False
-        self.lag = 0.0               # the last lag observed, seconds
-        self.fill = 0.0              # the last receive-queue fill observed, 0..1
+        self.delay = 0.0             # the last delay observed, seconds
+        self.busy = 0.0              # the last share of time spent on admitted messages, 0..1
         self.shed = 0                # requests refused (exported as metrics later)
         self.episodes = 0            # times shedding started
 
-    def observe(self, lag: float, fill: float | None = None) -> bool:
-        """Record the event-loop lag (seconds) and, when measured, the receive
-        queue fill (0..1); True when shedding started or stopped."""
-        self.lag = lag
-        if fill is not None:
-            self.fill = fill
-        behind = lag > self.max_lag or self.fill > self.max_fill
+    def observe(self, lag: float, queue_delay: float = 0.0, busy: float = 1.0) -> bool:
+        """Record the event-loop lag and the UDP queueing delay (seconds) and the
+        share of time spent on admitted messages (0..1); True when shedding started or stopped."""
+        delay = self.delay = max(lag, queue_delay)
+        self.busy = busy
+        behind = lag > self.max_delay or (queue_delay > self.max_delay and busy >= self.min_busy)
         if not self.shedding and behind:
             self.shedding = True
             self.episodes += 1
             return True
-        if self.shedding and lag < self.resume_lag and self.fill < self.resume_fill:
+        if self.shedding and delay < self.resume_delay:
             self.shedding = False
             return True
         return False
@@ -82,7 +83,7 @@ class LoadShedder:
 
     def counters(self) -> dict[str, int]:
         return {"shed": self.shed, "episodes": self.episodes, "shedding": int(self.shedding),
-                "lag_ms": int(self.lag * 1000), "queue_percent": int(self.fill * 100)}
+                "delay_ms": int(self.delay * 1000), "busy_percent": int(self.busy * 100)}
 
 
 class AnswerBudget:

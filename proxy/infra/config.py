@@ -156,11 +156,10 @@ class PikeSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class OverloadSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The load shedder: new requests refused while a worker's event loop is behind."""
     enabled: bool = True
-    max_lag_ms: int = 200                   # event-loop lag above which new requests are shed ...
-    resume_lag_ms: int = 50                 # ... until it is back below this
-    max_queue_percent: int = 30             # a UDP receive queue fuller than this also sheds ...
-    resume_queue_percent: int = 5           # ... until every queue is below this
-    sample_ms: int = 50                     # how often the lag is measured
+    max_delay_ms: int = 200                 # delay (event-loop lag, UDP queueing) above which new requests are shed ...
+    resume_delay_ms: int = 50               # ... until it is back below this
+    min_busy_percent: int = 50              # ... only when this share of the time went into admitted requests
+    sample_ms: int = 50                     # how often the delay is measured
     policy: Literal["503", "drop"] = "503"  # shed requests: 503 + Retry-After, or dropped
     retry_after_seconds: int = 5            # Retry-After of the 503
     max_answers_per_second: int = 500       # 503s sent by the pike and the shedder together; the rest are dropped
@@ -436,12 +435,10 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
         ("pike.block_seconds", c.pike.block_seconds > 0, "must be > 0"),
         ("pike.max_sources", 1 <= c.pike.max_sources <= 10_000_000, "must be 1..10000000"),
         ("pike.publish_seconds", c.pike.publish_seconds > 0, "must be > 0"),
-        ("overload.max_lag_ms", c.overload.max_lag_ms >= 1, "must be >= 1"),
-        ("overload.resume_lag_ms", 0 <= c.overload.resume_lag_ms <= c.overload.max_lag_ms,
-         "must be 0..overload.max_lag_ms"),
-        ("overload.max_queue_percent", 1 <= c.overload.max_queue_percent <= 100, "must be 1..100"),
-        ("overload.resume_queue_percent", 0 <= c.overload.resume_queue_percent <= c.overload.max_queue_percent,
-         "must be 0..overload.max_queue_percent"),
+        ("overload.max_delay_ms", c.overload.max_delay_ms >= 1, "must be >= 1"),
+        ("overload.resume_delay_ms", 0 <= c.overload.resume_delay_ms <= c.overload.max_delay_ms,
+         "must be 0..overload.max_delay_ms"),
+        ("overload.min_busy_percent", 0 <= c.overload.min_busy_percent <= 100, "must be 0..100"),
         ("overload.sample_ms", 1 <= c.overload.sample_ms <= 10_000, "must be 1..10000"),
         ("overload.max_answers_per_second", c.overload.max_answers_per_second >= 0, "must be >= 0 (0 = drop all)"),
         ("overload.retry_after_seconds", 0 <= c.overload.retry_after_seconds <= 3600, "must be 0..3600"),

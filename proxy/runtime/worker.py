@@ -32,7 +32,7 @@ from ..routing.store import RoutingStore
 from ..script.loader import load_script
 from ..script.runner import ScriptRouting
 from .authorization import AuthorizationClient
-from .floodguard import FloodGuard
+from .floodguard import FloodGuard, probe_key
 from .handoff import Handoff
 from .loaded import LoadedState
 from .transport import TcpPool, UdpEndpoint, inherited_socket, tcp_socket, udp_socket
@@ -140,7 +140,9 @@ class Worker:
                                                 worker=self.index,
                                                 algorithms=tuple(cfg.auth.algorithms))
 
-        self.guard = FloodGuard(cfg, self.data_dir / RUN_DIR, self.index)   # pike + load shedder
+        # pike + load shedder; the shedder's queue probes carry a key common to the node's workers
+        self.guard = FloodGuard(cfg, self.data_dir / RUN_DIR, self.index,
+                                probe_key(load_secret(self.data_dir, cfg.auth.secret)))
         shared = self.workers > 1
         if self.udp_fd is not None:     # shared with the other workers (see supervisor)
             public_sock = inherited_socket(self.udp_fd)
@@ -227,18 +229,18 @@ class Worker:
 
     def _deliver(self, data: bytes, source: Target) -> None:
         if self.guard.admit(data, source):
-            self.engine.on_data(data, source)
+            self.guard.timed(self.engine.on_data, data, source)
 
     def _deliver_public(self, data: bytes, source: Target) -> None:
         # handed-over datagrams were admitted by the sibling that read them
         if not self.guard.admit(data, source):
             return
         if self.handoff is None or not self.handoff.route(data, source.host, source.port):
-            self.engine.on_data(data, source)
+            self.guard.timed(self.engine.on_data, data, source)
 
     def _deliver_handed(self, data: bytes, ip: str, port: int) -> None:
         # answered through our copy of the shared socket: the peer sees the public port
-        self.engine.on_data(data, Target("udp", ip, port, self.public_udp.id))
+        self.guard.timed(self.engine.on_data, data, Target("udp", ip, port, self.public_udp.id))
 
     def _schedule_flush(self) -> None:
         # one outbox write per burst of events, a few ms after the first

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import time
 
 import msgspec
@@ -11,7 +12,7 @@ import msgspec
 from proxy.core.ports import Target
 from proxy.core.shedder import AnswerBudget, Kind, LoadShedder, classify
 from proxy.infra.config import Config, OverloadSettings, PikeSettings
-from proxy.runtime.floodguard import FloodGuard
+from proxy.runtime.floodguard import PROBE_MAGIC, FloodGuard
 
 
 def request(method: str, to_tag: str | None = None, to_name: str = "To") -> bytes:
@@ -40,7 +41,7 @@ def test_classify_from_raw_bytes():
 
 
 def test_behind_sheds_new_requests_and_keeps_dialogs_flowing():
-    shedder = LoadShedder(max_lag=0.2, resume_lag=0.05)
+    shedder = LoadShedder(max_delay=0.2, resume_delay=0.05)
     assert shedder.admit(request("INVITE"))
     assert shedder.observe(0.3) and shedder.shedding
     assert not shedder.admit(request("INVITE"))
@@ -55,7 +56,7 @@ def test_behind_sheds_new_requests_and_keeps_dialogs_flowing():
 
 async def test_a_blocked_event_loop_gets_503_with_retry_after_for_a_new_invite(tmp_path):
     config = msgspec.structs.replace(
-        Config(), overload=OverloadSettings(max_lag_ms=100, resume_lag_ms=20, sample_ms=20, retry_after_seconds=7),
+        Config(), overload=OverloadSettings(max_delay_ms=100, resume_delay_ms=20, sample_ms=20, retry_after_seconds=7),
         pike=PikeSettings(enabled=False))
     guard = FloodGuard(config, tmp_path, 0)
     sent: list[tuple[bytes, Target]] = []
@@ -76,7 +77,7 @@ async def test_a_blocked_event_loop_gets_503_with_retry_after_for_a_new_invite(t
 
 async def test_shedding_ends_when_the_loop_catches_up(tmp_path):
     config = msgspec.structs.replace(
-        Config(), overload=OverloadSettings(max_lag_ms=100, resume_lag_ms=50, sample_ms=10))
+        Config(), overload=OverloadSettings(max_delay_ms=100, resume_delay_ms=50, sample_ms=10))
     guard = FloodGuard(config, tmp_path, 0)
     guard.start(asyncio.get_running_loop(), lambda data, target: True)
     source = Target("udp", "192.0.2.10", 5062, None)
@@ -92,34 +93,58 @@ async def test_shedding_ends_when_the_loop_catches_up(tmp_path):
         guard.close()
 
 
-def test_a_full_receive_queue_sheds_even_with_a_punctual_loop():
-    shedder = LoadShedder(max_lag=0.2, resume_lag=0.05, max_fill=0.3, resume_fill=0.05)
-    assert shedder.observe(0.0, 0.5) and shedder.shedding
-    assert not shedder.admit(request("INVITE"))
-    assert not shedder.observe(0.0, 0.1)                 # lag fine, queue still draining
-    assert shedder.observe(0.0, 0.01) and not shedder.shedding
+async def test_a_probe_that_waited_in_the_receive_queue_sheds_with_a_punctual_loop(tmp_path):
+    config = msgspec.structs.replace(Config(), overload=OverloadSettings(max_delay_ms=100, sample_ms=1000))
+    guard = FloodGuard(config, tmp_path, 0, key=b"k" * 16)
+    guard.start(asyncio.get_running_loop(), lambda data, target: True)
+    source = Target("udp", "127.0.0.1", 40000, None)
+    try:
+        stale = PROBE_MAGIC + b"k" * 16 + struct.pack("!d", time.monotonic() - 0.5)
+        forged = PROBE_MAGIC + b"x" * 16 + struct.pack("!d", time.monotonic() - 0.5)
+        assert not guard.admit(forged, source)           # swallowed, and without effect
+        assert guard.admit(request("INVITE"), source)
+        guard.timed(lambda data, target: time.sleep(0.05), b"", source)   # busy with admitted work
+        assert not guard.admit(stale, source)            # sat 0.5 s in the queue
+        assert not guard.admit(request("INVITE"), source)
+        assert guard.admit(request("BYE", "b2"), source)
+        assert guard.probes_seen == 1
+    finally:
+        guard.close()
 
 
-async def test_the_guard_watches_a_real_udp_receive_queue(tmp_path):
+async def test_the_guard_probes_a_real_udp_socket(tmp_path):
     config = msgspec.structs.replace(Config(), overload=OverloadSettings(sample_ms=10))
     guard = FloodGuard(config, tmp_path, 0)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as queue, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
-        queue.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-        queue.bind(("127.0.0.1", 0))
-        guard.watch(queue)
-        guard.start(asyncio.get_running_loop(), lambda data, target: True)
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        guard.watch(sock)
+
+        class Reader(asyncio.DatagramProtocol):
+            def datagram_received(self, data, addr):
+                guard.admit(data, Target("udp", addr[0], addr[1], None))
+
+        transport, _ = await loop.create_datagram_endpoint(Reader, sock=sock)
+        guard.start(loop, lambda data, target: True)
         try:
-            for _ in range(400):                         # nobody reads: the queue fills up
-                sender.sendto(b"x" * 500, queue.getsockname())
-            for _ in range(100):
+            for _ in range(200):
                 await asyncio.sleep(0.01)
-                if guard.shedder is not None and guard.shedder.shedding:
+                if guard.probes_seen >= 3:
                     break
-            assert not guard.admit(request("INVITE"), Target("udp", "192.0.2.10", 5062, None))
-            assert guard.state()["overload"]["queue_percent"] > 30
+            assert guard.probes_seen >= 3 and guard.state()["overload"]["probes_seen"] >= 3
+            assert guard.admit(request("INVITE"), Target("udp", "192.0.2.1", 5060, None))
         finally:
             guard.close()
+            transport.close()
+
+
+def test_a_queue_of_junk_is_no_reason_to_shed():
+    shedder = LoadShedder(max_delay=0.2, resume_delay=0.05, min_busy=0.5)
+    assert not shedder.observe(0.0, 0.5, busy=0.1) and not shedder.shedding   # time went to pike drops
+    assert shedder.observe(0.0, 0.5, busy=0.9) and shedder.shedding            # time went to requests
+    assert not shedder.observe(0.0, 0.1, busy=0.0) and shedder.shedding       # hysteresis
+    assert shedder.observe(0.0, 0.01, busy=0.0) and not shedder.shedding
 
 
 def test_refusals_are_answered_within_a_budget_per_second():

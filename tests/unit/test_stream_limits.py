@@ -52,7 +52,7 @@ def test_nothing_to_answer_gives_none():
     "[tcp]\nmax_message_bytes = 10\n",
     "[pike]\ndensity = 0\n",
     "[pike]\npolicy = \"reject\"\n",
-    "[overload]\nmax_lag_ms = 10\nresume_lag_ms = 20\n",
+    "[overload]\nmax_delay_ms = 10\nresume_delay_ms = 20\n",
 ])
 def test_bad_flood_settings_are_refused(tmp_path, text):
     path = tmp_path / "sipledger.toml"
