@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -96,6 +97,14 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def worker_pids(root: int) -> list[int]:
     pids = []
     for pid in _descendants(root):
@@ -139,6 +148,7 @@ def main() -> int:
             return 1
         workers = worker_pids(sl.proc.pid) if sl.proc else []
         rss_before = {pid: rss_mb(pid) for pid in workers}
+        cpu_before = {pid: cpu_seconds(pid) for pid in workers}
         before_probe = options(sl.sip_addr, PROBE_SOURCE)
 
         started = time.monotonic()
@@ -169,6 +179,7 @@ def main() -> int:
         sent = int(out.strip() or 0)
         caller.join(timeout=args.seconds + 60)
         rss_after = {pid: rss_mb(pid) for pid in workers}
+        cpu_used = {pid: cpu_seconds(pid) - cpu_before[pid] for pid in workers}
         peak = {pid: rss_mb(pid, "VmHWM") for pid in workers}
         res = calls_result.get("res")
         pike_files = sorted((sl.data_dir / "run").glob("pike-worker-*.json"))
@@ -182,7 +193,7 @@ def main() -> int:
               f"(answers: {' '.join(answers)}; before the flood: {before_probe[8:11].decode() if before_probe else 'none'})")
         for pid in workers:
             print(f"worker {pid} RSS: {rss_before[pid]:.0f} MB before, {rss_after[pid]:.0f} MB after, "
-                  f"peak {peak[pid]:.0f} MB")
+                  f"peak {peak[pid]:.0f} MB; CPU {cpu_used[pid]:.1f} s over the flood")
         for state in pike:
             print(f"pike worker {state.get('worker')}: {state.get('blocked_count')} blocked "
                   f"{[b['source'] for b in state['blocked']][:5]}, "
