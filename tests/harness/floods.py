@@ -32,8 +32,8 @@ class ProxyProcess:
         self.bootstrap = bootstrap
         self.port = free_udp_port()
         self.config = self.workdir / "sipledger.toml"
-        self.config.write_text(f"[proxy]\nworkers = {workers}\n[authorization]\nenabled = false\n"
-                               + config_text)
+        self.workers = workers             # on the command line: config_text may have its own [proxy]
+        self.config.write_text("[authorization]\nenabled = false\n" + config_text)
         self.stderr_path = self.workdir / "proxy.stderr"
         self.proc: subprocess.Popen | None = None
 
@@ -50,7 +50,8 @@ class ProxyProcess:
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "proxy", "run", "--data-dir", str(self.data_dir),
-                 "--config", str(self.config), "--sip-port", str(self.port), "--bootstrap", self.bootstrap],
+                 "--config", str(self.config), "--sip-port", str(self.port), "--bootstrap", self.bootstrap,
+                 "--workers", str(self.workers)],
                 cwd=REPO, env=self.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
                 text=True)
         line = self.proc.stdout.readline() if self.proc.stdout else ""

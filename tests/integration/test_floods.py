@@ -150,3 +150,18 @@ def test_flood_is_not_logged_per_packet(tmp_path, broker):
         assert "Traceback" not in px.stderr()
 
 
+
+
+@pytest.mark.parametrize("proxy", ["[proxy]\ntrusted_sources = [\"127.0.0.7/32\"]\n"
+                                   "[tcp]\nmax_connections_per_ip = 1\n"], indirect=True)
+def test_trusted_sources_are_exempt_from_the_per_source_cap(proxy):
+    held = [tcp_client(proxy.addr, source="127.0.0.7") for _ in range(3)]
+    try:
+        for sock in held:
+            host, port = sock.getsockname()
+            sock.sendall(options_request(proxy.addr, host, port, "TCP"))
+            sock.settimeout(5)
+            assert sock.recv(65535).startswith(b"SIP/2.0 200")
+    finally:
+        for sock in held:
+            sock.close()

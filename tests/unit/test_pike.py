@@ -72,3 +72,38 @@ def test_exempt_sources_are_never_blocked_and_matched_once():
 def test_nonsense_settings_are_refused():
     with pytest.raises(ValueError):
         Pike(window=0)
+
+
+async def test_the_guard_drops_blocked_requests_by_default_and_answers_503_when_asked(tmp_path):
+    import asyncio
+
+    import msgspec
+
+    from proxy.core.ports import Target
+    from proxy.infra.config import Config, PikeSettings, ProxySettings
+    from proxy.runtime.floodguard import FloodGuard
+    from tests.unit.test_shedder import RESPONSE, request
+
+    source = Target("udp", "192.0.2.66", 5060, None)
+    for policy, answered in (("drop", 0), ("503", 1)):
+        config = msgspec.structs.replace(Config(), pike=PikeSettings(density=3, policy=policy))
+        guard = FloodGuard(config, tmp_path, 0)
+        sent: list[bytes] = []
+        guard.start(asyncio.get_running_loop(), lambda data, target: sent.append(data) or True)
+        try:
+            assert [guard.admit(request("OPTIONS"), source) for _ in range(4)] == [True, True, True, False]
+            assert guard.admit(RESPONSE, source)                  # responses are never limited
+            assert len(sent) == answered
+            assert all(s.startswith(b"SIP/2.0 503") and b"Retry-After: 60" in s for s in sent)
+            assert guard.state()["blocked"][0]["source"] == "192.0.2.66"
+        finally:
+            guard.close()
+
+    trusted = msgspec.structs.replace(Config(), pike=PikeSettings(density=3),
+                                      proxy=ProxySettings(trusted_sources=("192.0.2.0/24",)))
+    guard = FloodGuard(trusted, tmp_path, 0)
+    guard.start(asyncio.get_running_loop(), lambda data, target: True)
+    try:
+        assert all(guard.admit(request("OPTIONS"), source) for _ in range(100))
+    finally:
+        guard.close()
