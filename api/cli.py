@@ -25,6 +25,7 @@ from proxy.routing.cli import (
     route_app,
     trusted_app,
 )
+from proxy.runtime.pike_cli import pike_app
 
 from .tokens import token_app
 
@@ -48,6 +49,7 @@ app.add_typer(report_app, name="report")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
 app.add_typer(auth_app, name="auth")
+app.add_typer(pike_app, name="pike")
 
 
 @dataclass

@@ -153,6 +153,40 @@ class AuthorizationSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=T
     on_error: Literal["reject", "allow"] = "reject"   # no answer: refuse (503) or let the call go
 
 
+# --- floods and connection limits: [tcp] [pike] [overload] (docs/floods.md) --------------
+
+class TcpSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Limits on SIP over TCP, per worker (each worker accepts connections of its own)."""
+    idle_timeout_seconds: float = 300.0     # no byte received this long: the connection is closed
+    message_timeout_seconds: float = 10.0   # a message once started must be complete this soon (slowloris, missing body)
+    max_connections: int = 4096             # accepted connections at once; more are closed on accept
+    max_connections_per_ip: int = 64        # accepted connections from one address (proxy.trusted_sources exempt)
+    max_message_bytes: int = 65536          # header + body of one message; larger gets 513 and the connection closed
+
+
+class PikeSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Per-source request-rate limiting before parsing (OpenSIPS pike semantics), per worker."""
+    enabled: bool = True
+    sampling_seconds: float = 2.0           # the window requests are counted in, per source address
+    density: int = 400                      # more requests than this in one window blocks the source
+    block_seconds: float = 60.0             # a blocked source stays blocked this long after its last excess
+    max_sources: int = 16384                # sources tracked at once, oldest forgotten first (bounds memory)
+    policy: Literal["drop", "503"] = "drop"  # blocked requests: dropped, or answered 503 (a reflection: opt-in)
+    publish_seconds: float = 1.0            # how often DATA_DIR/run/pike-worker-N.json is refreshed
+
+
+class OverloadSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The load shedder: new requests refused while a worker's event loop is behind."""
+    enabled: bool = True
+    max_delay_ms: int = 200                 # delay (event-loop lag, UDP queueing) above which new requests are shed ...
+    resume_delay_ms: int = 50               # ... until it is back below this
+    min_busy_percent: int = 50              # ... only when this share of the time went into admitted requests
+    sample_ms: int = 50                     # how often the delay is measured
+    policy: Literal["503", "drop"] = "503"  # shed requests: 503 + Retry-After, or dropped
+    retry_after_seconds: int = 5            # Retry-After of the 503
+    max_answers_per_second: int = 500       # 503s sent by the pike and the shedder together; the rest are dropped
+
+
 # --- the API process: [api] [clickhouse] ------------------------------------------------
 
 class DnsSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -311,6 +345,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     provisioning: ProvisioningSettings = ProvisioningSettings()
     authorization: AuthorizationSettings = AuthorizationSettings()
     dns: DnsSettings = DnsSettings()
+    tcp: TcpSettings = TcpSettings()
+    pike: PikeSettings = PikeSettings()
+    overload: OverloadSettings = OverloadSettings()
     api: ApiSettings = ApiSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     cdr: CdrSettings = CdrSettings()
@@ -455,6 +492,24 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
         ("authorization.port", 0 <= c.authorization.port < 65536, "must be 0..65535 (0 = the credit service's)"),
         ("authorization.timeout_ms", 1 <= c.authorization.timeout_ms <= 10_000, "must be 1..10000"),
         ("authorization.retries", 0 <= c.authorization.retries <= 5, "must be 0..5"),
+        ("tcp.idle_timeout_seconds", c.tcp.idle_timeout_seconds > 0, "must be > 0"),
+        ("tcp.message_timeout_seconds", c.tcp.message_timeout_seconds > 0, "must be > 0"),
+        ("tcp.max_connections", c.tcp.max_connections >= 1, "must be >= 1"),
+        ("tcp.max_connections_per_ip", 1 <= c.tcp.max_connections_per_ip <= c.tcp.max_connections,
+         "must be 1..tcp.max_connections"),
+        ("tcp.max_message_bytes", 1024 <= c.tcp.max_message_bytes <= 16 * 1024 * 1024, "must be 1024..16777216"),
+        ("pike.sampling_seconds", c.pike.sampling_seconds > 0, "must be > 0"),
+        ("pike.density", c.pike.density >= 1, "must be >= 1"),
+        ("pike.block_seconds", c.pike.block_seconds > 0, "must be > 0"),
+        ("pike.max_sources", 1 <= c.pike.max_sources <= 10_000_000, "must be 1..10000000"),
+        ("pike.publish_seconds", c.pike.publish_seconds > 0, "must be > 0"),
+        ("overload.max_delay_ms", c.overload.max_delay_ms >= 1, "must be >= 1"),
+        ("overload.resume_delay_ms", 0 <= c.overload.resume_delay_ms <= c.overload.max_delay_ms,
+         "must be 0..overload.max_delay_ms"),
+        ("overload.min_busy_percent", 0 <= c.overload.min_busy_percent <= 100, "must be 0..100"),
+        ("overload.sample_ms", 1 <= c.overload.sample_ms <= 10_000, "must be 1..10000"),
+        ("overload.max_answers_per_second", c.overload.max_answers_per_second >= 0, "must be >= 0 (0 = drop all)"),
+        ("overload.retry_after_seconds", 0 <= c.overload.retry_after_seconds <= 3600, "must be 0..3600"),
         ("api.port", _port(c.api.port), "must be 1..65535"),
         ("clickhouse.port", _port(c.clickhouse.port), "must be 1..65535"),
         ("clickhouse.database", _IDENTIFIER.fullmatch(c.clickhouse.database) is not None,

@@ -13,7 +13,10 @@ import socket
 from collections.abc import Callable
 
 from ..core.ports import Target
+from ..infra.config import TcpSettings
+from ..sip.reject import refusal
 from ..sip.stream import FramingError, StreamFramer
+from .throttle import ThrottledLog
 
 log = logging.getLogger("sipledger.transport")
 
@@ -97,33 +100,64 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
 
 class TcpConnection(asyncio.Protocol):
-    def __init__(self, pool: "TcpPool"):
+    def __init__(self, pool: "TcpPool", inbound: bool = False):
         self.pool = pool
         self.id = next(_ids)
-        self.framer = StreamFramer()
+        self.inbound = inbound                          # accepted here (counted against the caps)
+        self.framer = StreamFramer(pool.limits.max_message_bytes)
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)          # set by connection_made, before any data
         self.pending: list[bytes] = []
+        self.last_rx = pool.loop.time()                 # idle timeout runs from here
+        self.message_since: float | None = None         # an unfinished message is buffered since
+        self.admitted = False                           # registered in the pool (not refused)
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0], peer[1])
-        self.pool.opened(self)
+        if not self.pool.opened(self):
+            transport.abort()                           # over a cap: nothing read, nothing said
+            return
         for data in self.pending:
             transport.write(data)
         self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
+        now = self.pool.loop.time()
+        self.last_rx = now
         try:
             messages = self.framer.feed(data)
         except FramingError as exc:
-            log.info("closing TCP %s: %s", self.peer, exc)
-            if self.transport is not None:
-                self.transport.close()
+            self.refuse(exc.head, exc.status, exc.reason)
             return
         for msg in messages:
             self.pool.deliver(msg, Target("tcp", self.peer[0], self.peer[1], self.id))
+        if not self.framer.started:
+            self.message_since = None
+        elif self.message_since is None or messages:
+            self.message_since = now                    # a new message began in this read
+
+    def refuse(self, head: bytes | None, status: int, reason: str) -> None:
+        """Answer the request ``head`` belongs to (when it can be answered), then close."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.pool.refused(self, reason)
+        answer = refusal(head, status, reason) if head else None
+        if answer is not None:
+            self.transport.write(answer)
+        self.transport.close()                          # after the answer is flushed
+
+    def check_timers(self, now: float) -> None:
+        limits = self.pool.limits
+        idle = now - self.last_rx > limits.idle_timeout_seconds
+        if self.message_since is not None and (idle or now - self.message_since > limits.message_timeout_seconds):
+            head = self.framer.head()       # a request whose body never came still gets its answer
+            self.refuse(head, 400, "Incomplete message" if head else "message not completed in time")
+        elif idle:
+            if self.transport is not None and not self.transport.is_closing():
+                log.debug("closing idle TCP %s", self.peer)
+                self.transport.close()
 
     def connection_lost(self, exc) -> None:
         self.pool.closed(self)
@@ -136,26 +170,87 @@ class TcpConnection(asyncio.Protocol):
 
 
 class TcpPool:
-    """Accepted and outgoing TCP connections, by id and by peer address."""
+    """Accepted and outgoing TCP connections, by id and by peer address.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Deliver):
+    Bounded in number and time (``[tcp]`` settings): accepted connections
+    over the total or per-address cap are closed at once; a sweep closes
+    connections idle too long and those whose message stays unfinished
+    (slowloris, a body that never comes)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Deliver,
+                 limits: TcpSettings | None = None, exempt: Callable[[str], bool] = lambda ip: False):
         self.loop = loop
         self.deliver = deliver
+        self.limits = limits or TcpSettings()
+        self.exempt = exempt                            # addresses free of the per-address cap
         self.by_id: dict[int, TcpConnection] = {}
         self.by_peer: dict[tuple[str, int], TcpConnection] = {}
+        self.inbound = 0
+        self.per_ip: dict[str, int] = {}
         self.servers: list[asyncio.AbstractServer] = []
+        self.counters = {"accepted": 0, "refused_total_cap": 0, "refused_ip_cap": 0, "closed_errors": 0}
+        self._log = ThrottledLog(log)
+        self._sweep: asyncio.TimerHandle | None = None
 
     async def listen(self, sock: socket.socket) -> None:
-        self.servers.append(await self.loop.create_server(lambda: TcpConnection(self), sock=sock))
+        self.servers.append(await self.loop.create_server(lambda: TcpConnection(self, inbound=True),
+                                                          sock=sock))
+        if self._sweep is None:
+            self._sweep = self.loop.call_later(self._sweep_interval(), self._sweep_once)
 
-    def opened(self, conn: TcpConnection) -> None:
+    def opened(self, conn: TcpConnection) -> bool:
+        """Register a connection; False (refuse it) when an accepted one is over a cap."""
+        if conn.inbound:
+            ip = conn.peer[0]
+            if self.inbound >= self.limits.max_connections:
+                self.counters["refused_total_cap"] += 1
+                self._log(logging.WARNING, "TCP connection from %s refused: %d connections open (tcp.max_connections)",
+                          ip, self.inbound)
+                return False
+            count = self.per_ip.get(ip, 0)
+            if count >= self.limits.max_connections_per_ip and not self.exempt(ip):
+                self.counters["refused_ip_cap"] += 1
+                self._log(logging.WARNING, "TCP connection from %s refused: %d open from there "
+                          "(tcp.max_connections_per_ip)", ip, count)
+                return False
+            self.inbound += 1
+            self.per_ip[ip] = count + 1
+            self.counters["accepted"] += 1
+        conn.admitted = True
         self.by_id[conn.id] = conn
         self.by_peer[conn.peer] = conn
+        return True
+
+    def refused(self, conn: TcpConnection, reason: str) -> None:
+        self.counters["closed_errors"] += 1
+        self._log(logging.INFO, "closing TCP %s:%d: %s", conn.peer[0], conn.peer[1], reason)
 
     def closed(self, conn: TcpConnection) -> None:
+        if not conn.admitted:
+            return
+        conn.admitted = False
         self.by_id.pop(conn.id, None)
         if self.by_peer.get(conn.peer) is conn:
             del self.by_peer[conn.peer]
+        if conn.inbound:
+            self.inbound -= 1
+            ip = conn.peer[0]
+            left = self.per_ip.get(ip, 1) - 1
+            if left > 0:
+                self.per_ip[ip] = left
+            else:
+                self.per_ip.pop(ip, None)
+
+    def _sweep_interval(self) -> float:
+        # often enough that a timeout is honoured within a quarter of itself (at most 1 s late)
+        limits = self.limits
+        return min(1.0, limits.idle_timeout_seconds / 4, limits.message_timeout_seconds / 4)
+
+    def _sweep_once(self) -> None:
+        now = self.loop.time()
+        for conn in list(self.by_id.values()):
+            conn.check_timers(now)
+        self._sweep = self.loop.call_later(self._sweep_interval(), self._sweep_once)
 
     def send(self, data: bytes, target: Target) -> bool:
         conn = self.by_id.get(target.conn) if target.conn is not None else None
@@ -178,6 +273,8 @@ class TcpPool:
             log.info("TCP connect to %s failed: %s", target, exc)
 
     def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
         for server in self.servers:
             server.close()
         for conn in list(self.by_id.values()):

@@ -34,6 +34,7 @@ from ..script.loader import load_script
 from ..script.runner import ScriptRouting
 from .authorization import AuthorizationClient
 from .dns import DnsClient, read_hosts
+from .floodguard import FloodGuard, probe_key
 from .handoff import Handoff
 from .loaded import LoadedState
 from .transport import TcpPool, UdpEndpoint, inherited_socket, tcp_socket, udp_socket
@@ -146,25 +147,31 @@ class Worker:
             authenticator = DigestAuthenticator.from_settings(
                 load_secret(self.data_dir, cfg.auth.secret), cfg.auth, worker=self.index)
 
+        # pike + load shedder; the shedder's queue probes carry a key common to the node's workers
+        self.guard = FloodGuard(cfg, self.data_dir / RUN_DIR, self.index,
+                                probe_key(load_secret(self.data_dir, cfg.auth.secret)))
         shared = self.workers > 1
         if self.udp_fd is not None:     # shared with the other workers (see supervisor)
             public_sock = inherited_socket(self.udp_fd)
         else:
             public_sock = udp_socket(px.listen, px.sip_port)
+        self.guard.watch(public_sock)
         public_udp = UdpEndpoint(self._deliver_public if shared else self._deliver)
         udp = {public_udp.id: public_udp}
         self.public_udp = public_udp
         own_udp = public_udp
         if shared:  # a private port so responses and in-dialog requests return here
             own_udp = UdpEndpoint(self._deliver)
-            await loop.create_datagram_endpoint(lambda: own_udp, sock=udp_socket(px.listen, 0))
+            own_sock = udp_socket(px.listen, 0)
+            self.guard.watch(own_sock)
+            await loop.create_datagram_endpoint(lambda: own_udp, sock=own_sock)
             udp[own_udp.id] = own_udp
         else:
             await loop.create_datagram_endpoint(lambda: public_udp, sock=public_sock)
         ports = {"udp": own_udp.local_port}
         tcp = None
         if px.tcp:
-            tcp = TcpPool(loop, self._deliver)
+            tcp = TcpPool(loop, self._deliver, cfg.tcp, exempt=self.guard.trusted)
             public_tcp = (inherited_socket(self.tcp_fd) if self.tcp_fd is not None
                           else tcp_socket(px.listen, px.sip_port))
             await tcp.listen(public_tcp)
@@ -179,6 +186,7 @@ class Worker:
         node = LocalNode(host, ports, px.sip_port, aliases=(px.listen,))
         self.effects = RuntimeEffects(loop, self.outbox, own_udp, udp, tcp, self._schedule_flush)
         self.effects.dns = DnsClient(cfg.dns, loop)
+        self.guard.start(loop, self.effects.send)
         self.authorization: AuthorizationClient | None = None
         if cfg.authorization.enabled:
             self.authorization = AuthorizationClient(cfg.authorization, self.data_dir)
@@ -212,6 +220,7 @@ class Worker:
         await self.stopping.wait()
 
         housekeeping.cancel()
+        self.guard.close()
         self.loaded.remove()
         if self.handoff is not None:
             self.handoff.close(loop)
@@ -229,15 +238,19 @@ class Worker:
         self.outbox.close()
 
     def _deliver(self, data: bytes, source: Target) -> None:
-        self.engine.on_data(data, source)
+        if self.guard.admit(data, source):
+            self.guard.timed(self.engine.on_data, data, source)
 
     def _deliver_public(self, data: bytes, source: Target) -> None:
+        # handed-over datagrams were admitted by the sibling that read them
+        if not self.guard.admit(data, source):
+            return
         if self.handoff is None or not self.handoff.route(data, source.host, source.port):
-            self.engine.on_data(data, source)
+            self.guard.timed(self.engine.on_data, data, source)
 
     def _deliver_handed(self, data: bytes, ip: str, port: int) -> None:
         # answered through our copy of the shared socket: the peer sees the public port
-        self.engine.on_data(data, Target("udp", ip, port, self.public_udp.id))
+        self.guard.timed(self.engine.on_data, data, Target("udp", ip, port, self.public_udp.id))
 
     def _schedule_flush(self) -> None:
         # one outbox write per burst of events, a few ms after the first
