@@ -200,7 +200,13 @@ def test_behind_not_record_routing_the_bye_reaches_the_callee_at_its_contact(
     assert_uas_completed(callee, "callee behind a non-record-routing Kamailio")
     (ok,) = [m for m in res.received(200) if m.cseq_method == "INVITE"][-1:]
     assert [hop(sl.sip_addr) in rr for rr in ok.headers_all("Record-Route")] == [True], ok.raw
-    assert kam.received("BYE") == [] and kam.received("ACK") == [], \
+    # sipledger's in-dialog requests must not go back to Kamailio.  (SIPp as the
+    # callee sends its own BYE to its transport peer, Kamailio, whatever the route
+    # set says; Kamailio then loose-routes it to us, so in the callee case only
+    # sipledger's ACK is ours to check.)
+    ours = ("ACK", "BYE") if caller_bye else ("ACK",)
+    assert all(kam.received(m) == [] for m in ours), \
         "an in-dialog request went back to the non-record-routing Kamailio\n" + kam.log_text()[-3000:]
     bye = (callee.received("BYE") if caller_bye else res.received("BYE"))
-    assert len(bye) == 1
+    # one BYE transaction (UDP retransmissions of it are fine)
+    assert bye and len({vias(b)[0] for b in bye}) == 1, [b.raw for b in bye]
