@@ -82,6 +82,8 @@ ALLOWED = {
     ("proxy/infra/clock.py", "utcnow"): "the clock itself",
     ("proxy/script/context.py", "authenticate"): "digest nonce times: only compared with this node's own nonces",
     ("proxy/events/control.py", "start"): "compared with Kafka record timestamps (host clock)",
+    ("proxy/provisioning/live.py", "maybe_reload"): "lockout expiries: host clock, as the nonce times they sit beside",
+    ("proxy/provisioning/lockout_cli.py", "lockouts"): "lockout expiries: host clock, as the workers wrote them",
 }
 
 
