@@ -279,9 +279,14 @@ class Engine:
             driver = self.core.server_txs.get(server_key(request))
         except ValueError:
             driver = None
-        if driver is None:
+        if driver is None or driver.machine.request is not request:
+            # none, or one this message only collides with (a "retransmission"
+            # that is malformed must not end the live transaction)
             self._reply_stateless(request, source, status, reason)
             return
+        call = self.core.calls.get(request.call_id)
+        if call is not None and call.server is driver:
+            return                         # relayed already: the call's outcome answers it
         last = driver.machine.last_response
         if not driver.done and (last is None or (last.status or 0) < 200):
             self.core.reply(driver, request, status, _safe_reason(reason))
@@ -348,6 +353,7 @@ class Engine:
     def _on_request(self, req: SipMessage, source: Target) -> None:
         core = self.core
         self._stamp_via(req, source)
+        _check_addresses(req)
         upstream = self._upstream(req, source)
         if req.method == "ACK":
             driver = core.server_txs.get(server_key(req))
@@ -415,6 +421,8 @@ class Engine:
     def _on_cancel(self, cancel: SipMessage, upstream: Target) -> None:
         core = self.core
         invite_server = core.server_txs.get(invite_key_for_cancel(cancel))
+        if invite_server is not None and not _same_call(invite_server.machine.request, cancel):
+            invite_server = None            # §9.1: a branch that matches with another call is not it
         server = self._new_server(cancel, upstream)
         if invite_server is None:
             core.reply(server, cancel, 481, "Call/Transaction Does Not Exist")
@@ -506,6 +514,31 @@ def _safe_reason(reason: str) -> str:
     """A reason phrase fit for the status line: printable ASCII, at most 120
     characters (exception texts can quote what the sender wrote)."""
     return "".join(ch if " " <= ch <= "~" else "?" for ch in reason[:120])
+
+
+def _check_addresses(req: SipMessage) -> None:
+    """From, To and Route must parse (UriError: a 400, or silence for an ACK)
+    before anything routes on them: routing reads them and must not meet a
+    malformed one halfway through a decision."""
+    for key in ("from", "to"):
+        parse_uri(parse_name_addr(req.get(key) or "").uri)
+    for route in req.values("route"):
+        parse_uri(parse_name_addr(route).uri)
+
+
+def _same_call(invite: SipMessage, cancel: SipMessage) -> bool:
+    """A CANCEL's Call-ID, From tag and CSeq number are the INVITE's (§9.1):
+    matching by Via branch alone would let anyone who guessed or reused a
+    branch cancel someone else's call."""
+    return (invite.call_id == cancel.call_id and invite.cseq[0] == cancel.cseq[0]
+            and _from_tag(invite) == _from_tag(cancel))
+
+
+def _from_tag(msg: SipMessage) -> str | None:
+    try:
+        return parse_name_addr(msg.get("from") or "").tag
+    except UriError:
+        return None
 
 
 def _to_tag_present(req: SipMessage) -> bool:
