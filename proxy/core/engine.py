@@ -333,21 +333,17 @@ class Engine:
             driver.run(driver.machine.on_response(resp))
             return
         # A 2xx retransmission after its transaction is gone: relay statelessly
-        # along the Via path (§16.11), if the top Via is ours.  The next Via was
-        # stamped by _stamp_via when the INVITE passed (received = its source
-        # IP), so its target is an address; anything naming a host is forged
-        # and dropped rather than resolved.
+        # (§16.7 step 5 / §16.11) if the top Via is ours, to where the INVITE
+        # came from, i.e. the dialog's caller side (the address the first 2xx
+        # went to).  The Vias below ours are never followed: a forged stray
+        # 2xx would otherwise bounce off us at any address it named.
         if 200 <= (resp.status or 0) < 300 and resp.cseq[1] == "INVITE":
             top = parse_via(resp.top_via or "")
-            if core.node.is_me(top.host, top.port):
+            dialog = core.dialogs.get(resp.call_id)
+            if dialog is not None and core.node.is_me(top.host, top.port):
                 resp.pop_first_value("via")
-                nxt = resp.top_via
-                if nxt:
-                    via = parse_via(nxt)
-                    target = via.ip_target()
-                    transport = via.transport.lower()
-                    if target is not None and transport in ("udp", "tcp"):
-                        core.effects.send(resp.serialize(), Target(transport, *target))
+                if resp.top_via:
+                    core.effects.send(resp.serialize(), dialog.caller.target)
 
     # -- requests --------------------------------------------------------------------------
     def _on_request(self, req: SipMessage, source: Target) -> None:

@@ -1,7 +1,6 @@
 """Via header values (RFC 3261 §20.42, RFC 3581 rport)."""
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -43,22 +42,8 @@ class Via:
             return host, int(rport)
         return host, self.port or default_port
 
-    def ip_target(self, default_port: int = 5060) -> tuple[str, int] | None:
-        """``response_target`` when it is an IP address, else None: nothing on
-        the response path may trigger a DNS lookup of a name a sender chose."""
-        host, port = self.response_target(default_port)
-        return (host, port) if is_ip(host) else None
-
     def __str__(self) -> str:
         return f"SIP/2.0/{self.transport} {self.sent_by}{format_params(self.params)}"
-
-
-def is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
-    except ValueError:
-        return False
-    return True
 
 
 @bounded_cache(max_entries=16384, max_bytes=CACHE_BYTES, max_key_chars=CACHE_KEY_CHARS)
