@@ -8,7 +8,6 @@ import os
 import secrets
 import signal
 import socket
-import sys
 from pathlib import Path
 
 from ..contract import events as ev
@@ -25,6 +24,7 @@ from ..events.outbox import Outbox
 from ..events.publisher import EventPublisher
 from ..infra import clock
 from ..infra.config import RUN_DIR, Config
+from ..infra.logs import setup_service_logging
 from ..provisioning.live import LiveProvisioning
 from ..provisioning.store import ProvisioningStore, default_url
 from ..routing.live import LiveRouting
@@ -327,7 +327,7 @@ def tune_gc() -> None:
 
 def run(config: Config, data_dir: Path, index: int, workers: int,
         udp_fd: int | None = None, tcp_fd: int | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s worker{index} %(name)s %(levelname)s %(message)s")
+    setup_service_logging(f"%(asctime)s worker{index} %(name)s %(levelname)s %(message)s",
+                          burst=config.logging.repeat_burst, interval=config.logging.repeat_interval_s)
     import uvloop
     uvloop.run(Worker(config, data_dir, index, workers, udp_fd, tcp_fd).run())
