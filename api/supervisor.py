@@ -190,7 +190,6 @@ class Up:
         if self.config_file is not None:
             common += ["--config", str(self.config_file)]
         logs = self.data_dir / "logs"
-        rotation = {"log_max_bytes": c.logging.max_bytes, "log_backups": c.logging.backups}
         return [Child(name, [sys.executable, "-m", *args, *common], ready, log=logs / f"{name}.log",
-                      **rotation)
+                      log_max_bytes=c.logging.max_bytes, log_backups=c.logging.backups)
                 for name, enabled, args, ready in table if enabled]
