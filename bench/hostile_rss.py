@@ -8,7 +8,10 @@ relaying initial INVITEs to a sink here that answers 486.  Then sends
 ``--count`` malformed requests (a third Latin-1 INVITEs, a third OPTIONS with a
 30 KB Via parameter, a third assorted malformed Vias/Routes/CSeqs), waits
 ``--settle`` s for transactions to end, then ``--count`` valid requests
-(OPTIONS and INVITEs) and waits again.  Prints RSS at each step, the answers
+(OPTIONS and INVITEs; finals are ACKed as a phone does) and waits again,
+twice (``--valid-rounds``): RSS that keeps growing round after round is a
+leak, RSS that stays is the peak of live transactions (Python keeps freed
+memory for reuse).  Prints RSS at each step, the answers
 received, and the worker's log size and traceback count."""
 from __future__ import annotations
 
@@ -106,6 +109,7 @@ class Client(threading.Thread):
         self.port = self.sock.getsockname()[1]
         self.answers: collections.Counter = collections.Counter()
         self.stopping = False
+        self.worker_port = 0
 
     def run(self):
         while not self.stopping:
@@ -113,7 +117,11 @@ class Client(threading.Thread):
                 data, _ = self.sock.recvfrom(70000)
             except TimeoutError:
                 continue
-            self.answers[data.split(b" ", 2)[1].decode(errors="replace")] += 1
+            status = data.split(b" ", 2)[1]
+            self.answers[status.decode(errors="replace")] += 1
+            if status >= b"300" and b" INVITE\r\n" in data:
+                self.sock.sendto(ack_for(data), (HOST, self.worker_port))   # as a phone does
+
 
     def send(self, worker: Worker, make, count: int, rate: int) -> None:
         start = time.monotonic()
@@ -125,17 +133,37 @@ class Client(threading.Thread):
                     time.sleep(ahead)
 
 
+def ack_for(response: bytes) -> bytes:
+    """The ACK a UAC sends for a non-2xx final (§17.1.1.3): the response's
+    top Via, From, To (with its tag), Call-ID, and CSeq with method ACK."""
+    head = response.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
+    keep, via_seen = [], False
+    for line in head:
+        name = line.split(b":", 1)[0].strip().lower()
+        if name == b"via" and not via_seen:
+            via_seen = True
+            keep.append(line)
+        elif name in (b"from", b"to", b"call-id"):
+            keep.append(line)
+        elif name == b"cseq":
+            keep.append(line.replace(b"INVITE", b"ACK"))
+    return (b"ACK sip:bob@example.test SIP/2.0\r\n" + b"\r\n".join(keep) +
+            b"\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--repo", type=Path, default=REPO, help="checkout whose proxy is measured")
     p.add_argument("--count", type=int, default=30_000)
     p.add_argument("--rate", type=int, default=2000, help="requests per second")
     p.add_argument("--settle", type=float, default=40.0, help="seconds for transactions to end")
+    p.add_argument("--valid-rounds", type=int, default=2)
     args = p.parse_args()
     sink, client = Sink(), Client()
     sink.start()
     client.start()
     worker = Worker(args.repo, sink.port)
+    client.worker_port = worker.port
     try:
         time.sleep(1.0)
         print(f"repo {args.repo}")
@@ -147,10 +175,13 @@ def main() -> int:
         log_after_malformed = worker.log_bytes()
         print(f"after {args.count} malformed (+{args.settle:.0f} s): {worker.rss_mb():7.1f} MB   "
               f"answers {malformed_answers}")
-        client.send(worker, lambda n, port: valid(n + 10_000_000, port), args.count, args.rate)
-        time.sleep(args.settle)
-        print(f"after {args.count} valid     (+{args.settle:.0f} s): {worker.rss_mb():7.1f} MB   "
-              f"answers {dict(client.answers)}")
+        for round_ in range(args.valid_rounds):   # a second round: growth would be a leak
+            client.answers.clear()
+            offset = 10_000_000 * (round_ + 1)
+            client.send(worker, lambda n, port, offset=offset: valid(n + offset, port), args.count, args.rate)
+            time.sleep(args.settle)
+            print(f"after {args.count} valid #{round_ + 1}  (+{args.settle:.0f} s): {worker.rss_mb():7.1f} MB   "
+                  f"answers {dict(client.answers)}")
         print(f"worker log: {log_after_malformed / 1024:.0f} KB after the malformed phase "
               f"({log_after_malformed / args.count:.0f} B per request), "
               f"{worker.log_bytes() / 1024:.0f} KB in all, {worker.tracebacks()} tracebacks")
