@@ -180,7 +180,7 @@ def encode(event: CallEvent) -> bytes:
     try:
         return _encoder.encode(event)
     except UnicodeEncodeError:      # a lone surrogate from a non-UTF-8 byte (rare path)
-        return _encoder.encode(_escaped(msgspec.to_builtins(event)))
+        return _encoder.encode(escaped(msgspec.to_builtins(event)))
 
 
 def escape_text(text: str) -> str:
@@ -193,7 +193,8 @@ def key_bytes(call_id: str) -> bytes:
     return call_id.encode("utf-8", "surrogateescape")
 
 
-def _escaped(value):
+def escaped(value):
+    """A builtins tree (msgspec.to_builtins) with every str made encodable as UTF-8."""
     if isinstance(value, str):
         try:
             value.encode("utf-8")
@@ -204,9 +205,9 @@ def _escaped(value):
                 return value.encode("utf-8", "replace").decode("utf-8")
         return value
     if isinstance(value, dict):
-        return {k: _escaped(v) for k, v in value.items()}
+        return {k: escaped(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_escaped(v) for v in value]
+        return [escaped(v) for v in value]
     return value
 
 

@@ -258,3 +258,18 @@ def test_serialize_keeps_raw_bytes():
            b"To: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
     assert parse(data).serialize() == data
     assert isinstance(parse(data), SipMessage)
+
+
+def test_credit_request_carries_any_bytes():
+    from proxy.contract import credit
+    call_id = b"c\xe9".decode("utf-8", "surrogateescape")
+    request = credit.AuthorizeRequest(id="r", ts_ms=1, call_id=call_id, account="a@x", destination="1",
+                                      request_uri="sip:1@x", caller_uri="sip:a@x")
+    assert credit.decode_request(credit.encode(request)).call_id == "c\\xe9"
+
+
+def test_weighted_gateway_choice_takes_any_call_id():
+    from proxy.routing.drouting import GatewayRef, _ordered
+    refs = (GatewayRef("gw1", 1), GatewayRef("gw2", 3))
+    call_id = b"c\xe9".decode("utf-8", "surrogateescape")
+    assert {r.name for r in _ordered(refs, call_id, "salt")} == {"gw1", "gw2"}
