@@ -14,6 +14,7 @@ import argparse
 import random
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
-from hostile_common import HOST, Worker  # noqa: E402
+from hostile_common import HOST, Worker, start_broker  # noqa: E402
 
 from tests.harness.fuzz import fuzzed  # noqa: E402
 
@@ -32,13 +33,15 @@ def main() -> int:
     p.add_argument("--count", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rate", type=int, default=2000, help="messages per second")
+    p.add_argument("--no-broker", action="store_true", help="no Kafka: events wait in the outbox")
     p.add_argument("--settle", type=float, default=40.0)
     args = p.parse_args()
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)     # relayed requests land here, unanswered
     sink.bind((HOST, 0))
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.bind((HOST, 0))
-    worker = Worker(args.repo, sink.getsockname()[1])
+    broker = None if args.no_broker else start_broker(Path(tempfile.mkdtemp(prefix="hostile-broker-")))
+    worker = Worker(args.repo, sink.getsockname()[1], broker.bootstrap if broker else None)
     rng = random.Random(args.seed)
     try:
         start = time.monotonic()
@@ -57,6 +60,8 @@ def main() -> int:
               f"worker {'alive' if alive else 'DEAD'}")
     finally:
         worker.stop()
+        if broker is not None:
+            broker.stop()
         sink.close()
         client.close()
     return 0

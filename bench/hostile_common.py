@@ -14,7 +14,8 @@ from pathlib import Path
 HOST = "127.0.0.1"
 
 # every initial INVITE relayed (no challenge) to the bench's sink, as in
-# bench/sip_rate.toml; no broker: events wait in the worker's outbox
+# bench/sip_rate.toml; events go to a real broker (Tansu) when one is given,
+# else they wait in the worker's outbox
 CONFIG = """
 [proxy]
 workers = 1
@@ -24,7 +25,7 @@ trusted_sources = ["127.0.0.1/32"]
 domains = ["example.test"]
 
 [kafka]
-bootstrap_servers = "127.0.0.1:{kafka_port}"
+bootstrap_servers = "{bootstrap}"
 """
 
 
@@ -37,11 +38,12 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
 class Worker:
     """A proxy worker on a free port; stopped by its PID."""
 
-    def __init__(self, repo: Path, sink_port: int):
+    def __init__(self, repo: Path, sink_port: int, bootstrap: str | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="hostile-bench-"))
         self.port = free_port()
         config = self.dir / "sipledger.toml"
-        config.write_text(CONFIG.format(sink_port=sink_port, kafka_port=free_port(socket.SOCK_STREAM)))
+        bootstrap = bootstrap or f"{HOST}:{free_port(socket.SOCK_STREAM)}"   # nobody there
+        config.write_text(CONFIG.format(sink_port=sink_port, bootstrap=bootstrap))
         self.log_path = self.dir / "worker.log"
         self._log = open(self.log_path, "wb")
         env = dict(os.environ, PYTHONPATH=str(repo))
@@ -84,3 +86,12 @@ class Worker:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+def start_broker(log_dir: Path):
+    """The embedded broker (Tansu) with sip.events and call.control, from this checkout."""
+    repo = Path(__file__).resolve().parents[1]
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    from tests.harness.broker import start_broker as start
+    return start(log_dir)

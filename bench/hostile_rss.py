@@ -19,12 +19,13 @@ import argparse
 import collections
 import socket
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hostile_common import HOST, Worker  # noqa: E402
+from hostile_common import HOST, Worker, start_broker  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -156,13 +157,15 @@ def main() -> int:
     p.add_argument("--repo", type=Path, default=REPO, help="checkout whose proxy is measured")
     p.add_argument("--count", type=int, default=30_000)
     p.add_argument("--rate", type=int, default=2000, help="requests per second")
+    p.add_argument("--no-broker", action="store_true", help="no Kafka: events wait in the outbox")
     p.add_argument("--settle", type=float, default=40.0, help="seconds for transactions to end")
     p.add_argument("--valid-rounds", type=int, default=2)
     args = p.parse_args()
     sink, client = Sink(), Client()
     sink.start()
     client.start()
-    worker = Worker(args.repo, sink.port)
+    broker = None if args.no_broker else start_broker(Path(tempfile.mkdtemp(prefix="hostile-broker-")))
+    worker = Worker(args.repo, sink.port, broker.bootstrap if broker else None)
     client.worker_port = worker.port
     try:
         time.sleep(1.0)
@@ -187,6 +190,8 @@ def main() -> int:
               f"{worker.log_bytes() / 1024:.0f} KB in all, {worker.tracebacks()} tracebacks")
     finally:
         worker.stop()
+        if broker is not None:
+            broker.stop()
         sink.stopping = client.stopping = True
     return 0
 
