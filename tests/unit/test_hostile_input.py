@@ -273,3 +273,28 @@ def test_weighted_gateway_choice_takes_any_call_id():
     refs = (GatewayRef("gw1", 1), GatewayRef("gw2", 3))
     call_id = b"c\xe9".decode("utf-8", "surrogateescape")
     assert {r.name for r in _ordered(refs, call_id, "salt")} == {"gw1", "gw2"}
+
+
+def test_runtime_sends_udp_to_addresses_only(tmp_path):
+    from proxy.events.outbox import Outbox
+    from proxy.runtime.worker import RuntimeEffects
+
+    class Endpoint:
+        def __init__(self):
+            self.sent = []
+
+        def send(self, data, host, port):
+            if port == 0:
+                raise OSError(22, "Invalid argument")
+            self.sent.append((host, port))
+            return True
+
+    endpoint = Endpoint()
+    outbox = Outbox(tmp_path / "o.sqlite")
+    effects = RuntimeEffects(None, outbox, endpoint, {}, None, lambda: None)
+    assert effects.send(b"x", Target("udp", "evil.invalid", 5060)) is False    # never resolved
+    assert effects.send(b"x", Target("udp", "h\u00f6st", 5060)) is False
+    assert effects.send(b"x", Target("udp", "192.0.2.1", 0)) is False          # EINVAL: a failed send
+    assert effects.send(b"x", Target("udp", "2001:db8::1", 5060)) is True
+    assert endpoint.sent == [("2001:db8::1", 5060)]
+    outbox.close()
