@@ -156,6 +156,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--repo", type=Path, default=REPO, help="checkout whose proxy is measured")
     p.add_argument("--count", type=int, default=30_000)
+    p.add_argument("--malformed", type=int, default=None, help="malformed requests (default: --count)")
     p.add_argument("--rate", type=int, default=2000, help="requests per second")
     p.add_argument("--no-broker", action="store_true", help="no Kafka: events wait in the outbox")
     p.add_argument("--settle", type=float, default=40.0, help="seconds for transactions to end")
@@ -171,12 +172,13 @@ def main() -> int:
         time.sleep(1.0)
         print(f"repo {args.repo}")
         print(f"worker RSS at start:                    {worker.rss_mb():7.1f} MB")
-        client.send(worker, malformed, args.count, args.rate)
-        time.sleep(args.settle)
+        bad = args.count if args.malformed is None else args.malformed
+        client.send(worker, malformed, bad, args.rate)
+        time.sleep(args.settle if bad else 0)
         malformed_answers = dict(client.answers)
         client.answers.clear()
         log_after_malformed = worker.log_bytes()
-        print(f"after {args.count} malformed (+{args.settle:.0f} s): {worker.rss_mb():7.1f} MB   "
+        print(f"after {bad} malformed (+{args.settle:.0f} s): {worker.rss_mb():7.1f} MB   "
               f"answers {malformed_answers}")
         for round_ in range(args.valid_rounds):   # a second round: growth would be a leak
             client.answers.clear()
@@ -186,7 +188,7 @@ def main() -> int:
             print(f"after {args.count} valid #{round_ + 1}  (+{args.settle:.0f} s): {worker.rss_mb():7.1f} MB   "
                   f"answers {dict(client.answers)}")
         print(f"worker log: {log_after_malformed / 1024:.0f} KB after the malformed phase "
-              f"({log_after_malformed / args.count:.0f} B per request), "
+              f"({log_after_malformed / max(bad, 1):.0f} B per request), "
               f"{worker.log_bytes() / 1024:.0f} KB in all, {worker.tracebacks()} tracebacks")
     finally:
         worker.stop()
