@@ -32,6 +32,7 @@ import sys
 import msgspec
 
 from proxy.infra.config import ConfigError, resolve_paths
+from proxy.infra.logs import setup_service_logging
 from proxy.infra.supervise import one_line_errors
 from proxy.runtime.transport import tcp_socket
 
@@ -53,8 +54,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_service_logging("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                          level=logging.getLevelName(args.log_level.upper()))
     from proxy.infra import config as config_mod
     data_dir, config_file = resolve_paths(args.data_dir, args.config)
     try:

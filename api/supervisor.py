@@ -21,6 +21,7 @@ services, then the broker.
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import sys
 import threading
 import time
@@ -106,7 +107,8 @@ class Up:
         # stderr is for the operator's one-line messages; library chatter goes to the log
         log_dir = self.data_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_dir / "up.log")
+        handler = logging.handlers.RotatingFileHandler(
+            log_dir / "up.log", maxBytes=self.config.logging.max_bytes, backupCount=self.config.logging.backups)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
 
@@ -188,5 +190,6 @@ class Up:
         if self.config_file is not None:
             common += ["--config", str(self.config_file)]
         logs = self.data_dir / "logs"
-        return [Child(name, [sys.executable, "-m", *args, *common], ready, log=logs / f"{name}.log")
+        return [Child(name, [sys.executable, "-m", *args, *common], ready, log=logs / f"{name}.log",
+                      log_max_bytes=c.logging.max_bytes, log_backups=c.logging.backups)
                 for name, enabled, args, ready in table if enabled]

@@ -15,6 +15,7 @@ import logging
 import sys
 
 from proxy.infra.config import ConfigError, load, resolve_paths
+from proxy.infra.logs import setup_service_logging
 from proxy.infra.supervise import one_line_errors
 
 
@@ -25,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (overrides kafka.bootstrap_servers)")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_service_logging("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                          level=logging.getLevelName(args.log_level.upper()))
     data_dir, config_file = resolve_paths(args.data_dir, args.config)
     try:
         config = load(config_file, {"kafka": {"bootstrap_servers": args.bootstrap}})

@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from proxy.infra.config import ConfigError, load, resolve_paths
+from proxy.infra.logs import setup_service_logging
 from proxy.infra.supervise import one_line_errors
 
 
@@ -33,8 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.loglevel.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_service_logging("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                          level=logging.getLevelName(args.loglevel.upper()))
     if args.loglevel.lower() != "debug":
         # pyrad logs every ICMP port-unreachable while a server is down
         logging.getLogger("radius.pyrad").setLevel(logging.CRITICAL)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from .events import SCHEMA_VERSION
+from .events import SCHEMA_VERSION, escaped
 
 
 class AuthorizeRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,7 +37,11 @@ _resp_dec = msgspec.json.Decoder(AuthorizeResponse)
 
 
 def encode(message: AuthorizeRequest | AuthorizeResponse) -> bytes:
-    return _req_enc.encode(message)
+    """JSON; text that was not UTF-8 on the wire is escaped as in call events (``\\xNN``)."""
+    try:
+        return _req_enc.encode(message)
+    except UnicodeEncodeError:
+        return _req_enc.encode(escaped(msgspec.to_builtins(message)))
 
 
 def decode_request(data: bytes) -> AuthorizeRequest:

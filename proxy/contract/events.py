@@ -6,6 +6,16 @@ RADIUS).  Records are immutable msgspec structs, tagged by ``type`` and carrying
 Changing a field means a new version, never a silent edit: see docs/events.md.
 
 Kafka key = Call-ID, so one call's events stay ordered on one partition.
+
+Text from SIP messages: phones send bytes, not always UTF-8 (a Latin-1
+display name ``"Jos\\xe9"`` is common).  The proxy decodes SIP as UTF-8 with
+``surrogateescape`` (relayed bytes stay unchanged); in events every byte that
+is not part of valid UTF-8 is *escaped* as the four characters ``\\xNN``
+(lower-case hex), so every string field is valid UTF-8 JSON and readers need
+no special decoding.  ``Jos\\xe9`` in an event is the byte 0xE9 on the wire;
+a literal backslash sent by the phone is kept as is (the escape is for
+display and matching, not a reversible encoding).  The Kafka key is the
+Call-ID's raw bytes.  See docs/events.md "Text fields".
 """
 from __future__ import annotations
 
@@ -166,7 +176,39 @@ _decoder = msgspec.json.Decoder(CallEvent)
 
 
 def encode(event: CallEvent) -> bytes:
-    return _encoder.encode(event)
+    """JSON of an event; bytes that were not UTF-8 on the wire become ``\\xNN``."""
+    try:
+        return _encoder.encode(event)
+    except UnicodeEncodeError:      # a lone surrogate from a non-UTF-8 byte (rare path)
+        return _encoder.encode(escaped(msgspec.to_builtins(event)))
+
+
+def escape_text(text: str) -> str:
+    """``text`` with each surrogate-escaped byte (a non-UTF-8 byte) as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def key_bytes(call_id: str) -> bytes:
+    """The Kafka key of a call: its Call-ID as the phone sent it."""
+    return call_id.encode("utf-8", "surrogateescape")
+
+
+def escaped(value):
+    """A builtins tree (msgspec.to_builtins) with every str made encodable as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            try:
+                return escape_text(value)
+            except UnicodeEncodeError:  # a surrogate no decoding made: replace it
+                return value.encode("utf-8", "replace").decode("utf-8")
+        return value
+    if isinstance(value, dict):
+        return {k: escaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [escaped(v) for v in value]
+    return value
 
 
 def decode(data: bytes) -> CallEvent:

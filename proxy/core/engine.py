@@ -17,7 +17,7 @@ from ..contract import commands as cmd
 from ..contract import events as ev
 from ..infra import clock
 from ..infra.config import DnsSettings
-from ..sip.build import make_response
+from ..sip.build import REASONS, make_response
 from ..sip.message import ParseError, SipMessage, parse
 from ..sip.uri import UriError, parse_name_addr, parse_uri
 from ..sip.via import Via, ViaError, parse_via
@@ -25,7 +25,9 @@ from ..transactions import (
     InviteServerTransaction,
     NonInviteServerTransaction,
     ServerTransaction,
+    State,
     TimerConfig,
+    TransactionStateError,
     client_key,
     invite_key_for_cancel,
     new_branch,
@@ -83,7 +85,12 @@ class Core:
 
     # -- small services ------------------------------------------------------
     def emit(self, event) -> None:
-        self.effects.emit(event)
+        # accounting must never stall signalling: a failed emission is logged
+        # (rate-limited) and the call goes on
+        try:
+            self.effects.emit(event)
+        except Exception as exc:
+            log.error("call event %s dropped: %r", type(event).__name__, exc)
 
     def is_trusted(self, ip: str) -> bool:
         if not self.trusted:
@@ -159,10 +166,25 @@ class Core:
 
     def reply(self, server: TxDriver, request: SipMessage, status: int, reason: str | None = None,
               headers=()) -> SipMessage:
+        """A response generated here.  Its final is not retransmitted on Timer G
+        (see ``LOCAL_REPLIES_RETRANSMIT``); a retransmitted request re-draws it."""
         resp = make_response(request, status, reason, headers=list(headers))
         if not server.done:
-            server.run(server.machine.send_response(resp))
+            try:
+                actions = server.machine.send_response(resp, retransmit=LOCAL_REPLIES_RETRANSMIT)
+            except TransactionStateError:      # already answered (a race with CANCEL …)
+                return resp
+            server.run(actions)
         return resp
+
+    def trying(self, server: TxDriver) -> None:
+        """100 Trying for an INVITE, once, when it is relayed or left waiting
+        (credit control); never before a local final reply: §17.2.1 lets the
+        transaction skip the 100 when the TU answers within 200 ms, and a 100
+        ahead of a 407 would be a second packet drawn by one spoofed request."""
+        machine = server.machine
+        if not server.done and machine.state is State.PROCEEDING and machine.last_response is None:
+            self.reply(server, machine.request, 100, "Trying")
 
     # -- routing along route sets -----------------------------------------------------
     def pop_own_routes(self, request: SipMessage) -> bool:
@@ -182,7 +204,10 @@ class Core:
             top = request.get("route")
             if top is None:
                 break
-            first = request.values("route")[0]
+            values = request.values("route")
+            if not values:                    # "Route: ," names no hop at all
+                raise UriError("empty Route header")
+            first = values[0]
             if not self.node.is_me_route(first):
                 break
             request.pop_first_value("route")
@@ -271,8 +296,10 @@ class Engine:
     def on_data(self, data: bytes, source: Target) -> None:
         if not data.strip(b"\r\n"):
             return                         # keep-alive CRLFs
+        settings = self.core.settings
         try:
-            msg = parse(data)
+            msg = parse(data, max_message_bytes=settings.max_message_bytes,
+                        max_header_bytes=settings.max_header_bytes, max_headers=settings.max_headers)
         except ParseError as exc:
             self._bad_request(exc, source)
             return
@@ -281,33 +308,67 @@ class Engine:
                 self._on_request(msg, source)
             else:
                 self._on_response(msg)
-        except (ValueError, ViaError, UriError) as exc:
+        except (ValueError, ViaError, UriError) as exc:   # malformed values (UnicodeError too)
             if msg.is_request and msg.method != "ACK":
-                self._reply_stateless(msg, source, 400, f"Bad Request ({exc})"[:120])
+                self._fail(msg, source, 400, f"Bad Request ({exc})")
         except Exception:              # one bad message must never stop the worker
             log.exception("error handling %r from %s", msg, source)
             if msg.is_request and msg.method != "ACK":
-                self._reply_stateless(msg, source, 500, "Server Internal Error")
+                self._fail(msg, source, 500, "Server Internal Error")
+
+    def _fail(self, request: SipMessage, source: Target, status: int, reason: str) -> None:
+        """Answer a request whose handling failed: through its server transaction
+        when one exists and is unanswered (so it ends by its timers instead of
+        lingering), else statelessly."""
+        try:
+            driver = self.core.server_txs.get(server_key(request))
+        except ValueError:
+            driver = None
+        if driver is None or driver.machine.request is not request:
+            # none, or one this message only collides with (a "retransmission"
+            # that is malformed must not end the live transaction)
+            self._reply_stateless(request, source, status, reason)
+            return
+        call = self.core.calls.get(request.call_id)
+        if call is not None and call.server is driver:
+            return                         # relayed already: the call's outcome answers it
+        last = driver.machine.last_response
+        if not driver.done and (last is None or (last.status or 0) < 200):
+            self.core.reply(driver, request, status, _safe_reason(reason))
 
     def _bad_request(self, exc: ParseError, source: Target) -> None:
         partial = exc.partial
         if partial is None or partial.method == "ACK" or partial.get("via") is None:
             return                         # nothing we can answer
-        self._reply_stateless(partial, source, 400, f"Bad Request ({exc.reason})"[:120])
+        if exc.status == 400:
+            reason = f"Bad Request ({exc.reason})"
+        else:
+            reason = REASONS.get(exc.status, exc.reason)
+        self._reply_stateless(partial, source, exc.status, reason)
 
     def _reply_stateless(self, request: SipMessage, source: Target, status: int, reason: str) -> None:
-        resp = make_response(request, status, reason)
+        """One response per request received, never retransmitted: a spoofed
+        source draws no more than it sent (see LOCAL_REPLIES_RETRANSMIT)."""
+        resp = make_response(request, status, _safe_reason(reason))
         self.core.effects.send(resp.serialize(), self._upstream(request, source))
 
     def _upstream(self, request: SipMessage, source: Target) -> Target:
+        """Where responses to ``request`` go: RFC 3261 §18.2.2 with RFC 3581 §4,
+        always at the address the request came from.  The Via's host and any
+        ``received`` it carries are the sender's assertions: following them
+        would reflect our answers (and their retransmissions) at a victim of
+        the sender's choosing, and a name would need a DNS lookup.  Only the
+        port comes from the Via when it has no ``rport``, as §18.2.2 says
+        (received address + sent-by port)."""
         if source.transport != "udp":
-            return source
+            return source                  # the connection it came on (§18.2.2)
         try:
             via = parse_via(request.top_via or "")
         except ViaError:
             return source
-        host, port = via.response_target()
-        return Target("udp", host, port)
+        if "rport" in via.params:
+            return source                  # RFC 3581 §4: the source port, from the socket it hit
+        return Target("udp", source.host, via.port or 5060, source.conn)
 
     # -- responses ------------------------------------------------------------------------
     def _on_response(self, resp: SipMessage) -> None:
@@ -317,20 +378,23 @@ class Engine:
             driver.run(driver.machine.on_response(resp))
             return
         # A 2xx retransmission after its transaction is gone: relay statelessly
-        # along the Via path (§16.11), if the top Via is ours.
+        # (§16.7 step 5 / §16.11) if the top Via is ours, to where the INVITE
+        # came from, i.e. the dialog's caller side (the address the first 2xx
+        # went to).  The Vias below ours are never followed: a forged stray
+        # 2xx would otherwise bounce off us at any address it named.
         if 200 <= (resp.status or 0) < 300 and resp.cseq[1] == "INVITE":
             top = parse_via(resp.top_via or "")
-            if core.node.is_me(top.host, top.port):
+            dialog = core.dialogs.get(resp.call_id)
+            if dialog is not None and core.node.is_me(top.host, top.port):
                 resp.pop_first_value("via")
-                nxt = resp.top_via
-                if nxt:
-                    host, port = parse_via(nxt).response_target()
-                    core.effects.send(resp.serialize(), Target(parse_via(nxt).transport.lower(), host, port))
+                if resp.top_via:
+                    core.effects.send(resp.serialize(), dialog.caller.target)
 
     # -- requests --------------------------------------------------------------------------
     def _on_request(self, req: SipMessage, source: Target) -> None:
         core = self.core
         self._stamp_via(req, source)
+        _check_addresses(req)
         upstream = self._upstream(req, source)
         if req.method == "ACK":
             driver = core.server_txs.get(server_key(req))
@@ -347,8 +411,12 @@ class Engine:
             self._on_cancel(req, upstream)
             return
         server = self._new_server(req, upstream)
+        self._route(req, server, source)
         if req.method == "INVITE":
-            core.reply(server, req, 100, "Trying")
+            core.trying(server)             # still unanswered: it waits (credit control)
+
+    def _route(self, req: SipMessage, server: TxDriver, source: Target) -> None:
+        core = self.core
         mf = req.get("max-forwards")
         if mf is not None:
             mf = mf.strip()
@@ -366,12 +434,19 @@ class Engine:
             self.routing.initial(req, server, source)
 
     def _stamp_via(self, req: SipMessage, source: Target) -> None:
-        """§18.2.1 received and RFC 3581 rport on the top Via."""
+        """§18.2.1 received and RFC 3581 rport on the top Via.  ``received`` is
+        always ours: one the sender wrote itself is replaced (or removed when
+        its host is the source address and it asked for no rport)."""
         via = parse_via(req.top_via or "")
-        if via.host == source.host and "rport" not in via.params:
+        params = via.params
+        stamp = via.host != source.host or "rport" in params
+        if not stamp and "received" not in params:
             return
-        params = dict(via.params)           # parsed Vias are shared: build a new one
-        params["received"] = source.host
+        params = dict(params)               # parsed Vias are shared: build a new one
+        if stamp:
+            params["received"] = source.host
+        else:
+            del params["received"]
         if "rport" in params:
             params["rport"] = str(source.port)
         req.replace_first_value("via", str(Via(via.transport, via.host, via.port, params)))
@@ -387,11 +462,16 @@ class Engine:
     def _on_cancel(self, cancel: SipMessage, upstream: Target) -> None:
         core = self.core
         invite_server = core.server_txs.get(invite_key_for_cancel(cancel))
+        if invite_server is not None and not _same_call(invite_server.machine.request, cancel):
+            invite_server = None            # §9.1: a branch that matches with another call is not it
         server = self._new_server(cancel, upstream)
         if invite_server is None:
             core.reply(server, cancel, 481, "Call/Transaction Does Not Exist")
             return
         core.reply(server, cancel, 200, "OK")
+        answered = invite_server.machine.last_response
+        if invite_server.done or (answered is not None and (answered.status or 0) >= 200):
+            return                          # §9.2: a CANCEL after the final response has no effect
         waiting = core.waiting.get(cancel.call_id)
         if waiting is not None and waiting.server is invite_server:
             waiting.cancel_waiting(cancel)
@@ -478,6 +558,49 @@ class Engine:
             return factory.make(cls, call.request, command_id=command.id, **fields)
         return cls(id=ev.new_event_id(), ts_ms=clock.now_ms(), call_id=command.call_id, from_tag="",
                    proxy=factory.proxy, worker=factory.worker, command_id=command.id, **fields)
+
+
+# RFC 3261 §17.2.1 retransmits an INVITE's final response on Timer G until the
+# ACK arrives.  For replies generated here (407, 404, 403 …) to a source whose
+# address nobody verified, that turns one spoofed 485-byte INVITE into a dozen
+# packets at a victim.  A proxy answering locally acts as a UAS, and §8.2.7
+# lets a UAS answer statelessly: it never retransmits, the client's own
+# retransmissions (Timer A) recover a lost reply, and our server transaction
+# re-sends the stored reply once per retransmitted INVITE (§17.2.1, Completed
+# state) and still absorbs the ACK.  Kamailio's sl_send_reply behaves the same.
+# Relayed responses keep Timer G: the INVITE reached a downstream party.
+LOCAL_REPLIES_RETRANSMIT = False
+
+
+def _safe_reason(reason: str) -> str:
+    """A reason phrase fit for the status line: printable ASCII, at most 120
+    characters (exception texts can quote what the sender wrote)."""
+    return "".join(ch if " " <= ch <= "~" else "?" for ch in reason[:120])
+
+
+def _check_addresses(req: SipMessage) -> None:
+    """From, To and Route must parse (UriError: a 400, or silence for an ACK)
+    before anything routes on them: routing reads them and must not meet a
+    malformed one halfway through a decision."""
+    for key in ("from", "to"):
+        parse_uri(parse_name_addr(req.get(key) or "").uri)
+    for route in req.values("route"):
+        parse_uri(parse_name_addr(route).uri)
+
+
+def _same_call(invite: SipMessage, cancel: SipMessage) -> bool:
+    """A CANCEL's Call-ID, From tag and CSeq number are the INVITE's (§9.1):
+    matching by Via branch alone would let anyone who guessed or reused a
+    branch cancel someone else's call."""
+    return (invite.call_id == cancel.call_id and invite.cseq[0] == cancel.cseq[0]
+            and _from_tag(invite) == _from_tag(cancel))
+
+
+def _from_tag(msg: SipMessage) -> str | None:
+    try:
+        return parse_name_addr(msg.get("from") or "").tag
+    except UriError:
+        return None
 
 
 def _to_tag_present(req: SipMessage) -> bool:

@@ -122,6 +122,7 @@ class ProxyCall:
             core.emit(core.events.invite_routed(self.request, leg, uri))
         if self.is_invite:
             branch.timer_c = core.effects.call_later(self._timer_c_delay(), self._on_timer_c, branch)
+            core.trying(self.server)      # 100 only once the INVITE is relayed (engine.py)
         branch.driver.run(machine.start())
 
     def _pending(self) -> list[Branch]:

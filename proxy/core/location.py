@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..contract.events import escape_text
+
 __all__ = ["Binding", "BindingEditor", "LocationError", "LocationStore", "normalize_aor"]
 
 log = logging.getLogger(__name__)
@@ -103,7 +105,7 @@ class BindingEditor:
         self.current[binding.contact] = binding
 
     def remove(self, contact: str) -> None:
-        self._conn.execute("DELETE FROM location WHERE aor = ? AND contact = ?", (self.aor, contact))
+        self._conn.execute("DELETE FROM location WHERE aor = ? AND contact = ?", (self.aor, _text(contact)))
         self.current.pop(contact, None)
 
     def bindings(self) -> list[Binding]:
@@ -207,5 +209,13 @@ class LocationStore:
 
 
 def _row(b: Binding) -> tuple:
-    return (b.aor, b.contact, b.expires_at, b.q_milli, b.call_id, b.cseq, b.received,
-            b.transport, b.user_agent, b.path, b.registered_at)
+    return (_text(b.aor), _text(b.contact), b.expires_at, b.q_milli, _text(b.call_id), b.cseq,
+            b.received, b.transport, _text(b.user_agent), _text(b.path), b.registered_at)
+
+
+def _text(value: str | None) -> str | None:
+    """SQLite takes UTF-8 only; a byte a phone sent that is not UTF-8 (a
+    surrogate after parsing) is stored as ``\\xNN``, as in call events."""
+    if value is None or value.isascii():
+        return value
+    return escape_text(value)

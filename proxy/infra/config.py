@@ -89,6 +89,10 @@ class ProxySettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     t2: float = 4.0
     t4: float = 5.0
     outbox_flush_ms: int = 5
+    # hostile input: size limits for every message, UDP or TCP (docs/hostile-input.md)
+    max_message_bytes: int = 65535      # whole message; a larger body is answered 413
+    max_header_bytes: int = 16384       # start line + headers; larger is answered 513 (or dropped)
+    max_headers: int = 256              # header lines; more is answered 513
 
 
 DIGEST_ALGORITHMS = ("MD5", "SHA-256")
@@ -335,6 +339,14 @@ class RadiusSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 # --- the whole file ----------------------------------------------------------------------
 
+class LogSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """[logging]: service logs under DATA_DIR/logs (proxy/infra/logs.py)."""
+    max_bytes: int = 10 * 1024 * 1024   # a log file is rotated at this size
+    backups: int = 5                    # rotated files kept (name.log.1 … name.log.N)
+    repeat_burst: int = 10              # lines with the same message key let through per interval …
+    repeat_interval_s: float = 60.0     # … then one "suppressed N similar" line per interval
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     node: NodeSettings = NodeSettings()
     kafka: KafkaSettings = KafkaSettings()
@@ -355,6 +367,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     credit: CreditSettings = CreditSettings()
     ledger: LedgerSettings = LedgerSettings()
     radius: RadiusSettings = RadiusSettings()
+    logging: LogSettings = LogSettings()
 
     def with_bootstrap(self, bootstrap: str) -> "Config":
         """The same config pointed at a running broker (what `up` hands its children)."""
@@ -481,6 +494,15 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
         ("dns.max_in_flight", c.dns.max_in_flight >= 1, "must be >= 1"),
         ("proxy.t1", 0 < c.proxy.t1 <= c.proxy.t2, "must be > 0 and <= proxy.t2"),
         ("proxy.outbox_flush_ms", 1 <= c.proxy.outbox_flush_ms <= 10_000, "must be 1..10000"),
+        ("proxy.max_message_bytes", 1024 <= c.proxy.max_message_bytes <= 16 * 1024 * 1024,
+         "must be 1024..16777216"),
+        ("proxy.max_header_bytes", 512 <= c.proxy.max_header_bytes <= c.proxy.max_message_bytes,
+         "must be 512..proxy.max_message_bytes"),
+        ("proxy.max_headers", 16 <= c.proxy.max_headers <= 10_000, "must be 16..10000"),
+        ("logging.max_bytes", c.logging.max_bytes >= 64 * 1024, "must be >= 65536"),
+        ("logging.backups", 1 <= c.logging.backups <= 100, "must be 1..100"),
+        ("logging.repeat_burst", c.logging.repeat_burst >= 1, "must be >= 1"),
+        ("logging.repeat_interval_s", c.logging.repeat_interval_s > 0, "must be > 0"),
         ("auth.nonce_ttl_seconds", c.auth.nonce_ttl_seconds > 0, "must be > 0"),
         ("auth.algorithms", _algorithms(c.auth.algorithms), "must list MD5 and/or SHA-256, each once"),
         ("auth.lockout_failures", c.auth.lockout_failures >= 0, "must be >= 0 (0 = never)"),

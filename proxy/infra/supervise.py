@@ -38,6 +38,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .logs import RotatingLog
+
 READY_TIMEOUT_S = 90.0
 STOP_GRACE_S = 15.0
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
@@ -129,6 +131,8 @@ class Child:
     argv: list[str]
     ready: str                          # stdout line prefix, e.g. "PROXY READY"
     log: Path | None = None             # its stdout/stderr go here (None: our stderr)
+    log_max_bytes: int = 10 * 1024 * 1024   # the log is rotated at this size ([logging] max_bytes)
+    log_backups: int = 5                # rotated files kept ([logging] backups)
     pass_fds: tuple[int, ...] = ()
     env: dict[str, str] | None = None
 
@@ -140,7 +144,7 @@ class Child:
     _readers: list[threading.Thread] = field(default_factory=list, init=False, repr=False)
     ready_at: float | None = field(default=None, init=False, repr=False)      # monotonic
     restart_at: float | None = field(default=None, init=False, repr=False)    # monotonic, when due
-    _log_fd: int | None = field(default=None, init=False, repr=False)
+    _log: "RotatingLog | _Stderr | None" = field(default=None, init=False, repr=False)
 
     @property
     def running(self) -> bool:
@@ -150,12 +154,9 @@ class Child:
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError(f"{self.name}: start children from the main thread "
                                "(the parent-death signal follows the spawning thread)")
-        if self._log_fd is None:
-            if self.log is None:
-                self._log_fd = os.dup(sys.stderr.fileno())
-            else:
-                self.log.parent.mkdir(parents=True, exist_ok=True)
-                self._log_fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if self._log is None:
+            self._log = (_Stderr() if self.log is None
+                         else RotatingLog(self.log, self.log_max_bytes, self.log_backups))
         self.ready_line = self.last_error = ""
         self._is_ready.clear()
         self.ready_at = None
@@ -171,11 +172,11 @@ class Child:
             reader.start()
 
     def _read(self, stream, is_stderr: bool) -> None:
-        log_fd = self._log_fd
-        assert log_fd is not None
+        sink = self._log
+        assert sink is not None
         for raw in stream:
             with contextlib.suppress(OSError):
-                os.write(log_fd, raw if raw.endswith(b"\n") else raw + b"\n")
+                sink.write(raw if raw.endswith(b"\n") else raw + b"\n")
             line = raw.decode(errors="replace").strip()
             if not line:
                 continue
@@ -217,9 +218,22 @@ class Child:
             reader.join(timeout=2.0)
         # a reader still running (something else holds the pipe) keeps the log
         # open: closing it would let a reused fd number receive its lines
-        if self._log_fd is not None and not any(r.is_alive() for r in self._readers):
-            os.close(self._log_fd)
-            self._log_fd = None
+        if self._log is not None and not any(r.is_alive() for r in self._readers):
+            self._log.close()
+            self._log = None
+
+
+class _Stderr:
+    """The supervisor's own stderr as a child's log (no rotation: not our file)."""
+
+    def __init__(self) -> None:
+        self._fd = os.dup(sys.stderr.fileno())
+
+    def write(self, data: bytes) -> None:
+        os.write(self._fd, data)
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 # -- a table of children ------------------------------------------------------------------

@@ -468,7 +468,7 @@ def _ordered(refs: tuple[GatewayRef, ...], call_key: str, salt: str) -> list[Gat
     keyed = []
     for index, ref in enumerate(refs):
         if ref.weight:
-            digest = hashlib.blake2b(f"{call_key}\0{salt}\0{ref}".encode(), digest_size=8).digest()
+            digest = hashlib.blake2b(f"{call_key}\0{salt}\0{ref}".encode("utf-8", "surrogateescape"), digest_size=8).digest()
             u = (int.from_bytes(digest, "big") + 1) / (2**64 + 1)          # in (0, 1)
             keyed.append((0, -math.log(u) / ref.weight, index, ref))
         else:

@@ -7,7 +7,7 @@ import logging
 import os
 import secrets
 import signal
-import sys
+import socket
 from pathlib import Path
 
 from ..contract import events as ev
@@ -25,6 +25,7 @@ from ..events.outbox import Outbox
 from ..events.publisher import EventPublisher
 from ..infra import clock
 from ..infra.config import RUN_DIR, Config
+from ..infra.logs import setup_service_logging
 from ..provisioning.live import LiveProvisioning
 from ..provisioning.store import ProvisioningStore, default_url
 from ..routing.live import LiveRouting
@@ -40,6 +41,15 @@ from .loaded import LoadedState
 from .transport import TcpPool, UdpEndpoint, inherited_socket, tcp_socket, udp_socket
 
 log = logging.getLogger("sipledger.worker")
+
+
+def is_numeric(host: str) -> bool:
+    """An IPv4/IPv6 address literal (inet_pton: no resolver involved)."""
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 class RuntimeEffects:
@@ -64,8 +74,17 @@ class RuntimeEffects:
 
     def send(self, data: bytes, target: Target) -> bool:
         if target.transport == "udp":
+            # numeric addresses only: a name would make sendto() resolve it on
+            # the event loop, and names in Vias are the sender's to choose
+            if not is_numeric(target.host):
+                log.warning("not sending to a non-numeric address %.60r", target.host)
+                return False
             endpoint = self.udp.get(target.conn, self.default_udp) if target.conn else self.default_udp
-            return endpoint.send(data, target.host, target.port)
+            try:
+                return endpoint.send(data, target.host, target.port)
+            except (OSError, ValueError, OverflowError) as exc:   # EINVAL, a port out of range …
+                log.warning("udp send to %s failed: %s", target, exc)
+                return False
         if self.tcp is None:
             return False
         return self.tcp.send(data, target)
@@ -74,7 +93,14 @@ class RuntimeEffects:
         return self.loop.call_later(delay, fn, *args)
 
     def emit(self, event) -> None:
-        self.outbox.append(event.call_id.encode(), ev.encode(event))
+        """Never raises: accounting must not stall signalling.  An event that
+        cannot be encoded is logged (rate-limited) and dropped."""
+        try:
+            record = ev.key_bytes(event.call_id), ev.encode(event)
+        except Exception as exc:
+            log.error("call event %s dropped: cannot encode it: %r", type(event).__name__, exc)
+            return
+        self.outbox.append(*record)
         self.on_emit()
 
     def monotonic(self) -> float:
@@ -324,7 +350,7 @@ def tune_gc() -> None:
 
 def run(config: Config, data_dir: Path, index: int, workers: int,
         udp_fd: int | None = None, tcp_fd: int | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s worker{index} %(name)s %(levelname)s %(message)s")
+    setup_service_logging(f"%(asctime)s worker{index} %(name)s %(levelname)s %(message)s",
+                          burst=config.logging.repeat_burst, interval=config.logging.repeat_interval_s)
     import uvloop
     uvloop.run(Worker(config, data_dir, index, workers, udp_fd, tcp_fd).run())

@@ -8,19 +8,28 @@ from __future__ import annotations
 
 from .headers import canonical, split_commas
 
-__all__ = ["ParseError", "SipMessage", "parse", "MANDATORY"]
+__all__ = ["ParseError", "SipMessage", "parse", "MANDATORY",
+           "MAX_MESSAGE_BYTES", "MAX_HEADER_BYTES", "MAX_HEADERS"]
 
 MANDATORY = ("via", "from", "to", "call-id", "cseq")
 _SIP2 = "SIP/2.0"
 
+# Default size limits (the [proxy] settings of the same names override them).
+MAX_MESSAGE_BYTES = 65535     # a whole message: the largest UDP datagram, Kamailio's BUF_SIZE
+MAX_HEADER_BYTES = 16384      # start line + header lines; a phone's INVITE has ~1 KB
+MAX_HEADERS = 256             # header lines
+_SUMMARY_LINE = 1024          # a mandatory header longer than this is not echoed in a 513
+
 
 class ParseError(ValueError):
-    """Malformed SIP.  ``reason`` is fit for a 400 reason phrase."""
+    """Malformed SIP.  ``reason`` is fit for a reason phrase, ``status`` is
+    the answer: 400, 413 (body too large) or 513 (header section too large)."""
 
-    def __init__(self, reason: str, partial: "SipMessage | None" = None):
+    def __init__(self, reason: str, partial: "SipMessage | None" = None, status: int = 400):
         super().__init__(reason)
         self.reason = reason
-        # enough of a request, when one was recognised, to answer it with 400
+        self.status = status
+        # enough of a request, when one was recognised, to answer it
         self.partial = partial
 
 
@@ -188,8 +197,13 @@ def _split_head_body(data: bytes) -> tuple[bytes, bytes]:
     return data.rstrip(b"\r\n"), b""
 
 
-def parse(data: bytes) -> SipMessage:
-    """Parse one datagram / framed message.  Raises ParseError with a reason."""
+def parse(data: bytes, *, max_message_bytes: int = MAX_MESSAGE_BYTES,
+          max_header_bytes: int = MAX_HEADER_BYTES, max_headers: int = MAX_HEADERS) -> SipMessage:
+    """Parse one datagram / framed message.  Raises ParseError with a reason.
+
+    Bytes are decoded as UTF-8 with ``surrogateescape``: a byte that is not
+    UTF-8 (a Latin-1 display name) becomes a lone surrogate and serialises
+    back to the same byte, so relayed messages are unchanged."""
     if not data or not data.strip():
         raise ParseError("empty message")
     if data[:1] in (b"\r", b"\n"):
@@ -201,6 +215,21 @@ def parse(data: bytes) -> SipMessage:
     else:                                   # tolerate bare LF line ends
         lines = text.replace("\r\n", "\n").split("\n")
     msg = _start_line(lines[0])
+    if len(head) > max_header_bytes or len(lines) > max_headers + 1:
+        raise ParseError("Message Too Large (header section)", _summary(msg, lines), 513)
+    _headers(msg, lines)
+    if len(data) > max_message_bytes:     # the header section fits: the body is too large
+        raise ParseError("Request Entity Too Large", _partial(msg), 413)
+    present = {h[0] for h in msg.headers}
+    for key in MANDATORY:
+        if key not in present:
+            raise ParseError(f"missing {_display_name(key)} header", _partial(msg))
+    _check_cseq(msg)
+    msg.body = _body(msg, body)
+    return msg
+
+
+def _headers(msg: SipMessage, lines: list[str]) -> None:
     headers = msg.headers
     keys = _KEYS
     for line in lines[1:]:
@@ -221,15 +250,23 @@ def parse(data: bytes) -> SipMessage:
             if not name or " " in name or "\t" in name:
                 raise ParseError(f"malformed header line {line[:40]!r}", _partial(msg))
             key = canonical(name)
-            if len(keys) < 4096:
+            if len(keys) < 4096 and len(name) <= 64:   # bounded: names are attacker-chosen
                 keys[name] = key
         headers.append([key, name, line[colon + 1:].strip()])
-    present = {h[0] for h in headers}
-    for key in MANDATORY:
-        if key not in present:
-            raise ParseError(f"missing {_display_name(key)} header", _partial(msg))
-    _check_cseq(msg)
-    msg.body = _body(msg, body)
+
+
+def _summary(msg: SipMessage, lines: list[str]) -> SipMessage | None:
+    """What an oversized request needs for its 513: the mandatory headers, each
+    only if short (a reply never echoes the attacker's bulk back)."""
+    if not msg.is_request:
+        return None
+    for line in lines[1:]:
+        if len(line) > _SUMMARY_LINE or not line or line[0] in " \t":
+            continue
+        name, colon, value = line.partition(":")
+        key = canonical(name.strip())
+        if colon and key in MANDATORY:
+            msg.headers.append([key, name.strip(), value.strip()])
     return msg
 
 

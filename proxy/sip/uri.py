@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 
+from .cache import bounded_cache
 from .headers import format_params, parse_params, unquote
 
 
@@ -43,7 +43,7 @@ class SipUri:
         return f"{self.scheme}:{userinfo}{self.hostport}{format_params(self.params)}{self.headers}"
 
 
-@lru_cache(maxsize=16384)
+@bounded_cache(max_entries=16384, max_bytes=8 * 1024 * 1024, max_key_chars=512)
 def parse_uri(text: str) -> SipUri:
     """Parse a URI.  Results are cached and shared: treat them as read-only."""
     text = text.strip()
@@ -109,7 +109,7 @@ class NameAddr:
         return f"{display}<{self.uri}>{format_params(self.params)}"
 
 
-@lru_cache(maxsize=16384)
+@bounded_cache(max_entries=16384, max_bytes=8 * 1024 * 1024, max_key_chars=512)
 def parse_name_addr(value: str) -> NameAddr:
     """Parse a name-addr/addr-spec header value.  Cached and shared: read-only."""
     value = value.strip()

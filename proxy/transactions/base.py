@@ -184,12 +184,13 @@ class ServerTransaction(Transaction):
     """Answers one request.  The runtime hands the request to the TU itself;
     the transaction sees retransmissions (``on_request``) and the TU's
     responses (``send_response``)."""
-    __slots__ = ("last_response",)
+    __slots__ = ("last_response", "_quiet")
 
     def __init__(self, request: SipMessage, *, reliable: bool,
                  timers: TimerConfig = DEFAULT_TIMERS):
         super().__init__(request, reliable=reliable, timers=timers)
         self.last_response: SipMessage | None = None
+        self._quiet = False       # the final response goes out once (no Timer G)
 
     def on_request(self, request: SipMessage) -> list[Action]:
         """A request matched to this transaction: a retransmission of the
@@ -201,10 +202,12 @@ class ServerTransaction(Transaction):
             return self._feed(Event.REQUEST, request)
         return []
 
-    def send_response(self, response: SipMessage) -> list[Action]:
+    def send_response(self, response: SipMessage, *, retransmit: bool = True) -> list[Action]:
         """The TU's response.  Raises ``TransactionStateError`` when this state
         cannot send it (after a final response, except 2xx retransmissions in
-        Accepted), ``ValueError`` for a non-response."""
+        Accepted), ``ValueError`` for a non-response.  ``retransmit=False``:
+        a non-2xx final to an INVITE is sent once, not again on Timer G (a
+        retransmitted INVITE still re-draws it; see proxy/core/engine.py)."""
         event = response_event(response)
         if event is None:
             raise ValueError(f"not a SIP response: {response!r}")
@@ -214,6 +217,7 @@ class ServerTransaction(Transaction):
                 f"{type(self).__name__} in state {self.state} cannot send "
                 f"{response.status} for {self.request.method} {self.request.call_id!r}")
         self.state, handler = entry
+        self._quiet = not retransmit
         return handler(self, response)
 
     def _send(self, response: SipMessage) -> list[Action]:

@@ -44,7 +44,7 @@ class InviteServerTransaction(ServerTransaction):
     def _reject(self, response):
         t = self._timers
         actions = self._send(response)
-        if t.g is not None:
+        if t.g is not None and not self._quiet:
             self._interval = t.g
             actions.append(StartTimer("G", t.g))
         actions.append(StartTimer("H", t.h))

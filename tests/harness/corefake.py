@@ -48,8 +48,11 @@ class FakeEffects:
         try:
             msg = parse(data)
         except ParseError:   # a 400 echoing the malformed header it complains about
-            _, status, reason = data.split(b"\r\n", 1)[0].decode().split(" ", 2)
-            msg = SipMessage.response(int(status), reason)
+            first, second, third = data.split(b"\r\n", 1)[0].decode("utf-8", "surrogateescape").split(" ", 2)
+            if first == "SIP/2.0":
+                msg = SipMessage.response(int(second), third)
+            else:            # a relayed request carrying what its sender wrote
+                msg = SipMessage.request(first, second)
         self.sent.append((msg, target))
         return True
 
