@@ -165,7 +165,6 @@ class TcpSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     message_timeout_seconds: float = 10.0   # a message once started must be complete this soon (slowloris, missing body)
     max_connections: int = 4096             # accepted connections at once; more are closed on accept
     max_connections_per_ip: int = 64        # accepted connections from one address (proxy.trusted_sources exempt)
-    max_message_bytes: int = 65536          # header + body of one message; larger gets 513 and the connection closed
 
 
 class PikeSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -519,7 +518,6 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
         ("tcp.max_connections", c.tcp.max_connections >= 1, "must be >= 1"),
         ("tcp.max_connections_per_ip", 1 <= c.tcp.max_connections_per_ip <= c.tcp.max_connections,
          "must be 1..tcp.max_connections"),
-        ("tcp.max_message_bytes", 1024 <= c.tcp.max_message_bytes <= 16 * 1024 * 1024, "must be 1024..16777216"),
         ("pike.sampling_seconds", c.pike.sampling_seconds > 0, "must be > 0"),
         ("pike.density", c.pike.density >= 1, "must be >= 1"),
         ("pike.block_seconds", c.pike.block_seconds > 0, "must be > 0"),

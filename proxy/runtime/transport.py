@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from ..core.ports import Target
 from ..infra.config import TcpSettings
+from ..sip.message import MAX_MESSAGE_BYTES
 from ..sip.reject import refusal
 from ..sip.stream import FramingError, StreamFramer
 from .throttle import ThrottledLog
@@ -104,7 +105,7 @@ class TcpConnection(asyncio.Protocol):
         self.pool = pool
         self.id = next(_ids)
         self.inbound = inbound                          # accepted here (counted against the caps)
-        self.framer = StreamFramer(pool.limits.max_message_bytes)
+        self.framer = StreamFramer(pool.max_message_bytes)
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)          # set by connection_made, before any data
         self.pending: list[bytes] = []
@@ -178,10 +179,12 @@ class TcpPool:
     (slowloris, a body that never comes)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Deliver,
-                 limits: TcpSettings | None = None, exempt: Callable[[str], bool] = lambda ip: False):
+                 limits: TcpSettings | None = None, exempt: Callable[[str], bool] = lambda ip: False,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES):
         self.loop = loop
         self.deliver = deliver
         self.limits = limits or TcpSettings()
+        self.max_message_bytes = max_message_bytes      # [proxy] max_message_bytes, as for UDP
         self.exempt = exempt                            # addresses free of the per-address cap
         self.by_id: dict[int, TcpConnection] = {}
         self.by_peer: dict[tuple[str, int], TcpConnection] = {}

@@ -197,7 +197,8 @@ class Worker:
         ports = {"udp": own_udp.local_port}
         tcp = None
         if px.tcp:
-            tcp = TcpPool(loop, self._deliver, cfg.tcp, exempt=self.guard.trusted)
+            tcp = TcpPool(loop, self._deliver, cfg.tcp, exempt=self.guard.trusted,
+                          max_message_bytes=cfg.proxy.max_message_bytes)
             public_tcp = (inherited_socket(self.tcp_fd) if self.tcp_fd is not None
                           else tcp_socket(px.listen, px.sip_port))
             await tcp.listen(public_tcp)

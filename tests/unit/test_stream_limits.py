@@ -49,7 +49,7 @@ def test_nothing_to_answer_gives_none():
 @pytest.mark.parametrize("text", [
     "[tcp]\nidle_timeout_seconds = 0\n",
     "[tcp]\nmax_connections = 10\nmax_connections_per_ip = 11\n",
-    "[tcp]\nmax_message_bytes = 10\n",
+    "[proxy]\nmax_message_bytes = 10\n",
     "[pike]\ndensity = 0\n",
     "[pike]\npolicy = \"reject\"\n",
     "[overload]\nmax_delay_ms = 10\nresume_delay_ms = 20\n",
