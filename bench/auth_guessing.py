@@ -38,7 +38,7 @@ from proxy.core.digest import compute_ha1, compute_response, parse_digest  # noq
 from proxy.provisioning.store import ProvisioningStore, default_url  # noqa: E402
 
 DOMAIN, USER, PASSWORD = "example.test", "alice", "right-password"
-URI = f"sip:{DOMAIN}"
+URI = f"sip:bob@{DOMAIN}"     # to a user: keep-alive OPTIONS to the proxy itself are never challenged
 
 
 def options(port: int, n: int, creds: str | None = None) -> bytes:

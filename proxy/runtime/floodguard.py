@@ -55,6 +55,7 @@ from ..core.pike import Pike, Verdict
 from ..core.ports import Target
 from ..core.shedder import AnswerBudget, LoadShedder
 from ..infra.config import Config
+from ..infra.runfiles import write_json_atomically
 from ..sip.reject import refusal
 from .throttle import ThrottledLog
 
@@ -291,10 +292,7 @@ class FloodGuard:
         if state == self._last_state:
             return False
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps(state) + "\n")
-            os.replace(tmp, self.path)
+            write_json_atomically(self.path, state)
         except OSError as exc:
             self._log(logging.WARNING, "cannot write %s: %s", self.path, exc)
             return False

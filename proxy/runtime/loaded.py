@@ -27,6 +27,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..infra.runfiles import write_json_atomically
+
 __all__ = ["LoadedState", "read_loaded", "state_path"]
 
 log = logging.getLogger("sipledger.loaded")
@@ -52,10 +54,7 @@ class LoadedState:
         if state == self._last:
             return False
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps(state) + "\n")
-            os.replace(tmp, self.path)
+            write_json_atomically(self.path, state)
         except OSError as exc:                 # informational: never stop the worker for it
             log.warning("cannot write %s: %s", self.path, exc)
             return False

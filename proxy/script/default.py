@@ -31,13 +31,16 @@ def route(ctx):
             return
         return ctx.save_location()
 
+    # keep-alive pings of the proxy itself are answered before authentication,
+    # as Kamailio's default script does (REQINIT): they cost nothing and reach no one
+    if ctx.method == "OPTIONS" and ctx.is_to_local() and ctx.ruri.user is None:
+        return ctx.options_reply()
+
     # our subscribers prove who they are (From in any spelling of a served domain)
     if ctx.is_from_local() and not ctx.is_trusted() and ctx.method in CHALLENGED:
         if not ctx.authenticate():
             return
 
-    if ctx.method == "OPTIONS" and ctx.is_to_local() and ctx.ruri.user is None:
-        return ctx.options_reply()
     ctx.authorize_credit()                     # prepaid accounts: relay asks credit control first
     if ctx.request.has("route") or not ctx.is_to_local():
         return leave(ctx)                      # pre-routed, or a foreign domain

@@ -35,13 +35,13 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import threading
 from pathlib import Path
 
 from tests.harness.poll import eventually
+from tests.harness.procs import terminate
 from tests.harness.sipp import HOST, _port_free, free_udp_port, port_bound
 
 BARESIP = os.environ.get("BARESIP_BIN") or shutil.which("baresip") or "/usr/bin/baresip"
@@ -184,19 +184,7 @@ class Baresip:
             self._sock = None
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            try:
-                os.kill(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(timeout=5)
+        terminate(self.proc, grace)
         if self._log is not None:
             self._log.close()
             self._log = None

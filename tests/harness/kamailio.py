@@ -29,6 +29,7 @@ import subprocess
 from pathlib import Path
 
 from tests.harness.poll import eventually
+from tests.harness.procs import terminate
 from tests.harness.proxy import _alive, _descendants, _start_time
 from tests.harness.sipp import HOST, free_udp_port, port_bound
 
@@ -184,19 +185,7 @@ class KamailioProxy:
         if self.proc is None:
             return None
         workers = {pid: _start_time(pid) for pid in _descendants(self.proc.pid)}
-        if self.proc.poll() is None:
-            try:
-                os.kill(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(timeout=5)
+        terminate(self.proc, grace)
         for pid, started in workers.items():
             if _alive(pid) and _start_time(pid) == started:
                 try:

@@ -15,6 +15,9 @@ pytestmark = pytest.mark.clock
 GUESSER = Target("udp", "203.0.113.7", 5060)
 PHONE = Target("udp", "192.0.2.10", 5060)
 REALM = "example.test"
+# past authentication the OPTIONS is routed to bob, a subscriber with no phone
+# registered (OPTIONS to the proxy itself are keep-alives, never challenged)
+AUTHENTICATED = 480
 
 
 @pytest.fixture
@@ -22,12 +25,13 @@ def rig(tmp_path):
     rig = CoreRig(tmp_path, auth=True)
     rig.cli("domain", "add", REALM)
     rig.cli("user", "add", "alice@example.test", "--password", "a-secret")
+    rig.cli("user", "add", "bob@example.test", "--password", "b-secret")
     return rig
 
 
 def options(source: Target, n: int, *, user="alice", creds: str | None = None, agent="phone-a") -> str:
     auth = f"Proxy-Authorization: {creds}\n" if creds else ""
-    return f"""OPTIONS sip:example.test SIP/2.0
+    return f"""OPTIONS sip:bob@example.test SIP/2.0
 Via: SIP/2.0/UDP {source.host}:{source.port};branch=z9hG4bKg{n};rport
 From: <sip:{user}@example.test>;tag=g{n}
 To: <sip:bob@example.test>
@@ -50,7 +54,7 @@ def challenge(rig, source=GUESSER, agent="phone-a") -> dict[str, str]:
 
 
 def credentials(nonce: str, password: str, *, user="alice", n=1) -> str:
-    uri = "sip:example.test"
+    uri = "sip:bob@example.test"
     ha1 = compute_ha1("MD5", user, REALM, password)
     response = compute_response("MD5", ha1, nonce, "OPTIONS", uri, "auth", f"{n:08x}", "c0ffee")
     return (f'Digest username="{user}", realm="{REALM}", nonce="{nonce}", uri="{uri}", '
@@ -89,19 +93,19 @@ def test_ten_failures_lock_the_source_before_any_password_check(rig, monkeypatch
     # a locked source gets no new challenges either, and others are not affected
     (resp, _), = rig.receive(options(GUESSER, 12), GUESSER)
     assert resp.status == 403
-    assert attempt(rig, PHONE, challenge(rig, PHONE)["nonce"], "a-secret", 13)[0] == 200
+    assert attempt(rig, PHONE, challenge(rig, PHONE)["nonce"], "a-secret", 13)[0] == AUTHENTICATED
 
 
 def test_a_guessed_user_is_locked_for_every_source_but_its_own_phone(rig):
     phone_nonce = challenge(rig, PHONE)["nonce"]
-    assert attempt(rig, PHONE, phone_nonce, "a-secret", 1)[0] == 200       # alice's phone, known good
+    assert attempt(rig, PHONE, phone_nonce, "a-secret", 1)[0] == AUTHENTICATED       # alice's phone, known good
     for i in range(30):                      # 3 guesses each from 10 sources: no source is locked
         source = Target("udp", f"203.0.113.{100 + i // 3}", 5060)
         assert attempt(rig, source, challenge(rig, source)["nonce"], f"guess{i}", 2 + i)[0] == 403
     elsewhere = Target("udp", "198.51.100.99", 5060)
     status, reason = attempt(rig, elsewhere, challenge(rig, elsewhere)["nonce"], "a-secret", 40)
     assert status == 403 and "too many failures" in reason
-    assert attempt(rig, PHONE, phone_nonce, "a-secret", 41)[0] == 200
+    assert attempt(rig, PHONE, phone_nonce, "a-secret", 41)[0] == AUTHENTICATED
 
 
 def test_lockouts_are_shared_with_other_workers_and_the_cli(rig, tmp_path):
@@ -116,8 +120,8 @@ def test_lockouts_are_shared_with_other_workers_and_the_cli(rig, tmp_path):
     assert status == 403 and "too many failures" in reason
     assert "unlocked ip:203.0.113.7" in rig.cli("auth", "unlock", "203.0.113.7")
     other.reload()
-    assert attempt(rig, GUESSER, challenge(rig)["nonce"], "a-secret", 20)[0] == 200
-    assert attempt(other, GUESSER, challenge(other)["nonce"], "a-secret", 21)[0] == 200
+    assert attempt(rig, GUESSER, challenge(rig)["nonce"], "a-secret", 20)[0] == AUTHENTICATED
+    assert attempt(other, GUESSER, challenge(other)["nonce"], "a-secret", 21)[0] == AUTHENTICATED
     assert "ip:203.0.113.7" not in rig.cli("auth", "lockouts")
 
 
