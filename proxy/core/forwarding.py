@@ -114,7 +114,8 @@ class ProxyCall:
             machine, target, core.effects, client_key(out), core.client_txs,
             on_message=functools.partial(self._on_branch_response, branch),
             on_timeout=functools.partial(self._on_branch_timeout, branch),
-            on_transport_failed=functools.partial(self._on_branch_timeout, branch, 503, "Service Unavailable"))
+            on_transport_failed=functools.partial(self._on_branch_timeout, branch, 503, "Service Unavailable"),
+            on_terminated=self._release_when_done)
         if self.track:
             leg = ev.Leg(index=branch.index, branch=branch_id, parent=parent, cause=cause,
                          destination=str(target), gateway=gateway or None, reason=reason,
@@ -327,6 +328,17 @@ class ProxyCall:
     def _on_server_terminated(self) -> None:
         for branch in self.branches:
             self._stop_timer_c(branch)
+        self._release_when_done()
+
+    def _release_when_done(self) -> None:
+        """Once every transaction of the call has ended, nothing can call
+        ``on_final`` or ``failure_handler`` again.  They are bound to the routing
+        script's RequestContext, which holds this call (``ctx.call``): drop them
+        so the pair dies by reference counting.  The worker never runs full
+        collections (runtime/worker.py ``tune_gc``): this cycle kept every
+        INVITE's call, transactions and messages, ~4 KB each, forever."""
+        if self.server.done and all(b.driver is None or b.driver.done for b in self.branches):
+            self.on_final = self.failure_handler = None
 
 
 def _to_tag(msg: SipMessage) -> str | None:
