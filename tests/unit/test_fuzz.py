@@ -26,7 +26,6 @@ from proxy.transactions import (
 from tests.harness.corefake import ALICE, BOB, CoreRig, register
 from tests.harness.fuzz import MUTATIONS, SEEDS
 
-
 FUZZ = settings(max_examples=400, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
