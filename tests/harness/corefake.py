@@ -159,6 +159,16 @@ class CoreRig:
         return self.effects.take()
 
 
+def subscriber_rig(tmp: Path, users=("alice", "bob"), **options) -> CoreRig:
+    """A rig serving example.test with these subscribers (password: first letter + "-secret")."""
+    rig = CoreRig(tmp, **options)
+    rig.store.add_domain("example.test")
+    for user in users:
+        rig.store.add_user(user, "example.test", f"{user[0]}-secret")
+    rig.reload()
+    return rig
+
+
 # -- SIP messages as the rig's phones send them --------------------------------------------
 
 ALICE = Target("udp", "192.0.2.10", 5060)
@@ -209,5 +219,19 @@ Call-ID: {req.call_id}
 CSeq: {req.get('cseq')}
 Contact: <sip:bob@192.0.2.20:5062>
 {extra}Content-Length: 0
+
+"""
+
+
+# bob hangs up call-1 (after invite() was answered with response_to(..., to_tag="b1"))
+BYE_FROM_BOB = """BYE sip:alice@192.0.2.10:5060 SIP/2.0
+Via: SIP/2.0/UDP 192.0.2.20:5062;branch=z9hG4bKbye1;rport
+Route: <sip:10.0.0.1:5060;lr>
+From: <sip:bob@example.test>;tag=b1
+To: "Alice" <sip:alice@example.test>;tag=a1
+Call-ID: call-1
+CSeq: 7 BYE
+Max-Forwards: 70
+Content-Length: 0
 
 """

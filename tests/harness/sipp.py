@@ -24,7 +24,6 @@ import csv
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.harness.poll import eventually
+from tests.harness.procs import terminate
 
 HOST = "127.0.0.1"
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "sipp"
@@ -403,22 +403,8 @@ def _collect(workdir: Path, name: str, rc, stdout: str, cmd, timed_out: bool) ->
 
 
 def _kill(proc: subprocess.Popen, grace: float = 3.0) -> None:
-    """SIGTERM (SIPp then writes its final statistics), SIGKILL if it lingers.
-    Only this process, by its PID."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.kill(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        try:
-            os.kill(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=5)
+    """SIGTERM (SIPp then writes its final statistics), SIGKILL if it lingers."""
+    terminate(proc, grace)
 
 
 def _workdir(workdir: str | os.PathLike | None, prefix: str) -> Path:

@@ -14,7 +14,7 @@ import weakref
 
 import pytest
 
-from tests.harness.corefake import ALICE, BOB, CoreRig, invite, register, response_to
+from tests.harness.corefake import ALICE, BOB, BYE_FROM_BOB, CoreRig, invite, register, response_to
 
 pytestmark = pytest.mark.clock
 
@@ -81,17 +81,7 @@ def test_answered_call_is_freed_without_the_cycle_collector(rig, no_cycle_collec
     rig.receive(ACK_486.replace("z9hG4bKinv1", "z9hG4bKack1").replace(
         "ACK sip:bob@example.test", "ACK sip:bob@192.0.2.20:5062").replace(
         "Max-Forwards", "Route: <sip:10.0.0.1:5060;lr>\nMax-Forwards"), ALICE)
-    bye = rig.receive("""BYE sip:alice@192.0.2.10:5060 SIP/2.0
-Via: SIP/2.0/UDP 192.0.2.20:5062;branch=z9hG4bKbye1;rport
-Route: <sip:10.0.0.1:5060;lr>
-From: <sip:bob@example.test>;tag=b1
-To: "Alice" <sip:alice@example.test>;tag=a1
-Call-ID: call-1
-CSeq: 7 BYE
-Max-Forwards: 70
-Content-Length: 0
-
-""", BOB)[0][0]
+    bye = rig.receive(BYE_FROM_BOB, BOB)[0][0]
     rig.receive(response_to(bye, 200, "OK", to_tag=None), ALICE)
     rig.effects.advance(ALL_TIMERS_S)
     rig.effects.take()

@@ -5,7 +5,7 @@ import pytest
 
 from proxy.contract import callfold
 from proxy.core.ports import Target
-from tests.harness.corefake import ALICE, BOB, CoreRig, invite, register, response_to
+from tests.harness.corefake import ALICE, BOB, invite, register, response_to, subscriber_rig
 
 pytestmark = pytest.mark.clock
 
@@ -14,12 +14,7 @@ BOB2 = Target("udp", "192.0.2.20", 5064)
 
 @pytest.fixture
 def rig(tmp_path):
-    rig = CoreRig(tmp_path, auth=False, max_dialog_seconds=60)
-    rig.store.add_domain("example.test")
-    rig.store.add_user("alice", "example.test", "a-secret")
-    rig.store.add_user("bob", "example.test", "b-secret")
-    rig.reload()
-    return rig
+    return subscriber_rig(tmp_path, auth=False, max_dialog_seconds=60)
 
 
 def names(rig):

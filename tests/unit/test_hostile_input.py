@@ -11,18 +11,14 @@ from proxy.contract import events as ev
 from proxy.core.ports import Target
 from proxy.sip import via as via_module
 from proxy.sip.message import ParseError, SipMessage, parse
-from tests.harness.corefake import ALICE, BOB, CoreRig, invite, register, response_to
+from tests.harness.corefake import ALICE, BOB, CoreRig, invite, register, response_to, subscriber_rig
 
 pytestmark = pytest.mark.clock
 
 
 @pytest.fixture
 def rig(tmp_path):
-    rig = CoreRig(tmp_path, auth=True)
-    rig.store.add_domain("example.test")
-    rig.store.add_user("alice", "example.test", "a-secret")
-    rig.reload()
-    return rig
+    return subscriber_rig(tmp_path, users=("alice",), auth=True)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.core.ports import Target
-from tests.harness.corefake import ALICE, BOB, CoreRig, invite, register, response_to
+from tests.harness.corefake import ALICE, BOB, BYE_FROM_BOB, CoreRig, invite, register, response_to, subscriber_rig
 
 # Event times and registration expiry come from the project's clock: the suite
 # also runs this module a year ahead.
@@ -13,12 +13,7 @@ pytestmark = pytest.mark.clock
 
 @pytest.fixture
 def rig(tmp_path):
-    rig = CoreRig(tmp_path, auth=False)
-    rig.store.add_domain("example.test")
-    rig.store.add_user("alice", "example.test", "a-secret")
-    rig.store.add_user("bob", "example.test", "b-secret")
-    rig.reload()
-    return rig
+    return subscriber_rig(tmp_path, auth=False)
 
 
 def types(rig):
@@ -60,17 +55,7 @@ Content-Length: 0
     out = rig.receive(ack, ALICE)
     assert out[0][0].method == "ACK" and out[0][1].host == "192.0.2.20" and not out[0][0].has("route")
 
-    bye = """BYE sip:alice@192.0.2.10:5060 SIP/2.0
-Via: SIP/2.0/UDP 192.0.2.20:5062;branch=z9hG4bKbye1;rport
-Route: <sip:10.0.0.1:5060;lr>
-From: <sip:bob@example.test>;tag=b1
-To: "Alice" <sip:alice@example.test>;tag=a1
-Call-ID: call-1
-CSeq: 7 BYE
-Max-Forwards: 70
-Content-Length: 0
-
-"""
+    bye = BYE_FROM_BOB
     out = rig.receive(bye, BOB)
     fbye, dest = out[0]
     assert fbye.method == "BYE" and dest.host == "192.0.2.10"
