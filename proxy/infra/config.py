@@ -336,6 +336,30 @@ class RadiusSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         return _under(data_dir, self.spool_dir, "radius")
 
 
+# --- the media relay: [media] [[media.rtpengines]] ------------------------------------
+
+class RtpengineSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    url: str = "udp:127.0.0.1:2223"     # its ng control socket: udp:HOST:PORT (an IP address, no DNS)
+    weight: int = 1                     # share of new calls; 0 = standby, used only when named
+
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) of ``url``, or None when it is not udp:IP:PORT."""
+        scheme, _, rest = self.url.partition(":")
+        host, _, port = rest.rpartition(":")
+        host = host.strip("[]")
+        if scheme != "udp" or not port.isdigit() or not _addresses((host,)) or not _port(int(port)):
+            return None
+        return host, int(port)
+
+
+class MediaSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    enabled: bool = False               # relay media through rtpengine (not wired into calls yet)
+    rtpengines: tuple[RtpengineSettings, ...] = (RtpengineSettings(),)   # [[media.rtpengines]]
+    timeout_seconds: float = 1.0        # one ng try waits this long for its reply ...
+    retries: int = 2                    # ... resent this many times, then the relay is down
+    recheck_seconds: float = 10.0       # a down relay is pinged this often until it answers
+
+
 # --- the whole file ----------------------------------------------------------------------
 
 class LogSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -366,6 +390,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     credit: CreditSettings = CreditSettings()
     ledger: LedgerSettings = LedgerSettings()
     radius: RadiusSettings = RadiusSettings()
+    media: MediaSettings = MediaSettings()
     logging: LogSettings = LogSettings()
 
     def with_bootstrap(self, bootstrap: str) -> "Config":
@@ -550,6 +575,14 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
         ("billing.timezone", _is_zone(c.billing.timezone), "must be an IANA zone like UTC or Europe/Berlin"),
         ("billing.default_plan", not c.billing.default_plan or _PLAN_NAME.match(c.billing.default_plan) is not None,
          "must be 1-64 letters, digits, '_', '.', '-' (starting with a letter or digit)"),
+        ("media.rtpengines", bool(c.media.rtpengines) or not c.media.enabled, "must list one rtpengine at least"),
+        ("media.rtpengines", len({r.url for r in c.media.rtpengines}) == len(c.media.rtpengines),
+         "must not repeat an rtpengine"),
+        ("media.rtpengines", not c.media.enabled or any(r.weight > 0 for r in c.media.rtpengines),
+         "one rtpengine at least must have a weight > 0"),
+        ("media.timeout_seconds", 0.05 <= c.media.timeout_seconds <= 10, "must be 0.05..10"),
+        ("media.retries", 0 <= c.media.retries <= 5, "must be 0..5"),
+        ("media.recheck_seconds", c.media.recheck_seconds > 0, "must be > 0"),
         ("credit.port", 0 <= credit.port < 65536, "must be 0..65535 (0 = any free port)"),
         ("credit.reject_code", _sip_error(credit.reject_code), "must be a SIP error code 400..699"),
         ("credit.blocked_code", _sip_error(credit.blocked_code), "must be a SIP error code 400..699"),
@@ -600,6 +633,11 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
             (f"radius.servers[{i}].host", bool(server.host), "must not be empty"),
             (f"radius.servers[{i}].port", _port(server.port), "must be 1..65535"),
             (f"radius.servers[{i}].secret", bool(server.secret), "must not be empty"),
+        ]
+    for i, relay in enumerate(c.media.rtpengines):
+        result += [
+            (f"media.rtpengines[{i}].url", relay.address() is not None, "must be udp:IP:PORT, e.g. udp:127.0.0.1:2223"),
+            (f"media.rtpengines[{i}].weight", 0 <= relay.weight <= 1000, "must be 0..1000"),
         ]
     return result
 
