@@ -163,3 +163,20 @@ def test_forged_in_dialog_invite_for_an_unknown_dialog_never_reaches_the_gateway
         .replace(f"To: <sip:{NUMBER}@198.51.100.1:5060>", f"To: <sip:{NUMBER}@198.51.100.1:5060>;tag=forged")
     finals, sent = outcome(rig.receive(forged, MALLORY))
     assert sent == [] and finals and finals[0] in (403, 481)
+
+
+def test_keepalive_options_to_the_proxy_are_answered_here_and_nothing_else_is_let_through(rig):
+    """OPTIONS to the proxy itself are answered before authentication (keep-alive
+    pings): locally, never relayed; an OPTIONS to a number is still challenged, and
+    a pre-set Route to the gateway does not turn the ping into a relay."""
+    def options(ruri, call_id, extra=""):
+        text = invite(ruri=ruri, from_uri="sip:alice@example.test", call_id=call_id, extra=extra)
+        return text.replace("INVITE", "OPTIONS")
+
+    for ruri, call_id, extra in (("sip:example.test", "ka-1", ""), ("sip:10.0.0.1:5060", "ka-2", ""),
+                                 ("sip:example.test", "ka-3", "Route: <sip:198.51.100.1:5060;lr>\n")):
+        out = rig.receive(options(ruri, call_id, extra), MALLORY)
+        assert [m.status for m, _ in out] == [200], (ruri, extra)
+        assert all(t == MALLORY for _, t in out)
+    out = rig.receive(options(f"sip:{NUMBER}@example.test", "ka-4"), MALLORY)
+    assert [m.status for m, _ in out] == [407] and all(t == MALLORY for _, t in out)
