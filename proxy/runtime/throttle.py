@@ -12,22 +12,25 @@ from collections.abc import Callable
 
 
 class ThrottledLog:
+    """Each message template (the format string) gets its own interval, so a rare
+    line ("overload over") is never swallowed by a frequent one before it."""
+
     def __init__(self, logger: logging.Logger, every: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.logger = logger
         self.every = every
         self.clock = clock
-        self._next = 0.0
-        self.suppressed = 0
+        self._next: dict[str, float] = {}          # template -> when it may log again
+        self._suppressed: dict[str, int] = {}      # template -> held back since its last line
 
     def __call__(self, level: int, message: str, *args: object) -> None:
         now = self.clock()
-        if now < self._next:
-            self.suppressed += 1
+        if now < self._next.get(message, 0.0):
+            self._suppressed[message] = self._suppressed.get(message, 0) + 1
             return
-        self._next = now + self.every
-        if self.suppressed:
+        self._next[message] = now + self.every     # templates are literals in the code: few keys
+        held = self._suppressed.pop(message, 0)
+        if held:
             message += " (and %d more like it since the last line)"
-            args = (*args, self.suppressed)
-            self.suppressed = 0
+            args = (*args, held)
         self.logger.log(level, message, *args)

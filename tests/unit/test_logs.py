@@ -63,3 +63,28 @@ def test_supervised_child_output_is_rotated(tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["chatty.log", "chatty.log.1", "chatty.log.2"]
     assert sum((tmp_path / n).stat().st_size for n in names) <= 3 * 64 * 1024
+
+
+def test_throttled_call_site_lines_are_limited_per_template():
+    """A flood line is held back per interval and counted; another template (the
+    rare "overload over") is not swallowed by it."""
+    from proxy.runtime.throttle import ThrottledLog
+
+    now = [0.0]
+    lines: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("test.throttle")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(Capture())
+    throttled = ThrottledLog(logger, every=10.0, clock=lambda: now[0])
+    for n in range(5):
+        throttled(logging.WARNING, "refused %d", n)
+    throttled(logging.INFO, "overload over")
+    now[0] = 11.0
+    throttled(logging.WARNING, "refused %d", 5)
+    assert lines == ["refused 0", "overload over", "refused 5 (and 4 more like it since the last line)"]
