@@ -210,13 +210,17 @@ class RequestContext:
         self.account = f"{result.username}@{realm}"
         return True
 
-    def _realm_for(self, user_uri: SipUri, register: bool) -> str:
+    def _claimed_domain(self, user_uri: SipUri, register: bool) -> str | None:
         """The served domain the user claims (normalised); for REGISTER the
-        Request-URI's when the To is not one; else the host as written."""
+        Request-URI's when the To names none; None when neither is ours."""
         domain = self.served_domain(user_uri)
         if (domain is None or domain == MYSELF) and register:
             domain = self.served_domain(self.ruri)
-        return domain if domain is not None and domain != MYSELF else normalise_host(user_uri.host)
+        return None if domain is None or domain == MYSELF else domain
+
+    def _realm_for(self, user_uri: SipUri, register: bool) -> str:
+        """The claimed served domain, else the host as written."""
+        return self._claimed_domain(user_uri, register) or normalise_host(user_uri.host)
 
     def _challenge(self, code: int, header: str, realm: str, now: float, *, stale: bool) -> None:
         auth = self.core.authenticator
@@ -245,11 +249,8 @@ class RequestContext:
         """save("location"): apply the REGISTER and answer it."""
         core = self.core
         to = self.to_uri
-        domain = self.served_domain(to)
-        if domain is None or domain == MYSELF:
-            domain = self.served_domain(self.ruri)
-        subscriber = (self.provisioning.resolve(to.user, domain)
-                      if to.user and domain is not None and domain != MYSELF else None)
+        domain = self._claimed_domain(to, register=True)
+        subscriber = self.provisioning.resolve(to.user, domain) if to.user and domain else None
         if subscriber is None or core.registrar is None:
             self.reply(404, "Not Found")
             return
