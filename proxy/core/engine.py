@@ -237,14 +237,19 @@ class Core:
         """ACK for a 2xx: its own transaction end to end; relayed statelessly."""
         self.pop_own_routes(ack)
         dialog, _ = self.dialogs.on_request(ack)
-        uri, hop = self.next_hop(ack)
-        pinned = self._dialog_target(dialog, uri) if dialog is not None and not ack.has("route") else None
+        self.in_dialog_hop(ack, dialog, lambda uri, target: self._send_ack(ack, dialog, target))
+
+    def in_dialog_hop(self, request: SipMessage, dialog, send: Callable[[str, Target | None], None]) -> None:
+        """send(Request-URI, destination) for an in-dialog request: a NATed party
+        where it really is, else the next hop, once DNS has answered if need be."""
+        uri, hop = self.next_hop(request)
+        pinned = self._dialog_target(dialog, uri) if dialog is not None and not request.has("route") else None
         if pinned is not None:
-            self._send_ack(ack, dialog, pinned)
+            send(uri, pinned)
         elif isinstance(hop, Pending):
-            self.when_resolved(hop.uri, lambda target: self._send_ack(ack, dialog, target))
+            self.when_resolved(hop.uri, lambda target: send(uri, target))
         else:
-            self._send_ack(ack, dialog, hop)
+            send(uri, hop)
 
     def _send_ack(self, ack: SipMessage, dialog, target: Target | None) -> None:
         if target is None:
@@ -498,15 +503,8 @@ class Engine:
             # of early dialogs, subscriptions we do not track) start nothing billable.
             core.reply(server, req, 481, "Call/Transaction Does Not Exist")
             return
-        uri, hop = core.next_hop(req)
-        pinned = core._dialog_target(dialog, uri) if dialog is not None and not req.has("route") else None
-        if pinned is not None:
-            self._forward_in_dialog(req, server, dialog, by, uri, pinned)
-        elif isinstance(hop, Pending):      # relayed once DNS has answered
-            core.when_resolved(hop.uri, lambda target: self._forward_in_dialog(
-                req, server, dialog, by, uri, target))
-        else:
-            self._forward_in_dialog(req, server, dialog, by, uri, hop)
+        core.in_dialog_hop(req, dialog, lambda uri, target: self._forward_in_dialog(
+            req, server, dialog, by, uri, target))
 
     def _forward_in_dialog(self, req: SipMessage, server: TxDriver, dialog, by: str | None, uri: str,
                            target: Target | None) -> None:
