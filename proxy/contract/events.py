@@ -166,9 +166,68 @@ class MaxDurationSet(_Event, tag="dialog.max_duration", kw_only=True, frozen=Tru
     result: Literal["applied", "unknown_call"]
 
 
+# --- media relay, NAT keep-alives, session timers (issue 14) ----------------------
+
+Party = Literal["caller", "callee"]
+Silent = Literal["caller", "callee", "both"]
+
+
+class MediaFlow(msgspec.Struct, frozen=True, kw_only=True):
+    """What one party sent to the media relay (its RTP as rtpengine received it).
+    Counters are totals since the offer.  Quality figures come from RTCP and are
+    None when the phones sent none.  ``last_packet_ms``: 0 = no packet seen."""
+    packets: int = 0
+    bytes: int = 0
+    errors: int = 0
+    lost: int | None = None          # packets lost (RTCP)
+    jitter_ms: int | None = None     # interarrival jitter, whole milliseconds
+    mos_x10: int | None = None       # MOS x 10 (43 = 4.3), as rtpengine reports it
+    last_packet_ms: int = 0
+
+
+class MediaStats(_Event, tag="media.stats", kw_only=True, frozen=True):
+    """Media counters of a relayed call, taken by ``query`` just before ``delete``
+    (one per dialog end; a re-read later carries a new id and larger totals:
+    readers keep the one with the latest ``ts_ms``)."""
+    leg: int | None = None
+    relay: str                       # the rtpengine instance (udp:IP:PORT)
+    caller: MediaFlow                # what the caller sent
+    callee: MediaFlow                # what the callee sent
+
+
+class MediaTimeout(_Event, tag="media.timeout", kw_only=True, frozen=True):
+    """The proxy ended the call because media stopped (BYE sent both ways).
+    The call ended at ``last_media_ms`` (the last packet seen from the silent
+    side; both: the later of the two), which CDRs and billing use as its end."""
+    silent: Silent
+    last_media_ms: int
+    leg: int | None = None
+    reason: str                      # e.g. "media timeout: callee silent for 10 s"
+
+
+class SessionExpired(_Event, tag="dialog.session_expired", kw_only=True, frozen=True):
+    """RFC 4028: no session refresh came within Session-Expires; the proxy
+    ended the dialog (BYE both ways).  The call ended at ``ts_ms``."""
+    session_expires_s: int
+    last_refresh_ms: int
+    leg: int | None = None
+
+
+class BindingDropped(_Event, tag="registration.dropped", kw_only=True, frozen=True):
+    """A registered contact removed by the proxy, not by its phone.  ``call_id``
+    is the REGISTER's Call-ID, ``from_tag`` is empty.  Not a call: CDR, billing
+    and RADIUS processors skip it."""
+    aor: str
+    contact: str
+    received: str | None = None      # the NAT pinhole the proxy reached it at
+    reason: Literal["keepalive_timeout"]
+    failures: int
+
+
 CallEvent = (
     InviteReceived | InviteRouted | CallProgress | LegFailed | CallAnswered | CallFailed |
-    CallAck | CallCancel | CallBye | DialogTimeout | DialogTeardown | MaxDurationSet
+    CallAck | CallCancel | CallBye | DialogTimeout | DialogTeardown | MaxDurationSet |
+    MediaStats | MediaTimeout | SessionExpired | BindingDropped
 )
 
 _encoder = msgspec.json.Encoder()
