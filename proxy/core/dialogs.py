@@ -16,7 +16,7 @@ caller may not keep an extra dialog as an unbilled call).
 from __future__ import annotations
 
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..contract import events as ev
 from ..infra import clock
@@ -69,10 +69,23 @@ class Side:
         self.nat = nat
 
 
+class DialogWatcher(Protocol):
+    """A feature that follows dialogs (media relay, session timers): the table
+    tells each watcher, in order, of every dialog it confirms, every in-dialog
+    request it sees and every dialog that stops being confirmed.  Watchers keep
+    their per-dialog state in the dialog's own slot (``media``, ``session``)."""
+
+    def confirmed(self, dialog: "Dialog", invite: SipMessage, response: SipMessage) -> None: ...
+
+    def request(self, dialog: "Dialog", request: SipMessage, by: str | None) -> None: ...
+
+    def ended(self, dialog: "Dialog") -> None: ...
+
+
 class Dialog:
     __slots__ = ("call_id", "caller_tag", "callee_tag", "caller", "callee", "state", "leg",
                  "answered_ms", "answered_mono", "max_duration_s", "timer", "pending_byes",
-                 "end_reason", "billed")
+                 "end_reason", "billed", "media", "session")
 
     def __init__(self, call_id: str, caller_tag: str, callee_tag: str, caller: Side,
                  callee: Side, leg: int, answered_ms: int, answered_mono: float,
@@ -91,6 +104,8 @@ class Dialog:
         self.pending_byes = 0
         self.end_reason: str | None = None
         self.billed = billed           # the call's dialog (first answered); False: an extra fork
+        self.media: Any = None         # the media relay's state (proxy/core/media.py)
+        self.session: Any = None       # the session timer's state (RFC 4028)
 
     @property
     def key(self) -> DialogKey:
@@ -107,6 +122,7 @@ class DialogTable:
         self.dialogs: dict[DialogKey, Dialog] = {}
         self.by_call: dict[str, list[Dialog]] = {}  # Call-ID -> its dialogs, the billed one first
         self.pending_max: dict[str, int] = {}    # set_max_duration before the answer
+        self.watchers: list[DialogWatcher] = []
 
     def __len__(self) -> int:
         return sum(1 for d in self.dialogs.values() if d.state is not DialogState.ENDED)
@@ -156,6 +172,8 @@ class DialogTable:
         siblings.append(dialog)
         self.dialogs[dialog.key] = dialog
         self._arm(dialog)
+        for watcher in self.watchers:
+            watcher.confirmed(dialog, invite, response)
         return dialog, True
 
     def _arm(self, dialog: Dialog) -> None:
@@ -192,10 +210,15 @@ class DialogTable:
             # the proxy's own requests toward a party must go above what it has seen
             side = dialog.callee if by == "caller" else dialog.caller
             side.cseq = max(side.cseq, cseq + 1)
+        for watcher in self.watchers:
+            watcher.request(dialog, request, by)
         if request.method == "BYE":
-            if dialog.state is DialogState.CONFIRMED:
+            was_up = dialog.state is DialogState.CONFIRMED
+            if was_up:
                 self._stop_timer(dialog)
             dialog.apply("bye")
+            if was_up:
+                self._ended(dialog)
             if dialog.state is DialogState.ENDED:
                 self._forget_later(dialog)
         return dialog, by
@@ -219,7 +242,7 @@ class DialogTable:
             return None
         for each in self.by_call.get(call_id, ()):
             if each.state is DialogState.CONFIRMED:
-                self._end_by_proxy(each, reason_header(cause, reason), reason)
+                self.end_by_proxy(each, reason_header(cause, reason), reason)
         return dialog
 
     def _on_max_duration(self, dialog: Dialog) -> None:
@@ -227,22 +250,32 @@ class DialogTable:
         if dialog.state is not DialogState.CONFIRMED:
             return
         if not dialog.billed:       # an extra fork the caller did not end: not the call
-            self._end_by_proxy(dialog, reason_header(200, "Call completed elsewhere"), "extra_fork")
+            self.end_by_proxy(dialog, reason_header(200, "Call completed elsewhere"), "extra_fork")
             return
-        self._end_by_proxy(dialog, reason_header(200, "Maximum call duration reached"),
+        self.end_by_proxy(dialog, reason_header(200, "Maximum call duration reached"),
                            "max_duration")
         core = self.core
         core.emit(core.events.for_dialog(ev.DialogTimeout, dialog,
                                          max_duration_s=dialog.max_duration_s,
                                          answered_ms=dialog.answered_ms))
 
-    def _end_by_proxy(self, dialog: Dialog, reason_value: str, reason: str) -> None:
+    def end_by_proxy(self, dialog: Dialog, reason_value: str, reason: str) -> None:
+        """BYE both ways with ``reason_value`` as Reason header; ``reason`` is kept
+        as the dialog's ``end_reason``.  The caller emits the call event saying why."""
+        if dialog.state is not DialogState.CONFIRMED:
+            return
         self._stop_timer(dialog)
         dialog.apply("proxy_bye")
         dialog.end_reason = reason
         dialog.pending_byes = 2
+        self._ended(dialog)
         for side in (dialog.callee, dialog.caller):
             self._send_bye(dialog, side, reason_value)
+
+    def _ended(self, dialog: Dialog) -> None:
+        """The dialog is no longer confirmed (a BYE passed, or the proxy sent its own)."""
+        for watcher in self.watchers:
+            watcher.ended(dialog)
 
     def _send_bye(self, dialog: Dialog, side: Side, reason_value: str) -> None:
         """BYE along the route set, else to the Contact (a NATed party: where it was
