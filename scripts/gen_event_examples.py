@@ -60,6 +60,21 @@ def example_events() -> list[events.CallEvent]:
                               reason="credit exhausted", result="sent"),
         events.MaxDurationSet(id=_id(12), **_envelope(30020), command_id=_id(102),
                               max_duration_s=120, result="applied"),
+        # issue 14: media relay, media timeouts, session timers, NAT keep-alives
+        events.MediaStats(
+            id=_id(13), **_envelope(63001), leg=0, relay="udp:127.0.0.1:2223",
+            caller=events.MediaFlow(packets=3000, bytes=516000, errors=0, lost=2, jitter_ms=3, mos_x10=43,
+                                    last_packet_ms=START_MS + 62990),
+            callee=events.MediaFlow(packets=2995, bytes=515140, last_packet_ms=START_MS + 62995)),
+        events.MediaTimeout(id=_id(14), **_envelope(93000), silent="callee", last_media_ms=START_MS + 63000,
+                            leg=0, reason="media timeout: callee silent for 30 s"),
+        events.SessionExpired(id=_id(15), **_envelope(1803000), session_expires_s=1800,
+                              last_refresh_ms=START_MS + 3000, leg=0),
+        events.BindingDropped(
+            id=_id(16), ts_ms=START_MS + 120000, call_id="843817637684230@998sdasdh09", from_tag="",
+            to_tag=None, proxy="sipledger-1", worker=0, aor="sip:bob@example.com",
+            contact="sip:bob@192.168.1.20:5060", received="203.0.113.9:41234/udp",
+            reason="keepalive_timeout", failures=3),
     ]
 
 
