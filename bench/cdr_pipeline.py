@@ -127,6 +127,21 @@ class CallBuilder:
         return self._emit(ev.MaxDurationSet, command_id="c" + _event_id(), max_duration_s=seconds,
                           result=result)
 
+    # issue 14: media relay, media timeouts, session timers
+    def media_stats(self, leg: int | None = 0, *, caller: ev.MediaFlow | None = None,
+                    callee: ev.MediaFlow | None = None, relay: str = "udp:127.0.0.1:2223"):
+        return self._emit(ev.MediaStats, leg=leg, relay=relay, caller=caller or ev.MediaFlow(),
+                          callee=callee or ev.MediaFlow())
+
+    def media_timeout(self, last_media_ms: int, silent: str = "callee", leg: int | None = 0,
+                      reason: str = "media timeout: callee silent for 30 s"):
+        return self._emit(ev.MediaTimeout, silent=silent, last_media_ms=last_media_ms, leg=leg,
+                          reason=reason)
+
+    def session_expired(self, session_expires_s: int = 1800, last_refresh_ms: int = 0, leg: int | None = 0):
+        return self._emit(ev.SessionExpired, session_expires_s=session_expires_s,
+                          last_refresh_ms=last_refresh_ms or self.now, leg=leg)
+
 
 def call_events(shape: str, call_id: str, t0: int, *, scale: float = 1.0,
                 talk_ms: int = 60_000, proxy: str = "bench-1") -> list:

@@ -13,8 +13,12 @@ returns the very same object when an event changes nothing (a duplicate),
 which the processor uses to skip table writes.
 
 When a call is over (``finish``):
-* answered: the first of call.bye / dialog.timeout / dialog.teardown at or
-  after the answer;
+* answered: the earliest end at or after the answer: call.bye /
+  dialog.timeout / dialog.teardown / dialog.session_expired at their
+  ``ts_ms``, media.timeout at its ``last_media_ms`` (the call ended when its
+  media stopped, not when that was detected: it sorts by that time, and
+  counts if it was *detected* after the answer; its end is never earlier
+  than the answer);
 * unanswered: call.failed (a CANCEL, Timer C or teardown of a ringing call
   always ends in one);
 * and ``invite.received`` is known (the rows need it; a call whose invite was
@@ -24,8 +28,14 @@ Rows: one ``CdrLeg`` per leg (``invite.routed``), or a single leg-0 row for a
 call refused before routing.  Leg fields (``leg``, ``parent_leg``,
 ``leg_cause``, ``target``, ``destination``, ``ringing_ms``, ``answer_ms``,
 ``end_ms``, ``duration_ms``, ``billable_s``, ``sip_code``, ``sip_reason``,
-``disposition``, ``callee_user_agent``) describe that leg; every other field is
-the call's and identical on every row (setup, pdd, ``call_*``, hangup).
+``disposition``, ``callee_user_agent``, and the media columns from the leg's
+latest media.stats, whose ``leg`` None means the answered leg) describe that
+leg; every other field is the call's and identical on every row (setup, pdd,
+``call_*``, hangup).
+
+Not every event on the topic is about a call: ``is_call_event`` says which
+are; processors skip the others (registration.dropped) before they create any
+state, and ``apply`` leaves a state unchanged by them.
 """
 from __future__ import annotations
 
@@ -98,12 +108,41 @@ class Final(msgspec.Struct, frozen=True, array_like=True):
 
 
 class End(msgspec.Struct, frozen=True, array_like=True):
-    """What can end a call: kind "bye" (by caller/callee/proxy), "timeout", "teardown"."""
+    """What can end a call: kind "bye" (by caller/callee/proxy), "timeout",
+    "teardown", "media_timeout", "session_timer".  ``ts`` is when the call
+    ended; ``at`` when the event was emitted, where that differs (a media
+    timeout is detected after the media stopped; 0 = ``ts``)."""
     ts: int
     id: str
     kind: str
     by: str
     reason: str
+    at: int = 0
+
+    @property
+    def seen(self) -> int:
+        return self.at or self.ts
+
+
+class Flow(msgspec.Struct, frozen=True, array_like=True):
+    """One party's RTP as the relay received it (events.MediaFlow, kept small)."""
+    packets: int = 0
+    bytes: int = 0
+    errors: int = 0
+    lost: int | None = None
+    jitter_ms: int | None = None
+    mos_x10: int | None = None
+    last_packet_ms: int = 0
+
+
+class Media(msgspec.Struct, frozen=True, array_like=True):
+    """A leg's media.stats: the latest by (ts, id) counts (a re-read carries larger totals)."""
+    ts: int
+    id: str
+    leg: int                              # NO_LEG: the answered leg
+    relay: str
+    caller: Flow
+    callee: Flow
 
 
 class Cap(msgspec.Struct, frozen=True, array_like=True):
@@ -140,6 +179,7 @@ class CallState(msgspec.Struct, frozen=True, array_like=True):
     cancel: Outcome | None = None
     ends: tuple[End, ...] = ()            # sorted by (ts, id), no duplicates
     cap: Cap | None = None
+    media: tuple[Media, ...] = ()         # one per leg (NO_LEG included), sorted by leg
 
 
 def new_state(call_id: str) -> CallState:
@@ -165,8 +205,19 @@ def _latest(old, new):
 
 # --- apply -------------------------------------------------------------------------
 
+NOT_CALLS: tuple[type, ...] = (ev.BindingDropped,)
+
+
+def is_call_event(event: ev.CallEvent) -> bool:
+    """False for events on sip.events that are not about a call (a dropped
+    registration): processors skip them before creating any call state."""
+    return not isinstance(event, NOT_CALLS)
+
+
 def apply(state: CallState, event: ev.CallEvent) -> CallState:
     """Fold one event into the state.  Pure; the same object back when nothing changed."""
+    if isinstance(event, NOT_CALLS):
+        return state
     ts = event.ts_ms
     changes: dict = {}
     if state.first_ms == 0 or ts < state.first_ms:
@@ -267,6 +318,31 @@ def _teardown(state: CallState, e: ev.DialogTeardown, changes: dict) -> None:
         _add_end(state, End(e.ts_ms, e.id, "teardown", "", e.reason), changes)
 
 
+def _media_timeout(state: CallState, e: ev.MediaTimeout, changes: dict) -> None:
+    _add_end(state, End(e.last_media_ms, e.id, "media_timeout", e.silent, e.reason, e.ts_ms), changes)
+
+
+def _session_expired(state: CallState, e: ev.SessionExpired, changes: dict) -> None:
+    _add_end(state, End(e.ts_ms, e.id, "session_timer", "",
+                        f"session expired: no refresh within {e.session_expires_s} s"), changes)
+
+
+def _flow(flow: ev.MediaFlow) -> Flow:
+    return Flow(flow.packets, flow.bytes, flow.errors, flow.lost, flow.jitter_ms, flow.mos_x10,
+                flow.last_packet_ms)
+
+
+def _media_stats(state: CallState, e: ev.MediaStats, changes: dict) -> None:
+    fact = Media(e.ts_ms, e.id, NO_LEG if e.leg is None else e.leg, e.relay,
+                 _flow(e.caller), _flow(e.callee))
+    media = state.media
+    pos = next((i for i, old in enumerate(media) if old.leg == fact.leg), None)
+    if pos is None:
+        changes["media"] = tuple(sorted(media + (fact,), key=lambda item: item.leg))
+    elif _latest(media[pos], fact) is not media[pos]:
+        changes["media"] = media[:pos] + (fact,) + media[pos + 1:]
+
+
 def _max_duration(state: CallState, e: ev.MaxDurationSet, changes: dict) -> None:
     if e.result == "applied":
         new = _latest(state.cap, Cap(e.ts_ms, e.id, e.max_duration_s))
@@ -287,6 +363,9 @@ _HANDLERS: dict[type, Callable[[CallState, Any, dict[str, Any]], None]] = {
     ev.DialogTimeout: _timeout,
     ev.DialogTeardown: _teardown,
     ev.MaxDurationSet: _max_duration,
+    ev.MediaTimeout: _media_timeout,
+    ev.SessionExpired: _session_expired,
+    ev.MediaStats: _media_stats,
     # ev.CallAck: only its time counts (last_ms)
 }
 
@@ -350,7 +429,7 @@ def _end_of(state: CallState):
     """(end fact or Final) that ended the call, or None while it is not over."""
     answered = state.answered
     if answered is not None:
-        return next((end for end in state.ends if end.ts >= answered.ts), None)
+        return next((end for end in state.ends if end.seen >= answered.ts), None)
     return state.failed
 
 
@@ -436,7 +515,7 @@ def finish(state: CallState, now_ms: int, silence: bool = False) -> list[CdrLeg]
         if end_fact.kind == "bye":
             hangup_by = end_fact.by if end_fact.by in ("caller", "callee") else "teardown"
         else:
-            hangup_by = end_fact.kind
+            hangup_by = end_fact.kind          # timeout, teardown, media_timeout, session_timer
         hangup_reason = end_fact.reason
     else:                                # Final: an unanswered call
         end_ms = end_fact.ts
@@ -476,6 +555,7 @@ def finish(state: CallState, now_ms: int, silence: bool = False) -> list[CdrLeg]
     others_cancelled = (answered is not None or state.cancel is not None or teardown is not None
                         or any(leg.failed is not None and leg.failed.code >= 600 for leg in state.legs))
     rows = []
+    media = _media_by_leg(state)
     for index in indexes:
         leg = by_index.get(index) or LegState(index)
         routed = leg.routed
@@ -507,5 +587,28 @@ def finish(state: CallState, now_ms: int, silence: bool = False) -> list[CdrLeg]
             # leg whose leg.failed came after the call's final and was not kept)
             fields.update(end_ms=end_ms, sip_code=call_code, sip_reason=call_reason,
                           disposition=call_disp)
+        fields.update(_media_columns(media.get(index)))
         rows.append(CdrLeg(**call, **fields))
     return rows
+
+
+def _media_by_leg(state: CallState) -> dict[int, Media]:
+    """Each leg's latest media.stats; one without a leg belongs to the answered leg."""
+    by_leg = {fact.leg: fact for fact in state.media if fact.leg != NO_LEG}
+    unnamed = next((fact for fact in state.media if fact.leg == NO_LEG), None)
+    if unnamed is not None and state.answered is not None:
+        index = state.answered.leg
+        by_leg[index] = _latest(by_leg.get(index), unnamed)
+    return by_leg
+
+
+def _media_columns(fact: Media | None) -> dict[str, Any]:
+    if fact is None:
+        return {}
+    columns: dict[str, Any] = {"media_relay": fact.relay,
+                               "last_media_ms": max(fact.caller.last_packet_ms, fact.callee.last_packet_ms)}
+    for party, flow in (("caller", fact.caller), ("callee", fact.callee)):
+        columns.update({f"{party}_rtp_packets": flow.packets, f"{party}_rtp_bytes": flow.bytes,
+                        f"{party}_rtp_errors": flow.errors, f"{party}_rtp_lost": flow.lost,
+                        f"{party}_rtp_jitter_ms": flow.jitter_ms, f"{party}_rtp_mos_x10": flow.mos_x10})
+    return columns

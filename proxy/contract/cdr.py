@@ -5,6 +5,9 @@ legs, chained by ``parent_leg``).  ``cdr_id`` is derived from the call's
 identity (Call-ID + caller's From tag), so replaying the same events gives the
 same id and the same rows: sinks are idempotent (ClickHouse ReplacingMergeTree).
 All times are UTC epoch milliseconds; 0 means "did not happen".
+
+Fields are only ever added, with defaults meaning what a row meant before
+(docs/events.md "CDR rows"): the media columns came with issue 14.
 """
 from __future__ import annotations
 
@@ -17,7 +20,10 @@ CDR_SCHEMA_VERSION = 1
 _NAMESPACE = uuid.UUID("6f1d5a0e-2b9c-4c1e-9a57-5e1f0c2a7b31")
 
 Disposition = Literal["answered", "busy", "no_answer", "cancelled", "failed", "rejected_credit"]
-HangupBy = Literal["caller", "callee", "timeout", "teardown", "silence", "none"]
+# media_timeout: a media.timeout ended the call (end_ms = its last media);
+# session_timer: an RFC 4028 session expiry (both added 2026-12-07, issue 14)
+HangupBy = Literal["caller", "callee", "timeout", "teardown", "silence", "none",
+                   "media_timeout", "session_timer"]
 
 
 def cdr_id_for(call_id: str, from_tag: str) -> str:
@@ -67,3 +73,19 @@ class CdrLeg(msgspec.Struct, frozen=True, kw_only=True):
     hangup_by: HangupBy = "none"      # call-level, identical on every row
     hangup_reason: str = ""
     proxy: str = ""
+    # media of this leg, from its latest media.stats (0 / None / "" = not relayed
+    # or no stats): caller_* is what the caller sent, callee_* what the callee sent
+    caller_rtp_packets: int = 0
+    caller_rtp_bytes: int = 0
+    caller_rtp_errors: int = 0
+    caller_rtp_lost: int | None = None        # RTCP; None = unknown
+    caller_rtp_jitter_ms: int | None = None
+    caller_rtp_mos_x10: int | None = None
+    callee_rtp_packets: int = 0
+    callee_rtp_bytes: int = 0
+    callee_rtp_errors: int = 0
+    callee_rtp_lost: int | None = None
+    callee_rtp_jitter_ms: int | None = None
+    callee_rtp_mos_x10: int | None = None
+    media_relay: str = ""                     # the rtpengine instance; "" = not relayed
+    last_media_ms: int = 0                    # the last RTP packet of either party; 0 = none / unknown

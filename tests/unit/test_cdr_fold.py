@@ -12,11 +12,13 @@ from proxy.contract.callfold import (
     apply,
     finish,
     fold,
+    is_call_event,
     is_over,
     new_state,
     silence_deadline_ms,
     silence_end_ms,
 )
+from proxy.contract import events as ev
 from proxy.contract.cdr import CdrLeg, cdr_id_for
 
 T0 = 1_767_225_600_000
@@ -362,3 +364,132 @@ def test_any_permutation_of_duplicates_gives_the_same_rows(shape, data):
     shuffled = data.draw(st.permutations(events + extra))
     assert fold(shuffled) == fold(events)
     assert rows_of(shuffled) == expected
+
+
+# --- issue 14: media timeouts, session timers, media statistics ----------------------
+
+def answered_call() -> CallBuilder:
+    c = call()
+    c.at(0).invite(); c.at(1).route(0); c.at(2000).answer(0); c.at(2010).ack(0)
+    return c
+
+
+def test_media_timeout_ends_the_call_at_the_last_media_not_at_detection():
+    c = answered_call()
+    assert finish(fold(c.events), 0) is None
+    c.at(42_000).media_timeout(T0 + 12_000, reason="media timeout: callee silent for 30 s")
+    row = one(rows_of(c.events))
+    assert (row.end_ms, row.duration_ms, row.billable_s) == (T0 + 12_000, 10_000, 10)
+    assert (row.hangup_by, row.hangup_reason) == ("media_timeout", "media timeout: callee silent for 30 s")
+
+
+def test_media_timeout_never_ends_before_the_answer():
+    # no packet ever seen from the silent side (last_media_ms 0): the call ends at its answer
+    c = answered_call()
+    c.at(32_000).media_timeout(0, silent="both")
+    row = one(rows_of(c.events))
+    assert (row.end_ms, row.duration_ms, row.billable_s, row.hangup_by) == (T0 + 2000, 0, 0, "media_timeout")
+
+
+def test_media_timeout_detected_after_a_bye_but_with_earlier_media_is_the_end():
+    c = answered_call()
+    c.at(40_000).bye("caller")                       # the caller gave up on a dead call
+    c.at(41_000).media_timeout(T0 + 12_000)          # ... the proxy's detection came after, media died before
+    row = one(rows_of(c.events))
+    assert (row.end_ms, row.hangup_by) == (T0 + 12_000, "media_timeout")
+    # and the other way round: a BYE before the media stopped is the end
+    c = answered_call()
+    c.at(10_000).bye("callee")
+    c.at(41_000).media_timeout(T0 + 11_000)
+    row = one(rows_of(c.events))
+    assert (row.end_ms, row.hangup_by) == (T0 + 10_000, "callee")
+
+
+def test_session_expiry_ends_the_call_at_its_time():
+    c = answered_call()
+    c.at(1_802_000).session_expired(1800, last_refresh_ms=T0 + 2000)
+    row = one(rows_of(c.events))
+    assert (row.end_ms, row.duration_ms, row.hangup_by) == (T0 + 1_802_000, 1_800_000, "session_timer")
+    assert row.hangup_reason == "session expired: no refresh within 1800 s"
+
+
+def flow(packets: int, last_ms: int, **quality) -> ev.MediaFlow:
+    return ev.MediaFlow(packets=packets, bytes=packets * 172, errors=1, last_packet_ms=last_ms, **quality)
+
+
+def test_media_stats_land_in_the_row_of_their_leg_and_the_latest_wins():
+    c = call()
+    c.at(0).invite(); c.at(1).route(0); c.at(2).route(1, parent=0, cause="fork")
+    c.at(2000).answer(1); c.at(2010).ack(1)
+    c.at(10_000).bye("caller", leg=1)
+    c.at(10_001).media_stats(1, caller=flow(400, T0 + 9990, lost=3, jitter_ms=2, mos_x10=43),
+                             callee=flow(390, T0 + 9995))
+    c.at(10_500).media_stats(1, caller=flow(401, T0 + 9999), callee=flow(391, T0 + 9996))   # a re-read
+    rows = rows_of(c.events)
+    assert rows is not None and [r.leg for r in rows] == [0, 1]
+    fork, answered = rows
+    assert (fork.caller_rtp_packets, fork.media_relay, fork.last_media_ms, fork.caller_rtp_lost) == (0, "", 0, None)
+    assert (answered.caller_rtp_packets, answered.caller_rtp_bytes, answered.caller_rtp_errors) == (401, 401 * 172, 1)
+    assert (answered.callee_rtp_packets, answered.callee_rtp_bytes) == (391, 391 * 172)
+    assert (answered.caller_rtp_lost, answered.caller_rtp_jitter_ms, answered.caller_rtp_mos_x10) == (None,) * 3
+    assert (answered.media_relay, answered.last_media_ms) == ("udp:127.0.0.1:2223", T0 + 9999)
+    assert answered.end_ms == T0 + 10_000                    # stats never move the end
+
+
+def test_media_stats_without_a_leg_belong_to_the_answered_leg():
+    c = answered_call()
+    c.at(9000).bye("callee")
+    c.at(9001).media_stats(None, caller=flow(350, T0 + 8990, lost=0, jitter_ms=1, mos_x10=44),
+                           callee=flow(349, T0 + 8999))
+    row = one(rows_of(c.events))
+    assert (row.caller_rtp_packets, row.caller_rtp_lost, row.caller_rtp_jitter_ms, row.caller_rtp_mos_x10) == (
+        350, 0, 1, 44)
+    assert (row.callee_rtp_packets, row.callee_rtp_lost, row.last_media_ms) == (349, None, T0 + 8999)
+
+
+def media_call_events() -> list:
+    c = answered_call()
+    c.at(5000).media_stats(0, caller=flow(100, T0 + 4990), callee=flow(99, T0 + 4995))
+    c.at(42_000).media_timeout(T0 + 12_000)
+    c.at(42_001).media_stats(0, caller=flow(500, T0 + 41_990), callee=flow(300, T0 + 12_000))
+    c.at(42_002).media_stats(None, caller=flow(501, T0 + 41_999), callee=flow(300, T0 + 12_000))
+    return c.events
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_media_events_are_idempotent_under_duplicates_and_reordering(data):
+    events = media_call_events()
+    expected = rows_of(events)
+    row = one(expected)
+    assert (row.caller_rtp_packets, row.end_ms, row.hangup_by) == (501, T0 + 12_000, "media_timeout")
+    extra = data.draw(st.lists(st.sampled_from(events), max_size=len(events) * 2))
+    shuffled = data.draw(st.permutations(events + extra))
+    assert fold(shuffled) == fold(events)
+    assert rows_of(shuffled) == expected
+    state = fold(shuffled)
+    for event in events:
+        assert apply(state, event) is state
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(state), type=CallState) == state
+
+
+def test_a_changelog_state_from_before_issue_14_still_decodes():
+    # states in the changelog were written without End.at and CallState.media
+    events = call_events("answered_caller_bye", "old@t", T0)
+    state = fold(events)
+    as_list = msgspec.msgpack.decode(msgspec.msgpack.encode(state))
+    as_list = as_list[:-1]                                   # no media
+    as_list[-2] = [end[:5] for end in as_list[-2]]           # End without at
+    old = msgspec.msgpack.decode(msgspec.msgpack.encode(as_list), type=CallState)
+    assert old == state and rows_of(events) == finish(old, 0)
+
+
+def test_a_dropped_binding_is_not_a_call():
+    dropped = ev.BindingDropped(id="d1", ts_ms=T0, call_id="reg@t", from_tag="", proxy="node-a",
+                                aor="sip:bob@example.test", contact="sip:bob@192.168.1.20",
+                                received="203.0.113.9:4000/udp", reason="keepalive_timeout", failures=3)
+    assert not is_call_event(dropped)
+    assert all(is_call_event(e) for e in media_call_events())
+    state = new_state("reg@t")
+    assert apply(state, dropped) is state
+    assert finish(state, T0, silence=True) is None           # nothing to record, even on a silence close
