@@ -50,7 +50,27 @@ class _Timing(BaseModel):
     disposition: str
 
 
-class _CallFields(_Timing):
+class _Media(BaseModel):
+    """Media of the leg (a call: of its deciding leg), from rtpengine's statistics
+    (docs/events.md "CDR rows").  ``caller_*``: what the caller sent, ``callee_*``:
+    what the callee sent.  0 / null / "" when the call was not relayed."""
+    caller_rtp_packets: int = 0
+    caller_rtp_bytes: int = 0
+    caller_rtp_errors: int = 0
+    caller_rtp_lost: int | None = Field(None, description="RTCP; null = unknown")
+    caller_rtp_jitter_ms: int | None = Field(None, description="RTCP interarrival jitter; null = unknown")
+    caller_rtp_mos_x10: int | None = Field(None, description="MOS x 10 (43 = 4.3); null = unknown")
+    callee_rtp_packets: int = 0
+    callee_rtp_bytes: int = 0
+    callee_rtp_errors: int = 0
+    callee_rtp_lost: int | None = None
+    callee_rtp_jitter_ms: int | None = None
+    callee_rtp_mos_x10: int | None = None
+    media_relay: str = Field("", description="the rtpengine instance; \"\" = not relayed")
+    last_media_ms: int = Field(0, description="the last RTP packet of either party; 0 = none / unknown")
+
+
+class _CallFields(_Timing, _Media):
     """What a call and each of its legs both carry: the call's identity and parties,
     and the leg's (or the answering leg's) destination."""
     cdr_id: str

@@ -9,9 +9,9 @@ A *call* (one CDR) is summarised from its legs (docs/api.md):
 * identity — account, caller, dialled number, domain, setup time — from leg 0;
 * outcome — disposition, SIP code and reason, who hung up — is the call's
   (``call_*``/``hangup_*``, the same on every leg: the processor decides it);
-* gateway, target, answer time, duration and billable seconds come from the
-  *deciding leg*: the answered leg if any leg was answered, else the
-  highest-numbered leg;
+* gateway, target, answer time, duration, billable seconds and the media
+  columns come from the *deciding leg*: the answered leg if any leg was
+  answered, else the highest-numbered leg;
 * ``end_ms`` is the latest end of any leg, ``ringing_ms`` the earliest
   ringing of any leg, ``pdd_ms`` (post-dial delay as the caller saw it) the
   time from setup to that first ringing, or, when no leg rang, to the final
@@ -167,15 +167,23 @@ _FROM_LEG0 = ("call_id", "account", "caller_uri", "caller_number", "caller_ip", 
 _CALL_OUTCOME = (("call_sip_code", "sip_code"), ("call_sip_reason", "sip_reason"),
                  ("call_disposition", "disposition"))
 _FROM_DECIDING = ("to_tag", "target", "destination", "gateway", "callee_user_agent", "answer_ms",
-                  "duration_ms", "billable_s")
+                  "duration_ms", "billable_s") + rows_mod.MEDIA_COLUMNS
 CALL_FIELDS = (("cdr_id", "legs") + _FROM_LEG0 + tuple(name for _, name in _CALL_OUTCOME)
                + _FROM_DECIDING + ("ringing_ms", "end_ms", "pdd_ms", "gateways"))
+
+def _deciding(name: str) -> str:
+    """The deciding leg's value.  A Nullable value goes through a tuple: an
+    aggregate skips NULLs, and would take another leg's value instead."""
+    if name in rows_mod.NULLABLE_COLUMNS:
+        return f"tupleElement(argMax(tuple(l_{name}), l_rank), 1) AS {name}"
+    return f"argMax(l_{name}, l_rank) AS {name}"
+
 
 _CALL_AGGREGATES = ", ".join(
     ["l_cdr_id AS cdr_id", "count() AS legs"]
     + [f"argMin(l_{name}, l_leg) AS {name}" for name in _FROM_LEG0]
     + [f"argMin(l_{column}, l_leg) AS {name}" for column, name in _CALL_OUTCOME]
-    + [f"argMax(l_{name}, l_rank) AS {name}" for name in _FROM_DECIDING]
+    + [_deciding(name) for name in _FROM_DECIDING]
     + ["minIf(l_ringing_ms, l_ringing_ms > 0) AS ringing_ms",
        "max(l_end_ms) AS end_ms",
        "if(ringing_ms > 0, greatest(toInt64(ringing_ms) - toInt64(setup_ms), 0), "

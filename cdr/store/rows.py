@@ -14,6 +14,11 @@ LEG_FIELDS: tuple[str, ...] = CdrLeg.__struct_fields__
 # columns the sink computes: not fields of CdrLeg
 DERIVED = ("caller_number", "dialled_number", "setup", "version")
 COLUMNS: tuple[str, ...] = LEG_FIELDS + DERIVED
+# per leg and direction, from media.stats (migration 3); the Nullable ones are RTCP figures
+MEDIA_COLUMNS: tuple[str, ...] = tuple(name for name in LEG_FIELDS if "_rtp_" in name) + (
+    "media_relay", "last_media_ms")
+NULLABLE_COLUMNS: frozenset[str] = frozenset(
+    name for name in MEDIA_COLUMNS if name.endswith(("_lost", "_jitter_ms", "_mos_x10")))
 
 _TEL_VISUAL = re.compile(r"[-.()\s]")
 
@@ -66,7 +71,14 @@ _RANGES = {
     # setup_ms / 1000 must fit DateTime (UInt32 seconds)
     "setup_ms": (0, _MAX_SETUP_MS), "ringing_ms": (0, 2**63 - 1), "answer_ms": (0, 2**63 - 1),
     "end_ms": (0, 2**63 - 1), "duration_ms": (0, 2**63 - 1),
+    "last_media_ms": (0, 2**63 - 1),
+    # media columns (None passes where the column is Nullable)
+    **{f"{party}_rtp_{name}": bounds for party in ("caller", "callee") for name, bounds in (
+        ("packets", (0, 2**64 - 1)), ("bytes", (0, 2**64 - 1)), ("errors", (0, 2**64 - 1)),
+        ("lost", (-(2**63), 2**63 - 1)), ("jitter_ms", (0, 2**32 - 1)), ("mos_x10", (0, 2**8 - 1)))},
 }
+_MEDIA_RANGES = tuple((name, low, high) for name, (low, high) in _RANGES.items()
+                      if "_rtp_" in name or name == "last_media_ms")
 
 
 def problem(leg: CdrLeg) -> str | None:
@@ -79,10 +91,13 @@ def problem(leg: CdrLeg) -> str | None:
             and -32768 <= leg.parent_leg < 32768 and 0 <= leg.billable_s < 2**32
             and 0 <= leg.pdd_ms < 2**32 and 0 <= leg.setup_ms <= _MAX_SETUP_MS
             and 0 <= leg.ringing_ms < 2**63 and 0 <= leg.answer_ms < 2**63
-            and 0 <= leg.end_ms < 2**63 and 0 <= leg.duration_ms < 2**63):
+            and 0 <= leg.end_ms < 2**63 and 0 <= leg.duration_ms < 2**63
+            and all(value is None or low <= value <= high
+                    for value, low, high in ((getattr(leg, name), low, high)
+                                             for name, low, high in _MEDIA_RANGES))):
         return None
     for name, (low, high) in _RANGES.items():
         value = getattr(leg, name)
-        if not low <= value <= high:
+        if value is not None and not low <= value <= high:
             return f"{name}={value} outside {low}..{high}"
     return None

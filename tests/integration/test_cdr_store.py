@@ -313,3 +313,51 @@ def test_stats_per_destination_prefix(loaded):
     four = by_group(loaded.stats(CdrFilter(callee="49"), period="month", group_by="prefix", prefix_len=4))
     assert {group for _, group in four} == {"4989", "4930"}
     assert loaded.stats(CdrFilter(from_ms=sample_t0() + 10 * DAY)) == []
+
+
+# -- media columns (issue 14, migration 3) ------------------------------------------
+
+def with_media(leg: CdrLeg, **overrides) -> CdrLeg:
+    media = dict(caller_rtp_packets=3000, caller_rtp_bytes=516_000, caller_rtp_errors=1, caller_rtp_lost=-2,
+                 caller_rtp_jitter_ms=3, caller_rtp_mos_x10=43, callee_rtp_packets=2995,
+                 callee_rtp_bytes=515_140, callee_rtp_errors=0, callee_rtp_lost=None, callee_rtp_jitter_ms=None,
+                 callee_rtp_mos_x10=None, media_relay="udp:127.0.0.1:2223", last_media_ms=leg.end_ms - 5)
+    media.update(overrides)
+    return msgspec.structs.replace(leg, **media)
+
+
+def test_media_columns_migrate_an_existing_table_and_round_trip(backend, calls):
+    # a store at schema version 2 (before the media columns) holding a call
+    text = SCHEMA_FILE.read_text()
+    assert migrate(backend, text.split("-- migration 3:", 1)[0]) == [1, 2]
+    old = calls["c1"][0]
+    old_columns = {name: values for name, values in rows.to_columns([old], 1).items()
+                   if name not in rows.MEDIA_COLUMNS}
+    backend.insert(rows.TABLE, old_columns)
+    assert migrate(backend) == [3]
+    store = CdrStore(backend)
+    # the old row reads as "not relayed"
+    before = store.get_call(old.cdr_id)
+    assert (before["caller_rtp_packets"], before["caller_rtp_lost"], before["media_relay"]) == (0, None, "")
+    assert before["legs_detail"][0]["last_media_ms"] == 0
+    # a failed-over call whose answered leg 1 was relayed; leg 0 has NULLs where leg 1 has values
+    leg0, leg1 = calls["c4"]
+    leg1 = with_media(leg1, callee_rtp_jitter_ms=7)
+    store.insert_legs([leg0, leg1, with_media(old, callee_rtp_packets=2**64 - 1, caller_rtp_mos_x10=255)])
+    got = store.get_call(leg1.cdr_id)
+    expected = {name: getattr(leg1, name) for name in rows.MEDIA_COLUMNS}
+    assert {name: got["legs_detail"][1][name] for name in rows.MEDIA_COLUMNS} == expected
+    assert {name: got[name] for name in rows.MEDIA_COLUMNS} == expected       # the call: its answered leg
+    assert got["legs_detail"][0]["caller_rtp_lost"] is None and got["legs_detail"][0]["media_relay"] == ""
+    items, _ = store.list_calls(CdrFilter(account="bob@b.test"), limit=10)
+    assert {item["cdr_id"]: item["caller_rtp_lost"] for item in items}[leg1.cdr_id] == -2
+    c1 = store.get_call(old.cdr_id)
+    assert (c1["callee_rtp_packets"], c1["caller_rtp_mos_x10"]) == (2**64 - 1, 255)   # the newest copy
+
+
+def test_media_values_out_of_range_are_named():
+    base = with_media(sample_calls()["c1"][0])
+    assert rows.problem(base) is None
+    assert "caller_rtp_mos_x10" in rows.problem(msgspec.structs.replace(base, caller_rtp_mos_x10=256))
+    assert "callee_rtp_packets" in rows.problem(msgspec.structs.replace(base, callee_rtp_packets=-1))
+    assert rows.problem(msgspec.structs.replace(base, caller_rtp_lost=None)) is None

@@ -141,3 +141,26 @@ CREATE TABLE IF NOT EXISTS ledger_events (
 ) ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(ts)
 ORDER BY (account, seq);
+
+-- migration 3: media columns of cdr legs (CdrLeg, issue 14: rtpengine media relay)
+-- Per leg and direction, from the leg's latest media.stats: caller_* is what
+-- the caller sent, callee_* what the callee sent.  lost / jitter / MOS come
+-- from RTCP and are NULL when the phones sent none; 0 / '' everywhere when the
+-- call was not relayed (rows stored before this migration read the same).
+-- last_media_ms: the last RTP packet of either party (0 = none / unknown).
+-- `lost` is signed: RTCP's cumulative loss goes negative with duplicates.
+ALTER TABLE cdr
+    ADD COLUMN caller_rtp_packets   UInt64 DEFAULT 0,
+    ADD COLUMN caller_rtp_bytes     UInt64 DEFAULT 0,
+    ADD COLUMN caller_rtp_errors    UInt64 DEFAULT 0,
+    ADD COLUMN caller_rtp_lost      Nullable(Int64),
+    ADD COLUMN caller_rtp_jitter_ms Nullable(UInt32),
+    ADD COLUMN caller_rtp_mos_x10   Nullable(UInt8),
+    ADD COLUMN callee_rtp_packets   UInt64 DEFAULT 0,
+    ADD COLUMN callee_rtp_bytes     UInt64 DEFAULT 0,
+    ADD COLUMN callee_rtp_errors    UInt64 DEFAULT 0,
+    ADD COLUMN callee_rtp_lost      Nullable(Int64),
+    ADD COLUMN callee_rtp_jitter_ms Nullable(UInt32),
+    ADD COLUMN callee_rtp_mos_x10   Nullable(UInt8),
+    ADD COLUMN media_relay          String DEFAULT '',
+    ADD COLUMN last_media_ms        UInt64 DEFAULT 0;
