@@ -72,3 +72,23 @@ def test_cursor_walk(cdr_api):
     first = env.get("/v1/cdrs", "admin", limit="1").json()
     rest = env.get("/v1/cdrs", "alice", cursor=first["next_cursor"]).json()["items"]
     assert {item["account"] for item in rest} == {"alice@a.test"}
+
+
+def test_media_columns_in_list_and_detail(cdr_api):
+    env = cdr_api
+    relayed = env.calls["c4"][1]                      # the answered leg of a failed-over call
+    expected = {"caller_rtp_packets": 1500, "caller_rtp_bytes": 258_000, "caller_rtp_errors": 0,
+                "caller_rtp_lost": 4, "caller_rtp_jitter_ms": 2, "caller_rtp_mos_x10": 42,
+                "callee_rtp_packets": 1490, "callee_rtp_bytes": 256_280, "callee_rtp_errors": 1,
+                "callee_rtp_lost": None, "callee_rtp_jitter_ms": None, "callee_rtp_mos_x10": None,
+                "media_relay": "udp:127.0.0.1:2223", "last_media_ms": relayed.last_media_ms}
+    detail = env.get(f"/v1/cdrs/{relayed.cdr_id}").json()
+    assert {name: detail["legs_detail"][1][name] for name in expected} == expected
+    assert {name: detail[name] for name in expected} == expected              # the call: its answered leg
+    not_relayed = detail["legs_detail"][0]
+    assert (not_relayed["caller_rtp_packets"], not_relayed["caller_rtp_lost"], not_relayed["media_relay"]) == \
+        (0, None, "")
+    items = env.get("/v1/cdrs", "bob").json()["items"]
+    listed = {item["cdr_id"]: item for item in items}
+    assert {name: listed[relayed.cdr_id][name] for name in expected} == expected
+    assert listed[env.calls["c3"][0].cdr_id]["media_relay"] == ""

@@ -227,7 +227,12 @@ def sample_calls():
                    [dict(gateway="gw-fr", pdd_ms=50, sip_code=503, disposition="failed", end_after=60),
                     dict(offset=60, parent_leg=0, leg_cause="failover", gateway="gw-de",
                          ringing_ms=400, answer_ms=1000, duration_ms=30_000, billable_s=30, pdd_ms=340,
-                         sip_code=200, disposition="answered", end_after=31_000)],
+                         sip_code=200, disposition="answered", end_after=31_000,
+                         # relayed through rtpengine; the callee's phone sent no RTCP
+                         caller_rtp_packets=1500, caller_rtp_bytes=258_000, caller_rtp_lost=4,
+                         caller_rtp_jitter_ms=2, caller_rtp_mos_x10=42, callee_rtp_packets=1490,
+                         callee_rtp_bytes=256_280, callee_rtp_errors=1, media_relay="udp:127.0.0.1:2223",
+                         last_media_ms=t0 + 180_000 + 60 + 30_990)],
                    call_code=200, call_disposition="answered", hangup_by="callee"),
         "c5": call("c5", "carol", t0 + hour, "+4930555",
                    [dict(ringing_ms=250, pdd_ms=250, sip_code=487, disposition="cancelled")],
