@@ -48,7 +48,16 @@ from typing import Any
 import msgspec
 
 from proxy.contract import events as ev
-from proxy.contract.callfold import CallState, apply, finish, live, new_state, silence_deadline_ms, silence_end_ms
+from proxy.contract.callfold import (
+    CallState,
+    apply,
+    finish,
+    is_call_event,
+    live,
+    new_state,
+    silence_deadline_ms,
+    silence_end_ms,
+)
 from proxy.contract.cdr import CdrLeg
 from proxy.infra import clock
 from proxy.infra.config import Config
@@ -205,6 +214,9 @@ class CdrProcessor:
                 counts[exc.reason] += 1
                 log.warning("skipping record %s[%d]@%d: %s", message.topic, message.partition,
                             message.offset, exc)
+                continue
+            if not is_call_event(event):             # e.g. registration.dropped: no call state
+                counts["not_a_call"] += 1
                 continue
             counts["events"] += 1
             key = event.call_id.encode()

@@ -11,7 +11,9 @@ Which records, when:
 * **Start** (1) when the call is answered (and its INVITE is known);
 * **Interim-Update** (3) number k once k x ``interim_interval_s`` of the
   answered call have passed (the worker's timer; only the latest one due);
-* **Stop** (2) when it ends (BYE, dialog timeout, teardown, or silence);
+* **Stop** (2) when it ends (BYE, dialog timeout, teardown, media timeout,
+  session timer expiry, or silence) at the CDR's end: a media timeout's is
+  the last media seen, so Acct-Session-Time stops there;
 * **Failed** (15, OpenSIPS) for an unanswered call, if ``send_failed``.
 
 Sessions (``multileg``):
@@ -49,14 +51,18 @@ START, STOP, INTERIM, FAILED = 1, 2, 3, 15
 STATUS_NAMES = {START: "Start", STOP: "Stop", INTERIM: "Interim-Update", FAILED: "Failed"}
 
 # Acct-Terminate-Cause (RFC 2866 5.10)
-USER_REQUEST, LOST_SERVICE, SESSION_TIMEOUT, ADMIN_RESET = 1, 3, 5, 6
+USER_REQUEST, LOST_CARRIER, LOST_SERVICE, SESSION_TIMEOUT, ADMIN_RESET = 1, 2, 3, 5, 6
 TERMINATE_CAUSES = {
     "caller": USER_REQUEST,       # BYE from the caller
     "callee": USER_REQUEST,       # BYE from the callee
     "timeout": SESSION_TIMEOUT,   # the dialog's maximum duration ran out
     "teardown": ADMIN_RESET,      # an operator / credit control teardown (call.control)
     "silence": LOST_SERVICE,      # no events for the silence window: the end was never seen
+    "media_timeout": LOST_CARRIER,  # the media stopped (a phone vanished): the proxy ended the call
+    "session_timer": LOST_SERVICE,  # RFC 4028: no session refresh came
 }
+# ends the network decided because a party was lost: Q.850 temporary failure
+_LOST_ENDS = frozenset({"silence", "media_timeout", "session_timer"})
 
 # Sip-Method values (dictionary.opensips)
 SIP_INVITE, SIP_BYE = 1, 8
@@ -162,12 +168,13 @@ def q850_cause(sip_code: int) -> int:
 def disconnect_cause(row: CdrLeg, answered: bool) -> int:
     """Q.850 cause of a call's end: the BYE's ``Reason: Q.850;cause=N`` if it
     had one, normal clearing for an answered call ended normally, temporary
-    failure for one whose end was never seen, else the failure code mapped."""
+    failure for one whose end was never seen or whose party was lost (media
+timeout, session timer), else the failure code mapped."""
     if answered:
         match = _REASON_CAUSE.search(row.hangup_reason or "")
         if match and 0 < int(match.group(1)) < 128:
             return int(match.group(1))
-        return TEMPORARY_FAILURE if row.hangup_by == "silence" else NORMAL_CLEARING
+        return TEMPORARY_FAILURE if row.hangup_by in _LOST_ENDS else NORMAL_CLEARING
     return q850_cause(row.sip_code or row.call_sip_code or (487 if row.disposition == "cancelled" else 0))
 
 

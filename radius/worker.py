@@ -33,7 +33,15 @@ from aiokafka.errors import KafkaError
 from pyrad.dictionary import Dictionary
 
 from proxy.contract import events as ev
-from proxy.contract.callfold import CallState, apply, live, new_state, silence_deadline_ms, silence_end_ms
+from proxy.contract.callfold import (
+    CallState,
+    apply,
+    is_call_event,
+    live,
+    new_state,
+    silence_deadline_ms,
+    silence_end_ms,
+)
 from proxy.infra.config import Config
 from proxy.infra.kafka import consumer_kwargs, ensure_topics
 
@@ -94,6 +102,9 @@ class Accounting:
     def event(self, event: ev.CallEvent, partition: int, now_ms: int,
               records: list[Record], changed: dict[str, Slot]) -> None:
         counts = self.counts
+        if not is_call_event(event):             # e.g. registration.dropped: no call state
+            counts["not_a_call"] += 1
+            return
         call_id = event.call_id
         if call_id in self.finished:
             counts["after_finish"] += 1

@@ -338,8 +338,12 @@ class CreditControl:
         return fx
 
     def ended(self, call_id: str, end_ms: int, now_ms: int) -> Effects:
-        """The call is over (BYE, timeout, teardown, failure): its hold goes; its
-        reservation stays until the CDR is debited (or cdr_wait_seconds pass)."""
+        """The call is over (BYE, timeout, teardown, failure, media timeout,
+        session expiry): its hold goes; its reservation stays until the CDR is
+        debited (or cdr_wait_seconds pass).  ``end_ms`` is when it ended (a media
+        timeout's last media, which can lie before the answer if no media ever
+        came: the answer then).  What is charged comes from the CDR, which
+        ends at the same time (proxy/contract/callfold.py)."""
         fx = Effects()
         hold = self.holds.pop(call_id, None)
         if hold is not None:
@@ -589,7 +593,7 @@ class CreditControl:
             self._schedule(call, None, None, fx)
 
     def _ended(self, call: Call, end_ms: int, now_ms: int, fx: Effects) -> None:
-        call.ended, call.end_ms = True, end_ms
+        call.ended, call.end_ms = True, max(end_ms, call.answer_ms)
         self._schedule(call, "expire", now_ms + self.cdr_wait_ms, fx)
 
     def _final_release(self, call: Call, now_ms: int, note: str) -> LedgerEvent:

@@ -65,6 +65,7 @@ from billing.rating.store import RatesStore
 from proxy.contract import commands as cmd
 from proxy.contract import credit
 from proxy.contract import events as ev
+from proxy.contract.callfold import end_ms_of, is_call_event
 from proxy.contract.cdr import CdrLeg
 from proxy.contract.ledger import encode_event, encode_notification
 from proxy.infra.clock import now_ms
@@ -81,7 +82,8 @@ COMMIT_INTERVAL_S = 0.5
 SLICE_S = 0.0005          # loop work yields this often so authorization answers are not held up
 POLL_INTERVAL_S = 1.0
 READY_WITHOUT_KAFKA_S = 20.0
-_END_EVENTS = (ev.CallBye, ev.DialogTimeout, ev.DialogTeardown, ev.CallFailed)
+_END_EVENTS = (ev.CallBye, ev.DialogTimeout, ev.DialogTeardown, ev.CallFailed, ev.MediaTimeout,
+               ev.SessionExpired)
 _T = TypeVar("_T")
 
 
@@ -571,6 +573,9 @@ class BillingService:
             except ev.Unreadable as exc:
                 self.stats[f"sip_{exc.reason}"] += 1
                 continue
+            if not is_call_event(event):             # e.g. registration.dropped: no call state
+                self.stats["sip_not_a_call"] += 1
+                continue
             step = None
             if isinstance(event, ev.InviteReceived):
                 account = event.caller.account
@@ -592,7 +597,7 @@ class BillingService:
                     account = self.core.calls[event.call_id].account
                 if account is not None:
                     step = CallStep(kind="ended", id=event.id, call_id=event.call_id, account=account,
-                                    ts_ms=event.ts_ms, reason=_END_REASONS[type(event)])
+                                    ts_ms=end_ms_of(event), reason=_END_REASONS[type(event)])
             if step is not None:
                 self.stats["steps_out"] += 1
                 self._sends.append(asyncio.ensure_future(

@@ -214,6 +214,15 @@ def is_call_event(event: ev.CallEvent) -> bool:
     return not isinstance(event, NOT_CALLS)
 
 
+def end_ms_of(event: ev.CallEvent) -> int:
+    """When an event that ends a call says the call ended: a media timeout at
+    its last media, every other at its ``ts_ms``.  (The fold and ``finish``
+    also keep an answered call's end no earlier than its answer.)"""
+    if isinstance(event, ev.MediaTimeout):
+        return event.last_media_ms
+    return event.ts_ms
+
+
 def apply(state: CallState, event: ev.CallEvent) -> CallState:
     """Fold one event into the state.  Pure; the same object back when nothing changed."""
     if isinstance(event, NOT_CALLS):

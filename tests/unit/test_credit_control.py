@@ -419,3 +419,40 @@ def test_unanswered_holds_and_cached_answers_expire():
     assert not h.core.holds and h.core.books[ALICE].held == 0
     h.core.sweep(T0 + 60_500)
     assert "r1" not in h.core._responses and "r3" in h.core._responses
+
+
+# -- calls ended by the proxy for lost media / session expiry (issue 14) -------------------
+
+def test_a_media_timeout_charges_up_to_the_last_media_not_the_detection():
+    from bench.cdr_pipeline import CallBuilder
+    from proxy.contract.callfold import end_ms_of, finish
+    from proxy.contract.callfold import fold as fold_call
+
+    h = Harness(plan_of(price="0.60"), credit="10")
+    c = CallBuilder("mt1", T0 - 2000, from_tag="tag", account=ALICE, dialled="sip:4930123@a.test")
+    c.at(0).invite(); c.at(1).route(0); c.at(2000).answer(0); c.at(2010).ack(0)
+    timeout = c.at(62_000).media_timeout(T0 + 25_000)        # detected 35 s after the media stopped
+    h.authorize("mt1", T0 - 2000)
+    h.handle(h.core.answered("mt1", ALICE, "4930123", T0, T0))
+    h.handle(h.core.ended("mt1", end_ms_of(timeout), T0 + 60_000))
+    assert h.core.calls["mt1"].end_ms == T0 + 25_000
+    rows = finish(fold_call(c.events), 0)
+    assert rows is not None
+    (row,) = rows
+    assert (row.answer_ms, row.end_ms, row.duration_ms, row.hangup_by) == (T0, T0 + 25_000, 25_000, "media_timeout")
+    events, problem = h.core.plan_cdr(row, T0 + 61_000)
+    assert problem is None
+    debit = events[0]
+    assert (debit.kind, debit.duration_ms, debit.billed_s, debit.amount) == ("debit", 25_000, 25, D("0.25"))
+    h.handle(h.core.cdr_done(events))
+    h.handle(h.core.apply_external(h.persist(events), T0 + 61_000))
+    assert h.core.books[ALICE].balance == D("9.75") and h.core.books[ALICE].reserved == 0
+    h.fold_matches()
+
+
+def test_an_end_before_the_answer_is_recorded_at_the_answer():
+    h = Harness(plan_of(), credit="5")
+    h.authorize("c1", T0)
+    h.handle(h.core.answered("c1", ALICE, "4930123", T0, T0))
+    h.handle(h.core.ended("c1", 0, T0 + 30_000))              # a media timeout with no media ever seen
+    assert h.core.calls["c1"].end_ms == T0

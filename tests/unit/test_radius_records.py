@@ -53,6 +53,8 @@ def answered_call(call_id: str = "c1@test", talk_ms: int = 60_500, end: str = "c
         at.timeout(talk_ms // 1000, T0 + 3000)
     elif end == "teardown":
         at.teardown("credit exhausted")
+    elif end == "session_timer":
+        at.session_expired(talk_ms // 1000, T0 + 3000)
     return c
 
 
@@ -100,6 +102,8 @@ def test_record_keys_name_session_status_and_interim_number():
     ("timeout", 5),                     # Session-Timeout
     ("teardown", 6),                    # Admin-Reset
     ("silence", 3),                     # Lost-Service
+    ("media_timeout", 2),               # Lost-Carrier
+    ("session_timer", 3),               # Lost-Service
 ])
 def test_terminate_cause(hangup_by, cause):
     assert terminate_cause(hangup_by) == cause
@@ -178,7 +182,7 @@ def test_whole_call_at_once_gives_start_and_stop_in_order():
     assert progress.final
 
 
-@pytest.mark.parametrize("end, cause", [("callee", 1), ("timeout", 5), ("teardown", 6)])
+@pytest.mark.parametrize("end, cause", [("callee", 1), ("timeout", 5), ("teardown", 6), ("session_timer", 3)])
 def test_stop_terminate_cause_per_end(end, cause):
     records, _ = run(answered_call(end=end, talk_ms=30_000).events)
     stop = records[-1]
@@ -483,3 +487,27 @@ def test_core_tick_sends_interims_and_closes_silent_calls():
     (stop,) = records
     assert attrs(stop)["Acct-Terminate-Cause"] == 3            # Lost-Service
     assert attrs(stop)["Acct-Session-Time"] == 3600            # at the cap, derived from the events
+
+
+def test_media_timeout_stop_is_at_the_last_media_not_at_detection():
+    c = answered_call(end="none")
+    c.at(42_000).media_timeout(T0 + 13_400, silent="callee")     # detected 28.6 s after the media stopped
+    records, progress = run(c.events)
+    stop = records[-1]
+    s = attrs(stop)
+    assert progress.final and stop.status == STOP
+    assert s["Event-Timestamp"] == (T0 + 13_400) // 1000
+    assert (s["Acct-Session-Time"], s["Sip-Call-MSDuration"]) == (11, 10_400)    # answer at 3 s
+    assert s["Acct-Terminate-Cause"] == 2                                         # Lost-Carrier
+    assert s["h323-disconnect-cause"] == "h323-disconnect-cause=29"               # Q.850 41, hex
+    assert s["h323-disconnect-time"] == "h323-disconnect-time=00:00:13.400 UTC Thu Jan 1 2026"
+
+
+def test_core_skips_a_dropped_binding_without_call_state():
+    from proxy.contract import events as ev
+    core = _core()
+    dropped = ev.BindingDropped(id="d1", ts_ms=T0, call_id="reg@t", from_tag="", proxy="node-a",
+                                aor="sip:bob@example.test", contact="sip:bob@192.168.1.20",
+                                reason="keepalive_timeout", failures=3)
+    records, changed = _feed(core, [dropped], T0)
+    assert (records, changed, core.live, core.counts["not_a_call"]) == ([], {}, 0, 1)
