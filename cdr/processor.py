@@ -15,6 +15,14 @@
   (``done``) until the broker has confirmed every row, then shrinks to a small
   *finished marker* kept ``finished_ttl_seconds`` so that late duplicates
   cannot reopen the call; the timer deletes expired markers (tombstones).
+* Media statistics come late: rtpengine is asked for them once the dialog is
+  over, so a relayed call's ``media.stats`` usually follows the event that
+  ended it.  An answered call's final state is therefore kept for
+  ``MEDIA_GRACE_MS`` after its rows were confirmed (``confirmed``); a
+  ``media.stats`` within that time is folded in and the call's rows are
+  published again, with the media (the sink keeps the newest copy; billing
+  debits a leg once, by its id).  Later ones are counted (``media_too_late``)
+  and dropped.
 * The timer closes calls that went silent (``[cdr] silence_seconds``) with
   hangup_by "silence" and an end time derived from the events, and sends again
   the rows of finished calls never confirmed (a crash, a restart).
@@ -27,7 +35,8 @@ sent without blocking the agent; a finished slot only becomes a marker after
 its rows are confirmed.  A crash anywhere either replays events (the fold is
 idempotent) or leaves final states whose rows the timer sends again; rows are
 a function of the events, so the topic can only get byte-identical
-duplicates (the sink is idempotent), never lose a CDR.
+duplicates (the sink is idempotent), or a call's rows again with its late
+media statistics (a newer copy of the same legs), never lose a CDR.
 
 Determinism.  Whether an event arrives before or after a silence close must not
 depend on timing: an event more than the silence window (in event time) after
@@ -67,6 +76,9 @@ log = logging.getLogger("cdr.processor")
 
 TABLE_NAME = "calls"
 RESEND_AFTER_MS = 10_000            # a finished call's rows unconfirmed this long are sent again
+# an answered call's final state is kept this long after its rows were confirmed, for
+# a media.stats that follows the end (rtpengine's query: 3 tries of 1 s by default)
+MEDIA_GRACE_MS = 10_000
 SCAN_CHUNK = 5000                   # the timer's scan yields to the agent this often
 SLOT_CODEC = "cdr_slot"
 
@@ -80,6 +92,20 @@ class Slot(msgspec.Struct, frozen=True, array_like=True):
     state: CallState | None = None
     done: bool = False
     close_ms: int = 0               # a silence close: the end time given to finish()
+    confirmed: bool = False         # finished, rows confirmed, state kept for late media.stats
+
+
+def after_confirm(slot: Slot, now_ms: int) -> Slot:
+    """What a finished slot becomes once its rows are confirmed: an answered
+    call keeps its final state for late media.stats, any other a marker."""
+    if slot.state is not None and slot.state.answered is not None:
+        return Slot(slot.partition, now_ms, slot.state, True, slot.close_ms, confirmed=True)
+    return Slot(slot.partition, now_ms, None, True)
+
+
+def media_grace_over(slot: Slot, now_ms: int) -> bool:
+    """A confirmed slot whose state can shrink to a marker now."""
+    return slot.confirmed and slot.state is not None and now_ms - slot.seen_ms > MEDIA_GRACE_MS
 
 
 _slot_encoder = msgspec.msgpack.Encoder()
@@ -238,7 +264,10 @@ class CdrProcessor:
         if slot is None:
             state = new_state(event.call_id)
         elif slot.done:
-            counts["after_finish"] += 1            # a late duplicate of a finished call
+            if isinstance(event, ev.MediaStats):
+                self._late_media(key, slot, event, now, working, finished)
+            else:
+                counts["after_finish"] += 1        # a late duplicate of a finished call
             return
         else:
             state = live(slot.state)
@@ -258,13 +287,28 @@ class CdrProcessor:
         else:
             self._close(key, Slot(partition, now, new, True), working, finished, rows)
 
+    def _late_media(self, key: bytes, slot: Slot, event: ev.MediaStats, now: int,
+                    working: dict[bytes, Slot], finished: list) -> None:
+        """A media.stats after the call's end: its rows again, with the media."""
+        counts = self.stats.counts
+        if slot.state is None:
+            counts["media_too_late"] += 1
+            return
+        new = apply(slot.state, event)
+        if new is slot.state:
+            counts["no_change"] += 1
+            return
+        counts["media_after_end"] += 1
+        self._close(key, Slot(slot.partition, now, new, True, slot.close_ms), working, finished, again=True)
+
     def _close(self, key: bytes, slot: Slot, working: dict[bytes, Slot], finished: list,
-               rows: list[CdrLeg] | None = None) -> None:
+               rows: list[CdrLeg] | None = None, *, again: bool = False) -> None:
         if rows is None:
             rows = closed_rows(slot)
         counts = self.stats.counts
         if rows:
-            counts["silence_closes" if slot.close_ms else "calls"] += 1
+            if not again:
+                counts["silence_closes" if slot.close_ms else "calls"] += 1
             counts["rows"] += len(rows)
             working[key] = slot
             finished.append((key, slot, rows))
@@ -298,7 +342,7 @@ class CdrProcessor:
         for key, slot, _ in finished:
             # still the same finished slot, of a partition still ours
             if data_get(key) is slot and slot.partition in actives:
-                await self._put(key, Slot(slot.partition, wall_ms(), None, True))
+                await self._put(key, after_confirm(slot, wall_ms()))
 
     # --- table writes with an explicit partition -------------------------------------
     # The store is updated at once; the changelog record goes to faust's
@@ -333,6 +377,7 @@ class CdrProcessor:
         silent: list[tuple[bytes, Slot]] = []
         resend: list[tuple[bytes, Slot]] = []
         expired: list[tuple[bytes, Slot]] = []
+        shrink: list[tuple[bytes, Slot]] = []
         for n, key in enumerate(list(data.keys())):
             if n % SCAN_CHUNK == SCAN_CHUNK - 1:
                 await asyncio.sleep(0)
@@ -343,20 +388,23 @@ class CdrProcessor:
                 if slot.state is None:
                     if now - slot.seen_ms > self.ttl_ms:
                         expired.append((key, slot))
+                elif slot.confirmed:
+                    if media_grace_over(slot, now):
+                        shrink.append((key, slot))
                 elif now - max(slot.seen_ms, self.assigned_at.get(slot.partition, now)) > RESEND_AFTER_MS:
                     resend.append((key, slot))
                 continue
             quiet_since = max(slot.seen_ms, self.assigned_at.get(slot.partition, now))
             if now - quiet_since > self.window_ms and now > silence_deadline_ms(slot.state, self.window_ms):
                 silent.append((key, slot))
-        if silent or resend or expired:
-            await self._act(silent, resend, expired)
+        if silent or resend or expired or shrink:
+            await self._act(silent, resend, expired, shrink)
         if time.monotonic() - self._last_stats > self.stats_interval:
             self._last_stats = time.monotonic()
             live = sum(1 for slot in data.values() if slot is not None and not slot.done)
             log.info("cdr stats: live=%d %s", live, self.stats.line())
 
-    async def _act(self, silent: list, resend: list, expired: list) -> None:
+    async def _act(self, silent: list, resend: list, expired: list, shrink: list) -> None:
         counts = self.stats.counts
         async with self.lock:
             data_get = self.table.data.get
@@ -379,6 +427,9 @@ class CdrProcessor:
                 if data_get(key) is slot:
                     await self._delete(key, slot.partition)
                     counts["markers_expired"] += 1
+            for key, slot in shrink:                 # the media grace is over: a marker now
+                if data_get(key) is slot:
+                    await self._put(key, Slot(slot.partition, slot.seen_ms, None, True))
 
 
 def closed_rows(slot: Slot) -> list[CdrLeg] | None:

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.cdr_pipeline import SHAPES, CallBuilder, call_events
+from proxy.contract import events as ev
 from proxy.contract.callfold import (
     CallState,
     apply,
@@ -18,7 +19,6 @@ from proxy.contract.callfold import (
     silence_deadline_ms,
     silence_end_ms,
 )
-from proxy.contract import events as ev
 from proxy.contract.cdr import CdrLeg, cdr_id_for
 
 T0 = 1_767_225_600_000
@@ -370,7 +370,10 @@ def test_any_permutation_of_duplicates_gives_the_same_rows(shape, data):
 
 def answered_call() -> CallBuilder:
     c = call()
-    c.at(0).invite(); c.at(1).route(0); c.at(2000).answer(0); c.at(2010).ack(0)
+    c.at(0).invite()
+    c.at(1).route(0)
+    c.at(2000).answer(0)
+    c.at(2010).ack(0)
     return c
 
 
@@ -419,8 +422,11 @@ def flow(packets: int, last_ms: int, **quality) -> ev.MediaFlow:
 
 def test_media_stats_land_in_the_row_of_their_leg_and_the_latest_wins():
     c = call()
-    c.at(0).invite(); c.at(1).route(0); c.at(2).route(1, parent=0, cause="fork")
-    c.at(2000).answer(1); c.at(2010).ack(1)
+    c.at(0).invite()
+    c.at(1).route(0)
+    c.at(2).route(1, parent=0, cause="fork")
+    c.at(2000).answer(1)
+    c.at(2010).ack(1)
     c.at(10_000).bye("caller", leg=1)
     c.at(10_001).media_stats(1, caller=flow(400, T0 + 9990, lost=3, jitter_ms=2, mos_x10=43),
                              callee=flow(390, T0 + 9995))

@@ -430,7 +430,10 @@ def test_a_media_timeout_charges_up_to_the_last_media_not_the_detection():
 
     h = Harness(plan_of(price="0.60"), credit="10")
     c = CallBuilder("mt1", T0 - 2000, from_tag="tag", account=ALICE, dialled="sip:4930123@a.test")
-    c.at(0).invite(); c.at(1).route(0); c.at(2000).answer(0); c.at(2010).ack(0)
+    c.at(0).invite()
+    c.at(1).route(0)
+    c.at(2000).answer(0)
+    c.at(2010).ack(0)
     timeout = c.at(62_000).media_timeout(T0 + 25_000)        # detected 35 s after the media stopped
     h.authorize("mt1", T0 - 2000)
     h.handle(h.core.answered("mt1", ALICE, "4930123", T0, T0))
