@@ -351,6 +351,10 @@ class CreditControl:
         call = self.calls.get(call_id)
         if call is not None and not call.ended:
             self._ended(call, end_ms, now_ms, fx)
+        elif call is not None:
+            # a second end (a BYE, then the media timeout detected later with an
+            # earlier last media): the earliest counts, as in the CDR
+            call.end_ms = min(call.end_ms, max(end_ms, call.answer_ms))
         return fx
 
     def due(self, call_id: str, now_ms: int) -> Effects:

@@ -98,6 +98,13 @@ def _tag(kind: type[msgspec.Struct]) -> str:
 _END_REASONS: dict[type, str] = {kind: _tag(kind) for kind in _END_EVENTS}     # a call step's ``reason``
 
 
+def end_step(event: ev.CallEvent, account: str) -> CallStep:
+    """The ``ended`` step of a call-ending event (``_END_EVENTS``), at the time
+    the call ended: a media timeout's last media, else the event's time."""
+    return CallStep(kind="ended", id=event.id, call_id=event.call_id, account=account,
+                    ts_ms=end_ms_of(event), reason=_END_REASONS[type(event)])
+
+
 def _opened(part: _T | None, what: str) -> _T:
     """A part ``BillingService.run`` opens before it starts anything that uses it."""
     if part is None:
@@ -596,8 +603,7 @@ class BillingService:
                 if account is None and event.call_id in self.core.calls:
                     account = self.core.calls[event.call_id].account
                 if account is not None:
-                    step = CallStep(kind="ended", id=event.id, call_id=event.call_id, account=account,
-                                    ts_ms=end_ms_of(event), reason=_END_REASONS[type(event)])
+                    step = end_step(event, account)
             if step is not None:
                 self.stats["steps_out"] += 1
                 self._sends.append(asyncio.ensure_future(

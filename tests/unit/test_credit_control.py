@@ -459,3 +459,25 @@ def test_an_end_before_the_answer_is_recorded_at_the_answer():
     h.handle(h.core.answered("c1", ALICE, "4930123", T0, T0))
     h.handle(h.core.ended("c1", 0, T0 + 30_000))              # a media timeout with no media ever seen
     assert h.core.calls["c1"].end_ms == T0
+    h.authorize("c2", T0)
+    h.handle(h.core.answered("c2", ALICE, "4930123", T0, T0))
+    h.handle(h.core.ended("c2", T0 + 40_000, T0 + 40_000))     # the caller hung up on a dead call ...
+    h.handle(h.core.ended("c2", T0 + 12_000, T0 + 41_000))     # ... whose media had stopped before
+    h.handle(h.core.ended("c2", T0 + 50_000, T0 + 50_000))     # a later end changes nothing
+    assert h.core.calls["c2"].end_ms == T0 + 12_000
+
+
+def test_the_service_ends_live_calls_at_the_time_the_events_say():
+    from bench.cdr_pipeline import CallBuilder
+    from billing.credit.service import _END_EVENTS, end_step
+    from proxy.contract import events as ev
+
+    c = CallBuilder("mt2", T0, from_tag="tag", account=ALICE)
+    media = c.at(40_000).media_timeout(T0 + 9_000, silent="both")
+    expiry = c.at(1_800_000).session_expired(1800)
+    bye = c.at(50_000).bye("callee")
+    assert (end_step(media, ALICE).ts_ms, end_step(media, ALICE).reason) == (T0 + 9_000, "media.timeout")
+    assert (end_step(expiry, ALICE).ts_ms, end_step(expiry, ALICE).reason) == (T0 + 1_800_000,
+                                                                                "dialog.session_expired")
+    assert end_step(bye, ALICE).ts_ms == T0 + 50_000
+    assert ev.BindingDropped not in _END_EVENTS and ev.MediaStats not in _END_EVENTS
