@@ -39,7 +39,8 @@ from proxy.contract import events as ev  # noqa: E402
 from proxy.infra import clock  # noqa: E402
 
 SHAPES = ("answered_caller_bye", "answered_callee_bye", "busy", "cancel", "no_answer",
-          "not_found", "forked", "failover", "timeout", "teardown", "credit")
+          "not_found", "forked", "failover", "timeout", "teardown", "credit",
+          "media_timeout", "session_expired")
 # a mix like a carrier's: mostly answered, the usual failures
 MIX = {"answered_caller_bye": 40, "answered_callee_bye": 20, "busy": 10, "cancel": 8,
        "no_answer": 7, "not_found": 4, "forked": 4, "failover": 4, "timeout": 1,
@@ -157,11 +158,22 @@ def call_events(shape: str, call_id: str, t0: int, *, scale: float = 1.0,
         at(2).failed(404, "Not Found", by_proxy=True)
         return c.events
     at(3).route(0)
-    if shape in ("answered_caller_bye", "answered_callee_bye", "timeout", "teardown"):
+    if shape in ("answered_caller_bye", "answered_callee_bye", "timeout", "teardown", "media_timeout",
+                 "session_expired"):
         at(150).progress(0)
         at(3000).answer(0)
         at(3010).ack(0)
-        if shape == "timeout":
+        if shape == "media_timeout":
+            # the callee vanished after talk_ms; the proxy's poll read the stats, then ended the call
+            last = c.t0 + int((3000 + talk_ms) * scale)
+            at(3000 + talk_ms + 20_000).media_stats(0, caller=ev.MediaFlow(packets=4000, bytes=688_000,
+                                                                           last_packet_ms=last + 20_000),
+                                                    callee=ev.MediaFlow(packets=3000, bytes=516_000,
+                                                                        last_packet_ms=last))
+            at(3000 + talk_ms + 30_000).media_timeout(last, silent="callee")
+        elif shape == "session_expired":
+            at(3000 + talk_ms).session_expired(talk_ms // 1000, c.t0 + int(3000 * scale))
+        elif shape == "timeout":
             at(3000 + talk_ms).timeout(talk_ms // 1000, c.t0 + int(3000 * scale))
         elif shape == "teardown":
             at(3000 + talk_ms).teardown("credit exhausted")

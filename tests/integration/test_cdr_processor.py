@@ -103,6 +103,19 @@ def test_calls_to_cdrs_through_crash_duplicates_replay_and_silence(broker, tmp_p
         first_expected = _expected({n: calls[n] for n in first})
         got = asyncio.run(_wait_rows(settings, records_topic, first_expected, 30))
         assert first_expected <= set(got)
+        # a relayed call's media.stats after its BYE (rtpengine is asked once the
+        # dialog is over): its rows come again, with the media
+        relayed = calls[first[0]]
+        late = CallBuilder(relayed[0].call_id, relayed[-1].ts_ms + 1, from_tag=relayed[0].from_tag,
+                           proxy=relayed[0].proxy).at(0).media_stats(
+            0, caller=ev.MediaFlow(packets=300, bytes=51_600, last_packet_ms=relayed[-1].ts_ms - 10),
+            callee=ev.MediaFlow(packets=290, bytes=49_880, last_packet_ms=relayed[-1].ts_ms - 5))
+        calls[first[0]] = relayed + [late]
+        with_media = _expected({first[0]: calls[first[0]]})
+        assert all(decode_row(v).caller_rtp_packets == 300 for v in with_media)
+        expected |= with_media
+        asyncio.run(produce(settings, events_topic, _records([late])))
+        assert with_media <= set(asyncio.run(_wait_rows(settings, records_topic, with_media, 20)))
 
         # second half; SIGKILL as soon as its first row is out (before faust
         # commits the offsets, every 2.8 s), then a restart: the state comes
