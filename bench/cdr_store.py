@@ -61,6 +61,18 @@ def pct(values: list[float], q: float) -> float:
 
 # -- store mode ---------------------------------------------------------------------
 
+def _media(rng: random.Random, duration_ms: int, end_ms: int) -> dict:
+    """Media columns of a relayed answered leg: 50 packets/s of G.711 each way,
+    RTCP figures from one phone in three."""
+    packets = duration_ms // 20
+    rtcp = rng.random() < 1 / 3
+    return dict(caller_rtp_packets=packets, caller_rtp_bytes=packets * 172, callee_rtp_packets=packets,
+                callee_rtp_bytes=packets * 172, caller_rtp_lost=rng.randrange(20) if rtcp else None,
+                caller_rtp_jitter_ms=rng.randrange(1, 30) if rtcp else None,
+                caller_rtp_mos_x10=rng.randrange(30, 45) if rtcp else None,
+                media_relay=f"udp:10.0.0.{rng.randrange(1, 3)}:2223", last_media_ms=end_ms - rng.randrange(40))
+
+
 def synthetic_legs(rows: int, t0: int, days: int = 30, seed: int = 1):
     """About ``rows`` legs of calls spread over ``days``: 1000 accounts, 20
     gateways, a carrier-like outcome mix; 10% of calls have 2-3 legs."""
@@ -95,7 +107,8 @@ def synthetic_legs(rows: int, t0: int, days: int = 30, seed: int = 1):
                 end_ms=setup + ringing + 2000 + duration, duration_ms=duration,
                 billable_s=(duration + 999) // 1000, pdd_ms=ringing or rng.randrange(50, 500),
                 sip_code=codes[k] if last else 503, disposition=d,
-                call_sip_code=codes[k], call_disposition=kinds[k], proxy="bench"))
+                call_sip_code=codes[k], call_disposition=kinds[k], proxy="bench",
+                **(_media(rng, duration, setup + ringing + 2000 + duration) if answered else {})))
         i += 1
     return made[:rows], i
 
