@@ -100,6 +100,7 @@ def launch(media: MediaSettings, interface: str, data_dir: Path, stopping: threa
         return 1
     previous = read_ng(data_dir)
     preferred = int(previous.rsplit(":", 1)[1]) if previous else 0
+    (data_dir / RUN_DIR / MEDIA_RUN_FILE).unlink(missing_ok=True)    # workers wait for the new one
     ng = ("127.0.0.1", free_loopback_port(preferred))
     argv = rtpengine_argv(media.binary, interface, ng, media.port_min, media.port_max,
                           timeout=max(1, int(media.rtp_timeout_seconds)))

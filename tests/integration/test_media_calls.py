@@ -246,3 +246,31 @@ def test_callee_silent_while_the_caller_talks_is_ended_by_media_timeout(proxy, r
     assert kinds.index("media.timeout") < kinds.index("media.stats")
     stats = next(e for e in events if e["type"] == "media.stats")
     assert stats["callee"]["packets"] == 25 and stats["caller"]["packets"] > 25, stats
+
+
+def test_the_launcher_says_media_ready_after_a_pong_and_one_line_when_it_cannot(tmp_path):
+    """What `sipledger up` runs for `[media] launch`: rtpengine up, its ng port in DATA_DIR/run/media.json."""
+    from proxy.runtime.rtpengine import ping, read_ng
+    from tests.harness.rtpengine import RTPENGINE, _media_range
+    low, high = _media_range(20)
+    config = tmp_path / "sipledger.toml"
+    config.write_text(f'[media]\nenabled = true\nbinary = "{RTPENGINE}"\nport_min = {low}\nport_max = {high}\n')
+    launcher = [sys.executable, "-m", "proxy.runtime.rtpengine", "--data-dir", str(tmp_path), "--config", str(config)]
+    proc = subprocess.Popen(launcher, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("MEDIA READY ng=udp:127.0.0.1:"), proc.stderr.read() if proc.poll() is not None else line
+        url = read_ng(tmp_path)
+        assert url is not None and url in line
+        host, port = url.removeprefix("udp:").rsplit(":", 1)
+        assert ping((host, int(port)), wait=1.0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    assert proc.returncode == 0
+    eventually(lambda: not ping((host, int(port)), wait=0.2), "rtpengine stopped with its launcher", timeout=5)
+
+    config.write_text('[media]\nenabled = true\nbinary = "/nonexistent/rtpengine"\n')
+    missing = subprocess.run(launcher, capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1].startswith("error: media: rtpengine binary /nonexistent/rtpengine")

@@ -269,3 +269,17 @@ def test_default_target_is_relayed_only_by_policy():
     assert relay_wanted("nat", msg, ALICE, [Target("udp", "192.0.2.20", 5062, nat=True)])
     assert not relay_wanted("nat", msg, ALICE, [Target("udp", "192.0.2.20", 5062)])
     assert relay_wanted("always", msg, ALICE, [])
+
+
+def test_up_starts_the_launcher_only_when_media_is_enabled_and_launched(tmp_path):
+    from api.supervisor import Up
+    from proxy.infra.config import Config
+
+    def names(media):
+        return [c.name for c in Up(Config(media=media), tmp_path, None).children("127.0.0.1:9092")]
+    assert "media" in names(MediaSettings(enabled=True))
+    assert "media" not in names(MediaSettings(enabled=True, launch=False))
+    assert "media" not in names(MediaSettings())
+    (child,) = [c for c in Up(Config(media=MediaSettings(enabled=True)), tmp_path, None).children("b:1")
+                if c.name == "media"]
+    assert child.argv[1:3] == ["-m", "proxy.runtime.rtpengine"] and child.ready == "MEDIA READY"
