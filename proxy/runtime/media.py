@@ -25,6 +25,7 @@ from .rtpengine import read_ng
 log = logging.getLogger("sipledger.media")
 
 RECHECK_FILE_S = 1.0
+RTT_SAMPLES = 100_000                # per kind, kept for the summary logged at stop
 
 
 class MediaEdge:
@@ -34,8 +35,9 @@ class MediaEdge:
         self.client: NgClient | None = None
         self._url: str | None = None
         self._checked = 0.0
-        self._opening: asyncio.Task[None] | None = None
+        self._opening = asyncio.Lock()    # one client per address, however many requests ask at once
         self._tasks: set[asyncio.Task[None]] = set()
+        self.rtt: dict[str, list[float]] = {}     # ng round trips per request kind (seconds)
 
     async def start(self) -> None:
         if not self.settings.launch:
@@ -49,16 +51,20 @@ class MediaEdge:
         if not self.settings.launch:
             return self.client
         loop = asyncio.get_running_loop()
-        if self.client is None or loop.time() - self._checked >= RECHECK_FILE_S:
+        if self.client is not None and loop.time() - self._checked < RECHECK_FILE_S:
+            return self.client
+        async with self._opening:
+            if self.client is not None and loop.time() - self._checked < RECHECK_FILE_S:
+                return self.client
             self._checked = loop.time()
             url = read_ng(self.data_dir)
             if url is not None and url != self._url:
-                if self.client is not None:
-                    self.client.close()
                 launched = MediaSettings(rtpengines=(RtpengineSettings(url=url),),
                                          recheck_seconds=self.settings.recheck_seconds)
-                self.client = await NgClient.open(relays_from_settings(launched), self._schedule())
-                self._url = url
+                client = await NgClient.open(relays_from_settings(launched), self._schedule())
+                if self.client is not None:
+                    self.client.close()      # a restarted rtpengine: its old calls are gone anyway
+                self.client, self._url = client, url
         return self.client
 
     def request(self, kind: str, params: dict[str, Any], callback: Callable[[MediaResult], None]) -> None:
@@ -68,6 +74,7 @@ class MediaEdge:
 
     async def _run(self, kind: str, params: dict[str, Any], callback: Callable[[MediaResult], None]) -> None:
         result: MediaResult
+        started = asyncio.get_running_loop().time()
         try:
             client = await self._client()
             if client is None:
@@ -86,6 +93,7 @@ class MediaEdge:
                     raise ValueError(f"unknown media request {kind!r}")
                 relay = client.relays.sticky(call_id)
                 result = MediaResult(reply=reply, relay=relay.name if relay is not None else "")
+            self._sample(kind, asyncio.get_running_loop().time() - started)
         except (NgTimeout, NoRelay, OSError) as exc:
             result = MediaResult(error=str(exc) or type(exc).__name__)
         except Exception as exc:          # never leave the core waiting
@@ -96,7 +104,22 @@ class MediaEdge:
         except Exception:
             log.exception("media %s callback failed", kind)
 
+    def _sample(self, kind: str, seconds: float) -> None:
+        samples = self.rtt.setdefault(kind, [])
+        if len(samples) < RTT_SAMPLES:
+            samples.append(seconds)
+
+    def rtt_summary(self) -> str:
+        """ng round trips seen by the core (task start to reply, under the worker's real load)."""
+        parts = []
+        for kind, samples in sorted(self.rtt.items()):
+            ordered = sorted(samples)
+            p50, p99 = ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+            parts.append(f"{kind} n={len(ordered)} p50={p50 * 1000:.2f}ms p99={p99 * 1000:.2f}ms")
+        return "; ".join(parts) or "no requests"
+
     def close(self) -> None:
+        log.info("media ng round trips (first %d per kind): %s", RTT_SAMPLES, self.rtt_summary())
         for task in list(self._tasks):
             task.cancel()
         if self.client is not None:
