@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,7 @@ class MediaEdge:
 
     async def _run(self, kind: str, params: dict[str, Any], callback: Callable[[MediaResult], None]) -> None:
         result: MediaResult
-        started = asyncio.get_running_loop().time()
+        started = time.perf_counter()     # uvloop's loop.time() has 1 ms steps
         try:
             client = await self._client()
             if client is None:
@@ -93,7 +94,7 @@ class MediaEdge:
                     raise ValueError(f"unknown media request {kind!r}")
                 relay = client.relays.sticky(call_id)
                 result = MediaResult(reply=reply, relay=relay.name if relay is not None else "")
-            self._sample(kind, asyncio.get_running_loop().time() - started)
+            self._sample(kind, time.perf_counter() - started)
         except (NgTimeout, NoRelay, OSError) as exc:
             result = MediaResult(error=str(exc) or type(exc).__name__)
         except Exception as exc:          # never leave the core waiting
