@@ -55,6 +55,7 @@ log = logging.getLogger("sipledger.media")
 
 MEDIA_TIMEOUT_CAUSE = 408          # Reason: SIP;cause=408 — the media timed out (RFC 3326)
 ANSWER_CACHE = 8                   # rewritten answers kept per call (2xx retransmissions, forks)
+STAMP_RESOLUTION_S = 1.0          # rtpengine's "last packet" times are whole Unix seconds
 UNKNOWN_CALL = "unknown call-id"   # rtpengine's error-reason once its own timeout deleted the call
 
 
@@ -154,7 +155,10 @@ def silence(stats: CallStats, caller_tag: str, callee_tag: str, host_now: float,
     floor = stats.created or host_now
     caller = max(last_packets(stats, caller_tag), floor)
     callee = max(last_packets(stats, callee_tag), floor)
-    caller_quiet, callee_quiet = host_now - caller, host_now - callee
+    # rtpengine stamps whole seconds (floored): a packet stamped T may have come at
+    # T + 0.99, so silence is counted from the end of that second, never too early
+    caller_quiet = host_now - caller - STAMP_RESOLUTION_S
+    callee_quiet = host_now - callee - STAMP_RESOLUTION_S
     if caller_quiet >= rtp_timeout and callee_quiet >= rtp_timeout:
         return "both", max(caller, callee)
     if callee_quiet >= one_way_timeout > caller_quiet:

@@ -206,11 +206,11 @@ def test_callee_silent_while_the_caller_talks_ends_the_call(rig):
 
 def test_both_silent_and_unknown_call_id_end_as_both(rig):
     answer_call(rig, start_call(rig))
-    rig.host[0] += 61
+    rig.host[0] += 62
     poll(rig, NgReply(result="ok", stats=stats(int(HOST_NOW), int(HOST_NOW) - 5)))
     (timeout,) = [e for e in rig.effects.events if isinstance(e, ev.MediaTimeout)]
     assert timeout.silent == "both"
-    assert abs(timeout.last_media_ms - (clock.now_ms() - 61_000)) < 1000
+    assert abs(timeout.last_media_ms - (clock.now_ms() - 62_000)) < 1000
 
 
 def test_unknown_call_id_from_rtpengine_ends_the_call(rig):
@@ -233,11 +233,13 @@ def test_a_silent_relay_does_not_end_calls(rig):
 
 @pytest.mark.parametrize(("caller_ago", "callee_ago", "expected"), [
     (0, 0, None),
-    (0, 29, None),
-    (0, 30, "callee"),
-    (30, 0, "caller"),
+    (0, 30, None),           # stamped 30 s ago: maybe only 29.01 s of silence
+    (0, 31, "callee"),
+    (31, 0, "caller"),
+    (1, 31, "callee"),
     (31, 31, None),          # both quiet, neither sending: rtp_timeout decides
-    (60, 61, "both"),
+    (61, 60, None),
+    (61, 62, "both"),
 ])
 def test_silence_table(caller_ago, callee_ago, expected):
     s = stats(int(HOST_NOW) - caller_ago, int(HOST_NOW) - callee_ago)
@@ -248,6 +250,7 @@ def test_silence_table(caller_ago, callee_ago, expected):
 def test_a_party_that_never_sent_counts_from_the_call_creation():
     s = stats(int(HOST_NOW), 0, created=int(HOST_NOW) - 31)
     assert silence(s, "a1", "b1", HOST_NOW, 60, 30) == ("callee", HOST_NOW - 31)
+    assert silence(stats(int(HOST_NOW), 0, created=int(HOST_NOW) - 30), "a1", "b1", HOST_NOW, 60, 30) is None
 
 
 def test_host_times_keep_their_distance_to_now_on_a_shifted_clock():
