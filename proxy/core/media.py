@@ -53,6 +53,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("sipledger.media")
 
+# what every offer and answer asks of rtpengine besides the media lines, as OpenSIPS
+# scripts do: the o= and the session-level c= lines name the relay too
+SDP_OPTIONS: dict[str, Any] = {"replace": ["origin", "session-connection"]}
 MEDIA_TIMEOUT_CAUSE = 408          # Reason: SIP;cause=408 — the media timed out (RFC 3326)
 ANSWER_CACHE = 8                   # rewritten answers kept per call (2xx retransmissions, forks)
 STAMP_RESOLUTION_S = 1.0          # rtpengine's "last packet" times are whole Unix seconds
@@ -232,7 +235,8 @@ class MediaRelay:
             request.body = sdp
             done(session)
         self.core.effects.media("offer", {"call_id": session.call_id, "from_tag": session.caller_tag,
-                                          "sdp": request.body.decode("utf-8", "surrogateescape")}, offered)
+                                          "sdp": request.body.decode("utf-8", "surrogateescape"),
+                                          "options": SDP_OPTIONS}, offered)
 
     def exchange(self, session: Session, offerer_tag: str, initial: bool) -> "Exchange":
         return Exchange(self, session, offerer_tag, initial)
@@ -261,7 +265,8 @@ class MediaRelay:
             request.body = sdp
             done(self.exchange(session, offerer, initial=False))
         self.core.effects.media("offer", {"call_id": session.call_id, "from_tag": offerer,
-                                          "sdp": request.body.decode("utf-8", "surrogateescape")}, offered)
+                                          "sdp": request.body.decode("utf-8", "surrogateescape"),
+                                          "options": SDP_OPTIONS}, offered)
         return True
 
     # -- answers (forwarding.py, via Exchange) ---------------------------------------------------------
@@ -285,7 +290,8 @@ class MediaRelay:
             done(sdp)
         self.core.effects.media("answer", {"call_id": session.call_id, "from_tag": offerer_tag,
                                            "to_tag": to_tag,
-                                           "sdp": resp.body.decode("utf-8", "surrogateescape")}, answered)
+                                           "sdp": resp.body.decode("utf-8", "surrogateescape"),
+                                           "options": SDP_OPTIONS}, answered)
 
     def cached_answer(self, dialog: "Dialog", resp: SipMessage) -> bytes | None:
         """The rewritten SDP of a 2xx retransmitted after its transaction ended (engine.py)."""
@@ -324,8 +330,8 @@ class MediaRelay:
     def end(self, session: Session, stats: CallStats | None = None) -> None:
         """The call is over: its counters (``stats`` if just read, else a query) as
         MediaStats, then delete."""
-        if session.apply("end") is not Phase.ENDING:
-            return                       # waiting for the offer, or ended already
+        if session.phase in (Phase.ENDING, Phase.ENDED) or session.apply("end") is not Phase.ENDING:
+            return                       # ending already, or waiting for the offer (deleted then)
         self._stop_polling(session)
         if stats is not None:
             self._emit_stats(session, stats)
@@ -438,7 +444,8 @@ class MediaRelay:
             reason=f"{text} for {quiet} s"))
         if stats is not None:
             self.end(session, stats)     # MediaStats from the counters just read, then delete
-        elif session.apply("end") is Phase.ENDING:   # rtpengine forgot the call: nothing to delete
+        elif session.phase is Phase.ACTIVE and session.apply("end") is Phase.ENDING:
+            # rtpengine forgot the call: nothing to delete
             self._emit_stats(session, session.last_stats or CallStats())
             session.apply("deleted")
             self._forget(session)

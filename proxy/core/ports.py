@@ -55,4 +55,4 @@ class Effects(Protocol):
 
     def media(self, kind: str, params: dict[str, Any], callback: Callable[[MediaResult], None]) -> None:
         """One ng request to rtpengine (kind: offer, answer, query, delete; params:
-        call_id, from_tag, to_tag, sdp): callback(MediaResult) once, later."""
+        call_id, from_tag, to_tag, sdp, options: rtpengine's own keys): callback(MediaResult) once, later."""

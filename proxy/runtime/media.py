@@ -82,10 +82,12 @@ class MediaEdge:
                 result = MediaResult(error="the launched rtpengine is not up yet")
             else:
                 call_id = params["call_id"]
+                options = params.get("options") or {}
                 if kind == "offer":
-                    reply = await client.offer(call_id, params["from_tag"], params["sdp"])
+                    reply = await client.offer(call_id, params["from_tag"], params["sdp"], **options)
                 elif kind == "answer":
-                    reply = await client.answer(call_id, params["from_tag"], params["to_tag"], params["sdp"])
+                    reply = await client.answer(call_id, params["from_tag"], params["to_tag"], params["sdp"],
+                                                **options)
                 elif kind == "query":
                     reply = await client.query(call_id)
                 elif kind == "delete":

@@ -616,6 +616,9 @@ class RequestContext:
         return False
 
     def _settled(self, call: ProxyCall, final: SipMessage) -> None:
+        media = self.core.media
+        if media is not None and self.media_session is not None and (final.status or 0) >= 300:
+            media.abandon(call.request.call_id)   # however the failure went upstream
         calls = self.core.calls
         if calls.get(call.request.call_id) is call:
             del calls[call.request.call_id]

@@ -69,7 +69,7 @@ def start_call(rig):
     assert [m.status for m, _ in out] == [100]
     kind, params = rig.effects.answer_media(ok(RELAYED_A))
     assert (kind, params["call_id"], params["from_tag"]) == ("offer", "call-1", "a1")
-    assert params["sdp"].startswith("v=0")
+    assert params["sdp"].startswith("v=0") and params["options"]["replace"] == ["origin", "session-connection"]
     (relayed,) = sent(rig.effects.take(), "INVITE")
     assert relayed.body.decode().replace("\r\n", "\n") == RELAYED_A.replace("\r\n", "\n")
     return relayed
@@ -147,6 +147,7 @@ def test_final_failure_queries_and_deletes(rig):
             rig.effects.answer_media(ok())[0]] == ["query", "delete"]
     (media,) = [e for e in rig.effects.events if isinstance(e, ev.MediaStats)]
     assert media.leg is None
+    assert rig.effects.media_requests == []              # ended once, however many paths saw it end
 
 
 def test_nat_policy_bypasses_calls_with_no_nat_and_relays_a_natted_caller(tmp_path):
