@@ -136,6 +136,24 @@ def relay_wanted(policy: str, request: SipMessage, source: Target, targets: list
     return any(t.nat for t in targets) or caller_behind_nat(request, source)
 
 
+def sdp_options(nat_source: str | None) -> dict[str, Any]:
+    """rtpengine options for one party's SDP.  A party behind a NAT wrote an address
+    nobody can reach: rtpengine sends to where its signalling came from (the SDP's
+    port, the NAT's address) until its first RTP packet shows the real source."""
+    if not nat_source:
+        return SDP_OPTIONS
+    family = "IP6" if ":" in nat_source else "IP4"
+    return {**SDP_OPTIONS, "flags": ["SIP-source-address"], "received-from": [family, nat_source.strip("[]")]}
+
+
+def _nat_source(dialog: "Dialog | None", tag: str) -> str | None:
+    """Where a NATed party of a dialog is reached, by its tag; None when not NATed."""
+    if dialog is None:
+        return None
+    side = dialog.caller if tag == dialog.caller_tag else dialog.callee if tag == dialog.callee_tag else None
+    return side.target.host if side is not None and side.nat else None
+
+
 def clock_ms(host_seconds: float, host_now: float, now_ms: int) -> int:
     """A host Unix time (rtpengine stamps packets with the host's clock) on the
     project's clock (proxy.infra.clock, which tests may shift): the distance to
@@ -215,10 +233,11 @@ class MediaRelay:
         return request.call_id not in self.sessions and \
             relay_wanted(self.settings.policy, request, source, targets)
 
-    def offer(self, request: SipMessage, done: Callable[[Session | None], None]) -> None:
+    def offer(self, request: SipMessage, source: Target, done: Callable[[Session | None], None]) -> None:
         """Offer the INVITE's SDP; its body is rewritten in place before
         ``done(session)`` (None: relay it unchanged, the relay failed)."""
         session = Session(request.call_id, _from_tag(request))
+        options = sdp_options(source.host if caller_behind_nat(request, source) else None)
         self.sessions[session.call_id] = session
 
         def offered(result: MediaResult) -> None:
@@ -236,7 +255,7 @@ class MediaRelay:
             done(session)
         self.core.effects.media("offer", {"call_id": session.call_id, "from_tag": session.caller_tag,
                                           "sdp": request.body.decode("utf-8", "surrogateescape"),
-                                          "options": SDP_OPTIONS}, offered)
+                                          "options": options}, offered)
 
     def exchange(self, session: Session, offerer_tag: str, initial: bool) -> "Exchange":
         return Exchange(self, session, offerer_tag, initial)
@@ -266,7 +285,7 @@ class MediaRelay:
             done(self.exchange(session, offerer, initial=False))
         self.core.effects.media("offer", {"call_id": session.call_id, "from_tag": offerer,
                                           "sdp": request.body.decode("utf-8", "surrogateescape"),
-                                          "options": SDP_OPTIONS}, offered)
+                                          "options": sdp_options(_nat_source(dialog, offerer))}, offered)
         return True
 
     # -- answers (forwarding.py, via Exchange) ---------------------------------------------------------
@@ -291,7 +310,8 @@ class MediaRelay:
         self.core.effects.media("answer", {"call_id": session.call_id, "from_tag": offerer_tag,
                                            "to_tag": to_tag,
                                            "sdp": resp.body.decode("utf-8", "surrogateescape"),
-                                           "options": SDP_OPTIONS}, answered)
+                                           "options": sdp_options(_nat_source(session.dialog, to_tag))},
+                                answered)
 
     def cached_answer(self, dialog: "Dialog", resp: SipMessage) -> bytes | None:
         """The rewritten SDP of a 2xx retransmitted after its transaction ended (engine.py)."""

@@ -566,7 +566,7 @@ class RequestContext:
         self._announce()
         self.media_asked = True
         self.core.waiting[self.request.call_id] = self
-        media.offer(self.request, lambda session: self._media_offered(session, cause))
+        media.offer(self.request, self.source, lambda session: self._media_offered(session, cause))
 
     def _media_offered(self, session, cause: str | None) -> None:
         if self.core.waiting.get(self.request.call_id) is not self:

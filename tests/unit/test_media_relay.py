@@ -287,3 +287,17 @@ def test_up_starts_the_launcher_only_when_media_is_enabled_and_launched(tmp_path
     (child,) = [c for c in Up(Config(media=MediaSettings(enabled=True)), tmp_path, None).children("b:1")
                 if c.name == "media"]
     assert child.argv[1:3] == ["-m", "proxy.runtime.rtpengine"] and child.ready == "MEDIA READY"
+
+
+def test_a_natted_party_gets_media_at_its_signalling_source_until_it_sends(tmp_path):
+    rig = subscriber_rig(tmp_path, auth=False, media=media_settings(policy="nat"))
+    register(rig)
+    natted = invite().replace("Contact: <sip:alice@192.0.2.10:5060>", "Contact: <sip:alice@10.1.1.7:5060>")
+    rig.receive(with_sdp(natted, SDP_A), ALICE)
+    _, params = rig.effects.answer_media(ok(RELAYED_A))
+    assert params["options"]["flags"] == ["SIP-source-address"]
+    assert params["options"]["received-from"] == ["IP4", ALICE.host]
+    (relayed,) = sent(rig.effects.take(), "INVITE")
+    rig.receive(with_sdp(response_to(relayed, 200, "OK"), SDP_B), BOB)
+    _, params = rig.effects.answer_media(ok(RELAYED_B))
+    assert "flags" not in params["options"]                # bob is not behind a NAT
