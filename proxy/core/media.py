@@ -230,7 +230,7 @@ class MediaRelay:
 
     # -- the initial offer (proxy/script/context.py) -------------------------------------------
     def wanted(self, request: SipMessage, source: Target, targets: list[Target]) -> bool:
-        return request.call_id not in self.sessions and \
+        return request.method == "INVITE" and request.call_id not in self.sessions and \
             relay_wanted(self.settings.policy, request, source, targets)
 
     def offer(self, request: SipMessage, source: Target, done: Callable[[Session | None], None]) -> None:

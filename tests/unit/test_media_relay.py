@@ -275,6 +275,12 @@ def test_default_target_is_relayed_only_by_policy():
     assert relay_wanted("always", msg, ALICE, [])
 
 
+def test_only_invites_start_a_media_session(rig):
+    message = with_sdp(invite(), SDP_A).replace("INVITE sip:bob", "MESSAGE sip:bob").replace("1 INVITE", "1 MESSAGE")
+    out = rig.receive(message, ALICE)
+    assert len(sent(out, "MESSAGE")) == 1 and rig.effects.media_requests == []
+
+
 def test_up_starts_the_launcher_only_when_media_is_enabled_and_launched(tmp_path):
     from api.supervisor import Up
     from proxy.infra.config import Config
