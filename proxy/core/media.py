@@ -195,9 +195,17 @@ def flow(stats: CallStats | None, tag: str, host_now: float, now_ms: int) -> ev.
         return ev.MediaFlow()
     streams = [s for s in stats.streams if s.tag == tag and not s.rtcp]
     last = max((s.last_packet for s in streams), default=0)
-    return ev.MediaFlow(packets=sum(s.packets for s in streams), bytes=sum(s.bytes for s in streams),
-                        errors=sum(s.errors for s in streams),
-                        last_packet_ms=clock_ms(last, host_now, now_ms) if last else 0)
+    packets = sum(s.packets for s in streams)
+    # quality of what the party sent: rtpengine's per-SSRC averages (from RTCP reports)
+    own = {s.ssrc for s in streams if s.ssrc}
+    quality = next((q for q in stats.ssrcs if q.ssrc in own), None)
+    return ev.MediaFlow(
+        packets=packets, bytes=sum(s.bytes for s in streams), errors=sum(s.errors for s in streams),
+        # rtpengine gives loss as an average percentage: as a count of this party's packets
+        lost=round(packets * quality.packet_loss / 100) if quality and quality.packet_loss is not None else None,
+        jitter_ms=round(quality.jitter) if quality and quality.jitter is not None else None,
+        mos_x10=round(quality.mos * 10) if quality and quality.mos is not None else None,
+        last_packet_ms=clock_ms(last, host_now, now_ms) if last else 0)
 
 
 def _to_tag(msg: SipMessage) -> str:

@@ -307,3 +307,18 @@ def test_a_natted_party_gets_media_at_its_signalling_source_until_it_sends(tmp_p
     rig.receive(with_sdp(response_to(relayed, 200, "OK"), SDP_B), BOB)
     _, params = rig.effects.answer_media(ok(RELAYED_B))
     assert "flags" not in params["options"]                # bob is not behind a NAT
+
+
+def test_a_party_s_quality_comes_from_the_ssrc_it_sent_with():
+    from dataclasses import replace
+
+    from proxy.core.media import flow
+    from proxy.media.ng import SsrcStats
+    base = stats(int(HOST_NOW), int(HOST_NOW))
+    streams = tuple(replace(st, ssrc=1111 if st.tag == "a1" else 2222) for st in base.streams)
+    quality = (SsrcStats(ssrc=2222, packets=400, bytes=0, mos=4.3, jitter=3.6, packet_loss=2.0, round_trip_ms=None),)
+    both = replace(base, streams=streams, ssrcs=quality)
+    callee = flow(both, "b1", HOST_NOW, 10_000_000)
+    assert (callee.mos_x10, callee.jitter_ms, callee.lost) == (43, 4, 8)
+    caller = flow(both, "a1", HOST_NOW, 10_000_000)
+    assert (caller.mos_x10, caller.jitter_ms, caller.lost) == (None, None, None)     # no RTCP about it
