@@ -8,7 +8,8 @@ together with the supervisor library (proxy/infra/supervise.py) — none waits
 for another: proxy (which runs its workers), API +
 CDR sink (one process: chdb allows one process per data path), CDR processor,
 billing (credit control and the ledger), RADIUS accounting when a server is
-configured.
+configured, and rtpengine when `[media]` is enabled with ``launch``
+(proxy/runtime/rtpengine.py; the workers find its ng port in DATA_DIR/run/media.json).
 
 It prints ``READY ...`` only when every service is; otherwise it stops what it
 started and exits non-zero with one line naming the service and its reason.
@@ -185,6 +186,7 @@ class Up:
             ("cdr",     c.cdr.enabled,       ["cdr", "--worker-id", "0"],                         "CDR READY"),
             ("billing", c.billing.enabled,   ["billing"],                                          "BILLING READY"),
             ("radius",  c.radius.enabled,    ["radius"],                                           "RADIUS READY"),
+            ("media",   c.media.enabled and c.media.launch, ["proxy.runtime.rtpengine"],           "MEDIA READY"),
         ]
         common = ["--data-dir", str(self.data_dir), "--bootstrap", bootstrap]
         if self.config_file is not None:

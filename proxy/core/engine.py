@@ -16,7 +16,7 @@ from typing import Any
 from ..contract import commands as cmd
 from ..contract import events as ev
 from ..infra import clock
-from ..infra.config import DnsSettings
+from ..infra.config import DnsSettings, MediaSettings
 from ..sip.build import REASONS, make_response
 from ..sip.message import ParseError, SipMessage, parse
 from ..sip.uri import UriError, parse_name_addr, parse_uri
@@ -36,6 +36,7 @@ from ..transactions import (
 from .callevents import CallEventFactory
 from .dialogs import DialogTable
 from .forwarding import Branch, ProxyCall
+from .media import MediaRelay
 from .node import LocalNode
 from .ports import Effects, Target
 from .resolver import Failure, Pending, Resolver
@@ -54,7 +55,7 @@ class Core:
     def __init__(self, *, settings, effects: Effects, node: LocalNode, events: CallEventFactory,
                  provisioning=None, authenticator=None, location=None, registrar=None,
                  authorization=None, routing_data=None, dns: DnsSettings | None = None,
-                 hosts: dict[str, str] | None = None):
+                 hosts: dict[str, str] | None = None, media: MediaSettings | None = None):
         self.settings = settings
         self.effects = effects
         self.node = node
@@ -82,6 +83,8 @@ class Core:
             max_in_flight=dns.max_in_flight)
         self._trusted_cache: dict[str, bool] = {}
         self.static_route = settings.static_route or None
+        # the media relay ([media] enabled): offers, answers, deletes, media timeouts
+        self.media = MediaRelay(self, media) if media is not None and media.enabled else None
 
     # -- small services ------------------------------------------------------
     def emit(self, event) -> None:
@@ -392,6 +395,9 @@ class Engine:
             dialog = core.dialogs.get(resp.call_id)
             if dialog is not None and core.node.is_me(top.host, top.port):
                 resp.pop_first_value("via")
+                rewritten = core.media.cached_answer(dialog, resp) if core.media is not None else None
+                if rewritten is not None:
+                    resp.body = rewritten       # the same SDP rtpengine gave the first 2xx
                 if resp.top_via:
                     core.effects.send(resp.serialize(), dialog.caller.target)
 
@@ -519,7 +525,18 @@ class Engine:
         if req.method == "BYE" and dialog is not None and dialog.billed:
             core.emit(core.events.for_dialog(ev.CallBye, dialog, by=by,
                                              reason=req.get("reason"), leg=dialog.leg))
-        call = ProxyCall(core, server, req)
+        media = core.media
+        if media is not None and dialog is not None and req.method in ("INVITE", "UPDATE") and \
+                media.reoffer(dialog, req, lambda exchange: self._fork_in_dialog(req, server, uri, target, exchange)):
+            return                          # forked once rtpengine has rewritten the new offer
+        self._fork_in_dialog(req, server, uri, target, None)
+
+    def _fork_in_dialog(self, req: SipMessage, server: TxDriver, uri: str, target: Target, media) -> None:
+        last = server.machine.last_response
+        if server.done or (last is not None and (last.status or 0) >= 200):
+            return                          # answered (CANCEL) while rtpengine was asked
+        call = ProxyCall(self.core, server, req)
+        call.media = media
         call.fork([(uri, target)])
 
     # -- call.control ---------------------------------------------------------------------------

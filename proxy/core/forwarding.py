@@ -79,6 +79,7 @@ class ProxyCall:
         # when every branch failed: may start new branches (failover, forwarding)
         self.failure_handler: Callable[["ProxyCall", SipMessage], bool] | None = None
         self.ring_timeout_s: float | None = None
+        self.media = None      # media.Exchange: responses go upstream through the media relay
         server.on_message = self._on_server_message
         server.on_terminated = self._on_server_terminated
 
@@ -259,6 +260,9 @@ class ProxyCall:
     # -- upstream -------------------------------------------------------------------
     def _relay(self, resp: SipMessage) -> None:
         resp.pop_first_value("via")
+        if self.media is not None:      # SDP rewritten by rtpengine first, order kept
+            self.media.response(resp, self._send_upstream)
+            return
         self._send_upstream(resp)
 
     def _send_upstream(self, resp: SipMessage) -> None:

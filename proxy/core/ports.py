@@ -25,6 +25,16 @@ class Target:
         return f"{self.host}:{self.port}/{self.transport}"
 
 
+@dataclass(frozen=True, slots=True)
+class MediaResult:
+    """The outcome of one ng request (``Effects.media``): ``reply`` is the parsed
+    answer (proxy/media/ng.py ``NgReply``; rtpengine may still say ``error``),
+    None when no rtpengine answered (``error`` says why)."""
+    reply: Any = None
+    relay: str = ""                   # the rtpengine that answered (its configured url)
+    error: str = ""
+
+
 class TimerHandle(Protocol):
     def cancel(self) -> None: ...
 
@@ -42,3 +52,7 @@ class Effects(Protocol):
 
     def authorize(self, request: Any, callback: Callable[[Any], None]) -> None:
         """The authorization call (proxy/contract/credit.py): callback(response or None)."""
+
+    def media(self, kind: str, params: dict[str, Any], callback: Callable[[MediaResult], None]) -> None:
+        """One ng request to rtpengine (kind: offer, answer, query, delete; params:
+        call_id, from_tag, to_tag, sdp, options: rtpengine's own keys): callback(MediaResult) once, later."""

@@ -352,12 +352,30 @@ class RtpengineSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True)
         return host, int(port)
 
 
+MEDIA_POLICIES = ("nat", "always")
+
+
 class MediaSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    enabled: bool = False               # relay media through rtpengine (not wired into calls yet)
+    """[media]: relay calls' RTP through rtpengine (docs/media.md)."""
+    enabled: bool = False               # relay media through rtpengine
     rtpengines: tuple[RtpengineSettings, ...] = (RtpengineSettings(),)   # [[media.rtpengines]]
     timeout_seconds: float = 1.0        # one ng try waits this long for its reply ...
     retries: int = 2                    # ... resent this many times, then the relay is down
     recheck_seconds: float = 10.0       # a down relay is pinged this often until it answers
+    # "nat": relay a call only when the caller or a target is behind a NAT; "always": every call
+    policy: str = "nat"
+    # `sipledger up` starts a local rtpengine itself (then it is the only one: rtpengines is ignored)
+    launch: bool = True
+    interface: str = ""                 # media address the launched rtpengine announces ("" = the proxy's)
+    # the launched rtpengine's media ports: below Linux's ephemeral range (32768-60999) so
+    # no client socket of this host can sit on a port rtpengine hands out
+    port_min: int = 16384
+    port_max: int = 24575
+    binary: str = "/usr/bin/rtpengine"
+    rtp_timeout_seconds: float = 60.0   # both parties silent this long: the proxy ends the call
+    one_way_timeout_seconds: float = 30.0   # one party silent this long while the other sends: ends it
+    poll_seconds: float = 5.0           # a live relayed call's counters are queried this often
+    max_polls_in_flight: int = 64       # per worker: polls beyond this wait for the next round
 
 
 # --- the whole file ----------------------------------------------------------------------
@@ -583,6 +601,20 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
         ("media.timeout_seconds", 0.05 <= c.media.timeout_seconds <= 10, "must be 0.05..10"),
         ("media.retries", 0 <= c.media.retries <= 5, "must be 0..5"),
         ("media.recheck_seconds", c.media.recheck_seconds > 0, "must be > 0"),
+        ("media.policy", c.media.policy in MEDIA_POLICIES, "must be \"nat\" or \"always\""),
+        ("media.interface", not c.media.interface or _addresses((c.media.interface,)),
+         "must be an IP address (or empty for the proxy's own)"),
+        ("media.port_min", 1024 <= c.media.port_min <= 65535, "must be 1024..65535"),
+        ("media.port_max", c.media.port_min + 1 <= c.media.port_max <= 65535,
+         "must be above port_min and at most 65535"),
+        ("media.binary", bool(c.media.binary), "must not be empty"),
+        ("media.rtp_timeout_seconds", 1 <= c.media.rtp_timeout_seconds <= 86400, "must be 1..86400"),
+        ("media.one_way_timeout_seconds", 1 <= c.media.one_way_timeout_seconds <= 86400,
+         "must be 1..86400"),
+        ("media.poll_seconds", 0.1 <= c.media.poll_seconds <= min(c.media.rtp_timeout_seconds,
+                                                                   c.media.one_way_timeout_seconds),
+         "must be 0.1..the smaller of the two media timeouts"),
+        ("media.max_polls_in_flight", 1 <= c.media.max_polls_in_flight <= 4096, "must be 1..4096"),
         ("credit.port", 0 <= credit.port < 65536, "must be 0..65535 (0 = any free port)"),
         ("credit.reject_code", _sip_error(credit.reject_code), "must be a SIP error code 400..699"),
         ("credit.blocked_code", _sip_error(credit.blocked_code), "must be a SIP error code 400..699"),

@@ -106,6 +106,7 @@ class StreamStats:
     packets: int
     bytes: int
     errors: int
+    ssrc: int = 0                   # the RTP SSRC the party sent with (0 = none seen): its quality in SSRC
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ def _call_stats(reply: dict[str, Value]) -> CallStats:
                     last_packet=_int(stream.get("last packet")),
                     rtcp="RTCP" in _list(stream.get("flags")) and "RTP" not in _list(stream.get("flags")),
                     packets=_int(counts.get("packets")), bytes=_int(counts.get("bytes")),
-                    errors=_int(counts.get("errors"))))
+                    errors=_int(counts.get("errors")), ssrc=_int(stream.get("SSRC"))))
     ssrcs = [_ssrc_stats(key, _dict(value)) for key, value in _dict(reply.get("SSRC")).items()]
     return CallStats(created=_int(reply.get("created")), last_signal=_int(reply.get("last signal")),
                      rtp=_totals(totals.get("RTP")), rtcp=_totals(totals.get("RTCP")),

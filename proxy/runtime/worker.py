@@ -17,7 +17,7 @@ from ..core.engine import Core, Engine
 from ..core.keepalive import send_options
 from ..core.location import LocationStore
 from ..core.node import LocalNode
-from ..core.ports import Target
+from ..core.ports import MediaResult, Target
 from ..core.registrar import Registrar
 from ..core.resolver import Answer
 from ..events.control import ControlConsumer
@@ -38,6 +38,7 @@ from .dns import DnsClient, read_hosts
 from .floodguard import FloodGuard, probe_key
 from .handoff import Handoff
 from .loaded import LoadedState
+from .media import MediaEdge
 from .transport import TcpPool, UdpEndpoint, inherited_socket, tcp_socket, udp_socket
 
 log = logging.getLogger("sipledger.worker")
@@ -65,6 +66,7 @@ class RuntimeEffects:
         self.on_emit = on_emit
         self.authorization: AuthorizationClient | None = None   # set once credit control is reachable
         self.dns: DnsClient | None = None                        # set before the core starts
+        self.media_edge: MediaEdge | None = None                 # set when [media] is enabled
 
     def dns_query(self, name: str, rdtype: str, callback) -> None:
         if self.dns is None:
@@ -105,6 +107,12 @@ class RuntimeEffects:
 
     def monotonic(self) -> float:
         return self.loop.time()
+
+    def media(self, kind, params, callback) -> None:
+        if self.media_edge is None:
+            callback(MediaResult(error="media relay off"))
+        else:
+            self.media_edge.request(kind, params, callback)
 
     def authorize(self, request, callback) -> None:
         if self.authorization is None:
@@ -219,12 +227,15 @@ class Worker:
             self.authorization = AuthorizationClient(cfg.authorization, self.data_dir)
             await self.authorization.start()
             self.effects.authorization = self.authorization
+        if cfg.media.enabled:
+            self.effects.media_edge = MediaEdge(cfg.media, self.data_dir)
+            await self.effects.media_edge.start()
         core = Core(settings=px, effects=self.effects, node=node,
                     events=CallEventFactory(cfg.node.name, self.index),
                     provisioning=provisioning, authenticator=authenticator, location=location,
                     registrar=Registrar(location, cfg.registrar),
                     authorization=cfg.authorization if cfg.authorization.enabled else None,
-                    routing_data=routing, dns=cfg.dns, hosts=read_hosts())
+                    routing_data=routing, dns=cfg.dns, hosts=read_hosts(), media=cfg.media)
         self.engine = Engine(core, ScriptRouting(core, load_script(px.routing_script)))
         self.handoff = None
         if shared:   # read the shared public socket only once the engine exists
@@ -260,6 +271,8 @@ class Worker:
             self.authorization.close()
         if self.effects.dns is not None:
             await self.effects.dns.close()
+        if self.effects.media_edge is not None:
+            self.effects.media_edge.close()
         self.outbox.flush()
         await self.publisher.stop(drain_timeout=5.0)
         self.outbox.close()

@@ -87,6 +87,8 @@ class RequestContext:
         self.credit_check = False             # relay waits for the authorization answer
         self.authorized = False
         self.target_kind: str | None = None   # where self.targets came from: location, gateway, static
+        self.media_asked = False              # the media relay was asked (proxy/core/media.py)
+        self.media_session = None             # its session when it rewrote the SDP
         # A custom script may set this to relay off-net (gateways, static route, other domains,
         # pre-routed requests) for callers that are neither authenticated nor trusted. It
         # reopens toll fraud: the default script never sets it.
@@ -479,6 +481,11 @@ class RequestContext:
             self._wait_for_dns(targets, cause)
             return True
         resolved = [(uri, hop) for uri, hop in targets if isinstance(hop, Target)]
+        media = core.media
+        if self.call is None and media is not None and not self.media_asked \
+                and media.wanted(self.request, self.source, [hop for _, hop in resolved]):
+            self._offer_media(cause)
+            return True
         if self.call is None:
             track = self.method == "INVITE"
             if track:
@@ -489,6 +496,8 @@ class RequestContext:
             self.call.failure_handler = self._run_failure_handlers if self.failure_handlers else None
             if track:
                 core.calls[self.request.call_id] = self.call
+            if self.media_session is not None and media is not None:
+                self.call.media = media.exchange(self.media_session, self.media_session.caller_tag, initial=True)
         call = self.call
         if self.ring_timeout_s is not None:
             call.ring_timeout_s = self.ring_timeout_s
@@ -548,9 +557,29 @@ class RequestContext:
             else:
                 settled(index, hop)
 
+    def _offer_media(self, cause: str | None) -> None:
+        """Hold the INVITE until rtpengine has rewritten its SDP (proxy/core/media.py),
+        as for credit control: a CANCEL ends the wait.  Without an answer from
+        rtpengine it goes on unchanged (media.py says why)."""
+        media = self.core.media
+        assert media is not None
+        self._announce()
+        self.media_asked = True
+        self.core.waiting[self.request.call_id] = self
+        media.offer(self.request, self.source, lambda session: self._media_offered(session, cause))
+
+    def _media_offered(self, session, cause: str | None) -> None:
+        if self.core.waiting.get(self.request.call_id) is not self:
+            return                            # cancelled while we waited (media.py deletes it)
+        del self.core.waiting[self.request.call_id]
+        self.media_session = session
+        self.relay(cause=cause)
+
     def cancel_waiting(self, cancel: SipMessage) -> None:
-        """CANCEL while credit control has not answered yet: the call ends here."""
+        """CANCEL while credit control (or the media relay) has not answered yet: the call ends here."""
         self.core.waiting.pop(self.request.call_id, None)
+        if self.media_asked and self.core.media is not None:
+            self.core.media.abandon(self.request.call_id)
         self.core.emit(self.core.events.make(ev.CallCancel, self.request, reason=cancel.get("reason")))
         self.reply(487, "Request Terminated")
 
@@ -587,6 +616,9 @@ class RequestContext:
         return False
 
     def _settled(self, call: ProxyCall, final: SipMessage) -> None:
+        media = self.core.media
+        if media is not None and self.media_session is not None and (final.status or 0) >= 300:
+            media.abandon(call.request.call_id)   # however the failure went upstream
         calls = self.core.calls
         if calls.get(call.request.call_id) is call:
             del calls[call.request.call_id]

@@ -43,6 +43,7 @@ class FakeEffects:
         self.authorizations = []
         self.credit = None
         self.dns_queries: list[tuple[str, str, object]] = []   # (name, rdtype, callback): answer them
+        self.media_requests: list[tuple[str, dict, object]] = []  # (kind, params, callback): answer them
 
     def send(self, data: bytes, target: Target) -> bool:
         try:
@@ -76,6 +77,19 @@ class FakeEffects:
         """Recorded; a test answers with ``answer_dns``."""
         self.dns_queries.append((name, rdtype, callback))
 
+    def media(self, kind, params, callback) -> None:
+        """Recorded; a test answers with ``answer_media``."""
+        self.media_requests.append((kind, params, callback))
+
+    def answer_media(self, reply=None, relay: str = "udp:127.0.0.1:2223", error: str = "") -> tuple[str, dict]:
+        """Answer the oldest recorded ng request (``reply``: an ng.NgReply, None = no answer);
+        returns its (kind, params)."""
+        from proxy.core.ports import MediaResult
+        kind, params, callback = self.media_requests.pop(0)
+        callback(MediaResult(reply=reply, relay=relay if reply is not None else "",
+                             error=error or ("" if reply is not None else "timeout")))
+        return kind, params
+
     def answer_dns(self, answers: dict) -> None:
         """Answer the recorded queries: {(name, rdtype): Answer}; others get NXDOMAIN."""
         from proxy.core.resolver import Answer
@@ -101,7 +115,7 @@ class CoreRig:
     """A proxy core on 10.0.0.1:5060 with a provisioning store in ``tmp``."""
 
     def __init__(self, tmp: Path, *, auth: bool = True, authorization=None, routing_data=None,
-                 **settings):
+                 media=None, **settings):
         self.effects = FakeEffects()
         self.tmp = tmp
         self.store = ProvisioningStore(default_url(tmp))
@@ -116,7 +130,7 @@ class CoreRig:
                          events=CallEventFactory("test-proxy", 0), provisioning=self.live,
                          authenticator=DigestAuthenticator(b"k" * 32) if auth else None,
                          location=self.location, registrar=Registrar(self.location),
-                         authorization=authorization, routing_data=self.routing)
+                         authorization=authorization, routing_data=self.routing, media=media)
         self.engine = Engine(self.core, ScriptRouting(self.core, load_script(None)))
 
     def reload(self):

@@ -4,7 +4,8 @@
     ... ng requests to rtpe.ng_address, media on rtpe.port_min..rtpe.port_max ...
     rtpe.stop()
 
-No kernel module (``--table=-1``), loopback only, its control socket and a
+The command line is the product's (proxy/runtime/rtpengine.py ``rtpengine_argv``):
+no kernel module (``--table=-1``), loopback only, its control socket and a
 media port range of its own (``span`` ports below 30000, under the kernel's
 ephemeral range so other tests' sockets do not land in it), foreground with
 its log on stderr kept in the workdir for post-mortems, stopped by PID.
@@ -19,6 +20,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+from proxy.runtime.rtpengine import rtpengine_argv
 from tests.harness.poll import eventually
 from tests.harness.procs import terminate
 from tests.harness.sipp import HOST, free_udp_port, port_bound
@@ -80,10 +82,9 @@ class RtpEngine:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ng_port = free_udp_port()
         self.port_min, self.port_max = _media_range(self.span)
-        argv = [RTPENGINE, "--config-file=none", "--table=-1", f"--interface={HOST}", f"--listen-ng={HOST}:{self.ng_port}",
-                f"--port-min={self.port_min}", f"--port-max={self.port_max}", "--foreground", "--log-stderr",
-                f"--pidfile={self.workdir / 'rtpengine.pid'}", f"--timeout={self.timeout}",
-                f"--silent-timeout={self.silent_timeout}", "--log-level=6", *self.extra]
+        argv = rtpengine_argv(RTPENGINE, HOST, (HOST, self.ng_port), self.port_min, self.port_max,
+                              timeout=self.timeout, silent_timeout=self.silent_timeout,
+                              pidfile=self.workdir / "rtpengine.pid", extra=("--log-level=6", *self.extra))
         with open(self.workdir / "rtpengine.log", "wb") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          cwd=self.workdir)

@@ -92,7 +92,7 @@ QUERY = {
              "bogus": {}},
     "tags": {"ft": {"tag": "ft", "medias": [{"index": 1, "type": "audio", "streams": [
         {"local port": 26208, "endpoint": {"address": "127.0.0.1", "port": 52177}, "last packet": 1796600657,
-         "flags": ["RTP", "filled"], "stats": {"packets": 5, "bytes": 860, "errors": 0}},
+         "flags": ["RTP", "filled"], "SSRC": 4660, "stats": {"packets": 5, "bytes": 860, "errors": 0}},
         {"local port": 26209, "flags": ["RTCP"], "stats": {"packets": 0, "bytes": 0, "errors": 0}}]}]},
              "tt": "not a dict"},
     "totals": {"RTP": {"packets": 10, "bytes": 1720, "errors": 1}, "RTCP": {"packets": 0}},
@@ -108,6 +108,7 @@ def test_query_statistics_are_typed() -> None:
     assert (rtp.tag, rtp.media_index, rtp.media_type, rtp.local_port, rtp.endpoint, rtp.rtcp, rtp.packets) == \
         ("ft", 1, "audio", 26208, "127.0.0.1:52177", False, 5)
     assert rtcp.rtcp and rtcp.endpoint == "" and rtcp.last_packet == 0
+    assert (rtp.ssrc, rtcp.ssrc) == (4660, 0)      # the SSRC a party sends with: its quality in stats.ssrcs
     assert stats.ssrcs == (ng.SsrcStats(4660, 5, 860, mos=4.3, jitter=2.0, packet_loss=1.0, round_trip_ms=1.5),)
 
 
