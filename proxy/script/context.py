@@ -22,7 +22,6 @@ from ..core.domains import MYSELF, normalise_host, served_domain
 from ..core.forwarding import ProxyCall
 from ..core.location import LocationError
 from ..core.lockout import user_key
-from ..core.nat import behind_nat
 from ..core.ports import Target
 from ..core.resolver import Pending
 from ..infra import clock
@@ -285,10 +284,7 @@ class RequestContext:
             bindings = []
         targets = []
         for binding in bindings:
-            destination = _nat_destination(binding)
-            hop = core.resolve(destination)
-            if isinstance(hop, Target) and destination != binding.contact:
-                hop = replace(hop, nat=True)    # the dialog keeps in-dialog requests here too
+            hop = _nat_destination(core, binding)
             if hop is not None:
                 targets.append((binding.contact, hop))
         if not targets:
@@ -592,17 +588,43 @@ class RequestContext:
             del calls[call.request.call_id]
 
 
-def _nat_destination(binding) -> str:
-    """Where to send a registered contact's requests: its source address when
-    it registered from behind a NAT (proxy/core/nat.py), else the Contact itself
-    (a phone may well register from one port and listen on another)."""
-    if not binding.received:
-        return binding.contact
+def _nat_destination(core: "Core", binding) -> Target | Pending | None:
+    """Where a registered contact's requests go (nathelper's fix_nated_contact, docs/nat.md):
+
+    - over TCP, the connection the REGISTER came on while it is open (RFC 5626
+      flow reuse; the runtime's ``tcp_flow`` finds it, in whichever worker owns it);
+    - a phone registered from behind a NAT: the address its REGISTER came from;
+    - else the Contact itself (a phone may well register from one port and
+      listen on another, RFC 3261 §16.6).
+
+    A NATed phone's Contact is unreachable: when its TCP connection is gone it
+    is skipped (RFC 5626 §5.3 "430 Flow Failed" in spirit; the caller gets 480
+    when no contact is left) rather than dialled at a private address.
+    ``nat=True`` on the Target pins the dialog's in-dialog requests there too."""
+    received = _received_hop(binding.received)
+    if received is not None and received.transport != "udp":
+        flow = getattr(core.effects, "tcp_flow", None)
+        via_flow = flow(received, binding.worker) if flow is not None else None
+        if via_flow is not None:
+            return replace(via_flow, nat=True)
+        if binding.nat:
+            return None
+    elif received is not None and binding.nat:
+        return replace(received, nat=True)
+    return core.resolve(binding.contact)
+
+
+def _received_hop(received: str | None) -> Target | None:
+    """The stored source of a REGISTER (``sip:IP:PORT;transport=T``) as a Target."""
+    if not received:
+        return None
     try:
-        source_host = parse_uri(binding.received).host
+        uri = parse_uri(received)
     except ValueError:
-        return binding.contact
-    return binding.received if behind_nat(binding.contact, source_host) else binding.contact
+        return None
+    if uri.port is None:
+        return None
+    return Target((uri.params.get("transport") or "udp").lower(), uri.host.strip("[]"), uri.port)
 
 
 def _tag(msg: SipMessage) -> str | None:
