@@ -71,6 +71,7 @@ class Core:
         self.calls: dict[str, ProxyCall] = {}      # initial INVITEs in progress, by Call-ID
         self.waiting: dict[str, Any] = {}          # INVITEs waiting for the authorization answer
         self.dialogs = DialogTable(self)
+        self.session_timer: Any = None             # RFC 4028 (session_timer.py), set by the runtime
         self.user_agent = USER_AGENT
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_sources]
         dns = dns or DnsSettings()

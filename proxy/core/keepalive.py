@@ -1,4 +1,5 @@
-"""OPTIONS pings (gateway probing, OpenSIPS dr_probing): one request, one callback."""
+"""OPTIONS pings (gateway probing, OpenSIPS dr_probing; NAT keep-alives,
+natping.py): one request, one callback."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -15,10 +16,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine import Core
 
 
-def send_options(core: "Core", uri: str, on_result: Callable[[int | None], None]) -> bool:
+def send_options(core: "Core", uri: str, on_result: Callable[[int | None], None],
+                 destination: Target | None = None) -> bool:
     """OPTIONS to ``uri``; on_result(status) on the final response, None on timeout
     or transport failure.  False when the URI cannot be resolved (at once, or once
-    DNS has answered: then on_result(None))."""
+    DNS has answered: then on_result(None)).  ``destination``: send there instead
+    of resolving ``uri`` (a NATed phone: its Contact in the Request-URI, the
+    packet to its pinhole)."""
+    if destination is not None:
+        _send(core, uri, destination, on_result)
+        return True
     hop = core.resolve(uri)
     if hop is None:
         return False

@@ -249,8 +249,9 @@ class LocationStore:
 
 
 def _binding(row: tuple) -> Binding:
-    *head, nat, worker = row
-    return Binding(*head, nat=bool(nat), worker=worker)
+    fields = list(row)
+    fields[-2] = bool(fields[-2])                 # nat: stored as 0/1
+    return Binding(*fields)
 
 
 def _row(b: Binding) -> tuple:

@@ -29,7 +29,8 @@ from ..sip.uri import UriError, parse_name_addr, parse_uri
 from ..sip.via import ViaError, parse_via
 from .ports import Target
 
-__all__ = ["DEFAULT_RULES", "RULES", "NatFlag", "behind_nat", "detect", "is_private", "sender_nated"]
+__all__ = ["DEFAULT_RULES", "RULES", "NatFlag", "behind_nat", "detect", "is_private", "pinhole",
+           "received_target", "sender_nated"]
 
 _PRIVATE = tuple(ipaddress.ip_network(n) for n in (
     "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",     # RFC 1918
@@ -133,3 +134,26 @@ def behind_nat(contact: str, source_host: str) -> bool:
     except (UriError, ValueError):
         return False
     return _private_elsewhere(host, source_host.strip("[]"))
+
+
+def received_target(received: str | None) -> Target | None:
+    """A binding's stored source (``sip:IP:PORT;transport=T``, registrar.py) as a Target."""
+    if not received:
+        return None
+    try:
+        uri = parse_uri(received)
+    except (UriError, ValueError):
+        return None
+    if uri.port is None:
+        return None
+    return Target((uri.params.get("transport") or "udp").lower(), uri.host.strip("[]"), uri.port)
+
+
+def pinhole(effects: object, received: Target, worker: int | None) -> Target | None:
+    """How to reach a party at the address its packets come from.  The runtime's
+    ``flow`` picks the socket: UDP leaves from the public one the phone sent to
+    (a NAT lets in only what comes from the address and port its pinhole was
+    opened toward), TCP goes over the phone's own connection, None when that is
+    gone or owned by no worker.  A core without a runtime sends as it is told."""
+    flow = getattr(effects, "flow", None)
+    return flow(received, worker) if flow is not None else received

@@ -25,10 +25,9 @@ from proxy.infra.config import RegistrarSettings
 from proxy.sip.message import SipMessage
 from proxy.sip.uri import parse_name_addr, parse_uri
 
+from .location import Binding, BindingEditor, LocationError, LocationStore
 from .nat import sender_nated
 from .ports import Target
-
-from .location import Binding, BindingEditor, LocationError, LocationStore
 
 __all__ = ["RegisterOutcome", "Registrar", "RegistrarSettings"]
 

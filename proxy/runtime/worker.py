@@ -16,10 +16,12 @@ from ..core.digest import DigestAuthenticator
 from ..core.engine import Core, Engine
 from ..core.keepalive import send_options
 from ..core.location import LocationStore
+from ..core.natping import NatKeepalive, NatPinger
 from ..core.node import LocalNode
 from ..core.ports import Target
 from ..core.registrar import Registrar
 from ..core.resolver import Answer
+from ..core.session_timer import SessionTimer
 from ..events.control import ControlConsumer
 from ..events.outbox import Outbox
 from ..events.publisher import EventPublisher
@@ -65,6 +67,8 @@ class RuntimeEffects:
         self.on_emit = on_emit
         self.authorization: AuthorizationClient | None = None   # set once credit control is reachable
         self.dns: DnsClient | None = None                        # set before the core starts
+        self.public_udp: UdpEndpoint = default_udp               # the shared port phones send to
+        self.worker = 0                                          # this worker's index
 
     def dns_query(self, name: str, rdtype: str, callback) -> None:
         if self.dns is None:
@@ -88,6 +92,18 @@ class RuntimeEffects:
         if self.tcp is None:
             return False
         return self.tcp.send(data, target)
+
+    def flow(self, target: Target, worker: int | None) -> Target | None:
+        """How to reach a party where its packets come from (docs/nat.md): UDP from
+        the public socket, the one its NAT pinhole was opened toward; TCP over the
+        connection it opened, if this worker owns it and it is still up (None:
+        a connection of another worker, or gone)."""
+        if target.transport == "udp":
+            return Target("udp", target.host, target.port, self.public_udp.id)
+        if self.tcp is None or (worker is not None and worker != self.worker):
+            return None
+        conn = self.tcp.by_peer.get((target.host, target.port))
+        return Target(target.transport, target.host, target.port, conn.id) if conn is not None else None
 
     def call_later(self, delay: float, fn, *args):
         return self.loop.call_later(delay, fn, *args)
@@ -212,6 +228,7 @@ class Worker:
         host = px.advertised_host or px.listen
         node = LocalNode(host, ports, px.sip_port, aliases=(px.listen,))
         self.effects = RuntimeEffects(loop, self.outbox, own_udp, udp, tcp, self._schedule_flush)
+        self.effects.public_udp, self.effects.worker = public_udp, self.index
         self.effects.dns = DnsClient(cfg.dns, loop)
         self.guard.start(loop, self.effects.send)
         self.authorization: AuthorizationClient | None = None
@@ -222,10 +239,13 @@ class Worker:
         core = Core(settings=px, effects=self.effects, node=node,
                     events=CallEventFactory(cfg.node.name, self.index),
                     provisioning=provisioning, authenticator=authenticator, location=location,
-                    registrar=Registrar(location, cfg.registrar),
+                    registrar=Registrar(location, cfg.registrar, worker=self.index),
                     authorization=cfg.authorization if cfg.authorization.enabled else None,
                     routing_data=routing, dns=cfg.dns, hosts=read_hosts())
         self.engine = Engine(core, ScriptRouting(core, load_script(px.routing_script)))
+        if cfg.session_timer.enabled or cfg.session_timer.insert:
+            core.session_timer = SessionTimer(core, cfg.session_timer)
+            core.dialogs.watchers.append(core.session_timer)
         self.handoff = None
         if shared:   # read the shared public socket only once the engine exists
             self.handoff = Handoff(self.data_dir / "run", self.index, self.workers, self._deliver_handed)
@@ -239,6 +259,7 @@ class Worker:
         self.loaded = LoadedState(self.data_dir / RUN_DIR, self.index)
         self._publish_loaded(provisioning, routing)
         housekeeping = loop.create_task(self._housekeeping(provisioning, routing, location, core))
+        natping = loop.create_task(self._natping(core, location))
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -247,6 +268,7 @@ class Worker:
         await self.stopping.wait()
 
         housekeeping.cancel()
+        natping.cancel()
         self.guard.close()
         self.loaded.remove()
         if self.handoff is not None:
@@ -313,6 +335,19 @@ class Worker:
             except Exception:
                 log.exception("housekeeping failed")
 
+
+    async def _natping(self, core: Core, location: LocationStore) -> None:
+        """NAT keep-alives (proxy/core/natping.py): this worker's share of the bindings."""
+        nat = self.config.nat
+        keepalive = NatKeepalive(core, location, NatPinger(
+            self.index, self.workers, nat.keepalive_seconds, nat.keepalive_failures, nat.keepalive_method))
+        period = min(1.0, nat.keepalive_seconds / 10)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                keepalive.tick()
+            except Exception:
+                log.exception("NAT keep-alive failed")
 
     def _publish_loaded(self, provisioning: LiveProvisioning, routing: LiveRouting) -> None:
         """DATA_DIR/run/worker-<i>.loaded: the versions in use (proxy/runtime/loaded.py)."""

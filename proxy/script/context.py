@@ -22,6 +22,7 @@ from ..core.domains import MYSELF, normalise_host, served_domain
 from ..core.forwarding import ProxyCall
 from ..core.location import LocationError
 from ..core.lockout import user_key
+from ..core.nat import pinhole, received_target
 from ..core.ports import Target
 from ..core.resolver import Pending
 from ..infra import clock
@@ -455,6 +456,12 @@ class RequestContext:
         if not onnet and not self.may_leave():
             self.reply(403, OFFNET_REASON)
             return False
+        timer = self.core.session_timer
+        if self.call is None and timer is not None:
+            refused = timer.check_invite(self.request)     # RFC 4028: 422, or headers adjusted
+            if refused is not None:
+                self.reply(*refused)
+                return False
         if self.credit_check and not self.authorized:
             self._ask_credit_control(cause)
             return True
@@ -592,7 +599,7 @@ def _nat_destination(core: "Core", binding) -> Target | Pending | None:
     """Where a registered contact's requests go (nathelper's fix_nated_contact, docs/nat.md):
 
     - over TCP, the connection the REGISTER came on while it is open (RFC 5626
-      flow reuse; the runtime's ``tcp_flow`` finds it, in whichever worker owns it);
+      flow reuse; the runtime's ``flow`` finds it);
     - a phone registered from behind a NAT: the address its REGISTER came from;
     - else the Contact itself (a phone may well register from one port and
       listen on another, RFC 3261 §16.6).
@@ -601,30 +608,14 @@ def _nat_destination(core: "Core", binding) -> Target | Pending | None:
     is skipped (RFC 5626 §5.3 "430 Flow Failed" in spirit; the caller gets 480
     when no contact is left) rather than dialled at a private address.
     ``nat=True`` on the Target pins the dialog's in-dialog requests there too."""
-    received = _received_hop(binding.received)
-    if received is not None and received.transport != "udp":
-        flow = getattr(core.effects, "tcp_flow", None)
-        via_flow = flow(received, binding.worker) if flow is not None else None
-        if via_flow is not None:
-            return replace(via_flow, nat=True)
+    received = received_target(binding.received)
+    if received is not None and (binding.nat or received.transport != "udp"):
+        hop = pinhole(core.effects, received, binding.worker)
+        if hop is not None:
+            return replace(hop, nat=True)
         if binding.nat:
             return None
-    elif received is not None and binding.nat:
-        return replace(received, nat=True)
     return core.resolve(binding.contact)
-
-
-def _received_hop(received: str | None) -> Target | None:
-    """The stored source of a REGISTER (``sip:IP:PORT;transport=T``) as a Target."""
-    if not received:
-        return None
-    try:
-        uri = parse_uri(received)
-    except ValueError:
-        return None
-    if uri.port is None:
-        return None
-    return Target((uri.params.get("transport") or "udp").lower(), uri.host.strip("[]"), uri.port)
 
 
 def _tag(msg: SipMessage) -> str | None:

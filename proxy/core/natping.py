@@ -1,0 +1,246 @@
+"""Keep-alives for NATed registrations (nathelper's natping + sipping, RFC 5626 §3.5).
+
+A NAT forgets a UDP mapping after 30 s to a few minutes of silence; once it
+has, the phone is registered but unreachable.  Every ``[nat] keepalive_seconds``
+each NATed binding gets a ping through its pinhole:
+
+- UDP: OPTIONS (Request-URI the Contact, packet to the pinhole, from the public
+  socket); any final reply, even 404/405/481, proves the phone and the mapping
+  alive, as in OpenSIPS.  ``keepalive_method = "CRLF"`` sends a bare CRLF CRLF
+  instead: it keeps the mapping open but nothing answers, so it detects nothing.
+- TCP: CRLF CRLF on the registration connection (RFC 5626 §4.4.1); the
+  connection still being open is the proof (phones need not answer the ping).
+
+A binding whose pings fail ``keepalive_failures`` times in a row is removed
+from location (unless its phone registered again meanwhile) and a
+``BindingDropped`` event says why.
+
+Across workers without duplicates: every worker reads the NATed bindings and
+keeps its share.  A UDP binding belongs to worker ``crc32(aor, contact) mod
+workers``; a TCP one to the worker that owns its connection (the only process
+that can write to it).  Each binding is pinged at a fixed phase of the interval
+(the same hash), so pings spread evenly instead of bursting, and at most
+``max_in_flight`` OPTIONS per worker await their reply at once.
+
+``NatPinger`` only decides (which bindings, when, dropped or not); ``NatKeepalive``
+runs its decisions on the core's ports; the worker ticks it.
+"""
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from ..contract import events as ev
+from ..infra import clock
+from .keepalive import send_options
+from .location import Binding, LocationError, LocationStore
+from .nat import pinhole, received_target
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import Core
+
+__all__ = ["MAX_IN_FLIGHT", "Drop", "NatKeepalive", "NatPinger", "Ping"]
+
+log = logging.getLogger("sipledger.natping")
+
+MAX_IN_FLIGHT = 200          # OPTIONS awaiting a reply per worker; the rest wait for the next tick
+CRLF_PING = b"\r\n\r\n"
+
+Key = tuple[str, str]        # (aor, contact)
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    binding: Binding
+    kind: Literal["options", "crlf"]
+    expects_reply: bool      # False: a CRLF over UDP, nothing can answer it
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    binding: Binding
+    failures: int
+    since: float             # wall-clock time of the first failed ping of the streak
+
+
+class _Entry:
+    __slots__ = ("binding", "next_at", "failures", "in_flight", "streak_since")
+
+    def __init__(self, binding: Binding, next_at: float):
+        self.binding = binding
+        self.next_at = next_at
+        self.failures = 0
+        self.in_flight = False
+        self.streak_since: float | None = None
+
+
+def _hash(binding: Binding) -> int:
+    return zlib.crc32(f"{binding.aor}\0{binding.contact}".encode("utf-8", "surrogateescape"))
+
+
+class NatPinger:
+    """This worker's schedule of pings (times are wall-clock seconds)."""
+
+    def __init__(self, index: int, workers: int, interval: float, failures: int,
+                 method: Literal["OPTIONS", "CRLF"] = "OPTIONS", max_in_flight: int = MAX_IN_FLIGHT):
+        self.index = index
+        self.workers = max(1, workers)
+        self.interval = interval
+        self.failures = failures
+        self.method = method
+        self.max_in_flight = max_in_flight
+        self.entries: dict[Key, _Entry] = {}
+        self.in_flight = 0
+
+    def mine(self, binding: Binding) -> bool:
+        """Is this worker the one that pings ``binding``?"""
+        if (binding.transport or "udp") != "udp":
+            return binding.worker == self.index
+        return _hash(binding) % self.workers == self.index
+
+    def refresh(self, bindings: Iterable[Binding], now: float) -> None:
+        """The live NATed bindings (everyone's): keep this worker's, forget the gone.
+        A binding registered again since we knew it starts a new life (its phone is alive)."""
+        seen: set[Key] = set()
+        for binding in bindings:
+            if not self.mine(binding):
+                continue
+            key = (binding.aor, binding.contact)
+            seen.add(key)
+            entry = self.entries.get(key)
+            if entry is None:
+                phase = (_hash(binding) / 2**32) * self.interval
+                self.entries[key] = _Entry(binding, now + phase)
+            elif binding.registered_at != entry.binding.registered_at:
+                entry.binding = binding
+                entry.failures = 0
+                entry.streak_since = None
+        for key in [k for k in self.entries if k not in seen]:
+            entry = self.entries.pop(key)
+            if entry.in_flight:
+                self.in_flight -= 1
+
+    def due(self, now: float) -> list[Ping]:
+        """The pings to send now (each binding once per interval, none twice at a time)."""
+        pings = []
+        for entry in self.entries.values():
+            if entry.in_flight or entry.next_at > now:
+                continue
+            binding = entry.binding
+            udp = (binding.transport or "udp") == "udp"
+            if udp and self.method == "OPTIONS":
+                if self.in_flight >= self.max_in_flight:
+                    continue                   # waits for a later tick: bounded cost
+                entry.in_flight = True
+                self.in_flight += 1
+                pings.append(Ping(binding, "options", True))
+            else:
+                pings.append(Ping(binding, "crlf", not udp))
+            # a late tick does not make the next ping early: stay on the phase
+            while entry.next_at <= now:
+                entry.next_at += self.interval
+        return pings
+
+    def answered(self, binding: Binding) -> None:
+        """A reply (any status) or a CRLF written on a live connection: alive."""
+        entry = self._settle(binding)
+        if entry is not None:
+            entry.failures = 0
+            entry.streak_since = None
+
+    def failed(self, binding: Binding, sent_at: float) -> Drop | None:
+        """No reply (or no connection left): one more failure; a Drop once there are enough."""
+        entry = self._settle(binding)
+        if entry is None:
+            return None
+        entry.failures += 1
+        if entry.streak_since is None:
+            entry.streak_since = sent_at
+        if entry.failures < self.failures:
+            return None
+        del self.entries[(binding.aor, binding.contact)]
+        return Drop(entry.binding, entry.failures, entry.streak_since)
+
+    def _settle(self, binding: Binding) -> _Entry | None:
+        entry = self.entries.get((binding.aor, binding.contact))
+        if entry is None:
+            return None                        # forgotten (unregistered, expired, dropped)
+        if entry.in_flight:
+            entry.in_flight = False
+            self.in_flight -= 1
+        if entry.binding.registered_at != binding.registered_at:
+            return None                        # registered again meanwhile: that proves more
+        return entry
+
+
+class NatKeepalive:
+    """Runs a NatPinger against the location store and the core's ports."""
+
+    def __init__(self, core: "Core", location: LocationStore, pinger: NatPinger):
+        self.core = core
+        self.location = location
+        self.pinger = pinger
+        self.refreshed_at: float | None = None
+        self.sent = 0
+        self.dropped = 0
+
+    def tick(self, now: float | None = None) -> None:
+        """Call often (a tenth of the interval, at most a second apart)."""
+        now = clock.time() if now is None else now
+        if self.refreshed_at is None or now - self.refreshed_at >= min(self.pinger.interval, 60.0):
+            try:
+                self.pinger.refresh(self.location.nated(now), now)
+            except LocationError as exc:
+                log.warning("NAT keep-alive: %s", exc)
+                return
+            self.refreshed_at = now
+        for ping in self.pinger.due(now):
+            self._send(ping, now)
+
+    def _send(self, ping: Ping, now: float) -> None:
+        binding = ping.binding
+        received = received_target(binding.received)
+        target = pinhole(self.core.effects, received, binding.worker) if received is not None else None
+        self.sent += 1
+        if target is None:                     # TCP connection gone: nothing to write to
+            self._failed(binding, now)
+        elif ping.kind == "crlf":
+            written = self.core.effects.send(CRLF_PING, target)
+            if not ping.expects_reply:
+                return
+            if written:
+                self.pinger.answered(binding)
+            else:
+                self._failed(binding, now)
+        else:
+            send_options(self.core, binding.contact,
+                         lambda status: self._result(binding, now, status), destination=target)
+
+    def _result(self, binding: Binding, sent_at: float, status: int | None) -> None:
+        if status is not None:
+            self.pinger.answered(binding)
+        else:
+            self._failed(binding, sent_at)
+
+    def _failed(self, binding: Binding, sent_at: float) -> None:
+        drop = self.pinger.failed(binding, sent_at)
+        if drop is None:
+            return
+        try:
+            gone = self.location.drop(binding.aor, binding.contact, registered_before=drop.since)
+        except LocationError as exc:
+            log.warning("NAT keep-alive: binding %s not dropped: %s", binding.contact, exc)
+            return
+        if not gone:
+            return                             # registered again meanwhile: alive after all
+        self.dropped += 1
+        log.info("binding %s of %s dropped after %d unanswered keep-alives",
+                 binding.contact, binding.aor, drop.failures)
+        events = self.core.events
+        self.core.emit(ev.BindingDropped(
+            id=ev.new_event_id(), ts_ms=clock.now_ms(), call_id=binding.call_id, from_tag="",
+            proxy=events.proxy, worker=events.worker, aor=binding.aor, contact=binding.contact,
+            received=binding.received, reason="keepalive_timeout", failures=drop.failures))
