@@ -38,7 +38,7 @@ from ..script.runner import ScriptRouting
 from .authorization import AuthorizationClient
 from .dns import DnsClient, read_hosts
 from .floodguard import FloodGuard, probe_key
-from .handoff import Handoff
+from .handoff import Handoff, conn_owner, remote_conn
 from .loaded import LoadedState
 from .transport import TcpPool, UdpEndpoint, inherited_socket, tcp_socket, udp_socket
 
@@ -69,6 +69,7 @@ class RuntimeEffects:
         self.dns: DnsClient | None = None                        # set before the core starts
         self.public_udp: UdpEndpoint = default_udp               # the shared port phones send to
         self.worker = 0                                          # this worker's index
+        self.handoff: Handoff | None = None                      # siblings (TCP connections they own)
 
     def dns_query(self, name: str, rdtype: str, callback) -> None:
         if self.dns is None:
@@ -89,6 +90,10 @@ class RuntimeEffects:
             except (OSError, ValueError, OverflowError) as exc:   # EINVAL, a port out of range …
                 log.warning("udp send to %s failed: %s", target, exc)
                 return False
+        if target.conn is not None and target.conn < 0:        # a sibling's connection
+            handoff = self.handoff
+            return handoff is not None and handoff.write_via(conn_owner(target.conn), target.host,
+                                                             target.port, data)
         if self.tcp is None:
             return False
         return self.tcp.send(data, target)
@@ -100,7 +105,12 @@ class RuntimeEffects:
         a connection of another worker, or gone)."""
         if target.transport == "udp":
             return Target("udp", target.host, target.port, self.public_udp.id)
-        if self.tcp is None or (worker is not None and worker != self.worker):
+        if worker is not None and worker != self.worker:
+            # written by its owner (handoff.py); if that connection is gone the
+            # request times out there (408), as a lost datagram would
+            return Target(target.transport, target.host, target.port, remote_conn(worker)) \
+                if self.handoff is not None and worker < self.handoff.workers else None
+        if self.tcp is None:
             return None
         conn = self.tcp.by_peer.get((target.host, target.port))
         return Target(target.transport, target.host, target.port, conn.id) if conn is not None else None
@@ -164,6 +174,7 @@ class Worker:
         self.udp_fd = udp_fd
         self.tcp_fd = tcp_fd
         self.stopping = asyncio.Event()
+        self.handoff: Handoff | None = None
         self._flush_scheduled = False
 
     async def run(self) -> None:
@@ -213,7 +224,7 @@ class Worker:
         ports = {"udp": own_udp.local_port}
         tcp = None
         if px.tcp:
-            tcp = TcpPool(loop, self._deliver, cfg.tcp, exempt=self.guard.trusted,
+            tcp = TcpPool(loop, self._deliver_tcp, cfg.tcp, exempt=self.guard.trusted,
                           max_message_bytes=cfg.proxy.max_message_bytes)
             public_tcp = (inherited_socket(self.tcp_fd) if self.tcp_fd is not None
                           else tcp_socket(px.listen, px.sip_port))
@@ -246,9 +257,10 @@ class Worker:
         if cfg.session_timer.enabled or cfg.session_timer.insert:
             core.session_timer = SessionTimer(core, cfg.session_timer)
             core.dialogs.watchers.append(core.session_timer)
-        self.handoff = None
         if shared:   # read the shared public socket only once the engine exists
-            self.handoff = Handoff(self.data_dir / "run", self.index, self.workers, self._deliver_handed)
+            self.handoff = Handoff(self.data_dir / "run", self.index, self.workers, self._deliver_handed,
+                                   self._deliver_handed_tcp, self._write_tcp)
+            self.effects.handoff = self.handoff
             self.handoff.start(loop)
             if not await self.handoff.wait_for_siblings():
                 log.warning("not every worker is up; calls may start outside their owner")
@@ -296,6 +308,27 @@ class Worker:
             return
         if self.handoff is None or not self.handoff.route(data, source.host, source.port):
             self.guard.timed(self.engine.on_data, data, source)
+
+    def _deliver_tcp(self, data: bytes, source: Target) -> None:
+        """A message read from a TCP connection: processed by its Call-ID's owner
+        like a datagram (REGISTER stays: its binding names this worker as the
+        connection's owner).  docs/nat.md, "TCP"."""
+        if not self.guard.admit(data, source):
+            return
+        if self.handoff is None or data.startswith(b"REGISTER ") \
+                or not self.handoff.route(data, source.host, source.port, "tcp"):
+            self.guard.timed(self.engine.on_data, data, source)
+
+    def _deliver_handed_tcp(self, data: bytes, ip: str, port: int, reader: int) -> None:
+        # read by a sibling from its connection: answers go back through it
+        self.guard.timed(self.engine.on_data, data, Target("tcp", ip, port, remote_conn(reader)))
+
+    def _write_tcp(self, data: bytes, ip: str, port: int) -> None:
+        """A sibling's message for one of our connections."""
+        tcp = self.effects.tcp
+        conn = tcp.by_peer.get((ip, port)) if tcp is not None else None
+        if conn is not None:
+            conn.write(data)
 
     def _deliver_handed(self, data: bytes, ip: str, port: int) -> None:
         # answered through our copy of the shared socket: the peer sees the public port

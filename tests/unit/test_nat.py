@@ -171,7 +171,7 @@ def test_bye_from_the_callee_reaches_a_natted_caller_through_its_pinhole(rig):
     rig.receive(response_to(fwd, 200, "OK"), Target("udp", "192.0.2.20", 5062))
     (dialog,) = rig.core.dialogs.dialogs.values()
     assert dialog.caller.nat and not dialog.callee.nat
-    bye = f"""BYE sip:alice@192.168.7.7:5060 SIP/2.0
+    bye = """BYE sip:alice@192.168.7.7:5060 SIP/2.0
 Via: SIP/2.0/UDP 192.0.2.20:5062;branch=z9hG4bKbyeb;rport
 Route: <sip:10.0.0.1:5060;lr>
 From: <sip:bob@example.test>;tag=b1
