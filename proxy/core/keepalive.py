@@ -17,14 +17,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def send_options(core: "Core", uri: str, on_result: Callable[[int | None], None],
-                 destination: Target | None = None) -> bool:
+                 destination: Target | None = None, call_id: str | None = None) -> bool:
     """OPTIONS to ``uri``; on_result(status) on the final response, None on timeout
     or transport failure.  False when the URI cannot be resolved (at once, or once
     DNS has answered: then on_result(None)).  ``destination``: send there instead
     of resolving ``uri`` (a NATed phone: its Contact in the Request-URI, the
-    packet to its pinhole)."""
+    packet to its pinhole; ``call_id``: one this worker owns, see natping.py)."""
     if destination is not None:
-        _send(core, uri, destination, on_result)
+        _send(core, uri, destination, on_result, call_id)
         return True
     hop = core.resolve(uri)
     if hop is None:
@@ -37,14 +37,15 @@ def send_options(core: "Core", uri: str, on_result: Callable[[int | None], None]
     return True
 
 
-def _send(core: "Core", uri: str, target: Target, on_result: Callable[[int | None], None]) -> None:
+def _send(core: "Core", uri: str, target: Target, on_result: Callable[[int | None], None],
+          call_id: str | None = None) -> None:
     branch = new_branch()
     request = SipMessage.request("OPTIONS", uri)
     request.add("via", core.node.via(target.transport, branch))
     request.add("max-forwards", "70")
     request.add("from", f"<sip:ping@{core.node.host}>;tag={new_tag()}")
     request.add("to", f"<{uri}>")
-    request.add("call-id", f"{new_tag()}{new_tag()}@{core.node.host}")
+    request.add("call-id", call_id or f"{new_tag()}{new_tag()}@{core.node.host}")
     request.add("cseq", "1 OPTIONS")
     request.add("user-agent", core.user_agent)
     machine = NonInviteClientTransaction(request, reliable=target.transport != "udp",

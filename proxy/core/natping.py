@@ -20,7 +20,10 @@ keeps its share.  A UDP binding belongs to worker ``crc32(aor, contact) mod
 workers``; a TCP one to the worker that owns its connection (the only process
 that can write to it).  Each binding is pinged at a fixed phase of the interval
 (the same hash), so pings spread evenly instead of bursting, and at most
-``max_in_flight`` OPTIONS per worker await their reply at once.
+``max_in_flight`` OPTIONS per worker await their reply at once.  An OPTIONS
+leaves from the shared public port (the pinhole accepts nothing else) and its
+reply comes back there, where the runtime hands it to its Call-ID's owner: the
+pinging worker picks a Call-ID it owns.
 
 ``NatPinger`` only decides (which bindings, when, dropped or not); ``NatKeepalive``
 runs its decisions on the core's ports; the worker ticks it.
@@ -35,9 +38,11 @@ from typing import TYPE_CHECKING, Literal
 
 from ..contract import events as ev
 from ..infra import clock
+from ..sip.build import new_tag
 from .keepalive import send_options
 from .location import Binding, LocationError, LocationStore
 from .nat import pinhole, received_target
+from .node import call_owner
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Core
@@ -216,8 +221,16 @@ class NatKeepalive:
             else:
                 self._failed(binding, now)
         else:
-            send_options(self.core, binding.contact,
-                         lambda status: self._result(binding, now, status), destination=target)
+            send_options(self.core, binding.contact, lambda status: self._result(binding, now, status),
+                         destination=target, call_id=self._owned_call_id())
+
+    def _owned_call_id(self) -> str:
+        """A fresh Call-ID whose owner is this worker (``workers`` tries on average)."""
+        pinger, host = self.pinger, self.core.node.host
+        while True:
+            call_id = f"nat-{new_tag()}{new_tag()}@{host}"
+            if call_owner(call_id.encode(), pinger.workers) == pinger.index:
+                return call_id
 
     def _result(self, binding: Binding, sent_at: float, status: int | None) -> None:
         if status is not None:

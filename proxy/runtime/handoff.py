@@ -21,10 +21,11 @@ import asyncio
 import logging
 import os
 import socket
-import zlib
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+
+from ..core.node import call_owner
 
 log = logging.getLogger("sipledger.handoff")
 
@@ -62,7 +63,7 @@ def owner_of(data: bytes, workers: int) -> int | None:
     call_id = call_id_of(data)
     if not call_id:
         return None
-    return zlib.crc32(call_id) % workers
+    return call_owner(call_id, workers)
 
 
 def socket_path(run_dir: Path, index: int) -> str:

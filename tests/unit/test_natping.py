@@ -1,6 +1,8 @@
 """NAT keep-alives (proxy/core/natping.py): who pings what when, and what a silent binding costs."""
 from __future__ import annotations
 
+import zlib
+
 import pytest
 
 from proxy.core.location import Binding
@@ -176,3 +178,23 @@ def test_a_tcp_binding_whose_connection_closed_is_dropped(tmp_path):
         keepalive.tick(now + k)
     assert rig.location.lookup("bob@example.test", now) == []
     assert [type(e).__name__ for e in rig.effects.events][-1] == "BindingDropped"
+
+
+def test_an_options_ping_carries_a_call_id_its_worker_owns(tmp_path):
+    """Its reply comes back to the shared port, which hands it to the Call-ID's owner."""
+    from proxy.core.node import call_owner
+    rig = subscriber_rig(tmp_path, auth=False)
+    rig.receive(REGISTER, PINHOLE)
+    (binding,) = rig.location.nated(clock.time())
+    index = zlib.crc32(f"{binding.aor}\0{binding.contact}".encode()) % 3       # the binding's worker
+    keepalive = NatKeepalive(rig.core, rig.location, NatPinger(index, 3, interval=1, failures=2))
+    now = clock.time()
+    options = []
+    for k in range(1, 31):
+        keepalive.tick(now + k * 0.5)
+        for m, _ in rig.effects.take():
+            if m.method == "OPTIONS":
+                options.append(m)
+                rig.receive(options_reply(m, 200), PINHOLE)
+    assert len({m.call_id for m in options}) >= 10
+    assert {call_owner(m.call_id.encode(), 3) for m in options} == {index}
