@@ -204,11 +204,20 @@ class LocationStore:
                 (normalize_aor(aor), now)).fetchall()
         return sorted((_binding(r) for r in rows), key=preference)
 
-    def nated(self, now: float) -> list[Binding]:
-        """Every live binding registered from behind a NAT (the keep-alive's work list)."""
+    def nated(self, now: float, after: tuple[str, str] | None = None,
+              limit: int | None = None) -> list[Binding]:
+        """Live bindings registered from behind a NAT (the keep-alive's work list),
+        in (aor, contact) order; a page of ``limit`` after ``after`` if given."""
+        where = "nat = 1 AND expires_at > ?"
+        args: tuple[object, ...] = (now,)
+        if after is not None:
+            where += " AND (aor, contact) > (?, ?)"
+            args += after
+        page = f" LIMIT {int(limit)}" if limit is not None else ""
         with self._errors():
             rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM location WHERE nat = 1 AND expires_at > ?", (now,)).fetchall()
+                f"SELECT {_COLUMNS} FROM location WHERE {where} ORDER BY aor, contact{page}",
+                args).fetchall()
         return [_binding(r) for r in rows]
 
     def drop(self, aor: str, contact: str, registered_before: float) -> bool:

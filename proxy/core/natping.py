@@ -30,6 +30,8 @@ runs its decisions on the core's ports; the worker ticks it.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import zlib
 from collections.abc import Iterable
@@ -99,6 +101,9 @@ class NatPinger:
         self.max_in_flight = max_in_flight
         self.entries: dict[Key, _Entry] = {}
         self.in_flight = 0
+        self._queue: list[tuple[float, int, Key]] = []    # (next ping, tie-break, key)
+        self._seen: set[Key] = set()                      # keys met by the current pass
+        self._seq = itertools.count()
 
     def mine(self, binding: Binding) -> bool:
         """Is this worker the one that pings ``binding``?"""
@@ -107,38 +112,60 @@ class NatPinger:
         return _hash(binding) % self.workers == self.index
 
     def refresh(self, bindings: Iterable[Binding], now: float) -> None:
-        """The live NATed bindings (everyone's): keep this worker's, forget the gone.
-        A binding registered again since we knew it starts a new life (its phone is alive)."""
-        seen: set[Key] = set()
+        """The live NATed bindings (everyone's), all at once: one whole pass."""
+        self.begin_pass()
+        self.add(bindings, now)
+        self.end_pass()
+
+    def begin_pass(self) -> None:
+        """A new reading of the location store starts (it may come in pages)."""
+        self._seen = set()
+
+    def add(self, bindings: Iterable[Binding], now: float) -> None:
+        """Some of the live NATed bindings: keep this worker's.  A binding
+        registered again since we knew it starts a new life (its phone is alive)."""
         for binding in bindings:
             if not self.mine(binding):
                 continue
             key = (binding.aor, binding.contact)
-            seen.add(key)
+            self._seen.add(key)
             entry = self.entries.get(key)
             if entry is None:
                 phase = (_hash(binding) / 2**32) * self.interval
-                self.entries[key] = _Entry(binding, now + phase)
+                entry = self.entries[key] = _Entry(binding, now + phase)
+                self._schedule(key, entry)
             elif binding.registered_at != entry.binding.registered_at:
                 entry.binding = binding
                 entry.failures = 0
                 entry.streak_since = None
-        for key in [k for k in self.entries if k not in seen]:
+
+    def end_pass(self) -> None:
+        """The reading is complete: forget the bindings it did not contain."""
+        for key in [k for k in self.entries if k not in self._seen]:
             entry = self.entries.pop(key)
             if entry.in_flight:
                 self.in_flight -= 1
+        self._seen = set()
 
     def due(self, now: float) -> list[Ping]:
-        """The pings to send now (each binding once per interval, none twice at a time)."""
-        pings = []
-        for entry in self.entries.values():
-            if entry.in_flight or entry.next_at > now:
+        """The pings to send now (each binding once per interval, none twice at a
+        time).  Costs what is due, not what is known: a heap by next time."""
+        pings: list[Ping] = []
+        waiting: list[tuple[float, int, Key]] = []       # due, but their last ping is unanswered
+        queue = self._queue
+        while queue and queue[0][0] <= now:
+            if self.in_flight >= self.max_in_flight and self.method == "OPTIONS":
+                break                          # the rest wait for a later tick: bounded cost
+            item = heapq.heappop(queue)
+            entry = self.entries.get(item[2])
+            if entry is None or entry.next_at != item[0]:
+                continue                       # forgotten, or rescheduled since
+            if entry.in_flight:
+                waiting.append(item)
                 continue
             binding = entry.binding
             udp = (binding.transport or "udp") == "udp"
             if udp and self.method == "OPTIONS":
-                if self.in_flight >= self.max_in_flight:
-                    continue                   # waits for a later tick: bounded cost
                 entry.in_flight = True
                 self.in_flight += 1
                 pings.append(Ping(binding, "options", True))
@@ -147,7 +174,13 @@ class NatPinger:
             # a late tick does not make the next ping early: stay on the phase
             while entry.next_at <= now:
                 entry.next_at += self.interval
+            self._schedule(item[2], entry)
+        for item in waiting:
+            heapq.heappush(queue, item)
         return pings
+
+    def _schedule(self, key: Key, entry: _Entry) -> None:
+        heapq.heappush(self._queue, (entry.next_at, next(self._seq), key))
 
     def answered(self, binding: Binding) -> None:
         """A reply (any status) or a CRLF written on a live connection: alive."""
@@ -182,26 +215,44 @@ class NatPinger:
 
 
 class NatKeepalive:
-    """Runs a NatPinger against the location store and the core's ports."""
+    """Runs a NatPinger against the location store and the core's ports.
+
+    The store is read a page per tick (``PAGE`` rows, ~10 ms), never all at
+    once: a worker with tens of thousands of NATed bindings must not stall its
+    event loop.  A new pass starts every interval (or when the last ended)."""
+
+    PAGE = 1000
 
     def __init__(self, core: "Core", location: LocationStore, pinger: NatPinger):
         self.core = core
         self.location = location
         self.pinger = pinger
-        self.refreshed_at: float | None = None
+        self.pass_started: float | None = None
+        self.cursor: tuple[str, str] | None = None
+        self.reading = False
         self.sent = 0
         self.dropped = 0
 
     def tick(self, now: float | None = None) -> None:
-        """Call often (a tenth of the interval, at most a second apart)."""
+        """Call often: every 100 ms (at most ``max_in_flight`` pings leave per tick,
+        so a worker sends up to ~2,000 pings/s)."""
         now = clock.time() if now is None else now
-        if self.refreshed_at is None or now - self.refreshed_at >= min(self.pinger.interval, 60.0):
+        if not self.reading and (self.pass_started is None
+                                 or now - self.pass_started >= min(self.pinger.interval, 60.0)):
+            self.pinger.begin_pass()
+            self.pass_started, self.cursor, self.reading = now, None, True
+        if self.reading:
             try:
-                self.pinger.refresh(self.location.nated(now), now)
+                page = self.location.nated(now, after=self.cursor, limit=self.PAGE)
             except LocationError as exc:
                 log.warning("NAT keep-alive: %s", exc)
                 return
-            self.refreshed_at = now
+            self.pinger.add(page, now)
+            if len(page) < self.PAGE:
+                self.pinger.end_pass()
+                self.reading = False
+            else:
+                self.cursor = (page[-1].aor, page[-1].contact)
         for ping in self.pinger.due(now):
             self._send(ping, now)
 

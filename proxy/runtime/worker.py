@@ -374,7 +374,7 @@ class Worker:
         nat = self.config.nat
         keepalive = NatKeepalive(core, location, NatPinger(
             self.index, self.workers, nat.keepalive_seconds, nat.keepalive_failures, nat.keepalive_method))
-        period = min(1.0, nat.keepalive_seconds / 10)
+        period = min(0.1, nat.keepalive_seconds / 10)    # at most MAX_IN_FLIGHT new pings per tick
         while True:
             await asyncio.sleep(period)
             try:

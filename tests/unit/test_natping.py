@@ -198,3 +198,26 @@ def test_an_options_ping_carries_a_call_id_its_worker_owns(tmp_path):
                 rig.receive(options_reply(m, 200), PINHOLE)
     assert len({m.call_id for m in options}) >= 10
     assert {call_owner(m.call_id.encode(), 3) for m in options} == {index}
+
+
+def test_the_store_is_read_a_page_per_tick_and_unregistered_bindings_are_forgotten(tmp_path):
+    rig = subscriber_rig(tmp_path, auth=False)
+    now = clock.time()
+    for n in range(25):
+        b = binding(n)
+        with rig.location.edit(b.aor, now) as edit:
+            edit.put(Binding(**{**{f: getattr(b, f) for f in b.__dataclass_fields__},
+                                "expires_at": now + 3600, "registered_at": now}))
+    keepalive = NatKeepalive(rig.core, rig.location, NatPinger(0, 1, interval=10, failures=3))
+    keepalive.PAGE = 10
+    keepalive.tick(now)
+    assert len(keepalive.pinger.entries) == 10 and keepalive.reading        # one page per tick
+    keepalive.tick(now + 0.1)
+    keepalive.tick(now + 0.2)
+    assert len(keepalive.pinger.entries) == 25 and not keepalive.reading
+    with rig.location.edit("u3@example.test", now) as edit:                  # unregistered
+        edit.remove("sip:u3@192.168.0.3:5060")
+    for k in range(1, 4):
+        keepalive.tick(now + 10 + k * 0.1)
+    assert len(keepalive.pinger.entries) == 24
+    assert ("u3@example.test", "sip:u3@192.168.0.3:5060") not in keepalive.pinger.entries
