@@ -217,11 +217,11 @@ class NatPinger:
 class NatKeepalive:
     """Runs a NatPinger against the location store and the core's ports.
 
-    The store is read a page per tick (``PAGE`` rows, ~10 ms), never all at
+    The store is read a page per tick (``PAGE`` rows, ~15 ms), never all at
     once: a worker with tens of thousands of NATed bindings must not stall its
     event loop.  A new pass starts every interval (or when the last ended)."""
 
-    PAGE = 1000
+    PAGE = 500
 
     def __init__(self, core: "Core", location: LocationStore, pinger: NatPinger):
         self.core = core
