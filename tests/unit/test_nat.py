@@ -221,3 +221,32 @@ def test_a_location_file_from_a_newer_version_is_refused(tmp_path):
     conn.close()
     with pytest.raises(LocationError, match="newer"):
         LocationStore(path)
+
+
+# -- configuration ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, key", [
+    ("[nat]\nkeepalive_seconds = 0\n", "nat.keepalive_seconds"),
+    ("[nat]\nkeepalive_failures = 0\n", "nat.keepalive_failures"),
+    ("[nat]\nkeepalive_method = \"STUN\"\n", "keepalive_method"),
+    ("[session_timer]\nmin_se_seconds = 60\n", "session_timer.min_se_seconds"),
+    ("[session_timer]\nsession_expires_seconds = 100\nmin_se_seconds = 120\n",
+     "session_timer.session_expires_seconds"),
+    ("[nat]\nping_seconds = 5\n", "ping_seconds"),
+])
+def test_nat_and_session_timer_settings_are_checked(tmp_path, text, key):
+    from proxy.infra.config import ConfigError, load
+    path = tmp_path / "sipledger.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=key):
+        load(path)
+
+
+def test_the_defaults_are_safe_and_valid(tmp_path):
+    from proxy.infra.config import load
+    config = load(None)
+    assert (config.nat.keepalive_seconds, config.nat.keepalive_failures, config.nat.keepalive_method) == (
+        30.0, 3, "OPTIONS")
+    assert (config.session_timer.enabled, config.session_timer.insert,
+            config.session_timer.session_expires_seconds, config.session_timer.min_se_seconds) == (
+        True, False, 1800, 90)
