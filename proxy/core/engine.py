@@ -435,6 +435,10 @@ class Engine:
         else:
             req.set("max-forwards", str(core.settings.max_forwards))
         if _to_tag_present(req):
+            refused = core.session_timer.check_refresh(req) if core.session_timer is not None else None
+            if refused is not None:                  # RFC 4028 §8.1: 422 with our Min-SE
+                core.reply(server, req, *refused)
+                return
             self._in_dialog(req, server, source)
         else:
             self.routing.initial(req, server, source)

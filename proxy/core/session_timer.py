@@ -10,9 +10,11 @@ with ``Reason: SIP;cause=408;text="session timer expired"`` and a
 What the proxy does, by RFC 4028 section:
 
 - §8.1, initial INVITE (``check_invite``, called by the routing context before
-  it forwards): a Session-Expires below our Min-SE is answered 422 with our
+  it forwards) and in-dialog re-INVITE/UPDATE (``check_refresh``, called by the
+  engine): a Session-Expires below our Min-SE is answered 422 with our
   Min-SE; a Min-SE below ours is raised to ours; with ``[session_timer]
-  insert`` an INVITE that carries no Session-Expires gets ours and our Min-SE.
+  insert`` an initial INVITE that carries no Session-Expires gets ours and our
+  Min-SE.
   Supported: timer is never added: it states what the UAC implements, which
   only the UAC knows (when it lacks it, the UAS becomes the refresher, §9).
 - §8.2, the 2xx (``confirmed``): its Session-Expires (and refresher) is the
@@ -102,12 +104,24 @@ class SessionTimer:
         settings = self.settings
         if request.method != "INVITE" or not (settings.enabled or settings.insert):
             return None
-        ours = settings.min_se_seconds
+        if settings.insert and request.get("session-expires") is None:
+            request.set("session-expires", str(settings.session_expires_seconds))
+            request.set("min-se", str(settings.min_se_seconds))
+            return None
+        return self._check_interval(request) if settings.enabled else None
+
+    def check_refresh(self, request: SipMessage) -> tuple[int, str, list[tuple[str, str]]] | None:
+        """The same rule for an in-dialog re-INVITE or UPDATE (nothing inserted)."""
+        if request.method not in REFRESHING or not self.settings.enabled:
+            return None
+        return self._check_interval(request)
+
+    def _check_interval(self, request: SipMessage) -> tuple[int, str, list[tuple[str, str]]] | None:
+        """422 when the asked Session-Expires is below our Min-SE; else a lower
+        Min-SE is raised to ours (§8.1) and the request goes on."""
+        ours = self.settings.min_se_seconds
         asked = parse_session_expires(request)
         if asked is None:
-            if settings.insert and request.get("session-expires") is None:
-                request.set("session-expires", str(settings.session_expires_seconds))
-                request.set("min-se", str(ours))
             return None
         if asked[0] < ours:
             return 422, "Session Interval Too Small", [("min-se", str(ours))]

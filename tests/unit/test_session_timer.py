@@ -163,3 +163,16 @@ Content-Length: 0
     rig.effects.take()
     rig.effects.advance(400)
     assert byes(rig) == [] and "SessionExpired" not in names(rig)
+
+
+@pytest.mark.parametrize("by_alice", [True, False], ids=["re-INVITE", "UPDATE"])
+def test_a_refresh_asking_less_than_our_min_se_gets_422_and_refreshes_nothing(tmp_path, by_alice):
+    rig = rig_with(tmp_path, min_se_seconds=120)
+    call(rig, extra="Session-Expires: 300;refresher=uac\nSupported: timer\n")
+    rig.effects.advance(200)
+    text, source = reinvite(by_alice, 5, "Session-Expires: 100\n")
+    out = rig.receive(text, source)
+    assert [(m.status, m.get("min-se")) for m, _ in out if m.status] == [(422, "120")]
+    assert not [m for m, _ in out if m.method in ("INVITE", "UPDATE")]
+    rig.effects.advance(101)                         # 301 s after the answer: expired all the same
+    assert names(rig)[-1] == "SessionExpired"
