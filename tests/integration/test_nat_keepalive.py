@@ -40,16 +40,16 @@ def cli(data_dir, *args):
 
 
 @contextlib.contextmanager
-def proxy(tmp_path, broker):
+def running_proxy(tmp_path, broker):
     data = tmp_path / "data"
     cli(data, "domain", "add", "example.test")
     for user in ("carol", "dave"):
         cli(data, "user", "add", f"{user}@example.test", "--password", f"{user}-secret")
     config = tmp_path / "sipledger.toml"
-    # T1 = 50 ms: an unanswered OPTIONS gives up after 64*T1 = 3.2 s instead of 32 s
+    # T1 = 30 ms: an unanswered OPTIONS gives up after 64*T1 = 1.9 s instead of 32 s
     config.write_text(f"""[proxy]
 workers = {WORKERS}
-t1 = 0.05
+t1 = 0.03
 [auth]
 enabled = false
 [authorization]
@@ -76,6 +76,13 @@ keepalive_failures = {FAILURES}
             proc.wait(timeout=10)
 
 
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory, broker):
+    """One proxy for the module's tests (each uses its own users)."""
+    with running_proxy(tmp_path_factory.mktemp("nat"), broker) as running:
+        yield running
+
+
 def register(user: str, private: str, transport: str, local_port: int, call_id: str) -> bytes:
     return (f"REGISTER sip:example.test SIP/2.0\r\n"
             f"Via: SIP/2.0/{transport} {private};branch=z9hG4bK{uuid.uuid4().hex[:10]};rport\r\n"
@@ -94,8 +101,9 @@ def bindings(data, aor):
         return store.lookup(aor, clock.time())
 
 
-def test_a_natted_binding_is_pinged_once_per_interval_and_dropped_when_silent(tmp_path, broker):
-    with proxy(tmp_path, broker) as (port, data), UdpPeer() as phone:
+def test_a_natted_binding_is_pinged_once_per_interval_and_dropped_when_silent(proxy, broker):
+    port, data = proxy
+    with UdpPeer() as phone:
         answering = threading.Event()
         answering.set()
         phone.answer = lambda text: ok_to(text) if text.startswith("OPTIONS ") and answering.is_set() else None
@@ -112,7 +120,7 @@ def test_a_natted_binding_is_pinged_once_per_interval_and_dropped_when_silent(tm
                         if m.startswith("OPTIONS sip:carol@192.168.1.50:5060 SIP/2.0")}
         eventually(lambda: len(pings()) >= 2, "keep-alives at the pinhole, Request-URI = the Contact", 10)
         first = pings()
-        window = 6.0
+        window = 4.0
         threading.Event().wait(window)
         # every reply reaches the pinging worker (it picks a Call-ID it owns: the reply
         # comes back to the shared port), so a ping goes out every interval; one worker
@@ -179,9 +187,9 @@ class TcpPhone:
         self.thread.join(timeout=5)
 
 
-def test_requests_to_a_tcp_phone_reuse_its_registration_connection_whatever_worker_has_the_call(
-        tmp_path, broker):
-    with proxy(tmp_path, broker) as (port, data), UdpPeer() as caller:
+def test_requests_to_a_tcp_phone_reuse_its_registration_connection_whatever_worker_has_the_call(proxy):
+    port, data = proxy
+    with UdpPeer() as caller:
         phone = TcpPhone(port)
         try:
             call_id = f"reg-{uuid.uuid4().hex}"
