@@ -24,7 +24,7 @@ from ..sip.build import reason_header
 from ..sip.message import SipMessage
 from ..sip.uri import parse_name_addr, parse_uri
 from ..transactions import NonInviteClientTransaction, client_key, new_branch
-from .nat import behind_nat
+from .nat import sender_nated
 from .ports import Target, TimerHandle
 from .txdriver import TxDriver
 
@@ -156,7 +156,7 @@ class DialogTable:
         caller = Side(from_value=to_value, to_value=from_value,
                       contact=caller_contact or (invite.get("from") or ""),
                       routes=toward_caller, target=caller_target, cseq=1,
-                      nat=caller_contact is not None and behind_nat(caller_contact, caller_target.host))
+                      nat=caller_contact is not None and sender_nated(invite, caller_target))
         callee = Side(from_value=from_value, to_value=to_value,
                       contact=_contact_uri(response) or invite.uri or "",
                       routes=toward_callee, target=callee_target, cseq=invite.cseq[0] + 1,

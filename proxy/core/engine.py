@@ -72,6 +72,7 @@ class Core:
         self.calls: dict[str, ProxyCall] = {}      # initial INVITEs in progress, by Call-ID
         self.waiting: dict[str, Any] = {}          # INVITEs waiting for the authorization answer
         self.dialogs = DialogTable(self)
+        self.session_timer: Any = None             # RFC 4028 (session_timer.py), set by the runtime
         self.user_agent = USER_AGENT
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_sources]
         dns = dns or DnsSettings()
@@ -440,6 +441,10 @@ class Engine:
         else:
             req.set("max-forwards", str(core.settings.max_forwards))
         if _to_tag_present(req):
+            refused = core.session_timer.check_refresh(req) if core.session_timer is not None else None
+            if refused is not None:                  # RFC 4028 §8.1: 422 with our Min-SE
+                core.reply(server, req, *refused)
+                return
             self._in_dialog(req, server, source)
         else:
             self.routing.initial(req, server, source)

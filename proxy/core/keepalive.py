@@ -1,4 +1,5 @@
-"""OPTIONS pings (gateway probing, OpenSIPS dr_probing): one request, one callback."""
+"""OPTIONS pings (gateway probing, OpenSIPS dr_probing; NAT keep-alives,
+natping.py): one request, one callback."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -15,10 +16,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine import Core
 
 
-def send_options(core: "Core", uri: str, on_result: Callable[[int | None], None]) -> bool:
+def send_options(core: "Core", uri: str, on_result: Callable[[int | None], None],
+                 destination: Target | None = None, call_id: str | None = None) -> bool:
     """OPTIONS to ``uri``; on_result(status) on the final response, None on timeout
     or transport failure.  False when the URI cannot be resolved (at once, or once
-    DNS has answered: then on_result(None))."""
+    DNS has answered: then on_result(None)).  ``destination``: send there instead
+    of resolving ``uri`` (a NATed phone: its Contact in the Request-URI, the
+    packet to its pinhole; ``call_id``: one this worker owns, see natping.py)."""
+    if destination is not None:
+        _send(core, uri, destination, on_result, call_id)
+        return True
     hop = core.resolve(uri)
     if hop is None:
         return False
@@ -30,14 +37,15 @@ def send_options(core: "Core", uri: str, on_result: Callable[[int | None], None]
     return True
 
 
-def _send(core: "Core", uri: str, target: Target, on_result: Callable[[int | None], None]) -> None:
+def _send(core: "Core", uri: str, target: Target, on_result: Callable[[int | None], None],
+          call_id: str | None = None) -> None:
     branch = new_branch()
     request = SipMessage.request("OPTIONS", uri)
     request.add("via", core.node.via(target.transport, branch))
     request.add("max-forwards", "70")
     request.add("from", f"<sip:ping@{core.node.host}>;tag={new_tag()}")
     request.add("to", f"<{uri}>")
-    request.add("call-id", f"{new_tag()}{new_tag()}@{core.node.host}")
+    request.add("call-id", call_id or f"{new_tag()}{new_tag()}@{core.node.host}")
     request.add("cseq", "1 OPTIONS")
     request.add("user-agent", core.user_agent)
     machine = NonInviteClientTransaction(request, reliable=target.transport != "udp",

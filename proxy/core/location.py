@@ -27,7 +27,9 @@ __all__ = ["Binding", "BindingEditor", "LocationError", "LocationStore", "normal
 log = logging.getLogger(__name__)
 
 DB_NAME = "location.sqlite"
-SCHEMA_VERSION = 1
+# 2: ``nat`` (the REGISTER's sender was behind a NAT) and ``worker`` (the
+#    worker whose TCP connection the REGISTER came on); files at 1 gain them
+SCHEMA_VERSION = 2
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS location (
@@ -42,13 +44,20 @@ _SCHEMA = (
         user_agent    TEXT,
         path          TEXT,                 -- Path header values (RFC 3327), comma-joined
         registered_at REAL    NOT NULL,
+        nat           INTEGER NOT NULL DEFAULT 0,   -- sender behind a NAT (proxy/core/nat.py)
+        worker        INTEGER,              -- TCP: the worker owning the registration connection
         PRIMARY KEY (aor, contact)
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS location_expires ON location (expires_at)",
 )
 
 _COLUMNS = ("aor, contact, expires_at, q_milli, call_id, cseq, received, transport, "
-            "user_agent, path, registered_at")
+            "user_agent, path, registered_at, nat, worker")
+
+# columns each schema version added, for files made by an older version
+_ADDED = {
+    2: ("nat INTEGER NOT NULL DEFAULT 0", "worker INTEGER"),
+}
 
 
 class LocationError(Exception):
@@ -75,6 +84,8 @@ class Binding:
     user_agent: str | None = None
     path: str | None = None
     registered_at: float = 0.0
+    nat: bool = False                  # behind a NAT: reach it at ``received`` (and keep it alive)
+    worker: int | None = None          # TCP: the worker whose connection the REGISTER came on
 
     @property
     def q(self) -> float:
@@ -101,7 +112,7 @@ class BindingEditor:
 
     def put(self, binding: Binding) -> None:
         self._conn.execute(f"INSERT OR REPLACE INTO location ({_COLUMNS}) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(binding))
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(binding))
         self.current[binding.contact] = binding
 
     def remove(self, contact: str) -> None:
@@ -136,10 +147,23 @@ class LocationStore:
 
     def _create_schema(self) -> None:
         with self._transaction():
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"schema version {version} is newer than this "
+                                            f"program's ({SCHEMA_VERSION})")
             for statement in _SCHEMA:
                 self._conn.execute(statement)
-            if self._conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-                self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._migrate(version)
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _migrate(self, version: int) -> None:
+        """Add the columns later versions introduced (a file at 0 was just created
+        complete).  Checked by name too, so a half-migrated file is finished."""
+        have = {row[1] for row in self._conn.execute("PRAGMA table_info(location)")}
+        for since in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+            for column in _ADDED.get(since, ()):
+                if column.split()[0] not in have:
+                    self._conn.execute(f"ALTER TABLE location ADD COLUMN {column}")
 
     def close(self) -> None:
         self._conn.close()
@@ -178,7 +202,32 @@ class LocationStore:
             rows = self._conn.execute(
                 f"SELECT {_COLUMNS} FROM location WHERE aor = ? AND expires_at > ?",
                 (normalize_aor(aor), now)).fetchall()
-        return sorted((Binding(*r) for r in rows), key=preference)
+        return sorted((_binding(r) for r in rows), key=preference)
+
+    def nated(self, now: float, after: tuple[str, str] | None = None,
+              limit: int | None = None) -> list[Binding]:
+        """Live bindings registered from behind a NAT (the keep-alive's work list),
+        in (aor, contact) order; a page of ``limit`` after ``after`` if given."""
+        where = "nat = 1 AND expires_at > ?"
+        args: tuple[object, ...] = (now,)
+        if after is not None:
+            where += " AND (aor, contact) > (?, ?)"
+            args += after
+        page = f" LIMIT {int(limit)}" if limit is not None else ""
+        with self._errors():
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM location WHERE {where} ORDER BY aor, contact{page}",
+                args).fetchall()
+        return [_binding(r) for r in rows]
+
+    def drop(self, aor: str, contact: str, registered_before: float) -> bool:
+        """Remove one binding unless its phone registered again since
+        ``registered_before`` (then it is alive, maybe behind a new pinhole).
+        True when a row went."""
+        with self._errors():
+            return self._conn.execute(
+                "DELETE FROM location WHERE aor = ? AND contact = ? AND registered_at < ?",
+                (aor, _text(contact), registered_before)).rowcount > 0
 
     def count(self, now: float) -> int:
         """Live bindings in total (for metrics)."""
@@ -197,7 +246,7 @@ class LocationStore:
             # part in the Call-ID/CSeq checks
             self._conn.execute("DELETE FROM location WHERE aor = ? AND expires_at <= ?", (aor, now))
             rows = self._conn.execute(f"SELECT {_COLUMNS} FROM location WHERE aor = ?", (aor,))
-            yield BindingEditor(self._conn, aor, {r[1]: Binding(*r) for r in rows})
+            yield BindingEditor(self._conn, aor, {r[1]: _binding(r) for r in rows})
 
     def purge(self, now: float) -> int:
         """Delete every expired binding; returns how many.  Any worker may run it."""
@@ -208,9 +257,16 @@ class LocationStore:
         return gone
 
 
+def _binding(row: tuple) -> Binding:
+    fields = list(row)
+    fields[-2] = bool(fields[-2])                 # nat: stored as 0/1
+    return Binding(*fields)
+
+
 def _row(b: Binding) -> tuple:
     return (_text(b.aor), _text(b.contact), b.expires_at, b.q_milli, _text(b.call_id), b.cseq,
-            b.received, b.transport, _text(b.user_agent), _text(b.path), b.registered_at)
+            b.received, b.transport, _text(b.user_agent), _text(b.path), b.registered_at,
+            int(b.nat), b.worker)
 
 
 def _text(value: str | None) -> str | None:

@@ -44,7 +44,7 @@ from ..media.ng import CallStats
 from ..sip.build import reason_header
 from ..sip.message import SipMessage
 from ..sip.uri import parse_name_addr
-from .nat import behind_nat
+from .nat import sender_nated
 from .ports import MediaResult, Target, TimerHandle
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -114,26 +114,13 @@ def has_sdp(msg: SipMessage) -> bool:
     return kind == "application/sdp" and bool(msg.body.strip())
 
 
-def caller_behind_nat(request: SipMessage, source: Target) -> bool:
-    """The caller's NAT status: its Contact against where the request came from
-    (proxy/core/nat.py, the one rule the NAT work improves)."""
-    contacts = request.values("contact")
-    if not contacts:
-        return False
-    try:
-        contact = parse_name_addr(contacts[0]).uri
-    except ValueError:
-        return False
-    return behind_nat(contact, source.host)
-
-
 def relay_wanted(policy: str, request: SipMessage, source: Target, targets: list[Target]) -> bool:
     """``policy`` "always": every call with SDP; "nat": only when the caller or a target is NATed."""
     if not has_sdp(request):
         return False
     if policy == "always":
         return True
-    return any(t.nat for t in targets) or caller_behind_nat(request, source)
+    return any(t.nat for t in targets) or sender_nated(request, source)
 
 
 def sdp_options(nat_source: str | None) -> dict[str, Any]:
@@ -245,7 +232,7 @@ class MediaRelay:
         """Offer the INVITE's SDP; its body is rewritten in place before
         ``done(session)`` (None: relay it unchanged, the relay failed)."""
         session = Session(request.call_id, _from_tag(request))
-        options = sdp_options(source.host if caller_behind_nat(request, source) else None)
+        options = sdp_options(source.host if sender_nated(request, source) else None)
         self.sessions[session.call_id] = session
 
         def offered(result: MediaResult) -> None:

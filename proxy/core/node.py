@@ -7,7 +7,18 @@ shared public port (SO_REUSEPORT).
 """
 from __future__ import annotations
 
+import zlib
+
 from ..sip.uri import UriError, parse_name_addr, parse_uri
+
+
+def call_owner(call_id: bytes, workers: int) -> int:
+    """The worker that holds every transaction and dialog of a Call-ID: what
+    the runtime hands datagrams to (proxy/runtime/handoff.py), and what a worker
+    sending a request of its own from the shared port must be for the answer,
+    which comes back to that port, to reach it (natping.py).  crc32, not hash():
+    every worker process must agree."""
+    return zlib.crc32(call_id) % workers
 
 
 class LocalNode:

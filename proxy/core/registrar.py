@@ -8,6 +8,12 @@ applied completely or not at all.
 
 RFC 3327: when the request carries Path headers they are stored with each
 binding; the caller copies them into the 200 OK.
+
+NAT (nathelper's fix_nated_register): every binding keeps the address the
+REGISTER came from (``received``) and its transport; a sender behind a NAT
+(proxy/core/nat.py) is flagged, so lookups send to ``received`` and the
+keep-alives (natping.py) hold its pinhole open.  Over TCP the binding also
+names the worker owning the connection, the only process that can write to it.
 """
 from __future__ import annotations
 
@@ -20,6 +26,8 @@ from proxy.sip.message import SipMessage
 from proxy.sip.uri import parse_name_addr, parse_uri
 
 from .location import Binding, BindingEditor, LocationError, LocationStore
+from .nat import sender_nated
+from .ports import Target
 
 __all__ = ["RegisterOutcome", "Registrar", "RegistrarSettings"]
 
@@ -54,9 +62,11 @@ class _ContactChange:
 
 
 class Registrar:
-    def __init__(self, store: LocationStore, settings: RegistrarSettings | None = None):
+    def __init__(self, store: LocationStore, settings: RegistrarSettings | None = None,
+                 worker: int = 0):
         self.store = store
         self.settings = settings or RegistrarSettings()
+        self.worker = worker                   # this process' index: owner of its TCP connections
 
     def register(self, request: SipMessage, aor: str, source: tuple[str, int, str],
                  now: float) -> RegisterOutcome:
@@ -123,6 +133,10 @@ class Registrar:
         ip, port, transport = source
         path = ", ".join(request.values("path")) or None
         received = _received_uri(ip, port, transport)
+        # behind a Path (an edge proxy registered it for the phone) the source is that
+        # proxy, not the phone's NAT: the edge proxy handles the NAT (RFC 3327)
+        nat = path is None and sender_nated(request, Target(transport.lower(), ip, port))
+        worker = self.worker if transport.lower() != "udp" else None
         with self.store.edit(aor, now) as edit:
             # ordering is judged on the bindings as they were before this
             # request, so a contact listed twice does not trip over itself
@@ -138,7 +152,8 @@ class Registrar:
                     aor=edit.aor, contact=change.uri, expires_at=now + change.expires,
                     q_milli=change.q_milli, call_id=call_id, cseq=cseq,
                     received=received, transport=transport.lower(),
-                    user_agent=request.get("user-agent"), path=path, registered_at=now))
+                    user_agent=request.get("user-agent"), path=path, registered_at=now,
+                    nat=nat, worker=worker))
             self._check_contact_limit(edit)
             bindings = edit.bindings()
         return self._ok(bindings, now)

@@ -378,6 +378,22 @@ class MediaSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_polls_in_flight: int = 64       # per worker: polls beyond this wait for the next round
 
 
+# --- NAT keep-alives and session timers: [nat] [session_timer] (docs/nat.md) -------------
+
+class NatSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    keepalive_seconds: float = 30.0     # each NATed binding is pinged this often (its pinhole stays open)
+    keepalive_failures: int = 3         # unanswered pings in a row before the binding is dropped
+    keepalive_method: Literal["OPTIONS", "CRLF"] = "OPTIONS"   # UDP pings; CRLF opens the pinhole but
+                                        # detects nothing (no reply): no drops.  TCP always gets CRLF CRLF
+
+
+class SessionTimerSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    enabled: bool = True                # honour Session-Expires (RFC 4028): end dialogs never refreshed
+    insert: bool = False                # add Session-Expires/Min-SE to INVITEs that carry none
+    session_expires_seconds: int = 1800 # the Session-Expires inserted
+    min_se_seconds: int = 90            # our Min-SE: a smaller Session-Expires gets 422
+
+
 # --- the whole file ----------------------------------------------------------------------
 
 class LogSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -409,6 +425,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ledger: LedgerSettings = LedgerSettings()
     radius: RadiusSettings = RadiusSettings()
     media: MediaSettings = MediaSettings()
+    nat: NatSettings = NatSettings()
+    session_timer: SessionTimerSettings = SessionTimerSettings()
     logging: LogSettings = LogSettings()
 
     def with_bootstrap(self, bootstrap: str) -> "Config":
@@ -615,6 +633,13 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
                                                                    c.media.one_way_timeout_seconds),
          "must be 0.1..the smaller of the two media timeouts"),
         ("media.max_polls_in_flight", 1 <= c.media.max_polls_in_flight <= 4096, "must be 1..4096"),
+        ("nat.keepalive_seconds", 0.1 <= c.nat.keepalive_seconds <= 3600, "must be 0.1..3600"),
+        ("nat.keepalive_failures", 1 <= c.nat.keepalive_failures <= 100, "must be 1..100"),
+        ("session_timer.min_se_seconds", 90 <= c.session_timer.min_se_seconds <= 86400,
+         "must be 90..86400 (RFC 4028: Min-SE is never below 90)"),
+        ("session_timer.session_expires_seconds",
+         c.session_timer.min_se_seconds <= c.session_timer.session_expires_seconds <= 86400,
+         "must be session_timer.min_se_seconds..86400"),
         ("credit.port", 0 <= credit.port < 65536, "must be 0..65535 (0 = any free port)"),
         ("credit.reject_code", _sip_error(credit.reject_code), "must be a SIP error code 400..699"),
         ("credit.blocked_code", _sip_error(credit.blocked_code), "must be a SIP error code 400..699"),

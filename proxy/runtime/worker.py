@@ -16,10 +16,12 @@ from ..core.digest import DigestAuthenticator
 from ..core.engine import Core, Engine
 from ..core.keepalive import send_options
 from ..core.location import LocationStore
+from ..core.natping import NatKeepalive, NatPinger
 from ..core.node import LocalNode
 from ..core.ports import MediaResult, Target
 from ..core.registrar import Registrar
 from ..core.resolver import Answer
+from ..core.session_timer import SessionTimer
 from ..events.control import ControlConsumer
 from ..events.outbox import Outbox
 from ..events.publisher import EventPublisher
@@ -36,7 +38,7 @@ from ..script.runner import ScriptRouting
 from .authorization import AuthorizationClient
 from .dns import DnsClient, read_hosts
 from .floodguard import FloodGuard, probe_key
-from .handoff import Handoff
+from .handoff import Handoff, conn_owner, remote_conn
 from .loaded import LoadedState
 from .media import MediaEdge
 from .transport import TcpPool, UdpEndpoint, inherited_socket, tcp_socket, udp_socket
@@ -67,6 +69,9 @@ class RuntimeEffects:
         self.authorization: AuthorizationClient | None = None   # set once credit control is reachable
         self.dns: DnsClient | None = None                        # set before the core starts
         self.media_edge: MediaEdge | None = None                 # set when [media] is enabled
+        self.public_udp: UdpEndpoint = default_udp               # the shared port phones send to
+        self.worker = 0                                          # this worker's index
+        self.handoff: Handoff | None = None                      # siblings (TCP connections they own)
 
     def dns_query(self, name: str, rdtype: str, callback) -> None:
         if self.dns is None:
@@ -87,9 +92,30 @@ class RuntimeEffects:
             except (OSError, ValueError, OverflowError) as exc:   # EINVAL, a port out of range …
                 log.warning("udp send to %s failed: %s", target, exc)
                 return False
+        if target.conn is not None and target.conn < 0:        # a sibling's connection
+            handoff = self.handoff
+            return handoff is not None and handoff.write_via(conn_owner(target.conn), target.host,
+                                                             target.port, data)
         if self.tcp is None:
             return False
         return self.tcp.send(data, target)
+
+    def flow(self, target: Target, worker: int | None) -> Target | None:
+        """How to reach a party where its packets come from (docs/nat.md): UDP from
+        the public socket, the one its NAT pinhole was opened toward; TCP over the
+        connection it opened, if this worker owns it and it is still up (None:
+        a connection of another worker, or gone)."""
+        if target.transport == "udp":
+            return Target("udp", target.host, target.port, self.public_udp.id)
+        if worker is not None and worker != self.worker:
+            # written by its owner (handoff.py); if that connection is gone the
+            # request times out there (408), as a lost datagram would
+            return Target(target.transport, target.host, target.port, remote_conn(worker)) \
+                if self.handoff is not None and worker < self.handoff.workers else None
+        if self.tcp is None:
+            return None
+        conn = self.tcp.by_peer.get((target.host, target.port))
+        return Target(target.transport, target.host, target.port, conn.id) if conn is not None else None
 
     def call_later(self, delay: float, fn, *args):
         return self.loop.call_later(delay, fn, *args)
@@ -156,6 +182,7 @@ class Worker:
         self.udp_fd = udp_fd
         self.tcp_fd = tcp_fd
         self.stopping = asyncio.Event()
+        self.handoff: Handoff | None = None
         self._flush_scheduled = False
 
     async def run(self) -> None:
@@ -205,7 +232,7 @@ class Worker:
         ports = {"udp": own_udp.local_port}
         tcp = None
         if px.tcp:
-            tcp = TcpPool(loop, self._deliver, cfg.tcp, exempt=self.guard.trusted,
+            tcp = TcpPool(loop, self._deliver_tcp, cfg.tcp, exempt=self.guard.trusted,
                           max_message_bytes=cfg.proxy.max_message_bytes)
             public_tcp = (inherited_socket(self.tcp_fd) if self.tcp_fd is not None
                           else tcp_socket(px.listen, px.sip_port))
@@ -220,6 +247,7 @@ class Worker:
         host = px.advertised_host or px.listen
         node = LocalNode(host, ports, px.sip_port, aliases=(px.listen,))
         self.effects = RuntimeEffects(loop, self.outbox, own_udp, udp, tcp, self._schedule_flush)
+        self.effects.public_udp, self.effects.worker = public_udp, self.index
         self.effects.dns = DnsClient(cfg.dns, loop)
         self.guard.start(loop, self.effects.send)
         self.authorization: AuthorizationClient | None = None
@@ -233,13 +261,17 @@ class Worker:
         core = Core(settings=px, effects=self.effects, node=node,
                     events=CallEventFactory(cfg.node.name, self.index),
                     provisioning=provisioning, authenticator=authenticator, location=location,
-                    registrar=Registrar(location, cfg.registrar),
+                    registrar=Registrar(location, cfg.registrar, worker=self.index),
                     authorization=cfg.authorization if cfg.authorization.enabled else None,
                     routing_data=routing, dns=cfg.dns, hosts=read_hosts(), media=cfg.media)
         self.engine = Engine(core, ScriptRouting(core, load_script(px.routing_script)))
-        self.handoff = None
+        if cfg.session_timer.enabled or cfg.session_timer.insert:
+            core.session_timer = SessionTimer(core, cfg.session_timer)
+            core.dialogs.watchers.append(core.session_timer)
         if shared:   # read the shared public socket only once the engine exists
-            self.handoff = Handoff(self.data_dir / "run", self.index, self.workers, self._deliver_handed)
+            self.handoff = Handoff(self.data_dir / "run", self.index, self.workers, self._deliver_handed,
+                                   self._deliver_handed_tcp, self._write_tcp)
+            self.effects.handoff = self.handoff
             self.handoff.start(loop)
             if not await self.handoff.wait_for_siblings():
                 log.warning("not every worker is up; calls may start outside their owner")
@@ -250,6 +282,7 @@ class Worker:
         self.loaded = LoadedState(self.data_dir / RUN_DIR, self.index)
         self._publish_loaded(provisioning, routing)
         housekeeping = loop.create_task(self._housekeeping(provisioning, routing, location, core))
+        natping = loop.create_task(self._natping(core, location))
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -258,6 +291,7 @@ class Worker:
         await self.stopping.wait()
 
         housekeeping.cancel()
+        natping.cancel()
         self.guard.close()
         self.loaded.remove()
         if self.handoff is not None:
@@ -287,6 +321,27 @@ class Worker:
             return
         if self.handoff is None or not self.handoff.route(data, source.host, source.port):
             self.guard.timed(self.engine.on_data, data, source)
+
+    def _deliver_tcp(self, data: bytes, source: Target) -> None:
+        """A message read from a TCP connection: processed by its Call-ID's owner
+        like a datagram (REGISTER stays: its binding names this worker as the
+        connection's owner).  docs/nat.md, "TCP"."""
+        if not self.guard.admit(data, source):
+            return
+        if self.handoff is None or data.startswith(b"REGISTER ") \
+                or not self.handoff.route(data, source.host, source.port, "tcp"):
+            self.guard.timed(self.engine.on_data, data, source)
+
+    def _deliver_handed_tcp(self, data: bytes, ip: str, port: int, reader: int) -> None:
+        # read by a sibling from its connection: answers go back through it
+        self.guard.timed(self.engine.on_data, data, Target("tcp", ip, port, remote_conn(reader)))
+
+    def _write_tcp(self, data: bytes, ip: str, port: int) -> None:
+        """A sibling's message for one of our connections."""
+        tcp = self.effects.tcp
+        conn = tcp.by_peer.get((ip, port)) if tcp is not None else None
+        if conn is not None:
+            conn.write(data)
 
     def _deliver_handed(self, data: bytes, ip: str, port: int) -> None:
         # answered through our copy of the shared socket: the peer sees the public port
@@ -326,6 +381,19 @@ class Worker:
             except Exception:
                 log.exception("housekeeping failed")
 
+
+    async def _natping(self, core: Core, location: LocationStore) -> None:
+        """NAT keep-alives (proxy/core/natping.py): this worker's share of the bindings."""
+        nat = self.config.nat
+        keepalive = NatKeepalive(core, location, NatPinger(
+            self.index, self.workers, nat.keepalive_seconds, nat.keepalive_failures, nat.keepalive_method))
+        period = min(0.1, nat.keepalive_seconds / 10)    # at most MAX_IN_FLIGHT new pings per tick
+        while True:
+            await asyncio.sleep(period)
+            try:
+                keepalive.tick()
+            except Exception:
+                log.exception("NAT keep-alive failed")
 
     def _publish_loaded(self, provisioning: LiveProvisioning, routing: LiveRouting) -> None:
         """DATA_DIR/run/worker-<i>.loaded: the versions in use (proxy/runtime/loaded.py)."""

@@ -22,7 +22,7 @@ from ..core.domains import MYSELF, normalise_host, served_domain
 from ..core.forwarding import ProxyCall
 from ..core.location import LocationError
 from ..core.lockout import user_key
-from ..core.nat import behind_nat
+from ..core.nat import pinhole, received_target
 from ..core.ports import Target
 from ..core.resolver import Pending
 from ..infra import clock
@@ -287,10 +287,7 @@ class RequestContext:
             bindings = []
         targets = []
         for binding in bindings:
-            destination = _nat_destination(binding)
-            hop = core.resolve(destination)
-            if isinstance(hop, Target) and destination != binding.contact:
-                hop = replace(hop, nat=True)    # the dialog keeps in-dialog requests here too
+            hop = _nat_destination(core, binding)
             if hop is not None:
                 targets.append((binding.contact, hop))
         if not targets:
@@ -461,6 +458,12 @@ class RequestContext:
         if not onnet and not self.may_leave():
             self.reply(403, OFFNET_REASON)
             return False
+        timer = self.core.session_timer
+        if self.call is None and timer is not None:
+            refused = timer.check_invite(self.request)     # RFC 4028: 422, or headers adjusted
+            if refused is not None:
+                self.reply(*refused)
+                return False
         if self.credit_check and not self.authorized:
             self._ask_credit_control(cause)
             return True
@@ -624,17 +627,27 @@ class RequestContext:
             del calls[call.request.call_id]
 
 
-def _nat_destination(binding) -> str:
-    """Where to send a registered contact's requests: its source address when
-    it registered from behind a NAT (proxy/core/nat.py), else the Contact itself
-    (a phone may well register from one port and listen on another)."""
-    if not binding.received:
-        return binding.contact
-    try:
-        source_host = parse_uri(binding.received).host
-    except ValueError:
-        return binding.contact
-    return binding.received if behind_nat(binding.contact, source_host) else binding.contact
+def _nat_destination(core: "Core", binding) -> Target | Pending | None:
+    """Where a registered contact's requests go (nathelper's fix_nated_contact, docs/nat.md):
+
+    - over TCP, the connection the REGISTER came on while it is open (RFC 5626
+      flow reuse; the runtime's ``flow`` finds it);
+    - a phone registered from behind a NAT: the address its REGISTER came from;
+    - else the Contact itself (a phone may well register from one port and
+      listen on another, RFC 3261 §16.6).
+
+    A NATed phone's Contact is unreachable: when its TCP connection is gone it
+    is skipped (RFC 5626 §5.3 "430 Flow Failed" in spirit; the caller gets 480
+    when no contact is left) rather than dialled at a private address.
+    ``nat=True`` on the Target pins the dialog's in-dialog requests there too."""
+    received = received_target(binding.received)
+    if received is not None and (binding.nat or received.transport != "udp"):
+        hop = pinhole(core.effects, received, binding.worker)
+        if hop is not None:
+            return replace(hop, nat=True)
+        if binding.nat:
+            return None
+    return core.resolve(binding.contact)
 
 
 def _tag(msg: SipMessage) -> str | None:

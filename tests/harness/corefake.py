@@ -37,6 +37,7 @@ class _Handle:
 class FakeEffects:
     def __init__(self):
         self.sent: list[tuple[SipMessage, Target]] = []
+        self.keepalives: list[tuple[bytes, Target]] = []       # CRLF pings (RFC 5626), not SIP
         self.events = []
         self.now = 1000.0
         self._timers: list = []
@@ -46,6 +47,9 @@ class FakeEffects:
         self.media_requests: list[tuple[str, dict, object]] = []  # (kind, params, callback): answer them
 
     def send(self, data: bytes, target: Target) -> bool:
+        if not data.strip(b"\r\n"):
+            self.keepalives.append((data, target))
+            return True
         try:
             msg = parse(data)
         except ParseError:   # a 400 echoing the malformed header it complains about

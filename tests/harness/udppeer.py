@@ -4,6 +4,7 @@ from __future__ import annotations
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 
 HOST = "127.0.0.1"
 
@@ -15,6 +16,8 @@ class UdpPeer:
         self.sock.settimeout(0.1)
         self.port = self.sock.getsockname()[1]
         self.received: list[str] = []
+        # answer(message) -> reply text or None: a phone that answers what it receives
+        self.answer: Callable[[str], str | None] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, name="udp-peer", daemon=True)
@@ -23,13 +26,18 @@ class UdpPeer:
     def _read(self) -> None:
         while not self._stop.is_set():
             try:
-                data, _ = self.sock.recvfrom(65535)
+                data, addr = self.sock.recvfrom(65535)
             except TimeoutError:
                 continue
             except OSError:
                 return
+            text = data.decode("utf-8", "replace")
             with self._lock:
-                self.received.append(data.decode("utf-8", "replace"))
+                self.received.append(text)
+            answer = self.answer
+            reply = answer(text) if answer is not None else None
+            if reply is not None:
+                self.sock.sendto(reply.encode(), addr)
 
     def request(self, method: str, ruri: str, to: str, proxy_port: int, call_id: str | None = None) -> str:
         """Send ``method`` to the proxy on ``proxy_port``; returns its Call-ID."""
@@ -48,6 +56,10 @@ class UdpPeer:
 
     def statuses(self, call_id: str) -> list[int]:
         return [int(m.split(" ", 2)[1]) for m in self.messages(call_id) if m.startswith("SIP/2.0 ")]
+
+    def count(self, predicate: Callable[[str], bool]) -> int:
+        with self._lock:
+            return sum(1 for m in self.received if predicate(m))
 
     def close(self) -> None:
         self._stop.set()

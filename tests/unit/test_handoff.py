@@ -42,3 +42,28 @@ async def test_datagrams_reach_their_owner_in_order(tmp_path):
     assert {(ip, port) for _, ip, port in got[owner]} == {("192.0.2.7", 5062)}
     for end in ends:
         end.close(loop)
+
+
+async def test_tcp_messages_reach_the_call_owner_and_its_answers_the_connection_owner(tmp_path):
+    """docs/nat.md "TCP": the reader hands a message to the Call-ID's owner, marked
+    with its index; the owner's answer comes back as a write for that connection."""
+    loop = asyncio.get_running_loop()
+    delivered: list = []
+    writes: dict[int, list] = {0: [], 1: []}
+    ends = [Handoff(tmp_path, i, 2, lambda d, ip, port: None,
+                    deliver_tcp=lambda d, ip, port, reader: delivered.append((d, ip, port, reader)),
+                    write_tcp=lambda d, ip, port, i=i: writes[i].append((d, ip, port)))
+            for i in range(2)]
+    for end in ends:
+        end.start(loop)
+    owner = owner_of(MSG, 2)
+    reader = 1 - owner
+    assert ends[reader].route(MSG, "192.0.2.7", 40001, "tcp")
+    await aeventually(lambda: delivered, "the message at the Call-ID owner", 2, interval=0.01, fail=False)
+    assert delivered == [(MSG, "192.0.2.7", 40001, reader)]
+    assert ends[owner].write_via(reader, "192.0.2.7", 40001, b"SIP/2.0 200 OK\r\n\r\n")
+    await aeventually(lambda: writes[reader], "the answer at the connection owner", 2, interval=0.01, fail=False)
+    assert writes == {reader: [(b"SIP/2.0 200 OK\r\n\r\n", "192.0.2.7", 40001)], owner: []}
+    assert not ends[reader].write_via(owner, "192.0.2.7", 40001, b"x" * 200_000)   # too large: refused
+    for end in ends:
+        end.close(loop)
