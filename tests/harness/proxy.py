@@ -12,6 +12,7 @@ not depend on where the CLI puts its --data-dir/--config options.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -21,7 +22,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from tests.harness.poll import eventually
@@ -32,6 +33,29 @@ READY_RE = re.compile(r"^READY\s+sip=(?P<sip>\S+)(?:.*?\bkafka=(?P<kafka>\S+))?"
 
 # Tansu-friendly consumer settings (docs: /work/shared/notes/platform-facts.md)
 TANSU_CONSUMER = dict(session_timeout_ms=6000, heartbeat_interval_ms=1000, fetch_max_wait_ms=20)
+
+
+@contextlib.contextmanager
+def proxy_run(data_dir: str | os.PathLike, config: str | os.PathLike, sip_port: int, bootstrap: str,
+              *extra: str) -> Iterator[subprocess.Popen]:
+    """`python -m proxy run` alone (no `up`): started, its ``PROXY READY`` line
+    awaited (else the test fails with its stderr), stopped by SIGTERM, killed
+    if it does not stop."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "run", "--data-dir", str(data_dir), "--config", str(config),
+         "--sip-port", str(sip_port), "--bootstrap", bootstrap, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.startswith("PROXY READY"), proc.stderr.read() if proc.poll() is not None and proc.stderr else line
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 class SipledgerError(RuntimeError):

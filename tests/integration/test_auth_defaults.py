@@ -3,15 +3,13 @@ one MD5 challenge, and a stranger's call to a PSTN number never reaches the
 gateway (issue 13).  The gateway is a UDP socket that must receive nothing."""
 from __future__ import annotations
 
-import signal
 import socket
-import subprocess
-import sys
 
 import pytest
 from typer.testing import CliRunner
 
 from api.cli import app
+from tests.harness.proxy import proxy_run
 from tests.harness.sipp import free_udp_port
 
 
@@ -32,20 +30,13 @@ def proxy(tmp_path, broker):
     config = tmp_path / "sipledger.toml"
     config.write_text("[authorization]\nenabled = false\n")      # no billing here; [auth] as shipped
     port = free_udp_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "run", "--data-dir", str(data), "--config", str(config),
-         "--sip-port", str(port), "--bootstrap", broker.bootstrap],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     phone.bind(("127.0.0.1", 0))
     phone.settimeout(10)
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("PROXY READY"), proc.stderr.read() if proc.poll() is not None else line
-        yield port, phone, gateway
+        with proxy_run(data, config, port, broker.bootstrap):
+            yield port, phone, gateway
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
         phone.close()
         gateway.close()
 

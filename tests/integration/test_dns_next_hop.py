@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import contextlib
-import signal
-import subprocess
-import sys
 
 import pytest
 
 from tests.harness.dns import DnsServer
 from tests.harness.poll import eventually
+from tests.harness.proxy import proxy_run
 from tests.harness.sipp import free_udp_port
 from tests.harness.udppeer import UdpPeer
 
@@ -29,17 +27,8 @@ port = {dns_port}
 timeout_seconds = 20
 negative_ttl_seconds = 0.5
 """)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "run", "--data-dir", str(tmp_path / "data"), "--config", str(config),
-         "--sip-port", str(sip_port), "--bootstrap", broker.bootstrap],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("PROXY READY"), proc.stderr.read() if proc.poll() is not None else line
+    with proxy_run(tmp_path / "data", config, sip_port, broker.bootstrap):
         yield sip_port
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 @pytest.fixture

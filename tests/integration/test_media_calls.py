@@ -25,7 +25,7 @@ import pytest
 
 from proxy.infra import clock
 from tests.harness.poll import eventually
-from tests.harness.proxy import read_events
+from tests.harness.proxy import proxy_run, read_events
 from tests.harness.rtpengine import RtpEngine, rtpengine_available
 from tests.harness.sipp import HOST, free_udp_port
 from tests.harness.udppeer import UdpPeer
@@ -64,17 +64,8 @@ timeout_seconds = 0.5
 [[media.rtpengines]]
 url = "{rtpe.url}"
 """)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "run", "--data-dir", str(tmp / "data"), "--config", str(config),
-         "--sip-port", str(sip_port), "--bootstrap", broker.bootstrap],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("PROXY READY"), proc.stderr.read() if proc.poll() is not None else line
+    with proxy_run(tmp / "data", config, sip_port, broker.bootstrap):
         yield sip_port
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 class Phone:

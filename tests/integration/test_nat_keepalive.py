@@ -6,10 +6,7 @@ from.  docs/nat.md."""
 from __future__ import annotations
 
 import contextlib
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import uuid
 import zlib
@@ -23,7 +20,7 @@ from proxy.infra import clock
 from proxy.sip.message import parse
 from tests.harness.corefake import response_to
 from tests.harness.poll import eventually
-from tests.harness.proxy import read_events
+from tests.harness.proxy import proxy_run, read_events
 from tests.harness.sipp import free_udp_port
 from tests.harness.udppeer import HOST, UdpPeer
 
@@ -59,21 +56,8 @@ keepalive_seconds = {INTERVAL}
 keepalive_failures = {FAILURES}
 """)
     port = free_udp_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "run", "--data-dir", str(data), "--config", str(config),
-         "--sip-port", str(port), "--bootstrap", broker.bootstrap],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("PROXY READY"), proc.stderr.read() if proc.poll() is not None else line
+    with proxy_run(data, config, port, broker.bootstrap):
         yield port, data
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
