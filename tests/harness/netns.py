@@ -10,7 +10,8 @@ iptables MASQUERADE, built and removed by the tests (root only).
         net.cut_mapping(home); net.restore(home)
         net.kill_home(home); net.revive_home(home)
 
-The topology (N = 1, 2; the public block is a free /28 of 203.0.113.0/24)::
+The topology (N = 1, 2; the public block is a free /28 of 203.0.113.0/24;
+XXXX stands for the PID and a letter, see below)::
 
     root namespace (the "public internet": sipledger up, rtpengine, the test)
       bridge slnXXXXbr 203.0.113.B+1/28  <- [proxy] listen, [media] interface
@@ -44,8 +45,8 @@ DROP rule in the NAT namespace for everything the outside sends in towards
 the home: the effect the proxy sees (its packets to the pinhole vanish) is
 the one of an expired mapping.  ``restore`` flushes the rules again.
 
-Names carry the creating PID (base 36, 4 characters; interface names fit in
-IFNAMSIZ, 15 bytes): ``sweep_stale()`` removes what a killed earlier run
+Names carry the creating PID (base 36, 4 characters) and a letter per
+topology of that process (interface names stay under IFNAMSIZ, 15 bytes): ``sweep_stale()`` removes what a killed earlier run
 left (its PID is gone), never what a live run owns.  Everything is removed in
 ``__exit__``, also after a failure or Ctrl-C; deleting a namespace deletes
 its interfaces, rules and the veth peers in the root namespace.
@@ -54,6 +55,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import itertools
 import os
 import re
 import signal
@@ -72,6 +74,7 @@ RTP_PORTS = (10000, 10019)         # the phone's RTP/RTCP ports in its home
 CTRL_PORT = 4444                   # the phone's control port, 127.0.0.1 of its home
 
 _CLONE_NEWNET = 0x40000000
+_instances = itertools.count()     # topologies of this process: a letter each in the names
 _libc = ctypes.CDLL(None, use_errno=True)
 T = TypeVar("T")
 
@@ -150,7 +153,7 @@ def unavailable() -> str | None:
     for tool in ("ip", "iptables"):
         if run(["sh", "-c", f"command -v {tool}"], check=False).returncode != 0:
             return None   # a missing tool is a failure (./quickstart.sh installs it), not a skip
-    probe = f"{PREFIX}{_pid36(os.getpid())}pr"
+    probe = f"{PREFIX}{_pid36(os.getpid())}probe"
     res = run(["ip", "netns", "add", probe], check=False)
     if res.returncode != 0:
         return f"this machine refuses network namespaces: `ip netns add` said {res.stderr.strip()!r}"
@@ -235,7 +238,7 @@ class NatTopology:
     root namespace.  A context manager: ``__exit__`` removes everything."""
 
     def __init__(self, homes: int = 2):
-        self.tag = f"{PREFIX}{_pid36(os.getpid())}"
+        self.tag = f"{PREFIX}{_pid36(os.getpid())}{'abcdefghijklmnopqrstuvwxyz'[next(_instances) % 26]}"
         self.count = homes
         self.bridge = f"{self.tag}br"
         self.block: ipaddress.IPv4Network | None = None
