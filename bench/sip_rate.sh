@@ -9,6 +9,17 @@
 #   bench/sip_rate.sh 1000 15000
 #   PROXY_PORT=25060 UAS_PORT=25070 UAC_PORT=25080 bench/sip_rate.sh 2000 30000
 #   RUNS=sipledger bench/sip_rate.sh 500 5000          # skip the Kamailio run
+#   MEDIA=1 bench/sip_rate.sh 500 7500                 # both with media relayed by rtpengine
+#
+# MEDIA=1 (issue 14): the same calls (SIPp's INVITE and 200 OK both carry SDP)
+# with every call's media anchored in rtpengine: Kamailio gets
+# bench/kamailio_rtpengine.cfg (rtpengine_offer / _answer / _delete) and an
+# rtpengine started here; sipledger gets `[media] enabled = true, policy =
+# "always"` appended to its config and starts its own rtpengine (`launch`).
+# Both rtpengines run alike: userspace (--table=-1), loopback, ports
+# RTPE_PORT_MIN..RTPE_PORT_MAX, delete-delay 0 (ports free at the BYE).  SIPp
+# sends no RTP: this measures the signalling plus the ng round trips, which
+# is what limits calls/s.  rtpengine's CPU is reported apart.
 #
 # Environment (defaults in brackets):
 #   SIP_LOAD       the harness [<repo>/../shared/bench/sip/sip_load.sh]
@@ -19,6 +30,9 @@
 #   SL_CONFIG      sipledger config [<repo>/bench/sip_rate.toml]; its
 #                  static_route is pointed at UAS_PORT automatically
 #   BENCH_DIR      where results go [${TMPDIR:-/tmp}/sip-rate/<time>]
+#   MEDIA          [0] 1 = relay media through rtpengine (above)
+#   RTPENGINE      [/usr/bin/rtpengine]  RTPE_NG_PORT [22223]
+#   RTPE_PORT_MIN  [16384]  RTPE_PORT_MAX [32767]
 #   HOLD_MS, WAIT_IDLE, KAM_*, SIPP_*, MAX_SECS ... are passed to sip_load.sh.
 #
 # CPU: sip_load.sh counts the proxy PID and its direct children.  That is all
@@ -52,12 +66,23 @@ if [ -z "${SIPLEDGER_CMD:-}" ]; then
   if [ -x "$REPO/.venv/bin/sipledger" ]; then SIPLEDGER_CMD="$REPO/.venv/bin/sipledger"
   else SIPLEDGER_CMD="$REPO/.venv/bin/python -m api.cli"; fi
 fi
+MEDIA="${MEDIA:-0}"
+RTPENGINE="${RTPENGINE:-/usr/bin/rtpengine}"
+RTPE_NG_PORT="${RTPE_NG_PORT:-22223}"
+RTPE_PORT_MIN="${RTPE_PORT_MIN:-16384}" RTPE_PORT_MAX="${RTPE_PORT_MAX:-32767}"
+if [ "$MEDIA" = 1 ]; then
+  [ -x "$RTPENGINE" ] || { echo "MEDIA=1 needs rtpengine (Debian rtpengine-daemon; ./quickstart.sh installs it)" >&2; exit 2; }
+  [ -f /usr/lib/x86_64-linux-gnu/kamailio/modules/rtpengine.so ] || [[ " $RUNS " != *" kamailio "* ]] \
+    || { echo "MEDIA=1 needs Kamailio's rtpengine module (rtpengine.so) for the Kamailio run" >&2; exit 2; }
+fi
 mkdir -p "$BENCH_DIR" || exit 2
 
 SAMPLER_PID=""
+RTPE_PID=""
 TREE_PIDS="$BENCH_DIR/sipledger/tree.pids"   # "pid starttime" of every process seen in the tree
 cleanup() {
   [ -n "$SAMPLER_PID" ] && kill -0 "$SAMPLER_PID" 2>/dev/null && kill "$SAMPLER_PID" 2>/dev/null
+  stop_rtpengine
   kill_leftovers
   wait 2>/dev/null
 }
@@ -76,6 +101,46 @@ kill_leftovers() { # only PIDs recorded as part of the sipledger tree, start tim
   echo "warning: killed leftover sipledger processes (see $TREE_PIDS)" >&2
 }
 starttime() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $20}'; }
+cputicks() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12+$13}'; }
+
+# ---- the Kamailio run's rtpengine (MEDIA=1) ------------------------------------
+start_rtpengine() { # dir
+  ss -Hlun "sport = :$RTPE_NG_PORT" 2>/dev/null | grep -q . \
+    && { echo "UDP port $RTPE_NG_PORT (RTPE_NG_PORT) already in use" >&2; return 2; }
+  "$RTPENGINE" --config-file=none --table=-1 --interface=127.0.0.1 --listen-ng="127.0.0.1:$RTPE_NG_PORT" \
+    --port-min="$RTPE_PORT_MIN" --port-max="$RTPE_PORT_MAX" --delete-delay=0 --foreground --log-stderr \
+    --log-level=4 --pidfile="$1/rtpengine.pid" >"$1/rtpengine.log" 2>&1 &
+  RTPE_PID=$!
+  local _
+  for _ in $(seq 100); do
+    ss -Hlun "sport = :$RTPE_NG_PORT" 2>/dev/null | grep -q . && return 0
+    kill -0 "$RTPE_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  echo "rtpengine did not listen on 127.0.0.1:$RTPE_NG_PORT:" >&2; tail -5 "$1/rtpengine.log" >&2
+  return 2
+}
+rtpe_sessions() { # ng port -> sessions rtpengine managed since it started ("statistics")
+  "$PY" - "$1" <<'PYEOF'
+import re, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+try:
+    s.sendto(b"s1 d7:command10:statisticse", ("127.0.0.1", int(sys.argv[1])))
+    m = re.search(rb"15:managedsessionsi(\d+)e", s.recv(65535))
+    print(m.group(1).decode() if m else "n/a")
+except OSError:
+    print("n/a")
+PYEOF
+}
+stop_rtpengine() {
+  [ -n "$RTPE_PID" ] || return 0
+  kill -TERM "$RTPE_PID" 2>/dev/null
+  for _ in $(seq 50); do kill -0 "$RTPE_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$RTPE_PID" 2>/dev/null
+  wait "$RTPE_PID" 2>/dev/null
+  RTPE_PID=""
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -135,6 +200,7 @@ def record(root):
 
 def kind(cmd):
     if "tansu" in cmd: return "broker"
+    if "rtpengine" in cmd: return "rtpengine"
     if " proxy worker" in cmd: return "workers"
     return "supervisors"
 
@@ -160,7 +226,7 @@ while time.monotonic() < end:
     time.sleep(0.01)
 if s0 is None or s1 is None:
     sys.exit(1)
-by = {"workers": 0, "broker": 0, "supervisors": 0}
+by = {"workers": 0, "broker": 0, "supervisors": 0, "rtpengine": 0}
 for p, (ticks, st, cmd) in s1.items():
     base = s0.get(p)
     d = ticks - (base[0] if base and base[1] == st else 0)
@@ -184,9 +250,20 @@ run_one() { # name
   dir="$BENCH_DIR/$name"; mkdir -p "$dir"; out="$dir/report.txt"
   case "$name" in
     kamailio)
-      echo "=== run 1: Kamailio (reference) rate=$RATE calls=$CALLS ports proxy=$PROXY_PORT uas=$UAS_PORT uac=$UAC_PORT"
-      PROXY=kamailio OUTDIR="$dir/sip_load" "$SIP_LOAD" "$RATE" "$CALLS" 2>&1 | tee "$out"
-      rc=${PIPESTATUS[0]}
+      echo "=== run 1: Kamailio (reference) rate=$RATE calls=$CALLS ports proxy=$PROXY_PORT uas=$UAS_PORT uac=$UAC_PORT media=$MEDIA"
+      if [ "$MEDIA" = 1 ]; then
+        start_rtpengine "$dir" || { RES[$name]="ERROR(setup)"; return 0; }
+        local rt0; rt0=$(cputicks "$RTPE_PID")
+        KAM_CFG="$HERE/kamailio_rtpengine.cfg" KAM_EXTRA="${KAM_EXTRA:-} -A RTPE_SOCK=\"udp:127.0.0.1:$RTPE_NG_PORT\"" \
+          PROXY=kamailio OUTDIR="$dir/sip_load" "$SIP_LOAD" "$RATE" "$CALLS" 2>&1 | tee "$out"
+        rc=${PIPESTATUS[0]}
+        echo "rtpengine_s=$(awk -v t="$(( $(cputicks "$RTPE_PID") - rt0 ))" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.3f", t/hz}')" \
+          "sessions=$(rtpe_sessions "$RTPE_NG_PORT")" >"$dir/rtpengine_cpu.txt"
+        stop_rtpengine
+      else
+        PROXY=kamailio OUTDIR="$dir/sip_load" "$SIP_LOAD" "$RATE" "$CALLS" 2>&1 | tee "$out"
+        rc=${PIPESTATUS[0]}
+      fi
       ;;
     sipledger)
       echo "=== run 2: sipledger rate=$RATE calls=$CALLS ports proxy=$PROXY_PORT uas=$UAS_PORT uac=$UAC_PORT"
@@ -194,6 +271,10 @@ run_one() { # name
       mkdir -p "$data"
       [ -f "$SL_CONFIG" ] || { echo "config not found: $SL_CONFIG" >&2; return 2; }
       sed -E "s#^(static_route *= *\"sip:127\.0\.0\.1:)[0-9]+\"#\1$UAS_PORT\"#" "$SL_CONFIG" >"$cfg"
+      if [ "$MEDIA" = 1 ]; then
+        printf '\n# MEDIA=1 (bench/sip_rate.sh): every call relayed by the rtpengine `up` starts\n[media]\nenabled = true\npolicy = "always"\nlaunch = true\ninterface = "127.0.0.1"\nport_min = %s\nport_max = %s\n' \
+          "$RTPE_PORT_MIN" "$RTPE_PORT_MAX" >>"$cfg"
+      fi
       # the wrapper keeps its PID through both execs: that PID is `sipledger up`
       cat >"$wrapper" <<EOF
 #!/usr/bin/env bash
@@ -233,13 +314,21 @@ EOF
     if [ -n "$pcpu" ] && [ "$ok" -gt 0 ] && [ -n "$wall" ]; then
       CPUCALL[$name]=$(awk -v p="$pcpu" -v w="$wall" -v n="$ok" 'BEGIN{printf "%.3f", p/100*w*1000/n}')
       NOTE[$name]="proxy ${pcpu}% of a core over ${wall}s"
+      if [ -s "$dir/rtpengine_cpu.txt" ]; then   # MEDIA=1: the relay's share, apart
+        local rts; rts=$(field "$dir/rtpengine_cpu.txt" 'rtpengine_s=')
+        NOTE[$name]+="; rtpengine ${rts}s CPU = $(awk -v t="$rts" -v n="$ok" 'BEGIN{printf "%.3f", t*1000/n}') ms/call, $(field "$dir/rtpengine_cpu.txt" 'sessions=') sessions relayed"
+      fi
     fi
   else
     if [ -s "$dir/cpu_tree.txt" ] && [ "$ok" -gt 0 ]; then
       local tot
+      local rts
       tot=$(field "$dir/cpu_tree.txt" 'total_s=')
-      CPUCALL[$name]=$(awk -v t="$tot" -v n="$ok" 'BEGIN{printf "%.3f", t*1000/n}')
+      rts=$(field "$dir/cpu_tree.txt" 'rtpengine_s=')
+      # rtpengine apart, as for Kamailio: the proxy's own CPU per call
+      CPUCALL[$name]=$(awk -v t="$tot" -v r="${rts:-0}" -v n="$ok" 'BEGIN{printf "%.3f", (t-r)*1000/n}')
       NOTE[$name]="whole tree $(sed 's/ pids=.*//' "$dir/cpu_tree.txt")"
+      [ "$MEDIA" = 1 ] && NOTE[$name]+="; rtpengine $(awk -v t="${rts:-0}" -v n="$ok" 'BEGIN{printf "%.3f", t*1000/n}') ms/call"
     else
       NOTE[$name]="no whole-tree CPU sample (did sipledger start?)"
     fi
@@ -255,8 +344,8 @@ done
 
 # ---- comparison -------------------------------------------------------------------
 echo
-echo "=== sip_rate: target rate=$RATE cps, calls=$CALLS (results: $BENCH_DIR)"
-printf '%-10s %-13s %12s %10s %8s %14s  %s\n' run result achieved_cps successful failed cpu_ms_per_call detail
+echo "=== sip_rate: target rate=$RATE cps, calls=$CALLS, media relay $( [ "$MEDIA" = 1 ] && echo "on (rtpengine)" || echo off) (results: $BENCH_DIR)"
+printf '%-10s %-13s %12s %10s %8s %14s  %s\n' run result achieved_cps successful failed cpu_ms_per_call "detail (cpu_ms_per_call: the proxy, rtpengine apart)"
 for r in $RUNS; do
   printf '%-10s %-13s %12s %10s %8s %14s  %s\n' "$r" "${RES[$r]}" "${RATEA[$r]}" "${SUCC[$r]:-n/a}" \
     "${FAILN[$r]:-n/a}" "${CPUCALL[$r]:-n/a}" "${NOTE[$r]:-}"

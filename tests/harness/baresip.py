@@ -280,17 +280,20 @@ class Baresip:
             raise RuntimeError(f"baresip ({self.user}) refused {name!r}: {response}")
         return str(response.get("data") or "")
 
-    def events_of(self, kind: str, call_id: str | None = None) -> list[dict]:
+    def events_of(self, kind: str, call_id: str | None = None, since: int = 0) -> list[dict]:
+        """Events of ``kind`` (of one call), from the ``since``-th event on
+        (``mark = len(phone.events)`` before an action: only what followed it)."""
         with self._lock:
-            return [e for e in self.events if e.get("type") == kind
+            return [e for e in self.events[since:] if e.get("type") == kind
                     and (call_id is None or e.get("id") == call_id)]
 
-    def wait_event(self, kind: str, timeout: float = 10.0, call_id: str | None = None) -> dict:
+    def wait_event(self, kind: str, timeout: float = 10.0, call_id: str | None = None,
+                   since: int = 0) -> dict:
         def seen() -> dict | None:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"baresip ({self.user}) exited with {self.proc.returncode}\n"
                                      f"{self.log_text()[-3000:]}")
-            found = self.events_of(kind, call_id)
+            found = self.events_of(kind, call_id, since)
             return found[0] if found else None
         return eventually(seen, f"the event {kind} at {self.user}'s baresip "
                                 f"(events so far: {[e.get('type') for e in self.events]})",
