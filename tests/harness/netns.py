@@ -6,7 +6,7 @@ iptables MASQUERADE, built and removed by the tests (root only).
         home = net.homes[0]               # home.ip 192.168.101.2, behind home.nat_ip
         proc = home.spawn(["baresip", ...])
         sock = socket_in(home.ns, socket.AF_INET, socket.SOCK_DGRAM)
-        net.rtp_counts(home)              # RTP packets into / out of the home
+        home.rtp_counts()                 # RTP packets into / out of the home
         net.cut_mapping(home); net.restore(home)
         net.kill_home(home); net.revive_home(home)
 
@@ -232,6 +232,15 @@ class Home:
         """``iptables ARGS`` in this home's NAT."""
         return run_in(self.nat_ns, ["iptables", "-w", "5", *args])
 
+    def rtp_counts(self) -> tuple[int, int]:
+        """(packets into the home, packets out of it) to/from the phone's RTP
+        ports, as the NAT forwarded them since the topology was built."""
+        out = self.nat("-L", "SLRTP", "-v", "-x", "-n").stdout.splitlines()
+        rows = [line.split() for line in out[2:] if line.strip()]
+        if len(rows) < 2:
+            raise NetnsError(f"the RTP counters of {self.nat_ns} are missing: {out}")
+        return int(rows[0][0]), int(rows[1][0])
+
 
 class NatTopology:
     """``homes`` homes, each behind its own NAT, and a public bridge in the
@@ -363,15 +372,6 @@ class NatTopology:
 
     def revive_home(self, home: Home) -> None:
         run(["ip", "-n", home.nat_ns, "link", "set", home.inside_if, "up"])
-
-    def rtp_counts(self, home: Home) -> tuple[int, int]:
-        """(packets into the home, packets out of it) to/from its RTP ports, as
-        its NAT forwarded them since the topology was built."""
-        out = home.nat("-L", "SLRTP", "-v", "-x", "-n").stdout.splitlines()
-        rows = [line.split() for line in out[2:] if line.strip()]
-        if len(rows) < 2:
-            raise NetnsError(f"the RTP counters of {home.nat_ns} are missing: {out}")
-        return int(rows[0][0]), int(rows[1][0])
 
 
 def _kill(proc: subprocess.Popen) -> None:

@@ -1,7 +1,12 @@
 """Fixtures of the NAT suite (docs/nat-tests.md): one NAT topology and one
-`sipledger up` for the whole folder, and two real phones, alice in home 1 and
-bob (answers by himself) in home 2, reused by every test and restarted when a
-test killed one.
+`sipledger up` for the whole folder, and three real phones, each in a home of
+its own behind its own NAT: alice (the caller) in home 1, bob and carol (who
+answer by themselves) in homes 2 and 3, reused by every test.
+
+Each test that kills a callee's home kills a different callee: a killed phone
+stays registered until the keep-alives give up on it, and a call to its AOR
+meanwhile would also ring the dead contact (a second leg).  A phone asked for
+after its home was killed is started again (home revived) all the same.
 
 The folder's wall-time budget is about a minute: `up` starts once (~13 s),
 its media and keep-alive timers are a few seconds (``MEDIA`` / ``NAT``),
@@ -17,6 +22,8 @@ import shutil
 import httpx
 import pytest
 
+from proxy.core.location import LocationStore
+from proxy.infra import clock
 from tests.harness import netns
 from tests.harness.baresip import Baresip, baresip_available
 from tests.harness.calls import DOMAIN, PASSWORDS, start_sipledger
@@ -61,7 +68,7 @@ REQUIRED = {"baresip (Debian baresip-core)": baresip_available,
 
 @pytest.fixture(scope="package")
 def net():
-    """The topology: two homes behind their NATs, the public bridge.  Removed
+    """The topology: three homes behind their NATs, the public bridge.  Removed
     when the folder ends, also after a failure or Ctrl-C."""
     reason = netns.unavailable()
     if reason:
@@ -69,7 +76,7 @@ def net():
     missing = [name for name, available in REQUIRED.items() if not available()]
     if missing:
         pytest.fail("not installed: " + ", ".join(missing) + " (./quickstart.sh test installs them)")
-    with netns.NatTopology(homes=2) as topology:
+    with netns.NatTopology(homes=3) as topology:
         yield topology
     assert not topology.leftovers(), f"the NAT topology left {topology.leftovers()} behind"
 
@@ -100,17 +107,25 @@ def sl(net, tmp_path_factory):
     sl.stop()
 
 
+def bindings(sl, user: str) -> list:
+    """``user``'s live bindings, as the location store holds them."""
+    with LocationStore.in_data_dir(sl.data_dir) as location:
+        return location.lookup(f"{user}@{DOMAIN}", clock.time())
+
+
 class Phones:
-    """alice (home 1) and bob (home 2, auto-answer), started on demand and
-    started again (home revived) after a test killed one."""
+    """alice, bob and carol in homes 1, 2 and 3 (bob and carol answer by
+    themselves), started on demand and started again after a test killed one."""
 
     def __init__(self, net: netns.NatTopology, sl, workdir):
         self.net, self.sl, self.workdir = net, sl, workdir
         self._phones: dict[str, Baresip] = {}
         self._runs = 0
 
+    USERS = ("alice", "bob", "carol")
+
     def home(self, user: str) -> netns.Home:
-        return self.net.homes[0 if user == "alice" else 1]
+        return self.net.homes[self.USERS.index(user)]
 
     def get(self, user: str) -> Baresip:
         phone = self._phones.get(user)
@@ -121,7 +136,7 @@ class Phones:
         self.net.revive_home(home)
         self._runs += 1
         phone = Baresip(self.workdir / f"{user}-{self._runs}", user, DOMAIN, PASSWORDS[user], self.sl.sip_addr,
-                        auto_answer=(user == "bob"), home=home)
+                        auto_answer=(user != "alice"), home=home)
         self._phones[user] = phone.start()
         phone.wait_registered()
         return phone

@@ -61,7 +61,7 @@ def test_homes_reach_the_public_side_through_their_nat_and_answers_come_back(top
         assert data == b"hello" and source[0] == home.nat_ip, f"not masqueraded: seen from {source}"
         server.sendto(b"answer", source)
         assert phone.recvfrom(2048) == (b"answer", server.getsockname())
-        assert topology.rtp_counts(home) == (1, 1)
+        assert home.rtp_counts() == (1, 1)
         phone.close()
     # the homes are private: one home cannot reach the other's address
     a, b = topology.homes
