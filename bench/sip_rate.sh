@@ -33,6 +33,7 @@
 #   MEDIA          [0] 1 = relay media through rtpengine (above)
 #   RTPENGINE      [/usr/bin/rtpengine]  RTPE_NG_PORT [22223]
 #   RTPE_PORT_MIN  [16384]  RTPE_PORT_MAX [32767]
+#   UP_READY_SECS  [120] how long `up` may take to print READY
 #   HOLD_MS, WAIT_IDLE, KAM_*, SIPP_*, MAX_SECS ... are passed to sip_load.sh.
 #
 # CPU: sip_load.sh counts the proxy PID and its direct children.  That is all
@@ -42,9 +43,13 @@
 # moments sip_load.sh snapshots CPU before and after the UAC run), split into
 # workers / broker / supervisors.
 #
+# sipledger is started here, and loaded only once `up` printed READY (its SIP
+# port is bound seconds before its workers and rtpengine are ready; calls sent
+# in that gap fail); sip_load.sh then runs with PROXY=none.
+#
 # Exit status: 0 both runs PASS, 1 a run FAILED, 2 usage or setup error.
-# Everything started here is stopped by PID (sip_load.sh stops the proxies it
-# starts; leftovers of the sipledger tree are killed here by recorded PID).
+# Everything started here is stopped by PID (sip_load.sh stops the Kamailio it
+# starts; `up` gets SIGINT, leftovers of its tree are killed by recorded PID).
 set -u
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
@@ -79,10 +84,13 @@ mkdir -p "$BENCH_DIR" || exit 2
 
 SAMPLER_PID=""
 RTPE_PID=""
+UP_PID=""
+UP_READY_SECS="${UP_READY_SECS:-120}"
 TREE_PIDS="$BENCH_DIR/sipledger/tree.pids"   # "pid starttime" of every process seen in the tree
 cleanup() {
   [ -n "$SAMPLER_PID" ] && kill -0 "$SAMPLER_PID" 2>/dev/null && kill "$SAMPLER_PID" 2>/dev/null
   stop_rtpengine
+  stop_up
   kill_leftovers
   wait 2>/dev/null
 }
@@ -99,6 +107,14 @@ kill_leftovers() { # only PIDs recorded as part of the sipledger tree, start tim
     [ $sig = TERM ] && sleep 3
   done
   echo "warning: killed leftover sipledger processes (see $TREE_PIDS)" >&2
+}
+stop_up() { # SIGINT: `up` stops what it started; then its leftovers by recorded PID
+  [ -n "$UP_PID" ] || return 0
+  kill -INT "$UP_PID" 2>/dev/null
+  for _ in $(seq 300); do kill -0 "$UP_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$UP_PID" 2>/dev/null
+  wait "$UP_PID" 2>/dev/null
+  UP_PID=""
 }
 starttime() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $20}'; }
 cputicks() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12+$13}'; }
@@ -289,8 +305,25 @@ EOF
       "$PY" "$dir/sampler.py" "$dir/sipledger.pid" "$dir/sip_load" "$dir/cpu_tree.txt" "$TREE_PIDS" \
         "$(( CALLS / RATE + 120 ))" &
       SAMPLER_PID=$!
-      PROXY=cmd PROXY_CMD="$wrapper" OUTDIR="$dir/sip_load" "$SIP_LOAD" "$RATE" "$CALLS" 2>&1 | tee "$out"
-      rc=${PIPESTATUS[0]}
+      # start `up` here and load it once it printed READY: its SIP port is
+      # bound seconds before its workers (and, MEDIA=1, its rtpengine) are ready,
+      # and calls sent in that gap fail
+      "$wrapper" >"$dir/up.out" 2>&1 &
+      UP_PID=$!
+      local deadline=$(( $(date +%s) + UP_READY_SECS ))
+      until grep -q '^READY' "$dir/up.out" 2>/dev/null; do
+        kill -0 "$UP_PID" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ] || break
+        sleep 0.2
+      done
+      if grep -q '^READY' "$dir/up.out"; then
+        echo "proxy: sipledger up pid $UP_PID: $(grep -m1 '^READY' "$dir/up.out")"
+        PROXY=none PROXY_PIDS="$UP_PID" OUTDIR="$dir/sip_load" "$SIP_LOAD" "$RATE" "$CALLS" 2>&1 | tee "$out"
+        rc=${PIPESTATUS[0]}
+      else
+        echo "sipledger up printed no READY within ${UP_READY_SECS}s:" | tee "$out"; tail -5 "$dir/up.out" | tee -a "$out"
+        rc=2
+      fi
+      stop_up
       # the sampler ends at all_ticks1.txt or when `up` is gone; bound it anyway
       for _ in $(seq 50); do kill -0 "$SAMPLER_PID" 2>/dev/null || break; sleep 0.1; done
       kill "$SAMPLER_PID" 2>/dev/null; wait "$SAMPLER_PID" 2>/dev/null; SAMPLER_PID=""
