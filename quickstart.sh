@@ -4,7 +4,8 @@
 #   ./quickstart.sh test   install what is missing, then run the whole test suite, and
 #                          the date-sensitive tests (marker `clock`) again a year ahead
 # Installs: Debian packages (SIPp, FreeRADIUS and a ClickHouse server for the
-# tests, baresip, sipsak and Kamailio for the interop suite, Kamailio for the speed anchor), a virtualenv at .venv in this
+# tests, baresip, sipsak and Kamailio for the interop suite, Kamailio for the speed anchor,
+# rtpengine for the media relay, iptables for the NAT tests), a virtualenv at .venv in this
 # checkout, and the project into it.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -21,6 +22,7 @@ command -v freeradius >/dev/null 2>&1 || [ -x /usr/sbin/freeradius ] || need_apt
 command -v clickhouse-server >/dev/null 2>&1 || [ -x /usr/sbin/clickhouse-server ] || need_apt+=(clickhouse-server)
 command -v pidstat >/dev/null 2>&1 || need_apt+=(sysstat)
 command -v ss >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need_apt+=(iptables)   # the NAT tests (tests/nat)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -9,6 +9,17 @@
 #   bench/sip_rate.sh 1000 15000
 #   PROXY_PORT=25060 UAS_PORT=25070 UAC_PORT=25080 bench/sip_rate.sh 2000 30000
 #   RUNS=sipledger bench/sip_rate.sh 500 5000          # skip the Kamailio run
+#   MEDIA=1 bench/sip_rate.sh 500 7500                 # both with media relayed by rtpengine
+#
+# MEDIA=1 (issue 14): the same calls (SIPp's INVITE and 200 OK both carry SDP)
+# with every call's media anchored in rtpengine: Kamailio gets
+# bench/kamailio_rtpengine.cfg (rtpengine_offer / _answer / _delete) and an
+# rtpengine started here; sipledger gets `[media] enabled = true, policy =
+# "always"` appended to its config and starts its own rtpengine (`launch`).
+# Both rtpengines run alike: userspace (--table=-1), loopback, ports
+# RTPE_PORT_MIN..RTPE_PORT_MAX, delete-delay 0 (ports free at the BYE).  SIPp
+# sends no RTP: this measures the signalling plus the ng round trips, which
+# is what limits calls/s.  rtpengine's CPU is reported apart.
 #
 # Environment (defaults in brackets):
 #   SIP_LOAD       the harness [<repo>/../shared/bench/sip/sip_load.sh]
@@ -19,6 +30,10 @@
 #   SL_CONFIG      sipledger config [<repo>/bench/sip_rate.toml]; its
 #                  static_route is pointed at UAS_PORT automatically
 #   BENCH_DIR      where results go [${TMPDIR:-/tmp}/sip-rate/<time>]
+#   MEDIA          [0] 1 = relay media through rtpengine (above)
+#   RTPENGINE      [/usr/bin/rtpengine]  RTPE_NG_PORT [22223]
+#   RTPE_PORT_MIN  [16384]  RTPE_PORT_MAX [32767]
+#   UP_READY_SECS  [120] how long `up` may take to print READY
 #   HOLD_MS, WAIT_IDLE, KAM_*, SIPP_*, MAX_SECS ... are passed to sip_load.sh.
 #
 # CPU: sip_load.sh counts the proxy PID and its direct children.  That is all
@@ -28,9 +43,13 @@
 # moments sip_load.sh snapshots CPU before and after the UAC run), split into
 # workers / broker / supervisors.
 #
+# sipledger is started here, and loaded only once `up` printed READY (its SIP
+# port is bound seconds before its workers and rtpengine are ready; calls sent
+# in that gap fail); sip_load.sh then runs with PROXY=none.
+#
 # Exit status: 0 both runs PASS, 1 a run FAILED, 2 usage or setup error.
-# Everything started here is stopped by PID (sip_load.sh stops the proxies it
-# starts; leftovers of the sipledger tree are killed here by recorded PID).
+# Everything started here is stopped by PID (sip_load.sh stops the Kamailio it
+# starts; `up` gets SIGINT, leftovers of its tree are killed by recorded PID).
 set -u
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
@@ -52,12 +71,26 @@ if [ -z "${SIPLEDGER_CMD:-}" ]; then
   if [ -x "$REPO/.venv/bin/sipledger" ]; then SIPLEDGER_CMD="$REPO/.venv/bin/sipledger"
   else SIPLEDGER_CMD="$REPO/.venv/bin/python -m api.cli"; fi
 fi
+MEDIA="${MEDIA:-0}"
+RTPENGINE="${RTPENGINE:-/usr/bin/rtpengine}"
+RTPE_NG_PORT="${RTPE_NG_PORT:-22223}"
+RTPE_PORT_MIN="${RTPE_PORT_MIN:-16384}" RTPE_PORT_MAX="${RTPE_PORT_MAX:-32767}"
+if [ "$MEDIA" = 1 ]; then
+  [ -x "$RTPENGINE" ] || { echo "MEDIA=1 needs rtpengine (Debian rtpengine-daemon; ./quickstart.sh installs it)" >&2; exit 2; }
+  [ -f /usr/lib/x86_64-linux-gnu/kamailio/modules/rtpengine.so ] || [[ " $RUNS " != *" kamailio "* ]] \
+    || { echo "MEDIA=1 needs Kamailio's rtpengine module (rtpengine.so) for the Kamailio run" >&2; exit 2; }
+fi
 mkdir -p "$BENCH_DIR" || exit 2
 
 SAMPLER_PID=""
+RTPE_PID=""
+UP_PID=""
+UP_READY_SECS="${UP_READY_SECS:-120}"
 TREE_PIDS="$BENCH_DIR/sipledger/tree.pids"   # "pid starttime" of every process seen in the tree
 cleanup() {
   [ -n "$SAMPLER_PID" ] && kill -0 "$SAMPLER_PID" 2>/dev/null && kill "$SAMPLER_PID" 2>/dev/null
+  stop_rtpengine
+  stop_up
   kill_leftovers
   wait 2>/dev/null
 }
@@ -75,7 +108,55 @@ kill_leftovers() { # only PIDs recorded as part of the sipledger tree, start tim
   done
   echo "warning: killed leftover sipledger processes (see $TREE_PIDS)" >&2
 }
+stop_up() { # SIGINT: `up` stops what it started; then its leftovers by recorded PID
+  [ -n "$UP_PID" ] || return 0
+  kill -INT "$UP_PID" 2>/dev/null
+  for _ in $(seq 300); do kill -0 "$UP_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$UP_PID" 2>/dev/null
+  wait "$UP_PID" 2>/dev/null
+  UP_PID=""
+}
 starttime() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $20}'; }
+cputicks() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12+$13}'; }
+
+# ---- the Kamailio run's rtpengine (MEDIA=1) ------------------------------------
+start_rtpengine() { # dir
+  ss -Hlun "sport = :$RTPE_NG_PORT" 2>/dev/null | grep -q . \
+    && { echo "UDP port $RTPE_NG_PORT (RTPE_NG_PORT) already in use" >&2; return 2; }
+  "$RTPENGINE" --config-file=none --table=-1 --interface=127.0.0.1 --listen-ng="127.0.0.1:$RTPE_NG_PORT" \
+    --port-min="$RTPE_PORT_MIN" --port-max="$RTPE_PORT_MAX" --delete-delay=0 --foreground --log-stderr \
+    --log-level=4 --pidfile="$1/rtpengine.pid" >"$1/rtpengine.log" 2>&1 &
+  RTPE_PID=$!
+  local _
+  for _ in $(seq 100); do
+    ss -Hlun "sport = :$RTPE_NG_PORT" 2>/dev/null | grep -q . && return 0
+    kill -0 "$RTPE_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  echo "rtpengine did not listen on 127.0.0.1:$RTPE_NG_PORT:" >&2; tail -5 "$1/rtpengine.log" >&2
+  return 2
+}
+rtpe_sessions() { # ng port -> sessions rtpengine managed since it started ("statistics")
+  "$PY" - "$1" <<'PYEOF'
+import re, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+try:
+    s.sendto(b"s1 d7:command10:statisticse", ("127.0.0.1", int(sys.argv[1])))
+    m = re.search(rb"15:managedsessionsi(\d+)e", s.recv(65535))
+    print(m.group(1).decode() if m else "n/a")
+except OSError:
+    print("n/a")
+PYEOF
+}
+stop_rtpengine() {
+  [ -n "$RTPE_PID" ] || return 0
+  kill -TERM "$RTPE_PID" 2>/dev/null
+  for _ in $(seq 50); do kill -0 "$RTPE_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$RTPE_PID" 2>/dev/null
+  wait "$RTPE_PID" 2>/dev/null
+  RTPE_PID=""
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -135,6 +216,7 @@ def record(root):
 
 def kind(cmd):
     if "tansu" in cmd: return "broker"
+    if "rtpengine" in cmd: return "rtpengine"
     if " proxy worker" in cmd: return "workers"
     return "supervisors"
 
@@ -160,7 +242,7 @@ while time.monotonic() < end:
     time.sleep(0.01)
 if s0 is None or s1 is None:
     sys.exit(1)
-by = {"workers": 0, "broker": 0, "supervisors": 0}
+by = {"workers": 0, "broker": 0, "supervisors": 0, "rtpengine": 0}
 for p, (ticks, st, cmd) in s1.items():
     base = s0.get(p)
     d = ticks - (base[0] if base and base[1] == st else 0)
@@ -184,9 +266,20 @@ run_one() { # name
   dir="$BENCH_DIR/$name"; mkdir -p "$dir"; out="$dir/report.txt"
   case "$name" in
     kamailio)
-      echo "=== run 1: Kamailio (reference) rate=$RATE calls=$CALLS ports proxy=$PROXY_PORT uas=$UAS_PORT uac=$UAC_PORT"
-      PROXY=kamailio OUTDIR="$dir/sip_load" "$SIP_LOAD" "$RATE" "$CALLS" 2>&1 | tee "$out"
-      rc=${PIPESTATUS[0]}
+      echo "=== run 1: Kamailio (reference) rate=$RATE calls=$CALLS ports proxy=$PROXY_PORT uas=$UAS_PORT uac=$UAC_PORT media=$MEDIA"
+      if [ "$MEDIA" = 1 ]; then
+        start_rtpengine "$dir" || { RES[$name]="ERROR(setup)"; return 0; }
+        local rt0; rt0=$(cputicks "$RTPE_PID")
+        KAM_CFG="$HERE/kamailio_rtpengine.cfg" KAM_EXTRA="${KAM_EXTRA:-} -A RTPE_SOCK=\"udp:127.0.0.1:$RTPE_NG_PORT\"" \
+          PROXY=kamailio OUTDIR="$dir/sip_load" "$SIP_LOAD" "$RATE" "$CALLS" 2>&1 | tee "$out"
+        rc=${PIPESTATUS[0]}
+        echo "rtpengine_s=$(awk -v t="$(( $(cputicks "$RTPE_PID") - rt0 ))" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.3f", t/hz}')" \
+          "sessions=$(rtpe_sessions "$RTPE_NG_PORT")" >"$dir/rtpengine_cpu.txt"
+        stop_rtpengine
+      else
+        PROXY=kamailio OUTDIR="$dir/sip_load" "$SIP_LOAD" "$RATE" "$CALLS" 2>&1 | tee "$out"
+        rc=${PIPESTATUS[0]}
+      fi
       ;;
     sipledger)
       echo "=== run 2: sipledger rate=$RATE calls=$CALLS ports proxy=$PROXY_PORT uas=$UAS_PORT uac=$UAC_PORT"
@@ -194,6 +287,10 @@ run_one() { # name
       mkdir -p "$data"
       [ -f "$SL_CONFIG" ] || { echo "config not found: $SL_CONFIG" >&2; return 2; }
       sed -E "s#^(static_route *= *\"sip:127\.0\.0\.1:)[0-9]+\"#\1$UAS_PORT\"#" "$SL_CONFIG" >"$cfg"
+      if [ "$MEDIA" = 1 ]; then
+        printf '\n# MEDIA=1 (bench/sip_rate.sh): every call relayed by the rtpengine `up` starts\n[media]\nenabled = true\npolicy = "always"\nlaunch = true\ninterface = "127.0.0.1"\nport_min = %s\nport_max = %s\n' \
+          "$RTPE_PORT_MIN" "$RTPE_PORT_MAX" >>"$cfg"
+      fi
       # the wrapper keeps its PID through both execs: that PID is `sipledger up`
       cat >"$wrapper" <<EOF
 #!/usr/bin/env bash
@@ -208,8 +305,25 @@ EOF
       "$PY" "$dir/sampler.py" "$dir/sipledger.pid" "$dir/sip_load" "$dir/cpu_tree.txt" "$TREE_PIDS" \
         "$(( CALLS / RATE + 120 ))" &
       SAMPLER_PID=$!
-      PROXY=cmd PROXY_CMD="$wrapper" OUTDIR="$dir/sip_load" "$SIP_LOAD" "$RATE" "$CALLS" 2>&1 | tee "$out"
-      rc=${PIPESTATUS[0]}
+      # start `up` here and load it once it printed READY: its SIP port is
+      # bound seconds before its workers (and, MEDIA=1, its rtpengine) are ready,
+      # and calls sent in that gap fail
+      "$wrapper" >"$dir/up.out" 2>&1 &
+      UP_PID=$!
+      local deadline=$(( $(date +%s) + UP_READY_SECS ))
+      until grep -q '^READY' "$dir/up.out" 2>/dev/null; do
+        kill -0 "$UP_PID" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ] || break
+        sleep 0.2
+      done
+      if grep -q '^READY' "$dir/up.out"; then
+        echo "proxy: sipledger up pid $UP_PID: $(grep -m1 '^READY' "$dir/up.out")"
+        PROXY=none PROXY_PIDS="$UP_PID" OUTDIR="$dir/sip_load" "$SIP_LOAD" "$RATE" "$CALLS" 2>&1 | tee "$out"
+        rc=${PIPESTATUS[0]}
+      else
+        echo "sipledger up printed no READY within ${UP_READY_SECS}s:" | tee "$out"; tail -5 "$dir/up.out" | tee -a "$out"
+        rc=2
+      fi
+      stop_up
       # the sampler ends at all_ticks1.txt or when `up` is gone; bound it anyway
       for _ in $(seq 50); do kill -0 "$SAMPLER_PID" 2>/dev/null || break; sleep 0.1; done
       kill "$SAMPLER_PID" 2>/dev/null; wait "$SAMPLER_PID" 2>/dev/null; SAMPLER_PID=""
@@ -233,13 +347,21 @@ EOF
     if [ -n "$pcpu" ] && [ "$ok" -gt 0 ] && [ -n "$wall" ]; then
       CPUCALL[$name]=$(awk -v p="$pcpu" -v w="$wall" -v n="$ok" 'BEGIN{printf "%.3f", p/100*w*1000/n}')
       NOTE[$name]="proxy ${pcpu}% of a core over ${wall}s"
+      if [ -s "$dir/rtpengine_cpu.txt" ]; then   # MEDIA=1: the relay's share, apart
+        local rts; rts=$(field "$dir/rtpengine_cpu.txt" 'rtpengine_s=')
+        NOTE[$name]+="; rtpengine ${rts}s CPU = $(awk -v t="$rts" -v n="$ok" 'BEGIN{printf "%.3f", t*1000/n}') ms/call, $(field "$dir/rtpengine_cpu.txt" 'sessions=') sessions relayed"
+      fi
     fi
   else
     if [ -s "$dir/cpu_tree.txt" ] && [ "$ok" -gt 0 ]; then
       local tot
+      local rts
       tot=$(field "$dir/cpu_tree.txt" 'total_s=')
-      CPUCALL[$name]=$(awk -v t="$tot" -v n="$ok" 'BEGIN{printf "%.3f", t*1000/n}')
+      rts=$(field "$dir/cpu_tree.txt" 'rtpengine_s=')
+      # rtpengine apart, as for Kamailio: the proxy's own CPU per call
+      CPUCALL[$name]=$(awk -v t="$tot" -v r="${rts:-0}" -v n="$ok" 'BEGIN{printf "%.3f", (t-r)*1000/n}')
       NOTE[$name]="whole tree $(sed 's/ pids=.*//' "$dir/cpu_tree.txt")"
+      [ "$MEDIA" = 1 ] && NOTE[$name]+="; rtpengine $(awk -v t="${rts:-0}" -v n="$ok" 'BEGIN{printf "%.3f", t*1000/n}') ms/call"
     else
       NOTE[$name]="no whole-tree CPU sample (did sipledger start?)"
     fi
@@ -255,8 +377,8 @@ done
 
 # ---- comparison -------------------------------------------------------------------
 echo
-echo "=== sip_rate: target rate=$RATE cps, calls=$CALLS (results: $BENCH_DIR)"
-printf '%-10s %-13s %12s %10s %8s %14s  %s\n' run result achieved_cps successful failed cpu_ms_per_call detail
+echo "=== sip_rate: target rate=$RATE cps, calls=$CALLS, media relay $( [ "$MEDIA" = 1 ] && echo "on (rtpengine)" || echo off) (results: $BENCH_DIR)"
+printf '%-10s %-13s %12s %10s %8s %14s  %s\n' run result achieved_cps successful failed cpu_ms_per_call "detail (cpu_ms_per_call: the proxy, rtpengine apart)"
 for r in $RUNS; do
   printf '%-10s %-13s %12s %10s %8s %14s  %s\n' "$r" "${RES[$r]}" "${RATEA[$r]}" "${SUCC[$r]:-n/a}" \
     "${FAILN[$r]:-n/a}" "${CPUCALL[$r]:-n/a}" "${NOTE[$r]:-}"

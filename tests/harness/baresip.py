@@ -27,7 +27,15 @@ baresip 1.0 facts this relies on (measured here):
   * ``-s`` traces every SIP message to stdout (kept in ``baresip.log``; run
     under ``stdbuf -oL``, or the file is written only when it exits).
 
-Stopped by PID (SIGTERM, then SIGKILL): it un-REGISTERs on SIGTERM.
+Stopped by PID (SIGTERM, then SIGKILL): it un-REGISTERs on SIGTERM;
+``kill()`` (SIGKILL) ends it without a word, as a phone that lost power.
+
+Behind NAT (``home=`` a ``tests.harness.netns.Home``): the phone runs inside
+the home's namespace (``ip netns exec``), binds its private address with the
+home's fixed ports (SIP 5060, RTP ``netns.RTP_PORTS``: nothing else runs
+there), and its ctrl_tcp listens on the home's own 127.0.0.1, which the
+harness reaches through a socket made inside that namespace.  Its account
+then points at the proxy's public address, as a real phone's would.
 """
 from __future__ import annotations
 
@@ -35,11 +43,13 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
 from pathlib import Path
 
+from tests.harness import netns
 from tests.harness.poll import eventually
 from tests.harness.procs import terminate
 from tests.harness.sipp import HOST, _port_free, free_udp_port, port_bound
@@ -70,7 +80,7 @@ module			aubridge.so
 module_app		account.so
 module_app		menu.so
 module_app		ctrl_tcp.so
-ctrl_tcp_listen		{host}:{ctrl_port}
+ctrl_tcp_listen		{ctrl_host}:{ctrl_port}
 """
 
 
@@ -111,7 +121,8 @@ class Baresip:
 
     def __init__(self, workdir: str | os.PathLike, user: str, domain: str, password: str,
                  registrar: tuple[str, int], *, auto_answer: bool = False,
-                 outbound: tuple[str, int] | None = None, regint: int = 300):
+                 outbound: tuple[str, int] | None = None, regint: int = 300,
+                 home: "netns.Home | None" = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.user, self.domain, self.password = user, domain, password
@@ -119,9 +130,16 @@ class Baresip:
         self.outbound = outbound or registrar
         self.auto_answer = auto_answer
         self.regint = regint
-        self.sip_port = _sip_port()
-        self.ctrl_port = free_udp_port()
-        self.rtp_min, self.rtp_max = _rtp_range()
+        self.home = home
+        if home is None:
+            self.host, self.ctrl_host = HOST, HOST
+            self.sip_port = _sip_port()
+            self.ctrl_port = free_udp_port()
+            self.rtp_min, self.rtp_max = _rtp_range()
+        else:                       # a namespace of its own: every port is free there
+            self.host, self.ctrl_host = home.ip, "127.0.0.1"
+            self.sip_port, self.ctrl_port = netns.SIP_PORT, netns.CTRL_PORT
+            self.rtp_min, self.rtp_max = netns.RTP_PORTS
         self.log_path = self.workdir / "baresip.log"
         self.proc: subprocess.Popen | None = None
         self.events: list[dict] = []
@@ -138,7 +156,7 @@ class Baresip:
 
     def write_config(self) -> None:
         (self.workdir / "config").write_text(CONFIG.format(
-            host=HOST, sip_port=self.sip_port, name=f"{self.user}-{self.sip_port}",
+            host=self.host, ctrl_host=self.ctrl_host, sip_port=self.sip_port, name=f"{self.user}-{self.sip_port}",
             rtp_min=self.rtp_min, rtp_max=self.rtp_max, module_dir=MODULE_DIR,
             ctrl_port=self.ctrl_port))
         params = [f"auth_pass={self.password}",
@@ -152,20 +170,22 @@ class Baresip:
     def start(self, ready_timeout: float = 10.0) -> "Baresip":
         self.write_config()
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(STDBUF + [BARESIP, "-s", "-f", str(self.workdir)], cwd=self.workdir,
-                                     stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+        argv = STDBUF + [BARESIP, "-s", "-f", str(self.workdir)]
+        spawn = subprocess.Popen if self.home is None else self.home.spawn
+        self.proc = spawn(argv, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=self._log,
+                          stderr=subprocess.STDOUT)
 
         def listening() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"baresip exited with {self.proc.returncode} at start\n"
                                    f"{self.log_text()[-3000:]}")
-            return port_bound(self.ctrl_port, "tcp")
+            return self._connect_ctrl() if self.home is not None else port_bound(self.ctrl_port, "tcp")
 
         try:
-            eventually(listening, f"baresip's ctrl_tcp on {HOST}:{self.ctrl_port}", ready_timeout,
-                       interval=0.02)
-            self._sock = socket.create_connection((HOST, self.ctrl_port), timeout=5)
+            eventually(listening, f"baresip's ctrl_tcp on {self.ctrl_host}:{self.ctrl_port}"
+                                  + (f" in {self.home.ns}" if self.home else ""), ready_timeout, interval=0.02)
+            if self._sock is None:
+                self._sock = socket.create_connection((HOST, self.ctrl_port), timeout=5)
             self._sock.settimeout(None)
             self._reader = threading.Thread(target=self._read, name=f"baresip-{self.user}",
                                             daemon=True)
@@ -174,6 +194,25 @@ class Baresip:
             self.stop()
             raise
         return self
+
+    def _connect_ctrl(self) -> bool:
+        """Connect ctrl_tcp from inside the phone's namespace; False while it does not listen yet."""
+        assert self.home is not None
+        sock = netns.socket_in(self.home.ns, socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(5)
+        try:
+            sock.connect((self.ctrl_host, self.ctrl_port))
+        except OSError:
+            sock.close()
+            return False
+        self._sock = sock
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL: gone without BYE or un-REGISTER."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.stop()
 
     def stop(self, grace: float = 5.0) -> int | None:
         if self._sock is not None:
@@ -241,17 +280,20 @@ class Baresip:
             raise RuntimeError(f"baresip ({self.user}) refused {name!r}: {response}")
         return str(response.get("data") or "")
 
-    def events_of(self, kind: str, call_id: str | None = None) -> list[dict]:
+    def events_of(self, kind: str, call_id: str | None = None, since: int = 0) -> list[dict]:
+        """Events of ``kind`` (of one call), from the ``since``-th event on
+        (``mark = len(phone.events)`` before an action: only what followed it)."""
         with self._lock:
-            return [e for e in self.events if e.get("type") == kind
+            return [e for e in self.events[since:] if e.get("type") == kind
                     and (call_id is None or e.get("id") == call_id)]
 
-    def wait_event(self, kind: str, timeout: float = 10.0, call_id: str | None = None) -> dict:
+    def wait_event(self, kind: str, timeout: float = 10.0, call_id: str | None = None,
+                   since: int = 0) -> dict:
         def seen() -> dict | None:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"baresip ({self.user}) exited with {self.proc.returncode}\n"
                                      f"{self.log_text()[-3000:]}")
-            found = self.events_of(kind, call_id)
+            found = self.events_of(kind, call_id, since)
             return found[0] if found else None
         return eventually(seen, f"the event {kind} at {self.user}'s baresip "
                                 f"(events so far: {[e.get('type') for e in self.events]})",
