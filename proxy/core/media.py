@@ -88,7 +88,7 @@ TRANSITIONS = {
 class Session:
     """One call's media on one rtpengine."""
     __slots__ = ("call_id", "caller_tag", "phase", "relay", "dialog", "answers", "last_stats",
-                 "poll", "polling", "leg")
+                 "poll", "polling", "leg", "heard")
 
     def __init__(self, call_id: str, caller_tag: str):
         self.call_id = call_id
@@ -101,6 +101,7 @@ class Session:
         self.poll: TimerHandle | None = None
         self.polling = False           # a query of the media-timeout poll is out
         self.leg: int | None = None
+        self.heard: dict[str, Heard] = {}   # tag -> what the polls saw of that party's packets
 
     def apply(self, event: str) -> Phase:
         self.phase = TRANSITIONS.get((self.phase, event), self.phase)
@@ -174,6 +175,37 @@ def silence(stats: CallStats, caller_tag: str, callee_tag: str, host_now: float,
     if caller_quiet >= one_way_timeout > callee_quiet:
         return "caller", caller
     return None
+
+
+class Heard:
+    """One party's packet count as the media-timeout polls saw it (host seconds)."""
+    __slots__ = ("packets", "polled_at", "grew_after", "grew_by")
+
+    def __init__(self, polled_at: float):
+        self.packets = 0
+        self.polled_at = polled_at
+        self.grew_after = 0.0      # the last growth of the count happened after this poll ...
+        self.grew_by = 0.0         # ... and before this one (0: never seen growing)
+
+    def observe(self, packets: int, now: float) -> None:
+        if packets > self.packets:
+            self.packets, self.grew_after, self.grew_by = packets, self.polled_at, now
+        self.polled_at = now
+
+
+def last_heard(stamp: float, heard: Heard | None) -> float:
+    """When a party's last packet came (host seconds), as well as we know it.
+    rtpengine stamps whole seconds, so it came in [stamp, stamp + 1); the polls
+    bound it too (after the poll before the one that saw the count grow, before
+    that one).  The middle of what is left: off by half of it at most (0.5 s, or
+    half the poll interval if smaller), where the bare stamp was up to 1 s early
+    and a call with under a second of media could end before its answer."""
+    if not stamp:
+        return stamp
+    low, high = stamp, stamp + STAMP_RESOLUTION_S
+    if heard is not None and heard.grew_by:
+        low, high = max(low, heard.grew_after), min(high, heard.grew_by)
+    return (low + max(low, high)) / 2
 
 
 def flow(stats: CallStats | None, tag: str, host_now: float, now_ms: int) -> ev.MediaFlow:
@@ -435,15 +467,31 @@ class MediaRelay:
         elif reply is not None and reply.ok and reply.stats is not None:
             session.last_stats = reply.stats
             dialog = session.dialog
-            verdict = silence(reply.stats, session.caller_tag, dialog.callee_tag if dialog else "",
+            callee_tag = dialog.callee_tag if dialog else ""
+            for tag in (session.caller_tag, callee_tag):
+                packets = sum(s.packets for s in reply.stats.streams if s.tag == tag and not s.rtcp)
+                session.heard.setdefault(tag, Heard(reply.stats.created or host_now)).observe(packets, host_now)
+            verdict = silence(reply.stats, session.caller_tag, callee_tag,
                               host_now, self.settings.rtp_timeout_seconds,
                               self.settings.one_way_timeout_seconds)
         # no reply (relay down): the call goes on, polled again
         if verdict is None:
             self._schedule_poll(session, self.settings.poll_seconds)
             return
-        self._timed_out(session, verdict[0], verdict[1], host_now,
+        self._timed_out(session, verdict[0], self._last_media(session, verdict), host_now,
                         reply.stats if reply is not None and reply.ok else None)
+
+    def _last_media(self, session: Session, verdict: tuple[str, float]) -> float:
+        """The end of the call's media (host seconds): the silent party's last
+        packet (both silent: the later one), narrowed by the polls (``last_heard``)."""
+        silent, stamped = verdict
+        last, dialog = session.last_stats, session.dialog
+        if last is None or dialog is None:
+            return stamped
+        tags = {"caller": (session.caller_tag,), "callee": (dialog.callee_tag,)}.get(
+            silent, (session.caller_tag, dialog.callee_tag))
+        heard = [last_heard(last_packets(last, tag), session.heard.get(tag)) for tag in tags]
+        return max(heard) if any(heard) else stamped
 
     def _timed_out(self, session: Session, silent: str, last_host: float, host_now: float,
                    stats: CallStats | None) -> None:

@@ -13,7 +13,10 @@ each NATed binding gets a ping through its pinhole:
 
 A binding whose pings fail ``keepalive_failures`` times in a row is removed
 from location (unless its phone registered again meanwhile) and a
-``BindingDropped`` event says why.
+``BindingDropped`` event says why.  A ping fails when its reply has not come
+by the time the next one is due (as nathelper counts), not only when its
+OPTIONS transaction gives up (64*T1 = 32 s): a phone behind a dead mapping is
+dropped after ``keepalive_failures`` intervals, whatever the interval.
 
 Across workers without duplicates: every worker reads the NATed bindings and
 keeps its share.  A UDP binding belongs to worker ``crc32(aor, contact) mod
@@ -64,6 +67,7 @@ class Ping:
     binding: Binding
     kind: Literal["options", "crlf"]
     expects_reply: bool      # False: a CRLF over UDP, nothing can answer it
+    number: int = 0          # the binding's ping count: a late outcome of an older ping is told apart
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +78,7 @@ class Drop:
 
 
 class _Entry:
-    __slots__ = ("binding", "next_at", "failures", "in_flight", "streak_since")
+    __slots__ = ("binding", "next_at", "failures", "in_flight", "streak_since", "pings", "sent_at")
 
     def __init__(self, binding: Binding, next_at: float):
         self.binding = binding
@@ -82,6 +86,8 @@ class _Entry:
         self.failures = 0
         self.in_flight = False
         self.streak_since: float | None = None
+        self.pings = 0               # pings sent so far (numbers them)
+        self.sent_at = 0.0           # when the ping in flight left
 
 
 def _hash(binding: Binding) -> int:
@@ -104,6 +110,7 @@ class NatPinger:
         self._queue: list[tuple[float, int, Key]] = []    # (next ping, tie-break, key)
         self._seen: set[Key] = set()                      # keys met by the current pass
         self._seq = itertools.count()
+        self.drops: list[Drop] = []                        # decided by ``due``: for the runner to apply
 
     def mine(self, binding: Binding) -> bool:
         """Is this worker the one that pings ``binding``?"""
@@ -151,7 +158,6 @@ class NatPinger:
         """The pings to send now (each binding once per interval, none twice at a
         time).  Costs what is due, not what is known: a heap by next time."""
         pings: list[Ping] = []
-        waiting: list[tuple[float, int, Key]] = []       # due, but their last ping is unanswered
         queue = self._queue
         while queue and queue[0][0] <= now:
             if self.in_flight >= self.max_in_flight and self.method == "OPTIONS":
@@ -161,38 +167,42 @@ class NatPinger:
             if entry is None or entry.next_at != item[0]:
                 continue                       # forgotten, or rescheduled since
             if entry.in_flight:
-                waiting.append(item)
-                continue
+                # the last ping is unanswered a whole interval later: it failed
+                drop = self.failed(entry.binding, entry.sent_at, entry.pings)
+                if drop is not None:
+                    self.drops.append(drop)
+                    continue
             binding = entry.binding
             udp = (binding.transport or "udp") == "udp"
+            entry.pings += 1
             if udp and self.method == "OPTIONS":
-                entry.in_flight = True
+                entry.in_flight, entry.sent_at = True, now
                 self.in_flight += 1
-                pings.append(Ping(binding, "options", True))
+                pings.append(Ping(binding, "options", True, entry.pings))
             else:
-                pings.append(Ping(binding, "crlf", not udp))
+                pings.append(Ping(binding, "crlf", not udp, entry.pings))
             # a late tick does not make the next ping early: stay on the phase
             while entry.next_at <= now:
                 entry.next_at += self.interval
             self._schedule(item[2], entry)
-        for item in waiting:
-            heapq.heappush(queue, item)
         return pings
 
     def _schedule(self, key: Key, entry: _Entry) -> None:
         heapq.heappush(self._queue, (entry.next_at, next(self._seq), key))
 
-    def answered(self, binding: Binding) -> None:
-        """A reply (any status) or a CRLF written on a live connection: alive."""
-        entry = self._settle(binding)
+    def answered(self, binding: Binding, number: int | None = None) -> None:
+        """A reply (any status, even to an older ping) or a CRLF written on a live
+        connection: alive."""
+        entry = self._settle(binding, number)
         if entry is not None:
             entry.failures = 0
             entry.streak_since = None
 
-    def failed(self, binding: Binding, sent_at: float) -> Drop | None:
-        """No reply (or no connection left): one more failure; a Drop once there are enough."""
-        entry = self._settle(binding)
-        if entry is None:
+    def failed(self, binding: Binding, sent_at: float, number: int | None = None) -> Drop | None:
+        """No reply (or no connection left): one more failure; a Drop once there are
+        enough.  ``number``: the ping's; an older ping's timeout was counted already."""
+        entry = self._settle(binding, number)
+        if entry is None or (number is not None and number != entry.pings):
             return None
         entry.failures += 1
         if entry.streak_since is None:
@@ -202,11 +212,11 @@ class NatPinger:
         del self.entries[(binding.aor, binding.contact)]
         return Drop(entry.binding, entry.failures, entry.streak_since)
 
-    def _settle(self, binding: Binding) -> _Entry | None:
+    def _settle(self, binding: Binding, number: int | None = None) -> _Entry | None:
         entry = self.entries.get((binding.aor, binding.contact))
         if entry is None:
             return None                        # forgotten (unregistered, expired, dropped)
-        if entry.in_flight:
+        if entry.in_flight and (number is None or number == entry.pings):
             entry.in_flight = False
             self.in_flight -= 1
         if entry.binding.registered_at != binding.registered_at:
@@ -255,6 +265,8 @@ class NatKeepalive:
                 self.cursor = (page[-1].aor, page[-1].contact)
         for ping in self.pinger.due(now):
             self._send(ping, now)
+        while self.pinger.drops:
+            self._drop(self.pinger.drops.pop())
 
     def _send(self, ping: Ping, now: float) -> None:
         binding = ping.binding
@@ -272,7 +284,8 @@ class NatKeepalive:
             else:
                 self._failed(binding, now)
         else:
-            send_options(self.core, binding.contact, lambda status: self._result(binding, now, status),
+            send_options(self.core, binding.contact,
+                         lambda status: self._result(binding, now, ping.number, status),
                          destination=target, call_id=self._owned_call_id())
 
     def _owned_call_id(self) -> str:
@@ -283,16 +296,19 @@ class NatKeepalive:
             if call_owner(call_id.encode(), pinger.workers) == pinger.index:
                 return call_id
 
-    def _result(self, binding: Binding, sent_at: float, status: int | None) -> None:
+    def _result(self, binding: Binding, sent_at: float, number: int, status: int | None) -> None:
         if status is not None:
-            self.pinger.answered(binding)
+            self.pinger.answered(binding, number)
         else:
-            self._failed(binding, sent_at)
+            self._failed(binding, sent_at, number)
 
-    def _failed(self, binding: Binding, sent_at: float) -> None:
-        drop = self.pinger.failed(binding, sent_at)
-        if drop is None:
-            return
+    def _failed(self, binding: Binding, sent_at: float, number: int | None = None) -> None:
+        drop = self.pinger.failed(binding, sent_at, number)
+        if drop is not None:
+            self._drop(drop)
+
+    def _drop(self, drop: Drop) -> None:
+        binding = drop.binding
         try:
             gone = self.location.drop(binding.aor, binding.contact, registered_before=drop.since)
         except LocationError as exc:

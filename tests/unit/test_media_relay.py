@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.contract import events as ev
-from proxy.core.media import Phase, clock_ms, silence
+from proxy.core.media import Heard, Phase, clock_ms, last_heard, silence
 from proxy.core.ports import Target
 from proxy.infra import clock
 from proxy.infra.config import MediaSettings
@@ -322,3 +322,18 @@ def test_a_party_s_quality_comes_from_the_ssrc_it_sent_with():
     assert (callee.mos_x10, callee.jitter_ms, callee.lost) == (43, 4, 8)
     caller = flow(both, "a1", HOST_NOW, 10_000_000)
     assert (caller.mos_x10, caller.jitter_ms, caller.lost) == (None, None, None)     # no RTCP about it
+
+
+def test_last_media_is_narrowed_by_the_polls_not_floored_to_the_stamp_second():
+    """rtpengine stamps whole seconds: a packet stamped T came in [T, T + 1).  A
+    poll at T + 0.25 that saw the count grow since the poll at T - 0.25 bounds it
+    to [T, T + 0.25): the estimate is the middle, never before the stamp."""
+    heard = Heard(polled_at=HOST_NOW - 0.25)
+    heard.observe(50, HOST_NOW + 0.25)
+    stamp = float(int(HOST_NOW))
+    assert last_heard(stamp, heard) == (max(stamp, HOST_NOW - 0.25) + min(stamp + 1, HOST_NOW + 0.25)) / 2
+    assert last_heard(stamp, None) == stamp + 0.5          # no poll saw it: the middle of the second
+    assert last_heard(0, heard) == 0                        # never sent
+    stale = Heard(polled_at=stamp - 10)
+    stale.observe(5, stamp - 9)                             # grew long ago; the stamp is later
+    assert last_heard(stamp, stale) == stamp                # bounds that contradict: the stamp wins

@@ -221,3 +221,24 @@ def test_the_store_is_read_a_page_per_tick_and_unregistered_bindings_are_forgott
         keepalive.tick(now + 10 + k * 0.1)
     assert len(keepalive.pinger.entries) == 24
     assert ("u3@example.test", "sip:u3@192.168.0.3:5060") not in keepalive.pinger.entries
+
+
+def test_a_ping_unanswered_by_the_next_one_counts_as_failed_whatever_the_transaction_timer():
+    """nathelper's rule: no reply by the next interval is a failure (the OPTIONS
+    transaction itself gives up only after 64*T1 = 32 s); a late timeout of a
+    superseded ping is not counted twice, a late answer still proves the phone alive."""
+    b = binding(1)
+    pinger = NatPinger(0, 1, interval=1, failures=3)
+    pinger.refresh([b], T0)
+    (first,) = pinger.due(T0 + 1)
+    (second,) = pinger.due(T0 + 2)                 # the first one failed here
+    assert pinger.entries[(b.aor, b.contact)].failures == 1 and pinger.in_flight == 1
+    assert pinger.failed(b, T0 + 1, first.number) is None        # its Timer F, much later
+    assert pinger.entries[(b.aor, b.contact)].failures == 1
+    pinger.answered(b, first.number)               # a late reply: alive after all
+    assert pinger.entries[(b.aor, b.contact)].failures == 0 and pinger.in_flight == 1
+    for k in (3, 4, 5):
+        pinger.due(T0 + k)
+    (drop,) = pinger.drops
+    assert drop.failures == 3 and drop.since == T0 + 2
+    assert pinger.entries == {} and pinger.in_flight == 0
