@@ -59,6 +59,7 @@ case "$MODE" in
     # 2. its tests marked `clock` again with the project's clock a year ahead
     #    (SIPLEDGER_CLOCK_SHIFT_S, proxy/infra/clock.py; child processes inherit
     #    it): no test may depend on today's date.
+    # Each run lists its 15 slowest tests: the suite must stay under 15 minutes.
     # Exit status: non-zero if either run failed.  Exit code 5 (no tests
     # collected) fails the first run; in the second it only means the
     # selection held no `clock` test.
@@ -66,10 +67,10 @@ case "$MODE" in
     "$0" check
     shift_s="${SIPLEDGER_TEST_CLOCK_SHIFT_S:-31536000}"
     set +e
-    env -u SIPLEDGER_CLOCK_SHIFT_S .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+    env -u SIPLEDGER_CLOCK_SHIFT_S .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "$@"
     main=$?
     echo "==> the tests marked clock again, SIPLEDGER_CLOCK_SHIFT_S=$shift_s"
-    SIPLEDGER_CLOCK_SHIFT_S="$shift_s" .venv/bin/python -m pytest -q -p no:cacheprovider "$@" -m clock
+    SIPLEDGER_CLOCK_SHIFT_S="$shift_s" .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "$@" -m clock
     shifted=$?
     set -e
     if [ "$shifted" -eq 5 ]; then shifted=0; fi
