@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import secrets
 import signal
@@ -52,6 +53,16 @@ def rtpengine_argv(binary: str, interface: str, ng: tuple[str, int], port_min: i
     if pidfile is not None:
         argv.append(f"--pidfile={pidfile}")
     return argv + list(extra)
+
+
+def backstop_timeout(media: MediaSettings) -> int:
+    """rtpengine's own RTP timeout, a backstop behind the proxy's polls: it
+    counts whole seconds from a floored stamp, so it can fire up to 1 s before
+    ``rtp_timeout_seconds`` of real silence, and its verdict ("Unknown
+    call-id" at the next poll) carries no better end than the last poll saw.
+    Set past the latest moment the proxy's own rule decides (timeout + stamp
+    second + one poll), it fires only when the proxy cannot (a worker gone)."""
+    return math.ceil(media.rtp_timeout_seconds + media.poll_seconds) + 2
 
 
 def ping(address: tuple[str, int], wait: float = 0.2) -> bool:
@@ -107,7 +118,7 @@ def launch(media: MediaSettings, interface: str, data_dir: Path, stopping: threa
     (data_dir / RUN_DIR / MEDIA_RUN_FILE).unlink(missing_ok=True)    # workers wait for the new one
     ng = ("127.0.0.1", free_loopback_port(preferred))
     argv = rtpengine_argv(media.binary, interface, ng, media.port_min, media.port_max,
-                          timeout=max(1, int(media.rtp_timeout_seconds)))
+                          timeout=backstop_timeout(media))
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             preexec_fn=die_with_parent(), text=True, errors="replace")
     last: list[str] = []
