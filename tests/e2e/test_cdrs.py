@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 
-import httpx
 import pytest
 
 from proxy.contract import commands
@@ -35,11 +34,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def sl(tmp_path_factory):
     sl = start_sipledger(tmp_path_factory.mktemp("sipledger-cdr") / "data")
-    token = sl.run_cli("token", "create", "--role", "admin").stdout.strip().splitlines()[-1]
-    sl.client = httpx.Client(base_url=sl.api_url, headers={"Authorization": f"Bearer {token}"},
-                             timeout=10)
+    sl.admin_client()
     yield sl
-    sl.client.close()
     sl.stop()
 
 

@@ -17,7 +17,6 @@ import time
 import uuid
 from decimal import Decimal
 
-import httpx
 import pytest
 
 from billing.ledger.store import ServiceLock
@@ -53,10 +52,8 @@ def sl(tmp_path_factory):
     sl.billing = None
     if not ServiceLock(sl.data_dir).held_elsewhere():
         sl.billing = BillingProcess(sl.data_dir, sl.config_path, sl.kafka_bootstrap).start()
-    token = sl.run_cli("token", "create", "--role", "admin").stdout.strip().splitlines()[-1]
-    sl.client = httpx.Client(base_url=sl.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    sl.admin_client()
     yield sl
-    sl.client.close()
     if sl.billing is not None:
         sl.billing.stop()
     sl.stop()

@@ -25,6 +25,8 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+import httpx
+
 from tests.harness.poll import eventually
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,6 +158,7 @@ class SipledgerProcess:
         self.sip_addr: tuple[str, int] | None = None
         self.kafka_bootstrap: str | None = None
         self.api_url: str | None = None
+        self.client: httpx.Client | None = None     # admin REST client (``admin_client``)
         self._ready = threading.Event()
         self._reader: threading.Thread | None = None
         self._stderr_path = self.data_dir / "up.stderr.log"
@@ -255,9 +258,20 @@ class SipledgerProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def admin_client(self) -> httpx.Client:
+        """An admin token (made by the CLI) and a REST client with it, as ``self.client``;
+        ``stop`` closes it."""
+        token = self.run_cli("token", "create", "--role", "admin").stdout.strip().splitlines()[-1]
+        self.client = httpx.Client(base_url=self.api_url or "", headers={"Authorization": f"Bearer {token}"},
+                                   timeout=10)
+        return self.client
+
     def stop(self, grace: float = 20.0) -> int | None:
         """SIGINT (the supervisor stops its children), wait, SIGKILL; then
         SIGTERM/SIGKILL any descendant it started that is still alive."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
         if self.proc is None:
             return None
         self._record_descendants()

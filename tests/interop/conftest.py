@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 
-import httpx
 import pytest
 
 from tests.e2e.conftest import sipp_dir, uas_factory  # noqa: F401  (SIPp callees, stopped by PID)
@@ -42,14 +41,11 @@ def sl(tmp_path_factory):
         for user, password in PASSWORDS.items():
             sl.user_add(f"{user}@{DOMAIN}", password)
         sl.start(timeout=60)
-        token = sl.run_cli("token", "create", "--role", "admin").stdout.strip().splitlines()[-1]
-        sl.client = httpx.Client(base_url=sl.api_url, headers={"Authorization": f"Bearer {token}"},
-                                 timeout=10)
+        sl.admin_client()
     except BaseException:
         sl.stop()
         raise
     yield sl
-    sl.client.close()
     sl.stop()
 
 

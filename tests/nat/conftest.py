@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import shutil
 
-import httpx
 import pytest
 
 from proxy.core.location import LocationStore
@@ -96,14 +95,11 @@ def sl(net, tmp_path_factory):
         sl.run_cli("rates", "import", str(rates))
         sl.run_cli("rates", "assign", ALICE, "retail")
         sl.run_cli("account", "add", ALICE, "--postpaid", "--currency", "EUR", "--credit-limit", "100")
-        token = sl.run_cli("token", "create", "--role", "admin").stdout.strip().splitlines()[-1]
-        sl.client = httpx.Client(base_url=sl.api_url, headers={"Authorization": f"Bearer {token}"},
-                                 timeout=10)
+        sl.admin_client()
     except BaseException:
         sl.stop()
         raise
     yield sl
-    sl.client.close()
     sl.stop()
 
 

@@ -11,7 +11,7 @@ from proxy.core.nat import NatFlag
 from proxy.core.ports import Target
 from proxy.infra import clock
 from proxy.sip.message import parse
-from tests.harness.corefake import ALICE, invite, response_to, subscriber_rig
+from tests.harness.corefake import ALICE, BYE_FROM_BOB, invite, register, response_to, subscriber_rig
 
 pytestmark = pytest.mark.clock
 
@@ -114,7 +114,6 @@ def test_a_public_contact_with_a_natted_via_still_goes_to_the_pinhole(rig):
 
 
 def test_a_public_phone_is_reached_at_its_contact(rig):
-    from tests.harness.corefake import register
     register(rig)
     (binding,) = rig.location.lookup("bob@example.test", clock.time())
     assert not binding.nat
@@ -163,7 +162,6 @@ def test_a_public_tcp_phone_falls_back_to_its_contact_when_the_connection_is_gon
 
 def test_bye_from_the_callee_reaches_a_natted_caller_through_its_pinhole(rig):
     """Alice calls from behind a NAT (private Contact and Via); Bob's BYE goes to her pinhole."""
-    from tests.harness.corefake import register
     register(rig)
     natted = invite().replace("192.0.2.10:5060", "192.168.7.7:5060")
     alice_pinhole = Target("udp", "203.0.113.9", 33333)
@@ -171,17 +169,7 @@ def test_bye_from_the_callee_reaches_a_natted_caller_through_its_pinhole(rig):
     rig.receive(response_to(fwd, 200, "OK"), Target("udp", "192.0.2.20", 5062))
     (dialog,) = rig.core.dialogs.dialogs.values()
     assert dialog.caller.nat and not dialog.callee.nat
-    bye = """BYE sip:alice@192.168.7.7:5060 SIP/2.0
-Via: SIP/2.0/UDP 192.0.2.20:5062;branch=z9hG4bKbyeb;rport
-Route: <sip:10.0.0.1:5060;lr>
-From: <sip:bob@example.test>;tag=b1
-To: "Alice" <sip:alice@example.test>;tag=a1
-Call-ID: call-1
-CSeq: 7 BYE
-Max-Forwards: 70
-Content-Length: 0
-
-"""
+    bye = BYE_FROM_BOB.replace("sip:alice@192.0.2.10:5060", "sip:alice@192.168.7.7:5060")
     out = rig.receive(bye, Target("udp", "192.0.2.20", 5062))
     (sent,) = [(m, t) for m, t in out if m.method == "BYE"]
     assert sent[0].uri == "sip:alice@192.168.7.7:5060"
