@@ -16,8 +16,10 @@ write at all on an idle worker); the API reads N small files without a
 connection to each worker or a new socket protocol.  Durations are computed
 by the reader from ``answered_ms``, so the file does not change every second
 of a long call.  At most ``MAX_CALLS`` rows per worker (``total`` counts
-them all): about 300 bytes a call, so a full file is ~1.5 MB and written in
-~15 ms.  A file whose ``pid`` is not running is a dead worker's, ignored.
+them all).  Measured with 5000 answered calls on one worker: building the
+rows 9 ms, a changed file (1.2 MB, ~245 bytes a call) 24 ms, an unchanged
+tick 9 ms; the API's merged list 14 ms.  A file whose ``pid`` is not running
+is a dead worker's, ignored.
 """
 from __future__ import annotations
 
