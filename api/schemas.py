@@ -414,7 +414,8 @@ class LiveCall(BaseModel):
     """One call in progress, as its proxy worker published it (at most ~1 s ago)."""
     call_id: str
     state: Literal["early", "confirmed", "ending"] = Field(
-        description="early: ringing (not answered); confirmed: answered; ending: the proxy sent BYE both ways")
+        description="early: ringing (not answered); confirmed: answered; "
+                    "ending: the proxy sent BYE both ways (or CANCEL while it rang)")
     caller: str = Field(description="the INVITE's From URI")
     callee: str = Field(description="the INVITE's To URI")
     account: str = Field(description="the authenticated caller (user@domain); '' if none")

@@ -5,7 +5,8 @@ Why here, without I/O: the worker's housekeeping publishes these rows
 over the core's two tables, testable on a fake core:
 
 * ``core.calls``: initial INVITEs in progress.  One not yet answered nor
-  replied is a ringing call, state ``early``.
+  replied is a ringing call, state ``early`` (``ending`` once cancelled,
+  until its final response).
 * ``core.dialogs``: the billed dialog of each answered call (an extra fork's
   dialog is not a call), ``confirmed`` or ``ending`` (the proxy sent BYE both
   ways and waits for the answers).
@@ -81,6 +82,6 @@ def live_calls(core: "Core", worker: int, limit: int) -> tuple[list[dict[str, An
         total += 1
         if len(rows) < limit:
             gateway = call.branches[-1].gateway if call.branches else ""
-            rows.append(_row(call_id, "early", call_facts(call, gateway), 0,
+            rows.append(_row(call_id, "ending" if call.cancelled else "early", call_facts(call, gateway), 0,
                              call.max_duration_s or default_max, worker))
     return rows, total

@@ -61,6 +61,17 @@ def test_a_teardown_shows_the_call_ending_until_the_byes_are_answered(rig):
     assert row["state"] == "ending"
 
 
+def test_a_ringing_call_torn_down_is_ending_until_its_final_response(rig):
+    fwd = _ring(rig)
+    rig.receive(response_to(fwd, 180, "Ringing"), BOB)
+    rig.engine.on_command(commands.Teardown(id="c1", ts_ms=clock.now_ms(), call_id="call-1", reason="x"))
+    assert [t for m, t in rig.effects.take() if m.method == "CANCEL"] == [BOB]
+    (row,), _ = live_calls(rig.core, 0, 100)
+    assert row["state"] == "ending"
+    rig.receive(response_to(fwd, 487, "Request Terminated"), BOB)
+    assert live_calls(rig.core, 0, 100) == ([], 0)
+
+
 def test_the_list_is_bounded_but_counts_every_call(rig):
     for i in range(3):
         _ring(rig, f"call-{i}")
@@ -156,3 +167,24 @@ def test_reasons_are_bounded_and_fit_a_quoted_header():
         with pytest.raises(ValueError):
             check_reason(bad)
     assert check_reason("fraud: account blocked")
+
+
+def _cli(data_dir, *args):
+    from typer.testing import CliRunner
+
+    from api.cli import app
+    return CliRunner().invoke(app, ["--data-dir", str(data_dir), *args])
+
+
+def test_the_cli_lists_and_refuses_what_the_service_refuses(service):
+    data = service.data_dir
+    listed = _cli(data, "calls")
+    assert listed.exit_code == 0 and "a@h" in listed.output and "b@h" in listed.output
+    assert "ghost@h" not in listed.output and "2 call(s) on 2 worker(s)" in listed.output
+    as_json = json.loads(_cli(data, "calls", "--json", "--account", "alice@x").output)
+    assert [c["call_id"] for c in as_json["items"]] == ["a@h"]
+    assert _cli(data, "hangup", "has space").exit_code == 2
+    unknown = _cli(data, "hangup", "nobody@h")
+    assert unknown.exit_code == 1 and "no live call nobody@h" in unknown.output
+    no_broker = _cli(data, "hangup", "b@h")
+    assert no_broker.exit_code == 1 and "not sent" in no_broker.output
