@@ -9,6 +9,7 @@ import json
 
 import typer
 from aiokafka.errors import KafkaError
+from rich.markup import escape
 
 from proxy.infra.cli import fail, print_rows, usage
 
@@ -17,6 +18,12 @@ from .calls import DEFAULT_REASON, BrokerUnknown, CallNotFound, LiveCalls, check
 
 def _service(ctx: typer.Context) -> LiveCalls:
     return LiveCalls(ctx.obj.data_dir, ctx.obj.config)
+
+
+def _shown(text: object) -> str:
+    """A field as the terminal shows it: what callers wrote may hold control
+    characters or rich markup; neither reaches the operator's terminal."""
+    return escape("".join(ch if ch.isprintable() else "?" for ch in str(text)))
 
 
 def _clock(ms: int) -> str:
@@ -35,9 +42,9 @@ def calls(ctx: typer.Context,
     if not page["workers"]:
         typer.echo("no running proxy worker has published its calls")
         return
-    rows = [(c["call_id"], c["state"], c["caller"], c["callee"], c["account"] or "-",
-             c["gateway"] or "-", _clock(c["started_ms"]), _clock(c["answered_ms"]),
-             f"{c['duration_ms'] // 1000}", f"{c['max_duration_s']}", f"{c['worker']}")
+    rows = [tuple(map(_shown, (c["call_id"], c["state"], c["caller"], c["callee"], c["account"] or "-",
+                               c["gateway"] or "-", _clock(c["started_ms"]), _clock(c["answered_ms"]),
+                               c["duration_ms"] // 1000, c["max_duration_s"], c["worker"])))
             for c in page["items"]]
     if rows:
         print_rows(("Call-ID", "state", "caller", "callee", "account", "gateway", "start (UTC)",

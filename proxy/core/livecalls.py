@@ -13,7 +13,10 @@ over the core's two tables, testable on a fake core:
 
 The facts that do not change during a call (start, account, gateway, the
 parties' URIs) are taken once, at the answer (``call_facts``), so a snapshot
-of thousands of calls parses nothing.
+of thousands of calls parses nothing.  What a caller wrote (Call-ID, URIs) is
+cut to ``MAX_TEXT`` characters: 5000 rows stay a file of a few MB whatever
+the headers' size (a Call-ID longer than that cannot be hung up by id anyway,
+api/calls.py).
 """
 from __future__ import annotations
 
@@ -33,6 +36,13 @@ FIELDS = ("call_id", "state", "caller", "callee", "account", "gateway", "started
           "answered_ms", "max_duration_s", "worker")
 
 
+MAX_TEXT = 255
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + "…"
+
+
 class CallFacts(NamedTuple):
     started_ms: int
     account: str
@@ -43,7 +53,7 @@ class CallFacts(NamedTuple):
 
 def _uri(value: str | None) -> str:
     try:
-        return parse_name_addr(value or "").uri
+        return _bounded(parse_name_addr(value or "").uri)
     except (UriError, ValueError):
         return ""
 
@@ -56,7 +66,7 @@ def call_facts(call: "ProxyCall", gateway: str) -> CallFacts:
 
 def _row(call_id: str, state: str, facts: CallFacts, answered_ms: int, max_duration_s: int,
          worker: int) -> dict[str, Any]:
-    return {"call_id": call_id, "state": state, "caller": facts.caller, "callee": facts.callee,
+    return {"call_id": _bounded(call_id), "state": state, "caller": facts.caller, "callee": facts.callee,
             "account": facts.account, "gateway": facts.gateway, "started_ms": facts.started_ms,
             "answered_ms": answered_ms, "max_duration_s": max_duration_s, "worker": worker}
 

@@ -72,6 +72,14 @@ def test_a_ringing_call_torn_down_is_ending_until_its_final_response(rig):
     assert live_calls(rig.core, 0, 100) == ([], 0)
 
 
+def test_what_callers_wrote_is_bounded(rig):
+    long_id = "x" * 5000
+    out = rig.authenticated(invite(call_id=long_id, branch="z9hG4bKlong"), ALICE, "alice", "a-secret")
+    assert any(m.method == "INVITE" for m, _ in out)
+    (row,), _ = live_calls(rig.core, 0, 100)
+    assert len(row["call_id"]) == 256 and row["call_id"].startswith("xxx")
+
+
 def test_the_list_is_bounded_but_counts_every_call(rig):
     for i in range(3):
         _ring(rig, f"call-{i}")
@@ -119,6 +127,8 @@ def service(tmp_path):
     run = tmp_path / "run"
     _publish(run, 0, os.getpid(), [_call("b@h", "bob@x", now - 5000, now - 3000)])
     _publish(run, 1, os.getpid(), [_call("a@h", "alice@x", now - 9000, worker=1)])
+    run.joinpath("calls-worker-1.json").write_text(run.joinpath("calls-worker-1.json").read_text()
+                                                   .replace("sip:a@x", "sip:[/bold]\\u001b[2J@x"))
     _publish(run, 2, _dead_pid(), [_call("ghost@h", "alice@x", now - 1000, now - 500, worker=2)])
     (run / "calls-worker-3.json").write_text("{half a fi")
     return LiveCalls(tmp_path, Config())
@@ -181,6 +191,7 @@ def test_the_cli_lists_and_refuses_what_the_service_refuses(service):
     listed = _cli(data, "calls")
     assert listed.exit_code == 0 and "a@h" in listed.output and "b@h" in listed.output
     assert "ghost@h" not in listed.output and "2 call(s) on 2 worker(s)" in listed.output
+    assert "\x1b" not in listed.output                      # a caller's escape codes never reach the terminal
     as_json = json.loads(_cli(data, "calls", "--json", "--account", "alice@x").output)
     assert [c["call_id"] for c in as_json["items"]] == ["a@h"]
     assert _cli(data, "hangup", "has space").exit_code == 2
