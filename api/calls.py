@@ -1,8 +1,8 @@
 """Live calls: the list across every proxy worker, and hanging one up.
 
 The one service layer behind `sipledger calls` / `sipledger hangup` (api/calls_cli.py)
-and ``/v1/calls`` (api/routes/calls.py); other parts (fraud's account block)
-call ``LiveCalls.hangup`` too.
+and ``/v1/calls`` (api/routes/calls.py); other parts call it too: an account
+block tears the account's calls down with ``LiveCalls.hangup_account``.
 
 * Listing reads the files the workers publish every housekeeping tick
   (proxy/runtime/livecalls.py): at most ~1 s old, nothing asked of the
@@ -81,7 +81,7 @@ class LiveCalls:
     def run_dir(self) -> Path:
         return Path(self.data_dir) / RUN_DIR
 
-    def list(self, account: str | None = None) -> dict[str, Any]:
+    def list_calls(self, account: str | None = None) -> dict[str, Any]:
         """Every live call of the running workers (``account``: its calls only),
         oldest first, with ``duration_ms`` so far; ``truncated`` when a worker
         had more than it publishes."""
@@ -122,14 +122,33 @@ class LiveCalls:
         call = self.get(call_id)
         if call is None:
             raise CallNotFound(f"no live call {call_id}")
-        command = commands.Teardown(id=new_event_id(), ts_ms=clock.now_ms(), call_id=call_id,
-                                    reason=reason, issued_by=issued_by)
+        command = self._teardown(call_id, reason, issued_by)
+        await self._send([command])
+        return {"call": call, "command_id": command.id, "reason": reason}
+
+    async def hangup_account(self, account: str, reason: str, *,
+                             issued_by: str = "operator") -> list[dict[str, Any]]:
+        """Tear down every live call of ``account`` (one producer for all of
+        them); returns the calls.  For blocking an account (fraud)."""
+        check_reason(reason)
+        # a Call-ID cut short in the list (proxy/core/livecalls.py) cannot be addressed
+        calls = [c for c in self.list_calls(account)["items"] if re.fullmatch(CALL_ID_PATTERN, c["call_id"])]
+        if calls:
+            await self._send([self._teardown(call["call_id"], reason, issued_by) for call in calls])
+        return calls
+
+    @staticmethod
+    def _teardown(call_id: str, reason: str, issued_by: str) -> commands.Teardown:
+        return commands.Teardown(id=new_event_id(), ts_ms=clock.now_ms(), call_id=call_id,
+                                 reason=reason, issued_by=issued_by)
+
+    async def _send(self, teardowns: list[commands.Teardown]) -> None:
         kafka = msgspec.structs.replace(self.config.kafka, bootstrap_servers=self.bootstrap())
         producer = AIOKafkaProducer(**producer_kwargs(kafka, client_id="sipledger-hangup"))
         try:
             await asyncio.wait_for(producer.start(), SEND_TIMEOUT_S)
-            delivered = await commands.publish(producer, self.config.topics.call_control, command)
-            await asyncio.wait_for(delivered, SEND_TIMEOUT_S)
+            delivered = [await commands.publish(producer, self.config.topics.call_control, command)
+                         for command in teardowns]
+            await asyncio.wait_for(asyncio.gather(*delivered), SEND_TIMEOUT_S)
         finally:
             await producer.stop()
-        return {"call": call, "command_id": command.id, "reason": reason}

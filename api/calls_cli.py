@@ -35,7 +35,7 @@ def calls(ctx: typer.Context,
           account: str = typer.Option(None, "--account", help="Only this account's calls (user@domain)."),
           as_json: bool = typer.Option(False, "--json", help="The list as JSON (the API's /v1/calls).")) -> None:
     """List the live calls of every running proxy worker (ringing ones as 'early')."""
-    page = _service(ctx).list(account)
+    page = _service(ctx).list_calls(account)
     if as_json:
         typer.echo(json.dumps(page, indent=2))
         return

@@ -22,7 +22,7 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "descripti
 
 @router.get("", response_model=LiveCallPage, summary="Live calls, oldest first")
 async def list_calls(calls: LiveCallsDep, account: AccountFilter) -> dict[str, Any]:
-    return await run_in_threadpool(calls.list, account)
+    return await run_in_threadpool(calls.list_calls, account)
 
 
 @router.get("/{call_id}", response_model=LiveCall, summary="One live call", responses=NOT_FOUND)

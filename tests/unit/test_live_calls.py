@@ -135,12 +135,12 @@ def service(tmp_path):
 
 
 def test_the_service_merges_running_workers_and_ignores_dead_ones(service):
-    page = service.list()
+    page = service.list_calls()
     assert page["workers"] == 2 and not page["truncated"]
     assert [c["call_id"] for c in page["items"]] == ["a@h", "b@h"]            # oldest first
     ringing, answered = page["items"]
     assert ringing["duration_ms"] == 0 and 3000 <= answered["duration_ms"] < 60_000
-    assert [c["call_id"] for c in service.list("alice@x")["items"]] == ["a@h"]
+    assert [c["call_id"] for c in service.list_calls("alice@x")["items"]] == ["a@h"]
     assert service.get("b@h")["worker"] == 0
     assert service.get("ghost@h") is None
 
@@ -154,6 +154,12 @@ def test_hangup_refuses_unknown_and_malformed_calls_before_any_broker(service):
         asyncio.run(service.hangup("b@h", reason='say "hi"'))
     with pytest.raises(BrokerUnknown):                       # no `up` running, no bootstrap configured
         asyncio.run(service.hangup("b@h"))
+
+
+def test_hanging_up_an_account_sends_nothing_when_it_has_no_call(service):
+    assert asyncio.run(service.hangup_account("carol@x", "blocked")) == []
+    with pytest.raises(BrokerUnknown):                       # alice has a call: it must be sent
+        asyncio.run(service.hangup_account("alice@x", "blocked"))
 
 
 def test_the_broker_is_the_running_ups_else_the_configured_one(service):
