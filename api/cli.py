@@ -27,6 +27,7 @@ from proxy.routing.cli import (
 )
 from proxy.runtime.pike_cli import pike_app
 
+from . import calls_cli
 from .tokens import token_app
 
 app = typer.Typer(help="sipledger: SIP proxy with event-sourced accounting and billing.",
@@ -50,6 +51,8 @@ app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
 app.add_typer(auth_app, name="auth")
 app.add_typer(pike_app, name="pike")
+app.command("calls")(calls_cli.calls)
+app.command("hangup")(calls_cli.hangup)
 
 
 @dataclass

@@ -33,10 +33,11 @@ from billing.rating.store import RatesStore
 from cdr.store.queries import CdrStore
 from proxy.infra.config import BillingSettings
 
+from .calls import LiveCalls
 from .tokens import TokenInfo, TokenStore
 
 __all__ = ["CdrStoreDep", "TokenStoreDep", "LedgerStoreDep", "RatesStoreDep", "BillingClientDep",
-           "LedgerQueriesDep", "BillingSettingsDep", "Principal", "Admin", "require_admin", "may_read",
+           "LedgerQueriesDep", "BillingSettingsDep", "LiveCallsDep", "Principal", "Admin", "require_admin", "may_read",
            "scope_account", "AccountFilter", "AccountPath", "ReadableAccount"]
 
 
@@ -73,6 +74,10 @@ def get_ledger_queries(request: Request) -> LedgerQueries:
     return _from_state(request, "ledger_queries", "the ledger store (ClickHouse)")
 
 
+def get_live_calls(request: Request) -> LiveCalls:
+    return _from_state(request, "live_calls", "the live-call list")
+
+
 def get_billing_settings(request: Request) -> BillingSettings:
     return getattr(request.app.state, "billing_settings", None) or BillingSettings()
 
@@ -84,6 +89,7 @@ RatesStoreDep = Annotated[RatesStore, Depends(get_rates_store)]
 BillingClientDep = Annotated[BillingClient, Depends(get_billing_client)]
 LedgerQueriesDep = Annotated[LedgerQueries, Depends(get_ledger_queries)]
 BillingSettingsDep = Annotated[BillingSettings, Depends(get_billing_settings)]
+LiveCallsDep = Annotated[LiveCalls, Depends(get_live_calls)]
 
 
 # -- who asks ----------------------------------------------------------------------------------

@@ -406,3 +406,36 @@ class ImportResult(BaseModel):
 
 class ImportProblem(Problem):
     errors: list[str]
+
+
+# -- live calls (api/routes/calls.py) ---------------------------------------------------------
+
+class LiveCall(BaseModel):
+    """One call in progress, as its proxy worker published it (at most ~1 s ago)."""
+    call_id: str
+    state: Literal["early", "confirmed", "ending"] = Field(
+        description="early: ringing (not answered); confirmed: answered; "
+                    "ending: the proxy sent BYE both ways (or CANCEL while it rang)")
+    caller: str = Field(description="the INVITE's From URI")
+    callee: str = Field(description="the INVITE's To URI")
+    account: str = Field(description="the authenticated caller (user@domain); '' if none")
+    gateway: str = Field(description="the gateway of the answering (early: latest) branch; '' if none")
+    started_ms: int = Field(description="the INVITE, epoch ms")
+    answered_ms: int = Field(description="the answer, epoch ms; 0 = not answered")
+    duration_ms: int = Field(description="since the answer, now; 0 = not answered")
+    max_duration_s: int = Field(description="the proxy sends BYE both ways at this duration")
+    worker: int = Field(description="the proxy worker that holds it")
+
+
+class LiveCallPage(BaseModel):
+    items: list[LiveCall]
+    workers: int = Field(description="running proxy workers that published their calls")
+    truncated: bool = Field(description="a worker had more calls than it lists (5000 each)")
+
+
+class HangupAccepted(BaseModel):
+    """The teardown was handed to the proxy workers (call.control); the call
+    leaves the list within ~1 s and its CDR ends with disposition of a teardown."""
+    call: LiveCall
+    command_id: str
+    reason: str

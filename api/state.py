@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from billing.client import BillingClient
 from billing.ledger.clickhouse import LedgerQueries
@@ -21,6 +22,7 @@ from billing.rating.store import RatesStore
 from cdr.store.queries import CdrStore
 from proxy.infra.config import BillingSettings, Config
 
+from .calls import LiveCalls
 from .tokens import TokenStore
 
 __all__ = ["AppState"]
@@ -35,6 +37,7 @@ class AppState:
     rates_store: RatesStore | None = None          # rate plans, rates, assignments
     billing_client: BillingClient | None = None    # writes: the billing service, the ledger's one writer
     ledger_queries: LedgerQueries | None = None    # the ledger's ClickHouse copy (history, reports)
+    live_calls: LiveCalls | None = None            # the proxy workers' live calls, hang-up (api/calls.py)
 
     @classmethod
     def open(cls, cdr_store: CdrStore, token_store: TokenStore, config: Config,
@@ -53,7 +56,8 @@ class AppState:
         return cls(cdr_store=cdr_store, token_store=token_store, billing_settings=billing,
                    ledger_store=ledger_store, rates_store=rates_store,
                    billing_client=BillingClient(data_dir, billing),
-                   ledger_queries=LedgerQueries(cdr_store.backend))
+                   ledger_queries=LedgerQueries(cdr_store.backend),
+                   live_calls=LiveCalls(Path(data_dir), config))
 
     def install(self, app) -> None:
         for f in fields(self):

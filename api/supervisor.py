@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import sys
 import threading
 import time
@@ -30,9 +31,10 @@ from pathlib import Path
 
 import msgspec
 
-from proxy.infra.config import RUN_DIR, Config
+from proxy.infra.config import KAFKA_RUN_FILE, RUN_DIR, Config
 from proxy.infra.kafka import ensure_topics_sync
 from proxy.infra.pidlock import LockHeld, PidLock
+from proxy.infra.runfiles import write_json_atomically
 from proxy.infra.supervise import (
     RESTART_BACKOFF_S,
     Child,
@@ -77,6 +79,8 @@ class Up:
         try:
             bootstrap = self._start_broker()
             self._create_topics(bootstrap)
+            # where the CLI sends commands (`sipledger hangup`, api/calls.py)
+            write_json_atomically(self.data_dir / RUN_DIR / KAFKA_RUN_FILE, {"bootstrap": bootstrap, "pid": os.getpid()})
             self.group.children = self.children(bootstrap)
             try:
                 self.group.start()
@@ -87,6 +91,7 @@ class Up:
             return 0
         finally:
             self.group.stop()
+            (self.data_dir / RUN_DIR / KAFKA_RUN_FILE).unlink(missing_ok=True)
             if self.broker is not None:
                 self.broker.stop()
             lock.release()

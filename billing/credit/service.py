@@ -429,10 +429,7 @@ class BillingService:
 
         async def send() -> None:
             try:
-                # the record's timestamp is the command's issue time on the project's clock
-                # (proxy workers skip commands issued before they started by it)
-                await producer.send(self.topics.call_control, cmd.encode(command),
-                                    key=command.call_id.encode(), timestamp_ms=command.ts_ms)
+                await cmd.publish(producer, self.topics.call_control, command)
             except Exception as exc:           # the teardown is retried by its timer
                 log.warning("billing: sending %s for %s failed: %r", type(command).__name__,
                             command.call_id, exc)

@@ -5,6 +5,8 @@ event on `sip.events` (DialogTeardown / MaxDurationSet) carrying ``command_id``.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from .events import SCHEMA_VERSION
@@ -41,3 +43,13 @@ def encode(command: ControlCommand) -> bytes:
 
 def decode(data: bytes) -> ControlCommand:
     return _decoder.decode(data)
+
+
+async def publish(producer: Any, topic: str, command: ControlCommand) -> Any:
+    """Hand ``command`` to an aiokafka producer, keyed by Call-ID; returns the
+    delivery future.  The record's timestamp is the command's issue time on
+    the project's clock: proxy workers skip commands issued before they
+    started by it (proxy/events/control.py).  Billing's credit control and
+    the operators' hang-up (api/calls.py) both send through here."""
+    return await producer.send(topic, encode(command), key=command.call_id.encode(),
+                               timestamp_ms=command.ts_ms)

@@ -85,7 +85,7 @@ class DialogWatcher(Protocol):
 class Dialog:
     __slots__ = ("call_id", "caller_tag", "callee_tag", "caller", "callee", "state", "leg",
                  "answered_ms", "answered_mono", "max_duration_s", "timer", "pending_byes",
-                 "end_reason", "billed", "media", "session")
+                 "end_reason", "billed", "media", "session", "facts")
 
     def __init__(self, call_id: str, caller_tag: str, callee_tag: str, caller: Side,
                  callee: Side, leg: int, answered_ms: int, answered_mono: float,
@@ -106,6 +106,7 @@ class Dialog:
         self.billed = billed           # the call's dialog (first answered); False: an extra fork
         self.media: Any = None         # the media relay's state (proxy/core/media.py)
         self.session: Any = None       # the session timer's state (RFC 4028)
+        self.facts: Any = None         # livecalls.CallFacts of the billed dialog (the live-call list)
 
     @property
     def key(self) -> DialogKey:

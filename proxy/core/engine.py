@@ -36,6 +36,7 @@ from ..transactions import (
 from .callevents import CallEventFactory
 from .dialogs import DialogTable
 from .forwarding import Branch, ProxyCall
+from .livecalls import call_facts
 from .media import MediaRelay
 from .node import LocalNode
 from .ports import Effects, Target
@@ -163,6 +164,7 @@ class Core:
                                            branch.index, max_s)
         if not (new and dialog.billed):
             return
+        dialog.facts = call_facts(call, branch.gateway)
         self.emit(self.events.make(
             ev.CallAnswered, call.request, to_tag=dialog.callee_tag, leg=branch.index,
             code=resp.status, reason=resp.reason or "", callee_user_agent=resp.get("server")

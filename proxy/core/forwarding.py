@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..contract import events as ev
+from ..infra import clock
 from ..sip.build import make_response, reason_header
 from ..sip.message import SipMessage
 from ..transactions import (
@@ -80,6 +81,7 @@ class ProxyCall:
         self.failure_handler: Callable[["ProxyCall", SipMessage], bool] | None = None
         self.ring_timeout_s: float | None = None
         self.media = None      # media.Exchange: responses go upstream through the media relay
+        self.started_ms = clock.now_ms()         # the live-call list's start (proxy/core/livecalls.py)
         server.on_message = self._on_server_message
         server.on_terminated = self._on_server_terminated
 

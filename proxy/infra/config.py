@@ -28,6 +28,7 @@ ENV_CONFIG = "SIPLEDGER_CONFIG"
 DEFAULT_DATA_DIR = "./data"
 CONFIG_NAME = "sipledger.toml"
 RUN_DIR = "run"                  # DATA_DIR/run: ports, sockets and locks of running processes
+KAFKA_RUN_FILE = "kafka.json"    # DATA_DIR/run/kafka.json: the broker `up` runs with (bootstrap, pid)
 CREDIT_PORT_FILE = "credit.port"       # the credit service's UDP port, decimal, one line
 BILLING_SOCKET_FILE = "billing.sock"   # the billing service's admin RPC (unix socket)
 BILLING_LOCK_FILE = "billing.lock"     # held (flock) by the one process that writes the ledger

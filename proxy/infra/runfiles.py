@@ -16,3 +16,17 @@ def write_json_atomically(path: Path, state: object) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(state) + "\n")
     os.replace(tmp, path)
+
+
+def pid_alive(pid: object) -> bool:
+    """Whether the process that wrote a state file still runs (a file left by a
+    worker that is gone must not be trusted)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

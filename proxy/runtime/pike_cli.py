@@ -7,29 +7,17 @@ reported as stale rather than trusted.
 from __future__ import annotations
 
 import json
-import os
 
 import typer
 
 from proxy.infra.cli import print_rows
 from proxy.infra.config import RUN_DIR
+from proxy.infra.runfiles import pid_alive
 
 from .floodguard import read_pike_states
 
 pike_app = typer.Typer(help="Flood protection: sources blocked by the pike, per worker.",
                        invoke_without_command=True, no_args_is_help=False)
-
-
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @pike_app.callback()
@@ -38,7 +26,7 @@ def pike(ctx: typer.Context,
     """Print the sources blocked by each running worker's pike, and its counters."""
     states = read_pike_states(ctx.obj.data_dir / RUN_DIR)
     for state in states:
-        state["stale"] = not _alive(state.get("pid"))
+        state["stale"] = not pid_alive(state.get("pid"))
     if as_json:
         typer.echo(json.dumps(states, indent=2))
         return

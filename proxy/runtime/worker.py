@@ -39,6 +39,7 @@ from .authorization import AuthorizationClient
 from .dns import DnsClient, read_hosts
 from .floodguard import FloodGuard, probe_key
 from .handoff import Handoff, conn_owner, remote_conn
+from .livecalls import LiveCallsFile
 from .loaded import LoadedState
 from .media import MediaEdge
 from .transport import TcpPool, UdpEndpoint, inherited_socket, tcp_socket, udp_socket
@@ -281,6 +282,7 @@ class Worker:
         self.control.start()
         self.loaded = LoadedState(self.data_dir / RUN_DIR, self.index)
         self._publish_loaded(provisioning, routing)
+        self.live_calls = LiveCallsFile(self.data_dir / RUN_DIR, self.index)
         housekeeping = loop.create_task(self._housekeeping(provisioning, routing, location, core))
         natping = loop.create_task(self._natping(core, location))
 
@@ -294,6 +296,7 @@ class Worker:
         natping.cancel()
         self.guard.close()
         self.loaded.remove()
+        self.live_calls.remove()
         if self.handoff is not None:
             self.handoff.close(loop)
         for endpoint in udp.values():
@@ -378,6 +381,7 @@ class Worker:
                 self._publish_loaded(provisioning, routing)
                 if tick % 30 == 0 and self.index == 0:
                     location.purge(clock.time())
+                self.live_calls.publish(core)       # `sipledger calls` (proxy/runtime/livecalls.py)
             except Exception:
                 log.exception("housekeeping failed")
 

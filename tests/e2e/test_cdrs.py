@@ -15,6 +15,7 @@ from proxy.contract.events import new_event_id
 from proxy.infra.clock import now_ms
 from tests.harness.calls import (
     DOMAIN,
+    MAIN_MAX_DIALOG,
     PASSWORDS,
     assert_completed,
     assert_uas_completed,
@@ -178,3 +179,67 @@ def test_dialog_timeout_closes_the_cdr(sl, uas_factory, sipp_dir):
     assert (c["disposition"], c["hangup_by"]) == ("answered", "timeout")
     assert c["duration_ms"] >= 1000
 
+
+
+def listed(sl, call_id: str, state: str | None) -> dict | bool:
+    """The call as ``GET /v1/calls`` lists it, if in ``state``; with None: whether it is gone."""
+    items = sl.client.get("/v1/calls").json()["items"]
+    mine = [c for c in items if c["call_id"] == call_id]
+    return (mine[0] if mine and mine[0]["state"] == state else False) if state else not mine
+
+
+def test_live_call_is_listed_then_hung_up_by_the_operator(sl, uas_factory, sipp_dir):
+    """`GET /v1/calls` lists the answered call with its facts; `sipledger hangup`
+    (the service behind `DELETE /v1/calls/{id}`) ends it with BYE both ways; it
+    leaves the list and its CDR says teardown."""
+    bob = uas_factory("uas_bye_from_proxy", timeout=30)
+    box: dict = {}
+    with registered(sl, "bob", bob, sipp_dir):
+        thread = threading.Thread(target=lambda: box.update(res=run_uac(
+            "uac_wait_bye", sl.sip_addr, {"caller": "alice", "callee": "bob", "domain": DOMAIN}, 30,
+            auth=("alice", PASSWORDS["alice"]), auth_uri=f"bob@{DOMAIN}", workdir=sipp_dir)))
+        thread.start()
+        (invite,) = bob.wait_for("INVITE", 10)
+        bob.wait_for("ACK", 10)
+        call_id = invite.header("Call-ID")
+
+        live = eventually(lambda: listed(sl, call_id, "confirmed"), "the call in /v1/calls", 10, interval=0.2)
+        assert (live["caller"], live["callee"], live["account"], live["gateway"], live["worker"]) == \
+            (f"sip:alice@{DOMAIN}", f"sip:bob@{DOMAIN}", f"alice@{DOMAIN}", "", 0)
+        assert 0 < live["started_ms"] <= live["answered_ms"] and live["duration_ms"] >= 0
+        assert live["max_duration_s"] == MAIN_MAX_DIALOG
+        out = sl.run_cli("hangup", call_id, "--reason", "operator test").stdout
+        assert "teardown sent" in out
+        thread.join(30)
+        assert_completed(box["res"], "alice is hung up by the operator")
+        bob_res = assert_uas_completed(bob, "bob is hung up by the operator")
+    for bye in (box["res"].received("BYE")[0], bob_res.received("BYE")[0]):
+        assert 'text="operator test"' in (bye.header("Reason") or ""), bye
+    eventually(lambda: listed(sl, call_id, None), "the call gone from /v1/calls", 10, interval=0.2)
+    c = summary(cdr_of(sl, box["res"]))
+    assert (c["disposition"], c["hangup_by"], c["hangup_reason"]) == ("answered", "teardown", "operator test")
+
+
+def test_ringing_call_hung_up_through_the_api_is_cancelled(sl, uas_factory, sipp_dir):
+    """``DELETE /v1/calls/{id}`` on a call still ringing: listed as early, then
+    the proxy CANCELs it toward the callee and the caller gets 487."""
+    bob = uas_factory("uas_noanswer", timeout=30)
+    box: dict = {}
+    with registered(sl, "bob", bob, sipp_dir):
+        thread = threading.Thread(target=lambda: box.update(res=call(
+            sl, sipp_dir, "bob", scenario="uac_call_expect_failure", expected=487)))
+        thread.start()
+        (invite,) = bob.wait_for("INVITE", 10)
+        call_id = invite.header("Call-ID")
+        ringing = eventually(lambda: listed(sl, call_id, "early"), "the ringing call in /v1/calls", 10,
+                             interval=0.2)
+        assert ringing["answered_ms"] == 0 and ringing["duration_ms"] == 0
+        response = sl.client.delete(f"/v1/calls/{call_id}", params={"reason": "operator test"})
+        assert response.status_code == 202, response.text
+        assert response.json()["call"]["call_id"] == call_id and response.json()["command_id"]
+        thread.join(30)
+        assert_completed(box["res"], "alice's ringing call is cancelled by the operator")
+        assert_uas_completed(bob, "bob's ringing stops")
+    eventually(lambda: listed(sl, call_id, None), "the call gone from /v1/calls", 10, interval=0.2)
+    c = summary(cdr_of(sl, box["res"]))
+    assert (c["disposition"], c["answer_ms"], c["hangup_by"]) == ("cancelled", 0, "teardown"), c

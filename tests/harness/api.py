@@ -19,6 +19,7 @@ import httpx
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
+from api.calls import LiveCalls
 from api.main import create_app
 from api.routes import ROUTERS, api_router
 from api.state import AppState
@@ -83,7 +84,7 @@ def open_api(data: Path, chdb_path: Path, *, database: str, billing: bool) -> It
         tokens.revoke(revoked.id)
         store = CdrStore(backend)
         state = (AppState.open(store, tokens, Config(), data) if billing
-                 else AppState(cdr_store=store, token_store=tokens))
+                 else AppState(cdr_store=store, token_store=tokens, live_calls=LiveCalls(data, Config())))
         with TestClient(create_app(state)) as client:
             yield ApiEnv(client, made, state, backend, data, tokens)
     finally:
