@@ -231,6 +231,9 @@ class FraudChecker:
         alert = _AlertMaker(user, number, compiled.prefix, rule, call_id)
         return [a for parameter, value in values.items() if (a := alert(parameter, value)) is not None]
 
+    def is_open(self, call_id: str) -> bool:
+        return call_id in self._open
+
     def answered(self, call_id: str, now: float) -> None:
         call = self._open.get(call_id)
         if call is not None and call.answered_at is None:

@@ -38,6 +38,7 @@ RECORD_ROUTED = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 # unknown user and wrong password get the same answer: no user enumeration
 WRONG_CREDENTIALS_REASON = "Forbidden"
 LOCKED_REASON = "Forbidden (too many failures, try later)"
+FRAUD_REASON = "Forbidden (fraud limit reached)"
 OFFNET_REASON = "Forbidden (relaying needs authentication)"
 _FAILURE_REASONS = {"replay": "Forbidden (replayed credentials)"}
 
@@ -419,6 +420,27 @@ class RequestContext:
             return False
         self.credit_check = True
         return True
+
+    def fraud_check(self, profile: str | None = None) -> bool:
+        """OpenSIPS check_fraud(user, number, profile) for an initial INVITE of an
+        authenticated caller (docs/fraud.md): counts the call against the
+        profile's rules, raises ``fraud.alert`` events, and answers 403 itself
+        when a critical threshold is reached and ``[fraud] block_critical`` is
+        on.  False when the call was refused (the script returns)."""
+        guard = self.core.fraud
+        if (guard is None or self.method != "INVITE" or self.account is None or self.replied
+                or self.vars.get("_fraud_checked")):       # a forwarded call counts once
+            return True
+        self.vars["_fraud_checked"] = True
+        try:
+            from_tag = parse_name_addr(self.request.get("from") or "").tag or ""
+        except UriError:
+            from_tag = ""
+        action = guard.check(self.account, self.ruri.user or "", self.request.call_id or "", from_tag, profile)
+        if action == "none":
+            return True
+        self.reply(403, FRAUD_REASON)
+        return False
 
     def set_ring_timeout(self, seconds: float) -> None:
         """fr_inv_timer: give up on a ringing branch after this (then failure handlers run)."""
