@@ -13,6 +13,7 @@ from proxy.infra import config as config_mod
 from proxy.infra.cli import fail, usage
 from proxy.infra.config import ENV_CONFIG, ENV_DATA_DIR, ConfigError, resolve_paths
 from proxy.provisioning.cli import alias_app, domain_app, user_app
+from proxy.provisioning.fraud_cli import fraud_app
 from proxy.provisioning.lockout_cli import auth_app
 from proxy.provisioning.store import default_url
 from proxy.routing.cli import (
@@ -50,6 +51,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
 app.add_typer(auth_app, name="auth")
 app.add_typer(pike_app, name="pike")
+app.add_typer(fraud_app, name="fraud")
 
 
 @dataclass

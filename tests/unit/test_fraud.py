@@ -106,3 +106,49 @@ def test_days_syntax():
     assert parse_days("mon-fri") == frozenset(range(5))
     assert parse_days("sat-mon") == frozenset({5, 6, 0})
     assert parse_days("*") == frozenset(range(7))
+
+
+# -- at INVITE, through the default routing script (in memory) ------------------------------
+
+def _rig(tmp_path, **fraud):
+    from proxy.core.fraudguard import FraudGuard
+    from proxy.infra.config import FraudSettings
+    from tests.harness.corefake import CoreRig
+    rig = CoreRig(tmp_path, auth=True)
+    rig.core.fraud = FraudGuard(rig.core, FraudSettings(**fraud))
+    rig.cli("domain", "add", "example.test")
+    rig.cli("user", "add", "alice@example.test", "--password", "a-secret")
+    rig.cli("gateway", "add", "gw1", "--address", "198.51.100.1:5060")
+    rig.cli("route", "add", "--prefix", "0", "--gateways", "gw1")
+    rig.cli("fraud", "profile", "add", "default")
+    rig.cli("fraud", "rule", "add", "default", "--prefix", "00", "--cpm", "2:3")
+    return rig
+
+
+def _call(rig, call_id):
+    from tests.harness.corefake import ALICE, invite
+    out = rig.authenticated(invite(call_id=call_id, to="00441234", branch=f"z9hG4bK{call_id}"),
+                            ALICE, "alice", "a-secret")
+    return [m.status for m, _ in out if m.status], [m for m, _ in out if m.method == "INVITE"]
+
+
+def test_critical_breach_refuses_with_403_and_is_listed(tmp_path):
+    rig = _rig(tmp_path)
+    assert _call(rig, "f1")[1] and _call(rig, "f2")[1]          # 2nd: warning, relayed
+    statuses, relayed = _call(rig, "f3")
+    assert 403 in statuses and not relayed
+    alerts = [e for e in rig.effects.events if e.__class__.__name__ == "FraudAlert"]
+    assert [(a.severity, a.value, a.action, a.call_id) for a in alerts] == [
+        ("warning", 2, "none", "f2"), ("critical", 3, "refused", "f3")]
+    rig.reload()                                                 # the poll writes the alert rows
+    rows = rig.store.fraud_alerts()
+    assert [(r["severity"], r["action"], r["user"]) for r in rows] == [
+        ("critical", "refused", "alice@example.test"), ("warning", "none", "alice@example.test")]
+    rig.cli("fraud", "list")                                     # the listing runs
+
+
+def test_critical_breach_only_reported_without_block_critical(tmp_path):
+    rig = _rig(tmp_path, block_critical=False)
+    for call_id in ("f1", "f2", "f3"):
+        assert _call(rig, call_id)[1]
+    assert [e.action for e in rig.effects.events if e.__class__.__name__ == "FraudAlert"] == ["none", "none"]
