@@ -12,6 +12,7 @@ opener's.  A field left None makes its routes answer 503.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass, field, fields
 
 from billing.client import BillingClient
@@ -20,6 +21,7 @@ from billing.ledger.store import LedgerStore
 from billing.rating.store import RatesStore
 from cdr.store.queries import CdrStore
 from proxy.infra.config import BillingSettings, Config
+from proxy.provisioning.store import default_url as provisioning_default_url
 
 from .tokens import TokenStore
 
@@ -35,6 +37,8 @@ class AppState:
     rates_store: RatesStore | None = None          # rate plans, rates, assignments
     billing_client: BillingClient | None = None    # writes: the billing service, the ledger's one writer
     ledger_queries: LedgerQueries | None = None    # the ledger's ClickHouse copy (history, reports)
+    provisioning_url: str | None = None            # fraud alerts, gateways (quality's probe state)
+    run_dir: str | None = None                     # DATA_DIR/run: the workers' published state
 
     @classmethod
     def open(cls, cdr_store: CdrStore, token_store: TokenStore, config: Config,
@@ -53,7 +57,9 @@ class AppState:
         return cls(cdr_store=cdr_store, token_store=token_store, billing_settings=billing,
                    ledger_store=ledger_store, rates_store=rates_store,
                    billing_client=BillingClient(data_dir, billing),
-                   ledger_queries=LedgerQueries(cdr_store.backend))
+                   ledger_queries=LedgerQueries(cdr_store.backend),
+                   provisioning_url=config.provisioning.url or provisioning_default_url(data_dir),
+                   run_dir=str(Path(data_dir) / "run"))
 
     def install(self, app) -> None:
         for f in fields(self):
