@@ -28,6 +28,7 @@ from proxy.routing.cli import (
 )
 from proxy.runtime.pike_cli import pike_app
 
+from .quality_cli import quality_command
 from .tokens import token_app
 
 app = typer.Typer(help="sipledger: SIP proxy with event-sourced accounting and billing.",
@@ -52,6 +53,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(auth_app, name="auth")
 app.add_typer(pike_app, name="pike")
 app.add_typer(fraud_app, name="fraud")
+app.command("quality")(quality_command)
 
 
 @dataclass

@@ -12,8 +12,8 @@ opener's.  A field left None makes its routes answer 503.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from billing.client import BillingClient
 from billing.ledger.clickhouse import LedgerQueries

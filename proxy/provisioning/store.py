@@ -370,7 +370,8 @@ class ProvisioningStore(SqlStore):
             if conn.execute(select(fraud_profile_table.c.name)
                             .where(fraud_profile_table.c.name == rule.profile)).first() is None:
                 raise ProvisioningError(f"fraud profile {rule.profile} does not exist")
-            return int(conn.execute(insert(fraud_rule_table).values(**values)).inserted_primary_key[0])
+            key = conn.execute(insert(fraud_rule_table).values(**values)).inserted_primary_key
+            return int(key[0]) if key is not None else 0
 
     def del_fraud_rule(self, rule_id: int) -> None:
         with self._write() as conn:

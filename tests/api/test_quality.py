@@ -68,3 +68,14 @@ def test_gateway_probe_states(tmp_path):
     (run / "worker-0.loaded").write_text(json.dumps({"worker": 0, "gateways_down": []}))
     (run / "worker-1.loaded").write_text(json.dumps({"worker": 1, "gateways_down": ["gw-b"]}))
     assert gateway_states(url, run) == {"gw-a": "up", "gw-b": "down", "gw-c": "not_probed"}
+
+
+def test_cli_table_renders_what_the_api_returns(cdr_api):
+    from rich.console import Console
+
+    from api.quality_cli import render
+    body = cdr_api.get("/v1/quality", bucket="day", group_by="gateway").json()
+    console = Console(width=200, record=True)
+    console.print(render(body))
+    text = console.export_text()
+    assert "gw-de" in text and "66.7%" in text and "probe" in text
