@@ -152,3 +152,33 @@ def test_critical_breach_only_reported_without_block_critical(tmp_path):
     for call_id in ("f1", "f2", "f3"):
         assert _call(rig, call_id)[1]
     assert [e.action for e in rig.effects.events if e.__class__.__name__ == "FraudAlert"] == ["none", "none"]
+
+
+# -- billing: [fraud] block_account ----------------------------------------------------------
+
+def test_billing_blocks_the_account_of_a_block_account_alert():
+    import asyncio
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from billing.credit.service import BillingService
+    from billing.errors import LedgerError
+    from proxy.contract import events as ev
+
+    calls = []
+
+    async def put_account(account, fields, *, create):
+        calls.append((account, fields, create))
+        if account == "nobody@x":
+            raise LedgerError("account nobody@x does not exist", status=404)
+        return {}
+
+    service = SimpleNamespace(app=SimpleNamespace(put_account=put_account), stats=Counter())
+    alert = ev.FraudAlert(id="1", ts_ms=0, call_id="c", from_tag="t", proxy="p", severity="critical",
+                          parameter="cpm", value=5, threshold=3, user="alice@x", account="alice@x",
+                          number="00", prefix="00", profile="default", rule_id=1, action="block_account")
+    asyncio.run(BillingService._block_for_fraud(service, alert))
+    asyncio.run(BillingService._block_for_fraud(service, ev.FraudAlert(**{
+        **{f: getattr(alert, f) for f in alert.__struct_fields__}, "account": "nobody@x"})))
+    assert calls == [("alice@x", {"status": "blocked"}, False), ("nobody@x", {"status": "blocked"}, False)]
+    assert service.stats["fraud_blocks"] == 1
