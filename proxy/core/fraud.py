@@ -234,6 +234,11 @@ class FraudChecker:
     def is_open(self, call_id: str) -> bool:
         return call_id in self._open
 
+    def duration_limit(self, call_id: str) -> int:
+        """The critical call_duration of the rule an open call matched (0: none)."""
+        call = self._open.get(call_id)
+        return call.rule.call_duration_critical if call is not None else 0
+
     def answered(self, call_id: str, now: float) -> None:
         call = self._open.get(call_id)
         if call is not None and call.answered_at is None:

@@ -55,6 +55,12 @@ class FraudGuard:
             self._raise(alert, from_tag, action if alert.severity == "critical" else "none")
         return action
 
+    def duration_cap(self, call_id: str) -> int:
+        """With ``block_critical``, a rule's critical call_duration also caps the
+        dialog (seconds; 0: no cap): the proxy ends the call there (BYE both
+        ways), and the end raises the critical alert."""
+        return self.checker.duration_limit(call_id) if self.settings.block_critical else 0
+
     def observe(self, event) -> None:
         if isinstance(event, ev.FraudAlert):
             return

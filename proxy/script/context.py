@@ -436,8 +436,12 @@ class RequestContext:
             from_tag = parse_name_addr(self.request.get("from") or "").tag or ""
         except UriError:
             from_tag = ""
-        action = guard.check(self.account, self.ruri.user or "", self.request.call_id or "", from_tag, profile)
+        call_id = self.request.call_id or ""
+        action = guard.check(self.account, self.ruri.user or "", call_id, from_tag, profile)
         if action == "none":
+            cap = guard.duration_cap(call_id)
+            if cap and (self.max_duration_s is None or cap < self.max_duration_s):
+                self.set_max_duration(cap)
             return True
         self.reply(403, FRAUD_REASON)
         return False
@@ -620,8 +624,8 @@ class RequestContext:
         elif not answer.allowed:
             self.reply(answer.code or 402, answer.reason or "Payment Required")
             return
-        elif answer.max_duration_s is not None:
-            self.set_max_duration(answer.max_duration_s)
+        elif answer.max_duration_s is not None:     # a shorter limit set before (fraud_check) stays
+            self.set_max_duration(min(answer.max_duration_s, self.max_duration_s or answer.max_duration_s))
         self.relay(cause=cause)
 
     def _announce(self) -> None:

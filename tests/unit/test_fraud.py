@@ -182,3 +182,11 @@ def test_billing_blocks_the_account_of_a_block_account_alert():
         **{f: getattr(alert, f) for f in alert.__struct_fields__}, "account": "nobody@x"})))
     assert calls == [("alice@x", {"status": "blocked"}, False), ("nobody@x", {"status": "blocked"}, False)]
     assert service.stats["fraud_blocks"] == 1
+
+
+def test_critical_call_duration_caps_the_dialog(tmp_path):
+    rig = _rig(tmp_path)
+    rig.cli("fraud", "rule", "add", "default", "--prefix", "0044", "--call-duration", "60:120")
+    assert _call(rig, "d1")[1]
+    (received,) = [e for e in rig.effects.events if e.__class__.__name__ == "InviteReceived"]
+    assert received.max_duration_s == 120
