@@ -13,6 +13,7 @@ from proxy.infra import config as config_mod
 from proxy.infra.cli import fail, usage
 from proxy.infra.config import ENV_CONFIG, ENV_DATA_DIR, ConfigError, resolve_paths
 from proxy.provisioning.cli import alias_app, domain_app, user_app
+from proxy.provisioning.fraud_cli import fraud_app
 from proxy.provisioning.lockout_cli import auth_app
 from proxy.provisioning.store import default_url
 from proxy.routing.cli import (
@@ -28,6 +29,7 @@ from proxy.routing.cli import (
 from proxy.runtime.pike_cli import pike_app
 
 from . import calls_cli
+from .quality_cli import quality_command
 from .tokens import token_app
 
 app = typer.Typer(help="sipledger: SIP proxy with event-sourced accounting and billing.",
@@ -53,6 +55,8 @@ app.add_typer(auth_app, name="auth")
 app.add_typer(pike_app, name="pike")
 app.command("calls")(calls_cli.calls)
 app.command("hangup")(calls_cli.hangup)
+app.add_typer(fraud_app, name="fraud")
+app.command("quality")(quality_command)
 
 
 @dataclass

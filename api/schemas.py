@@ -138,6 +138,7 @@ class StatsRow(BaseModel):
     effective: int
     asr: float | None
     ner: float | None
+    seer: float | None
     acd_s: float | None
     pdd_ms: Pdd
 
@@ -147,6 +148,41 @@ class StatsResponse(BaseModel):
     group_by: str
     unit: Literal["call", "leg"]
     rows: list[StatsRow]
+
+
+class QualityRow(StatsRow):
+    probe: str | None = None        # group_by=gateway: up, down, not_probed, unknown
+
+
+class QualityResponse(BaseModel):
+    bucket: str
+    group_by: str
+    unit: Literal["call", "leg"]
+    prefix_len: int | None
+    rows: list[QualityRow]
+    gateways: dict[str, str]
+
+
+# -- fraud alerts (api/routes/fraud.py) ----------------------------------------------------------
+
+class FraudAlertRow(BaseModel):
+    id: int
+    at: float
+    severity: str
+    parameter: str
+    value: int
+    threshold: int
+    user: str
+    number: str
+    prefix: str
+    profile: str
+    rule_id: int
+    call_id: str
+    action: str
+
+
+class FraudAlertPage(BaseModel):
+    items: list[FraudAlertRow]
 
 
 # -- accounts and money (api/routes/accounts.py) -------------------------------------------------

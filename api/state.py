@@ -21,6 +21,7 @@ from billing.ledger.store import LedgerStore
 from billing.rating.store import RatesStore
 from cdr.store.queries import CdrStore
 from proxy.infra.config import BillingSettings, Config
+from proxy.provisioning.store import default_url as provisioning_default_url
 
 from .calls import LiveCalls
 from .tokens import TokenStore
@@ -38,6 +39,8 @@ class AppState:
     billing_client: BillingClient | None = None    # writes: the billing service, the ledger's one writer
     ledger_queries: LedgerQueries | None = None    # the ledger's ClickHouse copy (history, reports)
     live_calls: LiveCalls | None = None            # the proxy workers' live calls, hang-up (api/calls.py)
+    provisioning_url: str | None = None            # fraud alerts, gateways (quality's probe state)
+    run_dir: str | None = None                     # DATA_DIR/run: the workers' published state
 
     @classmethod
     def open(cls, cdr_store: CdrStore, token_store: TokenStore, config: Config,
@@ -57,7 +60,9 @@ class AppState:
                    ledger_store=ledger_store, rates_store=rates_store,
                    billing_client=BillingClient(data_dir, billing),
                    ledger_queries=LedgerQueries(cdr_store.backend),
-                   live_calls=LiveCalls(Path(data_dir), config))
+                   live_calls=LiveCalls(Path(data_dir), config),
+                   provisioning_url=config.provisioning.url or provisioning_default_url(data_dir),
+                   run_dir=str(Path(data_dir) / "run"))
 
     def install(self, app) -> None:
         for f in fields(self):

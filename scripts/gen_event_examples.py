@@ -75,6 +75,11 @@ def example_events() -> list[events.CallEvent]:
             to_tag=None, proxy="sipledger-1", worker=0, aor="sip:bob@example.com",
             contact="sip:bob@192.168.1.20:5060", received="203.0.113.9:41234/udp",
             reason="keepalive_timeout", failures=3),
+        # issue 16: fraud detection
+        events.FraudAlert(
+            id=_id(17), **_envelope(0), severity="critical", parameter="cpm", value=31, threshold=30,
+            user="alice@example.com", account="alice", number="+4930123456", prefix="49",
+            profile="default", rule_id=3, action="refused"),
     ]
 
 

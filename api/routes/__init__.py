@@ -8,11 +8,11 @@ from fastapi import APIRouter, Depends
 
 from ..params import known_params
 from ..schemas import Problem
-from . import accounts, calls, cdrs, health, ledger, rates, reports, stats
+from . import accounts, calls, cdrs, fraud, health, ledger, quality, rates, reports, stats
 
 __all__ = ["api_router", "health", "ROUTERS"]
 
-ROUTERS = tuple(module.router for module in (cdrs, calls, stats, accounts, ledger, reports, rates))
+ROUTERS = tuple(module.router for module in (cdrs, calls, stats, quality, fraud, accounts, ledger, reports, rates))
 
 api_router = APIRouter(prefix="/v1", dependencies=[Depends(known_params)], responses={
     401: {"model": Problem, "description": "no token, or an unknown or revoked one"},

@@ -577,6 +577,8 @@ class BillingService:
             except ev.Unreadable as exc:
                 self.stats[f"sip_{exc.reason}"] += 1
                 continue
+            if isinstance(event, ev.FraudAlert) and event.action == "block_account" and event.account:
+                self._sends.append(asyncio.ensure_future(self._block_for_fraud(event)))
             if not is_call_event(event):             # e.g. registration.dropped: no call state
                 self.stats["sip_not_a_call"] += 1
                 continue
@@ -605,6 +607,22 @@ class BillingService:
                 self.stats["steps_out"] += 1
                 self._sends.append(asyncio.ensure_future(
                     producer.send(topic, encode_step(step), key=step.account.encode())))
+
+    async def _block_for_fraud(self, alert: ev.FraudAlert) -> None:
+        """[fraud] block_account: a critical fraud alert blocks the caller's account,
+        as `sipledger account block` does (its live calls are torn down).  A
+        caller without a billing account is left alone."""
+        app = self.app
+        if app is None or alert.account is None:
+            return
+        try:
+            await app.put_account(alert.account, {"status": "blocked"}, create=False)
+        except LedgerError as exc:
+            log.info("billing: fraud alert for %s: account not blocked: %s", alert.account, exc)
+            return
+        self.stats["fraud_blocks"] += 1
+        log.warning("billing: account %s blocked: fraud %s %s=%d (threshold %d, rule %s/%d)", alert.account,
+                    alert.severity, alert.parameter, alert.value, alert.threshold, alert.profile, alert.rule_id)
 
     async def _on_steps(self, records) -> None:
         self._slice = time.perf_counter()

@@ -39,8 +39,8 @@ from proxy.infra.clickhouse.backend import Backend
 
 from . import rows as rows_mod
 
-Period = Literal["hour", "day", "month"]
-GroupBy = Literal["none", "gateway", "prefix"]
+Period = Literal["5min", "hour", "day", "month"]
+GroupBy = Literal["none", "gateway", "prefix", "account"]
 
 # A call's later legs start after leg 0, during call setup: an upper time
 # bound on leg 0's setup is widened by this much for the other legs.
@@ -55,6 +55,10 @@ _ATTEMPT = "NOT (sip_code >= 300 AND sip_code < 400)"
 _EFFECTIVE = ("(disposition IN ('answered', 'busy', 'no_answer') "
               "OR sip_code IN (480, 486, 600, 603) "
               "OR (disposition = 'cancelled' AND ringing_ms > 0))")
+# RFC 6076 §4.7 SEER (the session-establishment effectiveness ratio; GSMA IR.42
+# carriers quote it too) counts as effective exactly 200, 480, 486, 600 and 603:
+# unlike NER, a ring with no answer (timeout, or cancelled while ringing) is not.
+_SEER_EFFECTIVE = "(disposition = 'answered' OR sip_code IN (480, 486, 600, 603))"
 
 
 class CursorError(ValueError):
@@ -315,12 +319,13 @@ class CdrStore:
     # -- statistics ------------------------------------------------------------
     def stats(self, f: CdrFilter, *, period: Period = "day", group_by: GroupBy = "none",
               prefix_len: int = 2) -> list[dict[str, Any]]:
-        """ASR, NER, ACD and PDD per period and group (definitions: docs/api.md).
+        """ASR, NER, SEER, ACD and PDD per period and group (definitions: docs/api.md,
+        docs/quality.md).
 
         ``group_by="gateway"`` counts legs (each leg sent to a gateway is one
         attempt at that gateway; legs not sent to a gateway form the group "");
-        otherwise calls are counted, grouped by nothing or by the first
-        ``prefix_len`` characters of the dialled number."""
+        otherwise calls are counted, grouped by nothing, by the caller's
+        account, or by the first ``prefix_len`` characters of the dialled number."""
         params: dict[str, Any] = {}
         if group_by == "gateway":
             where = _Where()
@@ -343,12 +348,14 @@ class CdrStore:
             _time_where_calls(f, calls_where)
             _outcome_where(f, calls_where)
             params.update(legs_where.params, **calls_where.params)
-            grp = ("substring(dialled_number, 1, {prefix_len})" if group_by == "prefix" else "''")
+            grp = {"prefix": "substring(dialled_number, 1, {prefix_len})",
+                   "account": "account"}.get(group_by, "''")
             if group_by == "prefix":
                 params["prefix_len"] = prefix_len
             source = (f"SELECT setup_ms, {grp} AS grp, disposition, sip_code, ringing_ms, "
                       f"duration_ms, pdd_ms FROM ({_calls_sql(legs_where)}) WHERE {calls_where.sql()}")
         period_sql = {
+            "5min": "intDiv(setup_ms, 300000) * 300",
             "hour": "intDiv(setup_ms, 3600000) * 3600",
             "day": "intDiv(setup_ms, 86400000) * 86400",
             "month": "toYYYYMM(toDateTime(intDiv(setup_ms, 1000), 'UTC'))",
@@ -357,6 +364,7 @@ class CdrStore:
                f"countIf({_ATTEMPT}) AS attempts, "
                f"countIf(disposition = 'answered' AND {_ATTEMPT}) AS answered, "
                f"countIf({_EFFECTIVE} AND {_ATTEMPT}) AS effective, "
+               f"countIf({_SEER_EFFECTIVE} AND {_ATTEMPT}) AS seer_effective, "
                f"sumIf(duration_ms, disposition = 'answered' AND {_ATTEMPT}) AS answered_ms, "
                f"countIf(pdd_ms > 0 AND {_ATTEMPT}) AS pdd_count, "
                f"avgIf(pdd_ms, pdd_ms > 0 AND {_ATTEMPT}) AS pdd_mean, "
@@ -376,6 +384,7 @@ class CdrStore:
                 "effective": effective,
                 "asr": _ratio(answered, attempts),
                 "ner": _ratio(effective, attempts),
+                "seer": _ratio(row["seer_effective"], attempts),
                 "acd_s": round(row["answered_ms"] / answered / 1000, 3) if answered else None,
                 "pdd_ms": {
                     "count": pdd_count,

@@ -205,7 +205,7 @@ def _latest(old, new):
 
 # --- apply -------------------------------------------------------------------------
 
-NOT_CALLS: tuple[type, ...] = (ev.BindingDropped,)
+NOT_CALLS: tuple[type, ...] = (ev.BindingDropped, ev.FraudAlert)
 
 
 def is_call_event(event: ev.CallEvent) -> bool:

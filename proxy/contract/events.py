@@ -224,10 +224,29 @@ class BindingDropped(_Event, tag="registration.dropped", kw_only=True, frozen=Tr
     failures: int
 
 
+class FraudAlert(_Event, tag="fraud.alert", kw_only=True, frozen=True):
+    """A fraud rule's warning or critical threshold reached (docs/fraud.md): at
+    the INVITE (cpm, total, concurrent, sequential calls) or when an answered
+    call ended (call_duration).  ``action`` says what the proxy did: ``none``,
+    ``refused`` (403) or ``block_account`` (refused, and billing blocks the
+    account).  Not a call record: CDR and RADIUS processors skip it."""
+    severity: Literal["warning", "critical"]
+    parameter: Literal["cpm", "total_calls", "concurrent_calls", "sequential_calls", "call_duration"]
+    value: int
+    threshold: int
+    user: str                        # user@domain that placed the call
+    account: str | None = None       # its billing account, when known
+    number: str                      # the dialled number
+    prefix: str                      # the rule's prefix (counters are per user and prefix)
+    profile: str
+    rule_id: int
+    action: Literal["none", "refused", "block_account"] = "none"
+
+
 CallEvent = (
     InviteReceived | InviteRouted | CallProgress | LegFailed | CallAnswered | CallFailed |
     CallAck | CallCancel | CallBye | DialogTimeout | DialogTeardown | MaxDurationSet |
-    MediaStats | MediaTimeout | SessionExpired | BindingDropped
+    MediaStats | MediaTimeout | SessionExpired | BindingDropped | FraudAlert
 )
 
 _encoder = msgspec.json.Encoder()

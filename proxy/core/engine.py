@@ -87,12 +87,15 @@ class Core:
         self.static_route = settings.static_route or None
         # the media relay ([media] enabled): offers, answers, deletes, media timeouts
         self.media = MediaRelay(self, media) if media is not None and media.enabled else None
+        self.fraud: Any = None                     # FraudGuard (fraudguard.py), set by the runtime
 
     # -- small services ------------------------------------------------------
     def emit(self, event) -> None:
         # accounting must never stall signalling: a failed emission is logged
         # (rate-limited) and the call goes on
         try:
+            if self.fraud is not None:
+                self.fraud.observe(event)          # a call's end releases its fraud counters
             self.effects.emit(event)
         except Exception as exc:
             log.error("call event %s dropped: %r", type(event).__name__, exc)

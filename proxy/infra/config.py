@@ -405,6 +405,14 @@ class LogSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     repeat_interval_s: float = 60.0     # … then one "suppressed N similar" line per interval
 
 
+class FraudSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """[fraud]: OpenSIPS-style fraud detection (proxy/core/fraud.py, docs/fraud.md).
+    Nothing is checked until a profile has rules (`sipledger fraud rule add`)."""
+    profile: str = "default"            # the profile ctx.fraud_check() uses when given none
+    block_critical: bool = True         # a critical breach at INVITE is refused with 403
+    block_account: bool = False         # a critical breach also blocks the caller's billing account
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     node: NodeSettings = NodeSettings()
     kafka: KafkaSettings = KafkaSettings()
@@ -429,6 +437,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     nat: NatSettings = NatSettings()
     session_timer: SessionTimerSettings = SessionTimerSettings()
     logging: LogSettings = LogSettings()
+    fraud: FraudSettings = FraudSettings()
 
     def with_bootstrap(self, bootstrap: str) -> "Config":
         """The same config pointed at a running broker (what `up` hands its children)."""
@@ -539,6 +548,7 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
         ("topics.call_control", bool(c.topics.call_control), "must not be empty"),
         ("proxy.sip_port", _port(c.proxy.sip_port), "must be 1..65535"),
         ("proxy.workers", 1 <= c.proxy.workers <= 64, "must be 1..64"),
+        ("fraud.profile", bool(c.fraud.profile) and len(c.fraud.profile) <= 64, "must be 1..64 characters"),
         ("proxy.max_dialog_seconds", c.proxy.max_dialog_seconds > 0, "must be > 0"),
         ("proxy.invite_timeout_seconds", c.proxy.invite_timeout_seconds > 0, "must be > 0"),
         ("proxy.trusted_sources", _cidrs(c.proxy.trusted_sources), "must be CIDRs like 192.0.2.0/24"),

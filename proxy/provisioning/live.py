@@ -100,6 +100,12 @@ class LiveProvisioning(LiveSnapshot[ProvisioningSnapshot]):
         self.lockouts_version = -1                    # -1: not read yet
         self._unshared: list[tuple[str, float, int]] = []
         self._lockout_error: str | None = None
+        self._fraud_alerts: list[dict] = []           # raised here, written at the next poll
+
+    def share_fraud_alerts(self, rows: list[dict]) -> None:
+        """Queue fraud alerts (fraud_alert columns) for the next poll (bounded)."""
+        self._fraud_alerts.extend(rows)
+        del self._fraud_alerts[:-_MAX_UNSHARED]
 
     def share_lockouts(self, locks: list[tuple[str, float, int]]) -> None:
         """Queue locks made by this worker for the next poll (bounded)."""
@@ -113,7 +119,17 @@ class LiveProvisioning(LiveSnapshot[ProvisioningSnapshot]):
         changed = super().maybe_reload(now)
         if due:
             self._exchange_lockouts(time.time())
+            self._write_fraud_alerts()
         return changed
+
+    def _write_fraud_alerts(self) -> None:
+        if not self._fraud_alerts:
+            return
+        try:
+            self._store.add_fraud_alerts(self._fraud_alerts)
+            self._fraud_alerts = []
+        except self._store.error as exc:
+            log.warning("recording fraud alerts failed, retrying: %s", exc)
 
     def _exchange_lockouts(self, wall: float) -> None:
         store = self._store

@@ -81,6 +81,7 @@ class ProvisioningSnapshot:
     domains: frozenset[str] = frozenset()
     users: Mapping[tuple[str, str], Credentials] = field(default_factory=lambda: _frozen({}))
     aliases: Mapping[tuple[str, str], tuple[str, str]] = field(default_factory=lambda: _frozen({}))
+    fraud_rules: tuple = ()         # proxy.core.fraud.FraudRule, every profile (docs/fraud.md)
 
     def __post_init__(self) -> None:
         # callers may hand in plain dicts; the snapshot is shared by every

@@ -39,6 +39,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from proxy.core.digest import compute_ha1
+from proxy.core.fraud import PARAMETERS as FRAUD_PARAMETERS
+from proxy.core.fraud import FraudRule, FraudRuleError, validate
 from proxy.infra.sqldb import SqlStore, sqlite_url, utcnow
 from proxy.infra.sqldb import change_log_table as make_change_log
 from proxy.infra.sqldb import count_rows as _count
@@ -100,6 +102,45 @@ lockout_table = Table(
 )
 lockout_log_table = make_change_log(metadata, "auth_lockout_log")
 
+# fraud detection (proxy/core/fraud.py, docs/fraud.md): profiles of rules, and the alerts
+# the workers raised (written like lockouts: queued on the request path, flushed at a poll)
+fraud_profile_table = Table(
+    "fraud_profile", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("description", String(255), nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+fraud_rule_table = Table(
+    "fraud_rule", metadata,
+    Column("rule_id", Integer, primary_key=True),
+    Column("profile", String(64), nullable=False),
+    Column("prefix", String(64), nullable=False),
+    Column("start_hour", String(5), nullable=False),
+    Column("end_hour", String(5), nullable=False),
+    Column("days", String(64), nullable=False),
+    *(Column(f"{parameter}_{level}", Integer, nullable=False, default=0)
+      for parameter in FRAUD_PARAMETERS for level in ("warning", "critical")),
+)
+
+fraud_alert_table = Table(
+    "fraud_alert", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", Float, nullable=False),              # epoch seconds
+    Column("severity", String(8), nullable=False),
+    Column("parameter", String(32), nullable=False),
+    Column("value", Integer, nullable=False),
+    Column("threshold", Integer, nullable=False),
+    Column("user", String(330), nullable=False),
+    Column("number", String(64), nullable=False),
+    Column("prefix", String(64), nullable=False),
+    Column("profile", String(64), nullable=False),
+    Column("rule_id", Integer, nullable=False),
+    Column("call_id", String(255), nullable=False),
+    Column("action", String(16), nullable=False),     # none | refused | blocked
+)
+
+MAX_FRAUD_ALERTS = 10_000                             # rows kept; the oldest go first
 MAX_SHARED_LOCKOUTS = 100_000                         # rows kept; the oldest locks go first
 
 
@@ -293,6 +334,85 @@ class ProvisioningStore(SqlStore):
                 if not bumped.rowcount:
                     conn.execute(insert(log).values(id=1, version=1, changed_at=utcnow()))
 
+    # -- fraud detection ----------------------------------------------------------------
+    def add_fraud_profile(self, name: str, description: str = "") -> None:
+        name = _profile_name(name)
+        with self._write() as conn:
+            if conn.execute(select(fraud_profile_table.c.name)
+                            .where(fraud_profile_table.c.name == name)).first() is not None:
+                raise ProvisioningError(f"fraud profile {name} already exists")
+            conn.execute(insert(fraud_profile_table).values(name=name, description=description[:255],
+                                                            created_at=utcnow()))
+
+    def del_fraud_profile(self, name: str) -> int:
+        """Delete a profile and its rules; the number of rules deleted."""
+        with self._write() as conn:
+            gone = conn.execute(delete(fraud_profile_table).where(fraud_profile_table.c.name == name))
+            if not gone.rowcount:
+                raise ProvisioningError(f"fraud profile {name} does not exist")
+            return conn.execute(delete(fraud_rule_table)
+                                .where(fraud_rule_table.c.profile == name)).rowcount or 0
+
+    def list_fraud_profiles(self) -> list[tuple[str, str]]:
+        t = fraud_profile_table
+        with self._read() as conn:
+            return [(r.name, r.description) for r in
+                    conn.execute(select(t.c.name, t.c.description).order_by(t.c.name))]
+
+    def add_fraud_rule(self, rule: FraudRule) -> int:
+        """Store a rule (its ``rule_id`` is ignored); the id given to it."""
+        try:
+            validate(rule)
+        except FraudRuleError as exc:
+            raise ProvisioningError(str(exc)) from None
+        values = {name: getattr(rule, name) for name in FraudRule.__slots__ if name != "rule_id"}
+        with self._write() as conn:
+            if conn.execute(select(fraud_profile_table.c.name)
+                            .where(fraud_profile_table.c.name == rule.profile)).first() is None:
+                raise ProvisioningError(f"fraud profile {rule.profile} does not exist")
+            key = conn.execute(insert(fraud_rule_table).values(**values)).inserted_primary_key
+            return int(key[0]) if key is not None else 0
+
+    def del_fraud_rule(self, rule_id: int) -> None:
+        with self._write() as conn:
+            if not conn.execute(delete(fraud_rule_table).where(fraud_rule_table.c.rule_id == rule_id)).rowcount:
+                raise ProvisioningError(f"fraud rule {rule_id} does not exist")
+
+    def fraud_rules(self) -> list[FraudRule]:
+        with self._read() as conn:
+            return _fraud_rules(conn)
+
+    def add_fraud_alerts(self, alerts: Iterable[dict]) -> None:
+        """Record alerts (columns of fraud_alert); at most MAX_FRAUD_ALERTS stay."""
+        t = fraud_alert_table
+        rows = [{**row, "user": row["user"][:330], "number": row["number"][:64],
+                 "call_id": row["call_id"][:255]} for row in alerts]
+        if not rows:
+            return
+        with self._guard(), self._engine.connect() as raw:
+            conn = raw.execution_options(sqlite_write=True)
+            with conn.begin():
+                conn.execute(insert(t), rows)
+                newest = conn.execute(select(t.c.id).order_by(t.c.id.desc())
+                                      .offset(MAX_FRAUD_ALERTS).limit(1)).scalar()
+                if newest is not None:
+                    conn.execute(delete(t).where(t.c.id <= newest))
+
+    def fraud_alerts(self, *, since: float | None = None, user: str | None = None,
+                     severity: str | None = None, limit: int = 100) -> list[dict]:
+        """Alerts, newest first."""
+        t = fraud_alert_table
+        query = select(t)
+        if since is not None:
+            query = query.where(t.c.at >= since)
+        if user is not None:
+            query = query.where(t.c.user == user)
+        if severity is not None:
+            query = query.where(t.c.severity == severity)
+        with self._read() as conn:
+            rows = conn.execute(query.order_by(t.c.id.desc()).limit(limit)).mappings().all()
+        return [dict(r) for r in rows]
+
     # -- the proxy's view ---------------------------------------------------------------
     def snapshot(self) -> ProvisioningSnapshot:
         """Everything the hot path needs, read in one transaction."""
@@ -308,10 +428,22 @@ class ProvisioningStore(SqlStore):
                 (r.alias_username, r.alias_domain): (r.username, r.domain)
                 for r in conn.execute(select(a.c.alias_username, a.c.alias_domain, a.c.username, a.c.domain))
             }
-        return ProvisioningSnapshot(int(version), domains, users, aliases)
+            fraud = tuple(_fraud_rules(conn))
+        return ProvisioningSnapshot(int(version), domains, users, aliases, fraud)
 
 
 # -- helpers -------------------------------------------------------------------------
+
+def _fraud_rules(conn: Connection) -> list[FraudRule]:
+    t = fraud_rule_table
+    return [FraudRule(**dict(r)) for r in conn.execute(select(t).order_by(t.c.rule_id)).mappings()]
+
+
+def _profile_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+        raise ProvisioningError(f"fraud profile {name!r}: 1-64 letters, digits, '_', '.', '-'")
+    return name
+
 
 def _secrets(user: str, domain: str, password: str, hashes_only: bool) -> dict[str, str | None]:
     if not password:

@@ -14,6 +14,7 @@ from ..contract import events as ev
 from ..core.callevents import CallEventFactory
 from ..core.digest import DigestAuthenticator
 from ..core.engine import Core, Engine
+from ..core.fraudguard import FraudGuard
 from ..core.keepalive import send_options
 from ..core.location import LocationStore
 from ..core.natping import NatKeepalive, NatPinger
@@ -265,6 +266,7 @@ class Worker:
                     registrar=Registrar(location, cfg.registrar, worker=self.index),
                     authorization=cfg.authorization if cfg.authorization.enabled else None,
                     routing_data=routing, dns=cfg.dns, hosts=read_hosts(), media=cfg.media)
+        core.fraud = FraudGuard(core, cfg.fraud, workers=self.workers)
         self.engine = Engine(core, ScriptRouting(core, load_script(px.routing_script)))
         if cfg.session_timer.enabled or cfg.session_timer.insert:
             core.session_timer = SessionTimer(core, cfg.session_timer)

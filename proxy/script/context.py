@@ -38,6 +38,7 @@ RECORD_ROUTED = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 # unknown user and wrong password get the same answer: no user enumeration
 WRONG_CREDENTIALS_REASON = "Forbidden"
 LOCKED_REASON = "Forbidden (too many failures, try later)"
+FRAUD_REASON = "Forbidden (fraud limit reached)"
 OFFNET_REASON = "Forbidden (relaying needs authentication)"
 _FAILURE_REASONS = {"replay": "Forbidden (replayed credentials)"}
 
@@ -420,6 +421,31 @@ class RequestContext:
         self.credit_check = True
         return True
 
+    def fraud_check(self, profile: str | None = None) -> bool:
+        """OpenSIPS check_fraud(user, number, profile) for an initial INVITE of an
+        authenticated caller (docs/fraud.md): counts the call against the
+        profile's rules, raises ``fraud.alert`` events, and answers 403 itself
+        when a critical threshold is reached and ``[fraud] block_critical`` is
+        on.  False when the call was refused (the script returns)."""
+        guard = self.core.fraud
+        if (guard is None or self.method != "INVITE" or self.account is None or self.replied
+                or self.vars.get("_fraud_checked")):       # a forwarded call counts once
+            return True
+        self.vars["_fraud_checked"] = True
+        try:
+            from_tag = parse_name_addr(self.request.get("from") or "").tag or ""
+        except UriError:
+            from_tag = ""
+        call_id = self.request.call_id or ""
+        action = guard.check(self.account, self.ruri.user or "", call_id, from_tag, profile)
+        if action == "none":
+            cap = guard.duration_cap(call_id)
+            if cap and (self.max_duration_s is None or cap < self.max_duration_s):
+                self.set_max_duration(cap)
+            return True
+        self.reply(403, FRAUD_REASON)
+        return False
+
     def set_ring_timeout(self, seconds: float) -> None:
         """fr_inv_timer: give up on a ringing branch after this (then failure handlers run)."""
         self.ring_timeout_s = seconds
@@ -598,8 +624,8 @@ class RequestContext:
         elif not answer.allowed:
             self.reply(answer.code or 402, answer.reason or "Payment Required")
             return
-        elif answer.max_duration_s is not None:
-            self.set_max_duration(answer.max_duration_s)
+        elif answer.max_duration_s is not None:     # a shorter limit set before (fraud_check) stays
+            self.set_max_duration(min(answer.max_duration_s, self.max_duration_s or answer.max_duration_s))
         self.relay(cause=cause)
 
     def _announce(self) -> None:

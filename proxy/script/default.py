@@ -59,6 +59,8 @@ def leave(ctx):
     """Relay off-net: only for an authenticated subscriber or a trusted source."""
     if not ctx.may_leave():
         return ctx.reply(403, "Forbidden (relaying needs authentication)")
+    if not ctx.fraud_check():                   # fraud rules (docs/fraud.md): 403 on a critical breach
+        return
     return ctx.relay()
 
 
@@ -110,6 +112,8 @@ def to_pstn(ctx):
     allowed, group = ctx.destination_allowed()
     if not allowed:
         return ctx.reply(403, f"Forbidden (destination needs group {group})")
+    if not ctx.fraud_check():                   # fraud rules (docs/fraud.md): 403 on a critical breach
+        return
     if ctx.route_to_gateways():
         ctx.on_failure(gateway_failover)
         return ctx.relay()

@@ -10,12 +10,12 @@ from tests.harness.api import ALICE, loc_fields
 pytestmark = pytest.mark.integration
 
 # a concrete path for each route template (an account that exists, a report)
-CONCRETE = {"/v1/cdrs": "/v1/cdrs", "/v1/stats": "/v1/stats", "/v1/ledger/check": "/v1/ledger/check",
+CONCRETE = {"/v1/cdrs": "/v1/cdrs", "/v1/stats": "/v1/stats", "/v1/quality": "/v1/quality", "/v1/fraud": "/v1/fraud", "/v1/ledger/check": "/v1/ledger/check",
             "/v1/accounts/{account}/ledger": f"/v1/accounts/{ALICE}/ledger",
             "/v1/accounts/{account}/reports/{report}": f"/v1/accounts/{ALICE}/reports/statement",
             "/v1/reports/{report}": "/v1/reports/gateways"}
 RANGE_ROUTES = sorted(CONCRETE.values())
-LIMIT_ROUTES = [CONCRETE[p] for p in ("/v1/cdrs", "/v1/accounts/{account}/ledger")]
+LIMIT_ROUTES = [CONCRETE[p] for p in ("/v1/cdrs", "/v1/fraud", "/v1/accounts/{account}/ledger")]
 MONTH_ROUTES = [CONCRETE[p] for p in ("/v1/accounts/{account}/reports/{report}", "/v1/reports/{report}")]
 
 

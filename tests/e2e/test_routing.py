@@ -178,3 +178,33 @@ def test_unconditional_forward_to_voicemail(sl, uas_factory, sipp_dir):
     sl.wait_until_loaded()
     legs, _ = legs_of(sl, res)
     assert [(leg["cause"], leg["reason"]) for leg in legs] == [("forward", "unconditional")]
+
+
+def test_fraud_burst_crosses_cpm_critical_and_is_refused(sl, uas_factory, sipp_dir):
+    """A SIPp burst of 5 calls against a rule of 2 (warning) / 3 (critical) calls per
+    minute (one worker: exact counts): calls 1-2 reach the gateway, 3-5 are refused
+    with 403; the alerts are fraud.alert events and rows of `sipledger fraud list`."""
+    from proxy.provisioning.store import ProvisioningStore, default_url
+    from tests.harness.poll import eventually
+
+    gw = gateway(sl, uas_factory, "fraudgw", calls=2)         # answers the two calls let through
+    sl.run_cli("route", "add", "--prefix", "0777", "--gateways", "fraudgw")
+    sl.run_cli("fraud", "profile", "add", "default")
+    sl.run_cli("fraud", "rule", "add", "default", "--prefix", "0777", "--cpm", "2:3")
+    sl.wait_until_loaded()
+    res = call(sl, sipp_dir, "0777123", calls=5, extra_args=("-l", "1"))    # one after another
+    refused = {m.header("Call-ID") for m in res.received(403)}
+    relayed = {m.header("Call-ID") for m in gw.received("INVITE")}
+    assert len(refused) == 3 and len(relayed) == 2 and res.successful == 2, res.describe()
+    events = read_events(sl.kafka_bootstrap, "sip.events", timeout=10, types=["fraud.alert"],
+                         until=lambda evs: sum(e["severity"] == "critical" for e in evs) >= 3)
+    alerts = sorted((e["severity"], e["value"], e["action"]) for e in events      # partitions: any order
+                    if e["user"] == f"alice@{DOMAIN}")
+    assert alerts == [("critical", 3, "refused"), ("critical", 4, "refused"), ("critical", 5, "refused"),
+                      ("warning", 2, "none")]
+    assert {e["call_id"] for e in events if e["severity"] == "critical"} == refused
+    store = ProvisioningStore(default_url(sl.data_dir))
+    try:
+        eventually(lambda: len(store.fraud_alerts(user=f"alice@{DOMAIN}")) == 4, "4 alerts listed", timeout=10)
+    finally:
+        store.close()

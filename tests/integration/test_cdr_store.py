@@ -361,3 +361,15 @@ def test_media_values_out_of_range_are_named():
     assert "caller_rtp_mos_x10" in rows.problem(msgspec.structs.replace(base, caller_rtp_mos_x10=256))
     assert "callee_rtp_packets" in rows.problem(msgspec.structs.replace(base, callee_rtp_packets=-1))
     assert rows.problem(msgspec.structs.replace(base, caller_rtp_lost=None)) is None
+
+
+def test_stats_5min_buckets_per_account_and_seer(loaded):
+    # docs/quality.md; the same SQL on chdb and 18.16.  10:00-10:05: alice c1 answered,
+    # c2 busy; bob c3 480 after ringing, c4 answered.  11:00-11:05: carol c5 cancelled
+    # while ringing (NER effective, SEER not), c6 cancelled before ringing.
+    result = by_group(loaded.stats(CdrFilter(to_ms=sample_t0() + DAY), period="5min", group_by="account"))
+    ten, eleven = "2026-11-27T10:00:00.000Z", "2026-11-27T11:00:00.000Z"
+    assert set(result) == {(ten, "alice@a.test"), (ten, "bob@b.test"), (eleven, "carol@c.test")}
+    assert [(r["attempts"], r["asr"], r["ner"], r["seer"]) for r in
+            (result[ten, "alice@a.test"], result[ten, "bob@b.test"], result[eleven, "carol@c.test"])] == [
+        (2, 0.5, 1.0, 1.0), (2, 0.5, 1.0, 1.0), (2, 0.0, 0.5, 0.0)]
