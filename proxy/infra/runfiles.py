@@ -6,8 +6,11 @@ reader never sees half a file.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
+
+log = logging.getLogger("sipledger.runfiles")
 
 
 def write_json_atomically(path: Path, state: object) -> None:
@@ -30,3 +33,34 @@ def pid_alive(pid: object) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class PublishedFile:
+    """One process's state file: rewritten only when what it says changed (a
+    housekeeping tick may publish every second at no cost when nothing did),
+    removed when the process stops.  Writing is informational: a failure is
+    logged and the caller goes on."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._last: object = None
+
+    def publish(self, state: object, *, unchanged_if: object = None) -> bool:
+        """Write ``state`` unless ``unchanged_if`` (default: the state itself)
+        equals what the last successful write was made from."""
+        key = state if unchanged_if is None else unchanged_if
+        if key == self._last:
+            return False
+        try:
+            write_json_atomically(self.path, state)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.path, exc)
+            return False
+        self._last = key
+        return True
+
+    def remove(self) -> None:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.livecalls import live_calls
 from ..infra import clock
-from ..infra.runfiles import pid_alive, write_json_atomically
+from ..infra.runfiles import PublishedFile, pid_alive
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..core.engine import Core
@@ -48,34 +48,19 @@ def calls_path(run_dir: Path, index: int) -> Path:
     return run_dir / f"{PREFIX}{index}{SUFFIX}"
 
 
-class LiveCallsFile:
-    """One worker's file; ``publish`` writes only when the list changed."""
+class LiveCallsFile(PublishedFile):
+    """One worker's file; ``publish_calls`` writes only when the list changed."""
 
     def __init__(self, run_dir: Path, index: int, limit: int = MAX_CALLS) -> None:
-        self.path = calls_path(run_dir, index)
+        super().__init__(calls_path(run_dir, index))
         self.index = index
         self.limit = limit
-        self._last: tuple[list, int] | None = None
 
-    def publish(self, core: "Core") -> bool:
+    def publish_calls(self, core: "Core") -> bool:
         rows, total = live_calls(core, self.index, self.limit)
-        if self._last == (rows, total):
-            return False
-        state = {"worker": self.index, "pid": os.getpid(), "written_ms": clock.now_ms(),
-                 "total": total, "truncated": total > len(rows), "calls": rows}
-        try:
-            write_json_atomically(self.path, state)
-        except OSError as exc:                 # informational: never stop the worker for it
-            log.warning("cannot write %s: %s", self.path, exc)
-            return False
-        self._last = rows, total
-        return True
-
-    def remove(self) -> None:
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+        return self.publish({"worker": self.index, "pid": os.getpid(), "written_ms": clock.now_ms(),
+                             "total": total, "truncated": total > len(rows), "calls": rows},
+                            unchanged_if=(rows, total))
 
 
 def read_live_calls(run_dir: Path) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..infra.runfiles import write_json_atomically
+from ..infra.runfiles import PublishedFile
 
 __all__ = ["LoadedState", "read_loaded", "state_path"]
 
@@ -40,32 +40,16 @@ def state_path(run_dir: Path, index: int) -> Path:
     return run_dir / f"worker-{index}{SUFFIX}"
 
 
-class LoadedState:
+class LoadedState(PublishedFile):
     """One worker's file; ``update`` writes only when something changed."""
 
     def __init__(self, run_dir: Path, index: int) -> None:
-        self.path = state_path(run_dir, index)
+        super().__init__(state_path(run_dir, index))
         self.index = index
-        self._last: dict | None = None
 
     def update(self, provisioning: int, routing: int, gateways_down: Iterable[str] = ()) -> bool:
-        state = {"worker": self.index, "pid": os.getpid(), "provisioning": int(provisioning),
-                 "routing": int(routing), "gateways_down": sorted(gateways_down)}
-        if state == self._last:
-            return False
-        try:
-            write_json_atomically(self.path, state)
-        except OSError as exc:                 # informational: never stop the worker for it
-            log.warning("cannot write %s: %s", self.path, exc)
-            return False
-        self._last = state
-        return True
-
-    def remove(self) -> None:
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+        return self.publish({"worker": self.index, "pid": os.getpid(), "provisioning": int(provisioning),
+                             "routing": int(routing), "gateways_down": sorted(gateways_down)})
 
 
 def read_loaded(run_dir: Path) -> list[dict]:

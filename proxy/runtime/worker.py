@@ -383,7 +383,7 @@ class Worker:
                 self._publish_loaded(provisioning, routing)
                 if tick % 30 == 0 and self.index == 0:
                     location.purge(clock.time())
-                self.live_calls.publish(core)       # `sipledger calls` (proxy/runtime/livecalls.py)
+                self.live_calls.publish_calls(core)       # `sipledger calls` (proxy/runtime/livecalls.py)
             except Exception:
                 log.exception("housekeeping failed")
 

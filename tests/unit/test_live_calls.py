@@ -89,16 +89,16 @@ def test_the_list_is_bounded_but_counts_every_call(rig):
 
 def test_the_file_is_written_when_the_list_changes_only(rig, tmp_path):
     published = LiveCallsFile(tmp_path / "run", 1, limit=1)
-    assert published.publish(rig.core)                     # the first (empty) list: the worker is up
-    assert not published.publish(rig.core)
+    assert published.publish_calls(rig.core)                     # the first (empty) list: the worker is up
+    assert not published.publish_calls(rig.core)
     _ring(rig, "call-a")
     _ring(rig, "call-b")
-    assert published.publish(rig.core)
+    assert published.publish_calls(rig.core)
     state = json.loads(calls_path(tmp_path / "run", 1).read_text())
     assert state["pid"] == os.getpid() and state["worker"] == 1
     assert state["total"] == 2 and state["truncated"] and [c["call_id"] for c in state["calls"]] == ["call-a"]
     rig.effects.advance(1)
-    assert not published.publish(rig.core)                 # durations are the reader's: nothing changed
+    assert not published.publish_calls(rig.core)                 # durations are the reader's: nothing changed
     published.remove()
     assert read_live_calls(tmp_path / "run") == []
 
