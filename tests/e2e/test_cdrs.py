@@ -159,17 +159,25 @@ def test_failed_over_gateway(sl, uas_factory, sipp_dir):
     assert summary(cdr)["disposition"] == "answered"
 
 
+def call_waiting_for_bye(sl, bob, sipp_dir, box: dict):
+    """alice calls bob (SIPp ``uac_wait_bye``, in a thread: its result lands in
+    ``box["res"]``) and waits for a BYE from the proxy; returns (thread, INVITE)
+    once bob has the ACK."""
+    thread = threading.Thread(target=lambda: box.update(res=run_uac(
+        "uac_wait_bye", sl.sip_addr, {"caller": "alice", "callee": "bob", "domain": DOMAIN}, 30,
+        auth=("alice", PASSWORDS["alice"]), auth_uri=f"bob@{DOMAIN}", workdir=sipp_dir)))
+    thread.start()
+    (invite,) = bob.wait_for("INVITE", 10)
+    bob.wait_for("ACK", 10)
+    return thread, invite
+
+
 @pytest.mark.clock
 def test_dialog_timeout_closes_the_cdr(sl, uas_factory, sipp_dir):
     bob = uas_factory("uas_bye_from_proxy", timeout=30)
-    box = {}
+    box: dict = {}
     with registered(sl, "bob", bob, sipp_dir):
-        thread = threading.Thread(target=lambda: box.update(res=run_uac(
-            "uac_wait_bye", sl.sip_addr, {"caller": "alice", "callee": "bob", "domain": DOMAIN}, 30,
-            auth=("alice", PASSWORDS["alice"]), auth_uri=f"bob@{DOMAIN}", workdir=sipp_dir)))
-        thread.start()
-        (invite,) = bob.wait_for("INVITE", 10)
-        bob.wait_for("ACK", 10)
+        thread, invite = call_waiting_for_bye(sl, bob, sipp_dir, box)
         send_command(sl.kafka_bootstrap, commands.SetMaxDuration(
             id=new_event_id(), ts_ms=now_ms(), call_id=invite.header("Call-ID"), seconds=1))
         thread.join(30)
@@ -195,12 +203,7 @@ def test_live_call_is_listed_then_hung_up_by_the_operator(sl, uas_factory, sipp_
     bob = uas_factory("uas_bye_from_proxy", timeout=30)
     box: dict = {}
     with registered(sl, "bob", bob, sipp_dir):
-        thread = threading.Thread(target=lambda: box.update(res=run_uac(
-            "uac_wait_bye", sl.sip_addr, {"caller": "alice", "callee": "bob", "domain": DOMAIN}, 30,
-            auth=("alice", PASSWORDS["alice"]), auth_uri=f"bob@{DOMAIN}", workdir=sipp_dir)))
-        thread.start()
-        (invite,) = bob.wait_for("INVITE", 10)
-        bob.wait_for("ACK", 10)
+        thread, invite = call_waiting_for_bye(sl, bob, sipp_dir, box)
         call_id = invite.header("Call-ID")
 
         live = eventually(lambda: listed(sl, call_id, "confirmed"), "the call in /v1/calls", 10, interval=0.2)
