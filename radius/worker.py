@@ -42,6 +42,7 @@ from proxy.contract.callfold import (
     silence_deadline_ms,
     silence_end_ms,
 )
+from proxy.infra import metrics
 from proxy.infra.config import Config
 from proxy.infra.kafka import consumer_kwargs, ensure_topics
 
@@ -312,6 +313,9 @@ class RadiusWorker:
             forgotten: list[str] = []
             self.core.tick(now, records, changed, forgotten)
             self._persist(records, changed, forgotten, now)
+            metrics.gauge("radius_queue_depth", self.spool.pending_count())
+            if self.consumer is not None:
+                metrics.set_lag("radius", await metrics.aiokafka_lag(self.consumer))
             mono = time.monotonic()
             if mono - self._last_prune > PRUNE_EVERY_S:
                 self._last_prune = mono

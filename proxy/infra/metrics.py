@@ -123,7 +123,7 @@ def families() -> dict[str, Any]:
         if kind == "counter":
             out[name] = Counter(full, doc, labels)
         elif kind.startswith("gauge:"):
-            out[name] = Gauge(full, doc, labels, multiprocess_mode=kind.split(":")[1])
+            out[name] = Gauge(full, doc, labels, multiprocess_mode=kind.split(":")[1])  # type: ignore[arg-type]
         else:
             buckets = CDR_BUCKETS if kind.endswith(":cdr") else LATENCY_BUCKETS
             out[name] = Histogram(full, doc, labels, buckets=buckets)
@@ -176,3 +176,62 @@ def figures(metrics: list[Any], group: str | None = None) -> list[tuple[str, flo
             rows.append((f"{fam}:{tail}" + (f"{{{labels}}}" if labels else ""), sample.value))
     rows.sort()
     return rows
+
+
+# -- the processors' figures (called from their timers, never per event) ------------------------
+
+def set_lag(processor: str, lag: int | None) -> None:
+    """Records behind the end of the topics ``processor`` reads (None: unknown, left as is)."""
+    if lag is not None and enabled():
+        families()["consumer_lag"].labels(processor).set(lag)
+
+
+async def aiokafka_lag(consumer: Any, positions: dict | None = None) -> int | None:
+    """Sum over the assigned partitions of high watermark - position (aiokafka);
+    ``positions``: the processor's own (what it has handled), else the fetcher's."""
+    import asyncio
+    try:
+        total = 0
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            position = (positions or {}).get(tp)
+            if position is None:
+                position = await asyncio.wait_for(consumer.position(tp), 1.0)
+            total += max(0, high - position)
+        return total
+    except Exception:                      # rebalancing, stopping: no figure this time
+        return None
+
+
+def faust_lag(consumer: Any, topic: str) -> int | None:
+    """The same for a faust consumer: high watermark - (last offset read + 1)."""
+    try:
+        total = 0
+        for tp in consumer.assignment():
+            if tp.topic != topic:
+                continue
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            read = consumer._read_offset.get(tp)       # faust keeps no public reader of it
+            total += max(0, high - (read + 1 if read is not None else 0))
+        return total
+    except Exception:
+        return None
+
+
+def gauge(name: str, value: float) -> None:
+    if enabled():
+        families()[name].set(value)
+
+
+def count(name: str, n: float = 1) -> None:
+    if enabled() and n > 0:
+        families()[name].inc(n)
+
+
+def observe(name: str, seconds: float) -> None:
+    if enabled():
+        families()[name].observe(seconds)
