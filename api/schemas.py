@@ -149,6 +149,18 @@ class StatsResponse(BaseModel):
     rows: list[StatsRow]
 
 
+# -- metrics (api/routes/metrics.py) -------------------------------------------------------------
+
+class MetricRow(BaseModel):
+    name: str = Field(description="group:name{labels}, as `sipledger stats` prints it")
+    value: float
+
+
+class MetricsResponse(BaseModel):
+    group: str | None
+    rows: list[MetricRow]
+
+
 # -- accounts and money (api/routes/accounts.py) -------------------------------------------------
 
 class AccountIn(BaseModel):

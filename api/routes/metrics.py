@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from proxy.infra import metrics
 
 from ..deps import Admin, bearer, get_token_store
+from ..schemas import MetricsResponse
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -51,7 +52,8 @@ async def scrape() -> Response:
     return Response(body, media_type=CONTENT_TYPE)
 
 
-@router.get("", summary="The node's metrics as rows (what `sipledger stats` prints)")
+@router.get("", response_model=MetricsResponse,
+            summary="The node's metrics as rows (what `sipledger stats` prints)")
 async def rows(_: Admin, group: Annotated[str | None, Query(max_length=32, pattern=r"^[a-z]+$",
                                                          description="core, tm, sl, dialog, usrloc, auth, "
                                                                      "events, cdr, radius ...")] = None
