@@ -106,11 +106,28 @@ def prepare_dir(run_dir: Path) -> Path:
 
 
 def process_dead(pid: int) -> None:
-    """Forget the live gauges of an exited child (their files stay for the counters)."""
+    """Forget the live gauges of an exited child (their files stay for the counters),
+    and of any other process gone meanwhile: the workers of a proxy that died went
+    with it, and only the proxy's own supervisor knew their pids."""
     directory = os.environ.get(ENV_DIR)
-    if directory:
-        from prometheus_client import multiprocess
-        multiprocess.mark_process_dead(pid, directory)
+    if not directory:
+        return
+    from prometheus_client import multiprocess
+    multiprocess.mark_process_dead(pid, directory)
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        other = path.stem.rpartition("_")[2]
+        if other.isdigit() and not _alive(int(other)):
+            multiprocess.mark_process_dead(int(other), directory)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @cache

@@ -5,8 +5,6 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness.api import auth
-
 pytestmark = pytest.mark.integration
 
 

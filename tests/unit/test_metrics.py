@@ -110,13 +110,16 @@ def test_every_process_merged_and_dead_ones_leave_the_gauges(tmp_path):
     rows = dict(metrics.figures(metrics.snapshot(directory)))
     assert rows["dialog:active"] == 5
     assert rows["cdr:event_to_cdr_seconds_count"] == 2
+    live = sorted(directory.glob("gauge_live*"))
+    assert {p.stem.rpartition("_")[2] for p in live} == {str(pid) for pid in pids}
     os.environ[metrics.ENV_DIR] = str(directory)
     try:
-        metrics.process_dead(pids[0])
+        metrics.process_dead(pids[0])        # the other writer is gone too: both forgotten
     finally:
         del os.environ[metrics.ENV_DIR]
+    assert not list(directory.glob("gauge_live*"))
     rows = dict(metrics.figures(metrics.snapshot(directory), "dialog"))
-    assert rows["dialog:active"] == 3     # its gauge went; its counters still count
+    assert rows.get("dialog:active", 0) == 0     # their gauges went; their counters still count
     assert dict(metrics.figures(metrics.snapshot(directory), "core"))["core:rcv_requests{method=INVITE}"] == 5
     assert metrics.prepare_dir(tmp_path) == directory and not any(directory.iterdir())
 
