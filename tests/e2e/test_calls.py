@@ -438,6 +438,8 @@ def test_metrics_count_the_calls(sipledger, uas_factory, sipp_dir, call_as):
     assert grew("sipledger_cdr_event_to_cdr_seconds_count") == 3
     assert after[("sipledger_dialog_active", ())] == 0
     assert after[("sipledger_tm_transactions", ())] >= 0
+    assert after[("sipledger_usrloc_registered_contacts", ())] == 0       # bob un-registered
+    assert after[("sipledger_lockout_locks", ())] == 0
     assert processors <= lagging(), lagging()
 
     shown = sipledger.run_cli("stats", "dialog").stdout
