@@ -436,6 +436,8 @@ def test_metrics_count_the_calls(sipledger, uas_factory, sipp_dir, call_as):
     assert grew("sipledger_tm_replies_total", **{"class": "2xx"}) >= 4            # 2 INVITE + 2 BYE (+ REGISTERs)
     assert grew("sipledger_cdr_records_total") == 3
     assert grew("sipledger_cdr_event_to_cdr_seconds_count") == 3
+    assert grew("sipledger_credit_authorize_seconds_count") == 3      # one per authenticated INVITE
+    assert grew("sipledger_events_published_total") > 0
     assert after[("sipledger_dialog_active", ())] == 0
     assert after[("sipledger_tm_transactions", ())] >= 0
     assert after[("sipledger_usrloc_registered_contacts", ())] == 0       # bob un-registered
