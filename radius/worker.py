@@ -202,6 +202,7 @@ class RadiusWorker:
         self._stop = asyncio.Event()
         self._last_prune = 0.0
         self._last_stats = time.monotonic()
+        self._acked_counted = 0          # the sender's acks already added to the metric
 
     def stop(self) -> None:
         self._stop.set()
@@ -314,6 +315,9 @@ class RadiusWorker:
             self.core.tick(now, records, changed, forgotten)
             self._persist(records, changed, forgotten, now)
             metrics.gauge("radius_queue_depth", self.spool.pending_count())
+            acked = self.sender.counts["acked"]
+            metrics.count("radius_sent", acked - self._acked_counted)
+            self._acked_counted = acked
             if self.consumer is not None:
                 metrics.set_lag("radius", await metrics.aiokafka_lag(self.consumer))
             mono = time.monotonic()
