@@ -108,6 +108,51 @@ def up(ctx: typer.Context,
     raise typer.Exit(code)
 
 
+@app.command("stats")
+def stats(ctx: typer.Context,
+          group: str = typer.Argument(None, help="core, tm, sl, dialog, usrloc, auth, events, pike, shedder, "
+                                                 "media, credit, consumer, cdr, ledger, radius (default: all)"),
+          watch: bool = typer.Option(False, "--watch", help="Refresh every second until Ctrl-C."),
+          interval: float = typer.Option(1.0, "--interval", min=0.2, help="Seconds between refreshes.")) -> None:
+    """Print the running `up`'s metrics, group:name = value (what /metrics serves)."""
+    from proxy.infra import metrics
+    from proxy.infra.config import RUN_DIR
+    obj: CliContext = ctx.obj
+    if group is not None and group not in metrics.GROUPS:
+        usage(f"unknown group {group!r}; one of: {', '.join(metrics.GROUPS)}")
+    directory = obj.data_dir / RUN_DIR / metrics.METRICS_DIR
+    if not obj.config.metrics.enabled or not any(directory.glob("*.db")):
+        fail(f"no metrics under {directory}: is `sipledger up` running with [metrics] enabled = true?")
+    _print_stats(directory, group, watch, interval)
+
+
+def _print_stats(directory: Path, group: str | None, watch: bool, interval: float) -> None:
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    from proxy.infra import metrics
+
+    def table() -> Table:
+        out = Table(box=None, show_header=False, pad_edge=False)
+        out.add_column("name", style="bold")
+        out.add_column("value", justify="right")
+        for name, value in metrics.figures(metrics.snapshot(directory), group):
+            out.add_row(name, f"{value:g}")
+        return out
+
+    console = Console()
+    if not watch:
+        console.print(table())
+        return
+    with Live(table(), console=console, auto_refresh=False) as live:
+        while True:
+            time.sleep(interval)
+            live.update(table(), refresh=True)
+
+
 @app.command("config")
 def show_config(ctx: typer.Context) -> None:
     """Print the effective configuration (defaults filled in) as TOML-like JSON."""

@@ -19,7 +19,7 @@ from billing.rating.csvfile import CsvImportError
 from billing.rating.model import RatingError
 from proxy.infra.clickhouse.backend import BackendError
 
-from .routes import api_router, health
+from .routes import api_router, health, metrics
 from .state import AppState
 from .tokens import TokenError
 
@@ -65,5 +65,6 @@ def create_app(state: AppState, *, title: str = "sipledger") -> FastAPI:
     app.add_exception_handler(LedgerError, _ledger_refused)
     app.add_exception_handler(RatingError, _rating_refused)
     app.include_router(health.router)
+    app.include_router(metrics.scrape_router)
     app.include_router(api_router)
     return app

@@ -185,6 +185,18 @@ class FraudAlertPage(BaseModel):
     items: list[FraudAlertRow]
 
 
+# -- metrics (api/routes/metrics.py) -------------------------------------------------------------
+
+class MetricRow(BaseModel):
+    name: str = Field(description="group:name{labels}, as `sipledger stats` prints it")
+    value: float
+
+
+class MetricsResponse(BaseModel):
+    group: str | None
+    rows: list[MetricRow]
+
+
 # -- accounts and money (api/routes/accounts.py) -------------------------------------------------
 
 class AccountIn(BaseModel):

@@ -21,6 +21,7 @@ from billing.ledger.clickhouse import LedgerQueries, LedgerRepair, LedgerSink
 from billing.ledger.store import LedgerStore
 from cdr.store.queries import CdrStore
 from cdr.store.sink import CdrSink
+from proxy.infra import metrics
 from proxy.infra.config import Config, KafkaSettings
 
 __all__ = ["Sinks"]
@@ -43,13 +44,27 @@ class Sinks:
             self.ledger_store.close()
             raise
         self.repair = LedgerRepair(queries, self.ledger_store, interval_s=ledger.repair_seconds)
+        self._lag: asyncio.Task | None = None
 
     def start(self, tasks: dict[str, asyncio.Task]) -> None:
         tasks["sink"] = asyncio.create_task(self.cdr.run(), name="cdr-sink")
         tasks["ledger-sink"] = asyncio.create_task(self.ledger.run(), name="ledger-sink")
         tasks["ledger-repair"] = asyncio.create_task(self.repair.run(), name="ledger-repair")
+        if metrics.enabled():
+            self._lag = tasks["sink-lag"] = asyncio.create_task(self._report_lag(), name="sink-lag")
+
+    async def _report_lag(self) -> None:
+        """The sinks' consumer lag for /metrics (docs/metrics.md), once a second."""
+        while True:
+            await asyncio.sleep(1.0)
+            for name, sink in (("cdr_sink", self.cdr), ("ledger_sink", self.ledger)):
+                consumer = sink.consumer
+                if consumer is not None:
+                    metrics.set_lag(name, await metrics.aiokafka_lag(consumer))
 
     def stop(self) -> None:
+        if self._lag is not None:
+            self._lag.cancel()
         self.cdr.stop()
         self.ledger.stop()
         self.repair.stop()

@@ -33,6 +33,7 @@ import msgspec
 
 from proxy.infra.config import KAFKA_RUN_FILE, RUN_DIR, Config
 from proxy.infra.kafka import ensure_topics_sync
+from proxy.infra.metrics import ENV_DIR, prepare_dir
 from proxy.infra.pidlock import LockHeld, PidLock
 from proxy.infra.runfiles import write_json_atomically
 from proxy.infra.supervise import (
@@ -77,6 +78,7 @@ class Up:
         lock = self._lock()
         stop_on_signals(self.stopping)
         try:
+            self._prepare_metrics()
             bootstrap = self._start_broker()
             self._create_topics(bootstrap)
             # where the CLI sends commands (`sipledger hangup`, api/calls.py)
@@ -108,6 +110,14 @@ class Up:
             load_script(c.proxy.routing_script)
         except RoutingScriptError as exc:
             raise StartError(f"routing script: {exc}") from None
+
+    def _prepare_metrics(self) -> None:
+        """Every child writes its metrics under DATA_DIR/run/metrics (multiprocess mode,
+        docs/metrics.md); emptied first: a previous run's counters would add up."""
+        if self.config.metrics.enabled:
+            os.environ[ENV_DIR] = str(prepare_dir(self.data_dir / RUN_DIR))
+        else:
+            os.environ.pop(ENV_DIR, None)
 
     def _log_to_file(self) -> None:
         # stderr is for the operator's one-line messages; library chatter goes to the log

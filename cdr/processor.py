@@ -68,7 +68,7 @@ from proxy.contract.callfold import (
     silence_end_ms,
 )
 from proxy.contract.cdr import CdrLeg
-from proxy.infra import clock
+from proxy.infra import clock, metrics
 from proxy.infra.config import Config
 from proxy.infra.kafka import faust_app
 
@@ -285,6 +285,8 @@ class CdrProcessor:
         if rows is None:
             working[key] = Slot(partition, now, new)
         else:
+            if rows:            # the event that ended the call, to its CDR (docs/metrics.md)
+                metrics.observe("cdr_event_to_cdr_seconds", max(0, now - event.ts_ms) / 1000)
             self._close(key, Slot(partition, now, new, True), working, finished, rows)
 
     def _late_media(self, key: bytes, slot: Slot, event: ev.MediaStats, now: int,
@@ -310,6 +312,7 @@ class CdrProcessor:
             if not again:
                 counts["silence_closes" if slot.close_ms else "calls"] += 1
             counts["rows"] += len(rows)
+            metrics.count("cdr_records", len(rows))
             working[key] = slot
             finished.append((key, slot, rows))
         else:                                    # stray events only: nothing to record
@@ -399,6 +402,7 @@ class CdrProcessor:
                 silent.append((key, slot))
         if silent or resend or expired or shrink:
             await self._act(silent, resend, expired, shrink)
+        metrics.set_lag("cdr", metrics.faust_lag(app.consumer, self.events_topic_name))
         if time.monotonic() - self._last_stats > self.stats_interval:
             self._last_stats = time.monotonic()
             live = sum(1 for slot in data.values() if slot is not None and not slot.done)

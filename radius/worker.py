@@ -42,6 +42,7 @@ from proxy.contract.callfold import (
     silence_deadline_ms,
     silence_end_ms,
 )
+from proxy.infra import metrics
 from proxy.infra.config import Config
 from proxy.infra.kafka import consumer_kwargs, ensure_topics
 
@@ -201,6 +202,7 @@ class RadiusWorker:
         self._stop = asyncio.Event()
         self._last_prune = 0.0
         self._last_stats = time.monotonic()
+        self._acked_counted = 0          # the sender's acks already added to the metric
 
     def stop(self) -> None:
         self._stop.set()
@@ -312,6 +314,12 @@ class RadiusWorker:
             forgotten: list[str] = []
             self.core.tick(now, records, changed, forgotten)
             self._persist(records, changed, forgotten, now)
+            metrics.gauge("radius_queue_depth", self.spool.pending_count())
+            acked = self.sender.counts["acked"]
+            metrics.count("radius_sent", acked - self._acked_counted)
+            self._acked_counted = acked
+            if self.consumer is not None:
+                metrics.set_lag("radius", await metrics.aiokafka_lag(self.consumer))
             mono = time.monotonic()
             if mono - self._last_prune > PRUNE_EVERY_S:
                 self._last_prune = mono

@@ -68,6 +68,7 @@ from proxy.contract import events as ev
 from proxy.contract.callfold import end_ms_of, is_call_event
 from proxy.contract.cdr import CdrLeg
 from proxy.contract.ledger import encode_event, encode_notification
+from proxy.infra import metrics
 from proxy.infra.clock import now_ms
 from proxy.infra.config import BILLING_SOCKET_FILE, CREDIT_PORT_FILE, RUN_DIR, Config
 from proxy.infra.kafka import bootstrap_servers, consumer_kwargs, ensure_topics, producer_kwargs
@@ -645,6 +646,7 @@ class BillingService:
     async def _on_cdrs(self, records) -> None:
         now = now_ms()
         events, problems = [], []
+        leg_end_ms: list[int] = []
         self._slice = time.perf_counter()
         for record in records:
             await self._pause()
@@ -654,6 +656,7 @@ class BillingService:
                 self.stats["cdr_undecodable"] += 1
                 continue
             self.stats["cdr_legs"] += 1
+            leg_end_ms.append(leg.end_ms)
             try:
                 planned, problem = self.core.plan_cdr(leg, now)
             except Exception as exc:            # a poison record must not stop the stream
@@ -676,6 +679,8 @@ class BillingService:
         fx = self.core.apply_external(new, now_ms())
         self._handle(fx)
         self._outbox_wakeup.set()
+        # how far behind the calls' ends the ledger is (the newest CDR it just applied)
+        metrics.gauge("ledger_lag_seconds", max(0, now_ms() - max(leg_end_ms, default=now)) / 1000)
 
     async def _publish_outbox(self, producer: AIOKafkaProducer) -> None:
         """The ledger after its publish cursor -> ``ledger.events`` (key = account),
@@ -742,6 +747,8 @@ class BillingService:
             await asyncio.sleep(1.0)
             now = now_ms()
             self._guarded(self.core.sweep, now)
+            if self._consumer is not None:
+                metrics.set_lag("billing", await metrics.aiokafka_lag(self._consumer, self._positions))
             rounds += 1
             if rounds % 30:
                 continue

@@ -173,6 +173,7 @@ class DialogTable:
         siblings.append(dialog)
         self.dialogs[dialog.key] = dialog
         self._arm(dialog)
+        core.stats.dialogs_processed += 1
         for watcher in self.watchers:
             watcher.confirmed(dialog, invite, response)
         return dialog, True
@@ -269,6 +270,7 @@ class DialogTable:
         dialog.apply("proxy_bye")
         dialog.end_reason = reason
         dialog.pending_byes = 2
+        self.core.stats.teardown(reason)
         self._ended(dialog)
         for side in (dialog.callee, dialog.caller):
             self._send_bye(dialog, side, reason_value)

@@ -41,6 +41,7 @@ from .media import MediaRelay
 from .node import LocalNode
 from .ports import Effects, Target
 from .resolver import Failure, Pending, Resolver
+from .stats import CoreStats
 from .txdriver import TxDriver
 
 log = logging.getLogger("sipledger.proxy")
@@ -73,6 +74,7 @@ class Core:
         self.calls: dict[str, ProxyCall] = {}      # initial INVITEs in progress, by Call-ID
         self.waiting: dict[str, Any] = {}          # INVITEs waiting for the authorization answer
         self.dialogs = DialogTable(self)
+        self.stats = CoreStats()                   # plain counters, exported by the runtime
         self.session_timer: Any = None             # RFC 4028 (session_timer.py), set by the runtime
         self.user_agent = USER_AGENT
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in settings.trusted_sources]
@@ -184,6 +186,7 @@ class Core:
             except TransactionStateError:      # already answered (a race with CANCEL …)
                 return resp
             server.run(actions)
+            self.stats.reply_local(status)
         return resp
 
     def trying(self, server: TxDriver) -> None:
@@ -315,12 +318,15 @@ class Engine:
             msg = parse(data, max_message_bytes=settings.max_message_bytes,
                         max_header_bytes=settings.max_header_bytes, max_headers=settings.max_headers)
         except ParseError as exc:
+            self.core.stats.bad_msg += 1
             self._bad_request(exc, source)
             return
         try:
             if msg.is_request:
+                self.core.stats.request_in(msg.method)
                 self._on_request(msg, source)
             else:
+                self.core.stats.reply_in(msg.status or 0)
                 self._on_response(msg)
         except (ValueError, ViaError, UriError) as exc:   # malformed values (UnicodeError too)
             if msg.is_request and msg.method != "ACK":
@@ -364,6 +370,7 @@ class Engine:
         """One response per request received, never retransmitted: a spoofed
         source draws no more than it sent (see LOCAL_REPLIES_RETRANSMIT)."""
         resp = make_response(request, status, _safe_reason(reason))
+        self.core.stats.reply_stateless(status)
         self.core.effects.send(resp.serialize(), self._upstream(request, source))
 
     def _upstream(self, request: SipMessage, source: Target) -> Target:
@@ -406,6 +413,8 @@ class Engine:
                     resp.body = rewritten       # the same SDP rtpengine gave the first 2xx
                 if resp.top_via:
                     core.effects.send(resp.serialize(), dialog.caller.target)
+                    return
+        core.stats.drop_replies += 1
 
     # -- requests --------------------------------------------------------------------------
     def _on_request(self, req: SipMessage, source: Target) -> None:
@@ -478,6 +487,7 @@ class Engine:
         machine: ServerTransaction = (
             InviteServerTransaction(req, reliable=reliable, timers=core.timers) if req.method == "INVITE"
             else NonInviteServerTransaction(req, reliable=reliable, timers=core.timers))
+        core.stats.tm_created += 1
         return TxDriver(machine, upstream, core.effects, server_key(req), core.server_txs)
 
     def _on_cancel(self, cancel: SipMessage, upstream: Target) -> None:

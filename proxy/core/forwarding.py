@@ -113,6 +113,8 @@ class ProxyCall:
         machine: ClientTransaction = (
             InviteClientTransaction(out, reliable=reliable, timers=core.timers) if self.is_invite
             else NonInviteClientTransaction(out, reliable=reliable, timers=core.timers))
+        core.stats.request_out(out.method)
+        core.stats.tm_created += 1
         branch.driver = TxDriver(
             machine, target, core.effects, client_key(out), core.client_txs,
             on_message=functools.partial(self._on_branch_response, branch),
@@ -274,12 +276,14 @@ class ProxyCall:
         status = resp.status or 0
         if status >= 200 and not (200 <= status < 300 and self.replied):
             self.replied = True
+        self.core.stats.reply_relayed(status)
         server.run(server.machine.send_response(resp))
 
     def reply(self, status: int, reason: str | None = None, headers=()) -> SipMessage:
         """A final response generated here rather than relayed."""
         resp = make_response(self.request, status, reason, headers=list(headers))
         self.replied = True
+        self.core.stats.reply_local(status)
         self.server.run(self.server.machine.send_response(resp))
         return resp
 
@@ -302,6 +306,8 @@ class ProxyCall:
                 best.status, best.reason = 500, "Server Internal Error"
             self._relay(best)
             resp, by_proxy = best, id(best) in self.synthetic
+        if self.is_invite:
+            self.core.stats.dialogs_failed += 1
         if self.track:
             self.core.emit(self.core.events.make(ev.CallFailed, self.request, to_tag=_to_tag(resp),
                                                  code=resp.status, reason=resp.reason or "",

@@ -235,6 +235,13 @@ class LocationStore:
             return self._conn.execute("SELECT count(*) FROM location WHERE expires_at > ?",
                                       (now,)).fetchone()[0]
 
+    def totals(self, now: float) -> tuple[int, int]:
+        """(addresses of record, bindings) alive at ``now`` (for metrics)."""
+        with self._errors():
+            users, contacts = self._conn.execute(
+                "SELECT count(DISTINCT aor), count(*) FROM location WHERE expires_at > ?", (now,)).fetchone()
+        return users, contacts
+
     # -- writes ----------------------------------------------------------------------
     @contextmanager
     def edit(self, aor: str, now: float) -> Iterator[BindingEditor]:

@@ -54,6 +54,10 @@ class Lockout:
         self.synced_version = -1              # of the shared view last merged (see sync)
 
     # -- questions -------------------------------------------------------------------------
+    def locks_held(self, now: float) -> int:
+        """Keys locked at ``now`` (a figure for metrics)."""
+        return sum(1 for until in self._locks.values() if until > now)
+
     def locked(self, ip: str, user: str | None, now: float) -> bool:
         """Is this source, or this user from this source, locked out?"""
         if self._is_locked(ip_key(ip), now):

@@ -211,6 +211,12 @@ class ApiSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     port: int = 8080
 
 
+class MetricsSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Prometheus metrics of every process of `up`, served at the API's /metrics (docs/metrics.md)."""
+    enabled: bool = True
+    interval_seconds: float = 1.0       # how often a worker copies its plain counters into them
+
+
 class ClickHouseSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Where CDRs and the ledger copy are stored, and how the sinks batch them."""
     backend: Literal["chdb", "server"] = "chdb"   # chdb: embedded, under the data dir
@@ -427,6 +433,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     pike: PikeSettings = PikeSettings()
     overload: OverloadSettings = OverloadSettings()
     api: ApiSettings = ApiSettings()
+    metrics: MetricsSettings = MetricsSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     cdr: CdrSettings = CdrSettings()
     billing: BillingSettings = BillingSettings()
@@ -644,6 +651,7 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
                                                                    c.media.one_way_timeout_seconds),
          "must be 0.1..the smaller of the two media timeouts"),
         ("media.max_polls_in_flight", 1 <= c.media.max_polls_in_flight <= 4096, "must be 1..4096"),
+        ("metrics.interval_seconds", 0.1 <= c.metrics.interval_seconds <= 60, "must be 0.1..60"),
         ("nat.keepalive_seconds", 0.1 <= c.nat.keepalive_seconds <= 3600, "must be 0.1..3600"),
         ("nat.keepalive_failures", 1 <= c.nat.keepalive_failures <= 100, "must be 1..100"),
         ("session_timer.min_se_seconds", 90 <= c.session_timer.min_se_seconds <= 86400,

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .logs import RotatingLog
+from .metrics import process_dead
 
 READY_TIMEOUT_S = 90.0
 STOP_GRACE_S = 15.0
@@ -314,6 +315,7 @@ class Supervisor:
             delay = self.backoff[min(child.restarts, len(self.backoff) - 1)]
             self.warn(f"{child.name} exited with status {child.proc.returncode} "
                       f"({child.reason()}); restarting in {delay:g} s")
+            process_dead(child.proc.pid)         # its live gauges no longer count
             child.restart_at = now + delay
         elif now >= child.restart_at:
             child.restart_at = None

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ..contract import credit
 from ..infra.config import CREDIT_PORT_FILE, RUN_DIR, AuthorizationSettings
+from .metrics import observe_authorization
 
 log = logging.getLogger("sipledger.authorization")
 
@@ -27,6 +29,7 @@ class AuthorizationClient(asyncio.DatagramProtocol):
         self.pending: dict[str, tuple[bytes, Callback, int, asyncio.TimerHandle]] = {}
         self._address: tuple[str, int] | None = None
         self.timeouts = 0
+        self.started: dict[str, float] = {}   # request id -> when first sent (its latency metric)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -38,6 +41,7 @@ class AuthorizationClient(asyncio.DatagramProtocol):
             timer.cancel()
             callback(None)
         self.pending.clear()
+        self.started.clear()
         if self.transport is not None:
             self.transport.close()
 
@@ -53,6 +57,7 @@ class AuthorizationClient(asyncio.DatagramProtocol):
 
     def authorize(self, request: credit.AuthorizeRequest, callback: Callback) -> None:
         data = credit.encode(request)
+        self.started[request.id] = time.perf_counter()
         self._send(request.id, data, callback, self.settings.retries)
 
     def _send(self, request_id: str, data: bytes, callback: Callback, retries_left: int) -> None:
@@ -73,6 +78,7 @@ class AuthorizationClient(asyncio.DatagramProtocol):
             self._send(request_id, data, callback, retries_left - 1)
             return
         self.timeouts += 1
+        self.started.pop(request_id, None)
         callback(None)
 
     def datagram_received(self, data: bytes, addr) -> None:
@@ -85,4 +91,7 @@ class AuthorizationClient(asyncio.DatagramProtocol):
         if entry is None:
             return                           # a late answer to a retried request
         entry[3].cancel()
+        started = self.started.pop(response.id, None)
+        if started is not None:
+            observe_authorization(time.perf_counter() - started)
         entry[1](response)

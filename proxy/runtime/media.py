@@ -20,6 +20,7 @@ from ..core.ports import MediaResult
 from ..infra.config import MediaSettings, RtpengineSettings
 from ..media.ng import Schedule
 from ..media.relays import relays_from_settings
+from .metrics import observe_media
 from .ngclient import NgClient, NgTimeout, NoRelay
 from .rtpengine import read_ng
 
@@ -97,11 +98,14 @@ class MediaEdge:
                 relay = client.relays.sticky(call_id)
                 result = MediaResult(reply=reply, relay=relay.name if relay is not None else "")
             self._sample(kind, time.perf_counter() - started)
+            observe_media(kind, None if result.error else time.perf_counter() - started)
         except (NgTimeout, NoRelay, OSError) as exc:
             result = MediaResult(error=str(exc) or type(exc).__name__)
+            observe_media(kind, None)
         except Exception as exc:          # never leave the core waiting
             log.exception("media %s failed", kind)
             result = MediaResult(error=repr(exc))
+            observe_media(kind, None)
         try:
             callback(result)
         except Exception:

@@ -43,6 +43,7 @@ from .handoff import Handoff, conn_owner, remote_conn
 from .livecalls import LiveCallsFile
 from .loaded import LoadedState
 from .media import MediaEdge
+from .metrics import WorkerMetrics
 from .transport import TcpPool, UdpEndpoint, inherited_socket, tcp_socket, udp_socket
 
 log = logging.getLogger("sipledger.worker")
@@ -286,6 +287,8 @@ class Worker:
         self._publish_loaded(provisioning, routing)
         self.live_calls = LiveCallsFile(self.data_dir / RUN_DIR, self.index)
         housekeeping = loop.create_task(self._housekeeping(provisioning, routing, location, core))
+        self.metrics = WorkerMetrics(core, self, self.index == 0) if cfg.metrics.enabled else None
+        metrics_task = loop.create_task(self._export_metrics()) if self.metrics is not None else None
         natping = loop.create_task(self._natping(core, location))
 
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -296,6 +299,8 @@ class Worker:
 
         housekeeping.cancel()
         natping.cancel()
+        if metrics_task is not None:
+            metrics_task.cancel()
         self.guard.close()
         self.loaded.remove()
         self.live_calls.remove()
@@ -382,11 +387,22 @@ class Worker:
                 self._probe_gateways(core, now)
                 self._publish_loaded(provisioning, routing)
                 if tick % 30 == 0 and self.index == 0:
-                    location.purge(clock.time())
+                    purged = location.purge(clock.time())
+                    if self.metrics is not None:
+                        self.metrics.expired_contacts += purged
                 self.live_calls.publish_calls(core)       # `sipledger calls` (proxy/runtime/livecalls.py)
             except Exception:
                 log.exception("housekeeping failed")
 
+    async def _export_metrics(self) -> None:
+        """The core's plain counters into the node's metrics (proxy/runtime/metrics.py)."""
+        assert self.metrics is not None
+        while True:
+            await asyncio.sleep(self.config.metrics.interval_seconds)
+            try:
+                self.metrics.tick(asyncio.get_running_loop().time())
+            except Exception:
+                log.exception("metrics export failed")
 
     async def _natping(self, core: Core, location: LocationStore) -> None:
         """NAT keep-alives (proxy/core/natping.py): this worker's share of the bindings."""

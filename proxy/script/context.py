@@ -196,6 +196,8 @@ class RequestContext:
         if result.rechallenge:
             self._challenge(code, challenge, realm, now, stale=result.stale)
             return False
+        if not result.ok:
+            self.core.stats.auth_failures += 1
         if result.wrong_credentials:
             lockout.failure(self.source.host, guessed, now)
             self._share_lockouts()
@@ -207,6 +209,7 @@ class RequestContext:
         if result.username != user_uri.user:
             self.reply(403, "Forbidden (From/authentication user mismatch)")
             return False
+        self.core.stats.auth_successes += 1
         lockout.success(self.source.host, user_key(result.username, realm))
         # credentials for our realm stop here (RFC 3261 §22.3)
         self.request.headers = [h for h in self.request.headers if not (h[0] == header and h[2] is value)]
@@ -230,6 +233,7 @@ class RequestContext:
         values = auth.challenge(realm, now, stale=stale,
                                 algorithms=auth.policy.offered(realm, self.request.get("user-agent")))
         self.replied = True
+        self.core.stats.auth_challenges += 1
         self.core.reply(self.server, self.request, code, None, headers=[(header, v) for v in values])
 
     def _lockout(self):

@@ -7,6 +7,8 @@ and the events of its call field by field (proxy/contract/events.py).
 """
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered, start_sipledger
@@ -374,6 +376,77 @@ def test_from_must_match_auth_user(sipledger, uas_factory, sipp_dir):
         assert uas.received("INVITE") == []
     call_id, _, _ = _call_ids(res)
     _assert_refused_unauthenticated(sipledger, call_id)
+
+
+# --------------------------------------------------------------------------- metrics
+
+def _scrape(sl) -> dict[tuple[str, tuple], float]:
+    """/metrics from loopback (no token), parsed by prometheus-client's own parser."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+    reply = httpx.get(f"{sl.api_url}/metrics", timeout=10)
+    assert reply.status_code == 200, reply.text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(reply.text) for s in family.samples}
+
+
+def test_metrics_count_the_calls(sipledger, uas_factory, sipp_dir, call_as):
+    """A SIPp mix (2 answered, 1 busy) read back from /metrics of every process:
+    the proxy worker's SIP figures, the CDR processor's CDRs, and `sipledger stats`."""
+    before = _scrape(sipledger)
+    uas = uas_factory("uas_answer", calls=2)
+    with registered(sipledger, "bob", uas, sipp_dir):
+        res = call_as("uac_call", "bob", hold_ms=100, calls=2)
+        assert res.returncode == 0 and res.successful == 2, res.describe()
+        uas.wait(10)
+    busy = uas_factory("uas_busy")
+    with registered(sipledger, "bob", busy, sipp_dir):
+        assert_completed(call_as("uac_call_expect_failure", "bob", variables={"expected": 486}), "busy")
+        assert_uas_completed(busy, "bob busy")
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    expected = {("sipledger_dialog_processed_total", ()): 2, ("sipledger_dialog_failed_total", ()): 1,
+                ("sipledger_cdr_records_total", ()): 3}
+    processors = {"cdr", "cdr_sink", "ledger_sink"}       # the CDR processor reports on its 5 s timer
+
+    def lagging() -> set[str]:
+        return {dict(labels)["processor"] for name, labels in after if name == "sipledger_consumer_lag"}
+
+    deadline = time.monotonic() + 15            # workers copy their counters once a second
+    while True:
+        after = _scrape(sipledger)
+        if all(grew(name) >= n for (name, _), n in expected.items()) and processors <= lagging() \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert grew("sipledger_dialog_processed_total") == 2
+    assert grew("sipledger_dialog_failed_total") == 1
+    # each call: INVITE, 407, ACK, INVITE with credentials; answered ones end with a BYE
+    assert grew("sipledger_core_rcv_requests_total", method="INVITE") == 6
+    assert grew("sipledger_core_rcv_requests_total", method="BYE") == 2
+    assert grew("sipledger_core_fwd_requests_total", method="INVITE") == 3
+    assert grew("sipledger_core_fwd_requests_total", method="BYE") == 2
+    # one challenge per INVITE and per REGISTER (two registrations, two un-registrations)
+    assert grew("sipledger_auth_challenges_total") == 3 + 4
+    assert grew("sipledger_core_rcv_requests_total", method="REGISTER") == 2 * 4
+    assert grew("sipledger_core_fwd_replies_total", **{"class": "4xx"}) == 1       # the 486
+    assert grew("sipledger_tm_replies_total", **{"class": "2xx"}) >= 4            # 2 INVITE + 2 BYE (+ REGISTERs)
+    assert grew("sipledger_cdr_records_total") == 3
+    assert grew("sipledger_cdr_event_to_cdr_seconds_count") == 3
+    assert grew("sipledger_credit_authorize_seconds_count") == 3      # one per authenticated INVITE
+    assert grew("sipledger_events_published_total") > 0
+    assert after[("sipledger_dialog_active", ())] == 0
+    assert after[("sipledger_tm_transactions", ())] >= 0
+    assert after[("sipledger_usrloc_registered_contacts", ())] == 0       # bob un-registered
+    assert after[("sipledger_lockout_locks", ())] == 0
+    assert processors <= lagging(), lagging()
+
+    shown = sipledger.run_cli("stats", "dialog").stdout
+    rows = dict(line.split() for line in shown.splitlines() if line.strip())
+    assert float(rows["dialog:processed"]) == after[("sipledger_dialog_processed_total", ())], shown
 
 
 # --------------------------------------------------------------- dialog timeout

@@ -84,6 +84,7 @@ ALLOWED = {
     ("proxy/events/control.py", "start"): "compared with Kafka record timestamps (host clock)",
     ("proxy/provisioning/live.py", "maybe_reload"): "lockout expiries: host clock, as the nonce times they sit beside",
     ("proxy/provisioning/lockout_cli.py", "lockouts"): "lockout expiries: host clock, as the workers wrote them",
+    ("proxy/runtime/metrics.py", "lockouts_held"): "lockout expiries: host clock, as the workers wrote them",
 }
 
 

@@ -104,6 +104,11 @@ class TopicSink(Generic[R]):
         self._stopping = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------
+    @property
+    def consumer(self) -> AIOKafkaConsumer | None:
+        """The running consumer (None between restarts): for its lag metric."""
+        return self._consumer
+
     def stop(self) -> None:
         """Ask ``run`` to finish: it flushes what it holds, commits and returns."""
         self._stopping.set()
