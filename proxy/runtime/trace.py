@@ -1,0 +1,143 @@
+"""SIP capture at the worker edge (docs/trace.md): the worker hands every
+message it reads and every one it sends to ``TraceEdge.received`` / ``sent``
+while ``tracer.on`` (all traffic, or a call flagged by ``ctx.trace()``).
+
+A captured message goes (1) as HEP v3 to each ``[trace] hep`` collector, one
+non-blocking ``sendto`` (a full socket buffer drops it, counted), and (2) into
+a trace outbox of its own (DATA_DIR/outbox/worker-N-trace.sqlite), published
+on ``[trace] topic`` like the call events, never waited for.  Bounded: when
+``max_pending`` captures wait for Kafka, new ones are dropped (counted).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+import msgspec
+
+from ..core.ports import Target
+from ..events.outbox import Outbox
+from ..events.publisher import EventPublisher
+from ..infra import clock
+from ..infra.config import Config, hep_address
+from ..trace import hep
+from ..trace.capture import Address, Tracer, record
+
+log = logging.getLogger("sipledger.trace")
+
+
+class TraceStats:
+    def __init__(self) -> None:
+        self.captured = 0           # messages captured
+        self.dropped = 0            # not stored: the outbox was behind (max_pending)
+        self.hep_sent = 0           # HEP packets sent (all collectors)
+        self.hep_dropped = 0        # HEP packets not sent (socket full, too large, error)
+
+
+class TraceEdge:
+    def __init__(self, config: Config, data_dir: Path, index: int, local: tuple[str, int]):
+        self.settings = config.trace
+        self.kafka = config.kafka
+        self.node = config.node.name
+        self.index = index
+        self.data_dir = data_dir
+        self.local_ip, self.local_port = local
+        self.flush_s = config.proxy.outbox_flush_ms / 1000
+        self.stats = TraceStats()
+        self.tracer = Tracer(enabled=self.settings.enabled, sample=self.settings.sample, emit=self._emit,
+                             now=time.monotonic,
+                             flag_seconds=self.settings.flag_seconds)
+        self._ids = itertools.count(1)
+        self._prefix = f"{self.node}-{index}-{os.getpid()}-{clock.now_ms()}-"
+        self._encoder = msgspec.json.Encoder()
+        self._collectors = [a for a in (hep_address(h) for h in self.settings.hep) if a is not None]
+        self._hep_socks: dict[int, socket.socket] = {}
+        self.outbox: Outbox | None = None
+        self.publisher: EventPublisher | None = None
+        self._flush_scheduled = False
+
+    # -- the worker's hooks ------------------------------------------------------
+    def received(self, data: bytes, source: Target) -> None:
+        self.tracer.capture(data, "in", (source.transport, source.host, source.port),
+                            (source.transport, self.local_ip, self.local_port))
+
+    def sent(self, data: bytes, target: Target) -> None:
+        self.tracer.capture(data, "out", (target.transport, self.local_ip, self.local_port),
+                            (target.transport, target.host, target.port))
+
+    def flag(self, data: bytes, source: Target) -> None:
+        """ctx.trace(): this message's call from now on, this message included."""
+        self.tracer.capture_flagged(data, (source.transport, source.host, source.port),
+                                    (source.transport, self.local_ip, self.local_port))
+
+    # -- output ------------------------------------------------------------------
+    def _emit(self, data: bytes, direction: str, src: Address, dst: Address, call_id: str) -> None:
+        self.stats.captured += 1
+        ts_ms = clock.now_ms()
+        if self._collectors:
+            self._send_hep(data, src, dst, ts_ms, call_id)
+        if self.settings.store:
+            self._store(record(data, direction, src, dst, call_id=call_id, ts_ms=ts_ms,
+                               rid=self._prefix + str(next(self._ids)), node=self.node, worker=self.index))
+
+    def _send_hep(self, data: bytes, src: Address, dst: Address, ts_ms: int, call_id: str) -> None:
+        try:
+            packet = hep.encode(data, src=(src[1], src[2]), dst=(dst[1], dst[2]), transport=src[0],
+                                ts_us=ts_ms * 1000, capture_id=self.settings.hep_capture_id,
+                                password=self.settings.hep_password, correlation_id=call_id)
+        except ValueError:              # too large, mixed IP versions
+            self.stats.hep_dropped += len(self._collectors)
+            return
+        for host, port in self._collectors:
+            try:
+                self._hep_socket(host).sendto(packet, (host, port))
+                self.stats.hep_sent += 1
+            except OSError:             # EAGAIN (buffer full), unreachable …: best effort
+                self.stats.hep_dropped += 1
+
+    def _hep_socket(self, host: str) -> socket.socket:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = self._hep_socks.get(family)
+        if sock is None:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            self._hep_socks[family] = sock
+        return sock
+
+    def _store(self, rec) -> None:
+        if self.outbox is None:         # opened at the first capture: trace off costs nothing
+            (self.data_dir / "outbox").mkdir(parents=True, exist_ok=True)
+            self.outbox = Outbox(str(self.data_dir / "outbox" / f"worker-{self.index}-trace.sqlite"))
+            self.publisher = EventPublisher(self.outbox, self.kafka, self.settings.topic)
+            self.publisher.start()
+        if self.outbox.count() >= self.settings.max_pending:
+            self.stats.dropped += 1
+            return
+        self.outbox.append(rec.call_id.encode(), self._encoder.encode(rec))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_later(self.flush_s, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.outbox is None or self.publisher is None:
+            return
+        try:
+            self.outbox.flush()
+        except Exception:
+            log.exception("trace outbox flush failed; captures stay buffered")
+            return
+        self.publisher.wake()
+
+    async def close(self) -> None:
+        for sock in self._hep_socks.values():
+            sock.close()
+        if self.outbox is not None and self.publisher is not None:
+            self.outbox.flush()
+            await self.publisher.stop(drain_timeout=2.0)
+            self.outbox.close()
