@@ -33,6 +33,8 @@ class HepTooLarge(ValueError):
 
 
 def _chunk(kind: int, value: bytes) -> bytes:
+    if len(value) > MAX_PACKET - CHUNK.size:
+        raise HepTooLarge(f"HEP chunk of {len(value)} bytes")
     return CHUNK.pack(0, kind, CHUNK.size + len(value)) + value
 
 

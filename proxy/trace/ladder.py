@@ -36,7 +36,7 @@ def render(records: Sequence[TraceRecord], width: int = COLUMN) -> list[str]:
         for i in range(len(names)):
             row[i * width] = "|"
         lo, hi = sorted((a, b))
-        label = f" {r.label} {r.cseq.split(' ')[0]}" if r.status else f" {r.label} "
+        label = f" {r.label} {r.cseq.rsplit(' ', 1)[-1]} " if r.status else f" {r.label} "
         span = (hi - lo) * width - 1
         if span <= 0:                               # to itself: a marker, no arrow
             row[lo * width] = "o"
