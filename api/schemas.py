@@ -112,6 +112,7 @@ class Leg(_CallFields):
 
 class CallDetail(Call):
     legs_detail: list[Leg]
+    trace_url: str | None = None      # its captured SIP messages, when there are some (docs/trace.md)
 
 
 class CallPage(BaseModel):

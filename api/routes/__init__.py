@@ -8,11 +8,11 @@ from fastapi import APIRouter, Depends
 
 from ..params import known_params
 from ..schemas import Problem
-from . import accounts, cdrs, health, ledger, rates, reports, stats
+from . import accounts, cdrs, health, ledger, rates, reports, stats, trace
 
 __all__ = ["api_router", "health", "ROUTERS"]
 
-ROUTERS = tuple(module.router for module in (cdrs, stats, accounts, ledger, reports, rates))
+ROUTERS = tuple(module.router for module in (cdrs, stats, accounts, ledger, reports, rates, trace))
 
 api_router = APIRouter(prefix="/v1", dependencies=[Depends(known_params)], responses={
     401: {"model": Problem, "description": "no token, or an unknown or revoked one"},
