@@ -19,7 +19,7 @@ from proxy.infra.clickhouse.backend import BackendError
 from proxy.trace import ladder, pcap
 
 from ..deps import CdrStoreDep, Principal
-from ..schemas import Problem
+from ..schemas import CallTrace, Problem
 
 router = APIRouter(prefix="/calls", tags=["trace"])
 
@@ -52,13 +52,13 @@ def _read(store: TraceStore, call_id: str, account: str | None) -> list[TraceRec
     return store.call(call_id)
 
 
-@router.get("/{call_id}/trace", summary="A call's captured SIP messages and their ladder",
+@router.get("/{call_id}/trace", response_model=CallTrace, summary="A call's captured SIP messages and their ladder",
             responses={404: {"model": Problem, "description": "no trace for this Call-ID (or not the token's)"},
                        200: {"content": {PCAP_TYPE: {}}, "description": "JSON, or a pcap with format=pcap"}})
 async def get_trace(who: Principal, store: CdrStoreDep,
                     call_id: Annotated[str, Path(min_length=1, max_length=256, description="the Call-ID")],
                     format: Annotated[Literal["json", "pcap"], Query(description="json or pcap")] = "json",
-                    ) -> Any:
+                    ) -> Any:   # a dict (CallTrace) or the pcap Response
     records = await run_in_threadpool(_read, TraceStore(store.backend), call_id,
                                       None if who.is_admin else who.account)
     if not records:

@@ -17,12 +17,13 @@ pytestmark = pytest.mark.integration
 
 GHOST = "ghost@c.test"           # no such account anywhere
 FORBIDDEN = {"detail": f"this token may only read account {ALICE}"}
-SAMPLE = {"cdr_id": str(uuid.uuid4()), "account": ALICE, "report": "gateways", "plan": "retail", "rate_id": "1"}
+SAMPLE = {"cdr_id": str(uuid.uuid4()), "account": ALICE, "report": "gateways", "plan": "retail", "rate_id": "1",
+          "call_id": "c1@sample"}
 # what an account token may call (on its own account); every other /v1 route is admin only
 ACCOUNT_READS = {("GET", p) for p in (
     "/v1/cdrs", "/v1/cdrs/{cdr_id}", "/v1/stats", "/v1/accounts", "/v1/accounts/{account}",
     "/v1/accounts/{account}/balance", "/v1/accounts/{account}/rates", "/v1/accounts/{account}/ledger",
-    "/v1/accounts/{account}/reports/{report}")}
+    "/v1/accounts/{account}/reports/{report}", "/v1/calls/{call_id}/trace")}
 # the reads that name an account in the path (ReadableAccount)
 ACCOUNT_PATHS = ["/v1/accounts/{a}", "/v1/accounts/{a}/balance", "/v1/accounts/{a}/rates",
                  "/v1/accounts/{a}/ledger", "/v1/accounts/{a}/reports/statement"]
