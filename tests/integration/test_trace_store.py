@@ -57,3 +57,36 @@ def test_records_outside_the_columns_are_rejected():
     assert problem(rec(1, NOW_MS)) is None
     assert problem(rec(1, NOW_MS, src_port=70000)) is not None
     assert problem(rec(1, NOW_MS, call_id="")) is not None
+
+
+def test_cli_prints_the_ladder_and_writes_a_pcap(tmp_path, clickhouse_server):
+    from typer.testing import CliRunner
+
+    from api.cli import app
+    from proxy.trace import pcap
+    from tests.harness.clickhouse import PASSWORD, USER
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    backend = clickhouse_server.backend(database)
+    try:
+        migrate(backend)
+        rows = [rec(1, NOW_MS), rec(2, NOW_MS + 7, direction="out", method="", status=180, src_ip="127.0.0.1",
+                                    src_port=5060, dst_ip="192.0.2.1", dst_port=5062, raw="SIP/2.0 180 Ringing\r\n\r\n")]
+        TraceStore(backend).insert(rows)
+        config = tmp_path / "sipledger.toml"
+        config.write_text(f'[clickhouse]\nbackend = "server"\nport = {clickhouse_server.port}\n'
+                          f'database = "{database}"\nuser = "{USER}"\npassword = "{PASSWORD}"\n')
+        out = tmp_path / "call.pcap"
+        result = CliRunner().invoke(app, ["--data-dir", str(tmp_path / "data"), "--config", str(config),
+                                          "trace", "c1@x", "--pcap", str(out)])
+        assert result.exit_code == 0, result.output
+        lines = result.stdout.splitlines()
+        assert lines[0].split() == ["192.0.2.1:5062", "127.0.0.1:5060"]
+        assert "INVITE" in lines[1] and lines[1].rstrip().endswith(">|")
+        assert "180 INVITE" in lines[2] and "<" in lines[2]
+        assert [frame[28:] for _ts, frame in pcap.read(out.read_bytes())] == [r.raw.encode() for r in rows]
+        missing = CliRunner().invoke(app, ["--data-dir", str(tmp_path / "data"), "--config", str(config),
+                                           "trace", "nobody@x"])
+        assert missing.exit_code == 1 and "no trace" in missing.output
+    finally:
+        backend.execute(f"DROP DATABASE IF EXISTS {database}")
+        backend.close()
