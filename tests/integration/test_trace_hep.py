@@ -4,6 +4,7 @@ write the call's INVITE / 200 / BYE to its pcap; the same messages reach the
 `sip.trace` topic as TraceRecords."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
@@ -58,54 +59,88 @@ def sngrep(tmp_path):
             proc.wait(timeout=5)
 
 
-def test_a_traced_call_reaches_sngrep_over_hep_and_the_trace_topic(tmp_path, broker, sngrep):
-    hep_port, hep_pcap = sngrep
+@contextlib.contextmanager
+def proxy_with_gateway(tmp_path, broker, trace: str, script: str = ""):
+    """A proxy routing 0… to a SIPp gateway that answers; ``trace``: the [trace] section's keys."""
     data = tmp_path / "data"
     ensure_topics_sync(settings_for(broker), {"sip.trace": 1})      # `up` creates it (api/supervisor.py)
-    with SippUAS("uas_answer", timeout=20) as gw:
+    with SippUAS("uas_answer", timeout=20, calls=2) as gw:
         cli(data, "domain", "add", "example.test")
         cli(data, "gateway", "add", "gw1", "--address", f"127.0.0.1:{gw.port}")
         cli(data, "route", "add", "--prefix", "0", "--gateways", "gw1")
         config = tmp_path / "sipledger.toml"
+        script_line = ""
+        if script:
+            (tmp_path / "route.py").write_text(script)
+            script_line = f'routing_script = "{tmp_path / "route.py"}"\n'
         config.write_text(f"""[proxy]
 trusted_sources = ["127.0.0.0/8"]
-[authorization]
+{script_line}[authorization]
 enabled = false
 [trace]
-enabled = true
-hep = ["udp:127.0.0.1:{hep_port}"]
-hep_capture_id = 77
+{trace}
 """)
         sip_port = free_udp_port()
         with proxy_run(data, config, sip_port, broker.bootstrap):
-            res = run_uac("uac_plain_call", ("127.0.0.1", sip_port),
-                          {"caller": "+4930999", "callee": "0301234", "domain": "example.test"}, 15,
-                          workdir=tmp_path, hold_ms=100)
-            assert res.ok, res.describe()
-            call_id = res.sent("INVITE")[0].header("Call-ID")
-            wanted = {b"INVITE", b"SIP/2.0 200", b"BYE"}
+            yield sip_port, gw
 
-            def seen() -> set[bytes]:
-                got = set()
-                for payload in sip_payloads(hep_pcap.read_bytes()) if hep_pcap.exists() else []:
-                    if call_id.encode() in payload:
-                        got |= {w for w in wanted if payload.startswith(w)}
-                return got
-            eventually(lambda: seen() == wanted, "sngrep's pcap to hold the INVITE, 200 and BYE", timeout=10)
-            payloads = [p for p in sip_payloads(hep_pcap.read_bytes()) if call_id.encode() in p]
-            # both legs, both directions: caller → proxy → gateway and back
-            assert sum(p.startswith(b"INVITE ") for p in payloads) == 2
-            assert sum(p.startswith(b"BYE ") for p in payloads) == 2
-            assert sum(p.startswith(b"SIP/2.0 200") for p in payloads) >= 4
 
-            records = read_events(broker.bootstrap, topic="sip.trace", call_id=call_id, timeout=10,
-                                  until=lambda rs: len(rs) >= len(payloads))
-            # the stored copy and the HEP copy are the same captures
-            assert sorted(r["raw"].split("\r\n", 1)[0] for r in records) == \
-                sorted(p.split(b"\r\n", 1)[0].decode() for p in payloads)
-            invites = [r for r in records if r["method"] == "INVITE"]
-            assert sorted(r["direction"] for r in invites) == ["in", "out"]
-            received = next(r for r in invites if r["direction"] == "in")
-            assert received["dst_port"] == sip_port and received["cseq"] == "2 INVITE"
-            sent = next(r for r in invites if r["direction"] == "out")
-            assert sent["dst_port"] == gw.port and sent["src_port"] == sip_port
+def call(tmp_path, sip_port: int, number: str) -> str:
+    res = run_uac("uac_plain_call", ("127.0.0.1", sip_port),
+                  {"caller": "+4930999", "callee": number, "domain": "example.test"}, 15,
+                  workdir=tmp_path, hold_ms=100)
+    assert res.ok, res.describe()
+    return res.sent("INVITE")[0].header("Call-ID")
+
+
+def of_call(hep_pcap, call_id: str) -> list[bytes]:
+    return [p for p in sip_payloads(hep_pcap.read_bytes()) if call_id.encode() in p] if hep_pcap.exists() else []
+
+
+def starts(payloads: list[bytes]) -> dict[bytes, int]:
+    kinds = (b"INVITE ", b"ACK ", b"BYE ", b"SIP/2.0 200")
+    return {k: sum(p.startswith(k) for p in payloads) for k in kinds}
+
+
+# both legs, both directions: caller → proxy → gateway and back (200s of INVITE and BYE)
+WHOLE_CALL = {b"INVITE ": 2, b"ACK ": 2, b"BYE ": 2, b"SIP/2.0 200": 4}
+
+
+def test_a_traced_call_reaches_sngrep_over_hep_and_the_trace_topic(tmp_path, broker, sngrep):
+    hep_port, hep_pcap = sngrep
+    trace = f'enabled = true\nhep = ["udp:127.0.0.1:{hep_port}"]\nhep_capture_id = 77'
+    with proxy_with_gateway(tmp_path, broker, trace) as (sip_port, gw):
+        call_id = call(tmp_path, sip_port, "0301234")
+        payloads = eventually(lambda: (p := of_call(hep_pcap, call_id)) and starts(p) == WHOLE_CALL and p,
+                              "sngrep's pcap to hold the whole call (INVITE, 200, ACK, BYE)", timeout=10)
+        records = read_events(broker.bootstrap, topic="sip.trace", call_id=call_id, timeout=10,
+                              until=lambda rs: len(rs) >= len(payloads))
+        # the stored copy and the HEP copy are the same captures
+        assert sorted(r["raw"].split("\r\n", 1)[0] for r in records) == \
+            sorted(p.split(b"\r\n", 1)[0].decode() for p in payloads)
+        invites = [r for r in records if r["method"] == "INVITE"]
+        assert sorted(r["direction"] for r in invites) == ["in", "out"]
+        received = next(r for r in invites if r["direction"] == "in")
+        assert received["dst_port"] == sip_port and received["cseq"] == "2 INVITE"
+        sent = next(r for r in invites if r["direction"] == "out")
+        assert sent["dst_port"] == gw.port and sent["src_port"] == sip_port
+
+
+SCRIPT = """from proxy.script.default import route as default_route
+
+
+def route(ctx):
+    if ctx.method == "INVITE" and ctx.ruri.user == "0307777":
+        ctx.trace()
+    return default_route(ctx)
+"""
+
+
+def test_ctx_trace_captures_that_call_only_and_all_its_later_messages(tmp_path, broker, sngrep):
+    hep_port, hep_pcap = sngrep
+    with proxy_with_gateway(tmp_path, broker, f'hep = ["udp:127.0.0.1:{hep_port}"]', SCRIPT) as (sip_port, _gw):
+        untraced = call(tmp_path, sip_port, "0301234")
+        traced = call(tmp_path, sip_port, "0307777")
+        eventually(lambda: starts(of_call(hep_pcap, traced)) == WHOLE_CALL,
+                   "sngrep's pcap to hold the whole flagged call", timeout=10)
+        assert of_call(hep_pcap, untraced) == []
