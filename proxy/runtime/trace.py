@@ -52,7 +52,7 @@ class TraceEdge:
         self.tracer = Tracer(enabled=self.settings.enabled, sample=self.settings.sample, emit=self._emit,
                              now=time.monotonic,
                              flag_seconds=self.settings.flag_seconds)
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(1)    # zero-padded in ids: they sort in capture order within a ms
         self._prefix = f"{self.node}-{index}-{os.getpid()}-{clock.now_ms()}-"
         self._encoder = msgspec.json.Encoder()
         self._collectors = [a for a in (hep_address(h) for h in self.settings.hep) if a is not None]
@@ -83,7 +83,7 @@ class TraceEdge:
             self._send_hep(data, src, dst, ts_ms, call_id)
         if self.settings.store:
             self._store(record(data, direction, src, dst, call_id=call_id, ts_ms=ts_ms,
-                               rid=self._prefix + str(next(self._ids)), node=self.node, worker=self.index))
+                               rid=f"{self._prefix}{next(self._ids):012d}", node=self.node, worker=self.index))
 
     def _send_hep(self, data: bytes, src: Address, dst: Address, ts_ms: int, call_id: str) -> None:
         try:

@@ -9,10 +9,13 @@ import shutil
 import signal
 import subprocess
 
+import msgspec
 import pytest
 from typer.testing import CliRunner
 
 from api.cli import app
+from api.routes.trace import pcap_bytes
+from proxy.contract.trace import TraceRecord
 from proxy.infra.kafka import ensure_topics_sync
 from proxy.trace import pcap
 from tests.harness.broker import settings_for
@@ -124,6 +127,12 @@ def test_a_traced_call_reaches_sngrep_over_hep_and_the_trace_topic(tmp_path, bro
         assert received["dst_port"] == sip_port and received["cseq"] == "2 INVITE"
         sent = next(r for r in invites if r["direction"] == "out")
         assert sent["dst_port"] == gw.port and sent["src_port"] == sip_port
+    # the pcap `sipledger trace --pcap` writes is read back by sngrep as the same SIP messages
+    ours, again = tmp_path / "ours.pcap", tmp_path / "again.pcap"
+    ours.write_bytes(pcap_bytes([msgspec.convert(r, TraceRecord) for r in records]))
+    subprocess.run(["sngrep", "-N", "-q", "-I", str(ours), "-O", str(again)], timeout=10, check=True,
+                   stdin=subprocess.DEVNULL, capture_output=True)
+    assert sorted(sip_payloads(again.read_bytes())) == sorted(r["raw"].encode() for r in records)
 
 
 SCRIPT = """from proxy.script.default import route as default_route
