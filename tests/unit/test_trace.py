@@ -119,3 +119,12 @@ def test_record_fields():
     r = record(OK, "out", ("udp", "127.0.0.1", 5060), ("udp", "192.0.2.1", 5062), call_id="call-7@host",
                ts_ms=5, rid="n-0-2", node="n", worker=0)
     assert (r.method, r.status, r.label) == ("", 200, "200") and r.raw == OK.decode()
+
+
+def test_every_trace_record_field_is_described_in_docs_events():
+    import msgspec
+
+    from tests.unit.test_contract_docs import DOC
+    section = DOC.split("## Captured SIP messages (`sip.trace`)", 1)[1].split("\n## ", 1)[0]
+    for field in msgspec.structs.fields(TraceRecord):
+        assert f"`{field.name}`" in section, field.name
