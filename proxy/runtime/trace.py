@@ -46,7 +46,7 @@ class TraceEdge:
         self.node = config.node.name
         self.index = index
         self.data_dir = data_dir
-        self.local_ip, self.local_port = local
+        self.local_ip, self.local_port = local     # the proxy's side of every record
         self.flush_s = config.proxy.outbox_flush_ms / 1000
         self.stats = TraceStats()
         self.tracer = Tracer(enabled=self.settings.enabled, sample=self.settings.sample, emit=self._emit,

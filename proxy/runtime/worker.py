@@ -259,7 +259,8 @@ class Worker:
         node = LocalNode(host, ports, px.sip_port, aliases=(px.listen,))
         self.effects = RuntimeEffects(loop, self.outbox, own_udp, udp, tcp, self._schedule_flush)
         self.effects.public_udp, self.effects.worker = public_udp, self.index
-        self.trace = TraceEdge(cfg, self.data_dir, self.index, (host, px.sip_port))
+        self.trace = TraceEdge(cfg, self.data_dir, self.index,
+                               (next((h for h in (host, px.listen) if is_numeric(h)), "0.0.0.0"), px.sip_port))
         self.effects.trace_edge = self.trace
         self.effects.dns = DnsClient(cfg.dns, loop)
         self.guard.start(loop, self.effects.send)

@@ -25,17 +25,32 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _addresses(src: str, dst: str) -> tuple[IPAddress, IPAddress]:
+    """Both as IP addresses of one version: a name becomes 0.0.0.0, and an IPv4
+    address next to an IPv6 one its IPv4-mapped form (a frame has one version)."""
+    def parse(text: str) -> IPAddress:
+        try:
+            return ipaddress.ip_address(text)
+        except ValueError:
+            return ipaddress.IPv4Address(0)
+    s, d = parse(src), parse(dst)
+    if s.version != d.version:
+        s, d = (ipaddress.IPv6Address(f"::ffff:{a}") if a.version == 4 else a for a in (s, d))
+    return s, d
+
+
 def udp_frame(payload: bytes, src: tuple[str, int], dst: tuple[str, int]) -> bytes:
     """An IP + UDP frame carrying ``payload`` (truncated to fit one datagram)."""
     payload = payload[:MAX_UDP_PAYLOAD]
-    s, d = ipaddress.ip_address(src[0]), ipaddress.ip_address(dst[0])
+    s, d = _addresses(src[0], dst[0])
     udp_len = 8 + len(payload)
-    if s.version == 4 and d.version == 4:
+    if s.version == 4:
         pseudo = s.packed + d.packed + struct.pack("!BBH", 0, 17, udp_len)
-    elif s.version == 6 and d.version == 6:
-        pseudo = s.packed + d.packed + struct.pack("!I3xB", udp_len, 17)
     else:
-        raise ValueError("source and destination of different IP versions")
+        pseudo = s.packed + d.packed + struct.pack("!I3xB", udp_len, 17)
     header = struct.pack("!HHHH", src[1], dst[1], udp_len, 0)
     udp = struct.pack("!HHHH", src[1], dst[1], udp_len, _checksum(pseudo + header + payload) or 0xFFFF) + payload
     if s.version == 4:

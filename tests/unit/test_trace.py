@@ -63,6 +63,8 @@ def test_pcap_frames_carry_the_messages_with_valid_checksums():
     pseudo = f1[12:20] + struct.pack("!BBH", 0, 17, len(f1) - 20)
     assert pcap._checksum(pseudo + f1[20:]) == 0                          # UDP checksum
     assert f2[0] >> 4 == 6 and f2[6] == 17 and f2[48:] == OK
+    mixed = pcap.udp_frame(OK, ("sip.example.test", 5060), ("::1", 5062))   # a name, and two versions
+    assert mixed[0] >> 4 == 6 and mixed[8:24] == bytes(10) + b"\xff\xff" + bytes(4) and mixed[48:] == OK
 
 
 def _rec(i, ts, src, dst, method="", status=0):
