@@ -23,8 +23,8 @@ from billing.ledger.clickhouse import LedgerQueries, LedgerRepair, LedgerSink
 from billing.ledger.store import LedgerStore
 from cdr.store.queries import CdrStore
 from cdr.store.sink import CdrSink
-from cdr.store.trace import TraceRetention, TraceStore, problem
-from proxy.contract.trace import TraceRecord
+from cdr.store.trace import TraceRetention, TraceStore
+from proxy.contract.trace import TraceBatch
 from proxy.infra.clickhouse.sink import TopicSink
 from proxy.infra.config import Config, KafkaSettings
 
@@ -38,9 +38,9 @@ class Sinks:
                            batch_rows=ch.batch_rows, batch_ms=ch.batch_ms,
                            partitions=config.cdr.partitions or kafka.partitions)
         self.traces = TraceStore(store.backend)
-        self.trace: TopicSink[TraceRecord] = TopicSink(
-            TraceRecord, self.traces.insert, kafka, topic=config.trace.topic, group_id="trace-sink",
-            problem=problem, batch_rows=ch.batch_rows, batch_ms=ch.batch_ms, partitions=kafka.partitions)
+        self.trace: TopicSink[TraceBatch] = TopicSink(
+            TraceBatch, self.traces.insert_batches, kafka, topic=config.trace.topic, group_id="trace-sink",
+            batch_rows=max(1, ch.batch_rows // 64), batch_ms=ch.batch_ms, partitions=kafka.partitions)
         self.trace_retention = TraceRetention(self.traces, config.trace.retention_days)
         queries = LedgerQueries(store.backend)
         self.ledger = LedgerSink(queries, kafka, topic=ledger.events_topic, group_id=ledger.sink_group,

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import msgspec
 
-from proxy.contract.trace import TraceRecord
+from proxy.contract.trace import TraceBatch, TraceRecord
 from proxy.infra import clock
 from proxy.infra.clickhouse.backend import Backend
 
@@ -41,6 +41,19 @@ class TraceStore:
         columns: dict[str, list] = {name: [getattr(r, name) for r in records] for name in FIELDS}
         columns["ts"] = [r.ts_ms // 1000 for r in records]
         return self.backend.insert(TABLE, columns)
+
+    def insert_batches(self, batches: Sequence[TraceBatch]) -> int:
+        """The sink's insert: the good records of these batches (a bad one is logged and skipped)."""
+        good = []
+        for batch in batches:
+            for record in batch.records:
+                why = problem(record)
+                if why is None:
+                    good.append(record)
+                else:
+                    log.error("sip_trace: skipping capture %.80s: %s", record.id, why)
+        self.insert(good)
+        return sum(len(b.records) for b in batches)
 
     def call(self, call_id: str, limit: int = MAX_MESSAGES) -> list[TraceRecord]:
         """Every captured message of a Call-ID, in time order."""

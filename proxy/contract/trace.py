@@ -1,6 +1,7 @@
 """Captured SIP messages (siptrace): one record per message received or sent by
-a proxy worker, published on the ``[trace] topic`` (key = Call-ID, JSON) and
-stored in the ClickHouse ``sip_trace`` table (docs/trace.md).
+a proxy worker, published on the ``[trace] topic`` in batches (a worker's
+captures of a few milliseconds per Kafka record: key = node and worker, JSON)
+and stored in the ClickHouse ``sip_trace`` table (docs/trace.md).
 
 ``id`` names the capture (node, worker, worker start, sequence number): a
 record read twice is one row after merges.  Times are UTC epoch milliseconds.
@@ -40,3 +41,11 @@ class TraceRecord(msgspec.Struct, frozen=True, kw_only=True):
     def label(self) -> str:
         """What a ladder shows on the arrow: the method or the code."""
         return self.method or str(self.status)
+
+
+class TraceBatch(msgspec.Struct, frozen=True, kw_only=True):
+    """One Kafka record of ``sip.trace``: captures of one worker, in capture order.
+    Batched because a call is ~14 messages: one Kafka record each cost more
+    than the call itself."""
+    records: list[TraceRecord]
+    v: int = TRACE_SCHEMA_VERSION

@@ -410,7 +410,7 @@ class TraceSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     sample: float = 1.0                 # share of calls captured when enabled (by Call-ID hash), 0..1
     store: bool = True                  # captured messages go to Kafka and the sip_trace table
     topic: str = "sip.trace"            # Kafka topic of the captured messages (key = Call-ID)
-    max_pending: int = 100_000          # per worker: captures waiting in the outbox; more are dropped (counted)
+    max_pending_batches: int = 2000     # per worker: batches (<= 256 captures) waiting for Kafka; then drop (counted)
     hep: tuple[str, ...] = ()           # HEP v3 collectors, "udp:IP:PORT" (HOMER, sngrep)
     hep_capture_id: int = 2001          # HEP capture agent id
     hep_password: str = ""              # HEP auth key ("" = none)
@@ -722,7 +722,7 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
     result += [
         ("trace.sample", 0.0 <= c.trace.sample <= 1.0, "must be 0..1"),
         ("trace.topic", bool(c.trace.topic), "must not be empty"),
-        ("trace.max_pending", c.trace.max_pending >= 0, "must be >= 0"),
+        ("trace.max_pending_batches", c.trace.max_pending_batches >= 0, "must be >= 0"),
         ("trace.hep", all(hep_address(h) is not None for h in c.trace.hep),
          "must be udp:IP:PORT, e.g. udp:127.0.0.1:9060"),
         ("trace.hep_capture_id", 0 <= c.trace.hep_capture_id < 2 ** 32, "must be 0..4294967295"),

@@ -5,8 +5,10 @@ while ``tracer.on`` (all traffic, or a call flagged by ``ctx.trace()``).
 A captured message goes (1) as HEP v3 to each ``[trace] hep`` collector, one
 non-blocking ``sendto`` (a full socket buffer drops it, counted), and (2) into
 a trace outbox of its own (DATA_DIR/outbox/worker-N-trace.sqlite), published
-on ``[trace] topic`` like the call events, never waited for.  Bounded: when
-``max_pending`` captures wait for Kafka, new ones are dropped (counted).
+on ``[trace] topic`` like the call events, never waited for: one outbox row
+and one Kafka record (a TraceBatch) per flush, up to BATCH_RECORDS captures.
+Bounded: while ``max_pending_batches`` batches wait for Kafka, new captures
+are dropped (counted).
 """
 from __future__ import annotations
 
@@ -29,6 +31,9 @@ from ..trace import hep
 from ..trace.capture import Address, Tracer, record
 
 log = logging.getLogger("sipledger.trace")
+
+BATCH_RECORDS = 256            # captures per Kafka record at most ...
+BATCH_BYTES = 512 * 1024       # ... and bytes (brokers refuse records over ~1 MB)
 
 
 class TraceStats:
@@ -60,6 +65,9 @@ class TraceEdge:
         self.outbox: Outbox | None = None
         self.publisher: EventPublisher | None = None
         self._flush_scheduled = False
+        self._batch: list[bytes] = []              # encoded TraceRecords not yet in the outbox
+        self._batch_bytes = 0
+        self._key = f"{self.node}-{index}".encode()
 
     # -- the worker's hooks ------------------------------------------------------
     def received(self, data: bytes, source: Target) -> None:
@@ -115,18 +123,30 @@ class TraceEdge:
             self.outbox = Outbox(str(self.data_dir / "outbox" / f"worker-{self.index}-trace.sqlite"))
             self.publisher = EventPublisher(self.outbox, self.kafka, self.settings.topic)
             self.publisher.start()
-        if self.outbox.count() >= self.settings.max_pending:
+        if self.outbox.count() >= self.settings.max_pending_batches:
             self.stats.dropped += 1
             return
-        self.outbox.append(rec.call_id.encode(), self._encoder.encode(rec))
+        encoded = self._encoder.encode(rec)
+        self._batch.append(encoded)
+        self._batch_bytes += len(encoded)
+        if len(self._batch) >= BATCH_RECORDS or self._batch_bytes >= BATCH_BYTES:
+            self._close_batch()
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_later(self.flush_s, self._flush)
+
+    def _close_batch(self) -> None:
+        """The captures so far become one outbox row: a TraceBatch, written by hand
+        (the records are encoded already)."""
+        if self._batch and self.outbox is not None:
+            self.outbox.append(self._key, b'{"records":[' + b",".join(self._batch) + b'],"v":1}')
+            self._batch, self._batch_bytes = [], 0
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self.outbox is None or self.publisher is None:
             return
+        self._close_batch()
         try:
             self.outbox.flush()
         except Exception:
@@ -138,6 +158,7 @@ class TraceEdge:
         for sock in self._hep_socks.values():
             sock.close()
         if self.outbox is not None and self.publisher is not None:
+            self._close_batch()
             self.outbox.flush()
             await self.publisher.stop(drain_timeout=2.0)
             self.outbox.close()

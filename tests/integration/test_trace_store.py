@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from cdr.store.trace import TraceStore, problem
-from proxy.contract.trace import TraceRecord
+from proxy.contract.trace import TraceBatch, TraceRecord
 from proxy.infra.clickhouse.backend import ChdbBackend
 from proxy.infra.clickhouse.migrate import migrate
 
@@ -43,7 +43,8 @@ def test_round_trip_dedup_and_retention(store):
     rows = [rec(1, NOW_MS), rec(2, NOW_MS + 5, direction="out", method="", status=200, raw="SIP/2.0 200 OK\r\n\r\n"),
             rec(3, NOW_MS - 9 * DAY_MS, call_id="old@x"), rec(4, NOW_MS + 1, call_id="other@x")]
     assert store.insert(rows) == 4
-    store.insert(rows[:2])                                          # read twice from Kafka
+    bad = rec(9, NOW_MS, src_port=70000)                            # skipped, not the whole batch
+    assert store.insert_batches([TraceBatch(records=[*rows[:2], bad])]) == 3   # read twice from Kafka
     got = store.call("c1@x")
     assert got == rows[:2]                                          # one copy each, every field, in time order
     assert store.has(["c1@x", "old@x", "nobody@x"]) == {"c1@x", "old@x"}
