@@ -32,8 +32,9 @@ from ..trace.capture import Address, Tracer, record
 
 log = logging.getLogger("sipledger.trace")
 
-BATCH_RECORDS = 256            # captures per Kafka record at most ...
-BATCH_BYTES = 512 * 1024       # ... and bytes (brokers refuse records over ~1 MB)
+BATCH_RECORDS = 64             # captures per Kafka record at most ...
+BATCH_BYTES = 15_000           # ... and bytes: one record fits the producer's 16 KB batch
+PUBLISH_ROWS = 64              # outbox rows (batches) per publisher round
 
 
 class TraceStats:
@@ -121,7 +122,7 @@ class TraceEdge:
         if self.outbox is None:         # opened at the first capture: trace off costs nothing
             (self.data_dir / "outbox").mkdir(parents=True, exist_ok=True)
             self.outbox = Outbox(str(self.data_dir / "outbox" / f"worker-{self.index}-trace.sqlite"))
-            self.publisher = EventPublisher(self.outbox, self.kafka, self.settings.topic)
+            self.publisher = EventPublisher(self.outbox, self.kafka, self.settings.topic, batch=PUBLISH_ROWS)
             self.publisher.start()
         if self.outbox.count() >= self.settings.max_pending_batches:
             self.stats.dropped += 1
