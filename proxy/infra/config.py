@@ -410,7 +410,7 @@ class TraceSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     sample: float = 1.0                 # share of calls captured when enabled (by Call-ID hash), 0..1
     store: bool = True                  # captured messages go to Kafka and the sip_trace table
     topic: str = "sip.trace"            # Kafka topic of the captured messages (key = Call-ID)
-    max_pending_batches: int = 2000     # per worker: batches (<= 256 captures) waiting for Kafka; then drop (counted)
+    max_pending_batches: int = 2000     # per worker: batches (<= 64 captures) waiting for Kafka; then drop (counted)
     hep: tuple[str, ...] = ()           # HEP v3 collectors, "udp:IP:PORT" (HOMER, sngrep)
     hep_capture_id: int = 2001          # HEP capture agent id
     hep_password: str = ""              # HEP auth key ("" = none)
