@@ -130,3 +130,48 @@ def test_every_trace_record_field_is_described_in_docs_events():
     section = DOC.split("## Captured SIP messages (`sip.trace`)", 1)[1].split("\n## ", 1)[0]
     for field in msgspec.structs.fields(TraceRecord):
         assert f"`{field.name}`" in section, field.name
+
+
+def test_the_edge_batches_captures_and_drops_when_the_outbox_is_behind(tmp_path, monkeypatch):
+    import asyncio
+
+    import msgspec
+
+    import proxy.runtime.trace as edge_mod
+    from proxy.contract.trace import TraceBatch
+    from proxy.core.ports import Target
+    from proxy.infra.config import load
+
+    class NoKafka:                       # the publisher's side is tested with the outbox (test_publisher)
+        def __init__(self, *args, **kwargs): pass
+        def start(self): pass
+        def wake(self): pass
+        async def stop(self, drain_timeout): return 0
+    monkeypatch.setattr(edge_mod, "EventPublisher", NoKafka)
+    cfg = load(None)
+
+    async def run(max_batches: int):
+        trace = msgspec.structs.replace(cfg.trace, enabled=True, max_pending_batches=max_batches,
+                                        hep=("udp:127.0.0.1:9",))
+        edge = edge_mod.TraceEdge(msgspec.structs.replace(cfg, trace=trace), tmp_path / str(max_batches), 0,
+                                  ("127.0.0.1", 5060))
+        for _ in range(edge_mod.BATCH_RECORDS + 1):
+            edge.received(INVITE, Target("udp", "192.0.2.1", 5062))
+        edge.sent(b"SIP/2.0 200 OK\r\nCall-ID: x\r\n\r\n" + b"x" * 70_000, Target("udp", "192.0.2.1", 5062))
+        edge._flush()
+        rows = edge.outbox.pending(100)
+        stats = edge.stats
+        await edge.close()
+        return rows, stats
+
+    rows, stats = asyncio.run(run(10))
+    batches = [msgspec.json.decode(value, type=TraceBatch) for _seq, _key, value in rows]
+    sizes = [len(b.records) for b in batches]
+    assert sum(sizes) == edge_mod.BATCH_RECORDS + 2 and len(sizes) > 1     # cut by count or bytes, none lost
+    assert all(len(value) < edge_mod.BATCH_BYTES + len(INVITE) * 2 for _s, _k, value in rows[:-1])
+    assert batches[-1].records[-1].status == 200                            # in capture order
+    assert batches[0].records[0].call_id == "call-7@host" and batches[0].records[0].direction == "in"
+    assert stats.captured == edge_mod.BATCH_RECORDS + 2 and stats.dropped == 0
+    assert stats.hep_sent == edge_mod.BATCH_RECORDS + 1 and stats.hep_dropped == 1   # too large for HEP
+    rows, stats = asyncio.run(run(0))                                               # the outbox is "behind"
+    assert rows == [] and stats.dropped == stats.captured == edge_mod.BATCH_RECORDS + 2
