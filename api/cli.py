@@ -31,6 +31,7 @@ from proxy.runtime.pike_cli import pike_app
 from . import calls_cli
 from .quality_cli import quality_command
 from .tokens import token_app
+from .trace_cli import trace as trace_cmd
 
 app = typer.Typer(help="sipledger: SIP proxy with event-sourced accounting and billing.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -106,6 +107,9 @@ def up(ctx: typer.Context,
     except StartError as exc:
         fail(str(exc))
     raise typer.Exit(code)
+
+
+app.command("trace")(trace_cmd)      # api/trace_cli.py (docs/trace.md)
 
 
 @app.command("stats")

@@ -112,6 +112,27 @@ class Leg(_CallFields):
 
 class CallDetail(Call):
     legs_detail: list[Leg]
+    trace_url: str | None = None      # its captured SIP messages, when there are some (docs/trace.md)
+
+
+class TraceMessage(BaseModel):
+    id: str
+    ts_ms: int
+    direction: Literal["in", "out"]
+    transport: str
+    src: str                          # ip:port
+    dst: str
+    method: str                       # "" for a reply
+    status: int                       # 0 for a request
+    cseq: str
+    raw: str
+
+
+class CallTrace(BaseModel):
+    """A call's captured SIP messages (api/routes/trace.py, docs/trace.md)."""
+    call_id: str
+    messages: list[TraceMessage]
+    ladder: list[str]
 
 
 class CallPage(BaseModel):

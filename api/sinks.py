@@ -4,6 +4,8 @@ Why here: chdb allows one process per data path, so whatever writes the
 ClickHouse tables runs in the process that serves them (api/serve.py):
 
 * the CDR sink: ``[cdr] records_topic`` → ``cdr`` (cdr/store/sink.py);
+* the trace sink: ``[trace] topic`` → ``sip_trace`` and its retention
+  (cdr/store/trace.py, docs/trace.md);
 * the ledger sink: ``[ledger] events_topic`` → ``ledger_events``, and the
   ledger repair that re-inserts what the broker lost, from the SQL ledger
   (billing/ledger/clickhouse.py).
@@ -21,7 +23,10 @@ from billing.ledger.clickhouse import LedgerQueries, LedgerRepair, LedgerSink
 from billing.ledger.store import LedgerStore
 from cdr.store.queries import CdrStore
 from cdr.store.sink import CdrSink
+from cdr.store.trace import TraceRetention, TraceStore
+from proxy.contract.trace import TraceBatch
 from proxy.infra import metrics
+from proxy.infra.clickhouse.sink import TopicSink
 from proxy.infra.config import Config, KafkaSettings
 
 __all__ = ["Sinks"]
@@ -33,6 +38,11 @@ class Sinks:
         self.cdr = CdrSink(store, kafka, topic=config.cdr.records_topic, group_id=ch.consumer_group,
                            batch_rows=ch.batch_rows, batch_ms=ch.batch_ms,
                            partitions=config.cdr.partitions or kafka.partitions)
+        self.traces = TraceStore(store.backend)
+        self.trace: TopicSink[TraceBatch] = TopicSink(
+            TraceBatch, self.traces.insert_batches, kafka, topic=config.trace.topic, group_id="trace-sink",
+            batch_rows=max(1, ch.batch_rows // 64), batch_ms=ch.batch_ms, partitions=kafka.partitions)
+        self.trace_retention = TraceRetention(self.traces, config.trace.retention_days)
         queries = LedgerQueries(store.backend)
         self.ledger = LedgerSink(queries, kafka, topic=ledger.events_topic, group_id=ledger.sink_group,
                                  batch_rows=ch.batch_rows, batch_ms=ch.batch_ms,
@@ -48,6 +58,8 @@ class Sinks:
 
     def start(self, tasks: dict[str, asyncio.Task]) -> None:
         tasks["sink"] = asyncio.create_task(self.cdr.run(), name="cdr-sink")
+        tasks["trace-sink"] = asyncio.create_task(self.trace.run(), name="trace-sink")
+        tasks["trace-retention"] = asyncio.create_task(self.trace_retention.run(), name="trace-retention")
         tasks["ledger-sink"] = asyncio.create_task(self.ledger.run(), name="ledger-sink")
         tasks["ledger-repair"] = asyncio.create_task(self.repair.run(), name="ledger-repair")
         if metrics.enabled():
@@ -68,6 +80,8 @@ class Sinks:
         self.cdr.stop()
         self.ledger.stop()
         self.repair.stop()
+        self.trace.stop()
+        self.trace_retention.stop()
 
     def close(self) -> None:
         self.ledger_store.close()

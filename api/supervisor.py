@@ -164,7 +164,7 @@ class Up:
         ledger = self.config.ledger
         names = [self.config.topics.sip_events, self.config.topics.call_control,
                  self.config.cdr.records_topic, ledger.events_topic, ledger.calls_topic,
-                 ledger.notifications_topic]
+                 ledger.notifications_topic, self.config.trace.topic]
         return {name: partitions for name in names}
 
     def _create_topics(self, bootstrap: str) -> None:

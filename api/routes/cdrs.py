@@ -13,6 +13,7 @@ from cdr.store.queries import CdrFilter, Cursor, CursorError
 from ..deps import AccountFilter, CdrStoreDep, Principal, may_read
 from ..params import Callee, Caller, Gateway, Ip, Limit, Range, invalid
 from ..schemas import CallDetail, CallPage, Disposition, Problem
+from .trace import linked_trace
 
 router = APIRouter(prefix="/cdrs", tags=["cdrs"])
 
@@ -53,4 +54,5 @@ async def get_cdr(who: Principal, store: CdrStoreDep,
     call = await run_in_threadpool(store.get_call, cdr_id.lower())
     if call is None or not may_read(who, call["account"]):
         raise HTTPException(404, "no such CDR")
+    call["trace_url"] = await run_in_threadpool(linked_trace, store, call.get("call_id") or "")
     return call

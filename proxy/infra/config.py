@@ -419,6 +419,20 @@ class FraudSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     block_account: bool = False         # a critical breach also blocks the caller's billing account
 
 
+class TraceSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """[trace]: SIP capture (siptrace) and HEP export (docs/trace.md)."""
+    enabled: bool = False               # capture every call's messages (else only calls ctx.trace() flagged)
+    sample: float = 1.0                 # share of calls captured when enabled (by Call-ID hash), 0..1
+    store: bool = True                  # captured messages go to Kafka and the sip_trace table
+    topic: str = "sip.trace"            # Kafka topic of the captured messages (key = Call-ID)
+    max_pending_batches: int = 2000     # per worker: batches (<= 64 captures) waiting for Kafka; then drop (counted)
+    hep: tuple[str, ...] = ()           # HEP v3 collectors, "udp:IP:PORT" (HOMER, sngrep)
+    hep_capture_id: int = 2001          # HEP capture agent id
+    hep_password: str = ""              # HEP auth key ("" = none)
+    retention_days: int = 7             # sip_trace partitions (days) older than this are dropped
+    flag_seconds: float = 14400.0       # a call flagged by ctx.trace() stays captured this long
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     node: NodeSettings = NodeSettings()
     kafka: KafkaSettings = KafkaSettings()
@@ -445,6 +459,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     session_timer: SessionTimerSettings = SessionTimerSettings()
     logging: LogSettings = LogSettings()
     fraud: FraudSettings = FraudSettings()
+    trace: TraceSettings = TraceSettings()
 
     def with_bootstrap(self, bootstrap: str) -> "Config":
         """The same config pointed at a running broker (what `up` hands its children)."""
@@ -540,6 +555,19 @@ def _regex(pattern: str) -> bool:
     except re.error:
         return False
     return bool(pattern) and len(pattern) <= 256
+
+
+def hep_address(url: str) -> tuple[str, int] | None:
+    """("IP", port) of a HEP collector "udp:IP:PORT" (IPv6 as udp:[::1]:9060), else None."""
+    scheme, _, rest = url.partition(":")
+    host, _, port = rest.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        return None
+    return (host, number) if scheme == "udp" and 0 < number < 65536 else None
 
 
 def checks(c: Config) -> list[tuple[str, bool, str]]:
@@ -710,6 +738,16 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
             (f"radius.servers[{i}].port", _port(server.port), "must be 1..65535"),
             (f"radius.servers[{i}].secret", bool(server.secret), "must not be empty"),
         ]
+    result += [
+        ("trace.sample", 0.0 <= c.trace.sample <= 1.0, "must be 0..1"),
+        ("trace.topic", bool(c.trace.topic), "must not be empty"),
+        ("trace.max_pending_batches", c.trace.max_pending_batches >= 0, "must be >= 0"),
+        ("trace.hep", all(hep_address(h) is not None for h in c.trace.hep),
+         "must be udp:IP:PORT, e.g. udp:127.0.0.1:9060"),
+        ("trace.hep_capture_id", 0 <= c.trace.hep_capture_id < 2 ** 32, "must be 0..4294967295"),
+        ("trace.retention_days", c.trace.retention_days >= 1, "must be >= 1"),
+        ("trace.flag_seconds", c.trace.flag_seconds > 0, "must be > 0"),
+    ]
     for i, relay in enumerate(c.media.rtpengines):
         result += [
             (f"media.rtpengines[{i}].url", relay.address() is not None, "must be udp:IP:PORT, e.g. udp:127.0.0.1:2223"),

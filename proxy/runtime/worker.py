@@ -44,6 +44,7 @@ from .livecalls import LiveCallsFile
 from .loaded import LoadedState
 from .media import MediaEdge
 from .metrics import WorkerMetrics
+from .trace import TraceEdge
 from .transport import TcpPool, UdpEndpoint, inherited_socket, tcp_socket, udp_socket
 
 log = logging.getLogger("sipledger.worker")
@@ -60,6 +61,8 @@ def is_numeric(host: str) -> bool:
 
 class RuntimeEffects:
     """The core's Effects port on an asyncio loop."""
+
+    trace_edge: TraceEdge | None = None     # set by the worker (SIP capture, docs/trace.md)
 
     def __init__(self, loop: asyncio.AbstractEventLoop, outbox: Outbox, default_udp: UdpEndpoint,
                  udp: dict[int, UdpEndpoint], tcp: TcpPool | None, on_emit):
@@ -83,6 +86,9 @@ class RuntimeEffects:
             self.dns.query(name, rdtype, callback)
 
     def send(self, data: bytes, target: Target) -> bool:
+        edge = self.trace_edge
+        if edge is not None and edge.tracer.on:
+            edge.sent(data, target)
         if target.transport == "udp":
             # numeric addresses only: a name would make sendto() resolve it on
             # the event loop, and names in Vias are the sender's to choose
@@ -136,6 +142,11 @@ class RuntimeEffects:
 
     def monotonic(self) -> float:
         return self.loop.time()
+
+    def trace(self, data: bytes, source: Target) -> None:
+        """ctx.trace(): capture this call's messages from the one being handled on."""
+        if self.trace_edge is not None:
+            self.trace_edge.flag(data, source)
 
     def media(self, kind, params, callback) -> None:
         if self.media_edge is None:
@@ -251,6 +262,9 @@ class Worker:
         node = LocalNode(host, ports, px.sip_port, aliases=(px.listen,))
         self.effects = RuntimeEffects(loop, self.outbox, own_udp, udp, tcp, self._schedule_flush)
         self.effects.public_udp, self.effects.worker = public_udp, self.index
+        self.trace = TraceEdge(cfg, self.data_dir, self.index,
+                               (next((h for h in (host, px.listen) if is_numeric(h)), "0.0.0.0"), px.sip_port))
+        self.effects.trace_edge = self.trace
         self.effects.dns = DnsClient(cfg.dns, loop)
         self.guard.start(loop, self.effects.send)
         self.authorization: AuthorizationClient | None = None
@@ -317,20 +331,26 @@ class Worker:
             await self.effects.dns.close()
         if self.effects.media_edge is not None:
             self.effects.media_edge.close()
+        await self.trace.close()
         self.outbox.flush()
         await self.publisher.stop(drain_timeout=5.0)
         self.outbox.close()
 
+    def _on_data(self, data: bytes, source: Target) -> None:
+        if self.trace.tracer.on:           # the only cost of trace when it is off
+            self.trace.received(data, source)
+        self.engine.on_data(data, source)
+
     def _deliver(self, data: bytes, source: Target) -> None:
         if self.guard.admit(data, source):
-            self.guard.timed(self.engine.on_data, data, source)
+            self.guard.timed(self._on_data, data, source)
 
     def _deliver_public(self, data: bytes, source: Target) -> None:
         # handed-over datagrams were admitted by the sibling that read them
         if not self.guard.admit(data, source):
             return
         if self.handoff is None or not self.handoff.route(data, source.host, source.port):
-            self.guard.timed(self.engine.on_data, data, source)
+            self.guard.timed(self._on_data, data, source)
 
     def _deliver_tcp(self, data: bytes, source: Target) -> None:
         """A message read from a TCP connection: processed by its Call-ID's owner
@@ -340,11 +360,11 @@ class Worker:
             return
         if self.handoff is None or data.startswith(b"REGISTER ") \
                 or not self.handoff.route(data, source.host, source.port, "tcp"):
-            self.guard.timed(self.engine.on_data, data, source)
+            self.guard.timed(self._on_data, data, source)
 
     def _deliver_handed_tcp(self, data: bytes, ip: str, port: int, reader: int) -> None:
         # read by a sibling from its connection: answers go back through it
-        self.guard.timed(self.engine.on_data, data, Target("tcp", ip, port, remote_conn(reader)))
+        self.guard.timed(self._on_data, data, Target("tcp", ip, port, remote_conn(reader)))
 
     def _write_tcp(self, data: bytes, ip: str, port: int) -> None:
         """A sibling's message for one of our connections."""
@@ -355,7 +375,7 @@ class Worker:
 
     def _deliver_handed(self, data: bytes, ip: str, port: int) -> None:
         # answered through our copy of the shared socket: the peer sees the public port
-        self.guard.timed(self.engine.on_data, data, Target("udp", ip, port, self.public_udp.id))
+        self.guard.timed(self._on_data, data, Target("udp", ip, port, self.public_udp.id))
 
     def _schedule_flush(self) -> None:
         # one outbox write per burst of events, a few ms after the first

@@ -450,6 +450,14 @@ class RequestContext:
         self.reply(403, FRAUD_REASON)
         return False
 
+    def trace(self) -> None:
+        """sip_trace() with the dialog flag: capture this request and every later
+        message of its Call-ID (both directions), whatever ``[trace] enabled``
+        says (docs/trace.md).  The request is captured as parsed."""
+        trace = getattr(self.core.effects, "trace", None)
+        if trace is not None:
+            trace(self.request.serialize(), self.source)
+
     def set_ring_timeout(self, seconds: float) -> None:
         """fr_inv_timer: give up on a ringing branch after this (then failure handlers run)."""
         self.ring_timeout_s = seconds

@@ -5,6 +5,7 @@ rings."""
 from __future__ import annotations
 
 import pytest
+
 from tests.harness.calls import DOMAIN, refused_call, start_sipledger
 from tests.harness.proxy import event_types, read_events
 

@@ -334,7 +334,7 @@ def test_media_columns_migrate_an_existing_table_and_round_trip(backend, calls):
     old_columns = {name: values for name, values in rows.to_columns([old], 1).items()
                    if name not in rows.MEDIA_COLUMNS}
     backend.insert(rows.TABLE, old_columns)
-    assert migrate(backend) == [3]
+    assert migrate(backend)[0] == 3                      # and any later migrations
     store = CdrStore(backend)
     # the old row reads as "not relayed"
     before = store.get_call(old.cdr_id)

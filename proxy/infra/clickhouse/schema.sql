@@ -164,3 +164,31 @@ ALTER TABLE cdr
     ADD COLUMN callee_rtp_mos_x10   Nullable(UInt8),
     ADD COLUMN media_relay          String DEFAULT '',
     ADD COLUMN last_media_ms        UInt64 DEFAULT 0;
+
+-- migration 4: sip_trace (issue 16: SIP capture, docs/trace.md)
+-- One row per SIP message a proxy worker received (direction 'in') or sent
+-- ('out'), from the `sip.trace` topic (TraceRecord).  `id` names the capture:
+-- (call_id, id) is the identity, so a record inserted twice is one row after
+-- merges; queries deduplicate with LIMIT 1 BY id.  Time is `ts` (DateTime,
+-- partitions by day) plus `ts_ms` (epoch milliseconds).  No TTL (18.16 has
+-- none): the API process drops day partitions older than [trace] retention_days.
+CREATE TABLE IF NOT EXISTS sip_trace (
+    id         String,
+    ts         DateTime('UTC'),
+    ts_ms      UInt64,
+    direction  String,
+    transport  String,
+    src_ip     String,
+    src_port   UInt16,
+    dst_ip     String,
+    dst_port   UInt16,
+    method     String,
+    status     UInt16,
+    call_id    String,
+    cseq       String,
+    node       String,
+    worker     UInt16,
+    raw        String
+) ENGINE = ReplacingMergeTree(ts_ms)
+PARTITION BY toYYYYMMDD(ts)
+ORDER BY (call_id, id);

@@ -1,0 +1,157 @@
+"""SIP trace of a real call (docs/trace.md): a proxy with `[trace] enabled`
+and HEP to a real receiver, Debian's sngrep, which must decode our HEP v3 and
+write the call's INVITE / 200 / BYE to its pcap; the same messages reach the
+`sip.trace` topic as TraceRecords."""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import subprocess
+
+import msgspec
+import pytest
+from typer.testing import CliRunner
+
+from api.cli import app
+from api.routes.trace import pcap_bytes
+from proxy.contract.trace import TraceRecord
+from proxy.infra.kafka import ensure_topics_sync
+from proxy.trace import pcap
+from tests.harness.broker import settings_for
+from tests.harness.poll import eventually
+from tests.harness.proxy import proxy_run, read_events
+from tests.harness.sipp import SippUAS, free_udp_port, run_uac
+
+pytestmark = pytest.mark.skipif(shutil.which("sngrep") is None or shutil.which("sipp") is None,
+                                reason="sngrep and SIPp needed (quickstart.sh installs them)")
+
+
+def cli(data_dir, *args):
+    result = CliRunner().invoke(app, ["--data-dir", str(data_dir), *args])
+    assert result.exit_code == 0, result.output
+
+
+def sip_payloads(data: bytes) -> list[bytes]:
+    """The UDP payloads of sngrep's pcap (Ethernet + IPv4 frames)."""
+    out = []
+    for _ts, frame in pcap.read(data):
+        ip = frame[14:] if pcap.linktype(data) == 1 else frame
+        header = (ip[0] & 0x0F) * 4
+        out.append(ip[header + 8:])
+    return out
+
+
+@pytest.fixture
+def sngrep(tmp_path):
+    port = free_udp_port()
+    out = tmp_path / "sngrep.pcap"
+    proc = subprocess.Popen(["sngrep", "-N", "-q", "-L", f"udp:127.0.0.1:{port}", "-O", str(out)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        eventually(lambda: f":{port:04X}" in open("/proc/net/udp").read() or proc.poll() is not None,
+                   "sngrep listening", timeout=5)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        yield port, out
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def proxy_with_gateway(tmp_path, broker, trace: str, script: str = ""):
+    """A proxy routing 0… to a SIPp gateway that answers; ``trace``: the [trace] section's keys."""
+    data = tmp_path / "data"
+    ensure_topics_sync(settings_for(broker), {"sip.trace": 1})      # `up` creates it (api/supervisor.py)
+    with SippUAS("uas_answer", timeout=20, calls=2) as gw:
+        cli(data, "domain", "add", "example.test")
+        cli(data, "gateway", "add", "gw1", "--address", f"127.0.0.1:{gw.port}")
+        cli(data, "route", "add", "--prefix", "0", "--gateways", "gw1")
+        config = tmp_path / "sipledger.toml"
+        script_line = ""
+        if script:
+            (tmp_path / "route.py").write_text(script)
+            script_line = f'routing_script = "{tmp_path / "route.py"}"\n'
+        config.write_text(f"""[proxy]
+trusted_sources = ["127.0.0.0/8"]
+{script_line}[authorization]
+enabled = false
+[trace]
+{trace}
+""")
+        sip_port = free_udp_port()
+        with proxy_run(data, config, sip_port, broker.bootstrap):
+            yield sip_port, gw
+
+
+def call(tmp_path, sip_port: int, number: str) -> str:
+    res = run_uac("uac_plain_call", ("127.0.0.1", sip_port),
+                  {"caller": "+4930999", "callee": number, "domain": "example.test"}, 15,
+                  workdir=tmp_path, hold_ms=100)
+    assert res.ok, res.describe()
+    return res.sent("INVITE")[0].header("Call-ID")
+
+
+def of_call(hep_pcap, call_id: str) -> list[bytes]:
+    return [p for p in sip_payloads(hep_pcap.read_bytes()) if call_id.encode() in p] if hep_pcap.exists() else []
+
+
+def starts(payloads: list[bytes]) -> dict[bytes, int]:
+    kinds = (b"INVITE ", b"ACK ", b"BYE ", b"SIP/2.0 200")
+    return {k: sum(p.startswith(k) for p in payloads) for k in kinds}
+
+
+# both legs, both directions: caller → proxy → gateway and back (200s of INVITE and BYE)
+WHOLE_CALL = {b"INVITE ": 2, b"ACK ": 2, b"BYE ": 2, b"SIP/2.0 200": 4}
+
+
+def test_a_traced_call_reaches_sngrep_over_hep_and_the_trace_topic(tmp_path, broker, sngrep):
+    hep_port, hep_pcap = sngrep
+    trace = f'enabled = true\nhep = ["udp:127.0.0.1:{hep_port}"]\nhep_capture_id = 77'
+    with proxy_with_gateway(tmp_path, broker, trace) as (sip_port, gw):
+        call_id = call(tmp_path, sip_port, "0301234")
+        payloads = eventually(lambda: (p := of_call(hep_pcap, call_id)) and starts(p) == WHOLE_CALL and p,
+                              "sngrep's pcap to hold the whole call (INVITE, 200, ACK, BYE)", timeout=10)
+        def of(batches: list[dict]) -> list[dict]:
+            return [r for b in batches for r in b["records"] if r["call_id"] == call_id]
+        records = of(read_events(broker.bootstrap, topic="sip.trace", timeout=10,
+                                 until=lambda bs: len(of(bs)) >= len(payloads)))
+        # the stored copy and the HEP copy are the same captures
+        assert sorted(r["raw"].split("\r\n", 1)[0] for r in records) == \
+            sorted(p.split(b"\r\n", 1)[0].decode() for p in payloads)
+        invites = [r for r in records if r["method"] == "INVITE"]
+        assert sorted(r["direction"] for r in invites) == ["in", "out"]
+        received = next(r for r in invites if r["direction"] == "in")
+        assert received["dst_port"] == sip_port and received["cseq"] == "2 INVITE"
+        sent = next(r for r in invites if r["direction"] == "out")
+        assert sent["dst_port"] == gw.port and sent["src_port"] == sip_port
+    # the pcap `sipledger trace --pcap` writes is read back by sngrep as the same SIP messages
+    ours, again = tmp_path / "ours.pcap", tmp_path / "again.pcap"
+    ours.write_bytes(pcap_bytes([msgspec.convert(r, TraceRecord) for r in records]))
+    subprocess.run(["sngrep", "-N", "-q", "-I", str(ours), "-O", str(again)], timeout=10, check=True,
+                   stdin=subprocess.DEVNULL, capture_output=True)
+    assert sorted(sip_payloads(again.read_bytes())) == sorted(r["raw"].encode() for r in records)
+
+
+SCRIPT = """from proxy.script.default import route as default_route
+
+
+def route(ctx):
+    if ctx.method == "INVITE" and ctx.ruri.user == "0307777":
+        ctx.trace()
+    return default_route(ctx)
+"""
+
+
+def test_ctx_trace_captures_that_call_only_and_all_its_later_messages(tmp_path, broker, sngrep):
+    hep_port, hep_pcap = sngrep
+    with proxy_with_gateway(tmp_path, broker, f'hep = ["udp:127.0.0.1:{hep_port}"]', SCRIPT) as (sip_port, _gw):
+        untraced = call(tmp_path, sip_port, "0301234")
+        traced = call(tmp_path, sip_port, "0307777")
+        eventually(lambda: starts(of_call(hep_pcap, traced)) == WHOLE_CALL,
+                   "sngrep's pcap to hold the whole flagged call", timeout=10)
+        assert of_call(hep_pcap, untraced) == []
