@@ -21,6 +21,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from .runfiles import pid_alive
+
 ENV_DIR = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_DIR = "metrics"            # under DATA_DIR/run
 PREFIX = "sipledger_"
@@ -116,18 +118,8 @@ def process_dead(pid: int) -> None:
     multiprocess.mark_process_dead(pid, directory)
     for path in Path(directory).glob("gauge_live*_*.db"):
         other = path.stem.rpartition("_")[2]
-        if other.isdigit() and not _alive(int(other)):
+        if other.isdigit() and not pid_alive(int(other)):
             multiprocess.mark_process_dead(int(other), directory)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @cache

@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 
 from tests.harness.poll import eventually
+from tests.harness.procs import terminate
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -52,12 +53,7 @@ def proxy_run(data_dir: str | os.PathLike, config: str | os.PathLike, sip_port: 
         assert line.startswith("PROXY READY"), proc.stderr.read() if proc.poll() is not None and proc.stderr else line
         yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        terminate(proc, grace=30)
 
 
 class SipledgerError(RuntimeError):

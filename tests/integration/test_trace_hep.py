@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import signal
 import subprocess
 
 import msgspec
@@ -20,6 +19,7 @@ from proxy.infra.kafka import ensure_topics_sync
 from proxy.trace import pcap
 from tests.harness.broker import settings_for
 from tests.harness.poll import eventually
+from tests.harness.procs import terminate
 from tests.harness.proxy import proxy_run, read_events
 from tests.harness.sipp import SippUAS, free_udp_port, run_uac
 
@@ -54,12 +54,7 @@ def sngrep(tmp_path):
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         yield port, out
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        terminate(proc)
 
 
 @contextlib.contextmanager
