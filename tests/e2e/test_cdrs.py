@@ -26,9 +26,10 @@ from tests.harness.calls import (
 from tests.harness.poll import eventually
 from tests.harness.sipp import render_scenario, run_uac
 
-# CDR times come from the proxy's clock and are read back through the API:
-# the tests marked clock (an answered call's times, the maximum duration) also
-# run a year ahead; the other outcomes differ in codes and legs, not in dates.
+# CDR times come from the proxy's clock and are read back through the API.  A
+# year ahead, the same path runs in tests/e2e/test_prepaid.py (paid time and
+# the CDR it bills) and tests/integration/test_cdr_processor.py (the fold,
+# silence): this module runs once.
 pytestmark = pytest.mark.e2e
 
 
@@ -81,7 +82,6 @@ def common(sl, cdr, res):
     return call_
 
 
-@pytest.mark.clock
 def test_answered_call(sl, uas_factory, sipp_dir):
     bob = uas_factory("uas_answer", timeout=30)
     with registered(sl, "bob", bob, sipp_dir):
@@ -172,7 +172,6 @@ def call_waiting_for_bye(sl, bob, sipp_dir, box: dict):
     return thread, invite
 
 
-@pytest.mark.clock
 def test_dialog_timeout_closes_the_cdr(sl, uas_factory, sipp_dir):
     bob = uas_factory("uas_bye_from_proxy", timeout=30)
     box: dict = {}

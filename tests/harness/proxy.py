@@ -16,7 +16,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ import httpx
 
 from tests.harness.poll import eventually
 from tests.harness.procs import terminate
+from tests.harness.sipp import free_udp_port
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -70,9 +70,9 @@ def cli_command() -> list[str]:
 
 
 def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    """A port for a server a test starts (the API): the same rule as SIP ports
+    (tests/harness/sipp.py ``TEST_PORTS``)."""
+    return free_udp_port()
 
 
 def _descendants(pid: int) -> list[int]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 import re
 import shutil
 import socket
@@ -74,18 +75,20 @@ def _port_free(port: int, host: str = HOST) -> bool:
 _handed_out: set[int] = set()
 
 
-def free_udp_port(host: str = HOST) -> int:
-    """A port free for both UDP and TCP on ``host`` (SIP uses both).
+# Ports for the servers tests start: below the rtpengine media ranges (16384+,
+# 20000-29999 in tests) and outside Linux's ephemeral range (32768-60999).  A
+# port the kernel picked from the ephemeral range could be taken, between its
+# choice and `up` binding it seconds later, by any client socket on the host
+# (a Kafka connection's local port): "SIP port ... is in use".
+TEST_PORTS = range(10000, 16384)
 
-    The kernel picks it (bind to port 0); ports handed out earlier in this
-    process are skipped so two callers never get the same one."""
-    for _ in range(200):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        finally:
-            s.close()
+
+def free_udp_port(host: str = HOST) -> int:
+    """A port free for both UDP and TCP on ``host`` (SIP uses both), from
+    ``TEST_PORTS``; ports handed out earlier in this process are skipped so
+    two callers never get the same one."""
+    for _ in range(500):
+        port = random.choice(TEST_PORTS)
         if port in _handed_out:
             continue
         if _port_free(port, host):
