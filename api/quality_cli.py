@@ -15,7 +15,6 @@ from proxy.infra.cli import fail, print_table, usage
 from proxy.infra.clickhouse.backend import BackendError, open_backend
 from proxy.infra.clickhouse.migrate import MigrationError, migrate
 
-from .params import parse_instant
 from .quality import gateway_states, quality
 
 BUCKETS = ("5min", "hour", "day")
@@ -26,6 +25,7 @@ def _instant(name: str, value: str | None, *, end: bool = False) -> int | None:
     if value is None:
         return None
     try:
+        from .params import parse_instant  # FastAPI's import chain: only when a time is given
         return parse_instant(value, end=end)
     except ValueError as exc:
         usage(f"--{name} {value!r}: {exc}")

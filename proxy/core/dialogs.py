@@ -47,7 +47,8 @@ TRANSITIONS = {
 }
 
 ENDED_LINGER_S = 32.0        # keep an ended dialog to recognise late retransmissions
-EXTRA_GRACE_S = 32.0         # 64*T1: time a caller has to BYE an extra (forked) dialog
+EXTRA_GRACE_S = 32.0
+MAX_DURATION_MARGIN_S = 0.002  # never end a call before its granted time, as its CDR measures it         # 64*T1: time a caller has to BYE an extra (forked) dialog
 
 DialogKey = tuple[str, str, str]     # (Call-ID, caller tag, callee tag)
 
@@ -182,7 +183,9 @@ class DialogTable:
         if dialog.timer is not None:
             dialog.timer.cancel()
         elapsed = self.core.effects.monotonic() - dialog.answered_mono
-        delay = max(0.0, dialog.max_duration_s - elapsed)
+        # + 2 ms: the answer's event is stamped (wall-clock ms) a moment after
+        # answered_mono; without it a 1 s cap could end the CDR at 999 ms
+        delay = max(0.0, dialog.max_duration_s - elapsed) + MAX_DURATION_MARGIN_S
         dialog.timer = self.core.effects.call_later(delay, self._on_max_duration, dialog)
 
     # -- traffic inside the dialog ---------------------------------------------------
