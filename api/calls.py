@@ -26,13 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from aiokafka import AIOKafkaProducer
 
 from proxy.contract import commands
 from proxy.contract.events import new_event_id
 from proxy.infra import clock
 from proxy.infra.config import KAFKA_RUN_FILE, RUN_DIR, Config
-from proxy.infra.kafka import producer_kwargs
 from proxy.infra.runfiles import pid_alive
 from proxy.runtime.livecalls import read_live_calls
 
@@ -143,6 +141,10 @@ class LiveCalls:
                                  reason=reason, issued_by=issued_by)
 
     async def _send(self, teardowns: list[commands.Teardown]) -> None:
+        # the Kafka client is imported only when a call is hung up (the CLI starts faster)
+        from aiokafka import AIOKafkaProducer
+
+        from proxy.infra.kafka import producer_kwargs
         kafka = msgspec.structs.replace(self.config.kafka, bootstrap_servers=self.bootstrap())
         producer = AIOKafkaProducer(**producer_kwargs(kafka, client_id="sipledger-hangup"))
         try:

@@ -8,7 +8,6 @@ import asyncio
 import json
 
 import typer
-from aiokafka.errors import KafkaError
 from rich.markup import escape
 
 from proxy.infra.cli import fail, print_rows, usage
@@ -56,6 +55,7 @@ def calls(ctx: typer.Context,
 def hangup(ctx: typer.Context, call_id: str = typer.Argument(..., help="The call's Call-ID."),
            reason: str = typer.Option(DEFAULT_REASON, "--reason", help="Text of the BYE's Reason header.")) -> None:
     """Hang up one live call: the proxy sends BYE both ways (a ringing call is cancelled)."""
+    from aiokafka.errors import KafkaError
     try:
         check_call_id(call_id)
         done = asyncio.run(_service(ctx).hangup(call_id, reason, issued_by="cli"))

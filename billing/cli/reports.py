@@ -15,10 +15,6 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from billing.reports.build import build_report
-from billing.reports.export import FORMATS, write_report
-from billing.reports.sources import SqliteSource
-
 from .common import fail, ledger_store, period, usage
 
 __all__ = ["report_app"]
@@ -29,6 +25,11 @@ report_app = typer.Typer(help="Billing reports as CSV, Parquet or XLSX (exact mo
 
 def _report(ctx: typer.Context, name: str, account: str | None, from_: str | None, to: str | None,
             month: str | None, fmt: str, output: Path) -> None:
+    # pandas and pyarrow take 0.3 s to import: only the report commands pay for them
+    from billing.reports.build import build_report
+    from billing.reports.export import FORMATS, write_report
+    from billing.reports.sources import SqliteSource
+
     if fmt not in FORMATS:
         usage(f"--format must be one of {', '.join(FORMATS)}")
     from_ms, to_ms = period(from_, to, month)

@@ -1,11 +1,15 @@
 """Fixtures for the SIPp end-to-end tests (SIPp callees, per-test log dirs).
 
-The provisioned `sipledger up` fixtures live in the test modules themselves
-(they need the modules' test data)."""
+``default_up`` is one `sipledger up` with the default configuration (plus the
+test domain and users), shared by every module that needs nothing else: a start
+costs ~15 s, so sharing saves a minute of the suite.  Those modules leave it
+as they found it (un-REGISTER, clear forwarding, counters compared as deltas).
+Modules that need another configuration start their own `up`."""
 from __future__ import annotations
 
 import pytest
 
+from tests.harness.calls import SHORT_MAX_DIALOG, start_sipledger
 from tests.harness.sipp import SippUAS, sipp_available
 
 
@@ -16,6 +20,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "e2e" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def default_up(tmp_path_factory):
+    """`sipledger up` with the default configuration and an admin REST client (``.client``)."""
+    sl = start_sipledger(tmp_path_factory.mktemp("sipledger-default") / "data")
+    try:
+        sl.admin_client()
+    except BaseException:
+        sl.stop()
+        raise
+    yield sl
+    sl.stop()
+
+
+@pytest.fixture(scope="session")
+def short_dialogs_up(tmp_path_factory):
+    """`sipledger up` whose dialogs last at most SHORT_MAX_DIALOG seconds (the dialog modules share it)."""
+    sl = start_sipledger(tmp_path_factory.mktemp("sipledger-short-dialogs") / "data", max_dialog=SHORT_MAX_DIALOG)
+    yield sl
+    sl.stop()
 
 
 @pytest.fixture

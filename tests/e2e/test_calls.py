@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered, start_sipledger
+from tests.harness.calls import DOMAIN, PASSWORDS, SHORT_MAX_DIALOG, assert_completed, assert_uas_completed, registered
 from tests.harness.proxy import event_types, read_events, wait_for_types
 from tests.harness.sipp import SipMessage, SippResult, register, run_uac
 
@@ -19,12 +19,10 @@ pytestmark = pytest.mark.e2e
 
 # ------------------------------------------------------------------ test setup
 
-@pytest.fixture(scope="module")
-def sipledger(tmp_path_factory):
-    """One running sipledger per test module (max_dialog_seconds = 3600)."""
-    sl = start_sipledger(tmp_path_factory.mktemp("sipledger") / "data")
-    yield sl
-    sl.stop()
+@pytest.fixture
+def sipledger(default_up):
+    """The shared `up` (tests/e2e/conftest.py; max_dialog_seconds = 3600)."""
+    return default_up
 
 
 @pytest.fixture
@@ -455,15 +453,8 @@ def test_metrics_count_the_calls(sipledger, uas_factory, sipp_dir, call_as):
 
 # --------------------------------------------------------------- dialog timeout
 
-@pytest.fixture(scope="module")
-def sipledger_short_dialogs(tmp_path_factory):
-    sl = start_sipledger(tmp_path_factory.mktemp("sipledger-short") / "data", max_dialog=2)
-    yield sl
-    sl.stop()
-
-
-def test_dialog_timeout_proxy_sends_bye_both_ways(sipledger_short_dialogs, uas_factory, sipp_dir):
-    sl = sipledger_short_dialogs
+def test_dialog_timeout_proxy_sends_bye_both_ways(short_dialogs_up, uas_factory, sipp_dir):
+    sl = short_dialogs_up
     uas = uas_factory("uas_bye_from_proxy", timeout=20)
     with registered(sl, "bob", uas, sipp_dir):
         res = run_uac("uac_wait_bye", sl.sip_addr,
@@ -492,13 +483,13 @@ def test_dialog_timeout_proxy_sends_bye_both_ways(sipledger_short_dialogs, uas_f
     assert set(types[5:]) <= {"dialog.timeout", "call.bye"}, types
     _check_common(events, call_id, from_tag)
     answered = events[3]
-    assert answered["max_duration_s"] == 2
+    assert answered["max_duration_s"] == SHORT_MAX_DIALOG
     timeout_ev = events[types.index("dialog.timeout")]
-    assert timeout_ev["max_duration_s"] == 2
+    assert timeout_ev["max_duration_s"] == SHORT_MAX_DIALOG
     assert timeout_ev["to_tag"] == to_tag
     assert timeout_ev["answered_ms"] <= timeout_ev["ts_ms"]
     # the proxy must not cut the call before its maximum duration (its own clock)
-    assert timeout_ev["ts_ms"] - timeout_ev["answered_ms"] >= 2000 - 100
+    assert timeout_ev["ts_ms"] - timeout_ev["answered_ms"] >= SHORT_MAX_DIALOG * 1000 - 100
     for e in events[5:]:
         if e["type"] == "call.bye":
             assert e["by"] == "proxy"

@@ -21,7 +21,6 @@ from tests.harness.calls import (
     assert_uas_completed,
     registered,
     send_command,
-    start_sipledger,
 )
 from tests.harness.poll import eventually
 from tests.harness.sipp import render_scenario, run_uac
@@ -33,12 +32,10 @@ from tests.harness.sipp import render_scenario, run_uac
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def sl(tmp_path_factory):
-    sl = start_sipledger(tmp_path_factory.mktemp("sipledger-cdr") / "data")
-    sl.admin_client()
-    yield sl
-    sl.stop()
+@pytest.fixture
+def sl(default_up):
+    """The shared `up` with its admin client (tests/e2e/conftest.py)."""
+    return default_up
 
 
 def cdr_of(sl, res, timeout: float = 20.0) -> dict:

@@ -13,20 +13,19 @@ import pytest
 
 from proxy.contract import callfold
 from proxy.contract import events as ev
-from tests.harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered, start_sipledger
+from tests.harness.calls import DOMAIN, PASSWORDS, SHORT_MAX_DIALOG, assert_completed, assert_uas_completed, registered
 from tests.harness.proxy import event_types, read_events, wait_for_types
 from tests.harness.sipp import run_uac
 
 pytestmark = pytest.mark.e2e
 
-MAX_DIALOG = 4
+MAX_DIALOG = SHORT_MAX_DIALOG
 
 
-@pytest.fixture(scope="module")
-def sipledger(tmp_path_factory):
-    sl = start_sipledger(tmp_path_factory.mktemp("sipledger-dialogs") / "data", max_dialog=MAX_DIALOG)
-    yield sl
-    sl.stop()
+@pytest.fixture
+def sipledger(short_dialogs_up):
+    """The shared short-dialog `up` (tests/e2e/conftest.py)."""
+    return short_dialogs_up
 
 
 def alice_calls_bob(sl, scenario: str, sipp_dir, timeout: float = 20):

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from tests.harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered, start_sipledger
+from tests.harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed, registered
 from tests.harness.freeradius import FreeRadius, RadiusWorkerProcess, by_session, freeradius_available, radius_config
 from tests.harness.proxy import read_events, wait_for_types
 from tests.harness.sipp import run_uac
@@ -27,10 +27,9 @@ WAIT = 30.0
 
 
 @pytest.fixture(scope="module")
-def sipledger(tmp_path_factory):
-    sl = start_sipledger(tmp_path_factory.mktemp("sipledger-radius") / "data")
-    yield sl
-    sl.stop()
+def sipledger(default_up):
+    """The shared `up` (tests/e2e/conftest.py)."""
+    return default_up
 
 
 @pytest.fixture(scope="module")

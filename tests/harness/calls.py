@@ -10,8 +10,9 @@ from tests.harness.proxy import SipledgerProcess
 from tests.harness.sipp import SippResult, SippUAS, free_udp_port, register
 
 DOMAIN = "example.test"
-PASSWORDS = {"alice": "a1ice-pw", "bob": "s3cret", "carol": "c4rol-pw"}
+PASSWORDS = {"alice": "a1ice-pw", "bob": "s3cret", "carol": "c4rol-pw", "dave": "d4ve-pw"}
 MAIN_MAX_DIALOG = 3600
+SHORT_MAX_DIALOG = 4          # the dialog-timeout tests' `up` (tests/e2e/conftest.py)
 
 # SIPp 3.6.1 answers only MD5 (or AKAv1-MD5) challenges and uses the first
 # WWW-/Proxy-Authenticate header it finds: a SHA-256 challenge listed first
@@ -32,7 +33,7 @@ reload_seconds = 0.25
 
 def start_sipledger(data_dir: Path, max_dialog: int = MAIN_MAX_DIALOG,
                     extra_config: str = "", workers: int = 1, proxy_extra: str = "") -> SipledgerProcess:
-    """Provision example.test with alice, bob and carol and start `up`."""
+    """Provision example.test with alice, bob, carol and dave and start `up`."""
     port = free_udp_port()
     sl = SipledgerProcess(data_dir, port,
                           config_text=BASE_CONFIG.format(max_dialog=max_dialog, workers=workers,
