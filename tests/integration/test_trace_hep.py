@@ -17,11 +17,12 @@ from api.routes.trace import pcap_bytes
 from proxy.contract.trace import TraceRecord
 from proxy.infra.kafka import ensure_topics_sync
 from proxy.trace import pcap
+from proxy.trace.ladder import render
 from tests.harness.broker import settings_for
 from tests.harness.poll import eventually
 from tests.harness.procs import terminate
 from tests.harness.proxy import proxy_run, read_events
-from tests.harness.sipp import SippUAS, free_udp_port, run_uac
+from tests.harness.sipp import SippResult, SippUAS, free_udp_port, run_uac
 
 pytestmark = pytest.mark.skipif(shutil.which("sngrep") is None or shutil.which("sipp") is None,
                                 reason="sngrep and SIPp needed (quickstart.sh installs them)")
@@ -84,11 +85,29 @@ enabled = false
 
 
 def call(tmp_path, sip_port: int, number: str) -> str:
+    return call_logged(tmp_path, sip_port, number).sent("INVITE")[0].header("Call-ID")
+
+
+def call_logged(tmp_path, sip_port: int, number: str) -> SippResult:
     res = run_uac("uac_plain_call", ("127.0.0.1", sip_port),
                   {"caller": "+4930999", "callee": number, "domain": "example.test"}, 15,
                   workdir=tmp_path, hold_ms=100)
     assert res.ok, res.describe()
-    return res.sent("INVITE")[0].header("Call-ID")
+    return res
+
+
+def sipp_side(res: SippResult, call_id: str) -> list[tuple[str, str]]:
+    """SIPp's message log of one call as the proxy saw it: what SIPp sent came
+    in, what it received went out; (direction, start line) in SIPp's order."""
+    return [("in" if m.direction == "sent" else "out", m.start_line)
+            for m in res.messages if m.header("Call-ID") == call_id]
+
+
+def trace_side(records: list[TraceRecord], port: int) -> list[tuple[str, str]]:
+    """The captures exchanged with the party at ``port``, in capture order."""
+    mine = [r for r in sorted(records, key=lambda r: r.id)
+            if (r.direction == "in" and r.src_port == port) or (r.direction == "out" and r.dst_port == port)]
+    return [(r.direction, r.raw.split("\r\n", 1)[0]) for r in mine]
 
 
 def of_call(hep_pcap, call_id: str) -> list[bytes]:
@@ -108,7 +127,8 @@ def test_a_traced_call_reaches_sngrep_over_hep_and_the_trace_topic(tmp_path, bro
     hep_port, hep_pcap = sngrep
     trace = f'enabled = true\nhep = ["udp:127.0.0.1:{hep_port}"]\nhep_capture_id = 77'
     with proxy_with_gateway(tmp_path, broker, trace) as (sip_port, gw):
-        call_id = call(tmp_path, sip_port, "0301234")
+        caller = call_logged(tmp_path, sip_port, "0301234")
+        call_id = caller.sent("INVITE")[0].header("Call-ID")
         payloads = eventually(lambda: (p := of_call(hep_pcap, call_id)) and starts(p) == WHOLE_CALL and p,
                               "sngrep's pcap to hold the whole call (INVITE, 200, ACK, BYE)", timeout=10)
         def of(batches: list[dict]) -> list[dict]:
@@ -124,6 +144,17 @@ def test_a_traced_call_reaches_sngrep_over_hep_and_the_trace_topic(tmp_path, bro
         assert received["dst_port"] == sip_port and received["cseq"] == "2 INVITE"
         sent = next(r for r in invites if r["direction"] == "out")
         assert sent["dst_port"] == gw.port and sent["src_port"] == sip_port
+        gw.wait_for("BYE", 10)          # a proxy passes the Call-ID on: the same call on both sides
+        callee = gw.result()
+    # the trace is what both phones logged, message for message, in their order
+    traced = [msgspec.convert(r, TraceRecord) for r in records]
+    assert trace_side(traced, received["src_port"]) == sipp_side(caller, call_id)
+    assert trace_side(traced, gw.port) == sipp_side(callee, call_id)
+    # and the ladder `sipledger trace` prints has one arrow per message, labelled as SIPp logged it
+    ladder = render(traced)[1:]
+    assert len(ladder) == len(traced) == len(sipp_side(caller, call_id)) * 2
+    labels = [r.label for r in sorted(traced, key=lambda r: (r.ts_ms, r.id))]
+    assert all(label in line for label, line in zip(labels, ladder, strict=True)), "\n".join(ladder)
     # the pcap `sipledger trace --pcap` writes is read back by sngrep as the same SIP messages
     ours, again = tmp_path / "ours.pcap", tmp_path / "again.pcap"
     ours.write_bytes(pcap_bytes([msgspec.convert(r, TraceRecord) for r in records]))
