@@ -7,7 +7,10 @@ and broker (started here unless `up` runs it already).
   CDR says so; the balance ends >= 0 and within one increment of 0;
 * 2 and 5 concurrent calls on one account never spend more than the credit
   + one increment per call;
-* zero balance -> 402 before the callee rings.
+* zero balance -> 402 before the callee rings;
+* ``[fraud] block_account``: a call crossing a critical fraud threshold is
+  refused with 403, billing blocks the caller's account and tears down the
+  call it had in progress.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ pytestmark = pytest.mark.e2e
 
 ALICE = f"alice@{DOMAIN}"
 CAROL = f"carol@{DOMAIN}"
+DAVE = f"dave@{DOMAIN}"                 # the fraud test's caller: blocked by it
 RATES = "plan,prefix,name,price_per_min,first_increment,next_increment,rounding,decimals,currency\n" \
         "retail,*,anywhere,0.60,1,1,up,4,EUR\n"
 INCREMENT = Decimal("0.01")             # 1 s at 0.60/min
@@ -42,11 +46,12 @@ INCREMENT = Decimal("0.01")             # 1 s at 0.60/min
 @pytest.fixture(scope="module")
 def sl(tmp_path_factory):
     sl = start_sipledger(tmp_path_factory.mktemp("sipledger-prepaid") / "data",
-                         extra_config="[authorization]\nenabled = true\ntimeout_ms = 500\n")
+                         extra_config="[authorization]\nenabled = true\ntimeout_ms = 500\n"
+                                      "[fraud]\nblock_account = true\n")
     rates = sl.data_dir / "rates.csv"
     rates.write_text(RATES)
     sl.run_cli("rates", "import", str(rates))
-    for account in (ALICE, CAROL):
+    for account in (ALICE, CAROL, DAVE):
         sl.run_cli("rates", "assign", account, "retail")
         sl.run_cli("account", "add", account, "--prepaid", "--currency", "EUR")
     # `up` runs the billing service once it is wired in; until then it runs beside `up`
@@ -158,3 +163,48 @@ def test_concurrent_calls_share_the_credit(sl, alice_at_zero, uas_factory, sipp_
     spent = before + credit - Decimal(snap["balance"])
     assert spent <= credit + n * INCREMENT, (spent, snap)
     assert Decimal(snap["balance"]) >= -n * INCREMENT
+
+
+def test_fraud_critical_blocks_the_account_and_tears_its_live_call_down(sl, uas_factory, sipp_dir):
+    """dave talks to bob; then a call to a premium prefix crosses the fraud rule's
+    critical calls-per-minute: 403, a fraud.alert with action block_account,
+    billing blocks dave's account and sends BYE both ways on the call in progress."""
+    from tests.harness.sipp import free_udp_port
+    sl.run_cli("account", "topup", DAVE, "5", "--key", "dave-fraud-credit")
+    sl.run_cli("gateway", "add", "premium", "--address", f"127.0.0.1:{free_udp_port()}")   # never reached
+    sl.run_cli("route", "add", "--prefix", "0900", "--gateways", "premium")
+    sl.run_cli("fraud", "profile", "add", "default")
+    sl.run_cli("fraud", "rule", "add", "default", "--prefix", "0900", "--cpm", "0:1")
+    sl.wait_until_loaded()
+    bob = uas_factory("uas_bye_from_proxy", timeout=40)
+    box: dict = {}
+
+    def talk() -> None:
+        box["res"] = run_uac("uac_wait_bye", sl.sip_addr, {"caller": "dave", "callee": "bob", "domain": DOMAIN},
+                             30, auth=("dave", PASSWORDS["dave"]), auth_uri=f"bob@{DOMAIN}",
+                             workdir=sipp_dir, name="uac_dave_talks")
+    with registered(sl, "bob", bob, sipp_dir):
+        talking = threading.Thread(target=talk, daemon=True)
+        talking.start()
+        assert bob.wait_for("ACK", 15), "dave's call to bob was not answered"
+        fraud = run_uac("uac_call_expect_failure", sl.sip_addr,
+                        {"caller": "dave", "callee": "0900123", "domain": DOMAIN}, 15,
+                        auth=("dave", PASSWORDS["dave"]), auth_uri=f"0900123@{DOMAIN}", workdir=sipp_dir,
+                        name="uac_dave_premium", variables={"expected": 403})
+        assert fraud.returncode == 0 and fraud.successful == 1, fraud.describe()
+        talking.join(35)
+    res = box["res"]
+    assert res.returncode == 0 and res.successful == 1, res.describe()
+    assert res.sent("BYE") == [] and len(res.received("BYE")) == 1           # hung up by the proxy
+    assert len(bob.result().received("BYE")) == 1
+    fraud_id = fraud.sent("INVITE")[0].header("Call-ID")
+    (alert,) = [e for e in read_events(sl.kafka_bootstrap, "sip.events", call_id=fraud_id, timeout=10,
+                                       types=["fraud.alert"], until=lambda evs: bool(evs))]
+    assert (alert["severity"], alert["parameter"], alert["action"], alert["account"]) == \
+        ("critical", "cpm", "block_account", DAVE), alert
+    talk_id = res.sent("INVITE")[0].header("Call-ID")
+    events = read_events(sl.kafka_bootstrap, "sip.events", call_id=talk_id, timeout=10,
+                         until=lambda evs: "dialog.teardown" in event_types(evs))
+    teardown = next(e for e in events if e["type"] == "dialog.teardown")
+    assert teardown["result"] == "sent", teardown
+    assert balance(sl, DAVE)["status"] == "blocked"
