@@ -129,6 +129,7 @@ class FloodGuard:
         self._work_since = 0.0                     # ... since this loop time
         self.probes_sent = 0
         self.probes_seen = 0
+        self.refused = 0                           # 503s sent (stateless: metrics count them as sl 503)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.send: Send | None = None
         self._due = float("inf")               # when the lag timer should fire next
@@ -212,6 +213,7 @@ class FloodGuard:
         answer = refusal(data, 503, None, [("Retry-After", str(retry_after))])
         if answer is not None and self.send is not None:
             self.send(answer, source)           # to the source address, never a Via host
+            self.refused += 1
 
     # -- timers ------------------------------------------------------------------
     def _schedule_sample(self) -> None:

@@ -57,6 +57,10 @@ class WorkerMetrics:
             out["tm_replies", (cls,)] = s.tm_replies[i]
         for code, n in s.sl_replies.items():
             out["sl_replies", (str(code),)] = n
+        guard = self.worker.guard
+        if guard.refused:       # the flood guard's 503s are stateless replies too (Kamailio counts them there)
+            key = ("sl_replies", ("503",))
+            out[key] = out.get(key, 0) + guard.refused
         for reason, n in s.teardowns.items():
             out["dialog_teardowns", (reason,)] = n
         out["dialog_expired", ()] = sum(n for r, n in s.teardowns.items() if r in EXPIRY_REASONS)
@@ -70,7 +74,6 @@ class WorkerMetrics:
         out["auth_successes", ()] = s.auth_successes
         out["dns_queries", ()] = self.core.resolver.queries
         out["usrloc_expired_contacts", ()] = self.expired_contacts
-        guard = self.worker.guard
         if guard.pike is not None:
             pike = guard.pike.counters()
             out["pike_requests", ()] = pike["requests"]

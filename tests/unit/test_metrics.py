@@ -35,7 +35,7 @@ def test_labels_an_outsider_chooses_are_bounded():
 
 
 def _fake_worker(rig):
-    return SimpleNamespace(guard=SimpleNamespace(pike=None, shedder=None),
+    return SimpleNamespace(guard=SimpleNamespace(pike=None, shedder=None, refused=0),
                            publisher=SimpleNamespace(published=7, failed_attempts=1),
                            outbox=SimpleNamespace(count=lambda: 3), authorization=None)
 
@@ -46,7 +46,8 @@ def _values(group: str | None = None) -> dict[str, float]:
 
 def test_a_call_counted_by_the_core_and_copied_once(tmp_path):
     rig = subscriber_rig(tmp_path, auth=False)
-    exporter = WorkerMetrics(rig.core, _fake_worker(rig), is_first=True)
+    worker = _fake_worker(rig)
+    exporter = WorkerMetrics(rig.core, worker, is_first=True)
     exporter.tick(0.0)
     before = _values()
     register(rig)
@@ -60,6 +61,7 @@ def test_a_call_counted_by_the_core_and_copied_once(tmp_path):
     assert s.fwd_requests == {"INVITE": 1, "BYE": 1}
     assert (s.rcv_replies[1], s.rcv_replies[2], s.fwd_replies[1], s.fwd_replies[2]) == (1, 1, 1, 1)
     assert (s.dialogs_processed, s.dialogs_failed, s.bad_msg) == (1, 0, 1)
+    worker.guard.refused = 2               # the flood guard answered two sources 503
     exporter.tick(1.0)
     exporter.tick(2.0)                     # a second copy adds nothing
     after = _values()
@@ -71,6 +73,7 @@ def test_a_call_counted_by_the_core_and_copied_once(tmp_path):
     assert grew("core:fwd_requests{method=BYE}") == 1
     assert grew("core:fwd_replies{class=2xx}") == 1
     assert grew("core:bad_msg") == 1
+    assert grew("sl:replies{code=503}") == 2            # the flood guard's are stateless replies too
     assert grew("tm:replies{class=2xx}") >= 2           # the REGISTER's 200 and the INVITE's
     assert grew("dialog:processed") == 1
     assert after["events:outbox_depth"] == 3
