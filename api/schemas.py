@@ -21,7 +21,7 @@ from billing.rating.model import Rate, RatingError
 
 Money = str         # a decimal string, e.g. "10.50" (never a JSON number)
 Disposition = Literal["answered", "busy", "no_answer", "cancelled", "failed", "rejected_credit"]
-EventKind = Literal["topup", "adjustment", "refund", "debit", "reservation", "release"]
+EventKind = Literal["topup", "adjustment", "refund", "debit", "reservation", "release", "rerate"]
 
 
 class Problem(BaseModel):
