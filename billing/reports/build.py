@@ -32,7 +32,7 @@ from billing.money import MONEY_DECIMALS, ZERO, report_text
 
 from .sources import Progress, Source, load_events, no_progress
 
-__all__ = ["REPORTS", "SCHEMAS", "MONEY", "MINUTES", "Report", "build_report"]
+__all__ = ["REPORTS", "SCHEMAS", "MONEY", "MINUTES", "Report", "build_report", "rerate_report"]
 
 MONEY = pa.decimal128(18, MONEY_DECIMALS)
 MINUTES = pa.decimal128(18, 3)
@@ -47,8 +47,12 @@ SCHEMAS: dict[str, pa.Schema] = {
     "gateways": pa.schema([("gateway", pa.string()), *_SUMMARY]),
     "invoice": pa.schema([("section", pa.string()), ("description", pa.string()), ("calls", pa.int64()),
                           ("billed_s", pa.int64()), ("debit", MONEY), ("credit", MONEY), ("balance", MONEY)]),
+    # a rerate run's per-account deltas (billing/rerate.py; ``sipledger rerate show RUN --format``)
+    "rerate": pa.schema([("account", pa.string()), ("currency", pa.string()), ("calls", pa.int64()),
+                         ("changed", pa.int64()), ("unrated", pa.int64()), ("before", MONEY), ("after", MONEY),
+                         ("delta", MONEY)]),
 }
-REPORTS = tuple(SCHEMAS)
+REPORTS = ("statement", "destinations", "gateways", "invoice")      # of the ledger, by period
 
 
 def _iso(ms: int) -> str:
@@ -242,3 +246,14 @@ def _need(account: str | None) -> str:
     if not account:
         raise ValueError("this report needs an account")
     return account
+
+
+def rerate_report(run: dict) -> Report:
+    """A rerate run's record (``RerateRun.to_dict()``) as a report: one row per account."""
+    rows = [{k: a[k] for k in SCHEMAS["rerate"].names} for a in run["accounts"]]
+    for row in rows:
+        for money in ("before", "after", "delta"):
+            row[money] = Decimal(row[money])
+    meta = {k: str(run[k]) for k in ("id", "who", "created_ms", "from_ms", "to_ms", "account", "plan", "calls",
+                                     "changed", "unrated", "total_before", "total_after", "delta")}
+    return _report("rerate", rows, meta)

@@ -183,3 +183,46 @@ def test_time_travel_at_several_instants(ledger):
     now = clock.now_ms()
     assert at(now)["balance"] == "7.6000" and at(c2 + 10)["balance"] == "8.8000"   # the past stays the past
     assert at(now)["at_ms"] == now
+
+
+def test_cli_rerate_list_show_export_and_account_at(tmp_path, monkeypatch):
+    """`sipledger rerate ...` and `account show --at` with no billing service: the CLI takes the
+    ledger's lock like `account topup` (billing/client.py)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from api.cli import app
+    from billing.reports.export import read_export
+
+    def cli(*args, code=0):
+        result = CliRunner().invoke(app, ["--data-dir", str(tmp_path), *args])
+        assert result.exit_code == code, (args, result.output)
+        return result.output
+
+    monkeypatch.setattr(clock, "now_ms", lambda: T0 - 30 * MIN)
+    cli("account", "add", ALICE, "--prepaid")
+    cli("account", "topup", ALICE, "10", "--key", "pay")
+    url = f"sqlite:///{tmp_path}/billing.sqlite"
+    with LedgerStore(url) as store, RatesStore(url) as rates:
+        rates.put_plans({"retail": RatePlan("retail", [rate("0.60")])})
+        rates.assign(ALICE, "retail")
+        store.append([_debit(rates.get_plan("retail"), ALICE, "c1", T0, 90_000)])
+        set_price(rates, "1.20")
+    monkeypatch.setattr(clock, "now_ms", lambda: T0 + 2 * 3600_000)
+    period = ["--from", "2026-03-02T09:00:00Z", "--to", "2026-03-02T11:00:00Z"]
+    cli("rerate", "--from", "2026-03-02", code=2)                            # no --to
+    dry = json.loads(cli("rerate", *period, "--dry-run", "--json"))
+    assert (dry["changed"], dry["delta"], dry["changes"][0]["after"]) == (1, "0.9000", "1.8000")
+    assert "changed 1" in cli("rerate", *period)
+    runs = json.loads(cli("rerate", "list", "--json"))
+    assert len(runs) == 1 and runs[0]["who"].startswith("cli") and runs[0]["delta"] == "0.9000"
+    assert "delta 0.9000" in cli("rerate", "show", runs[0]["id"])
+    out = tmp_path / "run.parquet"
+    cli("rerate", "show", runs[0]["id"], "--format", "parquet", "-o", str(out))
+    frame = read_export(out, "parquet")
+    assert list(frame["account"]) == [ALICE] and list(frame["delta"]) == [D("0.9000")]
+    cli("rerate", "show", "nope", code=1)
+    assert json.loads(cli("account", "show", ALICE, "--json"))["balance"] == "8.2000"
+    past = json.loads(cli("account", "show", ALICE, "--at", str(T0), "--json"))
+    assert past["balance"] == "10" and [e["kind"] for e in past["events"]] == ["topup"]
