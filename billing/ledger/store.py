@@ -427,7 +427,7 @@ class LedgerStore(SqlStore):
 
 
 def _run(row) -> "RerateRun":
-    from billing.rerate import RerateRun           # billing/rerate.py imports this package
+    from billing.rerate import RerateRun  # billing/rerate.py imports this package
     return RerateRun(id=row.id, who=row.who, created_ms=row.created_ms, from_ms=row.from_ms, to_ms=row.to_ms,
                      account=row.account, plan=row.plan, calls=row.calls, changed=row.changed,
                      unrated=row.unrated, total_before=Decimal(row.total_before),
