@@ -165,6 +165,7 @@ rerate_run_table = Table(
 billing_change_log = change_log_table(metadata, "billing_change_log")
 
 _EVENT_FIELDS = LedgerEvent.__struct_fields__
+assert {c.name for c in event_table.columns} == set(_EVENT_FIELDS), "ledger_event columns = LedgerEvent fields"
 
 
 def _event_row(ev: LedgerEvent) -> dict:
@@ -174,9 +175,9 @@ def _event_row(ev: LedgerEvent) -> dict:
 
 
 def _event(row) -> LedgerEvent:
-    values = {name: getattr(row, name) for name in _EVENT_FIELDS}
-    values["amount"] = Decimal(row.amount)
-    values["final"] = bool(row.final)
+    values = row._asdict()                 # the table's columns are the event's fields (one dict, no getattr each)
+    values["amount"] = Decimal(values["amount"])
+    values["final"] = bool(values["final"])
     return LedgerEvent(**values)
 
 
