@@ -17,6 +17,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from billing.ledger.events import event_dict
+from billing.money import money_text
 from billing.reports.export import FORMATS
 
 from .common import check_limit, client, console, fail, invoke, ledger_store, period, time_text, usage
@@ -74,6 +76,12 @@ def rerate(
         typer.echo(json.dumps(run, indent=2))
         return
     _print_run(run)
+    if calls and corrections:
+        table = Table("seq", "account", "cdr/leg", "answered", "amount", "change")
+        for e in corrections:
+            table.add_row(str(e.seq), e.account, f"{e.cdr_id}/{e.leg}", time_text(e.answer_ms),
+                          money_text(e.amount), e.note)
+        console().print(table)
     if dry_run and run["changes"]:
         table = Table("account", "cdr/leg", "answered", "number", "before", "after")
         for c in run["changes"]:
@@ -110,6 +118,7 @@ def rerate_show(
     run_id: str = typer.Argument(..., metavar="RUN"),
     fmt: Optional[str] = typer.Option(None, "--format", help="Export the per-account deltas: csv, parquet, xlsx."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="File to write (with --format)."),
+    calls: bool = typer.Option(False, "--calls", help="Also list the run's corrections (first 1000)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """One run: its filters, totals and per-account deltas (or an export of them)."""
@@ -119,9 +128,12 @@ def rerate_show(
         usage(f"--format must be one of {', '.join(FORMATS)}")
     with ledger_store(ctx) as store:
         found = store.get_run(run_id)
+        corrections = store.run_events(run_id) if calls else []
     if found is None:
         fail(f"rerate run {run_id} does not exist")
     run = found.to_dict()
+    if calls:
+        run["corrections"] = [event_dict(e) for e in corrections]
     if fmt is not None and output is not None:
         from billing.reports.build import rerate_report
         from billing.reports.export import write_report
@@ -135,3 +147,9 @@ def rerate_show(
         typer.echo(json.dumps(run, indent=2))
         return
     _print_run(run)
+    if calls and corrections:
+        table = Table("seq", "account", "cdr/leg", "answered", "amount", "change")
+        for e in corrections:
+            table.add_row(str(e.seq), e.account, f"{e.cdr_id}/{e.leg}", time_text(e.answer_ms),
+                          money_text(e.amount), e.note)
+        console().print(table)

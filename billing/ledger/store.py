@@ -389,6 +389,13 @@ class LedgerStore(SqlStore):
         with self._read() as conn:
             return [_run(r) for r in conn.execute(query)]
 
+    def run_events(self, run_id: str, *, limit: int = 1000) -> list[LedgerEvent]:
+        """The corrections a rerate run booked (``key`` = its id), in ledger order."""
+        t = event_table
+        with self._read() as conn:
+            return [_event(r) for r in conn.execute(select(t).where(t.c.kind == "rerate").where(t.c.key == run_id)
+                                                    .order_by(t.c.seq).limit(limit))]
+
     def get_run(self, run_id: str) -> "RerateRun | None":
         with self._read() as conn:
             row = conn.execute(select(rerate_run_table).where(rerate_run_table.c.id == run_id)).first()

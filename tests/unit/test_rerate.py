@@ -218,6 +218,8 @@ def test_cli_rerate_list_show_export_and_account_at(tmp_path, monkeypatch):
     runs = json.loads(cli("rerate", "list", "--json"))
     assert len(runs) == 1 and runs[0]["who"].startswith("cli") and runs[0]["delta"] == "0.9000"
     assert "delta 0.9000" in cli("rerate", "show", runs[0]["id"])
+    shown = json.loads(cli("rerate", "show", runs[0]["id"], "--calls", "--json"))
+    assert [(e["cdr_id"], e["amount"], e["key"]) for e in shown["corrections"]] == [("c1", "0.9000", runs[0]["id"])]
     out = tmp_path / "run.parquet"
     cli("rerate", "show", runs[0]["id"], "--format", "parquet", "-o", str(out))
     frame = read_export(out, "parquet")
