@@ -76,12 +76,6 @@ def rerate(
         typer.echo(json.dumps(run, indent=2))
         return
     _print_run(run)
-    if calls and corrections:
-        table = Table("seq", "account", "cdr/leg", "answered", "amount", "change")
-        for e in corrections:
-            table.add_row(str(e.seq), e.account, f"{e.cdr_id}/{e.leg}", time_text(e.answer_ms),
-                          money_text(e.amount), e.note)
-        console().print(table)
     if dry_run and run["changes"]:
         table = Table("account", "cdr/leg", "answered", "number", "before", "after")
         for c in run["changes"]:
