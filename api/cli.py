@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from billing.cli import account_app, ledger_app, rates_app, report_app
+from billing.cli import account_app, ledger_app, rates_app, report_app, rerate_app
 from cdr.store.cli import db_app
 from proxy.infra import config as config_mod
 from proxy.infra.cli import fail, usage
@@ -50,6 +50,7 @@ app.add_typer(rates_app, name="rates")
 app.add_typer(account_app, name="account")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(report_app, name="report")
+app.add_typer(rerate_app, name="rerate")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
 app.add_typer(auth_app, name="auth")

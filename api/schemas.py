@@ -21,7 +21,7 @@ from billing.rating.model import Rate, RatingError
 
 Money = str         # a decimal string, e.g. "10.50" (never a JSON number)
 Disposition = Literal["answered", "busy", "no_answer", "cancelled", "failed", "rejected_credit"]
-EventKind = Literal["topup", "adjustment", "refund", "debit", "reservation", "release"]
+EventKind = Literal["topup", "adjustment", "refund", "debit", "reservation", "release", "rerate"]
 
 
 class Problem(BaseModel):
@@ -276,6 +276,10 @@ class Balance(BaseModel):
     available: Money = Field(description="balance + credit limit (postpaid) - reserved - held")
     active_calls: list[ActiveCall]
     live: bool = Field(description="false: folded from the ledger (no billing service running)")
+    at_ms: int | None = Field(None, description="?at=T: the instant (epoch ms) the balance, reservations and "
+                                                "events were folded up to; null = now")
+    events: list[LedgerEvent] = Field(default_factory=list, description="?at=T: the last 50 events booked "
+                                                                         "until T, newest first")
 
 
 class TopupIn(BaseModel):
@@ -508,3 +512,60 @@ class HangupAccepted(BaseModel):
     call: LiveCall
     command_id: str
     reason: str
+
+
+# -- rerate (api/routes/rerate.py) ---------------------------------------------------------------
+
+class RerateIn(BaseModel):
+    from_: str = Field(alias="from", max_length=40, description="answer time from (ISO 8601, YYYY-MM or epoch ms)")
+    to: str = Field(max_length=40, description="answer time to, exclusive (a day or month means its end)")
+    account: str = Field("", max_length=255, description="only this account")
+    plan: str = Field("", max_length=64, description="price with this plan instead of each account's own")
+    dry_run: bool = Field(False, description="answer what would change; book nothing, record no run")
+
+
+class RerateAccount(BaseModel):
+    account: str
+    currency: str
+    calls: int
+    changed: int
+    unrated: int = Field(description="calls no rate applies to now: they keep their cost")
+    before: Money
+    after: Money
+    delta: Money = Field(description="after - before: what the account was charged more (< 0: less)")
+
+
+class RerateChange(BaseModel):
+    account: str
+    cdr_id: str
+    leg: int
+    call_id: str
+    number: str
+    answer_ms: int
+    duration_ms: int
+    before: Money
+    after: Money
+    event_id: str = Field(description="the rerate ledger event (its correction)")
+
+
+class RerateRun(BaseModel):
+    id: str
+    who: str
+    created_ms: int
+    from_ms: int
+    to_ms: int
+    account: str
+    plan: str
+    dry_run: bool
+    calls: int
+    changed: int
+    unrated: int
+    total_before: Money
+    total_after: Money
+    delta: Money
+    accounts: list[RerateAccount]
+    changes: list[RerateChange] = Field(default_factory=list, description="POST only: the first 200 changes")
+
+
+class RerateRunList(BaseModel):
+    items: list[RerateRun]

@@ -6,9 +6,11 @@
 * ``credit/``   -- live calls: the credit-control state machine and the billing service process
   (``python -m billing``) that runs it;
 * ``reports/``  -- statement, destinations, gateways, invoice as CSV / Parquet / XLSX;
-* ``cli/``      -- ``sipledger account | ledger | report | rates``;
-* ``application.py`` -- the money commands (accounts, top-ups, adjustments, balances), once, for the
-  service and the offline CLI; ``client.py`` reaches them, ``rpc.py`` is their wire;
+* ``cli/``      -- ``sipledger account | ledger | report | rates | rerate``;
+* ``application.py`` -- the money commands (accounts, top-ups, adjustments, balances, rerate runs,
+  balances at an instant), once, for the service and the offline CLI; ``client.py`` reaches them,
+  ``rpc.py`` is their wire;
+* ``rerate.py`` -- which corrections a rerate run books (pure; docs/rerating.md);
 * ``money.py``, ``errors.py`` -- exact Decimal amounts and their one export format; ``LedgerError``.
 
 The ledger's records on Kafka are the contract's (proxy/contract/ledger.py).  Pure cores -- rating,

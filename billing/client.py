@@ -25,9 +25,12 @@ from . import rpc
 from .application import BillingApplication, StoredLedger
 from .errors import LedgerError
 from .ledger.store import LedgerStore, ServiceLock, ServiceRunning
+from .rating.store import RatesStore
 from .rpc import RpcRequest
 
-__all__ = ["BillingClient"]
+__all__ = ["BillingClient", "RERATE_TIMEOUT_S"]
+
+RERATE_TIMEOUT_S = 600.0            # a rerate prices a whole period: minutes for millions of calls
 
 
 class BillingClient:
@@ -53,13 +56,19 @@ class BillingClient:
         return self.request(RpcRequest(op="money", account=account, kind=kind, amount=str(amount),
                                        key=key, note=note, cdr_id=cdr_id, leg=leg))
 
+    def rerate(self, from_ms: int, to_ms: int, *, account: str = "", plan: str = "", dry_run: bool = False,
+               who: str = "") -> dict:
+        """A rerate run (billing/application.py ``rerate``); its result, the run's record."""
+        return self.request(RpcRequest(op="rerate", from_ms=from_ms, to_ms=to_ms, account=account, plan=plan,
+                                       dry_run=dry_run, who=who), timeout=max(self.timeout, RERATE_TIMEOUT_S))
+
     def service_running(self) -> bool:
         return ServiceLock(self.data_dir).held_elsewhere()
 
     # -- transport ----------------------------------------------------------------------------
-    def request(self, req: RpcRequest) -> dict:
+    def request(self, req: RpcRequest, *, timeout: float | None = None) -> dict:
         """The result of ``req`` (raises LedgerError with an HTTP-like ``status``)."""
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             try:
                 return self._remote(req, deadline)
@@ -100,7 +109,10 @@ class BillingClient:
 
     def _direct(self, req: RpcRequest) -> dict:
         """No service: the same command on the SQL ledger (the caller holds its lock)."""
-        with LedgerStore(self.settings.database_url(self.data_dir)) as store:
+        url = self.settings.database_url(self.data_dir)
+        with LedgerStore(url) as store, RatesStore(url) as rates:
             store.create_schema()
-            app = BillingApplication(StoredLedger(store), default_currency=self.settings.currency)
+            rates.create_schema()
+            app = BillingApplication(StoredLedger(store, rates), default_currency=self.settings.currency,
+                                     default_plan=self.settings.default_plan)
             return asyncio.run(app.execute(req))

@@ -5,7 +5,7 @@ The billing service listens on the unix socket DATA_DIR/run/billing.sock
 ``RpcRequest`` per line and read one ``RpcResponse`` per line back.  The
 operations are the money commands of billing/application.py -- account
 changes, top-ups, adjustments and refunds (exactly once: the ledger event id
-is the idempotency key's hash), the live balance -- and ``ping``.
+is the idempotency key's hash), the live balance, rerate runs -- and ``ping``.
 
 Not part of the contract (proxy/contract/): only billing's own processes
 speak it, on one host, and both sides ship together.
@@ -18,7 +18,7 @@ import msgspec
 
 __all__ = ["OPS", "RpcRequest", "RpcResponse", "encode", "decode_request", "decode_response"]
 
-OPS = ("ping", "balance", "account.put", "account.delete", "money")
+OPS = ("ping", "balance", "account.put", "account.delete", "money", "rerate")
 
 
 class RpcRequest(msgspec.Struct, kw_only=True):
@@ -32,6 +32,11 @@ class RpcRequest(msgspec.Struct, kw_only=True):
     note: str = ""
     cdr_id: str = ""
     leg: int = -1
+    from_ms: int = 0                 # rerate: the period [from_ms, to_ms) by answer time
+    to_ms: int = 0
+    plan: str = ""                   # rerate: price with this plan ("" = each account's own)
+    dry_run: bool = False
+    who: str = ""                    # rerate: who asked (recorded with the run)
 
 
 class RpcResponse(msgspec.Struct, kw_only=True):

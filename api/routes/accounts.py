@@ -8,11 +8,13 @@ again returns the same event (200, ``replayed: true``) instead of a second
 one (201); the same key with another amount is 409.  Changes are admin only;
 an account token reads its own account (api/deps.py).
 """
+import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 from starlette.concurrency import run_in_threadpool
 
+from billing.application import BillingApplication, StoredLedger
 from billing.ledger.accounts import account_dict
 
 from ..deps import (
@@ -26,7 +28,7 @@ from ..deps import (
     ReadableAccount,
     may_read,
 )
-from ..params import invalid
+from ..params import invalid, parse_instant
 from ..schemas import (
     Account,
     AccountIn,
@@ -102,9 +104,19 @@ async def delete_account(_: Admin, account: AccountPath, client: BillingClientDe
 
 
 @router.get("/{account}/balance", responses=NOT_FOUND, response_model=Balance,
-            summary="Balance, reservations, available credit, live calls")
-async def balance(info: ReadableAccount, client: BillingClientDep) -> dict:
-    return await run_in_threadpool(client.balance, info.id)
+            summary="Balance, reservations, available credit, live calls (?at=T: as they were at T)")
+async def balance(info: ReadableAccount, client: BillingClientDep, store: LedgerStoreDep,
+                  at: Annotated[str | None, Query(max_length=40, description=(
+                      "time travel: the balance, reservations and last events as they were at this instant "
+                      "(ISO 8601 or epoch ms), folded from the ledger events booked until then"))] = None) -> dict:
+    if at is None:
+        return await run_in_threadpool(client.balance, info.id)
+    try:
+        at_ms = parse_instant(at)
+    except ValueError as exc:
+        raise invalid("at", str(exc)) from None
+    app = BillingApplication(StoredLedger(store))          # a read of history: no lock, no service needed
+    return await run_in_threadpool(asyncio.run, app.balance_at(info.id, at_ms))   # SQL off the loop
 
 
 @router.post("/{account}/topups", response_model=MoneyResult, responses=MONEY_RESPONSES,

@@ -18,7 +18,17 @@ from billing.ledger.events import event_dict
 from billing.ledger.fold import fold
 from billing.money import money_text
 
-from .common import billing_settings, check_limit, client, console, invoke, ledger_store, time_text, usage
+from .common import (
+    billing_settings,
+    bound,
+    check_limit,
+    client,
+    console,
+    invoke,
+    ledger_store,
+    time_text,
+    usage,
+)
 
 __all__ = ["account_app"]
 
@@ -129,9 +139,14 @@ def account_adjust(
 @account_app.command("show")
 def account_show(ctx: typer.Context, account: str = typer.Argument(..., metavar="ID"),
                  last: int = typer.Option(10, "--last", help="How many recent ledger events to list."),
+                 at: Optional[str] = typer.Option(None, "--at", help="As it was then (ISO date/time or epoch ms): "
+                                                  "folded from the ledger events booked until then."),
                  as_json: bool = typer.Option(False, "--json")) -> None:
     """Balance (live when the billing service runs), active calls, recent ledger events."""
     check_limit(last, "--last")
+    if at is not None:
+        _show_at(ctx, account, bound(at, "--at"), last, as_json)
+        return
     snap = invoke(client(ctx).balance, account)
     with ledger_store(ctx) as store:
         events = store.events(account=account, limit=last, descending=True)
@@ -150,6 +165,30 @@ def account_show(ctx: typer.Context, account: str = typer.Argument(..., metavar=
         for e in events:
             table.add_row(str(e.seq), time_text(e.ts_ms), e.kind, money_text(e.amount),
                           e.key or (f"{e.cdr_id}/{e.leg}" if e.cdr_id else e.call_id))
+        console().print(table)
+
+
+def _show_at(ctx: typer.Context, account: str, at_ms: int | None, last: int, as_json: bool) -> None:
+    """``account show --at``: a read of the durable ledger (no lock: history does not move)."""
+    import asyncio
+
+    from billing.application import BillingApplication, StoredLedger
+    assert at_ms is not None
+    with ledger_store(ctx) as store:
+        snap = invoke(asyncio.run, BillingApplication(StoredLedger(store)).balance_at(account, at_ms, last=last))
+    if as_json:
+        typer.echo(json.dumps(snap, indent=2))
+        return
+    typer.echo(f"account {account} at {time_text(at_ms)} UTC: balance {snap['balance']}  "
+               f"reserved {snap['reserved']}  available {snap['available']}")
+    for call in snap["active_calls"]:
+        typer.echo(f"  live call {call['call_id']} to {call['number']}: paid {call['paid_ms'] // 1000} s, "
+                   f"reserved {call['reserved']}")
+    if snap["events"]:
+        table = Table("seq", "time", "kind", "amount", "reference")
+        for e in snap["events"]:
+            table.add_row(str(e["seq"]), time_text(e["ts_ms"]), e["kind"], e["amount"],
+                          e["key"] or (f"{e['cdr_id']}/{e['leg']}" if e["cdr_id"] else e["call_id"]))
         console().print(table)
 
 

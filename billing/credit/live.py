@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from decimal import Decimal
+from typing import TYPE_CHECKING, TypeVar
 
 from billing.ledger.accounts import AccountInfo
 from billing.ledger.store import LedgerStore
@@ -24,13 +25,22 @@ from proxy.infra.clock import now_ms
 
 from .control import CreditControl, Effects
 
+if TYPE_CHECKING:
+    from billing.rating.model import RatesSnapshot
+    from billing.rating.store import RatesStore
+    from billing.rerate import RerateRun
+
+_T = TypeVar("_T")
+
 __all__ = ["LiveLedger"]
 
 
 class LiveLedger:
     def __init__(self, core: CreditControl, store: LedgerStore, writer: Writer, *,
-                 carry_out: Callable[[Effects], None], status: Callable[[], dict]):
+                 carry_out: Callable[[Effects], None], status: Callable[[], dict],
+                 rates: "RatesStore | None" = None):
         self.core = core
+        self.rates_store = rates
         self.store = store
         self.writer = writer
         self.carry_out = carry_out           # the service's handling of credit control's effects
@@ -65,3 +75,22 @@ class LiveLedger:
 
     def status(self) -> dict:
         return self._status()
+
+    async def read(self, fn: Callable[[LedgerStore], _T]) -> _T:
+        return await asyncio.to_thread(fn, self.store)
+
+    async def rates(self) -> "RatesSnapshot":
+        """Read now, not credit control's copy (it reloads within a poll interval)."""
+        if self.rates_store is None:
+            return self.core.rates
+        return await asyncio.to_thread(self.rates_store.snapshot)
+
+    async def save_rerate(self, events: list[LedgerEvent], run: "RerateRun") -> list[LedgerEvent]:
+        def append(conn) -> list[LedgerEvent]:
+            new = self.store.append_in(conn, events)
+            self.store.put_run_in(conn, run)
+            return new
+        new = await self.writer.txn(append)
+        if new:
+            self.carry_out(self.core.apply_external(new, now_ms()))
+        return new

@@ -244,8 +244,9 @@ class BillingService:
             self.store.create_schema()
             self.writer = Writer(self.store, loop)
             self.app = BillingApplication(
-                LiveLedger(self.core, self.store, self.writer, carry_out=self._carry_out, status=self._status),
-                default_currency=self.config.billing.currency)
+                LiveLedger(self.core, self.store, self.writer, carry_out=self._carry_out, status=self._status,
+                           rates=self.rates),
+                default_currency=self.config.billing.currency, default_plan=self.config.billing.default_plan)
             self._rates_version = self.rates.version()
             self.core.set_rates(self.rates.snapshot())
             self._accounts_version = self.store.version()

@@ -15,6 +15,15 @@ CDR that cannot be rated (``unrated``), and the billing service's own problem
 records (``problem``).  A debit is unique per (cdr_id, leg) by construction;
 ``duplicate_debit`` would show a broken ledger.
 
+After a rerate (billing/rerate.py) a leg's cost is its debit plus its
+``rerate`` corrections: that sum is what is compared with the rated cost.
+
+The ledger's ClickHouse copy (``ledger_events``, billing/ledger/clickhouse.py)
+is checked too: folding the copied events must give every account the
+balance and reservations the SQL ledger folds to, up to the last ``seq`` the
+copy holds (so a copy that lags is not a mismatch; a hole in it is).  A
+mismatch is one ``archive_balance`` difference per account.
+
 A call answered *before its account existed* was nobody's to pay: credit
 control bills only accounts it knows when the CDR comes.  Such a leg without
 a debit is not a missing debit; it is listed apart (``skipped``, kind
@@ -29,13 +38,20 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 
+from msgspec.structs import replace
+
 from billing.money import ZERO, money_text
 from billing.rating.model import RatesSnapshot, RatingError, number_from_uri, rate_call
 from proxy.contract.ledger import LedgerEvent
 
 from .accounts import AccountInfo
+from .clickhouse import LedgerQueries
+from .fold import CHARGE_KINDS, Fold
 
-__all__ = ["Difference", "AccountPeriod", "CheckResult", "reconcile", "cdr_legs", "run_check"]
+_EVENT_FIELDS = set(LedgerEvent.__struct_fields__)
+
+__all__ = ["Difference", "AccountPeriod", "CheckResult", "reconcile", "cdr_legs", "run_check",
+           "archive_differences"]
 
 
 @dataclass
@@ -107,7 +123,11 @@ def reconcile(legs: Iterable[dict], debits: Iterable[LedgerEvent], accounts: dic
         return periods[key]
 
     debited: dict[tuple[str, int], LedgerEvent] = {}
+    corrections: list[LedgerEvent] = []
     for debit in debits:
+        if debit.kind == "rerate":
+            corrections.append(debit)
+            continue
         key = (debit.cdr_id, debit.leg)
         b = bucket(debit.account, debit.answer_ms)
         b.debits += 1
@@ -117,6 +137,11 @@ def reconcile(legs: Iterable[dict], debits: Iterable[LedgerEvent], accounts: dic
                                                  debited=money_text(debit.amount)))
         else:
             debited[key] = debit
+    for c in corrections:                    # a rerate's correction: part of its leg's cost
+        booked = debited.get((c.cdr_id, c.leg))
+        if booked is not None:
+            debited[(c.cdr_id, c.leg)] = replace(booked, amount=booked.amount + c.amount)
+            bucket(c.account, booked.answer_ms).debited += c.amount
     rated: set[tuple[str, int]] = set()
     for leg in legs:
         info = accounts.get(leg["account"])
@@ -188,8 +213,51 @@ def run_check(backend, store, rates_store, *, from_ms: int | None, to_ms: int | 
     ledger and accounts from ``store`` (SQLite), plans from ``rates_store``."""
     accounts = {a.id: a for a in store.list_accounts() if account is None or a.id == account}
     legs = cdr_legs(backend, from_ms=from_ms, to_ms=to_ms, accounts=sorted(accounts))
-    debits = [e for e in store.events(kinds=["debit"], from_ms=from_ms, to_ms=to_ms, time_field="answer_ms",
+    debits = [e for e in store.events(kinds=CHARGE_KINDS, from_ms=from_ms, to_ms=to_ms, time_field="answer_ms",
                                       account=account) if e.account in accounts]
     problems = store.problems(account=account, from_ms=from_ms, to_ms=to_ms)
-    return reconcile(legs, debits, accounts, rates_store.snapshot(), default_plan=default_plan,
-                     problems=problems, from_ms=from_ms, to_ms=to_ms)
+    result = reconcile(legs, debits, accounts, rates_store.snapshot(), default_plan=default_plan,
+                       problems=problems, from_ms=from_ms, to_ms=to_ms)
+    result.differences += archive_differences(LedgerQueries(backend), store, account=account)
+    return result
+
+
+def _copied(rows: list[dict]) -> list[LedgerEvent]:
+    return [LedgerEvent(**{k: v for k, v in row.items() if k in _EVENT_FIELDS}) for row in rows]
+
+
+def archive_differences(queries: "LedgerQueries", store, *, account: str | None = None,
+                        chunk: int = 20_000) -> list[Difference]:
+    """Fold the ClickHouse copy and the SQL ledger up to the copy's last ``seq``;
+    one ``archive_balance`` difference per account whose balance or reservations differ."""
+    high = queries.max_seq()
+    if high <= 0:
+        return []
+    copy, ledger = Fold(), Fold()
+    after = 0
+    while True:
+        rows = queries.events(account=account, after_seq=after, limit=chunk)
+        for event in _copied(rows):
+            copy.apply(event)
+        if len(rows) < chunk:
+            break
+        after = int(rows[-1]["seq"])
+    after = 0
+    while after < high:
+        page = store.events(account=account, after_seq=after, limit=chunk)
+        for event in page:
+            if event.seq <= high:
+                ledger.apply(event)
+        if len(page) < chunk:
+            break
+        after = page[-1].seq
+    out = []
+    for name in sorted(set(copy.books) | set(ledger.books)):
+        a, b = ledger.book(name), copy.book(name)
+        if (a.balance, a.reserved) != (b.balance, b.reserved):
+            out.append(Difference(
+                "archive_balance", name, rated=money_text(a.balance), debited=money_text(b.balance),
+                detail=f"up to seq {high}: the ledger folds to balance {money_text(a.balance)} reserved "
+                       f"{money_text(a.reserved)}, its ClickHouse copy to balance {money_text(b.balance)} "
+                       f"reserved {money_text(b.reserved)} ({a.events} vs {b.events} events)"))
+    return out

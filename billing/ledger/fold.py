@@ -23,16 +23,18 @@ from decimal import Decimal
 from billing.money import ZERO
 from proxy.contract.ledger import LedgerEvent
 
-__all__ = ["MONEY_KINDS", "balance_delta", "reserved_delta", "Book", "CallReservation", "Fold", "fold"]
+__all__ = ["MONEY_KINDS", "CHARGE_KINDS", "balance_delta", "reserved_delta", "Book", "CallReservation", "Fold", "fold"]
 
 MONEY_KINDS = ("topup", "adjustment", "refund")       # booked by an operator; the rest by calls
+# what a call costs: its debit, then each rerun's signed correction (billing/rerate.py)
+CHARGE_KINDS = ("debit", "rerate")
 
 
 def balance_delta(event: LedgerEvent) -> Decimal:
     kind = event.kind
     if kind in MONEY_KINDS:
         return event.amount
-    if kind == "debit":
+    if kind in CHARGE_KINDS:
         return -event.amount
     return ZERO
 
@@ -62,7 +64,7 @@ class Book:
         self.last_seq = max(self.last_seq, event.seq)
         if event.kind == "topup":
             self.topups += event.amount
-        elif event.kind == "debit":
+        elif event.kind in CHARGE_KINDS:
             self.debits += event.amount
 
 

@@ -16,6 +16,9 @@ by folding ``ledger_event`` at start.  Amounts are decimal *text* (exact).
   once the broker acknowledged them.
 * ``billing_problem``: CDRs that could not be debited, calls released without
   a CDR (``ledger check`` lists them).
+* ``rerate_run``: one row per rerate run (billing/rerate.py): who, when, the
+  period and filters, calls seen / changed, totals and per-account deltas
+  (JSON); written in the transaction that appends its corrections.
 * ``billing_account``: prepaid / postpaid accounts; changes bump
   ``billing_change_log`` so a running service notices edits made elsewhere.
 
@@ -31,6 +34,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 from sqlalchemy import (
@@ -43,6 +47,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     delete,
     event,
     func,
@@ -61,6 +66,9 @@ from proxy.infra.sqldb import SqlStore, change_log_table
 
 from .accounts import AccountInfo
 from .events import Problem
+
+if TYPE_CHECKING:
+    from billing.rerate import RerateRun
 
 __all__ = ["LedgerStore", "ServiceLock", "ServiceRunning", "metadata"]
 
@@ -136,9 +144,28 @@ publish_table = Table(
     Column("seq", BigInteger, nullable=False),            # the last event the broker has
 )
 
+rerate_run_table = Table(
+    "rerate_run", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("who", String(255), nullable=False),
+    Column("from_ms", BigInteger, nullable=False),
+    Column("to_ms", BigInteger, nullable=False),
+    Column("account", String(255), nullable=False),
+    Column("plan", String(64), nullable=False),
+    Column("calls", BigInteger, nullable=False),
+    Column("changed", BigInteger, nullable=False),
+    Column("unrated", BigInteger, nullable=False),
+    Column("total_before", String(48), nullable=False),     # decimal text: exact
+    Column("total_after", String(48), nullable=False),
+    Column("accounts", Text, nullable=False),               # per-account deltas, JSON
+    Index("ix_rerate_run_created", "created_ms"),
+)
+
 billing_change_log = change_log_table(metadata, "billing_change_log")
 
 _EVENT_FIELDS = LedgerEvent.__struct_fields__
+assert {c.name for c in event_table.columns} == set(_EVENT_FIELDS), "ledger_event columns = LedgerEvent fields"
 
 
 def _event_row(ev: LedgerEvent) -> dict:
@@ -148,9 +175,9 @@ def _event_row(ev: LedgerEvent) -> dict:
 
 
 def _event(row) -> LedgerEvent:
-    values = {name: getattr(row, name) for name in _EVENT_FIELDS}
-    values["amount"] = Decimal(row.amount)
-    values["final"] = bool(row.final)
+    values = row._asdict()                 # the table's columns are the event's fields (one dict, no getattr each)
+    values["amount"] = Decimal(values["amount"])
+    values["final"] = bool(values["final"])
     return LedgerEvent(**values)
 
 
@@ -334,6 +361,46 @@ class LedgerStore(SqlStore):
             return [Problem(id=r.id, ts_ms=r.ts_ms, account=r.account, reason=r.reason,
                             call_id=r.call_id, cdr_id=r.cdr_id, leg=r.leg) for r in conn.execute(query)]
 
+    def leg_events(self, cdr_ids: Iterable[str], kinds: Iterable[str]) -> list[LedgerEvent]:
+        """The events of those kinds naming those CDRs, in ledger order."""
+        t = event_table
+        ids, kinds = sorted(set(cdr_ids)), list(kinds)
+        out: list[LedgerEvent] = []
+        with self._read() as conn:
+            for start in range(0, len(ids), 500):
+                out += [_event(r) for r in conn.execute(
+                    select(t).where(t.c.cdr_id.in_(ids[start:start + 500])).where(t.c.kind.in_(kinds)))]
+        return sorted(out, key=lambda e: e.seq)
+
+    # -- rerate runs ------------------------------------------------------------------------
+    def put_run_in(self, conn: Connection, run: "RerateRun") -> None:
+        conn.execute(insert(rerate_run_table).values(
+            id=run.id, created_ms=run.created_ms, who=run.who[:255], from_ms=run.from_ms, to_ms=run.to_ms,
+            account=run.account, plan=run.plan, calls=run.calls, changed=run.changed, unrated=run.unrated,
+            total_before=money_text(run.total_before), total_after=money_text(run.total_after),
+            accounts=run.accounts_json()))
+
+    def runs(self, *, limit: int = 100, before_ms: int | None = None) -> list["RerateRun"]:
+        """Rerate runs, newest first."""
+        t = rerate_run_table
+        query = select(t).order_by(t.c.created_ms.desc(), t.c.id).limit(limit)
+        if before_ms is not None:
+            query = query.where(t.c.created_ms < before_ms)
+        with self._read() as conn:
+            return [_run(r) for r in conn.execute(query)]
+
+    def run_events(self, run_id: str, *, limit: int = 1000) -> list[LedgerEvent]:
+        """The corrections a rerate run booked (``key`` = its id), in ledger order."""
+        t = event_table
+        with self._read() as conn:
+            return [_event(r) for r in conn.execute(select(t).where(t.c.kind == "rerate").where(t.c.key == run_id)
+                                                    .order_by(t.c.seq).limit(limit))]
+
+    def get_run(self, run_id: str) -> "RerateRun | None":
+        with self._read() as conn:
+            row = conn.execute(select(rerate_run_table).where(rerate_run_table.c.id == run_id)).first()
+        return None if row is None else _run(row)
+
     # -- publishing -------------------------------------------------------------------------
     def published_seq(self, topic: str) -> int:
         with self._read() as conn:
@@ -365,6 +432,14 @@ class LedgerStore(SqlStore):
     def outbox_size(self) -> int:
         with self._read() as conn:
             return int(conn.execute(select(func.count()).select_from(outbox_table)).scalar() or 0)
+
+
+def _run(row) -> "RerateRun":
+    from billing.rerate import RerateRun  # billing/rerate.py imports this package
+    return RerateRun(id=row.id, who=row.who, created_ms=row.created_ms, from_ms=row.from_ms, to_ms=row.to_ms,
+                     account=row.account, plan=row.plan, calls=row.calls, changed=row.changed,
+                     unrated=row.unrated, total_before=Decimal(row.total_before),
+                     total_after=Decimal(row.total_after), accounts=RerateRun.accounts_from_json(row.accounts))
 
 
 def _has_events(conn: Connection, account: str) -> bool:

@@ -27,11 +27,12 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from billing.ledger.fold import CHARGE_KINDS
 from billing.money import MONEY_DECIMALS, ZERO, report_text
 
 from .sources import Progress, Source, load_events, no_progress
 
-__all__ = ["REPORTS", "SCHEMAS", "MONEY", "MINUTES", "Report", "build_report"]
+__all__ = ["REPORTS", "SCHEMAS", "MONEY", "MINUTES", "Report", "build_report", "rerate_report"]
 
 MONEY = pa.decimal128(18, MONEY_DECIMALS)
 MINUTES = pa.decimal128(18, 3)
@@ -46,8 +47,12 @@ SCHEMAS: dict[str, pa.Schema] = {
     "gateways": pa.schema([("gateway", pa.string()), *_SUMMARY]),
     "invoice": pa.schema([("section", pa.string()), ("description", pa.string()), ("calls", pa.int64()),
                           ("billed_s", pa.int64()), ("debit", MONEY), ("credit", MONEY), ("balance", MONEY)]),
+    # a rerate run's per-account deltas (billing/rerate.py; ``sipledger rerate show RUN --format``)
+    "rerate": pa.schema([("account", pa.string()), ("currency", pa.string()), ("calls", pa.int64()),
+                         ("changed", pa.int64()), ("unrated", pa.int64()), ("before", MONEY), ("after", MONEY),
+                         ("delta", MONEY)]),
 }
-REPORTS = tuple(SCHEMAS)
+REPORTS = ("statement", "destinations", "gateways", "invoice")      # of the ledger, by period
 
 
 def _iso(ms: int) -> str:
@@ -86,6 +91,8 @@ def _describe(e: dict) -> str:
     if kind == "debit":
         rate = e.get("rate_name") or e.get("prefix") or "*"
         return f"call to {e.get('number', '')} ({rate}), {e.get('billed_s', 0)} s billed"
+    if kind == "rerate":
+        return f"rerate of the call to {e.get('number', '')}" + (f": {e['note']}" if e.get("note") else "")
     if kind == "topup":
         return "top-up" + (f": {e['note']}" if e.get("note") else "")
     return f"{kind}" + (f": {e['note']}" if e.get("note") else "")
@@ -94,6 +101,8 @@ def _describe(e: dict) -> str:
 def _reference(e: dict) -> str:
     if e["kind"] == "debit":
         return f"{e.get('cdr_id', '')}/{e.get('leg', '')}"
+    if e["kind"] == "rerate":
+        return f"{e.get('cdr_id', '')}/{e.get('leg', '')} run {e.get('key', '')}"
     return e.get("key", "")
 
 
@@ -123,16 +132,17 @@ def statement(source: Source, account: str, from_ms: int | None, to_ms: int | No
 
 def _summary(source: Source, account: str | None, from_ms, to_ms, keys: list[str], progress) -> list[dict]:
     debits = load_events(source, account=account, from_ms=from_ms, to_ms=to_ms, time_field="answer_ms",
-                         kinds=["debit"], progress=progress)
+                         kinds=list(CHARGE_KINDS), progress=progress)
     groups: dict[tuple, dict] = {}
     for e in debits:
         key = tuple(e.get(k, "") or "" for k in keys) + (e["currency"],)
         g = groups.get(key)
         if g is None:
             g = groups[key] = {"calls": 0, "duration_ms": 0, "billed_s": 0, "cost": ZERO}
-        g["calls"] += 1
-        g["duration_ms"] += int(e["duration_ms"])
-        g["billed_s"] += int(e["billed_s"])
+        if e["kind"] == "debit":             # a rerate correction adds to its call's cost, not a call
+            g["calls"] += 1
+            g["duration_ms"] += int(e["duration_ms"])
+            g["billed_s"] += int(e["billed_s"])
         g["cost"] += e["amount"]
     rows = []
     for key, g in sorted(groups.items(), key=lambda kv: (-kv[1]["cost"], kv[0])):
@@ -236,3 +246,14 @@ def _need(account: str | None) -> str:
     if not account:
         raise ValueError("this report needs an account")
     return account
+
+
+def rerate_report(run: dict) -> Report:
+    """A rerate run's record (``RerateRun.to_dict()``) as a report: one row per account."""
+    rows = [{k: a[k] for k in SCHEMAS["rerate"].names} for a in run["accounts"]]
+    for row in rows:
+        for money in ("before", "after", "delta"):
+            row[money] = Decimal(row[money])
+    meta = {k: str(run[k]) for k in ("id", "who", "created_ms", "from_ms", "to_ms", "account", "plan", "calls",
+                                     "changed", "unrated", "total_before", "total_after", "delta")}
+    return _report("rerate", rows, meta)

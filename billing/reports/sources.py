@@ -18,7 +18,7 @@ from proxy.contract.ledger import LedgerEvent
 __all__ = ["Source", "SqliteSource", "ClickHouseSource", "load_events", "BALANCE_KINDS", "CHUNK", "Progress",
            "no_progress"]
 
-BALANCE_KINDS = ("topup", "adjustment", "refund", "debit")      # what moves a balance (reports list these)
+BALANCE_KINDS = ("topup", "adjustment", "refund", "debit", "rerate")      # what moves a balance (reports list these)
 CHUNK = 20_000
 Progress = Callable[[int, int | None], None]       # (rows done, rows total or None)
 

@@ -28,6 +28,8 @@ refund       > 0                balance += amount (money given back)
 debit        >= 0               balance -= amount (a rated CDR leg)
 reservation  >= 0               reserved += amount (credit held by a live call)
 release      >= 0               reserved -= amount (a call's hold given back)
+rerate       != 0 (signed)      balance -= amount (a rerun's correction of a
+                                debited CDR leg: new cost - cost so far)
 ============ ================== ===========================================
 
 Every event ``id`` is a UUIDv5 of its cause (the CDR leg, the idempotency key,
@@ -43,7 +45,7 @@ import msgspec
 __all__ = ["Kind", "KINDS", "LEDGER_SCHEMA_VERSION", "LedgerEvent", "encode_event", "decode_event",
            "Notification", "encode_notification", "decode_notification"]
 
-Kind = Literal["topup", "adjustment", "refund", "debit", "reservation", "release"]
+Kind = Literal["topup", "adjustment", "refund", "debit", "reservation", "release", "rerate"]
 KINDS: tuple[str, ...] = get_args(Kind)
 LEDGER_SCHEMA_VERSION = 1
 
@@ -62,7 +64,7 @@ class LedgerEvent(msgspec.Struct, frozen=True, kw_only=True):
     call_id: str = ""
     cdr_id: str = ""
     leg: int = -1
-    key: str = ""                   # idempotency key (topup / adjustment / refund)
+    key: str = ""                   # idempotency key (topup / adjustment / refund); rerate: the run id
     step: int = 0                   # reservation / release: the call's step number
     final: bool = False             # release: the call's last one (its CDR was debited)
     paid_ms: int = 0                # reservation / release: call time paid for after this event (from answer)

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.integration
 
 GHOST = "ghost@c.test"           # no such account anywhere
 FORBIDDEN = {"detail": f"this token may only read account {ALICE}"}
-SAMPLE = {"cdr_id": str(uuid.uuid4()), "call_id": "no-such-call@x", "account": ALICE, "report": "gateways", "plan": "retail", "rate_id": "1"}
+SAMPLE = {"cdr_id": str(uuid.uuid4()), "call_id": "no-such-call@x", "account": ALICE, "report": "gateways", "plan": "retail", "rate_id": "1",
+          "run_id": str(uuid.uuid4())}
 # what an account token may call (on its own account); every other /v1 route is admin only
 ACCOUNT_READS = {("GET", p) for p in (
     "/v1/cdrs", "/v1/cdrs/{cdr_id}", "/v1/calls", "/v1/calls/{call_id}", "/v1/stats", "/v1/quality", "/v1/accounts",

@@ -7,7 +7,8 @@ from tests.harness.api import v1_routes
 
 pytestmark = pytest.mark.integration
 
-FILES = {"/v1/accounts/{account}/reports/{report}", "/v1/reports/{report}", "/v1/rate-plans/{plan}/export"}
+FILES = {"/v1/accounts/{account}/reports/{report}", "/v1/reports/{report}", "/v1/rate-plans/{plan}/export",
+         "/v1/rerate/{run_id}/export"}
 
 
 def test_openapi_docs(cdr_api):

@@ -278,3 +278,42 @@ def test_broker_restart_loses_nothing(tmp_path, fresh_broker):
         assert svc.stop() == 0
     finally:
         svc.kill()
+
+
+RERATE_T0 = 1_772_445_600_000          # 2026-03-02T10:00:00Z: the rerated calls' answers, fixed
+
+
+def test_rerate_through_the_running_service(setup):
+    """`rerate` while the service holds the ledger: the command runs in the service (RPC),
+    its corrections reach the live balances at once, a repeat changes nothing, and
+    rerating with the old rates back restores the balance exactly."""
+    setup.client.money(ALICE, "topup", "50", "rerate-pay")
+    svc = setup.start()
+    calls = [(f"rr-{i}-{uuid.uuid4().hex[:6]}", RERATE_T0 + i * 60_000, RERATE_T0 + i * 60_000 + 30_000 + i * 7_500)
+             for i in range(4)]
+    legs = [cdr_leg(cid, ALICE, NUMBER, a, e) for cid, a, e in calls]
+    asyncio.run(produce(setup.kafka, setup.topics.cdr, [(leg.cdr_id.encode(), encode_cdr(leg)) for leg in legs]))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with ledger(setup.data) as store:
+            if len(store.events(kinds=["debit"])) >= len(legs):
+                break
+        time.sleep(0.2)
+    original = D(setup.client.balance(ALICE)["balance"])
+    assert original == D("50") - sum((rate_call(setup.plan, NUMBER, a, e - a).total for _, a, e in calls), D(0))
+    period = (RERATE_T0, RERATE_T0 + 3600_000)
+
+    provision_plan(setup.data, ALICE, simple_plan("1.20"))                  # rates changed: double
+    assert setup.client.service_running()
+    run = setup.client.rerate(*period, who="test")                          # through the service's RPC
+    assert (run["calls"], run["changed"]) == (4, 4) and D(run["delta"]) == D("50") - original
+    live = setup.client.balance(ALICE)
+    assert live["live"] and D(live["balance"]) == original - (D("50") - original)
+    assert setup.client.rerate(*period)["changed"] == 0                     # the same rerate: no change
+    provision_plan(setup.data, ALICE, simple_plan("0.60"))
+    assert setup.client.rerate(*period)["changed"] == 4
+    assert D(setup.client.balance(ALICE)["balance"]) == original            # exactly
+    assert svc.stop() == 0
+    with ledger(setup.data) as store:
+        assert fold(store.iter_events()).books[ALICE].balance == original
+        assert len(store.events(kinds=["rerate"])) == 8 and len(store.runs()) == 3

@@ -199,6 +199,55 @@ def test_a_call_crossing_a_validity_boundary_is_split():
     assert charge.total == D("0.9000")
 
 
+def test_a_new_tariff_version_inside_a_call_prices_each_segment():
+    """A plan's next version is its rates valid from a date (rates import with valid_from /
+    valid_to).  A call across the change: 60/60 increments, 23:59:00 + 150 s.
+
+    By hand: old version (0.10/min, fee 0.05, half_up 4 dp) from 23:59:00: one 60 s
+    increment = 0.1000; new version (0.25/min, fee 0.30) from 00:00:00: 90 s left, two
+    60 s increments = 120 s = 0.5000.  Connect fee and rounding are the opening
+    rate's: 0.05 + 0.1000 + 0.5000 = 0.6500."""
+    change = datetime(2026, 1, 1, tzinfo=UTC)
+    p = plan(rate("49", "0.10", name="v1", connect_fee=D("0.05"), valid_to=change),
+             rate("49", "0.25", name="v2", connect_fee=D("0.30"), valid_from=change))
+    charge = rate_call(p, "4930", at("2025-12-31T23:59:00"), 150_000)
+    assert [(x.name, x.start_ms, x.usage_ms, x.billed_seconds, x.cost) for x in charge.parts] == [
+        ("v1", at("2025-12-31T23:59:00"), 60_000, 60, D("0.1000")),
+        ("v2", at("2026-01-01T00:00:00"), 90_000, 120, D("0.5000"))]
+    assert (charge.connect_fee, charge.total, charge.name) == (D("0.05"), D("0.6500"), "v1")
+
+
+def test_an_increment_straddling_a_validity_change_is_billed_whole_at_its_start_rate():
+    """60/60 increments, answered 23:59:30, 100 s: the first increment (23:59:30-00:00:30)
+    starts under v1 and is billed whole at 0.60/min = 0.6000; v2 (1.20/min) takes over
+    where it ends: 40 s left -> one 60 s increment = 1.2000.  Total 1.8000 -- never more
+    increments than the same call without the change (2)."""
+    change = datetime(2026, 1, 1, tzinfo=UTC)
+    p = plan(rate("49", "0.60", name="v1", valid_to=change), rate("49", "1.20", name="v2", valid_from=change))
+    charge = rate_call(p, "491", at("2025-12-31T23:59:30"), 100_000)
+    assert [(x.name, x.usage_ms, x.billed_seconds, x.cost) for x in charge.parts] == [
+        ("v1", 60_000, 60, D("0.6000")), ("v2", 40_000, 60, D("1.2000"))]
+    assert charge.total == D("1.8000")
+
+
+def test_validity_changes_of_other_prefixes_split_a_call_too():
+    """A longer prefix that starts (or stops) being valid mid-call takes over (or hands back
+    to the shorter prefix) at that instant: 1/1 increments, 0.60 -> 0.30 -> 0.60 per min.
+
+    By hand: 30 s at 49 (0.60) = 0.3000, 60 s at 4930 promo (0.30) = 0.3000, 30 s at 49 = 0.3000."""
+    start = at("2026-02-01T11:59:30")
+    promo = rate("4930", "0.30", name="promo", first_increment=1, next_increment=1,
+                 valid_from=datetime(2026, 2, 1, 12, 0, tzinfo=UTC), valid_to=datetime(2026, 2, 1, 12, 1, tzinfo=UTC))
+    p = plan(rate("49", "0.60", name="de", first_increment=1, next_increment=1), promo)
+    charge = rate_call(p, "4930123", start, 120_000)
+    assert [(x.name, x.billed_seconds, x.cost) for x in charge.parts] == [
+        ("de", 30, D("0.3000")), ("promo", 60, D("0.3000")), ("de", 30, D("0.3000"))]
+    assert charge.total == D("0.9000")
+    # max_duration walks the same segments: 0.75 pays 30 s + 60 s (0.60) + 15 s more at 0.60/min
+    assert max_duration(p, "4930123", start, D("0.75")) == 105
+    assert max_duration(p, "4930123", start, D("0.7499")) == 104
+
+
 def test_gap_mid_call_is_an_error_for_rating_and_a_stop_for_max_duration():
     end = datetime(2025, 1, 6, 12, 1, tzinfo=UTC)
     p = plan(rate("49", "0.6", first_increment=1, next_increment=1, valid_to=end, decimals=2))
