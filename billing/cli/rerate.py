@@ -19,7 +19,7 @@ from rich.table import Table
 
 from billing.ledger.events import event_dict
 from billing.money import money_text
-from billing.reports.export import FORMATS
+from billing.reports import FORMATS
 
 from .common import check_limit, client, console, fail, invoke, ledger_store, period, time_text, usage
 

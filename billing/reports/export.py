@@ -32,12 +32,12 @@ import pyarrow as pa
 
 from billing.money import REPORT_FORMATS, money_text, report_places, report_text
 
+from . import FORMATS
 from .build import MONEY, SCHEMAS, Report
 from .sources import CHUNK, Progress, no_progress
 
 __all__ = ["FORMATS", "CONTENT_TYPES", "EXCEL_DIGITS", "write_report", "report_bytes", "read_export"]
 
-FORMATS = ("csv", "parquet", "xlsx")
 CONTENT_TYPES = {
     "csv": "text/csv; charset=utf-8",
     "parquet": "application/vnd.apache.parquet",
