@@ -223,9 +223,8 @@ def list_dialplan(store: RoutingStore, dpid: int | None = None) -> list[Dialplan
 
 
 def get_dialplan_rule(store: RoutingStore, rule_id: int, dpid: int | None = None) -> DialplanRule:
-    return _one((r for r in store.list_dialplan(dpid) if r.id == rule_id),
-                f"dialplan rule #{rule_id} does not exist" if dpid is None
-                else f"dialplan {dpid} has no rule #{rule_id}")
+    """``dpid``: the rule must belong to that dialplan (another's is missing from its view)."""
+    return _one((r for r in store.list_dialplan(dpid) if r.id == rule_id), f"dialplan rule #{rule_id} does not exist")
 
 
 def test_dialplan(store: RoutingStore, dpid: int, number: str) -> tuple[str, DialplanRule]:
