@@ -228,6 +228,8 @@ def test_bounds_and_paging(env):
     assert c("POST", "/v1/domains", json={"domain": "x" * 300}).status_code == 422
     assert c("POST", "/v1/domains", json={"domain": "a.test", "extra": 1}).status_code == 422     # misspelt key
     assert c("GET", "/v1/domains", params={"limit": 1001}).status_code == 422
+    assert c("GET", "/v1/domains", params={"offset": -1}).status_code == 422
+    assert c("GET", "/v1/users/" + "a" * 400).status_code == 422
     for name in ("p1.test", "p2.test", "p3.test"):
         ok(c("POST", "/v1/domains", json={"domain": name}), 201)
     every = ok(c("GET", "/v1/domains"))["items"]
