@@ -14,6 +14,7 @@ next poll (about a second) whoever made the change.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from proxy.infra import clock
@@ -147,8 +148,7 @@ def add_route(store: RoutingStore, prefix: str, gateways: GatewayList, groups: s
               priority: int = 0, weights: Weights = None, time_window: str | None = None,
               weekdays: str | None = None, tz: str = "UTC", attrs: str = "") -> RouteRule:
     rule = _route(prefix, gateways, groups, priority, weights, time_window, weekdays, tz, attrs)
-    rule_id = store.add_rule(rule)
-    return _route(prefix, gateways, groups, priority, weights, time_window, weekdays, tz, attrs, rule_id)
+    return replace(rule, id=store.add_rule(rule))
 
 
 def update_route(store: RoutingStore, rule_id: int, prefix: str, gateways: GatewayList,
@@ -199,8 +199,7 @@ def test_route(store: RoutingStore, number: str, group: str = DEFAULT_GROUP, at:
 def add_dialplan_rule(store: RoutingStore, dpid: int, match: str, subst: str | None = None,
                       repl: str | None = None, priority: int = 0, attrs: str = "") -> DialplanRule:
     rule = DialplanRule(dpid, match, subst or None, repl, priority, attrs)
-    rule_id = store.add_dialplan_rule(rule)
-    return DialplanRule(dpid, match, subst or None, repl, priority, attrs, rule_id)
+    return replace(rule, id=store.add_dialplan_rule(rule))
 
 
 def update_dialplan_rule(store: RoutingStore, rule_id: int, dpid: int, match: str, subst: str | None = None,
