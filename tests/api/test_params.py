@@ -15,7 +15,7 @@ CONCRETE = {"/v1/cdrs": "/v1/cdrs", "/v1/stats": "/v1/stats", "/v1/quality": "/v
             "/v1/accounts/{account}/reports/{report}": f"/v1/accounts/{ALICE}/reports/statement",
             "/v1/reports/{report}": "/v1/reports/gateways"}
 RANGE_ROUTES = sorted(CONCRETE.values())
-LIMIT_ROUTES = [CONCRETE[p] for p in ("/v1/cdrs", "/v1/fraud", "/v1/accounts/{account}/ledger", "/v1/rerate")]
+LIMIT_ROUTES = [CONCRETE[p] for p in ("/v1/cdrs", "/v1/fraud", "/v1/accounts/{account}/ledger")] + ["/v1/rerate"]
 # the provisioning lists page with limit and offset (api/params.py Paging; tests/api/test_provisioning.py)
 LIMIT_ROUTES += [f"/v1/{r}" for r in ("users", "domains", "aliases", "gateways", "carriers", "routes", "dialplans",
                                       "dialplans/0", "blacklists", "trusted", "groups/members",
