@@ -24,8 +24,8 @@ command -v pidstat >/dev/null 2>&1 || need_apt+=(sysstat)
 command -v ss >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need_apt+=(iptables)   # the NAT tests (tests/nat)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
-command -v sngrep >/dev/null 2>&1 || need_apt+=(sngrep)
-[ -x /usr/lib/postgresql/15/bin/postgres ] || need_apt+=(postgresql)     # the shared stores of the scale-out tests     # decodes the HEP v3 the SIP trace sends (tests/integration/test_trace_hep.py)
+command -v sngrep >/dev/null 2>&1 || need_apt+=(sngrep)     # decodes the HEP v3 the SIP trace sends (tests/integration/test_trace_hep.py)
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need_apt+=(postgresql)     # the shared stores of the scale-out tests
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "==> installing Debian packages: ${need_apt[*]}"
