@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import sipp_dir, uas_factory  # noqa: F401  (SIPp callees, as in tests/e2e)
 from tests.harness.calls import start_sipledger
 from tests.harness.poll import eventually
 

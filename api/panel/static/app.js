@@ -42,7 +42,7 @@ function match(path) {
 
 async function homeView(main) {
   const s = session();
-  location.replace(s.role === ADMIN ? "#/metrics" : `#/accounts/${encodeURIComponent(s.account)}`);
+  location.replace(s.role === ADMIN ? "#/metrics" : "#/cdrs");
 }
 
 function renderFrame(path) {

@@ -75,7 +75,8 @@ export async function accountView(main, { account }, query, gen) {
         }) }, info.status === "blocked" ? "Unblock" : "Block"),
       await planForm(path, info, out, reload)), out) : null,
     section("Statements and invoices", reportsForm(path)),
-    section("Ledger", ledger));
+    section("Ledger", h("button", { type: "button", id: "ledger-refresh", class: "link",
+      onclick: () => showLedger(ledger, path, query.cursor, account) }, "Refresh"), ledger));
   showLedger(ledger, path, query.cursor, account);
 }
 
