@@ -5,7 +5,8 @@
 #                          the date-sensitive tests (marker `clock`) again a year ahead
 # Installs: Debian packages (SIPp, FreeRADIUS and a ClickHouse server for the
 # tests, baresip, sipsak and Kamailio for the interop suite, Kamailio for the speed anchor,
-# rtpengine for the media relay, iptables for the NAT tests), a virtualenv at .venv in this
+# rtpengine for the media relay, iptables for the NAT tests, headless Chromium for the
+# web panel's browser tests), a virtualenv at .venv in this
 # checkout, and the project into it.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -25,6 +26,8 @@ command -v ss >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need_apt+=(iptables)   # the NAT tests (tests/nat)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v sngrep >/dev/null 2>&1 || need_apt+=(sngrep)     # decodes the HEP v3 the SIP trace sends (tests/integration/test_trace_hep.py)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)             # the web panel's browser tests (tests/panel)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)   # ... driven by Selenium
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "==> installing Debian packages: ${need_apt[*]}"

@@ -198,6 +198,7 @@ export function time(ms) {
 
 export function seconds(ms) {
   if (!ms) return "0 s";
+  if (ms < 10000) return `${(ms / 1000).toFixed(1)} s`;
   const s = Math.round(ms / 1000);
   return s < 60 ? `${s} s` : `${Math.floor(s / 60)} min ${s % 60} s`;
 }

@@ -39,9 +39,12 @@ export async function cdrsView(main, _params, query, gen) {
   const next = page.next_cursor
     ? routeLink(`/cdrs?${new URLSearchParams({ ...q, cursor: page.next_cursor })}`, "Next page →", { id: "cdr-next" })
     : null;
+  // on a phone the filters fold away (open when some are set)
+  const wide = window.matchMedia("(min-width: 641px)").matches;
+  const filtered = FILTERS.some((k) => k !== "limit" && query[k]);
   clear(main,
     h("h1", {}, "Calls"),
-    filters,
+    h("details", { class: "fold", open: wide || filtered }, h("summary", {}, "Filters"), filters),
     h("div", { class: "toolbar" },
       h("span", { id: "cdr-totals" }, `${items.length} calls on this page · ${answered.length} answered · `
         + `${seconds(totalMs)} talk time`),
