@@ -32,12 +32,14 @@ from billing.ledger.store import LedgerStore
 from billing.rating.store import RatesStore
 from cdr.store.queries import CdrStore
 from proxy.infra.config import BillingSettings
+from proxy.provisioning.store import ProvisioningStore
+from proxy.routing.store import RoutingStore
 
 from .calls import LiveCalls
 from .sessions import PREFIX as SESSION_PREFIX
 from .tokens import TokenInfo, TokenStore
 
-__all__ = ["CdrStoreDep", "TokenStoreDep", "LedgerStoreDep", "RatesStoreDep", "BillingClientDep",
+__all__ = ["CdrStoreDep", "TokenStoreDep", "ProvisioningStoreDep", "RoutingStoreDep", "LedgerStoreDep", "RatesStoreDep", "BillingClientDep",
            "LedgerQueriesDep", "BillingSettingsDep", "LiveCallsDep", "Principal", "Admin", "require_admin", "may_read",
            "scope_account", "AccountFilter", "AccountPath", "ReadableAccount"]
 
@@ -79,6 +81,14 @@ def get_live_calls(request: Request) -> LiveCalls:
     return _from_state(request, "live_calls", "the live-call list")
 
 
+def get_provisioning_store(request: Request) -> ProvisioningStore:
+    return _from_state(request, "provisioning_store", "the provisioning database")
+
+
+def get_routing_store(request: Request) -> RoutingStore:
+    return _from_state(request, "routing_store", "the provisioning database")
+
+
 def get_billing_settings(request: Request) -> BillingSettings:
     return getattr(request.app.state, "billing_settings", None) or BillingSettings()
 
@@ -91,6 +101,8 @@ BillingClientDep = Annotated[BillingClient, Depends(get_billing_client)]
 LedgerQueriesDep = Annotated[LedgerQueries, Depends(get_ledger_queries)]
 BillingSettingsDep = Annotated[BillingSettings, Depends(get_billing_settings)]
 LiveCallsDep = Annotated[LiveCalls, Depends(get_live_calls)]
+ProvisioningStoreDep = Annotated[ProvisioningStore, Depends(get_provisioning_store)]
+RoutingStoreDep = Annotated[RoutingStore, Depends(get_routing_store)]
 
 
 # -- who asks ----------------------------------------------------------------------------------

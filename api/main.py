@@ -7,9 +7,12 @@ so tests build exactly the app production serves, on stores of their own.
 Errors are JSON ``{"detail": ...}``; see docs/api.md for the statuses.  The
 domain's exceptions are mapped here once, so routes just call the stores:
 ``LedgerError`` carries its status, ``RatingError`` reads as 404 / 409 / 422,
-a store that cannot answer is 503.
+the provisioning service's ``ProvisioningError`` (and ``TokenRefused``) as
+400 / 404 / 409 (``refusal_status``), a store that cannot answer is 503.
 """
 from __future__ import annotations
+
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -18,12 +21,13 @@ from billing.errors import LedgerError
 from billing.rating.csvfile import CsvImportError
 from billing.rating.model import RatingError
 from proxy.infra.clickhouse.backend import BackendError
+from proxy.provisioning.models import ProvisioningError
 
 from .panel import mount_panel
 from .routes import api_router, health, metrics, session
 from .sessions import Sessions
 from .state import AppState
-from .tokens import TokenError
+from .tokens import TokenError, TokenRefused
 
 __all__ = ["create_app"]
 
@@ -35,6 +39,34 @@ def rating_status(message: str) -> int:
     if "already exists" in message or "assigned to" in message or "changed while" in message:
         return 409
     return 422
+
+
+# The provisioning service words its refusals for the operator (the CLI prints
+# them as they are) and knows nothing of HTTP; the status follows from the words.
+# 404: the thing the request names is missing -- not a thing it refers to
+# ("route: gateway gw9 does not exist; add it with ..." is a 400).
+_MISSING = re.compile(
+    r"^(?:(?:user|domain|alias|gateway|carrier|route|dialplan rule|media destination) \S+ does not exist"
+    r"|.+ is not in (?:blacklist|group) \S+|\S+ \(\w+\) is not trusted|\S+ has no forwarding set"
+    r"|prefix .+ requires no group|no token with id .+"
+    r"|no route for .+|no rule of dialplan .+)$")
+_CONFLICT = re.compile(r"already exists|is already |is used by |still has |is a forwarding target|"
+                       r"cannot shadow|is an alias; delete|^conflicting change")
+
+
+def refusal_status(message: str) -> int:
+    """400 / 404 / 409 for a provisioning refusal (docs/api.md "Provisioning");
+    503 when the store itself failed (``SqlStore``: "provisioning database ...")."""
+    if message.startswith("provisioning database "):
+        return 503
+    if _MISSING.match(message):
+        return 404
+    return 409 if _CONFLICT.search(message) else 400
+
+
+async def _provisioning_refused(request: Request, exc: Exception) -> JSONResponse:
+    message = str(exc)
+    return JSONResponse({"detail": message}, status_code=refusal_status(message))
 
 
 async def _store_down(request: Request, exc: Exception) -> JSONResponse:
@@ -67,6 +99,8 @@ def create_app(state: AppState, *, title: str = "sipledger") -> FastAPI:
     app.add_exception_handler(TokenError, _tokens_down)
     app.add_exception_handler(LedgerError, _ledger_refused)
     app.add_exception_handler(RatingError, _rating_refused)
+    app.add_exception_handler(ProvisioningError, _provisioning_refused)
+    app.add_exception_handler(TokenRefused, _provisioning_refused)
     app.include_router(health.router)
     app.include_router(metrics.scrape_router)
     app.include_router(api_router)

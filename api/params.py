@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, BeforeValidator, WithJsonSchema
 
 from .deps import Principal
 
 __all__ = ["MAX_MS", "invalid", "parse_instant", "TimeRange", "Range", "ReportPeriod", "Limit",
-           "Month", "Ip", "Caller", "Callee", "Gateway", "known_params"]
+           "Month", "Ip", "Caller", "Callee", "Gateway", "known_params", "Offset", "Paging", "PageParams",
+           "AddressPath", "NamePath"]
 
 MAX_MS = (2**32 - 1) * 1000      # what a ClickHouse DateTime can hold (2106-02-07)
 DAY_MS = 86_400_000
@@ -123,6 +125,30 @@ def report_period(
 ReportPeriod = Annotated[TimeRange, Depends(report_period)]
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size, 1..1000")]
+Offset = Annotated[int, Query(ge=0, le=1_000_000, description="items skipped, 0..1000000")]
+
+
+@dataclass(frozen=True)
+class Paging:
+    """``limit`` / ``offset`` of the provisioning lists (their tables are small: sliced here)."""
+    limit: int = 100
+    offset: int = 0
+
+    def page(self, items: list[Any], convert: Callable[[Any], Any] = lambda item: item) -> dict[str, Any]:
+        """The page of ``items`` (only its items ``convert``-ed) and the paging figures."""
+        return {"items": [convert(item) for item in items[self.offset:self.offset + self.limit]],
+                "total": len(items), "limit": self.limit, "offset": self.offset}
+
+
+def paging(limit: Limit = 100, offset: Offset = 0) -> Paging:
+    return Paging(limit, offset)
+
+
+PageParams = Annotated[Paging, Depends(paging)]
+
+# path parameters of the provisioning routes (the service checks the syntax; these bound the size)
+AddressPath = Annotated[str, Path(min_length=3, max_length=330, description="user@domain")]
+NamePath = Annotated[str, Path(min_length=1, max_length=64)]
 
 
 # -- CDR filters (/v1/cdrs and /v1/stats) ---------------------------------------------------------

@@ -10,15 +10,16 @@ gateway's probe state as the running proxy workers see it
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 from cdr.store.queries import CdrFilter, CdrStore
-from proxy.routing.drouting import ProbeMode
+from proxy.routing.drouting import Gateway, ProbeMode
 from proxy.routing.store import RoutingStore
 from proxy.runtime.loaded import read_loaded
 
-__all__ = ["Bucket", "QualityGroup", "quality", "gateway_states"]
+__all__ = ["Bucket", "QualityGroup", "ProbeState", "quality", "gateway_states", "probe_states"]
 
 Bucket = Literal["5min", "hour", "day"]
 QualityGroup = Literal["gateway", "prefix", "account", "none"]
@@ -38,6 +39,11 @@ def gateway_states(provisioning_url: str | None, run_dir: str | Path | None) -> 
         return {}
     finally:
         store.close()
+    return probe_states(gateways, run_dir)
+
+
+def probe_states(gateways: Iterable[Gateway], run_dir: str | Path | None) -> dict[str, ProbeState]:
+    """These gateways' probe states, from what the running workers published under ``run_dir``."""
     workers = read_loaded(Path(run_dir)) if run_dir else []
     down = {name for state in workers for name in state.get("gateways_down", ())}
     states: dict[str, ProbeState] = {}

@@ -21,7 +21,9 @@ from billing.ledger.store import LedgerStore
 from billing.rating.store import RatesStore
 from cdr.store.queries import CdrStore
 from proxy.infra.config import BillingSettings, Config
+from proxy.provisioning.store import ProvisioningStore
 from proxy.provisioning.store import default_url as provisioning_default_url
+from proxy.routing.store import RoutingStore
 
 from .calls import LiveCalls
 from .tokens import TokenStore
@@ -41,34 +43,40 @@ class AppState:
     live_calls: LiveCalls | None = None            # the proxy workers' live calls, hang-up (api/calls.py)
     provisioning_url: str | None = None            # fraud alerts, gateways (quality's probe state)
     run_dir: str | None = None                     # DATA_DIR/run: the workers' published state
+    provisioning_store: ProvisioningStore | None = None   # users, domains, aliases (/v1/users ...)
+    routing_store: RoutingStore | None = None             # gateways ... forwarding (/v1/gateways ...)
 
     @classmethod
     def open(cls, cdr_store: CdrStore, token_store: TokenStore, config: Config,
              data_dir: str | os.PathLike) -> AppState:
         billing = config.billing
         url = billing.database_url(data_dir)
+        provisioning_url = config.provisioning.url or provisioning_default_url(data_dir)
         ledger_store = LedgerStore(url)
         rates_store = RatesStore(url)
+        provisioning_store = ProvisioningStore(provisioning_url)
+        routing_store = RoutingStore(provisioning_url)
+        opened = (ledger_store, rates_store, provisioning_store, routing_store)
         try:
-            ledger_store.create_schema()
-            rates_store.create_schema()
+            for store in opened:
+                store.create_schema()
         except BaseException:
-            ledger_store.close()
-            rates_store.close()
+            for store in opened:
+                store.close()
             raise
         return cls(cdr_store=cdr_store, token_store=token_store, billing_settings=billing,
                    ledger_store=ledger_store, rates_store=rates_store,
                    billing_client=BillingClient(data_dir, billing),
                    ledger_queries=LedgerQueries(cdr_store.backend),
                    live_calls=LiveCalls(Path(data_dir), config),
-                   provisioning_url=config.provisioning.url or provisioning_default_url(data_dir),
-                   run_dir=str(Path(data_dir) / "run"))
+                   provisioning_url=provisioning_url, run_dir=str(Path(data_dir) / "run"),
+                   provisioning_store=provisioning_store, routing_store=routing_store)
 
     def install(self, app) -> None:
         for f in fields(self):
             setattr(app.state, f.name, getattr(self, f.name))
 
     def close(self) -> None:
-        for store in (self.ledger_store, self.rates_store):
+        for store in (self.ledger_store, self.rates_store, self.provisioning_store, self.routing_store):
             if store is not None:
                 store.close()

@@ -12,6 +12,11 @@ the role and, for ``account`` tokens, the account they are limited to.
 SQLite under the data dir (``api_tokens.sqlite``) by default, through the
 product's ``SqlStore`` (WAL, busy timeout): the CLI writes while the API
 process reads, and a revocation is seen by the very next request.
+
+The store's ``create`` / ``list`` / ``get`` / ``revoke`` are the token service:
+`sipledger token ...` and ``/v1/tokens`` call them alike.  What they refuse
+(a bad role, an unknown id) is a ``TokenRefused``, one line; any other
+``TokenError`` is the store itself failing.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from sqlalchemy import Column, DateTime, MetaData, String, Table, insert, select
 from proxy.infra.cli import fail
 from proxy.infra.sqldb import SqlStore, change_log_table, sqlite_url, utcnow
 
-__all__ = ["TokenError", "TokenInfo", "TokenStore", "default_url", "hash_token", "token_app"]
+__all__ = ["TokenError", "TokenRefused", "TokenInfo", "TokenStore", "default_url", "hash_token", "token_app"]
 
 DB_NAME = "api_tokens.sqlite"
 PREFIX = "slt_"
@@ -52,6 +57,11 @@ _change_log = change_log_table(metadata, "api_token_change_log")
 
 class TokenError(Exception):
     """A token store problem, worded as one line."""
+
+
+class TokenRefused(TokenError):
+    """A token request the rules refuse (bad role or account, unknown id): the
+    caller's mistake, not the store's."""
 
 
 @dataclass(frozen=True)
@@ -91,12 +101,14 @@ class TokenStore(SqlStore):
     def create(self, role: str, account: str = "", name: str = "") -> tuple[TokenInfo, str]:
         """A new token: (its record, the token itself — shown once, never stored)."""
         if role not in ROLES:
-            raise TokenError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+            raise TokenRefused(f"role must be one of {', '.join(ROLES)}, not {role[:20]!r}")
         account = account.strip()
         if role == "account" and not account:
-            raise TokenError("an account token needs --account (the user@domain it may see)")
+            raise TokenRefused("an account token needs --account (the user@domain it may see)")
         if role == "admin" and account:
-            raise TokenError("an admin token sees every account: drop --account")
+            raise TokenRefused("an admin token sees every account: drop --account")
+        if len(account) > 255 or len(name) > 255:
+            raise TokenRefused("account and name are at most 255 characters")
         token = PREFIX + secrets.token_urlsafe(32)
         info = TokenInfo(id=secrets.token_hex(6), role=cast(Role, role), account=account, name=name,
                          created_at=utcnow())
@@ -113,11 +125,18 @@ class TokenStore(SqlStore):
         with self._read() as conn:
             return [_info(row) for row in conn.execute(query)]
 
+    def get(self, token_id: str) -> TokenInfo:
+        with self._read() as conn:
+            row = conn.execute(select(token_table).where(token_table.c.id == token_id)).first()
+        if row is None:
+            raise TokenRefused(f"no token with id {token_id[:20]!r}")
+        return _info(row)
+
     def revoke(self, token_id: str) -> TokenInfo:
         with self._write() as conn:
             row = conn.execute(select(token_table).where(token_table.c.id == token_id)).first()
             if row is None:
-                raise TokenError(f"no token with id {token_id!r}")
+                raise TokenRefused(f"no token with id {token_id[:20]!r}")
             if row.revoked_at is None:
                 conn.execute(update(token_table).where(token_table.c.id == token_id)
                              .values(revoked_at=utcnow()))

@@ -1,9 +1,10 @@
 """Operator commands, opensipsctl-style: ``user``, ``domain`` and ``alias`` sub-apps.
 
 The main CLI mounts these apps and sets ``ctx.obj.provisioning_url``.  Each
-command opens the store, creates any missing tables (so a fresh data dir just
-works), does one thing and prints one line; errors go to stderr as one line
-with exit status 1.
+command is thin: it opens the store (creating any missing tables, so a fresh
+data dir just works), calls the service layer (proxy/provisioning/service.py,
+which ``/v1/users|domains|aliases`` call too) and prints one line; errors go
+to stderr as one line with exit status 1.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from rich.table import Table
 from proxy.infra.cli import fail, opened, print_rows, print_table
 from proxy.infra.sqldb import SqlStore
 
-from .models import ProvisioningError, normalize_domain, parse_address
+from . import service
+from .models import ProvisioningError, parse_address
 from .store import ProvisioningStore
 
 __all__ = ["user_app", "domain_app", "alias_app", "open_store", "address_arg"]
@@ -68,20 +70,18 @@ def user_add(
                                       help="Import an existing MD5 HA1 instead of a password."),
 ) -> None:
     """Add a subscriber."""
-    user, domain = address_arg(address)
     with open_store(ctx) as store:
-        store.add_user(user, domain, password, ha1_only=ha1_only, ha1=ha1)
-    typer.echo(f"added user {user}@{domain}")
+        entry = service.add_user(store, address, password, ha1_only=ha1_only, ha1=ha1)
+    typer.echo(f"added user {entry.address}")
 
 
 @user_app.command("del")
 def user_del(ctx: typer.Context, address: str = typer.Argument(..., metavar="USER@DOMAIN")) -> None:
     """Delete a subscriber (and the aliases pointing at it)."""
-    user, domain = address_arg(address)
     with open_store(ctx) as store:
-        aliases = store.del_user(user, domain)
+        deleted, aliases = service.delete_user(store, address)
     extra = f" and {aliases} alias(es)" if aliases else ""
-    typer.echo(f"deleted user {user}@{domain}{extra}")
+    typer.echo(f"deleted user {deleted}{extra}")
 
 
 @user_app.command("passwd")
@@ -92,10 +92,9 @@ def user_passwd(
     ha1_only: bool = typer.Option(False, "--ha1-only", help="From now on store only the HA1 hashes."),
 ) -> None:
     """Change a subscriber's password (the storage choice is kept)."""
-    user, domain = address_arg(address)
     with open_store(ctx) as store:
-        store.set_password(user, domain, password, ha1_only=True if ha1_only else None)
-    typer.echo(f"password changed for {user}@{domain}")
+        entry = service.set_password(store, address, password, ha1_only=True if ha1_only else None)
+    typer.echo(f"password changed for {entry.address}")
 
 
 @user_app.command("list")
@@ -103,7 +102,7 @@ def user_list(ctx: typer.Context,
               domain: Optional[str] = typer.Option(None, "--domain", "-d", help="Only this domain.")) -> None:
     """List subscribers (passwords are never shown)."""
     with open_store(ctx) as store:
-        users = store.list_users(domain)
+        users = service.list_users(store, domain)
     table = Table("user", "domain", "stored as", "created")
     for u in users:
         created = u.created_at.strftime("%Y-%m-%d %H:%M:%S") if u.created_at else ""
@@ -117,23 +116,23 @@ def user_list(ctx: typer.Context,
 def domain_add(ctx: typer.Context, domain: str) -> None:
     """Serve a domain."""
     with open_store(ctx) as store:
-        store.add_domain(domain)
-    typer.echo(f"added domain {normalize_domain(domain)}")
+        name = service.add_domain(store, domain)
+    typer.echo(f"added domain {name}")
 
 
 @domain_app.command("del")
 def domain_del(ctx: typer.Context, domain: str) -> None:
     """Stop serving a domain (it must have no users or aliases left)."""
     with open_store(ctx) as store:
-        store.del_domain(domain)
-    typer.echo(f"deleted domain {normalize_domain(domain)}")
+        name = service.delete_domain(store, domain)
+    typer.echo(f"deleted domain {name}")
 
 
 @domain_app.command("list")
 def domain_list(ctx: typer.Context) -> None:
     """List served domains."""
     with open_store(ctx) as store:
-        domains = store.list_domains()
+        domains = service.list_domains(store)
     print_rows(("domain",),
                ((d,) for d in domains))
 
@@ -145,26 +144,23 @@ def alias_add(ctx: typer.Context,
               alias: str = typer.Argument(..., metavar="ALIAS@DOMAIN"),
               target: str = typer.Argument(..., metavar="USER@DOMAIN")) -> None:
     """Make ALIAS@DOMAIN reach the subscriber USER@DOMAIN."""
-    alias_user, alias_domain = address_arg(alias)
-    user, domain = address_arg(target)
     with open_store(ctx) as store:
-        store.add_alias(alias_user, alias_domain, user, domain)
-    typer.echo(f"added alias {alias_user}@{alias_domain} -> {user}@{domain}")
+        entry = service.add_alias(store, alias, target)
+    typer.echo(f"added alias {entry.alias} -> {entry.target}")
 
 
 @alias_app.command("del")
 def alias_del(ctx: typer.Context, alias: str = typer.Argument(..., metavar="ALIAS@DOMAIN")) -> None:
     """Delete an alias."""
-    alias_user, alias_domain = address_arg(alias)
     with open_store(ctx) as store:
-        store.del_alias(alias_user, alias_domain)
-    typer.echo(f"deleted alias {alias_user}@{alias_domain}")
+        deleted = service.delete_alias(store, alias)
+    typer.echo(f"deleted alias {deleted}")
 
 
 @alias_app.command("list")
 def alias_list(ctx: typer.Context) -> None:
     """List aliases."""
     with open_store(ctx) as store:
-        aliases = store.list_aliases()
+        aliases = service.list_aliases(store)
     print_rows(("alias", "user"),
                ((a.alias, a.target) for a in aliases))

@@ -3,38 +3,25 @@ blacklist, trusted, group and forward sub-apps.
 
 Mounted by the main CLI like the provisioning ones (``ctx.obj.provisioning_url``:
 the routing tables live in the provisioning database) and built on the same
-helpers: each command opens the store, creates missing tables, does one thing
-and prints one line; errors go to stderr as one line with exit status 1.
+helpers.  Each command is thin: it opens the store (missing tables created),
+calls the service layer (proxy/routing/service.py, which the ``/v1`` routes
+call too) and prints one line; errors go to stderr as one line with exit
+status 1.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Optional
 
 import typer
 from rich.table import Table
 
-from proxy.infra import clock
 from proxy.infra.cli import fail, print_rows, print_table
-from proxy.provisioning.cli import address_arg, open_store
+from proxy.provisioning.cli import open_store
 
-from .common import RoutingError
+from . import service
 from .dialplan import DialplanRule
-from .drouting import (
-    DEFAULT_GROUP,
-    FILTERED_CODE,
-    FILTERED_REASON,
-    BlacklistEntry,
-    Carrier,
-    Gateway,
-    RouteRule,
-    format_gwlist,
-    parse_address,
-    parse_gwlist,
-    parse_time_window,
-)
-from .forwarding import Condition, MediaDestination
-from .permissions import TrustedSource, parse_network
+from .drouting import DEFAULT_GROUP, FILTERED_CODE, FILTERED_REASON, format_gwlist
+from .forwarding import Condition
 from .store import UNSET, RoutingStore
 
 __all__ = ["gateway_app", "carrier_app", "route_app", "dialplan_app", "blacklist_app", "trusted_app",
@@ -59,15 +46,8 @@ forward_app.add_typer(media_app, name="media")
 
 
 def _store(ctx: typer.Context):
+    """The routing store; a RoutingError (any service refusal) ends the command with its line."""
     return open_store(ctx, RoutingStore)
-
-
-def _checked(make, *args, **kwargs):
-    """Build a value with a pure constructor; its RoutingError ends the command."""
-    try:
-        return make(*args, **kwargs)
-    except RoutingError as exc:
-        fail(str(exc))
 
 
 # -- gateway --------------------------------------------------------------------------------------
@@ -84,10 +64,8 @@ def gateway_add(
     attrs: str = typer.Option("", "--attrs", help="Free attributes for the routing script."),
 ) -> None:
     """Add a gateway."""
-    host, port = _checked(parse_address, address)
-    gateway = _checked(Gateway, name, host, port, transport, strip, prefix, probe, attrs)
     with _store(ctx) as store:
-        store.add_gateway(gateway)
+        gateway = service.add_gateway(store, name, address, transport, strip, prefix, probe, attrs)
     typer.echo(f"added gateway {gateway.name} at {gateway.uri()}")
 
 
@@ -95,7 +73,7 @@ def gateway_add(
 def gateway_del(ctx: typer.Context, name: str) -> None:
     """Delete a gateway (no carrier or route may use it)."""
     with _store(ctx) as store:
-        store.del_gateway(name)
+        service.delete_gateway(store, name)
     typer.echo(f"deleted gateway {name}")
 
 
@@ -103,7 +81,7 @@ def gateway_del(ctx: typer.Context, name: str) -> None:
 def gateway_list(ctx: typer.Context) -> None:
     """List gateways."""
     with _store(ctx) as store:
-        gateways = store.list_gateways()
+        gateways = service.list_gateways(store)
     print_rows(("gateway", "address", "transport", "strip", "prefix", "probe", "attrs"),
                ((g.name, g.address, g.transport, str(g.strip), g.prefix, str(g.probe), g.attrs) for g in gateways))
 
@@ -120,10 +98,8 @@ def carrier_add(
     attrs: str = typer.Option("", "--attrs"),
 ) -> None:
     """Add a carrier (use it in a route as #NAME)."""
-    refs = _checked(parse_gwlist, gateways, weights, carriers=False, what=f"carrier {name}")
-    carrier = _checked(Carrier, name, refs, attrs)
     with _store(ctx) as store:
-        store.add_carrier(carrier)
+        carrier = service.add_carrier(store, name, gateways, weights, attrs)
     typer.echo(f"added carrier {carrier.name}: {format_gwlist(carrier.gateways)}")
 
 
@@ -131,7 +107,7 @@ def carrier_add(
 def carrier_del(ctx: typer.Context, name: str) -> None:
     """Delete a carrier (no route may use it)."""
     with _store(ctx) as store:
-        store.del_carrier(name)
+        service.delete_carrier(store, name)
     typer.echo(f"deleted carrier {name}")
 
 
@@ -139,7 +115,7 @@ def carrier_del(ctx: typer.Context, name: str) -> None:
 def carrier_list(ctx: typer.Context) -> None:
     """List carriers."""
     with _store(ctx) as store:
-        carriers = store.list_carriers()
+        carriers = service.list_carriers(store)
     print_rows(("carrier", "gateways", "attrs"),
                ((c.name, format_gwlist(c.gateways), c.attrs) for c in carriers))
 
@@ -165,22 +141,19 @@ def route_add(
     attrs: str = typer.Option("", "--attrs"),
 ) -> None:
     """Add a route."""
-    refs = _checked(parse_gwlist, gateways, weights)
-    window = _checked(parse_time_window, time_window, weekdays, tz)
-    groups = frozenset(g.strip() for g in group.split(","))
-    rule = _checked(RouteRule, prefix, refs, groups, priority, window, attrs)
     with _store(ctx) as store:
-        rule_id = store.add_rule(rule)
-    when = f", {window}" if window else ""
-    typer.echo(f"added route #{rule_id}: prefix {prefix!r} -> {format_gwlist(refs)} "
-               f"(group {','.join(sorted(groups))}, priority {priority}{when})")
+        rule = service.add_route(store, prefix, gateways, group, priority, weights, time_window, weekdays, tz,
+                                 attrs)
+    when = f", {rule.window}" if rule.window else ""
+    typer.echo(f"added route #{rule.id}: prefix {prefix!r} -> {format_gwlist(rule.gateways)} "
+               f"(group {','.join(sorted(rule.groups))}, priority {priority}{when})")
 
 
 @route_app.command("del")
 def route_del(ctx: typer.Context, rule_id: int = typer.Argument(..., metavar="ID")) -> None:
     """Delete a route by its id (see 'route list')."""
     with _store(ctx) as store:
-        store.del_rule(rule_id)
+        service.delete_route(store, rule_id)
     typer.echo(f"deleted route #{rule_id}")
 
 
@@ -188,9 +161,9 @@ def route_del(ctx: typer.Context, rule_id: int = typer.Argument(..., metavar="ID
 def route_list(ctx: typer.Context) -> None:
     """List routes."""
     with _store(ctx) as store:
-        rules = store.list_rules()
+        rules = service.list_routes(store)
     print_rows(("id", "prefix", "group", "priority", "when", "gateways", "attrs"),
-               ((str(r.id), r.prefix, ",".join(sorted(r.groups)), str(r.priority), str(r.window) if r.window else "always", format_gwlist(r.gateways), r.attrs) for r in sorted(rules, key=lambda r: (r.prefix, -r.priority, r.id))))
+               ((str(r.id), r.prefix, ",".join(sorted(r.groups)), str(r.priority), str(r.window) if r.window else "always", format_gwlist(r.gateways), r.attrs) for r in rules))
 
 
 @route_app.command("test")
@@ -202,24 +175,11 @@ def route_test(
     call_id: str = typer.Option("", "--call-id", help="Seed of weighted orders."),
 ) -> None:
     """Show the gateways a call to NUMBER would try, in order (all counted as up)."""
-    when = _instant(at)
     with _store(ctx) as store:
-        routes = store.drouting().select(number, group, when, call_id)
-    if not routes:
-        fail(f"no route for {number} (group {group})")
+        routes = service.test_route(store, number, group, at, call_id)
     for i, route in enumerate(routes, 1):
         via = f" via #{route.carrier}" if route.carrier else ""
         typer.echo(f"{i}. {route.gateway.name} {route.uri} (route #{route.rule.id}{via})")
-
-
-def _instant(text: str | None) -> datetime:
-    if not text:
-        return clock.utcnow()
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        fail(f"invalid time {text[:40]!r} (ISO 8601, e.g. 2025-01-31T09:30+01:00)")
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 # -- dialplan --------------------------------------------------------------------------------------
@@ -246,17 +206,16 @@ def dialplan_add(
     attrs: str = typer.Option("", "--attrs"),
 ) -> None:
     """Add a rule to a dialplan."""
-    rule = _checked(DialplanRule, dpid, match, subst or None, repl, priority, attrs)
     with _store(ctx) as store:
-        rule_id = store.add_dialplan_rule(rule)
-    typer.echo(f"added dialplan {dpid} rule #{rule_id}")
+        rule = service.add_dialplan_rule(store, dpid, match, subst, repl, priority, attrs)
+    typer.echo(f"added dialplan {dpid} rule #{rule.id}")
 
 
 @dialplan_app.command("del")
 def dialplan_del(ctx: typer.Context, rule_id: int = typer.Argument(..., metavar="RULE-ID")) -> None:
     """Delete a dialplan rule by its id (see 'dialplan list')."""
     with _store(ctx) as store:
-        rule = store.del_dialplan_rule(rule_id)
+        rule = service.delete_dialplan_rule(store, rule_id)
     typer.echo(f"deleted dialplan {rule.dpid} rule #{rule_id}")
 
 
@@ -264,7 +223,7 @@ def dialplan_del(ctx: typer.Context, rule_id: int = typer.Argument(..., metavar=
 def dialplan_list(ctx: typer.Context, dpid: Optional[int] = typer.Argument(None, metavar="[ID]")) -> None:
     """List dialplan rules in the order they are tried."""
     with _store(ctx) as store:
-        rules = store.list_dialplan(dpid)
+        rules = service.list_dialplan(store, dpid)
     print_rows(("dialplan", "rule", "priority", "match", "subst", "repl", "attrs"),
                ((str(r.dpid), f"#{r.id}", str(r.priority), r.match, r.subst or "", r.repl if r.repl is not None else "", r.attrs) for r in rules))
 
@@ -274,10 +233,7 @@ def dialplan_test(ctx: typer.Context, dpid: int = typer.Argument(..., metavar="I
         ..., metavar="NUMBER")) -> None:
     """Rewrite NUMBER with dialplan ID, as the proxy would."""
     with _store(ctx) as store:
-        result = store.dialplans().translate(dpid, value)
-    if result is None:
-        fail(f"no rule of dialplan {dpid} matches {value!r}")
-    new, rule = result
+        new, rule = service.test_dialplan(store, dpid, value)
     typer.echo(f"{new}  ({_rule_text(rule)})")
 
 
@@ -293,9 +249,8 @@ def blacklist_add(
     reason: str = typer.Option(FILTERED_REASON, "--reason", help="Reason phrase answered."),
 ) -> None:
     """Never route numbers starting with PREFIX (the script checks list "default")."""
-    entry = _checked(BlacklistEntry, list_name, prefix, exact, code, reason)
     with _store(ctx) as store:
-        store.add_blacklist(entry)
+        service.add_blacklist(store, list_name, prefix, exact, code, reason)
     what = "number" if exact else "prefix"
     typer.echo(f"added {what} {prefix!r} to blacklist {list_name} ({code} {reason})")
 
@@ -306,7 +261,7 @@ def blacklist_del(ctx: typer.Context, list_name: str = typer.Argument(..., metav
                   exact: bool = typer.Option(False, "--exact")) -> None:
     """Remove an entry from a blacklist."""
     with _store(ctx) as store:
-        store.del_blacklist(list_name, prefix, exact)
+        service.delete_blacklist(store, list_name, prefix, exact)
     typer.echo(f"deleted {prefix!r} from blacklist {list_name}")
 
 
@@ -314,7 +269,7 @@ def blacklist_del(ctx: typer.Context, list_name: str = typer.Argument(..., metav
 def blacklist_list(ctx: typer.Context, list_name: Optional[str] = typer.Argument(None, metavar="[LIST]")) -> None:
     """List blacklist entries."""
     with _store(ctx) as store:
-        entries = store.list_blacklist(list_name)
+        entries = service.list_blacklist(store, list_name)
     print_rows(("list", "prefix", "match", "answer"),
                ((e.list, e.prefix, "exact" if e.exact else "prefix", f"{e.code} {e.reason}") for e in entries))
 
@@ -324,7 +279,7 @@ def blacklist_test(ctx: typer.Context, list_name: str = typer.Argument(..., meta
                    number: str = typer.Argument(..., metavar="NUMBER")) -> None:
     """Is NUMBER blacklisted in LIST?  Exit status 0 if so, 1 if not."""
     with _store(ctx) as store:
-        entry = store.snapshot().blacklisted(list_name, number)
+        entry = service.test_blacklist(store, list_name, number)
     if entry is None:
         fail(f"{number} is not in blacklist {list_name}")
     typer.echo(f"{number} is blacklisted by {entry.prefix!r}: {entry.code} {entry.reason}")
@@ -340,10 +295,8 @@ def trusted_add(
     tag: str = typer.Option("", "--tag", help="Free text (e.g. which carrier)."),
 ) -> None:
     """Trust requests from an address or subnet (no authentication)."""
-    network = _checked(parse_network, cidr)
-    source = _checked(TrustedSource, network, proto, tag)
     with _store(ctx) as store:
-        store.add_trusted(source)
+        source = service.add_trusted(store, cidr, proto, tag)
     typer.echo(f"trusted {source.cidr} ({source.proto or 'any'})")
 
 
@@ -351,9 +304,8 @@ def trusted_add(
 def trusted_del(ctx: typer.Context, cidr: str = typer.Argument(..., metavar="ADDRESS[/BITS]"),
                 proto: Optional[str] = typer.Option(None, "--proto")) -> None:
     """Stop trusting an address or subnet."""
-    network = _checked(parse_network, cidr)
     with _store(ctx) as store:
-        store.del_trusted(str(network), proto)
+        network = service.delete_trusted(store, cidr, proto)
     typer.echo(f"no longer trusted: {network} ({proto or 'any'})")
 
 
@@ -361,7 +313,7 @@ def trusted_del(ctx: typer.Context, cidr: str = typer.Argument(..., metavar="ADD
 def trusted_list(ctx: typer.Context) -> None:
     """List trusted sources."""
     with _store(ctx) as store:
-        sources = store.list_trusted()
+        sources = service.list_trusted(store)
     print_rows(("source", "protocol", "tag"),
                ((s.cidr, s.proto or "any", s.tag) for s in sources))
 
@@ -372,34 +324,31 @@ def trusted_list(ctx: typer.Context) -> None:
 def group_add(ctx: typer.Context, address: str = typer.Argument(..., metavar="USER@DOMAIN"),
               group: str = typer.Argument(..., metavar="GROUP")) -> None:
     """Put a subscriber in a group."""
-    user, domain = address_arg(address)
     with _store(ctx) as store:
-        store.add_to_group(user, domain, group)
-    typer.echo(f"added {user}@{domain} to group {group}")
+        member = service.add_to_group(store, address, group)
+    typer.echo(f"added {member.address} to group {group}")
 
 
 @group_app.command("del")
 def group_del(ctx: typer.Context, address: str = typer.Argument(..., metavar="USER@DOMAIN"),
               group: str = typer.Argument(..., metavar="GROUP")) -> None:
     """Take a subscriber out of a group."""
-    user, domain = address_arg(address)
     with _store(ctx) as store:
-        store.remove_from_group(user, domain, group)
-    typer.echo(f"removed {user}@{domain} from group {group}")
+        member = service.remove_from_group(store, address, group)
+    typer.echo(f"removed {member.address} from group {group}")
 
 
 @group_app.command("list")
 def group_list(ctx: typer.Context, group: Optional[str] = typer.Argument(None, metavar="[GROUP]")) -> None:
     """List group members and the destinations that require a group."""
     with _store(ctx) as store:
-        members = store.list_group_members(group)
-        required = store.list_group_requirements()
+        members = service.list_group_members(store, group)
+        required = service.list_group_requirements(store, group)
     print_rows(("group", "member"),
                ((m.group, m.address) for m in members))
     table = Table("destination prefix", "requires group")
     for r in required:
-        if group is None or r.group == group:
-            table.add_row(r.prefix, r.group)
+        table.add_row(r.prefix, r.group)
     print_table(table)
 
 
@@ -408,7 +357,7 @@ def group_require(ctx: typer.Context, prefix: str = typer.Argument(..., metavar=
                   group: str = typer.Argument(..., metavar="GROUP")) -> None:
     """Only members of GROUP may call numbers starting with PREFIX (longest prefix decides)."""
     with _store(ctx) as store:
-        before = store.require_group(prefix, group)
+        before = service.require_group(store, prefix, group)
     was = f" (was {before})" if before and before != group else ""
     typer.echo(f"prefix {prefix!r} requires group {group}{was}")
 
@@ -417,19 +366,13 @@ def group_require(ctx: typer.Context, prefix: str = typer.Argument(..., metavar=
 def group_unrequire(ctx: typer.Context, prefix: str = typer.Argument(..., metavar="PREFIX")) -> None:
     """Drop the group requirement of a prefix."""
     with _store(ctx) as store:
-        store.unrequire_group(prefix)
+        service.unrequire_group(store, prefix)
     typer.echo(f"prefix {prefix!r} requires no group")
 
 
 # -- forward ---------------------------------------------------------------------------------------
 
 _TARGET_HELP = "sip: URI, user@domain, a number (via the gateways) or a media destination; 'none' clears."
-
-
-def _target(value: Optional[str]) -> Optional[str] | object:
-    if value is None:
-        return UNSET
-    return None if value.strip().lower() in ("", "none", "-") else value
 
 
 @forward_app.command("set")
@@ -444,16 +387,13 @@ def forward_set(
                                               help=f"Not registered / 408 / 480: {_TARGET_HELP}"),
 ) -> None:
     """Set forwarding preferences (the conditions not given are kept)."""
-    user, domain = address_arg(address)
-    changes = {c: v for c, v in ((Condition.ALWAYS, _target(always)), (Condition.BUSY, _target(busy)),
-                                 (Condition.NO_ANSWER, _target(no_answer)),
-                                 (Condition.UNAVAILABLE, _target(unavailable))) if v is not UNSET}
-    if not changes and timeout is None:
-        fail("nothing to set: give --always, --busy, --no-answer, --unavailable or --timeout")
+    given = ((Condition.ALWAYS, always), (Condition.BUSY, busy), (Condition.NO_ANSWER, no_answer),
+             (Condition.UNAVAILABLE, unavailable))
+    changes: dict[Condition | str, str | None] = {c: v for c, v in given if v is not None}
     with _store(ctx) as store:
-        stored = store.set_forwarding(user, domain, changes,
-                                      timeout if timeout is not None else UNSET)
-    typer.echo(f"forwarding of {user}@{domain}: {_describe(stored)}")
+        stored = service.set_forwarding(store, address, changes, timeout if timeout is not None else UNSET)
+        subscriber = service.subscriber_address(address)
+    typer.echo(f"forwarding of {subscriber}: {_describe(stored)}")
 
 
 def _describe(stored) -> str:
@@ -468,12 +408,11 @@ def _describe(stored) -> str:
 @forward_app.command("show")
 def forward_show(ctx: typer.Context, address: str = typer.Argument(..., metavar="USER@DOMAIN")) -> None:
     """Show a subscriber's forwarding preferences and where each goes."""
-    user, domain = address_arg(address)
     with _store(ctx) as store:
-        stored = store.get_forwarding(user, domain)
-        prefs = store.snapshot().forwarding(user, domain)
+        stored, prefs = service.find_forwarding(store, address)
+        subscriber = service.subscriber_address(address)
     if stored is None:
-        typer.echo(f"forwarding of {user}@{domain}: none")
+        typer.echo(f"forwarding of {subscriber}: none")
         return
     table = Table("condition", "target", "goes to")
     for c in Condition:
@@ -488,17 +427,16 @@ def forward_show(ctx: typer.Context, address: str = typer.Argument(..., metavar=
 @forward_app.command("clear")
 def forward_clear(ctx: typer.Context, address: str = typer.Argument(..., metavar="USER@DOMAIN")) -> None:
     """Remove all of a subscriber's forwarding preferences."""
-    user, domain = address_arg(address)
     with _store(ctx) as store:
-        store.clear_forwarding(user, domain)
-    typer.echo(f"cleared forwarding of {user}@{domain}")
+        subscriber = service.clear_forwarding(store, address)
+    typer.echo(f"cleared forwarding of {subscriber}")
 
 
 @forward_app.command("list")
 def forward_list(ctx: typer.Context) -> None:
     """List every subscriber with forwarding set."""
     with _store(ctx) as store:
-        rows = store.list_forwarding()
+        rows = service.list_forwarding(store)
     print_rows(("subscriber", "forwarding"),
                ((f"{row.username}@{row.domain}", _describe(row)) for row in rows))
 
@@ -506,9 +444,8 @@ def forward_list(ctx: typer.Context) -> None:
 @media_app.command("add")
 def media_add(ctx: typer.Context, name: str, uri: str = typer.Argument(..., metavar="SIP-URI")) -> None:
     """Name a media destination, e.g. 'voicemail sip:vm@192.0.2.50:5070'."""
-    media = _checked(MediaDestination, name, uri)
     with _store(ctx) as store:
-        store.add_media(media)
+        media = service.add_media(store, name, uri)
     typer.echo(f"added media destination {media.name} -> {media.uri}")
 
 
@@ -516,7 +453,7 @@ def media_add(ctx: typer.Context, name: str, uri: str = typer.Argument(..., meta
 def media_del(ctx: typer.Context, name: str) -> None:
     """Delete a media destination (no forwarding may use it)."""
     with _store(ctx) as store:
-        store.del_media(name)
+        service.delete_media(store, name)
     typer.echo(f"deleted media destination {name}")
 
 
@@ -524,6 +461,6 @@ def media_del(ctx: typer.Context, name: str) -> None:
 def media_list(ctx: typer.Context) -> None:
     """List media destinations."""
     with _store(ctx) as store:
-        media = store.list_media()
+        media = service.list_media(store)
     print_rows(("name", "uri"),
                ((m.name, m.uri) for m in media))

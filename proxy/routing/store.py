@@ -230,6 +230,16 @@ class RoutingStore(SqlStore):
                 raise RoutingError(f"gateway {name} is used by {', '.join(users)}; change those first")
             conn.execute(delete(gateway_table).where(gateway_table.c.name == name))
 
+    def update_gateway(self, gateway: Gateway) -> None:
+        """Replace the gateway of that name (carriers and routes keep using it by name)."""
+        g = gateway
+        with self._write() as conn:
+            gone = conn.execute(update(gateway_table).where(gateway_table.c.name == g.name).values(
+                host=g.host, port=g.port, transport=g.transport, strip=g.strip, prefix=g.prefix,
+                probe=g.probe.value, attrs=g.attrs))
+            if not gone.rowcount:
+                raise RoutingError(f"gateway {g.name} does not exist")
+
     def list_gateways(self) -> list[Gateway]:
         with self._read() as conn:
             return _load_gateways(conn)
@@ -253,6 +263,14 @@ class RoutingStore(SqlStore):
                 raise RoutingError(f"carrier {name} is used by {', '.join(users)}; change those first")
             conn.execute(delete(carrier_table).where(carrier_table.c.name == name))
 
+    def update_carrier(self, carrier: Carrier) -> None:
+        with self._write() as conn:
+            if not _count(conn, carrier_table, carrier_table.c.name == carrier.name):
+                raise RoutingError(f"carrier {carrier.name} does not exist")
+            _require_targets(conn, carrier.gateways, f"carrier {carrier.name}")
+            conn.execute(update(carrier_table).where(carrier_table.c.name == carrier.name).values(
+                gwlist=format_gwlist(carrier.gateways), attrs=carrier.attrs))
+
     def list_carriers(self) -> list[Carrier]:
         with self._read() as conn:
             return _load_carriers(conn)
@@ -260,15 +278,17 @@ class RoutingStore(SqlStore):
     # -- routing rules ---------------------------------------------------------------------------
     def add_rule(self, rule: RouteRule) -> int:
         """Store a route (its ``id`` is ignored); returns the new id."""
-        w = rule.window
         with self._write() as conn:
             _require_targets(conn, rule.gateways, "route")
-            result = conn.execute(insert(rule_table).values(
-                prefix=rule.prefix, groups=",".join(sorted(rule.groups)), priority=rule.priority,
-                time_from=w.start if w else None, time_to=w.end if w else None,
-                weekdays=",".join(str(d) for d in sorted(w.weekdays)) if w and w.weekdays else None,
-                timezone=w.tz if w else None, gwlist=format_gwlist(rule.gateways), attrs=rule.attrs))
-            return _inserted_id(result)
+            return _inserted_id(conn.execute(insert(rule_table).values(**_rule_values(rule))))
+
+    def update_rule(self, rule_id: int, rule: RouteRule) -> None:
+        """Replace route ``rule_id`` with ``rule`` (its ``id`` is ignored)."""
+        with self._write() as conn:
+            if not _count(conn, rule_table, rule_table.c.id == rule_id):
+                raise RoutingError(f"route #{rule_id} does not exist")
+            _require_targets(conn, rule.gateways, f"route #{rule_id}")
+            conn.execute(update(rule_table).where(rule_table.c.id == rule_id).values(**_rule_values(rule)))
 
     def del_rule(self, rule_id: int) -> None:
         with self._write() as conn:
@@ -293,6 +313,15 @@ class RoutingStore(SqlStore):
                 dpid=rule.dpid, pr=rule.priority, match_exp=rule.match, subst_exp=rule.subst,
                 repl_exp=rule.repl, attrs=rule.attrs))
             return _inserted_id(result)
+
+    def update_dialplan_rule(self, rule_id: int, rule: DialplanRule) -> None:
+        """Replace rule ``rule_id`` (its dialplan included) with ``rule``."""
+        with self._write() as conn:
+            gone = conn.execute(update(dialplan_table).where(dialplan_table.c.id == rule_id).values(
+                dpid=rule.dpid, pr=rule.priority, match_exp=rule.match, subst_exp=rule.subst,
+                repl_exp=rule.repl, attrs=rule.attrs))
+            if not gone.rowcount:
+                raise RoutingError(f"dialplan rule #{rule_id} does not exist")
 
     def del_dialplan_rule(self, rule_id: int) -> DialplanRule:
         with self._write() as conn:
@@ -611,6 +640,14 @@ def _require_targets(conn: Connection, refs: tuple[GatewayRef, ...], what: str) 
             raise RoutingError(f"{what}: carrier {ref.name} does not exist; add it with 'carrier add'")
         if not ref.carrier and ref.name not in gateways:
             raise RoutingError(f"{what}: gateway {ref.name} does not exist; add it with 'gateway add'")
+
+
+def _rule_values(rule: RouteRule) -> dict[str, Any]:
+    w = rule.window
+    return dict(prefix=rule.prefix, groups=",".join(sorted(rule.groups)), priority=rule.priority,
+                time_from=w.start if w else None, time_to=w.end if w else None,
+                weekdays=",".join(str(d) for d in sorted(w.weekdays)) if w and w.weekdays else None,
+                timezone=w.tz if w else None, gwlist=format_gwlist(rule.gateways), attrs=rule.attrs)
 
 
 def _entry_text(entry: BlacklistEntry) -> str:

@@ -18,6 +18,10 @@ pytestmark = pytest.mark.integration
 GHOST = "ghost@c.test"           # no such account anywhere
 FORBIDDEN = {"detail": f"this token may only read account {ALICE}"}
 SAMPLE = {"cdr_id": str(uuid.uuid4()), "call_id": "no-such-call@x", "account": ALICE, "report": "gateways", "plan": "retail", "rate_id": "1"}
+# the provisioning routes' path parameters (tests/api/test_provisioning.py); every one of those routes is admin only
+SAMPLE |= {"address": ALICE, "alias": "100@a.test", "domain": "a.test", "name": "gw1", "route_id": "1", "dpid": "0",
+           "rule_id": "1", "list_name": "default", "prefix": "0900", "cidr": "192.0.2.0/24", "group": "intl",
+           "token_id": "abc"}
 # what an account token may call (on its own account); every other /v1 route is admin only
 ACCOUNT_READS = {("GET", p) for p in (
     "/v1/cdrs", "/v1/cdrs/{cdr_id}", "/v1/calls", "/v1/calls/{call_id}", "/v1/stats", "/v1/quality", "/v1/accounts",

@@ -16,6 +16,11 @@ CONCRETE = {"/v1/cdrs": "/v1/cdrs", "/v1/stats": "/v1/stats", "/v1/quality": "/v
             "/v1/reports/{report}": "/v1/reports/gateways"}
 RANGE_ROUTES = sorted(CONCRETE.values())
 LIMIT_ROUTES = [CONCRETE[p] for p in ("/v1/cdrs", "/v1/fraud", "/v1/accounts/{account}/ledger")]
+# the provisioning lists page with limit and offset (api/params.py Paging; tests/api/test_provisioning.py)
+LIMIT_ROUTES += [f"/v1/{r}" for r in ("users", "domains", "aliases", "gateways", "carriers", "routes", "dialplans",
+                                      "dialplans/0", "blacklists", "trusted", "groups/members",
+                                      "groups/requirements", "forwarding", "media-servers", "tokens")]
+PAGED = {"/v1/dialplans/{dpid}": "/v1/dialplans/0"}          # concrete paths of the paged lists with a parameter
 MONTH_ROUTES = [CONCRETE[p] for p in ("/v1/accounts/{account}/reports/{report}", "/v1/reports/{report}")]
 
 
@@ -28,7 +33,7 @@ def env(billing_api):
 def routes_with(env, name: str) -> list[str]:
     """Concrete paths of the GET routes declaring the query parameter ``name``."""
     paths = env.client.app.openapi()["paths"]
-    return sorted(CONCRETE.get(path, path) for path, ops in paths.items()
+    return sorted(CONCRETE.get(path, PAGED.get(path, path)) for path, ops in paths.items()
                   if any(p["name"] == name and p["in"] == "query" for p in ops.get("get", {}).get("parameters", [])))
 
 

@@ -208,3 +208,14 @@ def test_fraud_burst_crosses_cpm_critical_and_is_refused(sl, uas_factory, sipp_d
         eventually(lambda: len(store.fraud_alerts(user=f"alice@{DOMAIN}")) == 4, "4 alerts listed", timeout=10)
     finally:
         store.close()
+
+
+def test_a_rest_change_is_live_within_a_second(sl, sipp_dir):
+    """The panel's way in: a blacklist entry added through /v1 reaches the running
+    proxy as the CLI's do (one service layer, same store, same change log)."""
+    client = sl.client or sl.admin_client()
+    response = client.post("/v1/blacklists", json={"list": "default", "prefix": "0901"})
+    assert response.status_code == 201, response.text
+    sl.wait_until_loaded(timeout=1.0)          # the issue's bound: live within a second
+    res = call(sl, sipp_dir, "09011234", scenario="uac_call_expect_failure", expected=473)
+    assert_completed(res, "a number blacklisted through REST is refused")

@@ -54,7 +54,7 @@ class ApiEnv:
 
 def v1_routes() -> list[tuple[str, str]]:
     """(method, path) of every /v1 route, from the routers themselves (not from /openapi.json)."""
-    return sorted((method, f"{api_router.prefix}{route.path}") for router in ROUTERS for route in router.routes
+    return sorted((method, f"{api_router.prefix}{route.path_format}") for router in ROUTERS for route in router.routes
                   if isinstance(route, APIRoute) for method in route.methods)
 
 
