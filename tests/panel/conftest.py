@@ -129,8 +129,9 @@ class Panel:
 
 @pytest.fixture(scope="module")
 def up(tmp_path_factory):
-    """`sipledger up` with example.test (alice, bob, carol) and an admin REST client."""
-    sl = start_sipledger(tmp_path_factory.mktemp("panel") / "data")
+    """`sipledger up` with example.test (alice, bob, carol), SIP capture on (the call
+    page's ladder) and an admin REST client."""
+    sl = start_sipledger(tmp_path_factory.mktemp("panel") / "data", extra_config="[trace]\nenabled = true\n")
     try:
         sl.admin_client()
         sl.admin_token = sl.client.headers["Authorization"].split()[1]
@@ -149,7 +150,7 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = paths[0]
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,900", "--no-first-run", "--disable-extensions", "--lang=en-US"):
+                "--window-size=1280,1300", "--no-first-run", "--disable-extensions", "--lang=en-US"):
         options.add_argument(arg)
     service = Service(paths[1])
     driver = webdriver.Chrome(service=service, options=options)

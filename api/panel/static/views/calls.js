@@ -1,7 +1,7 @@
 // Calls: the CDR viewer (filters, paging, totals, CSV export), one call with its
 // legs, cost and SIP ladder, and the live calls with their hang-up button.
 import {
-  act, api, clear, enc, errorBox, fields, formValues, h, input, isCurrent, onLeave, routeLink, saveBlob,
+  act, api, clear, download, enc, errorBox, fields, formValues, h, input, isCurrent, onLeave, routeLink, saveBlob,
   section, seconds, session, table, time,
 } from "../lib.js";
 
@@ -109,7 +109,10 @@ export async function cdrDetailView(main, { id }, _query, gen) {
     section("SIP ladder", ladder));
   showCost(cost, call);
   if (call.trace_url) {
-    api("GET", call.trace_url).then((t) => clear(ladder, h("pre", { class: "ladder" }, t.ladder.join("\n"))))
+    api("GET", call.trace_url).then((t) => clear(ladder,
+      h("button", { type: "button", class: "link", id: "pcap", onclick: () => download(call.trace_url,
+        { format: "pcap" }, "trace.pcap") }, `Download pcap (${t.messages.length} messages)`),
+      h("pre", { class: "ladder" }, t.ladder.join("\n"))))
       .catch((err) => clear(ladder, errorBox(err)));
   } else {
     clear(ladder, h("p", { class: "empty" }, "No SIP messages were captured for this call (docs/trace.md)."));

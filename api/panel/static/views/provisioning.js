@@ -142,7 +142,7 @@ function field(f) {
   }
   if (f.type === "checkbox") return h("label", { class: "check" }, h("input", { type: "checkbox", name: f.name }), f.label);
   return input(f.label, { name: f.name, id: `f-${f.name}`, type: f.type || "text", required: f.required, maxlength: f.max,
-    min: f.min, placeholder: f.placeholder });
+    min: f.min, placeholder: f.placeholder, autocomplete: f.type === "password" ? "new-password" : null });
 }
 
 export function provisioningView(spec) {
