@@ -110,6 +110,26 @@ def test_top_up_changes_the_balance(panel, up, shot):
         return panel.wait_text("#ledger td", "topup", timeout=1)
     eventually(lambda: _quietly(in_ledger), "the top-up in the ledger history", 20, interval=0.2)
     shot()
+    panel.click("#block")
+    panel.wait_text("#account-status", "blocked")
+    assert up.client.get(f"/v1/accounts/{CAROL}").json()["status"] == "blocked"
+    panel.click("#unblock")
+    panel.wait_text("#account-status", "active")
+
+
+def test_a_rates_file_with_bad_lines_is_refused_line_by_line(panel, up, shot):
+    panel.login_token(up.admin_token)
+    panel.open("/rates")
+    panel.type("#rates-csv", "plan,prefix,name,price_per_min,currency\nweb,49,DE,abc,EUR\nweb,33,FR,0.01,EUR\n"
+                             "web,x1,,0.02,EUR\n")
+    panel.click("#rates-import-submit")
+    panel.find("#rates-result .line-errors")
+    lines = [li.text for li in panel.all("#rates-result .line-errors li")]
+    assert [line.split(":")[0] for line in lines] == ["line 2", "line 4"], lines
+    shot()
+    panel.type("#rates-csv", "plan,prefix,name,price_per_min,currency\nweb,49,DE,0.01,EUR\n")
+    panel.click("#rates-import-submit")
+    panel.wait_text("#rates-result", "Imported 1 rates; new plans: web")
 
 
 def test_hang_up_a_live_call(panel, up, uas_factory, sipp_dir, shot):
@@ -155,4 +175,15 @@ def test_an_account_login_sees_only_its_own_pages(panel, up, shot):
     panel.open("/rates")
     assert "Access denied" in panel.text(".error.denied")
     panel.open("/live")
+    panel.find("#live-list p")
     assert not panel.all("button.hangup")
+    # a phone: nothing wider than the screen, the navigation and the calls still there
+    panel.driver.set_window_size(390, 844)
+    try:
+        panel.open("/cdrs")
+        panel.find("tbody tr")
+        assert panel.driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        assert panel.find('#nav a[data-nav="cdrs"]').is_displayed()
+        shot("-phone")
+    finally:
+        panel.driver.set_window_size(1280, 1300)
