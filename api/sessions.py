@@ -121,21 +121,17 @@ def _split(address: str) -> tuple[str, str]:
     return user, domain
 
 
-def check_sip_password(provisioning_url: str, address: str, password: str) -> bool:
+def check_sip_password(store: ProvisioningStore, address: str, password: str) -> bool:
     """Does ``password`` open the subscriber ``user@domain``?  Compared as the
-    registrar does, on the stored HA1 (SHA-256 when kept, else MD5), in constant time."""
+    registrar does, on the stored HA1 (SHA-256 when kept, else MD5; realm =
+    domain, in lower case), in constant time."""
     user, _, domain = address.partition("@")
+    domain = domain.lower()
     if not user or not domain or not password:
         return False
-    store = ProvisioningStore(provisioning_url)
-    try:
-        store.create_schema()
-        t = subscriber_table
-        with store._read() as conn:
-            row = conn.execute(select(t.c.ha1, t.c.ha1_sha256).where(
-                t.c.username == user, t.c.domain == domain)).first()
-    finally:
-        store.close()
+    t = subscriber_table
+    with store._read() as conn:         # one row by its key (store.snapshot() would read every subscriber)
+        row = conn.execute(select(t.c.ha1, t.c.ha1_sha256).where(t.c.username == user, t.c.domain == domain)).first()
     if row is None:
         compute_ha1("SHA-256", user, domain, password)     # the same work for unknown users
         return False

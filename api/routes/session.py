@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
 
-from ..deps import Principal, TokenStoreDep, bearer
+from ..deps import Principal, TokenStoreDep, bearer, get_provisioning_store
 from ..schemas import Problem, SessionIn, SessionOut, WhoAmI
 from ..sessions import PREFIX, Sessions, check_sip_password
 
@@ -22,6 +22,13 @@ router = APIRouter(prefix="/session", tags=["session"])
 login_router = APIRouter(prefix="/v1/session", tags=["session"])
 
 WRONG = "wrong user or password"
+
+
+def _account(address: str) -> str:
+    """user@domain as the proxy authenticates it (the domain in lower case): the
+    billing account, and the key failures are counted under."""
+    user, at, domain = address.partition("@")
+    return f"{user}{at}{domain.lower()}"
 
 
 def sessions_of(request: Request) -> Sessions:
@@ -36,7 +43,7 @@ def sessions_of(request: Request) -> Sessions:
 async def login(body: SessionIn, request: Request, tokens: TokenStoreDep) -> dict:
     sessions = sessions_of(request)
     ip = request.client.host if request.client is not None else ""
-    user = body.user.strip() or None
+    user = _account(body.user.strip()) if body.user.strip() else None     # one lock key per account, any case
     if sessions.locked(ip, user):
         raise HTTPException(429, "too many failed logins; try again later")
     if body.token:
@@ -46,11 +53,8 @@ async def login(body: SessionIn, request: Request, tokens: TokenStoreDep) -> dic
             raise HTTPException(401, "invalid or revoked token")
         session = sessions.issue(info.role, info.account, f"panel via token {info.id}")
     else:
-        url = getattr(request.app.state, "provisioning_url", None)
-        if not url:
-            raise HTTPException(503, "no provisioning database configured")
         if user is None or "@" not in user or not body.password or \
-                not await run_in_threadpool(check_sip_password, url, user, body.password):
+                not await run_in_threadpool(check_sip_password, get_provisioning_store(request), user, body.password):
             sessions.failed(ip, user)
             raise HTTPException(401, WRONG)
         sessions.succeeded(ip, user)

@@ -44,8 +44,8 @@ def login(env, **body):
 
 
 def test_sip_credentials_give_an_account_session_kept_to_its_account(api):
-    for address in (ALICE, BOB):
-        response = login(api, user=address, password=PASSWORD)
+    for address, typed in ((ALICE, ALICE), (BOB, BOB.replace("b.test", "B.Test"))):
+        response = login(api, user=typed, password=PASSWORD)
         assert response.status_code == 201, response.text
         s = response.json()
         assert (s["role"], s["account"]) == ("account", address) and s["token"].startswith("sls_")
@@ -110,7 +110,8 @@ def test_sessions_expire_and_are_bounded():
 
 
 def test_the_password_check_is_the_registrars(api):
-    url = api.state.provisioning_url
-    assert check_sip_password(url, ALICE, PASSWORD) and check_sip_password(url, BOB, PASSWORD)
-    assert not check_sip_password(url, ALICE, PASSWORD.upper())
-    assert not check_sip_password(url, "@a.test", PASSWORD) and not check_sip_password(url, ALICE, "")
+    store = api.state.provisioning_store
+    assert check_sip_password(store, ALICE, PASSWORD) and check_sip_password(store, BOB, PASSWORD)
+    assert check_sip_password(store, ALICE.upper().replace("ALICE", "alice"), PASSWORD)      # domains: any case
+    assert not check_sip_password(store, ALICE, PASSWORD.upper()) and not check_sip_password(store, ALICE.upper(), PASSWORD)
+    assert not check_sip_password(store, "@a.test", PASSWORD) and not check_sip_password(store, ALICE, "")
