@@ -45,6 +45,8 @@ def test_admin_logs_in_with_a_token(panel, up, shot):
     panel.wait_text("h1", "Metrics")           # an admin lands on the node's metrics
     panel.wait_text("td", lambda t: t.startswith("core:"))
     shot()
+    panel.open("/fraud")
+    panel.wait_text("main p.empty", "No fraud alerts.")
 
 
 def test_admin_adds_a_domain_and_a_user_who_can_then_log_in(panel, up, shot):
@@ -92,6 +94,9 @@ def test_a_sipp_call_appears_in_the_cdr_viewer(panel, up, uas_factory, sipp_dir,
     eventually(ladder, "the call's SIP ladder", 20, interval=0.5)
     assert all(m in panel.text("pre.ladder") for m in ("INVITE", "200", "ACK", "BYE"))
     shot()
+    panel.open("/quality")                   # the call is a point on the quality charts
+    panel.find("svg.chart circle")
+    assert panel.wait_text("tbody tr", lambda t: t.split()[-1].endswith("ms"))
 
 
 def test_top_up_changes_the_balance(panel, up, shot):
