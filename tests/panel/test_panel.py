@@ -64,6 +64,16 @@ def test_admin_adds_a_domain_and_a_user_who_can_then_log_in(panel, up, shot):
     assert up.client.get("/v1/users/dave@panel.test").json()["storage"] == "plaintext"
     panel.login_user("dave@panel.test", "d4ve-pw")        # the registrar's credentials, now live
     assert panel.text("#whoami") == "dave@panel.test"
+    panel.login_token(up.admin_token)
+    panel.open("/p/users")
+    panel.type("#user-passwd input[name=address]", "dave@panel.test")
+    panel.type("#user-passwd input[name=password]", "n3w-pw")
+    panel.click("#user-passwd button")
+    panel.wait_text("#user-passwd + .action-result", "Password of dave@panel.test changed")
+    panel.login_user("dave@panel.test", "d4ve-pw")
+    assert "wrong user or password" in panel.text("#login-result .error")
+    panel.login_user("dave@panel.test", "n3w-pw")
+    assert panel.text("#whoami") == "dave@panel.test"
 
 
 def test_a_sipp_call_appears_in_the_cdr_viewer(panel, up, uas_factory, sipp_dir, shot):

@@ -6,21 +6,28 @@ import { act, api, clear, enc, formValues, h, input, isCurrent, routeLink, secti
 const list = (v) => (v ? v.split(",").map((x) => x.trim()).filter(Boolean) : []);
 const num = (v, dflt) => (v === "" || v === undefined ? dflt : Number(v));
 const orNull = (v) => (v === "" ? null : v);
+const when = (iso) => (iso || "").replace("T", " ").slice(0, 19);
 
 // key: URL of the page; path: the REST collection; columns: [label, row => text];
 // create: the form's fields; body: form values -> request body; item: row -> its URL;
-// test: a "try a number" box (path from form values, query).
+// actions: more forms (test a number, change a password): method, path and body or query
+// from the form's values, show: the answer -> lines.
 export const PROVISIONING = [
   { key: "domains", label: "Domains", path: "/v1/domains", columns: [["Domain", (r) => r.domain]],
     create: [{ name: "domain", label: "Domain", required: true, max: 255, placeholder: "example.test" }],
     body: (v) => ({ domain: v.domain }), item: (r) => `/v1/domains/${enc(r.domain)}` },
   { key: "users", label: "Subscribers", path: "/v1/users", filter: { name: "domain", label: "Domain" },
-    columns: [["Address", (r) => r.address], ["Password storage", (r) => r.storage], ["Created", (r) => r.created_at]],
+    columns: [["Address", (r) => r.address], ["Password storage", (r) => r.storage], ["Created", (r) => when(r.created_at)]],
     create: [{ name: "address", label: "User (user@domain)", required: true, max: 330 },
       { name: "password", label: "Password", type: "password", required: true, max: 128 },
       { name: "ha1_only", label: "keep hashes only", type: "checkbox" }],
     body: (v) => ({ address: v.address, password: v.password, ha1_only: v.ha1_only }),
-    item: (r) => `/v1/users/${enc(r.address)}` },
+    item: (r) => `/v1/users/${enc(r.address)}`,
+    actions: [{ label: "Change a password", id: "user-passwd", method: "PATCH", fields: [
+      { name: "address", label: "User (user@domain)", required: true, max: 330 },
+      { name: "password", label: "New password", type: "password", required: true, max: 128 }],
+    path: (v) => `/v1/users/${enc(v.address)}`, body: (v) => ({ password: v.password }),
+    show: (r) => [`Password of ${r.address} changed (${r.storage})`] }] },
   { key: "aliases", label: "Aliases", path: "/v1/aliases",
     columns: [["Alias", (r) => r.alias], ["Target", (r) => r.target]],
     create: [{ name: "alias", label: "Alias (user@domain)", required: true, max: 330 },
@@ -60,10 +67,10 @@ export const PROVISIONING = [
     body: (v) => ({ prefix: v.prefix, gateways: list(v.gateways), groups: v.groups ? list(v.groups) : ["default"],
       priority: num(v.priority, 0), time: orNull(v.time), weekdays: orNull(v.weekdays) }),
     item: (r) => `/v1/routes/${r.id}`,
-    test: { label: "Test a number", fields: [{ name: "number", label: "Number", required: true },
+    actions: [{ label: "Test a number", id: "test-box", fields: [{ name: "number", label: "Number", required: true },
       { name: "group", label: "Group", placeholder: "default" }],
     path: () => "/v1/routes/test", query: (v) => ({ number: v.number, group: v.group || "default" }),
-    show: (r) => r.routes.map((x) => `${x.gateway}${x.carrier ? ` (carrier ${x.carrier})` : ""} → ${x.uri}`) } },
+    show: (r) => r.routes.map((x) => `${x.gateway}${x.carrier ? ` (carrier ${x.carrier})` : ""} → ${x.uri}`) }] },
   { key: "dialplans", label: "Dialplans", path: "/v1/dialplans",
     columns: [["Dialplan", (r) => r.dpid], ["#", (r) => r.id], ["Priority", (r) => r.priority],
       ["Match", (r) => r.match], ["Replace", (r) => r.repl], ["Attributes", (r) => r.attrs]],
@@ -73,10 +80,10 @@ export const PROVISIONING = [
     createPath: (v) => `/v1/dialplans/${enc(v.dpid)}/rules`,
     body: (v) => ({ match: v.match, repl: orNull(v.repl), priority: num(v.priority, 0) }),
     item: (r) => `/v1/dialplans/${r.dpid}/rules/${r.id}`,
-    test: { label: "Test a number", fields: [{ name: "dpid", label: "Dialplan id", type: "number", required: true },
+    actions: [{ label: "Test a number", id: "test-box", fields: [{ name: "dpid", label: "Dialplan id", type: "number", required: true },
       { name: "number", label: "Number", required: true }],
     path: (v) => `/v1/dialplans/${enc(v.dpid)}/test`, query: (v) => ({ number: v.number }),
-    show: (r) => [`${r.number} → ${r.result} (rule #${r.rule.id})`] } },
+    show: (r) => [`${r.number} → ${r.result} (rule #${r.rule.id})`] }] },
   { key: "blacklists", label: "Blacklists", path: "/v1/blacklists",
     columns: [["List", (r) => r.list], ["Prefix", (r) => r.prefix], ["Exact", (r) => (r.exact ? "yes" : "")],
       ["Answer", (r) => `${r.code} ${r.reason}`]],
@@ -86,10 +93,10 @@ export const PROVISIONING = [
     body: (v) => ({ list: v.list || "default", prefix: v.prefix, exact: v.exact, code: num(v.code, 403),
       reason: v.reason || "Forbidden" }),
     item: (r) => `/v1/blacklists/${enc(r.list)}/entries/${enc(r.prefix)}?exact=${r.exact}`,
-    test: { label: "Test a number", fields: [{ name: "list", label: "List", placeholder: "default" },
+    actions: [{ label: "Test a number", id: "test-box", fields: [{ name: "list", label: "List", placeholder: "default" },
       { name: "number", label: "Number", required: true }],
     path: (v) => `/v1/blacklists/${enc(v.list || "default")}/test`, query: (v) => ({ number: v.number }),
-    show: (r) => [r.blacklisted ? `blacklisted by ${r.entry.prefix} (${r.entry.code} ${r.entry.reason})` : "not blacklisted"] } },
+    show: (r) => [r.blacklisted ? `blacklisted by ${r.entry.prefix} (${r.entry.code} ${r.entry.reason})` : "not blacklisted"] }] },
   { key: "trusted", label: "Trusted sources", path: "/v1/trusted",
     columns: [["CIDR", (r) => r.cidr], ["Protocol", (r) => r.proto || "any"], ["Tag", (r) => r.tag]],
     create: [{ name: "cidr", label: "CIDR", required: true, placeholder: "192.0.2.0/24" },
@@ -101,7 +108,12 @@ export const PROVISIONING = [
     create: [{ name: "group", label: "Group", required: true, max: 64 },
       { name: "address", label: "Member (user@domain)", required: true, max: 330 }],
     body: (v) => ({ group: v.group, address: v.address }),
-    item: (r) => `/v1/groups/members/${enc(r.group)}/${enc(r.address)}` },
+    item: (r) => `/v1/groups/members/${enc(r.group)}/${enc(r.address)}`,
+    actions: [{ label: "Require a group for a prefix", method: "PUT", fields: [
+      { name: "prefix", label: "Dialled prefix", required: true, max: 32 },
+      { name: "group", label: "Group", required: true, max: 64 }],
+    path: (v) => `/v1/groups/requirements/${enc(v.prefix)}`, body: (v) => ({ group: v.group }),
+    show: (r) => [`Numbers starting ${r.prefix} now need group ${r.group}` + (r.previous ? ` (was ${r.previous})` : "")] }] },
   { key: "forwarding", label: "Forwarding", path: "/v1/forwarding",
     columns: [["User", (r) => r.address], ["Always", (r) => r.always], ["Busy", (r) => r.busy],
       ["No answer", (r) => r.no_answer && `${r.no_answer} (${r.no_answer_timeout || "default"} s)`],
@@ -120,7 +132,7 @@ export const PROVISIONING = [
     body: (v) => ({ name: v.name, uri: v.uri }), item: (r) => `/v1/media-servers/${enc(r.name)}` },
   { key: "tokens", label: "API tokens", path: "/v1/tokens",
     columns: [["Id", (r) => r.id], ["Role", (r) => r.role], ["Account", (r) => r.account], ["Name", (r) => r.name],
-      ["Created", (r) => r.created_at]],
+      ["Created", (r) => when(r.created_at)]],
     create: [{ name: "role", label: "Role", options: ["account", "admin"] },
       { name: "account", label: "Account (user@domain)" }, { name: "name", label: "Name" }],
     body: (v) => ({ role: v.role, account: v.role === "admin" ? "" : v.account, name: v.name }),
@@ -135,13 +147,14 @@ export async function provisioningIndex(main) {
     h("ul", { class: "tiles" }, PROVISIONING.map((p) => h("li", {}, routeLink(`/p/${p.key}`, p.label)))));
 }
 
-function field(f) {
+// a form field; the add form's fields have ids (f-<name>), the action forms' do not (no duplicates)
+function field(f, withId = true) {
   if (f.options) {
     return h("label", {}, h("span", {}, f.label), h("select", { name: f.name },
       f.options.map((o) => h("option", { value: o }, o || "any"))));
   }
   if (f.type === "checkbox") return h("label", { class: "check" }, h("input", { type: "checkbox", name: f.name }), f.label);
-  return input(f.label, { name: f.name, id: `f-${f.name}`, type: f.type || "text", required: f.required, maxlength: f.max,
+  return input(f.label, { name: f.name, id: withId ? `f-${f.name}` : null, type: f.type || "text", required: f.required, maxlength: f.max,
     min: f.min, placeholder: f.placeholder, autocomplete: f.type === "password" ? "new-password" : null });
 }
 
@@ -181,20 +194,21 @@ export function provisioningView(spec) {
           if (spec.created) return spec.created(r);
           reload();
         });
-      } }, spec.create.map(field), h("button", { type: "submit", id: `${spec.key}-add` }, "Add"))),
-      spec.test ? testBox(spec.test) : null,
+      } }, spec.create.map((f) => field(f)), h("button", { type: "submit", id: `${spec.key}-add` }, "Add"))),
+      (spec.actions || []).map(actionBox),
       out);
   };
 }
 
-function testBox(test) {
-  const result = h("div", { id: "test-result" });
-  return section(test.label, h("form", { class: "inline", id: "test-box", onsubmit: (ev) => {
+function actionBox(action) {
+  const result = h("div", { class: "action-result" });
+  return section(action.label, h("form", { class: "inline", id: action.id, onsubmit: (ev) => {
     ev.preventDefault();
     const v = formValues(ev.target);
     act(result, async () => {
-      const r = await api("GET", test.path(v), { query: test.query(v) });
-      clear(result, h("ul", { class: "test-lines" }, test.show(r).map((line) => h("li", {}, line))));
+      const r = await api(action.method || "GET", action.path(v),
+        action.body ? { body: action.body(v) } : { query: action.query(v) });
+      clear(result, h("ul", { class: "test-lines" }, action.show(r).map((line) => h("li", {}, line))));
     });
-  } }, test.fields.map(field), h("button", { type: "submit" }, "Test")), result);
+  } }, action.fields.map((f) => field(f, false)), h("button", { type: "submit" }, action.method ? "Save" : "Test")), result);
 }
