@@ -92,6 +92,7 @@ def test_a_sipp_call_appears_in_the_cdr_viewer(panel, up, uas_factory, sipp_dir,
         return panel.all(row)
     eventually(listed, f"the call {call_id} in the CDR viewer", 20, interval=0.5)
     assert "answered" in panel.text(row) and ALICE in panel.text(row)
+    assert "1 answered" in panel.wait_text("#cdr-range-totals", "All pages: 1 attempts")
     panel.click(f"{row} a.cdr-link")
     panel.wait_text("h1", call_id)
     assert "200 OK" in panel.wait_text("section.card", "Legs")

@@ -1,7 +1,7 @@
 // Calls: the CDR viewer (filters, paging, totals, CSV export), one call with its
 // legs, cost and SIP ladder, and the live calls with their hang-up button.
 import {
-  act, api, clear, download, enc, errorBox, fields, formValues, h, input, isCurrent, onLeave, routeLink, saveBlob,
+  act, api, clear, download, enc, errorBox, fields, formValues, h, input, isCurrent, onLeave, pct, routeLink, saveBlob,
   section, seconds, session, table, time,
 } from "../lib.js";
 
@@ -36,6 +36,8 @@ export async function cdrsView(main, _params, query, gen) {
   const items = page.items;
   const answered = items.filter((c) => c.disposition === "answered");
   const totalMs = answered.reduce((a, c) => a + c.duration_ms, 0);
+  const totals = h("p", { class: "hint", id: "cdr-range-totals" });
+  showRangeTotals(totals, q);
   const next = page.next_cursor
     ? routeLink(`/cdrs?${new URLSearchParams({ ...q, cursor: page.next_cursor })}`, "Next page →", { id: "cdr-next" })
     : null;
@@ -50,10 +52,11 @@ export async function cdrsView(main, _params, query, gen) {
         + `${seconds(totalMs)} talk time`),
       h("button", { type: "button", id: "cdr-refresh", onclick: () => window.dispatchEvent(new HashChangeEvent("hashchange")) },
         "Refresh"),
-      h("button", { type: "button", id: "cdr-export", onclick: () => exportCsv(items) }, "Export CSV"),
+      h("button", { type: "button", id: "cdr-export", onclick: () => exportAll(q, items) }, "Export CSV"),
       query.cursor ? routeLink(`/cdrs?${new URLSearchParams(Object.fromEntries(Object.entries(q).filter(([k]) => k !== "cursor")))}`,
         "← First page") : null,
       next),
+    totals,
     table([
       { label: "Setup", value: (c) => routeLink(`/cdrs/${c.cdr_id}`, time(c.setup_ms), { class: "cdr-link" }) },
       { label: "Account", value: (c) => c.account },
@@ -70,6 +73,34 @@ export async function cdrsView(main, _params, query, gen) {
 const CSV_COLUMNS = ["cdr_id", "call_id", "setup_at", "answer_at", "end_at", "account", "caller_number", "caller_ip",
   "dialled_number", "disposition", "sip_code", "sip_reason", "duration_ms", "billable_s", "pdd_ms", "gateway",
   "hangup_by", "hangup_reason"];
+
+// Totals over every call of the filter (all pages) from /v1/stats; it has no disposition filter
+async function showRangeTotals(where, q) {
+  const query = Object.fromEntries(["from", "to", "account", "caller", "callee", "gateway"]
+    .filter((k) => q[k]).map((k) => [k, q[k]]));
+  try {
+    const rows = (await api("GET", "/v1/stats", { query: { ...query, period: "month" } })).rows;
+    const sum = (k) => rows.reduce((a, r) => a + r[k], 0);
+    const attempts = sum("attempts"), answered = sum("answered");
+    const talk = rows.reduce((a, r) => a + (r.acd_s || 0) * r.answered, 0);
+    clear(where, `All pages${q.disposition ? " (any disposition)" : ""}: ${attempts} attempts, ${answered} answered`
+      + (attempts ? ` (ASR ${pct(answered / attempts)})` : "") + (answered ? `, ACD ${(talk / answered).toFixed(1)} s` : ""));
+  } catch (err) {
+    clear(where, errorBox(err));
+  }
+}
+
+// Every call of the filter (up to 10 000, 1 000 a request), as CSV
+async function exportAll(q, firstPage) {
+  const items = [];
+  let cursor = null;
+  do {
+    const page = await api("GET", "/v1/cdrs", { query: { ...q, cursor, limit: 1000 } });
+    items.push(...page.items);
+    cursor = page.next_cursor;
+  } while (cursor && items.length < 10000);
+  exportCsv(items.length ? items : firstPage);
+}
 
 function exportCsv(items) {
   const quote = (v) => {
