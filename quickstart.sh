@@ -5,7 +5,8 @@
 #                          the date-sensitive tests (marker `clock`) again a year ahead
 # Installs: Debian packages (SIPp, FreeRADIUS and a ClickHouse server for the
 # tests, baresip, sipsak and Kamailio for the interop suite, Kamailio for the speed anchor,
-# rtpengine for the media relay, iptables for the NAT tests), a virtualenv at .venv in this
+# rtpengine for the media relay, iptables for the NAT tests, headless Chromium for the
+# web panel's browser tests), a virtualenv at .venv in this
 # checkout, and the project into it.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -26,6 +27,8 @@ command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need_apt+=(i
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v sngrep >/dev/null 2>&1 || need_apt+=(sngrep)     # decodes the HEP v3 the SIP trace sends (tests/integration/test_trace_hep.py)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need_apt+=(postgresql)     # the shared stores of the scale-out tests
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)             # the web panel's browser tests (tests/panel)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)   # ... driven by Selenium
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "==> installing Debian packages: ${need_apt[*]}"

@@ -36,6 +36,7 @@ from proxy.provisioning.store import ProvisioningStore
 from proxy.routing.store import RoutingStore
 
 from .calls import LiveCalls
+from .sessions import PREFIX as SESSION_PREFIX
 from .tokens import TokenInfo, TokenStore
 
 __all__ = ["CdrStoreDep", "TokenStoreDep", "ProvisioningStoreDep", "RoutingStoreDep", "LedgerStoreDep", "RatesStoreDep", "BillingClientDep",
@@ -109,13 +110,17 @@ RoutingStoreDep = Annotated[RoutingStore, Depends(get_routing_store)]
 bearer = HTTPBearer(auto_error=False, description="`sipledger token create` prints one")
 
 
-def current_token(tokens: TokenStoreDep,
+def current_token(request: Request, tokens: TokenStoreDep,
                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> TokenInfo:
     # sync: FastAPI runs it in the thread pool (one SQLite lookup); cached per request
     if credentials is None:
         raise HTTPException(401, "missing bearer token (Authorization: Bearer <token>)",
                             headers={"WWW-Authenticate": "Bearer"})
-    info = tokens.authenticate(credentials.credentials)
+    sessions = getattr(request.app.state, "sessions", None)      # the panel's logins (api/sessions.py)
+    if sessions is not None and credentials.credentials.startswith(SESSION_PREFIX):
+        info = sessions.authenticate(credentials.credentials)
+    else:
+        info = tokens.authenticate(credentials.credentials)
     if info is None:
         raise HTTPException(401, "invalid or revoked token",
                             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})

@@ -23,7 +23,9 @@ from billing.rating.model import RatingError
 from proxy.infra.clickhouse.backend import BackendError
 from proxy.provisioning.models import ProvisioningError
 
-from .routes import api_router, health, metrics
+from .panel import mount_panel
+from .routes import api_router, health, metrics, session
+from .sessions import Sessions
 from .state import AppState
 from .tokens import TokenError, TokenRefused
 
@@ -92,6 +94,7 @@ def create_app(state: AppState, *, title: str = "sipledger") -> FastAPI:
                   description="Call detail records, traffic statistics, billing accounts, ledger, "
                               "reports and rates. Bearer token from `sipledger token create`.")
     state.install(app)
+    app.state.sessions = Sessions()          # the panel's logins (POST /v1/session)
     app.add_exception_handler(BackendError, _store_down)
     app.add_exception_handler(TokenError, _tokens_down)
     app.add_exception_handler(LedgerError, _ledger_refused)
@@ -101,4 +104,6 @@ def create_app(state: AppState, *, title: str = "sipledger") -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.scrape_router)
     app.include_router(api_router)
+    app.include_router(session.login_router)     # POST /v1/session: the one /v1 route without a token
+    mount_panel(app)                         # the web panel at /panel/ (docs/panel.md)
     return app

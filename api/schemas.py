@@ -569,3 +569,26 @@ class RerateRun(BaseModel):
 
 class RerateRunList(BaseModel):
     items: list[RerateRun]
+
+
+# -- panel sessions (api/routes/session.py) -----------------------------------------------------
+
+class SessionIn(BaseModel):
+    """Either an API token, or an account's SIP credentials (``user`` = user@domain)."""
+    token: str = Field("", max_length=128, description="an API token (`sipledger token create`)")
+    user: str = Field("", max_length=255, description="user@domain of a subscriber")
+    password: str = Field("", max_length=128, description="the subscriber's SIP password")
+
+
+class SessionOut(BaseModel):
+    token: str = Field(description="the session token (Bearer), shown once")
+    role: Literal["admin", "account"]
+    account: str = Field(description="the account an account session reads; '' for admin")
+    expires_ms: int
+
+
+class WhoAmI(BaseModel):
+    role: Literal["admin", "account"]
+    account: str
+    name: str
+    expires_ms: int | None = Field(description="a session's end; null for an API token")

@@ -8,13 +8,13 @@ from fastapi import APIRouter, Depends
 
 from ..params import known_params
 from ..schemas import Problem
-from . import accounts, calls, cdrs, fraud, health, ledger, metrics, quality, rates, reports, rerate, stats, trace
+from . import accounts, calls, cdrs, fraud, health, ledger, metrics, quality, rates, reports, rerate, session, stats, trace
 from .provisioning import PROVISIONING
 
-__all__ = ["api_router", "health", "metrics", "ROUTERS", "PROVISIONING"]
+__all__ = ["api_router", "health", "metrics", "session", "ROUTERS", "PROVISIONING"]
 
 ROUTERS = tuple(module.router for module in (cdrs, calls, trace, stats, quality, fraud, accounts, ledger, reports,
-                                              rates, metrics)) + (rerate.router,) + PROVISIONING
+                                              rates, metrics, session)) + (rerate.router,) + PROVISIONING
 
 api_router = APIRouter(prefix="/v1", dependencies=[Depends(known_params)], responses={
     401: {"model": Problem, "description": "no token, or an unknown or revoked one"},

@@ -51,7 +51,7 @@ async def import_rates(
         result = plan_import(csv, existing=rates.get_plans(), plan=plan, replace=replace,
                              currency=settings.currency, timezone=settings.timezone, set_timezone=timezone)
         rates.put_plans(result.plans, expect_version=version)
-        return {"added": result.added, "created": sorted(result.created)}
+        return {"added": sum(result.added.values()), "created": sorted(result.created)}   # rates, all plans
     return await run_in_threadpool(run)
 
 

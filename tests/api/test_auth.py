@@ -28,7 +28,8 @@ ACCOUNT_READS = {("GET", p) for p in (
     "/v1/cdrs", "/v1/cdrs/{cdr_id}", "/v1/calls", "/v1/calls/{call_id}", "/v1/stats", "/v1/quality", "/v1/accounts",
     "/v1/accounts/{account}",
     "/v1/accounts/{account}/balance", "/v1/accounts/{account}/rates", "/v1/accounts/{account}/ledger",
-    "/v1/accounts/{account}/reports/{report}", "/v1/calls/{call_id}/trace")}
+    "/v1/accounts/{account}/reports/{report}", "/v1/calls/{call_id}/trace", "/v1/session")} | {
+    ("DELETE", "/v1/session")}       # who am I, log out (the login, POST /v1/session, takes no token)
 # the reads that name an account in the path (ReadableAccount)
 ACCOUNT_PATHS = ["/v1/accounts/{a}", "/v1/accounts/{a}/balance", "/v1/accounts/{a}/rates",
                  "/v1/accounts/{a}/ledger", "/v1/accounts/{a}/reports/statement"]
