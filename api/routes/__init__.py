@@ -8,7 +8,22 @@ from fastapi import APIRouter, Depends
 
 from ..params import known_params
 from ..schemas import Problem
-from . import accounts, calls, cdrs, fraud, health, ledger, metrics, quality, rates, reports, rerate, session, stats, trace
+from . import (
+    accounts,
+    calls,
+    cdrs,
+    fraud,
+    health,
+    ledger,
+    metrics,
+    quality,
+    rates,
+    reports,
+    rerate,
+    session,
+    stats,
+    trace,
+)
 from .provisioning import PROVISIONING
 
 __all__ = ["api_router", "health", "metrics", "session", "ROUTERS", "PROVISIONING"]
