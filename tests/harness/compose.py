@@ -30,13 +30,17 @@ IMAGE = "sipledger:"                       # the one image every sipledger servi
 
 
 def _installed(tool: str, distribution: str, inside: str | None = None) -> str:
-    if inside is not None:
-        try:
-            path = importlib.metadata.distribution(distribution).locate_file(inside)
-        except importlib.metadata.PackageNotFoundError:
-            path = None
-        if path is not None and Path(str(path)).exists():
-            return str(path)
+    """The executable ``tool`` that ``distribution`` installed (found through its file list,
+    wherever pip put it), else on PATH."""
+    try:
+        files = importlib.metadata.distribution(distribution).files or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for file in files:
+        if (str(file) == inside if inside else file.name == tool):
+            path = Path(str(file.locate()))
+            if path.exists():
+                return str(path)
     found = shutil.which(tool, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if found is None:
         raise RuntimeError(f"{tool} not found: install the test extras (pip install -e '.[test]', "
