@@ -77,6 +77,7 @@ class ProxySettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     sip_port: int = 5060
     advertised_host: str = ""           # host in Via/Record-Route; defaults to `listen`
     workers: int = 1                    # processes; they share the public sockets, each has a port of its own too
+    worker_port_base: int = 0           # those own ports: 0 = any free one; N = worker i on N+i (a container publishes them)
     tcp: bool = True
     domains: tuple[str, ...] = ()       # served domains besides the provisioned ones
     max_dialog_seconds: int = 10800     # 3 h, then the proxy sends BYE both ways
@@ -644,6 +645,10 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
         ("topics.call_control", bool(c.topics.call_control), "must not be empty"),
         ("proxy.sip_port", _port(c.proxy.sip_port), "must be 1..65535"),
         ("proxy.workers", 1 <= c.proxy.workers <= 64, "must be 1..64"),
+        ("proxy.worker_port_base", c.proxy.worker_port_base == 0 or (
+            1024 <= c.proxy.worker_port_base <= 65536 - c.proxy.workers
+            and not 0 <= c.proxy.sip_port - c.proxy.worker_port_base < c.proxy.workers),
+         "must be 0 (any free port) or 1024..65536-proxy.workers, its range clear of proxy.sip_port"),
         ("fraud.profile", bool(c.fraud.profile) and len(c.fraud.profile) <= 64, "must be 1..64 characters"),
         ("proxy.max_dialog_seconds", c.proxy.max_dialog_seconds > 0, "must be > 0"),
         ("proxy.invite_timeout_seconds", c.proxy.invite_timeout_seconds > 0, "must be > 0"),

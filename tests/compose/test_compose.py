@@ -240,8 +240,11 @@ def test_proxies_publish_their_own_port_and_advertise_the_public_address(model, 
     for name, svc in proxies.items():
         config = service_config(svc)
         published = {(p["target"], p["protocol"], int(p["published"])) for p in svc["ports"]}
-        assert published == {(config.proxy.sip_port, "udp", config.proxy.sip_port),
-                             (config.proxy.sip_port, "tcp", config.proxy.sip_port)}, name
+        # the public port, and each worker's own (its Via and Record-Route name it: phones send there)
+        own = range(config.proxy.worker_port_base, config.proxy.worker_port_base + config.proxy.workers)
+        assert config.proxy.worker_port_base or config.proxy.workers == 1, f"{name}: workers on random ports"
+        wanted = {config.proxy.sip_port, *(own if config.proxy.workers > 1 else ())}
+        assert published == {(port, kind, port) for port in wanted for kind in ("udp", "tcp")}, name
         assert config.proxy.advertised_host not in ("", "0.0.0.0"), name
         ports.add(config.proxy.sip_port)
     assert len(ports) == len(proxies)

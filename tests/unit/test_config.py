@@ -254,3 +254,20 @@ def test_a_bad_variable_is_one_line_naming_it(name, value, expected):
     with pytest.raises(ConfigError) as err:
         load(None, environ={name: value})
     assert str(err.value) == expected
+
+
+@pytest.mark.parametrize("text,ok", [
+    ("worker_port_base = 0\nworkers = 4", True),
+    ("worker_port_base = 5070\nworkers = 2\nsip_port = 5060", True),
+    ("worker_port_base = 5059\nworkers = 2\nsip_port = 5060", False),     # 5060 would be worker 1's
+    ("worker_port_base = 5060\nworkers = 1\nsip_port = 5060", False),
+    ("worker_port_base = 80\nworkers = 2", False),
+    ("worker_port_base = 65535\nworkers = 2", False),
+])
+def test_worker_port_base(tmp_path, text, ok):
+    path = write(tmp_path, f"[proxy]\n{text}\n")
+    if ok:
+        load(path)
+    else:
+        with pytest.raises(ConfigError, match="key 'proxy.worker_port_base'"):
+            load(path)
