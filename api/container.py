@@ -34,6 +34,8 @@ from proxy.infra.supervise import Child, StartFailed, Supervisor, one_line_error
 
 DEFAULT_RUN_DIR = "/tmp/sipledger-container"     # private to the container: the metrics files
 DEFAULT_METRICS_PORT = 9100
+# longer than `up`'s 90 s: a CDR processor recovers its tables from their changelogs before READY
+DEFAULT_READY_TIMEOUT_S = 600.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
                         help="port of /healthz and /metrics (0: any free one)")
     parser.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="where the metrics files go")
+    parser.add_argument("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT_S,
+                        help="seconds the service has to print its READY line")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the service's command line")
     args = parser.parse_args(argv)
     if args.command[:1] == ["--"]:
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ[metrics.ENV_DIR] = str(metrics.prepare_dir(Path(args.run_dir)))
     name = args.ready.split()[0].lower()
-    group = Supervisor([Child(name, args.command, args.ready)])
+    group = Supervisor([Child(name, args.command, args.ready)], ready_timeout=args.ready_timeout)
     group.stop_on_signals()
     server = _serve(group.children[0], args.metrics_host, args.metrics_port)
     print(f"CONTAINER {name} metrics={server.server_address[1]}", flush=True)
