@@ -307,3 +307,13 @@ def test_grafana_provisions_the_dashboard_and_its_datasource(model):
     assert [str(Path(d).parent) for d in dashboards] == [providers[0]["options"]["path"]]
     sources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
     assert [(s["type"], s["url"], s["isDefault"]) for s in sources] == [("prometheus", "http://prometheus:9090", True)]
+
+
+def test_every_file_compose_mounts_exists():
+    """Compose resolves bind mounts without looking: a missing file would be an empty
+    directory in the container."""
+    for files in ([MAIN], [MAIN, REPLICATED]):
+        for name, svc in resolved(files)["services"].items():
+            for volume in svc.get("volumes", []):
+                if volume["type"] == "bind":
+                    assert Path(volume["source"]).exists(), f"{name}: {volume['source']}"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from api.container import DEFAULT_METRICS_PORT
 from tests.harness.compose import COMPOSE_DIR, REPO, dockerfile_commands, hadolint, resolved
 
 DOCKERFILES = sorted({Path(s["build"]["context"]) / s["build"].get("dockerfile", "Dockerfile")
@@ -63,6 +64,9 @@ def test_the_sipledger_image_installs_the_package_with_pip():
     assert "sipledger" in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     user = next(v[0] for cmd, v in commands if cmd == "USER")
     assert any(f"--uid {user.split(':')[0]}" in run for run in runs)
+    # its HEALTHCHECK asks the wrapper every service runs under, on its port
+    check = " ".join(next(v for cmd, v in commands if cmd == "HEALTHCHECK"))
+    assert f"http://127.0.0.1:{DEFAULT_METRICS_PORT}/healthz" in check
 
 
 def test_build_contexts_send_what_the_dockerfiles_copy():
