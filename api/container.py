@@ -30,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from proxy.infra import metrics
-from proxy.infra.supervise import Child, StartFailed, Supervisor, one_line_errors
+from proxy.infra.supervise import STOP_GRACE_S, Child, StartFailed, Supervisor, one_line_errors
 
 DEFAULT_RUN_DIR = "/tmp/sipledger-container"     # private to the container: the metrics files
 DEFAULT_METRICS_PORT = 9100
@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-dir", default=DEFAULT_RUN_DIR, help="where the metrics files go")
     parser.add_argument("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT_S,
                         help="seconds the service has to print its READY line")
+    parser.add_argument("--stop-grace", type=float, default=STOP_GRACE_S,
+                        help="seconds between SIGTERM and SIGKILL (below compose's stop_grace_period)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the service's command line")
     args = parser.parse_args(argv)
     if args.command[:1] == ["--"]:
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ[metrics.ENV_DIR] = str(metrics.prepare_dir(Path(args.run_dir)))
     name = args.ready.split()[0].lower()
-    group = Supervisor([Child(name, args.command, args.ready)], ready_timeout=args.ready_timeout)
+    group = Supervisor([Child(name, args.command, args.ready)], ready_timeout=args.ready_timeout,
+                       grace=args.stop_grace)
     group.stop_on_signals()
     server = _serve(group.children[0], args.metrics_host, args.metrics_port)
     print(f"CONTAINER {name} metrics={server.server_address[1]}", flush=True)

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import importlib.util
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,12 @@ def test_the_image_carries_the_same_config():
 
 # --- the deployment's shape: Kafka, addresses, health, scale --------------------------------
 
+def _seconds(duration: str) -> float:
+    """A compose duration ("40s", "1m30s") in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([hms])", duration))
+
+
 def _brokers(model) -> dict[str, dict[str, Any]]:
     return {n: s for n, s in model["services"].items() if s["image"].startswith("apache/kafka:")}
 
@@ -273,6 +280,9 @@ def test_every_service_has_a_health_check_and_jobs_run_first(model, services, ru
         assert f"127.0.0.1:{DEFAULT_METRICS_PORT}/healthz" in check, name
         assert svc["depends_on"]["init-topics"]["condition"] == "service_completed_successfully", name
         assert svc["init"] is True and svc["restart"] == "unless-stopped", name
+        # compose's SIGKILL comes after the wrapper's own (else a slow stop loses the service's last words)
+        grace = container_args(svc["command"][3:]).stop_grace
+        assert _seconds(svc["stop_grace_period"]) >= grace + 5, name
     for name in ("api", "sink"):
         assert running[name]["depends_on"]["init-schema"]["condition"] == "service_completed_successfully"
     assert set(services["init-topics"]["depends_on"]) == set(_brokers(model))
