@@ -513,10 +513,9 @@ def environment_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any
     against the schema, so an unknown key or a wrong type names the variable;
     ``load`` then validates the whole with ``checks()``."""
     found: dict[str, dict[str, Any]] = {}
-    sections = _hints(Config)
-    for name in sorted(environ):
-        if not name.upper().startswith(ENV_OVERRIDE_PREFIX):
-            continue
+    names = sorted(name for name in environ if name.upper().startswith(ENV_OVERRIDE_PREFIX))
+    sections = _hints(Config) if names else {}
+    for name in names:
         where = f"environment {name}"
         parts = name[len(ENV_OVERRIDE_PREFIX):].lower().split("__")
         if len(parts) != 2 or not all(parts):
