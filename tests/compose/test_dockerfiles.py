@@ -80,9 +80,9 @@ def test_build_contexts_send_what_the_dockerfiles_copy():
         for cmd, value in _commands(path):
             if cmd != "COPY":
                 continue
-            source = value[0].rstrip("/")
-            assert (context / source).exists(), f"{path}: {source} not in {context}"
-            assert _sent(source, rules), f"{path}: {source} is excluded by {ignore.name}"
+            for source in (s.rstrip("/") for s in value[:-1]):
+                assert (context / source).exists(), f"{path}: {source} not in {context}"
+                assert _sent(source, rules), f"{path}: {source} is excluded by {ignore.name}"
 
 
 def _sent(source: str, rules: list[str]) -> bool:
