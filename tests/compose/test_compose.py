@@ -327,3 +327,19 @@ def test_every_file_compose_mounts_exists():
             for volume in svc.get("volumes", []):
                 if volume["type"] == "bind":
                     assert Path(volume["source"]).exists(), f"{name}: {volume['source']}"
+
+
+def test_the_replicated_option_names_its_services():
+    """clickhouse/replicated.xml and keeper.xml name the servers docker-compose.replicated.yml runs."""
+    import xml.etree.ElementTree as ElementTree
+    model = resolved([MAIN, REPLICATED])
+    servers = {n for n, s in model["services"].items() if s["image"].startswith("clickhouse/clickhouse-server:")}
+    keepers = {n: s for n, s in model["services"].items() if s["image"].startswith("clickhouse/clickhouse-keeper:")}
+    replicated = ElementTree.parse(COMPOSE_DIR / "clickhouse" / "replicated.xml").getroot()
+    assert {r.findtext("host") for r in replicated.find("remote_servers").iter("replica")} == servers
+    assert {n.findtext("host") for n in replicated.find("zookeeper").iter("node")} == set(keepers)
+    assert {s["environment"]["CLICKHOUSE_REPLICA"] for n, s in model["services"].items() if n in servers} == servers
+    keeper = ElementTree.parse(COMPOSE_DIR / "clickhouse" / "keeper.xml").getroot()
+    raft = {(int(s.findtext("id")), s.findtext("hostname")) for s in keeper.iter("server")}
+    assert raft == {(int(s["environment"]["KEEPER_SERVER_ID"]), n) for n, s in keepers.items()}
+    ElementTree.parse(COMPOSE_DIR / "clickhouse" / "prometheus.xml")
