@@ -10,6 +10,7 @@ gives the services."""
 from __future__ import annotations
 
 import argparse
+import base64
 import importlib
 import importlib.util
 import ipaddress
@@ -210,7 +211,10 @@ def test_kafka_is_three_kraft_brokers_replicating_every_topic(model, services):
         assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
         assert env["KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE"] == "false"
     assert len(set(ids.values())) == 3
-    assert len({svc["environment"]["CLUSTER_ID"] for svc in brokers.values()}) == 1
+    cluster_ids = {svc["environment"]["CLUSTER_ID"] for svc in brokers.values()}
+    assert len(cluster_ids) == 1
+    # kafka-storage format takes a UUID in base64url (22 characters), nothing else
+    assert len(base64.urlsafe_b64decode(cluster_ids.pop() + "==")) == 16
     kafka = service_config(services["init-topics"]).kafka
     assert {s.split(":")[0] for s in kafka.bootstrap_servers.split(",")} == set(brokers)
     assert kafka.replication_factor == 3 > int(next(iter(brokers.values()))["environment"]["KAFKA_MIN_INSYNC_REPLICAS"])
