@@ -16,10 +16,11 @@ import ipaddress
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -540,14 +541,14 @@ def environment_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any
 
 
 def _hints(struct: type) -> dict[str, Any]:
-    return get_type_hints(struct, include_extras=False)
+    return typing.get_type_hints(struct, include_extras=False)
 
 
 def _is_text(kind: Any) -> bool:
     """str, or a Literal of strings: the variable's value is taken as it is."""
     if kind is str:
         return True
-    return get_origin(kind) is Literal and all(isinstance(arg, str) for arg in get_args(kind))
+    return typing.get_origin(kind) is Literal and all(isinstance(arg, str) for arg in typing.get_args(kind))
 
 
 # --- rules a type cannot express -----------------------------------------------------------
