@@ -34,6 +34,8 @@ class AuthorizationClient(asyncio.DatagramProtocol):
         self.pending: dict[str, tuple[bytes, Callback, int, asyncio.TimerHandle]] = {}
         self._address: tuple[str, int] | None = None
         self.timeouts = 0
+        self._bind = local_address(settings.host)
+        self._wildcard = self._bind != settings.host     # answers are then taken from the service only
         self.started: dict[str, float] = {}   # request id -> when first sent (its latency metric)
 
     async def start(self) -> None:
@@ -43,7 +45,7 @@ class AuthorizationClient(asyncio.DatagramProtocol):
 
     @property
     def local_address(self) -> str:
-        return local_address(self.settings.host)
+        return self._bind
 
     def close(self) -> None:
         for _, callback, _, timer in self.pending.values():
@@ -91,7 +93,7 @@ class AuthorizationClient(asyncio.DatagramProtocol):
         callback(None)
 
     def datagram_received(self, data: bytes, addr) -> None:
-        if self.local_address != self.settings.host and tuple(addr[:2]) != self._target():
+        if self._wildcard and tuple(addr[:2]) != self._target():
             return                           # a wildcard socket: only the service answers
         try:
             response = credit.decode_response(data)
