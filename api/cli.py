@@ -29,6 +29,7 @@ from proxy.routing.cli import (
 from proxy.runtime.pike_cli import pike_app
 
 from . import calls_cli
+from .kafka_cli import kafka_app
 from .quality_cli import quality_command
 from .tokens import token_app
 from .trace_cli import trace as trace_cmd
@@ -53,6 +54,7 @@ app.add_typer(report_app, name="report")
 app.add_typer(rerate_app, name="rerate")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
+app.add_typer(kafka_app, name="kafka")
 app.add_typer(auth_app, name="auth")
 app.add_typer(pike_app, name="pike")
 app.command("calls")(calls_cli.calls)

@@ -16,6 +16,8 @@ import ipaddress
 import os
 import re
 import tomllib
+import typing
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -76,6 +78,7 @@ class ProxySettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     sip_port: int = 5060
     advertised_host: str = ""           # host in Via/Record-Route; defaults to `listen`
     workers: int = 1                    # processes; they share the public sockets, each has a port of its own too
+    worker_port_base: int = 0           # those own ports: 0 = any free one; N = worker i on N+i (a container publishes them)
     tcp: bool = True
     domains: tuple[str, ...] = ()       # served domains besides the provisioned ones
     max_dialog_seconds: int = 10800     # 3 h, then the proxy sends BYE both ways
@@ -473,20 +476,79 @@ def _under(data_dir: str | os.PathLike, configured: str, default: str) -> Path:
 
 
 def load(config_file: str | os.PathLike | None,
-         overrides: dict[str, dict[str, Any]] | None = None) -> Config:
-    """Read, merge command-line ``overrides`` ({"proxy": {"sip_port": 5070}}) and
-    validate the whole file; raise ``ConfigError`` naming the first bad key."""
+         overrides: dict[str, dict[str, Any]] | None = None,
+         environ: Mapping[str, str] | None = None) -> Config:
+    """Read, merge the environment's ``SIPLEDGER__SECTION__KEY`` variables
+    (``environment_overrides``), then command-line ``overrides``
+    ({"proxy": {"sip_port": 5070}}), and validate the whole; raise
+    ``ConfigError`` naming the first bad key."""
     source = str(config_file or "defaults")
     raw = read_toml(config_file)
-    for section, values in (overrides or {}).items():
+    env = environment_overrides(os.environ if environ is None else environ)
+    for section, values in [*env.items(), *(overrides or {}).items()]:
         merged = dict(raw.get(section) or {}) if isinstance(raw.get(section, {}), dict) else {}
         merged.update({k: v for k, v in values.items() if v is not None})
         raw[section] = merged
     config = convert(raw, Config, source=source)
     for key, ok, rule in checks(config):
         if not ok:
+            section, _, name = key.partition("[")[0].partition(".")
+            if name in env.get(section, {}):     # the value came from a variable: name it
+                source = f"environment {ENV_OVERRIDE_PREFIX}{section.upper()}__{name.upper()}"
             raise ConfigError(f"{source}: key '{key}': {rule}")
     return config
+
+
+# --- environment overrides: SIPLEDGER__SECTION__KEY=value ----------------------------------
+
+ENV_OVERRIDE_PREFIX = "SIPLEDGER__"
+
+
+def environment_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """{section: {key: value}} from ``SIPLEDGER__SECTION__KEY`` variables (containers
+    configure one key without a file of their own; compose/README.md).
+
+    A key whose type is a string (or a choice of strings) takes the value as it
+    is; any other is parsed as a TOML value (``5060``, ``true``, ``["a", "b"]``,
+    ``[{host = "10.0.0.5", secret = "s"}]``).  Each variable is checked alone
+    against the schema, so an unknown key or a wrong type names the variable;
+    ``load`` then validates the whole with ``checks()``."""
+    found: dict[str, dict[str, Any]] = {}
+    names = sorted(name for name in environ if name.upper().startswith(ENV_OVERRIDE_PREFIX))
+    sections = _hints(Config) if names else {}
+    for name in names:
+        where = f"environment {name}"
+        parts = name[len(ENV_OVERRIDE_PREFIX):].lower().split("__")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(f"{where}: must be {ENV_OVERRIDE_PREFIX}SECTION__KEY")
+        section, key = parts
+        if section not in sections:
+            raise ConfigError(f"{where}: unknown section '{section}'")
+        kind = _hints(sections[section]).get(key)
+        if kind is None:
+            raise ConfigError(f"{where}: unknown key '{section}.{key}'")
+        text = environ[name]
+        if _is_text(kind):
+            value: Any = text
+        else:
+            try:
+                value = tomllib.loads(f"v = {text}")["v"]
+            except tomllib.TOMLDecodeError:
+                raise ConfigError(f"{where}: key '{section}.{key}': {text!r} is not a TOML value") from None
+        convert({section: {key: value}}, Config, source=where)
+        found.setdefault(section, {})[key] = value
+    return found
+
+
+def _hints(struct: type) -> dict[str, Any]:
+    return typing.get_type_hints(struct, include_extras=False)
+
+
+def _is_text(kind: Any) -> bool:
+    """str, or a Literal of strings: the variable's value is taken as it is."""
+    if kind is str:
+        return True
+    return typing.get_origin(kind) is Literal and all(isinstance(arg, str) for arg in typing.get_args(kind))
 
 
 # --- rules a type cannot express -----------------------------------------------------------
@@ -583,6 +645,10 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
         ("topics.call_control", bool(c.topics.call_control), "must not be empty"),
         ("proxy.sip_port", _port(c.proxy.sip_port), "must be 1..65535"),
         ("proxy.workers", 1 <= c.proxy.workers <= 64, "must be 1..64"),
+        ("proxy.worker_port_base", c.proxy.worker_port_base == 0 or (
+            1024 <= c.proxy.worker_port_base <= 65536 - c.proxy.workers
+            and not 0 <= c.proxy.sip_port - c.proxy.worker_port_base < c.proxy.workers),
+         "must be 0 (any free port) or 1024..65536-proxy.workers, its range clear of proxy.sip_port"),
         ("fraud.profile", bool(c.fraud.profile) and len(c.fraud.profile) <= 64, "must be 1..64 characters"),
         ("proxy.max_dialog_seconds", c.proxy.max_dialog_seconds > 0, "must be > 0"),
         ("proxy.invite_timeout_seconds", c.proxy.invite_timeout_seconds > 0, "must be > 0"),

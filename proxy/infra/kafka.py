@@ -6,8 +6,10 @@ settings from here, so the embedded broker's quirks (see
 
 * Tansu holds a group join for session_timeout/2 and does not wake fetches on
   new data: short sessions and short fetch waits (client_profile "tansu").
-* aiokafka's idempotent/transactional producer fails on Tansu: never enabled.
-  Delivery is at-least-once; every record carries an ``id`` to dedupe on.
+* aiokafka's idempotent/transactional producer fails on Tansu: enabled on
+  the "kafka" profile only (aiokafka producers and faust's, with acks=all),
+  so a retried send is not written twice there.  Delivery is at-least-once
+  either way; every record carries an ``id`` to dedupe on.
 * ListOffsets(LATEST) is wrong after multi-record batches: faust gets
   single-record batches; our own tail readers do not trust the end offset alone.
 * Topics are created explicitly with their partition count (``ensure_topics``;
@@ -90,8 +92,9 @@ def producer_kwargs(settings: KafkaSettings, **overrides: Any) -> dict[str, Any]
     """Keyword arguments for ``aiokafka.AIOKafkaProducer``."""
     kwargs = connection_kwargs(settings)
     kwargs.update(
-        acks="all",                  # a single broker answers as soon as it has it
-        enable_idempotence=False,    # fails at start on Tansu; consumers dedupe by id
+        acks="all",                  # every in-sync replica has it (a single broker: as soon as it has it)
+        # a retry after a lost answer is not written twice; fails at start on Tansu
+        enable_idempotence=settings.client_profile == "kafka",
         linger_ms=PRODUCER_LINGER_MS,
         compression_type=None,
     )
@@ -114,11 +117,15 @@ def faust_settings(settings: KafkaSettings) -> dict[str, Any]:
     """Keyword arguments for ``faust.App`` (broker, credentials, producer, sessions).
 
     faust hard-codes its consumer's fetch_max_wait_ms (1500): build faust apps
-    with ``faust_app``, which overrides it on the "tansu" profile."""
+    with ``faust_app``, which overrides it on the "tansu" profile (and makes
+    the producer idempotent on the "kafka" profile, which faust has no setting for)."""
     brokers = [server.strip() for server in bootstrap_servers(settings).split(",") if server.strip()]
     app: dict[str, Any] = {
         "broker": ";".join(f"kafka://{server}" for server in brokers),
         "producer_acks": -1,
+        # the changelog topics faust creates: as safe as ours (min.insync.replicas
+        # above a topic's replication would refuse every acks=all write to it)
+        "topic_replication_factor": settings.replication_factor,
         "producer_linger": PRODUCER_LINGER_MS / 1000,
         "producer_compression_type": None,
     }
@@ -155,6 +162,7 @@ def faust_app(app_id: str, settings: KafkaSettings, **conf: Any) -> Any:
         app_conf.pop("producer_max_batch_size", None)
     app_class = _faust_app_class()
     app = app_class(app_id, **{**app_conf, **conf})
+    app.idempotent_producer = settings.client_profile == "kafka"
     if tansu:
         app.fetch_max_wait_ms = TANSU_FETCH_MAX_WAIT_MS
         app.tansu_settings = settings
@@ -237,17 +245,31 @@ def _faust_app_class() -> Any:
         def _new_consumer_thread(self) -> Any:
             return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    class IdempotentProducer(faust_aiokafka.Producer):
+        # faust (0.15) enables idempotence only inside transactions (exactly_once)
+        def _settings_extra(self) -> Any:
+            extra = dict(super()._settings_extra())
+            if getattr(self.app, "idempotent_producer", False):
+                extra.update(acks="all", enable_idempotence=True)
+            return extra
+
     class Transport(faust_aiokafka.Transport):
         Consumer = TansuConsumer
+
+    class KafkaTransport(faust_aiokafka.Transport):
+        Producer = IdempotentProducer
 
     class App(faust.App):
         fetch_max_wait_ms: int | None = None
         tansu_settings: KafkaSettings | None = None
+        idempotent_producer: bool = False
 
         def _new_transport(self) -> Any:
-            if self.fetch_max_wait_ms is None:
-                return super()._new_transport()
-            return Transport(self.conf.broker_consumer, self)
+            if self.fetch_max_wait_ms is not None:
+                return Transport(self.conf.broker_consumer, self)
+            if self.idempotent_producer:
+                return KafkaTransport(self.conf.broker_consumer, self)
+            return super()._new_transport()
 
     _FAUST_APP_CLASS = App
     return App

@@ -3,10 +3,15 @@
 One datagram out, one back, matched by request id; a lost datagram is resent
 after the timeout (the service answers a repeated id idempotently), and after
 the last retry the caller gets None and applies `[authorization] on_error`.
+
+The service on this host (a loopback ``host``): the socket binds that address,
+so nothing else can reach it.  On another host or container (compose/): the
+socket binds every address and takes answers from the service's address only.
 """
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -29,12 +34,18 @@ class AuthorizationClient(asyncio.DatagramProtocol):
         self.pending: dict[str, tuple[bytes, Callback, int, asyncio.TimerHandle]] = {}
         self._address: tuple[str, int] | None = None
         self.timeouts = 0
+        self._bind = local_address(settings.host)
+        self._wildcard = self._bind != settings.host     # answers are then taken from the service only
         self.started: dict[str, float] = {}   # request id -> when first sent (its latency metric)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.transport, _ = await loop.create_datagram_endpoint(
-            lambda: self, local_addr=(self.settings.host, 0))
+            lambda: self, local_addr=(self.local_address, 0))
+
+    @property
+    def local_address(self) -> str:
+        return self._bind
 
     def close(self) -> None:
         for _, callback, _, timer in self.pending.values():
@@ -82,6 +93,8 @@ class AuthorizationClient(asyncio.DatagramProtocol):
         callback(None)
 
     def datagram_received(self, data: bytes, addr) -> None:
+        if self._wildcard and tuple(addr[:2]) != self._target():
+            return                           # a wildcard socket: only the service answers
         try:
             response = credit.decode_response(data)
         except Exception:
@@ -95,3 +108,15 @@ class AuthorizationClient(asyncio.DatagramProtocol):
         if started is not None:
             observe_authorization(time.perf_counter() - started)
         entry[1](response)
+
+
+def local_address(host: str) -> str:
+    """Where the client socket binds to reach the credit service at ``host``: that
+    address itself when it is loopback (or a name), else every address of its family."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.is_loopback:
+        return host
+    return "::" if address.version == 6 else "0.0.0.0"

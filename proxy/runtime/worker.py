@@ -199,6 +199,12 @@ class Worker:
         self.handoff: Handoff | None = None
         self._flush_scheduled = False
 
+    @property
+    def own_port(self) -> int:
+        """This worker's own UDP and TCP port (in its Via and Record-Route): 0 = any free one."""
+        base = self.config.proxy.worker_port_base
+        return base + self.index if base else 0
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         cfg = self.config
@@ -237,7 +243,7 @@ class Worker:
         own_udp = public_udp
         if shared:  # a private port so responses and in-dialog requests return here
             own_udp = UdpEndpoint(self._deliver)
-            own_sock = udp_socket(px.listen, 0)
+            own_sock = udp_socket(px.listen, self.own_port)
             self.guard.watch(own_sock)
             await loop.create_datagram_endpoint(lambda: own_udp, sock=own_sock)
             udp[own_udp.id] = own_udp
@@ -251,7 +257,7 @@ class Worker:
             public_tcp = (inherited_socket(self.tcp_fd) if self.tcp_fd is not None
                           else tcp_socket(px.listen, px.sip_port))
             await tcp.listen(public_tcp)
-            own_tcp = tcp_socket(px.listen, 0) if shared else None
+            own_tcp = tcp_socket(px.listen, self.own_port) if shared else None
             if own_tcp is not None:
                 await tcp.listen(own_tcp)
                 ports["tcp"] = own_tcp.getsockname()[1]

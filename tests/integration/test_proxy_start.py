@@ -24,3 +24,44 @@ def test_two_workers_start_on_a_fresh_data_dir(tmp_path, broker):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     assert (tmp_path / "fresh" / "provisioning.sqlite").exists()
+
+
+def test_workers_take_their_own_ports_from_the_configured_base(tmp_path, broker):
+    """`[proxy] worker_port_base`: worker i answers on base + i (UDP and TCP), ports a
+    container can publish (compose/); 0 keeps any free port."""
+    import socket
+
+    def free_pair() -> int:
+        for _ in range(20):
+            base = free_udp_port()
+            try:
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    for port in (base, base + 1):
+                        with socket.socket(socket.AF_INET, kind) as s:
+                            s.bind(("127.0.0.1", port))
+                return base
+            except OSError:
+                continue
+        raise AssertionError("no two free ports in a row")
+
+    base = free_pair()
+    config = tmp_path / "sipledger.toml"
+    config.write_text(f"[proxy]\nworkers = 2\nworker_port_base = {base}\n[authorization]\nenabled = false\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "run", "--data-dir", str(tmp_path / "d"),
+         "--config", str(config), "--sip-port", str(free_udp_port()), "--bootstrap", broker.bootstrap],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("PROXY READY workers=2"), proc.stderr.read() if proc.poll() is not None else line
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+            for port in (base, base + 1):
+                with socket.socket(socket.AF_INET, kind) as s:
+                    try:
+                        s.bind(("127.0.0.1", port))
+                    except OSError:
+                        continue                    # held by its worker
+                    raise AssertionError(f"{kind.name} port {port} is not a worker's")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)

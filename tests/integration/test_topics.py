@@ -64,3 +64,30 @@ def test_stop_ends_the_process(fresh_broker):
     fresh_broker.stop()
     assert process.poll() is not None and not fresh_broker.running
     fresh_broker.stop()  # twice is fine
+
+
+def test_init_topics_job_creates_every_topic_of_up_with_its_partitions(broker, tmp_path):
+    """`sipledger kafka init-topics`, the compose init job, configured through the environment
+    as its container is (SIPLEDGER__SECTION__KEY): every topic `up` makes, then idempotent."""
+    from typer.testing import CliRunner
+
+    from api.cli import app
+    keys = ["TOPICS__SIP_EVENTS", "TOPICS__CALL_CONTROL", "CDR__RECORDS_TOPIC", "LEDGER__EVENTS_TOPIC",
+            "LEDGER__CALLS_TOPIC", "LEDGER__NOTIFICATIONS_TOPIC", "TRACE__TOPIC"]
+    names = {key: unique_topic("init") for key in keys}
+    env = {f"SIPLEDGER__{key}": name for key, name in names.items()}
+    env |= {"SIPLEDGER__KAFKA__MODE": "external", "SIPLEDGER__KAFKA__BOOTSTRAP_SERVERS": broker.bootstrap,
+            "SIPLEDGER__KAFKA__PARTITIONS": "3"}
+    runner = CliRunner()
+    for _ in range(2):
+        result = runner.invoke(app, ["--data-dir", str(tmp_path), "kafka", "init-topics"], env=env)
+        assert result.exit_code == 0, result.output
+        assert sorted(result.output.splitlines()) == sorted(f"{name} partitions=3 replication=1"
+                                                            for name in names.values())
+    settings = settings_for(broker)
+    assert {name: asyncio.run(topic_partitions(settings, name)) for name in names.values()} == \
+        {name: 3 for name in names.values()}
+    bad = runner.invoke(app, ["--data-dir", str(tmp_path), "kafka", "init-topics"],
+                        env=env | {"SIPLEDGER__KAFKA__PARTITION": "3"})
+    assert bad.exit_code == 2
+    assert bad.output.strip() == "error: environment SIPLEDGER__KAFKA__PARTITION: unknown key 'kafka.partition'"

@@ -185,3 +185,89 @@ def test_radius_settings_errors_name_the_key(tmp_path, text, key):
     with pytest.raises(ConfigError) as err:
         load(cfg)
     assert key_of(str(err.value)) == key, err.value
+
+
+# --- environment overrides: SIPLEDGER__SECTION__KEY (compose/README.md) -------------------------
+
+def _toml_value(value) -> str:
+    """A TOML value for a default (json spells scalars and arrays the TOML way)."""
+    import json
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+@pytest.mark.parametrize("section,key", KEYS)
+def test_every_key_can_be_set_from_the_environment(section, key):
+    default = msgspec.to_builtins(getattr(getattr(Config(), section), key))
+    text = default if isinstance(default, str) else _toml_value(default)
+    assert load(None, environ={f"SIPLEDGER__{section.upper()}__{key.upper()}": text}) == Config()
+
+
+def test_environment_sits_between_the_file_and_the_command_line(tmp_path, monkeypatch):
+    path = write(tmp_path, "[proxy]\nsip_port = 5070\nworkers = 2\n")
+    env = {"SIPLEDGER__PROXY__SIP_PORT": "5080", "SIPLEDGER__KAFKA__BOOTSTRAP_SERVERS": "k1:9092,k2:9092"}
+    config = load(path, environ=env)
+    assert (config.proxy.sip_port, config.proxy.workers, config.kafka.bootstrap_servers) == (5080, 2, "k1:9092,k2:9092")
+    assert load(path, {"proxy": {"sip_port": 5090}}, environ=env).proxy.sip_port == 5090
+    assert load(path, {"proxy": {"sip_port": None}}, environ=env).proxy.sip_port == 5080
+    monkeypatch.setenv("SIPLEDGER__PROXY__SIP_PORT", "5081")       # the process environment by default
+    assert load(path).proxy.sip_port == 5081
+
+
+def test_environment_values_take_the_type_of_their_key():
+    config = load(None, environ={
+        "SIPLEDGER__NODE__NAME": "0042",                              # a string stays a string
+        "SIPLEDGER__KAFKA__SASL_PASSWORD": "p=w#d \"x\"",
+        "SIPLEDGER__KAFKA__CLIENT_PROFILE": "kafka",                  # a choice of strings too
+        "SIPLEDGER__PROXY__TCP": "false",
+        "SIPLEDGER__PROXY__T1": "1",                                  # an integer for a float
+        "SIPLEDGER__PROXY__DOMAINS": '["a.example", "b.example"]',
+        "SIPLEDGER__RADIUS__SERVERS": '[{host = "10.0.0.5", secret = "s"}]',
+        "SIPLEDGER_DATA_DIR": "/elsewhere",                           # one underscore: not an override
+    })
+    assert config.node.name == "0042" and config.kafka.sasl_password == 'p=w#d "x"'
+    assert config.kafka.client_profile == "kafka" and config.proxy.tcp is False and config.proxy.t1 == 1.0
+    assert config.proxy.domains == ("a.example", "b.example")
+    assert [(s.host, s.port, s.secret) for s in config.radius.servers] == [("10.0.0.5", 1813, "s")]
+
+
+@pytest.mark.parametrize("name,value,expected", [
+    ("SIPLEDGER__PROXY__SIP_PORTT", "5060", "environment SIPLEDGER__PROXY__SIP_PORTT: unknown key 'proxy.sip_portt'"),
+    ("SIPLEDGER__PROXYY__SIP_PORT", "5060", "environment SIPLEDGER__PROXYY__SIP_PORT: unknown section 'proxyy'"),
+    ("SIPLEDGER__PROXY", "1", "environment SIPLEDGER__PROXY: must be SIPLEDGER__SECTION__KEY"),
+    ("SIPLEDGER__PROXY__SIP__PORT", "1", "environment SIPLEDGER__PROXY__SIP__PORT: must be SIPLEDGER__SECTION__KEY"),
+    ("SIPLEDGER__PROXY__SIP_PORT", "fifty", "environment SIPLEDGER__PROXY__SIP_PORT: key 'proxy.sip_port': "
+                                            "'fifty' is not a TOML value"),
+    ("SIPLEDGER__PROXY__SIP_PORT", '"5060"', "environment SIPLEDGER__PROXY__SIP_PORT: key 'proxy.sip_port': "
+                                             "Expected `int`, got `str`"),
+    ("SIPLEDGER__PROXY__SIP_PORT", "70000", "environment SIPLEDGER__PROXY__SIP_PORT: key 'proxy.sip_port': "
+                                            "must be 1..65535"),
+    ("SIPLEDGER__KAFKA__CLIENT_PROFILE", "tansuu", "environment SIPLEDGER__KAFKA__CLIENT_PROFILE: "
+                                                   "key 'kafka.client_profile': Invalid enum value 'tansuu'"),
+    ("SIPLEDGER__RADIUS__SERVERS", '[{host = "10.0.0.5"}]', "environment SIPLEDGER__RADIUS__SERVERS: "
+                                                            "key 'radius.servers[0]': Object missing required field `secret`"),
+])
+def test_a_bad_variable_is_one_line_naming_it(name, value, expected):
+    with pytest.raises(ConfigError) as err:
+        load(None, environ={name: value})
+    assert str(err.value) == expected
+
+
+@pytest.mark.parametrize("text,ok", [
+    ("worker_port_base = 0\nworkers = 4", True),
+    ("worker_port_base = 5070\nworkers = 2\nsip_port = 5060", True),
+    ("worker_port_base = 5059\nworkers = 2\nsip_port = 5060", False),     # 5060 would be worker 1's
+    ("worker_port_base = 5060\nworkers = 1\nsip_port = 5060", False),
+    ("worker_port_base = 80\nworkers = 2", False),
+    ("worker_port_base = 65535\nworkers = 2", False),
+])
+def test_worker_port_base(tmp_path, text, ok):
+    path = write(tmp_path, f"[proxy]\n{text}\n")
+    if ok:
+        load(path)
+    else:
+        with pytest.raises(ConfigError, match="key 'proxy.worker_port_base'"):
+            load(path)

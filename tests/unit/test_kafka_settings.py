@@ -4,22 +4,48 @@ from __future__ import annotations
 import ssl
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from proxy.infra.config import ConfigError, KafkaSettings
-from proxy.infra.kafka import consumer_kwargs, faust_settings, producer_kwargs
+from proxy.infra.kafka import consumer_kwargs, faust_app, faust_settings, producer_kwargs
 
 TANSU = KafkaSettings(bootstrap_servers="127.0.0.1:9092")
-KAFKA = KafkaSettings(bootstrap_servers="k1:9092,k2:9092", client_profile="kafka", mode="external")
+KAFKA = KafkaSettings(bootstrap_servers="k1:9092,k2:9092", client_profile="kafka", mode="external",
+                      replication_factor=3)
 
 
-def test_producer_never_idempotent_and_lingers_briefly():
-    kwargs = producer_kwargs(TANSU)
-    assert kwargs["bootstrap_servers"] == "127.0.0.1:9092"
-    assert kwargs["enable_idempotence"] is False
-    assert kwargs["acks"] in (1, "all", -1)
-    assert kwargs["linger_ms"] == 5
-    assert kwargs["compression_type"] is None
+def test_producer_lingers_briefly_and_waits_for_every_replica():
+    for settings in (TANSU, KAFKA):
+        kwargs = producer_kwargs(settings)
+        assert kwargs["acks"] == "all"
+        assert kwargs["linger_ms"] == 5
+        assert kwargs["compression_type"] is None
+    assert producer_kwargs(TANSU)["bootstrap_servers"] == "127.0.0.1:9092"
     assert producer_kwargs(TANSU, linger_ms=0)["linger_ms"] == 0
+
+
+async def test_producer_idempotent_on_kafka_only():
+    """Tansu refuses idempotent producers; a real cluster gets them (acks=all, one write per retried send)."""
+    assert producer_kwargs(TANSU)["enable_idempotence"] is False
+    assert producer_kwargs(KAFKA)["enable_idempotence"] is True
+    for settings, idempotent in ((TANSU, False), (KAFKA, True)):
+        producer = AIOKafkaProducer(**producer_kwargs(settings))      # aiokafka checks the combination here
+        try:
+            assert (producer._txn_manager is not None) is idempotent
+            assert producer._sender._acks == -1
+        finally:
+            await producer.stop()
+
+
+async def test_faust_producer_idempotent_on_kafka_only():
+    for settings, idempotent in ((TANSU, False), (KAFKA, True)):
+        app = faust_app(f"t-{settings.client_profile}", settings, autodiscover=False, web_enabled=False)
+        producer = app.producer._new_producer()
+        try:
+            assert (producer._txn_manager is not None) is idempotent
+            assert producer._sender._acks == -1
+        finally:
+            await producer.stop()
 
 
 def test_consumer_profiles():
@@ -37,7 +63,10 @@ def test_faust_settings():
     assert (app["broker_session_timeout"], app["broker_heartbeat_interval"], app["producer_max_batch_size"]) == (6, 1, 1)
     kafka = faust_settings(KAFKA)
     assert kafka["broker"] == "kafka://k1:9092;kafka://k2:9092"
-    assert "producer_max_batch_size" not in kafka
+    assert not {"producer_max_batch_size", "broker_session_timeout", "broker_heartbeat_interval"} & set(kafka)
+    assert (app["producer_acks"], kafka["producer_acks"]) == (-1, -1)
+    # faust's changelog topics: replicated like ours (else min.insync.replicas refuses them)
+    assert (app["topic_replication_factor"], kafka["topic_replication_factor"]) == (1, 3)
 
 
 def test_sasl_ssl_settings():
