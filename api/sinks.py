@@ -8,7 +8,13 @@ ClickHouse tables runs in the process that serves them (api/serve.py):
   (cdr/store/trace.py, docs/trace.md);
 * the ledger sink: ``[ledger] events_topic`` → ``ledger_events``, and the
   ledger repair that re-inserts what the broker lost, from the SQL ledger
-  (billing/ledger/clickhouse.py).
+  (billing/ledger/clickhouse.py);
+* the archiver: ``sip.events``, ``ledger.events`` and ``call.control`` →
+  ``events`` (cdr/archive/sink.py, docs/operations.md); ledger events the
+  repair re-inserts are archived too.
+
+Every sink restarts its consumer when the embedded broker restarted under it
+(the broker epoch `up` writes to DATA_DIR/run/kafka.json, proxy/infra/epoch.py).
 
 ``Sinks.start(tasks)`` adds one asyncio task each to ``tasks``; ``stop()``
 asks them to finish (each inserts and commits what it holds); ``close()``
@@ -18,16 +24,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
+from typing import cast
 
 from billing.ledger.clickhouse import LedgerQueries, LedgerRepair, LedgerSink
 from billing.ledger.store import LedgerStore
+from cdr.archive.sink import ArchiveSink, archived
+from cdr.archive.store import ArchiveStore
 from cdr.store.queries import CdrStore
 from cdr.store.sink import CdrSink
 from cdr.store.trace import TraceRetention, TraceStore
+from proxy.contract.ledger import encode_event
 from proxy.contract.trace import TraceBatch
 from proxy.infra import metrics
 from proxy.infra.clickhouse.sink import TopicSink
-from proxy.infra.config import Config, KafkaSettings
+from proxy.infra.config import RUN_DIR, Config, KafkaSettings
+from proxy.infra.epoch import BrokerEpoch
 
 __all__ = ["Sinks"]
 
@@ -35,18 +47,34 @@ __all__ = ["Sinks"]
 class Sinks:
     def __init__(self, store: CdrStore, kafka: KafkaSettings, config: Config, data_dir: str | os.PathLike):
         ch, ledger = config.clickhouse, config.ledger
+        run_dir = Path(data_dir) / RUN_DIR
+        epoch = BrokerEpoch(run_dir)
         self.cdr = CdrSink(store, kafka, topic=config.cdr.records_topic, group_id=ch.consumer_group,
                            batch_rows=ch.batch_rows, batch_ms=ch.batch_ms,
                            partitions=config.cdr.partitions or kafka.partitions)
+        self.cdr.epoch = epoch
         self.traces = TraceStore(store.backend)
         self.trace: TopicSink[TraceBatch] = TopicSink(
             TraceBatch, self.traces.insert_batches, kafka, topic=config.trace.topic, group_id="trace-sink",
             batch_rows=max(1, ch.batch_rows // 64), batch_ms=ch.batch_ms, partitions=kafka.partitions)
+        self.trace.epoch = epoch
         self.trace_retention = TraceRetention(self.traces, config.trace.retention_days)
         queries = LedgerQueries(store.backend)
         self.ledger = LedgerSink(queries, kafka, topic=ledger.events_topic, group_id=ledger.sink_group,
                                  batch_rows=ch.batch_rows, batch_ms=ch.batch_ms,
                                  partitions=ledger.partitions or kafka.partitions)
+        self.ledger.epoch = epoch
+        self.archive: ArchiveSink | None = None
+        if config.archive.enabled:
+            self.archive = ArchiveSink(
+                ArchiveStore(store.backend), kafka, sip_topic=config.topics.sip_events,
+                ledger_topic=ledger.events_topic, control_topic=config.topics.call_control,
+                group_id=config.archive.group, batch_rows=ch.batch_rows, batch_ms=ch.batch_ms,
+                partitions={config.topics.sip_events: kafka.partitions,
+                            ledger.events_topic: ledger.partitions or kafka.partitions,
+                            config.topics.call_control: kafka.partitions},
+                epoch=epoch, run_dir=run_dir)
+            queries = cast(LedgerQueries, _ArchivingLedger(queries, self.archive.store))
         self.ledger_store = LedgerStore(config.billing.database_url(data_dir))
         try:
             self.ledger_store.create_schema()
@@ -62,6 +90,8 @@ class Sinks:
         tasks["trace-retention"] = asyncio.create_task(self.trace_retention.run(), name="trace-retention")
         tasks["ledger-sink"] = asyncio.create_task(self.ledger.run(), name="ledger-sink")
         tasks["ledger-repair"] = asyncio.create_task(self.repair.run(), name="ledger-repair")
+        if self.archive is not None:
+            tasks["archive"] = asyncio.create_task(self.archive.run(), name="archive")
         if metrics.enabled():
             self._lag = tasks["sink-lag"] = asyncio.create_task(self._report_lag(), name="sink-lag")
 
@@ -69,7 +99,10 @@ class Sinks:
         """The sinks' consumer lag for /metrics (docs/metrics.md), once a second."""
         while True:
             await asyncio.sleep(1.0)
-            for name, sink in (("cdr_sink", self.cdr), ("ledger_sink", self.ledger)):
+            sinks: list[tuple[str, TopicSink]] = [("cdr_sink", self.cdr), ("ledger_sink", self.ledger)]
+            if self.archive is not None:
+                sinks.append(("archive", self.archive))
+            for name, sink in sinks:
                 consumer = sink.consumer
                 if consumer is not None:
                     metrics.set_lag(name, await metrics.aiokafka_lag(consumer))
@@ -79,9 +112,28 @@ class Sinks:
             self._lag.cancel()
         self.cdr.stop()
         self.ledger.stop()
+        if self.archive is not None:
+            self.archive.stop()
         self.repair.stop()
         self.trace.stop()
         self.trace_retention.stop()
 
     def close(self) -> None:
         self.ledger_store.close()
+
+
+class _ArchivingLedger:
+    """The ledger repair's ClickHouse copy, archiving what it re-inserts: events
+    the broker lost before the archiver read them exist only in SQLite."""
+
+    def __init__(self, queries: LedgerQueries, archive: ArchiveStore) -> None:
+        self._queries = queries
+        self._archive = archive
+
+    def insert(self, events: list) -> int:
+        count = self._queries.insert(events)
+        self._archive.insert([archived("ledger", encode_event(event)) for event in events])
+        return count
+
+    def __getattr__(self, name: str):
+        return getattr(self._queries, name)
