@@ -102,12 +102,14 @@ class RebuildLimits:
 
 
 def rebuild_cdrs(cdrs: CdrStore, limits: RebuildLimits, from_ms: int, to_ms: int, *,
-                 dry_run: bool = False) -> RebuildReport:
-    """The service behind the CLI and the REST route: the archive on the same back end."""
+                 dry_run: bool = False, now_ms: int | None = None) -> RebuildReport:
+    """The service behind the CLI and the REST route: the archive on the same back end.
+    ``now_ms`` (default: the clock) decides which calls are still live."""
     if to_ms <= from_ms:
         raise ValueError("--to must be after --from")
     return rebuild(ArchiveStore(cdrs.backend), cdrs, from_ms, to_ms, window_ms=limits.window_ms,
-                   span_ms=limits.span_ms, now_ms=clock.now_ms(), dry_run=dry_run)
+                   span_ms=limits.span_ms, now_ms=clock.now_ms() if now_ms is None else now_ms,
+                   dry_run=dry_run)
 
 
 def stored_legs(cdrs: CdrStore, cdr_ids: Sequence[str]) -> dict[str, dict[int, CdrLeg]]:
