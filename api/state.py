@@ -19,6 +19,7 @@ from billing.client import BillingClient
 from billing.ledger.clickhouse import LedgerQueries
 from billing.ledger.store import LedgerStore
 from billing.rating.store import RatesStore
+from cdr.archive.rebuild import RebuildLimits
 from cdr.store.queries import CdrStore
 from proxy.infra.config import BillingSettings, Config
 from proxy.provisioning.store import default_url as provisioning_default_url
@@ -41,6 +42,7 @@ class AppState:
     live_calls: LiveCalls | None = None            # the proxy workers' live calls, hang-up (api/calls.py)
     provisioning_url: str | None = None            # fraud alerts, gateways (quality's probe state)
     run_dir: str | None = None                     # DATA_DIR/run: the workers' published state
+    rebuild_limits: RebuildLimits = field(default_factory=RebuildLimits)   # CDR rebuild (cdr/archive)
 
     @classmethod
     def open(cls, cdr_store: CdrStore, token_store: TokenStore, config: Config,
@@ -62,7 +64,8 @@ class AppState:
                    ledger_queries=LedgerQueries(cdr_store.backend),
                    live_calls=LiveCalls(Path(data_dir), config),
                    provisioning_url=config.provisioning.url or provisioning_default_url(data_dir),
-                   run_dir=str(Path(data_dir) / "run"))
+                   run_dir=str(Path(data_dir) / "run"),
+                   rebuild_limits=RebuildLimits.of(config))
 
     def install(self, app) -> None:
         for f in fields(self):
