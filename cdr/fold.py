@@ -119,7 +119,9 @@ def rebuild_call(events: Iterable[ev.CallEvent], window_ms: int, now_ms: int) ->
             rows, close_ms = step.rows, step.close_ms
             state = kept_after_end(step.state) if rows else None
             done = True
-    if not done and state is not None and now_ms > silence_deadline_ms(state, window_ms):
-        close_ms = silence_end_ms(state, window_ms)
-        rows = closed_rows(state, close_ms)
+    if not done:
+        if state is None:
+            return []           # no call event at all (e.g. registration.dropped): nothing to record
+        if now_ms > silence_deadline_ms(state, window_ms):
+            rows = closed_rows(state, silence_end_ms(state, window_ms))
     return rows

@@ -150,7 +150,9 @@ def rebuild(archive: ArchiveStore, cdrs: CdrStore, from_ms: int, to_ms: int, *, 
     started = time.perf_counter()
     report = RebuildReport(from_ms, to_ms, dry_run)
     made: set[str] = set()          # cdr ids the archive makes (or will: live calls)
-    for start in range(from_ms, to_ms, SLICE_MS):
+    span = archive.time_span(from_ms, to_ms)        # only the hours the archive has events in
+    first, last = span if span is not None else (to_ms, to_ms)
+    for start in range(max(from_ms, first - first % SLICE_MS), min(to_ms, last + 1), SLICE_MS):
         end = min(to_ms, start + SLICE_MS)
         calls = archive.first_calls(start, end, span_ms)
         for i in range(0, len(calls), CALL_CHUNK):

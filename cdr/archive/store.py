@@ -18,7 +18,8 @@ __all__ = ["Archived", "ArchiveStore", "SOURCES", "TABLE", "problem"]
 
 TABLE = "events"
 SOURCES = ("sip", "ledger", "control")       # sip.events, ledger.events, call.control
-_MAX_TS_MS = (2**32 - 1) * 1000             # `ts` is DateTime (UInt32 seconds)
+MAX_S = 2**32 - 1                           # `ts` is DateTime (UInt32 seconds)
+_MAX_TS_MS = MAX_S * 1000
 MAX_ID_CHARS = 128
 
 
@@ -77,8 +78,20 @@ class ArchiveStore:
                "GROUP BY call_id HAVING min(ts_ms) >= {from_ms} AND min(ts_ms) < {to_ms} "
                "ORDER BY call_id")
         params = {"lo_s": max(0, from_ms - span_ms) // 1000, "from_s": from_ms // 1000,
-                  "hi_s": to_ms // 1000 + 1, "from_ms": from_ms, "to_ms": to_ms}
+                  "hi_s": min(to_ms // 1000 + 1, MAX_S), "from_ms": from_ms, "to_ms": to_ms}
         return [row[0] for row in self.backend.query(sql, params)]
+
+    def time_span(self, from_ms: int, to_ms: int) -> tuple[int, int] | None:
+        """(first, last) ``ts_ms`` of the archived sip.events in [from_ms, to_ms), None if none."""
+        rows = self.backend.query(
+            "SELECT count(), min(ts_ms), max(ts_ms) FROM events WHERE source = 'sip' "
+            "AND ts >= toDateTime({from_s}) AND ts < toDateTime({hi_s}) "
+            "AND ts_ms >= {from_ms} AND ts_ms < {to_ms}",
+            {"from_s": from_ms // 1000, "hi_s": min(to_ms // 1000 + 1, MAX_S),
+             "from_ms": from_ms, "to_ms": to_ms})
+        if not rows or not rows[0][0]:
+            return None
+        return int(rows[0][1]), int(rows[0][2])
 
     def call_events(self, call_ids: Sequence[str], from_ms: int, until_ms: int
                     ) -> Iterator[tuple[str, list[bytes]]]:
@@ -90,7 +103,7 @@ class ArchiveStore:
                "WHERE source = 'sip' AND ts >= toDateTime({lo_s}) AND ts < toDateTime({hi_s}) "
                "AND call_id IN {calls} "
                "ORDER BY call_id, ts_ms, id LIMIT 1 BY call_id, id")
-        params = {"lo_s": from_ms // 1000, "hi_s": until_ms // 1000 + 1, "calls": list(call_ids)}
+        params = {"lo_s": from_ms // 1000, "hi_s": min(until_ms // 1000 + 1, MAX_S), "calls": list(call_ids)}
         current: str | None = None
         payloads: list[bytes] = []
         for call_id, payload in self.backend.query(sql, params):
