@@ -11,7 +11,9 @@ ClickHouse tables runs in the process that serves them (api/serve.py):
   (billing/ledger/clickhouse.py);
 * the archiver: ``sip.events``, ``ledger.events`` and ``call.control`` →
   ``events`` (cdr/archive/sink.py, docs/operations.md); ledger events the
-  repair re-inserts are archived too.
+  repair re-inserts are archived too;
+* the CDR repair: calls the archive shows over without a CDR are folded
+  from the archive, their rows published to ``cdr.records`` (cdr/archive/repair.py).
 
 Every sink restarts its consumer when the embedded broker restarted under it
 (the broker epoch `up` writes to DATA_DIR/run/kafka.json, proxy/infra/epoch.py).
@@ -27,19 +29,26 @@ import os
 from pathlib import Path
 from typing import cast
 
+import msgspec
+from aiokafka import AIOKafkaProducer
+
 from billing.ledger.clickhouse import LedgerQueries, LedgerRepair, LedgerSink
 from billing.ledger.store import LedgerStore
+from cdr.archive.rebuild import RebuildLimits
+from cdr.archive.repair import CdrRepair
 from cdr.archive.sink import ArchiveSink, archived
 from cdr.archive.store import ArchiveStore
 from cdr.store.queries import CdrStore
 from cdr.store.sink import CdrSink
 from cdr.store.trace import TraceRetention, TraceStore
+from proxy.contract.cdr import CdrLeg
 from proxy.contract.ledger import encode_event
 from proxy.contract.trace import TraceBatch
 from proxy.infra import metrics
 from proxy.infra.clickhouse.sink import TopicSink
 from proxy.infra.config import RUN_DIR, Config, KafkaSettings
 from proxy.infra.epoch import BrokerEpoch
+from proxy.infra.kafka import producer_kwargs
 
 __all__ = ["Sinks"]
 
@@ -65,6 +74,8 @@ class Sinks:
                                  partitions=ledger.partitions or kafka.partitions)
         self.ledger.epoch = epoch
         self.archive: ArchiveSink | None = None
+        self.cdr_repair: CdrRepair | None = None
+        self._rows_out: _RowPublisher | None = None
         if config.archive.enabled:
             self.archive = ArchiveSink(
                 ArchiveStore(store.backend), kafka, sip_topic=config.topics.sip_events,
@@ -75,6 +86,11 @@ class Sinks:
                             config.topics.call_control: kafka.partitions},
                 epoch=epoch, run_dir=run_dir)
             queries = cast(LedgerQueries, _ArchivingLedger(queries, self.archive.store))
+            a, limits = config.archive, RebuildLimits.of(config)
+            self._rows_out = _RowPublisher(kafka, config.cdr.records_topic)
+            self.cdr_repair = CdrRepair(self.archive.store, self._rows_out.publish, window_ms=limits.window_ms,
+                                        span_ms=limits.span_ms, interval_s=a.repair_seconds,
+                                        grace_s=a.repair_grace_seconds, lookback_s=a.repair_lookback_seconds)
         self.ledger_store = LedgerStore(config.billing.database_url(data_dir))
         try:
             self.ledger_store.create_schema()
@@ -92,6 +108,8 @@ class Sinks:
         tasks["ledger-repair"] = asyncio.create_task(self.repair.run(), name="ledger-repair")
         if self.archive is not None:
             tasks["archive"] = asyncio.create_task(self.archive.run(), name="archive")
+        if self.cdr_repair is not None:
+            tasks["cdr-repair"] = asyncio.create_task(self.cdr_repair.run(), name="cdr-repair")
         if metrics.enabled():
             self._lag = tasks["sink-lag"] = asyncio.create_task(self._report_lag(), name="sink-lag")
 
@@ -114,12 +132,19 @@ class Sinks:
         self.ledger.stop()
         if self.archive is not None:
             self.archive.stop()
+        if self.cdr_repair is not None:
+            self.cdr_repair.stop()
         self.repair.stop()
         self.trace.stop()
         self.trace_retention.stop()
 
     def close(self) -> None:
         self.ledger_store.close()
+
+    async def aclose(self) -> None:
+        """Close what the tasks leave open (the repair's producer)."""
+        if self._rows_out is not None:
+            await self._rows_out.close()
 
 
 class _ArchivingLedger:
@@ -137,3 +162,34 @@ class _ArchivingLedger:
 
     def __getattr__(self, name: str):
         return getattr(self._queries, name)
+
+
+class _RowPublisher:
+    """CDR rows to ``cdr.records`` as the processor sends them (key cdr_id, JSON)."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        self._producer: AIOKafkaProducer | None = None
+
+    async def publish(self, rows: list[CdrLeg]) -> None:
+        if self._producer is None:
+            producer = AIOKafkaProducer(**producer_kwargs(self.kafka))
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()
+                raise
+            self._producer = producer
+        try:
+            futures = [await self._producer.send(self.topic, msgspec.json.encode(row), key=row.cdr_id.encode())
+                       for row in rows]
+            await asyncio.gather(*futures)
+        except Exception:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()

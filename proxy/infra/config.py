@@ -442,6 +442,11 @@ class ArchiveSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # outbox until the archive has it, and publishes it again after a broker restart.
     outbox_until_archived: bool = True
     outbox_keep_rows: int = 2_000_000   # per worker: published rows kept at most (oldest go first, logged)
+    # CDR repair: calls the archive shows over (older than the grace) without a
+    # CDR are folded from the archive and their rows published to cdr.records.
+    repair_seconds: float = 30.0        # how often (0 = never)
+    repair_grace_seconds: float = 30.0  # the live processor's time to write a CDR first
+    repair_lookback_seconds: float = 7200.0  # calls that ended this far back are checked
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -761,6 +766,10 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
         ("trace.flag_seconds", c.trace.flag_seconds > 0, "must be > 0"),
         ("archive.group", bool(c.archive.group), "must not be empty"),
         ("archive.outbox_keep_rows", c.archive.outbox_keep_rows >= 1000, "must be >= 1000"),
+        ("archive.repair_seconds", c.archive.repair_seconds >= 0, "must be >= 0 (0 = off)"),
+        ("archive.repair_grace_seconds", c.archive.repair_grace_seconds >= 1, "must be >= 1"),
+        ("archive.repair_lookback_seconds", c.archive.repair_lookback_seconds > c.archive.repair_grace_seconds,
+         "must be > repair_grace_seconds"),
     ]
     for i, relay in enumerate(c.media.rtpengines):
         result += [

@@ -120,3 +120,26 @@ def test_dry_run_lists_changed_fields_and_removed_calls(backend):
     changed = next(d for d in report.diffs if d.change == "changed")
     assert changed.legs[0] == {"billable_s": [edited.billable_s, legs[0].billable_s],
                                "sip_reason": ["edited by hand", legs[0].sip_reason]}
+
+
+def test_repair_finds_calls_over_without_a_cdr_and_folds_their_rows(backend):
+    from cdr.archive.repair import CdrRepair
+
+    events_of_calls = calls(6)
+    legs = load(backend, events_of_calls)
+    lost = {"c2@test", "c4@test"}
+    backend.execute("TRUNCATE TABLE cdr")
+    CdrStore(backend).insert_legs([leg for leg in legs if leg.call_id not in lost], version_ms=T0)
+    published: list = []
+
+    async def publish(rows):
+        published.extend(rows)
+
+    repair = CdrRepair(ArchiveStore(backend), publish, window_ms=LIMITS.window_ms, span_ms=LIMITS.span_ms,
+                       grace_s=30, lookback_s=4 * 3600)
+    ended = {events[0].call_id: max(e.ts_ms for e in events) for events in events_of_calls}
+    assert "c4@test" not in repair.missing(ended["c4@test"] + 10_000)    # the live path still has its turn
+    now = max(ended.values()) + 31_000
+    assert repair.missing(now) == sorted(lost)
+    assert sorted(repair.rows_of(sorted(lost), now), key=lambda r: (r.call_id, r.leg)) == \
+        sorted((leg for leg in legs if leg.call_id in lost), key=lambda r: (r.call_id, r.leg))
