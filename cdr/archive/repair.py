@@ -84,7 +84,7 @@ class CdrRepair:
     async def repair_once(self) -> int:
         """One pass; returns how many calls got their rows published."""
         now = clock.now_ms()
-        recent = now - self.grace_ms
+        recent = now - 3 * self.grace_ms        # published rows get three graces to be stored
         self._published = {c: ms for c, ms in self._published.items() if ms > recent}
         call_ids = [c for c in await asyncio.to_thread(self.missing, now) if c not in self._published]
         if not call_ids:

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.e2e
 def two_workers(tmp_path_factory):
     # the CDR repair quick (the broker kill test below)
     sl = start_sipledger(tmp_path_factory.mktemp("sipledger-w2") / "data", workers=2,
-                         extra_config="\n[archive]\nrepair_seconds = 2\nrepair_grace_seconds = 5\n")
+                         extra_config="\n[archive]\nrepair_seconds = 2\nrepair_grace_seconds = 10\n")
     yield sl
     sl.stop()
 
@@ -222,7 +222,7 @@ def test_zz_embedded_broker_killed_under_load_loses_no_event(two_workers, uas_fa
         return [call_id for call_id, from_tag in invites.items()
                 if sl.client.get(f"/v1/cdrs/{cdr_id_for(call_id, from_tag)}").status_code != 200]
 
-    # the live path, or the CDR repair from the archive (every 2 s here, after 5 s of grace)
+    # the live path, or the CDR repair from the archive (every 2 s here, after 10 s of grace)
     assert eventually(lambda: not missing(), "every call's CDR", 60, interval=1, fail=False), missing()
     report = sl.client.post("/v1/cdrs/rebuild", json={"from": 0, "to": now_ms() + 86_400_000,
                                                       "dry_run": True}).json()

@@ -81,6 +81,15 @@ class _Rebalance(ConsumerRebalanceListener):
         self.sink.assigned.set()
 
 
+def _cancelled_from_outside() -> bool:
+    """Whether this task was asked to stop, as opposed to a CancelledError leaking
+    out of the Kafka client (aiokafka's consumer lets its own internal
+    cancellations escape while its broker restarts): the former ends the sink,
+    the latter is one more consumer failure."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
 class EpochChanged(Exception):
     """The broker restarted under the consumer (``epoch`` changed)."""
 
@@ -139,7 +148,12 @@ class TopicSink(Generic[R]):
         delay = RETRY_MIN_S
         while not self._stopping.is_set():
             try:
-                await self._start()
+                try:
+                    await self._start()
+                except asyncio.CancelledError:
+                    if _cancelled_from_outside():
+                        raise
+                    raise RuntimeError("consumer start cancelled inside the Kafka client") from None
             except Exception as exc:   # broker down or not reachable yet
                 log.warning("sink %s: cannot start consumer on %s: %s (retrying)", self.topic,
                             self.kafka.bootstrap_servers, exc)
@@ -158,6 +172,10 @@ class TopicSink(Generic[R]):
                 delay = RETRY_MIN_S
             except Exception as exc:    # e.g. the topic vanished with a broker restart
                 log.error("sink %s: consumer failed: %r (restarting it)", self.topic, exc)
+            except asyncio.CancelledError:
+                if _cancelled_from_outside():
+                    raise
+                log.error("sink %s: cancelled inside the Kafka client (restarting the consumer)", self.topic)
             finally:
                 try:
                     await self.flush()
@@ -189,6 +207,10 @@ class TopicSink(Generic[R]):
                 await consumer.stop()
             except Exception as exc:
                 log.warning("sink %s: stopping consumer: %s", self.topic, exc)
+            except asyncio.CancelledError:
+                if _cancelled_from_outside():
+                    raise
+                log.warning("sink %s: stopping consumer: cancelled inside the Kafka client", self.topic)
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep unless stopped first; True when stopped."""
