@@ -143,3 +143,31 @@ def test_repair_finds_calls_over_without_a_cdr_and_folds_their_rows(backend):
     assert repair.missing(now) == sorted(lost)
     assert sorted(repair.rows_of(sorted(lost), now), key=lambda r: (r.call_id, r.leg)) == \
         sorted((leg for leg in legs if leg.call_id in lost), key=lambda r: (r.call_id, r.leg))
+
+
+def test_ledger_events_the_repair_reinserts_are_archived_too(backend):
+    """Ledger events lost with the broker exist only in billing's SQLite: the
+    ledger repair's inserts (api/sinks.py) go to the archive as well, in the
+    bytes billing publishes."""
+    from decimal import Decimal
+
+    from api.sinks import _ArchivingLedger
+    from proxy.contract.ledger import LedgerEvent, decode_event
+
+    inserted: list = []
+
+    class Queries:
+        def insert(self, events):
+            inserted.extend(events)
+            return len(events)
+
+    event = LedgerEvent(id=str(uuid.uuid4()), account="alice@example.test", kind="debit",
+                        amount=Decimal("0.120000"), currency="EUR", ts_ms=T0, seq=7, call_id="c1@test")
+    ledger = _ArchivingLedger(Queries(), ArchiveStore(backend))
+    assert ledger.insert([event]) == 1 and inserted == [event]
+    ledger.insert([event])                                  # the repair runs again: still one event
+    assert ArchiveStore(backend).count("ledger") == (1, 2)
+    ((account, kind, call_id, payload),) = backend.query(
+        "SELECT account, type, call_id, payload FROM events WHERE source = 'ledger' LIMIT 1 BY id")
+    assert (account, kind, call_id, decode_event(payload.encode())) == ("alice@example.test", "debit", "c1@test",
+                                                                         event)
