@@ -13,7 +13,9 @@ ClickHouse tables runs in the process that serves them (api/serve.py):
   ``events`` (cdr/archive/sink.py, docs/operations.md); ledger events the
   repair re-inserts are archived too;
 * the CDR repair: calls the archive shows over without a CDR are folded
-  from the archive, their rows published to ``cdr.records`` (cdr/archive/repair.py).
+  from the archive, their rows published to ``cdr.records`` (cdr/archive/repair.py);
+  with it, ledger events ``ledger_events`` has and the archive lacks (the
+  archiver had not read them when the broker died) are archived from there.
 
 Every sink restarts its consumer when the embedded broker restarted under it
 (the broker epoch `up` writes to DATA_DIR/run/kafka.json, proxy/infra/epoch.py).
@@ -25,6 +27,7 @@ closes the repair's ledger store once they have.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 from typing import cast
@@ -32,7 +35,8 @@ from typing import cast
 import msgspec
 from aiokafka import AIOKafkaProducer
 
-from billing.ledger.clickhouse import LedgerQueries, LedgerRepair, LedgerSink
+from billing.ledger.clickhouse import EVENT_SELECT, LedgerQueries, LedgerRepair, LedgerSink
+from billing.ledger.clickhouse import _row_event as row_event
 from billing.ledger.store import LedgerStore
 from cdr.archive.rebuild import RebuildLimits
 from cdr.archive.repair import CdrRepair
@@ -42,15 +46,17 @@ from cdr.store.queries import CdrStore
 from cdr.store.sink import CdrSink
 from cdr.store.trace import TraceRetention, TraceStore
 from proxy.contract.cdr import CdrLeg
-from proxy.contract.ledger import encode_event
+from proxy.contract.ledger import LedgerEvent, encode_event
 from proxy.contract.trace import TraceBatch
-from proxy.infra import metrics
+from proxy.infra import clock, metrics
 from proxy.infra.clickhouse.sink import TopicSink
 from proxy.infra.config import RUN_DIR, Config, KafkaSettings
 from proxy.infra.epoch import BrokerEpoch
 from proxy.infra.kafka import producer_kwargs
 
 __all__ = ["Sinks"]
+
+log = logging.getLogger("sipledger.sinks")
 
 
 class Sinks:
@@ -110,6 +116,7 @@ class Sinks:
             tasks["archive"] = asyncio.create_task(self.archive.run(), name="archive")
         if self.cdr_repair is not None:
             tasks["cdr-repair"] = asyncio.create_task(self.cdr_repair.run(), name="cdr-repair")
+            tasks["ledger-archive"] = asyncio.create_task(self._ledger_gaps(), name="ledger-archive")
         if metrics.enabled():
             self._lag = tasks["sink-lag"] = asyncio.create_task(self._report_lag(), name="sink-lag")
 
@@ -124,6 +131,21 @@ class Sinks:
                 consumer = sink.consumer
                 if consumer is not None:
                     metrics.set_lag(name, await metrics.aiokafka_lag(consumer))
+
+    async def _ledger_gaps(self) -> None:
+        repair = self.cdr_repair
+        assert repair is not None and self.archive is not None
+        while not await _stopped(repair, repair.interval_s or 3600.0):
+            if repair.interval_s <= 0:
+                continue
+            try:
+                count = await asyncio.to_thread(archive_ledger_gaps, self.archive.store,
+                                                clock.now_ms(), repair.grace_ms, repair.lookback_ms)
+            except Exception as exc:        # the store is not there: next round
+                log.warning("ledger archive repair failed: %r", exc)
+                continue
+            if count:
+                log.warning("ledger archive repair: %d ledger events archived from ledger_events", count)
 
     def stop(self) -> None:
         if self._lag is not None:
@@ -193,3 +215,29 @@ class _RowPublisher:
         producer, self._producer = self._producer, None
         if producer is not None:
             await producer.stop()
+
+
+async def _stopped(repair: CdrRepair, seconds: float) -> bool:
+    """Sleep ``seconds`` unless the repair is stopped first (True then)."""
+    try:
+        await asyncio.wait_for(repair.stopping.wait(), seconds)
+        return True
+    except asyncio.TimeoutError:
+        return False
+
+
+def archive_ledger_gaps(archive: ArchiveStore, now_ms: int, grace_ms: int, lookback_ms: int) -> int:
+    """Archive the ledger events of the last ``lookback_ms`` (older than
+    ``grace_ms``) that ``ledger_events`` holds and ``events`` lacks; returns how many."""
+    lo, hi = max(0, now_ms - lookback_ms), now_ms - grace_ms
+    rows = archive.backend.query_dicts(
+        f"SELECT {EVENT_SELECT} FROM ledger_events WHERE ts >= toDateTime({{lo_s}}) "
+        "AND ts_ms >= {lo} AND ts_ms < {hi} "
+        "AND id NOT IN (SELECT id FROM events WHERE source = 'ledger' AND ts >= toDateTime({lo_s})) "
+        "ORDER BY seq LIMIT 1 BY id", {"lo_s": lo // 1000, "lo": lo, "hi": hi})
+    events = [msgspec.convert({k: v for k, v in row_event(row).items() if k not in _DELTAS}, LedgerEvent)
+              for row in rows]
+    return archive.insert([archived("ledger", encode_event(event)) for event in events])
+
+
+_DELTAS = ("balance_delta", "reserved_delta")

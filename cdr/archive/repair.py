@@ -56,6 +56,10 @@ class CdrRepair:
     def stop(self) -> None:
         self._stop.set()
 
+    @property
+    def stopping(self) -> asyncio.Event:
+        return self._stop
+
     def missing(self, now_ms: int) -> list[str]:
         """Call-IDs over in the archive (ending event in the window) without a CDR row."""
         lo, hi = now_ms - self.lookback_ms, now_ms - self.grace_ms

@@ -171,3 +171,21 @@ def test_ledger_events_the_repair_reinserts_are_archived_too(backend):
         "SELECT account, type, call_id, payload FROM events WHERE source = 'ledger' LIMIT 1 BY id")
     assert (account, kind, call_id, decode_event(payload.encode())) == ("alice@example.test", "debit", "c1@test",
                                                                          event)
+
+
+def test_ledger_events_the_archiver_missed_are_archived_from_ledger_events(backend):
+    from decimal import Decimal
+
+    from api.sinks import archive_ledger_gaps
+    from billing.ledger.clickhouse import LedgerQueries
+    from proxy.contract.ledger import LedgerEvent, encode_event
+
+    events = [LedgerEvent(id=f"led-{i}", account="bob@example.test", kind="topup", amount=Decimal("5"),
+                          currency="EUR", ts_ms=T0 + i, seq=i + 1, key=f"k{i}") for i in range(3)]
+    LedgerQueries(backend).insert(events)
+    archive = ArchiveStore(backend)
+    archive.insert([archived("ledger", encode_event(events[0]))])      # the archiver had read the first
+    assert archive_ledger_gaps(archive, T0 + 60_000, 30_000, HOUR) == 2
+    assert archive_ledger_gaps(archive, T0 + 60_000, 30_000, HOUR) == 0
+    assert {row[0] for row in backend.query("SELECT id FROM events WHERE source = 'ledger'")} == \
+        {"led-0", "led-1", "led-2"}
