@@ -66,10 +66,13 @@ class CdrRepair:
         sql = ("SELECT DISTINCT call_id FROM events WHERE source = 'sip' "
                "AND ts >= toDateTime({lo_s}) AND ts < toDateTime({hi_s}) AND ts_ms >= {lo} AND ts_ms < {hi} "
                "AND type IN {ending} "
-               "AND call_id NOT IN (SELECT call_id FROM cdr WHERE setup >= toDateTime({setup_s})) "
+               # the calls with a CDR: cdr_calls is sorted by setup time, cdr by cdr_id,
+               # so both lookups are index ranges (not a scan of the month's legs)
+               "AND call_id NOT IN (SELECT call_id FROM cdr WHERE cdr_id IN "
+               "(SELECT cdr_id FROM cdr_calls WHERE setup_ms >= {setup_lo})) "
                "ORDER BY call_id")
         params = {"lo_s": max(0, lo) // 1000, "hi_s": min(hi // 1000 + 1, MAX_S), "lo": lo, "hi": hi,
-                  "ending": list(ENDING_TYPES), "setup_s": max(0, lo - self.span_ms) // 1000}
+                  "ending": list(ENDING_TYPES), "setup_lo": max(0, lo - self.span_ms)}
         return [row[0] for row in self.archive.backend.query(sql, params)]
 
     def rows_of(self, call_ids: list[str], now_ms: int) -> list[CdrLeg]:
