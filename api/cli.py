@@ -31,6 +31,7 @@ from proxy.runtime.pike_cli import pike_app
 from . import calls_cli
 from .kafka_cli import kafka_app
 from .quality_cli import quality_command
+from .rebuild_cli import cdr_app
 from .tokens import token_app
 from .trace_cli import trace as trace_cmd
 
@@ -61,6 +62,7 @@ app.command("calls")(calls_cli.calls)
 app.command("hangup")(calls_cli.hangup)
 app.add_typer(fraud_app, name="fraud")
 app.command("quality")(quality_command)
+app.add_typer(cdr_app, name="cdr")         # api/rebuild_cli.py: rebuild from the event archive
 
 
 @dataclass

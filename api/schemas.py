@@ -141,6 +141,38 @@ class CallPage(BaseModel):
     limit: int
 
 
+class RebuildRequest(BaseModel):
+    """``POST /v1/cdrs/rebuild``: the calls whose first event is in [from, to) (epoch ms)."""
+    from_: int = Field(alias="from", ge=0, le=2**32 * 1000, description="start, epoch ms")
+    to: int = Field(ge=0, le=2**32 * 1000, description="end, exclusive, epoch ms")
+    dry_run: bool = Field(False, description="report the differences, write nothing")
+
+
+class RebuildDiff(BaseModel):
+    cdr_id: str
+    call_id: str
+    change: Literal["added", "changed", "removed"]
+    legs: dict[str, dict[str, list]] = Field(description="changed: leg -> field -> [stored, rebuilt]")
+
+
+class RebuildReport(BaseModel):
+    """What a rebuild found and wrote (docs/operations.md); ``diffs``: at most 1000."""
+    from_ms: int
+    to_ms: int
+    dry_run: bool
+    calls: int
+    live: int
+    unchanged: int
+    added: int
+    changed: int
+    removed: int
+    legs_written: int
+    events: int
+    unreadable: int
+    seconds: float
+    diffs: list[RebuildDiff]
+
+
 # -- statistics (api/routes/stats.py) ------------------------------------------------------------
 
 class Pdd(BaseModel):

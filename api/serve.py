@@ -168,6 +168,7 @@ async def _serve(state, sinks, sock: socket.socket | None) -> int:
         if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
             log.error("%s: %r", name, result)
     if sinks is not None:
+        await sinks.aclose()
         stats = {k: v for k, v in vars(sinks.cdr.stats).items() if k != "assigned"}
         print(f"SINK STATS {json.dumps(stats)}", file=sys.stderr, flush=True)
     return status

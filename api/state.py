@@ -19,6 +19,7 @@ from billing.client import BillingClient
 from billing.ledger.clickhouse import LedgerQueries
 from billing.ledger.store import LedgerStore
 from billing.rating.store import RatesStore
+from cdr.archive.rebuild import RebuildLimits
 from cdr.store.queries import CdrStore
 from proxy.infra.config import BillingSettings, Config
 from proxy.provisioning.store import ProvisioningStore
@@ -45,6 +46,7 @@ class AppState:
     run_dir: str | None = None                     # DATA_DIR/run: the workers' published state
     provisioning_store: ProvisioningStore | None = None   # users, domains, aliases (/v1/users ...)
     routing_store: RoutingStore | None = None             # gateways ... forwarding (/v1/gateways ...)
+    rebuild_limits: RebuildLimits = field(default_factory=RebuildLimits)   # CDR rebuild (cdr/archive)
 
     @classmethod
     def open(cls, cdr_store: CdrStore, token_store: TokenStore, config: Config,
@@ -70,7 +72,8 @@ class AppState:
                    ledger_queries=LedgerQueries(cdr_store.backend),
                    live_calls=LiveCalls(Path(data_dir), config),
                    provisioning_url=provisioning_url, run_dir=str(Path(data_dir) / "run"),
-                   provisioning_store=provisioning_store, routing_store=routing_store)
+                   provisioning_store=provisioning_store, routing_store=routing_store,
+                   rebuild_limits=RebuildLimits.of(config))
 
     def install(self, app) -> None:
         for f in fields(self):

@@ -31,7 +31,9 @@ from pathlib import Path
 
 import msgspec
 
+from proxy.infra import clock
 from proxy.infra.config import KAFKA_RUN_FILE, RUN_DIR, Config
+from proxy.infra.epoch import new_epoch
 from proxy.infra.kafka import ensure_topics_sync
 from proxy.infra.metrics import ENV_DIR, prepare_dir
 from proxy.infra.pidlock import LockHeld, PidLock
@@ -80,9 +82,8 @@ class Up:
         try:
             self._prepare_metrics()
             bootstrap = self._start_broker()
+            self._name_broker(bootstrap)
             self._create_topics(bootstrap)
-            # where the CLI sends commands (`sipledger hangup`, api/calls.py)
-            write_json_atomically(self.data_dir / RUN_DIR / KAFKA_RUN_FILE, {"bootstrap": bootstrap, "pid": os.getpid()})
             self.group.children = self.children(bootstrap)
             try:
                 self.group.start()
@@ -159,6 +160,16 @@ class Up:
             raise StartError(f"embedded broker: {exc}") from None
         return self.broker.bootstrap
 
+    def _name_broker(self, bootstrap: str) -> None:
+        """DATA_DIR/run/kafka.json: where the CLI sends commands (`sipledger hangup`,
+        api/calls.py) and the broker's incarnation (proxy/infra/epoch.py).  Written
+        after each broker start and before its topics exist: nobody can read or
+        write records of the new broker without seeing its new epoch first."""
+        pid = self.broker.pid if self.broker is not None else None
+        write_json_atomically(self.data_dir / RUN_DIR / KAFKA_RUN_FILE,
+                              {"bootstrap": bootstrap, "pid": os.getpid(),
+                               "broker_epoch": new_epoch(pid, clock.now_ms())})
+
     def topics(self) -> dict[str, int]:
         partitions = self.config.kafka.partitions
         ledger = self.config.ledger
@@ -182,6 +193,7 @@ class Up:
         self._warn("embedded broker died; restarting it (events wait in the outbox)")
         try:
             self.broker.start()
+            self._name_broker(bootstrap)
             self._create_topics(bootstrap)
             self._broker_failures = 0
         except (BrokerError, StartError) as exc:

@@ -57,20 +57,13 @@ from typing import Any
 import msgspec
 
 from proxy.contract import events as ev
-from proxy.contract.callfold import (
-    CallState,
-    apply,
-    finish,
-    is_call_event,
-    live,
-    new_state,
-    silence_deadline_ms,
-    silence_end_ms,
-)
+from proxy.contract.callfold import CallState, is_call_event, silence_deadline_ms, silence_end_ms
 from proxy.contract.cdr import CdrLeg
 from proxy.infra import clock, metrics
 from proxy.infra.config import Config
 from proxy.infra.kafka import faust_app
+
+from . import fold
 
 log = logging.getLogger("cdr.processor")
 
@@ -97,9 +90,11 @@ class Slot(msgspec.Struct, frozen=True, array_like=True):
 
 def after_confirm(slot: Slot, now_ms: int) -> Slot:
     """What a finished slot becomes once its rows are confirmed: an answered
-    call keeps its final state for late media.stats, any other a marker."""
-    if slot.state is not None and slot.state.answered is not None:
-        return Slot(slot.partition, now_ms, slot.state, True, slot.close_ms, confirmed=True)
+    call keeps its final state for late media.stats, any other a marker
+    (``fold.kept_after_end``)."""
+    kept = fold.kept_after_end(slot.state)
+    if kept is not None:
+        return Slot(slot.partition, now_ms, kept, True, slot.close_ms, confirmed=True)
     return Slot(slot.partition, now_ms, None, True)
 
 
@@ -260,48 +255,33 @@ class CdrProcessor:
 
     def _step(self, key: bytes, slot: Slot | None, event: ev.CallEvent, partition: int, now: int,
               working: dict[bytes, Slot], finished: list) -> None:
+        """One event through the shared fold (cdr/fold.py); its transition becomes
+        table writes and rows."""
         counts = self.stats.counts
         if slot is None:
-            state = new_state(event.call_id)
-        elif slot.done:
-            if isinstance(event, ev.MediaStats):
-                self._late_media(key, slot, event, now, working, finished)
-            else:
-                counts["after_finish"] += 1        # a late duplicate of a finished call
-            return
+            step = fold.advance(None, False, 0, event, self.window_ms)
         else:
-            state = live(slot.state)
-            if event.ts_ms > silence_deadline_ms(state, self.window_ms):
-                # the call went silent before this event: close it as the timer would have
-                self._close(key, Slot(partition, now, state, True, silence_end_ms(state, self.window_ms)),
-                            working, finished)
-                counts["after_finish"] += 1
-                return
-        new = apply(state, event)
-        if new is state and slot is not None:
-            counts["no_change"] += 1
-            return
-        rows = finish(new, 0)
-        if rows is None:
-            working[key] = Slot(partition, now, new)
-        else:
-            if rows:            # the event that ended the call, to its CDR (docs/metrics.md)
+            step = fold.advance(slot.state, slot.done, slot.close_ms, event, self.window_ms)
+        kind = step.kind
+        if kind == fold.LIVE:
+            working[key] = Slot(partition, now, step.state)
+        elif kind == fold.ENDED:
+            if step.rows:       # the event that ended the call, to its CDR (docs/metrics.md)
                 metrics.observe("cdr_event_to_cdr_seconds", max(0, now - event.ts_ms) / 1000)
-            self._close(key, Slot(partition, now, new, True), working, finished, rows)
-
-    def _late_media(self, key: bytes, slot: Slot, event: ev.MediaStats, now: int,
-                    working: dict[bytes, Slot], finished: list) -> None:
-        """A media.stats after the call's end: its rows again, with the media."""
-        counts = self.stats.counts
-        if slot.state is None:
-            counts["media_too_late"] += 1
-            return
-        new = apply(slot.state, event)
-        if new is slot.state:
-            counts["no_change"] += 1
-            return
-        counts["media_after_end"] += 1
-        self._close(key, Slot(slot.partition, now, new, True, slot.close_ms), working, finished, again=True)
+            self._close(key, Slot(partition, now, step.state, True), working, finished, step.rows)
+        elif kind == fold.SILENT:
+            # the call went silent before this event: closed as the timer would have
+            self._close(key, Slot(partition, now, step.state, True, step.close_ms), working, finished,
+                        step.rows)
+            counts[fold.IGNORED] += 1
+        elif kind == fold.AGAIN:
+            # a media.stats after the call's end: its rows again, with the media
+            assert slot is not None
+            counts[kind] += 1
+            self._close(key, Slot(slot.partition, now, step.state, True, slot.close_ms), working, finished,
+                        step.rows, again=True)
+        else:                   # after_finish, media_too_late, no_change
+            counts[kind] += 1
 
     def _close(self, key: bytes, slot: Slot, working: dict[bytes, Slot], finished: list,
                rows: list[CdrLeg] | None = None, *, again: bool = False) -> None:
@@ -442,9 +422,7 @@ def closed_rows(slot: Slot) -> list[CdrLeg] | None:
     gives the same bytes."""
     if slot.state is None:
         return None
-    if slot.close_ms:
-        return finish(slot.state, slot.close_ms, silence=True)
-    return finish(slot.state, 0)
+    return fold.closed_rows(slot.state, slot.close_ms)
 
 
 def build_app(config: Config, *, partitions: int, datadir: Path, worker_id: int = 0,

@@ -5,14 +5,15 @@ do not leak.  ``account=`` follows the API's rule (api/deps.py).
 """
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from cdr.archive.rebuild import RebuildLimits, rebuild_cdrs
 from cdr.store.queries import CdrFilter, Cursor, CursorError
 
-from ..deps import AccountFilter, CdrStoreDep, Principal, may_read
+from ..deps import AccountFilter, Admin, CdrStoreDep, Principal, may_read
 from ..params import Callee, Caller, Gateway, Ip, Limit, Range, invalid
-from ..schemas import CallDetail, CallPage, Disposition, Problem
+from ..schemas import CallDetail, CallPage, Disposition, Problem, RebuildReport, RebuildRequest
 from .trace import linked_trace
 
 router = APIRouter(prefix="/cdrs", tags=["cdrs"])
@@ -56,3 +57,16 @@ async def get_cdr(who: Principal, store: CdrStoreDep,
         raise HTTPException(404, "no such CDR")
     call["trace_url"] = await run_in_threadpool(linked_trace, store, call.get("call_id") or "")
     return call
+
+
+@router.post("/rebuild", response_model=RebuildReport, summary="Rebuild CDRs from the event archive (admin)",
+             responses={422: {"description": "to is not after from"}})
+async def rebuild(_admin: Admin, store: CdrStoreDep, request: Request, body: RebuildRequest) -> dict[str, Any]:
+    """Re-fold the CDRs of the calls whose first event is in [from, to) with the
+    current fold; writes added and changed calls' legs (not with ``dry_run``).
+    The same service as ``sipledger cdr rebuild`` (docs/operations.md)."""
+    if body.to <= body.from_:
+        raise invalid("to", "must be after from")
+    limits = getattr(request.app.state, "rebuild_limits", None) or RebuildLimits()
+    report = await run_in_threadpool(rebuild_cdrs, store, limits, body.from_, body.to, dry_run=body.dry_run)
+    return report.as_dict()

@@ -8,6 +8,12 @@ arrive twice when the broker stored a batch but the acknowledgement was lost,
 or the process died between the broker's ack and the outbox delete (one batch
 at most).  That is at-least-once: consumers dedupe on the event ``id``.
 
+With ``retention`` (the embedded, memory-only broker; docs/operations.md) an
+acknowledged row is not deleted but kept, with its partition, offset and the
+broker's epoch, until the archiver's committed position is past it; a new
+broker epoch makes every kept row pending again.  So an event survives a
+broker restart whether or not anyone had consumed it.
+
 Order: a Call-ID's events go to one partition, in outbox order, one batch in
 flight per partition.  After a partial failure the rows that failed are sent
 again after rows that succeeded, so a retry can reorder a call's events:
@@ -31,6 +37,7 @@ from proxy.infra.config import KafkaSettings
 from proxy.infra.kafka import producer_kwargs
 
 from .outbox import Outbox
+from .retention import ArchiveRetention
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,8 @@ MAX_RECORD_BYTES = 900_000
 REQUEST_TIMEOUT_MS = 5000
 # Checks the outbox even when nobody calls wake() (rows left by a previous run).
 IDLE_POLL_S = 1.0
+# How often kept rows are checked against the archive and the broker epoch.
+RETENTION_CHECK_S = 0.5
 
 
 class _KeyPartitions:
@@ -67,8 +76,10 @@ class EventPublisher:
 
     def __init__(self, outbox: Outbox, kafka_settings: KafkaSettings, topic: str, *,
                  batch: int = 1000, backoff_initial: float = 0.2, backoff_max: float = 2.0,
-                 request_timeout_ms: int = REQUEST_TIMEOUT_MS) -> None:
+                 request_timeout_ms: int = REQUEST_TIMEOUT_MS,
+                 retention: ArchiveRetention | None = None) -> None:
         self.outbox = outbox
+        self.retention = retention
         self.kafka_settings = kafka_settings
         self.topic = topic
         self.batch = batch
@@ -81,6 +92,11 @@ class EventPublisher:
         self.dropped = 0            # rows too big for any broker (logged)
         self.pending = outbox.count()
         self.last_error: str | None = None
+        self.resent = 0             # kept rows sent again to a new broker incarnation
+        self.archived = 0           # kept rows deleted once archived
+        self.overflowed = 0         # kept rows deleted unarchived (beyond keep_rows)
+        self._epoch_seen: str | None = None
+        self._checked_at = -RETENTION_CHECK_S
         self._partition_of = _KeyPartitions()
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task | None = None
@@ -116,9 +132,13 @@ class EventPublisher:
 
     async def _run(self) -> None:
         backoff = self.backoff_initial
+        if self.retention is None and self.outbox.kept:
+            # kept by a run that had an archive to wait for: deliver them as any pending row
+            self.outbox.resend_other_epochs("")
         while True:
             try:
                 self._wakeup.clear()  # before reading: a wake() from now on is not lost
+                self._check_retention()
                 rows = self.outbox.pending(self.batch)
                 self.pending = self.outbox.count()
                 if not rows:
@@ -143,9 +163,38 @@ class EventPublisher:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.backoff_max)
 
+    def _check_retention(self) -> None:
+        """Kept rows: pending again after a broker restart; deleted once archived."""
+        retention = self.retention
+        if retention is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self._checked_at < RETENTION_CHECK_S:
+            return
+        self._checked_at = now
+        epoch = retention.epoch()
+        if epoch != self._epoch_seen:
+            moved = self.outbox.resend_other_epochs(epoch)
+            if moved:
+                log.warning("broker epoch %s: %d published events not yet archived go out again",
+                            epoch or "-", moved)
+            self.resent += moved
+            self._epoch_seen = epoch
+        position = retention.archived()
+        if position is not None and position[0] == epoch and epoch:
+            self.archived += self.outbox.trim(epoch, position[1])
+        dropped = self.outbox.drop_kept_beyond(retention.keep_rows)
+        if dropped:
+            self.overflowed += dropped
+            log.warning("outbox keeps %d published events at most: %d not yet archived deleted "
+                        "(is the archiver running?)", retention.keep_rows, dropped)
+
     async def _deliver(self, rows: list[tuple[int, bytes, bytes]]) -> None:
-        """Send ``rows``, ack those the broker took, raise the first error."""
+        """Send ``rows``, ack (or keep) those the broker took, raise the first error."""
         sendable = self._drop_oversized(rows)
+        # the broker incarnation before sending: kept rows are stamped with it
+        # only if it is still the same after the acknowledgement
+        epoch = self.retention.epoch() if self.retention is not None else ""
         producer = await self._get_producer()
         sent: list[tuple[asyncio.Future, list[int]]] = []
         error: BaseException | None = None
@@ -157,7 +206,9 @@ class EventPublisher:
         results = await asyncio.gather(*(future for future, _ in sent), return_exceptions=True)
         delivered = [seq for (_, seqs), result in zip(sent, results)
                      if not isinstance(result, BaseException) for seq in seqs]
-        if error is None and len(delivered) == len(sendable):
+        if epoch:
+            self._keep(sent, results, epoch)
+        elif error is None and len(delivered) == len(sendable):
             self.outbox.ack(upto=rows[-1][0])  # one range delete
         else:
             self.outbox.ack(delivered)
@@ -166,6 +217,17 @@ class EventPublisher:
         error = error or next((r for r in results if isinstance(r, BaseException)), None)
         if error is not None:
             raise error
+
+    def _keep(self, sent: list[tuple[asyncio.Future, list[int]]], results: list, epoch: str) -> None:
+        """Delivered rows stay until archived, stamped with where the broker put
+        them; if the broker changed meanwhile they simply stay pending."""
+        assert self.retention is not None
+        if self.retention.epoch() != epoch:
+            return
+        placed = [(seq, result.partition, result.offset + i)
+                  for (_, seqs), result in zip(sent, results) if not isinstance(result, BaseException)
+                  for i, seq in enumerate(seqs)]
+        self.outbox.keep(placed, epoch)
 
     async def _send_batches(self, producer: AIOKafkaProducer, partitions: list[int],
                             rows: list[tuple[int, bytes, bytes]],

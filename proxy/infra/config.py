@@ -30,7 +30,8 @@ ENV_CONFIG = "SIPLEDGER_CONFIG"
 DEFAULT_DATA_DIR = "./data"
 CONFIG_NAME = "sipledger.toml"
 RUN_DIR = "run"                  # DATA_DIR/run: ports, sockets and locks of running processes
-KAFKA_RUN_FILE = "kafka.json"    # DATA_DIR/run/kafka.json: the broker `up` runs with (bootstrap, pid)
+KAFKA_RUN_FILE = "kafka.json"    # DATA_DIR/run/kafka.json: the broker `up` runs with (bootstrap, pid, broker_epoch)
+ARCHIVE_RUN_FILE = "archive.json"  # DATA_DIR/run/archive.json: the archiver's committed positions (docs/operations.md)
 CREDIT_PORT_FILE = "credit.port"       # the credit service's UDP port, decimal, one line
 BILLING_SOCKET_FILE = "billing.sock"   # the billing service's admin RPC (unix socket)
 BILLING_LOCK_FILE = "billing.lock"     # held (flock) by the one process that writes the ledger
@@ -436,6 +437,21 @@ class TraceSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     flag_seconds: float = 14400.0       # a call flagged by ctx.trace() stays captured this long
 
 
+class ArchiveSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """[archive]: the durable event archive, ClickHouse table `events` (docs/operations.md)."""
+    enabled: bool = True                # the API process archives sip.events, ledger.events, call.control
+    group: str = "archive"              # the archiver's consumer group
+    # Embedded broker (memory only): the proxy keeps a published event in its
+    # outbox until the archive has it, and publishes it again after a broker restart.
+    outbox_until_archived: bool = True
+    outbox_keep_rows: int = 2_000_000   # per worker: published rows kept at most (oldest go first, logged)
+    # CDR repair: calls the archive shows over (older than the grace) without a
+    # CDR are folded from the archive and their rows published to cdr.records.
+    repair_seconds: float = 30.0        # how often (0 = never)
+    repair_grace_seconds: float = 30.0  # the live processor's time to write a CDR first
+    repair_lookback_seconds: float = 7200.0  # calls that ended this far back are checked
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     node: NodeSettings = NodeSettings()
     kafka: KafkaSettings = KafkaSettings()
@@ -463,6 +479,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     logging: LogSettings = LogSettings()
     fraud: FraudSettings = FraudSettings()
     trace: TraceSettings = TraceSettings()
+    archive: ArchiveSettings = ArchiveSettings()
 
     def with_bootstrap(self, bootstrap: str) -> "Config":
         """The same config pointed at a running broker (what `up` hands its children)."""
@@ -813,6 +830,12 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
         ("trace.hep_capture_id", 0 <= c.trace.hep_capture_id < 2 ** 32, "must be 0..4294967295"),
         ("trace.retention_days", c.trace.retention_days >= 1, "must be >= 1"),
         ("trace.flag_seconds", c.trace.flag_seconds > 0, "must be > 0"),
+        ("archive.group", bool(c.archive.group), "must not be empty"),
+        ("archive.outbox_keep_rows", c.archive.outbox_keep_rows >= 1000, "must be >= 1000"),
+        ("archive.repair_seconds", c.archive.repair_seconds >= 0, "must be >= 0 (0 = off)"),
+        ("archive.repair_grace_seconds", c.archive.repair_grace_seconds >= 1, "must be >= 1"),
+        ("archive.repair_lookback_seconds", c.archive.repair_lookback_seconds > c.archive.repair_grace_seconds,
+         "must be > repair_grace_seconds"),
     ]
     for i, relay in enumerate(c.media.rtpengines):
         result += [

@@ -221,6 +221,21 @@ def _faust_app_class() -> Any:
     from faust.transport.drivers import aiokafka as faust_aiokafka
 
     class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+        _assignments = 0
+
+        async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> Any:
+            # faust drops messages fetched before a rebalance by comparing
+            # generation ids; Tansu answers every join with generation 0, so
+            # without this a fetch from before a broker restart went on being
+            # processed after it and set faust's read offsets to the old
+            # broker's (higher) ones: the new broker's records below them were
+            # dropped (issue 15: the stale-offset loss window).  Every
+            # assignment gets a generation of its own.
+            self._assignments += 1
+            generation = max(generation_id, self._assignments)
+            self.app.consumer_generation_id = generation
+            return await super().on_partitions_assigned(assigned, generation)
+
         async def _highwaters(self, partitions: Any) -> Any:
             # table recovery reads changelogs up to these: see tansu_end_offsets
             ends = await super()._highwaters(partitions)

@@ -26,6 +26,7 @@ from ..core.session_timer import SessionTimer
 from ..events.control import ControlConsumer
 from ..events.outbox import Outbox
 from ..events.publisher import EventPublisher
+from ..events.retention import archive_retention
 from ..infra import clock
 from ..infra.config import RUN_DIR, Config
 from ..infra.logs import setup_service_logging
@@ -211,7 +212,8 @@ class Worker:
         px = cfg.proxy
         (self.data_dir / "outbox").mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(str(self.data_dir / "outbox" / f"worker-{self.index}.sqlite"))
-        self.publisher = EventPublisher(self.outbox, cfg.kafka, cfg.topics.sip_events)
+        self.publisher = EventPublisher(self.outbox, cfg.kafka, cfg.topics.sip_events,
+                                        retention=archive_retention(cfg, self.data_dir))
 
         # schemas exist already (prepare_data_dir ran before the workers started)
         store = ProvisioningStore(cfg.provisioning.url or default_url(self.data_dir))

@@ -35,7 +35,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory):
-    sl = start_sipledger(tmp_path_factory.mktemp("sipledger-w2") / "data", workers=2)
+    # the CDR repair quick (the broker kill test below)
+    sl = start_sipledger(tmp_path_factory.mktemp("sipledger-w2") / "data", workers=2,
+                         extra_config="\n[archive]\nrepair_seconds = 2\nrepair_grace_seconds = 10\n")
     yield sl
     sl.stop()
 
@@ -163,3 +165,82 @@ def test_broker_down_during_calls_no_event_lost_or_duplicated(external_broker, t
             assert len(ids) == len(set(ids))
     finally:
         sl.stop()
+
+
+def _tansu_pid(sl) -> int | None:
+    """The embedded broker `up` runs (a descendant whose command is tansu)."""
+    from tests.harness.proxy import _descendants
+    for pid in _descendants(sl.proc.pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"tansu" in f.read().split(b"\0")[0]:
+                    return pid
+        except OSError:
+            continue
+    return None
+
+
+def test_zz_embedded_broker_killed_under_load_loses_no_event(two_workers, uas_factory, sipp_dir):
+    """Last in the module: kill -9 of the embedded broker at several moments
+    while 30 calls run through both workers (before, during and after the
+    calls' events were consumed).  Afterwards every call has its CDR, a dry-run
+    rebuild from the archive finds every CDR unchanged, and the archive holds
+    each call's events once each (docs/operations.md: the outbox keeps an event
+    until the archive has it and sends it again to a new broker)."""
+    import os
+    import signal
+
+    from cdr.archive.store import ArchiveStore
+    from proxy.contract.cdr import cdr_id_for
+    from proxy.infra.clickhouse.backend import ChdbBackend
+    from tests.harness.poll import eventually
+
+    sl, calls = two_workers, 30
+    sl.admin_client()
+    uas = uas_factory("uas_answer", timeout=90, calls=calls)
+    box: dict = {}
+    with registered(sl, "bob", uas, sipp_dir):
+        thread = threading.Thread(target=lambda: box.update(res=run_uac(
+            "uac_call", sl.sip_addr, {"caller": "alice", "callee": "bob", "domain": DOMAIN}, 80,
+            auth=("alice", PASSWORDS["alice"]), auth_uri=f"bob@{DOMAIN}", workdir=sipp_dir,
+            hold_ms=300, calls=calls, extra_args=["-r", "8"])), daemon=True)
+        thread.start()
+        kills = 0
+        for pause in (0.5, 1.5, 2.5):
+            thread.join(pause)
+            pid = _tansu_pid(sl)
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            kills += 1
+            eventually(lambda: _tansu_pid(sl) not in (None, pid), "up restarts the broker", 15, interval=0.1)
+        thread.join(80)
+    res = box["res"]
+    assert res.successful == calls, res.describe()
+    invites = {m.header("Call-ID"): m.tag("From") for m in res.sent("INVITE")}
+    assert len(invites) == calls
+    def missing() -> list[str]:
+        return [call_id for call_id, from_tag in invites.items()
+                if sl.client.get(f"/v1/cdrs/{cdr_id_for(call_id, from_tag)}").status_code != 200]
+
+    # the live path, or the CDR repair from the archive (every 2 s here, after 10 s of grace)
+    assert eventually(lambda: not missing(), "every call's CDR", 60, interval=1, fail=False), missing()
+    report = sl.client.post("/v1/cdrs/rebuild", json={"from": 0, "to": now_ms() + 86_400_000,
+                                                      "dry_run": True}).json()
+    assert (report["added"], report["changed"], report["removed"]) == (0, 0, 0), report
+    sl.stop()
+    backend = ChdbBackend(sl.data_dir / "clickhouse")
+    try:
+        archive = ArchiveStore(backend)
+        per_call = dict(archive.call_events(sorted(invites), 0, now_ms() + 86_400_000))
+        distinct, rows = archive.count("sip")
+    finally:
+        backend.close()
+    import json
+    for call_id in invites:
+        types = [json.loads(p)["type"] for p in per_call[call_id]]
+        assert sorted(types) == sorted(["invite.received", "invite.routed", "call.progress",
+                                        "call.answered", "call.ack", "call.bye"]), (call_id, types)
+    repaired = sum(int(line.split("CDR repair: ")[1].split()[0])
+                   for line in (sl.data_dir / "logs" / "api.log").read_text().splitlines() if "CDR repair: " in line)
+    print(f"\nbroker kills {kills}: calls {calls}, CDRs {calls} ({repaired} by the repair), "
+          f"archived events {distinct} ({rows} rows before merges)")

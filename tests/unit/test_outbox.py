@@ -145,3 +145,31 @@ def test_behaves_like_a_queue_model(tmp_path_factory, ops):
             assert outbox.count() == len(stored) + len(buffered)
     finally:
         outbox.close()
+
+
+def test_kept_rows_wait_for_the_archive_and_go_again_to_a_new_broker(tmp_path):
+    """Retention (docs/operations.md): delivered rows stay until the archiver's
+    committed offset passes them in the same broker epoch; a new epoch makes
+    them pending again; reopening keeps the counts."""
+    path = tmp_path / "o.db"
+    with Outbox(path) as outbox:
+        for i in range(6):
+            outbox.append(b"k", b"v%d" % i)
+        outbox.flush()
+        seqs = [seq for seq, _, _ in outbox.pending(10)]
+        # rows 0-3 delivered to epoch A: partition 0 offsets 10-11, partition 1 offsets 5-6
+        assert outbox.keep([(seqs[0], 0, 10), (seqs[1], 0, 11), (seqs[2], 1, 5), (seqs[3], 1, 6)], "A") == 4
+        assert (outbox.kept, outbox.count()) == (4, 2)
+        assert [v for _, v in rows(outbox)] == [b"v4", b"v5"]
+        assert outbox.ack(upto=seqs[3]) == 0                  # acks never touch kept rows
+        assert outbox.trim("B", {0: 100, 1: 100}) == 0        # another broker's position: nothing
+        assert outbox.trim("A", {0: 11, 1: 5}) == 1           # archived: offset 10 of partition 0
+        assert outbox.kept == 3
+    with Outbox(path) as outbox:
+        assert (outbox.kept, outbox.count()) == (3, 2)
+        assert outbox.resend_other_epochs("B") == 3           # the broker restarted
+        assert [v for _, v in rows(outbox)] == [b"v1", b"v2", b"v3", b"v4", b"v5"]
+        pending = [seq for seq, _, _ in outbox.pending(10)]
+        outbox.keep([(seq, 0, i) for i, seq in enumerate(pending)], "B")
+        assert outbox.drop_kept_beyond(2) == 3 and outbox.kept == 2
+        assert [v for _, v in outbox._db.execute("SELECT seq, value FROM outbox ORDER BY seq")] == [b"v4", b"v5"]

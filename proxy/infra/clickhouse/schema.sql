@@ -192,3 +192,28 @@ CREATE TABLE IF NOT EXISTS sip_trace (
 ) ENGINE = ReplacingMergeTree(ts_ms)
 PARTITION BY toYYYYMMDD(ts)
 ORDER BY (call_id, id);
+
+-- migration 5: events, the durable event archive (issue 15, docs/operations.md)
+-- Every record of `sip.events` (source 'sip'), `ledger.events` ('ledger') and
+-- `call.control` ('control'), as published: `payload` is the record's JSON,
+-- byte for byte, so a rebuild folds exactly what the processors saw.  Fed by
+-- the API process' archiver (cdr/archive/sink.py), at least once: `id` (the
+-- event id) is the identity; a copy archived twice is one row after merges and
+-- every read deduplicates (LIMIT 1 BY id).  Partitions by month of the event's
+-- own time; sorted by day, then call, then time: one call's events are
+-- contiguous (rebuild, per-call reads) and a time range prunes to its days.
+-- Ledger events carry their call_id when they have one ('' otherwise) and
+-- their account.  No CODEC (18.16 has none): chdb compresses with LZ4, a
+-- server with what its <compression> config says (zstd recommended).
+CREATE TABLE IF NOT EXISTS events (
+    ts       DateTime('UTC'),
+    ts_ms    UInt64,
+    source   String,
+    type     String,
+    id       String,
+    call_id  String,
+    account  String,
+    payload  String
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(ts)
+ORDER BY (toDate(ts), call_id, ts_ms, id);

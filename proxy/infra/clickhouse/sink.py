@@ -15,6 +15,14 @@ Records that can never be stored (not JSON, not the record type, a value outside
 column's range) are logged, counted in ``stats.rejected`` and skipped: one bad
 record must not stop the pipeline.
 
+A fresh embedded broker (memory only, offsets back at 0) must not be read
+from the positions the consumer had in the old one: that would skip the new
+broker's first records.  With ``epoch`` (proxy/infra/epoch.py) the sink
+compares the broker incarnation after every fetch and before every commit;
+on a change it inserts what it holds (real records, harmless twice), commits
+nothing and starts a new consumer, which joins the new broker's group with no
+committed offsets and reads from the earliest.
+
 The sink runs in an asyncio loop next to the API in the embedded topology
 (chdb allows one process per path, see docs/architecture.md); inserts run in a
 worker thread so the loop keeps serving requests meanwhile.
@@ -73,15 +81,33 @@ class _Rebalance(ConsumerRebalanceListener):
         self.sink.assigned.set()
 
 
+def _cancelled_from_outside() -> bool:
+    """Whether this task was asked to stop, as opposed to a CancelledError leaking
+    out of the Kafka client (aiokafka's consumer lets its own internal
+    cancellations escape while its broker restarts): the former ends the sink,
+    the latter is one more consumer failure."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
+class EpochChanged(Exception):
+    """The broker restarted under the consumer (``epoch`` changed)."""
+
+
 class TopicSink(Generic[R]):
     """``record_type`` JSON records of ``topic`` → ``insert(rows)`` (returns rows stored);
-    ``problem(record)`` names why a record can never be stored, else None."""
+    ``problem(record)`` names why a record can never be stored, else None.
+
+    ``topics`` (name → partitions) reads several topics instead of one;
+    subclasses may override ``decode_record`` (the topic decides the type)."""
 
     def __init__(self, record_type: type[R], insert: Callable[[list[R]], int], kafka: KafkaSettings, *,
                  topic: str, group_id: str, problem: Callable[[R], str | None] = lambda _r: None,
                  batch_rows: int = 5000, batch_ms: int = 200,
                  partitions: int | None = None, create_topic: bool = True,
-                 on_insert: Callable[[list[R]], None] | None = None) -> None:
+                 on_insert: Callable[[list[R]], None] | None = None,
+                 topics: dict[str, int] | None = None, epoch: Callable[[], str] | None = None,
+                 client_id: str = "sipledger-cdr-sink") -> None:
         self.record_type = record_type
         self.insert = insert
         self.problem = problem
@@ -91,6 +117,10 @@ class TopicSink(Generic[R]):
         self.batch_rows = max(1, batch_rows)
         self.batch_s = max(1, batch_ms) / 1000
         self.partitions = partitions or kafka.partitions
+        self.topics = dict(topics) if topics else {topic: self.partitions}
+        self.epoch = epoch or (lambda: "")
+        self.client_id = client_id
+        self._epoch = ""                                 # the incarnation the consumer started on
         self.create_topic = create_topic
         self.on_insert = on_insert
         self.stats = SinkStats()
@@ -118,7 +148,12 @@ class TopicSink(Generic[R]):
         delay = RETRY_MIN_S
         while not self._stopping.is_set():
             try:
-                await self._start()
+                try:
+                    await self._start()
+                except asyncio.CancelledError:
+                    if _cancelled_from_outside():
+                        raise
+                    raise RuntimeError("consumer start cancelled inside the Kafka client") from None
             except Exception as exc:   # broker down or not reachable yet
                 log.warning("sink %s: cannot start consumer on %s: %s (retrying)", self.topic,
                             self.kafka.bootstrap_servers, exc)
@@ -130,8 +165,17 @@ class TopicSink(Generic[R]):
             try:
                 await self._consume()
                 delay = RETRY_MIN_S
+            except EpochChanged:
+                log.warning("sink %s: the broker restarted; reading its topics from the start",
+                            self.topic)
+                self._offsets.clear()   # positions of the old broker: never commit them
+                delay = RETRY_MIN_S
             except Exception as exc:    # e.g. the topic vanished with a broker restart
                 log.error("sink %s: consumer failed: %r (restarting it)", self.topic, exc)
+            except asyncio.CancelledError:
+                if _cancelled_from_outside():
+                    raise
+                log.error("sink %s: cancelled inside the Kafka client (restarting the consumer)", self.topic)
             finally:
                 try:
                     await self.flush()
@@ -144,12 +188,13 @@ class TopicSink(Generic[R]):
                 delay = min(delay * 2, RETRY_MAX_S)
 
     async def _start(self) -> None:
+        self._epoch = self.epoch()      # before anything of this broker is read
         if self.create_topic:
-            await ensure_topics(self.kafka, {self.topic: self.partitions})
+            await ensure_topics(self.kafka, self.topics)
         self._consumer = AIOKafkaConsumer(**consumer_kwargs(
             self.kafka, group_id=self.group_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", client_id="sipledger-cdr-sink"))
-        self._consumer.subscribe([self.topic], listener=_Rebalance(self))
+            auto_offset_reset="earliest", client_id=self.client_id))
+        self._consumer.subscribe(list(self.topics), listener=_Rebalance(self))
         await self._consumer.start()
 
     async def _close_consumer(self) -> None:
@@ -162,6 +207,10 @@ class TopicSink(Generic[R]):
                 await consumer.stop()
             except Exception as exc:
                 log.warning("sink %s: stopping consumer: %s", self.topic, exc)
+            except asyncio.CancelledError:
+                if _cancelled_from_outside():
+                    raise
+                log.warning("sink %s: stopping consumer: cancelled inside the Kafka client", self.topic)
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep unless stopped first; True when stopped."""
@@ -186,17 +235,34 @@ class TopicSink(Generic[R]):
             for tp, records in batch.items():
                 for record in records:
                     self._take(tp, record.offset, record.value, loop.time())
+            if self.epoch() != self._epoch:
+                await self._insert_uncommitted()
+                raise EpochChanged()
             oldest = self._oldest if self._oldest is not None else loop.time()
             if self._buffer and (len(self._buffer) >= self.batch_rows or loop.time() >= oldest + self.batch_s):
                 await self.flush()
             elif not self._buffer and self._offsets:
                 await self.flush()      # only rejected records: commit past them
 
+    async def _insert_uncommitted(self) -> None:
+        """The broker changed: store what is buffered, forget its offsets."""
+        async with self._flush_lock:
+            rows, self._buffer, self._offsets, self._oldest = self._buffer, [], {}, None
+            if rows:
+                await self._insert(rows)
+
+    def decode_record(self, tp: TopicPartition, value: bytes) -> R:
+        """One record's value as ``R`` (raises msgspec errors)."""
+        return self._decoder.decode(value)
+
+    def committed(self, offsets: dict[TopicPartition, int], epoch: str) -> None:
+        """Called after each successful commit (next offsets, the broker's epoch)."""
+
     def _take(self, tp: TopicPartition, offset: int, value: bytes | None, now: float) -> None:
         self.stats.received += 1
         self._offsets[tp] = offset + 1
         try:
-            record = self._decoder.decode(value or b"")
+            record = self.decode_record(tp, value or b"")
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self._reject(tp, offset, f"not a {self.record_type.__name__}: {exc}")
             return
@@ -223,11 +289,14 @@ class TopicSink(Generic[R]):
             self._buffer, self._offsets, self._oldest = [], {}, None
             if rows and not await self._insert(rows):
                 return      # stopped while the back end was failing: nothing committed
-            if consumer is None:
+            if consumer is None or not offsets:
                 return
+            if self.epoch() != self._epoch:
+                return      # offsets of the old broker: committing them in the new one skips records
             try:
                 await consumer.commit({tp: OffsetAndMetadata(offset, "") for tp, offset in offsets.items()})
                 self.stats.commits += 1
+                self.committed(offsets, self._epoch)
             except Exception as exc:
                 # e.g. a rebalance took the partitions: the rows are stored, the
                 # next owner reads them again (idempotent)

@@ -1,0 +1,1 @@
+"""The durable event archive (ClickHouse ``events``) and CDR rebuild: docs/operations.md."""
