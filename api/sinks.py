@@ -35,8 +35,7 @@ from typing import cast
 import msgspec
 from aiokafka import AIOKafkaProducer
 
-from billing.ledger.clickhouse import EVENT_SELECT, LedgerQueries, LedgerRepair, LedgerSink
-from billing.ledger.clickhouse import _row_event as row_event
+from billing.ledger.clickhouse import EVENT_SELECT, LedgerQueries, LedgerRepair, LedgerSink, row_event
 from billing.ledger.store import LedgerStore
 from cdr.archive.rebuild import RebuildLimits
 from cdr.archive.repair import CdrRepair

@@ -32,7 +32,7 @@ from proxy.infra.clickhouse.sink import TopicSink
 from .fold import balance_delta, reserved_delta
 from .store import LedgerStore
 
-__all__ = ["TABLE", "COLUMNS", "columns_for", "LedgerQueries", "LedgerSink", "LedgerRepair"]
+__all__ = ["TABLE", "COLUMNS", "EVENT_SELECT", "columns_for", "row_event", "LedgerQueries", "LedgerSink", "LedgerRepair"]
 
 log = logging.getLogger("sipledger.billing.ledger")
 
@@ -72,7 +72,8 @@ def columns_for(events: Iterable[LedgerEvent]) -> dict[str, list]:
     return cols
 
 
-def _row_event(row: dict[str, Any]) -> dict[str, Any]:
+def row_event(row: dict[str, Any]) -> dict[str, Any]:
+    """A ``SELECT EVENT_SELECT`` row as a LedgerEvent's fields, money as exact Decimals."""
     out = dict(row)
     for money in ("amount", "balance_delta", "reserved_delta"):
         value = out[money]
@@ -110,7 +111,7 @@ class LedgerQueries:
             params["kinds"] = list(kinds)
         sql = (f"SELECT {EVENT_SELECT} FROM {TABLE} WHERE {' AND '.join(where)} "
                "ORDER BY seq DESC LIMIT 1 BY seq LIMIT {limit}")
-        return [_row_event(r) for r in self.backend.query_dicts(sql, params)]
+        return [row_event(r) for r in self.backend.query_dicts(sql, params)]
 
     def events(self, *, account: str | None = None, from_ms: int | None = None,
                to_ms: int | None = None, time_field: str = "ts_ms", kinds: list[str] | None = None,
@@ -137,7 +138,7 @@ class LedgerQueries:
         if limit is not None:
             sql += " LIMIT {limit}"
             params["limit"] = limit
-        return [_row_event(r) for r in self.backend.query_dicts(sql, params)]
+        return [row_event(r) for r in self.backend.query_dicts(sql, params)]
 
     def balance_before(self, account: str, before_ms: int) -> Decimal:
         """The account's balance from its events booked before ``before_ms`` (exact)."""
