@@ -245,11 +245,11 @@ def test_ringing_call_hung_up_through_the_api_is_cancelled(sl, uas_factory, sipp
 
 
 def test_zz_cdrs_rebuilt_from_the_archive_are_identical(sl):
-    """Last in the module (it stops `up`): the module's mix (answered, busy,
-    cancelled, forwarded, failed over, timed out, hung up) is in the archive; a
-    dry-run rebuild through the API finds every CDR unchanged; then, `up`
-    stopped, the CDR tables are emptied and `sipledger cdr rebuild` brings back
-    the very same legs (docs/operations.md)."""
+    """Last in the module (it restarts the shared `up`): the module's mix
+    (answered, busy, cancelled, forwarded, failed over, timed out, hung up) is in
+    the archive; a dry-run rebuild through the API finds every CDR unchanged;
+    then, `up` stopped, the CDR tables are emptied and `sipledger cdr rebuild`
+    brings back the very same legs (docs/operations.md)."""
     from cdr.store.queries import CdrStore
     from proxy.infra.clickhouse.backend import ChdbBackend
 
@@ -265,18 +265,22 @@ def test_zz_cdrs_rebuilt_from_the_archive_are_identical(sl):
     report = eventually(archived_all, "every CDR unchanged by a dry-run rebuild", 20, interval=0.5)
     assert (report["added"], report["changed"], report["removed"], report["legs_written"]) == (0, 0, 0, 0), report
     sl.stop()
-    backend = ChdbBackend(sl.data_dir / "clickhouse")
     try:
-        backend.execute("TRUNCATE TABLE cdr")
-        backend.execute("TRUNCATE TABLE cdr_calls")
-    finally:
-        backend.close()
-    out = sl.run_cli("cdr", "rebuild", "--from", "0", "--to", str(span["to"])).stdout
-    assert f"{len(before)} added, 0 changed" in out, out
-    backend = ChdbBackend(sl.data_dir / "clickhouse")
-    try:
-        store = CdrStore(backend)
-        after = {cdr_id: legs(store.get_call(cdr_id)) for cdr_id in before}
-    finally:
-        backend.close()
-    assert after == before
+        backend = ChdbBackend(sl.data_dir / "clickhouse")
+        try:
+            backend.execute("TRUNCATE TABLE cdr")
+            backend.execute("TRUNCATE TABLE cdr_calls")
+        finally:
+            backend.close()
+        out = sl.run_cli("cdr", "rebuild", "--from", "0", "--to", str(span["to"])).stdout
+        assert f"{len(before)} added, 0 changed" in out, out
+        backend = ChdbBackend(sl.data_dir / "clickhouse")
+        try:
+            store = CdrStore(backend)
+            after = {cdr_id: legs(store.get_call(cdr_id)) for cdr_id in before}
+        finally:
+            backend.close()
+        assert after == before
+    finally:                    # the next modules share this `up`
+        sl.start(timeout=60)
+        sl.admin_client()

@@ -190,8 +190,11 @@ class SipledgerProcess:
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> "SipledgerProcess":
-        if self.proc is not None:
+        """Run `up` and wait for READY; again after ``stop()`` on the same data dir
+        and ports (the embedded broker is new: ``kafka_bootstrap`` changes)."""
+        if self.proc is not None and self.proc.poll() is None:
             raise SipledgerError("already started")
+        self._ready.clear()
         cmd = self.cli + ["up", "--sip-port", str(self.sip_port), "--api-port", str(self.api_port)]
         self._stderr = open(self._stderr_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
