@@ -3,10 +3,18 @@
 One datagram out, one back, matched by request id; a lost datagram is resent
 after the timeout (the service answers a repeated id idempotently), and after
 the last retry the caller gets None and applies `[authorization] on_error`.
+
+Several billing instances (``[authorization] owners_url``): each request goes
+to the instance that owns the caller's account (proxy/runtime/billing_owners.py);
+the owner table is read every ``owners_refresh_ms`` and again at once after a
+timeout, so the retry of a request to an instance that died or gave the account
+up goes to the new owner.  A partition without an owner (during a take-over)
+sends nothing: the request times out into ``on_error`` like a lost datagram.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -14,6 +22,7 @@ from pathlib import Path
 
 from ..contract import credit
 from ..infra.config import CREDIT_PORT_FILE, RUN_DIR, AuthorizationSettings
+from .billing_owners import OwnerMap, OwnerReader
 from .metrics import observe_authorization
 
 log = logging.getLogger("sipledger.authorization")
@@ -26,18 +35,39 @@ class AuthorizationClient(asyncio.DatagramProtocol):
         self.settings = settings
         self.port_file = data_dir / RUN_DIR / CREDIT_PORT_FILE     # written by the credit service
         self.transport: asyncio.DatagramTransport | None = None
-        self.pending: dict[str, tuple[bytes, Callback, int, asyncio.TimerHandle]] = {}
+        self.pending: dict[str, tuple[bytes, Callback, int, asyncio.TimerHandle, str]] = {}
         self._address: tuple[str, int] | None = None
         self.timeouts = 0
         self.started: dict[str, float] = {}   # request id -> when first sent (its latency metric)
+        self.owners: OwnerMap | None = OwnerMap() if settings.owners_url else None
+        self._refresh = asyncio.Event()
+        self._refresher: asyncio.Task | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.transport, _ = await loop.create_datagram_endpoint(
             lambda: self, local_addr=(self.settings.host, 0))
+        if self.settings.owners_url:
+            self._refresher = loop.create_task(self._read_owners(OwnerReader(self.settings.owners_url)))
+
+    async def _read_owners(self, reader: OwnerReader) -> None:
+        """The owner table, every owners_refresh_ms or at once after a timeout."""
+        try:
+            while True:
+                try:
+                    self.owners = await asyncio.to_thread(reader.read)
+                except Exception as exc:      # noqa: BLE001 - the last table stays; the next read may work
+                    log.warning("billing owner table: %s", str(exc).splitlines()[0][:200])
+                self._refresh.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._refresh.wait(), self.settings.owners_refresh_ms / 1000)
+        finally:
+            reader.close()
 
     def close(self) -> None:
-        for _, callback, _, timer in self.pending.values():
+        if self._refresher is not None:
+            self._refresher.cancel()
+        for _, callback, _, timer, _ in self.pending.values():
             timer.cancel()
             callback(None)
         self.pending.clear()
@@ -45,7 +75,9 @@ class AuthorizationClient(asyncio.DatagramProtocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _target(self) -> tuple[str, int] | None:
+    def _target(self, account: str) -> tuple[str, int] | None:
+        if self.owners is not None:
+            return self.owners.route(account)
         if self.settings.port:
             return self.settings.host, self.settings.port
         if self._address is None:
@@ -58,24 +90,25 @@ class AuthorizationClient(asyncio.DatagramProtocol):
     def authorize(self, request: credit.AuthorizeRequest, callback: Callback) -> None:
         data = credit.encode(request)
         self.started[request.id] = time.perf_counter()
-        self._send(request.id, data, callback, self.settings.retries)
+        self._send(request.id, data, callback, self.settings.retries, request.account)
 
-    def _send(self, request_id: str, data: bytes, callback: Callback, retries_left: int) -> None:
+    def _send(self, request_id: str, data: bytes, callback: Callback, retries_left: int, account: str) -> None:
         loop = asyncio.get_running_loop()
-        target = self._target()
+        target = self._target(account)
         if target is not None and self.transport is not None:
             self.transport.sendto(data, target)
         timer = loop.call_later(self.settings.timeout_ms / 1000, self._timed_out, request_id)
-        self.pending[request_id] = (data, callback, retries_left, timer)
+        self.pending[request_id] = (data, callback, retries_left, timer, account)
 
     def _timed_out(self, request_id: str) -> None:
         entry = self.pending.pop(request_id, None)
         if entry is None:
             return
-        data, callback, retries_left, _ = entry
+        data, callback, retries_left, _, account = entry
         self._address = None                 # the service may have restarted on another port
+        self._refresh.set()                  # ... or its owner changed
         if retries_left > 0:
-            self._send(request_id, data, callback, retries_left - 1)
+            self._send(request_id, data, callback, retries_left - 1, account)
             return
         self.timeouts += 1
         self.started.pop(request_id, None)
