@@ -20,6 +20,7 @@ owns its partitions while another has them.  So each partition has a row in
   rows of the events' partitions are read ``FOR SHARE`` and must carry the
   epochs this instance claimed; otherwise ``Fenced`` aborts the transaction.
   A stale owner can therefore never append after a new owner claimed.
+* **announce** (once the accounts are loaded): our UDP address in the row.
 * **release** (on revocation): owner/host/port cleared where the epoch is
   still ours, so the proxy stops routing there at once.
 
@@ -87,18 +88,26 @@ class Ownership:
 
     def claim_in(self, conn: Connection, parts: Iterable[int], now_ms: int) -> dict[int, int]:
         """Take these partitions over: bump their epochs (waits for appends of
-        a previous owner in flight) and publish our address.  Returns the epochs."""
+        a previous owner in flight).  No address yet: ``announce_in`` once
+        loaded.  Returns the epochs."""
         t = owner_table
         claimed: dict[int, int] = {}
         for part in sorted(set(parts)):
             epoch = conn.execute(update(t).where(t.c.part == part)
-                                 .values(epoch=t.c.epoch + 1, owner=self.owner, host=self.host, port=self.port,
+                                 .values(epoch=t.c.epoch + 1, owner=self.owner, host="", port=0,
                                          updated_ms=now_ms).returning(t.c.epoch)).scalar()
             if epoch is None:
                 raise LedgerError(f"billing_owner has no row for partition {part}")
             claimed[part] = int(epoch)
         self.epochs.update(claimed)
         return claimed
+
+    def announce_in(self, conn: Connection, parts: Iterable[int], now_ms: int) -> None:
+        """Our authorization address on these (claimed, loaded) partitions: the proxy routes here now."""
+        t = owner_table
+        for part in sorted(set(parts)):
+            conn.execute(update(t).where(t.c.part == part).where(t.c.epoch == self.epochs[part])
+                         .values(host=self.host, port=self.port, updated_ms=now_ms))
 
     def check_in(self, conn: Connection, accounts: set[str]) -> None:
         """``LedgerStore.fence``: raise ``Fenced`` unless we still own the accounts' partitions."""

@@ -174,6 +174,16 @@ owner_table = Table(
 )
 assert tuple(c.name for c in owner_table.columns) == OWNERS_COLUMNS
 
+command_table = Table(
+    "billing_command", metadata,                          # admin RPC for an account another instance owns
+    Column("id", String(36), primary_key=True),
+    Column("part", Integer, nullable=False),
+    Column("request", LargeBinary, nullable=False),       # one rpc.RpcRequest line
+    Column("response", LargeBinary, nullable=True),       # one rpc.RpcResponse line, once answered
+    Column("created_ms", BigInteger, nullable=False),
+    Index("ix_billing_command_part", "part", "created_ms"),
+)
+
 billing_change_log = change_log_table(metadata, "billing_change_log")
 
 _EVENT_FIELDS = LedgerEvent.__struct_fields__
@@ -426,6 +436,44 @@ class LedgerStore(SqlStore):
         with self._read() as conn:
             row = conn.execute(select(rerate_run_table).where(rerate_run_table.c.id == run_id)).first()
         return None if row is None else _run(row)
+
+    # -- commands for another instance's accounts (billing/credit/service.py) ----------------
+    def owned_partitions(self) -> int:
+        """How many partitions some billing instance owns now (several instances)."""
+        with self._read() as conn:
+            return int(conn.execute(select(func.count()).select_from(owner_table)
+                                    .where(owner_table.c.port > 0)).scalar() or 0)
+
+    def command_put(self, command_id: str, part: int, request: bytes, now_ms: int) -> None:
+        with self.transaction() as conn:
+            conn.execute(insert(command_table).values(id=command_id, part=part, request=request,
+                                                      response=None, created_ms=now_ms))
+
+    def command_response(self, command_id: str) -> bytes | None:
+        with self._read() as conn:
+            value = conn.execute(select(command_table.c.response).where(command_table.c.id == command_id)).scalar()
+        return None if value is None else bytes(value)
+
+    def command_delete(self, command_id: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(delete(command_table).where(command_table.c.id == command_id))
+
+    def commands_for(self, parts: Iterable[int], limit: int = 50) -> list[tuple[str, bytes]]:
+        """Unanswered commands for these partitions, oldest first."""
+        t = command_table
+        with self._read() as conn:
+            return [(r.id, bytes(r.request)) for r in conn.execute(
+                select(t.c.id, t.c.request).where(t.c.part.in_(sorted(parts))).where(t.c.response.is_(None))
+                .order_by(t.c.created_ms).limit(limit))]
+
+    def command_answer(self, command_id: str, response: bytes) -> None:
+        with self.transaction() as conn:
+            conn.execute(update(command_table).where(command_table.c.id == command_id).values(response=response))
+
+    def commands_expire(self, before_ms: int) -> None:
+        """Commands nobody waits for any more (their requester gave up or died)."""
+        with self.transaction() as conn:
+            conn.execute(delete(command_table).where(command_table.c.created_ms < before_ms))
 
     # -- publishing -------------------------------------------------------------------------
     def published_seq(self, topic: str) -> int:

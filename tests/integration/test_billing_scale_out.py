@@ -156,6 +156,14 @@ def test_two_instances_split_accounts_and_survive_a_kill(tmp_path, broker):
             assert all(a is not None and a.allowed for a in answers)
             print(f"\nauthorizations through the owner table: {rate:.0f}/s over 2 instances")
 
+            # money commands reach the owner from either instance; an idempotency key holds across them
+            for account in ACCOUNTS[:4]:
+                first = BillingClient(data[0], settings).money(account, "topup", "1.00", f"again-{account}")
+                second = BillingClient(data[1], settings).money(account, "topup", "1.00", f"again-{account}")
+                assert (first["replayed"], second["replayed"]) == (False, True) and first["live"]
+                assert first["balance"] == second["balance"] == "11.00"
+                assert BillingClient(data[1], settings).balance(account)["balance"] == "11.00"
+
             # traffic: two calls per account, half of them over before the kill
             calls = [(f"c{i}-{uuid.uuid4().hex[:8]}", ACCOUNTS[i % len(ACCOUNTS)]) for i in range(24)]
             answer_ms = now_ms() - 20_000
