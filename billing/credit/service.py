@@ -439,9 +439,8 @@ class BillingService:
             if f.cancelled():
                 return
             exc = f.exception()
-            if isinstance(exc, Fenced) and self.own is not None and not (exc.parts & self.own.ready):
-                # a partition handed over meanwhile: its new owner rebuilt it from the ledger
-                self.stats["fenced_after_handover"] += 1
+            if isinstance(exc, Fenced):
+                self._fenced_out(exc)
                 return
             if exc is not None:
                 log.error("billing: persisting %d events failed: %r", len(events), exc)
@@ -789,6 +788,24 @@ class BillingService:
             log.warning("billing: partitions now %s (gained %s, lost %s) in %.3fs; %d accounts, %d live calls",
                         sorted(own.ready), sorted(gained), sorted(lost), time.perf_counter() - started,
                         len(self.core.accounts), len(self.core.calls))
+
+    def _fenced_out(self, exc: Fenced) -> None:
+        """Another instance claimed partitions we still held (a rebalance overtook
+        us, or we stalled past our session): their new owner rebuilt them from the
+        ledger, which never got our write.  Forget them; the group tells us what
+        we own next."""
+        own = _opened(self.own, "ownership")
+        self.stats["fenced"] += 1
+        log.warning("billing: %s; giving them up", exc)
+        own.ready -= exc.parts
+        for part in exc.parts:
+            own.epochs.pop(part, None)
+            self._cursors.pop(part, None)
+        keep = set(own.epochs)
+        for call_id in self.core.drop(lambda account: own.part(account) in keep):
+            handle = self._timers.pop(call_id, None)
+            if handle is not None:
+                handle.cancel()
 
     async def _publish_owned(self, producer: AIOKafkaProducer) -> None:
         """Several instances: the ledger events and outbox rows of the partitions
