@@ -27,7 +27,6 @@ from proxy.contract.ledger import decode_event
 from proxy.infra.clock import now_ms
 from proxy.infra.config import AuthorizationSettings, BillingSettings
 from proxy.runtime.authorization import AuthorizationClient
-from proxy.runtime.billing_owners import OwnerReader
 from tests.harness.billing import (
     BillingProcess,
     Topics,
