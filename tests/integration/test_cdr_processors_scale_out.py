@@ -52,8 +52,13 @@ def test_two_processors_share_and_survive_a_kill(broker, tmp_path):
         # survivor restores those calls from the changelog, no replay does it), then kill -9 one
         asyncio.run(produce(settings, events_topic, [r for e in calls.values() for r in _records(e[:len(e) // 2])]))
         time.sleep(4)
+        assignments = workers[1].log_text().count("Setting newly assigned partitions")
         workers[0].kill()
+        killed = time.monotonic()
         asyncio.run(produce(settings, events_topic, [r for e in calls.values() for r in _records(e[len(e) // 2:])]))
+        eventually(lambda: workers[1].log_text().count("Setting newly assigned partitions") > assignments,
+                   "the survivor to be assigned the dead one's partitions", timeout=30)
+        print(f"\nCDR processor take-over after kill -9: {time.monotonic() - killed:.1f}s")
         got = asyncio.run(_wait_rows(settings, records_topic, expected, 60))
         assert set(got) == expected, f"missing {len(expected - set(got))}, unexpected {len(set(got) - expected)}"
         by_cdr: dict[str, set] = {}
