@@ -42,6 +42,7 @@ import gc
 import json
 import logging
 import os
+import random
 import signal
 import sys
 import time
@@ -257,9 +258,8 @@ class BillingService:
         try:
             url = self.config.billing.database_url(self.data_dir)
             self.rates = RatesStore(url)
-            self.rates.create_schema()
             self.store = LedgerStore(url)
-            self.store.create_schema()
+            await self._create_schema(self.rates, self.store)
             self.writer = Writer(self.store, loop)
             if self.config.billing.partitioned:
                 self.own = Ownership(self.ledger_cfg.partitions or self.kafka.partitions,
@@ -337,6 +337,19 @@ class BillingService:
             if self.rates is not None:
                 self.rates.close()
             self._lock.release()
+
+    async def _create_schema(self, rates: RatesStore, store: LedgerStore) -> None:
+        """Tables made if missing.  Several instances starting together on an
+        empty shared database race on CREATE TABLE: the loser tries again."""
+        for attempt in range(5):
+            try:
+                rates.create_schema()
+                store.create_schema()
+                return
+            except (LedgerError, RatingError):
+                if not self.config.billing.partitioned or attempt == 4:
+                    raise
+                await asyncio.sleep(0.2 + random.random() * 0.5)
 
     async def _start_udp(self, loop: asyncio.AbstractEventLoop) -> asyncio.DatagramTransport:
         host, port = self.credit.listen, self.credit.port

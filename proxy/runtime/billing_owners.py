@@ -45,7 +45,9 @@ class OwnerReader:
 
     def __init__(self, url: str, *, timeout_s: float = 2.0):
         parsed = make_url(url)
-        args = {"connect_timeout": max(1, int(timeout_s))} if parsed.get_backend_name() == "postgresql" else {}
+        # bounded: a slow database delays the next table, never the proxy's loop (this runs in a thread)
+        args = ({"connect_timeout": max(1, int(timeout_s)), "options": f"-c statement_timeout={int(timeout_s * 1000)}"}
+                if parsed.get_backend_name() == "postgresql" else {})
         self._engine: Engine = create_engine(parsed, pool_size=1, max_overflow=0, pool_pre_ping=True,
                                              connect_args=args) \
             if parsed.get_backend_name() != "sqlite" else create_engine(parsed)
