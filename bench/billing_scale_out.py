@@ -110,6 +110,16 @@ def main() -> int:
                 time.sleep(0.05)
             print(f"take-over after kill -9: {time.perf_counter() - killed:.1f} s "
                   f"(until the survivor announced all {kafka.partitions} partitions)")
+            procs[0] = BillingProcess(data[0], config, broker.bootstrap).start()
+            while len(set(reader.read().owners.values())) < 2:
+                time.sleep(0.05)
+            remaining = procs[0].port
+            procs[1].stop()                                 # SIGTERM: a clean hand-over
+            stopped = time.perf_counter()
+            while set(reader.read().owners.values()) != {("127.0.0.1", remaining)} or \
+                    len(reader.read().owners) != kafka.partitions:
+                time.sleep(0.05)
+            print(f"hand-over after a clean stop: {time.perf_counter() - stopped:.1f} s")
             reader.close()
     finally:
         for proc in procs:
