@@ -52,12 +52,18 @@ class AuthorizationClient(asyncio.DatagramProtocol):
 
     async def _read_owners(self, reader: OwnerReader) -> None:
         """The owner table, every owners_refresh_ms or at once after a timeout."""
+        failing = False
         try:
             while True:
                 try:
                     self.owners = await asyncio.to_thread(reader.read)
+                    if failing:
+                        log.warning("billing owner table: readable again")
+                    failing = False
                 except Exception as exc:      # noqa: BLE001 - the last table stays; the next read may work
-                    log.warning("billing owner table: %s", str(exc).splitlines()[0][:200])
+                    if not failing:           # once per outage, not once a second
+                        log.warning("billing owner table: %s", (str(exc).splitlines() or [""])[0][:200])
+                    failing = True
                 self._refresh.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._refresh.wait(), self.settings.owners_refresh_ms / 1000)
