@@ -74,7 +74,7 @@ from proxy.contract.ledger import encode_event, encode_notification
 from proxy.infra import metrics
 from proxy.infra.clock import now_ms
 from proxy.infra.config import BILLING_SOCKET_FILE, CREDIT_PORT_FILE, RUN_DIR, Config
-from proxy.infra.kafka import bootstrap_servers, consumer_kwargs, ensure_topics, producer_kwargs
+from proxy.infra.kafka import bootstrap_servers, consumer_kwargs, ensure_topics, producer_kwargs, topic_partitions
 
 from .control import CreditControl, Effects
 from .live import LiveLedger
@@ -507,6 +507,16 @@ class BillingService:
             cdr_topic: self.config.cdr.partitions or kafka.partitions,
             self.ledger_cfg.calls_topic: partitions, self.ledger_cfg.events_topic: partitions,
             self.ledger_cfg.notifications_topic: partitions}, timeout=30.0)
+        if self.own is not None:
+            actual = await topic_partitions(kafka, self.ledger_cfg.calls_topic)
+            if actual != self.own.partitions:
+                # accounts would map to other partitions than the owner table says: refuse to run
+                print(f"error: billing: {self.ledger_cfg.calls_topic} has {actual} partitions, the configuration "
+                      f"says {self.own.partitions} ([ledger] partitions / [kafka] partitions)",
+                      file=sys.stderr, flush=True)
+                self._failed = True
+                self._stop.set()
+                return
         producer = AIOKafkaProducer(**producer_kwargs(kafka, client_id="sipledger-billing"))
         consumer = AIOKafkaConsumer(**consumer_kwargs(
             kafka, group_id=self.credit.group_id, enable_auto_commit=False,
