@@ -1,11 +1,14 @@
 """Several billing instances on one ledger (billing/ledger/owners.py): the partitioner is
 Kafka's, a take-over fences the previous owner's appends and publish cursors,
 a release never clears a newer owner, the proxy's owner map routes only to
-announced owners, and credit control adopts / drops accounts by partition."""
+announced owners and its client sends each account to its owner, and credit
+control adopts / drops accounts by partition."""
 from __future__ import annotations
 
+import asyncio
 import random
 import string
+import uuid
 from decimal import Decimal as D
 
 import pytest
@@ -17,8 +20,11 @@ from billing.ledger.events import money_event, reservation_id
 from billing.ledger.owners import Fenced, Ownership
 from billing.ledger.store import LedgerStore
 from billing.rating.model import Rate, RatePlan, RatesSnapshot
+from proxy.contract import credit
 from proxy.contract.credit import account_partition
 from proxy.contract.ledger import LedgerEvent
+from proxy.infra.config import AuthorizationSettings
+from proxy.runtime.authorization import AuthorizationClient
 from proxy.runtime.billing_owners import OwnerMap
 
 T0 = 1_767_225_600_000
@@ -140,3 +146,57 @@ def test_credit_control_adopts_and_drops_accounts_by_partition():
     dropped = core.drop(lambda account: own.part(account) == 0)
     assert dropped == [f"call-{theirs}"]
     assert set(core.accounts) == {mine} and set(core.calls) == {f"call-{mine}"} and theirs not in core.books
+
+
+class _FakeOwner(asyncio.DatagramProtocol):
+    """A billing instance that answers every authorization it gets, allowed."""
+
+    def __init__(self) -> None:
+        self.accounts: list[str] = []
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        request = credit.decode_request(data)
+        self.accounts.append(request.account)
+        self.transport.sendto(credit.encode(credit.AuthorizeResponse(id=request.id, allowed=True)), addr)
+
+
+def test_the_proxys_client_sends_each_account_to_its_owner(tmp_path):
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        owners = [await loop.create_datagram_endpoint(_FakeOwner, local_addr=("127.0.0.1", 0)) for _ in range(2)]
+        ports = [transport.get_extra_info("sockname")[1] for transport, _ in owners]
+        client = AuthorizationClient(AuthorizationSettings(owners_url="sqlite://", timeout_ms=50, retries=1),
+                                     tmp_path)
+        client.transport, _ = await loop.create_datagram_endpoint(lambda: client, local_addr=("127.0.0.1", 0))
+        # partitions 0, 1 -> the two owners; 2 has none (being taken over)
+        client.owners = OwnerMap([(0, "127.0.0.1", ports[0]), (1, "127.0.0.1", ports[1]), (2, "", 0)])
+        by_part = {p: [a for a in (f"u{i}@x.test" for i in range(200)) if account_partition(a, 3) == p][:3]
+                   for p in range(3)}
+        answers: dict[str, object] = {}
+        done = asyncio.Event()
+        wanted = sum(len(v) for v in by_part.values())
+
+        def callback_for(account: str):
+            def callback(response) -> None:
+                answers[account] = response
+                if len(answers) == wanted:
+                    done.set()
+            return callback
+        for accounts in by_part.values():
+            for account in accounts:
+                client.authorize(credit.AuthorizeRequest(id=uuid.uuid4().hex, ts_ms=T0, call_id="c", account=account,
+                                                         destination="49", request_uri="sip:49@x",
+                                                         caller_uri="sip:a@x"), callback_for(account))
+        await asyncio.wait_for(done.wait(), 5)
+        client.close()
+        for transport, _ in owners:
+            transport.close()
+        assert sorted(owners[0][1].accounts) == sorted(by_part[0])
+        assert sorted(owners[1][1].accounts) == sorted(by_part[1])
+        assert all(answers[a] is not None for a in by_part[0] + by_part[1])
+        assert all(answers[a] is None for a in by_part[2]), "no owner: on_error after the retries"
+
+    asyncio.run(scenario())
