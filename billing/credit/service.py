@@ -189,10 +189,19 @@ class _Rebalance(ConsumerRebalanceListener):
             await self.service._commit(final=True)
 
     async def on_partitions_assigned(self, assigned) -> None:
-        if self.service.own is not None:
-            await self.service._take_partitions({tp.partition for tp in assigned
-                                                 if tp.topic == self.service.ledger_cfg.calls_topic})
-        self.service.assigned.set()
+        service = self.service
+        if service.own is not None:
+            try:
+                await service._take_partitions({tp.partition for tp in assigned
+                                                if tp.topic == service.ledger_cfg.calls_topic})
+            except Exception as exc:
+                # the group gave us partitions we could not load: their records must not be
+                # applied to a state without their history.  Stop; a restart joins again.
+                print(f"error: billing: taking partitions over failed: {exc!r}", file=sys.stderr, flush=True)
+                service._failed = True
+                service._stop.set()
+                return
+        service.assigned.set()
 
 
 class _BrokerGone(Exception):
@@ -590,6 +599,11 @@ class BillingService:
                     if tp.topic == self.topics.sip_events:
                         await self._repartition(tp, records, producer)
                     elif tp.topic == self.ledger_cfg.calls_topic:
+                        if self.own is not None and tp.partition not in self.own.ready:
+                            # not loaded (failed, or fenced out): never applied to a state without its
+                            # history; not committed either, so its owner reads it again
+                            self.stats["steps_not_owned"] += len(records)
+                            continue
                         await self._on_steps(records)
                     elif self.own is not None:
                         await self._repartition_cdrs(records, producer)
