@@ -3,7 +3,8 @@ each answers the authorizations of the accounts it owns (and no other), the
 proxy's AuthorizationClient finds the owner through the owner table, and a
 ``kill -9`` of one instance mid-traffic hands its partitions to the survivor,
 which rebuilds the live reservations from the ledger -- every call debited
-exactly once, the ledger check clean, every ledger event on ``ledger.events``."""
+exactly once, every ledger event on ``ledger.events``, and ``ledger check``
+clean on the ClickHouse server back end."""
 from __future__ import annotations
 
 import asyncio
@@ -19,15 +20,18 @@ from sqlalchemy import create_engine, text
 
 from billing.client import BillingClient
 from billing.ledger.accounts import AccountInfo
-from billing.ledger.check import reconcile
+from billing.ledger.check import run_check
+from billing.ledger.clickhouse import LedgerQueries
 from billing.ledger.events import money_event
 from billing.ledger.owners import Fenced, Ownership
 from billing.ledger.store import LedgerStore
 from billing.rating.model import max_duration
 from billing.rating.store import RatesStore
 from billing.rpc import RpcRequest
+from cdr.store.queries import CdrStore
 from proxy.contract import credit
 from proxy.contract.ledger import decode_event
+from proxy.infra.clickhouse.migrate import migrate
 from proxy.infra.clock import now_ms
 from proxy.infra.config import AuthorizationSettings, BillingSettings
 from proxy.runtime.authorization import AuthorizationClient
@@ -161,7 +165,7 @@ def test_a_claim_waits_for_the_previous_owners_append_in_flight(pg):
     new_store.close()
 
 
-def test_two_instances_split_accounts_and_survive_a_kill(tmp_path, broker, pg):
+def test_two_instances_split_accounts_and_survive_a_kill(tmp_path, broker, pg, clickhouse_server):
     kafka = settings_for(broker)
     topics = Topics()
     asyncio.run(create_topics(kafka, topics))
@@ -258,14 +262,6 @@ def test_two_instances_split_accounts_and_survive_a_kill(tmp_path, broker, pg):
         time.sleep(1.5)                 # anything doubled would land within a commit interval or two
         debits = [e for e in store.events(kinds=["debit"])]
         assert sorted(Counter(e.call_id for e in debits).values()) == [1] * len(calls)
-        legs = [dict(cdr_id=leg.cdr_id, leg=leg.leg, account=leg.account, dialled=leg.dialled,
-                     answer_ms=leg.answer_ms, duration_ms=leg.duration_ms, call_id=leg.call_id)
-                for leg in (cdr_leg(c, a, NUMBER, answer_ms, answer_ms + (7_000 if i < 12 else 11_000))
-                            for i, (c, a) in enumerate(calls))]
-        with RatesStore(url) as rates_now:
-            check = reconcile(legs, debits, {a.id: a for a in store.list_accounts()}, rates_now.snapshot(),
-                              problems=store.problems())
-        assert check.ok, check.to_dict()["differences"]
         eventually(lambda: BillingClient(data[1], settings).request(RpcRequest(op="ping"))["calls"] == 0,
                    "every reservation released", timeout=20)
 
@@ -273,6 +269,23 @@ def test_two_instances_split_accounts_and_survive_a_kill(tmp_path, broker, pg):
         ids = {e.id for e in store.events()}
         records = asyncio.run(read_all(kafka, topics.ledger, at_least=len(ids), timeout=20))
         assert {decode_event(r.value).id for r in records} == ids
+
+        # `ledger check` on the ClickHouse server: the CDR legs as the CDR sink stores them, the
+        # ledger copy as the ledger sink stores ledger.events (duplicates collapse), the SQL ledger
+        legs = [cdr_leg(c, a, NUMBER, answer_ms, answer_ms + (7_000 if i < 12 else 11_000))
+                for i, (c, a) in enumerate(calls)]
+        backend = clickhouse_server.backend(f"t_{uuid.uuid4().hex[:12]}")
+        try:
+            migrate(backend)
+            CdrStore(backend).insert_legs(legs)
+            LedgerQueries(backend).insert([decode_event(r.value) for r in records])
+            with RatesStore(url) as rates_now:
+                check = run_check(backend, store, rates_now, from_ms=None, to_ms=None)
+            assert check.ok, check.to_dict()["differences"]
+            assert sum(p.debits for p in check.periods) == len(calls)
+        finally:
+            backend.execute(f"DROP DATABASE IF EXISTS {backend.database}")
+            backend.close()
     finally:
         for proc in procs:
             proc.kill()
