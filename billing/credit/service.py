@@ -696,7 +696,14 @@ class BillingService:
         if app is None or alert.account is None:
             return
         try:
-            await app.put_account(alert.account, {"status": "blocked"}, create=False)
+            if self.own is not None and not self.own.owns(alert.account):
+                # another instance's account: its owner blocks it (and tears its calls down)
+                answer = await self._forward(rpc.RpcRequest(op="account.put", account=alert.account,
+                                                            fields={"status": "blocked"}))
+                if not answer.ok:
+                    raise LedgerError(answer.error, status=answer.status)
+            else:
+                await app.put_account(alert.account, {"status": "blocked"}, create=False)
         except LedgerError as exc:
             log.info("billing: fraud alert for %s: account not blocked: %s", alert.account, exc)
             return

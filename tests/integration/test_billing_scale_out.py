@@ -30,6 +30,7 @@ from billing.rating.store import RatesStore
 from billing.rpc import RpcRequest
 from cdr.store.queries import CdrStore
 from proxy.contract import credit
+from proxy.contract import events as ev
 from proxy.contract.ledger import decode_event
 from proxy.infra.clickhouse.migrate import migrate
 from proxy.infra.clock import now_ms
@@ -55,6 +56,14 @@ pytestmark = [pytest.mark.integration,
 
 NUMBER = "4930123456"
 ACCOUNTS = [f"user{i}@example.test" for i in range(12)]
+FRAUDSTER = "fraud@example.test"
+
+
+def fraud_alert(call_id: str, account: str) -> bytes:
+    return ev.encode(ev.FraudAlert(id=uuid.uuid4().hex, ts_ms=now_ms(), call_id=call_id, from_tag="ft", proxy="test",
+                                   severity="critical", parameter="cpm", value=30, threshold=20, user=account,
+                                   account=account, number=NUMBER, prefix="49", profile="default", rule_id=1,
+                                   action="block_account"))
 
 
 def _request(account: str) -> credit.AuthorizeRequest:
@@ -183,7 +192,7 @@ def test_two_instances_split_accounts_and_survive_a_kill(tmp_path, broker, pg, c
     plan = simple_plan()
     rates.put_plans({plan.name: plan})
     admin = BillingClient(data[0], settings)
-    for account in ACCOUNTS:
+    for account in ACCOUNTS + [FRAUDSTER]:
         rates.assign(account, plan.name)
         admin.put_account(account, {"kind": "prepaid", "currency": "EUR"}, create=True)
         admin.money(account, "topup", "10.00", f"first-{account}")        # no instance runs yet
@@ -219,6 +228,14 @@ def test_two_instances_split_accounts_and_survive_a_kill(tmp_path, broker, pg, c
             assert (first["replayed"], second["replayed"]) == (False, True) and first["live"]
             assert first["balance"] == second["balance"] == "11.00"
             assert BillingClient(data[1], settings).balance(account)["balance"] == "11.00"
+
+        # a fraud alert blocks the account whichever instance reads it (its owner does it)
+        asyncio.run(produce(kafka, topics.sip_events, [
+            (f"fraud-{i}".encode(), fraud_alert(f"fraud-{i}", FRAUDSTER)) for i in range(12)]))
+        _, host, port = table[credit.account_partition(FRAUDSTER, partitions)]
+        eventually(lambda: (answer := authorize((host, port), FRAUDSTER)) is not None and not answer.allowed,
+                   "the fraudster's account to be blocked", timeout=20)
+        assert store.get_account(FRAUDSTER).status == "blocked"
 
         # traffic: two calls per account, half of them over before the kill
         calls = [(f"c{i}-{uuid.uuid4().hex[:8]}", ACCOUNTS[i % len(ACCOUNTS)]) for i in range(24)]
