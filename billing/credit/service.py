@@ -46,7 +46,6 @@ import random
 import signal
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -78,15 +77,12 @@ from proxy.infra.kafka import bootstrap_servers, consumer_kwargs, ensure_topics,
 
 from .control import CreditControl, Effects
 from .live import LiveLedger
+from .relay import CommandRelay
 from .steps import CallStep, decode_step, encode_step
 
 log = logging.getLogger("sipledger.billing")
 
 COMMIT_INTERVAL_S = 0.5
-ACCOUNT_OPS = ("balance", "account.put", "account.delete", "money")   # run by the account's owner
-FORWARD_TIMEOUT_S = 8.0         # a command for another instance's account waits this long (client: 10 s)
-COMMAND_POLL_S = 0.05           # how often an instance looks for commands for its accounts
-COMMAND_TTL_MS = 3600_000       # unanswered / unread commands are deleted after this
 SLICE_S = 0.0005          # loop work yields this often so authorization answers are not held up
 POLL_INTERVAL_S = 1.0
 READY_WITHOUT_KAFKA_S = 20.0
@@ -246,6 +242,7 @@ class BillingService:
         # several instances ([billing] partitioned): the partitions of billing.calls this one owns
         self.own: Ownership | None = None
         self._cursors: dict[int, int] = {}      # partition -> last seq published to ledger.events
+        self.relay: CommandRelay | None = None   # account commands for other instances' accounts
 
     # -- start / stop -----------------------------------------------------------------------
     async def run(self, *, on_ready: Callable[[int], None] | None = None) -> int:
@@ -281,6 +278,8 @@ class BillingService:
                 LiveLedger(self.core, self.store, self.writer, carry_out=self._carry_out, status=self._status,
                            rates=self.rates, owns=self.own.owns if self.own is not None else None),
                 default_currency=self.config.billing.currency, default_plan=self.config.billing.default_plan)
+            if self.own is not None:
+                self.relay = CommandRelay(self.own, self.store, self.app, self.stats)
             self._rates_version = self.rates.version()
             self.core.set_rates(self.rates.snapshot())
             self._accounts_version = self.store.version()
@@ -301,7 +300,7 @@ class BillingService:
                      asyncio.create_task(self._poll_loop(), name="poll"),
                      asyncio.create_task(self._sweep_loop(), name="sweep")]
             if self.own is not None:
-                tasks.append(asyncio.create_task(self._command_loop(), name="commands"))
+                tasks.append(asyncio.create_task(_opened(self.relay, "command relay").run(), name="commands"))
             try:
                 await asyncio.wait_for(self.assigned.wait(), READY_WITHOUT_KAFKA_S)
             except asyncio.TimeoutError:
@@ -698,7 +697,7 @@ class BillingService:
         try:
             if self.own is not None and not self.own.owns(alert.account):
                 # another instance's account: its owner blocks it (and tears its calls down)
-                answer = await self._forward(rpc.RpcRequest(op="account.put", account=alert.account,
+                answer = await _opened(self.relay, "command relay").forward(rpc.RpcRequest(op="account.put", account=alert.account,
                                                             fields={"status": "blocked"}))
                 if not answer.ok:
                     raise LedgerError(answer.error, status=answer.status)
@@ -988,8 +987,8 @@ class BillingService:
                     if self.own is not None and request.op == "rerate":
                         raise LedgerError("rerate is not available with several billing instances yet "
                                           "([billing] partitioned)", status=501)
-                    if self.own is not None and request.op in ACCOUNT_OPS and not self.own.owns(request.account):
-                        response = await self._forward(request)
+                    if self.relay is not None and self.relay.relays(request):
+                        response = await self.relay.forward(request)
                         writer.write(rpc.encode(response))
                         await writer.drain()
                         continue
@@ -1008,57 +1007,6 @@ class BillingService:
             pass
         finally:
             writer.close()
-
-    async def _forward(self, request: rpc.RpcRequest) -> rpc.RpcResponse:
-        """An account command for an account another instance owns: through the
-        shared database's ``billing_command`` table to the owner, which runs it
-        against its live state.  Exactly once for money: the idempotency key is
-        the ledger event's id, whoever runs it, however often."""
-        own, store = _opened(self.own, "ownership"), _opened(self.store, "ledger store")
-        command_id = uuid.uuid4().hex
-        await asyncio.to_thread(store.command_put, command_id, own.part(request.account), rpc.encode(request),
-                                now_ms())
-        self.stats["rpc_forwarded"] += 1
-        deadline = time.monotonic() + FORWARD_TIMEOUT_S
-        try:
-            while time.monotonic() < deadline:
-                answer = await asyncio.to_thread(store.command_response, command_id)
-                if answer is not None:
-                    return rpc.decode_response(answer)
-                await asyncio.sleep(COMMAND_POLL_S)
-        finally:
-            with contextlib.suppress(LedgerError):
-                await asyncio.to_thread(store.command_delete, command_id)
-        return rpc.RpcResponse(ok=False, status=504, error="the billing instance owning this account did not "
-                               "answer in time; retry with the same idempotency key")
-
-    async def _command_loop(self) -> None:
-        """Commands other instances received for our accounts: run them, store the answers."""
-        own, store = _opened(self.own, "ownership"), _opened(self.store, "ledger store")
-        app = _opened(self.app, "billing application")
-        expired = 0.0
-        while True:
-            await asyncio.sleep(COMMAND_POLL_S)
-            try:
-                if time.monotonic() - expired > 60:
-                    expired = time.monotonic()
-                    await asyncio.to_thread(store.commands_expire, now_ms() - COMMAND_TTL_MS)
-                if not own.ready:
-                    continue
-                for command_id, line in await asyncio.to_thread(store.commands_for, set(own.ready)):
-                    try:
-                        request = rpc.decode_request(line)
-                        if not own.owns(request.account):
-                            continue                    # handed over meanwhile: the new owner runs it
-                        response = rpc.RpcResponse(ok=True, result=await app.execute(request))
-                    except LedgerError as exc:
-                        response = rpc.RpcResponse(ok=False, status=exc.status, error=str(exc))
-                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                        response = rpc.RpcResponse(ok=False, status=400, error=f"bad request: {exc}")
-                    await asyncio.to_thread(store.command_answer, command_id, rpc.encode(response))
-                    self.stats["rpc_for_others"] += 1
-            except LedgerError as exc:
-                log.warning("billing: commands for our accounts: %s", exc)
 
     def _status(self) -> dict:
         """``ping``: the service is up."""
