@@ -28,7 +28,6 @@ def _assigned(worker: Worker, topic: str) -> bool:
     return len(last) == 2 and topic in last[1].split("for group", 1)[0]
 
 
-@pytest.mark.clock
 def test_two_processors_share_and_survive_a_kill(broker, tmp_path):
     settings = KafkaSettings(bootstrap_servers=broker.bootstrap)
     events_topic, records_topic = unique_topic("sip.events"), unique_topic("cdr.records")
