@@ -113,6 +113,10 @@ class BillingClient:
         with LedgerStore(url) as store, RatesStore(url) as rates:
             store.create_schema()
             rates.create_schema()
+            if self.settings.partitioned and req.op in ("money", "rerate") and store.owned_partitions():
+                # the ledger's writers are the instances owning its partitions (maybe on other hosts)
+                raise LedgerError("billing instances own this ledger ([billing] partitioned): send money "
+                                  "commands through one of them", status=503)
             app = BillingApplication(StoredLedger(store, rates), default_currency=self.settings.currency,
                                      default_plan=self.settings.default_plan)
             return asyncio.run(app.execute(req))

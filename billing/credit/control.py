@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -188,16 +188,24 @@ class CreditControl:
         """Rebuild the state from the durable ledger (at start): balances and
         reservations are the fold of the events; calls that still hold a
         reservation are live again and get their timers back."""
+        self.accounts, self.books = {}, {}
+        self.calls, self.holds, self.finished = {}, {}, {}
+        return self.adopt(accounts, events, now_ms)
+
+    def adopt(self, accounts: Iterable[AccountInfo], events: Iterable[LedgerEvent], now_ms: int) -> Effects:
+        """Take these accounts over (``load`` for some of them): their state is
+        the fold of their events, their live calls get their timers back.  A
+        billing instance that gains a partition adopts its accounts; ``events``
+        are all the ledger events of exactly those accounts."""
         fx = Effects()
-        self.accounts = {a.id: a for a in accounts}
+        adopted = {a.id: a for a in accounts}
+        self.accounts.update(adopted)
         state = fold(events)
-        self.books = {}
         for account_id, book in state.books.items():
             self.books[account_id] = Live(book.balance, book.reserved)
-        for info in self.accounts.values():
+        for info in adopted.values():
             live = self._live(info.id)
             live.low_armed = {t for t in self.thresholds if live.balance < t}
-        self.calls, self.holds, self.finished = {}, {}, {}
         for call_id, res in state.calls.items():
             if res.final:
                 if res.last_ms >= now_ms - FINISHED_HORIZON_MS:
@@ -216,6 +224,21 @@ class CreditControl:
             else:
                 self._schedule(call, "extend", max(now_ms, call.paid_until_ms - self.ahead_ms), fx)
         return fx
+
+    def drop(self, owned: Callable[[str], bool]) -> list[str]:
+        """Forget every account ``owned`` says is no longer ours (a partition
+        went to another instance, which rebuilds them from the ledger); returns
+        the Call-IDs whose timers must stop."""
+        gone = {a for a in set(self.accounts) | set(self.books) if not owned(a)}
+        for account in gone:
+            self.accounts.pop(account, None)
+            self.books.pop(account, None)
+        for call_id in [c for c, h in self.holds.items() if h.account in gone]:
+            del self.holds[call_id]
+        calls = [c for c, call in self.calls.items() if call.account in gone]
+        for call_id in calls:
+            del self.calls[call_id]
+        return calls
 
     def upsert_account(self, info: AccountInfo, now_ms: int) -> Effects:
         """A new or changed account.  Blocking it tears its live calls down; a

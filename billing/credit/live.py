@@ -38,8 +38,11 @@ __all__ = ["LiveLedger"]
 class LiveLedger:
     def __init__(self, core: CreditControl, store: LedgerStore, writer: Writer, *,
                  carry_out: Callable[[Effects], None], status: Callable[[], dict],
-                 rates: "RatesStore | None" = None):
+                 rates: "RatesStore | None" = None, owns: Callable[[str], bool] | None = None):
         self.core = core
+        # several instances: only the owner keeps an account in memory; another
+        # changes it in the shared database, and the owner's poll picks that up
+        self.owns = owns or (lambda account: True)
         self.rates_store = rates
         self.store = store
         self.writer = writer
@@ -64,7 +67,8 @@ class LiveLedger:
 
     async def save_account(self, info: AccountInfo, *, create: bool) -> None:
         await self.writer.call(lambda: self.store.put_account(info, create=create))
-        self.carry_out(self.core.upsert_account(info, now_ms()))
+        if self.owns(info.id):
+            self.carry_out(self.core.upsert_account(info, now_ms()))
 
     async def delete_account(self, account_id: str) -> None:
         await self.writer.call(lambda: self.store.delete_account(account_id))

@@ -42,6 +42,7 @@ import gc
 import json
 import logging
 import os
+import random
 import signal
 import sys
 import time
@@ -58,6 +59,7 @@ from billing import rpc
 from billing.application import BillingApplication
 from billing.errors import LedgerError
 from billing.ledger.events import Problem, event_id
+from billing.ledger.owners import Fenced, Ownership
 from billing.ledger.store import LedgerStore, ServiceLock, ServiceRunning
 from billing.ledger.writer import Writer
 from billing.rating.model import RatingError, number_from_uri
@@ -71,10 +73,11 @@ from proxy.contract.ledger import encode_event, encode_notification
 from proxy.infra import metrics
 from proxy.infra.clock import now_ms
 from proxy.infra.config import BILLING_SOCKET_FILE, CREDIT_PORT_FILE, RUN_DIR, Config
-from proxy.infra.kafka import bootstrap_servers, consumer_kwargs, ensure_topics, producer_kwargs
+from proxy.infra.kafka import bootstrap_servers, consumer_kwargs, ensure_topics, producer_kwargs, topic_partitions
 
 from .control import CreditControl, Effects
 from .live import LiveLedger
+from .relay import CommandRelay
 from .steps import CallStep, decode_step, encode_step
 
 log = logging.getLogger("sipledger.billing")
@@ -141,6 +144,12 @@ class AuthorizationProtocol(asyncio.DatagramProtocol):
         except (msgspec.DecodeError, msgspec.ValidationError):
             self.service.stats["auth_undecodable"] += 1
             return
+        own = self.service.own
+        if own is not None and not own.owns(request.account):
+            # not ours (the proxy's owner table is stale, or a rebalance is under way):
+            # no answer, the proxy asks again after its timeout with a fresh table
+            self.service.stats["auth_not_owner"] += 1
+            return
         try:
             response = self.service.core.authorize(request, now_ms())
         except Exception:                      # no answer: the proxy applies its on_error policy
@@ -176,7 +185,19 @@ class _Rebalance(ConsumerRebalanceListener):
             await self.service._commit(final=True)
 
     async def on_partitions_assigned(self, assigned) -> None:
-        self.service.assigned.set()
+        service = self.service
+        if service.own is not None:
+            try:
+                await service._take_partitions({tp.partition for tp in assigned
+                                                if tp.topic == service.ledger_cfg.calls_topic})
+            except Exception as exc:
+                # the group gave us partitions we could not load: their records must not be
+                # applied to a state without their history.  Stop; a restart joins again.
+                print(f"error: billing: taking partitions over failed: {exc!r}", file=sys.stderr, flush=True)
+                service._failed = True
+                service._stop.set()
+                return
+        service.assigned.set()
 
 
 class _BrokerGone(Exception):
@@ -218,6 +239,10 @@ class BillingService:
         self.rates: RatesStore | None = None
         self.writer: Writer | None = None
         self.app: BillingApplication | None = None
+        # several instances ([billing] partitioned): the partitions of billing.calls this one owns
+        self.own: Ownership | None = None
+        self._cursors: dict[int, int] = {}      # partition -> last seq published to ledger.events
+        self.relay: CommandRelay | None = None   # account commands for other instances' accounts
 
     # -- start / stop -----------------------------------------------------------------------
     async def run(self, *, on_ready: Callable[[int], None] | None = None) -> int:
@@ -239,30 +264,43 @@ class BillingService:
         try:
             url = self.config.billing.database_url(self.data_dir)
             self.rates = RatesStore(url)
-            self.rates.create_schema()
             self.store = LedgerStore(url)
-            self.store.create_schema()
+            await self._create_schema(self.rates, self.store)
             self.writer = Writer(self.store, loop)
+            if self.config.billing.partitioned:
+                self.own = Ownership(self.ledger_cfg.partitions or self.kafka.partitions,
+                                     self.config.billing.instance or f"{self.config.node.name}-{os.getpid()}",
+                                     host=self.credit.advertise or self.credit.listen)
+                self.store.fence = self.own.check_in
+                own = self.own
+                await self.writer.txn(lambda conn: own.ensure_rows(conn, now_ms()))
             self.app = BillingApplication(
                 LiveLedger(self.core, self.store, self.writer, carry_out=self._carry_out, status=self._status,
-                           rates=self.rates),
+                           rates=self.rates, owns=self.own.owns if self.own is not None else None),
                 default_currency=self.config.billing.currency, default_plan=self.config.billing.default_plan)
+            if self.own is not None:
+                self.relay = CommandRelay(self.own, self.store, self.app, self.stats)
             self._rates_version = self.rates.version()
             self.core.set_rates(self.rates.snapshot())
             self._accounts_version = self.store.version()
             started = time.perf_counter()
-            fx = self.core.load(self.store.list_accounts(), self.store.iter_events(), now_ms())
-            self._handle(fx)
+            if self.own is None:
+                fx = self.core.load(self.store.list_accounts(), self.store.iter_events(), now_ms())
+                self._handle(fx)
             log.warning("billing: state rebuilt from %s in %.2fs: %d accounts, %d live calls",
                         self.store.url, time.perf_counter() - started, len(self.core.accounts),
                         len(self.core.calls))
             _tune_for_latency()
             udp = await self._start_udp(loop)
+            if self.own is not None:
+                self.own.port = self.udp_port
             server = await self._start_rpc()
             tasks = [asyncio.create_task(self._kafka_loop(), name="kafka"),
                      asyncio.create_task(self._due_loop(), name="timers"),
                      asyncio.create_task(self._poll_loop(), name="poll"),
                      asyncio.create_task(self._sweep_loop(), name="sweep")]
+            if self.own is not None:
+                tasks.append(asyncio.create_task(_opened(self.relay, "command relay").run(), name="commands"))
             try:
                 await asyncio.wait_for(self.assigned.wait(), READY_WITHOUT_KAFKA_S)
             except asyncio.TimeoutError:
@@ -307,6 +345,19 @@ class BillingService:
             if self.rates is not None:
                 self.rates.close()
             self._lock.release()
+
+    async def _create_schema(self, rates: RatesStore, store: LedgerStore) -> None:
+        """Tables made if missing.  Several instances starting together on an
+        empty shared database race on CREATE TABLE: the loser tries again."""
+        for attempt in range(5):
+            try:
+                rates.create_schema()
+                store.create_schema()
+                return
+            except (LedgerError, RatingError):
+                if not self.config.billing.partitioned or attempt == 4:
+                    raise
+                await asyncio.sleep(0.2 + random.random() * 0.5)
 
     async def _start_udp(self, loop: asyncio.AbstractEventLoop) -> asyncio.DatagramTransport:
         host, port = self.credit.listen, self.credit.port
@@ -408,8 +459,12 @@ class BillingService:
             self._persisting.discard(f)
             if f.cancelled():
                 return
-            if f.exception() is not None:
-                log.error("billing: persisting %d events failed: %r", len(events), f.exception())
+            exc = f.exception()
+            if isinstance(exc, Fenced):
+                self._fenced_out(exc)
+                return
+            if exc is not None:
+                log.error("billing: persisting %d events failed: %r", len(events), exc)
                 self.stats["persist_errors"] += 1
                 self._failed = True
                 self._stop.set()                # memory is ahead of the ledger: restart from it
@@ -460,6 +515,16 @@ class BillingService:
             cdr_topic: self.config.cdr.partitions or kafka.partitions,
             self.ledger_cfg.calls_topic: partitions, self.ledger_cfg.events_topic: partitions,
             self.ledger_cfg.notifications_topic: partitions}, timeout=30.0)
+        if self.own is not None:
+            actual = await topic_partitions(kafka, self.ledger_cfg.calls_topic)
+            if actual != self.own.partitions:
+                # accounts would map to other partitions than the owner table says: refuse to run
+                print(f"error: billing: {self.ledger_cfg.calls_topic} has {actual} partitions, the configuration "
+                      f"says {self.own.partitions} ([ledger] partitions / [kafka] partitions)",
+                      file=sys.stderr, flush=True)
+                self._failed = True
+                self._stop.set()
+                return
         producer = AIOKafkaProducer(**producer_kwargs(kafka, client_id="sipledger-billing"))
         consumer = AIOKafkaConsumer(**consumer_kwargs(
             kafka, group_id=self.credit.group_id, enable_auto_commit=False,
@@ -479,7 +544,9 @@ class BillingService:
             await consumer.start()
             self._consumer = consumer
             broker_gone = await self._watch_broker()
-            publisher = asyncio.create_task(self._publish_outbox(producer), name="outbox")
+            publisher = asyncio.create_task(
+                self._publish_owned(producer) if self.own is not None else self._publish_outbox(producer),
+                name="outbox")
             await self._consume(consumer, producer, broker_gone, publisher)
         finally:
             self._consumer = None
@@ -489,6 +556,9 @@ class BillingService:
                     task.cancel()
             with contextlib.suppress(Exception):
                 await self._commit(final=True, consumer=consumer)
+            if self.own is not None:            # out of the group: others get our partitions
+                with contextlib.suppress(Exception):
+                    await self._take_partitions(set())
             for client in (consumer, producer):
                 with contextlib.suppress(BaseException):
                     await client.stop()
@@ -528,7 +598,14 @@ class BillingService:
                     if tp.topic == self.topics.sip_events:
                         await self._repartition(tp, records, producer)
                     elif tp.topic == self.ledger_cfg.calls_topic:
+                        if self.own is not None and tp.partition not in self.own.ready:
+                            # not loaded (failed, or fenced out): never applied to a state without its
+                            # history; not committed either, so its owner reads it again
+                            self.stats["steps_not_owned"] += len(records)
+                            continue
                         await self._on_steps(records)
+                    elif self.own is not None:
+                        await self._repartition_cdrs(records, producer)
                     else:
                         await self._on_cdrs(records)
                     self._positions[tp] = records[-1].offset + 1
@@ -618,7 +695,14 @@ class BillingService:
         if app is None or alert.account is None:
             return
         try:
-            await app.put_account(alert.account, {"status": "blocked"}, create=False)
+            if self.own is not None and not self.own.owns(alert.account):
+                # another instance's account: its owner blocks it (and tears its calls down)
+                answer = await _opened(self.relay, "command relay").forward(rpc.RpcRequest(op="account.put", account=alert.account,
+                                                            fields={"status": "blocked"}))
+                if not answer.ok:
+                    raise LedgerError(answer.error, status=answer.status)
+            else:
+                await app.put_account(alert.account, {"status": "blocked"}, create=False)
         except LedgerError as exc:
             log.info("billing: fraud alert for %s: account not blocked: %s", alert.account, exc)
             return
@@ -627,6 +711,12 @@ class BillingService:
                     alert.severity, alert.parameter, alert.value, alert.threshold, alert.profile, alert.rule_id)
 
     async def _on_steps(self, records) -> None:
+        legs: list[CdrLeg] = []
+        await self._steps(records, legs)
+        if legs:
+            await self._debit(legs)
+
+    async def _steps(self, records, legs: list[CdrLeg]) -> None:
         self._slice = time.perf_counter()
         for record in records:
             await self._pause()
@@ -637,25 +727,45 @@ class BillingService:
                 self.stats["steps_undecodable"] += 1
                 continue
             self.stats[f"steps_{step.kind}"] += 1
-            if step.kind == "answered":
+            if step.kind == "cdr":
+                if step.cdr is not None:
+                    legs.append(step.cdr)
+            elif step.kind == "answered":
                 if now - step.ts_ms > self.core.max_call_ms:
                     continue                    # a replay of a call long over
                 self._guarded(self.core.answered, step.call_id, step.account, step.number, step.ts_ms, now)
             else:
                 self._guarded(self.core.ended, step.call_id, step.ts_ms, now)
 
+    def _legs(self, records) -> list[CdrLeg]:
+        legs = []
+        for record in records:
+            try:
+                legs.append(msgspec.json.decode(record.value, type=CdrLeg))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                self.stats["cdr_undecodable"] += 1
+        return legs
+
     async def _on_cdrs(self, records) -> None:
+        await self._debit(self._legs(records))
+
+    async def _repartition_cdrs(self, records, producer: AIOKafkaProducer) -> None:
+        """Several instances: a CDR leg goes to its account's owner through ``billing.calls``."""
+        topic = self.ledger_cfg.calls_topic
+        for leg in self._legs(records):
+            step = CallStep(kind="cdr", id=f"cdr-{leg.cdr_id}-{leg.leg}", call_id=leg.call_id, account=leg.account,
+                            ts_ms=leg.end_ms, cdr=leg)
+            self.stats["cdr_steps_out"] += 1
+            self._sends.append(asyncio.ensure_future(
+                producer.send(topic, encode_step(step), key=leg.account.encode())))
+
+    async def _debit(self, legs: list[CdrLeg]) -> None:
         now = now_ms()
         events, problems = [], []
         leg_end_ms: list[int] = []
         self._slice = time.perf_counter()
-        for record in records:
+        for leg in legs:
             await self._pause()
-            try:
-                leg = msgspec.json.decode(record.value, type=CdrLeg)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                self.stats["cdr_undecodable"] += 1
-                continue
             self.stats["cdr_legs"] += 1
             leg_end_ms.append(leg.end_ms)
             try:
@@ -682,6 +792,111 @@ class BillingService:
         self._outbox_wakeup.set()
         # how far behind the calls' ends the ledger is (the newest CDR it just applied)
         metrics.gauge("ledger_lag_seconds", max(0, now_ms() - max(leg_end_ms, default=now)) / 1000)
+
+    # -- several instances: partitions taken and given up, publishing what we own ----------------
+    async def _take_partitions(self, parts: set[int]) -> None:
+        """The group gave us ``parts`` of billing.calls (all of them: an eager
+        rebalance revokes and assigns everything).  A partition gone: forget its
+        accounts (the new owner rebuilds them from the ledger) and clear our
+        address.  A partition new: claim it (bump its epoch: a previous owner's
+        appends are fenced from now on), fold its accounts' ledger -- live calls
+        get their reservations and timers back -- and only then answer for it."""
+        own, store = _opened(self.own, "ownership"), _opened(self.store, "ledger store")
+        writer = _opened(self.writer, "ledger writer")
+        started = time.perf_counter()
+        lost, gained = set(own.epochs) - parts, parts - set(own.epochs)
+        if lost:
+            own.ready -= lost
+            keep = set(own.epochs) - lost
+            for call_id in self.core.drop(lambda account: own.part(account) in keep):
+                handle = self._timers.pop(call_id, None)
+                if handle is not None:
+                    handle.cancel()
+            for part in lost:
+                self._cursors.pop(part, None)
+            await writer.txn(lambda conn: own.release_in(conn, lost, now_ms()))
+        if gained:
+            await writer.txn(lambda conn: own.claim_in(conn, gained, now_ms()))
+            accounts = [a for a in await asyncio.to_thread(store.list_accounts) if own.part(a.id) in gained]
+            events = await asyncio.to_thread(store.events_of, [a.id for a in accounts])
+            self._handle(self.core.adopt(accounts, events, now_ms()))
+            topic = self.ledger_cfg.events_topic
+            self._cursors.update(await writer.txn(lambda conn: own.cursors_in(conn, topic, gained)))
+            own.ready |= gained
+            await writer.txn(lambda conn: own.announce_in(conn, gained, now_ms()))
+            self._outbox_wakeup.set()
+        if lost or gained:
+            self.stats["partitions_lost"] += len(lost)
+            self.stats["partitions_gained"] += len(gained)
+            log.warning("billing: partitions now %s (gained %s, lost %s) in %.3fs; %d accounts, %d live calls",
+                        sorted(own.ready), sorted(gained), sorted(lost), time.perf_counter() - started,
+                        len(self.core.accounts), len(self.core.calls))
+
+    def _fenced_out(self, exc: Fenced) -> None:
+        """Another instance claimed partitions we still held (a rebalance overtook
+        us, or we stalled past our session): their new owner rebuilt them from the
+        ledger, which never got our write.  Forget them; the group tells us what
+        we own next."""
+        own = _opened(self.own, "ownership")
+        self.stats["fenced"] += 1
+        log.warning("billing: %s; giving them up", exc)
+        own.ready -= exc.parts
+        for part in exc.parts:
+            own.epochs.pop(part, None)
+            self._cursors.pop(part, None)
+        keep = set(own.epochs)
+        for call_id in self.core.drop(lambda account: own.part(account) in keep):
+            handle = self._timers.pop(call_id, None)
+            if handle is not None:
+                handle.cancel()
+
+    async def _publish_owned(self, producer: AIOKafkaProducer) -> None:
+        """Several instances: the ledger events and outbox rows of the partitions
+        we own -> their topics.  Ledger ``seq`` is unique but, with several
+        writers, not commit order across partitions; so each partition has its
+        own cursor, and the ledger is read on the writer thread: none of our
+        appends is in flight, and a previous owner's committed before its
+        fence, so every event of our partitions up to the last one read is
+        visible -- a cursor may move to it."""
+        topic = self.ledger_cfg.events_topic
+        own, store = _opened(self.own, "ownership"), _opened(self.store, "ledger store")
+        writer = _opened(self.writer, "ledger writer")
+        page_size = 500
+        while True:
+            cursors = dict(self._cursors)
+            if not cursors:
+                self._outbox_wakeup.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._outbox_wakeup.wait(), 1.0)
+                continue
+            start = min(cursors.values())
+            page = await writer.call(lambda: store.events(after_seq=start, limit=page_size))
+            rows = [r for r in await asyncio.to_thread(store.outbox_batch, page_size) if own.part(r[2]) in cursors]
+            mine = [e for e in page if e.seq > cursors.get(own.part(e.account), 1 << 62)]
+            futures = []
+            for event in mine:
+                futures.append(await producer.send(topic, encode_event(event), key=event.account.encode()))
+                await self._pause()
+            for _, row_topic, key, value in rows:
+                futures.append(await producer.send(row_topic, value, key=key.encode()))
+            await asyncio.gather(*futures)
+            if page:
+                end = page[-1].seq
+                moved = {part: end for part, seq in cursors.items() if seq < end}
+                try:
+                    await writer.txn(lambda conn: own.save_cursors_in(conn, topic, moved))
+                    for part, seq in moved.items():
+                        if part in self._cursors:
+                            self._cursors[part] = max(self._cursors[part], seq)
+                except Fenced as exc:           # handed over meanwhile: the new owner publishes again
+                    log.info("billing: publish cursors not moved: %s", exc)
+            if rows:
+                await writer.call(lambda: store.outbox_delete_rows([r[0] for r in rows]))
+            self.stats["published"] += len(mine) + len(rows)
+            if not rows and len(page) < page_size:
+                self._outbox_wakeup.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._outbox_wakeup.wait(), 1.0)
 
     async def _publish_outbox(self, producer: AIOKafkaProducer) -> None:
         """The ledger after its publish cursor -> ``ledger.events`` (key = account),
@@ -739,6 +954,8 @@ class BillingService:
         for account_id in set(self.core.accounts) - set(accounts):
             self.core.remove_account(account_id)
         for info in accounts.values():
+            if self.own is not None and not self.own.owns(info.id):
+                continue
             if self.core.accounts.get(info.id) != info:
                 self._handle(self.core.upsert_account(info, now))
 
@@ -766,7 +983,16 @@ class BillingService:
             app = _opened(self.app, "billing application")
             while line := await reader.readline():
                 try:
-                    result = await app.execute(rpc.decode_request(line))
+                    request = rpc.decode_request(line)
+                    if self.own is not None and request.op == "rerate":
+                        raise LedgerError("rerate is not available with several billing instances yet "
+                                          "([billing] partitioned)", status=501)
+                    if self.relay is not None and self.relay.relays(request):
+                        response = await self.relay.forward(request)
+                        writer.write(rpc.encode(response))
+                        await writer.drain()
+                        continue
+                    result = await app.execute(request)
                     response = rpc.RpcResponse(ok=True, result=result)
                 except LedgerError as exc:
                     response = rpc.RpcResponse(ok=False, status=exc.status, error=str(exc))
@@ -784,8 +1010,11 @@ class BillingService:
 
     def _status(self) -> dict:
         """``ping``: the service is up."""
-        return {"udp_port": self.udp_port, "accounts": len(self.core.accounts), "calls": len(self.core.calls),
-                "live": True}
+        status: dict = {"udp_port": self.udp_port, "accounts": len(self.core.accounts), "calls": len(self.core.calls),
+                  "live": True}
+        if self.own is not None:
+            status.update(instance=self.own.owner, partitions=sorted(self.own.ready))
+        return status
 
     def _carry_out(self, fx: Effects) -> None:
         """Effects of a money command already in the ledger: act on them, publish it."""

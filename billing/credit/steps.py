@@ -17,17 +17,20 @@ from typing import Literal
 
 import msgspec
 
+from proxy.contract.cdr import CdrLeg
+
 __all__ = ["CallStep", "encode_step", "decode_step"]
 
 
 class CallStep(msgspec.Struct, frozen=True, kw_only=True):
-    kind: Literal["answered", "ended"]
+    kind: Literal["answered", "ended", "cdr"]
     id: str                          # the sip.events event it came from
     call_id: str
     account: str
     number: str = ""                 # rated number (answered)
     ts_ms: int                       # answer time (answered) / end time (ended)
     reason: str = ""                 # the sip.events type that ended it
+    cdr: CdrLeg | None = None        # cdr: a leg of cdr.records, brought to its account's owner
     v: int = 1
 
 

@@ -30,7 +30,7 @@ CLI command while no service runs.  ``ServiceLock`` (an flock on
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -59,6 +59,7 @@ from sqlalchemy.engine import Connection
 
 from billing.errors import LedgerError
 from billing.money import money_text
+from proxy.contract.credit import OWNERS_COLUMNS, OWNERS_TABLE
 from proxy.contract.ledger import LedgerEvent
 from proxy.infra.config import BILLING_LOCK_FILE, RUN_DIR
 from proxy.infra.pidlock import LockHeld, PidLock
@@ -162,6 +163,27 @@ rerate_run_table = Table(
     Index("ix_rerate_run_created", "created_ms"),
 )
 
+owner_table = Table(
+    OWNERS_TABLE, metadata,                               # several billing instances (billing/ledger/owners.py)
+    Column("part", Integer, primary_key=True, autoincrement=False),   # a billing.calls partition
+    Column("epoch", BigInteger, nullable=False),          # the fencing token: +1 at each take-over
+    Column("owner", String(255), nullable=False),         # the instance holding it ("" = none)
+    Column("host", String(255), nullable=False),          # its authorization UDP address
+    Column("port", Integer, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+assert tuple(c.name for c in owner_table.columns) == OWNERS_COLUMNS
+
+command_table = Table(
+    "billing_command", metadata,                          # admin RPC for an account another instance owns
+    Column("id", String(36), primary_key=True),
+    Column("part", Integer, nullable=False),
+    Column("request", LargeBinary, nullable=False),       # one rpc.RpcRequest line
+    Column("response", LargeBinary, nullable=True),       # one rpc.RpcResponse line, once answered
+    Column("created_ms", BigInteger, nullable=False),
+    Index("ix_billing_command_part", "part", "created_ms"),
+)
+
 billing_change_log = change_log_table(metadata, "billing_change_log")
 
 _EVENT_FIELDS = LedgerEvent.__struct_fields__
@@ -201,6 +223,9 @@ class LedgerStore(SqlStore):
 
     def __init__(self, url: str):
         super().__init__(url)
+        # several billing instances: checks, in each appending transaction, that
+        # this instance still owns the events' accounts (billing/ledger/owners.py)
+        self.fence: Callable[[Connection, set[str]], None] | None = None
         if self._sqlite:
             @event.listens_for(self._engine, "connect")
             def _durable(dbapi_conn, _record):
@@ -271,6 +296,8 @@ class LedgerStore(SqlStore):
         unique: dict[str, LedgerEvent] = {}
         for ev in events:
             unique.setdefault(ev.id, ev)
+        if self.fence is not None and unique:
+            self.fence(conn, {ev.account for ev in unique.values()})
         ids = list(unique)
         for start in range(0, len(ids), 500):
             for found in conn.execute(select(t.c.id).where(t.c.id.in_(ids[start:start + 500]))).scalars():
@@ -331,6 +358,15 @@ class LedgerStore(SqlStore):
             if len(page) < chunk:
                 return
             after = page[-1].seq
+
+    def events_of(self, accounts: Iterable[str]) -> list[LedgerEvent]:
+        """Every event of these accounts, in ledger order (a partition taken over)."""
+        t, ids = event_table, sorted(set(accounts))
+        out: list[LedgerEvent] = []
+        with self._read() as conn:
+            for start in range(0, len(ids), 500):
+                out += [_event(r) for r in conn.execute(select(t).where(t.c.account.in_(ids[start:start + 500])))]
+        return sorted(out, key=lambda e: e.seq)
 
     def count_events(self, *, account: str | None = None, upto_seq: int | None = None,
                      from_seq: int = 0) -> int:
@@ -401,6 +437,44 @@ class LedgerStore(SqlStore):
             row = conn.execute(select(rerate_run_table).where(rerate_run_table.c.id == run_id)).first()
         return None if row is None else _run(row)
 
+    # -- commands for another instance's accounts (billing/credit/service.py) ----------------
+    def owned_partitions(self) -> int:
+        """How many partitions some billing instance owns now (several instances)."""
+        with self._read() as conn:
+            return int(conn.execute(select(func.count()).select_from(owner_table)
+                                    .where(owner_table.c.port > 0)).scalar() or 0)
+
+    def command_put(self, command_id: str, part: int, request: bytes, now_ms: int) -> None:
+        with self.transaction() as conn:
+            conn.execute(insert(command_table).values(id=command_id, part=part, request=request,
+                                                      response=None, created_ms=now_ms))
+
+    def command_response(self, command_id: str) -> bytes | None:
+        with self._read() as conn:
+            value = conn.execute(select(command_table.c.response).where(command_table.c.id == command_id)).scalar()
+        return None if value is None else bytes(value)
+
+    def command_delete(self, command_id: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(delete(command_table).where(command_table.c.id == command_id))
+
+    def commands_for(self, parts: Iterable[int], limit: int = 50) -> list[tuple[str, bytes]]:
+        """Unanswered commands for these partitions, oldest first."""
+        t = command_table
+        with self._read() as conn:
+            return [(r.id, bytes(r.request)) for r in conn.execute(
+                select(t.c.id, t.c.request).where(t.c.part.in_(sorted(parts))).where(t.c.response.is_(None))
+                .order_by(t.c.created_ms).limit(limit))]
+
+    def command_answer(self, command_id: str, response: bytes) -> None:
+        with self.transaction() as conn:
+            conn.execute(update(command_table).where(command_table.c.id == command_id).values(response=response))
+
+    def commands_expire(self, before_ms: int) -> None:
+        """Commands nobody waits for any more (their requester gave up or died)."""
+        with self.transaction() as conn:
+            conn.execute(delete(command_table).where(command_table.c.created_ms < before_ms))
+
     # -- publishing -------------------------------------------------------------------------
     def published_seq(self, topic: str) -> int:
         with self._read() as conn:
@@ -428,6 +502,13 @@ class LedgerStore(SqlStore):
     def outbox_delete(self, upto_seq: int) -> None:
         with self.transaction() as conn:
             conn.execute(delete(outbox_table).where(outbox_table.c.seq <= upto_seq))
+
+    def outbox_delete_rows(self, seqs: Iterable[int]) -> None:
+        """Delete exactly these rows (several publishers: rows are not committed in ``seq`` order)."""
+        seqs = list(seqs)
+        with self.transaction() as conn:
+            for start in range(0, len(seqs), 500):
+                conn.execute(delete(outbox_table).where(outbox_table.c.seq.in_(seqs[start:start + 500])))
 
     def outbox_size(self) -> int:
         with self._read() as conn:

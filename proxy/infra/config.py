@@ -160,6 +160,10 @@ class AuthorizationSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=T
     timeout_ms: int = 300
     retries: int = 1
     on_error: Literal["reject", "allow"] = "reject"   # no answer: refuse (503) or let the call go
+    # several billing instances ([billing] partitioned): the billing database whose
+    # billing_owner table says which instance owns an account; "" = one instance (port / credit.port)
+    owners_url: str = ""
+    owners_refresh_ms: int = 1000       # the owner table is read again this often (and after a timeout)
 
 
 # --- floods and connection limits: [tcp] [pike] [overload] (docs/floods.md) --------------
@@ -269,6 +273,10 @@ class BillingSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     currency: str = "EUR"               # default currency of imported rates that leave it empty
     timezone: str = "UTC"               # IANA zone of new rate plans (their weekday/time periods)
     default_plan: str = ""              # plan for accounts with no assignment ("" = unrated)
+    # several billing instances on one shared db_url (PostgreSQL), each owning the accounts of
+    # its billing.calls partitions (docs/billing-scale-out.md); false = one instance, flock on DATA_DIR
+    partitioned: bool = False
+    instance: str = ""                  # this instance's name in billing_owner ("" = node.name + pid)
 
     def database_url(self, data_dir: str | os.PathLike) -> str:
         return self.db_url or f"sqlite:///{_under(data_dir, '', 'billing.sqlite')}"
@@ -278,6 +286,7 @@ class CreditSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Credit control: the authorization server and live calls."""
     listen: str = "127.0.0.1"           # UDP address the authorization server binds
     port: int = 0                       # 0 = a free port, written to DATA_DIR/run/credit.port
+    advertise: str = ""                 # address the proxy reaches `listen` at ("" = listen); partitioned billing
     reject_code: int = 402              # SIP code when the credit does not cover the first increment
     blocked_code: int = 402             # ... when the account is blocked
     no_rate_code: int = 403             # ... when no rate plan / rate applies to the destination
@@ -703,6 +712,8 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
         ("authorization.port", 0 <= c.authorization.port < 65536, "must be 0..65535 (0 = the credit service's)"),
         ("authorization.timeout_ms", 1 <= c.authorization.timeout_ms <= 10_000, "must be 1..10000"),
         ("authorization.retries", 0 <= c.authorization.retries <= 5, "must be 0..5"),
+        ("authorization.owners_refresh_ms", 100 <= c.authorization.owners_refresh_ms <= 60_000,
+         "must be 100..60000"),
         ("tcp.idle_timeout_seconds", c.tcp.idle_timeout_seconds > 0, "must be > 0"),
         ("tcp.message_timeout_seconds", c.tcp.message_timeout_seconds > 0, "must be > 0"),
         ("tcp.max_connections", c.tcp.max_connections >= 1, "must be >= 1"),
@@ -737,6 +748,8 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
         ("cdr.standby_replicas", c.cdr.standby_replicas >= 0, "must be >= 0"),
         ("billing.currency", _CURRENCY.match(c.billing.currency) is not None,
          "must be an ISO 4217 code like EUR"),
+        ("billing.partitioned", not c.billing.partitioned or bool(c.billing.db_url),
+         "needs [billing] db_url: a database every instance shares (PostgreSQL)"),
         ("billing.timezone", _is_zone(c.billing.timezone), "must be an IANA zone like UTC or Europe/Berlin"),
         ("billing.default_plan", not c.billing.default_plan or _PLAN_NAME.match(c.billing.default_plan) is not None,
          "must be 1-64 letters, digits, '_', '.', '-' (starting with a letter or digit)"),
