@@ -697,8 +697,8 @@ class BillingService:
         try:
             if self.own is not None and not self.own.owns(alert.account):
                 # another instance's account: its owner blocks it (and tears its calls down)
-                answer = await _opened(self.relay, "command relay").forward(rpc.RpcRequest(op="account.put", account=alert.account,
-                                                            fields={"status": "blocked"}))
+                request = rpc.RpcRequest(op="account.put", account=alert.account, fields={"status": "blocked"})
+                answer = await _opened(self.relay, "command relay").forward(request)
                 if not answer.ok:
                     raise LedgerError(answer.error, status=answer.status)
             else:

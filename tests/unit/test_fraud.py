@@ -173,7 +173,7 @@ def test_billing_blocks_the_account_of_a_block_account_alert():
             raise LedgerError("account nobody@x does not exist", status=404)
         return {}
 
-    service = SimpleNamespace(app=SimpleNamespace(put_account=put_account), stats=Counter())
+    service = SimpleNamespace(app=SimpleNamespace(put_account=put_account), stats=Counter(), own=None)  # one instance
     alert = ev.FraudAlert(id="1", ts_ms=0, call_id="c", from_tag="t", proxy="p", severity="critical",
                           parameter="cpm", value=5, threshold=3, user="alice@x", account="alice@x",
                           number="00", prefix="00", profile="default", rule_id=1, action="block_account")
