@@ -167,13 +167,17 @@ def test_broker_down_during_calls_no_event_lost_or_duplicated(external_broker, t
         sl.stop()
 
 
-def _tansu_pid(sl) -> int | None:
-    """The embedded broker `up` runs (a descendant whose command is tansu)."""
+BROKER = b"tansu"           # the embedded broker's executable
+ARCHIVER = b"api.serve"     # the API process: it runs the archiver (and the other sinks)
+
+
+def _child_pid(sl, needle: bytes) -> int | None:
+    """The descendant of `up` whose command line holds ``needle``."""
     from tests.harness.proxy import _descendants
     for pid in _descendants(sl.proc.pid):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"tansu" in f.read().split(b"\0")[0]:
+                if needle in f.read():
                     return pid
         except OSError:
             continue
@@ -181,9 +185,10 @@ def _tansu_pid(sl) -> int | None:
 
 
 def test_zz_embedded_broker_killed_under_load_loses_no_event(two_workers, uas_factory, sipp_dir):
-    """Last in the module: kill -9 of the embedded broker at several moments
-    while 30 calls run through both workers (before, during and after the
-    calls' events were consumed).  Afterwards every call has its CDR, a dry-run
+    """Last in the module: kill -9 of the embedded broker twice and, between
+    them, of the archiver (the API process), while 30 calls run through both
+    workers (before, during and after the calls' events were consumed and
+    archived).  Afterwards every call has its CDR, a dry-run
     rebuild from the archive finds every CDR unchanged, and the archive holds
     each call's events once each (docs/operations.md: the outbox keeps an event
     until the archive has it and sends it again to a new broker)."""
@@ -206,13 +211,14 @@ def test_zz_embedded_broker_killed_under_load_loses_no_event(two_workers, uas_fa
             hold_ms=300, calls=calls, extra_args=["-r", "8"])), daemon=True)
         thread.start()
         kills = 0
-        for pause in (0.5, 1.5, 2.5):
+        for pause, victim in ((0.5, BROKER), (1.5, ARCHIVER), (2.5, BROKER)):
             thread.join(pause)
-            pid = _tansu_pid(sl)
-            assert pid is not None
+            pid = _child_pid(sl, victim)
+            assert pid is not None, victim
             os.kill(pid, signal.SIGKILL)
             kills += 1
-            eventually(lambda: _tansu_pid(sl) not in (None, pid), "up restarts the broker", 15, interval=0.1)
+            eventually(lambda: _child_pid(sl, victim) not in (None, pid), f"up restarts {victim.decode()}", 15,
+                       interval=0.1)
         thread.join(80)
     res = box["res"]
     assert res.successful == calls, res.describe()
@@ -242,5 +248,5 @@ def test_zz_embedded_broker_killed_under_load_loses_no_event(two_workers, uas_fa
                                         "call.answered", "call.ack", "call.bye"]), (call_id, types)
     repaired = sum(int(line.split("CDR repair: ")[1].split()[0])
                    for line in (sl.data_dir / "logs" / "api.log").read_text().splitlines() if "CDR repair: " in line)
-    print(f"\nbroker kills {kills}: calls {calls}, CDRs {calls} ({repaired} by the repair), "
+    print(f"\nkills {kills} (broker, archiver, broker): calls {calls}, CDRs {calls} ({repaired} by the repair), "
           f"archived events {distinct} ({rows} rows before merges)")
