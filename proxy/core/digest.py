@@ -150,7 +150,7 @@ class AuthResult:
     @property
     def rechallenge(self) -> bool:
         """Answer with a fresh challenge rather than a verdict."""
-        return self.stale or self.reason == "foreign-nonce"
+        return self.stale
 
     @property
     def wrong_credentials(self) -> bool:
@@ -299,8 +299,13 @@ class DigestAuthenticator:
             return _fail("uri-mismatch", params, algorithm)
 
         nonce = self._open_nonce(params["nonce"])
-        if nonce is None:                      # made up, or another secret's: no verdict
-            return _fail("foreign-nonce", params, algorithm)
+        if nonce is None:
+            # made up, or another secret's (a proxy instance configured with another
+            # [auth] secret, docs/scale-out.md): no verdict, a fresh challenge with
+            # stale=true so the phone retries with the same password instead of
+            # prompting or giving up; the same answer whatever the password, so it
+            # tells a guesser nothing
+            return _fail("foreign-nonce", params, algorithm, stale=True)
 
         creds = lookup(params["username"], params["realm"])
         ha1 = _ha1_for(creds, algorithm, params["username"], params["realm"]) if creds else None

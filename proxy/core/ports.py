@@ -20,6 +20,9 @@ class Target:
     # a registered contact behind a NAT reached at its source address: the hook the
     # dialog uses to pin in-dialog requests here (not part of the address's identity)
     nat: bool = field(default=False, compare=False)
+    # a binding another proxy instance owns: the Route to it, added to the branch
+    # (proxy/core/peering.py; not part of the address's identity either)
+    route: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}/{self.transport}"

@@ -289,7 +289,7 @@ def test_forged_or_foreign_secret_nonce_gets_a_fresh_challenge_never_a_verdict(a
               "realm": REALM, "algorithm": "MD5"}
     for password in ("s3cret", "guess"):
         result = auth.verify("REGISTER", answer(forged, password=password), REALM, lookup, T0)
-        assert (result.ok, result.reason, result.rechallenge, result.stale) == (False, "foreign-nonce", True, False)
+        assert (result.ok, result.reason, result.rechallenge, result.stale) == (False, "foreign-nonce", True, True)
         assert not result.wrong_credentials
     garbage = dict(forged, nonce="not base64 at all!")
     assert auth.verify("REGISTER", answer(garbage), REALM, lookup, T0).reason == "foreign-nonce"
