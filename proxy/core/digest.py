@@ -150,7 +150,7 @@ class AuthResult:
     @property
     def rechallenge(self) -> bool:
         """Answer with a fresh challenge rather than a verdict."""
-        return self.stale
+        return self.stale or self.reason == "foreign-nonce"
 
     @property
     def wrong_credentials(self) -> bool:
@@ -300,12 +300,12 @@ class DigestAuthenticator:
 
         nonce = self._open_nonce(params["nonce"])
         if nonce is None:
-            # made up, or another secret's (a proxy instance configured with another
-            # [auth] secret, docs/scale-out.md): no verdict, a fresh challenge with
-            # stale=true so the phone retries with the same password instead of
-            # prompting or giving up; the same answer whatever the password, so it
-            # tells a guesser nothing
-            return _fail("foreign-nonce", params, algorithm, stale=True)
+            # made up, or another secret's: no verdict, a fresh challenge.  One shaped
+            # like ours is another proxy instance's with another [auth] secret
+            # (docs/scale-out.md): stale=true, so the phone retries with the same
+            # password instead of prompting or giving up.  Either way the answer is
+            # the same whatever the password, so it tells a guesser nothing.
+            return _fail("foreign-nonce", params, algorithm, stale=_nonce_shaped(params["nonce"]))
 
         creds = lookup(params["username"], params["realm"])
         ha1 = _ha1_for(creds, algorithm, params["username"], params["realm"]) if creds else None
@@ -414,3 +414,8 @@ def _same_resource(digest_uri: str, request_uri: str) -> bool:
 
 def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _nonce_shaped(nonce: str) -> bool:
+    """Has the size of a sipledger nonce (any instance's), whatever sealed it."""
+    return len(nonce) == len(base64.urlsafe_b64encode(bytes(_NONCE_LAYOUT.size + _MAC_LEN)).rstrip(b"="))
