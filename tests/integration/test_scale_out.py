@@ -1,0 +1,165 @@
+"""Two proxy instances on one PostgreSQL location store (docs/scale-out.md), real
+processes and SIPp phones: A on 127.0.0.2, B on 127.0.0.3, the phones on 127.0.0.1.
+
+bob registers through A and alice reaches him through B; a nonce A issued is
+re-challenged by B as stale (the shared secret), never refused; and a kill -9
+of A mid-call leaves B's call alone."""
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+from typer.testing import CliRunner
+
+from api.cli import app
+from tests.harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed
+from tests.harness.postgres import PostgresServer, postgres_available
+from tests.harness.proxy import proxy_run
+from tests.harness.sipp import SippUAS, free_udp_port, register, run_uac
+
+pytestmark = pytest.mark.skipif(not postgres_available(), reason="PostgreSQL 15 (Debian postgresql) not installed")
+
+A, B = "127.0.0.2", "127.0.0.3"
+CONFIG = """\
+[proxy]
+listen = "{listen}"
+trusted_sources = ["{peer}/32"]
+[auth]
+algorithms = ["MD5"]
+secret = "one secret for the whole cluster"
+[registrar]
+location_url = "{url}"
+[authorization]
+enabled = false
+[provisioning]
+reload_seconds = 0.25
+"""
+
+
+def provision(data_dir):
+    for args in (["domain", "add", DOMAIN], *(["user", "add", f"{u}@{DOMAIN}", "--password", p]
+                                               for u, p in PASSWORDS.items())):
+        result = CliRunner().invoke(app, ["--data-dir", str(data_dir), *args])
+        assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, broker):
+    """(A's address, B's address, A's process): two `python -m proxy run` on one location store."""
+    tmp = tmp_path_factory.mktemp("scale-out")
+    with PostgresServer() as pg:
+        url = pg.create_database("location")
+        with proxy_pair(tmp, url, broker.bootstrap) as pair:
+            yield pair
+
+
+class proxy_pair:
+    def __init__(self, tmp, url, bootstrap):
+        self.tmp, self.url, self.bootstrap, self.runs = tmp, url, bootstrap, []
+
+    def __enter__(self):
+        addrs = []
+        try:
+            for name, listen, peer in (("a", A, B), ("b", B, A)):
+                data = self.tmp / name
+                provision(data)
+                config = self.tmp / f"{name}.toml"
+                config.write_text(CONFIG.format(listen=listen, peer=peer, url=self.url))
+                port = free_udp_port(listen)
+                run = proxy_run(data, config, port, self.bootstrap)
+                proc = run.__enter__()
+                self.runs.append(run)
+                addrs.append(((listen, port), proc))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return addrs
+
+    def __exit__(self, *exc):
+        for run in reversed(self.runs):
+            run.__exit__(None, None, None)
+
+
+def test_registered_on_a_reached_through_b(cluster, tmp_path):
+    (a, _), (b, _) = cluster
+    with SippUAS("uas_answer", timeout=20, workdir=tmp_path) as bob:
+        res = register(a, "bob", DOMAIN, PASSWORDS["bob"], bob.contact_host, 300, workdir=tmp_path)
+        assert res.ok, res.describe()
+        call = run_uac("uac_call", b, {"caller": "alice", "callee": "bob", "domain": DOMAIN}, 15,
+                       auth=("alice", PASSWORDS["alice"]), auth_uri=f"bob@{DOMAIN}", workdir=tmp_path,
+                       hold_ms=100)
+        assert_completed(call, "alice's call through B to bob registered on A")
+        done = assert_uas_completed(bob, "bob answers")
+    (invite,) = done.received("INVITE")
+    assert [r for r in invite.headers_all("record-route")] == [f"<sip:{b[0]}:{b[1]};lr>"]
+
+
+def test_a_nonce_of_a_is_stale_at_b_never_a_refusal(cluster):
+    (a, _), (b, _) = cluster
+    from proxy.core.digest import compute_ha1, compute_response, parse_digest
+    phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    phone.bind(("127.0.0.1", 0))
+    phone.settimeout(10)
+    me = phone.getsockname()[1]
+
+    def register_at(addr, cseq, creds=""):
+        phone.sendto(f"""REGISTER sip:{DOMAIN} SIP/2.0\r
+Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bKn{cseq};rport\r
+From: <sip:carol@{DOMAIN}>;tag=n1\r
+To: <sip:carol@{DOMAIN}>\r
+Call-ID: nonce-{me}\r
+CSeq: {cseq} REGISTER\r
+Contact: <sip:carol@127.0.0.1:{me}>\r
+{creds}Max-Forwards: 70\r
+Content-Length: 0\r
+\r
+""".encode(), addr)
+        while True:
+            text = phone.recv(65535).decode("latin-1")
+            if not text.startswith("SIP/2.0 1"):
+                return text
+
+    try:
+        answer = register_at(a, 1)
+        assert answer.startswith("SIP/2.0 401")
+        challenge = parse_digest(next(h.split(":", 1)[1] for h in answer.split("\r\n")
+                                      if h.lower().startswith("www-authenticate:")))
+        ha1 = compute_ha1("MD5", "carol", DOMAIN, PASSWORDS["carol"])
+        response = compute_response("MD5", ha1, challenge["nonce"], "REGISTER", f"sip:{DOMAIN}", "auth",
+                                    "00000001", "c0ffee")
+        creds = (f'Authorization: Digest username="carol", realm="{DOMAIN}", nonce="{challenge["nonce"]}", '
+                 f'uri="sip:{DOMAIN}", response="{response}", algorithm=MD5, qop=auth, nc=00000001, '
+                 'cnonce="c0ffee"\r\n')
+        answer = register_at(b, 2, creds)          # A's nonce, answered to B
+        assert answer.startswith("SIP/2.0 401") and "stale=true" in answer, answer
+    finally:
+        phone.close()
+
+
+def test_killing_a_mid_call_leaves_the_calls_of_b_alone(cluster, tmp_path):
+    (a, proc_a), (b, _) = cluster
+    with SippUAS("uas_answer", timeout=30, workdir=tmp_path, calls=2) as dave:
+        for proxy in (a, b):          # dave's binding is public UDP: either instance reaches him
+            res = register(proxy, "dave", DOMAIN, PASSWORDS["dave"], dave.contact_host, 300, workdir=tmp_path)
+            assert res.ok, res.describe()
+        results = {}
+
+        def call(name, proxy, caller, timeout):
+            results[name] = run_uac("uac_call", proxy, {"caller": caller, "callee": "dave", "domain": DOMAIN},
+                                    timeout, auth=(caller, PASSWORDS[caller]), auth_uri=f"dave@{DOMAIN}",
+                                    workdir=tmp_path, hold_ms=4000, name=f"kill_{name}")
+
+        threads = [threading.Thread(target=call, args=("via_a", a, "alice", 7)),
+                   threading.Thread(target=call, args=("via_b", b, "carol", 20))]
+        for t in threads:
+            t.start()
+        from tests.harness.poll import eventually
+        eventually(lambda: len(dave.messages()) and sum(1 for m in dave.messages() if m.method == "ACK") >= 2,
+                   "both calls answered", timeout=15)
+        proc_a.kill()                                  # kill -9 A (its workers die with it)
+        proc_a.wait(10)
+        for t in threads:
+            t.join(30)
+    assert_completed(results["via_b"], "carol's call through B, while A died")
+    assert results["via_a"].successful == 0           # alice's BYE had nowhere to go
