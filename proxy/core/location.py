@@ -44,6 +44,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal_column,
     select,
     text,
     tuple_,
@@ -99,8 +100,76 @@ _ADDED = {
     3: ("instance TEXT",),
 }
 
-# prepared once: SQLAlchemy caches their compiled SQL, so a lookup costs one round trip
-_LOOKUP = select(*_COLUMNS).where(location.c.aor == bindparam("aor"), location.c.expires_at > bindparam("now"))
+# The signalling path's statements (INVITE lookup, REGISTER edit): built once,
+# compiled once per dialect, run on the driver connection (``_Driver``)
+_AOR = location.c.aor == bindparam("aor")
+_CONTACT = location.c.contact == bindparam("contact")
+_HOT = {
+    "lookup": select(*_COLUMNS).where(_AOR, location.c.expires_at > bindparam("now")),
+    "expired": delete(location).where(_AOR, location.c.expires_at <= bindparam("now")),
+    "bindings": select(*_COLUMNS).where(_AOR),
+    "insert": insert(location).values({c.name: bindparam(c.name) for c in _COLUMNS}),
+    "update": update(location).where(_AOR, _CONTACT).values(
+        {c.name: bindparam(f"new_{c.name}") for c in _COLUMNS if c.name not in ("aor", "contact")}),
+    "remove": delete(location).where(_AOR, _CONTACT),
+    # one writer per AOR across every instance (SQLite: the file's write lock)
+    "lock": select(func.pg_advisory_xact_lock(func.hashtextextended(bindparam("aor"), literal_column("0")))),
+}
+
+
+class _Driver:
+    """The hot statements on one driver connection (sqlite3 / psycopg 3) in
+    autocommit mode, with explicit transactions: SQLAlchemy's per-statement
+    work (coercion, cache keys, result wrapping) cost 5-10x the query itself
+    on SQLite (docs/scale-out.md), and it runs on the event loop."""
+
+    def __init__(self, engine, sqlite: bool):
+        self._engine = engine
+        self._sqlite = sqlite
+        self._raw = None
+        self.error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        self._sql: dict[str, tuple[str, tuple[str, ...] | None]] = {}
+        for name, stmt in _HOT.items():
+            if sqlite and name == "lock":
+                continue
+            compiled = stmt.compile(dialect=engine.dialect)
+            # qmark (SQLite) takes a tuple in order, pyformat (psycopg) the dict
+            self._sql[name] = (str(compiled), tuple(compiled.positiontup or ()) if compiled.positional else None)
+
+    def conn(self):
+        if self._raw is None:
+            raw = self._engine.raw_connection()
+            if not self._sqlite:
+                raw.driver_connection.autocommit = True     # SQLite: tune_sqlite already did
+            self._raw = raw
+        return self._raw.driver_connection
+
+    def run(self, name: str, params: dict[str, object]):
+        sql, order = self._sql[name]
+        return self.conn().execute(sql, params if order is None else tuple(params[k] for k in order))
+
+    def begin(self) -> None:
+        # BEGIN IMMEDIATE: SQLite's write lock before reading, so two workers
+        # registering the same AOR queue up instead of one failing mid-way
+        self.conn().execute("BEGIN IMMEDIATE" if self._sqlite else "BEGIN")
+
+    def commit(self) -> None:
+        self.conn().execute("COMMIT")
+
+    def rollback(self) -> None:
+        try:
+            self.conn().execute("ROLLBACK")
+        except self.error:           # none open (a failed BEGIN), or the connection is gone
+            self.drop()
+
+    def drop(self) -> None:
+        """Forget a connection that failed: the next statement reconnects."""
+        if self._raw is not None:
+            try:
+                self._raw.invalidate()
+            except Exception:        # already broken: nothing to give back
+                pass
+            self._raw = None
 
 
 class LocationError(Exception):
@@ -149,8 +218,8 @@ def preference(binding: Binding) -> tuple[int, float]:
 class BindingEditor:
     """One AOR's live bindings inside an open write transaction."""
 
-    def __init__(self, conn: Connection, aor: str, current: dict[str, Binding]):
-        self._conn = conn
+    def __init__(self, driver: _Driver, aor: str, current: dict[str, Binding]):
+        self._driver = driver
         self.aor = aor
         self.current = current          # contact URI → Binding, updated as we write
 
@@ -159,15 +228,14 @@ class BindingEditor:
         # update-or-insert is exact without a dialect's upsert syntax
         row = _row(binding)
         if binding.contact in self.current:
-            self._conn.execute(update(location).where(location.c.aor == row["aor"],
-                                                      location.c.contact == row["contact"]).values(row))
+            self._driver.run("update", {"aor": row["aor"], "contact": row["contact"],
+                                        **{f"new_{k}": v for k, v in row.items()}})
         else:
-            self._conn.execute(insert(location).values(row))
+            self._driver.run("insert", row)
         self.current[binding.contact] = binding
 
     def remove(self, contact: str) -> None:
-        self._conn.execute(delete(location).where(location.c.aor == self.aor,
-                                                  location.c.contact == _text(contact)))
+        self._driver.run("remove", {"aor": self.aor, "contact": _text(contact)})
         self.current.pop(contact, None)
 
     def bindings(self) -> list[Binding]:
@@ -196,14 +264,20 @@ class LocationStore:
                 raise LocationError(f"location database {self.url}: only {' or '.join(BACKENDS)} is supported")
             if self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            connect_args = {"timeout": busy_timeout} if self._sqlite else {"connect_timeout": 5}
-            self._engine = create_engine(parsed, connect_args=connect_args, pool_size=1,
+            # bounded waits on both: the store is used on the workers' event loops
+            ms = int(busy_timeout * 1000)
+            connect_args = {"timeout": busy_timeout} if self._sqlite else {
+                "connect_timeout": max(1, round(busy_timeout)),
+                "options": f"-c statement_timeout={ms} -c lock_timeout={ms}"}
+            self._engine = create_engine(parsed, connect_args=connect_args, pool_size=2,
                                          pool_pre_ping=not self._sqlite) if not self._sqlite else \
                 create_engine(parsed, connect_args=connect_args)
             if self._sqlite:
                 tune_sqlite(self._engine, busy_timeout_ms=int(busy_timeout * 1000))
             self._conn = self._engine.connect()
             self._create_schema()
+            self._driver = _Driver(self._engine, self._sqlite)
+            self._driver.conn()
         except (OSError, ImportError, SQLAlchemyError) as exc:
             raise LocationError(f"location database {self.url}: {reason(exc)}") from None
 
@@ -258,6 +332,7 @@ class LocationStore:
                     conn.exec_driver_sql(f"ALTER TABLE location ADD COLUMN {column}")
 
     def close(self) -> None:
+        self._driver.drop()
         self._conn.close()
         self._engine.dispose()
 
@@ -286,9 +361,17 @@ class LocationStore:
 
     # -- reads ----------------------------------------------------------------------
     def lookup(self, aor: str, now: float) -> list[Binding]:
-        """Live bindings of ``aor``, best first (q, then most recent)."""
-        with self._transaction() as conn:
-            rows = conn.execute(_LOOKUP, {"aor": normalize_aor(aor), "now": now}).all()
+        """Live bindings of ``aor``, best first (q, then most recent).
+
+        Every INVITE to a local user runs this on the worker's event loop: one
+        statement in autocommit mode (a single SELECT is consistent by itself),
+        one round trip."""
+        driver = self._driver
+        try:
+            rows = driver.run("lookup", {"aor": normalize_aor(aor), "now": now}).fetchall()
+        except (driver.error, SQLAlchemyError) as exc:
+            driver.drop()                          # the next lookup reconnects
+            raise LocationError(f"location database {self.url}: {reason(exc)}") from None
         return sorted((_binding(r) for r in rows), key=preference)
 
     def nated(self, now: float, after: tuple[str, str] | None = None,
@@ -334,15 +417,28 @@ class LocationStore:
         """Change one AOR atomically: committed when the block ends, rolled
         back if it raises (the exception then propagates unchanged)."""
         aor = normalize_aor(aor)
-        with self._transaction(write=True) as conn:
+        driver = self._driver
+        try:
+            driver.begin()
             if not self._sqlite:
-                # one writer per AOR across every instance (SQLite: the file's write lock)
-                conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:aor, 0))"), {"aor": aor})
+                driver.run("lock", {"aor": aor})
             # expired rows are gone for good: drop them so they cannot take
             # part in the Call-ID/CSeq checks
-            conn.execute(delete(location).where(location.c.aor == aor, location.c.expires_at <= now))
-            rows = conn.execute(select(*_COLUMNS).where(location.c.aor == aor)).all()
-            yield BindingEditor(conn, aor, {r[1]: _binding(r) for r in rows})
+            driver.run("expired", {"aor": aor, "now": now})
+            rows = driver.run("bindings", {"aor": aor}).fetchall()
+            editor = BindingEditor(driver, aor, {r[1]: _binding(r) for r in rows})
+        except driver.error as exc:
+            driver.rollback()
+            raise LocationError(f"location database {self.url}: {reason(exc)}") from None
+        try:
+            yield editor
+            driver.commit()
+        except driver.error as exc:
+            driver.rollback()
+            raise LocationError(f"location database {self.url}: {reason(exc)}") from None
+        except BaseException:
+            driver.rollback()
+            raise
 
     def purge(self, now: float) -> int:
         """Delete every expired binding; returns how many.  Any worker of any instance may run it."""
