@@ -9,13 +9,16 @@ from __future__ import annotations
 import socket
 import threading
 
+import msgspec
 import pytest
 from typer.testing import CliRunner
 
 from api.cli import app
+from proxy.contract import callfold
+from proxy.contract import events as ev
 from tests.harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed
 from tests.harness.postgres import PostgresServer, postgres_available
-from tests.harness.proxy import proxy_run
+from tests.harness.proxy import proxy_run, read_events, wait_for_types
 from tests.harness.sipp import SippUAS, free_udp_port, register, run_uac
 
 pytestmark = pytest.mark.skipif(not postgres_available(), reason="PostgreSQL 15 (Debian postgresql) not installed")
@@ -137,7 +140,7 @@ Content-Length: 0\r
         phone.close()
 
 
-def test_killing_a_mid_call_leaves_the_calls_of_b_alone(cluster, tmp_path):
+def test_killing_a_mid_call_leaves_the_calls_of_b_alone(cluster, tmp_path, broker):
     (a, proc_a), (b, _) = cluster
     with SippUAS("uas_answer", timeout=30, workdir=tmp_path, calls=2) as dave:
         for proxy in (a, b):          # dave's binding is public UDP: either instance reaches him
@@ -163,3 +166,22 @@ def test_killing_a_mid_call_leaves_the_calls_of_b_alone(cluster, tmp_path):
             t.join(30)
     assert_completed(results["via_b"], "carol's call through B, while A died")
     assert results["via_a"].successful == 0           # alice's BYE had nowhere to go
+
+    # B's call: complete, hung up by carol.  A's: answered, never ended, so the CDR
+    # processor closes it by the silence rule (docs/scale-out.md), here with a 2 s window
+    rows = {}
+    for name, until in (("via_b", wait_for_types("call.answered", "call.bye")),
+                        ("via_a", wait_for_types("call.answered"))):
+        call_id = results[name].sent("INVITE")[-1].header("Call-ID")
+        events = read_events(broker.bootstrap, call_id=call_id, timeout=10, until=until, settle=0.3)
+        state = callfold.fold(ev.decode(msgspec.json.encode(e)) for e in events)
+        rows[name] = state, callfold.finish(state, 0)
+    state, finished = rows["via_b"]
+    (row,) = [r for r in finished if r.disposition == "answered"]
+    assert row.hangup_by == "caller" and row.duration_ms > 0
+    state, finished = rows["via_a"]
+    assert finished is None                           # not over: no BYE ever came
+    window = 2000
+    closed = callfold.finish(state, callfold.silence_end_ms(state, window), silence=True)
+    (row,) = [r for r in closed if r.disposition == "answered"]
+    assert row.hangup_by == "silence" and row.end_ms == state.last_ms + window

@@ -76,7 +76,7 @@ def test_a_natted_binding_of_a_is_reached_from_b_through_a(tmp_path):
     # alice's BYE follows the route set: B, then A, which sends it to the pinhole
     routes = list(reversed(up.values("record-route")))
     bye = parse(wire(to_bob).encode())
-    bye_text = (f"BYE sip:bob@192.168.1.20:5062 SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKbye;rport\n"
+    bye_text = ("BYE sip:bob@192.168.1.20:5062 SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKbye;rport\n"
                 + "".join(f"Route: {r}\n" for r in routes)
                 + f"From: {bye.get('from')}\nTo: {bye.get('to')};tag=b1\nCall-ID: {bye.call_id}\n"
                   "CSeq: 2 BYE\nMax-Forwards: 70\nContent-Length: 0\n\n")
