@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from api.cli import app
 from proxy.contract import callfold
 from proxy.contract import events as ev
+from proxy.core.digest import compute_ha1, compute_response, parse_digest
 from tests.harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed
 from tests.harness.postgres import PostgresServer, postgres_available
 from tests.harness.proxy import proxy_run, read_events, wait_for_types
@@ -94,50 +95,107 @@ def test_registered_on_a_reached_through_b(cluster, tmp_path):
                        hold_ms=100)
         assert_completed(call, "alice's call through B to bob registered on A")
         done = assert_uas_completed(bob, "bob answers")
+        assert register(a, "bob", DOMAIN, PASSWORDS["bob"], bob.contact_host, 0, workdir=tmp_path).ok
     (invite,) = done.received("INVITE")
     assert [r for r in invite.headers_all("record-route")] == [f"<sip:{b[0]}:{b[1]};lr>"]
 
 
-def test_a_nonce_of_a_is_stale_at_b_never_a_refusal(cluster):
-    (a, _), (b, _) = cluster
-    from proxy.core.digest import compute_ha1, compute_response, parse_digest
-    phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    phone.bind(("127.0.0.1", 0))
-    phone.settimeout(10)
-    me = phone.getsockname()[1]
+class RawPhone:
+    """A UDP phone of a few lines: REGISTERs with digest credentials it is told to
+    use, and reads what comes to it."""
 
-    def register_at(addr, cseq, creds=""):
-        phone.sendto(f"""REGISTER sip:{DOMAIN} SIP/2.0\r
-Via: SIP/2.0/UDP 127.0.0.1:{me};branch=z9hG4bKn{cseq};rport\r
-From: <sip:carol@{DOMAIN}>;tag=n1\r
-To: <sip:carol@{DOMAIN}>\r
-Call-ID: nonce-{me}\r
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(10)
+        self.port = self.sock.getsockname()[1]
+
+    def register(self, addr, user: str, contact: str, cseq: int, creds: str = "") -> str:
+        self.sock.sendto(f"""REGISTER sip:{DOMAIN} SIP/2.0\r
+Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bKn{cseq};rport\r
+From: <sip:{user}@{DOMAIN}>;tag=n1\r
+To: <sip:{user}@{DOMAIN}>\r
+Call-ID: reg-{user}-{self.port}\r
 CSeq: {cseq} REGISTER\r
-Contact: <sip:carol@127.0.0.1:{me}>\r
+Contact: <{contact}>\r
 {creds}Max-Forwards: 70\r
 Content-Length: 0\r
 \r
 """.encode(), addr)
+        return self.final()
+
+    def final(self) -> str:
         while True:
-            text = phone.recv(65535).decode("latin-1")
+            text, _ = self.receive()
             if not text.startswith("SIP/2.0 1"):
                 return text
 
-    try:
-        answer = register_at(a, 1)
-        assert answer.startswith("SIP/2.0 401")
-        challenge = parse_digest(next(h.split(":", 1)[1] for h in answer.split("\r\n")
+    def receive(self) -> tuple[str, tuple[str, int]]:
+        data, source = self.sock.recvfrom(65535)
+        return data.decode("latin-1"), source
+
+    @staticmethod
+    def credentials(challenge_text: str, user: str) -> str:
+        challenge = parse_digest(next(h.split(":", 1)[1] for h in challenge_text.split("\r\n")
                                       if h.lower().startswith("www-authenticate:")))
-        ha1 = compute_ha1("MD5", "carol", DOMAIN, PASSWORDS["carol"])
+        ha1 = compute_ha1("MD5", user, DOMAIN, PASSWORDS[user])
         response = compute_response("MD5", ha1, challenge["nonce"], "REGISTER", f"sip:{DOMAIN}", "auth",
                                     "00000001", "c0ffee")
-        creds = (f'Authorization: Digest username="carol", realm="{DOMAIN}", nonce="{challenge["nonce"]}", '
-                 f'uri="sip:{DOMAIN}", response="{response}", algorithm=MD5, qop=auth, nc=00000001, '
-                 'cnonce="c0ffee"\r\n')
-        answer = register_at(b, 2, creds)          # A's nonce, answered to B
-        assert answer.startswith("SIP/2.0 401") and "stale=true" in answer, answer
+        return (f'Authorization: Digest username="{user}", realm="{DOMAIN}", nonce="{challenge["nonce"]}", '
+                f'uri="sip:{DOMAIN}", response="{response}", algorithm=MD5, qop=auth, nc=00000001, '
+                'cnonce="c0ffee"\r\n')
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def phone():
+    p = RawPhone()
+    yield p
+    p.close()
+
+
+def test_a_nonce_of_a_is_stale_at_b_never_a_refusal(cluster, phone):
+    (a, _), (b, _) = cluster
+    contact = f"sip:carol@127.0.0.1:{phone.port}"
+    challenge = phone.register(a, "carol", contact, 1)
+    assert challenge.startswith("SIP/2.0 401")
+    answer = phone.register(b, "carol", contact, 2, RawPhone.credentials(challenge, "carol"))   # A's nonce, to B
+    assert answer.startswith("SIP/2.0 401") and "stale=true" in answer, answer
+
+
+def test_a_natted_phone_registered_on_a_is_reached_from_b_through_a(cluster, phone, tmp_path):
+    """bob's Contact is a private address his packets do not come from (a NAT): B
+    cannot reach it, so the INVITE goes B -> A -> the address A saw bob at."""
+    (a, _), (b, _) = cluster
+    private = "sip:bob@192.168.77.20:5062"
+    challenge = phone.register(a, "bob", private, 1)
+    assert phone.register(a, "bob", private, 2, RawPhone.credentials(challenge, "bob")).startswith("SIP/2.0 200")
+    results = {}
+    caller = threading.Thread(target=lambda: results.update(res=run_uac(
+        "uac_call_expect_failure", b, {"caller": "alice", "callee": "bob", "domain": DOMAIN}, 15,
+        auth=("alice", PASSWORDS["alice"]), auth_uri=f"bob@{DOMAIN}", workdir=tmp_path,
+        variables={"expected": 486})))
+    caller.start()
+    try:
+        text, source = phone.receive()
+        while not text.startswith("INVITE"):
+            text, source = phone.receive()
+        head = text.split("\r\n\r\n", 1)[0].split("\r\n")
+        assert head[0] == f"INVITE {private} SIP/2.0" and source[0] == A
+        rr = [h.split(":", 1)[1].strip() for h in head if h.lower().startswith("record-route:")]
+        assert rr[0].startswith(f"<sip:{A}:") and ";sl-flow=" in rr[0] and rr[-1].startswith(f"<sip:{B}:"), rr
+        vias = [h.split(":", 1)[1].strip() for h in head if h.lower().startswith("via:")]
+        busy = "\r\n".join(["SIP/2.0 486 Busy Here", *(f"Via: {v}" for v in vias),
+                             *(h for h in head[1:] if h.split(":", 1)[0].lower() in ("from", "call-id", "cseq")),
+                             next(h for h in head if h.lower().startswith("to:")) + ";tag=busy1",
+                             "Content-Length: 0", "", ""])
+        phone.sock.sendto(busy.encode(), source)
     finally:
-        phone.close()
+        caller.join(20)
+    res = results["res"]
+    assert res.returncode == 0 and res.successful == 1, res.describe()
 
 
 def test_killing_a_mid_call_leaves_the_calls_of_b_alone(cluster, tmp_path, broker):
