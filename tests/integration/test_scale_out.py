@@ -11,41 +11,17 @@ import threading
 
 import msgspec
 import pytest
-from typer.testing import CliRunner
 
-from api.cli import app
 from proxy.contract import callfold
 from proxy.contract import events as ev
 from proxy.core.digest import compute_ha1, compute_response, parse_digest
 from tests.harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed
+from tests.harness.cluster import A, B, ProxyPair
 from tests.harness.postgres import PostgresServer, postgres_available
-from tests.harness.proxy import proxy_run, read_events, wait_for_types
-from tests.harness.sipp import SippUAS, free_udp_port, register, run_uac
+from tests.harness.proxy import read_events, wait_for_types
+from tests.harness.sipp import SippUAS, register, run_uac
 
 pytestmark = pytest.mark.skipif(not postgres_available(), reason="PostgreSQL 15 (Debian postgresql) not installed")
-
-A, B = "127.0.0.2", "127.0.0.3"
-CONFIG = """\
-[proxy]
-listen = "{listen}"
-trusted_sources = ["{peer}/32"]
-[auth]
-algorithms = ["MD5"]
-secret = "one secret for the whole cluster"
-[registrar]
-location_url = "{url}"
-[authorization]
-enabled = false
-[provisioning]
-reload_seconds = 0.25
-"""
-
-
-def provision(data_dir):
-    for args in (["domain", "add", DOMAIN], *(["user", "add", f"{u}@{DOMAIN}", "--password", p]
-                                               for u, p in PASSWORDS.items())):
-        result = CliRunner().invoke(app, ["--data-dir", str(data_dir), *args])
-        assert result.exit_code == 0, result.output
 
 
 @pytest.fixture(scope="module")
@@ -54,35 +30,8 @@ def cluster(tmp_path_factory, broker):
     tmp = tmp_path_factory.mktemp("scale-out")
     with PostgresServer() as pg:
         url = pg.create_database("location")
-        with proxy_pair(tmp, url, broker.bootstrap) as pair:
+        with ProxyPair(tmp, url, broker.bootstrap) as pair:
             yield pair
-
-
-class proxy_pair:
-    def __init__(self, tmp, url, bootstrap):
-        self.tmp, self.url, self.bootstrap, self.runs = tmp, url, bootstrap, []
-
-    def __enter__(self):
-        addrs = []
-        try:
-            for name, listen, peer in (("a", A, B), ("b", B, A)):
-                data = self.tmp / name
-                provision(data)
-                config = self.tmp / f"{name}.toml"
-                config.write_text(CONFIG.format(listen=listen, peer=peer, url=self.url))
-                port = free_udp_port(listen)
-                run = proxy_run(data, config, port, self.bootstrap)
-                proc = run.__enter__()
-                self.runs.append(run)
-                addrs.append(((listen, port), proc))
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return addrs
-
-    def __exit__(self, *exc):
-        for run in reversed(self.runs):
-            run.__exit__(None, None, None)
 
 
 def test_registered_on_a_reached_through_b(cluster, tmp_path):
