@@ -126,3 +126,21 @@ def test_flow_tokens_round_trip_and_refuse_tampering():
     assert peering.open_token(token[:-2] + ("AA" if token[-2:] != "AA" else "BB")) is None
     assert peering.open_token("x" * 500) is None and peering.open_token("!!") is None
     assert Peering(b"other", peering.node).open_token(token) is None
+
+
+def test_only_the_owning_instance_keeps_a_natted_binding_alive(tmp_path):
+    """B must not ping A's pinhole: its pings would leave from B, go unanswered
+    and drop bob while he is fine."""
+    from proxy.core.natping import NatKeepalive, NatPinger
+    from proxy.infra import clock
+    a = instance(tmp_path, "a", A_HOST, trusted=B_HOST)
+    b = instance(tmp_path, "b", B_HOST, trusted=A_HOST)
+    register_behind_nat(a)
+    now = clock.time()
+    for rig, expected in ((b, []), (a, [(NAT.host, NAT.port)])):
+        keepalive = NatKeepalive(rig.core, rig.location, NatPinger(0, 1, interval=5, failures=2))
+        sent = []
+        for k in range(8):                   # 4 s: one ping per pass of 5 s
+            keepalive.tick(now + k * 0.5)
+            sent += [(t.host, t.port) for m, t in rig.effects.take() if m.method == "OPTIONS"]
+        assert sent == expected
