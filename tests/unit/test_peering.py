@@ -144,3 +144,49 @@ def test_only_the_owning_instance_keeps_a_natted_binding_alive(tmp_path):
             keepalive.tick(now + k * 0.5)
             sent += [(t.host, t.port) for m, t in rig.effects.take() if m.method == "OPTIONS"]
         assert sent == expected
+
+
+def test_an_in_dialog_request_for_a_dialog_b_does_not_hold(tmp_path):
+    """The phones follow the route set: a dialog created through A names only A.
+    A BYE for it sent to B anyway is not B's to route (404, nothing forwarded);
+    one whose Route names B (B restarted and lost the dialog) goes on along the
+    route set; a re-INVITE for a dialog B does not hold is refused (481)."""
+    a = instance(tmp_path, "a", A_HOST, trusted=B_HOST)
+    b = instance(tmp_path, "b", B_HOST, trusted=A_HOST)
+    from tests.harness.corefake import register
+    register(a)
+    alice = Target("udp", "192.0.2.10", 5060)
+    out = a.receive(invite(), alice)
+    (to_bob, _), = [(m, t) for m, t in out if m.method == "INVITE"]
+    (rr,) = to_bob.values("record-route")
+    assert rr.startswith(f"<sip:{A_HOST}:")                  # the route set: A only
+
+    def in_dialog(method, route, cseq):
+        return (f"{method} sip:bob@192.0.2.20:5062 SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK{method}{cseq};rport\n"
+                f"Route: {route}\nFrom: \"Alice\" <sip:alice@example.test>;tag=a1\nTo: <sip:bob@example.test>;tag=b1\n"
+                f"Call-ID: call-1\nCSeq: {cseq} {method}\nMax-Forwards: 70\nContent-Length: 0\n\n")
+
+    out = b.receive(in_dialog("BYE", rr, 2), alice)
+    assert [(m.status, m.reason) for m, _ in out] == [(404, "Not Here")]
+    out = b.receive(in_dialog("BYE", f"<sip:{B_HOST}:5060;lr>", 3), alice)
+    (bye, hop), = [(m, t) for m, t in out if m.method == "BYE"]
+    assert (hop.host, hop.port) == ("192.0.2.20", 5062)
+    out = b.receive(in_dialog("INVITE", f"<sip:{B_HOST}:5060;lr>", 4), alice)
+    assert [m.status for m, _ in out if m.status and m.status >= 200] == [481]
+
+
+def test_config_checks_the_location_url():
+    from proxy.infra import config
+    base = {"registrar": {"location_url": "postgresql+psycopg://u@db/x"}, "proxy": {"listen": "192.0.2.11"}}
+    assert all(ok for key, ok, _ in config.checks(config.Config(**_structs(base))) if key == "registrar.location_url")
+    for bad in ({"registrar": {"location_url": "mysql://u@db/x"}},
+                {"registrar": {"location_url": "postgresql+psycopg://u@db/x"}, "proxy": {"listen": "0.0.0.0"}}):
+        assert not all(ok for key, ok, _ in config.checks(config.Config(**_structs(bad)))
+                       if key == "registrar.location_url")
+
+
+def _structs(sections: dict) -> dict:
+    import msgspec
+
+    from proxy.infra import config
+    return {name: msgspec.convert(values, type(getattr(config.Config(), name))) for name, values in sections.items()}
