@@ -75,6 +75,9 @@ class Core:
         self.client_txs: dict[Any, TxDriver] = {}
         self.server_txs: dict[Any, TxDriver] = {}
         self.calls: dict[str, ProxyCall] = {}      # initial INVITEs in progress, by Call-ID
+        # INVITEs relayed for another instance (peering.py), untracked: not calls of ours,
+        # but a CANCEL must find them
+        self.transit: dict[str, ProxyCall] = {}
         self.waiting: dict[str, Any] = {}          # INVITEs waiting for the authorization answer
         self.dialogs = DialogTable(self)
         self.stats = CoreStats()                   # plain counters, exported by the runtime
@@ -365,7 +368,7 @@ class Engine:
             # that is malformed must not end the live transaction)
             self._reply_stateless(request, source, status, reason)
             return
-        call = self.core.calls.get(request.call_id)
+        call = self.core.calls.get(request.call_id) or self.core.transit.get(request.call_id)
         if call is not None and call.server is driver:
             return                         # relayed already: the call's outcome answers it
         last = driver.machine.last_response
@@ -523,7 +526,7 @@ class Engine:
         if waiting is not None and waiting.server is invite_server:
             waiting.cancel_waiting(cancel)
             return
-        call = core.calls.get(cancel.call_id)
+        call = core.calls.get(cancel.call_id) or core.transit.get(cancel.call_id)
         if call is None or call.server is not invite_server:
             # nothing forwarded yet (e.g. waiting for auth): end the INVITE here
             core.reply(invite_server, invite_server.machine.request, 487, "Request Terminated")

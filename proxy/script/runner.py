@@ -24,9 +24,17 @@ def relay_for_peer(core: Core, req: SipMessage, server: TxDriver, token: str, ho
         # RFC 5626 §5.3: the flow is gone (the connection closed); the caller gets the failure
         core.reply(server, req, 430, "Flow Failed")
         return
-    call = ProxyCall(core, server, req)
+    call_id = req.call_id or ""
+    call = ProxyCall(core, server, req, on_final=lambda c, _resp: _settled(core, call_id, c))
     call.rr_params = core.peering.record_route_param(token) if core.peering is not None else ""
+    if req.method == "INVITE":
+        core.transit[call_id] = call            # where a CANCEL from the other instance looks
     call.fork([(req.uri or "", hop)], record_route=req.method in RECORD_ROUTED)
+
+
+def _settled(core: Core, call_id: str, call: ProxyCall) -> None:
+    if core.transit.get(call_id) is call:
+        del core.transit[call_id]
 
 
 class ScriptRouting:

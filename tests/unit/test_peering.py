@@ -190,3 +190,27 @@ def _structs(sections: dict) -> dict:
 
     from proxy.infra import config
     return {name: msgspec.convert(values, type(getattr(config.Config(), name))) for name, values in sections.items()}
+
+
+def test_a_cancel_through_b_cancels_the_ringing_phone_behind_a(tmp_path):
+    a = instance(tmp_path, "a", A_HOST, trusted=B_HOST)
+    b = instance(tmp_path, "b", B_HOST, trusted=A_HOST)
+    register_behind_nat(a)
+    alice = Target("udp", "192.0.2.10", 5060)
+    out = b.receive(invite(), alice)
+    (to_a, _), = [(m, t) for m, t in out if m.method == "INVITE"]
+    out = a.receive(wire(to_a), FROM_B)
+    (to_bob, _), = [(m, t) for m, t in out if m.method == "INVITE"]
+    ringing = a.receive(response_to(to_bob, 180, "Ringing"), NAT)          # 180 up to B ...
+    (up, _), = [(m, t) for m, t in ringing if m.status == 180]
+    b.receive(wire(up), FROM_A)                                            # ... and to alice
+    out = b.receive(invite().replace("INVITE sip:bob@example.test SIP/2.0", "CANCEL sip:bob@example.test SIP/2.0")
+                    .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL"), alice)
+    (cancel, hop), = [(m, t) for m, t in out if m.method == "CANCEL"]
+    assert (hop.host, hop.port) == (A_HOST, 5060)
+    out = a.receive(wire(cancel), FROM_B)
+    (to_bob_cancel, hop), = [(m, t) for m, t in out if m.method == "CANCEL"]
+    assert (hop.host, hop.port) == (NAT.host, NAT.port)
+    assert a.core.transit                                                 # until bob's 487 ends it
+    a.receive(response_to(to_bob, 487, "Request Terminated"), NAT)
+    assert not a.core.transit
