@@ -50,18 +50,28 @@ def test_registered_on_a_reached_through_b(cluster, tmp_path):
 
 
 class RawPhone:
-    """A UDP phone of a few lines: REGISTERs with digest credentials it is told to
-    use, and reads what comes to it."""
+    """A phone of a few lines, over UDP or over one TCP connection to ``server``:
+    REGISTERs with the digest credentials it is told to use, reads what comes."""
 
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    def __init__(self, server: tuple[str, int] | None = None):
+        self.tcp = server is not None
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if self.tcp else socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(10)
         self.port = self.sock.getsockname()[1]
+        self.buffer = b""
+        if server is not None:
+            self.sock.connect(server)
+
+    def send(self, text: str, addr) -> None:
+        if self.tcp:
+            self.sock.sendall(text.encode())
+        else:
+            self.sock.sendto(text.encode(), addr)
 
     def register(self, addr, user: str, contact: str, cseq: int, creds: str = "") -> str:
-        self.sock.sendto(f"""REGISTER sip:{DOMAIN} SIP/2.0\r
-Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bKn{cseq};rport\r
+        self.send(f"""REGISTER sip:{DOMAIN} SIP/2.0\r
+Via: SIP/2.0/{"TCP" if self.tcp else "UDP"} 127.0.0.1:{self.port};branch=z9hG4bKn{cseq};rport\r
 From: <sip:{user}@{DOMAIN}>;tag=n1\r
 To: <sip:{user}@{DOMAIN}>\r
 Call-ID: reg-{user}-{self.port}\r
@@ -70,18 +80,30 @@ Contact: <{contact}>\r
 {creds}Max-Forwards: 70\r
 Content-Length: 0\r
 \r
-""".encode(), addr)
+""", addr)
         return self.final()
 
     def final(self) -> str:
         while True:
             text, _ = self.receive()
-            if not text.startswith("SIP/2.0 1"):
-                return text
+            if text.startswith("SIP/2.0 ") and not text.startswith("SIP/2.0 1"):
+                return text                   # (requests, e.g. the ACK of our 486, are skipped)
 
     def receive(self) -> tuple[str, tuple[str, int]]:
-        data, source = self.sock.recvfrom(65535)
-        return data.decode("latin-1"), source
+        if not self.tcp:
+            data, source = self.sock.recvfrom(65535)
+            return data.decode("latin-1"), source
+        while True:                                   # one message off the stream
+            head, sep, rest = self.buffer.partition(b"\r\n\r\n")
+            if sep:
+                length = next((int(h.split(b":", 1)[1]) for h in head.split(b"\r\n")
+                               if h.lower().startswith(b"content-length:")), 0)
+                if len(rest) >= length:
+                    self.buffer = rest[length:]
+                    return (head + sep + rest[:length]).decode("latin-1"), self.sock.getpeername()
+            chunk = self.sock.recv(65535)
+            assert chunk, "the proxy closed the connection"
+            self.buffer += chunk
 
     @staticmethod
     def credentials(challenge_text: str, user: str) -> str:
@@ -118,9 +140,26 @@ def test_a_natted_phone_registered_on_a_is_reached_from_b_through_a(cluster, pho
     """bob's Contact is a private address his packets do not come from (a NAT): B
     cannot reach it, so the INVITE goes B -> A -> the address A saw bob at."""
     (a, _), (b, _) = cluster
-    private = "sip:bob@192.168.77.20:5062"
-    challenge = phone.register(a, "bob", private, 1)
-    assert phone.register(a, "bob", private, 2, RawPhone.credentials(challenge, "bob")).startswith("SIP/2.0 200")
+    call_through_a(phone, a, b, "sip:bob@192.168.77.20:5062", tmp_path)
+
+
+def test_a_tcp_phone_registered_on_a_is_reached_from_b_over_its_connection(cluster, tmp_path):
+    """bob registered over TCP on A: only A holds his connection, so B's INVITE
+    reaches him through A, on that connection (RFC 5626 flow reuse)."""
+    (a, _), (b, _) = cluster
+    tcp_phone = RawPhone(server=a)
+    try:
+        call_through_a(tcp_phone, a, b, f"sip:bob@127.0.0.1:{tcp_phone.port};transport=tcp", tmp_path)
+    finally:
+        tcp_phone.close()
+
+
+def call_through_a(phone: RawPhone, a, b, contact: str, tmp_path) -> None:
+    """bob registers ``contact`` on A from ``phone``; alice calls him through B; the
+    INVITE must reach the phone from A with both instances' Record-Routes, A's
+    carrying the flow; bob answers 486, and alice must get it."""
+    challenge = phone.register(a, "bob", contact, 1)
+    assert phone.register(a, "bob", contact, 2, RawPhone.credentials(challenge, "bob")).startswith("SIP/2.0 200")
     results = {}
     caller = threading.Thread(target=lambda: results.update(res=run_uac(
         "uac_call_expect_failure", b, {"caller": "alice", "callee": "bob", "domain": DOMAIN}, 15,
@@ -132,7 +171,7 @@ def test_a_natted_phone_registered_on_a_is_reached_from_b_through_a(cluster, pho
         while not text.startswith("INVITE"):
             text, source = phone.receive()
         head = text.split("\r\n\r\n", 1)[0].split("\r\n")
-        assert head[0] == f"INVITE {private} SIP/2.0" and source[0] == A
+        assert head[0] == f"INVITE {contact} SIP/2.0" and source[0] == A
         rr = [h.split(":", 1)[1].strip() for h in head if h.lower().startswith("record-route:")]
         assert rr[0].startswith(f"<sip:{A}:") and ";sl-flow=" in rr[0] and rr[-1].startswith(f"<sip:{B}:"), rr
         vias = [h.split(":", 1)[1].strip() for h in head if h.lower().startswith("via:")]
@@ -140,11 +179,14 @@ def test_a_natted_phone_registered_on_a_is_reached_from_b_through_a(cluster, pho
                              *(h for h in head[1:] if h.split(":", 1)[0].lower() in ("from", "call-id", "cseq")),
                              next(h for h in head if h.lower().startswith("to:")) + ";tag=busy1",
                              "Content-Length: 0", "", ""])
-        phone.sock.sendto(busy.encode(), source)
+        phone.send(busy, source)
     finally:
         caller.join(20)
     res = results["res"]
     assert res.returncode == 0 and res.successful == 1, res.describe()
+    challenge = phone.register(a, "bob", contact, 3, "Expires: 0\r\n")       # the next test starts clean
+    gone = phone.register(a, "bob", contact, 4, RawPhone.credentials(challenge, "bob") + "Expires: 0\r\n")
+    assert gone.startswith("SIP/2.0 200") and "\r\nContact:" not in gone, gone
 
 
 def test_killing_a_mid_call_leaves_the_calls_of_b_alone(cluster, tmp_path, broker):
