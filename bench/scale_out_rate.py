@@ -4,7 +4,7 @@ through B at the same time, each SIPp at RATE calls/s, CALLS calls each (the
 INVITE is challenged, so each call is INVITE/407/ACK/INVITE/200/ACK/BYE/200).
 Reports what completed, what failed and the achieved rate.
 
-    PYTHONPATH=. python bench/scale_out_rate.py [RATE] [CALLS]
+    PYTHONPATH=. python bench/scale_out_rate.py [RATE] [CALLS] [WORKERS]
 """
 from __future__ import annotations
 
@@ -28,12 +28,13 @@ PIKE_OFF = "[pike]\nenabled = false\n"
 def main() -> None:
     rate = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     calls = int(sys.argv[2]) if len(sys.argv) > 2 else 500
+    workers = int(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[3].isdigit() else 1
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         broker = start_broker(tmp)
         try:
             with PostgresServer() as pg, ProxyPair(tmp, pg.create_database("location"), broker.bootstrap,
-                                                            PIKE_OFF) as pair:
+                                                            PIKE_OFF, workers) as pair:
                 (a, _), (b, _) = pair
                 with SippUAS("uas_answer", timeout=calls / rate + 60, calls=2 * calls, workdir=tmp) as dave:
                     assert register(a, "dave", DOMAIN, PASSWORDS["dave"], dave.contact_host, 3600, workdir=tmp).ok
@@ -56,7 +57,7 @@ def main() -> None:
                     elapsed = time.monotonic() - start
             ok = sum(r.successful for r in results.values())
             failed = sum(r.failed for r in results.values())
-            print(f"offered {2 * rate} calls/s ({calls} calls per instance): {ok} completed, {failed} failed, "
+            print(f"{workers} worker(s) per instance; offered {2 * rate} calls/s ({calls} calls per instance): {ok} completed, {failed} failed, "
                   f"{ok / elapsed:.1f} calls/s achieved over {elapsed:.1f} s")
             for name, r in sorted(results.items()):
                 print(f"  through {name.upper()}: {r.successful} ok, {r.failed} failed, rc={r.returncode}")

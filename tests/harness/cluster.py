@@ -15,6 +15,7 @@ A, B = "127.0.0.2", "127.0.0.3"
 CONFIG = """\
 [proxy]
 listen = "{listen}"
+workers = {workers}
 trusted_sources = ["{peer}/32"]
 [auth]
 algorithms = ["MD5"]
@@ -38,10 +39,11 @@ def provision(data_dir) -> None:
 class ProxyPair:
     """``with ProxyPair(tmp, url, bootstrap) as [((host, port), proc), ...]``: A then B,
     started and READY; stopped (by PID) on exit, also when the start failed.  ``extra``
-    is appended to both configs."""
+    is appended to both configs; ``workers`` per instance."""
 
-    def __init__(self, tmp, url, bootstrap, extra: str = ""):
+    def __init__(self, tmp, url, bootstrap, extra: str = "", workers: int = 1):
         self.tmp, self.url, self.bootstrap, self.extra, self.runs = tmp, url, bootstrap, extra, []
+        self.workers = workers
 
     def __enter__(self):
         addrs = []
@@ -50,7 +52,7 @@ class ProxyPair:
                 data = self.tmp / name
                 provision(data)
                 config = self.tmp / f"{name}.toml"
-                config.write_text(CONFIG.format(listen=listen, peer=peer, url=self.url) + self.extra)
+                config.write_text(CONFIG.format(listen=listen, peer=peer, url=self.url, workers=self.workers) + self.extra)
                 port = free_udp_port(listen)
                 run = proxy_run(data, config, port, self.bootstrap)
                 proc = run.__enter__()
