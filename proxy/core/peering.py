@@ -75,7 +75,9 @@ class Peering:
     # -- routing to a binding another instance owns -----------------------------------
     def via_owner(self, binding, resolve) -> Target | None:
         """The hop to the owning instance, carrying the Route to add, for a binding
-        only that instance can reach; None when the binding is ours, or plain."""
+        only that instance can reach; None when the binding is ours, or plain.
+        A NATed binding stays ``nat`` (the media relay is wanted for it), with the
+        phone's own source as ``party`` (where the relay expects its media)."""
         route = binding.instance
         if not route or self.node.is_me_route(route):
             return None
@@ -83,7 +85,11 @@ class Peering:
             hop = resolve(parse_name_addr(route).uri)
         except UriError:
             return None
-        return replace(hop, route=route) if isinstance(hop, Target) else None
+        if not isinstance(hop, Target):
+            return None
+        received = received_target(binding.received)
+        return replace(hop, route=route, nat=bool(binding.nat),
+                       party=received.host if received is not None and binding.nat else None)
 
     # -- owning: a request another instance routed to us -------------------------------
     def flow(self, request: SipMessage, trusted: bool, effects: object) -> tuple[str, Target | None] | None:

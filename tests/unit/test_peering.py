@@ -214,3 +214,27 @@ def test_a_cancel_through_b_cancels_the_ringing_phone_behind_a(tmp_path):
     assert a.core.transit                                                 # until bob's 487 ends it
     a.receive(response_to(to_bob, 487, "Request Terminated"), NAT)
     assert not a.core.transit
+
+
+def test_media_for_a_natted_phone_behind_a_is_relayed_by_b_toward_the_phones_nat(tmp_path):
+    """[media] policy "nat" on B: bob is NATed (behind A), so B anchors the media, and
+    rtpengine is told bob's media comes from his NAT, not from A's address."""
+    from proxy.media.ng import NgReply
+    from tests.unit.test_media_relay import SDP_A, SDP_B, media_settings, with_sdp
+    a = instance(tmp_path, "a", A_HOST, trusted=B_HOST)
+    (tmp_path / "b").mkdir()
+    b = subscriber_rig(tmp_path / "b", auth=False, host=B_HOST, location=str(tmp_path / "location.sqlite"),
+                       trusted_sources=(f"{A_HOST}/32",), media=media_settings(policy="nat"))
+    b.core.peering = Peering(SECRET, b.core.node)
+    register_behind_nat(a)
+    b.receive(with_sdp(invite(), SDP_A), Target("udp", "192.0.2.10", 5060))
+    kind, params = b.effects.answer_media(NgReply(result="ok", sdp=SDP_A))
+    assert kind == "offer"
+    (to_a, _), = [(m, t) for m, t in b.effects.take() if m.method == "INVITE"]
+    out = a.receive(wire(to_a), FROM_B)
+    (to_bob, _), = [(m, t) for m, t in out if m.method == "INVITE"]
+    ok = a.receive(with_sdp(response_to(to_bob, 200, "OK"), SDP_B), NAT)
+    (up, _), = [(m, t) for m, t in ok if m.status == 200]
+    b.receive(wire(up), FROM_A)
+    kind, params = b.effects.answer_media(NgReply(result="ok", sdp=SDP_B))
+    assert kind == "answer" and params["options"]["received-from"] == ["IP4", NAT.host]
