@@ -140,8 +140,9 @@ class Registrar:
         # proxy, not the phone's NAT: the edge proxy handles the NAT (RFC 3327)
         nat = path is None and sender_nated(request, Target(transport.lower(), ip, port))
         worker = self.worker if transport.lower() != "udp" else None
-        owned = (nat or transport.lower() != "udp") and self.instance_route is not None
-        instance = self.instance_route(received, worker) if owned and self.instance_route else None
+        # only this instance can reach a NATed or TCP phone: the others route through it
+        instance = self.instance_route(received, worker) \
+            if self.instance_route is not None and (nat or transport.lower() != "udp") else None
         with self.store.edit(aor, now) as edit:
             # ordering is judged on the bindings as they were before this
             # request, so a contact listed twice does not trip over itself
