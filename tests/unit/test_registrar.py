@@ -428,3 +428,11 @@ def test_settings_validate():
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"min_expires": 0}, RegistrarSettings)
     assert msgspec.convert({"max_contacts": 0}, RegistrarSettings).max_contacts == 0
+
+
+def test_text_a_database_refuses_is_stored_escaped(store):
+    """Not UTF-8 (a surrogate after parsing) or a NUL, which PostgreSQL's text refuses."""
+    with store.edit(AOR, T0) as edit:
+        edit.put(Binding(AOR, "sip:a@10.0.0.1", T0 + 60, user_agent="ph\udcffone\x00x", call_id="c\x00"))
+    (binding,) = store.lookup(AOR, T0)
+    assert (binding.user_agent, binding.call_id) == ("ph\\xffone\\x00x", "c\\x00")
