@@ -162,6 +162,10 @@ class _Driver:
         except self.error:           # none open (a failed BEGIN), or the connection is gone
             self.drop()
 
+    def lost(self) -> bool:
+        """The server closed the connection (psycopg marks it closed; SQLite never is)."""
+        return self._raw is not None and bool(getattr(self._raw.driver_connection, "closed", False))
+
     def drop(self) -> None:
         """Forget a connection that failed: the next statement reconnects."""
         if self._raw is not None:
@@ -365,13 +369,20 @@ class LocationStore:
 
         Every INVITE to a local user runs this on the worker's event loop: one
         statement in autocommit mode (a single SELECT is consistent by itself),
-        one round trip."""
+        one round trip.  A connection the server closed (a PostgreSQL restart,
+        a failover) is replaced at once and the read asked again, so the call
+        does not fail for it; any other error (a timeout) is not retried."""
         driver = self._driver
-        try:
-            rows = driver.run("lookup", {"aor": normalize_aor(aor), "now": now}).fetchall()
-        except (driver.error, SQLAlchemyError) as exc:
-            driver.drop()                          # the next lookup reconnects
-            raise LocationError(f"location database {self.url}: {reason(exc)}") from None
+        params = {"aor": normalize_aor(aor), "now": now}
+        for attempt in (1, 2):
+            try:
+                rows = driver.run("lookup", params).fetchall()
+                break
+            except (driver.error, SQLAlchemyError) as exc:
+                lost = driver.lost()
+                driver.drop()                      # the next statement reconnects
+                if not (lost and attempt == 1):
+                    raise LocationError(f"location database {self.url}: {reason(exc)}") from None
         return sorted((_binding(r) for r in rows), key=preference)
 
     def nated(self, now: float, after: tuple[str, str] | None = None,

@@ -376,17 +376,29 @@ def test_postgresql_schema_matches_and_migrates(postgres_location):
 
 
 def test_a_lost_postgresql_connection_fails_one_request_then_recovers(postgres_location):
+    """Each of the store's two connections (the signalling path's, the background
+    one); a lookup does not even fail once."""
     from sqlalchemy import create_engine, text
-    with LocationStore(postgres_location) as store:
-        store.lookup(AOR, T0)
+
+    def restart_sessions():
         engine = create_engine(postgres_location)
-        with engine.begin() as conn:       # what a PostgreSQL restart does to the instance's session
+        with engine.begin() as conn:       # what a PostgreSQL restart does to the instance's sessions
             conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                               "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
         engine.dispose()
+
+    with LocationStore(postgres_location) as store:
+        store.lookup(AOR, T0)
+        store.totals(T0)
+        restart_sessions()
+        assert store.lookup(AOR, T0) == []          # reconnected and asked again: the call goes on
         with pytest.raises(LocationError):
-            store.lookup(AOR, T0)
-        assert store.lookup(AOR, T0) == []
+            store.totals(T0)
+        assert store.totals(T0) == (0, 0)
+        restart_sessions()
+        registrar = Registrar(store)
+        assert registrar.register(register("<sip:a@10.0.0.1>"), AOR, SOURCE, T0).status == 500
+        assert registrar.register(register("<sip:a@10.0.0.1>"), AOR, SOURCE, T0).status == 200
 
 
 def test_other_back_ends_are_refused_in_one_line():
