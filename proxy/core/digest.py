@@ -299,8 +299,13 @@ class DigestAuthenticator:
             return _fail("uri-mismatch", params, algorithm)
 
         nonce = self._open_nonce(params["nonce"])
-        if nonce is None:                      # made up, or another secret's: no verdict
-            return _fail("foreign-nonce", params, algorithm)
+        if nonce is None:
+            # made up, or another secret's: no verdict, a fresh challenge.  One shaped
+            # like ours is another proxy instance's with another [auth] secret
+            # (docs/scale-out.md): stale=true, so the phone retries with the same
+            # password instead of prompting or giving up.  Either way the answer is
+            # the same whatever the password, so it tells a guesser nothing.
+            return _fail("foreign-nonce", params, algorithm, stale=_nonce_shaped(params["nonce"]))
 
         creds = lookup(params["username"], params["realm"])
         ha1 = _ha1_for(creds, algorithm, params["username"], params["realm"]) if creds else None
@@ -409,3 +414,8 @@ def _same_resource(digest_uri: str, request_uri: str) -> bool:
 
 def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _nonce_shaped(nonce: str) -> bool:
+    """Has the size of a sipledger nonce (any instance's), whatever sealed it."""
+    return len(nonce) == len(base64.urlsafe_b64encode(bytes(_NONCE_LAYOUT.size + _MAC_LEN)).rstrip(b"="))

@@ -39,6 +39,7 @@ from .forwarding import Branch, ProxyCall
 from .livecalls import call_facts
 from .media import MediaRelay
 from .node import LocalNode
+from .peering import Peering
 from .ports import Effects, Target
 from .resolver import Failure, Pending, Resolver
 from .stats import CoreStats
@@ -66,12 +67,17 @@ class Core:
         self.authenticator = authenticator
         self.location = location
         self.registrar = registrar
+        # several instances on one location store (peering.py); set by the runtime, None = alone
+        self.peering: Peering | None = None
         self.authorization = authorization      # AuthorizationSettings, None = off
         self.routing_data = routing_data        # live routing snapshot (gateways, dialplan …)
         self.timers = TimerConfig(t1=settings.t1, t2=settings.t2, t4=settings.t4)
         self.client_txs: dict[Any, TxDriver] = {}
         self.server_txs: dict[Any, TxDriver] = {}
         self.calls: dict[str, ProxyCall] = {}      # initial INVITEs in progress, by Call-ID
+        # INVITEs relayed for another instance (peering.py), untracked: not calls of ours,
+        # but a CANCEL must find them
+        self.transit: dict[str, ProxyCall] = {}
         self.waiting: dict[str, Any] = {}          # INVITEs waiting for the authorization answer
         self.dialogs = DialogTable(self)
         self.stats = CoreStats()                   # plain counters, exported by the runtime
@@ -247,15 +253,28 @@ class Core:
 
     def route_ack(self, ack: SipMessage, source: Target) -> None:
         """ACK for a 2xx: its own transaction end to end; relayed statelessly."""
+        flow = self.peer_flow(ack, source)
         self.pop_own_routes(ack)
         dialog, _ = self.dialogs.on_request(ack)
-        self.in_dialog_hop(ack, dialog, lambda uri, target: self._send_ack(ack, dialog, target))
+        self.in_dialog_hop(ack, dialog, lambda uri, target: self._send_ack(ack, dialog, target),
+                           flow=flow[1] if flow else None)
 
-    def in_dialog_hop(self, request: SipMessage, dialog, send: Callable[[str, Target | None], None]) -> None:
+    def peer_flow(self, request: SipMessage, source: Target) -> tuple[str, Target | None] | None:
+        """Another instance routed this request to a binding we own (peering.py):
+        (flow token, pinhole or None when gone).  Read before our Routes are popped."""
+        if self.peering is None or not request.has("route"):
+            return None
+        return self.peering.flow(request, self.source_trusted(source), self.effects)
+
+    def in_dialog_hop(self, request: SipMessage, dialog, send: Callable[[str, Target | None], None],
+                      *, flow: Target | None = None) -> None:
         """send(Request-URI, destination) for an in-dialog request: a NATed party
-        where it really is, else the next hop, once DNS has answered if need be."""
+        where it really is (the dialog's, or another instance's ``flow``), else
+        the next hop, once DNS has answered if need be."""
         uri, hop = self.next_hop(request)
         pinned = self._dialog_target(dialog, uri) if dialog is not None and not request.has("route") else None
+        if pinned is None and flow is not None and not request.has("route"):
+            pinned = flow
         if pinned is not None:
             send(uri, pinned)
         elif isinstance(hop, Pending):
@@ -349,7 +368,7 @@ class Engine:
             # that is malformed must not end the live transaction)
             self._reply_stateless(request, source, status, reason)
             return
-        call = self.core.calls.get(request.call_id)
+        call = self.core.calls.get(request.call_id) or self.core.transit.get(request.call_id)
         if call is not None and call.server is driver:
             return                         # relayed already: the call's outcome answers it
         last = driver.machine.last_response
@@ -507,7 +526,7 @@ class Engine:
         if waiting is not None and waiting.server is invite_server:
             waiting.cancel_waiting(cancel)
             return
-        call = core.calls.get(cancel.call_id)
+        call = core.calls.get(cancel.call_id) or core.transit.get(cancel.call_id)
         if call is None or call.server is not invite_server:
             # nothing forwarded yet (e.g. waiting for auth): end the INVITE here
             core.reply(invite_server, invite_server.machine.request, 487, "Request Terminated")
@@ -518,6 +537,7 @@ class Engine:
 
     def _in_dialog(self, req: SipMessage, server: TxDriver, source: Target) -> None:
         core = self.core
+        flow = core.peer_flow(req, source)
         if not core.pop_own_routes(req):
             core.reply(server, req, 404, "Not Here")   # not routed through us
             return
@@ -530,7 +550,7 @@ class Engine:
             core.reply(server, req, 481, "Call/Transaction Does Not Exist")
             return
         core.in_dialog_hop(req, dialog, lambda uri, target: self._forward_in_dialog(
-            req, server, dialog, by, uri, target))
+            req, server, dialog, by, uri, target), flow=flow[1] if flow else None)
 
     def _forward_in_dialog(self, req: SipMessage, server: TxDriver, dialog, by: str | None, uri: str,
                            target: Target | None) -> None:

@@ -82,6 +82,7 @@ class ProxyCall:
         self.ring_timeout_s: float | None = None
         self.media = None      # media.Exchange: responses go upstream through the media relay
         self.started_ms = clock.now_ms()         # the live-call list's start (proxy/core/livecalls.py)
+        self.rr_params = ""                      # added to our Record-Route URIs (peering flow token)
         server.on_message = self._on_server_message
         server.on_terminated = self._on_server_terminated
 
@@ -103,7 +104,9 @@ class ProxyCall:
         out.set("max-forwards", str(int(mf) - 1 if mf is not None else core.settings.max_forwards))
         if record_route:
             for rr in reversed(core.node.record_routes(self.server.target.transport, target.transport)):
-                out.prepend("record-route", rr)
+                out.prepend("record-route", rr[:-1] + self.rr_params + ">" if self.rr_params else rr)
+        if target.route is not None:          # through the instance that owns the binding
+            out.prepend("route", target.route)
         branch_id = new_branch()
         out.prepend("via", core.node.via(target.transport, branch_id))
         branch = Branch(len(self.branches), parent, cause, out, target, branch_id, uri)

@@ -1,67 +1,183 @@
-"""The location service: AOR → contact bindings in SQLite, shared by every worker.
+"""The location service: AOR → contact bindings in SQL, shared by every worker
+and, on a server database, by every proxy instance.
 
-Like OpenSIPS usrloc in db_mode, the database is the only copy: a REGISTER
-handled by worker 1 is visible to an INVITE on worker 2 at once, and bindings
-survive a restart.  The file lives under the data dir in WAL mode, so lookups
-(one per INVITE, one primary-key range read) never wait for a REGISTER being
-written.  Times are wall-clock seconds (``proxy.infra.clock.time()``, the
-project's shiftable wall clock), because they are shared between processes and
-outlive them.
+Like OpenSIPS usrloc in db_mode DB_ONLY (Kamailio ``db_mode=3``), the
+database is the only copy: a REGISTER handled by worker 1 — or by another
+proxy instance on the same PostgreSQL database — is visible to the next
+INVITE anywhere, and bindings survive a restart.  There is deliberately no
+cache: a cached binding would keep routing to a pinhole or instance that is
+gone (docs/scale-out.md has the measured lookup costs that made a cache
+unnecessary).
+
+The store is opened on an SQLAlchemy URL (``[registrar] location_url``):
+SQLite under the data dir by default (WAL, so lookups never wait for a
+REGISTER being written), PostgreSQL (``postgresql+psycopg://``) for several
+instances.  The schema is the same on both.  Times are wall-clock seconds
+(``proxy.infra.clock.time()``, the project's shiftable wall clock), because
+they are shared between processes and outlive them.
 
 This module stores; the RFC 3261 §10.3 rules live in registrar.py and run
-inside ``LocationStore.edit`` so each REGISTER is applied atomically.
+inside ``LocationStore.edit`` so each REGISTER is applied atomically: SQLite
+takes the write lock up front (BEGIN IMMEDIATE), PostgreSQL a transaction
+advisory lock on the AOR, so two instances registering one AOR queue up.
 """
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    bindparam,
+    create_engine,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
 from ..contract.events import escape_text
+from ..infra.sqldb import reason, sqlite_url, tune_sqlite
 
 __all__ = ["Binding", "BindingEditor", "LocationError", "LocationStore", "normalize_aor"]
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "location.sqlite"
+BACKENDS = ("sqlite", "postgresql")
 # 2: ``nat`` (the REGISTER's sender was behind a NAT) and ``worker`` (the
-#    worker whose TCP connection the REGISTER came on); files at 1 gain them
-SCHEMA_VERSION = 2
+#    worker whose TCP connection the REGISTER came on)
+# 3: ``instance`` (the Route to the proxy instance that owns the binding's
+#    pinhole or connection, docs/scale-out.md); older stores gain the columns
+SCHEMA_VERSION = 3
 
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS location (
-        aor           TEXT    NOT NULL,     -- user@domain, domain lower-cased
-        contact       TEXT    NOT NULL,     -- contact URI as the UA registered it
-        expires_at    REAL    NOT NULL,     -- wall-clock seconds
-        q_milli       INTEGER NOT NULL,     -- q x 1000, exact for ordering
-        call_id       TEXT    NOT NULL,
-        cseq          INTEGER NOT NULL,
-        received      TEXT,                 -- source of the REGISTER as a SIP URI (NAT)
-        transport     TEXT,
-        user_agent    TEXT,
-        path          TEXT,                 -- Path header values (RFC 3327), comma-joined
-        registered_at REAL    NOT NULL,
-        nat           INTEGER NOT NULL DEFAULT 0,   -- sender behind a NAT (proxy/core/nat.py)
-        worker        INTEGER,              -- TCP: the worker owning the registration connection
-        PRIMARY KEY (aor, contact)
-    ) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS location_expires ON location (expires_at)",
+metadata = MetaData()
+location = Table(
+    "location", metadata,
+    Column("aor", Text, primary_key=True),              # user@domain, domain lower-cased
+    Column("contact", Text, primary_key=True),          # contact URI as the UA registered it
+    Column("expires_at", Float, nullable=False),        # wall-clock seconds
+    Column("q_milli", Integer, nullable=False),         # q x 1000, exact for ordering
+    Column("call_id", Text, nullable=False),
+    Column("cseq", BigInteger, nullable=False),
+    Column("received", Text),                           # source of the REGISTER as a SIP URI (NAT)
+    Column("transport", Text),
+    Column("user_agent", Text),
+    Column("path", Text),                               # Path header values (RFC 3327), comma-joined
+    Column("registered_at", Float, nullable=False),
+    Column("nat", SmallInteger, nullable=False, server_default="0"),  # sender behind a NAT
+    Column("worker", Integer),                          # TCP: the worker owning the connection
+    Column("instance", Text),                           # Route to the owning instance (scale-out)
+    Index("location_expires", "expires_at"),
+    sqlite_with_rowid=False,
 )
+# PostgreSQL has no user_version: the schema version lives in a one-row table
+location_schema = Table("location_schema", MetaData(), Column("version", Integer, nullable=False))
 
-_COLUMNS = ("aor, contact, expires_at, q_milli, call_id, cseq, received, transport, "
-            "user_agent, path, registered_at, nat, worker")
+_COLUMNS = tuple(location.c)
+_KEY = (location.c.aor, location.c.contact)
 
-# columns each schema version added, for files made by an older version
+# columns each schema version added, for stores made by an older version
 _ADDED = {
-    2: ("nat INTEGER NOT NULL DEFAULT 0", "worker INTEGER"),
+    2: ("nat SMALLINT NOT NULL DEFAULT 0", "worker INTEGER"),
+    3: ("instance TEXT",),
+}
+
+# The signalling path's statements (INVITE lookup, REGISTER edit): built once,
+# compiled once per dialect, run on the driver connection (``_Driver``)
+_AOR = location.c.aor == bindparam("aor")
+_CONTACT = location.c.contact == bindparam("contact")
+_HOT = {
+    "lookup": select(*_COLUMNS).where(_AOR, location.c.expires_at > bindparam("now")),
+    "expired": delete(location).where(_AOR, location.c.expires_at <= bindparam("now")),
+    "bindings": select(*_COLUMNS).where(_AOR),
+    "insert": insert(location).values({c.name: bindparam(c.name) for c in _COLUMNS}),
+    "update": update(location).where(_AOR, _CONTACT).values(
+        {c.name: bindparam(f"new_{c.name}") for c in _COLUMNS if c.name not in ("aor", "contact")}),
+    "remove": delete(location).where(_AOR, _CONTACT),
+    # one writer per AOR across every instance (SQLite: the file's write lock)
+    "lock": select(func.pg_advisory_xact_lock(func.hashtextextended(bindparam("aor"), literal_column("0")))),
 }
 
 
+class _Driver:
+    """The hot statements on one driver connection (sqlite3 / psycopg 3) in
+    autocommit mode, with explicit transactions: SQLAlchemy's per-statement
+    work (coercion, cache keys, result wrapping) cost 5-10x the query itself
+    on SQLite (docs/scale-out.md), and it runs on the event loop."""
+
+    def __init__(self, engine, sqlite: bool):
+        self._engine = engine
+        self._sqlite = sqlite
+        self._raw = None
+        self.error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        self._sql: dict[str, tuple[str, tuple[str, ...] | None]] = {}
+        for name, stmt in _HOT.items():
+            if sqlite and name == "lock":
+                continue
+            compiled = stmt.compile(dialect=engine.dialect)
+            # qmark (SQLite) takes a tuple in order, pyformat (psycopg) the dict
+            self._sql[name] = (str(compiled), tuple(compiled.positiontup or ()) if compiled.positional else None)
+
+    def conn(self):
+        if self._raw is None:
+            raw = self._engine.raw_connection()
+            if not self._sqlite:
+                raw.driver_connection.autocommit = True     # SQLite: tune_sqlite already did
+            self._raw = raw
+        return self._raw.driver_connection
+
+    def run(self, name: str, params: dict[str, object]):
+        sql, order = self._sql[name]
+        return self.conn().execute(sql, params if order is None else tuple(params[k] for k in order))
+
+    def begin(self) -> None:
+        # BEGIN IMMEDIATE: SQLite's write lock before reading, so two workers
+        # registering the same AOR queue up instead of one failing mid-way
+        self.conn().execute("BEGIN IMMEDIATE" if self._sqlite else "BEGIN")
+
+    def commit(self) -> None:
+        self.conn().execute("COMMIT")
+
+    def rollback(self) -> None:
+        try:
+            self.conn().execute("ROLLBACK")
+        except self.error:           # none open (a failed BEGIN), or the connection is gone
+            self.drop()
+
+    def lost(self) -> bool:
+        """The server closed the connection (psycopg marks it closed; SQLite never is)."""
+        return self._raw is not None and bool(getattr(self._raw.driver_connection, "closed", False))
+
+    def drop(self) -> None:
+        """Forget a connection that failed: the next statement reconnects."""
+        if self._raw is not None:
+            try:
+                self._raw.invalidate()
+            except Exception:        # already broken: nothing to give back
+                pass
+            self._raw = None
+
+
 class LocationError(Exception):
-    """The location database cannot be used (locked too long, unreadable, full …)."""
+    """The location database cannot be used (locked too long, unreachable, full …)."""
 
 
 def normalize_aor(aor: str) -> str:
@@ -86,6 +202,7 @@ class Binding:
     registered_at: float = 0.0
     nat: bool = False                  # behind a NAT: reach it at ``received`` (and keep it alive)
     worker: int | None = None          # TCP: the worker whose connection the REGISTER came on
+    instance: str | None = None        # Route value naming the instance that registered it
 
     @property
     def q(self) -> float:
@@ -105,18 +222,24 @@ def preference(binding: Binding) -> tuple[int, float]:
 class BindingEditor:
     """One AOR's live bindings inside an open write transaction."""
 
-    def __init__(self, conn: sqlite3.Connection, aor: str, current: dict[str, Binding]):
-        self._conn = conn
+    def __init__(self, driver: _Driver, aor: str, current: dict[str, Binding]):
+        self._driver = driver
         self.aor = aor
         self.current = current          # contact URI → Binding, updated as we write
 
     def put(self, binding: Binding) -> None:
-        self._conn.execute(f"INSERT OR REPLACE INTO location ({_COLUMNS}) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _row(binding))
+        # the AOR is locked (see ``edit``) and ``current`` holds all its rows, so
+        # update-or-insert is exact without a dialect's upsert syntax
+        row = _row(binding)
+        if binding.contact in self.current:
+            self._driver.run("update", {"aor": row["aor"], "contact": row["contact"],
+                                        **{f"new_{k}": v for k, v in row.items()}})
+        else:
+            self._driver.run("insert", row)
         self.current[binding.contact] = binding
 
     def remove(self, contact: str) -> None:
-        self._conn.execute("DELETE FROM location WHERE aor = ? AND contact = ?", (self.aor, _text(contact)))
+        self._driver.run("remove", {"aor": self.aor, "contact": _text(contact)})
         self.current.pop(contact, None)
 
     def bindings(self) -> list[Binding]:
@@ -124,49 +247,98 @@ class BindingEditor:
 
 
 class LocationStore:
-    """One connection per process (or thread); several processes may share the file."""
+    """One connection per process (or thread); several processes — and, on
+    PostgreSQL, several proxy instances — share the database.
 
-    def __init__(self, path: str | Path, *, busy_timeout: float = 5.0):
-        self.path = Path(path)
+    ``target`` is an SQLAlchemy URL (``sqlite:///…``, ``postgresql+psycopg://…``)
+    or, as before, the path of an SQLite file."""
+
+    def __init__(self, target: str | Path, *, busy_timeout: float = 5.0):
+        url = str(target) if "://" in str(target) else sqlite_url(target)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # autocommit mode: transactions are opened explicitly below, so a
-            # REGISTER's read-check-write runs under one write lock
-            self._conn = sqlite3.connect(self.path, timeout=busy_timeout,
-                                         isolation_level=None, check_same_thread=False)
-            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
+            parsed = make_url(url)
+        except ArgumentError:
+            raise LocationError(f"invalid location database URL {url[:80]!r}") from None
+        self.url = parsed.render_as_string(hide_password=True)
+        self.backend = parsed.get_backend_name()
+        self._sqlite = self.backend == "sqlite"
+        self.path = Path(parsed.database) if self._sqlite and parsed.database else None
+        try:
+            if self.backend not in BACKENDS:
+                raise LocationError(f"location database {self.url}: only {' or '.join(BACKENDS)} is supported")
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            # bounded waits on both: the store is used on the workers' event loops
+            ms = int(busy_timeout * 1000)
+            connect_args = {"timeout": busy_timeout} if self._sqlite else {
+                "connect_timeout": max(1, round(busy_timeout)),
+                "options": f"-c statement_timeout={ms} -c lock_timeout={ms}"}
+            self._engine = create_engine(parsed, connect_args=connect_args, pool_size=2,
+                                         pool_pre_ping=not self._sqlite) if not self._sqlite else \
+                create_engine(parsed, connect_args=connect_args)
+            if self._sqlite:
+                tune_sqlite(self._engine, busy_timeout_ms=int(busy_timeout * 1000))
+            self._conn = self._engine.connect()
             self._create_schema()
-        except (OSError, sqlite3.Error) as exc:
-            raise LocationError(f"location database {self.path}: {exc}") from None
+            self._driver = _Driver(self._engine, self._sqlite)
+            self._driver.conn()
+        except (OSError, ImportError, SQLAlchemyError) as exc:
+            raise LocationError(f"location database {self.url}: {reason(exc)}") from None
 
     @classmethod
     def in_data_dir(cls, data_dir: str | Path, **kwargs) -> "LocationStore":
         return cls(Path(data_dir) / DB_NAME, **kwargs)
 
-    def _create_schema(self) -> None:
-        with self._transaction():
-            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(f"schema version {version} is newer than this "
-                                            f"program's ({SCHEMA_VERSION})")
-            for statement in _SCHEMA:
-                self._conn.execute(statement)
-            self._migrate(version)
-            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    @classmethod
+    def open(cls, url: str, data_dir: str | Path, **kwargs) -> "LocationStore":
+        """``[registrar] location_url``, the SQLite file under the data dir when empty."""
+        return cls(url, **kwargs) if url else cls.in_data_dir(data_dir, **kwargs)
 
-    def _migrate(self, version: int) -> None:
-        """Add the columns later versions introduced (a file at 0 was just created
-        complete).  Checked by name too, so a half-migrated file is finished."""
-        have = {row[1] for row in self._conn.execute("PRAGMA table_info(location)")}
+    # -- schema ---------------------------------------------------------------------
+    def _create_schema(self) -> None:
+        with self._transaction(write=True) as conn:
+            if not self._sqlite:
+                # instances starting together: one creates, the others wait and see it
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('sipledger.location', 0))"))
+            version = self._schema_version(conn)
+            if version > SCHEMA_VERSION:
+                raise LocationError(f"location database {self.url}: schema version {version} is newer "
+                                    f"than this program's ({SCHEMA_VERSION})")
+            metadata.create_all(conn)
+            self._migrate(conn, version)
+            self._set_schema_version(conn)
+
+    def _schema_version(self, conn: Connection) -> int:
+        if self._sqlite:
+            return int(conn.exec_driver_sql("PRAGMA user_version").scalar() or 0)
+        location_schema.create(conn, checkfirst=True)
+        return int(conn.execute(select(func.max(location_schema.c.version))).scalar() or 0)
+
+    def _set_schema_version(self, conn: Connection) -> None:
+        if self._sqlite:
+            conn.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        else:
+            conn.execute(delete(location_schema))
+            conn.execute(insert(location_schema).values(version=SCHEMA_VERSION))
+
+    def _migrate(self, conn: Connection, version: int) -> None:
+        """Add the columns later versions introduced (a store at 0 was just created
+        complete).  Checked by name too, so a half-migrated store is finished."""
+        if self._sqlite:
+            have = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(location)")}
+        else:
+            have = {row[0] for row in conn.execute(text(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'location' AND table_schema = current_schema()"))}
         for since in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
             for column in _ADDED.get(since, ()):
                 if column.split()[0] not in have:
-                    self._conn.execute(f"ALTER TABLE location ADD COLUMN {column}")
+                    conn.exec_driver_sql(f"ALTER TABLE location ADD COLUMN {column}")
 
     def close(self) -> None:
+        self._driver.drop()
         self._conn.close()
+        self._engine.dispose()
 
     def __enter__(self) -> "LocationStore":
         return self
@@ -175,72 +347,80 @@ class LocationStore:
         self.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        # IMMEDIATE: take the write lock before reading, so two workers
-        # registering the same AOR queue up instead of one failing mid-way
-        self._conn.execute("BEGIN IMMEDIATE")
+    def _transaction(self, write: bool = False) -> Iterator[Connection]:
+        """One transaction on the process' connection; every database failure
+        becomes a one-line ``LocationError``.  SQLite writes take the write
+        lock before reading (BEGIN IMMEDIATE), so two workers registering the
+        same AOR queue up instead of one failing mid-way."""
+        conn = self._conn
+        if self._sqlite:
+            conn.execution_options(sqlite_write=write)    # in place (SQLAlchemy 2): set for every transaction
         try:
-            yield
-            self._conn.execute("COMMIT")
-        except BaseException:
-            # also after a failed COMMIT, which leaves the transaction open
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
+            with conn.begin():
+                yield conn
+        except LocationError:
             raise
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise LocationError(f"location database {self.path}: {exc}") from None
+        except SQLAlchemyError as exc:
+            raise LocationError(f"location database {self.url}: {reason(exc)}") from None
 
     # -- reads ----------------------------------------------------------------------
     def lookup(self, aor: str, now: float) -> list[Binding]:
-        """Live bindings of ``aor``, best first (q, then most recent)."""
-        with self._errors():
-            rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM location WHERE aor = ? AND expires_at > ?",
-                (normalize_aor(aor), now)).fetchall()
+        """Live bindings of ``aor``, best first (q, then most recent).
+
+        Every INVITE to a local user runs this on the worker's event loop: one
+        statement in autocommit mode (a single SELECT is consistent by itself),
+        one round trip.  A connection the server closed (a PostgreSQL restart,
+        a failover) is replaced at once and the read asked again, so the call
+        does not fail for it; any other error (a timeout) is not retried."""
+        driver = self._driver
+        params = {"aor": normalize_aor(aor), "now": now}
+        for attempt in (1, 2):
+            try:
+                rows = driver.run("lookup", params).fetchall()
+                break
+            except (driver.error, SQLAlchemyError) as exc:
+                lost = driver.lost()
+                driver.drop()                      # the next statement reconnects
+                if not (lost and attempt == 1):
+                    raise LocationError(f"location database {self.url}: {reason(exc)}") from None
         return sorted((_binding(r) for r in rows), key=preference)
 
     def nated(self, now: float, after: tuple[str, str] | None = None,
               limit: int | None = None) -> list[Binding]:
         """Live bindings registered from behind a NAT (the keep-alive's work list),
         in (aor, contact) order; a page of ``limit`` after ``after`` if given."""
-        where = "nat = 1 AND expires_at > ?"
-        args: tuple[object, ...] = (now,)
+        query = select(*_COLUMNS).where(location.c.nat == 1, location.c.expires_at > now)
         if after is not None:
-            where += " AND (aor, contact) > (?, ?)"
-            args += after
-        page = f" LIMIT {int(limit)}" if limit is not None else ""
-        with self._errors():
-            rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM location WHERE {where} ORDER BY aor, contact{page}",
-                args).fetchall()
+            query = query.where(tuple_(*_KEY) > tuple_(*after))
+        query = query.order_by(*_KEY)
+        if limit is not None:
+            query = query.limit(int(limit))
+        with self._transaction() as conn:
+            rows = conn.execute(query).all()
         return [_binding(r) for r in rows]
 
     def drop(self, aor: str, contact: str, registered_before: float) -> bool:
         """Remove one binding unless its phone registered again since
         ``registered_before`` (then it is alive, maybe behind a new pinhole).
         True when a row went."""
-        with self._errors():
-            return self._conn.execute(
-                "DELETE FROM location WHERE aor = ? AND contact = ? AND registered_at < ?",
-                (aor, _text(contact), registered_before)).rowcount > 0
+        with self._transaction(write=True) as conn:
+            return conn.execute(delete(location).where(
+                location.c.aor == aor, location.c.contact == _text(contact),
+                location.c.registered_at < registered_before)).rowcount > 0
 
     def count(self, now: float) -> int:
         """Live bindings in total (for metrics)."""
-        with self._errors():
-            return self._conn.execute("SELECT count(*) FROM location WHERE expires_at > ?",
-                                      (now,)).fetchone()[0]
+        with self._transaction() as conn:
+            return int(conn.execute(select(func.count()).select_from(location)
+                                    .where(location.c.expires_at > now)).scalar() or 0)
 
     def totals(self, now: float) -> tuple[int, int]:
         """(addresses of record, bindings) alive at ``now`` (for metrics)."""
-        with self._errors():
-            users, contacts = self._conn.execute(
-                "SELECT count(DISTINCT aor), count(*) FROM location WHERE expires_at > ?", (now,)).fetchone()
-        return users, contacts
+        with self._transaction() as conn:
+            users, contacts = conn.execute(
+                select(func.count(location.c.aor.distinct()), func.count())
+                .where(location.c.expires_at > now)).one()
+        return int(users), int(contacts)
 
     # -- writes ----------------------------------------------------------------------
     @contextmanager
@@ -248,37 +428,56 @@ class LocationStore:
         """Change one AOR atomically: committed when the block ends, rolled
         back if it raises (the exception then propagates unchanged)."""
         aor = normalize_aor(aor)
-        with self._errors(), self._transaction():
+        driver = self._driver
+        try:
+            driver.begin()
+            if not self._sqlite:
+                driver.run("lock", {"aor": aor})
             # expired rows are gone for good: drop them so they cannot take
             # part in the Call-ID/CSeq checks
-            self._conn.execute("DELETE FROM location WHERE aor = ? AND expires_at <= ?", (aor, now))
-            rows = self._conn.execute(f"SELECT {_COLUMNS} FROM location WHERE aor = ?", (aor,))
-            yield BindingEditor(self._conn, aor, {r[1]: _binding(r) for r in rows})
+            driver.run("expired", {"aor": aor, "now": now})
+            rows = driver.run("bindings", {"aor": aor}).fetchall()
+            editor = BindingEditor(driver, aor, {r[1]: _binding(r) for r in rows})
+        except driver.error as exc:
+            driver.rollback()
+            raise LocationError(f"location database {self.url}: {reason(exc)}") from None
+        try:
+            yield editor
+            driver.commit()
+        except driver.error as exc:
+            driver.rollback()
+            raise LocationError(f"location database {self.url}: {reason(exc)}") from None
+        except BaseException:
+            driver.rollback()
+            raise
 
     def purge(self, now: float) -> int:
-        """Delete every expired binding; returns how many.  Any worker may run it."""
-        with self._errors():
-            gone = self._conn.execute("DELETE FROM location WHERE expires_at <= ?", (now,)).rowcount
+        """Delete every expired binding; returns how many.  Any worker of any instance may run it."""
+        with self._transaction(write=True) as conn:
+            gone = conn.execute(delete(location).where(location.c.expires_at <= now)).rowcount
         if gone:
             log.debug("location: purged %d expired bindings", gone)
         return gone
 
 
-def _binding(row: tuple) -> Binding:
+def _binding(row) -> Binding:
     fields = list(row)
-    fields[-2] = bool(fields[-2])                 # nat: stored as 0/1
+    fields[11] = bool(fields[11])                 # nat: stored as 0/1
     return Binding(*fields)
 
 
-def _row(b: Binding) -> tuple:
-    return (_text(b.aor), _text(b.contact), b.expires_at, b.q_milli, _text(b.call_id), b.cseq,
-            b.received, b.transport, _text(b.user_agent), _text(b.path), b.registered_at,
-            int(b.nat), b.worker)
+def _row(b: Binding) -> dict[str, object]:
+    return {"aor": _text(b.aor), "contact": _text(b.contact), "expires_at": b.expires_at,
+            "q_milli": b.q_milli, "call_id": _text(b.call_id), "cseq": b.cseq,
+            "received": b.received, "transport": b.transport, "user_agent": _text(b.user_agent),
+            "path": _text(b.path), "registered_at": b.registered_at, "nat": int(b.nat),
+            "worker": b.worker, "instance": b.instance}
 
 
 def _text(value: str | None) -> str | None:
-    """SQLite takes UTF-8 only; a byte a phone sent that is not UTF-8 (a
-    surrogate after parsing) is stored as ``\\xNN``, as in call events."""
-    if value is None or value.isascii():
+    """The databases take valid UTF-8 only (PostgreSQL no NUL either); a byte a
+    phone sent that is not UTF-8 (a surrogate after parsing) is stored as
+    ``\\xNN``, as in call events."""
+    if value is None or (value.isascii() and "\x00" not in value):
         return value
-    return escape_text(value)
+    return escape_text(value).replace("\x00", "\\x00")

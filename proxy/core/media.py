@@ -139,7 +139,9 @@ def _nat_source(dialog: "Dialog | None", tag: str) -> str | None:
     if dialog is None:
         return None
     side = dialog.caller if tag == dialog.caller_tag else dialog.callee if tag == dialog.callee_tag else None
-    return side.target.host if side is not None and side.nat else None
+    if side is None or not side.nat:
+        return None
+    return side.target.party or side.target.host      # party: reached through another instance
 
 
 def clock_ms(host_seconds: float, host_now: float, now_ms: int) -> int:

@@ -257,7 +257,7 @@ class NatKeepalive:
             except LocationError as exc:
                 log.warning("NAT keep-alive: %s", exc)
                 return
-            self.pinger.add(page, now)
+            self.pinger.add([b for b in page if self._ours(b)], now)
             if len(page) < self.PAGE:
                 self.pinger.end_pass()
                 self.reading = False
@@ -267,6 +267,12 @@ class NatKeepalive:
             self._send(ping, now)
         while self.pinger.drops:
             self._drop(self.pinger.drops.pop())
+
+    def _ours(self, binding: Binding) -> bool:
+        """Several instances on one store (docs/scale-out.md): only the instance
+        holding the pinhole can ping it; another's pings would leave from the
+        wrong address, go unanswered, and drop a live phone."""
+        return binding.instance is None or self.core.node.is_me_route(binding.instance)
 
     def _send(self, ping: Ping, now: float) -> None:
         binding = ping.binding

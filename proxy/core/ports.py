@@ -20,6 +20,12 @@ class Target:
     # a registered contact behind a NAT reached at its source address: the hook the
     # dialog uses to pin in-dialog requests here (not part of the address's identity)
     nat: bool = field(default=False, compare=False)
+    # a binding another proxy instance owns: the Route to it, added to the branch
+    # (proxy/core/peering.py; not part of the address's identity either)
+    route: str | None = field(default=None, compare=False)
+    # ... and where that NATed party's own packets come from: the media relay's
+    # NAT source for it (media.py), since ``host`` is the other instance
+    party: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}/{self.transport}"

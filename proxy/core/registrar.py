@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from proxy.infra.config import RegistrarSettings
@@ -63,10 +64,12 @@ class _ContactChange:
 
 class Registrar:
     def __init__(self, store: LocationStore, settings: RegistrarSettings | None = None,
-                 worker: int = 0):
+                 worker: int = 0, instance_route: Callable[[str, int | None], str] | None = None):
         self.store = store
         self.settings = settings or RegistrarSettings()
         self.worker = worker                   # this process' index: owner of its TCP connections
+        # Route to this instance for bindings only it can reach (peering.py); None: one instance
+        self.instance_route = instance_route
 
     def register(self, request: SipMessage, aor: str, source: tuple[str, int, str],
                  now: float) -> RegisterOutcome:
@@ -137,6 +140,9 @@ class Registrar:
         # proxy, not the phone's NAT: the edge proxy handles the NAT (RFC 3327)
         nat = path is None and sender_nated(request, Target(transport.lower(), ip, port))
         worker = self.worker if transport.lower() != "udp" else None
+        # only this instance can reach a NATed or TCP phone: the others route through it
+        instance = self.instance_route(received, worker) \
+            if self.instance_route is not None and (nat or transport.lower() != "udp") else None
         with self.store.edit(aor, now) as edit:
             # ordering is judged on the bindings as they were before this
             # request, so a contact listed twice does not trip over itself
@@ -153,7 +159,7 @@ class Registrar:
                     q_milli=change.q_milli, call_id=call_id, cseq=cseq,
                     received=received, transport=transport.lower(),
                     user_agent=request.get("user-agent"), path=path, registered_at=now,
-                    nat=nat, worker=worker))
+                    nat=nat, worker=worker, instance=instance))
             self._check_contact_limit(edit)
             bindings = edit.bindings()
         return self._ok(bindings, now)

@@ -135,6 +135,9 @@ class RegistrarSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True)
     max_expires: int = 3600             # longer requests are shortened to this
     default_expires: int = 3600         # when neither Expires nor ;expires= is given
     max_contacts: int = 10              # bindings per AOR, 0 = unlimited
+    # SQLAlchemy URL of the location store; "" = SQLite under the data dir.  A PostgreSQL
+    # URL shared by several proxy instances makes them one registrar (docs/scale-out.md)
+    location_url: str = ""
 
     def __post_init__(self) -> None:
         # the registrar is built from this struct in tests and tools too: refuse there as well
@@ -682,6 +685,11 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
         ("proxy.forward_depth", 0 <= c.proxy.forward_depth <= 20, "must be 0..20"),
         ("proxy.gateway_probe_seconds", c.proxy.gateway_probe_seconds > 0, "must be > 0"),
         ("proxy.max_forwards", 1 <= c.proxy.max_forwards <= 255, "must be 1..255"),
+        ("registrar.location_url", c.registrar.location_url.split(":", 1)[0].split("+", 1)[0]
+         in ("", "sqlite", "postgresql"), "must be a sqlite:// or postgresql+psycopg:// URL (or empty)"),
+        ("registrar.location_url", not c.registrar.location_url
+         or (c.proxy.advertised_host or c.proxy.listen) not in ("0.0.0.0", "::"),
+         "a shared store needs proxy.advertised_host (the address other instances reach this one at)"),
         ("dns.nameservers", _addresses(c.dns.nameservers), "must be IP addresses"),
         ("dns.port", _port(c.dns.port), "must be 1..65535"),
         ("dns.timeout_seconds", 0 < c.dns.timeout_seconds <= 30, "must be > 0 and <= 30"),

@@ -61,7 +61,7 @@ def change_log_table(metadata: MetaData, name: str) -> Table:
     )
 
 
-def tune_sqlite(engine: Engine) -> None:
+def tune_sqlite(engine: Engine, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
     """WAL + busy timeout on every connection; BEGIN IMMEDIATE for writes."""
 
     @event.listens_for(engine, "connect")
@@ -69,7 +69,7 @@ def tune_sqlite(engine: Engine) -> None:
         # take transaction control away from pysqlite so "begin" below decides
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cur.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
         cur.execute("PRAGMA journal_mode = WAL")
         cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute("PRAGMA foreign_keys = ON")

@@ -19,6 +19,7 @@ from ..core.keepalive import send_options
 from ..core.location import LocationStore
 from ..core.natping import NatKeepalive, NatPinger
 from ..core.node import LocalNode
+from ..core.peering import Peering
 from ..core.ports import MediaResult, Target
 from ..core.registrar import Registrar
 from ..core.resolver import Answer
@@ -171,7 +172,7 @@ def prepare_data_dir(config: Config, data_dir: Path) -> None:
         store = store_class(url)
         store.create_schema()
         store.close()
-    LocationStore(str(data_dir / "location.sqlite")).close()
+    LocationStore.open(config.registrar.location_url, data_dir).close()
     load_secret(data_dir, config.auth.secret)
 
 
@@ -218,7 +219,7 @@ class Worker:
         # schemas exist already (prepare_data_dir ran before the workers started)
         store = ProvisioningStore(cfg.provisioning.url or default_url(self.data_dir))
         provisioning = LiveProvisioning(store, poll_interval=cfg.provisioning.reload_seconds)
-        location = LocationStore(str(self.data_dir / "location.sqlite"))
+        location = LocationStore.open(cfg.registrar.location_url, self.data_dir)
         routing_store = RoutingStore(cfg.provisioning.url or default_url(self.data_dir))
         self.prober = GatewayProber(interval=px.gateway_probe_seconds, failures_to_down=2,
                                     successes_to_up=1, failure_codes={408, 503},
@@ -283,12 +284,16 @@ class Worker:
         if cfg.media.enabled:
             self.effects.media_edge = MediaEdge(cfg.media, self.data_dir)
             await self.effects.media_edge.start()
+        # a shared location store ([registrar] location_url): other instances use it too (peering.py)
+        peering = Peering(load_secret(self.data_dir, cfg.auth.secret), node) if cfg.registrar.location_url else None
         core = Core(settings=px, effects=self.effects, node=node,
                     events=CallEventFactory(cfg.node.name, self.index),
                     provisioning=provisioning, authenticator=authenticator, location=location,
-                    registrar=Registrar(location, cfg.registrar, worker=self.index),
+                    registrar=Registrar(location, cfg.registrar, worker=self.index,
+                                        instance_route=peering.instance_route if peering else None),
                     authorization=cfg.authorization if cfg.authorization.enabled else None,
                     routing_data=routing, dns=cfg.dns, hosts=read_hosts(), media=cfg.media)
+        core.peering = peering
         core.fraud = FraudGuard(core, cfg.fraud, workers=self.workers)
         self.engine = Engine(core, ScriptRouting(core, load_script(px.routing_script)))
         if cfg.session_timer.enabled or cfg.session_timer.insert:

@@ -680,6 +680,9 @@ def _nat_destination(core: "Core", binding) -> Target | Pending | None:
     ``nat=True`` on the Target pins the dialog's in-dialog requests there too."""
     received = received_target(binding.received)
     if received is not None and (binding.nat or received.transport != "udp"):
+        owner = core.peering.via_owner(binding, core.resolve) if core.peering is not None else None
+        if owner is not None:
+            return owner                      # another instance's pinhole: through it
         hop = pinhole(core.effects, received, binding.worker)
         if hop is not None:
             return replace(hop, nat=True)

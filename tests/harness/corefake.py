@@ -119,7 +119,7 @@ class CoreRig:
     """A proxy core on 10.0.0.1:5060 with a provisioning store in ``tmp``."""
 
     def __init__(self, tmp: Path, *, auth: bool = True, authorization=None, routing_data=None,
-                 media=None, **settings):
+                 media=None, host: str = "10.0.0.1", location: str | None = None, **settings):
         self.effects = FakeEffects()
         self.tmp = tmp
         self.store = ProvisioningStore(default_url(tmp))
@@ -128,8 +128,8 @@ class CoreRig:
         self.routing_store = RoutingStore(default_url(tmp))
         self.routing_store.create_schema()
         self.routing = routing_data or LiveRouting(self.routing_store, poll_interval=0)
-        self.location = LocationStore(str(tmp / "location.sqlite"))
-        node = LocalNode("10.0.0.1", {"udp": 5060, "tcp": 5060}, 5060)
+        self.location = LocationStore(location or str(tmp / "location.sqlite"))
+        node = LocalNode(host, {"udp": 5060, "tcp": 5060}, 5060)
         self.core = Core(settings=ProxySettings(**settings), effects=self.effects, node=node,
                          events=CallEventFactory("test-proxy", 0), provisioning=self.live,
                          authenticator=DigestAuthenticator(b"k" * 32) if auth else None,

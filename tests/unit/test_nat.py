@@ -196,7 +196,7 @@ def test_a_version_1_location_file_gains_the_nat_columns_and_keeps_its_rows(tmp_
         assert binding.contact == "sip:bob@192.0.2.20" and not binding.nat and binding.worker is None
         assert store.nated(0) == []
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     conn.close()
     LocationStore(path).close()                                  # opening again changes nothing
 

@@ -1,4 +1,5 @@
-"""REGISTER processing (RFC 3261 §10.3) on the shared SQLite location store."""
+"""REGISTER processing (RFC 3261 §10.3) on the shared location store: every test
+taking ``store`` runs on SQLite and on PostgreSQL (the scale-out store, docs/scale-out.md)."""
 from __future__ import annotations
 
 import sqlite3
@@ -10,6 +11,7 @@ from proxy.core.location import Binding, LocationError, LocationStore, normalize
 from proxy.core.registrar import Registrar
 from proxy.infra.config import RegistrarSettings
 from proxy.sip.message import SipMessage, parse
+from tests.harness.postgres import PostgresServer, postgres_available
 
 AOR = "alice@example.test"
 SOURCE = ("203.0.113.7", 40123, "udp")
@@ -38,9 +40,25 @@ def db_path(tmp_path):
     return tmp_path / "data" / "location.sqlite"
 
 
-@pytest.fixture
-def store(db_path):
-    with LocationStore(db_path) as s:
+@pytest.fixture(scope="module")
+def postgres_location():
+    """One PostgreSQL for the module; each test empties the table."""
+    if not postgres_available():
+        pytest.fail("PostgreSQL 15 (Debian postgresql) is not installed")
+    with PostgresServer() as pg:
+        yield pg.create_database("location")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, db_path):
+    if request.param == "sqlite":
+        target = db_path
+    else:
+        target = request.getfixturevalue("postgres_location")
+    with LocationStore(target) as s:
+        if request.param == "postgresql":
+            with s._transaction(write=True) as conn:
+                conn.exec_driver_sql("TRUNCATE location")
         yield s
 
 
@@ -308,23 +326,84 @@ def test_bindings_survive_a_restart(db_path):
         assert contacts_of(after) == ["sip:a@10.0.0.1"]
 
 
-def test_database_is_wal(db_path, store):
+def test_database_is_wal(db_path):
+    LocationStore(db_path).close()
     assert sqlite3.connect(db_path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_purge_removes_only_expired(registrar, store, db_path):
+def test_purge_removes_only_expired(registrar, store):
     registrar.register(register("<sip:a@10.0.0.1>", expires="100"), AOR, SOURCE, T0)
     registrar.register(register("<sip:b@10.0.0.2>", expires="1000"), "bob@example.test", SOURCE, T0)
     assert store.count(T0) == 2
     assert store.purge(T0 + 500) == 1
-    rows = sqlite3.connect(db_path).execute("SELECT aor FROM location").fetchall()
-    assert rows == [("bob@example.test",)]
+    assert store.count(T0) == 1 and contacts_of(store, T0, "bob@example.test") == ["sip:b@10.0.0.2"]
 
 
-def test_lookup_uses_the_primary_key(store, db_path):
+def test_lookup_uses_the_primary_key(db_path):
+    LocationStore(db_path).close()
     plan = sqlite3.connect(db_path).execute(
         "EXPLAIN QUERY PLAN SELECT * FROM location WHERE aor = ? AND expires_at > ?", (AOR, T0)).fetchall()
     assert "USING PRIMARY KEY" in " ".join(row[-1] for row in plan)
+
+
+def test_postgresql_schema_matches_and_migrates(postgres_location):
+    """A store made before schema 3 gains ``instance``; opening twice changes nothing."""
+    from sqlalchemy import create_engine, text
+    engine = create_engine(postgres_location)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS location, location_schema"))
+        conn.execute(text(
+            "CREATE TABLE location (aor TEXT, contact TEXT, expires_at FLOAT NOT NULL, q_milli INTEGER NOT NULL,"
+            " call_id TEXT NOT NULL, cseq BIGINT NOT NULL, received TEXT, transport TEXT, user_agent TEXT,"
+            " path TEXT, registered_at FLOAT NOT NULL, nat SMALLINT NOT NULL DEFAULT 0, worker INTEGER,"
+            " PRIMARY KEY (aor, contact))"))
+        conn.execute(text("CREATE TABLE location_schema (version INTEGER NOT NULL)"))
+        conn.execute(text("INSERT INTO location_schema VALUES (2)"))
+        conn.execute(text("INSERT INTO location VALUES ('bob@example.test', 'sip:bob@192.0.2.20', 9e9, 1000,"
+                          " 'c', 1, NULL, 'udp', NULL, NULL, 1.0, 0, NULL)"))
+    for _ in range(2):
+        with LocationStore(postgres_location) as store:
+            (binding,) = store.lookup("bob@example.test", 0)
+            assert binding.instance is None and not binding.nat
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT version FROM location_schema")).scalars().all() == [3]
+        conn.execute(text("UPDATE location_schema SET version = 99"))
+    with pytest.raises(LocationError, match="newer"):
+        LocationStore(postgres_location)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE location, location_schema"))
+    engine.dispose()
+
+
+def test_a_lost_postgresql_connection_fails_one_request_then_recovers(postgres_location):
+    """Each of the store's two connections (the signalling path's, the background
+    one); a lookup does not even fail once."""
+    from sqlalchemy import create_engine, text
+
+    def restart_sessions():
+        engine = create_engine(postgres_location)
+        with engine.begin() as conn:       # what a PostgreSQL restart does to the instance's sessions
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        engine.dispose()
+
+    with LocationStore(postgres_location) as store:
+        store.lookup(AOR, T0)
+        store.totals(T0)
+        restart_sessions()
+        assert store.lookup(AOR, T0) == []          # reconnected and asked again: the call goes on
+        with pytest.raises(LocationError):
+            store.totals(T0)
+        assert store.totals(T0) == (0, 0)
+        restart_sessions()
+        registrar = Registrar(store)
+        assert registrar.register(register("<sip:a@10.0.0.1>"), AOR, SOURCE, T0).status == 500
+        assert registrar.register(register("<sip:a@10.0.0.1>"), AOR, SOURCE, T0).status == 200
+
+
+def test_other_back_ends_are_refused_in_one_line():
+    with pytest.raises(LocationError, match="only sqlite or postgresql"):
+        LocationStore("mysql+pymysql://u@127.0.0.1/x")
 
 
 def test_binding_expires_in():
@@ -361,3 +440,11 @@ def test_settings_validate():
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"min_expires": 0}, RegistrarSettings)
     assert msgspec.convert({"max_contacts": 0}, RegistrarSettings).max_contacts == 0
+
+
+def test_text_a_database_refuses_is_stored_escaped(store):
+    """Not UTF-8 (a surrogate after parsing) or a NUL, which PostgreSQL's text refuses."""
+    with store.edit(AOR, T0) as edit:
+        edit.put(Binding(AOR, "sip:a@10.0.0.1", T0 + 60, user_agent="ph\udcffone\x00x", call_id="c\x00"))
+    (binding,) = store.lookup(AOR, T0)
+    assert (binding.user_agent, binding.call_id) == ("ph\\xffone\\x00x", "c\\x00")

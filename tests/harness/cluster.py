@@ -1,0 +1,70 @@
+"""Several `python -m proxy run` instances on one PostgreSQL location store
+(docs/scale-out.md), for the scale-out tests and bench/scale_out_rate.py:
+instance A on 127.0.0.2, B on 127.0.0.3 (Linux loopback answers all of
+127/8), each trusting the other, one [auth] secret, provisioned alike."""
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from api.cli import app
+from tests.harness.calls import DOMAIN, PASSWORDS
+from tests.harness.proxy import proxy_run
+from tests.harness.sipp import free_udp_port
+
+A, B = "127.0.0.2", "127.0.0.3"
+CONFIG = """\
+[proxy]
+listen = "{listen}"
+workers = {workers}
+trusted_sources = ["{peer}/32"]
+[auth]
+algorithms = ["MD5"]
+secret = "one secret for the whole cluster"
+[registrar]
+location_url = "{url}"
+[authorization]
+enabled = false
+[provisioning]
+reload_seconds = 0.25
+"""
+
+
+def provision(data_dir) -> None:
+    for args in (["domain", "add", DOMAIN], *(["user", "add", f"{u}@{DOMAIN}", "--password", p]
+                                               for u, p in PASSWORDS.items())):
+        result = CliRunner().invoke(app, ["--data-dir", str(data_dir), *args])
+        assert result.exit_code == 0, result.output
+
+
+class ProxyPair:
+    """``with ProxyPair(tmp, url, bootstrap) as [((host, port), proc), ...]``: A then B,
+    started and READY; stopped (by PID) on exit, also when the start failed.  ``extra``
+    is appended to both configs; ``workers`` per instance."""
+
+    def __init__(self, tmp, url, bootstrap, extra: str = "", workers: int = 1):
+        self.tmp, self.url, self.bootstrap, self.extra, self.runs = tmp, url, bootstrap, extra, []
+        self.workers = workers
+
+    def __enter__(self):
+        addrs = []
+        try:
+            for name, listen, peer in (("a", A, B), ("b", B, A)):
+                data = self.tmp / name
+                provision(data)
+                config = self.tmp / f"{name}.toml"
+                config.write_text(CONFIG.format(listen=listen, peer=peer, url=self.url, workers=self.workers) + self.extra)
+                port = free_udp_port(listen)
+                run = proxy_run(data, config, port, self.bootstrap)
+                proc = run.__enter__()
+                self.runs.append(run)
+                addrs.append(((listen, port), proc))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return addrs
+
+    def __exit__(self, *exc):
+        for run in reversed(self.runs):
+            run.__exit__(None, None, None)
+
+
