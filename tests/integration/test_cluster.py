@@ -266,7 +266,9 @@ def check_outcome(tmp_path, config, admin, store, clickhouse_server, database, f
             debits = Counter(e.call_id for e in store.events(kinds=["debit"]))
             return {c for c in expected if not debits[c]}
         missing = eventually(lambda: not undebited(), timeout=30, interval=0.5, fail=False) or undebited()
-        assert missing is True, ("calls without a debit", {c: (c in killed, by_call[c]) for c in missing})
+        assert missing is True, ("calls without a debit", {
+            c: (c in killed, by_call[c], [(e.kind, e.account, e.ts_ms) for e in store.events() if e.call_id == c])
+            for c in missing})
         time.sleep(1.5)                 # anything doubled would land within a commit interval or two
         by_call = cdrs() or by_call
         debits = Counter(e.call_id for e in store.events(kinds=["debit"]))
