@@ -249,7 +249,7 @@ def check_outcome(tmp_path, config, admin, store, clickhouse_server, database, f
         "an answered call of a surviving proxy did not end as the phones saw it"
     expected = completed | killed
     busy_ids = busy(results["b_busy"]) | busy(results["a_busy"])
-    assert len(completed) >= 15 and busy_ids, (len(completed), len(busy_ids))
+    assert len(completed) >= 8 and busy_ids, (len(completed), len(busy_ids))     # A's 6, and B's before the kills
     backend = clickhouse_server.backend(database)
     try:
         def cdrs() -> dict[str, list[dict]] | None:
@@ -262,11 +262,13 @@ def check_outcome(tmp_path, config, admin, store, clickhouse_server, database, f
             return by_call if all(c in by_call for c in expected | busy_ids) else None
         # A's calls close at answer + CAP_S + WINDOW_S (the silence rule), then the sink inserts
         by_call = eventually(cdrs, "a CDR for every completed and busy call", timeout=60, interval=0.5)
+
         def undebited() -> set[str]:
             debits = Counter(e.call_id for e in store.events(kinds=["debit"]))
             return {c for c in expected if not debits[c]}
-        missing = eventually(lambda: not undebited(), timeout=30, interval=0.5, fail=False) or undebited()
-        assert missing is True, ("calls without a debit", {
+        eventually(lambda: not undebited(), timeout=30, interval=0.5, fail=False)
+        missing = undebited()
+        assert not missing, ("calls without a debit", {
             c: (c in killed, by_call[c], [(e.kind, e.account, e.ts_ms) for e in store.events() if e.call_id == c])
             for c in missing})
         time.sleep(1.5)                 # anything doubled would land within a commit interval or two
@@ -286,9 +288,9 @@ def check_outcome(tmp_path, config, admin, store, clickhouse_server, database, f
     finally:
         backend.close()
     calls = sum(r.successful + r.failed for r in results.values())
-    refused = sum(len(r.sent("INVITE")) for r in results.values())
-    print(f"\ncluster: {calls} calls ({len(completed)} completed, {len(killed)} cut by the kill of A, "
-          f"{len(busy_ids)} busy) through 2 proxies in {figures['elapsed']:.1f}s = "
-          f"{calls / figures['elapsed']:.1f} calls/s offered; INVITEs sent {refused}; "
-          f"CDR processor take-over {figures['cdr_takeover']:.1f}s, billing take-over "
-          f"{figures['billing_takeover']:.1f}s after kill -9; lost 0, doubled 0")
+    refused = calls - len(completed) - len(killed) - len(busy_ids)
+    print(f"\ncluster: {calls} calls through 2 proxies in {figures['elapsed']:.1f}s = "
+          f"{calls / figures['elapsed']:.1f} calls/s offered: {len(completed)} completed, {len(killed)} cut by "
+          f"the kill of A (closed by silence), {len(busy_ids)} busy, {refused} refused; take-over after kill -9: "
+          f"CDR processor {figures['cdr_takeover']:.1f}s, billing {figures['billing_takeover']:.1f}s; "
+          f"calls lost 0, doubled 0")
