@@ -228,16 +228,23 @@ def run_mix(tmp_path, a, proc_a, b, cdr, billing, ledger_url, partitions) -> dic
         kills["billing instance"] = time.monotonic()
         survivor_name = next(o for o, _, p in owners(ledger_url).values() if p == survivor.port)
 
-        cdr_took = eventually(lambda: cdr[1].log_text().count("Setting newly assigned partitions") > assignments
-                              and time.monotonic(), "the surviving CDR processor to take over", timeout=40)
-        billing_took = eventually(lambda: owned_by_all(ledger_url, {survivor_name}, partitions) and time.monotonic(),
-                                  "the surviving billing instance to own every partition", timeout=40)
+        took: dict[str, float] = {}             # when each take-over was first seen (both polled together)
+
+        def taken_over() -> dict[str, float] | None:
+            now = time.monotonic()
+            if "cdr" not in took and cdr[1].log_text().count("Setting newly assigned partitions") > assignments:
+                took["cdr"] = now
+            if "billing" not in took and owned_by_all(ledger_url, {survivor_name}, partitions):
+                took["billing"] = now
+            return took if len(took) == 2 else None
+        eventually(taken_over, "the surviving CDR processor and billing instance to take over", timeout=40,
+                   interval=0.1)
         for t in mix:
             t.join(60)
         elapsed = time.monotonic() - started
     return {"results": results, "elapsed": elapsed,
-            "cdr_takeover": cdr_took - kills["CDR processor 0"],
-            "billing_takeover": billing_took - kills["billing instance"]}
+            "cdr_takeover": took["cdr"] - kills["CDR processor 0"],
+            "billing_takeover": took["billing"] - kills["billing instance"]}
 
 
 def check_outcome(tmp_path, config, admin, store, clickhouse_server, database, figures) -> None:
