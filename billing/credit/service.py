@@ -53,6 +53,7 @@ from typing import TypeVar
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import IllegalStateError
 from aiokafka.structs import OffsetAndMetadata
 
 from billing import rpc
@@ -593,15 +594,22 @@ class BillingService:
                     await fetch
             else:
                 batch = fetch.result()
+                not_ready = False
                 for tp in sorted(batch, key=lambda t: (order.get(t.topic, 9), t.partition)):
                     records = batch[tp]
                     if tp.topic == self.topics.sip_events:
                         await self._repartition(tp, records, producer)
                     elif tp.topic == self.ledger_cfg.calls_topic:
                         if self.own is not None and tp.partition not in self.own.ready:
-                            # not loaded (failed, or fenced out): never applied to a state without its
-                            # history; not committed either, so its owner reads it again
+                            # not loaded (failed, fenced out, or still loading: a fetch in flight can
+                            # bring a partition's records while on_partitions_assigned folds it): never
+                            # applied to a state without its history.  Seek back, so that this consumer
+                            # (once loaded) or the partition's next owner reads them again: a skipped
+                            # position would be committed with the next commit, and the steps lost
                             self.stats["steps_not_owned"] += len(records)
+                            with contextlib.suppress(IllegalStateError):    # revoked meanwhile: nothing to keep
+                                consumer.seek(tp, records[0].offset)
+                            not_ready = True
                             continue
                         await self._on_steps(records)
                     elif self.own is not None:
@@ -609,6 +617,8 @@ class BillingService:
                     else:
                         await self._on_cdrs(records)
                     self._positions[tp] = records[-1].offset + 1
+                if not_ready:
+                    await asyncio.sleep(0.05)   # the load (or the group) first: no spinning on those records
             if publisher.done():
                 publisher.result()              # raises what stopped it
                 raise _BrokerGone("outbox publisher stopped")

@@ -17,13 +17,14 @@ CONFIG = """\
 listen = "{listen}"
 workers = {workers}
 trusted_sources = ["{peer}/32"]
+{proxy_extra}
 [auth]
 algorithms = ["MD5"]
 secret = "one secret for the whole cluster"
 [registrar]
 location_url = "{url}"
 [authorization]
-enabled = false
+{authorization}
 [provisioning]
 reload_seconds = 0.25
 """
@@ -39,11 +40,14 @@ def provision(data_dir) -> None:
 class ProxyPair:
     """``with ProxyPair(tmp, url, bootstrap) as [((host, port), proc), ...]``: A then B,
     started and READY; stopped (by PID) on exit, also when the start failed.  ``extra``
-    is appended to both configs; ``workers`` per instance."""
+    is appended to both configs, ``proxy_extra`` to their [proxy] section;
+    ``authorization`` is the [authorization] section's body (off by default);
+    ``workers`` per instance."""
 
-    def __init__(self, tmp, url, bootstrap, extra: str = "", workers: int = 1):
+    def __init__(self, tmp, url, bootstrap, extra: str = "", workers: int = 1, *,
+                 proxy_extra: str = "", authorization: str = "enabled = false"):
         self.tmp, self.url, self.bootstrap, self.extra, self.runs = tmp, url, bootstrap, extra, []
-        self.workers = workers
+        self.workers, self.proxy_extra, self.authorization = workers, proxy_extra, authorization
 
     def __enter__(self):
         addrs = []
@@ -52,7 +56,9 @@ class ProxyPair:
                 data = self.tmp / name
                 provision(data)
                 config = self.tmp / f"{name}.toml"
-                config.write_text(CONFIG.format(listen=listen, peer=peer, url=self.url, workers=self.workers) + self.extra)
+                config.write_text(CONFIG.format(listen=listen, peer=peer, url=self.url, workers=self.workers,
+                                                 proxy_extra=self.proxy_extra, authorization=self.authorization)
+                                  + self.extra)
                 port = free_udp_port(listen)
                 run = proxy_run(data, config, port, self.bootstrap)
                 proc = run.__enter__()
