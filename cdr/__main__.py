@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     import faust
 
+    from . import recovery_watch
     from .processor import build_app
 
     datadir = config.cdr.store_path(data_dir) / f"worker-{args.worker_id}"
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     app, _processor = build_app(config, partitions=partitions, datadir=datadir,
                                 worker_id=args.worker_id)
     logging.getLogger("cdr").setLevel(args.loglevel.upper())
+    # a table restore that never ends exits the worker, for its supervisor to restart it
+    recovery_watch.watch(lambda: recovery_watch.faust_reading(app), config.cdr.recovery_stall_seconds)
 
     class Worker(faust.Worker):
         async def on_startup_finished(self) -> None:

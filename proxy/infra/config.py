@@ -259,6 +259,7 @@ class CdrSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     finished_ttl_seconds: float = 600.0 # how long a finished call's marker stops late duplicates
     timer_seconds: float = 5.0          # how often silent calls and expired markers are looked for
     standby_replicas: int = 0           # faust standby table copies on other workers
+    recovery_stall_seconds: float = 30.0  # a table recovery stuck this long exits the worker (cdr/recovery_watch.py)
 
     @property
     def silence_ms(self) -> int:
@@ -754,6 +755,7 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
         ("cdr.finished_ttl_seconds", c.cdr.finished_ttl_seconds > 0, "must be > 0"),
         ("cdr.timer_seconds", c.cdr.timer_seconds > 0, "must be > 0"),
         ("cdr.standby_replicas", c.cdr.standby_replicas >= 0, "must be >= 0"),
+        ("cdr.recovery_stall_seconds", c.cdr.recovery_stall_seconds >= 5, "must be >= 5 (a recovery may pause a few seconds)"),
         ("billing.currency", _CURRENCY.match(c.billing.currency) is not None,
          "must be an ISO 4217 code like EUR"),
         ("billing.partitioned", not c.billing.partitioned or bool(c.billing.db_url),
