@@ -4,7 +4,11 @@
 test domain and users), shared by every module that needs nothing else: a start
 costs ~15 s, so sharing saves a minute of the suite.  Those modules leave it
 as they found it (un-REGISTER, clear forwarding, counters compared as deltas).
-Modules that need another configuration start their own `up`."""
+Modules that need another configuration start their own `up`.
+
+Package scope, not session: an idle `up` still costs about half a core (the
+embedded broker answering its consumers' polls), so the shared ones stop when
+the last e2e test is done instead of slowing the rest of the suite."""
 from __future__ import annotations
 
 import pytest
@@ -22,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def default_up(tmp_path_factory):
     """`sipledger up` with the default configuration and an admin REST client (``.client``)."""
     sl = start_sipledger(tmp_path_factory.mktemp("sipledger-default") / "data")
@@ -35,7 +39,7 @@ def default_up(tmp_path_factory):
     sl.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def short_dialogs_up(tmp_path_factory):
     """`sipledger up` whose dialogs last at most SHORT_MAX_DIALOG seconds (the dialog modules share it)."""
     sl = start_sipledger(tmp_path_factory.mktemp("sipledger-short-dialogs") / "data", max_dialog=SHORT_MAX_DIALOG)
