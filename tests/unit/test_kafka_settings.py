@@ -50,11 +50,11 @@ async def test_faust_producer_idempotent_on_kafka_only():
 
 def test_consumer_profiles():
     tansu = consumer_kwargs(TANSU, group_id="g")
-    assert (tansu["session_timeout_ms"], tansu["heartbeat_interval_ms"], tansu["fetch_max_wait_ms"]) == (6000, 1000, 15)
+    assert (tansu["session_timeout_ms"], tansu["heartbeat_interval_ms"], tansu["fetch_max_wait_ms"]) == (6000, 1000, 50)
     assert tansu["group_id"] == "g"
     kafka = consumer_kwargs(KAFKA)
     assert not {"session_timeout_ms", "heartbeat_interval_ms", "fetch_max_wait_ms"} & set(kafka)
-    assert consumer_kwargs(TANSU, fetch_max_wait_ms=50)["fetch_max_wait_ms"] == 50
+    assert consumer_kwargs(TANSU, fetch_max_wait_ms=20)["fetch_max_wait_ms"] == 20
 
 
 def test_faust_settings():
