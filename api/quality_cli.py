@@ -10,25 +10,14 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from cdr.store.queries import CdrFilter, CdrStore
-from proxy.infra.cli import fail, print_table, usage
-from proxy.infra.clickhouse.backend import BackendError, open_backend
-from proxy.infra.clickhouse.migrate import MigrationError, migrate
+from cdr.store.queries import CdrFilter
+from proxy.infra.cli import print_table, usage
 
 from .quality import gateway_states, quality
+from .store_cli import cdr_store, instant, through_api
 
 BUCKETS = ("5min", "hour", "day")
 GROUPS = ("gateway", "prefix", "account", "none")
-
-
-def _instant(name: str, value: str | None, *, end: bool = False) -> int | None:
-    if value is None:
-        return None
-    try:
-        from .params import parse_instant  # FastAPI's import chain: only when a time is given
-        return parse_instant(value, end=end)
-    except ValueError as exc:
-        usage(f"--{name} {value!r}: {exc}")
 
 
 def quality_command(
@@ -48,49 +37,24 @@ def quality_command(
         usage(f"--bucket {bucket!r}: one of {', '.join(BUCKETS)}")
     if group_by not in GROUPS:
         usage(f"--group-by {group_by!r}: one of {', '.join(GROUPS)}")
-    from_ms, to_ms = _instant("from", from_), _instant("to", to, end=True)
+    from_ms, to_ms = instant("from", from_), instant("to", to, end=True)
     obj = ctx.obj
-    config = obj.config
-    try:
-        backend = open_backend(config.clickhouse, obj.data_dir)
-    except BackendError as exc:
-        message = str(exc).splitlines()[0]
-        if "another process" not in message:
-            fail(f"CDR store: {message}")
-        if not token:
-            fail(f"{message}\n  read it through the API: --token ADMIN_TOKEN")
-        params = {"bucket": bucket, "group_by": group_by, "prefix_len": prefix_len, "from": from_ms,
-                  "to": to_ms, "account": account}
-        data = _through_api(f"http://127.0.0.1:{config.api.port}", token,
-                            {k: v for k, v in params.items() if v is not None})
-    else:
-        try:
-            migrate(backend)            # a store up has never opened: empty tables, not an error
+    with cdr_store(obj, token, "read it") as store:
+        if store is None:
+            params = {"bucket": bucket, "group_by": group_by, "prefix_len": prefix_len, "from": from_ms,
+                      "to": to_ms, "account": account}
+            data = through_api(obj, token or "", "GET", "/v1/quality", timeout=60,
+                               params={k: v for k, v in params.items() if v is not None})
+        else:
             probes = gateway_states(obj.provisioning_url, obj.data_dir / "run") if group_by == "gateway" else {}
-            data = quality(CdrStore(backend), CdrFilter(account=account, from_ms=from_ms, to_ms=to_ms),
+            data = quality(store, CdrFilter(account=account, from_ms=from_ms, to_ms=to_ms),
                            bucket=bucket, group_by=group_by, prefix_len=prefix_len,  # type: ignore[arg-type]
                            probes=probes)
-        except (BackendError, MigrationError) as exc:
-            fail(str(exc).splitlines()[0])
-        finally:
-            backend.close()
     if as_json:
         import json
         typer.echo(json.dumps(data, indent=2))
         return
     print_table(render(data))
-
-
-def _through_api(api: str, token: str, params: dict[str, Any]) -> dict[str, Any]:
-    import httpx
-    try:
-        response = httpx.get(f"{api}/v1/quality", params=params, timeout=60,
-                             headers={"Authorization": f"Bearer {token}"})
-    except httpx.HTTPError as exc:
-        fail(f"API {api}: {exc}")
-    if response.status_code != 200:
-        fail(f"API {api}: {response.status_code} {response.text[:300]}")
-    return response.json()
 
 
 def _pct(value: float | None) -> str:

@@ -11,20 +11,11 @@ from typing import Any, Optional
 import typer
 
 from cdr.archive.rebuild import RebuildLimits, rebuild_cdrs
-from cdr.store.queries import CdrStore
-from proxy.infra.cli import fail, usage
-from proxy.infra.clickhouse.backend import BackendError, open_backend
-from proxy.infra.clickhouse.migrate import MigrationError, migrate
+from proxy.infra.cli import usage
+
+from .store_cli import cdr_store, instant, through_api
 
 cdr_app = typer.Typer(help="CDRs: rebuild them from the event archive.", no_args_is_help=True)
-
-
-def _instant(name: str, value: str, *, end: bool = False) -> int:
-    try:
-        from .params import parse_instant  # FastAPI's import chain: only when needed
-        return parse_instant(value, end=end)
-    except ValueError as exc:
-        usage(f"--{name} {value!r}: {exc}")
 
 
 @cdr_app.command("rebuild")
@@ -38,46 +29,21 @@ def rebuild_command(
     as_json: bool = typer.Option(False, "--json", help="the report as JSON"),
 ) -> None:
     """Re-fold the CDRs of the calls whose first event is in [--from, --to) from the archive."""
-    from_ms, to_ms = _instant("from", from_), _instant("to", to, end=True)
+    from_ms, to_ms = instant("from", from_), instant("to", to, end=True)
+    assert from_ms is not None and to_ms is not None           # both options are required
     if to_ms <= from_ms:
         usage("--to must be after --from")
     obj = ctx.obj
-    config = obj.config
-    try:
-        backend = open_backend(config.clickhouse, obj.data_dir)
-    except BackendError as exc:
-        message = str(exc).splitlines()[0]
-        if "another process" not in message:
-            fail(f"CDR store: {message}")
-        if not token:
-            fail(f"{message}\n  rebuild through the API: --token ADMIN_TOKEN")
-        report = _through_api(f"http://127.0.0.1:{config.api.port}", token,
-                              {"from": from_ms, "to": to_ms, "dry_run": dry_run})
-    else:
-        try:
-            migrate(backend)
-            report = rebuild_cdrs(CdrStore(backend), RebuildLimits.of(config), from_ms, to_ms,
-                                  dry_run=dry_run).as_dict()
-        except (BackendError, MigrationError) as exc:
-            fail(str(exc).splitlines()[0])
-        finally:
-            backend.close()
+    with cdr_store(obj, token, "rebuild") as store:
+        if store is None:
+            report = through_api(obj, token or "", "POST", "/v1/cdrs/rebuild", timeout=3600,
+                                 json={"from": from_ms, "to": to_ms, "dry_run": dry_run})
+        else:
+            report = rebuild_cdrs(store, RebuildLimits.of(obj.config), from_ms, to_ms, dry_run=dry_run).as_dict()
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
     typer.echo(render(report))
-
-
-def _through_api(api: str, token: str, params: dict[str, Any]) -> dict[str, Any]:
-    import httpx
-    try:
-        response = httpx.post(f"{api}/v1/cdrs/rebuild", json=params, timeout=3600,
-                              headers={"Authorization": f"Bearer {token}"})
-    except httpx.HTTPError as exc:
-        fail(f"API {api}: {exc}")
-    if response.status_code != 200:
-        fail(f"API {api}: {response.status_code} {response.text[:300]}")
-    return response.json()
 
 
 def render(report: dict[str, Any]) -> str:
