@@ -20,7 +20,7 @@ from proxy.contract import events as ev
 from proxy.contract.callfold import finish, fold, silence_end_ms
 from proxy.infra import clock
 from proxy.infra.config import KafkaSettings
-from proxy.infra.kafka import ensure_topics_sync, faust_app, producer_kwargs, tansu_end_offsets
+from proxy.infra.kafka import TANSU_FETCH_MAX_WAIT_MS, ensure_topics_sync, faust_app, producer_kwargs, tansu_end_offsets
 from tests.harness.broker import produce, read_all, unique_topic
 from tests.harness.poll import aeventually
 
@@ -213,6 +213,6 @@ def test_faust_app_consumer_gets_the_tansu_fetch_wait(broker):
         return made
 
     tansu_consumer, kafka_consumer = asyncio.run(consumers())
-    assert tansu_consumer._fetch_max_wait_ms == 15
+    assert tansu_consumer._fetch_max_wait_ms == TANSU_FETCH_MAX_WAIT_MS == 50
     assert kafka_consumer._fetch_max_wait_ms == 1500      # faust's own value on a real cluster
     assert tansu.conf.producer_max_batch_size > 1         # recovery reads true ends: batching is safe
