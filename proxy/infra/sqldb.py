@@ -31,6 +31,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -174,6 +175,10 @@ class SqlStore:
             # each other's "does the table exist?" checks
             conn = conn.execution_options(sqlite_write=True)
             with conn.begin():
+                if self._engine.dialect.name == "postgresql":
+                    # PostgreSQL has no database-wide write lock: instances starting together
+                    # would both create a table (duplicate pg_type row) or the change-log row
+                    conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('sipledger.schema', 0))"))
                 metadata.create_all(conn)
                 log = self.change_log
                 if conn.execute(select(log.c.id)).first() is None:

@@ -23,6 +23,8 @@ import yaml
 
 from api.container import DEFAULT_METRICS_PORT
 from api.container import parse_args as container_args
+from sqlalchemy.engine import make_url
+
 from proxy.infra.config import Config, ConfigError, load
 from tests.harness.compose import (
     COMPOSE_DIR,
@@ -226,10 +228,16 @@ def _address(model, name: str) -> str:
 
 def test_the_addresses_the_config_names_are_the_services(model, services):
     subnet = ipaddress.ip_network(model["networks"]["sipledger"]["ipam"]["config"][0]["subnet"])
-    proxy, billing, radius = (service_config(services[n]) for n in ("proxy-1", "billing", "radius"))
-    # credit control: the proxies ask billing, at its fixed address, on the port it listens on
-    assert (proxy.authorization.host, proxy.authorization.port) == (_address(model, "billing"), billing.credit.port)
-    assert billing.credit.listen == "0.0.0.0"
+    proxy, radius = (service_config(services[n]) for n in ("proxy-1", "radius"))
+    # credit control: each billing instance announces its fixed address (billing_owner) and
+    # listens on the port the single-instance setting names
+    billings = [n for n, s in services.items() if _program(s) == "billing"]
+    assert len(billings) >= 2
+    for name in billings:
+        billing = service_config(services[name])
+        assert billing.credit.advertise == _address(model, name), name
+        assert billing.credit.listen == "0.0.0.0" and billing.credit.port == proxy.authorization.port, name
+    assert proxy.authorization.host == _address(model, billings[0])
     # the media relay: rtpengine's fixed address, the ng port its image listens on
     entry = next(c.value for c in dockerfile_commands(COMPOSE_DIR / "rtpengine" / "Dockerfile")
                  if c.cmd.upper() == "ENTRYPOINT")
@@ -239,13 +247,19 @@ def test_the_addresses_the_config_names_are_the_services(model, services):
     # RADIUS accounting: FreeRADIUS's fixed address, one secret on both sides
     assert [(s.host, s.port) for s in radius.radius.servers] == [(_address(model, "freeradius"), 1813)]
     assert radius.radius.servers[0].secret == model["services"]["freeradius"]["environment"]["RADIUS_SECRET"]
-    for name in ("billing", "rtpengine", "freeradius"):
+    for name in (*billings, "rtpengine", "freeradius"):
         assert ipaddress.ip_address(_address(model, name)) in subnet
     assert proxy.clickhouse.host in model["services"]
 
 
+def _program(service: dict[str, Any]) -> str:
+    """The module a service runs: proxy, cdr, billing, radius, api.serve ("" for the jobs)."""
+    inner = service_program(service)[0]
+    return inner[2] if inner[:2] == ["python", "-m"] else ""
+
+
 def test_proxies_publish_their_own_port_and_advertise_the_public_address(model, services):
-    proxies = {n: s for n, s in services.items() if service_program(s)[0][2:3] == ["proxy"]}
+    proxies = {n: s for n, s in services.items() if _program(s) == "proxy"}
     assert len(proxies) >= 2
     ports = set()
     for name, svc in proxies.items():
@@ -347,3 +361,100 @@ def test_the_replicated_option_names_its_services():
     raft = {(int(s.findtext("id")), s.findtext("hostname")) for s in keeper.iter("server")}
     assert raft == {(int(s["environment"]["KEEPER_SERVER_ID"]), n) for n, s in keepers.items()}
     ElementTree.parse(COMPOSE_DIR / "clickhouse" / "prometheus.xml")
+
+
+# --- the shared stores: several proxies and billing instances need one database --------------
+
+def _is_server_url(url: str) -> bool:
+    return url.startswith("postgresql")
+
+
+def shared_store_problems(model: dict[str, Any]) -> list[str]:
+    """What stops several instances of a service from working as one: a store each
+    instance would keep for itself.  Proxies (more than one) share registrations,
+    subscribers and routing; billing instances (more than one) a partitioned ledger that
+    the proxies consult for owners; the API lists live calls and provisions on the same
+    database the proxies read.  Every URL must name the postgres service with its user,
+    password and a database it creates, and every service using it must wait for it."""
+    services = sipledger_services(model)
+    postgres = model["services"].get("postgres")
+    if postgres is None:
+        return ["no postgres service"]
+    env = postgres["environment"]
+    user, password = env["POSTGRES_USER"], env["POSTGRES_PASSWORD"]
+    init = [Path(v["source"]) for v in postgres.get("volumes", [])
+            if v["type"] == "bind" and v["target"].startswith("/docker-entrypoint-initdb.d/")]
+    databases = {env["POSTGRES_DB"], *(m.group(1) for path in init for m in
+                                       re.finditer(r"CREATE DATABASE (\w+)", path.read_text()))}
+    by_program: dict[str, list[str]] = {}
+    for name, svc in services.items():
+        by_program.setdefault(_program(svc), []).append(name)
+    several_proxies = len(by_program.get("proxy", [])) > 1
+    several_billings = len(by_program.get("billing", [])) > 1
+    problems: list[str] = []
+
+    def shared(name: str, key: str, url: str) -> str | None:
+        if not _is_server_url(url):
+            problems.append(f"{name}: {key} = {url!r}: not the shared postgres")
+            return None
+        parsed = make_url(url)
+        if (parsed.host, parsed.username, parsed.password) != ("postgres", user, password) \
+                or parsed.database not in databases:
+            problems.append(f"{name}: {key} {parsed.render_as_string()} is not a database of the postgres service")
+        if services[name].get("depends_on", {}).get("postgres", {}).get("condition") != "service_healthy":
+            problems.append(f"{name}: uses postgres without waiting for its health check")
+        return parsed.database
+
+    ledgers = set()
+    for name, svc in services.items():
+        if is_job(svc):
+            continue
+        config = service_config(svc)
+        program = _program(svc)
+        if program == "proxy" and several_proxies:
+            shared(name, "registrar.location_url", config.registrar.location_url)
+            shared(name, "provisioning.url", config.provisioning.url)
+        if program == "billing" and several_billings:
+            if not config.billing.partitioned:
+                problems.append(f"{name}: several billing instances need billing.partitioned")
+            ledgers.add(shared(name, "billing.db_url", config.billing.db_url))
+        if program == "proxy" and several_billings:
+            ledgers.add(shared(name, "authorization.owners_url", config.authorization.owners_url))
+        if program == "api.serve" and several_proxies:
+            # the API provisions what the proxies read and lists their live calls from it
+            shared(name, "provisioning.url", config.provisioning.url)
+    if len(ledgers) > 1:
+        problems.append(f"billing instances and proxies name different ledgers: {sorted(map(str, ledgers))}")
+    return problems
+
+
+def test_multi_instance_services_share_their_stores(model):
+    assert shared_store_problems(model) == []
+    assert shared_store_problems(resolved([MAIN, REPLICATED])) == []
+
+
+def test_a_multi_instance_service_without_its_shared_store_fails_the_check(model):
+    """The check above can fail: one proxy back on its own SQLite files, one billing
+    instance on another ledger, the postgres service gone."""
+    import copy
+    broken = copy.deepcopy(model)
+    del broken["services"]["proxy-2"]["environment"]["SIPLEDGER__REGISTRAR__LOCATION_URL"]
+    broken["services"]["billing-2"]["environment"]["SIPLEDGER__BILLING__DB_URL"] = \
+        broken["services"]["billing-2"]["environment"]["SIPLEDGER__BILLING__DB_URL"].replace("/billing", "/other")
+    problems = shared_store_problems(broken)
+    assert any(p.startswith("proxy-2: registrar.location_url = ''") for p in problems), problems
+    assert any(p.startswith("billing-2: billing.db_url") and "not a database" in p for p in problems), problems
+    assert any("different ledgers" in p for p in problems), problems
+    del broken["services"]["postgres"]
+    assert shared_store_problems(broken) == ["no postgres service"]
+
+
+def test_postgres_keeps_its_data_and_takes_its_password_from_the_environment(model):
+    postgres = model["services"]["postgres"]
+    assert any(v["type"] == "volume" and v["target"] == "/var/lib/postgresql/data" for v in postgres["volumes"])
+    check = " ".join(postgres["healthcheck"]["test"])
+    assert "pg_isready" in check and "127.0.0.1" in check      # TCP: not the init scripts' socket-only server
+    assert "ports" not in postgres                              # inside the compose network only
+    text = MAIN.read_text()
+    assert "POSTGRES_PASSWORD: ${POSTGRES_PASSWORD" in text and "change-me@postgres" not in text
+    assert "POSTGRES_PASSWORD=" in (COMPOSE_DIR / ".env.example").read_text()
