@@ -1,14 +1,17 @@
-"""Two proxy instances on one PostgreSQL location store (docs/scale-out.md), real
-processes and SIPp phones: A on 127.0.0.2, B on 127.0.0.3, the phones on 127.0.0.1.
+"""Two proxy instances on one PostgreSQL location store and one PostgreSQL
+provisioning database (docs/scale-out.md), real processes and SIPp phones: A on
+127.0.0.2, B on 127.0.0.3, the phones on 127.0.0.1.
 
 bob registers through A and alice reaches him through B; a nonce A issued is
-re-challenged by B as stale (the shared secret), never refused; and a kill -9
-of A mid-call leaves B's call alone."""
+re-challenged by B as stale (the shared secret), never refused; a domain, a user,
+a trusted source, a gateway and a route added on PostgreSQL reach both instances;
+and a kill -9 of A mid-call leaves B's call alone."""
 from __future__ import annotations
 
 import os
 import socket
 import threading
+import time
 
 import msgspec
 import pytest
@@ -16,8 +19,13 @@ import pytest
 from proxy.contract import callfold
 from proxy.contract import events as ev
 from proxy.core.digest import compute_ha1, compute_response, parse_digest
+from proxy.provisioning import service as provisioning
+from proxy.provisioning.store import ProvisioningStore
+from proxy.routing import service as routing
+from proxy.routing.store import RoutingStore
 from tests.harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed
 from tests.harness.cluster import A, B, ProxyPair
+from tests.harness.poll import eventually
 from tests.harness.postgres import PostgresServer, postgres_available
 from tests.harness.proxy import read_events, wait_for_types
 from tests.harness.sipp import SippUAS, register, run_uac
@@ -26,14 +34,26 @@ pytestmark = pytest.mark.skipif(not postgres_available(), reason="PostgreSQL 15 
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, broker):
-    """(A's address, B's address, A's process): two `python -m proxy run` on one location store."""
+def pg():
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def provisioning_url(pg) -> str:
+    return pg.create_database("provisioning")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, broker, pg, provisioning_url):
+    """(A's address, B's address, A's process): two `python -m proxy run` on one location
+    store and one provisioning database."""
     tmp = tmp_path_factory.mktemp("scale-out")
-    with PostgresServer() as pg:
-        url = pg.create_database("location")
-        # SCALE_OUT_WORKERS=2: the same tests with two workers per instance (hand-offs)
-        with ProxyPair(tmp, url, broker.bootstrap, workers=int(os.environ.get("SCALE_OUT_WORKERS", "1"))) as pair:
-            yield pair
+    url = pg.create_database("location")
+    # SCALE_OUT_WORKERS=2: the same tests with two workers per instance (hand-offs)
+    with ProxyPair(tmp, url, broker.bootstrap, workers=int(os.environ.get("SCALE_OUT_WORKERS", "1")),
+                   provisioning_url=provisioning_url) as pair:
+        yield pair
 
 
 def test_registered_on_a_reached_through_b(cluster, tmp_path):
@@ -50,6 +70,96 @@ def test_registered_on_a_reached_through_b(cluster, tmp_path):
     (invite,) = done.received("INVITE")
     (rr,) = invite.headers_all("record-route")          # B only (its worker's own port with workers > 1)
     assert rr.startswith(f"<sip:{b[0]}:") and rr.endswith(";lr>"), rr
+
+
+def test_instances_starting_together_create_the_provisioning_schema_once(pg):
+    """Proxies, the API and the CLI each create missing tables when they open the store;
+    on PostgreSQL, started together, they raced (a duplicate CREATE TABLE, a duplicate
+    change-log row) until schema creation took an advisory lock."""
+    url = pg.create_database("race")
+    stores = [cls(url) for cls in (ProvisioningStore, RoutingStore) * 3]
+    start, errors = threading.Barrier(len(stores)), []
+
+    def create(store) -> None:
+        start.wait()
+        try:
+            store.create_schema()
+        except Exception as exc:           # noqa: BLE001 - collected, asserted below
+            errors.append(repr(exc))
+    threads = [threading.Thread(target=create, args=(store,)) for store in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert [store.version() for store in stores[:2]] == [0, 0]
+    for store in stores:
+        store.close()
+
+
+def test_provisioning_on_postgres_reaches_both_instances(cluster, provisioning_url, tmp_path):
+    """What the API and the CLI write (their service layer) into the shared provisioning
+    database, both running instances serve within a reload: a new domain and user
+    (registering through A and through B), a trusted source, a gateway and a route
+    (a call from that source through each instance reaches the gateway)."""
+    (a, _), (b, _) = cluster
+    with ProvisioningStore(provisioning_url) as store:
+        provisioning.add_domain(store, "pg.example.net")
+        provisioning.add_user(store, "erin@pg.example.net", "pg-secret")
+    for proxy in (a, b):
+        eventually(lambda proxy=proxy: register(proxy, "erin", "pg.example.net", "pg-secret", "127.0.0.1:5999",
+                                                 300, workdir=tmp_path).ok,
+                   f"erin registered through {proxy}", timeout=10, interval=0.3)
+        assert register(proxy, "erin", "pg.example.net", "pg-secret", "127.0.0.1:5999", 0, workdir=tmp_path).ok
+    gateway = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    caller = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for sock in (gateway, caller):
+            sock.bind((TRUSTED_CALLER, 0))
+            sock.settimeout(0.5)
+        with RoutingStore(provisioning_url) as store:
+            routing.add_trusted(store, f"{TRUSTED_CALLER}/32", tag="pg test")
+            routing.add_gateway(store, "pg-gw", f"{TRUSTED_CALLER}:{gateway.getsockname()[1]}")
+            routing.add_route(store, "555", "pg-gw")
+        for n, proxy in enumerate((a, b)):
+            invite, source = eventually(lambda n=n, proxy=proxy: _gateway_invite(caller, gateway, proxy, n),
+                                        f"the trusted call through {proxy} at the gateway", timeout=10, interval=0)
+            assert invite.startswith(f"INVITE sip:5550100@{TRUSTED_CALLER}:") and source[0] == proxy[0], invite
+    finally:
+        gateway.close()
+        caller.close()
+
+
+TRUSTED_CALLER = "127.0.0.9"         # not the phones' 127.0.0.1: the other tests' phones stay untrusted
+
+
+def _gateway_invite(caller: socket.socket, gateway: socket.socket, proxy, n: int) -> tuple[str, tuple] | None:
+    """A call from the trusted source to 5550100 through ``proxy``; the INVITE the gateway
+    got (answered 486, so the call ends), or None when the proxy refused it (not reloaded)."""
+    port = caller.getsockname()[1]
+    caller.sendto(f"""INVITE sip:5550100@{DOMAIN} SIP/2.0\r
+Via: SIP/2.0/UDP {TRUSTED_CALLER}:{port};branch=z9hG4bKpg{n}{time.monotonic_ns()};rport\r
+From: <sip:carrier@{TRUSTED_CALLER}>;tag=pg{n}\r
+To: <sip:5550100@{DOMAIN}>\r
+Call-ID: pg-{n}-{time.monotonic_ns()}@{TRUSTED_CALLER}\r
+CSeq: 1 INVITE\r
+Contact: <sip:carrier@{TRUSTED_CALLER}:{port}>\r
+Max-Forwards: 70\r
+Content-Length: 0\r
+\r
+""".encode(), proxy)
+    try:
+        data, source = gateway.recvfrom(65535)
+    except TimeoutError:
+        return None                      # refused (the caller got 403/404): not reloaded yet
+    text = data.decode("latin-1")
+    head = text.split("\r\n\r\n", 1)[0].split("\r\n")
+    busy = "\r\n".join(["SIP/2.0 486 Busy Here",
+                         *(h for h in head[1:] if h.split(":", 1)[0].lower() in ("via", "from", "call-id", "cseq")),
+                         next(h for h in head if h.lower().startswith("to:")) + ";tag=gw",
+                         "Content-Length: 0", "", ""])
+    gateway.sendto(busy.encode(), source)
+    return text, source
 
 
 class RawPhone:
@@ -209,7 +319,6 @@ def test_killing_a_mid_call_leaves_the_calls_of_b_alone(cluster, tmp_path, broke
                    threading.Thread(target=call, args=("via_b", b, "carol", 20))]
         for t in threads:
             t.start()
-        from tests.harness.poll import eventually
         eventually(lambda: len(dave.messages()) and sum(1 for m in dave.messages() if m.method == "ACK") >= 2,
                    "both calls answered", timeout=15)
         proc_a.kill()                                  # kill -9 A (its workers die with it)
