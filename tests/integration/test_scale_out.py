@@ -148,11 +148,13 @@ Max-Forwards: 70\r
 Content-Length: 0\r
 \r
 """.encode(), proxy)
-    try:
-        data, source = gateway.recvfrom(65535)
-    except TimeoutError:
-        return None                      # refused (the caller got 403/404): not reloaded yet
-    text = data.decode("latin-1")
+    text = ""
+    while not text.startswith("INVITE "):          # (the ACK of an earlier 486 may come first)
+        try:
+            data, source = gateway.recvfrom(65535)
+        except TimeoutError:
+            return None                  # refused (the caller got 403/404): not reloaded yet
+        text = data.decode("latin-1")
     head = text.split("\r\n\r\n", 1)[0].split("\r\n")
     busy = "\r\n".join(["SIP/2.0 486 Busy Here",
                          *(h for h in head[1:] if h.split(":", 1)[0].lower() in ("via", "from", "call-id", "cseq")),
