@@ -6,7 +6,10 @@ block tears the account's calls down with ``LiveCalls.hangup_account``.
 
 * Listing reads the files the workers publish every housekeeping tick
   (proxy/runtime/livecalls.py): at most ~1 s old, nothing asked of the
-  workers.  Durations are computed here, at read time.
+  workers.  Durations are computed here, at read time.  With a server
+  provisioning database (several proxy instances) it reads the table
+  ``live_calls`` there instead, which every worker of every instance writes
+  the same way: the calls of the whole cluster, each with its ``instance``.
 * Hanging up sends a ``Teardown`` on ``call.control`` (the path billing's
   credit control uses, ``proxy.contract.commands.publish``): the worker that
   holds the call sends BYE both ways, or CANCELs it while it rings, and says
@@ -32,9 +35,15 @@ from proxy.contract.events import new_event_id
 from proxy.infra import clock
 from proxy.infra.config import KAFKA_RUN_FILE, RUN_DIR, Config
 from proxy.infra.runfiles import pid_alive
-from proxy.runtime.livecalls import read_live_calls
+from proxy.runtime.livecalls import (
+    LiveCallsUnavailable,
+    read_live_calls,
+    read_shared_live_calls,
+    shared_live_calls_url,
+    shared_reader,
+)
 
-__all__ = ["LiveCalls", "CallNotFound", "BrokerUnknown", "check_call_id", "check_reason",
+__all__ = ["LiveCalls", "CallNotFound", "BrokerUnknown", "LiveCallsUnavailable", "check_call_id", "check_reason",
            "CALL_ID_PATTERN", "REASON_PATTERN", "DEFAULT_REASON"]
 
 # a Call-ID is word ["@" word] (RFC 3261 §25.1): printable, no spaces; bounded here
@@ -65,27 +74,39 @@ def check_reason(reason: str) -> str:
     return reason
 
 
-def _with_duration(call: dict[str, Any], now_ms: int) -> dict[str, Any]:
+def _with_duration(call: dict[str, Any], now_ms: int, state: dict[str, Any]) -> dict[str, Any]:
     answered = call.get("answered_ms") or 0
-    return {**call, "duration_ms": max(0, now_ms - answered) if answered else 0}
+    return {**call, "duration_ms": max(0, now_ms - answered) if answered else 0,
+            "instance": state.get("instance", "")}
 
 
 @dataclass
 class LiveCalls:
     data_dir: Path
     config: Config
+    _reader: Any = None                # the shared table's engine, made at the first read
 
     @property
     def run_dir(self) -> Path:
         return Path(self.data_dir) / RUN_DIR
+
+    def _states(self, now_ms: int) -> list[dict[str, Any]]:
+        """The published state of every running worker: of every instance (the shared
+        table) or of this host's (its files).  LiveCallsUnavailable: the table does not answer."""
+        url = shared_live_calls_url(self.config)
+        if url is None:
+            return read_live_calls(self.run_dir)
+        if self._reader is None:
+            self._reader = shared_reader(url)
+        return read_shared_live_calls(self._reader, now_ms)
 
     def list_calls(self, account: str | None = None) -> dict[str, Any]:
         """Every live call of the running workers (``account``: its calls only),
         oldest first, with ``duration_ms`` so far; ``truncated`` when a worker
         had more than it publishes."""
         now = clock.now_ms()
-        states = read_live_calls(self.run_dir)
-        items = [_with_duration(call, now) for state in states for call in state.get("calls", ())
+        states = self._states(now)
+        items = [_with_duration(call, now, state) for state in states for call in state.get("calls", ())
                  if account is None or call.get("account") == account]
         items.sort(key=lambda c: (c.get("started_ms") or 0, c.get("call_id") or ""))
         return {"items": items, "workers": len(states),
@@ -94,10 +115,10 @@ class LiveCalls:
     def get(self, call_id: str) -> dict[str, Any] | None:
         check_call_id(call_id)
         now = clock.now_ms()
-        for state in read_live_calls(self.run_dir):
+        for state in self._states(now):
             for call in state.get("calls", ()):
                 if call.get("call_id") == call_id:
-                    return _with_duration(call, now)
+                    return _with_duration(call, now, state)
         return None
 
     def bootstrap(self) -> str:

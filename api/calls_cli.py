@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from proxy.infra.cli import fail, print_rows, usage
 
-from .calls import DEFAULT_REASON, BrokerUnknown, CallNotFound, LiveCalls, check_call_id
+from .calls import DEFAULT_REASON, BrokerUnknown, CallNotFound, LiveCalls, LiveCallsUnavailable, check_call_id
 
 
 def _service(ctx: typer.Context) -> LiveCalls:
@@ -34,7 +34,10 @@ def calls(ctx: typer.Context,
           account: str = typer.Option(None, "--account", help="Only this account's calls (user@domain)."),
           as_json: bool = typer.Option(False, "--json", help="The list as JSON (the API's /v1/calls).")) -> None:
     """List the live calls of every running proxy worker (ringing ones as 'early')."""
-    page = _service(ctx).list_calls(account)
+    try:
+        page = _service(ctx).list_calls(account)
+    except LiveCallsUnavailable as exc:
+        fail(str(exc))
     if as_json:
         typer.echo(json.dumps(page, indent=2))
         return
@@ -63,6 +66,6 @@ def hangup(ctx: typer.Context, call_id: str = typer.Argument(..., help="The call
         usage(str(exc))
     except CallNotFound as exc:
         fail(str(exc))
-    except (BrokerUnknown, OSError, TimeoutError, KafkaError) as exc:
+    except (BrokerUnknown, LiveCallsUnavailable, OSError, TimeoutError, KafkaError) as exc:
         fail(f"the hang-up was not sent: {exc}")
     typer.echo(f"teardown sent for {call_id} (command {done['command_id']})")

@@ -530,6 +530,8 @@ class LiveCall(BaseModel):
     duration_ms: int = Field(description="since the answer, now; 0 = not answered")
     max_duration_s: int = Field(description="the proxy sends BYE both ways at this duration")
     worker: int = Field(description="the proxy worker that holds it")
+    instance: str = Field("", description="the proxy instance (host:port) that holds it, with several "
+                                          "instances sharing a provisioning database; '' on one host")
 
 
 class LiveCallPage(BaseModel):

@@ -312,7 +312,7 @@ class Worker:
         self.control.start()
         self.loaded = LoadedState(self.data_dir / RUN_DIR, self.index)
         self._publish_loaded(provisioning, routing)
-        self.live_calls = LiveCallsFile(self.data_dir / RUN_DIR, self.index)
+        self.live_calls = LiveCallsFile(self.data_dir / RUN_DIR, self.index, cfg)   # shared: docs/scale-out.md
         housekeeping = loop.create_task(self._housekeeping(provisioning, routing, location, core))
         self.metrics = WorkerMetrics(core, self, self.index == 0) if cfg.metrics.enabled else None
         metrics_task = loop.create_task(self._export_metrics()) if self.metrics is not None else None

@@ -20,11 +20,10 @@ from typing import Any
 
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
 
 from api.container import DEFAULT_METRICS_PORT
 from api.container import parse_args as container_args
-from sqlalchemy.engine import make_url
-
 from proxy.infra.config import Config, ConfigError, load
 from tests.harness.compose import (
     COMPOSE_DIR,

@@ -8,21 +8,30 @@ a trusted source, a gateway and a route added on PostgreSQL reach both instances
 and a kill -9 of A mid-call leaves B's call alone."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import time
+from urllib.parse import quote
 
 import msgspec
 import pytest
+from fastapi.testclient import TestClient
 
+from api.calls import LiveCalls
+from api.main import create_app
+from api.state import AppState
+from api.tokens import open_store as open_token_store
 from proxy.contract import callfold
 from proxy.contract import events as ev
 from proxy.core.digest import compute_ha1, compute_response, parse_digest
+from proxy.infra.config import load
 from proxy.provisioning import service as provisioning
 from proxy.provisioning.store import ProvisioningStore
 from proxy.routing import service as routing
 from proxy.routing.store import RoutingStore
+from proxy.runtime.livecalls import read_live_calls
 from tests.harness.calls import DOMAIN, PASSWORDS, assert_completed, assert_uas_completed
 from tests.harness.cluster import A, B, ProxyPair
 from tests.harness.poll import eventually
@@ -45,15 +54,21 @@ def provisioning_url(pg) -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, broker, pg, provisioning_url):
-    """(A's address, B's address, A's process): two `python -m proxy run` on one location
-    store and one provisioning database."""
+def running_pair(tmp_path_factory, broker, pg, provisioning_url):
+    """(the ProxyPair, its [(A's address, A's process), (B's ...)]): two `python -m proxy run`
+    on one location store and one provisioning database."""
     tmp = tmp_path_factory.mktemp("scale-out")
     url = pg.create_database("location")
     # SCALE_OUT_WORKERS=2: the same tests with two workers per instance (hand-offs)
-    with ProxyPair(tmp, url, broker.bootstrap, workers=int(os.environ.get("SCALE_OUT_WORKERS", "1")),
-                   provisioning_url=provisioning_url) as pair:
-        yield pair
+    pair = ProxyPair(tmp, url, broker.bootstrap, workers=int(os.environ.get("SCALE_OUT_WORKERS", "1")),
+                     provisioning_url=provisioning_url)
+    with pair as addrs:
+        yield pair, addrs
+
+
+@pytest.fixture(scope="module")
+def cluster(running_pair):
+    return running_pair[1]
 
 
 def test_registered_on_a_reached_through_b(cluster, tmp_path):
@@ -162,6 +177,61 @@ Content-Length: 0\r
                          "Content-Length: 0", "", ""])
     gateway.sendto(busy.encode(), source)
     return text, source
+
+
+@contextlib.contextmanager
+def api_of(pair: ProxyPair, index: int, bootstrap: str):
+    """The REST API (the app `python -m api.serve` serves) on instance ``index``'s data
+    dir and config, with an admin token: (client, headers)."""
+    config = load(pair.configs[index])
+    config = msgspec.structs.replace(config, kafka=msgspec.structs.replace(config.kafka, bootstrap_servers=bootstrap))
+    data = pair.tmp / ("a", "b")[index]
+    tokens = open_token_store(data)
+    state = AppState(cdr_store=None, token_store=tokens, live_calls=LiveCalls(data, config))  # type: ignore[arg-type]
+    try:
+        with TestClient(create_app(state)) as client:
+            yield client, {"Authorization": f"Bearer {tokens.create('admin')[1]}"}
+    finally:
+        tokens.close()
+
+
+def test_a_call_through_b_is_listed_and_hung_up_by_the_api_of_a(running_pair, broker, tmp_path):
+    """Live calls across instances (docs/scale-out.md): each worker publishes its calls
+    into the shared provisioning database; A's API lists a call B holds (A's own files
+    do not have it) and hangs it up through call.control, which B's worker acts on."""
+    pair, ((a, _), (b, _)) = running_pair
+    with SippUAS("uas_bye_from_proxy", timeout=30, workdir=tmp_path) as bob, \
+            api_of(pair, 0, broker.bootstrap) as (client, admin):
+        assert register(b, "bob", DOMAIN, PASSWORDS["bob"], bob.contact_host, 300, workdir=tmp_path).ok
+        box: dict = {}
+        caller = threading.Thread(target=lambda: box.update(res=run_uac(
+            "uac_wait_bye", b, {"caller": "alice", "callee": "bob", "domain": DOMAIN}, 30,
+            auth=("alice", PASSWORDS["alice"]), auth_uri=f"bob@{DOMAIN}", workdir=tmp_path)))
+        caller.start()
+        try:
+            (invite,) = bob.wait_for("INVITE", 10)
+            bob.wait_for("ACK", 10)
+            call_id = invite.header("Call-ID")
+
+            def listed() -> dict | None:
+                page = client.get("/v1/calls", headers=admin)
+                assert page.status_code == 200, page.text
+                return next((c for c in page.json()["items"] if c["call_id"] == call_id), None)
+            live = eventually(lambda: (c := listed()) is not None and c["state"] == "confirmed" and c,
+                              "B's call in A's /v1/calls", timeout=10, interval=0.2)
+            assert live["instance"] == f"{B}:{b[1]}" and live["account"] == f"alice@{DOMAIN}", live
+            local = [c["call_id"] for s in read_live_calls(pair.tmp / "a" / "run") for c in s["calls"]]
+            assert call_id not in local                  # A's own workers do not hold it
+            hung = client.delete(f"/v1/calls/{quote(call_id, safe='')}", headers=admin,
+                                 params={"reason": "hung up through A"})
+            assert hung.status_code == 202, hung.text
+        finally:
+            caller.join(30)
+        assert_completed(box["res"], "alice is hung up through A's API")
+        bob_res = assert_uas_completed(bob, "bob is hung up through A's API")
+        assert 'text="hung up through A"' in (bob_res.received("BYE")[0].header("Reason") or "")
+        eventually(lambda: listed() is None, "the call gone from A's /v1/calls", timeout=10, interval=0.2)
+        assert register(b, "bob", DOMAIN, PASSWORDS["bob"], bob.contact_host, 0, workdir=tmp_path).ok
 
 
 class RawPhone:
