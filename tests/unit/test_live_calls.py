@@ -205,3 +205,52 @@ def test_the_cli_lists_and_refuses_what_the_service_refuses(service):
     assert unknown.exit_code == 1 and "no live call nobody@h" in unknown.output
     no_broker = _cli(data, "hangup", "b@h")
     assert no_broker.exit_code == 1 and "not sent" in no_broker.output
+
+
+# --- several instances: the shared table (proxy/runtime/livecalls.py) ---------------------------
+
+def test_only_a_server_provisioning_database_shares_the_live_calls():
+    from proxy.infra.config import ProvisioningSettings
+    from proxy.runtime.livecalls import shared_live_calls_url
+    url = "postgresql+psycopg://u:p@db/sipledger"
+    assert shared_live_calls_url(Config()) is None
+    assert shared_live_calls_url(Config(provisioning=ProvisioningSettings(url="sqlite:////tmp/p.sqlite"))) is None
+    assert shared_live_calls_url(Config(provisioning=ProvisioningSettings(url=url))) == url
+
+
+def test_the_shared_row_is_written_on_change_and_heartbeat_and_read_while_fresh(tmp_path):
+    """The table logic on SQLite (the same statements PostgreSQL runs in
+    tests/integration/test_scale_out.py): a change is written, an unchanged list only at
+    the heartbeat, a row older than STALE_MS is a dead instance's, stop removes it."""
+    from proxy.runtime.livecalls import (
+        HEARTBEAT_MS,
+        STALE_MS,
+        SharedLiveCalls,
+        read_shared_live_calls,
+        shared_reader,
+    )
+    url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    shared = SharedLiveCalls(url, "192.0.2.11:5060", "proxy-a", 1)
+    reader = shared_reader(url)
+    rows = [{"call_id": "c1@h", "state": "confirmed"}]
+    state = {"worker": 1, "calls": rows}
+
+    def written(now: int) -> bool:
+        started = shared.publish(state, (rows, 1), now)
+        if started:
+            shared._inflight.result(10)
+        return started
+    now = 1_000_000
+    assert written(now)
+    (seen,) = read_shared_live_calls(reader, now)
+    assert (seen["instance"], seen["node"], seen["calls"]) == ("192.0.2.11:5060", "proxy-a", rows)
+    assert not written(now + HEARTBEAT_MS - 1)              # unchanged: nothing until the heartbeat
+    assert written(now + HEARTBEAT_MS)
+    assert read_shared_live_calls(reader, now + HEARTBEAT_MS + STALE_MS + 1) == []   # its instance died
+    rows = [*rows, {"call_id": "c2@h", "state": "early"}]     # (each tick builds its rows anew)
+    state = {"worker": 1, "calls": rows}
+    assert written(now + HEARTBEAT_MS + 1)                  # changed: at once
+    assert len(read_shared_live_calls(reader, now + HEARTBEAT_MS + 1)[0]["calls"]) == 2
+    shared.remove()
+    assert read_shared_live_calls(reader, now + HEARTBEAT_MS + 1) == []
+    reader.dispose()
