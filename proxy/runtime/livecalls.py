@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,8 +113,12 @@ def _ensure_table(conn: Connection) -> None:
 
 
 def instance_name(config: "Config") -> str:
-    """Where the other instances reach this one (its Record-Route host and SIP port)."""
-    return f"{config.proxy.advertised_host or config.proxy.listen}:{config.proxy.sip_port}"
+    """Where the other instances reach this one (its Record-Route host and SIP port);
+    the machine's name for a wildcard address (two hosts must not share a row)."""
+    host = config.proxy.advertised_host or config.proxy.listen
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"{host}:{config.proxy.sip_port}"
 
 
 class SharedLiveCalls:

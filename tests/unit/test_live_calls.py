@@ -254,3 +254,13 @@ def test_the_shared_row_is_written_on_change_and_heartbeat_and_read_while_fresh(
     shared.remove()
     assert read_shared_live_calls(reader, now + HEARTBEAT_MS + 1) == []
     reader.dispose()
+
+
+def test_an_instance_is_named_by_its_address_or_its_host():
+    import socket
+
+    from proxy.infra.config import ProxySettings
+    from proxy.runtime.livecalls import instance_name
+    assert instance_name(Config(proxy=ProxySettings(listen="192.0.2.11", sip_port=5062))) == "192.0.2.11:5062"
+    assert instance_name(Config(proxy=ProxySettings(advertised_host="sip1.example.net"))) == "sip1.example.net:5060"
+    assert instance_name(Config(proxy=ProxySettings(listen="0.0.0.0"))) == f"{socket.gethostname()}:5060"
