@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import ipaddress
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -457,3 +458,19 @@ def test_postgres_keeps_its_data_and_takes_its_password_from_the_environment(mod
     text = MAIN.read_text()
     assert "POSTGRES_PASSWORD: ${POSTGRES_PASSWORD" in text and "change-me@postgres" not in text
     assert "POSTGRES_PASSWORD=" in (COMPOSE_DIR / ".env.example").read_text()
+
+
+def test_the_postgres_settings_are_ones_postgresql_15_has():
+    """``postgres -c NAME=VALUE``: every NAME is a setting of Debian's PostgreSQL 15 (the
+    image's major version); a misspelt one would stop the server at start."""
+    from tests.harness.postgres import postgres_available, postgres_bin
+    if not postgres_available():
+        pytest.skip("PostgreSQL 15 (Debian postgresql) not installed")
+    command = resolved([MAIN])["services"]["postgres"]["command"]
+    assert command[0] == "postgres" and command[1::2] == ["-c"] * (len(command) // 2)
+    names = {option.split("=", 1)[0] for option in command[2::2]}
+    described = subprocess.run([postgres_bin("postgres"), "--describe-config"], capture_output=True, text=True,
+                               timeout=30, check=True).stdout
+    known = {line.split("\t", 1)[0] for line in described.splitlines()}
+    assert names <= known, names - known
+    assert {"tcp_keepalives_idle", "idle_in_transaction_session_timeout"} <= names
