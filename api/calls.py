@@ -37,10 +37,9 @@ from proxy.infra.config import KAFKA_RUN_FILE, RUN_DIR, Config
 from proxy.infra.runfiles import pid_alive
 from proxy.runtime.livecalls import (
     LiveCallsUnavailable,
+    SharedLiveCallsReader,
     read_live_calls,
-    read_shared_live_calls,
     shared_live_calls_url,
-    shared_reader,
 )
 
 __all__ = ["LiveCalls", "CallNotFound", "BrokerUnknown", "LiveCallsUnavailable", "check_call_id", "check_reason",
@@ -84,7 +83,7 @@ def _with_duration(call: dict[str, Any], now_ms: int, state: dict[str, Any]) -> 
 class LiveCalls:
     data_dir: Path
     config: Config
-    _reader: Any = None                # the shared table's engine, made at the first read
+    _reader: SharedLiveCallsReader | None = None     # the shared table's, made at the first read
 
     @property
     def run_dir(self) -> Path:
@@ -97,8 +96,8 @@ class LiveCalls:
         if url is None:
             return read_live_calls(self.run_dir)
         if self._reader is None:
-            self._reader = shared_reader(url)
-        return read_shared_live_calls(self._reader, now_ms)
+            self._reader = SharedLiveCallsReader(url)
+        return self._reader.read(now_ms)
 
     def list_calls(self, account: str | None = None) -> dict[str, Any]:
         """Every live call of the running workers (``account``: its calls only),

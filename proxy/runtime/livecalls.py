@@ -59,7 +59,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..core.engine import Core
     from ..infra.config import Config
 
-__all__ = ["LiveCallsFile", "SharedLiveCalls", "read_live_calls", "read_shared_live_calls",
+__all__ = ["LiveCallsFile", "SharedLiveCalls", "SharedLiveCallsReader", "read_live_calls",
            "shared_live_calls_url", "MAX_CALLS", "LiveCallsUnavailable"]
 
 log = logging.getLogger("sipledger.livecalls")
@@ -172,34 +172,40 @@ class SharedLiveCalls:
         self._engine.dispose()
 
 
-def read_shared_live_calls(engine: Engine, now_ms: int) -> list[dict[str, Any]]:
-    """Every instance's fresh worker states from ``live_calls``, by instance and
-    worker, each with its ``instance`` and ``node``; LiveCallsUnavailable when the
-    database does not answer."""
-    t = live_calls_table
-    try:
-        with engine.begin() as conn:
-            _ensure_table(conn)
-        with engine.connect() as conn:
-            rows = conn.execute(select(t.c.instance, t.c.node, t.c.state)
-                                .where(t.c.written_ms >= now_ms - STALE_MS)
-                                .order_by(t.c.instance, t.c.worker)).all()
-    except SQLAlchemyError as exc:
-        raise LiveCallsUnavailable(f"the shared live-call table: {reason(exc)}") from None
-    states = []
-    for row in rows:
+class SharedLiveCallsReader:
+    """Every instance's fresh worker states from ``live_calls`` (the API keeps one)."""
+
+    def __init__(self, url: str) -> None:
+        self._engine = _engine(url)
+        self._created = False
+
+    def read(self, now_ms: int) -> list[dict[str, Any]]:
+        """By instance and worker, each with its ``instance`` and ``node``;
+        LiveCallsUnavailable when the database does not answer."""
+        t = live_calls_table
         try:
-            state = json.loads(row.state)
-        except ValueError:
-            continue
-        if isinstance(state, dict):
-            states.append({**state, "instance": row.instance, "node": row.node})
-    return states
+            if not self._created:          # no proxy wrote yet: an empty table, not an error
+                with self._engine.begin() as conn:
+                    _ensure_table(conn)
+                self._created = True
+            with self._engine.connect() as conn:
+                rows = conn.execute(select(t.c.instance, t.c.node, t.c.state)
+                                    .where(t.c.written_ms >= now_ms - STALE_MS)
+                                    .order_by(t.c.instance, t.c.worker)).all()
+        except SQLAlchemyError as exc:
+            raise LiveCallsUnavailable(f"the shared live-call table: {reason(exc)}") from None
+        states = []
+        for row in rows:
+            try:
+                state = json.loads(row.state)
+            except ValueError:
+                continue
+            if isinstance(state, dict):
+                states.append({**state, "instance": row.instance, "node": row.node})
+        return states
 
-
-def shared_reader(url: str) -> Engine:
-    """The engine ``read_shared_live_calls`` reads with (the API keeps one)."""
-    return _engine(url)
+    def close(self) -> None:
+        self._engine.dispose()
 
 
 def calls_path(run_dir: Path, index: int) -> Path:

@@ -222,16 +222,14 @@ def test_the_shared_row_is_written_on_change_and_heartbeat_and_read_while_fresh(
     """The table logic on SQLite (the same statements PostgreSQL runs in
     tests/integration/test_scale_out.py): a change is written, an unchanged list only at
     the heartbeat, a row older than STALE_MS is a dead instance's, stop removes it."""
-    from proxy.runtime.livecalls import (
-        HEARTBEAT_MS,
-        STALE_MS,
-        SharedLiveCalls,
-        read_shared_live_calls,
-        shared_reader,
-    )
+    from proxy.runtime.livecalls import HEARTBEAT_MS, STALE_MS, SharedLiveCalls, SharedLiveCallsReader
     url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
     shared = SharedLiveCalls(url, "192.0.2.11:5060", "proxy-a", 1)
-    reader = shared_reader(url)
+    reader = SharedLiveCallsReader(url)
+    assert reader.read(0) == []                             # nobody wrote yet: empty, not an error
+
+    def read_shared_live_calls(reader, now):
+        return reader.read(now)
     rows = [{"call_id": "c1@h", "state": "confirmed"}]
     state = {"worker": 1, "calls": rows}
 
@@ -253,7 +251,7 @@ def test_the_shared_row_is_written_on_change_and_heartbeat_and_read_while_fresh(
     assert len(read_shared_live_calls(reader, now + HEARTBEAT_MS + 1)[0]["calls"]) == 2
     shared.remove()
     assert read_shared_live_calls(reader, now + HEARTBEAT_MS + 1) == []
-    reader.dispose()
+    reader.close()
 
 
 def test_an_instance_is_named_by_its_address_or_its_host():
@@ -264,3 +262,28 @@ def test_an_instance_is_named_by_its_address_or_its_host():
     assert instance_name(Config(proxy=ProxySettings(listen="192.0.2.11", sip_port=5062))) == "192.0.2.11:5062"
     assert instance_name(Config(proxy=ProxySettings(advertised_host="sip1.example.net"))) == "sip1.example.net:5060"
     assert instance_name(Config(proxy=ProxySettings(listen="0.0.0.0"))) == f"{socket.gethostname()}:5060"
+
+
+def test_the_shared_table_down_is_an_error_not_an_empty_list(tmp_path):
+    """A server provisioning database that does not answer: the listing fails (the
+    route answers 503, the CLI one line) rather than showing no calls."""
+    from api.calls import LiveCallsUnavailable
+    from proxy.infra.config import ProvisioningSettings
+    from tests.harness.proxy import free_tcp_port
+    url = f"postgresql+psycopg://nobody@127.0.0.1:{free_tcp_port()}/none"
+    service = LiveCalls(tmp_path, Config(provisioning=ProvisioningSettings(url=url)))
+    with pytest.raises(LiveCallsUnavailable, match="shared live-call table"):
+        service.list_calls()
+    with pytest.raises(LiveCallsUnavailable):
+        asyncio.run(service.hangup("a@h"))
+    listed = _cli_with_config(tmp_path, url, "calls")
+    assert listed.exit_code == 1 and "shared live-call table" in listed.output
+
+
+def _cli_with_config(data_dir, url, *args):
+    from typer.testing import CliRunner
+
+    from api.cli import app
+    config = data_dir / "shared.toml"
+    config.write_text(f'[provisioning]\nurl = "{url}"\n')
+    return CliRunner().invoke(app, ["--data-dir", str(data_dir), "--config", str(config), *args])
