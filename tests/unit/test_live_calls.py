@@ -243,7 +243,8 @@ def test_the_shared_row_is_written_on_change_and_heartbeat_and_read_while_fresh(
     (seen,) = read_shared_live_calls(reader, now)
     assert (seen["instance"], seen["node"], seen["calls"]) == ("192.0.2.11:5060", "proxy-a", rows)
     assert not written(now + HEARTBEAT_MS - 1)              # unchanged: nothing until the heartbeat
-    assert written(now + HEARTBEAT_MS)
+    assert written(now + HEARTBEAT_MS)                      # (its time only)
+    assert read_shared_live_calls(reader, now + HEARTBEAT_MS)[0]["calls"] == rows
     assert read_shared_live_calls(reader, now + HEARTBEAT_MS + STALE_MS + 1) == []   # its instance died
     rows = [*rows, {"call_id": "c2@h", "state": "early"}]     # (each tick builds its rows anew)
     state = {"worker": 1, "calls": rows}
