@@ -405,26 +405,28 @@ def shared_store_problems(model: dict[str, Any]) -> list[str]:
             problems.append(f"{name}: uses postgres without waiting for its health check")
         return parsed.database
 
-    ledgers = set()
+    # what must be ONE database for all its users: the registrations, the provisioning
+    # (proxies and the API, which also lists the live calls from it), the ledger
+    used: dict[str, set[str | None]] = {"registrations": set(), "provisioning": set(), "ledger": set()}
     for name, svc in services.items():
         if is_job(svc):
             continue
         config = service_config(svc)
         program = _program(svc)
         if program == "proxy" and several_proxies:
-            shared(name, "registrar.location_url", config.registrar.location_url)
-            shared(name, "provisioning.url", config.provisioning.url)
+            used["registrations"].add(shared(name, "registrar.location_url", config.registrar.location_url))
+            used["provisioning"].add(shared(name, "provisioning.url", config.provisioning.url))
         if program == "billing" and several_billings:
             if not config.billing.partitioned:
                 problems.append(f"{name}: several billing instances need billing.partitioned")
-            ledgers.add(shared(name, "billing.db_url", config.billing.db_url))
+            used["ledger"].add(shared(name, "billing.db_url", config.billing.db_url))
         if program == "proxy" and several_billings:
-            ledgers.add(shared(name, "authorization.owners_url", config.authorization.owners_url))
+            used["ledger"].add(shared(name, "authorization.owners_url", config.authorization.owners_url))
         if program == "api.serve" and several_proxies:
-            # the API provisions what the proxies read and lists their live calls from it
-            shared(name, "provisioning.url", config.provisioning.url)
-    if len(ledgers) > 1:
-        problems.append(f"billing instances and proxies name different ledgers: {sorted(map(str, ledgers))}")
+            used["provisioning"].add(shared(name, "provisioning.url", config.provisioning.url))
+    for what, databases in used.items():
+        if len(databases) > 1:
+            problems.append(f"{what}: in different databases {sorted(map(str, databases))}")
     return problems
 
 
@@ -435,16 +437,21 @@ def test_multi_instance_services_share_their_stores(model):
 
 def test_a_multi_instance_service_without_its_shared_store_fails_the_check(model):
     """The check above can fail: one proxy back on its own SQLite files, one billing
-    instance on another ledger, the postgres service gone."""
+    instance on another ledger, the API on another (existing) database, the postgres
+    service gone."""
     import copy
     broken = copy.deepcopy(model)
     del broken["services"]["proxy-2"]["environment"]["SIPLEDGER__REGISTRAR__LOCATION_URL"]
     broken["services"]["billing-2"]["environment"]["SIPLEDGER__BILLING__DB_URL"] = \
         broken["services"]["billing-2"]["environment"]["SIPLEDGER__BILLING__DB_URL"].replace("/billing", "/other")
+    broken["services"]["api"]["environment"]["SIPLEDGER__PROVISIONING__URL"] = \
+        broken["services"]["api"]["environment"]["SIPLEDGER__PROVISIONING__URL"].replace("/sipledger", "/billing")
     problems = shared_store_problems(broken)
     assert any(p.startswith("proxy-2: registrar.location_url = ''") for p in problems), problems
     assert any(p.startswith("billing-2: billing.db_url") and "not a database" in p for p in problems), problems
-    assert any("different ledgers" in p for p in problems), problems
+    assert any("ledger: in different databases" in p for p in problems), problems
+    # the API on another existing database: each URL is fine alone, they do not meet
+    assert "provisioning: in different databases ['billing', 'sipledger']" in problems, problems
     del broken["services"]["postgres"]
     assert shared_store_problems(broken) == ["no postgres service"]
 
