@@ -65,17 +65,22 @@ case "$MODE" in
     #    (SIPLEDGER_CLOCK_SHIFT_S, proxy/infra/clock.py; child processes inherit
     #    it): no test may depend on today's date.
     # Each run lists its 15 slowest tests: the suite must stay under 15 minutes.
+    # Both runs use SIPLEDGER_TEST_PROCESSES (default 2) pytest-xdist processes:
+    # most integration tests wait on timers and brokers, so two run side by side;
+    # tests/conftest.py keeps each file (and each folder sharing one `up`) in
+    # one process.  SIPLEDGER_TEST_PROCESSES=0 runs everything in this process.
     # Exit status: non-zero if either run failed.  Exit code 5 (no tests
     # collected) fails the first run; in the second it only means the
     # selection held no `clock` test.
     echo "==> static checks: ruff, mypy, import-linter"
     "$0" check
     shift_s="${SIPLEDGER_TEST_CLOCK_SHIFT_S:-31536000}"
+    parallel=(-n "${SIPLEDGER_TEST_PROCESSES:-2}" --dist loadgroup)
     set +e
-    env -u SIPLEDGER_CLOCK_SHIFT_S .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "$@"
+    env -u SIPLEDGER_CLOCK_SHIFT_S .venv/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" --durations=15 "$@"
     main=$?
     echo "==> the tests marked clock again, SIPLEDGER_CLOCK_SHIFT_S=$shift_s"
-    SIPLEDGER_CLOCK_SHIFT_S="$shift_s" .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "$@" -m clock
+    SIPLEDGER_CLOCK_SHIFT_S="$shift_s" .venv/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" --durations=15 "$@" -m clock
     shifted=$?
     set -e
     if [ "$shifted" -eq 5 ]; then shifted=0; fi

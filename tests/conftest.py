@@ -18,6 +18,22 @@ if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
 
 
+# --- Parallel runs (pytest-xdist, `--dist loadgroup`) ----------------------------
+
+# Folders whose tests share one package-scoped `up` (or namespace topology):
+# all of a folder's tests run in one process, so that fixture starts once.
+_WHOLE_FOLDER = ("e2e", "nat", "interop", "panel")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Each test file stays in one xdist process (its module-scoped fixtures
+    start once), and so does each folder in ``_WHOLE_FOLDER``."""
+    for item in items:
+        parts = item.nodeid.split("::", 1)[0].split("/")
+        group = parts[1] if len(parts) > 2 and parts[1] in _WHOLE_FOLDER else "/".join(parts)
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 # --- Kafka (embedded Tansu broker) -------------------------------------------
 
 @pytest.fixture(scope="session")

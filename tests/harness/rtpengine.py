@@ -24,6 +24,7 @@ from proxy.runtime.rtpengine import rtpengine_argv
 from tests.harness.poll import eventually
 from tests.harness.procs import terminate
 from tests.harness.sipp import HOST, free_udp_port, port_bound
+from tests.harness.xdist import worker_slice
 
 RTPENGINE = os.environ.get("RTPENGINE_BIN") or shutil.which("rtpengine") or "/usr/bin/rtpengine"
 _used_ranges: set[int] = set()
@@ -35,8 +36,9 @@ def rtpengine_available() -> bool:
 
 def _media_range(span: int) -> tuple[int, int]:
     """A block of ``span`` ports nobody has bound, in 20000..29999, not handed out before."""
+    ports = worker_slice(range(20000, 30000))
     for _ in range(200):
-        base = random.randrange(20000, 30000 - span, span)
+        base = random.randrange(ports.start, ports.stop - span, span)
         if base in _used_ranges:
             continue
         if all(_free(port) for port in range(base, base + span)):

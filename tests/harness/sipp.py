@@ -34,6 +34,7 @@ from pathlib import Path
 
 from tests.harness.poll import eventually
 from tests.harness.procs import terminate
+from tests.harness.xdist import worker_slice
 
 HOST = "127.0.0.1"
 SCENARIO_DIR = Path(__file__).resolve().parents[1] / "sipp"
@@ -80,7 +81,7 @@ _handed_out: set[int] = set()
 # port the kernel picked from the ephemeral range could be taken, between its
 # choice and `up` binding it seconds later, by any client socket on the host
 # (a Kafka connection's local port): "SIP port ... is in use".
-TEST_PORTS = range(10000, 16384)
+TEST_PORTS = worker_slice(range(10000, 16384))     # one slice per pytest-xdist process
 
 
 def free_udp_port(host: str = HOST) -> int:
