@@ -25,6 +25,7 @@ if os.environ.get("CI"):
 _WHOLE_FOLDER = ("e2e", "nat", "interop", "panel")
 
 
+@pytest.hookimpl(tryfirst=True)     # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     """Each test file stays in one xdist process (its module-scoped fixtures
     start once), and so does each folder in ``_WHOLE_FOLDER``."""

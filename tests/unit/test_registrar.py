@@ -388,6 +388,8 @@ def test_a_lost_postgresql_connection_fails_one_request_then_recovers(postgres_l
         engine.dispose()
 
     with LocationStore(postgres_location) as store:
+        with store._transaction(write=True) as conn:     # whatever the module's earlier tests left
+            conn.exec_driver_sql("TRUNCATE location")
         store.lookup(AOR, T0)
         store.totals(T0)
         restart_sessions()
