@@ -75,7 +75,7 @@ case "$MODE" in
     echo "==> static checks: ruff, mypy, import-linter"
     "$0" check
     shift_s="${SIPLEDGER_TEST_CLOCK_SHIFT_S:-31536000}"
-    parallel=(-n "${SIPLEDGER_TEST_PROCESSES:-2}" --dist loadgroup)
+    parallel=(-n "${SIPLEDGER_TEST_PROCESSES:-2}")
     set +e
     env -u SIPLEDGER_CLOCK_SHIFT_S .venv/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" --durations=15 "$@"
     main=$?

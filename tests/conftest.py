@@ -18,21 +18,12 @@ if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
 
 
-# --- Parallel runs (pytest-xdist, `--dist loadgroup`) ----------------------------
+# --- Parallel runs (pytest-xdist) -------------------------------------------------
 
-# Folders whose tests share one package-scoped `up` (or namespace topology):
-# all of a folder's tests run in one process, so that fixture starts once.
-_WHOLE_FOLDER = ("e2e", "nat", "interop", "panel")
-
-
-@pytest.hookimpl(tryfirst=True)     # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(config, items):
-    """Each test file stays in one xdist process (its module-scoped fixtures
-    start once), and so does each folder in ``_WHOLE_FOLDER``."""
-    for item in items:
-        parts = item.nodeid.split("::", 1)[0].split("/")
-        group = parts[1] if len(parts) > 2 and parts[1] in _WHOLE_FOLDER else "/".join(parts)
-        item.add_marker(pytest.mark.xdist_group(group))
+def pytest_xdist_make_scheduler(config, log):
+    """Each file, and each folder sharing one `up`, in one process (tests/harness/xdist.py)."""
+    from tests.harness.xdist import FolderOrFileScheduling
+    return FolderOrFileScheduling(config, log)
 
 
 # --- Kafka (embedded Tansu broker) -------------------------------------------
