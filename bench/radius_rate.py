@@ -21,8 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
+import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -124,7 +127,14 @@ def bench_queue(workdir: Path, n: int, in_flight: int) -> tuple[float, float, di
         fr.stop()
 
 
-def bench_pipeline(workdir: Path, n_calls: int, in_flight: int) -> dict:
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process (and its reaped children), seconds: the
+    machine is shared, so CPU per call is the figure that compares runs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_pipeline(workdir: Path, n_calls: int, in_flight: int, profile: str = "") -> dict:
     from api.broker import EmbeddedBroker
     from proxy.contract.events import encode
     from proxy.infra.config import KafkaSettings
@@ -149,6 +159,13 @@ def bench_pipeline(workdir: Path, n_calls: int, in_flight: int) -> dict:
                                         group_id=f"bench-{uuid.uuid4().hex[:6]}"))
         worker = RadiusWorkerProcess(workdir / "data", config, broker.bootstrap, loglevel="warning")
         worker.start(timeout=60)
+        assert worker.proc is not None and fr.proc is not None
+        cpu0 = {"worker": cpu_s(worker.proc.pid), "freeradius": cpu_s(fr.proc.pid)}
+        spy = None
+        if profile:
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-o", profile, "-f", "raw", "-r", "200",
+                                    "-p", str(worker.proc.pid)], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
         started = time.perf_counter()
         db_path = workdir / "data" / "radius" / "radius.sqlite"
         expected = 2 * n_calls
@@ -163,9 +180,17 @@ def bench_pipeline(workdir: Path, n_calls: int, in_flight: int) -> dict:
                 break
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
+        cpu = {"worker": cpu_s(worker.proc.pid) - cpu0["worker"],
+               "freeradius": cpu_s(fr.proc.pid) - cpu0["freeradius"]}
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
         return {"calls": n_calls, "events": len(events), "records": sent, "seconds": round(elapsed, 2),
                 "events_per_s": round(len(events) / elapsed), "requests_per_s": round(sent / elapsed),
-                "produce_s": round(produce_s, 2), "logged": len(fr.records())}
+                "produce_s": round(produce_s, 2), "logged": len(fr.records()),
+                "worker_cpu_ms_per_call": round(cpu["worker"] * 1000 / n_calls, 3),
+                "freeradius_cpu_ms_per_call": round(cpu["freeradius"] * 1000 / n_calls, 3),
+                "load1": os.getloadavg()[0]}
     finally:
         if worker is not None:
             worker.stop()
@@ -180,6 +205,7 @@ def main() -> int:
     parser.add_argument("--in-flight", default="8,32,64")
     parser.add_argument("--calls", type=int, default=10000)
     parser.add_argument("--pipeline-in-flight", type=int, default=32)
+    parser.add_argument("--profile", default="", help="py-spy collapsed stacks (-f raw) of the pipeline's worker")
     parser.add_argument("--skip", default="", help="comma list of sync,queue,pipeline to skip")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (detail files, spools)")
     args = parser.parse_args()
@@ -211,11 +237,13 @@ def run(args, skip: set, workdir: Path) -> int:
                   f"timeouts={counts.get('timeouts', 0)} logged={counts.get('logged')})", flush=True)
     if "pipeline" not in skip:
         n = args.pipeline_in_flight
-        figures = bench_pipeline(workdir, args.calls, n)
+        figures = bench_pipeline(workdir, args.calls, n, args.profile)
         result["pipeline"] = figures
         print(f"worker sip.events -> FreeRADIUS ({n} in flight): {figures['requests_per_s']} req/s, "
               f"{figures['events_per_s']} events/s ({figures['calls']} calls, {figures['records']} "
-              f"records in {figures['seconds']} s; {figures['logged']} logged)", flush=True)
+              f"records in {figures['seconds']} s; {figures['logged']} logged); CPU per call: worker "
+              f"{figures['worker_cpu_ms_per_call']} ms, FreeRADIUS {figures['freeradius_cpu_ms_per_call']} ms "
+              f"(load {figures['load1']:.1f})", flush=True)
     print("RESULT " + json.dumps(result))
     return 0
 

@@ -80,6 +80,7 @@ class Record(msgspec.Struct, frozen=True, array_like=True):
     status: int                   # Acct-Status-Type
     ts_ms: int                    # Event-Timestamp (ms)
     attrs: tuple[Attr, ...]
+    call_id: str = ""             # the call it accounts for (the worker files it under the call's partition)
 
 
 class Progress(msgspec.Struct, frozen=True, array_like=True):
@@ -294,7 +295,7 @@ def build(ctx: Context, status: int, row: CdrLeg, *, legs: tuple[CdrLeg, ...] = 
     if opensips_layout:
         for leg in legs:
             attrs.extend(_leg_info(ctx, leg))
-    return Record(record_key(session, status, number), session, status, ts_ms, tuple(attrs))
+    return Record(record_key(session, status, number), session, status, ts_ms, tuple(attrs), row.call_id)
 
 
 # --- what a call needs -----------------------------------------------------------------
