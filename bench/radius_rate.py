@@ -1,6 +1,7 @@
 """RADIUS accounting throughput: requests/s to a private FreeRADIUS (detail module on).
 
     .venv/bin/python bench/radius_rate.py [--records 20000] [--in-flight 8,32,64] [--calls 10000]
+                                          [--workers 1] [--skip sync,queue,pipeline] [--profile FILE]
 
 Three measurements, each against its own FreeRADIUS on loopback
 (tests/harness/freeradius.py, 4 threads, every request written to its detail file):
@@ -12,7 +13,11 @@ Three measurements, each against its own FreeRADIUS on loopback
 3. ``pipeline``: the whole worker (``python -m radius``): ``--calls`` answered
    calls' events pre-produced to ``sip.events`` on an embedded Tansu broker,
    then the worker started; measured from its READY line until the spool has
-   every record acknowledged (2 per call).
+   every record acknowledged (2 per call).  ``--workers N``: N workers in one
+   consumer group sharing the spool (scale-out; the others join the first
+   while it drains).  CPU per call of the workers and of FreeRADIUS is
+   reported beside the rates (the machine is shared: compare CPU, not rates);
+   ``--profile FILE`` writes py-spy's collapsed stacks of the (first) worker.
 
 Prints the figures and one JSON line (``RESULT {...}``).
 """
@@ -134,7 +139,7 @@ def cpu_s(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_pipeline(workdir: Path, n_calls: int, in_flight: int, profile: str = "") -> dict:
+def bench_pipeline(workdir: Path, n_calls: int, in_flight: int, profile: str = "", workers: int = 1) -> dict:
     from api.broker import EmbeddedBroker
     from proxy.contract.events import encode
     from proxy.infra.config import KafkaSettings
@@ -143,7 +148,7 @@ def bench_pipeline(workdir: Path, n_calls: int, in_flight: int, profile: str = "
 
     broker = EmbeddedBroker(log_path=workdir / "tansu.log").start()
     fr = FreeRadius(workdir / "fr-pipeline").start()
-    worker = None
+    procs: list[RadiusWorkerProcess] = []
     try:
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
         topic = "sip.events"
@@ -157,15 +162,23 @@ def bench_pipeline(workdir: Path, n_calls: int, in_flight: int, profile: str = "
         config = workdir / "radius.toml"
         config.write_text(radius_config([fr], topic=topic, max_in_flight=in_flight,
                                         group_id=f"bench-{uuid.uuid4().hex[:6]}"))
-        worker = RadiusWorkerProcess(workdir / "data", config, broker.bootstrap, loglevel="warning")
-        worker.start(timeout=60)
+        # several workers: one consumer group, one spool directory (radius/README.md, scale-out);
+        # the first starts on the backlog, the others join it as soon as they are up
+        for _ in range(workers):
+            procs.append(RadiusWorkerProcess(workdir / "data", config, broker.bootstrap, loglevel="warning"))
+        procs[0].start(timeout=60)
+        worker = procs[0]
         assert worker.proc is not None and fr.proc is not None
         cpu0 = {"worker": cpu_s(worker.proc.pid), "freeradius": cpu_s(fr.proc.pid)}
+        for other in procs[1:]:
+            other.start(timeout=60)
+            assert other.proc is not None
+            cpu0["worker"] += cpu_s(other.proc.pid)
         spy = None
         if profile:
-            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-o", profile, "-f", "raw", "-r", "200",
-                                    "-p", str(worker.proc.pid)], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-o", profile,
+                                    "-f", "raw", "-r", "200", "-p", str(worker.proc.pid)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         started = time.perf_counter()
         db_path = workdir / "data" / "radius" / "radius.sqlite"
         expected = 2 * n_calls
@@ -180,20 +193,20 @@ def bench_pipeline(workdir: Path, n_calls: int, in_flight: int, profile: str = "
                 break
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
-        cpu = {"worker": cpu_s(worker.proc.pid) - cpu0["worker"],
+        cpu = {"worker": sum(cpu_s(p.proc.pid) for p in procs if p.proc is not None) - cpu0["worker"],
                "freeradius": cpu_s(fr.proc.pid) - cpu0["freeradius"]}
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(30)
-        return {"calls": n_calls, "events": len(events), "records": sent, "seconds": round(elapsed, 2),
+        return {"workers": workers, "calls": n_calls, "events": len(events), "records": sent, "seconds": round(elapsed, 2),
                 "events_per_s": round(len(events) / elapsed), "requests_per_s": round(sent / elapsed),
                 "produce_s": round(produce_s, 2), "logged": len(fr.records()),
                 "worker_cpu_ms_per_call": round(cpu["worker"] * 1000 / n_calls, 3),
                 "freeradius_cpu_ms_per_call": round(cpu["freeradius"] * 1000 / n_calls, 3),
                 "load1": os.getloadavg()[0]}
     finally:
-        if worker is not None:
-            worker.stop()
+        for proc in procs:
+            proc.stop()
         fr.stop()
         broker.stop()
 
@@ -205,6 +218,7 @@ def main() -> int:
     parser.add_argument("--in-flight", default="8,32,64")
     parser.add_argument("--calls", type=int, default=10000)
     parser.add_argument("--pipeline-in-flight", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1, help="pipeline: workers in one consumer group")
     parser.add_argument("--profile", default="", help="py-spy collapsed stacks (-f raw) of the pipeline's worker")
     parser.add_argument("--skip", default="", help="comma list of sync,queue,pipeline to skip")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (detail files, spools)")
@@ -237,9 +251,9 @@ def run(args, skip: set, workdir: Path) -> int:
                   f"timeouts={counts.get('timeouts', 0)} logged={counts.get('logged')})", flush=True)
     if "pipeline" not in skip:
         n = args.pipeline_in_flight
-        figures = bench_pipeline(workdir, args.calls, n, args.profile)
+        figures = bench_pipeline(workdir, args.calls, n, args.profile, args.workers)
         result["pipeline"] = figures
-        print(f"worker sip.events -> FreeRADIUS ({n} in flight): {figures['requests_per_s']} req/s, "
+        print(f"{args.workers} worker(s) sip.events -> FreeRADIUS ({n} in flight each): {figures['requests_per_s']} req/s, "
               f"{figures['events_per_s']} events/s ({figures['calls']} calls, {figures['records']} "
               f"records in {figures['seconds']} s; {figures['logged']} logged); CPU per call: worker "
               f"{figures['worker_cpu_ms_per_call']} ms, FreeRADIUS {figures['freeradius_cpu_ms_per_call']} ms "

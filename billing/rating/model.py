@@ -429,6 +429,12 @@ def max_duration(plan: RatePlan, number: str, at: int | datetime, credit: Decima
     if not walk.lay_until(max(1, opening.min_seconds * 1000), strict=False) or walk.total() > credit:
         return 0
     limit_ms = limit * 1000
+    # the common prepaid case, credit for more than ``limit``: one walk to the limit
+    # instead of a search per rate period (costs only grow with time, so every
+    # shorter call is affordable too and the search would end at the limit)
+    whole = _Walk(plan, walk.number, walk.start)
+    if whole.lay_until(max(limit_ms, opening.min_seconds * 1000), strict=False) and whole.total() <= credit:
+        return limit
     while walk.p < limit_ms:
         entry, end = walk.segment()
         if entry is None:
@@ -648,7 +654,7 @@ def _round_ratio(num: int, den: int, decimals: int, method: str) -> Decimal:
         q += 1
     elif method not in ROUNDINGS:
         raise RatingError(f"rounding {method!r} must be one of {', '.join(ROUNDINGS)}")
-    return Decimal((0, tuple(int(d) for d in str(q)), -decimals))
+    return Decimal(f"{q}E-{decimals}")          # exact: a Decimal from text is never rounded
 
 
 def _in_window(second: int, start: int, end: int) -> bool:
