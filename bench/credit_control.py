@@ -256,6 +256,7 @@ def main() -> int:
     credits.update({c: str(Decimal(rnd.randint(30, 80)) / 1000) for c in callers})     # 3..8 s at 0.60/min
     broker = EmbeddedBroker(log_path=work / "tansu.log").start()
     proc = None
+    status = 0
     try:
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
         asyncio.run(ensure_topics(kafka, {"sip.events": kafka.partitions, "call.control": kafka.partitions}))
@@ -295,6 +296,9 @@ def main() -> int:
               flush=True)
         print(f"  teardowns missing: {missing}; within paid time: {sum(1 for x in late if x <= 0)}/{len(late)}; "
               f"within +1 s: {sum(1 for x in late if x <= 1000)}/{len(late)}", flush=True)
+        if missing or not rtts or refused:
+            print("FAIL: teardowns missing, no authorization answered, or funded accounts refused", flush=True)
+            status = 1
     finally:
         if proc is not None:
             proc.terminate()
@@ -305,7 +309,7 @@ def main() -> int:
         broker.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return status
 
 
 if __name__ == "__main__":
