@@ -15,8 +15,8 @@
 #   credit    bench/credit_control.py --rate CREDIT_RATE --seconds 5
 #   radius    bench/radius_rate.py --skip sync (the queue alone, and the whole worker)
 #
-# Environment [defaults]: ONLY [all of the above], SIP_RATE [1000] SIP_CALLS
-# [10000], OUTBOX_EVENTS [100000], PIPE_CALLS [8000] PIPE_RATE [2000],
+# Environment [defaults]: ONLY [all of the above], SIP_RATE [500] SIP_CALLS
+# [7500], OUTBOX_EVENTS [100000], PIPE_CALLS [8000] PIPE_RATE [2000],
 # STORE_ROWS [200000], CREDIT_RATE [5000], RADIUS_CALLS [5000], RUN_TIMEOUT
 # [180] (seconds a run may take before it is killed and counted as failed),
 # BENCH_DIR [${TMPDIR:-/tmp}/regress/<time>] (each run's full output).
@@ -35,7 +35,7 @@ ONLY="${ONLY:-sip outbox pipeline store credit radius}"
 for r in $ONLY; do
   case "$r" in sip|outbox|pipeline|store|credit|radius) ;; *) echo "unknown run '$r' in ONLY" >&2; exit 2;; esac
 done
-SIP_RATE="${SIP_RATE:-1000}" SIP_CALLS="${SIP_CALLS:-10000}"
+SIP_RATE="${SIP_RATE:-500}" SIP_CALLS="${SIP_CALLS:-7500}"
 OUTBOX_EVENTS="${OUTBOX_EVENTS:-100000}"
 PIPE_CALLS="${PIPE_CALLS:-8000}" PIPE_RATE="${PIPE_RATE:-2000}"
 STORE_ROWS="${STORE_ROWS:-200000}"
