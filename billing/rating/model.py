@@ -69,7 +69,7 @@ import msgspec
 __all__ = [
     "Rounding", "ROUNDINGS", "WEEKDAYS", "DAY", "MAX_DECIMALS", "INT_LIMITS", "RatingError", "NoRateError",
     "Rate", "RatePlan", "ChargePart", "Charge", "RatesSnapshot",
-    "match", "rate_call", "max_duration", "round_money", "find_overlaps", "rates_overlap",
+    "match", "rate_call", "first_cost", "max_duration", "round_money", "find_overlaps", "rates_overlap",
     "describe_rate", "format_weekdays", "format_time_of_day", "normalize_number", "number_from_uri", "to_epoch_ms",
     "check_currency", "check_timezone", "check_plan_name", "check_prefix",
 ]
@@ -410,6 +410,16 @@ def rate_call(plan: RatePlan, number: str, start_ms: int, duration_ms: int) -> C
     if duration_ms > 0:
         walk.lay_until(max(duration_ms, walk.opening.rate.min_seconds * 1000), strict=True)
     return walk.charge(duration_ms)
+
+
+def first_cost(plan: RatePlan, number: str, at: int | datetime) -> Decimal:
+    """What the first increment (and the minimum time) of a call answered at
+    ``at`` costs, connect fee included: ``rate_call(plan, number, at, 1).total``
+    without building the charge (credit control asks it at every INVITE).
+    Raises NoRateError like ``rate_call``."""
+    walk = _Walk(plan, normalize_number(number), to_epoch_ms(at))
+    walk.lay_until(max(1, walk.opening.rate.min_seconds * 1000), strict=True)
+    return walk.total()
 
 
 def max_duration(plan: RatePlan, number: str, at: int | datetime, credit: Decimal, *,
