@@ -88,10 +88,11 @@ _slot_decoder = msgspec.msgpack.Decoder(Slot)
 
 class Accounting:
     """The core: live calls and finished markers in memory, events and ticks
-    in, records out.  The caller persists
-    ``changed`` / ``forgotten`` with the records (``apply_changes``).  Finished
-    markers are kept apart, in finish order, so that the timer only walks
-    live calls and expires markers from the oldest."""
+    in, records out.  The caller persists ``changed`` / ``forgotten`` with the
+    records (``apply_changes``).  Finished markers are kept apart, in finish
+    order, so that the timer only walks live calls and expires markers from
+    the oldest.  Only the partitions this worker owns are held (``load`` /
+    ``drop`` as Kafka assigns and revokes them)."""
 
     def __init__(self, ctx: Context, silence_ms: int, ttl_ms: int, started_ms: int) -> None:
         self.ctx = ctx
@@ -320,9 +321,10 @@ class RadiusWorker:
         batch_size = self.settings.batch_size
         while True:
             data = await consumer.getmany(timeout_ms=500, max_records=batch_size)
+            # records of a partition revoked meanwhile are its new owner's to fold
+            data = {tp: messages for tp, messages in data.items() if messages and tp.partition in self.owned}
             if not data:
                 continue
-            data = {tp: messages for tp, messages in data.items() if messages and tp.partition in self.owned}
             offsets = {tp: messages[-1].offset + 1 for tp, messages in data.items()}
             self.handle(data)
             try:
