@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
+import signal
 import shutil
 import socket
 import subprocess
@@ -73,6 +75,13 @@ def summary(name: str, values: list[float], unit: str = "ms") -> str:
     return (f"{name}: n={len(values)} p50={pct(values, .5):.3f} p90={pct(values, .9):.3f} "
             f"p99={pct(values, .99):.3f} p99.9={pct(values, .999):.3f} max={max(values):.3f} "
             f"min={min(values):.3f} {unit}")
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process, seconds: on a shared machine CPU per
+    authorization is the figure that compares runs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def provision(data: Path, accounts: list[str], credits: dict[str, str]) -> RatePlan:
@@ -234,6 +243,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--keep", action="store_true", help="keep the scratch dir")
+    parser.add_argument("--profile", default="", help="py-spy collapsed stacks (-f raw) of the service "
+                                                      "during the open loop, to this file")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-credit-"))
     data = work / "data"
@@ -245,6 +256,7 @@ def main() -> int:
     credits.update({c: str(Decimal(rnd.randint(30, 80)) / 1000) for c in callers})     # 3..8 s at 0.60/min
     broker = EmbeddedBroker(log_path=work / "tansu.log").start()
     proc = None
+    status = 0
     try:
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
         asyncio.run(ensure_topics(kafka, {"sip.events": kafka.partitions, "call.control": kafka.partitions}))
@@ -255,20 +267,38 @@ def main() -> int:
         config.write_text("[credit]\nteardown_lead_ms = %d\n" % LEAD_MS)
         proc, port = start_service(data, config, broker.bootstrap)
         closed_loop(port, accounts, 2000)                     # warm-up
+        cpu0 = cpu_s(proc.pid)
         rtt = closed_loop(port, accounts, args.closed)
+        closed_cpu = (cpu_s(proc.pid) - cpu0) * 1000 / len(rtt)
         print(summary(f"authorization RTT, closed loop ({args.closed} requests, 1 in flight)", rtt), flush=True)
+        print(f"  service CPU per authorization (closed loop): {closed_cpu:.3f} ms", flush=True)
+        spy = None
+        if args.profile:
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-o", args.profile,
+                                    "-f", "raw", "-r", "250", "-p", str(proc.pid)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cpu0 = cpu_s(proc.pid)
         auth, late, path, missing = asyncio.run(under_load(port, accounts, kafka, plan, callers, credits,
                                                            args.rate, args.seconds))
+        open_cpu = cpu_s(proc.pid) - cpu0
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
         rtts, lost, refused = auth
         print(summary(f"authorization RTT, open loop {args.rate}/s for {args.seconds:g}s (own process) during "
                       f"{args.calls} exhausting calls", rtts), flush=True)
-        print(f"  sent {len(rtts) + lost}, answered {len(rtts)}, lost {lost}, refused {refused}", flush=True)
+        print(f"  sent {len(rtts) + lost}, answered {len(rtts)}, lost {lost}, refused {refused}; service CPU "
+              f"{open_cpu / max(1, len(rtts)) * 1000:.3f} ms per authorization (all its work included), "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
         print(summary(f"teardown arrival vs paid-until ({args.calls} calls, lead {LEAD_MS} ms; "
                       "<= +1000 is the target)", late), flush=True)
         print(summary("teardown command path (arrival - aimed moment: timer + Kafka + consumer)", path),
               flush=True)
         print(f"  teardowns missing: {missing}; within paid time: {sum(1 for x in late if x <= 0)}/{len(late)}; "
               f"within +1 s: {sum(1 for x in late if x <= 1000)}/{len(late)}", flush=True)
+        if missing or not rtts or refused:
+            print("FAIL: teardowns missing, no authorization answered, or funded accounts refused", flush=True)
+            status = 1
     finally:
         if proc is not None:
             proc.terminate()
@@ -279,7 +309,7 @@ def main() -> int:
         broker.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return status
 
 
 if __name__ == "__main__":

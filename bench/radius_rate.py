@@ -1,6 +1,7 @@
 """RADIUS accounting throughput: requests/s to a private FreeRADIUS (detail module on).
 
     .venv/bin/python bench/radius_rate.py [--records 20000] [--in-flight 8,32,64] [--calls 10000]
+                                          [--workers 1] [--skip sync,queue,pipeline] [--profile FILE]
 
 Three measurements, each against its own FreeRADIUS on loopback
 (tests/harness/freeradius.py, 4 threads, every request written to its detail file):
@@ -11,8 +12,13 @@ Three measurements, each against its own FreeRADIUS on loopback
    flight (pyrad's asyncio client, a new packet per send, acks committed);
 3. ``pipeline``: the whole worker (``python -m radius``): ``--calls`` answered
    calls' events pre-produced to ``sip.events`` on an embedded Tansu broker,
-   then the worker started; measured from its READY line until the spool has
-   every record acknowledged (2 per call).
+   then the worker started; measured from the moment the group assigned it
+   partitions (its claim in the spool; joining takes ~3 s on Tansu and is
+   reported apart) until the spool has every record acknowledged (2 per call).  ``--workers N``: N workers in one
+   consumer group sharing the spool (scale-out; the others join the first
+   while it drains).  CPU per call of the workers and of FreeRADIUS is
+   reported beside the rates (the machine is shared: compare CPU, not rates);
+   ``--profile FILE`` writes py-spy's collapsed stacks of the (first) worker.
 
 Prints the figures and one JSON line (``RESULT {...}``).
 """
@@ -20,9 +26,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
+import os
 import shutil
+import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -124,7 +134,14 @@ def bench_queue(workdir: Path, n: int, in_flight: int) -> tuple[float, float, di
         fr.stop()
 
 
-def bench_pipeline(workdir: Path, n_calls: int, in_flight: int) -> dict:
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process (and its reaped children), seconds: the
+    machine is shared, so CPU per call is the figure that compares runs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_pipeline(workdir: Path, n_calls: int, in_flight: int, profile: str = "", workers: int = 1) -> dict:
     from api.broker import EmbeddedBroker
     from proxy.contract.events import encode
     from proxy.infra.config import KafkaSettings
@@ -133,7 +150,7 @@ def bench_pipeline(workdir: Path, n_calls: int, in_flight: int) -> dict:
 
     broker = EmbeddedBroker(log_path=workdir / "tansu.log").start()
     fr = FreeRadius(workdir / "fr-pipeline").start()
-    worker = None
+    procs: list[RadiusWorkerProcess] = []
     try:
         kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
         topic = "sip.events"
@@ -147,28 +164,62 @@ def bench_pipeline(workdir: Path, n_calls: int, in_flight: int) -> dict:
         config = workdir / "radius.toml"
         config.write_text(radius_config([fr], topic=topic, max_in_flight=in_flight,
                                         group_id=f"bench-{uuid.uuid4().hex[:6]}"))
-        worker = RadiusWorkerProcess(workdir / "data", config, broker.bootstrap, loglevel="warning")
-        worker.start(timeout=60)
-        started = time.perf_counter()
+        # several workers: one consumer group, one spool directory (radius/README.md, scale-out),
+        # started together so that they join the group in one generation (Tansu holds a join
+        # for 3 s); the CPU they spent starting up is not counted
+        for _ in range(workers):
+            procs.append(RadiusWorkerProcess(workdir / "data", config, broker.bootstrap, loglevel="warning"))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda p: p.start(timeout=60), procs))
+        worker = procs[0]
+        assert all(p.proc is not None for p in procs) and worker.proc is not None and fr.proc is not None
+        cpu0 = {"worker": sum(cpu_s(p.proc.pid) for p in procs if p.proc is not None),
+                "freeradius": cpu_s(fr.proc.pid)}
+        spy = None
+        if profile:
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-o", profile,
+                                    "-f", "raw", "-r", "200", "-p", str(worker.proc.pid)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         db_path = workdir / "data" / "radius" / "radius.sqlite"
+
+        def count(sql: str) -> int:
+            db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+            try:
+                return db.execute(sql).fetchone()[0]
+            finally:
+                db.close()
+
+        # the clock starts once the group gave the worker(s) partitions (their claim in
+        # the spool), not at READY: joining a group takes ~3 s on Tansu, which is not
+        # the worker's speed
+        joined = time.perf_counter()
+        while count("SELECT count(*) FROM owners") == 0 and time.perf_counter() - joined < 60:
+            time.sleep(0.01)
+        join_s = time.perf_counter() - joined
+        started = time.perf_counter()
         expected = 2 * n_calls
         sent = 0
         while time.perf_counter() - started < 300:
-            db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
-            try:
-                sent = db.execute("SELECT count(*) FROM sent").fetchone()[0]
-            finally:
-                db.close()
+            sent = count("SELECT count(*) FROM sent")
             if sent >= expected:
                 break
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
-        return {"calls": n_calls, "events": len(events), "records": sent, "seconds": round(elapsed, 2),
+        owners = count("SELECT count(DISTINCT owner) FROM owners")
+        cpu = {"worker": sum(cpu_s(p.proc.pid) for p in procs if p.proc is not None) - cpu0["worker"],
+               "freeradius": cpu_s(fr.proc.pid) - cpu0["freeradius"]}
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
+        return {"workers": workers, "owners_at_end": owners, "calls": n_calls, "events": len(events), "records": sent, "seconds": round(elapsed, 2),
                 "events_per_s": round(len(events) / elapsed), "requests_per_s": round(sent / elapsed),
-                "produce_s": round(produce_s, 2), "logged": len(fr.records())}
+                "produce_s": round(produce_s, 2), "join_s": round(join_s, 2), "logged": len(fr.records()),
+                "worker_cpu_ms_per_call": round(cpu["worker"] * 1000 / n_calls, 3),
+                "freeradius_cpu_ms_per_call": round(cpu["freeradius"] * 1000 / n_calls, 3),
+                "load1": os.getloadavg()[0]}
     finally:
-        if worker is not None:
-            worker.stop()
+        for proc in procs:
+            proc.stop()
         fr.stop()
         broker.stop()
 
@@ -180,6 +231,8 @@ def main() -> int:
     parser.add_argument("--in-flight", default="8,32,64")
     parser.add_argument("--calls", type=int, default=10000)
     parser.add_argument("--pipeline-in-flight", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1, help="pipeline: workers in one consumer group")
+    parser.add_argument("--profile", default="", help="py-spy collapsed stacks (-f raw) of the pipeline's worker")
     parser.add_argument("--skip", default="", help="comma list of sync,queue,pipeline to skip")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (detail files, spools)")
     args = parser.parse_args()
@@ -211,13 +264,24 @@ def run(args, skip: set, workdir: Path) -> int:
                   f"timeouts={counts.get('timeouts', 0)} logged={counts.get('logged')})", flush=True)
     if "pipeline" not in skip:
         n = args.pipeline_in_flight
-        figures = bench_pipeline(workdir, args.calls, n)
+        figures = bench_pipeline(workdir, args.calls, n, args.profile, args.workers)
         result["pipeline"] = figures
-        print(f"worker sip.events -> FreeRADIUS ({n} in flight): {figures['requests_per_s']} req/s, "
+        print(f"{args.workers} worker(s) sip.events -> FreeRADIUS ({n} in flight each): {figures['requests_per_s']} req/s, "
               f"{figures['events_per_s']} events/s ({figures['calls']} calls, {figures['records']} "
-              f"records in {figures['seconds']} s; {figures['logged']} logged)", flush=True)
+              f"records in {figures['seconds']} s; {figures['logged']} logged); CPU per call: worker "
+              f"{figures['worker_cpu_ms_per_call']} ms, FreeRADIUS {figures['freeradius_cpu_ms_per_call']} ms "
+              f"(load {figures['load1']:.1f})", flush=True)
     print("RESULT " + json.dumps(result))
-    return 0
+    # every record acknowledged and in FreeRADIUS's detail file, or the run failed (a
+    # record logged twice is RADIUS's at-least-once after a timeout, not a failure)
+    failed = [f"queue {n}" for n, q in result.get("queue", {}).items()
+              if not 0 < q.get("acked", 0) <= q.get("logged", 0)]
+    pipeline = result.get("pipeline")
+    if pipeline and not pipeline["records"] == 2 * pipeline["calls"] <= pipeline["logged"]:
+        failed.append("pipeline")
+    if failed:
+        print(f"FAIL: records not acknowledged or not logged in {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,14 @@ Spool (one SQLite file under the data dir, WAL, ``synchronous=FULL``):
   replayed record whose key is here (or still queued) is not queued again.
   Keys are (session, status[, interim number]) - see radius/records.py.
 * ``calls``: the worker's per-call fold state (radius/worker.py).
+* ``owners``: which worker owns each ``sip.events`` partition (the fence).
+
+Several workers of one consumer group share the spool (one host, one spool
+directory): queue rows and call states carry the ``sip.events`` partition
+of their call, each worker loads and sends only those of the partitions
+Kafka assigned it, and ``owners`` fences a worker that lost a partition
+without noticing (a stall past its session): its next ``commit`` touching
+that partition raises ``Fenced`` instead of writing beside the new owner.
 
 Sender:
 
@@ -33,13 +41,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import logging
 import socket
 import sqlite3
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import msgspec
@@ -67,7 +76,8 @@ CREATE TABLE IF NOT EXISTS queue (
     session TEXT NOT NULL,
     status INTEGER NOT NULL,
     attrs BLOB NOT NULL,
-    enqueued_ms INTEGER NOT NULL
+    enqueued_ms INTEGER NOT NULL,
+    partition INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS sent (
     key TEXT PRIMARY KEY,
@@ -76,9 +86,26 @@ CREATE TABLE IF NOT EXISTS sent (
 CREATE INDEX IF NOT EXISTS sent_acked ON sent(acked_ms);
 CREATE TABLE IF NOT EXISTS calls (
     call_id TEXT PRIMARY KEY,
-    slot BLOB NOT NULL
+    slot BLOB NOT NULL,
+    partition INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS owners (
+    partition INTEGER PRIMARY KEY,
+    owner TEXT NOT NULL
+);
 """
+# spools written before partitions were kept: call states get theirs from
+# the stored slot; queued records go to partition 0's owner (one worker per
+# group then: upgrade with one worker, which owns every partition anyway)
+_MIGRATIONS = {
+    "queue": "ALTER TABLE queue ADD COLUMN partition INTEGER NOT NULL DEFAULT 0",
+    "calls": "ALTER TABLE calls ADD COLUMN partition INTEGER NOT NULL DEFAULT 0",
+}
+BUSY_TIMEOUT_S = 30.0           # another worker's transaction holds the write lock this long at most
+
+
+class Fenced(Exception):
+    """Another worker claimed a partition this one still writes to."""
 
 _attrs_encoder = msgspec.msgpack.Encoder()
 _attrs_decoder = msgspec.msgpack.Decoder(tuple[tuple[str, str | int], ...])
@@ -97,67 +124,126 @@ class Entry(msgspec.Struct, frozen=True):
     status: int
     attrs: tuple
     enqueued_ms: int
+    partition: int = 0                # of sip.events: whose owner sends it
 
 
 class Spool:
-    """The SQLite file: queue, sent keys, call states.  One process at a time."""
+    """The SQLite file: queue, sent keys, call states, partition owners.
+    Shared by the workers of one consumer group (each sees its partitions' rows)."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / SPOOL_NAME
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                  timeout=BUSY_TIMEOUT_S)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
+        self.db.execute("BEGIN IMMEDIATE")         # two workers starting together migrate once
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self.db.execute(statement)
+            for table, alter in _MIGRATIONS.items():
+                columns = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+                if "partition" not in columns:
+                    self.db.execute(alter)
+                    if table == "calls":
+                        # a slot (radius/worker.py ``Slot``) is an array whose first item is its partition
+                        self.db.executemany("UPDATE calls SET partition = ? WHERE call_id = ?", [
+                            (msgspec.msgpack.decode(slot)[0], call_id)
+                            for call_id, slot in self.db.execute("SELECT call_id, slot FROM calls").fetchall()])
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.db.close()
 
     # --- reads -------------------------------------------------------------------------
-    def pending(self, after: int = 0, limit: int = -1) -> list[Entry]:
-        """Queued entries in queue order: those with ``seq > after``, at most ``limit``."""
-        rows = self.db.execute("SELECT seq, key, session, status, attrs, enqueued_ms FROM queue "
-                               "WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)).fetchall()
-        return [Entry(seq, key, session, status, _attrs_decoder.decode(attrs), enq)
-                for seq, key, session, status, attrs, enq in rows]
+    def pending(self, after: int = 0, limit: int = -1,
+                partitions: Collection[int] | None = None) -> list[Entry]:
+        """Queued entries in queue order: those with ``seq > after``, at most
+        ``limit``, of ``partitions`` (None: all)."""
+        where, args = _in_partitions(partitions)
+        rows = self.db.execute("SELECT seq, key, session, status, attrs, enqueued_ms, partition FROM queue "
+                               f"WHERE seq > ?{where} ORDER BY seq LIMIT ?", (after, *args, limit)).fetchall()
+        return [Entry(seq, key, session, status, _attrs_decoder.decode(attrs), enq, partition)
+                for seq, key, session, status, attrs, enq, partition in rows]
 
     def pending_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM queue").fetchone()[0]
 
-    def calls(self) -> Iterator[tuple[str, bytes]]:
-        yield from self.db.execute("SELECT call_id, slot FROM calls")
+    def calls(self, partitions: Collection[int] | None = None) -> Iterator[tuple[str, bytes]]:
+        """Stored call states (call id, slot) of ``partitions`` (None: all)."""
+        where, args = _in_partitions(partitions)
+        yield from self.db.execute(f"SELECT call_id, slot FROM calls WHERE 1{where}", args)
+
+    # --- ownership ---------------------------------------------------------------------
+    def claim(self, partitions: Collection[int], owner: str) -> None:
+        """``owner`` takes ``partitions`` over (Kafka assigned them to it): from
+        now on a commit of their previous owner raises ``Fenced``."""
+        if not partitions:
+            return
+        with self._transaction() as cur:
+            cur.executemany("INSERT INTO owners (partition, owner) VALUES (?, ?) "
+                            "ON CONFLICT (partition) DO UPDATE SET owner = excluded.owner",
+                            ((p, owner) for p in sorted(partitions)))
 
     # --- writes ------------------------------------------------------------------------
     def commit(self, records: Iterable[Record], puts: dict[str, bytes] | None = None,
-               deletes: Iterable[str] = (), now_ms: int | None = None) -> list[Entry]:
+               deletes: Iterable[str] = (), now_ms: int | None = None, *,
+               partitions: Sequence[int] | None = None, owner: str = "",
+               call_partitions: dict[str, int] | None = None) -> list[Entry]:
         """Enqueue records and write call states in one durable transaction.
         Records whose key is queued already or was acknowledged (``sent``)
-        are skipped.  Returns the entries actually enqueued, in queue order."""
+        are skipped.  Returns the entries actually enqueued, in queue order.
+
+        ``partitions``: each record's partition (parallel to ``records``;
+        None: 0), ``call_partitions``: each put's.  With ``owner``, raises
+        ``Fenced`` (writing nothing) if another worker claimed one of them."""
         now = wall_ms() if now_ms is None else now_ms
+        records = list(records)
+        parts = list(partitions) if partitions is not None else [0] * len(records)
+        if len(parts) != len(records):
+            raise ValueError("one partition per record")
+        put_parts = call_partitions or {}
         added: list[Entry] = []
-        cur = self.db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            for record in records:
+        with self._transaction() as cur:
+            if owner:
+                touched = set(parts) | set(put_parts.values())
+                where, args = _in_partitions(touched)
+                lost = cur.execute(f"SELECT partition, owner FROM owners WHERE owner != ?{where}",
+                                   (owner, *args)).fetchall()
+                if lost:
+                    raise Fenced(f"partitions taken over by other workers: {sorted(lost)}")
+            for record, partition in zip(records, parts):
                 blob = _attrs_encoder.encode(record.attrs)
-                cur.execute("INSERT OR IGNORE INTO queue (key, session, status, attrs, enqueued_ms) "
-                            "SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM sent WHERE key = ?)",
-                            (record.key, record.session, record.status, blob, now, record.key))
+                cur.execute("INSERT OR IGNORE INTO queue (key, session, status, attrs, enqueued_ms, partition) "
+                            "SELECT ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM sent WHERE key = ?)",
+                            (record.key, record.session, record.status, blob, now, partition, record.key))
                 if cur.rowcount == 1 and cur.lastrowid is not None:
                     added.append(Entry(cur.lastrowid, record.key, record.session, record.status,
-                                       record.attrs, now))
+                                       record.attrs, now, partition))
             if puts:
-                cur.executemany("INSERT OR REPLACE INTO calls (call_id, slot) VALUES (?, ?)",
-                                puts.items())
+                cur.executemany("INSERT OR REPLACE INTO calls (call_id, slot, partition) VALUES (?, ?, ?)",
+                                ((call_id, slot, put_parts.get(call_id, 0)) for call_id, slot in puts.items()))
             deletes = list(deletes)
             if deletes:
                 cur.executemany("DELETE FROM calls WHERE call_id = ?", ((d,) for d in deletes))
-            cur.execute("COMMIT")
+        return added
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
         except BaseException:
             cur.execute("ROLLBACK")
             raise
-        return added
+        cur.execute("COMMIT")
 
     def ack(self, entries: list[Entry], now_ms: int | None = None) -> None:
         """Acknowledged by a server: out of the queue, key remembered.
@@ -190,6 +276,14 @@ class Spool:
 _DELAY = struct.Struct("!BBI")              # Acct-Delay-Time (41), length 6, seconds
 _HEADER = struct.Struct("!BBH")
 _ZERO_AUTH = bytes(16)
+
+
+def _in_partitions(partitions: Collection[int] | None) -> tuple[str, tuple[int, ...]]:
+    """SQL ``AND partition IN (...)`` and its arguments (nothing for None: all)."""
+    if partitions is None:
+        return "", ()
+    args = tuple(sorted(partitions))
+    return f" AND partition IN ({','.join('?' * len(args))})", args
 
 
 class _Request(rpacket.AcctPacket):
@@ -300,6 +394,8 @@ class Sender:
         self._complete = True                    # memory holds every queued entry
         self._encoded: dict[int, bytes] = {}     # seq -> attributes on the wire
         self._encoder = WireEncoder(dictionary)
+        self._owned: frozenset[int] | None = None   # partitions whose entries it sends (None: all)
+        self._paused = False                     # no new sends while ownership changes
         self.counts: collections.Counter = collections.Counter()
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -335,9 +431,12 @@ class Sender:
     def add(self, entries: Iterable[Entry]) -> None:
         """Entries durably enqueued (in queue order): schedule them.  Beyond the
         in-memory window they stay in the spool and are paged in as it drains."""
+        owned = self._owned
         for entry in entries:
             if entry.seq <= self._loaded_upto:
                 continue                          # paged in already
+            if owned is not None and entry.partition not in owned:
+                continue                          # another worker's (the caller's guard failed)
             if not self._complete or self._backlog >= self._window:
                 self._complete = False
                 continue
@@ -358,11 +457,41 @@ class Sender:
         if self._complete or self._backlog > self._window // 2:
             return
         limit = self._window - self._backlog
-        rows = self.spool.pending(after=self._loaded_upto, limit=limit)
+        rows = self.spool.pending(after=self._loaded_upto, limit=limit, partitions=self._owned)
         for entry in rows:
             self._push(entry)
         if len(rows) < limit:
             self._complete = True
+
+    async def assign(self, partitions: Collection[int]) -> None:
+        """Send only the entries of ``partitions`` from now on (Kafka's
+        assignment changed).  What is in flight finishes first (bounded by
+        the failover's own timeouts, then cancelled) and its acknowledgements
+        are committed, so that the partitions' next owner, which loads their
+        queue from the spool, does not send them again; then memory is paged
+        in afresh from the spool."""
+        self._paused = True
+        try:
+            if self._inflight:
+                bound = (self.settings.retries + 1) * self.settings.timeout * len(self.servers) \
+                    + PROBE_PAUSE_MAX_S
+                _done, late = await asyncio.wait(list(self._inflight.values()), timeout=bound)
+                for task in late:
+                    task.cancel()
+                if late:
+                    await asyncio.wait(late)
+            self.flush_acks()
+            self._sessions.clear()
+            self._ready.clear()
+            self._encoded.clear()
+            self._backlog = 0
+            self._loaded_upto = 0
+            self._owned = frozenset(partitions)
+            self._complete = False
+            self._refill()
+        finally:
+            self._paused = False
+            self._wake.set()
 
     @property
     def backlog(self) -> int:
@@ -386,7 +515,7 @@ class Sender:
             while not self._closing:
                 self._refill()
                 limit = 1 if self.all_dead else self.settings.max_in_flight
-                while self._ready and len(self._inflight) < limit:
+                while self._ready and len(self._inflight) < limit and not self._paused:
                     session = self._ready.popleft()
                     entry = self._sessions[session][0]
                     self._inflight[session] = asyncio.create_task(self._deliver(entry))

@@ -16,19 +16,35 @@
   prunes acknowledged keys older than ``dedupe_retention_s``.
 * The sender (radius/queue.py) delivers the queue with failover.
 
-One worker per consumer group: call states live in this worker's spool, so
-a second worker taking some partitions over would not know their live calls.
+Several workers may share the consumer group (scale-out on one host): they
+share the spool directory (radius/queue.py), where every call state and
+queued record carries its ``sip.events`` partition.  A worker holds in
+memory, folds and sends only the partitions Kafka assigned it:
+
+* revoked: its in-flight sends finish and their acknowledgements are
+  committed, then the partitions' calls and queue leave its memory;
+* assigned: it claims the partitions in the spool (``owners``, the fence),
+  loads their call states and queued records, and carries on from the
+  group's committed offsets.  A batch whose offsets did not get committed
+  before the rebalance comes again to the new owner: the fold ignores known
+  event ids and the queue's keys known records, so nothing is doubled.
+
+A worker fenced out (it stalled past its session and its partitions were
+claimed meanwhile) stops with an error; its supervisor restarts it and it
+joins the group again.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
 import logging
+import os
 import time
+import uuid
 from pathlib import Path
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from pyrad.dictionary import Dictionary
 
@@ -75,7 +91,8 @@ class Accounting:
     in, records out.  The caller persists ``changed`` / ``forgotten`` with the
     records (``apply_changes``).  Finished markers are kept apart, in finish
     order, so that the timer only walks live calls and expires markers from
-    the oldest."""
+    the oldest.  Only the partitions this worker owns are held (``load`` /
+    ``drop`` as Kafka assigns and revokes them)."""
 
     def __init__(self, ctx: Context, silence_ms: int, ttl_ms: int, started_ms: int) -> None:
         self.ctx = ctx
@@ -83,18 +100,24 @@ class Accounting:
         self.ttl_ms = ttl_ms
         self.started_ms = started_ms
         self.calls: dict[str, Slot] = {}          # live calls
-        self.finished: dict[str, int] = {}        # call id -> finish wall ms, oldest first
+        self.finished: dict[str, tuple[int, int]] = {}   # call id -> (finish wall ms, partition), oldest first
         self.counts: collections.Counter = collections.Counter()
 
     def load(self, rows) -> None:
-        markers = []
+        """Take stored slots (call id, blob) in, beside those held already."""
+        markers = [(seen, call_id, partition) for call_id, (seen, partition) in self.finished.items()]
         for call_id, blob in rows:
             slot = _slot_decoder.decode(blob)
             if slot.state is None:
-                markers.append((slot.seen_ms, call_id))
+                markers.append((slot.seen_ms, call_id, slot.partition))
             else:
                 self.calls[call_id] = slot
-        self.finished = {call_id: seen for seen, call_id in sorted(markers)}
+        self.finished = {call_id: (seen, partition) for seen, call_id, partition in sorted(markers)}
+
+    def drop(self, partitions: set[int]) -> None:
+        """Forget the calls of ``partitions`` (another worker owns them now)."""
+        self.calls = {k: v for k, v in self.calls.items() if v.partition not in partitions}
+        self.finished = {k: v for k, v in self.finished.items() if v[1] not in partitions}
 
     def _slot(self, call_id: str, changed: dict[str, Slot]) -> Slot | None:
         slot = changed.get(call_id)
@@ -148,7 +171,7 @@ class Accounting:
     def tick(self, now_ms: int, records: list[Record], changed: dict[str, Slot],
              forgotten: list[str]) -> None:
         """Interim-Updates due, silent calls, expired finished markers."""
-        for call_id, finished_ms in self.finished.items():
+        for call_id, (finished_ms, _partition) in self.finished.items():
             if now_ms - finished_ms <= self.ttl_ms:
                 break
             forgotten.append(call_id)
@@ -173,7 +196,7 @@ class Accounting:
         for call_id, slot in changed.items():
             if slot.state is None:
                 calls.pop(call_id, None)
-                finished[call_id] = slot.seen_ms
+                finished[call_id] = (slot.seen_ms, slot.partition)
             else:
                 calls[call_id] = slot
         for call_id in forgotten:
@@ -183,6 +206,17 @@ class Accounting:
     @property
     def live(self) -> int:
         return len(self.calls)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, worker: "RadiusWorker") -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        await self.worker.release({tp.partition for tp in revoked if tp.topic == self.worker.topic})
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        await self.worker.take({tp.partition for tp in assigned if tp.topic == self.worker.topic})
 
 
 class RadiusWorker:
@@ -203,19 +237,19 @@ class RadiusWorker:
         self._last_prune = 0.0
         self._last_stats = time.monotonic()
         self._acked_counted = 0          # the sender's acks already added to the metric
+        # this worker in the spool's owner table: unique per run, so that a restarted
+        # worker fences its own previous incarnation too
+        self.owner = f"{config.node.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.owned: set[int] = set()     # sip.events partitions assigned to this worker
 
     def stop(self) -> None:
         self._stop.set()
 
     async def run(self, ready=None) -> None:
         """Run until ``stop()``; ``ready()`` is called once consuming starts."""
-        self.core.load(self.spool.calls())
-        # the durable queue drains (and live calls get their interims) while
-        # the consumer joins its group, which takes seconds on Tansu
+        # call states and queued records are loaded per partition as Kafka assigns them
         await self.sender.start()
-        self.sender.load_pending()
-        log.info("radius worker: %d live calls, %d records queued", self.core.live,
-                 self.spool.pending_count())
+        await self.sender.assign(())
         sender = asyncio.create_task(self.sender.run(), name="radius-sender")
         tasks = [asyncio.create_task(self._timer(), name="radius-timer")]
         stopper = asyncio.create_task(self._stop.wait())
@@ -253,12 +287,33 @@ class RadiusWorker:
         kafka = self.config.kafka
         await ensure_topics(kafka, {self.topic: kafka.partitions}, timeout=30.0)
         consumer = AIOKafkaConsumer(
-            self.topic, **consumer_kwargs(kafka, group_id=self.settings.group_id,
-                                          enable_auto_commit=False, auto_offset_reset="earliest",
-                                          client_id=f"{self.settings.group_id}-{self.config.node.name}",
-                                          max_partition_fetch_bytes=4 * 1048576))
+            **consumer_kwargs(kafka, group_id=self.settings.group_id,
+                              enable_auto_commit=False, auto_offset_reset="earliest",
+                              client_id=f"{self.settings.group_id}-{self.config.node.name}",
+                              max_partition_fetch_bytes=4 * 1048576))
         self.consumer = consumer
         await consumer.start()
+        consumer.subscribe([self.topic], listener=_Rebalance(self))
+
+    async def release(self, partitions: set[int]) -> None:
+        """Kafka revoked ``partitions``: finish their sends, forget their calls."""
+        if not partitions:
+            return
+        self.owned -= partitions
+        self.core.drop(partitions)
+        await self.sender.assign(self.owned)
+        log.info("radius worker: released partitions %s", sorted(partitions))
+
+    async def take(self, partitions: set[int]) -> None:
+        """Kafka assigned ``partitions``: claim them, load their calls and queue."""
+        new = partitions - self.owned
+        if new:
+            self.spool.claim(new, self.owner)
+            self.core.load(self.spool.calls(new))
+            self.owned |= new
+        await self.sender.assign(self.owned)
+        log.info("radius worker: partitions %s (%d live calls, %d records in memory)",
+                 sorted(self.owned), self.core.live, self.sender.backlog)
 
     async def _consume(self) -> None:
         consumer = self.consumer
@@ -266,9 +321,11 @@ class RadiusWorker:
         batch_size = self.settings.batch_size
         while True:
             data = await consumer.getmany(timeout_ms=500, max_records=batch_size)
+            # records of a partition revoked meanwhile are its new owner's to fold
+            data = {tp: messages for tp, messages in data.items() if messages and tp.partition in self.owned}
             if not data:
                 continue
-            offsets = {tp: messages[-1].offset + 1 for tp, messages in data.items() if messages}
+            offsets = {tp: messages[-1].offset + 1 for tp, messages in data.items()}
             self.handle(data)
             try:
                 await consumer.commit(offsets)
@@ -296,11 +353,17 @@ class RadiusWorker:
                 self.core.event(event, tp.partition, now, records, changed)
         self._persist(records, changed, [], now)
 
-    def _persist(self, records: list[Record], changed: dict, forgotten: list[str], now: int) -> None:
+    def _persist(self, records: list[Record], changed: dict[str, Slot], forgotten: list[str],
+                 now: int) -> None:
         if not records and not changed and not forgotten:
             return
+        # every record comes from a call changed in the same batch
+        call_partitions = {call_id: slot.partition for call_id, slot in changed.items()}
         puts, deletes = self.core.apply_changes(changed, forgotten)
-        added = self.spool.commit(records, puts, deletes, now_ms=now)
+        # raises Fenced (nothing written, nothing committed to Kafka): the worker stops
+        added = self.spool.commit(records, puts, deletes, now_ms=now,
+                                  partitions=[call_partitions[record.call_id] for record in records],
+                                  owner=self.owner, call_partitions=call_partitions)
         self.core.counts["duplicates_skipped"] += len(records) - len(added)
         self.sender.add(added)
 

@@ -59,6 +59,7 @@ from billing.rating.model import (
     RatePlan,
     RatesSnapshot,
     RatingError,
+    first_cost,
     max_duration,
     normalize_number,
     number_from_uri,
@@ -315,7 +316,7 @@ class CreditControl:
             live.held -= old.amount
         available = self.available(info.id)
         try:
-            first = rate_call(plan, number, now_ms, 1).total
+            first = first_cost(plan, number, now_ms)
             seconds = max_duration(plan, number, now_ms, available) if available >= first else 0
             check_amount(first, "the first increment's cost")
         except (RatingError, LedgerError) as exc:

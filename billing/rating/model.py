@@ -69,7 +69,7 @@ import msgspec
 __all__ = [
     "Rounding", "ROUNDINGS", "WEEKDAYS", "DAY", "MAX_DECIMALS", "INT_LIMITS", "RatingError", "NoRateError",
     "Rate", "RatePlan", "ChargePart", "Charge", "RatesSnapshot",
-    "match", "rate_call", "max_duration", "round_money", "find_overlaps", "rates_overlap",
+    "match", "rate_call", "first_cost", "max_duration", "round_money", "find_overlaps", "rates_overlap",
     "describe_rate", "format_weekdays", "format_time_of_day", "normalize_number", "number_from_uri", "to_epoch_ms",
     "check_currency", "check_timezone", "check_plan_name", "check_prefix",
 ]
@@ -412,6 +412,16 @@ def rate_call(plan: RatePlan, number: str, start_ms: int, duration_ms: int) -> C
     return walk.charge(duration_ms)
 
 
+def first_cost(plan: RatePlan, number: str, at: int | datetime) -> Decimal:
+    """What the first increment (and the minimum time) of a call answered at
+    ``at`` costs, connect fee included: ``rate_call(plan, number, at, 1).total``
+    without building the charge (credit control asks it at every INVITE).
+    Raises NoRateError like ``rate_call``."""
+    walk = _Walk(plan, normalize_number(number), to_epoch_ms(at))
+    walk.lay_until(max(1, walk.opening.rate.min_seconds * 1000), strict=True)
+    return walk.total()
+
+
 def max_duration(plan: RatePlan, number: str, at: int | datetime, credit: Decimal, *,
                  limit: int = DAY) -> int:
     """How many seconds a call answered at ``at`` may last with ``credit``:
@@ -429,6 +439,12 @@ def max_duration(plan: RatePlan, number: str, at: int | datetime, credit: Decima
     if not walk.lay_until(max(1, opening.min_seconds * 1000), strict=False) or walk.total() > credit:
         return 0
     limit_ms = limit * 1000
+    # the common prepaid case, credit for more than ``limit``: one walk to the limit
+    # instead of a search per rate period (costs only grow with time, so every
+    # shorter call is affordable too and the search would end at the limit)
+    whole = _Walk(plan, walk.number, walk.start)
+    if whole.lay_until(max(limit_ms, opening.min_seconds * 1000), strict=False) and whole.total() <= credit:
+        return limit
     while walk.p < limit_ms:
         entry, end = walk.segment()
         if entry is None:
@@ -648,7 +664,7 @@ def _round_ratio(num: int, den: int, decimals: int, method: str) -> Decimal:
         q += 1
     elif method not in ROUNDINGS:
         raise RatingError(f"rounding {method!r} must be one of {', '.join(ROUNDINGS)}")
-    return Decimal((0, tuple(int(d) for d in str(q)), -decimals))
+    return Decimal(f"{q}E-{decimals}")          # exact: a Decimal from text is never rounded
 
 
 def _in_window(second: int, start: int, end: int) -> bool:

@@ -7,6 +7,7 @@ Waits are bounded polls (nothing asserts how long anything took)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 import uuid
 
@@ -337,3 +338,86 @@ def test_sender_pages_a_long_queue_through_a_small_window(tmp_path, freeradius):
     expected = {(r.session, {1: "Start", 2: "Stop"}[r.status]) for r in records}
     assert_each_once_and_ordered(freeradius.wait_for(lambda rs: len(rs) >= len(expected), WAIT),
                                  expected)
+
+
+# --- scale-out: several workers in one consumer group ------------------------------------------
+
+def owners(data_dir) -> dict[int, str]:
+    """The spool's partition -> owning worker (radius/queue.py ``owners``)."""
+    import sqlite3
+    db = sqlite3.connect(f"file:{data_dir / 'radius' / 'radius.sqlite'}?mode=ro", uri=True, timeout=5)
+    try:
+        return dict(db.execute("SELECT partition, owner FROM owners").fetchall())
+    finally:
+        db.close()
+
+
+def live_calls(prefix: str, partitions: int, per_partition: int = 2) -> list:
+    """Answered calls (no end yet), ``per_partition`` of them in each partition of the topic."""
+    from proxy.contract.credit import account_partition          # Kafka's default partitioner
+    calls, count, i = [], collections.Counter(), 0
+    while len(calls) < partitions * per_partition:
+        call_id = f"{prefix}-{i}@test"
+        i += 1
+        p = account_partition(call_id, partitions)
+        if count[p] < per_partition:
+            count[p] += 1
+            c = CallBuilder(call_id, now_ms() - 5000, from_tag=f"ft{prefix}{i}")
+            c.at(0).invite(); c.at(1).route(0); c.at(1000).answer(0)
+            calls.append(c)
+    return calls
+
+
+def test_two_workers_split_the_partitions_and_hand_live_calls_over(tmp_path, broker, kafka_settings,
+                                                                   freeradius, workers):
+    """Two workers in one group (one spool directory): the second joins while
+    calls are live, then leaves; every record arrives once and in order, and
+    a call answered under one worker is stopped by the other with the
+    duration of its events (its state went with its partition)."""
+    topic = unique_topic("radius.scale")
+    ensure_topics_sync(kafka_settings, {topic: 6})
+    group = f"radius-{uuid.uuid4().hex[:8]}"
+    data = tmp_path / "data"
+    start_worker(workers, tmp_path, broker, topic, [freeradius], name="a", group_id=group, nas_identifier="nas-a")
+    t0 = now_ms() - 120_000
+    first = live_calls("first", 6)                                 # answered under worker a alone
+    send(kafka_settings, topic, [e for c in first for e in c.events] + complete_calls("alone", 20, t0))
+    freeradius.wait_for(lambda rs: len(rs) >= 12 + 40, WAIT)
+
+    b = start_worker(workers, tmp_path, broker, topic, [freeradius], name="b", group_id=group,
+                     nas_identifier="nas-b")
+    eventually(lambda: len(set(owners(data).values())) == 2, "the partitions split between the workers", WAIT)
+    second = live_calls("second", 6)                               # answered while both run
+    send(kafka_settings, topic, [c.at(now_ms() - c.t0).bye("caller") for c in first]
+         + [e for c in second for e in c.events] + complete_calls("both", 20, t0))
+    both_expected = {(f"{c.call_id};leg=0", st) for c in first for st in ("Start", "Stop")} | \
+        {(f"{c.call_id};leg=0", "Start") for c in second} | \
+        {(f"both-{i}@test;leg=0", st) for i in range(20) for st in ("Start", "Stop")}
+    freeradius.wait_for(lambda rs: set(keys(rs)) >= both_expected, WAIT)
+    split = owners(data)
+
+    assert b.stop() == 0                                           # leaves the group: a takes all over
+    eventually(lambda: len(set(owners(data).values())) == 1, "worker a owns every partition again", WAIT)
+    send(kafka_settings, topic, [c.at(now_ms() - c.t0).bye("callee") for c in second]
+         + complete_calls("after", 20, t0))
+    expected = {(f"{p}-{i}@test;leg=0", st) for p in ("alone", "both", "after") for i in range(20)
+                for st in ("Start", "Stop")} | \
+        {(f"{c.call_id};leg=0", st) for c in first + second for st in ("Start", "Stop")}
+    records = freeradius.wait_for(lambda rs: set(keys(rs)) >= expected, WAIT)
+    assert_each_once_and_ordered(records, expected)
+    assert len(records) == len(expected), "records beyond the expected ones"
+
+    sessions = by_session(records)
+    nas = {r.get("NAS-Identifier") for r in records if r.session.startswith("both-")}
+    assert nas == {"nas-a", "nas-b"}, f"both workers sent while both ran: {nas}"
+    from proxy.contract.credit import account_partition
+    b_partitions = {p for p, owner in split.items() if owner != owners(data)[p]}
+    assert b_partitions and len(b_partitions) < 6, split
+    for c in first + second:
+        start, stop = sessions[f"{c.call_id};leg=0"]
+        assert stop.int("Sip-Call-MSDuration") == c.events[-1].ts_ms - (c.t0 + 1000), c.call_id
+        on_b = account_partition(c.call_id, 6) in b_partitions
+        # handed over: a -> b for the first calls on b's partitions, b -> a for the second
+        expected_nas = (("nas-a", "nas-b") if on_b else ("nas-a", "nas-a")) if c in first else \
+            (("nas-b", "nas-a") if on_b else ("nas-a", "nas-a"))
+        assert (start.get("NAS-Identifier"), stop.get("NAS-Identifier")) == expected_nas, c.call_id

@@ -17,6 +17,7 @@ from billing.rating.model import (
     RatePlan,
     RatesSnapshot,
     RatingError,
+    first_cost,
     match,
     max_duration,
     normalize_number,
@@ -500,3 +501,9 @@ def test_max_duration_round_trip(p, start, credit):
         # one increment more: the one starting at d (any usage at all when d == 0)
         longer = (d + match(p, "4912", start + d * 1000).next_increment) * 1000 if d else 1
         assert rate_call(p, "4912", start, longer).total > credit
+
+
+@FAST
+@given(p=plans(), start=START)
+def test_first_cost_is_the_cost_of_the_first_increment(p, start):
+    assert first_cost(p, "4912", start) == rate_call(p, "4912", start, 1).total
