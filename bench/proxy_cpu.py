@@ -190,6 +190,9 @@ def run(calls: int, profile: bool = False) -> None:
             one_call(n)
         timers(effects.now + 64)
         tune_gc()                                # as a worker runs
+        if "--nogc" in sys.argv:
+            import gc
+            gc.disable()
         prof = None
         if profile:
             import cProfile
