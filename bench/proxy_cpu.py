@@ -1,18 +1,23 @@
 """CPU per call of the proxy core alone, in one process, without sockets.
 
-    .venv/bin/python bench/proxy_cpu.py [CALLS] [--profile]
+    .venv/bin/python bench/proxy_cpu.py [CALLS] [--profile] [--nogc]
 
 What bench/sip_rate.sh measures end to end (SIPp's uac_rr/uas_rr calls:
 INVITE, 180, 200, ACK, BYE, 200 through a Record-Routing proxy with the
 bench's config: static route, trusted source, events on) but driven in
 memory: the SIPp sides are simulated here and only the proxy's work is
 timed (``Engine.on_data``, the timers it arms, the event encoding the
-runtime does in ``emit``).  On a machine shared with other work the
-end-to-end figure swings by 2x; this one is repeatable to a few percent,
-so it is what each hot-path change is judged by.  The kernel's share
-(sendto/recvfrom, about a third of a worker's CPU) is not in it.
+runtime does in ``emit``), with the worker's garbage-collector settings
+(``tune_gc``), after a warm-up that fills the parse caches.  Printed: CPU
+per call over 1,000-call rounds, mean (the figure), min and median (other
+load on the machine only ever adds; a round with a collection pass costs
+more).  On a machine shared with other work the end-to-end figure swings by
+2x; this one repeats within ~5 %, so it is what each hot-path change is
+judged by.  The kernel's share (sendto/recvfrom) and the runtime around the
+core (uvloop, hand-off, outbox) are not in it.
 
-``--profile`` prints the top of a cProfile of the same run.
+``--profile`` prints the top of a cProfile of the same run; ``--nogc`` turns
+the cycle collector off (what the collector costs).
 """
 from __future__ import annotations
 
@@ -202,7 +207,7 @@ def run(calls: int, profile: bool = False) -> None:
         rounds: list[float] = []
         events0 = effects.events
         n = 10_000
-        for _ in range(max(1, calls // ROUND)):  # the best round: other load only ever adds
+        for _ in range(max(1, calls // ROUND)):  # min: the best round (other load only adds)
             spent = 0.0
             for i in range(ROUND):
                 one_call(n)
@@ -215,8 +220,9 @@ def run(calls: int, profile: bool = False) -> None:
             prof.disable()
             import pstats
             pstats.Stats(prof).sort_stats("tottime").print_stats(35)
+        mean = sum(rounds) / len(rounds)
         rounds.sort()
-        print(f"calls={len(rounds) * ROUND} cpu_us_per_call min={rounds[0]:.1f} "
+        print(f"calls={len(rounds) * ROUND} cpu_us_per_call mean={mean:.1f} min={rounds[0]:.1f} "
               f"median={rounds[len(rounds) // 2]:.1f} "
               f"events_per_call={(effects.events - events0) / (len(rounds) * ROUND):.1f}")
 
