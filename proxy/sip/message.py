@@ -209,15 +209,14 @@ def parse(data: bytes, *, max_message_bytes: int = MAX_MESSAGE_BYTES,
     Bytes are decoded as UTF-8 with ``surrogateescape``: a byte that is not
     UTF-8 (a Latin-1 display name) becomes a lone surrogate and serialises
     back to the same byte, so relayed messages are unchanged."""
-    if not data or not data.strip():
+    if not data or data.isspace():          # (isspace: the set bytes.strip() strips, no copy)
         raise ParseError("empty message")
     if data[:1] in (b"\r", b"\n"):
         data = data.lstrip(b"\r\n")
     head, body = _split_head_body(data)
     text = head.decode("utf-8", "surrogateescape")
-    if text.count("\n") == text.count("\r\n"):
-        lines = text.split("\r\n")
-    else:                                   # tolerate bare LF line ends
+    lines = text.split("\r\n")
+    if text.count("\n") != len(lines) - 1:   # a bare LF somewhere: tolerate LF line ends
         lines = text.replace("\r\n", "\n").split("\n")
     msg = _start_line(lines[0])
     if len(head) > max_header_bytes or len(lines) > max_headers + 1:
@@ -236,6 +235,7 @@ def parse(data: bytes, *, max_message_bytes: int = MAX_MESSAGE_BYTES,
 
 def _headers(msg: SipMessage, lines: list[str]) -> None:
     headers = msg.headers
+    append = headers.append
     keys = _KEYS
     for line in lines[1:]:
         if not line:
@@ -246,10 +246,9 @@ def _headers(msg: SipMessage, lines: list[str]) -> None:
             last = headers[-1]
             headers[-1] = (last[0], last[1], last[2] + " " + line.strip())
             continue
-        colon = line.find(":")
-        if colon <= 0:
+        name, colon, value = line.partition(":")
+        if not colon or not name:
             raise ParseError(f"malformed header line {line[:40]!r}", _partial(msg))
-        name = line[:colon]
         key = keys.get(name)
         if key is None:
             name = name.strip()
@@ -258,7 +257,7 @@ def _headers(msg: SipMessage, lines: list[str]) -> None:
             key = canonical(name)
             if len(keys) < 4096 and len(name) <= 64:   # bounded: names are attacker-chosen
                 keys[name] = key
-        headers.append((key, name, line[colon + 1:].strip()))
+        append((key, name, value.strip()))
 
 
 def _summary(msg: SipMessage, lines: list[str]) -> SipMessage | None:
