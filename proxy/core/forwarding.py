@@ -249,7 +249,7 @@ class ProxyCall:
         branch.cancel_sent = True
         cancel = SipMessage.request("CANCEL", branch.request.uri or "")
         src = branch.request
-        cancel.headers.append(["via", "Via", src.top_via or ""])
+        cancel.headers.append(("via", "Via", src.top_via or ""))
         for key in ("from", "to", "call-id"):
             cancel.add(key, src.get(key) or "")
         cancel.add("cseq", f"{src.cseq[0]} CANCEL")

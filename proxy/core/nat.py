@@ -71,7 +71,7 @@ class _Facts:
 
 def _facts(request: SipMessage, source: Target) -> _Facts:
     contact_host = None
-    contacts = request.values("contact") if request.has("contact") else []
+    contacts = request.values("contact")
     if contacts and contacts[0].strip() != "*":
         try:
             contact_host = parse_uri(parse_name_addr(contacts[0]).uri).host.strip("[]")
@@ -109,21 +109,32 @@ RULES: dict[NatFlag, tuple[Callable[[_Facts], bool], str]] = {
 DEFAULT_RULES = NatFlag.CONTACT_PRIVATE | NatFlag.VIA_RECEIVED | NatFlag.VIA_PRIVATE | NatFlag.VIA_PORT
 
 
+# RULES with plain int flags: every request is tested (dialogs, media), and
+# IntFlag arithmetic (each & or | builds an enum member) cost ~0.5 us a rule.
+_RULE_BITS = tuple((int(flag), test) for flag, (test, _why) in RULES.items())
+
+
+def _fired(facts: _Facts, wanted: int) -> int:
+    found = 0
+    for bit, test in _RULE_BITS:
+        if bit & wanted and test(facts):
+            found |= bit
+    return found
+
+
 def detect(request: SipMessage, source: Target, rules: NatFlag = DEFAULT_RULES) -> NatFlag:
     """The flags among ``rules`` that fire for ``request`` received from ``source``."""
-    facts = _facts(request, source)
-    found = NatFlag(0)
-    for flag, (test, _why) in RULES.items():
-        if flag & rules and test(facts):
-            found |= flag
-    return found
+    return NatFlag(_fired(_facts(request, source), int(rules)))
 
 
 def sender_nated(request: SipMessage, source: Target) -> bool:
     """THE question for the registrar, the dialogs and the media relay: is the
     party that sent ``request`` (arrived from ``source``) behind a NAT, so that
     requests and media for it must go to where its packets come from?"""
-    return bool(detect(request, source))
+    return _fired(_facts(request, source), _DEFAULT_BITS) != 0
+
+
+_DEFAULT_BITS = int(DEFAULT_RULES)
 
 
 def behind_nat(contact: str, source_host: str) -> bool:

@@ -34,13 +34,12 @@ def make_response(request: SipMessage, status: int, reason: str | None = None, *
     """A response generated here (not relayed): copies the transaction headers,
     adds a To tag to non-100 responses that lack one."""
     resp = SipMessage.response(status, reason or REASONS.get(status, "Unknown"))
-    for h in request.headers:
-        if h[0] in _COPIED:
-            resp.headers.append(h[:])
+    lines = resp.headers
+    lines.extend(h for h in request.headers if h[0] in _COPIED)
     if status > 100:
-        for h in resp.headers:
+        for i, h in enumerate(lines):
             if h[0] == "to" and ";tag=" not in h[2].replace(" ", "").lower():
-                h[2] = f"{h[2]};tag={to_tag or new_tag()}"
+                lines[i] = (h[0], h[1], f"{h[2]};tag={to_tag or new_tag()}")
                 break
     for key, value in headers:
         resp.add(key, value)

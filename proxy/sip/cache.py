@@ -6,9 +6,17 @@ only: 16,000 OPTIONS with a 30 KB Via parameter held half a gigabyte.  Here a
 value longer than ``max_key_chars`` is parsed but never cached, and the
 cached values' total size stays under ``max_bytes``; the oldest entries go
 first (FIFO: a hit costs one dict lookup, no reordering).
+
+The insertion order is kept in a deque beside the dict.  Evicting with
+``next(iter(dict))`` instead looked free but is not: deleting a dict's first
+entry leaves a dummy slot that every later ``iter`` walks past until the
+dict is next resized, so at steady state (phones' tags and branches make most
+values unique: a miss and an eviction per new value) each eviction scanned
+thousands of dead slots, ~10 us instead of ~0.1 us.
 """
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -22,7 +30,8 @@ _ENTRY_OVERHEAD = 200
 class BoundedCache(Generic[T]):
     """``cache(fn)(key)``: fn's result for a str key, cached within the bounds."""
 
-    __slots__ = ("fn", "max_entries", "max_bytes", "max_key_chars", "_data", "_bytes", "__wrapped__")
+    __slots__ = ("fn", "max_entries", "max_bytes", "max_key_chars", "_data", "_order", "_bytes",
+                 "__wrapped__")
 
     def __init__(self, fn: Callable[[str], T], max_entries: int, max_bytes: int, max_key_chars: int):
         self.fn = fn
@@ -30,6 +39,7 @@ class BoundedCache(Generic[T]):
         self.max_bytes = max_bytes
         self.max_key_chars = max_key_chars
         self._data: dict[str, T] = {}
+        self._order: deque[str] = deque()      # keys, oldest first (see the module doc)
         self._bytes = 0
         self.__wrapped__ = fn
 
@@ -39,18 +49,21 @@ class BoundedCache(Generic[T]):
         if hit is not None:
             return hit
         value = self.fn(key)
-        if len(key) <= self.max_key_chars:
+        if len(key) <= self.max_key_chars and key not in data:   # (a cached None is no hit)
             cost = _cost(key)
-            while data and (len(data) >= self.max_entries or self._bytes + cost > self.max_bytes):
-                old = next(iter(data))
+            order = self._order
+            while order and (len(data) >= self.max_entries or self._bytes + cost > self.max_bytes):
+                old = order.popleft()
                 del data[old]
                 self._bytes -= _cost(old)
             data[key] = value
+            order.append(key)
             self._bytes += cost
         return value
 
     def cache_clear(self) -> None:
         self._data.clear()
+        self._order.clear()
         self._bytes = 0
 
     def cache_bytes(self) -> int:

@@ -36,14 +36,14 @@ def build_non2xx_ack(invite: SipMessage, response: SipMessage) -> SipMessage:
     """
     ack = SipMessage(method="ACK", uri=invite.uri)
     headers = ack.headers
-    headers.append(["via", "Via", invite.top_via or ""])
-    headers.append(["max-forwards", "Max-Forwards", "70"])
-    headers.extend(line[:] for line in invite.headers if line[0] == "route")
-    headers.append(["from", "From", invite.get("from") or ""])
+    headers.append(("via", "Via", invite.top_via or ""))
+    headers.append(("max-forwards", "Max-Forwards", "70"))
+    headers.extend(line for line in invite.headers if line[0] == "route")
+    headers.append(("from", "From", invite.get("from") or ""))
     to = response.get("to")
-    headers.append(["to", "To", to if to is not None else (invite.get("to") or "")])
-    headers.append(["call-id", "Call-ID", invite.call_id])
-    headers.append(["cseq", "CSeq", f"{invite.cseq[0]} ACK"])
+    headers.append(("to", "To", to if to is not None else (invite.get("to") or "")))
+    headers.append(("call-id", "Call-ID", invite.call_id))
+    headers.append(("cseq", "CSeq", f"{invite.cseq[0]} ACK"))
     return ack
 
 

@@ -130,3 +130,40 @@ def test_shuffled_header_lines_never_crash(lines):
         parse(b"\r\n".join(lines) + b"\r\n\r\n")
     except ParseError:
         pass
+
+
+@pytest.mark.parametrize("data", [b" \r\n\t\r\n", b"\x0b\x0c "])
+def test_whitespace_only_is_an_empty_message(data):
+    with pytest.raises(ParseError) as err:
+        parse(data)
+    assert "empty" in err.value.reason
+
+
+MINIMAL = ("OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=1\r\n"
+           "To: <sip:a@b>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\n\r\n")
+
+
+@pytest.mark.parametrize("ends", ["\n", "mixed"])
+def test_bare_lf_line_ends_are_tolerated(ends):
+    text = MINIMAL.replace("\r\n", "\n") if ends == "\n" else MINIMAL.replace("From", "X: 1\nFrom", 1)
+    msg = parse(text.encode())
+    assert msg.call_id == "c1" and msg.get("from") == "<sip:a@b>;tag=1"
+    assert "\r" not in "".join(value for _, _, value in msg.headers)
+
+
+def test_header_line_with_empty_name_is_refused():
+    with pytest.raises(ParseError) as err:
+        parse(MINIMAL.replace("Call-ID: c1", ": c1").encode())
+    assert "malformed header" in err.value.reason
+
+
+def test_a_copy_shares_no_edit_with_its_original():
+    original = parse(MINIMAL.encode())
+    copy = original.copy()
+    copy.set("max-forwards", "69")
+    copy.prepend("via", "SIP/2.0/UDP proxy;branch=z9hG4bK2")
+    copy.replace_first_value("to", "<sip:x@y>")
+    assert copy.pop_first_value("via") == "SIP/2.0/UDP proxy;branch=z9hG4bK2"
+    assert original.get("max-forwards") is None and original.get("to") == "<sip:a@b>"
+    assert original.values("via") == ["SIP/2.0/UDP h;branch=z9hG4bK1"]
+    assert copy.get("to") == "<sip:x@y>"

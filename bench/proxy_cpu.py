@@ -1,0 +1,235 @@
+"""CPU per call of the proxy core alone, in one process, without sockets.
+
+    .venv/bin/python bench/proxy_cpu.py [CALLS] [--profile] [--nogc]
+
+What bench/sip_rate.sh measures end to end (SIPp's uac_rr/uas_rr calls:
+INVITE, 180, 200, ACK, BYE, 200 through a Record-Routing proxy with the
+bench's config: static route, trusted source, events on) but driven in
+memory: the SIPp sides are simulated here and only the proxy's work is
+timed (``Engine.on_data``, the timers it arms, the event encoding the
+runtime does in ``emit``), with the worker's garbage-collector settings
+(``tune_gc``), after a warm-up that fills the parse caches.  Printed: CPU
+per call over 1,000-call rounds, mean (the figure), min and median (other
+load on the machine only ever adds; a round with a collection pass costs
+more).  On a machine shared with other work the end-to-end figure swings by
+2x; this one repeats within ~5 %, so it is what each hot-path change is
+judged by.  The kernel's share (sendto/recvfrom) and the runtime around the
+core (uvloop, hand-off, outbox) are not in it.
+
+``--profile`` prints the top of a cProfile of the same run; ``--nogc`` turns
+the cycle collector off (what the collector costs).
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from proxy.contract import events as ev  # noqa: E402
+from proxy.core.callevents import CallEventFactory  # noqa: E402
+from proxy.core.engine import Core, Engine  # noqa: E402
+from proxy.core.node import LocalNode  # noqa: E402
+from proxy.core.ports import Target  # noqa: E402
+from proxy.infra.config import ProxySettings  # noqa: E402
+from proxy.provisioning.live import LiveProvisioning  # noqa: E402
+from proxy.provisioning.store import ProvisioningStore, default_url  # noqa: E402
+from proxy.routing.live import LiveRouting  # noqa: E402
+from proxy.routing.store import RoutingStore  # noqa: E402
+from proxy.runtime.worker import tune_gc  # noqa: E402
+from proxy.script.loader import load_script  # noqa: E402
+from proxy.script.runner import ScriptRouting  # noqa: E402
+
+UAC = Target("udp", "127.0.0.1", 5080, 1)
+UAS = Target("udp", "127.0.0.1", 5070, 1)
+_seq = itertools.count()
+
+
+class _Handle:
+    __slots__ = ("cancelled",)
+
+    def __init__(self):
+        self.cancelled = False
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class BenchEffects:
+    """The runtime's Effects, minus the sockets: sends are kept for the
+    simulated peers, events are encoded as RuntimeEffects.emit does."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.sent: list[tuple[bytes, Target]] = []
+        self.timers: list = []
+        self.events = 0
+
+    def send(self, data: bytes, target: Target) -> bool:
+        self.sent.append((data, target))
+        return True
+
+    def call_later(self, delay, fn, *args):
+        handle = _Handle()
+        heapq.heappush(self.timers, (self.now + delay, next(_seq), handle, fn, args))
+        return handle
+
+    def emit(self, event) -> None:
+        ev.key_bytes(event.call_id), ev.encode(event)
+        self.events += 1
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, to: float) -> None:
+        timers = self.timers
+        while timers and timers[0][0] <= to:
+            when, _, handle, fn, args = heapq.heappop(timers)
+            self.now = when
+            if not handle.cancelled:
+                fn(*args)
+        self.now = to
+
+
+def invite(n: int) -> bytes:
+    sdp = ("v=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
+           "t=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+    return (f"INVITE sip:service@127.0.0.1:5060 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-{n}-1-0\r\n"
+            f"From: sipp <sip:sipp@127.0.0.1:5080>;tag={n}SIPpTag00{n}\r\n"
+            f"To: service <sip:service@127.0.0.1:5060>\r\n"
+            f"Call-ID: {n}-4242@127.0.0.1\r\nCSeq: 1 INVITE\r\n"
+            f"Contact: sip:sipp@127.0.0.1:5080\r\nMax-Forwards: 70\r\nSubject: Performance Test\r\n"
+            f"Content-Type: application/sdp\r\nContent-Length: {len(sdp)}\r\n\r\n{sdp}").encode()
+
+
+def _lines(data: bytes) -> dict[str, list[str]]:
+    head = data.split(b"\r\n\r\n", 1)[0].decode()
+    out: dict[str, list[str]] = {}
+    for line in head.split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        out.setdefault(name.strip().lower(), []).append(f"{name}:{value}")
+    return out
+
+
+def uas_response(request: bytes, status: str, n: int, sdp: bool = False, rr: bool = True) -> bytes:
+    """What SIPp's uas_rr sends back: last Via/From/To(+tag)/Call-ID/CSeq/Record-Route."""
+    h = _lines(request)
+    to = h["to"][0] if ";tag=" in h["to"][0] else h["to"][0] + f";tag={n}SIPpTag01{n}"
+    lines = [f"SIP/2.0 {status}", *h["via"], *h["from"], to, *h["call-id"], *h["cseq"]]
+    if rr:
+        lines += h.get("record-route", [])
+    lines.append("Contact: <sip:127.0.0.1:5070;transport=UDP>")
+    body = "v=0\r\no=user1 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n" \
+           "m=audio 6002 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n" if sdp else ""
+    if sdp:
+        lines.append("Content-Type: application/sdp")
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n" + body).encode()
+
+
+def uac_request(method: str, cseq: int, n: int, ok: bytes) -> bytes:
+    """SIPp's uac_rr ACK/BYE: to the 200's Contact, along its Record-Route (reversed)."""
+    h = _lines(ok)
+    routes = [v.split(":", 1)[1].strip() for v in h.get("record-route", [])]
+    route = f"Route: {', '.join(reversed(routes))}\r\n" if routes else ""
+    return (f"{method} sip:127.0.0.1:5070;transport=UDP SIP/2.0\r\n{route}"
+            f"Via: SIP/2.0/UDP 127.0.0.1:5080;branch=z9hG4bK-{n}-{cseq}-{method}\r\n"
+            f"{h['from'][0]}\r\n{h['to'][0]}\r\n{h['call-id'][0]}\r\nCSeq: {cseq} {method}\r\n"
+            f"Contact: sip:sipp@127.0.0.1:5080\r\nMax-Forwards: 70\r\nSubject: Performance Test\r\n"
+            f"Content-Length: 0\r\n\r\n").encode()
+
+
+def build(tmp: Path) -> tuple[Engine, BenchEffects]:
+    effects = BenchEffects()
+    store = ProvisioningStore(default_url(tmp))
+    store.create_schema()
+    routing_store = RoutingStore(default_url(tmp))
+    routing_store.create_schema()
+    live, routing = LiveProvisioning(store, poll_interval=0), LiveRouting(routing_store, poll_interval=0)
+    live.maybe_reload(float("inf"))
+    routing.maybe_reload(float("inf"))
+    settings = ProxySettings(static_route="sip:127.0.0.1:5070", trusted_sources=("127.0.0.1/32",))
+    node = LocalNode("127.0.0.1", {"udp": 5060}, 5060)
+    core = Core(settings=settings, effects=effects, node=node, events=CallEventFactory("bench", 0),
+                provisioning=live, routing_data=routing)
+    return Engine(core, ScriptRouting(core, load_script(None))), effects
+
+
+def run(calls: int, profile: bool = False) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        engine, effects = build(Path(tmp))
+        spent = 0.0
+        clock = time.process_time
+
+        def feed(data: bytes, source: Target) -> list[tuple[bytes, Target]]:
+            nonlocal spent
+            t0 = clock()
+            engine.on_data(data, source)
+            spent += clock() - t0
+            out, effects.sent = effects.sent, []
+            return out
+
+        def one_call(n: int) -> None:
+            out = feed(invite(n), UAC)
+            fwd = next(d for d, t in out if d.startswith(b"INVITE") and t.port == UAS.port)
+            feed(uas_response(fwd, "180 Ringing", n), UAS)
+            out = feed(uas_response(fwd, "200 OK", n, sdp=True), UAS)
+            ok = next(d for d, t in out if d.startswith(b"SIP/2.0 200"))
+            feed(uac_request("ACK", 1, n, ok), UAC)
+            out = feed(uac_request("BYE", 2, n, ok), UAC)
+            bye = next(d for d, t in out if d.startswith(b"BYE"))
+            feed(uas_response(bye, "200 OK", n, rr=False), UAS)
+
+        def timers(to: float) -> None:
+            nonlocal spent
+            t0 = clock()
+            effects.advance(to)
+            spent += clock() - t0
+
+        for n in range(3000):                    # warm up to steady state (parse caches full)
+            one_call(n)
+        timers(effects.now + 64)
+        tune_gc()                                # as a worker runs
+        if "--nogc" in sys.argv:
+            import gc
+            gc.disable()
+        prof = None
+        if profile:
+            import cProfile
+            prof = cProfile.Profile()
+            prof.enable()
+        rate = 1000                              # simulated calls/s: timers interleave as they would
+        rounds: list[float] = []
+        events0 = effects.events
+        n = 10_000
+        for _ in range(max(1, calls // ROUND)):  # min: the best round (other load only adds)
+            spent = 0.0
+            for i in range(ROUND):
+                one_call(n)
+                n += 1
+                if i % 50 == 49:
+                    timers(effects.now + 50 / rate)
+            rounds.append(spent / ROUND * 1e6)
+        timers(effects.now + 64)
+        if prof is not None:
+            prof.disable()
+            import pstats
+            pstats.Stats(prof).sort_stats("tottime").print_stats(35)
+        mean = sum(rounds) / len(rounds)
+        rounds.sort()
+        print(f"calls={len(rounds) * ROUND} cpu_us_per_call mean={mean:.1f} min={rounds[0]:.1f} "
+              f"median={rounds[len(rounds) // 2]:.1f} "
+              f"events_per_call={(effects.events - events0) / (len(rounds) * ROUND):.1f}")
+
+
+ROUND = 1000
+
+
+if __name__ == "__main__":
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    run(int(args[0]) if args else 20000, profile="--profile" in sys.argv)
