@@ -220,27 +220,36 @@ def preference(binding: Binding) -> tuple[int, float]:
 
 
 class BindingEditor:
-    """One AOR's live bindings inside an open write transaction."""
+    """One AOR's live bindings inside an open write transaction.
+
+    ``current`` is keyed by the contact as stored (``_text``): a contact with a
+    byte that is not UTF-8 is stored escaped, so looking it up by the parsed
+    string would miss its row and insert it twice (found by the fuzz test)."""
 
     def __init__(self, driver: _Driver, aor: str, current: dict[str, Binding]):
         self._driver = driver
         self.aor = aor
-        self.current = current          # contact URI → Binding, updated as we write
+        self.current = current          # stored contact URI → Binding, updated as we write
+
+    def get(self, contact: str) -> Binding | None:
+        return self.current.get(_text(contact) or "")
 
     def put(self, binding: Binding) -> None:
         # the AOR is locked (see ``edit``) and ``current`` holds all its rows, so
         # update-or-insert is exact without a dialect's upsert syntax
         row = _row(binding)
-        if binding.contact in self.current:
-            self._driver.run("update", {"aor": row["aor"], "contact": row["contact"],
+        key = str(row["contact"])
+        if key in self.current:
+            self._driver.run("update", {"aor": row["aor"], "contact": key,
                                         **{f"new_{k}": v for k, v in row.items()}})
         else:
             self._driver.run("insert", row)
-        self.current[binding.contact] = binding
+        self.current[key] = binding
 
     def remove(self, contact: str) -> None:
-        self._driver.run("remove", {"aor": self.aor, "contact": _text(contact)})
-        self.current.pop(contact, None)
+        key = _text(contact) or ""
+        self._driver.run("remove", {"aor": self.aor, "contact": key})
+        self.current.pop(key, None)
 
     def bindings(self) -> list[Binding]:
         return sorted(self.current.values(), key=preference)

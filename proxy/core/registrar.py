@@ -147,7 +147,7 @@ class Registrar:
             # ordering is judged on the bindings as they were before this
             # request, so a contact listed twice does not trip over itself
             for change in changes:
-                existing = edit.current.get(change.uri)
+                existing = edit.get(change.uri)
                 if existing is not None:
                     _check_order(existing, call_id, cseq)
             for change in changes:

@@ -74,6 +74,19 @@ def contacts_of(store, now=T0, aor=AOR):
 
 # -- basic binding ------------------------------------------------------------------
 
+def test_a_contact_with_a_byte_that_is_not_utf8_refreshes_its_binding(registrar, store):
+    """Stored escaped (``\\xff``), found again by the next REGISTER (it was
+    inserted a second time: a UNIQUE error and a 500)."""
+    contact = "<sip:al\udcffce@192.168.1.10>"           # the parser's form of byte 0xff
+    for cseq in (1, 2):
+        out = registrar.register(register(contact, cseq=cseq), AOR, SOURCE, T0 + cseq)
+        assert (out.status, out.reason) == (200, "OK")
+    [binding] = store.lookup(AOR, T0)
+    assert binding.contact == "sip:al\\xffce@192.168.1.10" and binding.cseq == 2
+    out = registrar.register(register(contact, expires="0", cseq=3), AOR, SOURCE, T0 + 3)
+    assert out.status == 200 and store.lookup(AOR, T0) == []
+
+
 def test_register_binds_and_reports_the_binding(registrar, store):
     out = registrar.register(register("<sip:alice@192.168.1.10:5060>", expires="300",
                                       extra=(("user-agent", "phone/1.0"),)), AOR, SOURCE, T0)
