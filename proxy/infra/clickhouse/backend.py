@@ -108,6 +108,8 @@ def _arrow_type(ch_type: str):
         return pa.decimal128(int(match[1]), int(match[2]))
     if match := re.fullmatch(r"Nullable\((.+)\)", ch_type):
         return _arrow_type(match[1])
+    if match := re.fullmatch(r"Array\((.+)\)", ch_type):
+        return pa.list_(_arrow_type(match[1]))
     raise BackendError(f"no Arrow mapping for ClickHouse type {ch_type}")
 
 
