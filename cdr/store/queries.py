@@ -265,19 +265,25 @@ class CdrStore:
         if not legs:
             return 0
         version = clock.now_ms() if version_ms is None else version_ms
-        count = self.backend.insert(rows_mod.TABLE, rows_mod.to_columns(legs, version))
-        self._summarise(legs, version)
+        columns = rows_mod.to_columns(legs, version)
+        count = self.backend.insert(rows_mod.TABLE, columns)
+        self._summarise(legs, columns, version)
         self.inserted_rows += count
         return count
 
-    def _summarise(self, legs: Sequence[CdrLeg], version: int) -> None:
-        """Write ``cdr_call`` rows for the calls of ``legs``.  A call whose legs
-        all came in this insert is summarised from them (the common case: the
-        processor publishes a call's legs together); any other from its legs
-        as stored (the newest copy of each, as every query reads them)."""
+    def _summarise(self, legs: Sequence[CdrLeg], columns: dict[str, list], version: int) -> None:
+        """Write ``cdr_call`` rows for the calls of ``legs``.  A one-leg call is
+        its leg (``rows.single_leg_calls``, from the insert's columns); a call
+        whose legs all came in this insert is summarised from them (the
+        processor publishes a call's legs together); any other from its legs as
+        stored (the newest copy of each, as every query reads them)."""
+        single: list[int] = []
         by_call: dict[str, dict[int, CdrLeg]] = {}
-        for leg in legs:
-            by_call.setdefault(leg.cdr_id, {})[leg.leg] = leg      # a later copy in the batch wins
+        for n, leg in enumerate(legs):
+            if leg.legs == 1 and leg.leg == 0:
+                single.append(n)
+            else:
+                by_call.setdefault(leg.cdr_id, {})[leg.leg] = leg      # a later copy in the batch wins
         partial = [cdr_id for cdr_id, by_leg in by_call.items()
                    if len(by_leg) < max(leg.legs for leg in by_leg.values()) or 0 not in by_leg]
         for start in range(0, len(partial), SUMMARY_LOOKUP_CHUNK):
@@ -291,8 +297,13 @@ class CdrStore:
                 by_call[leg.cdr_id][leg.leg] = leg
         calls = [row for row in (rows_mod.call_row(list(by_leg.values())) for by_leg in by_call.values()
                                  if by_leg) if row is not None]
-        if calls:
-            self.backend.insert(rows_mod.CALL_TABLE, rows_mod.call_columns(calls, version))
+        summary = rows_mod.call_columns(calls, version)
+        if single:
+            for name, values in rows_mod.single_leg_calls(columns, single).items():
+                summary[name].extend(values)
+            summary["version"] = [version] * len(summary["setup_ms"])
+        if summary["setup_ms"]:
+            self.backend.insert(rows_mod.CALL_TABLE, summary)
 
     # -- calls -----------------------------------------------------------------
     def list_calls(self, f: CdrFilter, *, limit: int = 100,

@@ -161,6 +161,28 @@ def _rank(leg: CdrLeg) -> int:
     return (1_000_000 if leg.disposition == "answered" else 0) + leg.leg
 
 
+def single_leg_calls(columns: dict[str, list], rows: Sequence[int]) -> dict[str, list]:
+    """``cdr_call`` columns (but version) of one-leg calls, from ``to_columns``
+    output: the legs at ``rows`` are calls of their own (leg 0 of 1).  The same
+    values as ``call_row`` for such a call, column by column (most calls have one
+    leg: per-call tuples cost as much as the insert itself)."""
+    def pick(name: str) -> list:
+        values = columns[name]
+        return values if len(rows) == len(values) else [values[i] for i in rows]
+    setup_ms, ringing, pdd = pick("setup_ms"), pick("ringing_ms"), pick("pdd_ms")
+    out = {"setup": pick("setup"), "setup_ms": setup_ms, "cdr_id": pick("cdr_id"), "legs": [1] * len(rows),
+           "account": pick("account"), "caller_number": pick("caller_number"),
+           "caller_ip": pick("caller_ip"), "dialled_number": pick("dialled_number"),
+           "disposition": pick("call_disposition"), "sip_code": pick("call_sip_code"),
+           "ringing_ms": ringing, "duration_ms": pick("duration_ms"),
+           # the leg decides: PDD to its first ringing, else its own
+           "pdd_ms": [max(r - s, 0) if r > 0 else p for r, s, p in zip(ringing, setup_ms, pdd)],
+           "gateways": [[gateway] for gateway in pick("gateway")]}
+    for name, field in _LEG_ARRAYS:         # the leg's own values (its disposition, not the call's)
+        out[name] = [[value] for value in pick(field)]
+    return out
+
+
 def call_columns(calls: Sequence[tuple], version_ms: int) -> dict[str, list]:
     """Columnar data of ``call_row`` results for ``Backend.insert``."""
     columns: dict[str, list] = {name: list(values) for name, values in
