@@ -213,7 +213,7 @@ def run_store(args) -> dict:
 
 def run_pipeline(args) -> dict:
     from api.broker import EmbeddedBroker, free_port
-    from bench.cdr_pipeline import Worker, collect_rows, produce_calls_async, write_config
+    from bench.cdr_pipeline import CallLoad, Worker, collect_rows, process_cpu_seconds, write_config
     from proxy.infra.kafka import ensure_topics_sync
     from tests.harness.broker import create_standard_topics, settings_for
 
@@ -250,16 +250,20 @@ def run_pipeline(args) -> dict:
         async def load():
             # the rows' arrival on cdr.records too: splits the latency into
             # processor (event -> row) and sink (row -> queryable)
+            calls_load = await CallLoad(broker.bootstrap, args.calls, args.rate, talk_ms=args.talk_ms,
+                                        time_scale=args.time_scale).prepare()
             collector = asyncio.create_task(collect_rows(broker.bootstrap, "cdr.records", args.calls,
                                                          timeout=args.timeout, arrivals=arrivals))
             t_start = time.time()
-            calls = await produce_calls_async(broker.bootstrap, args.calls, args.rate,
-                                              talk_ms=args.talk_ms, time_scale=args.time_scale)
+            cpu0.update({p: process_cpu_seconds(p) for p in pids})
+            calls = await calls_load.send()
             t_produced = time.time()
             await collector
-            return calls, t_start, t_produced
+            return calls, t_start, t_produced, calls_load.starts_s
 
-        calls, t_start, t_produced = asyncio.run(load())
+        pids = [w.process.pid for w in workers] + [serve.pid]
+        cpu0: dict[int, float] = {}
+        calls, t_start, t_produced, starts_s = asyncio.run(load())
         # wait until every call is queryable through the API
         import httpx
         deadline = time.monotonic() + args.timeout
@@ -280,6 +284,7 @@ def run_pipeline(args) -> dict:
                 client.get("/v1/cdrs", params={"limit": 100})
                 api_latency.append((time.perf_counter() - q0) * 1000)
         t_all_in = time.time()
+        cpu = {p: process_cpu_seconds(p) - c for p, c in cpu0.items()}
         serve.send_signal(signal.SIGTERM)
         _, err = serve.communicate(timeout=60)
         sink_stats = next((json.loads(l.split(" ", 2)[2]) for l in err.splitlines()
@@ -310,7 +315,10 @@ def run_pipeline(args) -> dict:
             "sink_batch_rows": args.sink_rows, "sink_batch_ms": args.sink_ms,
             "queryable_calls": len(latencies), "rows_stored": rows_stored,
             "produce_s": round(t_produced - t_start, 2),
-            "achieved_offered_rate": round(args.calls / max(t_produced - t_start, 1e-9), 1),
+            "achieved_offered_rate": round(args.calls / max(starts_s, 1e-9), 1),
+            "workers_cpu_ms_per_call": round(sum(cpu[w.process.pid] for w in workers) * 1000 / args.calls, 3),
+            "sink_process_cpu_ms_per_call": round(cpu[pids[-1]] * 1000 / args.calls, 3),
+            "load_average": os.getloadavg()[0],
             "calls_per_s_into_clickhouse": round(len(queryable) / span_s, 1) if queryable else 0,
             "rows_per_s_into_clickhouse": round(rows_stored / span_s, 1) if queryable else 0,
             "drain_after_produce_s": round(max(queryable) / 1000 - t_produced, 2) if queryable else None,

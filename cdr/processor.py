@@ -252,7 +252,7 @@ class CdrProcessor:
         now = wall_ms()
         self._metrics_on = metrics.enabled()
         table_get = self._slots().get
-        calls = 0
+        events = 0
         for message in messages:
             try:
                 event = ev.read(message.value)
@@ -264,13 +264,13 @@ class CdrProcessor:
             if not is_call_event(event):             # e.g. registration.dropped: no call state
                 counts["not_a_call"] += 1
                 continue
-            calls += 1
+            events += 1
             key = event.call_id.encode()
             slot = working.get(key)
             if slot is None:
                 slot = table_get(key)
             self._step(key, slot, event, message.partition, now, working, finished)
-        counts["events"] += calls
+        counts["events"] += events
         counts["batches"] += 1
         self._count_rows(finished)
         # state first (the finished slots hold the final state until their rows

@@ -52,6 +52,7 @@ GroupBy = Literal["none", "gateway", "prefix", "account"]
 LEG_SETUP_SLACK_MS = 3_600_000
 CURSOR_VERSION = 1
 SUMMARY_LOOKUP_CHUNK = 1000         # calls whose stored legs one query reads back
+PAGE_WINDOW_MS = 3_600_000          # a page's first time window (then 16 h, 11 days, 171 days, ...)
 
 # RFC 6076 §4.6-4.7: a 3xx final answer is a redirection, not an attempt.
 _ATTEMPT = "NOT (sip_code >= 300 AND sip_code < 400)"
@@ -310,29 +311,16 @@ class CdrStore:
                    cursor: Cursor | None = None) -> tuple[list[dict[str, Any]], Cursor | None]:
         """One page of calls, newest setup first, and the cursor of the next page
         (None on the last page)."""
-        # the page's candidates, newest first: without outcome filters from the
-        # time-ordered index of leg 0 rows (cdr_calls, sorted like the pages, so
-        # reading newest-first stops at the page); with them from the stored call
-        # summaries (cdr_call, where every outcome is a column)
-        candidates = _Where()
-        _identity_where(f, candidates, p="c_")
-        _time_where(f.from_ms, f.to_ms, candidates, p="c_")
-        if cursor is not None:
-            _cursor_where(cursor, candidates, p="c_")
-        table = "cdr_calls"
-        if f.has_outcome_filters:
-            _outcome_where(f, candidates)
-            table = rows_mod.CALL_TABLE
-        candidates_sql = (f"SELECT cdr_id FROM {table} FINAL WHERE {candidates.sql()} "
-                          "ORDER BY setup_ms DESC, cdr_id DESC LIMIT {c_limit}")
-        params = dict(candidates.params)
-        params["c_limit"] = limit + 1
+        candidates = self._page_candidates(f, cursor, limit)
+        if not candidates:
+            return [], None
+        params: dict[str, Any] = {"ids": [cdr_id for cdr_id, _ in candidates]}
         # legs of those calls; they start no earlier than leg 0
         legs_where = _Where()
         upper = f.to_ms if cursor is None else (
             cursor.setup_ms + 1 if f.to_ms is None else min(f.to_ms, cursor.setup_ms + 1))
-        _time_where(f.from_ms, None if upper is None else upper + LEG_SETUP_SLACK_MS,
-                    legs_where, p="l_")
+        _time_where(min(setup_ms for _, setup_ms in candidates),
+                    None if upper is None else upper + LEG_SETUP_SLACK_MS, legs_where, p="l_")
         params.update(legs_where.params)
         # the exact filters again, on the call summaries
         calls_where = _Where()
@@ -342,7 +330,7 @@ class CdrStore:
             _cursor_where(cursor, calls_where, p="s_")
         _outcome_where(f, calls_where)
         params.update(calls_where.params)
-        sql = (f"SELECT * FROM ({_calls_sql(legs_where, f'IN ({candidates_sql})', few=True)}) "
+        sql = (f"SELECT * FROM ({_calls_sql(legs_where, 'IN {ids}', few=True)}) "
                f"WHERE {calls_where.sql()} ORDER BY setup_ms DESC, cdr_id DESC LIMIT {{limit}}")
         params["limit"] = limit + 1
         found = [_call_dict(row) for row in self.backend.query_dicts(sql, params)]
@@ -350,6 +338,46 @@ class CdrStore:
             last = found[limit - 1]
             return found[:limit], Cursor(last["setup_ms"], last["cdr_id"])
         return found, None
+
+    def _page_candidates(self, f: CdrFilter, cursor: Cursor | None, limit: int) -> list[tuple[str, int]]:
+        """(cdr_id, setup_ms) of up to ``limit + 1`` calls, newest first, that
+        may be the page: without outcome filters from the time-ordered index of
+        leg 0 rows (cdr_calls, sorted like the pages); with them from the stored
+        call summaries (cdr_call, where every outcome is a column).
+
+        Read in time windows growing from the newest end (PAGE_WINDOW_MS, x16
+        each time) until they hold the page or reach the range's start: a
+        window prunes on the sorting key, where ``ORDER BY ... LIMIT`` alone
+        reads and sorts the whole range on ClickHouse 18.16 (1.3 s over 2M legs)."""
+        where = _Where()
+        _identity_where(f, where, p="c_")
+        _time_where(f.from_ms, f.to_ms, where, p="c_")
+        if cursor is not None:
+            _cursor_where(cursor, where, p="c_")
+        table = "cdr_calls"
+        if f.has_outcome_filters:
+            _outcome_where(f, where)
+            table = rows_mod.CALL_TABLE
+        upper = cursor.setup_ms + 1 if cursor is not None else f.to_ms
+        if upper is None:
+            newest = self.backend.query(f"SELECT max(setup_ms), count() FROM {table}")
+            if not newest or not newest[0][1]:
+                return []
+            upper = newest[0][0] + 1
+        lower = f.from_ms or 0
+        span = PAGE_WINDOW_MS
+        while True:
+            start = max(lower, upper - span)
+            window = _Where()
+            window.parts, window.params = list(where.parts), dict(where.params)
+            if start > lower:
+                _time_where(start, None, window, p="w_")
+            found = [(cdr_id, setup_ms) for cdr_id, setup_ms in self.backend.query(
+                f"SELECT cdr_id, setup_ms FROM {table} FINAL WHERE {window.sql()} "
+                "ORDER BY setup_ms DESC, cdr_id DESC LIMIT {c_limit}", {**window.params, "c_limit": limit + 1})]
+            if len(found) > limit or start <= lower:
+                return found
+            span *= 16
 
     def get_call(self, cdr_id: str) -> dict[str, Any] | None:
         """One call's summary with ``legs_detail``: every leg, in leg order."""
