@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -231,61 +232,116 @@ def _shape_cycle(seed: int = 7):
         yield rng.choices(shapes, weights)[0]
 
 
-async def produce_calls_async(bootstrap: str, n: int, rate: float, *, topic: str = "sip.events",
-                              talk_ms: int = 2000, time_scale: float = 0.05,
-                              prefix: str | None = None) -> list[ProducedCall]:
-    """Produce ``n`` calls starting at ``rate`` calls/s; each call's events are
-    sent at their (scaled) offsets, so many calls are in progress at once, as on
-    a real proxy.  Event ``ts_ms`` is the wall clock at sending.  Returns the calls
-    with the wall time their last event was acknowledged by the broker."""
-    from aiokafka import AIOKafkaProducer
+SEND_TICK_MS = 5      # the producer sends what is due every this often, as one batch per partition
 
-    from proxy.infra.config import KafkaSettings
-    from proxy.infra.kafka import producer_kwargs
 
-    settings = KafkaSettings(bootstrap_servers=bootstrap)
-    producer = AIOKafkaProducer(**producer_kwargs(settings, linger_ms=5, max_batch_size=256 * 1024))
-    await producer.start()
-    prefix = prefix or f"bench-{os.getpid()}-{int(time.time())}"
-    shapes = _shape_cycle()
-    # the whole schedule up front: (send offset ms, call index, event index)
-    plans = []
-    schedule = []
-    for i in range(n):
-        shape = next(shapes)
-        start_ms = i * 1000.0 / rate
-        events = call_events(shape, f"{prefix}-{i:07d}@bench", 0, scale=time_scale,
-                             talk_ms=talk_ms)
-        plans.append((ProducedCall(events[0].call_id, shape), events))
-        for j, event in enumerate(events):
-            schedule.append((start_ms + event.ts_ms, i, j))
-    schedule.sort()
-    # encoded up front (ts = wall clock at the start + offset), so that the
-    # sending loop costs only the producer
-    wall0 = clock.now_ms()
-    encoded = [(offset_ms, i, j == len(plans[i][1]) - 1, plans[i][1][j].call_id.encode(),
-                ev.encode(msgspec.structs.replace(plans[i][1][j], ts_ms=wall0 + int(offset_ms))))
-               for offset_ms, i, j in schedule]
-    loop = asyncio.get_running_loop()
-    t_start = loop.time()
-    pending = []
-    try:
-        for offset_ms, i, last, key, value in encoded:
-            delay = t_start + offset_ms / 1000 - loop.time()
-            if delay > 0.002:
-                await asyncio.sleep(delay)
-            fut = await producer.send(topic, value, key=key)
-            if last:
-                call = plans[i][0]
-                fut.add_done_callback(lambda _f, call=call: setattr(call, "end_wall_ms", clock.now_ms()))
-            pending.append(fut)
-            if len(pending) >= 5000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-    return [call for call, _ in plans]
+class CallLoad:
+    """``n`` calls starting at ``rate`` calls/s; each call's events are sent at
+    their (scaled) offsets, so many calls are in progress at once, as on a real
+    proxy.  Event ``ts_ms`` is the wall clock at sending.
+
+    Built to stay ahead of the processors it loads: ``prepare`` builds every
+    call, gives each its partition (the key's murmur2, as the proxy's producer
+    does) and sorts the events into ``SEND_TICK_MS`` ticks before the clock
+    starts; ``send`` then encodes what is due each tick and sends it as one
+    record batch per partition (``send_batch``: no per-record future, no
+    per-record accumulator work)."""
+
+    def __init__(self, bootstrap: str, n: int, rate: float, *, topic: str = "sip.events",
+                 talk_ms: int = 2000, time_scale: float = 0.05, prefix: str | None = None) -> None:
+        self.bootstrap, self.n, self.rate, self.topic = bootstrap, n, rate, topic
+        self.talk_ms, self.time_scale = talk_ms, time_scale
+        self.prefix = prefix or f"bench-{os.getpid()}-{int(time.time())}"
+        self.calls: list[ProducedCall] = []
+        self.ticks: list[tuple[int, list]] = []     # (due offset ms, [(partition, key, event, ended call)])
+        self.producer = None
+        self.partitions = 0
+        self.events = 0
+        self.max_lag_ms = 0.0           # how late the producer sent a tick, at worst
+        self.starts_s = 0.0             # seconds it took to start every call (n / rate if on time)
+        self.longest_ms = 0             # the longest call, first event to last (scaled)
+
+    async def prepare(self) -> "CallLoad":
+        from aiokafka import AIOKafkaProducer
+
+        from cdr.drain import partition_for
+        from proxy.infra.config import KafkaSettings
+        from proxy.infra.kafka import producer_kwargs
+
+        settings = KafkaSettings(bootstrap_servers=self.bootstrap)
+        self.producer = producer = AIOKafkaProducer(
+            **producer_kwargs(settings, linger_ms=5, max_batch_size=1 << 20))
+        await producer.start()
+        self.partitions = partitions = len(await producer.partitions_for(self.topic))
+        shapes = _shape_cycle()
+        schedule = []
+        for i in range(self.n):
+            shape = next(shapes)
+            start_ms = i * 1000.0 / self.rate
+            events = call_events(shape, f"{self.prefix}-{i:07d}@bench", 0, scale=self.time_scale,
+                                 talk_ms=self.talk_ms)
+            call = ProducedCall(events[0].call_id, shape)
+            self.calls.append(call)
+            self.events += len(events)
+            self.longest_ms = max(self.longest_ms, events[-1].ts_ms)
+            key = events[0].call_id.encode()
+            partition = partition_for(key, partitions)
+            for j, event in enumerate(events):
+                offset_ms = start_ms + event.ts_ms
+                schedule.append((offset_ms, i, j, partition, key, event,
+                                 call if j == len(events) - 1 else None))
+        schedule.sort(key=lambda item: item[:3])
+        for offset_ms, _i, _j, partition, key, event, ended in schedule:
+            due = int(offset_ms // SEND_TICK_MS) * SEND_TICK_MS
+            if not self.ticks or self.ticks[-1][0] != due:
+                self.ticks.append((due, []))
+            self.ticks[-1][1].append((partition, key, event, int(offset_ms), ended))
+        return self
+
+    async def send(self) -> list[ProducedCall]:
+        """Send on schedule; returns the calls with the wall time their last
+        event was acknowledged by the broker."""
+        from cdr.drain import PartitionBatcher
+
+        producer, topic = self.producer, self.topic
+        assert producer is not None, "prepare() first"
+        encode, replace = ev.encode, msgspec.structs.replace
+        loop = asyncio.get_running_loop()
+        wall0 = clock.now_ms()
+        t_start = loop.time()
+        pending: list = []
+        out = PartitionBatcher(producer, topic, self.partitions)
+
+        def acked(call: ProducedCall):
+            def done(_f) -> None:
+                call.end_wall_ms = clock.now_ms()
+            return done
+
+        last_start_ms = (self.n - 1) * 1000.0 / self.rate
+        try:
+            for due_ms, records in self.ticks:
+                delay = t_start + due_ms / 1000 - loop.time()
+                if delay > 0.001:
+                    await asyncio.sleep(delay)
+                self.max_lag_ms = max(self.max_lag_ms, -delay * 1000)
+                if not self.starts_s and due_ms + SEND_TICK_MS > last_start_ms:
+                    self.starts_s = loop.time() - t_start + 1 / self.rate
+                futures = set()
+                for partition, key, event, offset_ms, call in records:
+                    done = out.send(partition, key, encode(replace(event, ts_ms=wall0 + offset_ms)))
+                    futures.add(done)
+                    if call is not None:
+                        done.add_done_callback(acked(call))
+                pending.extend(futures)
+            await asyncio.gather(*pending)
+        finally:
+            await producer.stop()
+        return self.calls
+
+
+async def produce_calls_async(bootstrap: str, n: int, rate: float, **kwargs) -> list[ProducedCall]:
+    """``CallLoad(bootstrap, n, rate, **kwargs)`` prepared, then sent."""
+    return await (await CallLoad(bootstrap, n, rate, **kwargs).prepare()).send()
 
 
 def produce_calls(bootstrap: str, n: int, rate: float, **kwargs) -> list[ProducedCall]:
@@ -337,6 +393,10 @@ class Worker:
             time.sleep(0.05)
         raise TimeoutError(f"cdr worker not ready within {timeout}s:\n{self.log_text()[-3000:]}")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the worker used so far (0 once it is gone)."""
+        return process_cpu_seconds(self.process.pid) if self.process is not None else 0.0
+
     def kill(self) -> None:
         """SIGKILL (a crash)."""
         if self.process is not None and self.process.poll() is None:
@@ -352,6 +412,36 @@ class Worker:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process, from /proc (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Profiler:
+    """py-spy recording one process while a run lasts (``--profile``: a tool,
+    not a dependency; collapsed stacks, ``--format raw``)."""
+
+    def __init__(self, pid: int, path: Path) -> None:
+        self.process = subprocess.Popen(
+            [shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+             "--nonblocking", "--output", str(path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, 2)        # SIGINT: py-spy writes its output and exits
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, 9)
+                self.process.wait()
 
 
 def write_config(path: Path, sections: dict[str, dict] | None = None, **cdr) -> Path:
@@ -419,6 +509,21 @@ def _percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+def _throughput(arrivals: list[float], t0: float, offered: dict, mode: str) -> float:
+    """Calls/s out of the processor.  Catch-up: every call over the time to the
+    last row.  Sustained: the rows that arrived between the moment the longest
+    call started at t0 would have ended and the last call's start, over that
+    window: the steady state, without the ramp-up and the last calls' own
+    duration (which bound a whole-run average below the offered rate)."""
+    if not arrivals:
+        return 0.0
+    if mode == "sustained" and offered.get("starts_s"):
+        start, end = t0 + offered["longest_s"], t0 + offered["starts_s"]
+        if end - start >= 1.0:
+            return round(sum(1 for t in arrivals if start <= t < end) / (end - start), 1)
+    return round(len(arrivals) / max(arrivals[-1] - t0, 1e-9), 1)
+
+
 def run(args: argparse.Namespace) -> dict:
     from api.broker import EmbeddedBroker
     from proxy.contract.cdr import cdr_id_for
@@ -447,21 +552,35 @@ def run(args: argparse.Namespace) -> dict:
         if args.mode == "sustained":
             time.sleep(1 if args.workers == 1 else 6)    # let a multi-worker group settle
 
+        profiler = Profiler(workers[0].process.pid, Path(args.profile)) if args.profile else None
+        cpu0 = [w.cpu_seconds() for w in workers]
+
+        offered: dict = {}
+
         async def main() -> tuple[list[ProducedCall], dict, float, float]:
             arrivals: dict = {}
+            load = None if preloaded else await CallLoad(
+                bootstrap, args.calls, args.rate, talk_ms=args.talk_ms,
+                time_scale=args.time_scale).prepare()
+            offered["own0"] = time.process_time()       # the bench's CPU from here: send + collect
             collector = asyncio.create_task(collect_rows(bootstrap, "cdr.records", args.calls,
                                                          timeout=args.timeout, arrivals=arrivals))
             t0 = time.time()
-            if preloaded:
-                calls = preloaded
-            else:
-                calls = await produce_calls_async(bootstrap, args.calls, args.rate,
-                                                  talk_ms=args.talk_ms, time_scale=args.time_scale)
+            calls = preloaded if load is None else await load.send()
             t_produced = time.time()
+            if load is not None:
+                offered.update(starts_s=load.starts_s, max_lag_ms=load.max_lag_ms, events=load.events,
+                               longest_s=load.longest_ms / 1000)
             await collector
             return calls, arrivals, t0, t_produced
 
-        calls, arrivals, t0, t_produced = asyncio.run(main())
+        try:
+            calls, arrivals, t0, t_produced = asyncio.run(main())
+        finally:
+            if profiler is not None:
+                profiler.stop()
+        worker_cpu = sum(w.cpu_seconds() - c for w, c in zip(workers, cpu0))
+        own_cpu = time.process_time() - offered["own0"]
         by_call = {cdr_id_for(c.call_id, "ft" + c.call_id[-8:]): c for c in calls}
         done = [(arrivals[cid][0], c) for cid, c in by_call.items()
                 if cid in arrivals and len(arrivals[cid][1]) == arrivals[cid][1][0].legs]
@@ -472,13 +591,20 @@ def run(args: argparse.Namespace) -> dict:
             "mode": args.mode, "calls": args.calls, "offered_rate": args.rate, "workers": args.workers,
             "batch_size": args.batch_size, "complete": len(done),
             "produce_s": round(t_produced - t0, 2),
-            "achieved_offered_rate": round(args.calls / max(t_produced - t0, 1e-9), 1),
-            "calls_per_s": round(len(done) / max(last_arrival - t0, 1e-9), 1) if done else 0,
+            # calls started per second (the last call's start, not its end: a call lasts seconds)
+            "achieved_offered_rate": round(args.calls / max(offered.get("starts_s") or (t_produced - t0),
+                                                            1e-9), 1),
+            "producer_max_lag_ms": round(offered.get("max_lag_ms", 0.0), 1),
+            "calls_per_s": _throughput(sorted(t / 1000 for t, _ in done), t0, offered, args.mode),
             "drain_after_produce_s": round(last_arrival - t_produced, 2) if done else None,
             "last_event_to_row_p50_ms": round(_percentile(latencies, 0.5), 1),
             "last_event_to_row_p99_ms": round(_percentile(latencies, 0.99), 1),
-            "events": sum(len(call_events(c.shape, "x", 0)) for c in calls),
+            "events": offered.get("events") or sum(len(call_events(c.shape, "x", 0)) for c in calls),
             "first_row_after_s": round(first_row - t0, 2) if done else None,
+            "worker_cpu_s": round(worker_cpu, 2),
+            "worker_cpu_ms_per_call": round(worker_cpu * 1000 / max(len(done), 1), 3),
+            "bench_cpu_s": round(own_cpu, 2),
+            "load_average": os.getloadavg()[0],
         }
         return result
     finally:
@@ -487,7 +613,6 @@ def run(args: argparse.Namespace) -> dict:
         if broker is not None:
             broker.stop()
         if not args.keep:
-            import shutil
             shutil.rmtree(work, ignore_errors=True)
         else:
             print("kept", work)
@@ -509,6 +634,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--bootstrap", default=None)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--profile", default=None, metavar="FILE",
+                        help="py-spy (collapsed stacks) of worker 0 while the calls run")
     args = parser.parse_args(argv)
     result = run(args)
     if args.mode == "sustained":
@@ -523,6 +650,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "sustained":
         print(f"last event -> CDR row on cdr.records: p50 {result['last_event_to_row_p50_ms']} ms, "
               f"p99 {result['last_event_to_row_p99_ms']} ms")
+    print(f"CPU: workers {result['worker_cpu_s']} s = {result['worker_cpu_ms_per_call']} ms per call; "
+          f"the bench's producer + collector {result['bench_cpu_s']} s")
     print(f"host load average {os.getloadavg()[0]:.2f} (other processes share the cores)")
     print("RESULT " + json.dumps(result))
     return 0 if result["complete"] == result["calls"] else 1

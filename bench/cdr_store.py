@@ -75,14 +75,23 @@ def _media(rng: random.Random, duration_ms: int, end_ms: int) -> dict:
 
 def synthetic_legs(rows: int, t0: int, days: int = 30, seed: int = 1):
     """About ``rows`` legs of calls spread over ``days``: 1000 accounts, 20
-    gateways, a carrier-like outcome mix; 10% of calls have 2-3 legs."""
+    gateways, a carrier-like outcome mix; 10% of calls have 2-3 legs.
+    Returns (legs, calls)."""
+    made = [leg for batch in synthetic_batches(rows, t0, rows, days, seed) for leg in batch]
+    return made, len({leg.cdr_id for leg in made})
+
+
+def synthetic_batches(rows: int, t0: int, batch: int, days: int = 30, seed: int = 1):
+    """``synthetic_legs`` in batches of about ``batch`` legs (a call's legs stay
+    in one batch), generated as they are taken: 10M legs need no 13 GB."""
     rng = random.Random(seed)
     outcomes = [("answered", 200, 55), ("busy", 486, 12), ("no_answer", 480, 8),
                 ("cancelled", 487, 10), ("failed", 503, 12), ("rejected_credit", 402, 3)]
     kinds, codes, weights = zip(*[(d, c, w) for d, c, w in outcomes])
     span = days * DAY
-    made, i = [], 0
-    while len(made) < rows:
+    made: list = []
+    total, i = 0, 0
+    while total < rows:
         setup = t0 + int(i * span / max(rows, 1))
         call_id = f"bench-{i}@store"
         cid = cdr_id_for(call_id, "t")
@@ -109,8 +118,13 @@ def synthetic_legs(rows: int, t0: int, days: int = 30, seed: int = 1):
                 sip_code=codes[k] if last else 503, disposition=d,
                 call_sip_code=codes[k], call_disposition=kinds[k], proxy="bench",
                 **(_media(rng, duration, setup + ringing + 2000 + duration) if answered else {})))
+        total += n
         i += 1
-    return made[:rows], i
+        if len(made) >= batch:
+            yield made
+            made = []
+    if made:
+        yield made
 
 
 def open_store(server: bool, work: Path):
@@ -129,18 +143,24 @@ def run_store(args) -> dict:
         migrate(backend)
         store = CdrStore(backend)
         t0 = 1_790_000_000_000                 # 2026-09-21
-        legs, calls = synthetic_legs(args.rows, t0)
-        batches = [legs[i:i + args.batch] for i in range(0, len(legs), args.batch)]
-        started = time.perf_counter()
-        per_batch = []
-        for batch in batches:
+        # generated batch by batch (not timed): only the inserts are
+        per_batch, rows, calls, account = [], 0, set(), ""
+        for batch in synthetic_batches(args.rows, t0, args.batch):
             b0 = time.perf_counter()
             store.insert_legs(batch)
             per_batch.append((time.perf_counter() - b0) * 1000)
-        insert_s = time.perf_counter() - started
+            rows += len(batch)
+            calls.update(leg.cdr_id for leg in batch)
+            if not account and rows >= args.rows // 2:
+                account = batch[-1].account
+        insert_s = sum(per_batch) / 1000
         # duplicates: a tenth of the rows again (at-least-once redelivery)
-        store.insert_legs(legs[: len(legs) // 10])
-        account = legs[len(legs) // 2].account
+        again = 0
+        for batch in synthetic_batches(args.rows, t0, args.batch):
+            if again >= args.rows // 10:
+                break
+            store.insert_legs(batch)
+            again += len(batch)
         mid = t0 + 15 * DAY
         first_page, cursor = store.list_calls(CdrFilter(), limit=100)
         queries = {
@@ -171,8 +191,8 @@ def run_store(args) -> dict:
             latencies[name] = {"p50_ms": round(pct(samples, 0.5), 1), "p99_ms": round(pct(samples, 0.99), 1)}
         stored_calls = store.stats(CdrFilter(), period="month")
         result = {
-            "backend": backend.kind, "rows": len(legs), "calls": calls, "batch": args.batch,
-            "insert_rows_per_s": round(len(legs) / insert_s),
+            "backend": backend.kind, "rows": rows, "calls": len(calls), "batch": args.batch,
+            "insert_rows_per_s": round(rows / insert_s),
             "insert_batch_p50_ms": round(pct(per_batch, 0.5), 1),
             "insert_batch_p99_ms": round(pct(per_batch, 0.99), 1),
             "calls_counted_after_duplicates": sum(r["attempts"] for r in stored_calls),
@@ -183,14 +203,17 @@ def run_store(args) -> dict:
         backend.close()
         if server is not None:
             server.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print("kept", work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 # -- pipeline mode -----------------------------------------------------------------------
 
 def run_pipeline(args) -> dict:
     from api.broker import EmbeddedBroker, free_port
-    from bench.cdr_pipeline import Worker, collect_rows, produce_calls_async, write_config
+    from bench.cdr_pipeline import CallLoad, Worker, collect_rows, process_cpu_seconds, write_config
     from proxy.infra.kafka import ensure_topics_sync
     from tests.harness.broker import create_standard_topics, settings_for
 
@@ -227,16 +250,20 @@ def run_pipeline(args) -> dict:
         async def load():
             # the rows' arrival on cdr.records too: splits the latency into
             # processor (event -> row) and sink (row -> queryable)
+            calls_load = await CallLoad(broker.bootstrap, args.calls, args.rate, talk_ms=args.talk_ms,
+                                        time_scale=args.time_scale).prepare()
             collector = asyncio.create_task(collect_rows(broker.bootstrap, "cdr.records", args.calls,
                                                          timeout=args.timeout, arrivals=arrivals))
             t_start = time.time()
-            calls = await produce_calls_async(broker.bootstrap, args.calls, args.rate,
-                                              talk_ms=args.talk_ms, time_scale=args.time_scale)
+            cpu0.update({p: process_cpu_seconds(p) for p in pids})
+            calls = await calls_load.send()
             t_produced = time.time()
             await collector
-            return calls, t_start, t_produced
+            return calls, t_start, t_produced, calls_load.starts_s
 
-        calls, t_start, t_produced = asyncio.run(load())
+        pids = [w.process.pid for w in workers] + [serve.pid]
+        cpu0: dict[int, float] = {}
+        calls, t_start, t_produced, starts_s = asyncio.run(load())
         # wait until every call is queryable through the API
         import httpx
         deadline = time.monotonic() + args.timeout
@@ -257,6 +284,7 @@ def run_pipeline(args) -> dict:
                 client.get("/v1/cdrs", params={"limit": 100})
                 api_latency.append((time.perf_counter() - q0) * 1000)
         t_all_in = time.time()
+        cpu = {p: process_cpu_seconds(p) - c for p, c in cpu0.items()}
         serve.send_signal(signal.SIGTERM)
         _, err = serve.communicate(timeout=60)
         sink_stats = next((json.loads(l.split(" ", 2)[2]) for l in err.splitlines()
@@ -287,7 +315,10 @@ def run_pipeline(args) -> dict:
             "sink_batch_rows": args.sink_rows, "sink_batch_ms": args.sink_ms,
             "queryable_calls": len(latencies), "rows_stored": rows_stored,
             "produce_s": round(t_produced - t_start, 2),
-            "achieved_offered_rate": round(args.calls / max(t_produced - t_start, 1e-9), 1),
+            "achieved_offered_rate": round(args.calls / max(starts_s, 1e-9), 1),
+            "workers_cpu_ms_per_call": round(sum(cpu[w.process.pid] for w in workers) * 1000 / args.calls, 3),
+            "sink_process_cpu_ms_per_call": round(cpu[pids[-1]] * 1000 / args.calls, 3),
+            "load_average": os.getloadavg()[0],
             "calls_per_s_into_clickhouse": round(len(queryable) / span_s, 1) if queryable else 0,
             "rows_per_s_into_clickhouse": round(rows_stored / span_s, 1) if queryable else 0,
             "drain_after_produce_s": round(max(queryable) / 1000 - t_produced, 2) if queryable else None,

@@ -1,17 +1,25 @@
 """The CDR processor: a faust-streaming app that joins ``sip.events`` into CDR rows.
 
-* One agent reads ``sip.events`` (raw bytes) in batches (``stream.take_events``),
-  decodes with the contract (undecodable or unknown-version records are logged,
-  counted and skipped) and folds each event into its call's ``CallState``
-  (proxy/contract/callfold.py), in partition order, one event at a time.
+* ``sip.events`` (raw bytes) is read a whole fetch at a time (cdr/drain.py:
+  faust's consumer handing the records to ``handle_messages`` without faust's
+  per-record stream machinery; the agent on the topic is the fallback path,
+  ``stream.take_events``), decoded with the contract (msgspec; undecodable or
+  unknown-version records are logged, counted and skipped) and each event
+  folded into its call's ``CallState`` (proxy/contract/callfold.py), in
+  partition order.
 * State lives in a changelog-backed faust Table ``calls``: Call-ID -> ``Slot``
   (msgpack via msgspec, codec ``cdr_slot``).  Values are replaced, never
   mutated.  Writes name their changelog partition explicitly (the Call-ID's
   partition of ``sip.events``) instead of taking it from "the current event":
   a batch holds events of several partitions, and the silence timer writes
-  outside any event.
+  outside any event.  The store changes at once; the changelog gets a key's
+  newest value once per commit (``flush_changelog``, called by the consumer
+  before it commits offsets), not once per event: a call folded over many
+  batches costs one or two changelog records.
 * A call that is over yields its rows (``finish``), published to
-  ``cdr.records`` (key = cdr_id, JSON).  Its slot keeps the final state
+  ``cdr.records`` (key = cdr_id, JSON) by a producer of its own that batches
+  records (faust's producer sends one record per batch on Tansu, see
+  proxy/infra/kafka.py).  Its slot keeps the final state
   (``done``) until the broker has confirmed every row, then shrinks to a small
   *finished marker* kept ``finished_ttl_seconds`` so that late duplicates
   cannot reopen the call; the timer deletes expired markers (tombstones).
@@ -29,8 +37,9 @@
 
 Delivery.  Input is at-least-once.  A batch's table writes (live states, and
 the final states of the calls it finished) are handed to faust's producer
-before the batch is acknowledged, and faust flushes its producer before it
-commits offsets: a committed event's effect is in the changelog.  Rows are
+before the offsets of its events are committed (``flush_changelog`` under the
+lock, once the offsets to commit are chosen), and faust flushes its producer
+before it commits offsets: a committed event's effect is in the changelog.  Rows are
 sent without blocking the agent; a finished slot only becomes a marker after
 its rows are confirmed.  A crash anywhere either replays events (the fold is
 idempotent) or leaves final states whose rows the timer sends again; rows are
@@ -61,9 +70,10 @@ from proxy.contract.callfold import CallState, is_call_event, silence_deadline_m
 from proxy.contract.cdr import CdrLeg
 from proxy.infra import clock, metrics
 from proxy.infra.config import Config
-from proxy.infra.kafka import faust_app
+from proxy.infra.kafka import faust_app, producer_kwargs
 
 from . import fold
+from .drain import PartitionBatcher, partition_for, use_batch_consumer
 
 log = logging.getLogger("cdr.processor")
 
@@ -159,6 +169,8 @@ class Stats:
 class CdrProcessor:
     """The agent body and the timer, around one faust app and its table."""
 
+    _metrics_on = False                 # metrics.enabled(), read once per batch
+
     def __init__(self, app: Any, config: Config, partitions: int) -> None:
         self.app = app
         self.config = config
@@ -178,6 +190,9 @@ class CdrProcessor:
         self.assigned_at: dict[int, int] = {}       # partition -> wall ms this worker got it
         self._lock: asyncio.Lock | None = None
         self._confirming: set[asyncio.Future] = set()
+        # changelog records not sent yet: key -> (partition, its newest slot | None = delete)
+        self._unlogged: dict[bytes, tuple[int, Slot | None]] = {}
+        self._rows_producer: PartitionBatcher | None = None
         self._last_stats = 0.0
         self.stats_interval = 30.0
         app.on_partitions_assigned.connect(self._on_assigned)
@@ -222,13 +237,23 @@ class CdrProcessor:
                 await self.handle_batch(batch)
 
     async def handle_batch(self, batch: list) -> None:
+        """A batch of faust stream events (the agent's path)."""
+        await self.handle_messages([item.message for item in batch])
+
+    async def handle_locked(self, messages: list) -> None:
+        """A fetch's records (cdr/drain.py's path), under the lock the timer shares."""
+        async with self.lock:
+            await self.handle_messages(messages)
+
+    async def handle_messages(self, messages: list) -> None:
         counts = self.stats.counts
         working: dict[bytes, Slot] = {}
         finished: list[tuple[bytes, Slot, list[CdrLeg]]] = []
         now = wall_ms()
-        table_get = self.table.data.get
-        for item in batch:
-            message = item.message
+        self._metrics_on = metrics.enabled()
+        table_get = self._slots().get
+        events = 0
+        for message in messages:
             try:
                 event = ev.read(message.value)
             except ev.Unreadable as exc:
@@ -239,13 +264,15 @@ class CdrProcessor:
             if not is_call_event(event):             # e.g. registration.dropped: no call state
                 counts["not_a_call"] += 1
                 continue
-            counts["events"] += 1
+            events += 1
             key = event.call_id.encode()
             slot = working.get(key)
             if slot is None:
                 slot = table_get(key)
             self._step(key, slot, event, message.partition, now, working, finished)
+        counts["events"] += events
         counts["batches"] += 1
+        self._count_rows(finished)
         # state first (the finished slots hold the final state until their rows
         # are confirmed), then the rows; both are flushed before faust commits
         for key, slot in working.items():
@@ -266,7 +293,7 @@ class CdrProcessor:
         if kind == fold.LIVE:
             working[key] = Slot(partition, now, step.state)
         elif kind == fold.ENDED:
-            if step.rows:       # the event that ended the call, to its CDR (docs/metrics.md)
+            if step.rows and self._metrics_on:  # the event that ended the call, to its CDR (docs/metrics.md)
                 metrics.observe("cdr_event_to_cdr_seconds", max(0, now - event.ts_ms) / 1000)
             self._close(key, Slot(partition, now, step.state, True), working, finished, step.rows)
         elif kind == fold.SILENT:
@@ -292,12 +319,25 @@ class CdrProcessor:
             if not again:
                 counts["silence_closes" if slot.close_ms else "calls"] += 1
             counts["rows"] += len(rows)
-            metrics.count("cdr_records", len(rows))
             working[key] = slot
             finished.append((key, slot, rows))
         else:                                    # stray events only: nothing to record
             counts["dropped_stray"] += 1
             working[key] = Slot(slot.partition, slot.seen_ms, None, True)
+
+    def _slots(self) -> Any:
+        """The table's values: the memory store's own dict when there is one
+        (faust's store mapping goes through two Python layers per access), the
+        same dict it updates."""
+        store = self.table.data
+        return getattr(store, "data", store)
+
+    @staticmethod
+    def _count_rows(finished: list[tuple[bytes, Slot, list[CdrLeg]]]) -> None:
+        # once per batch: the metrics switch is an environment lookup
+        rows = sum(len(call_rows) for _, _, call_rows in finished)
+        if rows:
+            metrics.count("cdr_records", rows)
 
     # --- rows out, then the marker -------------------------------------------------------
     async def _publish_and_confirm(self, finished: list[tuple[bytes, Slot, list[CdrLeg]]]) -> None:
@@ -305,11 +345,16 @@ class CdrProcessor:
         rows, their slots shrink to markers (in the background: the agent does
         not wait).  A crash before that leaves the final state in the table and
         the timer sends the rows again (identical bytes)."""
-        send = self.app.producer.send
-        topic = self.settings.records_topic
-        futures = [await send(topic, row.cdr_id.encode(), encode_row(row), None, None, None)
-                   for _, _, rows in finished for row in rows]
-        task = asyncio.ensure_future(self._confirm(futures, finished))
+        rows_out = await self._rows()
+        futures = set()
+        for _, _, rows in finished:
+            if not rows:
+                continue
+            key = rows[0].cdr_id.encode()       # every leg of a call: one cdr_id
+            partition = partition_for(key, rows_out.partitions)
+            for row in rows:
+                futures.add(rows_out.send(partition, key, encode_row(row)))
+        task = asyncio.ensure_future(self._confirm(list(futures), finished))
         self._confirming.add(task)
         task.add_done_callback(self._confirming.discard)
 
@@ -327,17 +372,52 @@ class CdrProcessor:
             if data_get(key) is slot and slot.partition in actives:
                 await self._put(key, after_confirm(slot, wall_ms()))
 
+    async def _rows(self) -> PartitionBatcher:
+        """The rows' producer (aiokafka, batches per partition), started on
+        first use on the worker's loop.  Rows need no ordering with the
+        changelog: a finished slot becomes a marker only once its rows are
+        confirmed; a call's rows keep one partition (its cdr_id's, as a
+        keyed ``send`` would choose), so a newer copy never overtakes an older."""
+        if self._rows_producer is None:
+            from aiokafka import AIOKafkaProducer
+            producer = AIOKafkaProducer(**producer_kwargs(
+                self.config.kafka, linger_ms=2, max_batch_size=1 << 20,
+                client_id=f"{self.settings.app_id}-rows"))
+            await producer.start()
+            topic = self.settings.records_topic
+            self._rows_producer = PartitionBatcher(producer, topic,
+                                                   len(await producer.partitions_for(topic)))
+        return self._rows_producer
+
+    async def _stop_rows(self, *args: Any, **kwargs: Any) -> None:
+        rows_out, self._rows_producer = self._rows_producer, None
+        if rows_out is not None:
+            await rows_out.flush()
+            await rows_out.producer.stop()
+
     # --- table writes with an explicit partition -------------------------------------
-    # The store is updated at once; the changelog record goes to faust's
-    # producer, which faust flushes before it commits the input offsets.
+    # The store is updated at once; the changelog record waits in _unlogged
+    # (the newest value per key) until the consumer commits: flush_changelog
+    # then hands them to faust's producer, which faust flushes before it
+    # commits the input offsets.
     async def _put(self, key: bytes, slot: Slot) -> None:
-        self.table.data[key] = slot
-        await self.app.producer.send(self.changelog, key, _slot_encoder.encode(slot),
-                                     slot.partition, None, None)
+        self._slots()[key] = slot
+        self._unlogged[key] = (slot.partition, slot)
 
     async def _delete(self, key: bytes, partition: int) -> None:
-        self.table.data.pop(key, None)
-        await self.app.producer.send(self.changelog, key, None, partition, None, None)
+        self._slots().pop(key, None)
+        self._unlogged[key] = (partition, None)
+
+    async def flush_changelog(self) -> None:
+        """Send the changelog records of every key changed since the last call
+        (called with the lock held, before offsets are committed)."""
+        unlogged, self._unlogged = self._unlogged, {}
+        send = self.app.producer.send
+        changelog = self.changelog
+        encode = _slot_encoder.encode
+        for key, (partition, slot) in unlogged.items():
+            await send(changelog, key, None if slot is None else encode(slot), partition, None, None)
+        self.stats.counts["changelog_records"] += len(unlogged)
 
     # --- the timer -----------------------------------------------------------------
     def _active_partitions(self) -> set[int]:
@@ -399,6 +479,7 @@ class CdrProcessor:
                 if data_get(key) is slot:
                     self._close(key, Slot(slot.partition, now, slot.state, True,
                                           silence_end_ms(slot.state, self.window_ms)), working, finished)
+            self._count_rows(finished)
             for key, slot in resend:
                 if data_get(key) is slot:
                     finished.append((key, slot, closed_rows(slot) or []))
@@ -445,4 +526,9 @@ def build_app(config: Config, *, partitions: int, datadir: Path, worker_id: int 
         stream_buffer_maxsize=max(4096, settings.batch_size * 2),
         **conf,
     )
-    return app, CdrProcessor(app, config, partitions)
+    processor = CdrProcessor(app, config, partitions)
+    use_batch_consumer(app, {processor.events_topic_name: processor.handle_locked},
+                       before_commit=processor.flush_changelog, lock=lambda: processor.lock,
+                       chunk=settings.batch_size)
+    app.on_before_shutdown.connect(processor._stop_rows)
+    return app, processor

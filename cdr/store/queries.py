@@ -19,7 +19,12 @@ A *call* (one CDR) is summarised from its legs (docs/api.md):
 
 A call is listed by its leg 0: calls without a stored leg 0 do not show.
 Pages are cut on ``cdr_calls``, a time-ordered index of leg 0 rows that a
-materialized view fills on every insert into ``cdr``.
+materialized view fills on every insert into ``cdr``, or, when they filter on
+the outcome, on ``cdr_call``: the summary of every call (one row, sorted by
+setup time) that ``insert_legs`` writes next to its legs (migration 6,
+``rows.call_row``), which statistics count too.  A page's calls are then
+summarised from their legs here (``_calls_sql``), the definition the stored
+summary follows.
 """
 from __future__ import annotations
 
@@ -46,6 +51,8 @@ GroupBy = Literal["none", "gateway", "prefix", "account"]
 # bound on leg 0's setup is widened by this much for the other legs.
 LEG_SETUP_SLACK_MS = 3_600_000
 CURSOR_VERSION = 1
+SUMMARY_LOOKUP_CHUNK = 1000         # calls whose stored legs one query reads back
+PAGE_WINDOW_MS = 3_600_000          # a page's first time window (then 16 h, 11 days, 171 days, ...)
 
 # RFC 6076 §4.6-4.7: a 3xx final answer is a redirection, not an attempt.
 _ATTEMPT = "NOT (sip_code >= 300 AND sip_code < 400)"
@@ -252,37 +259,68 @@ class CdrStore:
 
     # -- writes ----------------------------------------------------------------
     def insert_legs(self, legs: Sequence[CdrLeg], version_ms: int | None = None) -> int:
+        """Store legs (``version``: now unless given), then the summaries of
+        their calls (``cdr_call``).  A failure in between leaves legs whose
+        summary is older: the caller retries the whole insert (the sink does),
+        both are idempotent."""
         if not legs:
             return 0
         version = clock.now_ms() if version_ms is None else version_ms
-        count = self.backend.insert(rows_mod.TABLE, rows_mod.to_columns(legs, version))
+        columns = rows_mod.to_columns(legs, version)
+        count = self.backend.insert(rows_mod.TABLE, columns)
+        self._summarise(legs, columns, version)
         self.inserted_rows += count
         return count
+
+    def _summarise(self, legs: Sequence[CdrLeg], columns: dict[str, list], version: int) -> None:
+        """Write ``cdr_call`` rows for the calls of ``legs``.  A one-leg call is
+        its leg (``rows.single_leg_calls``, from the insert's columns); a call
+        whose legs all came in this insert is summarised from them (the
+        processor publishes a call's legs together); any other from its legs as
+        stored (the newest copy of each, as every query reads them)."""
+        single: list[int] = []
+        by_call: dict[str, dict[int, CdrLeg]] = {}
+        for n, leg in enumerate(legs):
+            if leg.legs == 1 and leg.leg == 0:
+                single.append(n)
+            else:
+                by_call.setdefault(leg.cdr_id, {})[leg.leg] = leg      # a later copy in the batch wins
+        partial = [cdr_id for cdr_id, by_leg in by_call.items()
+                   if len(by_leg) < max(leg.legs for leg in by_leg.values()) or 0 not in by_leg]
+        for start in range(0, len(partial), SUMMARY_LOOKUP_CHUNK):
+            chunk = partial[start:start + SUMMARY_LOOKUP_CHUNK]
+            for cdr_id in chunk:
+                by_call[cdr_id] = {}
+            for row in self.backend.query_dicts(
+                    f"SELECT {', '.join(rows_mod.LEG_FIELDS)} FROM cdr WHERE cdr_id IN {{ids}} "
+                    "ORDER BY cdr_id, leg, version DESC LIMIT 1 BY cdr_id, leg", {"ids": chunk}):
+                leg = msgspec.convert(row, CdrLeg)
+                by_call[leg.cdr_id][leg.leg] = leg
+        calls = [row for row in (rows_mod.call_row(list(by_leg.values())) for by_leg in by_call.values()
+                                 if by_leg) if row is not None]
+        summary = rows_mod.call_columns(calls, version)
+        if single:
+            for name, values in rows_mod.single_leg_calls(columns, single).items():
+                summary[name].extend(values)
+            summary["version"] = [version] * len(summary["setup_ms"])
+        if summary["setup_ms"]:
+            self.backend.insert(rows_mod.CALL_TABLE, summary)
 
     # -- calls -----------------------------------------------------------------
     def list_calls(self, f: CdrFilter, *, limit: int = 100,
                    cursor: Cursor | None = None) -> tuple[list[dict[str, Any]], Cursor | None]:
         """One page of calls, newest setup first, and the cursor of the next page
         (None on the last page)."""
-        # the page's candidates from the time-ordered index of calls (cdr_calls:
-        # leg 0's identity, sorted by setup time, so time ranges prune)
-        candidates = _Where()
-        _identity_where(f, candidates, p="c_")
-        _time_where(f.from_ms, f.to_ms, candidates, p="c_")
-        if cursor is not None:
-            _cursor_where(cursor, candidates, p="c_")
-        candidates_sql = f"SELECT cdr_id FROM cdr_calls FINAL WHERE {candidates.sql()}"
-        params = dict(candidates.params)
-        if not f.has_outcome_filters:
-            # the page is decided by the identity alone: let the subquery cut it
-            candidates_sql += " ORDER BY setup_ms DESC, cdr_id DESC LIMIT {c_limit}"
-            params["c_limit"] = limit + 1
+        candidates = self._page_candidates(f, cursor, limit)
+        if not candidates:
+            return [], None
+        params: dict[str, Any] = {"ids": [cdr_id for cdr_id, _ in candidates]}
         # legs of those calls; they start no earlier than leg 0
         legs_where = _Where()
         upper = f.to_ms if cursor is None else (
             cursor.setup_ms + 1 if f.to_ms is None else min(f.to_ms, cursor.setup_ms + 1))
-        _time_where(f.from_ms, None if upper is None else upper + LEG_SETUP_SLACK_MS,
-                    legs_where, p="l_")
+        _time_where(min(setup_ms for _, setup_ms in candidates),
+                    None if upper is None else upper + LEG_SETUP_SLACK_MS, legs_where, p="l_")
         params.update(legs_where.params)
         # the exact filters again, on the call summaries
         calls_where = _Where()
@@ -292,7 +330,7 @@ class CdrStore:
             _cursor_where(cursor, calls_where, p="s_")
         _outcome_where(f, calls_where)
         params.update(calls_where.params)
-        sql = (f"SELECT * FROM ({_calls_sql(legs_where, f'IN ({candidates_sql})', few=True)}) "
+        sql = (f"SELECT * FROM ({_calls_sql(legs_where, 'IN {ids}', few=True)}) "
                f"WHERE {calls_where.sql()} ORDER BY setup_ms DESC, cdr_id DESC LIMIT {{limit}}")
         params["limit"] = limit + 1
         found = [_call_dict(row) for row in self.backend.query_dicts(sql, params)]
@@ -300,6 +338,46 @@ class CdrStore:
             last = found[limit - 1]
             return found[:limit], Cursor(last["setup_ms"], last["cdr_id"])
         return found, None
+
+    def _page_candidates(self, f: CdrFilter, cursor: Cursor | None, limit: int) -> list[tuple[str, int]]:
+        """(cdr_id, setup_ms) of up to ``limit + 1`` calls, newest first, that
+        may be the page: without outcome filters from the time-ordered index of
+        leg 0 rows (cdr_calls, sorted like the pages); with them from the stored
+        call summaries (cdr_call, where every outcome is a column).
+
+        Read in time windows growing from the newest end (PAGE_WINDOW_MS, x16
+        each time) until they hold the page or reach the range's start: a
+        window prunes on the sorting key, where ``ORDER BY ... LIMIT`` alone
+        reads and sorts the whole range on ClickHouse 18.16 (1.3 s over 2M legs)."""
+        where = _Where()
+        _identity_where(f, where, p="c_")
+        _time_where(f.from_ms, f.to_ms, where, p="c_")
+        if cursor is not None:
+            _cursor_where(cursor, where, p="c_")
+        table = "cdr_calls"
+        if f.has_outcome_filters:
+            _outcome_where(f, where)
+            table = rows_mod.CALL_TABLE
+        upper = cursor.setup_ms + 1 if cursor is not None else f.to_ms
+        if upper is None:
+            newest = self.backend.query(f"SELECT max(setup_ms), count() FROM {table}")
+            if not newest or not newest[0][1]:
+                return []
+            upper = newest[0][0] + 1
+        lower = f.from_ms or 0
+        span = PAGE_WINDOW_MS
+        while True:
+            start = max(lower, upper - span)
+            window = _Where()
+            window.parts, window.params = list(where.parts), dict(where.params)
+            if start > lower:
+                _time_where(start, None, window, p="w_")
+            found = [(cdr_id, setup_ms) for cdr_id, setup_ms in self.backend.query(
+                f"SELECT cdr_id, setup_ms FROM {table} FINAL WHERE {window.sql()} "
+                "ORDER BY setup_ms DESC, cdr_id DESC LIMIT {c_limit}", {**window.params, "c_limit": limit + 1})]
+            if len(found) > limit or start <= lower:
+                return found
+            span *= 16
 
     def get_call(self, cdr_id: str) -> dict[str, Any] | None:
         """One call's summary with ``legs_detail``: every leg, in leg order."""
@@ -326,34 +404,41 @@ class CdrStore:
         attempt at that gateway; legs not sent to a gateway form the group "");
         otherwise calls are counted, grouped by nothing, by the caller's
         account, or by the first ``prefix_len`` characters of the dialled number."""
+        # the stored call summaries (cdr_call), one row per call: identity and
+        # outcome filters are columns there, time ranges prune on its order
         params: dict[str, Any] = {}
+        where = _Where()
+        _identity_where(f, where)
         if group_by == "gateway":
-            where = _Where()
-            _identity_where(f, where)
-            _time_where(f.from_ms, f.to_ms, where)
+            # legs, each with its own setup time; a call's legs start no earlier
+            # than the call, and within LEG_SETUP_SLACK_MS of it
+            _time_where(None if f.from_ms is None else max(0, f.from_ms - LEG_SETUP_SLACK_MS),
+                        f.to_ms, where)
+            if f.from_ms is not None:
+                where.add("l_setup_ms >= {l_from_ms}", l_from_ms=f.from_ms)
+            if f.to_ms is not None:
+                where.add("l_setup_ms < {l_to_ms}", l_to_ms=f.to_ms)
             if f.gateway is not None:
-                where.add("gateway = {gateway}", gateway=f.gateway)
-            source = (f"SELECT setup_ms, gateway AS grp, disposition, sip_code, ringing_ms, "
-                      f"duration_ms, pdd_ms FROM cdr FINAL WHERE {where.sql()}")
-            params.update(where.params)
+                where.add("l_gateway = {gateway}", gateway=f.gateway)
+            # (aliases inside would shadow cdr_call's own columns in the WHERE)
+            legs = (f"SELECT l_setup_ms, l_gateway, l_disposition, l_sip_code, l_ringing_ms, l_duration_ms, "
+                    f"l_pdd_ms FROM {rows_mod.CALL_TABLE} FINAL ARRAY JOIN leg_setup_ms AS l_setup_ms, "
+                    f"leg_gateway AS l_gateway, leg_disposition AS l_disposition, leg_sip_code AS l_sip_code, "
+                    f"leg_ringing_ms AS l_ringing_ms, leg_duration_ms AS l_duration_ms, "
+                    f"leg_pdd_ms AS l_pdd_ms WHERE {where.sql()}")
+            source = (f"SELECT l_setup_ms AS setup_ms, l_gateway AS grp, l_disposition AS disposition, "
+                      f"l_sip_code AS sip_code, l_ringing_ms AS ringing_ms, l_duration_ms AS duration_ms, "
+                      f"l_pdd_ms AS pdd_ms FROM ({legs})")
         else:
-            # every leg of the calls in range (identity filters hold for all
-            # legs of a call alike), summarised, then filtered exactly
-            legs_where = _Where()
-            _identity_where(f, legs_where, p="l_")
-            _time_where(f.from_ms, None if f.to_ms is None else f.to_ms + LEG_SETUP_SLACK_MS,
-                        legs_where, p="l_")
-            calls_where = _Where()
-            _identity_where(f, calls_where, p="s_")
-            _time_where_calls(f, calls_where)
-            _outcome_where(f, calls_where)
-            params.update(legs_where.params, **calls_where.params)
+            _time_where(f.from_ms, f.to_ms, where)
+            _outcome_where(f, where)
             grp = {"prefix": "substring(dialled_number, 1, {prefix_len})",
                    "account": "account"}.get(group_by, "''")
             if group_by == "prefix":
                 params["prefix_len"] = prefix_len
-            source = (f"SELECT setup_ms, {grp} AS grp, disposition, sip_code, ringing_ms, "
-                      f"duration_ms, pdd_ms FROM ({_calls_sql(legs_where)}) WHERE {calls_where.sql()}")
+            source = (f"SELECT setup_ms, {grp} AS grp, disposition, sip_code, ringing_ms, duration_ms, "
+                      f"pdd_ms FROM {rows_mod.CALL_TABLE} FINAL WHERE {where.sql()}")
+        params.update(where.params)
         period_sql = {
             "5min": "intDiv(setup_ms, 300000) * 300",
             "hour": "intDiv(setup_ms, 3600000) * 3600",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 import re
 from collections.abc import Sequence
 
@@ -101,3 +102,90 @@ def problem(leg: CdrLeg) -> str | None:
         if value is not None and not low <= value <= high:
             return f"{name}={value} outside {low}..{high}"
     return None
+
+
+# -- cdr_call: one row per call (migration 6) ---------------------------------------------
+
+CALL_TABLE = "cdr_call"
+_LEG_ARRAYS = (("leg_setup_ms", "setup_ms"), ("leg_gateway", "gateway"), ("leg_disposition", "disposition"),
+               ("leg_sip_code", "sip_code"), ("leg_ringing_ms", "ringing_ms"),
+               ("leg_duration_ms", "duration_ms"), ("leg_pdd_ms", "pdd_ms"))
+CALL_COLUMNS: tuple[str, ...] = (
+    "setup", "setup_ms", "cdr_id", "legs", "account", "caller_number", "caller_ip", "dialled_number",
+    "disposition", "sip_code", "ringing_ms", "duration_ms", "pdd_ms", "gateways") + tuple(
+    name for name, _ in _LEG_ARRAYS) + ("version",)
+
+
+_leg_values = operator.attrgetter(*(field for _, field in _LEG_ARRAYS))
+
+
+def call_row(legs: Sequence[CdrLeg]) -> tuple | None:
+    """A call's ``cdr_call`` values (``CALL_COLUMNS`` but version) from its legs,
+    each once (its newest copy), in any order; None without leg 0 (a call is
+    listed by its leg 0).  The summary of queries.py's ``_CALL_AGGREGATES``
+    (the API's definition; tests/integration/test_cdr_store.py checks both agree):
+    the deciding leg is the answered one, else the highest-numbered."""
+    if len(legs) == 1:                  # most calls: the leg is the call
+        first = deciding = legs[0]
+        if first.leg != 0:
+            return None
+        by_leg: Sequence[CdrLeg] = legs
+        ringing = first.ringing_ms
+        gateways = [first.gateway]
+    else:
+        by_leg = sorted(legs, key=_leg_number)
+        first = by_leg[0]
+        if first.leg != 0:
+            return None
+        ringing = min((leg.ringing_ms for leg in by_leg if leg.ringing_ms > 0), default=0)
+        deciding = max(by_leg, key=_rank)
+        gateways = sorted({leg.gateway for leg in by_leg})
+    setup = first.setup_ms
+    if ringing > 0:
+        pdd = max(ringing - setup, 0)
+    elif deciding.pdd_ms > 0:
+        pdd = max(deciding.setup_ms + deciding.pdd_ms - setup, 0)
+    else:
+        pdd = 0
+    return (setup // 1000, setup, first.cdr_id, len(by_leg), first.account, uri_user(first.caller_uri),
+            first.caller_ip, uri_user(first.dialled), first.call_disposition, first.call_sip_code,
+            ringing, deciding.duration_ms, pdd, gateways) + tuple(
+        map(list, zip(*map(_leg_values, by_leg))))
+
+
+def _leg_number(leg: CdrLeg) -> int:
+    return leg.leg
+
+
+def _rank(leg: CdrLeg) -> int:
+    return (1_000_000 if leg.disposition == "answered" else 0) + leg.leg
+
+
+def single_leg_calls(columns: dict[str, list], rows: Sequence[int]) -> dict[str, list]:
+    """``cdr_call`` columns (but version) of one-leg calls, from ``to_columns``
+    output: the legs at ``rows`` are calls of their own (leg 0 of 1).  The same
+    values as ``call_row`` for such a call, column by column (most calls have one
+    leg: per-call tuples cost as much as the insert itself)."""
+    def pick(name: str) -> list:
+        values = columns[name]
+        return values if len(rows) == len(values) else [values[i] for i in rows]
+    setup_ms, ringing, pdd = pick("setup_ms"), pick("ringing_ms"), pick("pdd_ms")
+    out = {"setup": pick("setup"), "setup_ms": setup_ms, "cdr_id": pick("cdr_id"), "legs": [1] * len(rows),
+           "account": pick("account"), "caller_number": pick("caller_number"),
+           "caller_ip": pick("caller_ip"), "dialled_number": pick("dialled_number"),
+           "disposition": pick("call_disposition"), "sip_code": pick("call_sip_code"),
+           "ringing_ms": ringing, "duration_ms": pick("duration_ms"),
+           # the leg decides: PDD to its first ringing, else its own
+           "pdd_ms": [max(r - s, 0) if r > 0 else p for r, s, p in zip(ringing, setup_ms, pdd)],
+           "gateways": [[gateway] for gateway in pick("gateway")]}
+    for name, field in _LEG_ARRAYS:         # the leg's own values (its disposition, not the call's)
+        out[name] = [[value] for value in pick(field)]
+    return out
+
+
+def call_columns(calls: Sequence[tuple], version_ms: int) -> dict[str, list]:
+    """Columnar data of ``call_row`` results for ``Backend.insert``."""
+    columns: dict[str, list] = {name: list(values) for name, values in
+                                zip(CALL_COLUMNS, zip(*calls))} if calls else {name: [] for name in CALL_COLUMNS[:-1]}
+    columns["version"] = [version_ms] * len(calls)
+    return columns

@@ -373,3 +373,62 @@ def test_stats_5min_buckets_per_account_and_seer(loaded):
     assert [(r["attempts"], r["asr"], r["ner"], r["seer"]) for r in
             (result[ten, "alice@a.test"], result[ten, "bob@b.test"], result[eleven, "carol@c.test"])] == [
         (2, 0.5, 1.0, 1.0), (2, 0.5, 1.0, 1.0), (2, 0.0, 0.5, 0.0)]
+
+
+# -- cdr_call: the stored call summaries (migration 6) ----------------------------------
+
+_STORED = ("setup_ms", "legs", "account", "caller_number", "caller_ip", "dialled_number", "disposition",
+           "sip_code", "ringing_ms", "duration_ms", "pdd_ms", "gateways")
+
+
+def stored_calls(backend) -> dict[str, dict]:
+    return {row["cdr_id"]: row for row in backend.query_dicts(
+        f"SELECT cdr_id, {', '.join(_STORED)}, leg_gateway, leg_setup_ms FROM cdr_call FINAL")}
+
+
+def api_calls(store, cdr_ids) -> dict[str, dict]:
+    out = {}
+    for cdr_id in cdr_ids:
+        call = store.get_call(cdr_id)
+        out[cdr_id] = {name: (sorted(set(call["gateways"]) | ({""} if any(
+            not leg["gateway"] for leg in call["legs_detail"]) else set())) if name == "gateways" else call[name])
+            for name in _STORED}
+    return out
+
+
+def test_stored_summaries_are_the_api_summaries_whatever_the_insert_order(store, calls):
+    """The summary insert_legs stores per call (rows.call_row) is the one the API
+    computes from the legs (queries._calls_sql), also when a call's legs come in
+    separate inserts (leg 0 last), twice, or later with media."""
+    legs = [leg for legs in calls.values() for leg in legs]
+    multi = [legs for legs in calls.values() if len(legs) > 1]
+    assert multi, "the sample needs a call with several legs"
+    later = {(leg.cdr_id, leg.leg) for legs in multi for leg in legs if leg.leg == 0}
+    store.insert_legs([leg for leg in legs if (leg.cdr_id, leg.leg) not in later], version_ms=10)
+    stored = stored_calls(store.backend)
+    assert not set(stored) & {cdr_id for cdr_id, _ in later}       # no leg 0 yet: not a call yet
+    store.insert_legs([leg for leg in legs if (leg.cdr_id, leg.leg) in later], version_ms=20)
+    store.insert_legs(legs[:3], version_ms=30)                      # duplicates
+    answered = next(leg for leg in legs if leg.disposition == "answered")
+    store.insert_legs([with_media(answered, callee_rtp_packets=7)], version_ms=40)
+    stored = stored_calls(store.backend)
+    assert set(stored) == {legs[0].cdr_id for legs in calls.values()}
+    assert {cdr_id: {name: row[name] for name in _STORED} for cdr_id, row in stored.items()} == \
+        api_calls(store, stored)
+    for legs in multi:
+        row = stored[legs[0].cdr_id]
+        assert row["leg_gateway"] == [leg.gateway for leg in legs]            # each leg's own, in order
+        assert row["leg_setup_ms"] == [leg.setup_ms for leg in legs]
+
+
+def test_migration_6_summarises_the_calls_stored_before(backend, calls):
+    text = SCHEMA_FILE.read_text()
+    assert migrate(backend, text.split("-- migration 6:", 1)[0]) == [1, 2, 3, 4, 5]
+    legs = [leg for legs in calls.values() for leg in legs]
+    backend.insert(rows.TABLE, rows.to_columns(legs, 1))               # legs written before cdr_call existed
+    backend.insert(rows.TABLE, rows.to_columns(legs[:2], 2))
+    assert migrate(backend) == [6]
+    store = CdrStore(backend)
+    stored = stored_calls(backend)
+    assert {cdr_id: {name: row[name] for name in _STORED} for cdr_id, row in stored.items()} == \
+        api_calls(store, {legs[0].cdr_id for legs in calls.values()})

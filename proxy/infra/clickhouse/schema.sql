@@ -217,3 +217,85 @@ CREATE TABLE IF NOT EXISTS events (
 ) ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(ts)
 ORDER BY (toDate(ts), call_id, ts_ms, id);
+
+-- migration 6: cdr_call, one row per call for statistics and filtered lists (issue 19)
+-- The call summary the API computes from a call's legs (cdr/store/queries.py),
+-- stored: statistics and lists filtered by outcome read one narrow row per
+-- call, sorted by setup time (a time range prunes to its granules), instead
+-- of every leg of the month grouped by cdr_id (a 10M-leg month took seconds).
+-- Written by CdrStore.insert_legs next to the legs (cdr/store/rows.py:
+-- call_row), from the newest copy of each leg; a call is summarised once its
+-- leg 0 is stored.  A call summarised again (duplicates, late media, more
+-- legs) replaces its row (newest version); queries read it with FINAL.  The
+-- identity is (setup_ms, cdr_key), cdr_key = cityHash64(cdr_id): FINAL merges
+-- on two integers instead of a 36-byte string (4x faster here); two calls
+-- would have to share the millisecond and the 64-bit hash to collide.  disposition / sip_code are the call's
+-- (call_disposition / call_sip_code); duration_ms is the deciding leg's (the
+-- answered one, else the highest-numbered); pdd_ms the call's post-dial delay.
+-- leg_*: each leg's own values in leg order, for statistics per gateway
+-- (ARRAY JOIN).  The INSERT below summarises the legs stored before.
+CREATE TABLE IF NOT EXISTS cdr_call (
+    setup            DateTime('UTC'),
+    setup_ms         UInt64,
+    cdr_id           String,
+    cdr_key          UInt64 DEFAULT cityHash64(cdr_id),
+    legs             UInt16,
+    account          String,
+    caller_number    String,
+    caller_ip        String,
+    dialled_number   String,
+    disposition      String,
+    sip_code         UInt16,
+    ringing_ms       UInt64,
+    duration_ms      UInt64,
+    pdd_ms           UInt64,
+    gateways         Array(String),
+    leg_setup_ms     Array(UInt64),
+    leg_gateway      Array(String),
+    leg_disposition  Array(String),
+    leg_sip_code     Array(UInt16),
+    leg_ringing_ms   Array(UInt64),
+    leg_duration_ms  Array(UInt64),
+    leg_pdd_ms       Array(UInt32),
+    version          UInt64
+) ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(setup)
+ORDER BY (setup_ms, cdr_key);
+
+INSERT INTO cdr_call (setup, setup_ms, cdr_id, legs, account, caller_number, caller_ip, dialled_number,
+                      disposition, sip_code, ringing_ms, duration_ms, pdd_ms, gateways, leg_setup_ms,
+                      leg_gateway, leg_disposition, leg_sip_code, leg_ringing_ms, leg_duration_ms,
+                      leg_pdd_ms, version)
+SELECT toDateTime(intDiv(c_setup_ms, 1000)), c_setup_ms, cdr_id, c_legs, c_account, c_caller_number,
+       c_caller_ip, c_dialled_number, c_disposition, c_sip_code, c_ringing_ms, c_duration_ms,
+       if(c_ringing_ms > 0, toUInt64(greatest(toInt64(c_ringing_ms) - toInt64(c_setup_ms), 0)),
+          if(c_pdd_ms > 0, toUInt64(greatest(toInt64(c_pdd_end_ms) - toInt64(c_setup_ms), 0)), toUInt64(0))),
+       c_gateways, c_leg_setup_ms, c_leg_gateway, c_leg_disposition, c_leg_sip_code, c_leg_ringing_ms,
+       c_leg_duration_ms, c_leg_pdd_ms, c_version
+FROM (
+    SELECT cdr_id,
+           count() AS c_legs,
+           argMin(setup_ms, leg) AS c_setup_ms,
+           argMin(account, leg) AS c_account,
+           argMin(caller_number, leg) AS c_caller_number,
+           argMin(caller_ip, leg) AS c_caller_ip,
+           argMin(dialled_number, leg) AS c_dialled_number,
+           argMin(call_disposition, leg) AS c_disposition,
+           argMin(call_sip_code, leg) AS c_sip_code,
+           minIf(ringing_ms, ringing_ms > 0) AS c_ringing_ms,
+           argMax(duration_ms, if(disposition = 'answered', 1000000, 0) + leg) AS c_duration_ms,
+           argMax(pdd_ms, if(disposition = 'answered', 1000000, 0) + leg) AS c_pdd_ms,
+           argMax(setup_ms + pdd_ms, if(disposition = 'answered', 1000000, 0) + leg) AS c_pdd_end_ms,
+           arraySort(groupUniqArray(gateway)) AS c_gateways,
+           arrayMap(x -> tupleElement(x, 2), arraySort(groupArray((leg, setup_ms)))) AS c_leg_setup_ms,
+           arrayMap(x -> tupleElement(x, 2), arraySort(groupArray((leg, gateway)))) AS c_leg_gateway,
+           arrayMap(x -> tupleElement(x, 2), arraySort(groupArray((leg, disposition)))) AS c_leg_disposition,
+           arrayMap(x -> tupleElement(x, 2), arraySort(groupArray((leg, sip_code)))) AS c_leg_sip_code,
+           arrayMap(x -> tupleElement(x, 2), arraySort(groupArray((leg, ringing_ms)))) AS c_leg_ringing_ms,
+           arrayMap(x -> tupleElement(x, 2), arraySort(groupArray((leg, duration_ms)))) AS c_leg_duration_ms,
+           arrayMap(x -> tupleElement(x, 2), arraySort(groupArray((leg, pdd_ms)))) AS c_leg_pdd_ms,
+           max(version) AS c_version
+    FROM cdr FINAL
+    GROUP BY cdr_id
+    HAVING min(leg) = 0
+);

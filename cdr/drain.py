@@ -1,0 +1,210 @@
+"""faust's consumer, handing whole fetches of one topic to one coroutine.
+
+faust (0.15) moves every record on its own through the worker loop: a
+``wait_first`` per record (tasks and futures), the conductor's lock, the
+topic's queue, a stream event, an ack.  For the CDR processor that
+per-record machinery cost more CPU than the fold itself (py-spy,
+docs/performance.md).  This consumer keeps everything else of faust —
+the fetcher thread, read offsets and gaps, acks and commits, rebalances,
+the changelog topics and their recovery — and changes two things:
+
+* records of the ``handlers``' topics are collected per fetch and given to
+  their handler as one list of ``ConsumerMessage`` (at most ``chunk`` at a
+  time), then acked; records of any other topic (a table's changelog while
+  it recovers) take faust's own path, one by one;
+* a commit first calls ``before_commit()`` with ``lock`` held, after the
+  offsets to commit were chosen: the handler's effects on tables can then be
+  written once per key and commit (``CdrProcessor.flush_changelog``) instead
+  of once per record, and still precede the offsets they belong to (faust
+  flushes its producer before it commits).
+
+The agent registered on the topic stays: it subscribes the topic and enables
+acks for it, and it is the fallback path when this consumer is not used.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+Handler = Callable[[list], Awaitable[None]]
+
+
+def batch_consumer_class(base: type, handlers: Mapping[str, Handler], *,
+                         before_commit: Callable[[], Awaitable[None]],
+                         lock: Callable[[], asyncio.Lock], chunk: int) -> type:
+    """A subclass of faust's transport consumer ``base`` (see the module doc)."""
+    from faust.transport.consumer import CONSUMER_FETCHING
+
+    class BatchConsumer(base):  # type: ignore[valid-type,misc]
+        async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover (faust's loop)
+            # faust's Consumer._drain_messages, minus the per-record hand-off
+            callback = self.callback
+            getmany = self.getmany
+            consumer_should_stop = self._stopped.is_set
+            fetcher_should_stop = fetcher._stopped.is_set
+            get_read_offset = self._read_offset.__getitem__
+            set_read_offset = self._read_offset.__setitem__
+            acks_enabled_for = self.app.topics.acks_enabled_for
+            commit_every = self._commit_every
+            ack = self.ack
+            try:
+                while not (consumer_should_stop() or fetcher_should_stop()):
+                    self.diag.set_flag(CONSUMER_FETCHING)
+                    ait = getmany(timeout=1.0)
+                    await self.sleep(0)
+                    if self.should_stop:
+                        continue
+                    batches: dict[str, list] = {}
+                    async for tp, message in ait:
+                        offset = message.offset
+                        r_offset = get_read_offset(tp)
+                        if r_offset is not None and offset < r_offset:
+                            continue                    # read before (a seek back)
+                        if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
+                            await self._add_gap(tp, r_offset + 1, offset)
+                        if tp.topic in handlers:
+                            batches.setdefault(tp.topic, []).append(message)
+                        else:
+                            await self.wait_first(callback(message), self.suspend_flow.wait())
+                        set_read_offset(tp, offset)
+                    for topic, messages in batches.items():
+                        handler = handlers[topic]
+                        for start in range(0, len(messages), chunk):
+                            part = messages[start:start + chunk]
+                            await handler(part)
+                            for message in part:
+                                ack(message)
+                    if commit_every is not None and self._n_acked >= commit_every:  # type: ignore[has-type]
+                        self._n_acked = 0
+                        await self.commit()
+                    self.diag.unset_flag(CONSUMER_FETCHING)
+            except self.consumer_stopped_errors:
+                if self.transport.app.should_stop:
+                    return
+                raise
+            except asyncio.CancelledError:
+                if self.transport.app.should_stop:
+                    return
+                raise
+            finally:
+                self.diag.unset_flag(CONSUMER_FETCHING)
+
+        async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
+            # faust's Consumer._commit_tps with ``before_commit`` once the
+            # offsets are chosen: nothing acked after that point is committed
+            # now, and everything acked before has its effects written first
+            async with lock():
+                commit_offsets = self._filter_committable_offsets(tps)
+                if commit_offsets:
+                    await before_commit()
+            if not commit_offsets:
+                return False
+            from faust.exceptions import ProducerSendError
+            try:
+                await self._handle_attached(commit_offsets)
+            except ProducerSendError as exc:
+                await self.crash(exc)
+                return False
+            return await self._commit_offsets(commit_offsets,
+                                              start_new_transaction=start_new_transaction)
+
+    return BatchConsumer
+
+
+def use_batch_consumer(app: Any, handlers: Mapping[str, Handler], *,
+                       before_commit: Callable[[], Awaitable[None]],
+                       lock: Callable[[], asyncio.Lock], chunk: int) -> None:
+    """Make ``app`` build a ``batch_consumer_class`` consumer (faust builds its
+    consumer lazily, in ``App._new_consumer``, once the worker starts)."""
+
+    def new_consumer() -> Any:
+        transport = app.transport
+        cls = batch_consumer_class(transport.Consumer, handlers, before_commit=before_commit,
+                                   lock=lock, chunk=chunk)
+        return cls(transport, callback=app.topics.on_message, loop=transport.loop,
+                   on_partitions_revoked=app._on_partitions_revoked,
+                   on_partitions_assigned=app._on_partitions_assigned, beacon=app.beacon)
+
+    app._new_consumer = new_consumer
+
+
+# --- records out in batches -----------------------------------------------------------
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as aiokafka's and the
+    Java client's) gives ``key``: batches built here land where ``send`` would
+    have put each record, so a key's records keep their order."""
+    from aiokafka.partitioner import murmur2
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class PartitionBatcher:
+    """Records to one topic through an aiokafka producer as record batches, one
+    per partition in flight at a time.
+
+    aiokafka's ``send`` costs a future and accumulator work per record;
+    ``send_batch`` does not, but it waits while the partition's previous batch
+    is still queued, so one caller awaiting it per tick runs at one batch per
+    round trip.  Here ``send`` only appends to the partition's buffer and
+    returns the future of the batch that will carry the record; one task per
+    partition takes the whole buffer each time the previous batch has left.
+    Records of a partition keep their order."""
+
+    def __init__(self, producer: Any, topic: str, partitions: int) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.partitions = partitions            # the topic's partition count
+        self._buffers: dict[int, tuple[list[tuple[bytes, bytes]], asyncio.Future]] = {}
+        self._tasks: dict[int, asyncio.Task] = {}
+
+    def send(self, partition: int, key: bytes, value: bytes) -> asyncio.Future:
+        """Queue one record; the future resolves once the broker has it."""
+        pending = self._buffers.get(partition)
+        if pending is None:
+            pending = self._buffers[partition] = ([], asyncio.get_running_loop().create_future())
+            if partition not in self._tasks:
+                self._tasks[partition] = asyncio.ensure_future(self._drain(partition))
+        pending[0].append((key, value))
+        return pending[1]
+
+    async def _drain(self, partition: int) -> None:
+        producer, topic = self.producer, self.topic
+        try:
+            while (pending := self._buffers.pop(partition, None)) is not None:
+                records, done = pending
+                try:
+                    batches = []
+                    batch = producer.create_batch()
+                    for key, value in records:
+                        if batch.append(key=key, value=value, timestamp=None) is None:
+                            batches.append(await producer.send_batch(batch, topic, partition=partition))
+                            batch = producer.create_batch()
+                            batch.append(key=key, value=value, timestamp=None)
+                    batches.append(await producer.send_batch(batch, topic, partition=partition))
+                except Exception as exc:
+                    done.set_exception(exc)
+                    continue
+                _chain(asyncio.gather(*batches), done)
+        finally:
+            self._tasks.pop(partition, None)
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is with the producer, then for
+        the producer to send it."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self.producer.flush()
+
+
+def _chain(source: asyncio.Future, target: asyncio.Future) -> None:
+    def copy(_f: asyncio.Future) -> None:
+        if target.done():
+            return
+        if source.cancelled():
+            target.cancel()
+        elif (exc := source.exception()) is not None:
+            target.set_exception(exc)
+        else:
+            target.set_result(None)
+    source.add_done_callback(copy)
