@@ -251,6 +251,18 @@ def _leg_dict(row: dict[str, Any]) -> dict[str, Any]:
     return leg
 
 
+def newest_copies(legs: Sequence[CdrLeg]) -> Sequence[CdrLeg]:
+    """``legs`` with only the last copy of each (cdr_id, leg): a batch can hold a
+    CDR and its later re-publication (late media), and both would get the one
+    version of the insert.  Neither chdb (without optimize_on_insert) nor an
+    18.16 server deduplicates a block on the way in, and between equal versions
+    ReplacingMergeTree keeps an arbitrary one: the CDR without its media."""
+    last = {(leg.cdr_id, leg.leg): n for n, leg in enumerate(legs)}
+    if len(last) == len(legs):
+        return legs
+    return [legs[n] for n in sorted(last.values())]
+
+
 @dataclass
 class CdrStore:
     """CDR reads and writes over one back end (chdb or a server)."""
@@ -265,6 +277,7 @@ class CdrStore:
         both are idempotent."""
         if not legs:
             return 0
+        legs = newest_copies(legs)
         version = clock.now_ms() if version_ms is None else version_ms
         columns = rows_mod.to_columns(legs, version)
         count = self.backend.insert(rows_mod.TABLE, columns)

@@ -355,6 +355,21 @@ def test_media_columns_migrate_an_existing_table_and_round_trip(backend, calls):
     assert (c1["callee_rtp_packets"], c1["caller_rtp_mos_x10"]) == (2**64 - 1, 255)   # the newest copy
 
 
+def test_a_cdr_and_its_later_copy_in_one_insert_read_as_the_later(store, calls):
+    """The sink's batch can hold a CDR and its re-publication with the media
+    (late media.stats): both would get the insert's one version, and between
+    equal versions ReplacingMergeTree keeps either.  Many rounds, since the
+    choice it makes is not fixed."""
+    c1 = calls["c1"][0]
+    for n in range(20):
+        call = msgspec.structs.replace(c1, cdr_id=f"{c1.cdr_id[:-4]}{n:04d}", call_id=f"late-{n}")
+        store.insert_legs([call, with_media(call, callee_rtp_packets=1000 + n)], version_ms=5)
+        got = store.get_call(call.cdr_id)
+        assert got["callee_rtp_packets"] == 1000 + n, got
+        items, _ = store.list_calls(CdrFilter(account=call.account), limit=100)
+        assert {i["cdr_id"]: i["callee_rtp_packets"] for i in items}[call.cdr_id] == 1000 + n
+
+
 def test_media_values_out_of_range_are_named():
     base = with_media(sample_calls()["c1"][0])
     assert rows.problem(base) is None
