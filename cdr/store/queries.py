@@ -277,13 +277,16 @@ class CdrStore:
         both are idempotent."""
         if not legs:
             return 0
+        given = len(legs)
         legs = newest_copies(legs)
         version = clock.now_ms() if version_ms is None else version_ms
         columns = rows_mod.to_columns(legs, version)
         count = self.backend.insert(rows_mod.TABLE, columns)
         self._summarise(legs, columns, version)
         self.inserted_rows += count
-        return count
+        # a copy dropped for its later twin is stored as well as a duplicate
+        # written and collapsed at merges: the caller counts every leg it gave
+        return count + given - len(legs)
 
     def _summarise(self, legs: Sequence[CdrLeg], columns: dict[str, list], version: int) -> None:
         """Write ``cdr_call`` rows for the calls of ``legs``.  A one-leg call is
