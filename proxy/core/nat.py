@@ -112,6 +112,7 @@ DEFAULT_RULES = NatFlag.CONTACT_PRIVATE | NatFlag.VIA_RECEIVED | NatFlag.VIA_PRI
 # RULES with plain int flags: every request is tested (dialogs, media), and
 # IntFlag arithmetic (each & or | builds an enum member) cost ~0.5 us a rule.
 _RULE_BITS = tuple((int(flag), test) for flag, (test, _why) in RULES.items())
+_DEFAULT_BITS = int(DEFAULT_RULES)
 
 
 def _fired(facts: _Facts, wanted: int) -> int:
@@ -132,9 +133,6 @@ def sender_nated(request: SipMessage, source: Target) -> bool:
     party that sent ``request`` (arrived from ``source``) behind a NAT, so that
     requests and media for it must go to where its packets come from?"""
     return _fired(_facts(request, source), _DEFAULT_BITS) != 0
-
-
-_DEFAULT_BITS = int(DEFAULT_RULES)
 
 
 def behind_nat(contact: str, source_host: str) -> bool:
