@@ -29,6 +29,11 @@ command -v sngrep >/dev/null 2>&1 || need_apt+=(sngrep)     # decodes the HEP v3
 [ -x /usr/lib/postgresql/15/bin/postgres ] || need_apt+=(postgresql)     # the shared stores of the scale-out tests
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)             # the web panel's browser tests (tests/panel)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)   # ... driven by Selenium
+# a C compiler and the Python headers: the proxy's hot modules are compiled with mypyc
+# (scripts/build_native.py, proxy/native.py); without them the proxy runs them as pure Python
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
+"${PYTHON:-python3}" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || need_apt+=(python3-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   echo "==> installing Debian packages: ${need_apt[*]}"
@@ -49,6 +54,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[test]"
   echo "$want" > "$stamp"
 fi
+# the compiled proxy modules, rebuilt when a source changed (~1 min; a failure is
+# reported and the proxy runs pure Python, which tests/unit/test_native.py flags)
+.venv/bin/python scripts/build_native.py || true
 
 case "$MODE" in
   up)

@@ -347,9 +347,9 @@ class Engine:
             else:
                 self.core.stats.reply_in(msg.status or 0)
                 self._on_response(msg)
-        except (ValueError, ViaError, UriError) as exc:   # malformed values (UnicodeError too)
+        except (ValueError, ViaError, UriError) as bad:   # malformed values (UnicodeError too)
             if msg.is_request and msg.method != "ACK":
-                self._fail(msg, source, 400, f"Bad Request ({exc})")
+                self._fail(msg, source, 400, f"Bad Request ({bad})")
         except Exception:              # one bad message must never stop the worker
             log.exception("error handling %r from %s", msg, source)
             if msg.is_request and msg.method != "ACK":

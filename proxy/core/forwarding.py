@@ -27,6 +27,7 @@ from .txdriver import TxDriver
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Core
+    from .media import Exchange
 
 CANCEL_REASON_ANSWERED = reason_header(200, "Call completed elsewhere")
 
@@ -80,7 +81,7 @@ class ProxyCall:
         # when every branch failed: may start new branches (failover, forwarding)
         self.failure_handler: Callable[["ProxyCall", SipMessage], bool] | None = None
         self.ring_timeout_s: float | None = None
-        self.media = None      # media.Exchange: responses go upstream through the media relay
+        self.media: Exchange | None = None      # responses go upstream through the media relay
         self.started_ms = clock.now_ms()         # the live-call list's start (proxy/core/livecalls.py)
         self.rr_params = ""                      # added to our Record-Route URIs (peering flow token)
         server.on_message = self._on_server_message

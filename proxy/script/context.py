@@ -13,7 +13,7 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from ..contract import credit
 from ..contract import events as ev
@@ -31,6 +31,7 @@ from ..sip.uri import SipUri, UriError, parse_name_addr, parse_uri
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..core.engine import Core
+    from ..core.media import Session
     from ..core.txdriver import TxDriver
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, UPDATE, INFO, PRACK, MESSAGE, SUBSCRIBE, NOTIFY, REFER"
@@ -89,7 +90,7 @@ class RequestContext:
         self.authorized = False
         self.target_kind: str | None = None   # where self.targets came from: location, gateway, static
         self.media_asked = False              # the media relay was asked (proxy/core/media.py)
-        self.media_session = None             # its session when it rewrote the SDP
+        self.media_session: Session | None = None   # its session when it rewrote the SDP
         # A custom script may set this to relay off-net (gateways, static route, other domains,
         # pre-routed requests) for callers that are neither authenticated nor trusted. It
         # reopens toll fraud: the default script never sets it.
@@ -113,11 +114,11 @@ class RequestContext:
         return self.source.host
 
     @property
-    def provisioning(self):
+    def provisioning(self) -> Any:
         return self.core.provisioning.snapshot if self.core.provisioning is not None else None
 
     @property
-    def routing_data(self):
+    def routing_data(self) -> Any:
         live = self.core.routing_data
         return live.snapshot if live is not None else None
 

@@ -47,7 +47,7 @@ class SipMessage:
 
     __slots__ = ("method", "uri", "status", "reason", "headers", "body")
 
-    def __init__(self, method=None, uri=None, status=None, reason=None, headers=None, body=b""):
+    def __init__(self, method: str | None = None, uri: str | None = None, status: int | None = None, reason: str | None = None, headers: list[tuple[str, str, str]] | None = None, body: bytes = b"") -> None:
         self.method: str | None = method
         self.uri: str | None = uri
         self.status: int | None = status

@@ -75,7 +75,7 @@ def response_event(message: SipMessage) -> Event | None:
     return _RESPONSE_EVENTS.get(status // 100)
 
 
-class TransactionStateError(RuntimeError):
+class TransactionStateError(ValueError):
     """The TU asked a server transaction to send a response its state forbids
     (e.g. a second final response, or any response once Terminated)."""
 

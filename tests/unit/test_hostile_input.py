@@ -240,9 +240,19 @@ def test_cancel_after_a_final_response(rig, tracebacks):
 
 
 def test_unexpected_error_ends_the_transaction(open_rig, caplog, monkeypatch):
-    def boom(*args):
-        raise RuntimeError("bug")
-    monkeypatch.setattr(open_rig.engine.routing, "initial", boom)
+    class Broken:
+        """The routing with a bug in ``initial`` (the compiled ScriptRouting's
+        methods cannot be patched: the whole routing object is replaced)."""
+
+        def __init__(self, real):
+            self.real = real
+
+        def initial(self, *args):
+            raise RuntimeError("bug")
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+    monkeypatch.setattr(open_rig.engine, "routing", Broken(open_rig.engine.routing))
     out = open_rig.receive(invite(), ALICE)
     assert [m.status for m, _ in out] == [500]
     open_rig.effects.advance(40)
