@@ -71,13 +71,14 @@ case "$MODE" in
     # 1. the whole suite (or what "$@" selects) on today's clock;
     # 2. its tests marked `clock` again with the project's clock a year ahead
     #    (SIPLEDGER_CLOCK_SHIFT_S, proxy/infra/clock.py; child processes inherit
-    #    it): no test may depend on today's date.
+    #    it): no test may depend on today's date;
+    # 3. the unit tests as pure Python (below).
     # Each run lists its 15 slowest tests: the suite must stay under 15 minutes.
     # Both runs use SIPLEDGER_TEST_PROCESSES (default 2) pytest-xdist processes:
     # most integration tests wait on timers and brokers, so two run side by side;
     # tests/conftest.py keeps each file (and each folder sharing one `up`) in
     # one process.  SIPLEDGER_TEST_PROCESSES=0 runs everything in this process.
-    # Exit status: non-zero if either run failed.  Exit code 5 (no tests
+    # Exit status: non-zero if any run failed.  Exit code 5 (no tests
     # collected) fails the first run; in the second it only means the
     # selection held no `clock` test.
     echo "==> static checks: ruff, mypy, import-linter"
@@ -90,10 +91,19 @@ case "$MODE" in
     echo "==> the tests marked clock again, SIPLEDGER_CLOCK_SHIFT_S=$shift_s"
     SIPLEDGER_CLOCK_SHIFT_S="$shift_s" .venv/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" --durations=15 "$@" -m clock
     shifted=$?
+    # 3. (whole runs only) the unit tests again with the proxy's hot modules as pure
+    #    Python (SIPLEDGER_NATIVE=0, proxy/native.py): the fallback must behave as the
+    #    compiled build does
+    pure=0
+    if [ $# -eq 0 ]; then
+      echo "==> the unit tests again as pure Python, SIPLEDGER_NATIVE=0"
+      SIPLEDGER_NATIVE=0 .venv/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" tests/unit
+      pure=$?
+    fi
     set -e
     if [ "$shifted" -eq 5 ]; then shifted=0; fi
-    echo "==> whole suite: exit $main; clock tests shifted by ${shift_s}s: exit $shifted"
-    if [ "$main" -ne 0 ] || [ "$shifted" -ne 0 ]; then exit 1; fi ;;
+    echo "==> whole suite: exit $main; clock tests shifted by ${shift_s}s: exit $shifted; pure Python: exit $pure"
+    if [ "$main" -ne 0 ] || [ "$shifted" -ne 0 ] || [ "$pure" -ne 0 ]; then exit 1; fi ;;
   setup)
     echo "==> ready: .venv/bin/sipledger --help" ;;
   *)

@@ -10,6 +10,7 @@ import signal
 import socket
 from pathlib import Path
 
+from .. import native
 from ..contract import events as ev
 from ..core.callevents import CallEventFactory
 from ..core.digest import DigestAuthenticator
@@ -321,6 +322,7 @@ class Worker:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
         tune_gc()
+        log.info("compiled proxy modules: %s", native.status())     # proxy/native.py
         print(f"WORKER READY index={self.index} udp={ports['udp']}", flush=True)
         await self.stopping.wait()
 
