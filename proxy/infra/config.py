@@ -94,6 +94,9 @@ class ProxySettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     t2: float = 4.0
     t4: float = 5.0
     outbox_flush_ms: int = 5
+    # the event publisher's rounds at most this often when they are not full
+    # (proxy/events/publisher.py: fewer, bigger batches; adds up to this to an event's delay)
+    publish_interval_ms: int = 20
     # hostile input: size limits for every message, UDP or TCP (docs/hostile-input.md)
     max_message_bytes: int = 65535      # whole message; a larger body is answered 413
     max_header_bytes: int = 16384       # start line + headers; larger is answered 513 (or dropped)
@@ -701,6 +704,7 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
         ("dns.max_in_flight", c.dns.max_in_flight >= 1, "must be >= 1"),
         ("proxy.t1", 0 < c.proxy.t1 <= c.proxy.t2, "must be > 0 and <= proxy.t2"),
         ("proxy.outbox_flush_ms", 1 <= c.proxy.outbox_flush_ms <= 10_000, "must be 1..10000"),
+        ("proxy.publish_interval_ms", 0 <= c.proxy.publish_interval_ms <= 1_000, "must be 0..1000"),
         ("proxy.max_message_bytes", 1024 <= c.proxy.max_message_bytes <= 16 * 1024 * 1024,
          "must be 1024..16777216"),
         ("proxy.max_header_bytes", 512 <= c.proxy.max_header_bytes <= c.proxy.max_message_bytes,

@@ -215,7 +215,8 @@ class Worker:
         (self.data_dir / "outbox").mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(str(self.data_dir / "outbox" / f"worker-{self.index}.sqlite"))
         self.publisher = EventPublisher(self.outbox, cfg.kafka, cfg.topics.sip_events,
-                                        retention=archive_retention(cfg, self.data_dir))
+                                        retention=archive_retention(cfg, self.data_dir),
+                                        min_interval_s=px.publish_interval_ms / 1000)
 
         # schemas exist already (prepare_data_dir ran before the workers started)
         store = ProvisioningStore(cfg.provisioning.url or default_url(self.data_dir))

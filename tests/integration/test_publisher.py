@@ -87,6 +87,36 @@ async def test_every_event_once_in_per_call_order(kafka_settings, outbox):
     assert_exactly_once_in_key_order(await read_all(kafka_settings, topic, at_least=2000), ids)
 
 
+async def test_rounds_are_paced_into_bigger_batches(kafka_settings, outbox):
+    """With ``min_interval_s`` the rows of many outbox flushes go out in few
+    delivery rounds (the proxy's ``publish_interval_ms``); every event still
+    arrives once, in order."""
+    topic = unique_topic("paced")
+    await ensure_topics(kafka_settings, {topic: 6})
+    publisher = EventPublisher(outbox, kafka_settings, topic, batch=500, min_interval_s=0.5)
+    rounds = []
+    deliver = publisher._deliver
+
+    async def counted(rows):
+        rounds.append(len(rows))
+        await deliver(rows)
+    publisher._deliver = counted
+    publisher.start()
+    try:
+        source = EventSource(outbox, publisher)
+        ids = []
+        for _ in range(20):                      # 20 flushes of 10 rows within ~0.2 s
+            ids += await source.append(10, chunk=10)
+            await asyncio.sleep(0.01)
+        await aeventually(lambda: outbox.count() == 0, "outbox drained", WAIT)
+    finally:
+        assert await publisher.stop() == 0
+    assert sum(rounds) == 200
+    # the first flush at once, the rest after the interval (a slow host only merges more)
+    assert len(rounds) <= 3, rounds
+    assert_exactly_once_in_key_order(await read_all(kafka_settings, topic, at_least=200), ids)
+
+
 async def test_events_appended_during_a_broker_outage_arrive_once(fresh_broker, outbox):
     settings = settings_for(fresh_broker)
     topic = "sip.events"
