@@ -86,10 +86,12 @@ SCAN_CHUNK = 5000                   # the timer's scan yields to the agent this 
 SLOT_CODEC = "cdr_slot"
 
 
-class Slot(msgspec.Struct, frozen=True, array_like=True):
+class Slot(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A table value.  Live call: ``done`` False, its state.  Finished call:
     ``done`` True and the final state until its rows are confirmed by the
-    broker, then only the marker (``state`` None) until it expires."""
+    broker, then only the marker (``state`` None) until it expires.
+    ``gc=False`` as the states it holds (proxy/contract/callfold.py): no cycles,
+    and a table of them is not walked by the garbage collector."""
     partition: int                  # the Call-ID's partition of sip.events = changelog partition
     seen_ms: int                    # wall clock of the last change
     state: CallState | None = None
