@@ -428,10 +428,12 @@ class Profiler:
     """py-spy recording one process while a run lasts (``--profile``: a tool,
     not a dependency; collapsed stacks, ``--format raw``)."""
 
-    def __init__(self, pid: int, path: Path) -> None:
+    def __init__(self, pid: int, path: Path, *, idle: bool = False) -> None:
+        # idle: samples of waiting threads too (where a worker that is not
+        # CPU-bound waits)
         self.process = subprocess.Popen(
             [shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
-             "--nonblocking", "--output", str(path)],
+             "--nonblocking", "--output", str(path), *(["--idle"] if idle else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def stop(self) -> None:
@@ -552,7 +554,8 @@ def run(args: argparse.Namespace) -> dict:
         if args.mode == "sustained":
             time.sleep(1 if args.workers == 1 else 6)    # let a multi-worker group settle
 
-        profiler = Profiler(workers[0].process.pid, Path(args.profile)) if args.profile else None
+        profiler = (Profiler(workers[0].process.pid, Path(args.profile), idle=args.profile_idle)
+                    if args.profile else None)
         cpu0 = [w.cpu_seconds() for w in workers]
 
         offered: dict = {}
@@ -636,6 +639,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--profile", default=None, metavar="FILE",
                         help="py-spy (collapsed stacks) of worker 0 while the calls run")
+    parser.add_argument("--profile-idle", action="store_true",
+                        help="with --profile: sample waiting threads too")
     args = parser.parse_args(argv)
     result = run(args)
     if args.mode == "sustained":
