@@ -278,8 +278,7 @@ class CdrProcessor:
         self._count_rows(finished)
         # state first (the finished slots hold the final state until their rows
         # are confirmed), then the rows; both are flushed before faust commits
-        for key, slot in working.items():
-            await self._put(key, slot)
+        self._put_many(working)
         if finished:
             await self._publish_and_confirm(finished)
 
@@ -370,10 +369,10 @@ class CdrProcessor:
             return
         data_get = self.table.data.get
         actives = self._active_partitions()
-        for key, slot, _ in finished:
-            # still the same finished slot, of a partition still ours
-            if data_get(key) is slot and slot.partition in actives:
-                await self._put(key, after_confirm(slot, wall_ms()))
+        now = wall_ms()
+        # still the same finished slot, of a partition still ours
+        self._put_many({key: after_confirm(slot, now) for key, slot, _ in finished
+                        if data_get(key) is slot and slot.partition in actives})
 
     async def _rows(self) -> PartitionBatcher:
         """The rows' producer (aiokafka, batches per partition), started on
@@ -406,6 +405,11 @@ class CdrProcessor:
     async def _put(self, key: bytes, slot: Slot) -> None:
         self._slots()[key] = slot
         self._unlogged[key] = (slot.partition, slot)
+
+    def _put_many(self, slots: dict[bytes, Slot]) -> None:
+        """``_put`` of a batch's slots at once (no coroutine per key)."""
+        self._slots().update(slots)
+        self._unlogged.update({key: (slot.partition, slot) for key, slot in slots.items()})
 
     async def _delete(self, key: bytes, partition: int) -> None:
         self._slots().pop(key, None)
