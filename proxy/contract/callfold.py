@@ -543,20 +543,27 @@ def finish(state: CallState, now_ms: int, silence: bool = False) -> list[CdrLeg]
 
     invite = state.invite
     answered = state.answered
-    teardown = next((end for end in state.ends if end.kind == "teardown"
-                     and (state.failed is None or end.ts <= state.failed.ts)), None)
+    failed = state.failed
+    legs = state.legs
+    teardown = None
+    for end in state.ends:
+        if end.kind == "teardown" and (failed is None or end.ts <= failed.ts):
+            teardown = end
+            break
+    first_progress = None                # the earliest ringing of any leg
+    for leg in legs:
+        if leg.progress is not None and (first_progress is None or leg.progress.ts < first_progress):
+            first_progress = leg.progress.ts
 
     # call outcome
     if answered is not None:
         call_code, call_reason, call_disp = answered.code, answered.reason, "answered"
         to_tag = answered.to_tag
-    elif state.failed is not None:
-        final = state.failed
-        rang = any(leg.progress is not None for leg in state.legs)
+    elif failed is not None:
         cancelled = state.cancel is not None or teardown is not None
-        call_code, call_reason = final.code, final.reason
-        call_disp = disposition_for(final.code, rang=rang, cancelled=cancelled)
-        to_tag = final.to_tag
+        call_code, call_reason = failed.code, failed.reason
+        call_disp = disposition_for(failed.code, rang=first_progress is not None, cancelled=cancelled)
+        to_tag = failed.to_tag
     else:                                # silence close of a call that never got a final
         call_code, call_reason, call_disp, to_tag = 0, "", "failed", ""
 
@@ -578,9 +585,8 @@ def finish(state: CallState, now_ms: int, silence: bool = False) -> list[CdrLeg]
         end_ms = max(end_ms, answered.ts)
 
     setup_ms = invite.ts if invite is not None else state.first_ms
-    progress = [leg.progress.ts for leg in state.legs if leg.progress is not None]
-    first_reply = min(progress) if progress else (
-        answered.ts if answered is not None else state.failed.ts if state.failed is not None else 0)
+    first_reply = first_progress if first_progress is not None else (
+        answered.ts if answered is not None else failed.ts if failed is not None else 0)
     pdd_ms = max(0, first_reply - setup_ms) if first_reply else 0
 
     if invite is not None:
@@ -589,40 +595,43 @@ def finish(state: CallState, now_ms: int, silence: bool = False) -> list[CdrLeg]
         from_tag, proxy = state.seen.from_tag, state.seen.proxy
     else:
         from_tag, proxy = "", ""
-    call: dict[str, Any] = dict(
-        cdr_id=cdr_id_for(state.call_id, from_tag),
-        call_id=state.call_id, from_tag=from_tag, to_tag=to_tag,
-        account=invite.account if invite else "",
-        caller_uri=invite.caller_uri if invite else "",
-        caller_ip=invite.caller_ip if invite else "",
-        caller_user_agent=invite.user_agent if invite else "",
-        dialled=invite.dialled if invite else "",
-        callee_uri=invite.callee_uri if invite else "",
-        domain=_domain_of(invite.account, invite.dialled) if invite else "",
-        setup_ms=setup_ms, pdd_ms=pdd_ms,
-        call_sip_code=call_code, call_sip_reason=call_reason, call_disposition=call_disp,
-        hangup_by=hangup_by, hangup_reason=hangup_reason, proxy=proxy,
-    )
+    call: dict[str, Any] = {
+        "cdr_id": cdr_id_for(state.call_id, from_tag),
+        "call_id": state.call_id, "from_tag": from_tag, "to_tag": to_tag,
+        "setup_ms": setup_ms, "pdd_ms": pdd_ms,
+        "call_sip_code": call_code, "call_sip_reason": call_reason, "call_disposition": call_disp,
+        "hangup_by": hangup_by, "hangup_reason": hangup_reason, "proxy": proxy,
+    }
+    if invite is not None:               # else the fields' defaults: ""
+        call.update(account=invite.account, caller_uri=invite.caller_uri, caller_ip=invite.caller_ip,
+                    caller_user_agent=invite.user_agent, dialled=invite.dialled,
+                    callee_uri=invite.callee_uri, domain=_domain_of(invite.account, invite.dialled))
 
-    by_index = {leg.index: leg for leg in state.legs}
-    indexes = sorted(set(by_index) | ({answered.leg} if answered is not None else set())) or [0]
-    others_cancelled = (answered is not None or state.cancel is not None or teardown is not None
-                        or any(leg.failed is not None and leg.failed.code >= 600 for leg in state.legs))
+    if answered is None:
+        indexes = [leg.index for leg in legs] or [0]
+    else:
+        indexes = sorted({leg.index for leg in legs} | {answered.leg})
+    others_cancelled = answered is not None or state.cancel is not None or teardown is not None
+    if not others_cancelled:
+        for leg in legs:
+            if leg.failed is not None and leg.failed.code >= 600:
+                others_cancelled = True
+                break
+    media = _media_by_leg(state) if state.media else None
+    count = len(indexes)
     rows = []
-    media = _media_by_leg(state)
     for index in indexes:
-        leg = by_index.get(index) or LegState(index)
+        pos = _leg_pos(legs, index)
+        leg = legs[pos] if pos >= 0 else LegState(index)
         routed = leg.routed
-        fields: dict[str, Any] = dict(
-            leg=index,
-            parent_leg=routed.parent if routed else NO_LEG,
-            leg_cause=routed.cause if routed else "initial",
-            legs=len(indexes),
-            target=routed.target if routed else "",
-            destination=routed.destination if routed else "",
-            gateway=routed.gateway if routed else "",
-            ringing_ms=leg.progress.ts if leg.progress else 0,
-        )
+        if routed is not None:
+            fields: dict[str, Any] = {
+                "leg": index, "parent_leg": routed.parent, "leg_cause": routed.cause, "legs": count,
+                "target": routed.target, "destination": routed.destination, "gateway": routed.gateway}
+        else:
+            fields = {"leg": index, "legs": count}       # parent -1, cause "initial", no target
+        if leg.progress is not None:
+            fields["ringing_ms"] = leg.progress.ts
         if answered is not None and index == answered.leg:
             duration = end_ms - answered.ts
             fields.update(answer_ms=answered.ts, end_ms=end_ms, duration_ms=duration,
@@ -641,7 +650,8 @@ def finish(state: CallState, now_ms: int, silence: bool = False) -> list[CdrLeg]
             # leg whose leg.failed came after the call's final and was not kept)
             fields.update(end_ms=end_ms, sip_code=call_code, sip_reason=call_reason,
                           disposition=call_disp)
-        fields.update(_media_columns(media.get(index)))
+        if media is not None and index in media:
+            fields.update(_media_columns(media[index]))
         rows.append(CdrLeg(**call, **fields))
     return rows
 
