@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 Handler = Callable[[list], Awaitable[None]]
@@ -250,6 +250,23 @@ def murmur2(data: bytes) -> int:
     return h ^ (h >> 15)
 
 
+async def queue_batches(producer: Any, topic: str,
+                        records: Mapping[int, Sequence[tuple[bytes, bytes | None]]]) -> list[asyncio.Future]:
+    """Hand ``records`` (partition -> [(key, value)], in order) to an aiokafka
+    producer as record batches; returns once all are in its accumulator (a
+    ``flush`` then waits for them), with each batch's delivery future."""
+    delivered = []
+    for partition, items in records.items():
+        batch = producer.create_batch()
+        for key, value in items:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                delivered.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        delivered.append(await producer.send_batch(batch, topic, partition=partition))
+    return delivered
+
+
 class PartitionBatcher:
     """Records to one topic through an aiokafka producer as record batches, one
     per partition in flight at a time.
@@ -285,14 +302,7 @@ class PartitionBatcher:
             while (pending := self._buffers.pop(partition, None)) is not None:
                 records, done = pending
                 try:
-                    batches = []
-                    batch = producer.create_batch()
-                    for key, value in records:
-                        if batch.append(key=key, value=value, timestamp=None) is None:
-                            batches.append(await producer.send_batch(batch, topic, partition=partition))
-                            batch = producer.create_batch()
-                            batch.append(key=key, value=value, timestamp=None)
-                    batches.append(await producer.send_batch(batch, topic, partition=partition))
+                    batches = await queue_batches(producer, topic, {partition: records})
                 except Exception as exc:
                     done.set_exception(exc)
                     continue

@@ -73,7 +73,7 @@ from proxy.infra.config import Config
 from proxy.infra.kafka import faust_app, producer_kwargs
 
 from . import fold
-from .drain import PartitionBatcher, partition_for, use_batch_consumer
+from .drain import PartitionBatcher, partition_for, queue_batches, use_batch_consumer
 
 log = logging.getLogger("cdr.processor")
 
@@ -419,11 +419,23 @@ class CdrProcessor:
         """Send the changelog records of every key changed since the last call
         (called with the lock held, before offsets are committed)."""
         unlogged, self._unlogged = self._unlogged, {}
-        send = self.app.producer.send
+        producer = self.app.producer
         changelog = self.changelog
         encode = _slot_encoder.encode
-        for key, (partition, slot) in unlogged.items():
-            await send(changelog, key, None if slot is None else encode(slot), partition, None, None)
+        aio = getattr(producer, "_producer", None)       # faust's aiokafka producer
+        if aio is not None and hasattr(aio, "send_batch"):
+            # one record batch per partition instead of faust's and aiokafka's
+            # send per record (a future, a metadata lookup and the accumulator
+            # each): 15% of the worker's CPU.  Every batch is in the producer
+            # when this returns, and faust flushes its producer before it commits.
+            by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
+            for key, (partition, slot) in unlogged.items():
+                by_partition.setdefault(partition, []).append((key, None if slot is None else encode(slot)))
+            await queue_batches(aio, changelog, by_partition)
+        else:                                               # another faust transport
+            send = producer.send
+            for key, (partition, slot) in unlogged.items():
+                await send(changelog, key, None if slot is None else encode(slot), partition, None, None)
         self.stats.counts["changelog_records"] += len(unlogged)
 
     # --- the timer -----------------------------------------------------------------

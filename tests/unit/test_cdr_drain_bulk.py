@@ -101,3 +101,62 @@ def test_gaps_where_faust_finds_them():
     for r_offset, offsets in ((9, [10, 11, 12]), (9, [12, 13, 17, 18]), (9, [9, 10, 11]), (3, [10])):
         assert gaps(r_offset, offsets) == fausts(r_offset, offsets)
     assert gaps(9, [10, 11, 12]) == [] and gaps(9, [12, 13, 17]) == [(10, 12), (14, 17)]
+
+
+class _BatchProducer:
+    """aiokafka's batch API as the changelog uses it: faust's producer's
+    ``_producer``; a batch holds ``room`` records."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.sent: list[tuple[str, int, list]] = []
+
+    def create_batch(self):
+        records: list = []
+        room = self.room
+
+        class Batch:
+            def append(self, *, key, value, timestamp):
+                if len(records) >= room:
+                    return None
+                records.append((key, value))
+                return object()
+
+        batch = Batch()
+        batch.records = records
+        return batch
+
+    async def send_batch(self, batch, topic, *, partition):
+        self.sent.append((topic, partition, batch.records))
+        return asyncio.get_running_loop().create_future()
+
+
+def test_the_changelog_goes_out_in_batches_per_partition():
+    from collections import Counter
+
+    from cdr.processor import CdrProcessor, Slot, _slot_decoder
+
+    aio = _BatchProducer(room=2)
+    proc = CdrProcessor.__new__(CdrProcessor)
+    proc.app = SimpleNamespace(producer=SimpleNamespace(_producer=aio))
+    proc.table = SimpleNamespace(data={}, changelog_topic=SimpleNamespace(get_topic_name=lambda: "calls-changelog"))
+    proc.stats = SimpleNamespace(counts=Counter())
+    proc._unlogged = {}
+
+    async def main():
+        await proc._put(b"a", Slot(1, 10))
+        proc._put_many({b"b": Slot(2, 10), b"c": Slot(1, 11), b"d": Slot(1, 12)})
+        await proc._put(b"a", Slot(1, 20, done=True))
+        await proc._delete(b"b", 2)
+        await proc.flush_changelog()
+        assert [(topic, partition, [key for key, _ in records]) for topic, partition, records in aio.sent] == [
+            ("calls-changelog", 1, [b"a", b"c"]), ("calls-changelog", 1, [b"d"]),
+            ("calls-changelog", 2, [b"b"])]
+        sent = {key: value for _, _, records in aio.sent for key, value in records}
+        assert _slot_decoder.decode(sent[b"a"]) == Slot(1, 20, done=True)       # the newest value
+        assert sent[b"b"] is None                                                # a tombstone
+        assert proc.stats.counts["changelog_records"] == 4
+        await proc.flush_changelog()
+        assert len(aio.sent) == 3                                                # nothing new
+
+    asyncio.run(main())
