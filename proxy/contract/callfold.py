@@ -223,6 +223,8 @@ NOT_CALLS: tuple[type, ...] = (ev.BindingDropped, ev.FraudAlert)
 def is_call_event(event: ev.CallEvent) -> bool:
     """False for events on sip.events that are not about a call (a dropped
     registration): processors skip them before creating any call state."""
+    if type(event) in _CALL_TYPES:       # asked of every event: one set lookup, usually
+        return True
     return not isinstance(event, NOT_CALLS)
 
 
@@ -411,6 +413,7 @@ _HANDLERS: dict[type, Callable[[CallState, Any, dict[str, Any]], None] | None] =
     ev.CallAck: _time_only,
     **{cls: None for cls in NOT_CALLS},
 }
+_CALL_TYPES = frozenset(cls for cls, handler in _HANDLERS.items() if handler is not None)
 
 
 def live(state: CallState | None) -> CallState:
