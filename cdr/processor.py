@@ -427,12 +427,12 @@ class CdrProcessor:
         """``_put`` of a batch's slots at once (no coroutine per key)."""
         self._slots().update(slots)
         self._unlogged.update({key: (slot.partition, slot) for key, slot in slots.items()})
-        open_ = self._open
-        for key, slot in slots.items():
-            if slot.state is None:
-                open_.pop(key, None)
-            else:
-                open_[key] = None
+        holding = {key: None for key, slot in slots.items() if slot.state is not None}
+        self._open.update(holding)
+        if len(holding) < len(slots):            # markers now: out of the timer's way
+            for key, slot in slots.items():
+                if slot.state is None:
+                    self._open.pop(key, None)
 
     async def _delete(self, key: bytes, partition: int) -> None:
         self._slots().pop(key, None)
