@@ -2,7 +2,8 @@
 
 Sans-I/O: nothing here reads a clock, a topic or a table.  The processor
 (cdr/processor.py) feeds one call's events to ``apply`` in the order they come
-off the partition and asks ``finish`` after each one whether the call is over.
+off the partition and asks ``rows_ready`` after each one whether the call is
+over (``finish`` would give rows), then ``finish`` once for its rows.
 
 Order independence.  ``CallState`` is a set of facts, each merged by a rule
 that is commutative, associative and idempotent (keep the earliest fact by
@@ -194,25 +195,22 @@ def _key(fact) -> tuple[int, str]:
     return fact.ts, fact.id
 
 
-def _earliest(old, new):
-    """The earlier of two facts by (ts, id); ``old`` itself when it stays."""
-    if old is None or _key(new) < _key(old):
-        return new
-    return old
+def _before(ts: int, event_id: str, old) -> bool:
+    """A fact at (``ts``, ``event_id``) is earlier than ``old`` (None: than
+    nothing), so it replaces ``old`` where the earliest counts.  Decided
+    before the new fact is built: most events of a call repeat or lose to what
+    is known, and building the fact for nothing was a good part of the fold's
+    cost."""
+    return old is None or ts < old.ts or (ts == old.ts and event_id < old.id)
+
+
+def _after(ts: int, event_id: str, old) -> bool:
+    """The same where the latest counts (media.stats, duration caps)."""
+    return old is None or ts > old.ts or (ts == old.ts and event_id > old.id)
 
 
 def _latest(old, new):
-    if old is None or _key(new) > _key(old):
-        return new
-    return old
-
-
-def _before(ts: int, event_id: str, old) -> bool:
-    """A fact at (``ts``, ``event_id``) is earlier than ``old`` (None: than
-    nothing): ``_earliest`` decided before the new fact is built, since most
-    events of a call repeat or lose to what is known and building the fact
-    for nothing was a good part of the fold's cost."""
-    return old is None or ts < old.ts or (ts == old.ts and event_id < old.id)
+    return new if _after(new.ts, new.id, old) else old
 
 
 # --- apply -------------------------------------------------------------------------
@@ -378,7 +376,7 @@ def _media_stats(state: CallState, e: ev.MediaStats, changes: dict) -> None:
     pos = next((i for i, old in enumerate(media) if old.leg == leg), None)
     if pos is not None:
         old = media[pos]
-        if not (e.ts_ms > old.ts or (e.ts_ms == old.ts and e.id > old.id)):   # _latest keeps old
+        if not _after(e.ts_ms, e.id, old):
             return
     fact = Media(e.ts_ms, e.id, leg, e.relay, _flow(e.caller), _flow(e.callee))
     if pos is None:
@@ -389,8 +387,7 @@ def _media_stats(state: CallState, e: ev.MediaStats, changes: dict) -> None:
 
 def _max_duration(state: CallState, e: ev.MaxDurationSet, changes: dict) -> None:
     if e.result == "applied":
-        cap = state.cap
-        if cap is None or e.ts_ms > cap.ts or (e.ts_ms == cap.ts and e.id > cap.id):   # _latest
+        if _after(e.ts_ms, e.id, state.cap):
             changes["cap"] = Cap(e.ts_ms, e.id, e.max_duration_s)
 
 
