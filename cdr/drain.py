@@ -38,6 +38,8 @@ def batch_consumer_class(base: type, handlers: Mapping[str, Handler], *,
                          lock: Callable[[], asyncio.Lock], chunk: int) -> type:
     """A subclass of faust's transport consumer ``base`` (see the module doc)."""
     from faust.transport.consumer import CONSUMER_FETCHING
+    from faust.types.tuples import ack_lock
+    from mode.utils.futures import notify
 
     class BatchConsumer(base):  # type: ignore[valid-type,misc]
         async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover (faust's loop)
@@ -137,9 +139,6 @@ def batch_consumer_class(base: type, handlers: Mapping[str, Handler], *,
         def _ack_offsets(self, tp: Any, offsets: list[int]) -> None:
             """faust's Consumer.ack for records never wrapped in a Message (so
             never tracked as unacked): the same bookkeeping, once per list."""
-            from faust.types.tuples import ack_lock
-            from mode.utils.futures import notify
-
             with ack_lock:
                 if not self.app.topics.acks_enabled_for(tp.topic):
                     return
