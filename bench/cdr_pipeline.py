@@ -428,10 +428,12 @@ class Profiler:
     """py-spy recording one process while a run lasts (``--profile``: a tool,
     not a dependency; collapsed stacks, ``--format raw``)."""
 
-    def __init__(self, pid: int, path: Path) -> None:
+    def __init__(self, pid: int, path: Path, *, idle: bool = False) -> None:
+        # idle: samples of waiting threads too (where a worker that is not
+        # CPU-bound waits)
         self.process = subprocess.Popen(
             [shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
-             "--nonblocking", "--output", str(path)],
+             "--nonblocking", "--output", str(path), *(["--idle"] if idle else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     def stop(self) -> None:
@@ -524,6 +526,49 @@ def _throughput(arrivals: list[float], t0: float, offered: dict, mode: str) -> f
     return round(len(arrivals) / max(arrivals[-1] - t0, 1e-9), 1)
 
 
+def run_fold(args: argparse.Namespace) -> dict:
+    """``--mode fold``: the processor's per-event work without Kafka or faust,
+    in this process: each record decoded (``events.read``), stepped through
+    ``CdrProcessor._step`` (the shared fold, its table and counters) and the
+    rows of finished calls encoded as published.  CPU per call, best of
+    ``--repeat``: the fold's share of a worker, free of the broker's and the
+    host's noise."""
+    import hashlib
+
+    from cdr.processor import CdrProcessor, Stats, encode_row
+
+    shapes = _shape_cycle()
+    records = []
+    for i in range(args.calls):
+        events = call_events(next(shapes), f"bench-{i:07d}@bench", 1_767_225_600_000 + i,
+                             scale=args.time_scale, talk_ms=args.talk_ms)
+        records += [(event.ts_ms, i, j, ev.encode(event)) for j, event in enumerate(events)]
+    records.sort()                           # calls interleaved as on the topic
+    values = [value for *_, value in records]
+
+    def once() -> tuple[float, int, str]:
+        proc = CdrProcessor.__new__(CdrProcessor)
+        proc.stats, proc.window_ms, proc._metrics_on = Stats(), 3_600_000, False
+        table: dict = {}
+        digest = hashlib.sha1()
+        start = time.process_time()
+        for value in values:
+            event = ev.read(value)
+            key = event.call_id.encode()
+            finished: list = []
+            proc._step(key, table.get(key), event, 0, 0, table, finished)
+            for _, _, rows in finished:
+                for row in rows:
+                    digest.update(encode_row(row))
+        return time.process_time() - start, proc.stats.counts["rows"], digest.hexdigest()
+
+    runs = [once() for _ in range(args.repeat)]
+    best = min(cpu for cpu, _, _ in runs)
+    return {"mode": "fold", "calls": args.calls, "events": len(values), "rows": runs[0][1],
+            "rows_sha1": runs[0][2], "cpu_us_per_call": round(best * 1e6 / args.calls, 1),
+            "cpu_us_per_event": round(best * 1e6 / len(values), 2), "load_average": os.getloadavg()[0]}
+
+
 def run(args: argparse.Namespace) -> dict:
     from api.broker import EmbeddedBroker
     from proxy.contract.cdr import cdr_id_for
@@ -552,7 +597,8 @@ def run(args: argparse.Namespace) -> dict:
         if args.mode == "sustained":
             time.sleep(1 if args.workers == 1 else 6)    # let a multi-worker group settle
 
-        profiler = Profiler(workers[0].process.pid, Path(args.profile)) if args.profile else None
+        profiler = (Profiler(workers[0].process.pid, Path(args.profile), idle=args.profile_idle)
+                    if args.profile else None)
         cpu0 = [w.cpu_seconds() for w in workers]
 
         offered: dict = {}
@@ -620,9 +666,11 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("sustained", "catchup"), default="sustained",
+    parser.add_argument("--mode", choices=("sustained", "catchup", "fold"), default="sustained",
                         help="sustained: produce at --rate while the processor runs; catchup: "
-                             "produce everything first, then time the processor draining it")
+                             "produce everything first, then time the processor draining it; "
+                             "fold: the processor's per-event work in this process, no broker")
+    parser.add_argument("--repeat", type=int, default=3, help="--mode fold: runs (the best counts)")
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--rate", type=float, default=2000, help="new calls per second")
     parser.add_argument("--workers", type=int, default=1)
@@ -636,7 +684,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--profile", default=None, metavar="FILE",
                         help="py-spy (collapsed stacks) of worker 0 while the calls run")
+    parser.add_argument("--profile-idle", action="store_true",
+                        help="with --profile: sample waiting threads too")
     args = parser.parse_args(argv)
+    if args.mode == "fold":
+        result = run_fold(args)
+        print(f"fold: {result['calls']} calls, {result['events']} events, {result['rows']} rows: "
+              f"{result['cpu_us_per_call']} us CPU per call ({result['cpu_us_per_event']} per event), "
+              f"load {result['load_average']:.2f}")
+        print("RESULT " + json.dumps(result))
+        return 0
     result = run(args)
     if args.mode == "sustained":
         print(f"calls {result['complete']}/{result['calls']} complete, offered {args.rate:g}/s "

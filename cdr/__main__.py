@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 
@@ -81,6 +82,16 @@ def main(argv: list[str] | None = None) -> int:
             # faust calls this once the app is fully started: partitions
             # assigned and the table recovered from its changelog
             await super().on_startup_finished()
+            # what exists now (faust, aiokafka, the modules, a recovered
+            # table) lives as long as the worker: out of the collector's
+            # sight, so that the full collections a fetch's thousands of
+            # records trigger do not walk it again each time.  A young
+            # generation of 10,000 instead of 700: a fetch allocates hundreds
+            # of thousands of short-lived objects, and each young collection
+            # also walks the fetch's records still waiting (GC CPU in a
+            # 30k-call catch-up: 0.25 s with the defaults, 0.18 s so).
+            gc.freeze()
+            gc.set_threshold(10_000, 10, 10)
             events = config.topics.sip_events
             assigned = sorted(tp.partition for tp in self.app.consumer.assignment() if tp.topic == events)
             print(f"CDR READY worker={args.worker_id} group={config.cdr.app_id} "

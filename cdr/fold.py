@@ -29,6 +29,7 @@ from proxy.contract.callfold import (
     is_call_event,
     live,
     new_state,
+    rows_ready,
     silence_deadline_ms,
     silence_end_ms,
 )
@@ -91,10 +92,9 @@ def advance(state: CallState | None, done: bool, close_ms: int, event: ev.CallEv
     new = apply(current, event)
     if new is current and not fresh:
         return Transition(NO_CHANGE)
-    rows = finish(new, 0)
-    if rows is None:
+    if not rows_ready(new):             # the common case, asked of every event: cheap
         return Transition(LIVE, new)
-    return Transition(ENDED, new, 0, rows)
+    return Transition(ENDED, new, 0, closed_rows(new, 0))
 
 
 def rebuild_call(events: Iterable[ev.CallEvent], window_ms: int, now_ms: int) -> list[CdrLeg] | None:

@@ -11,6 +11,7 @@ Fields are only ever added, with defaults meaning what a row meant before
 """
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Literal
 
@@ -18,6 +19,7 @@ import msgspec
 
 CDR_SCHEMA_VERSION = 1
 _NAMESPACE = uuid.UUID("6f1d5a0e-2b9c-4c1e-9a57-5e1f0c2a7b31")
+_NAMESPACE_BYTES = _NAMESPACE.bytes
 
 Disposition = Literal["answered", "busy", "no_answer", "cancelled", "failed", "rejected_credit"]
 # media_timeout: a media.timeout ended the call (end_ms = its last media);
@@ -27,8 +29,16 @@ HangupBy = Literal["caller", "callee", "timeout", "teardown", "silence", "none",
 
 
 def cdr_id_for(call_id: str, from_tag: str) -> str:
-    """Deterministic CDR id of a call (UUIDv5): the same call always gets the same id."""
-    return str(uuid.uuid5(_NAMESPACE, f"{call_id}\x00{from_tag}"))
+    """Deterministic CDR id of a call (UUIDv5): the same call always gets the same id.
+
+    ``str(uuid.uuid5(_NAMESPACE, f"{call_id}\\x00{from_tag}"))`` (RFC 4122 4.3:
+    SHA-1 of namespace and name, version and variant bits set), written out:
+    2.6 instead of 6.8 us, once per CDR the processors make."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{call_id}\x00{from_tag}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50            # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80            # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class CdrLeg(msgspec.Struct, frozen=True, kw_only=True):
