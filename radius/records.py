@@ -114,6 +114,8 @@ def context_for(settings, node_name: str = "") -> Context:
 
 def _fit(text: str) -> str:
     """A string value of at most 253 bytes: long ones keep a prefix and a hash."""
+    if len(text) <= MAX_STRING // 4:     # 4 bytes per character at most: fits, nothing to encode
+        return text
     raw = text.encode()
     if len(raw) <= MAX_STRING:
         return text
