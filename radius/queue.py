@@ -68,7 +68,7 @@ from .records import Record, delay_seconds
 log = logging.getLogger("radius.queue")
 
 SPOOL_NAME = "radius.sqlite"
-ACK_FLUSH_S = 0.005
+ACK_FLUSH_S = 0.02             # acknowledgements committed together (a crash resends at most these)
 WINDOW = 20_000                 # queued entries held in memory; the rest wait in the spool
 PROBE_PAUSE_MIN_S = 0.2
 PROBE_PAUSE_MAX_S = 2.0
@@ -342,6 +342,7 @@ ACCOUNTING_REQUEST, ACCOUNTING_RESPONSE = 4, 5
 MAX_IDS = 256                   # RADIUS Identifiers: requests awaiting one server at once
 MAX_PACKET = 4096               # RFC 2865 3: the largest RADIUS packet
 MAX_VALUE = 253                 # the longest attribute value
+SWEEP_S = 0.01                  # timeouts are noticed this much late at most
 PAIR_CACHE = 32_768             # encoded (name, value) pairs kept (a few MB at most)
 
 
@@ -487,7 +488,7 @@ class _Attempt:
     """An entry on its way through the failover order (``Sender._attempt``):
     the servers to try, which one now and how many sends it had, and the
     request awaiting an answer (Identifier, Request Authenticator, timer)."""
-    __slots__ = ("entry", "order", "index", "tries", "server", "ident", "authenticator", "timer")
+    __slots__ = ("entry", "order", "index", "tries", "server", "ident", "authenticator", "sends", "timer")
 
     def __init__(self, entry: Entry, order: list[_Server]) -> None:
         self.entry = entry
@@ -497,7 +498,8 @@ class _Attempt:
         self.server: _Server | None = None    # awaiting its answer
         self.ident = 0
         self.authenticator = b""
-        self.timer: asyncio.TimerHandle | None = None
+        self.sends = 0                        # of this entry so far: names the send a deadline is for
+        self.timer: asyncio.TimerHandle | None = None     # a pause before going on
 
 
 class Sender:
@@ -524,6 +526,8 @@ class Sender:
         self._wake = asyncio.Event()
         self._ack_wake = asyncio.Event()
         self._idle = asyncio.Event()             # nothing in flight (``assign`` waits for it)
+        self._deadlines: collections.deque[tuple[float, int, _Attempt]] = collections.deque()
+        self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._probe_failures = 0
@@ -559,6 +563,9 @@ class Sender:
         self._ack_wake.set()
         for attempt in list(self._inflight.values()):
             self._cancel(attempt)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         self.flush_acks()
         for server in self.servers:
             if server.sock is not None:
@@ -672,7 +679,8 @@ class Sender:
         if self._paused or self._closing:
             return
         ready, inflight, sessions = self._ready, self._inflight, self._sessions
-        limit = 1 if self.all_dead else min(self.settings.max_in_flight, MAX_IDS)
+        probing = all(server.dead_until for server in self.servers) and self.all_dead
+        limit = 1 if probing else min(self.settings.max_in_flight, MAX_IDS)
         while ready and len(inflight) < limit:
             entry = sessions[ready.popleft()][0]
             attempt = inflight[entry.session] = _Attempt(entry, self._order())
@@ -713,7 +721,10 @@ class Sender:
         server.free.popleft()
         server.pending[ident] = attempt
         attempt.server, attempt.ident, attempt.authenticator = server, ident, packet[4:20]
-        attempt.timer = loop.call_later(self.settings.timeout, self._timed_out, attempt)
+        attempt.sends += 1
+        self._deadlines.append((loop.time() + self.settings.timeout, attempt.sends, attempt))
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self.settings.timeout, self._sweep)
         self.counts["sends"] += 1
         try:
             server.sock.sendto(packet, server.address)     # type: ignore[union-attr]
@@ -733,8 +744,22 @@ class Sender:
             del server.pending[attempt.ident]
             server.free.append(attempt.ident)
 
+    def _sweep(self) -> None:
+        """Requests past their deadline and still unanswered time out.  One
+        timer for all (the timeout is the same for every send, so deadlines
+        come in send order), run at most every ``SWEEP_S``: a timer per
+        request cost more than its send."""
+        assert self._loop is not None
+        now = self._loop.time()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _deadline, sends, attempt = deadlines.popleft()
+            if attempt.server is not None and attempt.sends == sends:
+                self._timed_out(attempt)
+        self._sweeper = self._loop.call_later(max(deadlines[0][0] - now, SWEEP_S), self._sweep) \
+            if deadlines else None
+
     def _timed_out(self, attempt: _Attempt) -> None:
-        attempt.timer = None
         self.counts["timeouts"] += 1
         self._release(attempt)
         self._try_again(attempt)
@@ -772,6 +797,14 @@ class Sender:
         sock = server.sock
         if sock is None:
             return
+        try:
+            self._read(server, sock)
+        finally:
+            # the next requests go out together, after every answer read: the
+            # server wakes up once for them (per-answer sends cost a wakeup each)
+            self._refilled()
+
+    def _read(self, server: _Server, sock: socket.socket) -> None:
         while True:
             try:
                 reply, source = sock.recvfrom(MAX_PACKET)
@@ -797,15 +830,16 @@ class Sender:
             if server.dead_until:
                 log.info("RADIUS server %s answers again", server.name)
                 server.dead_until = 0.0
-            self._finish(attempt, True)
+            self._finish(attempt, True, fill=False)
 
     def _cancel(self, attempt: _Attempt) -> None:
         self._release(attempt)
         self._finish(attempt, False)
 
-    def _finish(self, attempt: _Attempt, ok: bool) -> None:
+    def _finish(self, attempt: _Attempt, ok: bool, fill: bool = True) -> None:
         """The entry is done with: acknowledged (the session's next is ready),
-        or not (first in line again, unless closing)."""
+        or not (first in line again, unless closing).  ``fill``: start the
+        next entries now (else the caller does, once for many)."""
         attempt.timer = None
         entry = attempt.entry
         session = entry.session
@@ -828,6 +862,10 @@ class Sender:
             self._ready.appendleft(session)           # oldest first once a server answers
         if not self._inflight:
             self._idle.set()
+        if fill:
+            self._refilled()
+
+    def _refilled(self) -> None:
         if self._complete:
             self._fill()
         else:
