@@ -689,6 +689,8 @@ class Sender:
     # --- one entry through the failover order ----------------------------------------------
     def _order(self) -> list[_Server]:
         """Servers to try, in failover order: the alive ones; all when none is."""
+        if not any(server.dead_until for server in self.servers):
+            return self.servers                  # every one alive (the list is only read)
         now = time.monotonic()
         alive = [server for server in self.servers if server.dead_until <= now]
         return alive or list(self.servers)
