@@ -9,7 +9,7 @@ Three measurements, each against its own FreeRADIUS on loopback
 1. ``sync``: pyrad's blocking client, one request at a time (the baseline);
 2. ``queue``: the durable queue alone (radius/queue.py): ``--records`` Start/Stop
    records enqueued in the SQLite spool, then drained by the sender with N in
-   flight (pyrad's asyncio client, a new packet per send, acks committed);
+   flight (a new packet per send, acks committed), with the sender's CPU per record;
 3. ``pipeline``: the whole worker (``python -m radius``): ``--calls`` answered
    calls' events pre-produced to ``sip.events`` on an embedded Tansu broker,
    then the worker started; measured from the moment the group assigned it

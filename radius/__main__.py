@@ -36,9 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_service_logging("%(asctime)s %(levelname)s %(name)s: %(message)s",
                           level=logging.getLevelName(args.loglevel.upper()))
-    if args.loglevel.lower() != "debug":
-        # pyrad logs every ICMP port-unreachable while a server is down
-        logging.getLogger("radius.pyrad").setLevel(logging.CRITICAL)
     try:
         data_dir, config_file = resolve_paths(args.data_dir, args.config)
         config = load(config_file, {"kafka": {"bootstrap_servers": args.bootstrap}})

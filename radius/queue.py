@@ -37,7 +37,7 @@ Sender:
   is skipped for ``dead_time_s``.  When every server is dead, one request
   at a time probes them (with a growing pause between rounds) until one
   answers, and the queue then drains at full concurrency.
-* Acknowledgements are committed in small batches (every few ms): a crash
+* Acknowledgements are committed in small batches (every ``ACK_FLUSH_S``, 5 ms): a crash
   between a server's response and that commit sends the record again
   (at-least-once; a record acknowledged and committed is never sent again).
 """
@@ -68,7 +68,7 @@ from .records import Record, delay_seconds
 log = logging.getLogger("radius.queue")
 
 SPOOL_NAME = "radius.sqlite"
-ACK_FLUSH_S = 0.02             # acknowledgements committed together (a crash resends at most these)
+ACK_FLUSH_S = 0.005            # acknowledgements committed together (a crash resends at most these)
 WINDOW = 20_000                 # queued entries held in memory; the rest wait in the spool
 PROBE_PAUSE_MIN_S = 0.2
 PROBE_PAUSE_MAX_S = 2.0
