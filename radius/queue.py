@@ -342,6 +342,7 @@ ACCOUNTING_REQUEST, ACCOUNTING_RESPONSE = 4, 5
 MAX_IDS = 256                   # RADIUS Identifiers: requests awaiting one server at once
 MAX_PACKET = 4096               # RFC 2865 3: the largest RADIUS packet
 MAX_VALUE = 253                 # the longest attribute value
+READS_PER_WAKEUP = 512          # datagrams read per readable event at most (more: next round)
 SWEEP_S = 0.01                  # timeouts are noticed this much late at most
 PAIR_CACHE = 32_768             # encoded (name, value) pairs kept (a few MB at most)
 
@@ -807,7 +808,7 @@ class Sender:
             self._refilled()
 
     def _read(self, server: _Server, sock: socket.socket) -> None:
-        while True:
+        for _ in range(READS_PER_WAKEUP):           # a flood of strays cannot hold the loop
             try:
                 reply, source = sock.recvfrom(MAX_PACKET)
             except (BlockingIOError, InterruptedError):
