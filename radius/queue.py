@@ -488,7 +488,8 @@ class _Server:
 class _Attempt:
     """An entry on its way through the failover order (``Sender._attempt``):
     the servers to try, which one now and how many sends it had, and the
-    request awaiting an answer (Identifier, Request Authenticator, timer)."""
+    request awaiting an answer (Identifier, Request Authenticator; its
+    deadline waits in ``Sender._deadlines``)."""
     __slots__ = ("entry", "order", "index", "tries", "server", "ident", "authenticator", "sends", "timer")
 
     def __init__(self, entry: Entry, order: list[_Server]) -> None:
@@ -508,9 +509,9 @@ class Sender:
 
     Straight on non-blocking UDP sockets, without a task or future per
     request: an entry is an ``_Attempt`` moved along by callbacks (the
-    socket's reader, its timer), and the answers waiting in a socket are
-    read in one go.  A request costs a packet build, one ``sendto`` and, for
-    its answer, one ``recv`` and an MD5."""
+    socket's reader, the timeout sweep), and the answers waiting in a socket
+    are read in one go.  A request costs a packet build, one ``sendto`` and,
+    for its answer, one ``recvfrom`` and an MD5."""
 
     def __init__(self, spool: Spool, settings: RadiusSettings, dictionary: Dictionary, *,
                  window: int = WINDOW) -> None:
