@@ -9,7 +9,7 @@ Three measurements, each against its own FreeRADIUS on loopback
 1. ``sync``: pyrad's blocking client, one request at a time (the baseline);
 2. ``queue``: the durable queue alone (radius/queue.py): ``--records`` Start/Stop
    records enqueued in the SQLite spool, then drained by the sender with N in
-   flight (pyrad's asyncio client, a new packet per send, acks committed);
+   flight (a new packet per send, acks committed), with the sender's CPU per record;
 3. ``pipeline``: the whole worker (``python -m radius``): ``--calls`` answered
    calls' events pre-produced to ``sip.events`` on an embedded Tansu broker,
    then the worker started; measured from the moment the group assigned it
@@ -51,7 +51,7 @@ from bench.cdr_pipeline import call_events  # noqa: E402
 from proxy.contract.callfold import fold  # noqa: E402
 from proxy.infra.config import RadiusServer, RadiusSettings  # noqa: E402
 from radius import DICTIONARY  # noqa: E402
-from radius.queue import Sender, Spool  # noqa: E402
+from radius.queue import Sender, Spool, WireEncoder  # noqa: E402
 from radius.records import Context, Progress, plan, with_delay  # noqa: E402
 from tests.harness.freeradius import FreeRadius, RadiusWorkerProcess, radius_config  # noqa: E402
 
@@ -99,17 +99,20 @@ async def _drain(spool: Spool, settings: RadiusSettings, entries: list) -> tuple
     sender = Sender(spool, settings, Dictionary(str(DICTIONARY)))
     await sender.start()
     started = time.perf_counter()
+    cpu0 = time.process_time()
     sender.add(entries)
     task = asyncio.create_task(sender.run())
     while not sender.drained:
         await asyncio.sleep(0.005)
     sender.flush_acks()
     elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu0
     await sender.close()
     task.cancel()
     await asyncio.wait([task])
     assert spool.pending_count() == 0
-    return len(entries) / elapsed, dict(sender.counts)
+    # this process runs the sender alone (FreeRADIUS is another process): its CPU per record
+    return len(entries) / elapsed, dict(sender.counts, sender_cpu_us_per_record=round(cpu * 1e6 / len(entries), 1))
 
 
 def bench_queue(workdir: Path, n: int, in_flight: int) -> tuple[float, float, dict]:
@@ -120,7 +123,8 @@ def bench_queue(workdir: Path, n: int, in_flight: int) -> tuple[float, float, di
                                                         secret=fr.secret),),
                                   max_in_flight=in_flight, timeout=2.0, retries=2)
         records = make_records(n // 2, f"q{in_flight}")
-        spool = Spool(workdir / f"spool-{in_flight}")
+        # stored in wire form, as the worker stores them
+        spool = Spool(workdir / f"spool-{in_flight}", encode=WireEncoder(Dictionary(str(DICTIONARY))).encode)
         started = time.perf_counter()
         entries = []
         for i in range(0, len(records), 1000):           # the worker's batch size
@@ -260,6 +264,7 @@ def run(args, skip: set, workdir: Path) -> int:
             result["queue"][n] = {"req_per_s": round(rate), "enqueue_per_s": round(enqueue_rate), **counts}
             print(f"durable queue -> FreeRADIUS, {n:3d} in flight: {rate:8.0f} req/s  "
                   f"(enqueue {enqueue_rate:.0f}/s; "
+                  f"sender CPU {counts.get('sender_cpu_us_per_record')} us per record; "
                   f"sends={counts.get('sends')} acked={counts.get('acked')} "
                   f"timeouts={counts.get('timeouts', 0)} logged={counts.get('logged')})", flush=True)
     if "pipeline" not in skip:

@@ -69,6 +69,7 @@ _LOST_ENDS = frozenset({"silence", "media_timeout", "session_timer"})
 SIP_INVITE, SIP_BYE = 1, 8
 SERVICE_TYPE_SIP_SESSION = 15
 MAX_STRING = 253                  # longest RADIUS string value
+MAX_VSA_STRING = 247              # ... inside a Vendor-Specific attribute (RFC 2865 5.26), e.g. Cisco's
 
 Value = str | int
 Attr = tuple[str, Value]
@@ -112,13 +113,15 @@ def context_for(settings, node_name: str = "") -> Context:
 
 # --- identities ------------------------------------------------------------------------
 
-def _fit(text: str) -> str:
-    """A string value of at most 253 bytes: long ones keep a prefix and a hash."""
+def _fit(text: str, limit: int = MAX_STRING) -> str:
+    """A string value of at most ``limit`` bytes: long ones keep a prefix and a hash."""
+    if len(text) <= limit // 4:          # 4 bytes per character at most: fits, nothing to encode
+        return text
     raw = text.encode()
-    if len(raw) <= MAX_STRING:
+    if len(raw) <= limit:
         return text
     digest = hashlib.sha1(raw).hexdigest()[:16]
-    return raw[:MAX_STRING - 17].decode(errors="ignore") + "#" + digest
+    return raw[:limit - 17].decode(errors="ignore") + "#" + digest
 
 
 def session_id(call_id: str, leg: int, multileg: str = "per-leg") -> str:
@@ -233,11 +236,11 @@ def _whole_seconds_up(ms: int) -> int:
 
 # --- attribute sets --------------------------------------------------------------------
 
-def _add(attrs: list[Attr], name: str, value: Value | None) -> None:
+def _add(attrs: list[Attr], name: str, value: Value | None, limit: int = MAX_STRING) -> None:
     """Append unless empty (RADIUS has no empty attributes)."""
     if value is None or value == "":
         return
-    attrs.append((name, _fit(value) if isinstance(value, str) else value))
+    attrs.append((name, _fit(value, limit) if isinstance(value, str) else value))
 
 
 def _leg_info(ctx: Context, row: CdrLeg) -> list[Attr]:
@@ -299,7 +302,7 @@ def build(ctx: Context, status: int, row: CdrLeg, *, legs: tuple[CdrLeg, ...] = 
         if status in (STOP, FAILED):
             attrs.append(_cisco("h323-disconnect-time", cisco_time(row.end_ms)))
             attrs.append(_cisco("h323-disconnect-cause", f"{disconnect_cause(row, answered):X}"))
-        _add(attrs, "Cisco-AVPair", f"call-id={row.call_id}")
+        _add(attrs, "Cisco-AVPair", f"call-id={row.call_id}", MAX_VSA_STRING)
 
     if opensips_layout:
         for leg in legs:

@@ -63,7 +63,7 @@ from proxy.infra.config import Config
 from proxy.infra.kafka import consumer_kwargs, ensure_topics
 
 from . import dictionary_path
-from .queue import Sender, Spool, wall_ms
+from .queue import Sender, Spool, WireEncoder, wall_ms
 from .records import Context, Progress, Record, context_for, interim, plan
 
 log = logging.getLogger("radius.worker")
@@ -224,8 +224,9 @@ class RadiusWorker:
         self.config = config
         self.settings = config.radius
         self.data_dir = Path(data_dir)
-        self.spool = Spool(self.settings.spool_path(self.data_dir))
         self.dictionary = Dictionary(str(dictionary_path(self.settings.dictionary)))
+        # records are stored as they go on the wire: encoded once, half the bytes
+        self.spool = Spool(self.settings.spool_path(self.data_dir), encode=WireEncoder(self.dictionary).encode)
         self.core = Accounting(context_for(self.settings, config.node.name),
                                silence_ms=int(self.settings.silence_seconds * 1000),
                                ttl_ms=int(self.settings.finished_ttl_seconds * 1000),
