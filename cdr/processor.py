@@ -191,6 +191,11 @@ class CdrProcessor:
         marker): what the timer scans between full scans."""
         return {}
 
+    @cached_property
+    def _unlogged(self) -> dict[bytes, tuple[int, Slot | None]]:
+        """Changelog records not sent yet: key -> (partition, its newest slot | None = delete)."""
+        return {}
+
     def __init__(self, app: Any, config: Config, partitions: int) -> None:
         self.app = app
         self.config = config
@@ -210,8 +215,6 @@ class CdrProcessor:
         self.assigned_at: dict[int, int] = {}       # partition -> wall ms this worker got it
         self._lock: asyncio.Lock | None = None
         self._confirming: set[asyncio.Future] = set()
-        # changelog records not sent yet: key -> (partition, its newest slot | None = delete)
-        self._unlogged: dict[bytes, tuple[int, Slot | None]] = {}
         self._rows_producer: PartitionBatcher | None = None
         self._last_stats = 0.0
         self.stats_interval = 30.0

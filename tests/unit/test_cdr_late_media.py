@@ -79,10 +79,7 @@ def test_a_dropped_binding_creates_no_call_state():
     proc.table = SimpleNamespace(data={})
     puts: dict = {}
 
-    async def put(key, slot):
-        puts[key] = slot
-
-    proc._put = put
+    proc._put_many = puts.update                       # the batch's table writes
     dropped = ev.BindingDropped(id="d1", ts_ms=T0, call_id="reg@t", from_tag="", proxy="node-a",
                                 aor="sip:bob@example.test", contact="sip:bob@192.168.1.20",
                                 reason="keepalive_timeout", failures=3)
