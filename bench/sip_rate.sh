@@ -317,6 +317,8 @@ EOF
       done
       if grep -q '^READY' "$dir/up.out"; then
         echo "proxy: sipledger up pid $UP_PID: $(grep -m1 '^READY' "$dir/up.out")"
+        # compiled or pure-Python signalling path (proxy/native.py), as worker 0 logged it
+        echo "proxy: $(grep -h -m1 -o 'compiled proxy modules: .*' "$data"/logs/*.log 2>/dev/null | head -1)"
         PROXY=none PROXY_PIDS="$UP_PID" OUTDIR="$dir/sip_load" "$SIP_LOAD" "$RATE" "$CALLS" 2>&1 | tee "$out"
         rc=${PIPESTATUS[0]}
       else

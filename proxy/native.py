@@ -33,13 +33,15 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD_DIR = ROOT / "build" / "native"
 MANIFEST = BUILD_DIR / "manifest.json"
 
-# The signalling path, per bench/proxy_cpu.py's profile: parsing, the engine,
-# the stateful proxy, dialogs, the routing context and the default script.
-# proxy/transactions is not listed: its state tables are class-body dicts,
-# which mypyc does not compile.
+# The signalling path, per bench/proxy_cpu.py's profile: parsing, the
+# transaction machines, the engine, the stateful proxy, dialogs, the routing
+# context and the default script.
 MODULES = (
     "proxy.sip.message", "proxy.sip.uri", "proxy.sip.via", "proxy.sip.headers", "proxy.sip.cache",
     "proxy.sip.build",
+    "proxy.transactions.actions", "proxy.transactions.timers", "proxy.transactions.keys",
+    "proxy.transactions.base", "proxy.transactions.invite_client", "proxy.transactions.invite_server",
+    "proxy.transactions.noninvite_client", "proxy.transactions.noninvite_server",
     "proxy.core.engine", "proxy.core.txdriver", "proxy.core.dialogs", "proxy.core.forwarding",
     "proxy.core.callevents", "proxy.core.nat", "proxy.core.node", "proxy.core.stats",
     "proxy.script.context", "proxy.script.runner", "proxy.script.default",

@@ -107,28 +107,31 @@ class InviteClientTransaction(ClientTransaction):
     def _retransmit_invite(self, _message):
         return self._retransmit(self.request, "A", 2 * self._interval)
 
-    C, P, X, A, T = (State.CALLING, State.PROCEEDING, State.COMPLETED,
-                     State.ACCEPTED, State.TERMINATED)
-    _TABLE = {
-        (C, Event.PROVISIONAL):     (P, _first_provisional),
-        (C, Event.SUCCESS):         (A, _accepted),
-        (C, Event.FAILURE):         (X, _rejected),
-        (C, Event.TIMER_A):         (C, _retransmit_invite),
-        (C, Event.TIMER_B):         (T, ClientTransaction._time_out),
-        (C, Event.TRANSPORT_ERROR): (T, ClientTransaction._transport_failed),
 
-        (P, Event.PROVISIONAL):     (P, _provisional),
-        (P, Event.SUCCESS):         (A, _accepted),
-        (P, Event.FAILURE):         (X, _rejected),
-        (P, Event.TRANSPORT_ERROR): (T, ClientTransaction._transport_failed),
+# The state table, set once the class exists: mypyc (proxy/native.py) compiles no
+# statements but assignments in a class body, and names no method there.
+C, P, X, A, T = (State.CALLING, State.PROCEEDING, State.COMPLETED,
+                 State.ACCEPTED, State.TERMINATED)
+InviteClientTransaction._TABLE = {
+    (C, Event.PROVISIONAL):     (P, InviteClientTransaction._first_provisional),
+    (C, Event.SUCCESS):         (A, InviteClientTransaction._accepted),
+    (C, Event.FAILURE):         (X, InviteClientTransaction._rejected),
+    (C, Event.TIMER_A):         (C, InviteClientTransaction._retransmit_invite),
+    (C, Event.TIMER_B):         (T, ClientTransaction._time_out),
+    (C, Event.TRANSPORT_ERROR): (T, ClientTransaction._transport_failed),
 
-        (X, Event.FAILURE):         (X, _rejected_again),
-        (X, Event.TIMER_D):         (T, ClientTransaction._terminate),
-        # The TU already has its final response, so a failed ACK only ends the
-        # transaction (the RFC's "inform TU" would hand it a second outcome).
-        (X, Event.TRANSPORT_ERROR): (T, ClientTransaction._terminate),
+    (P, Event.PROVISIONAL):     (P, InviteClientTransaction._provisional),
+    (P, Event.SUCCESS):         (A, InviteClientTransaction._accepted),
+    (P, Event.FAILURE):         (X, InviteClientTransaction._rejected),
+    (P, Event.TRANSPORT_ERROR): (T, ClientTransaction._transport_failed),
 
-        (A, Event.SUCCESS):         (A, _success_again),
-        (A, Event.TIMER_M):         (T, ClientTransaction._terminate),
-    }
-    del C, P, X, A, T
+    (X, Event.FAILURE):         (X, InviteClientTransaction._rejected_again),
+    (X, Event.TIMER_D):         (T, ClientTransaction._terminate),
+    # The TU already has its final response, so a failed ACK only ends the
+    # transaction (the RFC's "inform TU" would hand it a second outcome).
+    (X, Event.TRANSPORT_ERROR): (T, ClientTransaction._terminate),
+
+    (A, Event.SUCCESS):         (A, InviteClientTransaction._success_again),
+    (A, Event.TIMER_M):         (T, ClientTransaction._terminate),
+}
+del C, P, X, A, T

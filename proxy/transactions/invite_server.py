@@ -69,29 +69,32 @@ class InviteServerTransaction(ServerTransaction):
         # transaction; the TU is told and the state stays Accepted.
         return [TRANSPORT_FAILED]
 
-    P, X, F, A, T = (State.PROCEEDING, State.COMPLETED, State.CONFIRMED,
-                     State.ACCEPTED, State.TERMINATED)
-    _TABLE = {
-        (P, Event.REQUEST):         (P, ServerTransaction._resend_last),
-        (P, Event.PROVISIONAL):     (P, _provisional),
-        (P, Event.SUCCESS):         (A, _accept),
-        (P, Event.FAILURE):         (X, _reject),
-        (P, Event.TRANSPORT_ERROR): (T, ServerTransaction._transport_failed),
 
-        (X, Event.REQUEST):         (X, ServerTransaction._resend_last),
-        (X, Event.ACK):             (F, _confirmed),
-        (X, Event.TIMER_G):         (X, _retransmit_response),
-        (X, Event.TIMER_H):         (T, ServerTransaction._time_out),
-        (X, Event.TRANSPORT_ERROR): (T, ServerTransaction._transport_failed),
+# The state table, set once the class exists: mypyc (proxy/native.py) compiles no
+# statements but assignments in a class body, and names no method there.
+P, X, F, A, T = (State.PROCEEDING, State.COMPLETED, State.CONFIRMED,
+                 State.ACCEPTED, State.TERMINATED)
+InviteServerTransaction._TABLE = {
+    (P, Event.REQUEST):         (P, ServerTransaction._resend_last),
+    (P, Event.PROVISIONAL):     (P, InviteServerTransaction._provisional),
+    (P, Event.SUCCESS):         (A, InviteServerTransaction._accept),
+    (P, Event.FAILURE):         (X, InviteServerTransaction._reject),
+    (P, Event.TRANSPORT_ERROR): (T, ServerTransaction._transport_failed),
 
-        (F, Event.REQUEST):         (F, ServerTransaction._absorb),
-        (F, Event.ACK):             (F, ServerTransaction._absorb),
-        (F, Event.TIMER_I):         (T, ServerTransaction._terminate),
+    (X, Event.REQUEST):         (X, ServerTransaction._resend_last),
+    (X, Event.ACK):             (F, InviteServerTransaction._confirmed),
+    (X, Event.TIMER_G):         (X, InviteServerTransaction._retransmit_response),
+    (X, Event.TIMER_H):         (T, ServerTransaction._time_out),
+    (X, Event.TRANSPORT_ERROR): (T, ServerTransaction._transport_failed),
 
-        (A, Event.REQUEST):         (A, ServerTransaction._absorb),
-        (A, Event.ACK):             (A, _ack_to_tu),
-        (A, Event.SUCCESS):         (A, _send_2xx_again),
-        (A, Event.TIMER_L):         (T, ServerTransaction._terminate),
-        (A, Event.TRANSPORT_ERROR): (A, _report_transport_failure),
-    }
-    del P, X, F, A, T
+    (F, Event.REQUEST):         (F, ServerTransaction._absorb),
+    (F, Event.ACK):             (F, ServerTransaction._absorb),
+    (F, Event.TIMER_I):         (T, ServerTransaction._terminate),
+
+    (A, Event.REQUEST):         (A, ServerTransaction._absorb),
+    (A, Event.ACK):             (A, InviteServerTransaction._ack_to_tu),
+    (A, Event.SUCCESS):         (A, InviteServerTransaction._send_2xx_again),
+    (A, Event.TIMER_L):         (T, ServerTransaction._terminate),
+    (A, Event.TRANSPORT_ERROR): (A, InviteServerTransaction._report_transport_failure),
+}
+del P, X, F, A, T

@@ -48,25 +48,28 @@ class NonInviteClientTransaction(ClientTransaction):
     def _retransmit_proceeding(self, _message):
         return self._retransmit(self.request, "E", self._timers.t2)
 
-    R, P, X, T = State.TRYING, State.PROCEEDING, State.COMPLETED, State.TERMINATED
-    _TABLE = {
-        (R, Event.PROVISIONAL):     (P, _provisional),
-        (R, Event.SUCCESS):         (X, _final),
-        (R, Event.FAILURE):         (X, _final),
-        (R, Event.TIMER_E):         (R, _retransmit_trying),
-        (R, Event.TIMER_F):         (T, ClientTransaction._time_out),
-        (R, Event.TRANSPORT_ERROR): (T, ClientTransaction._transport_failed),
 
-        (P, Event.PROVISIONAL):     (P, _provisional),
-        (P, Event.SUCCESS):         (X, _final),
-        (P, Event.FAILURE):         (X, _final),
-        (P, Event.TIMER_E):         (P, _retransmit_proceeding),
-        (P, Event.TIMER_F):         (T, ClientTransaction._time_out),
-        (P, Event.TRANSPORT_ERROR): (T, ClientTransaction._transport_failed),
+# The state table, set once the class exists: mypyc (proxy/native.py) compiles no
+# statements but assignments in a class body, and names no method there.
+R, P, X, T = State.TRYING, State.PROCEEDING, State.COMPLETED, State.TERMINATED
+NonInviteClientTransaction._TABLE = {
+    (R, Event.PROVISIONAL):     (P, NonInviteClientTransaction._provisional),
+    (R, Event.SUCCESS):         (X, NonInviteClientTransaction._final),
+    (R, Event.FAILURE):         (X, NonInviteClientTransaction._final),
+    (R, Event.TIMER_E):         (R, NonInviteClientTransaction._retransmit_trying),
+    (R, Event.TIMER_F):         (T, ClientTransaction._time_out),
+    (R, Event.TRANSPORT_ERROR): (T, ClientTransaction._transport_failed),
 
-        (X, Event.PROVISIONAL):     (X, ClientTransaction._absorb),
-        (X, Event.SUCCESS):         (X, ClientTransaction._absorb),
-        (X, Event.FAILURE):         (X, ClientTransaction._absorb),
-        (X, Event.TIMER_K):         (T, ClientTransaction._terminate),
-    }
-    del R, P, X, T
+    (P, Event.PROVISIONAL):     (P, NonInviteClientTransaction._provisional),
+    (P, Event.SUCCESS):         (X, NonInviteClientTransaction._final),
+    (P, Event.FAILURE):         (X, NonInviteClientTransaction._final),
+    (P, Event.TIMER_E):         (P, NonInviteClientTransaction._retransmit_proceeding),
+    (P, Event.TIMER_F):         (T, ClientTransaction._time_out),
+    (P, Event.TRANSPORT_ERROR): (T, ClientTransaction._transport_failed),
+
+    (X, Event.PROVISIONAL):     (X, ClientTransaction._absorb),
+    (X, Event.SUCCESS):         (X, ClientTransaction._absorb),
+    (X, Event.FAILURE):         (X, ClientTransaction._absorb),
+    (X, Event.TIMER_K):         (T, ClientTransaction._terminate),
+}
+del R, P, X, T

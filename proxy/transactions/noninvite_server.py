@@ -22,21 +22,24 @@ class NonInviteServerTransaction(ServerTransaction):
     def _final(self, response):
         return self._linger("J", self._timers.j, self._send(response))
 
-    R, P, X, T = State.TRYING, State.PROCEEDING, State.COMPLETED, State.TERMINATED
-    _TABLE = {
-        (R, Event.REQUEST):         (R, ServerTransaction._absorb),
-        (R, Event.PROVISIONAL):     (P, _provisional),
-        (R, Event.SUCCESS):         (X, _final),
-        (R, Event.FAILURE):         (X, _final),
 
-        (P, Event.REQUEST):         (P, ServerTransaction._resend_last),
-        (P, Event.PROVISIONAL):     (P, _provisional),
-        (P, Event.SUCCESS):         (X, _final),
-        (P, Event.FAILURE):         (X, _final),
-        (P, Event.TRANSPORT_ERROR): (T, ServerTransaction._transport_failed),
+# The state table, set once the class exists: mypyc (proxy/native.py) compiles no
+# statements but assignments in a class body, and names no method there.
+R, P, X, T = State.TRYING, State.PROCEEDING, State.COMPLETED, State.TERMINATED
+NonInviteServerTransaction._TABLE = {
+    (R, Event.REQUEST):         (R, ServerTransaction._absorb),
+    (R, Event.PROVISIONAL):     (P, NonInviteServerTransaction._provisional),
+    (R, Event.SUCCESS):         (X, NonInviteServerTransaction._final),
+    (R, Event.FAILURE):         (X, NonInviteServerTransaction._final),
 
-        (X, Event.REQUEST):         (X, ServerTransaction._resend_last),
-        (X, Event.TIMER_J):         (T, ServerTransaction._terminate),
-        (X, Event.TRANSPORT_ERROR): (T, ServerTransaction._transport_failed),
-    }
-    del R, P, X, T
+    (P, Event.REQUEST):         (P, ServerTransaction._resend_last),
+    (P, Event.PROVISIONAL):     (P, NonInviteServerTransaction._provisional),
+    (P, Event.SUCCESS):         (X, NonInviteServerTransaction._final),
+    (P, Event.FAILURE):         (X, NonInviteServerTransaction._final),
+    (P, Event.TRANSPORT_ERROR): (T, ServerTransaction._transport_failed),
+
+    (X, Event.REQUEST):         (X, ServerTransaction._resend_last),
+    (X, Event.TIMER_J):         (T, ServerTransaction._terminate),
+    (X, Event.TRANSPORT_ERROR): (T, ServerTransaction._transport_failed),
+}
+del R, P, X, T
