@@ -7,6 +7,7 @@ import re
 from collections.abc import Sequence
 
 import msgspec
+import pyarrow as pa
 
 from proxy.contract.cdr import CdrLeg
 
@@ -116,6 +117,9 @@ CALL_COLUMNS: tuple[str, ...] = (
     name for name, _ in _LEG_ARRAYS) + ("version",)
 
 
+_LEG_ARRAY_TYPES = {"leg_setup_ms": pa.uint64(), "leg_gateway": pa.string(), "leg_disposition": pa.string(),
+                    "leg_sip_code": pa.uint16(), "leg_ringing_ms": pa.uint64(), "leg_duration_ms": pa.uint64(),
+                    "leg_pdd_ms": pa.uint32()}
 _leg_values = operator.attrgetter(*(field for _, field in _LEG_ARRAYS))
 
 
@@ -177,9 +181,13 @@ def single_leg_calls(columns: dict[str, list], rows: Sequence[int]) -> dict[str,
            "ringing_ms": ringing, "duration_ms": pick("duration_ms"),
            # the leg decides: PDD to its first ringing, else its own
            "pdd_ms": [max(r - s, 0) if r > 0 else p for r, s, p in zip(ringing, setup_ms, pdd)],
-           "gateways": [[gateway] for gateway in pick("gateway")]}
+           "gateways": pick("gateway")}
+    # one-element arrays as Arrow lists over the flat values (offsets 0..n):
+    # no Python list per call and per column
+    offsets = pa.array(range(len(rows) + 1), pa.int32())
+    out["gateways"] = pa.ListArray.from_arrays(offsets, pa.array(out["gateways"], pa.string()))
     for name, field in _LEG_ARRAYS:         # the leg's own values (its disposition, not the call's)
-        out[name] = [[value] for value in pick(field)]
+        out[name] = pa.ListArray.from_arrays(offsets, pa.array(pick(field), _LEG_ARRAY_TYPES[name]))
     return out
 
 
