@@ -463,27 +463,19 @@ class CdrStore:
             "day": "intDiv(setup_ms, 86400000) * 86400",
             "month": "toYYYYMM(toDateTime(intDiv(setup_ms, 1000), 'UTC'))",
         }[period]
-        # counts per (period, group, PDD value), from the calls (or legs) and
-        # from the counted days; then their sums per (period, group), and the
-        # PDD quantiles exact on that histogram: quantilesExact's element at
-        # position trunc(level * count) of the sorted values
-        branches = [f"SELECT toUInt64({period_sql}) AS period, toString(grp) AS grp, toUInt64(pdd_ms) AS pdd_ms, "
-                    f"{rollup.COUNTS_SQL} FROM ({source}) GROUP BY period, grp, pdd_ms"]
         if counted:
-            if not raw_ranges:
-                branches.clear()
-            branches.append(_counted_sql(counted, period, group_by, params))
-        histogram = (f"SELECT period, grp, pdd_ms, {', '.join(f'sum({n}) AS h_{n}' for n in rollup.COUNTS)} "
-                     f"FROM ({' UNION ALL '.join(branches)}) GROUP BY period, grp, pdd_ms")
-        quantile = "tupleElement(pdd_h[arrayFirstIndex(c -> c > toUInt64({level} * pdd_count), pdd_cum)], 1)"
-        sql = ("SELECT period, grp, sum(h_attempts) AS attempts, sum(h_answered) AS answered, "
-               "sum(h_effective) AS effective, sum(h_seer_effective) AS seer_effective, "
-               "sum(h_answered_ms) AS answered_ms, sum(h_pdd_n) AS pdd_count, "
-               "sum(pdd_ms * h_pdd_n) / pdd_count AS pdd_mean, "
-               "arraySort(x -> tupleElement(x, 1), groupArrayIf((pdd_ms, h_pdd_n), h_pdd_n > 0)) AS pdd_h, "
-               "arrayCumSum(arrayMap(x -> tupleElement(x, 2), pdd_h)) AS pdd_cum, "
-               f"[{quantile.format(level='0.5')}, {quantile.format(level='0.95')}] AS pdd_q "
-               f"FROM ({histogram}) GROUP BY period, grp ORDER BY period, grp")
+            sql = _counted_stats_sql(source, period_sql, counted, period, group_by, bool(raw_ranges), params)
+        else:
+            sql = (f"SELECT {period_sql} AS period, grp, "
+                   f"countIf({rollup.ATTEMPT}) AS attempts, "
+                   f"countIf(disposition = 'answered' AND {rollup.ATTEMPT}) AS answered, "
+                   f"countIf({rollup.EFFECTIVE} AND {rollup.ATTEMPT}) AS effective, "
+                   f"countIf({rollup.SEER_EFFECTIVE} AND {rollup.ATTEMPT}) AS seer_effective, "
+                   f"sumIf(duration_ms, disposition = 'answered' AND {rollup.ATTEMPT}) AS answered_ms, "
+                   f"countIf(pdd_ms > 0 AND {rollup.ATTEMPT}) AS pdd_count, "
+                   f"avgIf(pdd_ms, pdd_ms > 0 AND {rollup.ATTEMPT}) AS pdd_mean, "
+                   f"quantilesExactIf(0.5, 0.95)(pdd_ms, pdd_ms > 0 AND {rollup.ATTEMPT}) AS pdd_q "
+                   f"FROM ({source}) GROUP BY period, grp ORDER BY period, grp")
         out = []
         for row in self.backend.query_dicts(sql, params):
             attempts, answered, effective = row["attempts"], row["answered"], row["effective"]
@@ -537,15 +529,32 @@ class CdrStore:
         return counted, ranges
 
 
-def _counted_sql(counted: dict[int, int], period: Period, group_by: GroupBy, params: dict[str, Any]) -> str:
-    """The counted days' rows (cdr_day), shaped like the calls' counts."""
+def _counted_stats_sql(source: str, period_sql: str, counted: dict[int, int], period: Period, group_by: GroupBy,
+                       with_calls: bool, params: dict[str, Any]) -> str:
+    """The figures from the counted days (cdr_day) and, ``with_calls``, the
+    calls of ``source`` (the rest of the range): counts added, PDD histograms
+    merged (sumMap), the PDD quantiles exact on the merged histogram: the
+    element quantilesExact takes, at position trunc(level * count) of the
+    sorted values; the mean their sum over their count."""
     params.update(k_first=rollup.iso_day(min(counted)), k_last=rollup.iso_day(max(counted)),
                   k_runs=sorted(counted.values()))
-    period_sql = "toUInt64(day) * 86400" if period == "day" else "toUInt64(toYYYYMM(day))"
+    day_period = "toUInt64(day) * 86400" if period == "day" else "toUInt64(toYYYYMM(day))"
     grp = "substring(prefix, 1, {prefix_len})" if group_by == "prefix" else "''"
-    return (f"SELECT {period_sql} AS period, toString({grp}) AS grp, pdd_ms, {', '.join(rollup.COUNTS)} "
-            f"FROM {rollup.TABLE} WHERE day >= toDate({{k_first}}) AND day <= toDate({{k_last}}) "
-            "AND run IN {k_runs}")
+    branches = [f"SELECT {day_period} AS period, toString({grp}) AS grp, "
+                f"{', '.join(f'{name} AS k_{name}' for name in rollup.KEPT)} FROM {rollup.TABLE} "
+                "WHERE day >= toDate({k_first}) AND day <= toDate({k_last}) AND run IN {k_runs}"]
+    if with_calls:
+        calls = (f"SELECT toUInt64({period_sql}) AS period, toString(grp) AS grp, disposition, sip_code, "
+                 f"ringing_ms, duration_ms, pdd_ms FROM ({source})")
+        branches.append(f"SELECT period, grp, {', '.join(f'k_{name}' for name in rollup.KEPT)} "
+                        f"FROM ({rollup.histogram_sql(calls, 'period, grp', 'k_')})")
+    quantile = "tupleElement(pdd_h, 1)[arrayFirstIndex(c -> c > toUInt64({level} * pdd_count), pdd_cum)]"
+    return ("SELECT period, grp, sum(k_attempts) AS attempts, sum(k_answered) AS answered, "
+            "sum(k_effective) AS effective, sum(k_seer_effective) AS seer_effective, "
+            "sum(k_answered_ms) AS answered_ms, sum(k_pdd_n) AS pdd_count, sum(k_pdd_sum) / pdd_count AS pdd_mean, "
+            "sumMap(k_pdd_values, k_pdd_counts) AS pdd_h, arrayCumSum(tupleElement(pdd_h, 2)) AS pdd_cum, "
+            f"[{quantile.format(level='0.5')}, {quantile.format(level='0.95')}] AS pdd_q "
+            f"FROM ({' UNION ALL '.join(branches)}) GROUP BY period, grp ORDER BY period, grp")
 
 
 def _ranges_where(ranges: list[tuple[int | None, int | None]], where: _Where) -> None:

@@ -60,19 +60,37 @@ EFFECTIVE = ("(disposition IN ('answered', 'busy', 'no_answer') "
 # unlike NER, a ring with no answer (timeout, or cancelled while ringing) is not.
 SEER_EFFECTIVE = "(disposition = 'answered' OR sip_code IN (480, 486, 600, 603))"
 
-# The counts of calls (or legs) grouped by PDD value, from rows with
-# disposition, sip_code, ringing_ms, duration_ms, pdd_ms; ``pdd_n``: the
-# attempts with this (non-zero) PDD: the histogram of the PDD figures.
+# The counts of calls (or legs), from rows with disposition, sip_code,
+# ringing_ms, duration_ms, pdd_ms: as the figures count them (``pdd_n``: the
+# attempts with a PDD), each ``{p}name`` (aliases must not shadow the columns
+# an outer query sums).
 COUNTS: tuple[str, ...] = ("calls", "attempts", "answered", "effective", "seer_effective", "answered_ms",
                            "pdd_n")
-COUNTS_SQL = (
-    "toUInt64(count()) AS calls, "
-    f"toUInt64(countIf({ATTEMPT})) AS attempts, "
-    f"toUInt64(countIf(disposition = 'answered' AND {ATTEMPT})) AS answered, "
-    f"toUInt64(countIf({EFFECTIVE} AND {ATTEMPT})) AS effective, "
-    f"toUInt64(countIf({SEER_EFFECTIVE} AND {ATTEMPT})) AS seer_effective, "
-    f"toUInt64(sumIf(duration_ms, disposition = 'answered' AND {ATTEMPT})) AS answered_ms, "
-    f"toUInt64(countIf(pdd_ms > 0 AND {ATTEMPT})) AS pdd_n")
+
+
+def counts_sql(p: str) -> str:
+    return (f"toUInt64(count()) AS {p}calls, "
+            f"toUInt64(countIf({ATTEMPT})) AS {p}attempts, "
+            f"toUInt64(countIf(disposition = 'answered' AND {ATTEMPT})) AS {p}answered, "
+            f"toUInt64(countIf({EFFECTIVE} AND {ATTEMPT})) AS {p}effective, "
+            f"toUInt64(countIf({SEER_EFFECTIVE} AND {ATTEMPT})) AS {p}seer_effective, "
+            f"toUInt64(sumIf(duration_ms, disposition = 'answered' AND {ATTEMPT})) AS {p}answered_ms, "
+            f"toUInt64(countIf(pdd_ms > 0 AND {ATTEMPT})) AS {p}pdd_n")
+
+
+def histogram_sql(source: str, keys: str, p: str) -> str:
+    """Per ``keys`` of ``source``'s rows: the counts (``{p}name``), the PDD sum
+    and the PDD histogram (``{p}pdd_values`` ascending, ``{p}pdd_counts``)."""
+    return (f"SELECT {keys}, {', '.join(f'sum(v_{name}) AS {p}{name}' for name in COUNTS)}, "
+            f"sum(pdd_ms * v_pdd_n) AS {p}pdd_sum, "
+            f"arraySort(x -> tupleElement(x, 1), groupArrayIf((pdd_ms, v_pdd_n), v_pdd_n > 0)) AS {p}pdd_h, "
+            f"arrayMap(x -> tupleElement(x, 1), {p}pdd_h) AS {p}pdd_values, "
+            f"arrayMap(x -> tupleElement(x, 2), {p}pdd_h) AS {p}pdd_counts "
+            f"FROM (SELECT {keys}, toUInt64(pdd_ms) AS pdd_ms, {counts_sql('v_')} "
+            f"FROM ({source}) GROUP BY {keys}, pdd_ms) GROUP BY {keys}")
+
+
+KEPT = COUNTS + ("pdd_sum", "pdd_values", "pdd_counts")       # a day's columns in cdr_day
 
 
 def day_of(yyyymmdd: str) -> int:
@@ -162,11 +180,13 @@ def roll_up(backend: Backend, now_ms: int | None = None, *, grace_ms: int = GRAC
 def _count_day(backend: Backend, day: int, parts: str, now: int) -> bool:
     run = secrets.randbits(63)
     start = day * DAY_MS
+    source = (f"SELECT substring(dialled_number, 1, {PREFIX_LEN}) AS prefix, disposition, sip_code, ringing_ms, "
+              f"duration_ms, pdd_ms FROM {CALL_TABLE} FINAL "
+              "WHERE setup >= toDateTime({from_s}) AND setup < toDateTime({to_s})")
     backend.execute(
-        f"INSERT INTO {TABLE} (day, run, prefix, pdd_ms, {', '.join(COUNTS)}) "
-        f"SELECT toDate({{day}}), {{run}}, substring(dialled_number, 1, {PREFIX_LEN}) AS prefix, pdd_ms, "
-        f"{COUNTS_SQL} FROM {CALL_TABLE} FINAL "
-        "WHERE setup >= toDateTime({from_s}) AND setup < toDateTime({to_s}) GROUP BY prefix, pdd_ms",
+        f"INSERT INTO {TABLE} (day, run, prefix, {', '.join(KEPT)}) "
+        f"SELECT toDate({{day}}), {{run}}, prefix, {', '.join(f'd_{name}' for name in KEPT)} "
+        f"FROM ({histogram_sql(source, 'prefix', 'd_')})",
         {"day": iso_day(day), "run": run, "from_s": start // 1000, "to_s": (start + DAY_MS) // 1000})
     if day_parts(backend, [day]).get(day) != parts:
         # the day changed while it was counted: these counts may be of either state

@@ -554,8 +554,9 @@ def test_counted_days_answer_as_the_calls_do(store):
     assert all_stats(store, midnight) == changed
     # (and the counts are what answered: a count changed by hand shows)
     run = rollup.usable_runs(store.backend)[days[0]]
-    store.backend.execute("INSERT INTO cdr_day (day, run, prefix, pdd_ms, calls, attempts, answered, effective, "
-                          "seer_effective, answered_ms, pdd_n) SELECT toDate({day}), {run}, '49', 5, 1, 1, 1, "
-                          "1, 1, 1000, 1", {"day": rollup.iso_day(days[0]), "run": run})
+    store.backend.execute("INSERT INTO cdr_day (day, run, prefix, calls, attempts, answered, effective, "
+                          "seer_effective, answered_ms, pdd_n, pdd_sum, pdd_values, pdd_counts) "
+                          "SELECT toDate({day}), {run}, '49', 1, 1, 1, 1, 1, 1000, 1, 5, [5], [1]",
+                          {"day": rollup.iso_day(days[0]), "run": run})
     assert store.stats(CdrFilter(), period="day")[0]["attempts"] == \
         raw.stats(CdrFilter(), period="day")[0]["attempts"] + 1

@@ -309,10 +309,11 @@ FROM (
 --     (OPTIMIZE ... PARTITION ... FINAL) and then changes only when a late
 --     CDR arrives;
 --   * cdr_day holds each closed day's statistics (cdr/store/rollup.py): one row
---     per dialled-number prefix (2 characters) and PDD value, counted from
---     `cdr_call FINAL` (deduplicated: a re-inserted call counts once), so
---     exact quantiles come from a histogram.  A count (a "run") is used only
---     while the day's data is exactly what it counted: cdr_day_run records the
+--     per dialled-number prefix (2 characters), counted from `cdr_call FINAL`
+--     (deduplicated: a re-inserted call counts once), with the histogram of
+--     its PDDs (pdd_values ascending, pdd_counts) for exact quantiles.  A
+--     count (a "run") is used only while the day's data is exactly what it
+--     counted: cdr_day_run records the
 --     day's cdr_call part names at that time, and a query uses a run only if
 --     they are still the day's active parts (names are never reused: any
 --     insert, merge or mutation changes them).  Other days, and the parts of
@@ -363,17 +364,19 @@ CREATE TABLE IF NOT EXISTS cdr_day (
     day            Date,
     run            UInt64,
     prefix         String,
-    pdd_ms         UInt64,
     calls          UInt64,
     attempts       UInt64,
     answered       UInt64,
     effective      UInt64,
     seer_effective UInt64,
     answered_ms    UInt64,
-    pdd_n          UInt64
+    pdd_n          UInt64,
+    pdd_sum        UInt64,
+    pdd_values     Array(UInt64),
+    pdd_counts     Array(UInt64)
 ) ENGINE = MergeTree()
 PARTITION BY toYYYYMM(day)
-ORDER BY (day, run, prefix, pdd_ms);
+ORDER BY (day, run, prefix);
 
 CREATE TABLE IF NOT EXISTS cdr_day_run (
     day         Date,
