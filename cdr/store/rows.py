@@ -53,33 +53,13 @@ def uri_user(uri: str) -> str:
     return user[1:] if user.startswith("+") else user
 
 
-# The common URI, "sip:user@host..." with one "@" and no "<", blank, ":" or ";"
-# in the user part: ``uri_user`` of it is the user without one leading "+"
-# (RE2 in Arrow, no Python per row); anything else goes through ``uri_user``.
-_PLAIN_SIP = r"^sips?:[^@:;<\s]*@[^@<\s]*$"
-_PLAIN_SIP_USER = r"^sips?:\+?([^@]*)@.*$"
-
-
-def uri_users(uris: Sequence[str]) -> "pa.Array":
-    """``uri_user`` of every URI, as an Arrow string array."""
-    import pyarrow.compute as pc
-    array = pa.array(uris, pa.string())
-    plain = pc.match_substring_regex(array, _PLAIN_SIP)
-    users = pc.replace_substring_regex(array, _PLAIN_SIP_USER, r"\1")
-    if pc.all(plain).as_py() is not False:          # True, or None for no URIs
-        return users
-    others = pc.invert(plain)
-    rest = [uri_user(uri) for uri in pc.filter(array, others).to_pylist()]
-    return pc.replace_with_mask(users, others, pa.array(rest, pa.string()))
-
-
 def to_columns(legs: Sequence[CdrLeg], version_ms: int) -> dict[str, Sequence]:
     """Columnar data for ``Backend.insert``: one list (or Arrow array) per column of ``COLUMNS``."""
     rows = [msgspec.structs.astuple(leg) for leg in legs]
     columns: dict[str, Sequence] = {name: list(values) for name, values in
                                     zip(LEG_FIELDS, zip(*rows))} if rows else {name: [] for name in LEG_FIELDS}
-    columns["caller_number"] = uri_users(columns["caller_uri"])
-    columns["dialled_number"] = uri_users(columns["dialled"])
+    columns["caller_number"] = [uri_user(uri) for uri in columns["caller_uri"]]
+    columns["dialled_number"] = [uri_user(uri) for uri in columns["dialled"]]
     columns["setup"] = [ms // 1000 for ms in columns["setup_ms"]]
     columns["version"] = [version_ms] * len(rows)
     return columns

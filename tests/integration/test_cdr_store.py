@@ -111,21 +111,6 @@ def test_uri_user():
     assert rows.uri_user("") == ""
 
 
-def test_uri_users_is_uri_user_on_every_uri():
-    """The vectorised path (plain sip: URIs in Arrow, the rest per URI) gives
-    uri_user's answer for any mix of URIs, in order."""
-    import itertools
-    import random
-    pieces = ["sip:", "SIP:", "sips:", "tel:", "<", ">", '"Bob" ', "+", "++", "49301", "alice", "@", "@@", ":",
-              ";user=phone", ";npdi", "gw.test", ":5060", " ", "\t", "-", "(0)", "é", ""]
-    rng = random.Random(3)
-    uris = ["".join(rng.choice(pieces) for _ in range(rng.randrange(8))) for _ in range(3000)]
-    uris += ["sip:+4930123@example.test;user=phone", "sip:1@h:5060;transport=tcp", "sip:@h"]
-    for chunk in (uris, uris[:1], [], [u for u in uris if u.startswith("sip:")]):
-        assert rows.uri_users(chunk).to_pylist() == [rows.uri_user(uri) for uri in chunk]
-    assert any(a != b for a, b in itertools.pairwise(rows.uri_users(uris).to_pylist()))
-
-
 def test_unstorable_values_are_named():
     base = sample_calls()["c1"][0]
     assert rows.problem(base) is None
