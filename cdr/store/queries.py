@@ -517,7 +517,8 @@ class CdrStore:
         last = None if f.to_ms is None else f.to_ms // DAY_MS - 1
         if first is not None and last is not None and first > last:
             return {}, []
-        counted = rollup.usable_runs(self.backend, first, last)
+        parts = rollup.day_parts(self.backend)
+        counted = rollup.usable_runs(self.backend, first, last, parts)
         ranges: list[tuple[int | None, int | None]] = []
         low = f.from_ms
         for day in sorted(counted):
@@ -526,7 +527,11 @@ class CdrStore:
             low = (day + 1) * DAY_MS
         if f.to_ms is None or (low is not None and low < f.to_ms):
             ranges.append((low, f.to_ms))
-        return counted, ranges
+        # only ranges with days that hold calls (no parts: no rows to read)
+        uncounted = [day for day in parts if day not in counted]
+        return counted, [(low, high) for low, high in ranges if any(
+            (high is None or day * DAY_MS < high) and (low is None or (day + 1) * DAY_MS > low)
+            for day in uncounted)]
 
 
 def _counted_stats_sql(source: str, period_sql: str, counted: dict[int, int], period: Period, group_by: GroupBy,
@@ -549,12 +554,14 @@ def _counted_stats_sql(source: str, period_sql: str, counted: dict[int, int], pe
         branches.append(f"SELECT period, grp, {', '.join(f'k_{name}' for name in rollup.KEPT)} "
                         f"FROM ({rollup.histogram_sql(calls, 'period, grp', 'k_')})")
     quantile = "tupleElement(pdd_h, 1)[arrayFirstIndex(c -> c > toUInt64({level} * pdd_count), pdd_cum)]"
-    return ("SELECT period, grp, sum(k_attempts) AS attempts, sum(k_answered) AS answered, "
+    # (the histograms stay in ClickHouse: only the figures come back)
+    return ("SELECT period, grp, attempts, answered, effective, seer_effective, answered_ms, pdd_count, pdd_mean, "
+            "pdd_q FROM (SELECT period, grp, sum(k_attempts) AS attempts, sum(k_answered) AS answered, "
             "sum(k_effective) AS effective, sum(k_seer_effective) AS seer_effective, "
             "sum(k_answered_ms) AS answered_ms, sum(k_pdd_n) AS pdd_count, sum(k_pdd_sum) / pdd_count AS pdd_mean, "
             "sumMap(k_pdd_values, k_pdd_counts) AS pdd_h, arrayCumSum(tupleElement(pdd_h, 2)) AS pdd_cum, "
             f"[{quantile.format(level='0.5')}, {quantile.format(level='0.95')}] AS pdd_q "
-            f"FROM ({' UNION ALL '.join(branches)}) GROUP BY period, grp ORDER BY period, grp")
+            f"FROM ({' UNION ALL '.join(branches)}) GROUP BY period, grp) ORDER BY period, grp")
 
 
 def _ranges_where(ranges: list[tuple[int | None, int | None]], where: _Where) -> None:

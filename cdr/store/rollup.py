@@ -140,13 +140,15 @@ def runs(backend: Backend, first_day: int | None = None, last_day: int | None = 
     return [Run(int(day), int(run), parts, int(ms)) for day, run, parts, ms in rows]
 
 
-def usable_runs(backend: Backend, first_day: int | None = None, last_day: int | None = None) -> dict[int, int]:
+def usable_runs(backend: Backend, first_day: int | None = None, last_day: int | None = None,
+                parts: dict[int, str] | None = None) -> dict[int, int]:
     """day → the run whose counts are the day's data now (the lowest such run
-    if two passes counted the same parts)."""
+    if two passes counted the same parts); ``parts``: ``day_parts`` read already."""
     found = runs(backend, first_day, last_day)
     if not found:
         return {}
-    parts = day_parts(backend, {run.day for run in found})
+    if parts is None:
+        parts = day_parts(backend, {run.day for run in found})
     usable: dict[int, int] = {}
     for run in found:
         if parts.get(run.day) == run.parts and run.day not in usable:
