@@ -2,7 +2,8 @@
 ClickHouse server), and — with ``--pipeline`` — the whole CDR path into
 ClickHouse: events → CDR processor → cdr.records → sink → queryable.
 
-    .venv/bin/python bench/cdr_store.py [--rows 1000000] [--batch 5000] [--server]
+    .venv/bin/python bench/cdr_store.py [--rows 1000000] [--batch 5000] [--server] [--keep]
+    .venv/bin/python bench/cdr_store.py --reuse /tmp/cdr-store-bench-XXXX [--server]
     .venv/bin/python bench/cdr_store.py --sink --calls 100000 --rate 20000
     .venv/bin/python bench/cdr_store.py --pipeline --calls 20000 --rate 2000
 
@@ -10,7 +11,12 @@ Store mode fills a fresh store with synthetic calls (1-3 legs each) through
 ``CdrStore.insert_legs`` in sink-sized batches (rows/s, duplicates included
 once more at the end), then times the queries the REST API runs (p50/p99 ms).
 ``--server`` runs the same against a clickhouse-server 18.16 started on a free
-loopback port (tests/harness/clickhouse.py).
+loopback port (tests/harness/clickhouse.py).  Before the queries it runs the
+API process's roll-up (cdr/store/rollup.py: every day of the bench's month is
+closed) and checks that statistics from the counted days equal those from
+every call; ``--no-rollup`` measures without counts, ``--keep`` leaves the
+store and ``--reuse DIR`` runs the queries on it again (no inserts; migrations
+a newer program brings are applied and timed).
 
 Sink mode produces CdrLeg rows straight into ``cdr.records`` at ``--rate``
 calls/s and measures the sink + ClickHouse half alone, in the embedded-topology
