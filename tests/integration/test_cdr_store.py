@@ -19,6 +19,7 @@ from proxy.infra.clickhouse.backend import BackendError, ChdbBackend
 from proxy.infra.clickhouse.migrate import SCHEMA_FILE, MigrationError, current_version, migrate, parse
 from proxy.infra.clickhouse.sqlbind import BindError, bind, literal
 from tests.harness.clickhouse import sample_calls, sample_t0
+from tests.harness.poll import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -534,8 +535,17 @@ def test_counted_days_answer_as_the_calls_do(store):
     changed = all_stats(raw, midnight)
     assert changed != expected
     assert all_stats(store, midnight) == changed
-    assert rollup.roll_up(store.backend, now_ms=midnight + 3 * DAY + 6 * HOUR) == [days[1]]
+    # (day 2's first count was made at +3 h: within STALE_RUN_MS it is kept)
+    assert rollup.roll_up(store.backend, now_ms=midnight + 3 * DAY + 3 * HOUR + 30 * 60_000) == [days[1]]
     assert set(rollup.usable_runs(store.backend)) == set(days)
+    assert all_stats(store, midnight) == changed
+    # the superseded count of day 2 is deleted once no query can still hold it
+    superseded = {run.run for run in rollup.runs(store.backend)} - set(rollup.usable_runs(store.backend).values())
+    assert len(superseded) == 1
+    assert rollup.roll_up(store.backend, now_ms=midnight + 3 * DAY + 3 * HOUR + rollup.STALE_RUN_MS + 1) == []
+    eventually(lambda: not superseded & {run.run for run in rollup.runs(store.backend)} and not
+               store.backend.query("SELECT count() FROM cdr_day WHERE run IN {runs}", {"runs": list(superseded)})[0][0],
+               "the superseded run's rows to be deleted")
     assert all_stats(store, midnight) == changed
     # (and the counts are what answered: a count changed by hand shows)
     run = rollup.usable_runs(store.backend)[days[0]]
@@ -545,3 +555,17 @@ def test_counted_days_answer_as_the_calls_do(store):
                           {"day": rollup.iso_day(days[0]), "run": run})
     assert store.stats(CdrFilter(), period="day")[0]["attempts"] == \
         raw.stats(CdrFilter(), period="day")[0]["attempts"] + 1
+
+
+async def test_the_api_process_counts_closed_days(store):
+    """RollUp (the API process's task, api/sinks.py) runs the pass in a thread
+    and stops when asked."""
+    import asyncio
+
+    from cdr.store import rollup
+    store.insert_legs(many_calls(days=2, per_day=20), version_ms=10)
+    task = rollup.RollUp(store.backend, interval_s=3600)
+    running = asyncio.create_task(task.run())
+    await asyncio.to_thread(eventually, lambda: len(rollup.usable_runs(store.backend)) == 2, "two days counted")
+    task.stop()
+    await asyncio.wait_for(running, 30)
