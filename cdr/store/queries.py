@@ -280,7 +280,7 @@ class CdrStore:
         # written and collapsed at merges: the caller counts every leg it gave
         return count + given - len(legs)
 
-    def _summarise(self, legs: Sequence[CdrLeg], columns: dict[str, Sequence], version: int) -> None:
+    def _summarise(self, legs: Sequence[CdrLeg], columns: dict[str, list], version: int) -> None:
         """Write ``cdr_call`` rows for the calls of ``legs``.  A one-leg call is
         its leg (``rows.single_leg_calls``, from the insert's columns); a call
         whose legs all came in this insert is summarised from them (the

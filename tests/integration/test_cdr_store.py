@@ -491,6 +491,16 @@ def many_calls(days: int = 3, per_day: int = 120, seed: int = 7) -> list[CdrLeg]
     return legs
 
 
+def test_columns_of_many_legs_are_the_legs_fields_in_order():
+    legs = many_calls(days=3, per_day=1500)
+    assert len(legs) > 2 * rows.TRANSPOSE_CHUNK           # transposed in several chunks
+    columns = rows.to_columns(legs, 7)
+    assert {name: columns[name] for name in rows.LEG_FIELDS} == \
+        {name: [getattr(leg, name) for leg in legs] for name in rows.LEG_FIELDS}
+    assert columns["version"] == [7] * len(legs)
+    assert columns["dialled_number"] == [rows.uri_user(leg.dialled) for leg in legs]
+
+
 STATS_SHAPES = [
     dict(period="day"), dict(period="month"),
     dict(period="month", group_by="prefix", prefix_len=2), dict(period="day", group_by="prefix", prefix_len=1),
