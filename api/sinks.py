@@ -6,6 +6,8 @@ ClickHouse tables runs in the process that serves them (api/serve.py):
 * the CDR sink: ``[cdr] records_topic`` → ``cdr`` (cdr/store/sink.py);
 * the trace sink: ``[trace] topic`` → ``sip_trace`` and its retention
   (cdr/store/trace.py, docs/trace.md);
+* the CDR statistics roll-up: closed days of ``cdr_call`` merged and counted
+  into ``cdr_day`` (cdr/store/rollup.py);
 * the ledger sink: ``[ledger] events_topic`` → ``ledger_events``, and the
   ledger repair that re-inserts what the broker lost, from the SQL ledger
   (billing/ledger/clickhouse.py);
@@ -42,6 +44,7 @@ from cdr.archive.repair import CdrRepair
 from cdr.archive.sink import ArchiveSink, archived
 from cdr.archive.store import ArchiveStore
 from cdr.store.queries import CdrStore
+from cdr.store.rollup import RollUp
 from cdr.store.sink import CdrSink
 from cdr.store.trace import TraceRetention, TraceStore
 from proxy.contract.cdr import CdrLeg
@@ -73,6 +76,7 @@ class Sinks:
             batch_rows=max(1, ch.batch_rows // 64), batch_ms=ch.batch_ms, partitions=kafka.partitions)
         self.trace.epoch = epoch
         self.trace_retention = TraceRetention(self.traces, config.trace.retention_days)
+        self.cdr_rollup = RollUp(store.backend)
         queries = LedgerQueries(store.backend)
         self.ledger = LedgerSink(queries, kafka, topic=ledger.events_topic, group_id=ledger.sink_group,
                                  batch_rows=ch.batch_rows, batch_ms=ch.batch_ms,
@@ -109,6 +113,7 @@ class Sinks:
         tasks["sink"] = asyncio.create_task(self.cdr.run(), name="cdr-sink")
         tasks["trace-sink"] = asyncio.create_task(self.trace.run(), name="trace-sink")
         tasks["trace-retention"] = asyncio.create_task(self.trace_retention.run(), name="trace-retention")
+        tasks["cdr-rollup"] = asyncio.create_task(self.cdr_rollup.run(), name="cdr-rollup")
         tasks["ledger-sink"] = asyncio.create_task(self.ledger.run(), name="ledger-sink")
         tasks["ledger-repair"] = asyncio.create_task(self.repair.run(), name="ledger-repair")
         if self.archive is not None:
@@ -158,6 +163,7 @@ class Sinks:
         self.repair.stop()
         self.trace.stop()
         self.trace_retention.stop()
+        self.cdr_rollup.stop()
 
     def close(self) -> None:
         self.ledger_store.close()

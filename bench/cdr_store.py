@@ -2,7 +2,8 @@
 ClickHouse server), and — with ``--pipeline`` — the whole CDR path into
 ClickHouse: events → CDR processor → cdr.records → sink → queryable.
 
-    .venv/bin/python bench/cdr_store.py [--rows 1000000] [--batch 5000] [--server]
+    .venv/bin/python bench/cdr_store.py [--rows 1000000] [--batch 5000] [--server] [--keep]
+    .venv/bin/python bench/cdr_store.py --reuse /tmp/cdr-store-bench-XXXX [--server]
     .venv/bin/python bench/cdr_store.py --sink --calls 100000 --rate 20000
     .venv/bin/python bench/cdr_store.py --pipeline --calls 20000 --rate 2000
 
@@ -10,7 +11,12 @@ Store mode fills a fresh store with synthetic calls (1-3 legs each) through
 ``CdrStore.insert_legs`` in sink-sized batches (rows/s, duplicates included
 once more at the end), then times the queries the REST API runs (p50/p99 ms).
 ``--server`` runs the same against a clickhouse-server 18.16 started on a free
-loopback port (tests/harness/clickhouse.py).
+loopback port (tests/harness/clickhouse.py).  Before the queries it runs the
+API process's roll-up (cdr/store/rollup.py: every day of the bench's month is
+closed) and checks that statistics from the counted days equal those from
+every call; ``--no-rollup`` measures without counts, ``--keep`` leaves the
+store and ``--reuse DIR`` runs the queries on it again (no inserts; migrations
+a newer program brings are applied and timed).
 
 Sink mode produces CdrLeg rows straight into ``cdr.records`` at ``--rate``
 calls/s and measures the sink + ClickHouse half alone, in the embedded-topology
@@ -46,6 +52,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from cdr.store.queries import CdrFilter, CdrStore  # noqa: E402
+from cdr.store.rollup import roll_up  # noqa: E402
 from proxy.contract.cdr import CdrLeg, cdr_id_for  # noqa: E402
 from proxy.infra.clickhouse.migrate import migrate  # noqa: E402
 
@@ -127,6 +134,16 @@ def synthetic_batches(rows: int, t0: int, batch: int, days: int = 30, seed: int 
         yield made
 
 
+def process_cpu(server) -> dict[str, float]:
+    """CPU seconds so far of this process and (--server) the server's."""
+    out = {"bench": time.process_time()}
+    if server is not None and server.pid:
+        with open(f"/proc/{server.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        out["server"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def open_store(server: bool, work: Path):
     if server:
         from tests.harness.clickhouse import ClickHouseServer
@@ -137,31 +154,46 @@ def open_store(server: bool, work: Path):
 
 
 def run_store(args) -> dict:
-    work = Path(tempfile.mkdtemp(prefix="cdr-store-bench-"))
+    work = Path(args.reuse) if args.reuse else Path(tempfile.mkdtemp(prefix="cdr-store-bench-"))
     backend, server = open_store(args.server, work)
     try:
-        migrate(backend)
+        m0 = time.perf_counter()
+        migrated = migrate(backend)            # --reuse: a store of an older schema is brought up to date
+        migrate_s = time.perf_counter() - m0
         store = CdrStore(backend)
         t0 = 1_790_000_000_000                 # 2026-09-21
-        # generated batch by batch (not timed): only the inserts are
+        mid = t0 + 15 * DAY
         per_batch, rows, calls, account = [], 0, set(), ""
-        for batch in synthetic_batches(args.rows, t0, args.batch):
-            b0 = time.perf_counter()
-            store.insert_legs(batch)
-            per_batch.append((time.perf_counter() - b0) * 1000)
-            rows += len(batch)
-            calls.update(leg.cdr_id for leg in batch)
-            if not account and rows >= args.rows // 2:
-                account = batch[-1].account
+        cpu = {k: 0.0 for k in process_cpu(server)}      # CPU seconds spent in inserts
+        if not args.reuse:
+            # generated batch by batch (not timed): only the inserts are
+            for batch in synthetic_batches(args.rows, t0, args.batch):
+                c0 = process_cpu(server)
+                b0 = time.perf_counter()
+                store.insert_legs(batch)
+                per_batch.append((time.perf_counter() - b0) * 1000)
+                cpu = {k: cpu[k] + v - c0[k] for k, v in process_cpu(server).items()}
+                rows += len(batch)
+                calls.update(leg.cdr_id for leg in batch)
+                if not account and rows >= args.rows // 2:
+                    account = batch[-1].account
+        else:
+            rows = backend.query("SELECT count() FROM cdr")[0][0]
+            calls = {n for n in range(backend.query("SELECT count() FROM cdr_call FINAL")[0][0])}
+            account = backend.query("SELECT any(account) FROM cdr_call WHERE setup_ms >= {a} AND setup_ms < {b}",
+                                    {"a": mid, "b": mid + DAY})[0][0]
         insert_s = sum(per_batch) / 1000
         # duplicates: a tenth of the rows again (at-least-once redelivery)
         again = 0
         for batch in synthetic_batches(args.rows, t0, args.batch):
-            if again >= args.rows // 10:
+            if args.reuse or again >= args.rows // 10:
                 break
             store.insert_legs(batch)
             again += len(batch)
-        mid = t0 + 15 * DAY
+        # the API process' roll-up of closed days (every day of the bench's month is)
+        r0 = time.perf_counter()
+        counted_days = [] if args.no_rollup else roll_up(backend)
+        rollup_s = time.perf_counter() - r0
         first_page, cursor = store.list_calls(CdrFilter(), limit=100)
         queries = {
             "list newest 100": lambda: store.list_calls(CdrFilter(), limit=100),
@@ -190,9 +222,18 @@ def run_store(args) -> dict:
                 samples.append((time.perf_counter() - q0) * 1000)
             latencies[name] = {"p50_ms": round(pct(samples, 0.5), 1), "p99_ms": round(pct(samples, 0.99), 1)}
         stored_calls = store.stats(CdrFilter(), period="month")
+        # the counted days answer as every call does (the stats queries above)
+        raw = CdrStore(backend, use_counts=False)
+        same = all(raw.stats(f, **kw) == store.stats(f, **kw) for f, kw in (
+            (CdrFilter(), dict(period="day")), (CdrFilter(), dict(period="month", group_by="prefix", prefix_len=2)),
+            (CdrFilter(from_ms=mid + 7_200_000, to_ms=mid + 3 * DAY), dict(period="day"))))
         result = {
             "backend": backend.kind, "rows": rows, "calls": len(calls), "batch": args.batch,
-            "insert_rows_per_s": round(rows / insert_s),
+            "insert_rows_per_s": round(rows / insert_s) if insert_s else None,
+            "insert_cpu_us_per_leg": {k: round(v / rows * 1e6, 2) for k, v in cpu.items()} if insert_s else None,
+            "migrations": migrated, "migrate_s": round(migrate_s, 2),
+            "rollup_s": round(rollup_s, 2), "days_counted": len(counted_days),
+            "counted_answers_equal_raw": same,
             "insert_batch_p50_ms": round(pct(per_batch, 0.5), 1),
             "insert_batch_p99_ms": round(pct(per_batch, 0.99), 1),
             "calls_counted_after_duplicates": sum(r["attempts"] for r in stored_calls),
@@ -203,7 +244,7 @@ def run_store(args) -> dict:
         backend.close()
         if server is not None:
             server.stop()
-        if args.keep:
+        if args.keep or args.reuse:
             print("kept", work)
         else:
             shutil.rmtree(work, ignore_errors=True)
@@ -473,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=5000, help="store mode: rows per insert")
     parser.add_argument("--repeat", type=int, default=30, help="store mode: runs per query")
     parser.add_argument("--server", action="store_true", help="store mode: a clickhouse-server 18.16")
+    parser.add_argument("--reuse", metavar="DIR", help="store mode: the store a --keep run left (no inserts)")
+    parser.add_argument("--no-rollup", action="store_true", help="store mode: no counted days (every call)")
     parser.add_argument("--calls", type=int, default=20000)
     parser.add_argument("--rate", type=float, default=2000)
     parser.add_argument("--workers", type=int, default=1)
@@ -513,11 +556,13 @@ def main(argv: list[str] | None = None) -> int:
     r = run_store(args)
     print(f"{r['backend']}: inserted {r['rows']} legs ({r['calls']} calls) in batches of {r['batch']}: "
           f"{r['insert_rows_per_s']} rows/s (batch p50 {r['insert_batch_p50_ms']} ms, "
-          f"p99 {r['insert_batch_p99_ms']} ms)")
+          f"p99 {r['insert_batch_p99_ms']} ms); CPU per leg {r['insert_cpu_us_per_leg']} us")
+    print(f"migrations {r['migrations']} in {r['migrate_s']} s; roll-up: {r['days_counted']} days counted in {r['rollup_s']} s; counted days answer as every "
+          f"call: {r['counted_answers_equal_raw']}")
     for name, q in r["queries"].items():
         print(f"  {name:<36} p50 {q['p50_ms']:>8} ms   p99 {q['p99_ms']:>8} ms")
     print("RESULT " + json.dumps(r))
-    return 0 if r["calls_counted_after_duplicates"] == r["calls"] else 1
+    return 0 if r["calls_counted_after_duplicates"] == r["calls"] and r["counted_answers_equal_raw"] else 1
 
 
 if __name__ == "__main__":

@@ -37,11 +37,13 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 import msgspec
+import pyarrow as pa
 
 from proxy.contract.cdr import CdrLeg
 from proxy.infra import clock
 from proxy.infra.clickhouse.backend import Backend
 
+from . import rollup
 from . import rows as rows_mod
 
 Period = Literal["5min", "hour", "day", "month"]
@@ -51,22 +53,9 @@ GroupBy = Literal["none", "gateway", "prefix", "account"]
 # bound on leg 0's setup is widened by this much for the other legs.
 LEG_SETUP_SLACK_MS = 3_600_000
 CURSOR_VERSION = 1
+DAY_MS = rollup.DAY_MS
 SUMMARY_LOOKUP_CHUNK = 1000         # calls whose stored legs one query reads back
 PAGE_WINDOW_MS = 3_600_000          # a page's first time window (then 16 h, 11 days, 171 days, ...)
-
-# RFC 6076 §4.6-4.7: a 3xx final answer is a redirection, not an attempt.
-_ATTEMPT = "NOT (sip_code >= 300 AND sip_code < 400)"
-# ... and SEER (~ ITU-T E.411 NER) counts as effective what reached the
-# called user: answered, busy, not answered (timeout, or cancelled by the
-# caller while ringing) and the user's own rejections (480/486/600/603).
-_EFFECTIVE = ("(disposition IN ('answered', 'busy', 'no_answer') "
-              "OR sip_code IN (480, 486, 600, 603) "
-              "OR (disposition = 'cancelled' AND ringing_ms > 0))")
-# RFC 6076 §4.7 SEER (the session-establishment effectiveness ratio; GSMA IR.42
-# carriers quote it too) counts as effective exactly 200, 480, 486, 600 and 603:
-# unlike NER, a ring with no answer (timeout, or cancelled while ringing) is not.
-_SEER_EFFECTIVE = "(disposition = 'answered' OR sip_code IN (480, 486, 600, 603))"
-
 
 class CursorError(ValueError):
     pass
@@ -268,6 +257,9 @@ class CdrStore:
     """CDR reads and writes over one back end (chdb or a server)."""
     backend: Backend
     inserted_rows: int = field(default=0)
+    # statistics read counted days (rollup.py) where they can; off: every call
+    # from cdr_call (the definition the counts must equal: tests, the bench)
+    use_counts: bool = True
 
     # -- writes ----------------------------------------------------------------
     def insert_legs(self, legs: Sequence[CdrLeg], version_ms: int | None = None) -> int:
@@ -314,12 +306,15 @@ class CdrStore:
                 by_call[leg.cdr_id][leg.leg] = leg
         calls = [row for row in (rows_mod.call_row(list(by_leg.values())) for by_leg in by_call.values()
                                  if by_leg) if row is not None]
-        summary = rows_mod.call_columns(calls, version)
+        summary: dict[str, Any] = rows_mod.call_columns(calls, version)
         if single:
             for name, values in rows_mod.single_leg_calls(columns, single).items():
-                summary[name].extend(values)
-            summary["version"] = [version] * len(summary["setup_ms"])
-        if summary["setup_ms"]:
+                if isinstance(values, pa.Array):        # Arrow lists: the other calls' join them
+                    summary[name] = pa.chunked_array([pa.array(summary[name], values.type), values])
+                else:
+                    summary[name].extend(values)
+            summary["version"] = [version] * (len(calls) + len(single))
+        if calls or single:
             self.backend.insert(rows_mod.CALL_TABLE, summary)
 
     # -- calls -----------------------------------------------------------------
@@ -421,8 +416,11 @@ class CdrStore:
         otherwise calls are counted, grouped by nothing, by the caller's
         account, or by the first ``prefix_len`` characters of the dialled number."""
         # the stored call summaries (cdr_call), one row per call: identity and
-        # outcome filters are columns there, time ranges prune on its order
+        # outcome filters are columns there, time ranges prune on its order;
+        # whole days counted by rollup.py (cdr_day) come from their counts
         params: dict[str, Any] = {}
+        counted: dict[int, int] = {}
+        raw_ranges: list[tuple[int | None, int | None]] = []
         where = _Where()
         _identity_where(f, where)
         if group_by == "gateway":
@@ -446,7 +444,11 @@ class CdrStore:
                       f"l_sip_code AS sip_code, l_ringing_ms AS ringing_ms, l_duration_ms AS duration_ms, "
                       f"l_pdd_ms AS pdd_ms FROM ({legs})")
         else:
-            _time_where(f.from_ms, f.to_ms, where)
+            counted, raw_ranges = self._counted_split(f, period, group_by, prefix_len)
+            if counted:
+                _ranges_where(raw_ranges, where)
+            else:
+                _time_where(f.from_ms, f.to_ms, where)
             _outcome_where(f, where)
             grp = {"prefix": "substring(dialled_number, 1, {prefix_len})",
                    "account": "account"}.get(group_by, "''")
@@ -461,16 +463,19 @@ class CdrStore:
             "day": "intDiv(setup_ms, 86400000) * 86400",
             "month": "toYYYYMM(toDateTime(intDiv(setup_ms, 1000), 'UTC'))",
         }[period]
-        sql = (f"SELECT {period_sql} AS period, grp, "
-               f"countIf({_ATTEMPT}) AS attempts, "
-               f"countIf(disposition = 'answered' AND {_ATTEMPT}) AS answered, "
-               f"countIf({_EFFECTIVE} AND {_ATTEMPT}) AS effective, "
-               f"countIf({_SEER_EFFECTIVE} AND {_ATTEMPT}) AS seer_effective, "
-               f"sumIf(duration_ms, disposition = 'answered' AND {_ATTEMPT}) AS answered_ms, "
-               f"countIf(pdd_ms > 0 AND {_ATTEMPT}) AS pdd_count, "
-               f"avgIf(pdd_ms, pdd_ms > 0 AND {_ATTEMPT}) AS pdd_mean, "
-               f"quantilesExactIf(0.5, 0.95)(pdd_ms, pdd_ms > 0 AND {_ATTEMPT}) AS pdd_q "
-               f"FROM ({source}) GROUP BY period, grp ORDER BY period, grp")
+        if counted:
+            sql = _counted_stats_sql(source, period_sql, counted, period, group_by, bool(raw_ranges), params)
+        else:
+            sql = (f"SELECT {period_sql} AS period, grp, "
+                   f"countIf({rollup.ATTEMPT}) AS attempts, "
+                   f"countIf(disposition = 'answered' AND {rollup.ATTEMPT}) AS answered, "
+                   f"countIf({rollup.EFFECTIVE} AND {rollup.ATTEMPT}) AS effective, "
+                   f"countIf({rollup.SEER_EFFECTIVE} AND {rollup.ATTEMPT}) AS seer_effective, "
+                   f"sumIf(duration_ms, disposition = 'answered' AND {rollup.ATTEMPT}) AS answered_ms, "
+                   f"countIf(pdd_ms > 0 AND {rollup.ATTEMPT}) AS pdd_count, "
+                   f"avgIf(pdd_ms, pdd_ms > 0 AND {rollup.ATTEMPT}) AS pdd_mean, "
+                   f"quantilesExactIf(0.5, 0.95)(pdd_ms, pdd_ms > 0 AND {rollup.ATTEMPT}) AS pdd_q "
+                   f"FROM ({source}) GROUP BY period, grp ORDER BY period, grp")
         out = []
         for row in self.backend.query_dicts(sql, params):
             attempts, answered, effective = row["attempts"], row["answered"], row["effective"]
@@ -496,6 +501,78 @@ class CdrStore:
                 },
             })
         return out
+
+
+    def _counted_split(self, f: CdrFilter, period: Period, group_by: GroupBy, prefix_len: int
+                       ) -> tuple[dict[int, int], list[tuple[int | None, int | None]]]:
+        """The whole days of ``f``'s range whose counts (rollup.py) answer the
+        query (day -> run), and the ranges left to read from cdr_call; ({}, [])
+        when the counts cannot answer it (filters, groups or periods they do
+        not keep)."""
+        if (not self.use_counts or period not in ("day", "month") or f != CdrFilter(from_ms=f.from_ms, to_ms=f.to_ms)
+                or group_by not in ("none", "prefix")
+                or (group_by == "prefix" and prefix_len > rollup.PREFIX_LEN)):
+            return {}, []
+        first = None if f.from_ms is None else -(-f.from_ms // DAY_MS)
+        last = None if f.to_ms is None else f.to_ms // DAY_MS - 1
+        if first is not None and last is not None and first > last:
+            return {}, []
+        parts = rollup.day_parts(self.backend)
+        counted = rollup.usable_runs(self.backend, first, last, parts)
+        ranges: list[tuple[int | None, int | None]] = []
+        low = f.from_ms
+        for day in sorted(counted):
+            if low is None or low < day * DAY_MS:
+                ranges.append((low, day * DAY_MS))
+            low = (day + 1) * DAY_MS
+        if f.to_ms is None or (low is not None and low < f.to_ms):
+            ranges.append((low, f.to_ms))
+        # only ranges with days that hold calls (no parts: no rows to read)
+        uncounted = [day for day in parts if day not in counted]
+        return counted, [(low, high) for low, high in ranges if any(
+            (high is None or day * DAY_MS < high) and (low is None or (day + 1) * DAY_MS > low)
+            for day in uncounted)]
+
+
+def _counted_stats_sql(source: str, period_sql: str, counted: dict[int, int], period: Period, group_by: GroupBy,
+                       with_calls: bool, params: dict[str, Any]) -> str:
+    """The figures from the counted days (cdr_day) and, ``with_calls``, the
+    calls of ``source`` (the rest of the range): counts added, PDD histograms
+    merged (sumMap), the PDD quantiles exact on the merged histogram: the
+    element quantilesExact takes, at position trunc(level * count) of the
+    sorted values; the mean their sum over their count."""
+    params.update(k_first=rollup.iso_day(min(counted)), k_last=rollup.iso_day(max(counted)),
+                  k_runs=sorted(counted.values()))
+    day_period = "toUInt64(day) * 86400" if period == "day" else "toUInt64(toYYYYMM(day))"
+    grp = "substring(prefix, 1, {prefix_len})" if group_by == "prefix" else "''"
+    branches = [f"SELECT {day_period} AS period, toString({grp}) AS grp, "
+                f"{', '.join(f'{name} AS k_{name}' for name in rollup.KEPT)} FROM {rollup.TABLE} "
+                "WHERE day >= toDate({k_first}) AND day <= toDate({k_last}) AND run IN {k_runs}"]
+    if with_calls:
+        calls = (f"SELECT toUInt64({period_sql}) AS period, toString(grp) AS grp, disposition, sip_code, "
+                 f"ringing_ms, duration_ms, pdd_ms FROM ({source})")
+        branches.append(f"SELECT period, grp, {', '.join(f'k_{name}' for name in rollup.KEPT)} "
+                        f"FROM ({rollup.histogram_sql(calls, 'period, grp', 'k_')})")
+    quantile = "tupleElement(pdd_h, 1)[arrayFirstIndex(c -> c > toUInt64({level} * pdd_count), pdd_cum)]"
+    # (the histograms stay in ClickHouse: only the figures come back)
+    return ("SELECT period, grp, attempts, answered, effective, seer_effective, answered_ms, pdd_count, pdd_mean, "
+            "pdd_q FROM (SELECT period, grp, sum(k_attempts) AS attempts, sum(k_answered) AS answered, "
+            "sum(k_effective) AS effective, sum(k_seer_effective) AS seer_effective, "
+            "sum(k_answered_ms) AS answered_ms, sum(k_pdd_n) AS pdd_count, sum(k_pdd_sum) / pdd_count AS pdd_mean, "
+            "sumMap(k_pdd_values, k_pdd_counts) AS pdd_h, arrayCumSum(tupleElement(pdd_h, 2)) AS pdd_cum, "
+            f"[{quantile.format(level='0.5')}, {quantile.format(level='0.95')}] AS pdd_q "
+            f"FROM ({' UNION ALL '.join(branches)}) GROUP BY period, grp) ORDER BY period, grp")
+
+
+def _ranges_where(ranges: list[tuple[int | None, int | None]], where: _Where) -> None:
+    """setup_ms in any of ``ranges`` (each [from, to), None = open), pruning like ``_time_where``."""
+    alternatives = []
+    for n, (low, high) in enumerate(ranges):
+        one = _Where()
+        _time_where(low, high, one, p=f"r{n}_")
+        alternatives.append(one.sql())
+        where.params.update(one.params)
+    where.parts.append(" OR ".join(f"({sql})" for sql in alternatives) if alternatives else "0")
 
 
 def _time_where_calls(f: CdrFilter, where: _Where) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 import functools
 import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import msgspec
+import pyarrow as pa
 
 from proxy.contract.cdr import CdrLeg
 
@@ -21,6 +23,7 @@ MEDIA_COLUMNS: tuple[str, ...] = tuple(name for name in LEG_FIELDS if "_rtp_" in
 NULLABLE_COLUMNS: frozenset[str] = frozenset(
     name for name in MEDIA_COLUMNS if name.endswith(("_lost", "_jitter_ms", "_mos_x10")))
 
+TRANSPOSE_CHUNK = 2048
 _TEL_VISUAL = re.compile(r"[-.()\s]")
 
 
@@ -53,13 +56,20 @@ def uri_user(uri: str) -> str:
 
 def to_columns(legs: Sequence[CdrLeg], version_ms: int) -> dict[str, list]:
     """Columnar data for ``Backend.insert``: one list per column of ``COLUMNS``."""
-    rows = [msgspec.structs.astuple(leg) for leg in legs]
-    columns: dict[str, list] = {name: list(values) for name, values in
-                                zip(LEG_FIELDS, zip(*rows))} if rows else {name: [] for name in LEG_FIELDS}
+    # transposed a few thousand legs at a time: over tens of thousands the
+    # tuples fall out of the CPU caches (0.9 us a leg at 5k legs, 2.9 us at 50k)
+    columns: dict[str, list] = {name: [] for name in LEG_FIELDS}
+    for start in range(0, len(legs), TRANSPOSE_CHUNK):
+        rows = [msgspec.structs.astuple(leg) for leg in legs[start:start + TRANSPOSE_CHUNK]]
+        for name, values in zip(LEG_FIELDS, zip(*rows)):
+            if start:
+                columns[name].extend(values)
+            else:
+                columns[name] = list(values)
     columns["caller_number"] = [uri_user(uri) for uri in columns["caller_uri"]]
     columns["dialled_number"] = [uri_user(uri) for uri in columns["dialled"]]
     columns["setup"] = [ms // 1000 for ms in columns["setup_ms"]]
-    columns["version"] = [version_ms] * len(rows)
+    columns["version"] = [version_ms] * len(legs)
     return columns
 
 
@@ -116,6 +126,9 @@ CALL_COLUMNS: tuple[str, ...] = (
     name for name, _ in _LEG_ARRAYS) + ("version",)
 
 
+_LEG_ARRAY_TYPES = {"leg_setup_ms": pa.uint64(), "leg_gateway": pa.string(), "leg_disposition": pa.string(),
+                    "leg_sip_code": pa.uint16(), "leg_ringing_ms": pa.uint64(), "leg_duration_ms": pa.uint64(),
+                    "leg_pdd_ms": pa.uint32()}
 _leg_values = operator.attrgetter(*(field for _, field in _LEG_ARRAYS))
 
 
@@ -161,14 +174,16 @@ def _rank(leg: CdrLeg) -> int:
     return (1_000_000 if leg.disposition == "answered" else 0) + leg.leg
 
 
-def single_leg_calls(columns: dict[str, list], rows: Sequence[int]) -> dict[str, list]:
+def single_leg_calls(columns: Mapping[str, Sequence], rows: Sequence[int]) -> dict[str, Any]:
     """``cdr_call`` columns (but version) of one-leg calls, from ``to_columns``
     output: the legs at ``rows`` are calls of their own (leg 0 of 1).  The same
     values as ``call_row`` for such a call, column by column (most calls have one
     leg: per-call tuples cost as much as the insert itself)."""
-    def pick(name: str) -> list:
+    def pick(name: str) -> Any:
         values = columns[name]
-        return values if len(rows) == len(values) else [values[i] for i in rows]
+        if len(rows) == len(values):
+            return values
+        return values.take(pa.array(rows)) if isinstance(values, pa.Array) else [values[i] for i in rows]
     setup_ms, ringing, pdd = pick("setup_ms"), pick("ringing_ms"), pick("pdd_ms")
     out = {"setup": pick("setup"), "setup_ms": setup_ms, "cdr_id": pick("cdr_id"), "legs": [1] * len(rows),
            "account": pick("account"), "caller_number": pick("caller_number"),
@@ -177,9 +192,13 @@ def single_leg_calls(columns: dict[str, list], rows: Sequence[int]) -> dict[str,
            "ringing_ms": ringing, "duration_ms": pick("duration_ms"),
            # the leg decides: PDD to its first ringing, else its own
            "pdd_ms": [max(r - s, 0) if r > 0 else p for r, s, p in zip(ringing, setup_ms, pdd)],
-           "gateways": [[gateway] for gateway in pick("gateway")]}
+           "gateways": pick("gateway")}
+    # one-element arrays as Arrow lists over the flat values (offsets 0..n):
+    # no Python list per call and per column
+    offsets = pa.array(range(len(rows) + 1), pa.int32())
+    out["gateways"] = pa.ListArray.from_arrays(offsets, pa.array(out["gateways"], pa.string()))
     for name, field in _LEG_ARRAYS:         # the leg's own values (its disposition, not the call's)
-        out[name] = [[value] for value in pick(field)]
+        out[name] = pa.ListArray.from_arrays(offsets, pa.array(pick(field), _LEG_ARRAY_TYPES[name]))
     return out
 
 

@@ -19,6 +19,7 @@ from proxy.infra.clickhouse.backend import BackendError, ChdbBackend
 from proxy.infra.clickhouse.migrate import SCHEMA_FILE, MigrationError, current_version, migrate, parse
 from proxy.infra.clickhouse.sqlbind import BindError, bind, literal
 from tests.harness.clickhouse import sample_calls, sample_t0
+from tests.harness.poll import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -442,8 +443,139 @@ def test_migration_6_summarises_the_calls_stored_before(backend, calls):
     legs = [leg for legs in calls.values() for leg in legs]
     backend.insert(rows.TABLE, rows.to_columns(legs, 1))               # legs written before cdr_call existed
     backend.insert(rows.TABLE, rows.to_columns(legs[:2], 2))
-    assert migrate(backend) == [6]
+    assert migrate(backend, text.split("-- migration 7:", 1)[0]) == [6]
     store = CdrStore(backend)
     stored = stored_calls(backend)
     assert {cdr_id: {name: row[name] for name in _STORED} for cdr_id, row in stored.items()} == \
         api_calls(store, {legs[0].cdr_id for legs in calls.values()})
+    # migration 7 moves cdr_call to a partition per day: every summary with it
+    assert migrate(backend) == [7]
+    assert stored_calls(backend) == stored
+    assert backend.query("SELECT DISTINCT partition_id FROM system.parts WHERE database = {db} "
+                         "AND table = 'cdr_call' AND active ORDER BY partition_id",
+                         {"db": backend.database}) == [("20261127",), ("20261128",)]
+
+
+# -- counted days (migration 7, cdr/store/rollup.py) --------------------------------
+
+def many_calls(days: int = 3, per_day: int = 120, seed: int = 7) -> list[CdrLeg]:
+    """Calls over ``days`` UTC days from sample_t0's midnight: varied outcomes,
+    prefixes and PDDs (repeated values, zeros), a fifth with two legs."""
+    import random
+
+    from proxy.contract.cdr import cdr_id_for
+    rng = random.Random(seed)
+    midnight = sample_t0() // DAY * DAY
+    outcomes = [("answered", 200), ("busy", 486), ("no_answer", 480), ("cancelled", 487),
+                ("failed", 503), ("failed", 302), ("rejected_credit", 402)]
+    legs = []
+    for n in range(days * per_day):
+        setup = midnight + n * (days * DAY // (days * per_day)) + rng.randrange(1000)
+        disposition, code = rng.choice(outcomes)
+        cdr_id = cdr_id_for(f"many-{n}@test", "t")
+        number = rng.choice(("+4930", "+4989", "+3314", "+441", "+1", "99")) + str(rng.randrange(10**6))
+        count = 2 if n % 5 == 0 else 1
+        for leg in range(count):
+            last = leg == count - 1
+            ringing = rng.choice((0, 0, 180, 250, 250, rng.randrange(100, 4000)))
+            legs.append(CdrLeg(
+                cdr_id=cdr_id, leg=leg, legs=count, call_id=f"many-{n}@test", from_tag="t",
+                account=f"u{n % 7}@x.test", caller_uri=f"sip:u{n % 7}@x.test", dialled=f"sip:{number}@x.test",
+                gateway=f"gw{rng.randrange(3)}", setup_ms=setup + leg * 40,
+                ringing_ms=setup + ringing if ringing and last else 0,
+                answer_ms=setup + 3000 if disposition == "answered" and last else 0, end_ms=setup + 9000,
+                duration_ms=rng.randrange(1000, 90_000) if disposition == "answered" and last else 0,
+                pdd_ms=rng.choice((0, 90, 90, 400, rng.randrange(50, 3000))),
+                sip_code=code if last else 503, disposition=disposition if last else "failed",
+                call_sip_code=code, call_disposition=disposition))
+    return legs
+
+
+def test_columns_of_many_legs_are_the_legs_fields_in_order():
+    legs = many_calls(days=3, per_day=1500)
+    assert len(legs) > 2 * rows.TRANSPOSE_CHUNK           # transposed in several chunks
+    columns = rows.to_columns(legs, 7)
+    assert {name: columns[name] for name in rows.LEG_FIELDS} == \
+        {name: [getattr(leg, name) for leg in legs] for name in rows.LEG_FIELDS}
+    assert columns["version"] == [7] * len(legs)
+    assert columns["dialled_number"] == [rows.uri_user(leg.dialled) for leg in legs]
+
+
+STATS_SHAPES = [
+    dict(period="day"), dict(period="month"),
+    dict(period="month", group_by="prefix", prefix_len=2), dict(period="day", group_by="prefix", prefix_len=1),
+    dict(period="day", group_by="prefix", prefix_len=3), dict(period="hour"),
+    dict(period="day", group_by="gateway"), dict(period="month", group_by="account"),
+]
+
+
+def all_stats(store: CdrStore, midnight: int) -> list:
+    ranges = [CdrFilter(), CdrFilter(from_ms=midnight + DAY), CdrFilter(to_ms=midnight + 2 * DAY),
+              CdrFilter(from_ms=midnight + 5 * HOUR, to_ms=midnight + 2 * DAY + 7 * HOUR),
+              CdrFilter(from_ms=midnight + 5 * HOUR, to_ms=midnight + 9 * HOUR),
+              CdrFilter(from_ms=midnight + DAY, to_ms=midnight + 2 * DAY, callee="49")]
+    return [store.stats(f, **shape) for f in ranges for shape in STATS_SHAPES]   # type: ignore[arg-type]
+
+
+def test_counted_days_answer_as_the_calls_do(store):
+    """Statistics from the counts of closed days (and cdr_call for the rest)
+    equal those from every call (use_counts off), whatever the range cuts;
+    a late CDR makes its day come from cdr_call until it is counted again, and
+    a re-inserted call counts once."""
+    from cdr.store import rollup
+    legs = many_calls()
+    midnight = sample_t0() // DAY * DAY
+    store.insert_legs(legs, version_ms=10)
+    store.insert_legs(legs[:40], version_ms=11)                          # redelivered
+    raw = CdrStore(store.backend, use_counts=False)
+    expected = all_stats(raw, midnight)
+    assert any(row["pdd_ms"]["count"] > 20 for rows in expected for row in rows)
+    days = [midnight // DAY + n for n in range(3)]
+    # the last day ends 3 h before "now": not closed yet
+    assert rollup.roll_up(store.backend, now_ms=midnight + 3 * DAY + 3 * HOUR) == days[:2]
+    assert set(rollup.usable_runs(store.backend)) == set(days[:2])
+    assert rollup.roll_up(store.backend, now_ms=midnight + 3 * DAY + 5 * HOUR) == days[2:]
+    assert rollup.roll_up(store.backend, now_ms=midnight + 3 * DAY + 5 * HOUR) == []     # nothing changed
+    assert all_stats(store, midnight) == expected
+    # a late, corrected CDR of day 2 (a newer version: other outcome, other PDD)
+    late = next(leg for leg in legs if leg.legs == 1 and leg.setup_ms >= midnight + DAY)
+    store.insert_legs([msgspec.structs.replace(late, disposition="busy", call_disposition="busy", sip_code=486,
+                                               call_sip_code=486, pdd_ms=77, ringing_ms=0)], version_ms=12)
+    assert set(rollup.usable_runs(store.backend)) == {days[0], days[2]}
+    changed = all_stats(raw, midnight)
+    assert changed != expected
+    assert all_stats(store, midnight) == changed
+    # (day 2's first count was made at +3 h: within STALE_RUN_MS it is kept)
+    assert rollup.roll_up(store.backend, now_ms=midnight + 3 * DAY + 3 * HOUR + 30 * 60_000) == [days[1]]
+    assert set(rollup.usable_runs(store.backend)) == set(days)
+    assert all_stats(store, midnight) == changed
+    # the superseded count of day 2 is deleted once no query can still hold it
+    superseded = {run.run for run in rollup.runs(store.backend)} - set(rollup.usable_runs(store.backend).values())
+    assert len(superseded) == 1
+    assert rollup.roll_up(store.backend, now_ms=midnight + 3 * DAY + 3 * HOUR + rollup.STALE_RUN_MS + 1) == []
+    eventually(lambda: not superseded & {run.run for run in rollup.runs(store.backend)} and not
+               store.backend.query("SELECT count() FROM cdr_day WHERE run IN {runs}", {"runs": list(superseded)})[0][0],
+               "the superseded run's rows to be deleted")
+    assert all_stats(store, midnight) == changed
+    # (and the counts are what answered: a count changed by hand shows)
+    run = rollup.usable_runs(store.backend)[days[0]]
+    store.backend.execute("INSERT INTO cdr_day (day, run, prefix, calls, attempts, answered, effective, "
+                          "seer_effective, answered_ms, pdd_n, pdd_sum, pdd_values, pdd_counts) "
+                          "SELECT toDate({day}), {run}, '49', 1, 1, 1, 1, 1, 1000, 1, 5, [5], [1]",
+                          {"day": rollup.iso_day(days[0]), "run": run})
+    assert store.stats(CdrFilter(), period="day")[0]["attempts"] == \
+        raw.stats(CdrFilter(), period="day")[0]["attempts"] + 1
+
+
+async def test_the_api_process_counts_closed_days(store):
+    """RollUp (the API process's task, api/sinks.py) runs the pass in a thread
+    and stops when asked."""
+    import asyncio
+
+    from cdr.store import rollup
+    store.insert_legs(many_calls(days=2, per_day=20), version_ms=10)
+    task = rollup.RollUp(store.backend, interval_s=3600)
+    running = asyncio.create_task(task.run())
+    await asyncio.to_thread(eventually, lambda: len(rollup.usable_runs(store.backend)) == 2, "two days counted")
+    task.stop()
+    await asyncio.wait_for(running, 30)

@@ -65,7 +65,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def insert(self, table: str, columns: Mapping[str, Sequence[Any]]) -> int:
-        """Insert columnar data (one equally long list per column); returns the row count."""
+        """Insert columnar data (one equally long list, or pyarrow array, per
+        column); returns the row count."""
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
         return self.query_with_names(sql, params)[1]
@@ -113,6 +114,14 @@ def _arrow_type(ch_type: str):
     raise BackendError(f"no Arrow mapping for ClickHouse type {ch_type}")
 
 
+def _to_arrow(values, arrow_type):
+    """A column as Arrow: Python values converted, Arrow arrays cast (C++, no Python per row)."""
+    import pyarrow as pa
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values if values.type == arrow_type else values.cast(arrow_type)
+    return pa.array(values, type=arrow_type)
+
+
 def _locked_by_another_process(path: Path) -> bool:
     """ClickHouse holds an exclusive flock on <path>/status while it runs."""
     import fcntl
@@ -151,6 +160,10 @@ class ChdbBackend(Backend):
         try:
             self._writer.query(f"CREATE DATABASE IF NOT EXISTS {identifier(database)}")
             self._writer.query(f"USE {identifier(database)}")
+            # cdr_call has a partition per day: a rebuild or a migration writes
+            # months in one insert, past chdb's default of 100 partitions per
+            # block (an 18.16 server has no such limit)
+            self._writer.query("SET max_partitions_per_insert_block = 0")
             self._reader = sqlitelike.connect(str(self.path))
             self._reader.query(f"USE {identifier(database)}")
         except Exception as exc:
@@ -197,8 +210,7 @@ class ChdbBackend(Backend):
             return 0
         types = self._column_types(table)
         try:
-            arrow = pa.table({name: pa.array(values, type=_arrow_type(types[name]))
-                              for name, values in columns.items()})
+            arrow = pa.table({name: _to_arrow(values, _arrow_type(types[name])) for name, values in columns.items()})
         except KeyError as exc:
             raise BackendError(f"table {table} has no column {exc.args[0]}") from None
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
@@ -298,7 +310,9 @@ class ServerBackend(Backend):
             return 0
         statement = (f"INSERT INTO {identifier(table)} "
                      f"({', '.join(identifier(name) for name in columns)}) VALUES")
-        data = [list(values) for values in columns.values()]
+        # Arrow columns (pyarrow arrays) as Python lists: the driver's columnar input
+        data = [values.to_pylist() if hasattr(values, "to_pylist") else list(values)
+                for values in columns.values()]
         self._run(lambda client: client.execute(statement, data, columnar=True))
         return rows
 
