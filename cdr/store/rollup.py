@@ -26,7 +26,6 @@ Exactness rests on three rules:
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from collections.abc import Iterable
@@ -35,6 +34,8 @@ from datetime import date, timedelta
 
 from proxy.infra import clock
 from proxy.infra.clickhouse.backend import Backend
+
+from .periodic import Periodic
 
 log = logging.getLogger("sipledger.cdr.rollup")
 
@@ -213,27 +214,16 @@ def _drop_superseded(backend: Backend, existing: list[Run], now: int) -> None:
             backend.execute(f"ALTER TABLE {table} DELETE WHERE run IN {{runs}}", {"runs": stale})
 
 
-class RollUp:
-    """Runs ``roll_up`` now and then in a thread (the API process: the loop keeps serving)."""
+class RollUp(Periodic):
+    """Runs ``roll_up`` now and then (the API process, api/sinks.py)."""
 
     def __init__(self, backend: Backend, interval_s: float = 600.0) -> None:
-        self.backend, self.interval_s = backend, interval_s
-        self._stopping = asyncio.Event()
+        self.backend = backend
+        super().__init__("cdr statistics roll-up", self._once, interval_s)
 
-    def stop(self) -> None:
-        self._stopping.set()
-
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                days = await asyncio.to_thread(roll_up, self.backend)
-                if days:
-                    log.info("cdr statistics: counted %d closed days (%s .. %s)", len(days),
-                             iso_day(days[0]), iso_day(days[-1]))
-            except Exception as exc:           # ClickHouse down: try again next time
-                log.warning("cdr statistics roll-up failed: %s", exc)
-            try:
-                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
-            except asyncio.TimeoutError:
-                pass
+    def _once(self) -> None:
+        days = roll_up(self.backend)
+        if days:
+            log.info("cdr statistics: counted %d closed days (%s .. %s)", len(days),
+                     iso_day(days[0]), iso_day(days[-1]))
 

@@ -2,7 +2,6 @@
 messages out, and retention by day partitions (docs/trace.md)."""
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +12,8 @@ import msgspec
 from proxy.contract.trace import TraceBatch, TraceRecord
 from proxy.infra import clock
 from proxy.infra.clickhouse.backend import Backend
+
+from .periodic import Periodic
 
 log = logging.getLogger("sipledger.trace")
 
@@ -92,25 +93,14 @@ class TraceStore:
         return sorted(dropped)
 
 
-class TraceRetention:
-    """Drops old sip_trace days now and then (in a thread: the loop keeps serving)."""
+class TraceRetention(Periodic):
+    """Drops old sip_trace days now and then (the API process, api/sinks.py)."""
 
     def __init__(self, store: TraceStore, days: int, interval_s: float = 3600.0) -> None:
-        self.store, self.days, self.interval_s = store, days, interval_s
-        self._stopping = asyncio.Event()
+        self.store, self.days = store, days
+        super().__init__("sip_trace retention", self._once, interval_s)
 
-    def stop(self) -> None:
-        self._stopping.set()
-
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                dropped = await asyncio.to_thread(self.store.drop_older_than, self.days)
-                if dropped:
-                    log.info("sip_trace: dropped days %s (older than %d days)", ", ".join(dropped), self.days)
-            except Exception as exc:           # ClickHouse down: try again next time
-                log.warning("sip_trace retention failed: %s", exc)
-            try:
-                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
-            except asyncio.TimeoutError:
-                pass
+    def _once(self) -> None:
+        dropped = self.store.drop_older_than(self.days)
+        if dropped:
+            log.info("sip_trace: dropped days %s (older than %d days)", ", ".join(dropped), self.days)
