@@ -58,7 +58,7 @@ def build() -> None:
     except BaseException as exc:      # mypyc reports type errors with SystemExit
         errors = [line for line in log.getvalue().splitlines() if ": error:" in line]
         raise RuntimeError(errors[0] if errors else f"{type(exc).__name__}: {exc}") from None
-    suffix = native.importlib.machinery.EXTENSION_SUFFIXES[0]
+    suffix = native.abi_tag()
     files: dict[str, str] = {}
     for ext in extensions:
         rel = Path(*ext.name.split(".")).with_suffix("")
