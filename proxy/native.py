@@ -78,6 +78,12 @@ def _plan() -> tuple[dict[str, Path] | None, str]:
     """The extension file for each module name, or None and why not."""
     if os.environ.get("SIPLEDGER_NATIVE", "1") == "0":
         return None, "off (SIPLEDGER_NATIVE=0)"
+    return built()
+
+
+def built() -> tuple[dict[str, Path] | None, str]:
+    """The current build's extension file for each module name, or None and why
+    there is none (scripts/build_native.py asks this too: nothing to rebuild)."""
     try:
         manifest = json.loads(MANIFEST.read_text())
     except (OSError, ValueError):

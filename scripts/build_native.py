@@ -24,16 +24,6 @@ os.environ["SIPLEDGER_NATIVE"] = "0"      # this process compiles the sources, n
 from proxy import native  # noqa: E402
 
 
-def current() -> bool:
-    try:
-        manifest = json.loads(native.MANIFEST.read_text())
-    except (OSError, ValueError):
-        return False
-    return (manifest.get("abi") == native.abi_tag()
-            and manifest.get("sources") == {m: native.digest(native.source_of(m)) for m in native.MODULES}
-            and all((native.BUILD_DIR / rel).exists() for rel in manifest.get("files", {}).values()))
-
-
 def build() -> None:
     from mypyc.build import mypycify
     from setuptools import Distribution
@@ -74,7 +64,7 @@ def build() -> None:
 
 
 def main() -> int:
-    if "--force" not in sys.argv and current():
+    if "--force" not in sys.argv and native.built()[0] is not None:
         print("native modules: up to date")
         return 0
     try:
