@@ -331,7 +331,12 @@ def _has_end(state: CallState, event_id: str) -> bool:
     return False
 
 
-def _add_end(state: CallState, end: End, changes: dict) -> None:
+def _add_end(state: CallState, event_id: str, make: Callable[[], End], changes: dict) -> None:
+    """The end ``make()`` joins the call's ends, in time order, unless the event
+    ``event_id`` is there already (a redelivery: nothing is built for it)."""
+    if _has_end(state, event_id):
+        return
+    end = make()
     ends = state.ends
     if not ends or _key(ends[-1]) < _key(end):
         changes["ends"] = ends + (end,)
@@ -340,29 +345,27 @@ def _add_end(state: CallState, end: End, changes: dict) -> None:
 
 
 def _bye(state: CallState, e: ev.CallBye, changes: dict) -> None:
-    if not _has_end(state, e.id):
-        _add_end(state, End(e.ts_ms, e.id, "bye", e.by, e.reason or ""), changes)
+    _add_end(state, e.id, lambda: End(e.ts_ms, e.id, "bye", e.by, e.reason or ""), changes)
 
 
 def _timeout(state: CallState, e: ev.DialogTimeout, changes: dict) -> None:
-    if not _has_end(state, e.id):
-        _add_end(state, End(e.ts_ms, e.id, "timeout", "", f"max duration {e.max_duration_s} s"), changes)
+    _add_end(state, e.id, lambda: End(e.ts_ms, e.id, "timeout", "", f"max duration {e.max_duration_s} s"),
+             changes)
 
 
 def _teardown(state: CallState, e: ev.DialogTeardown, changes: dict) -> None:
-    if e.result == "sent" and not _has_end(state, e.id):      # "unknown_call": nothing was ended
-        _add_end(state, End(e.ts_ms, e.id, "teardown", "", e.reason), changes)
+    if e.result == "sent":               # "unknown_call": nothing was ended
+        _add_end(state, e.id, lambda: End(e.ts_ms, e.id, "teardown", "", e.reason), changes)
 
 
 def _media_timeout(state: CallState, e: ev.MediaTimeout, changes: dict) -> None:
-    if not _has_end(state, e.id):
-        _add_end(state, End(e.last_media_ms, e.id, "media_timeout", e.silent, e.reason, e.ts_ms), changes)
+    _add_end(state, e.id, lambda: End(e.last_media_ms, e.id, "media_timeout", e.silent, e.reason, e.ts_ms),
+             changes)
 
 
 def _session_expired(state: CallState, e: ev.SessionExpired, changes: dict) -> None:
-    if not _has_end(state, e.id):
-        _add_end(state, End(e.ts_ms, e.id, "session_timer", "",
-                            f"session expired: no refresh within {e.session_expires_s} s"), changes)
+    _add_end(state, e.id, lambda: End(e.ts_ms, e.id, "session_timer", "",
+                                      f"session expired: no refresh within {e.session_expires_s} s"), changes)
 
 
 def _flow(flow: ev.MediaFlow) -> Flow:
