@@ -57,7 +57,6 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import msgspec
-from pyrad import packet as rpacket
 from pyrad.dictionary import Dictionary
 
 from proxy.infra import clock
@@ -373,21 +372,6 @@ def reply_matches(reply: bytes, request_authenticator: bytes, secret: bytes) -> 
         return False
     digest = hashlib.md5(reply[:4] + request_authenticator + reply[20:length] + secret).digest()
     return digest == reply[4:20]
-
-
-class _Request(rpacket.AcctPacket):
-    """An Accounting-Request as a pyrad packet (for tests and tools that speak
-    pyrad): ``RequestPacket`` is ``request_packet``'s bytes."""
-
-    def __init__(self, attrs: bytes, delay: int, **kw) -> None:
-        super().__init__(**kw)
-        self._attrs = attrs
-        self._delay = delay
-
-    def RequestPacket(self) -> bytes:
-        raw = request_packet(self.id, self._attrs, self._delay, self.secret)
-        self.authenticator = raw[4:20]
-        return raw
 
 
 class WireEncoder:

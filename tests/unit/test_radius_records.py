@@ -14,7 +14,7 @@ from bench.cdr_pipeline import CallBuilder, call_events
 from proxy.contract.callfold import fold
 from radius import DICTIONARY
 from radius import records as rr
-from radius.queue import Spool, WireEncoder, _Request
+from radius.queue import Spool, WireEncoder, request_packet
 from radius.records import (
     FAILED,
     INTERIM,
@@ -362,8 +362,7 @@ def test_wire_encoding_decodes_with_pyrad_as_pyrad_encodes_it(multileg):
     encoder = WireEncoder(dictionary)
     ctx = msgspec.structs.replace(CTX_FAILED, interim_ms=1000, multileg=multileg)
     for record in _all_records(ctx):
-        ours = _Request(encoder.encode(record.attrs), 2, id=7, secret=b"s3cret", dict=dictionary)
-        raw = ours.RequestPacket()
+        raw = request_packet(7, encoder.encode(record.attrs), 2, b"s3cret")     # what the sender sends
         back = rpacket.AcctPacket(dict=dictionary, secret=b"s3cret", packet=raw)
         assert back.VerifyAcctRequest()
         theirs = rpacket.AcctPacket(dict=dictionary, secret=b"s3cret", id=7)
@@ -390,8 +389,8 @@ def test_wire_encoding_decodes_with_pyrad_as_pyrad_encodes_it(multileg):
 def test_a_resend_is_a_new_packet():
     dictionary = Dictionary(str(DICTIONARY))
     attrs = WireEncoder(dictionary).encode(run(answered_call().events)[0][0].attrs)
-    first = _Request(attrs, 0, id=1, secret=b"s", dict=dictionary).RequestPacket()
-    again = _Request(attrs, 3, id=2, secret=b"s", dict=dictionary).RequestPacket()
+    first = request_packet(1, attrs, 0, b"s")
+    again = request_packet(2, attrs, 3, b"s")
     assert first[1] == 1 and again[1] == 2                       # Identifier
     assert first[4:20] != again[4:20]                            # Request Authenticator
     assert rpacket.AcctPacket(dict=dictionary, packet=again)["Acct-Delay-Time"] == [3]
