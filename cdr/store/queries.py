@@ -466,13 +466,8 @@ class CdrStore:
         if counted:
             sql = _counted_stats_sql(source, period_sql, counted, period, group_by, bool(raw_ranges), params)
         else:
-            sql = (f"SELECT {period_sql} AS period, grp, "
-                   f"countIf({rollup.ATTEMPT}) AS attempts, "
-                   f"countIf(disposition = 'answered' AND {rollup.ATTEMPT}) AS answered, "
-                   f"countIf({rollup.EFFECTIVE} AND {rollup.ATTEMPT}) AS effective, "
-                   f"countIf({rollup.SEER_EFFECTIVE} AND {rollup.ATTEMPT}) AS seer_effective, "
-                   f"sumIf(duration_ms, disposition = 'answered' AND {rollup.ATTEMPT}) AS answered_ms, "
-                   f"countIf(pdd_ms > 0 AND {rollup.ATTEMPT}) AS pdd_count, "
+            # the same counts the per-day roll-up keeps (rollup.counts_sql), then the PDD figures
+            sql = (f"SELECT {period_sql} AS period, grp, {rollup.counts_sql('')}, pdd_n AS pdd_count, "
                    f"avgIf(pdd_ms, pdd_ms > 0 AND {rollup.ATTEMPT}) AS pdd_mean, "
                    f"quantilesExactIf(0.5, 0.95)(pdd_ms, pdd_ms > 0 AND {rollup.ATTEMPT}) AS pdd_q "
                    f"FROM ({source}) GROUP BY period, grp ORDER BY period, grp")
