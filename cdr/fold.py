@@ -87,7 +87,14 @@ def advance(state: CallState | None, done: bool, close_ms: int, event: ev.CallEv
     else:
         current, fresh = live(state), False
         if event.ts_ms > silence_deadline_ms(current, window_ms):
+            # closed as the silence timer would have closed it before this event;
+            # then the event meets the closed call as it would have after the
+            # timer: a media.stats for an answered call still counts (AGAIN).
+            # Otherwise a redelivered copy would count where the first did not,
+            # and the rebuild (one copy per event id) would disagree with live.
             end = silence_end_ms(current, window_ms)
+            if isinstance(event, ev.MediaStats) and kept_after_end(current) is not None:
+                current = apply(current, event)
             return Transition(SILENT, current, end, closed_rows(current, end))
     new = apply(current, event)
     if new is current and not fresh:

@@ -82,3 +82,20 @@ def test_a_call_still_live_is_not_rebuilt():
     assert fold.rebuild_call(events, WINDOW_MS, now_ms=events[-1].ts_ms + 1000) is None
     closed = fold.rebuild_call(events, WINDOW_MS, now_ms=events[-1].ts_ms + 10 * WINDOW_MS)
     assert closed and closed[0].hangup_by == "silence"
+
+
+def test_media_after_the_silence_deadline_counts_once_live_and_rebuilt():
+    """A call answered, then silent past its window; its media.stats comes late
+    and is redelivered.  The first copy closes the call for silence and still
+    brings its media (as it would after the timer's close); the second copy
+    changes nothing, and the rebuild, which sees one copy, agrees."""
+    events = call_events("media_timeout", "late-media@test", T0, scale=0.01, talk_ms=20_000)
+    first_media = next(i for i, e in enumerate(events) if isinstance(e, ev.MediaStats))
+    late = [type(e)(**{**{f: getattr(e, f) for f in e.__struct_fields__}, "ts_ms": e.ts_ms + 2 * WINDOW_MS})
+            for e in events[first_media:]]
+    events = events[:first_media] + late[:1] + late     # the media.stats twice
+    live = live_rows(events)
+    assert live and live[0].hangup_by == "silence"
+    assert live[0].caller_rtp_packets > 0               # the late media counted
+    rebuilt = fold.rebuild_call(archive_order(events), WINDOW_MS, now_ms=events[-1].ts_ms + 10 * WINDOW_MS)
+    assert rebuilt == live
