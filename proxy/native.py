@@ -5,16 +5,25 @@ Python and a pure-Python fallback passes the same tests.  The modules below
 are compiled by ``scripts/build_native.py`` (run by ``./quickstart.sh``)
 into ``build/native/`` with a manifest of their sources' SHA-256; nothing is
 written beside the sources, so a stale extension can never shadow a newer
-``.py``.  ``install()`` (called by ``proxy/__init__.py`` before any other
+``.py``.  An installed package (``pip install .``: the image,
+compose/Dockerfile) has no checkout to hold ``build/``: its build is made
+with ``scripts/build_native.py --installed --out DIR`` and named by
+``SIPLEDGER_NATIVE_DIR=DIR``, and is checked the same way, against the
+sources this interpreter imports.
+
+``install()`` (called by ``proxy/__init__.py`` before any other
 proxy module is imported) puts a finder in front of Python's own that loads
 the compiled versions, all or none: mypyc compiles the group as one library
 whose modules call each other directly, so a compiled engine must never meet
 a pure-Python ``SipMessage``.  It loads none when
 
 * ``SIPLEDGER_NATIVE=0`` is set (the pure-Python run of the tests),
-* no build exists, it was made for another Python, or
+* no build exists (or ``SIPLEDGER_NATIVE_DIR`` names no build, or is not
+  an absolute path: workers may start in another directory), it was made for
+  another Python, or it lacks a module, or
 * any listed source changed since the build (a developer editing a file
-  gets their edit, not the old extension).
+  gets their edit, not the old extension; a build made from other sources
+  than the installed ones is refused the same way).
 
 ``status()`` says which, for the worker's start-up log line.
 """
@@ -29,8 +38,10 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BUILD_DIR = ROOT / "build" / "native"
+ROOT = Path(__file__).resolve().parent.parent      # the checkout, or site-packages when installed
+CHECKOUT_BUILD_DIR = ROOT / "build" / "native"
+# where this process loads the build from: the checkout's, unless the environment names one
+BUILD_DIR = Path(os.environ.get("SIPLEDGER_NATIVE_DIR") or CHECKOUT_BUILD_DIR)
 MANIFEST = BUILD_DIR / "manifest.json"
 
 # The signalling path, per bench/proxy_cpu.py's profile: parsing, the
@@ -81,23 +92,36 @@ def _plan() -> tuple[dict[str, Path] | None, str]:
     return built()
 
 
-def built() -> tuple[dict[str, Path] | None, str]:
-    """The current build's extension file for each module name, or None and why
-    there is none (scripts/build_native.py asks this too: nothing to rebuild)."""
+def built(directory: Path | None = None) -> tuple[dict[str, Path] | None, str]:
+    """The extension file for each module name of the build in ``directory``
+    (default: ``BUILD_DIR``) if it is current, else None and why it is not
+    (scripts/build_native.py asks this too: nothing to rebuild)."""
+    base, manifest_file = (BUILD_DIR, MANIFEST) if directory is None else (directory, directory / "manifest.json")
+    if not base.is_absolute():
+        return None, f"off (SIPLEDGER_NATIVE_DIR={base} is not an absolute path)"
     try:
-        manifest = json.loads(MANIFEST.read_text())
+        manifest = json.loads(manifest_file.read_text())
     except (OSError, ValueError):
-        return None, "off (not built: scripts/build_native.py)"
-    if manifest.get("abi") != abi_tag() or set(manifest.get("sources", {})) != set(MODULES):
+        if base == CHECKOUT_BUILD_DIR:
+            return None, "off (not built: scripts/build_native.py)"
+        return None, f"off (no build in {base}: scripts/build_native.py --out)"
+    try:
+        abi, sources, names = manifest["abi"], dict(manifest["sources"]), dict(manifest["files"])
+    except (KeyError, TypeError, ValueError):
+        return None, "off (unreadable manifest: rebuild)"
+    if abi != abi_tag() or set(sources) != set(MODULES):
         return None, "off (built for another Python or module list: rebuild)"
-    for module, sha in manifest["sources"].items():
+    for module, sha in sources.items():
         try:
             if digest(source_of(module)) != sha:
                 return None, f"off ({module} changed since the build: rebuild)"
         except OSError:
             return None, f"off ({module} missing)"
-    files = {name: BUILD_DIR / rel for name, rel in manifest["files"].items()}
-    if not all(f.exists() for f in files.values()):
+    # all or none: every module has its file, inside the build (the manifest is data, not trusted paths)
+    files = {name: base / str(rel) for name, rel in names.items()}
+    inside = base.resolve()
+    if (not set(MODULES) <= set(files)
+            or not all(f.resolve().is_relative_to(inside) and f.is_file() for f in files.values())):
         return None, "off (build incomplete: rebuild)"
     return files, f"on ({len(MODULES)} modules compiled with mypyc)"
 

@@ -1,8 +1,10 @@
 """The images compose builds: hadolint, then their structure as BuildKit's parser reads them.
 
 compose/README.md says: one image (compose/Dockerfile) on Debian bookworm's Python 3.11,
-the package installed with pip, run as a non-root user, every service a command of it;
-rtpengine and FreeRADIUS from Debian bookworm.  Nothing here needs a Docker engine."""
+the package installed with pip and its signalling path compiled in a build stage, run as
+a non-root user, every service a command of it; rtpengine and FreeRADIUS from Debian
+bookworm.  Nothing here needs a Docker engine (tests/integration/test_installed_native.py
+runs the build stage's commands outside Docker)."""
 from __future__ import annotations
 
 import fnmatch
@@ -69,6 +71,41 @@ def test_the_sipledger_image_installs_the_package_with_pip():
     assert f"http://127.0.0.1:{DEFAULT_METRICS_PORT}/healthz" in check
 
 
+def _stages(path: Path) -> list[list[tuple[str, tuple[str, ...], tuple[str, ...]]]]:
+    """The Dockerfile's stages, each its commands as (instruction, flags, value)."""
+    stages: list[list[tuple[str, tuple[str, ...], tuple[str, ...]]]] = []
+    for c in dockerfile_commands(path):
+        if c.cmd.upper() == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((c.cmd.upper(), tuple(c.flags), tuple(c.value)))
+    return stages
+
+
+def test_the_image_runs_the_compiled_proxy_without_a_compiler():
+    """proxy/native.py: the build stage compiles the installed sources into the directory
+    the final stage copies and names in SIPLEDGER_NATIVE_DIR, on the same Python (a build
+    for another ABI is refused); the compiler stays in the build stage."""
+    build, final = _stages(COMPOSE_DIR / "Dockerfile")
+    assert build[0][2] == ("${PYTHON_IMAGE}", "AS", "build") and final[0][2] == ("${PYTHON_IMAGE}",)
+    build_runs = [v[0] for cmd, _, v in build if cmd == "RUN"]
+    assert any(re.search(r"apt-get install .*\bgcc\b", run) for run in build_runs), build_runs
+    compiled = [run for run in build_runs if "scripts/build_native.py" in run]
+    assert len(compiled) == 1 and "--installed" in compiled[0].split(), compiled
+    out = re.search(r"--out (\S+)", compiled[0]).group(1)
+    env = {}
+    for cmd, _, v in final:
+        if cmd == "ENV":
+            env.update(zip(v[0::2], v[1::2]))
+    assert env["SIPLEDGER_NATIVE_DIR"] == out
+    assert env["PATH"].startswith("/opt/venv/bin:")
+    copied = {v for cmd, flags, v in final if cmd == "COPY" and "--from=build" in flags}
+    assert copied == {(out, out), ("/opt/venv", "/opt/venv")}
+    final_runs = " ".join(v[0] for cmd, _, v in final if cmd == "RUN")
+    assert "apt-get" not in final_runs and "gcc" not in final_runs
+    assert "n.active()" in final_runs                      # the image is not built if they do not load
+
+
 def test_build_contexts_send_what_the_dockerfiles_copy():
     """Each COPY source is in the build context and not excluded by the Dockerfile's
     .dockerignore (BuildKit reads <Dockerfile>.dockerignore beside it)."""
@@ -77,9 +114,10 @@ def test_build_contexts_send_what_the_dockerfiles_copy():
         ignore = path.with_name(path.name + ".dockerignore")
         rules = [line.strip() for line in ignore.read_text().splitlines()
                  if line.strip() and not line.startswith("#")] if ignore.exists() else []
-        for cmd, value in _commands(path):
-            if cmd != "COPY":
-                continue
+        for command in dockerfile_commands(path):
+            cmd, value = command.cmd.upper(), command.value
+            if cmd != "COPY" or any(f.startswith("--from=") for f in command.flags):
+                continue                      # from another stage, not from the context
             for source in (s.rstrip("/") for s in value[:-1]):
                 assert (context / source).exists(), f"{path}: {source} not in {context}"
                 assert _sent(source, rules), f"{path}: {source} is excluded by {ignore.name}"
