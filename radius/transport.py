@@ -52,6 +52,7 @@ MAX_PACKET = 4096               # ... and the largest
 READS_PER_WAKEUP = 512          # UDP: datagrams read per readable event at most (more: next round)
 RECONNECT_MIN_S = 0.1
 RECONNECT_MAX_S = 5.0
+HELD_MAX = 256                  # packets waiting for a connection before the stale ones are dropped
 TRANSPORTS = ("udp", "tcp")
 
 
@@ -211,7 +212,12 @@ class TcpLink(Link):
         elif state is CLOSED:
             return
         else:
-            self._held.append(packet)
+            held = self._held
+            if len(held) >= HELD_MAX:
+                # resends of requests that timed out while waiting: only the
+                # current ones (one per Identifier at most) are worth keeping
+                held[:] = [p for p in held if self.current(p)]
+            held.append(packet)
             if state is IDLE:
                 self._connect()
 

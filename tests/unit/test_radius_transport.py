@@ -195,3 +195,44 @@ def test_an_answer_that_breaks_the_framing_closes_the_connection(tmp_path):
     server = _TcpServer(garbage=True)
     sender = _deliver(tmp_path, server)
     assert sender.counts["errors"] == 1 and sender.counts["lost"] >= 1 and server.connections >= 2
+
+
+def test_requests_waiting_for_a_connection_stay_bounded():
+    """While the server is down, resends pile up behind the connect pause;
+    those the sender gave up on are dropped, so at most one Identifier space
+    of packets waits (plus the one being added)."""
+    from collections import Counter
+
+    from radius.transport import HELD_MAX, WAITING, TcpLink
+
+    async def run() -> tuple[TcpLink, int]:
+        losses = 0
+        live: set[bytes] = set()
+
+        def lost() -> None:
+            nonlocal losses
+            losses += 1
+
+        link = TcpLink("127.0.0.1", _free_port(), Counter(), timeout=0.5, answer=lambda p: None,
+                       read_done=lambda: None, lost=lost, current=lambda p: p in live)
+        await link.open(asyncio.get_running_loop())
+        first = request_packet(0, b"", 0, SECRET)
+        live.add(first)
+        link.send(first)                                # nothing listens: refused, then a pause
+        for _ in range(200):
+            if link.state is WAITING:
+                break
+            await asyncio.sleep(0.01)
+        assert link.state is WAITING and losses == 1
+        most = 0
+        for n in range(3000):                           # a request resent over and over: only its last is current
+            packet = request_packet(n % 256, n.to_bytes(4, "big"), 0, SECRET)
+            live.discard(next(iter(live), b""))
+            live.add(packet)
+            link.send(packet)
+            most = max(most, len(link._held))
+        link.close()
+        return link, most
+
+    link, most = uvloop.run(run())
+    assert most <= HELD_MAX + 1 and link._held == []
