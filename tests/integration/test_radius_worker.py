@@ -235,12 +235,14 @@ def test_freeradius_down_while_calls_happen(tmp_path, broker, kafka_settings, to
         assert freeradius.log_file.read_text().count("adding new socket acct from client") >= 2
 
 
-def test_failover_to_the_second_server_and_back(tmp_path, broker, kafka_settings, topic, workers):
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_failover_to_the_second_server_and_back(tmp_path, broker, kafka_settings, topic, workers, transport):
+    """Over TCP the primary refuses connections instead of staying silent."""
     primary = FreeRadius(tmp_path / "primary")
     primary.generate()                                          # configured, not running
     secondary = FreeRadius(tmp_path / "secondary").start()
     try:
-        start_worker(workers, tmp_path, broker, topic, [primary, secondary])
+        start_worker(workers, tmp_path, broker, topic, [primary, secondary], transport=transport)
         t0 = now_ms() - 60_000
         send(kafka_settings, topic, complete_calls("first", 5, t0))
         first = {(f"first-{i}@test;leg=0", st) for i in range(5) for st in ("Start", "Stop")}
