@@ -12,6 +12,7 @@ import pytest
 import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyrad import packet as rpacket
 
 from proxy.infra.config import RadiusServer, RadiusSettings
 from radius.queue import Sender, Spool, WireEncoder, request_packet
@@ -88,7 +89,6 @@ class _TcpServer:
                 self.transport, self.framer = transport, PacketFramer()
 
             def data_received(self, data: bytes) -> None:
-                from pyrad import packet as rpacket
                 packets = self.framer.feed(data)
                 server.reads_with_several += len(packets) > 1
                 answers = []
