@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/radius_rate.py [--records 20000] [--in-flight 8,32,64] [--calls 10000]
                                           [--workers 1] [--skip sync,queue,pipeline] [--profile FILE]
+                                          [--transport udp|tcp]
 
 Three measurements, each against its own FreeRADIUS on loopback
 (tests/harness/freeradius.py, 4 threads, every request written to its detail file):
@@ -19,6 +20,9 @@ Three measurements, each against its own FreeRADIUS on loopback
    while it drains).  CPU per call of the workers and of FreeRADIUS is
    reported beside the rates (the machine is shared: compare CPU, not rates);
    ``--profile FILE`` writes py-spy's collapsed stacks of the (first) worker.
+
+``--transport tcp``: the queue and the worker send over RADIUS/TCP (RFC 6613;
+the same FreeRADIUS listens on both).
 
 Prints the figures and one JSON line (``RESULT {...}``).
 """
@@ -115,13 +119,13 @@ async def _drain(spool: Spool, settings: RadiusSettings, entries: list) -> tuple
     return len(entries) / elapsed, dict(sender.counts, sender_cpu_us_per_record=round(cpu * 1e6 / len(entries), 1))
 
 
-def bench_queue(workdir: Path, n: int, in_flight: int) -> tuple[float, float, dict]:
+def bench_queue(workdir: Path, n: int, in_flight: int, transport: str = "udp") -> tuple[float, float, dict]:
     """(requests/s draining the queue, records/s enqueueing, sender counters)."""
     fr = FreeRadius(workdir / f"fr-queue-{in_flight}").start()
     try:
         settings = RadiusSettings(servers=(RadiusServer(host="127.0.0.1", port=fr.port,
                                                         secret=fr.secret),),
-                                  max_in_flight=in_flight, timeout=2.0, retries=2)
+                                  max_in_flight=in_flight, timeout=2.0, retries=2, transport=transport)
         records = make_records(n // 2, f"q{in_flight}")
         # stored in wire form, as the worker stores them
         spool = Spool(workdir / f"spool-{in_flight}", encode=WireEncoder(Dictionary(str(DICTIONARY))).encode)
@@ -130,7 +134,10 @@ def bench_queue(workdir: Path, n: int, in_flight: int) -> tuple[float, float, di
         for i in range(0, len(records), 1000):           # the worker's batch size
             entries += spool.commit(records[i:i + 1000])
         enqueue_rate = len(records) / (time.perf_counter() - started)
+        assert fr.proc is not None
+        fr_cpu0 = cpu_s(fr.proc.pid)
         rate, counts = _run(_drain(spool, settings, entries))
+        counts["freeradius_cpu_us_per_record"] = round((cpu_s(fr.proc.pid) - fr_cpu0) * 1e6 / len(entries), 1)
         spool.close()
         counts["logged"] = len(fr.records())
         return rate, enqueue_rate, counts
@@ -145,7 +152,8 @@ def cpu_s(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_pipeline(workdir: Path, n_calls: int, in_flight: int, profile: str = "", workers: int = 1) -> dict:
+def bench_pipeline(workdir: Path, n_calls: int, in_flight: int, profile: str = "", workers: int = 1,
+                   transport: str = "udp") -> dict:
     from api.broker import EmbeddedBroker
     from proxy.contract.events import encode
     from proxy.infra.config import KafkaSettings
@@ -166,7 +174,7 @@ def bench_pipeline(workdir: Path, n_calls: int, in_flight: int, profile: str = "
         asyncio.run(produce(kafka, topic, [(e.call_id.encode(), encode(e)) for e in events]))
         produce_s = time.perf_counter() - t
         config = workdir / "radius.toml"
-        config.write_text(radius_config([fr], topic=topic, max_in_flight=in_flight,
+        config.write_text(radius_config([fr], topic=topic, max_in_flight=in_flight, transport=transport,
                                         group_id=f"bench-{uuid.uuid4().hex[:6]}"))
         # several workers: one consumer group, one spool directory (radius/README.md, scale-out),
         # started together so that they join the group in one generation (Tansu holds a join
@@ -237,6 +245,8 @@ def main() -> int:
     parser.add_argument("--pipeline-in-flight", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1, help="pipeline: workers in one consumer group")
     parser.add_argument("--profile", default="", help="py-spy collapsed stacks (-f raw) of the pipeline's worker")
+    parser.add_argument("--transport", choices=("udp", "tcp"), default="udp",
+                        help="queue and pipeline: RADIUS over UDP or TCP (RFC 6613)")
     parser.add_argument("--skip", default="", help="comma list of sync,queue,pipeline to skip")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (detail files, spools)")
     args = parser.parse_args()
@@ -252,7 +262,7 @@ def main() -> int:
 
 
 def run(args, skip: set, workdir: Path) -> int:
-    result: dict = {}
+    result: dict = {"transport": args.transport}
     if "sync" not in skip:
         rate = bench_sync(workdir, args.sync_records)
         result["sync_req_per_s"] = round(rate)
@@ -260,16 +270,17 @@ def run(args, skip: set, workdir: Path) -> int:
     if "queue" not in skip:
         result["queue"] = {}
         for n in (int(x) for x in args.in_flight.split(",")):
-            rate, enqueue_rate, counts = bench_queue(workdir, args.records, n)
+            rate, enqueue_rate, counts = bench_queue(workdir, args.records, n, args.transport)
             result["queue"][n] = {"req_per_s": round(rate), "enqueue_per_s": round(enqueue_rate), **counts}
             print(f"durable queue -> FreeRADIUS, {n:3d} in flight: {rate:8.0f} req/s  "
                   f"(enqueue {enqueue_rate:.0f}/s; "
-                  f"sender CPU {counts.get('sender_cpu_us_per_record')} us per record; "
+                  f"sender CPU {counts.get('sender_cpu_us_per_record')} us per record, FreeRADIUS "
+                  f"{counts.get('freeradius_cpu_us_per_record')} us; "
                   f"sends={counts.get('sends')} acked={counts.get('acked')} "
                   f"timeouts={counts.get('timeouts', 0)} logged={counts.get('logged')})", flush=True)
     if "pipeline" not in skip:
         n = args.pipeline_in_flight
-        figures = bench_pipeline(workdir, args.calls, n, args.profile, args.workers)
+        figures = bench_pipeline(workdir, args.calls, n, args.profile, args.workers, args.transport)
         result["pipeline"] = figures
         print(f"{args.workers} worker(s) sip.events -> FreeRADIUS ({n} in flight each): {figures['requests_per_s']} req/s, "
               f"{figures['events_per_s']} events/s ({figures['calls']} calls, {figures['records']} "

@@ -17,7 +17,8 @@
 #
 # Environment [defaults]: ONLY [all of the above], SIP_RATE [500] SIP_CALLS
 # [7500], OUTBOX_EVENTS [100000], PIPE_CALLS [8000] PIPE_RATE [2000],
-# STORE_ROWS [200000], CREDIT_RATE [5000], RADIUS_CALLS [5000], RUN_TIMEOUT
+# STORE_ROWS [200000], CREDIT_RATE [5000], RADIUS_CALLS [5000], RADIUS_TRANSPORT
+# [udp] (or tcp: RFC 6613), RUN_TIMEOUT
 # [180] (seconds a run may take before it is killed and counted as failed),
 # BENCH_DIR [${TMPDIR:-/tmp}/regress/<time>] (each run's full output).
 # The SIP ports are picked free at start (PROXY_PORT, UAS_PORT, UAC_PORT
@@ -41,6 +42,7 @@ PIPE_CALLS="${PIPE_CALLS:-8000}" PIPE_RATE="${PIPE_RATE:-2000}"
 STORE_ROWS="${STORE_ROWS:-200000}"
 CREDIT_RATE="${CREDIT_RATE:-5000}"
 RADIUS_CALLS="${RADIUS_CALLS:-5000}"
+RADIUS_TRANSPORT="${RADIUS_TRANSPORT:-udp}"
 RUN_TIMEOUT="${RUN_TIMEOUT:-180}"
 BENCH_DIR="${BENCH_DIR:-${TMPDIR:-/tmp}/regress/$(date +%Y%m%d-%H%M%S)-$$}"
 mkdir -p "$BENCH_DIR"
@@ -89,7 +91,7 @@ for r in $ONLY; do
     credit)   run credit "$PY" bench/credit_control.py --rate "$CREDIT_RATE" --seconds 5 --closed 3000 \
                   --accounts 100 --calls 50 ;;
     radius)   run radius "$PY" bench/radius_rate.py --skip sync --records 6000 --in-flight 32 \
-                  --calls "$RADIUS_CALLS" ;;
+                  --calls "$RADIUS_CALLS" --transport "$RADIUS_TRANSPORT" ;;
   esac
 done
 
@@ -176,11 +178,12 @@ for name in runs:
                 rows.append((name, "teardowns within +1 s", f"{m[1]}/{m[2]}", "", st))
         elif name == "radius":
             r = result(text)
+            over = f", {r['transport']}" if r.get("transport", "udp") != "udp" else ""
             for n, q in r.get("queue", {}).items():
-                rows.append((name, f"queue -> FreeRADIUS req/s ({n} in flight)", q.get("req_per_s"), "", st))
+                rows.append((name, f"queue -> FreeRADIUS req/s ({n} in flight{over})", q.get("req_per_s"), "", st))
             p = r.get("pipeline", {})
             if p:
-                rows.append((name, "worker: answered calls/s (2 requests each)",
+                rows.append((name, f"worker: answered calls/s (2 requests each{over})",
                              round(p["requests_per_s"] / 2), "", st))
                 rows.append((name, "worker / FreeRADIUS CPU ms per call",
                              f"{p.get('worker_cpu_ms_per_call')} / {p.get('freeradius_cpu_ms_per_call')}", "", st))

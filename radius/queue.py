@@ -1,4 +1,4 @@
-"""The durable RADIUS accounting queue (SQLite) and its sender (UDP, RFC 2866).
+"""The durable RADIUS accounting queue (SQLite) and its sender (RFC 2866, over UDP or TCP).
 
 Spool (one SQLite file under the data dir, WAL, ``synchronous=FULL``):
 
@@ -33,6 +33,9 @@ Sender:
   waiting ``timeout``.  An answer counts only from the server's address and
   with a Response Authenticator that verifies against the request.  The
   packets are built here (pyrad gives the dictionary and the tests' decoder).
+* ``[radius] transport``: "udp" (a datagram per request) or "tcp" (RFC
+  6613: a connection per server, many requests per write); the links are in
+  radius/transport.py.  Everything above holds for both.
 * Servers are tried in the configured order; one that exhausts its retries
   is skipped for ``dead_time_s``.  When every server is dead, one request
   at a time probes them (with a growing pause between rounds) until one
@@ -46,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import hashlib
 import logging
 import random
@@ -63,6 +67,7 @@ from proxy.infra import clock
 from proxy.infra.config import RadiusServer, RadiusSettings
 
 from .records import Record, delay_seconds
+from .transport import Link, make_link
 
 log = logging.getLogger("radius.queue")
 
@@ -339,9 +344,7 @@ _HEADER = struct.Struct("!BBH")
 _ZERO_AUTH = bytes(16)
 ACCOUNTING_REQUEST, ACCOUNTING_RESPONSE = 4, 5
 MAX_IDS = 256                   # RADIUS Identifiers: requests awaiting one server at once
-MAX_PACKET = 4096               # RFC 2865 3: the largest RADIUS packet
 MAX_VALUE = 253                 # the longest attribute value
-READS_PER_WAKEUP = 512          # datagrams read per readable event at most (more: next round)
 SWEEP_S = 0.01                  # timeouts are noticed this much late at most
 PAIR_CACHE = 32_768             # encoded (name, value) pairs kept (a few MB at most)
 
@@ -449,16 +452,15 @@ class WireEncoder:
 
 
 class _Server:
-    """One accounting server: its UDP socket, the requests awaiting its answer by
-    Identifier, and the Identifiers free (least recently used first, so that
-    a late answer to an old request meets a new one as rarely as possible;
-    ``reply_matches`` rejects it anyway)."""
+    """One accounting server: its link (radius/transport.py), the requests
+    awaiting its answer by Identifier, and the Identifiers free (least
+    recently used first, so that a late answer to an old request meets a new
+    one as rarely as possible; ``reply_matches`` rejects it anyway)."""
 
     def __init__(self, config: RadiusServer) -> None:
         self.config = config
         self.secret = config.secret.encode()
-        self.sock: socket.socket | None = None
-        self.address: tuple = ()
+        self.link: Link | None = None
         self.pending: dict[int, _Attempt] = {}
         first = random.randrange(MAX_IDS)
         self.free = collections.deque((first + i) % MAX_IDS for i in range(MAX_IDS))
@@ -532,15 +534,13 @@ class Sender:
         loop = self._loop = asyncio.get_running_loop()
         for config in self.settings.servers:
             server = _Server(config)
-            family, kind, proto, _, address = (await loop.getaddrinfo(
-                config.host, config.port, type=socket.SOCK_DGRAM))[0]
-            # not connected: a connected UDP socket reports the ICMP errors of a
-            # server that is down, and uvloop stops watching a socket after one;
-            # answers are taken from the server's address only (``_readable``)
-            sock = socket.socket(family, kind, proto)
-            sock.setblocking(False)
-            server.sock, server.address = sock, address
-            loop.add_reader(sock.fileno(), self._readable, server)
+            server.link = make_link(
+                self.settings.transport, config.host, config.port, self.counts,
+                timeout=self.settings.timeout,
+                answer=functools.partial(self._answer, server), read_done=self._refilled,
+                lost=functools.partial(self._lost, server),
+                current=functools.partial(self._current, server))
+            await server.link.open(loop)
             self.servers.append(server)
 
     async def close(self) -> None:
@@ -554,11 +554,8 @@ class Sender:
             self._sweeper = None
         self.flush_acks()
         for server in self.servers:
-            if server.sock is not None:
-                if self._loop is not None:
-                    self._loop.remove_reader(server.sock.fileno())
-                server.sock.close()
-                server.sock = None
+            if server.link is not None:
+                server.link.close()
 
     # --- queue ---------------------------------------------------------------------------
     def load_pending(self) -> None:
@@ -714,12 +711,7 @@ class Sender:
         if self._sweeper is None:
             self._sweeper = loop.call_later(self.settings.timeout, self._sweep)
         self.counts["sends"] += 1
-        try:
-            server.sock.sendto(packet, server.address)     # type: ignore[union-attr]
-        except OSError as exc:
-            # e.g. the socket buffer is full: the timer takes it as a send without answer
-            self.counts["errors"] += 1
-            log.debug("send to %s failed: %s", server.name, exc)
+        server.link.send(packet)                   # type: ignore[union-attr]
 
     def _release(self, attempt: _Attempt) -> None:
         """The attempt's request awaits no answer any more: its Identifier is free."""
@@ -749,8 +741,26 @@ class Sender:
 
     def _timed_out(self, attempt: _Attempt) -> None:
         self.counts["timeouts"] += 1
+        server = attempt.server
         self._release(attempt)
+        if server is not None and server.link is not None:
+            server.link.timed_out()                # TCP: the connection is stuck, a new one
         self._try_again(attempt)
+
+    def _lost(self, server: _Server) -> None:
+        """The link lost every request it carried (a TCP connection closed, or
+        never opened): each counts as a send without answer."""
+        for attempt in list(server.pending.values()):
+            if attempt.server is server:
+                self.counts["lost"] += 1
+                self._release(attempt)
+                self._try_again(attempt)
+
+    @staticmethod
+    def _current(server: _Server, packet: bytes) -> bool:
+        """The request in ``packet`` still awaits the server's answer."""
+        attempt = server.pending.get(packet[1])
+        return attempt is not None and attempt.authenticator == packet[4:20]
 
     def _try_again(self, attempt: _Attempt) -> None:
         """The last send got no (good) answer: resend to the same server
@@ -780,45 +790,27 @@ class Sender:
         assert self._loop is not None
         attempt.timer = self._loop.call_later(pause, self._finish, attempt, False)
 
-    def _readable(self, server: _Server) -> None:
-        """Every answer waiting in the server's socket."""
-        sock = server.sock
-        if sock is None:
+    def _answer(self, server: _Server, reply: bytes) -> None:
+        """A packet from the server (its link read it): the answer to a
+        pending request, if its Response Authenticator verifies."""
+        attempt = server.pending.get(reply[1]) if len(reply) >= 20 else None
+        if attempt is None or not reply_matches(reply, attempt.authenticator, server.secret):
+            self.counts["stray_replies"] += 1
             return
-        try:
-            self._read(server, sock)
-        finally:
-            # the next requests go out together, after every answer read: the
-            # server wakes up once for them (per-answer sends cost a wakeup each)
-            self._refilled()
-
-    def _read(self, server: _Server, sock: socket.socket) -> None:
-        for _ in range(READS_PER_WAKEUP):           # a flood of strays cannot hold the loop
-            try:
-                reply, source = sock.recvfrom(MAX_PACKET)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self.counts["errors"] += 1
-                log.debug("receiving from %s failed: %s", server.name, exc)
-                return
-            attempt = server.pending.get(reply[1]) \
-                if len(reply) >= 20 and source == server.address else None
-            if attempt is None or not reply_matches(reply, attempt.authenticator, server.secret):
-                self.counts["stray_replies"] += 1
-                continue
-            self._release(attempt)
-            if reply[0] != ACCOUNTING_RESPONSE:
-                self.counts["bad_replies"] += 1
-                log.warning("RADIUS server %s answered code %s to %s", server.name, reply[0],
-                            attempt.entry.key)
-                self._try_again(attempt)
-                continue
-            self.counts["acked"] += 1
-            if server.dead_until:
-                log.info("RADIUS server %s answers again", server.name)
-                server.dead_until = 0.0
-            self._finish(attempt, True, fill=False)
+        self._release(attempt)
+        if reply[0] != ACCOUNTING_RESPONSE:
+            self.counts["bad_replies"] += 1
+            log.warning("RADIUS server %s answered code %s to %s", server.name, reply[0],
+                        attempt.entry.key)
+            self._try_again(attempt)
+            return
+        self.counts["acked"] += 1
+        if server.dead_until:
+            log.info("RADIUS server %s answers again", server.name)
+            server.dead_until = 0.0
+        # the next requests go out together once the link read every answer
+        # (``read_done`` is ``_refilled``): the server wakes up once for them
+        self._finish(attempt, True, fill=False)
 
     def _cancel(self, attempt: _Attempt) -> None:
         self._release(attempt)

@@ -340,6 +340,9 @@ class RadiusSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     retries: int = 2                    # resends to one server before failing over
     dead_time_s: float = 30.0           # a server that failed is skipped this long
     max_in_flight: int = 32             # requests awaiting a response at once
+    # "udp": a datagram per request (RFC 2866); "tcp": RADIUS over TCP (RFC 6613), one
+    # connection per server, many requests per write (the server must listen on TCP)
+    transport: Literal["udp", "tcp"] = "udp"
     nas_ip: str = "127.0.0.1"           # NAS-IP-Address
     nas_identifier: str = ""            # NAS-Identifier ("" = node.name)
     interim_interval_s: int = 0         # Interim-Update every N s of an answered call (0 = off)

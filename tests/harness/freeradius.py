@@ -4,8 +4,9 @@ detail files parsed back, and the RADIUS worker (``python -m radius``) as a proc
 ``FreeRadius(workdir)`` generates everything under ``workdir``:
 
 * ``raddb/radiusd.conf``: one virtual server, accounting only, listening on
-  127.0.0.1:<port> (a free port unless given), client 127.0.0.1 with the
-  secret, the ``detail`` module writing ``log/radacct/127.0.0.1/detail-YYYYMMDD``;
+  127.0.0.1:<port> (a free port unless given) over UDP and over TCP (RFC
+  6613: ``listen { proto = tcp }``, the same port number), client 127.0.0.1
+  with the secret on both (``proto = *``), the ``detail`` module writing ``log/radacct/127.0.0.1/detail-YYYYMMDD``;
   no eap, no stock sites, nothing on other interfaces; runs as the current user.
 * ``dict/``: the main dictionary directory (``-D``): every stock file of
   /usr/share/freeradius, and a ``dictionary`` that is the stock one without
@@ -48,9 +49,18 @@ def freeradius_available() -> bool:
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    """A port free for UDP and for TCP (FreeRADIUS listens on both)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind((HOST, port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no port free for both UDP and TCP")
 
 
 _RADIUSD_CONF = """\
@@ -104,8 +114,14 @@ thread pool {{
 
 client sipledger {{
 	ipaddr = 127.0.0.1
+	proto = *
 	secret = {secret}
 	require_message_authenticator = no
+	limit {{
+		max_connections = 16
+		lifetime = 0
+		idle_timeout = 0
+	}}
 }}
 
 modules {{
@@ -122,6 +138,17 @@ server sipledger {{
 		type = acct
 		ipaddr = 127.0.0.1
 		port = {port}
+	}}
+	listen {{
+		type = acct
+		proto = tcp
+		ipaddr = 127.0.0.1
+		port = {port}
+		limit {{
+			max_connections = 16
+			lifetime = 0
+			idle_timeout = 0
+		}}
 	}}
 	preacct {{
 	}}

@@ -197,8 +197,12 @@ def test_failed_records_for_unanswered_calls(tmp_path, broker, kafka_settings, t
 
 # --- delivery -------------------------------------------------------------------------
 
-def test_freeradius_down_while_calls_happen(tmp_path, broker, kafka_settings, topic, freeradius, workers):
-    worker = start_worker(workers, tmp_path, broker, topic, [freeradius])
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_freeradius_down_while_calls_happen(tmp_path, broker, kafka_settings, topic, freeradius, workers,
+                                            transport):
+    """Over UDP and over TCP (RFC 6613: FreeRADIUS closes the connection when
+    it stops, refuses new ones while down; the worker reconnects)."""
+    worker = start_worker(workers, tmp_path, broker, topic, [freeradius], transport=transport)
     t0 = now_ms() - 120_000
     send(kafka_settings, topic, complete_calls("before", 5, t0))
     freeradius.wait_for(lambda rs: len(rs) >= 10, WAIT)
@@ -227,14 +231,18 @@ def test_freeradius_down_while_calls_happen(tmp_path, broker, kafka_settings, to
         [(r.session, r.get("Acct-Delay-Time")) for r in delayed]
     assert all(r.int("Acct-Delay-Time") == 0 for r in records if r.session.startswith("before-"))
     eventually(lambda: worker.spool_counts().get("queue") == 0, "the queue drained", WAIT)
+    if transport == "tcp":                      # one connection before the outage, one after
+        assert freeradius.log_file.read_text().count("adding new socket acct from client") >= 2
 
 
-def test_failover_to_the_second_server_and_back(tmp_path, broker, kafka_settings, topic, workers):
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_failover_to_the_second_server_and_back(tmp_path, broker, kafka_settings, topic, workers, transport):
+    """Over TCP the primary refuses connections instead of staying silent."""
     primary = FreeRadius(tmp_path / "primary")
     primary.generate()                                          # configured, not running
     secondary = FreeRadius(tmp_path / "secondary").start()
     try:
-        start_worker(workers, tmp_path, broker, topic, [primary, secondary])
+        start_worker(workers, tmp_path, broker, topic, [primary, secondary], transport=transport)
         t0 = now_ms() - 60_000
         send(kafka_settings, topic, complete_calls("first", 5, t0))
         first = {(f"first-{i}@test;leg=0", st) for i in range(5) for st in ("Start", "Stop")}

@@ -162,18 +162,21 @@ def test_cdr_settings_defaults_and_errors(tmp_path):
 def test_radius_settings_load_servers_in_order(tmp_path):
     cfg = tmp_path / "s.toml"
     cfg.write_text('[radius]\ninterim_interval_s = 300\nsend_failed = true\nmultileg = "opensips"\n'
+                   'transport = "tcp"\n'
                    '[[radius.servers]]\nhost = "10.0.0.1"\nsecret = "a"\n'
                    '[[radius.servers]]\nhost = "10.0.0.2"\nport = 1646\nsecret = "b"\n')
     radius = load(cfg).radius
     assert [(s.host, s.port, s.secret) for s in radius.servers] == [("10.0.0.1", 1813, "a"),
                                                                     ("10.0.0.2", 1646, "b")]
-    assert (radius.interim_interval_s, radius.send_failed, radius.multileg) == (300, True, "opensips")
-    assert radius.enabled and not load(None).radius.enabled
+    assert (radius.interim_interval_s, radius.send_failed, radius.multileg, radius.transport) == \
+        (300, True, "opensips", "tcp")
+    assert radius.enabled and not load(None).radius.enabled and load(None).radius.transport == "udp"
 
 
 @pytest.mark.parametrize("text, key", [
     ("[radius]\nbogus = 1\n", "radius.bogus"),
     ("[radius]\nmultileg = \"both\"\n", "radius.multileg"),
+    ("[radius]\ntransport = \"sctp\"\n", "radius.transport"),
     ("[radius]\nmax_in_flight = 300\n", "radius.max_in_flight"),
     ("[radius]\nnas_ip = \"nas.example\"\n", "radius.nas_ip"),
     ("[[radius.servers]]\nhost = \"h\"\nsecret = \"\"\n", "radius.servers[0].secret"),
