@@ -57,7 +57,8 @@
 #   CREDIT_NUMBER  [4930123456] the dialled number (its first 2 digits are rated)
 #   CREDIT_DOMAIN  [bench.test] the subscribers' served domain
 #   CREDIT_CDR     [0] 1 = the credit run with the CDR pipeline and the API (its sink)
-#                  on too; API_PORT [a free one]
+#                  on too (on a free API port); `up` then runs CDR_SETTLE_SECS [15]
+#                  after the load, so the check can count the CDRs and their accounts
 #   RTPENGINE      [/usr/bin/rtpengine]  RTPE_NG_PORT [22223]
 #   RTPE_PORT_MIN  [16384]  RTPE_PORT_MAX [32767]
 #   UP_READY_SECS  [120] how long `up` may take to print READY
@@ -306,9 +307,9 @@ setup_credit() { # dir data cfg: subscribers, accounts, rates; SIPp's user list;
   ln -sf "$HERE/uac_auth.xml" "$h/uac_rr.xml"
   ln -sf "$(dirname "$SIP_LOAD")/uas_rr.xml" "$h/uas_rr.xml"
 }
-credit_check() { # dir successful -> one line: authorizations and digest checks against the calls
-  "$PY" - "$1" "$2" <<'PYEOF'
-import json, re, sys
+credit_check() { # dir successful -> one line: authorizations, digest checks (and CDRs) against the calls
+  (cd "$REPO" && "$REPO/.venv/bin/python" - "$1" "$2" <<'PYEOF'
+import json, sys
 from pathlib import Path
 d, ok = Path(sys.argv[1]), int(sys.argv[2] or 0)
 stats = {}
@@ -323,10 +324,20 @@ for log in sorted((d / "data" / "logs").glob("billing.log*")):
             billing = json.loads(line.split("BILLING STATS ", 1)[1])
 auth = {k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("auth:")}
 refused = {k: v for k, v in billing.items() if k.startswith("refused_")}
+cdrs = ""
+if (d / "data" / "clickhouse").exists():           # CREDIT_CDR=1: what the CDR store got
+    from proxy.infra import config
+    from proxy.infra.clickhouse.backend import open_backend
+    with open_backend(config.load(d / "sip_rate.toml").clickhouse, d / "data") as store:
+        rows, with_account, accounts = store.query(
+            "SELECT count(), countIf(account != ''), uniqExact(account) FROM cdr FINAL WHERE leg = 0")[0]
+    cdrs = f"; CDRs {rows}, with the account {with_account}, {accounts} accounts"
 print(f"calls {ok}; billing authorized {billing.get('authorized', 'n/a')}"
       + (f" refused {refused}" if refused else "")
-      + "; proxy auth " + (", ".join(f"{k} {v}" for k, v in sorted(auth.items())) or "n/a"))
+      + (f", CDR legs {billing['cdr_legs']}, debits {billing.get('debits', 0)}" if "cdr_legs" in billing else "")
+      + "; proxy auth " + (", ".join(f"{k} {v}" for k, v in sorted(auth.items())) or "n/a") + cdrs)
 PYEOF
+  )
 }
 
 # ---- parse a sip_load.sh report -----------------------------------------------
@@ -408,6 +419,8 @@ EOF
         PROXY=none PROXY_PIDS="$UP_PID" OUTDIR="$dir/sip_load" SIPP_EXTRA="$extra" "$harness" "$RATE" "$CALLS" 2>&1 | tee "$out"
         rc=${PIPESTATUS[0]}
         # the workers' and billing's counters while `up` still runs (metrics files under run/)
+        # CREDIT_CDR=1: the last calls' CDRs reach the store (and billing) before `up` stops
+        [ "$name" = credit ] && [ "$CREDIT_CDR" = 1 ] && sleep "${CDR_SETTLE_SECS:-15}"
         (cd "$REPO" && SIPLEDGER_DATA_DIR="$data" SIPLEDGER_CONFIG="$cfg" $SIPLEDGER_CMD stats >"$dir/stats.txt" 2>&1)
       else
         echo "sipledger up printed no READY within ${UP_READY_SECS}s:" | tee "$out"; tail -5 "$dir/up.out" | tee -a "$out"
