@@ -416,7 +416,11 @@ EOF
         echo "proxy: sipledger up pid $UP_PID: $(grep -m1 '^READY' "$dir/up.out")"
         # compiled or pure-Python signalling path (proxy/native.py), as worker 0 logged it
         echo "proxy: $(grep -h -m1 -o 'compiled proxy modules: .*' "$data"/logs/*.log 2>/dev/null | head -1)"
-        PROXY=none PROXY_PIDS="$UP_PID" OUTDIR="$dir/sip_load" SIPP_EXTRA="$extra" "$harness" "$RATE" "$CALLS" 2>&1 | tee "$out"
+        # every process of the tree (the sampler has recorded them since `up` started), so
+        # that sip_load.sh's "proxy" CPU is the tree's and its "other processes" are others
+        local pids="" p st
+        while read -r p st; do [ "$(starttime "$p")" = "$st" ] && pids+=" $p"; done <"$TREE_PIDS"
+        PROXY=none PROXY_PIDS="${pids:-$UP_PID}" OUTDIR="$dir/sip_load" SIPP_EXTRA="$extra" "$harness" "$RATE" "$CALLS" 2>&1 | tee "$out"
         rc=${PIPESTATUS[0]}
         # the workers' and billing's counters while `up` still runs (metrics files under run/)
         # CREDIT_CDR=1: the last calls' CDRs reach the store (and billing) before `up` stops
