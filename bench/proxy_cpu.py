@@ -82,6 +82,7 @@ class BenchEffects:
         self.timers: list = []
         self.events = 0
         self.answers: list = []         # --auth: authorizations to answer once on_data returns
+        self.authorizations = 0
 
     def send(self, data: bytes, target: Target) -> bool:
         self.sent.append((data, target))
@@ -103,6 +104,7 @@ class BenchEffects:
         # what the worker's AuthorizationClient hands back: the decoded answer, later
         answer = credit.encode(credit.AuthorizeResponse(id=request.id, allowed=True))
         credit.encode(request)
+        self.authorizations += 1
         self.answers.append((callback, answer))
 
     def answer(self) -> None:
@@ -200,6 +202,28 @@ def uac_request(method: str, cseq: int, n: int, ok: bytes) -> bytes:
             f"Content-Length: 0\r\n\r\n").encode()
 
 
+def call(feed, n: int, auth: bool = False) -> None:
+    """One SIPp call through ``feed(data, source) -> sent``; StopIteration when
+    a message the SIPp side waits for never came."""
+    if auth:
+        out = feed(auth_invite(n), UAC)
+        challenge = next(d for d, t in out if d.startswith(b"SIP/2.0 407"))
+        ack, credentials = answer_challenge(n, challenge)
+        feed(ack, UAC)
+        out = feed(auth_invite(n, 2, credentials.decode()), UAC)
+    else:
+        out = feed(invite(n), UAC)
+    fwd = next(d for d, t in out if d.startswith(b"INVITE") and t.port == UAS.port)
+    feed(uas_response(fwd, "180 Ringing", n), UAS)
+    out = feed(uas_response(fwd, "200 OK", n, sdp=True), UAS)
+    ok = next(d for d, t in out if d.startswith(b"SIP/2.0 200"))
+    cseq = 2 if auth else 1
+    feed(uac_request("ACK", cseq, n, ok), UAC)
+    out = feed(uac_request("BYE", cseq + 1, n, ok), UAC)
+    bye = next(d for d, t in out if d.startswith(b"BYE"))
+    feed(uas_response(bye, "200 OK", n, rr=False), UAS)
+
+
 def build(tmp: Path, auth: bool = False) -> tuple[Engine, BenchEffects]:
     effects = BenchEffects()
     store = ProvisioningStore(default_url(tmp))
@@ -245,23 +269,7 @@ def run(calls: int, profile: bool = False, auth: bool = False) -> None:
             return out
 
         def one_call(n: int) -> None:
-            if auth:
-                out = feed(auth_invite(n), UAC)
-                challenge = next(d for d, t in out if d.startswith(b"SIP/2.0 407"))
-                ack, credentials = answer_challenge(n, challenge)
-                feed(ack, UAC)
-                out = feed(auth_invite(n, 2, credentials.decode()), UAC)
-            else:
-                out = feed(invite(n), UAC)
-            fwd = next(d for d, t in out if d.startswith(b"INVITE") and t.port == UAS.port)
-            feed(uas_response(fwd, "180 Ringing", n), UAS)
-            out = feed(uas_response(fwd, "200 OK", n, sdp=True), UAS)
-            ok = next(d for d, t in out if d.startswith(b"SIP/2.0 200"))
-            cseq = 2 if auth else 1
-            feed(uac_request("ACK", cseq, n, ok), UAC)
-            out = feed(uac_request("BYE", cseq + 1, n, ok), UAC)
-            bye = next(d for d, t in out if d.startswith(b"BYE"))
-            feed(uas_response(bye, "200 OK", n, rr=False), UAS)
+            call(feed, n, auth)
 
         def timers(to: float) -> None:
             nonlocal spent

@@ -267,13 +267,21 @@ if root is None:
     sys.exit(1)
 s0 = s1 = None
 t0 = t1 = None
+walked = float("-inf")
+# the markers are looked for every 10 ms, the tree walked only at them and every
+# 0.5 s (to record its PIDs): walking it every 10 ms cost up to half a core with
+# billing's threads, on the cores the measured processes share
 while time.monotonic() < end:
-    snap = record(root)
-    if s0 is None and os.path.exists(os.path.join(outdir, "all_ticks0.txt")):
-        s0, t0 = snap, time.monotonic()
-    elif s0 is not None and os.path.exists(os.path.join(outdir, "all_ticks1.txt")):
-        s1, t1 = snap, time.monotonic()
-        break
+    now = time.monotonic()
+    start = s0 is None and os.path.exists(os.path.join(outdir, "all_ticks0.txt"))
+    stop = s0 is not None and os.path.exists(os.path.join(outdir, "all_ticks1.txt"))
+    if start or stop or now - walked >= 0.5:
+        snap, walked = record(root), now
+        if start:
+            s0, t0 = snap, now
+        elif stop:
+            s1, t1 = snap, now
+            break
     if not os.path.exists(f"/proc/{root}"):
         break
     time.sleep(0.01)
@@ -288,7 +296,7 @@ total = sum(by.values())
 with open(result, "w") as f:
     f.write(f"total_s={total / HZ:.3f} window_s={t1 - t0:.3f} "
             + " ".join(f"{k}_s={v / HZ:.3f}" for k, v in by.items())
-            + f" pids={len(s1)}\n")
+            + f" pids={len(s1)} sampler_s={time.process_time():.3f}\n")
 PYEOF
 }
 
@@ -469,7 +477,7 @@ EOF
       # rtpengine apart, as for Kamailio: the proxy's own CPU per call
       CPUCALL[$name]=$(awk -v t="$tot" -v r="${rts:-0}" -v n="$ok" 'BEGIN{printf "%.3f", (t-r)*1000/n}')
       # each part's ms per call, the parts that ran (the seconds are in cpu_tree.txt)
-      NOTE[$name]="ms/call $(awk -v n="$ok" '{for (i = 1; i <= NF; i++) if ($i ~ /_s=/ && $i !~ /^(total|window|rtpengine)_s=/) {
+      NOTE[$name]="ms/call $(awk -v n="$ok" '{for (i = 1; i <= NF; i++) if ($i ~ /_s=/ && $i !~ /^(total|window|rtpengine|sampler)_s=/) {
           split($i, kv, "_s="); if (kv[2] > 0) printf "%s %.3f ", kv[1], kv[2]*1000/n }}' "$dir/cpu_tree.txt")over $(field "$dir/cpu_tree.txt" 'window_s=')s"
       [ "$MEDIA" = 1 ] && NOTE[$name]+="; rtpengine $(awk -v t="${rts:-0}" -v n="$ok" 'BEGIN{printf "%.3f", t*1000/n}') ms/call"
     else
