@@ -19,8 +19,8 @@ USERS_CSV is SIPp's -inf file: ``SEQUENTIAL``, then ``user;[authentication
 username=user password=...];domain`` a line, so each call of
 bench/uac_auth.xml authenticates as the next subscriber.  SIPp takes no
 field inside the [authentication] keyword (it ends at the first ``]``), but a
-field may hold the whole keyword (SIPp's documented way for per-user
-credentials).
+field may hold the whole keyword, which SIPp then expands (checked with SIPp
+3.6.1).
 """
 from __future__ import annotations
 

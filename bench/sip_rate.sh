@@ -10,7 +10,7 @@
 #   PROXY_PORT=25060 UAS_PORT=25070 UAC_PORT=25080 bench/sip_rate.sh 2000 30000
 #   RUNS=sipledger bench/sip_rate.sh 500 5000          # skip the Kamailio run
 #   MEDIA=1 bench/sip_rate.sh 500 7500                 # both with media relayed by rtpengine
-#   RUNS="sipledger credit" bench/sip_rate.sh 500 7500 # plain, then digest auth + credit control
+#   RUNS="sipledger credit" bench/sip_rate.sh 200 6000 # plain, then digest auth + credit control
 #
 # The "credit" run (issue 19): the product path.  sipledger with
 # bench/sip_rate_credit.toml -- nobody trusted, billing and [authorization]
@@ -430,9 +430,9 @@ EOF
         while read -r p st; do [ "$(starttime "$p")" = "$st" ] && pids+=" $p"; done <"$TREE_PIDS"
         PROXY=none PROXY_PIDS="${pids:-$UP_PID}" OUTDIR="$dir/sip_load" SIPP_EXTRA="$extra" "$harness" "$RATE" "$CALLS" 2>&1 | tee "$out"
         rc=${PIPESTATUS[0]}
-        # the workers' and billing's counters while `up` still runs (metrics files under run/)
         # CREDIT_CDR=1: the last calls' CDRs reach the store (and billing) before `up` stops
         [ "$name" = credit ] && [ "$CREDIT_CDR" = 1 ] && sleep "${CDR_SETTLE_SECS:-15}"
+        # the workers' and billing's counters while `up` still runs (metrics files under run/)
         (cd "$REPO" && SIPLEDGER_DATA_DIR="$data" SIPLEDGER_CONFIG="$cfg" $SIPLEDGER_CMD stats >"$dir/stats.txt" 2>&1)
       else
         echo "sipledger up printed no READY within ${UP_READY_SECS}s:" | tee "$out"; tail -5 "$dir/up.out" | tee -a "$out"
