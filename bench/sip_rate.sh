@@ -269,8 +269,8 @@ s0 = s1 = None
 t0 = t1 = None
 walked = float("-inf")
 # the markers are looked for every 10 ms, the tree walked only at them and every
-# 0.5 s (to record its PIDs): walking it every 10 ms cost up to half a core with
-# billing's threads, on the cores the measured processes share
+# 0.5 s (to record its PIDs): walking it every 10 ms cost 7-8 % of a core beside
+# the credit run's tree (billing's threads), on the cores the measured processes share
 while time.monotonic() < end:
     now = time.monotonic()
     start = s0 is None and os.path.exists(os.path.join(outdir, "all_ticks0.txt"))
