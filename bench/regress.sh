@@ -9,6 +9,8 @@
 # smoke-level: compare them with the same script's earlier output, and
 # with Kamailio's in the same run where there is one):
 #   sip       bench/sip_rate.sh SIP_RATE SIP_CALLS, Kamailio then sipledger (ratio column)
+#   sipcredit bench/sip_rate.sh's credit run (digest auth + credit control, the default
+#             script): SIPCREDIT_RATE x SIPCREDIT_CALLS, SIPCREDIT_USERS subscribers
 #   outbox    bench/outbox_publish.py --events OUTBOX_EVENTS
 #   pipeline  bench/cdr_pipeline.py --calls PIPE_CALLS --rate PIPE_RATE
 #   store     bench/cdr_store.py --rows STORE_ROWS --repeat 5 (chdb)
@@ -16,9 +18,10 @@
 #   radius    bench/radius_rate.py --skip sync (the queue alone, and the whole worker)
 #
 # Environment [defaults]: ONLY [all of the above], SIP_RATE [500] SIP_CALLS
-# [7500], OUTBOX_EVENTS [100000], PIPE_CALLS [8000] PIPE_RATE [2000],
-# STORE_ROWS [200000], CREDIT_RATE [5000], RADIUS_CALLS [5000], RADIUS_TRANSPORT
-# [udp] (or tcp: RFC 6613), RUN_TIMEOUT
+# [7500], SIPCREDIT_RATE [200] SIPCREDIT_CALLS [2000] SIPCREDIT_USERS [200],
+# OUTBOX_EVENTS [100000], PIPE_CALLS [8000] PIPE_RATE [2000], STORE_ROWS
+# [200000], CREDIT_RATE [5000], RADIUS_CALLS [5000], RADIUS_TRANSPORT [udp]
+# (or tcp: RFC 6613), RUN_TIMEOUT
 # [180] (seconds a run may take before it is killed and counted as failed),
 # BENCH_DIR [${TMPDIR:-/tmp}/regress/<time>] (each run's full output).
 # The SIP ports are picked free at start (PROXY_PORT, UAS_PORT, UAC_PORT
@@ -32,11 +35,12 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 PY="$REPO/.venv/bin/python"
 [ -x "$PY" ] || { echo "no $PY: run ./quickstart.sh setup first" >&2; exit 2; }
-ONLY="${ONLY:-sip outbox pipeline store credit radius}"
+ONLY="${ONLY:-sip sipcredit outbox pipeline store credit radius}"
 for r in $ONLY; do
-  case "$r" in sip|outbox|pipeline|store|credit|radius) ;; *) echo "unknown run '$r' in ONLY" >&2; exit 2;; esac
+  case "$r" in sip|sipcredit|outbox|pipeline|store|credit|radius) ;; *) echo "unknown run '$r' in ONLY" >&2; exit 2;; esac
 done
 SIP_RATE="${SIP_RATE:-500}" SIP_CALLS="${SIP_CALLS:-7500}"
+SIPCREDIT_RATE="${SIPCREDIT_RATE:-200}" SIPCREDIT_CALLS="${SIPCREDIT_CALLS:-2000}" SIPCREDIT_USERS="${SIPCREDIT_USERS:-200}"
 OUTBOX_EVENTS="${OUTBOX_EVENTS:-100000}"
 PIPE_CALLS="${PIPE_CALLS:-8000}" PIPE_RATE="${PIPE_RATE:-2000}"
 STORE_ROWS="${STORE_ROWS:-200000}"
@@ -85,6 +89,8 @@ for r in $ONLY; do
   case "$r" in
     sip)      run sip env BENCH_DIR="$BENCH_DIR/sip" RUNS="kamailio sipledger" \
                   "$HERE/sip_rate.sh" "$SIP_RATE" "$SIP_CALLS" ;;
+    sipcredit) run sipcredit env BENCH_DIR="$BENCH_DIR/sipcredit" RUNS=credit CREDIT_USERS="$SIPCREDIT_USERS" \
+                  "$HERE/sip_rate.sh" "$SIPCREDIT_RATE" "$SIPCREDIT_CALLS" ;;
     outbox)   run outbox "$PY" bench/outbox_publish.py --events "$OUTBOX_EVENTS" ;;
     pipeline) run pipeline "$PY" bench/cdr_pipeline.py --calls "$PIPE_CALLS" --rate "$PIPE_RATE" --timeout 60 ;;
     store)    run store "$PY" bench/cdr_store.py --rows "$STORE_ROWS" --repeat 5 ;;
@@ -146,6 +152,20 @@ for name in runs:
                 rows.append((name, "CPU ms per call (sipledger, Kamailio)", f"{s} / {k}", ratio, st))
             if not table:
                 rows.append((name, "no result table", "", "", st))
+        elif name == "sipcredit":
+            m = re.search(r"^credit\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(.*)$", text, re.M)
+            if m:
+                res, cps, ok, failed, cpu, rtt, detail = m.groups()
+                rows.append((name, f"credit {res}: calls/s achieved; failed", f"{cps}; {failed}", "", st))
+                rows.append((name, "CPU ms per call (whole tree)", cpu, "", st))
+                rows.append((name, "CPU ms per call by part",
+                             re.sub(r"^ms/call | over [\d.]+s$", "", detail.strip()), "", st))
+                rows.append((name, "INVITE->200 p50 / p99 ms", rtt.replace("/", " / "), "", st))
+            else:
+                rows.append((name, "no result table", "", "", st))
+            m = re.search(r"^credit check: calls (\d+); billing authorized (\d+)", text, re.M)
+            if m:
+                rows.append((name, "calls; authorized by billing", f"{m[1]}; {m[2]}", "", st))
         elif name == "outbox":
             m = re.search(r"([\d,]+) events/s sustained; ([\d.]+) µs CPU per event", text)
             rows.append((name, "events/s sustained", m[1] if m else "n/a", "", st))
