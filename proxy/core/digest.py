@@ -112,8 +112,10 @@ def parse_digest(header_value: str) -> dict[str, str] | None:
     return params
 
 
-def find_credentials(message: "SipMessage", header_key: str, realm: str) -> str | None:
-    """The Authorization / Proxy-Authorization value meant for ``realm``.
+def find_credentials(message: "SipMessage", header_key: str, realm: str) -> tuple[str, dict[str, str]] | None:
+    """The Authorization / Proxy-Authorization value meant for ``realm``, and
+    its parameters (``parse_digest``: handed on to ``verify`` rather than
+    parsed again).
 
     A request that crossed several proxies can carry one credentials line per
     realm; each is its own header line (RFC 3261 §7.3.1 exempts these headers
@@ -122,7 +124,7 @@ def find_credentials(message: "SipMessage", header_key: str, realm: str) -> str 
     for value in message.get_all(header_key):
         params = parse_digest(value)
         if params is not None and params.get("realm") == realm:
-            return value
+            return value, params
     return None
 
 
@@ -272,16 +274,19 @@ class DigestAuthenticator:
     # -- verification ------------------------------------------------------------
     def verify(self, method: str, header_value: str, realm_expected: str,
                lookup: Callable[[str, str], "Credentials | None"], now: float,
-               *, request_uri: str | None = None, algorithms: Iterable[str] | None = None) -> AuthResult:
+               *, request_uri: str | None = None, algorithms: Iterable[str] | None = None,
+               parsed: dict[str, str] | None = None) -> AuthResult:
         """Check one Authorization / Proxy-Authorization value.
 
         ``lookup(username, realm)`` returns the subscriber's credentials or
         None.  With ``request_uri`` the digest ``uri`` must name the same
         resource (RFC 7616 §3.4.6).  ``algorithms``: those the challenge
-        offered (default: every supported one).  Never raises on bad input.
+        offered (default: every supported one).  ``parsed``: ``header_value``
+        already through ``parse_digest`` (``find_credentials`` gives both).
+        Never raises on bad input.
         """
         self._maybe_purge(now)
-        params = parse_digest(header_value)
+        params = parse_digest(header_value) if parsed is None else parsed
         if params is None or not all(params.get(k) for k in ("username", "realm", "nonce",
                                                               "uri", "response")):
             return _fail("malformed", params)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..contract import credit
 from ..contract import events as ev
-from ..core.digest import find_credentials, parse_digest
+from ..core.digest import find_credentials
 from ..core.domains import MYSELF, normalise_host, served_domain
 from ..core.forwarding import ProxyCall
 from ..core.location import LocationError
@@ -182,8 +182,7 @@ class RequestContext:
         # never billed, so a shifted business clock must not age them.
         now = time.time()
         lockout = self._lockout()
-        value = find_credentials(self.request, header, realm)
-        params = parse_digest(value) if value is not None else None
+        value, params = find_credentials(self.request, header, realm) or (None, None)
         guessed = user_key(params["username"], realm) if params and params.get("username") else None
         if lockout.locked(self.source.host, guessed, now):
             self.reply(403, LOCKED_REASON)
@@ -193,7 +192,8 @@ class RequestContext:
             return False
         result = auth.verify(self.method, value, realm, self.provisioning.credentials, now,
                              request_uri=self.request.uri,
-                             algorithms=auth.policy.offered(realm, self.request.get("user-agent")))
+                             algorithms=auth.policy.offered(realm, self.request.get("user-agent")),
+                             parsed=params)
         if result.rechallenge:
             self._challenge(code, challenge, realm, now, stale=result.stale)
             return False

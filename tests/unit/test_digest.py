@@ -417,14 +417,29 @@ def test_find_credentials_picks_the_line_for_our_realm(auth):
     msg.add("proxy-authorization", theirs)
     msg.add("proxy-authorization", ours)
     msg.add("authorization", 'Digest username="alice", realm="example.test", nonce="c"')
-    assert find_credentials(msg, "proxy-authorization", REALM) == ours
-    assert find_credentials(msg, "proxy-authorization", "upstream.test") == theirs
+    assert find_credentials(msg, "proxy-authorization", REALM) == (ours, parse_digest(ours))
+    assert find_credentials(msg, "proxy-authorization", "upstream.test") == (theirs, parse_digest(theirs))
     assert find_credentials(msg, "proxy-authorization", "nowhere.test") is None
-    assert find_credentials(msg, "authorization", REALM).endswith('nonce="c"')
+    found = find_credentials(msg, "authorization", REALM)
+    assert found is not None and found[0].endswith('nonce="c"') and found[1]["nonce"] == "c"
 
 
 def test_find_credentials_skips_garbage_lines():
     msg = SipMessage.request("REGISTER", URI)
     msg.add("authorization", "Basic abc")
     msg.add("authorization", 'Digest realm="example.test", username="x"')
-    assert find_credentials(msg, "authorization", REALM) == 'Digest realm="example.test", username="x"'
+    assert find_credentials(msg, "authorization", REALM) == ('Digest realm="example.test", username="x"',
+                                                             {"realm": "example.test", "username": "x"})
+
+
+def test_verify_takes_the_parameters_find_credentials_parsed(auth):
+    """The script hands ``verify`` what ``find_credentials`` already parsed: the
+    same verdicts as from the raw value, the wrong password included."""
+    challenge = pick(auth.challenge(REALM, T0), "MD5")
+    for password, ok in (("s3cret", True), ("guess", False)):
+        msg = SipMessage.request("REGISTER", URI)
+        msg.add("authorization", answer(challenge, password=password, nc=f"0000000{int(ok) + 1}"))
+        value, params = find_credentials(msg, "authorization", REALM)
+        result = auth.verify("REGISTER", value, REALM, lookup_for(plaintext()), T0, parsed=params)
+        assert result.ok is ok
+        assert result.reason == ("ok" if ok else "wrong-password")
