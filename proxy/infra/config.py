@@ -466,6 +466,11 @@ class ArchiveSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     repair_seconds: float = 30.0        # how often (0 = never)
     repair_grace_seconds: float = 30.0  # the live processor's time to write a CDR first
     repair_lookback_seconds: float = 7200.0  # calls that ended this far back are checked
+    # The archiver's inserts: nothing waits on the archive but the proxy's
+    # outbox, so it batches more than the CDR sink ([clickhouse] batch_*): every
+    # chdb insert has a fixed cost (~10 ms for `events`) and leaves a part to merge.
+    batch_rows: int = 30_000            # an insert happens when this many records are buffered ...
+    batch_ms: int = 1000                # ... or the oldest buffered record is this old
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -750,6 +755,8 @@ def checks(c: Config) -> list[tuple[str, bool, str]]:
          "must be a plain identifier (letters, digits, _)"),
         ("clickhouse.batch_rows", 1 <= c.clickhouse.batch_rows <= 1_000_000, "must be 1..1000000"),
         ("clickhouse.batch_ms", 1 <= c.clickhouse.batch_ms <= 60_000, "must be 1..60000"),
+        ("archive.batch_rows", 1 <= c.archive.batch_rows <= 1_000_000, "must be 1..1000000"),
+        ("archive.batch_ms", 1 <= c.archive.batch_ms <= 60_000, "must be 1..60000"),
         ("cdr.silence_seconds", c.cdr.silence_seconds > 0, "must be > 0"),
         ("cdr.batch_size", 1 <= c.cdr.batch_size <= 100_000, "must be 1..100000"),
         ("cdr.batch_window_ms", 1 <= c.cdr.batch_window_ms <= 60_000, "must be 1..60000"),
