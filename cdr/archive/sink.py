@@ -71,8 +71,9 @@ def archived(source: str, value: bytes) -> Archived:
 def _fetch_options(batch_ms: int) -> dict[str, int]:
     """Fetches that wait for data (up to 1 MB, at most a quarter of the batch
     window): sip.events carries ~6 records per call, and without a minimum a
-    loaded archiver fetches a few records at a time, each fetch a request, a
-    response and its parsing."""
+    loaded archiver fetches a few records at a time (Tansu: 190 records per
+    fetch at 10k records/s, 2,700 with these), each fetch a request, a response
+    and its parsing."""
     return {"fetch_min_bytes": 1 << 20, "fetch_max_wait_ms": max(1, min(500, batch_ms // 4))}
 
 
