@@ -259,7 +259,7 @@ def run_pipeline(args) -> dict:
     from tests.harness.broker import create_standard_topics, settings_for
 
     work = Path(tempfile.mkdtemp(prefix="cdr-pipeline-ch-"))
-    profiler = None
+    profiler = ch_server = None
     data = work / "data"
     broker = EmbeddedBroker(log_path=work / "tansu.log").start()
     workers, serve = [], None
@@ -271,7 +271,13 @@ def run_pipeline(args) -> dict:
                               app_id=f"bench-cdr-{os.getpid()}")
         # the processor's [cdr] section only; api.serve gets its own file
         serve_config = work / "serve.toml"
-        serve_config.write_text(f"[clickhouse]\nbatch_rows = {args.sink_rows}\n"
+        server_section = ""
+        if args.server:     # the API process on a clickhouse-server 18.16 instead of chdb
+            from tests.harness.clickhouse import ClickHouseServer
+            ch_server = ClickHouseServer(work / "server").start()
+            server_section = (f"backend = \"server\"\nport = {ch_server.port}\ndatabase = \"bench\"\n"
+                              f"user = \"{ch_server.user}\"\npassword = \"{ch_server.password}\"\n")
+        serve_config.write_text(f"[clickhouse]\n{server_section}batch_rows = {args.sink_rows}\n"
                                 f"batch_ms = {args.sink_ms}\nconsumer_group = \"bench-sink\"\n"
                                 + ("[archive]\nenabled = false\n" if args.no_archive else
                                    f"[archive]\nbatch_rows = {args.archive_rows}\nbatch_ms = {args.archive_ms}\n"
@@ -296,6 +302,7 @@ def run_pipeline(args) -> dict:
         time.sleep(4)       # the sink's group join (Tansu holds it ~3 s)
 
         arrivals: dict = {}
+        server_cpu0 = 0.0
 
         async def load():
             # the rows' arrival on cdr.records too: splits the latency into
@@ -306,6 +313,8 @@ def run_pipeline(args) -> dict:
                                                          timeout=args.timeout, arrivals=arrivals))
             t_start = time.time()
             cpu0.update({p: process_cpu_seconds(p) for p in pids})
+            nonlocal server_cpu0
+            server_cpu0 = process_cpu_seconds(ch_server.pid) if ch_server is not None else 0.0
             if serve is not None:
                 threads0.update(thread_cpu(serve.pid))
             calls = await calls_load.send()
@@ -368,7 +377,7 @@ def run_pipeline(args) -> dict:
         serve = None
         # first insert time of every leg -> when each call became queryable
         from proxy.infra.clickhouse.backend import ChdbBackend
-        backend = ChdbBackend(data / "clickhouse")
+        backend = ch_server.backend("bench") if ch_server is not None else ChdbBackend(data / "clickhouse")
         try:
             first = dict(backend.query(
                 "SELECT cdr_id, max(first_version) FROM (SELECT cdr_id, leg, min(version) AS first_version "
@@ -394,6 +403,9 @@ def run_pipeline(args) -> dict:
             "achieved_offered_rate": round(args.calls / max(starts_s, 1e-9), 1),
             "workers_cpu_ms_per_call": round(sum(cpu[w.process.pid] for w in workers) * 1000 / args.calls, 3),
             "sink_process_cpu_ms_per_call": round(cpu[pids[-1]] * 1000 / args.calls, 3),
+            "clickhouse_server_cpu_ms_per_call": (
+                round((process_cpu_seconds(ch_server.pid) - server_cpu0) * 1000 / args.calls, 3)
+                if ch_server is not None else None),
             "sink_process_cpu_ms_per_call_with_api_polls": round(api_cpu_with_queries * 1000 / args.calls, 3),
             "events": events,
             "sink_process_threads_us_per_call": threads,
@@ -422,6 +434,8 @@ def run_pipeline(args) -> dict:
             serve.wait(30)
         for w in workers:
             w.stop()
+        if ch_server is not None:
+            ch_server.stop()
         broker.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -598,7 +612,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000, help="store mode: legs to insert")
     parser.add_argument("--batch", type=int, default=5000, help="store mode: rows per insert")
     parser.add_argument("--repeat", type=int, default=30, help="store mode: runs per query")
-    parser.add_argument("--server", action="store_true", help="store mode: a clickhouse-server 18.16")
+    parser.add_argument("--server", action="store_true",
+                        help="a clickhouse-server 18.16 (store mode; pipeline mode: the API process's back end)")
     parser.add_argument("--reuse", metavar="DIR", help="store mode: the store a --keep run left (no inserts)")
     parser.add_argument("--no-rollup", action="store_true", help="store mode: no counted days (every call)")
     parser.add_argument("--calls", type=int, default=20000)
@@ -638,7 +653,8 @@ def main(argv: list[str] | None = None) -> int:
               f"p50 {r['topic_to_queryable_p50_ms']} ms, p99 {r['topic_to_queryable_p99_ms']} ms")
         print(f"CPU per call: workers {r['workers_cpu_ms_per_call']} ms, API process "
               f"{r['sink_process_cpu_ms_per_call']} ms ({r['sink_process_cpu_ms_per_call_with_api_polls']} ms "
-              f"with the bench's API queries); load {r['load_average']:.1f}")
+              f"with the bench's API queries); ClickHouse server {r['clickhouse_server_cpu_ms_per_call']} ms; "
+              f"load {r['load_average']:.1f}")
         print(f"  API process threads, us per call: {r['sink_process_threads_us_per_call']}")
         print("RESULT " + json.dumps(r))
         return 0 if r["queryable_calls"] == r["calls"] else 1

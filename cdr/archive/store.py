@@ -66,8 +66,13 @@ def payload_column(payloads: Sequence[bytes]) -> pa.Array | pa.ChunkedArray:
     return column
 
 
-def to_columns(records: Sequence[Archived]) -> dict[str, list | pa.Array | pa.ChunkedArray]:
+def to_columns(records: Sequence[Archived], *, arrow_payload: bool = True
+               ) -> dict[str, list | pa.Array | pa.ChunkedArray]:
+    """``events`` columns; ``arrow_payload`` False keeps the payloads as bytes
+    (a server's driver writes bytes as they are, where an Arrow column would be
+    turned back into a str per record)."""
     ts_ms = [r.ts_ms for r in records]
+    payloads = [r.payload for r in records]
     return {
         "ts": [ms // 1000 for ms in ts_ms],
         "ts_ms": ts_ms,
@@ -76,7 +81,7 @@ def to_columns(records: Sequence[Archived]) -> dict[str, list | pa.Array | pa.Ch
         "id": [r.id for r in records],
         "call_id": [r.call_id for r in records],
         "account": [r.account for r in records],
-        "payload": payload_column([r.payload for r in records]),
+        "payload": payload_column(payloads) if arrow_payload else payloads,
     }
 
 
@@ -87,7 +92,7 @@ class ArchiveStore:
     def insert(self, records: Sequence[Archived]) -> int:
         if not records:
             return 0
-        return self.backend.insert(TABLE, to_columns(records))
+        return self.backend.insert(TABLE, to_columns(records, arrow_payload=self.backend.kind == "chdb"))
 
     def first_calls(self, from_ms: int, to_ms: int, span_ms: int) -> list[str]:
         """Call-IDs whose first ``sip.events`` record lies in [from_ms, to_ms):
