@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import gc
 import json
 import logging
 import signal
@@ -150,6 +151,13 @@ async def _serve(state, sinks, sock: socket.socket | None) -> int:
             print(f"API READY port={sock.getsockname()[1]}", flush=True)
     elif sinks is not None:
         print("SINK READY", flush=True)
+    # what exists now (the modules, FastAPI, chdb's bindings, the stores) lives
+    # as long as the process: out of the collector's sight, so that the full
+    # collections the sinks' records trigger do not walk it each time; a young
+    # generation of 10,000 instead of 700 (a fetch brings thousands of records).
+    # GC CPU after start, 25,000 calls at 5,000/s: 0.63 s with the defaults.
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([waiter, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)
     status = 0

@@ -89,7 +89,8 @@ class Sinks:
             self.archive = ArchiveSink(
                 ArchiveStore(store.backend), kafka, sip_topic=config.topics.sip_events,
                 ledger_topic=ledger.events_topic, control_topic=config.topics.call_control,
-                group_id=config.archive.group, batch_rows=ch.batch_rows, batch_ms=ch.batch_ms,
+                group_id=config.archive.group, batch_rows=config.archive.batch_rows or ch.batch_rows,
+                batch_ms=config.archive.batch_ms or ch.batch_ms,
                 partitions={config.topics.sip_events: kafka.partitions,
                             ledger.events_topic: ledger.partitions or kafka.partitions,
                             config.topics.call_control: kafka.partitions},

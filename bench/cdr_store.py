@@ -254,11 +254,12 @@ def run_store(args) -> dict:
 
 def run_pipeline(args) -> dict:
     from api.broker import EmbeddedBroker, free_port
-    from bench.cdr_pipeline import CallLoad, Worker, collect_rows, process_cpu_seconds, write_config
+    from bench.cdr_pipeline import CallLoad, Profiler, Worker, collect_rows, process_cpu_seconds, write_config
     from proxy.infra.kafka import ensure_topics_sync
     from tests.harness.broker import create_standard_topics, settings_for
 
     work = Path(tempfile.mkdtemp(prefix="cdr-pipeline-ch-"))
+    profiler = ch_server = None
     data = work / "data"
     broker = EmbeddedBroker(log_path=work / "tansu.log").start()
     workers, serve = [], None
@@ -270,23 +271,38 @@ def run_pipeline(args) -> dict:
                               app_id=f"bench-cdr-{os.getpid()}")
         # the processor's [cdr] section only; api.serve gets its own file
         serve_config = work / "serve.toml"
-        serve_config.write_text(f"[clickhouse]\nbatch_rows = {args.sink_rows}\n"
-                                f"batch_ms = {args.sink_ms}\nconsumer_group = \"bench-sink\"\n")
+        server_section = ""
+        if args.server:     # the API process on a clickhouse-server 18.16 instead of chdb
+            from tests.harness.clickhouse import ClickHouseServer
+            ch_server = ClickHouseServer(work / "server").start()
+            server_section = (f"backend = \"server\"\nport = {ch_server.port}\ndatabase = \"bench\"\n"
+                              f"user = \"{ch_server.user}\"\npassword = \"{ch_server.password}\"\n")
+        serve_config.write_text(f"[clickhouse]\n{server_section}batch_rows = {args.sink_rows}\n"
+                                f"batch_ms = {args.sink_ms}\nconsumer_group = \"bench-sink\"\n"
+                                + ("[archive]\nenabled = false\n" if args.no_archive else
+                                   f"[archive]\nbatch_rows = {args.archive_rows}\nbatch_ms = {args.archive_ms}\n"
+                                   if args.archive_rows else ""))
         port = free_port()
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "api.serve", "--data-dir", str(data), "--config", str(serve_config),
-             "--bootstrap", broker.bootstrap, "--api-port", str(port)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        line = serve.stdout.readline().strip()
-        if not line.startswith("API READY"):
-            raise RuntimeError(f"api.serve did not start: {line} {serve.stderr.read()[-2000:]}")
+
+        def start_serve() -> subprocess.Popen:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "api.serve", "--data-dir", str(data), "--config", str(serve_config),
+                 "--bootstrap", broker.bootstrap, "--api-port", str(port)],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+            line = process.stdout.readline().strip()
+            if not line.startswith("API READY"):
+                raise RuntimeError(f"api.serve did not start: {line} {process.stderr.read()[-2000:]}")
+            return process
+
+        if not args.catchup:
+            serve = start_serve()
         workers = [Worker(broker.bootstrap, work, config, i).start() for i in range(args.workers)]
         for w in workers:
             w.wait_ready(60)
         time.sleep(4)       # the sink's group join (Tansu holds it ~3 s)
-        token = _admin_token(data)
 
         arrivals: dict = {}
+        server_cpu0 = 0.0
 
         async def load():
             # the rows' arrival on cdr.records too: splits the latency into
@@ -297,14 +313,38 @@ def run_pipeline(args) -> dict:
                                                          timeout=args.timeout, arrivals=arrivals))
             t_start = time.time()
             cpu0.update({p: process_cpu_seconds(p) for p in pids})
+            nonlocal server_cpu0
+            server_cpu0 = process_cpu_seconds(ch_server.pid) if ch_server is not None else 0.0
+            if serve is not None:
+                threads0.update(thread_cpu(serve.pid))
             calls = await calls_load.send()
             t_produced = time.time()
             await collector
-            return calls, t_start, t_produced, calls_load.starts_s
+            return calls, t_start, t_produced, calls_load.starts_s, calls_load.events
 
-        pids = [w.process.pid for w in workers] + [serve.pid]
+        pids = [w.process.pid for w in workers] + ([serve.pid] if serve is not None else [])
         cpu0: dict[int, float] = {}
-        calls, t_start, t_produced, starts_s = asyncio.run(load())
+        threads0: dict[str, float] = {}
+        if args.profile and serve is not None:    # the API process (sinks, archive) while the calls run
+            profiler = Profiler(serve.pid, Path(args.profile))
+        calls, t_start, t_produced, starts_s, events = asyncio.run(load())
+        if serve is None:
+            # --catchup: the API process starts on full topics (every row on
+            # cdr.records, every event on sip.events) and reads them at its pace
+            serve = start_serve()
+            pids.append(serve.pid)
+            cpu0[serve.pid] = process_cpu_seconds(serve.pid)
+            threads0.update(thread_cpu(serve.pid))
+            if args.profile:
+                profiler = Profiler(serve.pid, Path(args.profile))
+        token = _admin_token(data)
+        # the API process's CPU for this work: until the archiver has committed
+        # every event and the process is idle (the API queries below, which
+        # poll for completion, are not the sinks' work)
+        cpu_done = _sinks_settled(serve.pid, data, 0 if args.no_archive else events, args.timeout)
+        threads = {name: round((cpu - threads0.get(name, 0.0)) * 1e6 / args.calls, 1)
+                   for name, cpu in thread_cpu(serve.pid).items()}
+        threads = {name: us for name, us in sorted(threads.items(), key=lambda kv: -kv[1]) if us >= 0.5}
         # wait until every call is queryable through the API
         import httpx
         deadline = time.monotonic() + args.timeout
@@ -326,6 +366,10 @@ def run_pipeline(args) -> dict:
                 api_latency.append((time.perf_counter() - q0) * 1000)
         t_all_in = time.time()
         cpu = {p: process_cpu_seconds(p) - c for p, c in cpu0.items()}
+        api_cpu_with_queries = cpu[serve.pid]
+        cpu[serve.pid] = cpu_done - cpu0[serve.pid]
+        if profiler is not None:
+            profiler.stop()
         serve.send_signal(signal.SIGTERM)
         _, err = serve.communicate(timeout=60)
         sink_stats = next((json.loads(l.split(" ", 2)[2]) for l in err.splitlines()
@@ -333,7 +377,7 @@ def run_pipeline(args) -> dict:
         serve = None
         # first insert time of every leg -> when each call became queryable
         from proxy.infra.clickhouse.backend import ChdbBackend
-        backend = ChdbBackend(data / "clickhouse")
+        backend = ch_server.backend("bench") if ch_server is not None else ChdbBackend(data / "clickhouse")
         try:
             first = dict(backend.query(
                 "SELECT cdr_id, max(first_version) FROM (SELECT cdr_id, leg, min(version) AS first_version "
@@ -359,6 +403,12 @@ def run_pipeline(args) -> dict:
             "achieved_offered_rate": round(args.calls / max(starts_s, 1e-9), 1),
             "workers_cpu_ms_per_call": round(sum(cpu[w.process.pid] for w in workers) * 1000 / args.calls, 3),
             "sink_process_cpu_ms_per_call": round(cpu[pids[-1]] * 1000 / args.calls, 3),
+            "clickhouse_server_cpu_ms_per_call": (
+                round((process_cpu_seconds(ch_server.pid) - server_cpu0) * 1000 / args.calls, 3)
+                if ch_server is not None else None),
+            "sink_process_cpu_ms_per_call_with_api_polls": round(api_cpu_with_queries * 1000 / args.calls, 3),
+            "events": events,
+            "sink_process_threads_us_per_call": threads,
             "load_average": os.getloadavg()[0],
             "calls_per_s_into_clickhouse": round(len(queryable) / span_s, 1) if queryable else 0,
             "rows_per_s_into_clickhouse": round(rows_stored / span_s, 1) if queryable else 0,
@@ -377,16 +427,65 @@ def run_pipeline(args) -> dict:
         }
         return result
     finally:
+        if profiler is not None:
+            profiler.stop()
         if serve is not None and serve.poll() is None:
             os.killpg(serve.pid, signal.SIGTERM)
             serve.wait(30)
         for w in workers:
             w.stop()
+        if ch_server is not None:
+            ch_server.stop()
         broker.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print("kept", work)
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of a process's threads by name (digits dropped: a pool is one
+    entry; "main" is the main thread, the API process's event loop): where the API process's CPU goes (the event loop, insert threads,
+    chdb's own pools)."""
+    import re
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            raw = (task / "stat").read_bytes()
+        except OSError:
+            continue
+        name = raw[raw.index(b"(") + 1:raw.rindex(b")")].decode(errors="replace")
+        fields = raw.rsplit(b")", 1)[1].split()
+        key = "main" if task.name == str(pid) else re.sub(r"[\d_-]+$", "", name) or name
+        out[key] = out.get(key, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _sinks_settled(pid: int, data: Path, events: int, timeout: float, idle_s: float = 1.0) -> float:
+    """The API process's CPU seconds once its sinks are done: the archiver has
+    committed ``events`` records of sip.events (DATA_DIR/run/archive.json) and
+    the process then used < 3% of a core for ``idle_s`` (the CDR sink's last
+    insert is behind it).  Returns the CPU at the start of that idle window."""
+    from bench.cdr_pipeline import process_cpu_seconds
+    from proxy.infra.config import ARCHIVE_RUN_FILE, RUN_DIR
+
+    position = data / RUN_DIR / ARCHIVE_RUN_FILE
+    deadline = time.monotonic() + timeout
+    samples: list[tuple[float, float]] = []
+    while time.monotonic() < deadline:
+        now, cpu = time.monotonic(), process_cpu_seconds(pid)
+        samples.append((now, cpu))
+        try:
+            archived = sum(json.loads(position.read_text())["sip"].values())
+        except (OSError, ValueError, KeyError):
+            archived = 0
+        window = [c for t, c in samples if t >= now - idle_s]
+        if (archived >= events and samples[0][0] <= now - idle_s
+                and cpu - window[0] < 0.03 * idle_s):
+            return window[0]
+        time.sleep(0.05)
+    return process_cpu_seconds(pid)
 
 
 def run_sink(args) -> dict:
@@ -513,7 +612,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000, help="store mode: legs to insert")
     parser.add_argument("--batch", type=int, default=5000, help="store mode: rows per insert")
     parser.add_argument("--repeat", type=int, default=30, help="store mode: runs per query")
-    parser.add_argument("--server", action="store_true", help="store mode: a clickhouse-server 18.16")
+    parser.add_argument("--server", action="store_true",
+                        help="a clickhouse-server 18.16 (store mode; pipeline mode: the API process's back end)")
     parser.add_argument("--reuse", metavar="DIR", help="store mode: the store a --keep run left (no inserts)")
     parser.add_argument("--no-rollup", action="store_true", help="store mode: no counted days (every call)")
     parser.add_argument("--calls", type=int, default=20000)
@@ -527,6 +627,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-scale", type=float, default=0.1)
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--archive-rows", type=int, default=0,
+                        help="pipeline mode: [archive] batch_rows (0: the default)")
+    parser.add_argument("--archive-ms", type=int, default=1000, help="pipeline mode: with --archive-rows")
+    parser.add_argument("--catchup", action="store_true",
+                        help="pipeline mode: the API process starts once every row and event is on the broker "
+                             "(its CPU per call at full batches; the latencies then mean nothing)")
+    parser.add_argument("--no-archive", action="store_true",
+                        help="pipeline mode: the API process without the archiver (its share of the CPU)")
+    parser.add_argument("--profile", default=None, metavar="FILE",
+                        help="pipeline mode: py-spy (collapsed stacks) of the API process while the calls run")
     args = parser.parse_args(argv)
     if args.pipeline:
         r = run_pipeline(args)
@@ -541,6 +651,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  of which processor (event -> cdr.records): p50 {r['last_event_to_topic_p50_ms']} ms, "
               f"p99 {r['last_event_to_topic_p99_ms']} ms; sink (cdr.records -> queryable): "
               f"p50 {r['topic_to_queryable_p50_ms']} ms, p99 {r['topic_to_queryable_p99_ms']} ms")
+        print(f"CPU per call: workers {r['workers_cpu_ms_per_call']} ms, API process "
+              f"{r['sink_process_cpu_ms_per_call']} ms ({r['sink_process_cpu_ms_per_call_with_api_polls']} ms "
+              f"with the bench's API queries); ClickHouse server {r['clickhouse_server_cpu_ms_per_call']} ms; "
+              f"load {r['load_average']:.1f}")
+        print(f"  API process threads, us per call: {r['sink_process_threads_us_per_call']}")
         print("RESULT " + json.dumps(r))
         return 0 if r["queryable_calls"] == r["calls"] else 1
     if args.sink:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import uuid
 
+import msgspec
+import pyarrow as pa
 import pytest
 
 from bench.cdr_pipeline import call_events
 from cdr import fold
 from cdr.archive.rebuild import RebuildLimits, rebuild_cdrs
 from cdr.archive.sink import archived
-from cdr.archive.store import ArchiveStore
+from cdr.archive.store import ArchiveStore, payload_column
 from cdr.store.queries import CdrStore
 from proxy.contract import events as ev
 from proxy.infra.clickhouse.backend import ChdbBackend
@@ -77,6 +79,29 @@ def test_archived_twice_is_one_event_and_reads_collapse_copies(backend):
     read = dict(archive.call_events(["c1@test"], T0, T0 + 4 * HOUR))
     assert [ev.decode(p).id for p in read["c1@test"]] == [e.id for e in events_of_calls[1]]
     assert archive.first_calls(T0, T0 + HOUR, LIMITS.span_ms) == ["c1@test", "c2@test", "c3@test", "c4@test"]
+
+
+def test_payloads_are_stored_byte_for_byte_and_only_utf8_is_archived(backend):
+    # the payload column is built from the records' bytes (no str per record):
+    # non-ASCII text comes back as published, whatever the back end
+    events = [msgspec.structs.replace(e, call_id=f"Zoë-{i}@test") for i, e in enumerate(calls(1)[0])]
+    published = [ev.encode(e).replace(b'"bench-1"', '"près-ü€𝄞"'.encode()) for e in events]
+    assert all(not value.isascii() for value in published)
+    archive = ArchiveStore(backend)
+    assert archive.insert([archived("sip", value) for value in published]) == len(published)
+    stored = backend.query("SELECT call_id, payload FROM events ORDER BY ts_ms, id")
+    assert [(call_id, payload.encode() if isinstance(payload, str) else payload)
+            for call_id, payload in stored] == [(e.call_id, value) for e, value in zip(events, published)]
+    with pytest.raises(msgspec.DecodeError, match="not UTF-8"):
+        archived("sip", published[0].replace("ë".encode(), b"\xeb"))
+
+
+def test_payload_column_equals_arrow_of_the_decoded_text():
+    values = [b"", b"ascii", "Zoë €𝄞".encode(), b"{}" * 1000]
+    column = payload_column(values)
+    assert column.equals(pa.array([v.decode() for v in values], pa.string()))
+    with pytest.raises(ValueError):
+        payload_column([b"ok", b"\xff\xfe"])
 
 
 def test_rebuild_of_an_unchanged_period_changes_nothing_byte_for_byte(backend):

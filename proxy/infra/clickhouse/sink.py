@@ -90,6 +90,19 @@ def _cancelled_from_outside() -> bool:
     return task is None or task.cancelling() > 0
 
 
+async def _settle(task: asyncio.Task, topic: str) -> None:
+    """Wait for the loop's insert in flight as the loop ends (its commit follows
+    it); asked to stop from outside, stop it too."""
+    try:
+        await task
+    except asyncio.CancelledError:
+        if _cancelled_from_outside():
+            task.cancel()
+            raise
+    except Exception as exc:    # already raised by the loop, or raised while it ended
+        log.warning("sink %s: insert in flight: %r", topic, exc)
+
+
 class EpochChanged(Exception):
     """The broker restarted under the consumer (``epoch`` changed)."""
 
@@ -99,7 +112,8 @@ class TopicSink(Generic[R]):
     ``problem(record)`` names why a record can never be stored, else None.
 
     ``topics`` (name → partitions) reads several topics instead of one;
-    subclasses may override ``decode_record`` (the topic decides the type)."""
+    subclasses may override ``decode_record`` (the topic decides the type);
+    ``consumer_options``: aiokafka consumer settings over ``consumer_kwargs``."""
 
     def __init__(self, record_type: type[R], insert: Callable[[list[R]], int], kafka: KafkaSettings, *,
                  topic: str, group_id: str, problem: Callable[[R], str | None] = lambda _r: None,
@@ -107,7 +121,7 @@ class TopicSink(Generic[R]):
                  partitions: int | None = None, create_topic: bool = True,
                  on_insert: Callable[[list[R]], None] | None = None,
                  topics: dict[str, int] | None = None, epoch: Callable[[], str] | None = None,
-                 client_id: str = "sipledger-cdr-sink") -> None:
+                 client_id: str = "sipledger-cdr-sink", consumer_options: dict | None = None) -> None:
         self.record_type = record_type
         self.insert = insert
         self.problem = problem
@@ -120,6 +134,7 @@ class TopicSink(Generic[R]):
         self.topics = dict(topics) if topics else {topic: self.partitions}
         self.epoch = epoch or (lambda: "")
         self.client_id = client_id
+        self.consumer_options = dict(consumer_options or {})    # aiokafka settings on top of the defaults
         self._epoch = ""                                 # the incarnation the consumer started on
         self.create_topic = create_topic
         self.on_insert = on_insert
@@ -193,7 +208,7 @@ class TopicSink(Generic[R]):
             await ensure_topics(self.kafka, self.topics)
         self._consumer = AIOKafkaConsumer(**consumer_kwargs(
             self.kafka, group_id=self.group_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", client_id=self.client_id))
+            auto_offset_reset="earliest", client_id=self.client_id, **self.consumer_options))
         self._consumer.subscribe(list(self.topics), listener=_Rebalance(self))
         await self._consumer.start()
 
@@ -222,27 +237,52 @@ class TopicSink(Generic[R]):
 
     # -- the loop ------------------------------------------------------------------
     async def _consume(self) -> None:
+        """Fetch, buffer, and insert what is due.  One insert at a time, run as
+        a task while the loop keeps fetching: records that arrive during an
+        insert are stamped when they arrive, and the next batch (everything
+        that came meanwhile) goes in as soon as the previous insert is done if
+        it is already due.  Under load batches grow with the insert time
+        instead of each record waiting out an insert *and* a window."""
         consumer = self._consumer
         assert consumer is not None
         loop = asyncio.get_running_loop()
-        while not self._stopping.is_set():
-            if self._oldest is None:
-                wait_s = self.batch_s
-            else:
-                wait_s = max(0.0, self._oldest + self.batch_s - loop.time())
-            batch = await consumer.getmany(timeout_ms=int(wait_s * 1000),
-                                           max_records=max(1, self.batch_rows - len(self._buffer)))
-            for tp, records in batch.items():
-                for record in records:
-                    self._take(tp, record.offset, record.value, loop.time())
-            if self.epoch() != self._epoch:
-                await self._insert_uncommitted()
-                raise EpochChanged()
-            oldest = self._oldest if self._oldest is not None else loop.time()
-            if self._buffer and (len(self._buffer) >= self.batch_rows or loop.time() >= oldest + self.batch_s):
-                await self.flush()
-            elif not self._buffer and self._offsets:
-                await self.flush()      # only rejected records: commit past them
+        inflight: asyncio.Task | None = None
+        try:
+            while not self._stopping.is_set():
+                if inflight is not None and inflight.done():
+                    done: asyncio.Task = inflight
+                    inflight = None
+                    done.result()       # an insert that raised ends this consumer, as inline
+                if self._due(loop.time()):
+                    if inflight is None:
+                        inflight = asyncio.create_task(self.flush())
+                        await asyncio.sleep(0)      # it takes the buffer (and the lock) before we fetch on
+                    else:
+                        await asyncio.wait({inflight})
+                    continue
+                if self._oldest is None:
+                    wait_s = self.batch_s
+                else:
+                    wait_s = max(0.0, self._oldest + self.batch_s - loop.time())
+                batch = await consumer.getmany(timeout_ms=int(wait_s * 1000),
+                                               max_records=max(1, self.batch_rows - len(self._buffer)))
+                now = loop.time()
+                for tp, records in batch.items():
+                    self._take_all(tp, records, now)
+                if self.epoch() != self._epoch:
+                    await self._insert_uncommitted()    # after the insert in flight (the lock)
+                    raise EpochChanged()
+        finally:
+            if inflight is not None:
+                await _settle(inflight, self.topic)
+
+    def _due(self, now: float) -> bool:
+        """Whether the buffer should be inserted: ``batch_rows`` held or the
+        oldest held ``batch_ms``; or only rejected records, to commit past them."""
+        if self._buffer:
+            return len(self._buffer) >= self.batch_rows or (
+                self._oldest is not None and now >= self._oldest + self.batch_s)
+        return bool(self._offsets)
 
     async def _insert_uncommitted(self) -> None:
         """The broker changed: store what is buffered, forget its offsets."""
@@ -258,20 +298,28 @@ class TopicSink(Generic[R]):
     def committed(self, offsets: dict[TopicPartition, int], epoch: str) -> None:
         """Called after each successful commit (next offsets, the broker's epoch)."""
 
-    def _take(self, tp: TopicPartition, offset: int, value: bytes | None, now: float) -> None:
-        self.stats.received += 1
-        self._offsets[tp] = offset + 1
-        try:
-            record = self.decode_record(tp, value or b"")
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            self._reject(tp, offset, f"not a {self.record_type.__name__}: {exc}")
+    def _take_all(self, tp: TopicPartition, records: list, now: float) -> None:
+        """One fetch's records of ``tp`` (in offset order) into the buffer: the
+        per-record work (a sip.events fetch holds thousands) kept to decode,
+        check, append; the counters and the offset once per fetch."""
+        if not records:
             return
-        if (why := self.problem(record)) is not None:
-            self._reject(tp, offset, why)
-            return
-        if self._oldest is None:
+        decode, problem, buffer = self.decode_record, self.problem, self._buffer
+        held = len(buffer)
+        for record in records:
+            try:
+                row = decode(tp, record.value or b"")
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                self._reject(tp, record.offset, f"not a {self.record_type.__name__}: {exc}")
+                continue
+            if (why := problem(row)) is not None:
+                self._reject(tp, record.offset, why)
+                continue
+            buffer.append(row)
+        self.stats.received += len(records)
+        self._offsets[tp] = records[-1].offset + 1
+        if self._oldest is None and len(buffer) > held:
             self._oldest = now
-        self._buffer.append(record)
 
     def _reject(self, tp: TopicPartition, offset: int, why: str) -> None:
         self.stats.rejected += 1
