@@ -108,6 +108,7 @@ def _dump(path: str) -> None:
         cpu = os.times()
         with open(path, "a") as out:
             out.write(json.dumps({"t": time.monotonic(), "cpu_ns": int((cpu.user + cpu.system) * 1e9),
+                                  "sys_ns": int(cpu.system * 1e9),
                                   "parts": dict(_totals), "counts": dict(_counts)}) + "\n")
 
 
@@ -127,7 +128,7 @@ def main() -> None:
 def report(directory: str, calls: int) -> str:
     """The table: each part's CPU per call over the loaded window of every worker."""
     parts: dict[str, float] = {}
-    total = 0.0
+    total = kernel = 0.0
     for name in sorted(os.listdir(directory)):
         rows = [json.loads(line) for line in open(os.path.join(directory, name))]
         busy = [r for r in rows if r["counts"].get("core")]
@@ -139,6 +140,7 @@ def report(directory: str, calls: int) -> str:
                      if rows[i]["counts"].get("core") == busy[-1]["counts"].get("core")), len(rows) - 1)
         a, b = rows[first], rows[last]
         total += b["cpu_ns"] - a["cpu_ns"]
+        kernel += b["sys_ns"] - a["sys_ns"]
         for part, value in b["parts"].items():
             parts[part] = parts.get(part, 0.0) + value - a["parts"].get(part, 0)
     lines = [f"{'part':<16} {'us/call':>8} {'share':>6}"]
@@ -151,6 +153,7 @@ def report(directory: str, calls: int) -> str:
     lines.append(f"{'rest':<16} {rest / calls / 1e3:8.1f} {rest / total:6.1%}   "
                  "(publisher and aiokafka, the event loop, housekeeping, idle ticks)")
     lines.append(f"{'worker total':<16} {total / calls / 1e3:8.1f} {1:6.1%}")
+    lines.append(f"{'of it in kernel':<16} {kernel / calls / 1e3:8.1f} {kernel / total:6.1%}   (system time: sends, reads, epoll)")
     return "\n".join(lines)
 
 

@@ -40,17 +40,21 @@ TANSU_CONSUMER = dict(session_timeout_ms=6000, heartbeat_interval_ms=1000, fetch
 
 @contextlib.contextmanager
 def proxy_run(data_dir: str | os.PathLike, config: str | os.PathLike, sip_port: int, bootstrap: str,
-              *extra: str) -> Iterator[subprocess.Popen]:
+              *extra: str, python: str | os.PathLike = sys.executable, cwd: str | os.PathLike | None = None,
+              env: Mapping[str, str] | None = None, ready: str = "PROXY READY") -> Iterator[subprocess.Popen]:
     """`python -m proxy run` alone (no `up`): started, its ``PROXY READY`` line
-    awaited (else the test fails with its stderr), stopped by SIGTERM, killed
-    if it does not stop."""
+    awaited (else the test fails with its stderr; ``ready``: what the line must
+    start with, e.g. "PROXY READY workers=4"), stopped by SIGTERM, killed if it
+    does not stop.  ``python``, ``cwd``, ``env``: another interpreter (an
+    installed package), where and with what it runs."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "run", "--data-dir", str(data_dir), "--config", str(config),
+        [str(python), "-m", "proxy", "run", "--data-dir", str(data_dir), "--config", str(config),
          "--sip-port", str(sip_port), "--bootstrap", bootstrap, *extra],
+        cwd=cwd, env=None if env is None else dict(env),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
-        assert line.startswith("PROXY READY"), proc.stderr.read() if proc.poll() is not None and proc.stderr else line
+        assert line.startswith(ready), proc.stderr.read() if proc.poll() is not None and proc.stderr else line
         yield proc
     finally:
         terminate(proc, grace=30)

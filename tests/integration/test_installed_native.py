@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from proxy import native
+from tests.harness.proxy import proxy_run
 from tests.harness.sipp import free_udp_port
 
 pytestmark = [pytest.mark.integration,
@@ -87,17 +87,9 @@ def test_the_workers_log_the_compiled_modules(installed, tmp_path, broker):
     python, out = installed
     config = tmp_path / "sipledger.toml"
     config.write_text("[proxy]\nworkers = 2\n[authorization]\nenabled = false\n")   # no billing here
-    proc = subprocess.Popen(
-        [str(python), "-m", "proxy", "run", "--data-dir", str(tmp_path / "data"), "--config", str(config),
-         "--sip-port", str(free_udp_port()), "--bootstrap", broker.bootstrap],
-        cwd=tmp_path, env=_env(SIPLEDGER_NATIVE_DIR=str(out)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("PROXY READY workers=2"), proc.stderr.read() if proc.poll() is not None else line
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+    with proxy_run(tmp_path / "data", config, free_udp_port(), broker.bootstrap,
+                   python=python, cwd=tmp_path, env=_env(SIPLEDGER_NATIVE_DIR=str(out)), ready="PROXY READY workers=2") as proc:
+        pass                                   # started: both workers have logged their modules
     logged = [line.split(" INFO ", 1)[1] for line in proc.stderr.read().splitlines()
               if "compiled proxy modules:" in line]
     assert logged == [f"compiled proxy modules: on ({len(native.MODULES)} modules compiled with mypyc)"] * 2

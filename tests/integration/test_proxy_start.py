@@ -1,10 +1,7 @@
 """The proxy's process tree starts on a fresh data dir with several workers."""
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-
+from tests.harness.proxy import proxy_run
 from tests.harness.sipp import free_udp_port
 
 
@@ -13,16 +10,8 @@ def test_two_workers_start_on_a_fresh_data_dir(tmp_path, broker):
     # "database is locked" on the very first start
     config = tmp_path / "sipledger.toml"
     config.write_text("[proxy]\nworkers = 4\n[authorization]\nenabled = false\n")   # no billing here
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "run", "--data-dir", str(tmp_path / "fresh"),
-         "--config", str(config), "--sip-port", str(free_udp_port()), "--bootstrap", broker.bootstrap],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("PROXY READY workers=4"), proc.stderr.read() if proc.poll() is not None else line
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+    with proxy_run(tmp_path / "fresh", config, free_udp_port(), broker.bootstrap, ready="PROXY READY workers=4"):
+        pass                                   # READY: every worker opened the stores
     assert (tmp_path / "fresh" / "provisioning.sqlite").exists()
 
 
@@ -47,13 +36,7 @@ def test_workers_take_their_own_ports_from_the_configured_base(tmp_path, broker)
     base = free_pair()
     config = tmp_path / "sipledger.toml"
     config.write_text(f"[proxy]\nworkers = 2\nworker_port_base = {base}\n[authorization]\nenabled = false\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "run", "--data-dir", str(tmp_path / "d"),
-         "--config", str(config), "--sip-port", str(free_udp_port()), "--bootstrap", broker.bootstrap],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("PROXY READY workers=2"), proc.stderr.read() if proc.poll() is not None else line
+    with proxy_run(tmp_path / "d", config, free_udp_port(), broker.bootstrap, ready="PROXY READY workers=2"):
         for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
             for port in (base, base + 1):
                 with socket.socket(socket.AF_INET, kind) as s:
@@ -62,6 +45,3 @@ def test_workers_take_their_own_ports_from_the_configured_base(tmp_path, broker)
                     except OSError:
                         continue                    # held by its worker
                     raise AssertionError(f"{kind.name} port {port} is not a worker's")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
