@@ -63,13 +63,16 @@ _seq = itertools.count()
 
 
 class _Handle:
-    __slots__ = ("cancelled",)
+    """A timer as uvloop's: cancelling it drops the callback and its arguments
+    at once (a cancelled timer that kept them would keep, say, a dialog whose
+    3-hour limit timer was cancelled at the BYE)."""
+    __slots__ = ("fn", "args")
 
-    def __init__(self):
-        self.cancelled = False
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
 
     def cancel(self):
-        self.cancelled = True
+        self.fn = self.args = None
 
 
 class BenchEffects:
@@ -89,8 +92,8 @@ class BenchEffects:
         return True
 
     def call_later(self, delay, fn, *args):
-        handle = _Handle()
-        heapq.heappush(self.timers, (self.now + delay, next(_seq), handle, fn, args))
+        handle = _Handle(fn, args)
+        heapq.heappush(self.timers, (self.now + delay, next(_seq), handle))
         return handle
 
     def emit(self, event) -> None:
@@ -115,10 +118,10 @@ class BenchEffects:
     def advance(self, to: float) -> None:
         timers = self.timers
         while timers and timers[0][0] <= to:
-            when, _, handle, fn, args = heapq.heappop(timers)
+            when, _, handle = heapq.heappop(timers)
             self.now = when
-            if not handle.cancelled:
-                fn(*args)
+            if handle.fn is not None:
+                handle.fn(*handle.args)
         self.now = to
 
 
