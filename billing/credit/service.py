@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -229,6 +230,7 @@ class BillingService:
         self._sends: list[asyncio.Future] = []
         self._pending_commands: list[cmd.ControlCommand] = []
         self._persisting: set[asyncio.Future] = set()
+        self._deferred: list | None = None       # _persist requests held while steps are worked off
         self._outbox_wakeup = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -448,7 +450,15 @@ class BillingService:
     async def _pause(self) -> None:
         """Yield to the loop (pending datagrams) once a slice of work is used up."""
         if time.perf_counter() - self._slice >= SLICE_S:
+            # deferred persists go to the writer first, and whatever else runs
+            # meanwhile (timers, RPC, datagrams) persists directly: the writer
+            # gets the requests in the order memory applied them
+            held, self._deferred = self._deferred, None
+            if held is not None:
+                self._submit(held)
             await asyncio.sleep(0)
+            if held is not None:
+                self._deferred = []
             self._slice = time.perf_counter()
 
     def _outbox_rows(self, fx: Effects) -> list[tuple[str, str, bytes]]:
@@ -457,36 +467,58 @@ class BillingService:
 
     def _persist(self, events, fx: Effects) -> None:
         """Memory-first events (already applied): persist, and take back any the
-        ledger had already (a replay that slipped through)."""
-        outbox = self._outbox_rows(fx)
-        problems = list(fx.problems)
-        events = list(events)
-        store = _opened(self.store, "ledger store")
-        future = _opened(self.writer, "ledger writer").txn(lambda conn: store.append_in(
-            conn, events, problems=problems, outbox=outbox))
-        self._persisting.add(future)
+        ledger had already (a replay that slipped through).  While a batch of
+        call steps is worked off (``_deferring``) the requests wait in
+        ``_deferred`` and go to the writer together (one id lookup and one
+        INSERT for all of them); they are handed over before anything else can
+        run on the loop, so the writer still gets every request in the order
+        memory applied it."""
+        request = (list(events), list(fx.problems), self._outbox_rows(fx))
+        if self._deferred is not None:
+            self._deferred.append(request)
+            return
+        self._submit([request])
 
-        def done(f: asyncio.Future) -> None:
-            self._persisting.discard(f)
-            if f.cancelled():
-                return
-            exc = f.exception()
-            if isinstance(exc, Fenced):
-                self._fenced_out(exc)
-                return
-            if exc is not None:
-                log.error("billing: persisting %d events failed: %r", len(events), exc)
-                self.stats["persist_errors"] += 1
-                self._failed = True
-                self._stop.set()                # memory is ahead of the ledger: restart from it
-                return
-            new_ids = {e.id for e in f.result()}
-            for event in events:
-                if event.id not in new_ids:
-                    self.core.undo(event)
-            self.stats["events_persisted"] += len(new_ids)
-            self._outbox_wakeup.set()
-        future.add_done_callback(done)
+    @contextlib.contextmanager
+    def _deferring(self):
+        """Collect ``_persist`` requests until the end of the block (handed
+        over before each yield to the loop too: ``_pause``).  Only code that
+        runs without yielding but through ``_pause`` may use it."""
+        self._deferred = []
+        try:
+            yield
+        finally:
+            requests, self._deferred = self._deferred, None
+            self._submit(requests)
+
+    def _submit(self, requests: list) -> None:
+        if not requests:
+            return
+        futures = _opened(self.writer, "ledger writer").append_many(requests)
+        for (events, _, _), future in zip(requests, futures):
+            self._persisting.add(future)
+            future.add_done_callback(functools.partial(self._persisted, events))
+
+    def _persisted(self, events: list, f: asyncio.Future) -> None:
+        self._persisting.discard(f)
+        if f.cancelled():
+            return
+        exc = f.exception()
+        if isinstance(exc, Fenced):
+            self._fenced_out(exc)
+            return
+        if exc is not None:
+            log.error("billing: persisting %d events failed: %r", len(events), exc)
+            self.stats["persist_errors"] += 1
+            self._failed = True
+            self._stop.set()                # memory is ahead of the ledger: restart from it
+            return
+        new_ids = {e.id for e in f.result()}
+        for event in events:
+            if event.id not in new_ids:
+                self.core.undo(event)
+        self.stats["events_persisted"] += len(new_ids)
+        self._outbox_wakeup.set()
 
     def _send_command(self, command: cmd.ControlCommand) -> None:
         producer = self._producer
@@ -732,7 +764,8 @@ class BillingService:
 
     async def _on_steps(self, records) -> None:
         legs: list[CdrLeg] = []
-        await self._steps(records, legs)
+        with self._deferring():
+            await self._steps(records, legs)
         if legs:
             await self._debit(legs)
 
@@ -801,9 +834,7 @@ class BillingService:
         if not events and not problems:
             return
         self._handle(self.core.cdr_done(events))
-        store = _opened(self.store, "ledger store")
-        new = await _opened(self.writer, "ledger writer").txn(
-            lambda conn: store.append_in(conn, events, problems=problems))
+        new = await _opened(self.writer, "ledger writer").append(events, problems)
         self.stats["debits"] += sum(1 for e in new if e.kind == "debit")
         self.stats["debit_duplicates"] += sum(1 for e in events if e.kind == "debit") - \
             sum(1 for e in new if e.kind == "debit")
