@@ -95,6 +95,19 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """utime + stime per thread (tid -> seconds): the main (event loop) thread
+    is ``pid``; the others are the ledger writer, the to_thread executor, ..."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def provision(data: Path, accounts: list[str], credits: dict[str, str]) -> RatePlan:
     plan = RatePlan("bench", [Rate(prefix="49", price_per_min=Decimal("0.60"), currency="EUR",
                                    first_increment=1, next_increment=1, decimals=4, rounding="up"),
@@ -323,9 +336,12 @@ def run_answered(args, proc: subprocess.Popen, port: int, kafka: KafkaSettings, 
                                     "-f", "raw", "-r", "250", "-p", str(proc.pid)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu0 = cpu_s(proc.pid)
+        threads0.update(thread_cpu_s(proc.pid))
 
+    threads0: dict[int, float] = {}
     elapsed, reserved, auth = asyncio.run(answered_calls(port, kafka, accounts, args.calls, args.rate, started))
     cpu = cpu_s(proc.pid) - cpu0
+    threads = {tid: t - threads0.get(tid, 0.0) for tid, t in thread_cpu_s(proc.pid).items()}
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(30)
@@ -335,6 +351,9 @@ def run_answered(args, proc: subprocess.Popen, port: int, kafka: KafkaSettings, 
           f"refused {auth.refused}", flush=True)
     print(f"  billing CPU {cpu:.2f}s = {cpu * 1000 / max(1, reserved):.3f} ms per answered call; {uptime}",
           flush=True)
+    per_call = sorted(((t * 1000 / max(1, reserved), tid) for tid, t in threads.items() if t > 0), reverse=True)
+    print("  by thread (ms per call): " + ", ".join(
+        f"{'loop' if tid == proc.pid else tid} {ms:.3f}" for ms, tid in per_call[:6]), flush=True)
     if reserved < args.calls or auth.refused:
         print("FAIL: reservations missing or funded accounts refused", flush=True)
         return 1
@@ -417,6 +436,9 @@ def main() -> int:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+            if args.mode == "answered":                 # its counters: ledger commits, events, steps
+                print(next((line for line in (data / "billing.stderr").read_text().splitlines()
+                            if line.startswith("BILLING STATS")), "no BILLING STATS"), flush=True)
         broker.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

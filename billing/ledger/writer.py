@@ -45,7 +45,8 @@ class Writer:
         self.batch = batch
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
-        self.commits = 0
+        self.commits = 0                            # group transactions
+        self.calls = 0                              # ``call`` requests (each its own transaction)
         self._thread.start()
 
     def txn(self, fn: Callable[[Any], Any]) -> asyncio.Future:
@@ -140,6 +141,7 @@ class Writer:
 
     def _one_call(self, item) -> None:
         _, fn, future = item
+        self.calls += 1
         try:
             self._resolve(future, fn())
         except BaseException as exc:            # noqa: BLE001 - handed to the awaiting side
