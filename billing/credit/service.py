@@ -88,6 +88,7 @@ log = logging.getLogger("sipledger.billing")
 COMMIT_INTERVAL_S = 0.5
 SLICE_S = 0.0005          # loop work yields this often so authorization answers are not held up
 POLL_INTERVAL_S = 1.0
+LEDGER_LINGER_S = 0.010   # call steps' ledger appends wait this long for company (one commit for all)
 CURSOR_SAVE_S = 1.0       # the ledger.events publish cursor is saved at most this often under load
 UDP_RCVBUF = 4 * 1048576
 READY_WITHOUT_KAFKA_S = 20.0
@@ -272,7 +273,7 @@ class BillingService:
             self.rates = RatesStore(url)
             self.store = LedgerStore(url)
             await self._create_schema(self.rates, self.store)
-            self.writer = Writer(self.store, loop)
+            self.writer = Writer(self.store, loop, linger_s=LEDGER_LINGER_S)
             if self.config.billing.partitioned:
                 self.own = Ownership(self.ledger_cfg.partitions or self.kafka.partitions,
                                      self.config.billing.instance or f"{self.config.node.name}-{os.getpid()}",

@@ -94,3 +94,23 @@ def test_a_failing_request_fails_alone(store):
     assert isinstance(failed, RuntimeError)
     assert [e.id for e in ok1] == ["e1"] and [e.id for e in ok3] == ["e3"]
     assert sorted(e.id for e in store.events()) == ["e1", "e3"]
+
+
+def test_lingering_appends_share_one_commit_and_a_barrier_ends_the_wait(store):
+    """With ``linger_s`` appends wait for company; a non-append request (the
+    Kafka commit's barrier, a money command) joins them and commits at once."""
+    async def body(writer: Writer):
+        first, second = writer.append([ev(1)]), writer.append([ev(2)])
+        await asyncio.wait_for(writer.barrier(), 30)          # far below the linger: the barrier ended it
+        return await first, await second, writer.commits
+
+    async def main():
+        writer = Writer(store, asyncio.get_running_loop(), linger_s=600)
+        try:
+            return await body(writer)
+        finally:
+            writer.close()
+
+    first, second, commits = asyncio.run(main())
+    assert [e.seq for e in first + second] == [1, 2]
+    assert commits == 1
