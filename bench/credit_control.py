@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/credit_control.py [--accounts 500] [--closed 20000] [--rate 2000]
                                              [--seconds 10] [--calls 200]
+    .venv/bin/python bench/credit_control.py --mode answered [--accounts 1000] [--calls 6000] [--rate 200]
 
 Starts an embedded Tansu broker and the billing service (``python -m billing``,
 the real process) on a scratch data dir with ``--accounts`` prepaid accounts,
@@ -18,6 +19,14 @@ then measures:
    ``teardown_lead_ms`` = 300 ms before it, so the call ends inside its paid
    time).  Reported: arrival relative to paid-until (target <= +1000 ms) and
    the command path latency (arrival - the moment the service aimed for).
+
+``--mode answered`` measures instead what the product path costs billing per
+call (issue 19: billing was 1.4-1.8 ms CPU a call under SIPp): ``--calls``
+answered calls at ``--rate`` calls/s over ``--accounts`` prepaid accounts,
+each as the proxy makes it: an authorization datagram, then
+``invite.received``, ``call.answered``, ``call.bye`` on ``sip.events``.  It
+waits until every call's reservation is on ``ledger.events`` and reports the
+service's CPU per answered call (``--profile``: py-spy over that window).
 
 Latencies are measured by this client (Python, same 2 cores), so they include
 the client's own overhead: an upper bound of what the service adds.
@@ -36,6 +45,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -50,6 +60,7 @@ from billing.rating.model import Rate, RatePlan, max_duration  # noqa: E402
 from billing.rating.store import RatesStore  # noqa: E402
 from proxy.contract import commands, credit  # noqa: E402
 from proxy.contract import events as ev  # noqa: E402
+from proxy.contract.ledger import decode_event  # noqa: E402
 from proxy.infra.config import (
     BillingSettings,  # noqa: E402
     KafkaSettings,  # noqa: E402
@@ -82,6 +93,19 @@ def cpu_s(pid: int) -> float:
     authorization is the figure that compares runs."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_s(pid: int) -> dict[int, float]:
+    """utime + stime per thread (tid -> seconds): the main (event loop) thread
+    is ``pid``; the others are the ledger writer, the to_thread executor, ..."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
 
 
 def provision(data: Path, accounts: list[str], credits: dict[str, str]) -> RatePlan:
@@ -235,8 +259,111 @@ async def under_load(port, accounts, kafka, plan, callers, credits, rate, second
     return (rtt, lost, refused), late, path, missing
 
 
+def call_events(call_id: str, account: str) -> list[ev.CallEvent]:
+    """What the proxy puts on sip.events for one answered call (the events billing acts on)."""
+    t, base = now_ms(), dict(call_id=call_id, proxy="bench", from_tag="ft")
+    return [ev.InviteReceived(id=uuid.uuid4().hex, ts_ms=t, branch="z9hG4bK" + call_id, cseq=1,
+                              caller=ev.Caller(from_uri=f"sip:{account}", account=account),
+                              callee=ev.Callee(request_uri=f"sip:{NUMBER}@x", to_uri=f"sip:{NUMBER}@x"),
+                              source=ev.Source(ip="127.0.0.1", port=5060, transport="udp"), **base),
+            ev.CallAnswered(id=uuid.uuid4().hex, ts_ms=t, leg=0, code=200, reason="OK", max_duration_s=3600,
+                            **base),
+            ev.CallBye(id=uuid.uuid4().hex, ts_ms=t, by="caller", **base)]
+
+
+async def answered_calls(port: int, kafka: KafkaSettings, accounts: list[str], calls: int, rate: int,
+                         on_started: Callable[[], None]) -> tuple[float, int, OpenLoop]:
+    """Feed ``calls`` answered calls at ``rate`` calls/s; returns once every
+    call's reservation is on ledger.events (or 60 s passed without progress):
+    (seconds from the first call, reservations seen, the authorizations)."""
+    consumer = AIOKafkaConsumer(**consumer_kwargs(kafka, enable_auto_commit=False))
+    await consumer.start()
+    tps = [TopicPartition("ledger.events", p) for p in range(kafka.partitions)]
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:
+        await consumer.position(tp)
+    producer = AIOKafkaProducer(**producer_kwargs(kafka))
+    await producer.start()
+    loop = asyncio.get_running_loop()
+    transport, auth = await loop.create_datagram_endpoint(OpenLoop, remote_addr=("127.0.0.1", port))
+    expected = {f"ans-{i}-{uuid.uuid4().hex[:8]}" for i in range(calls)}
+    reserved: set[str] = set()
+
+    async def watch() -> None:
+        while len(reserved) < calls:
+            batch = await consumer.getmany(timeout_ms=100)
+            for records in batch.values():
+                for r in records:
+                    event = decode_event(r.value)
+                    if event.kind == "reservation" and event.call_id in expected:
+                        reserved.add(event.call_id)
+
+    watcher = asyncio.create_task(watch())
+    on_started()
+    start = time.perf_counter()
+    for i, call_id in enumerate(sorted(expected, key=lambda c: int(c.split("-")[1]))):
+        if (ahead := i / rate - (time.perf_counter() - start)) > 0:
+            await asyncio.sleep(ahead)
+        account = accounts[i % len(accounts)]
+        req = credit.AuthorizeRequest(id=uuid.uuid4().hex, ts_ms=now_ms(), call_id=call_id, account=account,
+                                      destination=NUMBER, request_uri=f"sip:{NUMBER}@x", caller_uri="sip:a@x")
+        auth.sent[req.id] = time.perf_counter_ns()
+        transport.sendto(credit.encode(req))
+        for event in call_events(call_id, account):
+            await producer.send("sip.events", ev.encode(event), key=call_id.encode())
+    await producer.flush()
+    seen = -1
+    while not watcher.done() and seen != len(reserved):       # stop once 60 s bring nothing new
+        seen = len(reserved)
+        await asyncio.wait([watcher], timeout=60)
+    elapsed = time.perf_counter() - start
+    watcher.cancel()
+    transport.close()
+    await producer.stop()
+    await consumer.stop()
+    return elapsed, len(reserved), auth
+
+
+def run_answered(args, proc: subprocess.Popen, port: int, kafka: KafkaSettings, accounts: list[str]) -> int:
+    spy = None
+    cpu0 = 0.0
+
+    def started() -> None:
+        nonlocal spy, cpu0
+        if args.profile:
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-o", args.profile,
+                                    "-f", "raw", "-r", "250", "-p", str(proc.pid)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cpu0 = cpu_s(proc.pid)
+        threads0.update(thread_cpu_s(proc.pid))
+
+    threads0: dict[int, float] = {}
+    elapsed, reserved, auth = asyncio.run(answered_calls(port, kafka, accounts, args.calls, args.rate, started))
+    cpu = cpu_s(proc.pid) - cpu0
+    threads = {tid: t - threads0.get(tid, 0.0) for tid, t in thread_cpu_s(proc.pid).items()}
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(30)
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"answered calls: {args.calls} at {args.rate}/s over {len(accounts)} accounts; reservations on "
+          f"ledger.events {reserved} after {elapsed:.1f}s; authorizations answered {len(auth.rtt)}, "
+          f"refused {auth.refused}", flush=True)
+    print(f"  billing CPU {cpu:.2f}s = {cpu * 1000 / max(1, reserved):.3f} ms per answered call; {uptime}",
+          flush=True)
+    per_call = sorted(((t * 1000 / max(1, reserved), tid) for tid, t in threads.items() if t > 0), reverse=True)
+    print("  by thread (ms per call): " + ", ".join(
+        f"{'loop' if tid == proc.pid else tid} {ms:.3f}" for ms, tid in per_call[:6]), flush=True)
+    if reserved < args.calls or auth.refused:
+        print("FAIL: reservations missing or funded accounts refused", flush=True)
+        return 1
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("authorize", "answered"), default="authorize",
+                        help="answered: billing CPU per answered call (--calls at --rate calls/s)")
     parser.add_argument("--accounts", type=int, default=500)
     parser.add_argument("--closed", type=int, default=20000)
     parser.add_argument("--rate", type=int, default=2000)
@@ -251,7 +378,7 @@ def main() -> int:
     data.mkdir()
     rnd = random.Random(7)
     accounts = [f"user{i}@bench.test" for i in range(args.accounts)]
-    callers = [f"caller{i}@bench.test" for i in range(args.calls)]
+    callers = [f"caller{i}@bench.test" for i in range(args.calls if args.mode == "authorize" else 0)]
     credits = {a: "1000" for a in accounts}
     credits.update({c: str(Decimal(rnd.randint(30, 80)) / 1000) for c in callers})     # 3..8 s at 0.60/min
     broker = EmbeddedBroker(log_path=work / "tansu.log").start()
@@ -266,6 +393,9 @@ def main() -> int:
         config = work / "sipledger.toml"
         config.write_text("[credit]\nteardown_lead_ms = %d\n" % LEAD_MS)
         proc, port = start_service(data, config, broker.bootstrap)
+        if args.mode == "answered":
+            status = run_answered(args, proc, port, kafka, accounts)
+            return status
         closed_loop(port, accounts, 2000)                     # warm-up
         cpu0 = cpu_s(proc.pid)
         rtt = closed_loop(port, accounts, args.closed)
@@ -306,6 +436,9 @@ def main() -> int:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+            if args.mode == "answered":                 # its counters: ledger commits, events, steps
+                print(next((line for line in (data / "billing.stderr").read_text().splitlines()
+                            if line.startswith("BILLING STATS")), "no BILLING STATS"), flush=True)
         broker.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -87,6 +88,8 @@ log = logging.getLogger("sipledger.billing")
 COMMIT_INTERVAL_S = 0.5
 SLICE_S = 0.0005          # loop work yields this often so authorization answers are not held up
 POLL_INTERVAL_S = 1.0
+LEDGER_LINGER_S = 0.010   # call steps' ledger appends wait this long for company (one commit for all)
+CURSOR_SAVE_S = 1.0       # the ledger.events publish cursor is saved at most this often under load
 UDP_RCVBUF = 4 * 1048576
 READY_WITHOUT_KAFKA_S = 20.0
 _END_EVENTS = (ev.CallBye, ev.DialogTimeout, ev.DialogTeardown, ev.CallFailed, ev.MediaTimeout,
@@ -229,6 +232,7 @@ class BillingService:
         self._sends: list[asyncio.Future] = []
         self._pending_commands: list[cmd.ControlCommand] = []
         self._persisting: set[asyncio.Future] = set()
+        self._deferred: list | None = None       # _persist requests held while steps are worked off
         self._outbox_wakeup = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -269,7 +273,7 @@ class BillingService:
             self.rates = RatesStore(url)
             self.store = LedgerStore(url)
             await self._create_schema(self.rates, self.store)
-            self.writer = Writer(self.store, loop)
+            self.writer = Writer(self.store, loop, linger_s=LEDGER_LINGER_S)
             if self.config.billing.partitioned:
                 self.own = Ownership(self.ledger_cfg.partitions or self.kafka.partitions,
                                      self.config.billing.instance or f"{self.config.node.name}-{os.getpid()}",
@@ -341,6 +345,8 @@ class BillingService:
             if self.writer is not None:
                 await asyncio.gather(*self._persisting, return_exceptions=True)
                 self.writer.close()
+                self.stats["ledger_commits"] = self.writer.commits
+                self.stats["ledger_calls"] = self.writer.calls
             print(f"BILLING STATS {json.dumps(dict(self.stats | Counter(self.core.stats)))}",
                   file=sys.stderr, flush=True)
             if self.store is not None:
@@ -448,7 +454,15 @@ class BillingService:
     async def _pause(self) -> None:
         """Yield to the loop (pending datagrams) once a slice of work is used up."""
         if time.perf_counter() - self._slice >= SLICE_S:
+            # deferred persists go to the writer first, and whatever else runs
+            # meanwhile (timers, RPC, datagrams) persists directly: the writer
+            # gets the requests in the order memory applied them
+            held, self._deferred = self._deferred, None
+            if held is not None:
+                self._submit(held)
             await asyncio.sleep(0)
+            if held is not None:
+                self._deferred = []
             self._slice = time.perf_counter()
 
     def _outbox_rows(self, fx: Effects) -> list[tuple[str, str, bytes]]:
@@ -457,36 +471,58 @@ class BillingService:
 
     def _persist(self, events, fx: Effects) -> None:
         """Memory-first events (already applied): persist, and take back any the
-        ledger had already (a replay that slipped through)."""
-        outbox = self._outbox_rows(fx)
-        problems = list(fx.problems)
-        events = list(events)
-        store = _opened(self.store, "ledger store")
-        future = _opened(self.writer, "ledger writer").txn(lambda conn: store.append_in(
-            conn, events, problems=problems, outbox=outbox))
-        self._persisting.add(future)
+        ledger had already (a replay that slipped through).  While a batch of
+        call steps is worked off (``_deferring``) the requests wait in
+        ``_deferred`` and go to the writer together (one id lookup and one
+        INSERT for all of them); they are handed over before anything else can
+        run on the loop, so the writer still gets every request in the order
+        memory applied it."""
+        request = (list(events), list(fx.problems), self._outbox_rows(fx))
+        if self._deferred is not None:
+            self._deferred.append(request)
+            return
+        self._submit([request])
 
-        def done(f: asyncio.Future) -> None:
-            self._persisting.discard(f)
-            if f.cancelled():
-                return
-            exc = f.exception()
-            if isinstance(exc, Fenced):
-                self._fenced_out(exc)
-                return
-            if exc is not None:
-                log.error("billing: persisting %d events failed: %r", len(events), exc)
-                self.stats["persist_errors"] += 1
-                self._failed = True
-                self._stop.set()                # memory is ahead of the ledger: restart from it
-                return
-            new_ids = {e.id for e in f.result()}
-            for event in events:
-                if event.id not in new_ids:
-                    self.core.undo(event)
-            self.stats["events_persisted"] += len(new_ids)
-            self._outbox_wakeup.set()
-        future.add_done_callback(done)
+    @contextlib.contextmanager
+    def _deferring(self):
+        """Collect ``_persist`` requests until the end of the block (handed
+        over before each yield to the loop too: ``_pause``).  Only code that
+        runs without yielding but through ``_pause`` may use it."""
+        self._deferred = []
+        try:
+            yield
+        finally:
+            requests, self._deferred = self._deferred, None
+            self._submit(requests)
+
+    def _submit(self, requests: list) -> None:
+        if not requests:
+            return
+        futures = _opened(self.writer, "ledger writer").append_many(requests)
+        for (events, _, _), future in zip(requests, futures):
+            self._persisting.add(future)
+            future.add_done_callback(functools.partial(self._persisted, events))
+
+    def _persisted(self, events: list, f: asyncio.Future) -> None:
+        self._persisting.discard(f)
+        if f.cancelled():
+            return
+        exc = f.exception()
+        if isinstance(exc, Fenced):
+            self._fenced_out(exc)
+            return
+        if exc is not None:
+            log.error("billing: persisting %d events failed: %r", len(events), exc)
+            self.stats["persist_errors"] += 1
+            self._failed = True
+            self._stop.set()                # memory is ahead of the ledger: restart from it
+            return
+        new_ids = {e.id for e in f.result()}
+        for event in events:
+            if event.id not in new_ids:
+                self.core.undo(event)
+        self.stats["events_persisted"] += len(new_ids)
+        self._outbox_wakeup.set()
 
     def _send_command(self, command: cmd.ControlCommand) -> None:
         producer = self._producer
@@ -732,7 +768,8 @@ class BillingService:
 
     async def _on_steps(self, records) -> None:
         legs: list[CdrLeg] = []
-        await self._steps(records, legs)
+        with self._deferring():
+            await self._steps(records, legs)
         if legs:
             await self._debit(legs)
 
@@ -801,9 +838,7 @@ class BillingService:
         if not events and not problems:
             return
         self._handle(self.core.cdr_done(events))
-        store = _opened(self.store, "ledger store")
-        new = await _opened(self.writer, "ledger writer").txn(
-            lambda conn: store.append_in(conn, events, problems=problems))
+        new = await _opened(self.writer, "ledger writer").append(events, problems)
         self.stats["debits"] += sum(1 for e in new if e.kind == "debit")
         self.stats["debit_duplicates"] += sum(1 for e in events if e.kind == "debit") - \
             sum(1 for e in new if e.kind == "debit")
@@ -920,32 +955,46 @@ class BillingService:
 
     async def _publish_outbox(self, producer: AIOKafkaProducer) -> None:
         """The ledger after its publish cursor -> ``ledger.events`` (key = account),
-        then the outbox rows (notifications); each marked done once acknowledged."""
+        then the outbox rows (notifications); rows deleted once acknowledged.
+        The cursor is kept here (this task is its only writer) and saved at
+        most every ``CURSOR_SAVE_S`` (an idle service within a second more: the
+        wait below times out): one UPDATE and commit a second instead of one
+        per batch.  A crash repeats
+        at most that much of ``ledger.events``, which is at-least-once anyway
+        (every event carries its id)."""
         topic = self.ledger_cfg.events_topic
         store = _opened(self.store, "ledger store")
         writer = _opened(self.writer, "ledger writer")
+        loop = asyncio.get_running_loop()
+        cursor = saved = await asyncio.to_thread(store.published_seq, topic)
+        saved_at = loop.time()
         while True:
-            events = await asyncio.to_thread(store.unpublished, topic, 500)
-            rows = await asyncio.to_thread(store.outbox_batch, 500)
-            if not events and not rows:
-                self._outbox_wakeup.clear()
+            after = cursor
+            self._outbox_wakeup.clear()         # before the read: an append after it wakes the wait below
+            events, rows = await asyncio.to_thread(
+                lambda: (store.events(after_seq=after, limit=500), store.outbox_batch(500)))
+            if events or rows:
+                futures = []
+                for event in events:
+                    futures.append(await producer.send(topic, encode_event(event), key=event.account.encode()))
+                    await self._pause()
+                for _, row_topic, key, value in rows:
+                    futures.append(await producer.send(row_topic, value, key=key.encode()))
+                await asyncio.gather(*futures)
+                if events:
+                    cursor = events[-1].seq
+                if rows:
+                    last_row = rows[-1][0]
+                    await writer.call(lambda: store.outbox_delete(last_row))
+                self.stats["published"] += len(events) + len(rows)
+            caught_up = not events and not rows
+            if cursor > saved and loop.time() - saved_at >= CURSOR_SAVE_S:
+                done = cursor
+                await writer.call(lambda: store.mark_published(topic, done))
+                saved, saved_at = done, loop.time()
+            if caught_up:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._outbox_wakeup.wait(), 1.0)
-                continue
-            futures = []
-            for event in events:
-                futures.append(await producer.send(topic, encode_event(event), key=event.account.encode()))
-                await self._pause()
-            for _, row_topic, key, value in rows:
-                futures.append(await producer.send(row_topic, value, key=key.encode()))
-            await asyncio.gather(*futures)
-            if events:
-                last_event = events[-1].seq
-                await writer.call(lambda: store.mark_published(topic, last_event))
-            if rows:
-                last_row = rows[-1][0]
-                await writer.call(lambda: store.outbox_delete(last_row))
-            self.stats["published"] += len(events) + len(rows)
 
     # -- housekeeping -------------------------------------------------------------------------
     async def _poll_loop(self) -> None:

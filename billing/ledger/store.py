@@ -310,13 +310,21 @@ class LedgerStore(SqlStore):
             for ev, row in zip(fresh, rows):
                 assert row.id == ev.id
                 new.append(msgspec.structs.replace(ev, seq=int(row.seq)))
-        for topic, key, value in outbox:
-            conn.execute(insert(outbox_table).values(topic=topic, key=key, value=value))
+        queued = [{"topic": topic, "key": key, "value": value} for topic, key, value in outbox]
+        if queued:
+            conn.execute(insert(outbox_table), queued)           # one executemany, in order
+        fresh_problems: dict[str, Problem] = {}
         for p in problems:
-            if conn.execute(select(problem_table.c.id).where(problem_table.c.id == p.id)).first() is None:
-                conn.execute(insert(problem_table).values(
-                    id=p.id, ts_ms=p.ts_ms, account=p.account, call_id=p.call_id, cdr_id=p.cdr_id,
-                    leg=p.leg, reason=p.reason[:500]))
+            fresh_problems.setdefault(p.id, p)                   # the first of an id counts
+        ids = list(fresh_problems)
+        for start in range(0, len(ids), 500):
+            for found in conn.execute(select(problem_table.c.id)
+                                      .where(problem_table.c.id.in_(ids[start:start + 500]))).scalars():
+                del fresh_problems[found]
+        if fresh_problems:
+            conn.execute(insert(problem_table), [
+                {"id": p.id, "ts_ms": p.ts_ms, "account": p.account, "call_id": p.call_id, "cdr_id": p.cdr_id,
+                 "leg": p.leg, "reason": p.reason[:500]} for p in fresh_problems.values()])
         return new
 
     # -- reading ----------------------------------------------------------------------------
