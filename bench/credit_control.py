@@ -191,18 +191,24 @@ async def open_loop(port: int, accounts: list[str], rate: int, seconds: float) -
     return proto
 
 
-async def exhausting_calls(kafka: KafkaSettings, plan: RatePlan, callers: list[str], credits: dict[str, str],
-                           ready: asyncio.Event) -> tuple[list[float], list[float], int]:
-    """Answer one call per caller at once; collect each Teardown's timing."""
+async def _clients(kafka: KafkaSettings, topic: str) -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
+    """A consumer of ``topic`` from its end (what billing writes from now on) and a producer."""
     consumer = AIOKafkaConsumer(**consumer_kwargs(kafka, enable_auto_commit=False))
     await consumer.start()
-    tps = [TopicPartition("call.control", p) for p in range(kafka.partitions)]
+    tps = [TopicPartition(topic, p) for p in range(kafka.partitions)]
     consumer.assign(tps)
     await consumer.seek_to_end(*tps)
     for tp in tps:
         await consumer.position(tp)
     producer = AIOKafkaProducer(**producer_kwargs(kafka))
     await producer.start()
+    return consumer, producer
+
+
+async def exhausting_calls(kafka: KafkaSettings, plan: RatePlan, callers: list[str], credits: dict[str, str],
+                           ready: asyncio.Event) -> tuple[list[float], list[float], int]:
+    """Answer one call per caller at once; collect each Teardown's timing."""
+    consumer, producer = await _clients(kafka, "call.control")
     paid_until: dict[str, int] = {}
     base = dict(proxy="bench", from_tag="ft")
     for i, account in enumerate(callers):
@@ -276,15 +282,7 @@ async def answered_calls(port: int, kafka: KafkaSettings, accounts: list[str], c
     """Feed ``calls`` answered calls at ``rate`` calls/s; returns once every
     call's reservation is on ledger.events (or 60 s passed without progress):
     (seconds from the first call, reservations seen, the authorizations)."""
-    consumer = AIOKafkaConsumer(**consumer_kwargs(kafka, enable_auto_commit=False))
-    await consumer.start()
-    tps = [TopicPartition("ledger.events", p) for p in range(kafka.partitions)]
-    consumer.assign(tps)
-    await consumer.seek_to_end(*tps)
-    for tp in tps:
-        await consumer.position(tp)
-    producer = AIOKafkaProducer(**producer_kwargs(kafka))
-    await producer.start()
+    consumer, producer = await _clients(kafka, "ledger.events")
     loop = asyncio.get_running_loop()
     transport, auth = await loop.create_datagram_endpoint(OpenLoop, remote_addr=("127.0.0.1", port))
     expected = {f"ans-{i}-{uuid.uuid4().hex[:8]}" for i in range(calls)}
