@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import contextlib
 import errno
-import gc
 import json
 import logging
 import signal
@@ -32,6 +31,7 @@ import sys
 
 import msgspec
 
+from proxy.infra import heap
 from proxy.infra.config import ConfigError, resolve_paths
 from proxy.infra.logs import setup_service_logging
 from proxy.infra.supervise import one_line_errors
@@ -156,8 +156,7 @@ async def _serve(state, sinks, sock: socket.socket | None) -> int:
     # collections the sinks' records trigger do not walk it each time; a young
     # generation of 10,000 instead of 700 (a fetch brings thousands of records).
     # GC CPU after start, 25,000 calls at 5,000/s: 0.63 s with the defaults.
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
+    heap.settle(10_000, 10, 10)
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([waiter, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)
     status = 0

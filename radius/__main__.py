@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from proxy.infra import heap
 from proxy.infra.config import ConfigError, load, resolve_paths
 from proxy.infra.logs import setup_service_logging
 from proxy.infra.supervise import one_line_errors
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         servers = ",".join(f"{s.host}:{s.port}" for s in config.radius.servers)
 
         def ready() -> None:
-            gc.freeze()
+            heap.settle(GC_YOUNG, GC_MIDDLE, GC_OLD)
             print(f"RADIUS READY servers={servers} group={config.radius.group_id} "
                   f"spool={config.radius.spool_path(data_dir)}", flush=True)
 

@@ -39,7 +39,6 @@ import asyncio
 import collections
 import contextlib
 import functools
-import gc
 import json
 import logging
 import os
@@ -73,7 +72,7 @@ from proxy.contract import events as ev
 from proxy.contract.callfold import end_ms_of, is_call_event
 from proxy.contract.cdr import CdrLeg
 from proxy.contract.ledger import encode_event, encode_notification
-from proxy.infra import metrics
+from proxy.infra import heap, metrics
 from proxy.infra.clock import now_ms
 from proxy.infra.config import BILLING_SOCKET_FILE, CREDIT_PORT_FILE, RUN_DIR, Config
 from proxy.infra.kafka import bootstrap_servers, consumer_kwargs, ensure_topics, producer_kwargs, topic_partitions
@@ -129,9 +128,7 @@ def _tune_for_latency() -> None:
     out of the garbage collector, whose full collections stay rare (the
     service's objects are acyclic; reference counting frees them)."""
     sys.setswitchinterval(0.0005)
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 1_000)
+    heap.settle(20_000, 20, 1_000, collect=True)
 
 
 # -- the UDP authorization server -----------------------------------------------------------

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import secrets
@@ -29,7 +28,7 @@ from ..events.control import ControlConsumer
 from ..events.outbox import Outbox
 from ..events.publisher import EventPublisher
 from ..events.retention import archive_retention
-from ..infra import clock
+from ..infra import clock, heap
 from ..infra.config import RUN_DIR, Config
 from ..infra.logs import setup_service_logging
 from ..provisioning.live import LiveProvisioning
@@ -493,9 +492,7 @@ def tune_gc() -> None:
     The price: a cycle that becomes garbage only after surviving one young
     pass (20,000 allocations, not 200,000) now stays, as one surviving a
     middle pass always did."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 1_000_000_000, 1_000_000_000)
+    heap.settle(20_000, 1_000_000_000, 1_000_000_000, collect=True)
 
 
 def run(config: Config, data_dir: Path, index: int, workers: int,
