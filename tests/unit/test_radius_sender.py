@@ -5,7 +5,7 @@ that is down and comes back)."""
 from __future__ import annotations
 
 import asyncio
-import socket
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import pytest
@@ -19,6 +19,7 @@ from proxy.infra.config import RadiusServer, RadiusSettings
 from radius import DICTIONARY
 from radius.queue import Sender, Spool, WireEncoder, reply_matches, request_packet
 from radius.records import Context, Progress, plan
+from tests.harness.sipp import free_udp_port
 
 T0 = 1_767_225_600_000
 SECRET = b"s3cret"
@@ -97,17 +98,37 @@ class _Server(asyncio.DatagramProtocol):
         self.transport.sendto(reply_to(data), addr)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 async def _drain(sender: Sender, limit_s: float = 10.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit_s
     while not sender.drained and loop.time() < deadline:
         await asyncio.sleep(0.01)
+
+
+async def run_sender(spool: Spool, settings: RadiusSettings, records: list, listen: Callable[[], Awaitable[Callable]],
+                     *, down_first_s: float = 0.0, while_down: Callable[[Sender], None] | None = None,
+                     limit_s: float = 10.0) -> Sender:
+    """The worker's sender on this loop until every record is acknowledged (or
+    ``limit_s``): the records queued at once; the server down for
+    ``down_first_s`` (then ``while_down(sender)`` checks what that did), then
+    ``listen()`` starts it and returns what stops it."""
+    sender = Sender(spool, settings, DICT)
+    await sender.start()
+    task = asyncio.create_task(sender.run())
+    sender.add(spool.commit(records))
+    if down_first_s:
+        await asyncio.sleep(down_first_s)
+        if while_down is not None:
+            while_down(sender)
+    stop = await listen()
+    try:
+        await _drain(sender, limit_s)
+    finally:
+        await sender.close()
+        task.cancel()
+        await asyncio.wait([task])
+        stop()
+    return sender
 
 
 @pytest.mark.parametrize("down_first", [False, True])
@@ -116,33 +137,23 @@ def test_the_sender_delivers_in_order_and_through_a_server_outage(tmp_path, down
     session's in order; replies with a wrong authenticator are ignored (the
     request times out and goes again); a server that was down at first (its
     port closed) gets everything once it listens."""
-    port = _free_port()
+    port = free_udp_port()
     settings = RadiusSettings(servers=(RadiusServer(host="127.0.0.1", port=port, secret=SECRET.decode()),),
                               timeout=0.1, retries=1, dead_time_s=0.2, max_in_flight=4)
     spool = Spool(tmp_path, encode=WireEncoder(DICT).encode)
     records = [r for i in range(6) for r in records_of(f"c{i}@t")]
+    server = _Server(bad=2)
 
-    async def run() -> tuple[_Server, Sender]:
-        loop = asyncio.get_running_loop()
-        sender = Sender(spool, settings, DICT)
-        await sender.start()
-        task = asyncio.create_task(sender.run())
-        sender.add(spool.commit(records))
-        if down_first:
-            await asyncio.sleep(0.5)             # sends to a closed port: nothing answers
-            assert sender.counts["acked"] == 0 and sender.counts["failovers"] >= 1
-        server = _Server(bad=2)
-        transport, _ = await loop.create_datagram_endpoint(lambda: server, local_addr=("127.0.0.1", port))
-        try:
-            await _drain(sender)
-        finally:
-            await sender.close()
-            task.cancel()
-            await asyncio.wait([task])
-            transport.close()
-        return server, sender
+    async def listen() -> Callable[[], None]:
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: server, local_addr=("127.0.0.1", port))
+        return transport.close
 
-    server, sender = uvloop.run(run())
+    def while_down(sender: Sender) -> None:      # sends to a closed port: nothing answers
+        assert sender.counts["acked"] == 0 and sender.counts["failovers"] >= 1
+
+    sender = uvloop.run(run_sender(spool, settings, records, listen, down_first_s=0.5 if down_first else 0.0,
+                                   while_down=while_down))
     assert sender.drained and spool.pending_count() == 0
     assert sender.counts["stray_replies"] == 2 and sender.counts["acked"] == len(records)
     assert sorted(server.got) == sorted(set(server.got)) and len(server.got) == len(records)

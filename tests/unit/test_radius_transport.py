@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
+from collections.abc import Callable
 
 import pytest
 import uvloop
@@ -17,7 +17,8 @@ from pyrad import packet as rpacket
 from proxy.infra.config import RadiusServer, RadiusSettings
 from radius.queue import Sender, Spool, WireEncoder, request_packet
 from radius.transport import MAX_PACKET, FramingError, PacketFramer
-from tests.unit.test_radius_sender import DICT, SECRET, records_of, reply_to
+from tests.harness.sipp import free_udp_port
+from tests.unit.test_radius_sender import DICT, SECRET, records_of, reply_to, run_sender
 
 
 def _packets(n: int, seed: int = 1) -> list[bytes]:
@@ -114,43 +115,24 @@ class _TcpServer:
         return Stream()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _deliver(tmp_path, server: _TcpServer, *, calls: int = 20, down_first: float = 0.0,
              in_flight: int = 8) -> Sender:
-    port = _free_port()
+    port = free_udp_port()
     config = RadiusSettings(servers=(RadiusServer(host="127.0.0.1", port=port, secret=SECRET.decode()),),
                             transport="tcp", timeout=0.2, retries=1, dead_time_s=0.3,
                             max_in_flight=in_flight)
     spool = Spool(tmp_path, encode=WireEncoder(DICT).encode)
     records = [r for i in range(calls) for r in records_of(f"c{i}@t")]
 
-    async def run() -> Sender:
-        loop = asyncio.get_running_loop()
-        sender = Sender(spool, config, DICT)
-        await sender.start()
-        task = asyncio.create_task(sender.run())
-        sender.add(spool.commit(records))
-        if down_first:
-            await asyncio.sleep(down_first)      # connections refused meanwhile
-            assert sender.counts["acked"] == 0 and sender.counts["tcp_connect_failures"] >= 1
-        listener = await loop.create_server(server.protocol, "127.0.0.1", port)
-        try:
-            deadline = loop.time() + 15
-            while not sender.drained and loop.time() < deadline:
-                await asyncio.sleep(0.01)
-        finally:
-            await sender.close()
-            task.cancel()
-            await asyncio.wait([task])
-            listener.close()
-        return sender
+    async def listen() -> Callable[[], None]:
+        listener = await asyncio.get_running_loop().create_server(server.protocol, "127.0.0.1", port)
+        return listener.close
 
-    sender = uvloop.run(run())
+    def while_down(sender: Sender) -> None:      # connections refused meanwhile
+        assert sender.counts["acked"] == 0 and sender.counts["tcp_connect_failures"] >= 1
+
+    sender = uvloop.run(run_sender(spool, config, records, listen, down_first_s=down_first,
+                                   while_down=while_down, limit_s=15))
     assert sender.drained and spool.pending_count() == 0
     assert sender.counts["acked"] == len(records)
     for i in range(calls):
@@ -213,7 +195,7 @@ def test_requests_waiting_for_a_connection_stay_bounded():
             nonlocal losses
             losses += 1
 
-        link = TcpLink("127.0.0.1", _free_port(), Counter(), timeout=0.5, answer=lambda p: None,
+        link = TcpLink("127.0.0.1", free_udp_port(), Counter(), timeout=0.5, answer=lambda p: None,
                        read_done=lambda: None, lost=lost, current=lambda p: p in live)
         await link.open(asyncio.get_running_loop())
         first = request_packet(0, b"", 0, SECRET)
